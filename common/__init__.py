@@ -1,0 +1,1 @@
+"""What producer and worker share: settings, keys, codec, models, events, scripts, errors."""

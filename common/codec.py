@@ -1,0 +1,51 @@
+"""The one msgpack codec: everything sessionq writes to Redis goes through here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from common.errors import CodecError
+
+
+def encode(obj: Any) -> bytes:
+    """msgpack bytes for dict, list, tuple, str, int, float, bool, None and bytes."""
+    try:
+        return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise CodecError(f"cannot encode as msgpack: {exc}") from exc
+
+
+def encode_for_lua(obj: Any) -> bytes:
+    """msgpack for a Lua script's cmsgpack.unpack, which knows no bin type: bytes travel as
+    raw strings (Lua strings are bytes anyway). Never stored as is."""
+    try:
+        return msgpack.packb(obj, use_bin_type=False)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise CodecError(f"cannot encode as msgpack: {exc}") from exc
+
+
+def decode(data: bytes) -> Any:
+    """The value msgpack bytes hold; CodecError for anything else (truncated, garbage)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise CodecError(f"expected bytes, got {type(data).__name__}")
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except (ValueError, msgpack.UnpackException, TypeError) as exc:
+        raise CodecError(f"undecodable payload ({len(data)} bytes): {exc}") from exc
+
+
+def decode_map(data: bytes, what: str) -> dict[str, Any]:
+    """Decode bytes that must hold a msgpack map; `what` names them in the error."""
+    value = decode(data)
+    if not isinstance(value, dict):
+        raise CodecError(f"{what}: expected a msgpack map, got {type(value).__name__}")
+    return value
+
+
+class RQSerializer:
+    """The serializer handed to every RQ Queue and Worker: msgpack, never pickle."""
+
+    dumps = staticmethod(encode)
+    loads = staticmethod(decode)

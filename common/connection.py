@@ -1,0 +1,41 @@
+"""Redis connections from Settings, with clear errors and retry on a dropped connection."""
+
+from __future__ import annotations
+
+from redis import Redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from common.errors import ConnectionFailed
+from common.settings import Settings
+
+RETRY_ATTEMPTS = 6
+
+
+def connect(settings: Settings, *, check: bool = True, **kwargs: object) -> Redis:
+    """A client for settings.url that retries dropped connections with backoff; with `check`,
+    ConnectionFailed (naming the URL) when Redis cannot be reached."""
+    retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), RETRY_ATTEMPTS)
+    options: dict[str, object] = {
+        "retry": retry,
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        "health_check_interval": 30,
+        "socket_connect_timeout": 5,
+    }
+    options.update(kwargs)
+    try:
+        client = Redis.from_url(settings.url, **options)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ConnectionFailed(settings.url, str(exc)) from exc
+    if check:
+        ping(client, settings.url)
+    return client
+
+
+def ping(client: Redis, url: str) -> None:
+    try:
+        client.ping()
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        raise ConnectionFailed(url, str(exc) or type(exc).__name__) from exc

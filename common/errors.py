@@ -1,0 +1,86 @@
+"""Every error sessionq raises, under one root.
+
+    SessionqError
+    ├── ConfigError            bad settings, or a second prefix in one process
+    ├── ConnectionFailed       Redis cannot be reached (names the URL)
+    ├── ValidationError        invalid argument (also a ValueError)
+    │   └── ValidationTypeError    wrong type (also a TypeError)
+    ├── CodecError             bytes that are not our msgpack (also a ValueError)
+    ├── NotFound               unknown name where one is required (also a KeyError)
+    │   ├── SessionNotFound
+    │   └── TaskNotFound
+    ├── RunRejected            a worker refuses a run (unregistered function, bad job)
+    └── TaskFailed             a run failed; carries the remote traceback or exit status
+"""
+
+from __future__ import annotations
+
+
+class SessionqError(Exception):
+    """Root of every error raised by sessionq."""
+
+
+class ConfigError(SessionqError):
+    """A setting is invalid, or the process was asked to serve a second prefix."""
+
+
+class ConnectionFailed(SessionqError):
+    """Redis is unreachable at the configured URL."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"cannot reach Redis at {url}: {reason}")
+        self.url = url
+
+
+class ValidationError(SessionqError, ValueError):
+    """An argument is invalid; the message names the field."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+class ValidationTypeError(ValidationError, TypeError):
+    """An argument has the wrong type; the message names the field."""
+
+
+class CodecError(SessionqError, ValueError):
+    """Bytes that do not decode as sessionq's msgpack, or a value msgpack cannot encode."""
+
+
+class NotFound(SessionqError, KeyError):
+    """An unknown name where one is required."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class SessionNotFound(NotFound):
+    """No session with this id (or name) exists."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"no such session: {what}")
+        self.what = what
+
+
+class TaskNotFound(NotFound):
+    """No task with this id exists in the session."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"no such task: {task_id}")
+        self.task_id = task_id
+
+
+class RunRejected(SessionqError):
+    """A worker refused to run a job: unregistered function, undecodable or broken job."""
+
+
+class TaskFailed(SessionqError):
+    """A run failed; `error` is the remote traceback or the command's exit status."""
+
+    def __init__(self, session_id: str, task_id: str | None, error: str) -> None:
+        where = f"task {task_id} of session {session_id}" if task_id else f"session {session_id}"
+        super().__init__(f"{where} failed: {error}")
+        self.session_id = session_id
+        self.task_id = task_id
+        self.error = error

@@ -1,0 +1,125 @@
+"""Event types and the wire schema of SPEC §5; `emit` is how Python code emits one.
+
+Events are built and numbered inside the Lua scripts (common/lua/prelude.lua `emit`), so a
+state change and its events are one atomic step; Python emits the events that go with no
+state change (progress, logs, op.*, state.changed) through `emit` below, which runs the same
+Lua function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from common import codec
+from common.errors import CodecError
+
+if TYPE_CHECKING:
+    from common.scripts import Scripts
+
+EVENT_SCHEMA_VERSION = 1
+
+
+class EventType(StrEnum):
+    SESSION_CREATED = "session.created"
+    SESSION_STARTED = "session.started"
+    SESSION_PAUSED = "session.paused"
+    SESSION_RESUMED = "session.resumed"
+    SESSION_COMPLETED = "session.completed"
+    SESSION_FAILED = "session.failed"
+    SESSION_STOPPED = "session.stopped"
+    SESSION_DESTROYED = "session.destroyed"
+    TASK_QUEUED = "task.queued"
+    TASK_STARTED = "task.started"
+    TASK_PROGRESS = "task.progress"
+    TASK_LOG = "task.log"
+    TASK_SUCCEEDED = "task.succeeded"
+    TASK_FAILED = "task.failed"
+    TASK_RETRYING = "task.retrying"
+    TASK_CANCELED = "task.canceled"
+    STATE_CHANGED = "state.changed"
+    WORKER_STARTED = "worker.started"
+    WORKER_STOPPED = "worker.stopped"
+    LISTENER_GAP = "listener.gap"
+
+
+# After one of these a session has nothing more to say (until work is added to it again).
+TERMINAL_EVENTS = frozenset(
+    {
+        EventType.SESSION_COMPLETED,
+        EventType.SESSION_FAILED,
+        EventType.SESSION_STOPPED,
+        EventType.SESSION_DESTROYED,
+    }
+)
+FIELDS = ("v", "seq", "ts", "type", "session", "task", "worker", "data")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """One event as it travels (SPEC §5)."""
+
+    seq: int
+    ts: float
+    type: str
+    session: str
+    task: str | None = None
+    worker: str | None = None
+    data: dict[str, Any]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "v": EVENT_SCHEMA_VERSION,
+            "seq": self.seq,
+            "ts": self.ts,
+            "type": self.type,
+            "session": self.session,
+            "task": self.task,
+            "worker": self.worker,
+            "data": self.data,
+        }
+
+    @classmethod
+    def from_wire(cls, wire: dict[str, Any]) -> Event:
+        try:
+            data = wire.get("data") or {}
+            return cls(
+                seq=int(wire["seq"]),
+                ts=float(wire["ts"]),
+                type=str(wire["type"]),
+                session=str(wire["session"]),
+                task=wire.get("task"),
+                worker=wire.get("worker"),
+                data=data if isinstance(data, dict) else {},
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CodecError(f"event: missing or bad field {exc}") from exc
+
+
+def decode_event(raw: bytes) -> dict[str, Any]:
+    """The event dict users get from event bytes; CodecError if they are not one."""
+    return Event.from_wire(codec.decode_map(raw, "event")).to_wire()
+
+
+def matches(event_type: str, patterns: frozenset[str] | None) -> bool:
+    """`types` filtering: exact names, or a trailing `*` for a prefix ("task.*")."""
+    if not patterns:
+        return True
+    if event_type in patterns:
+        return True
+    return any(p.endswith("*") and event_type.startswith(p[:-1]) for p in patterns)
+
+
+def emit(
+    scripts: Scripts,
+    session_id: str,
+    event_type: EventType | str,
+    *,
+    task: str | None = None,
+    data: dict[str, Any] | None = None,
+    worker: str = "",
+) -> int:
+    """Publish one event on the session's and the global channel and keep it in the capped
+    history, in one round trip; returns its seq (0 when the session no longer exists)."""
+    return scripts.emit(session_id, [(str(event_type), task, data)], worker=worker)

@@ -1,0 +1,129 @@
+"""Every Redis key and pub/sub channel sessionq owns, under one prefix (SPEC §1).
+
+RQ's own keys (under `<prefix>rq`) are not spelled here: `common.rqcompat.RQKeys` takes them
+from RQ's classes, so they stay exactly what RQ's tools read.
+"""
+
+from __future__ import annotations
+
+from common.settings import DEFAULT_PREFIX
+
+CONTROL_QUEUE = "control"
+DEFAULT_QUEUE = "default"
+COMMANDS_QUEUE = "commands"
+COMMANDS_SUFFIX = ".commands"
+
+
+def command_queue_for(queue: str | None) -> str:
+    """The queue command runs of `queue` go to: only --allow-commands workers serve it."""
+    return COMMANDS_QUEUE if queue in (None, DEFAULT_QUEUE) else f"{queue}{COMMANDS_SUFFIX}"
+
+
+def session_of(task_id: str) -> str:
+    """A task id is `<session id>-<n>`: the session is derived, never stored twice."""
+    return task_id.rpartition("-")[0]
+
+
+class Keys:
+    """Key and channel names under one prefix (Settings.prefix, default "sq:")."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        self.prefix = prefix
+
+    # -- the session index -------------------------------------------------------------
+    def sessions(self) -> str:
+        """HASH session id -> msgpack static record; producer.client writes; destroy deletes."""
+        return f"{self.prefix}sessions"
+
+    def names(self) -> str:
+        """HASH "<owner>/<name>" -> id of a persistent session; producer.session; destroy."""
+        return f"{self.prefix}names"
+
+    def idx_status(self, status: str) -> str:
+        """SET of session ids with this status; the Lua scripts keep it; destroy deletes."""
+        return f"{self.prefix}idx:status:{status}"
+
+    def run_counts(self) -> str:
+        """HASH run state -> count over all sessions; the Lua scripts keep it (stats())."""
+        return f"{self.prefix}runs:counts"
+
+    def idx_kind(self, kind: str) -> str:
+        """SET of session ids of this kind; create adds; destroy removes."""
+        return f"{self.prefix}idx:kind:{kind}"
+
+    def idx_owner(self, owner: str) -> str:
+        """SET of session ids of this owner; create adds; destroy removes."""
+        return f"{self.prefix}idx:owner:{owner}"
+
+    # -- one session -------------------------------------------------------------------
+    def session(self, sid: str) -> str:
+        """HASH status, counters by task state, seq, timestamps; Lua scripts; destroy."""
+        return f"{self.prefix}session:{sid}"
+
+    def session_tasks(self, sid: str) -> str:
+        """HASH task id -> task name, in add order by id; create/add; remove/destroy."""
+        return f"{self.prefix}session:{sid}:tasks"
+
+    def session_names(self, sid: str) -> str:
+        """HASH task name -> task id (persistent sessions); producer.session; destroy."""
+        return f"{self.prefix}session:{sid}:names"
+
+    def session_task_keys(self, sid: str) -> str:
+        """HASH idempotency key -> task id; producer.session; destroy."""
+        return f"{self.prefix}session:{sid}:keys"
+
+    def session_held(self, sid: str) -> str:
+        """LIST runs parked while the session is paused, oldest first; play/step; destroy."""
+        return f"{self.prefix}session:{sid}:held"
+
+    def session_running(self, sid: str) -> str:
+        """SET of the session's started runs; start/finish scripts; destroy."""
+        return f"{self.prefix}session:{sid}:running"
+
+    def session_objects(self, sid: str) -> str:
+        """HASH object id -> msgpack object (Session.save); producer.session; destroy."""
+        return f"{self.prefix}session:{sid}:objects"
+
+    def session_state(self, sid: str) -> str:
+        """HASH key -> msgpack value, the shared state; producer and tasks; destroy."""
+        return f"{self.prefix}session:{sid}:state"
+
+    def history(self, sid: str) -> str:
+        """ZSET event bytes scored by seq, capped at history_cap; emit; expires after destroy."""
+        return f"{self.prefix}history:{sid}"
+
+    def logs(self, sid: str) -> str:
+        """LIST msgpack log entries, capped at logs_cap; worker log script; destroy."""
+        return f"{self.prefix}logs:{sid}"
+
+    # -- workers -----------------------------------------------------------------------
+    def workers(self) -> str:
+        """ZSET worker name -> last heartbeat (epoch ms); worker heartbeat; reaper removes."""
+        return f"{self.prefix}workers"
+
+    def worker_runs(self, worker: str) -> str:
+        """LIST runs a worker holds (claimed, then started); claim/finish; reaper deletes."""
+        return f"{self.prefix}worker:{worker}:runs"
+
+    def wake(self, queue: str) -> str:
+        """LIST of at most one token: "queue may have work"; enqueuers push, workers BLPOP."""
+        return f"{self.prefix}wake:{queue}"
+
+    def lock(self, name: str) -> str:
+        """STRING held with PX by one worker at a time (reaper, scheduler); expires."""
+        return f"{self.prefix}lock:{name}"
+
+    def dashboard(self) -> str:
+        """STRING the running dashboard's base URL; the dashboard sets it with a TTL."""
+        return f"{self.prefix}dashboard"
+
+    # -- channels ----------------------------------------------------------------------
+    def events_channel(self, sid: str) -> str:
+        """CHANNEL one session's live events (msgpack, one event a message)."""
+        return f"{self.prefix}events:{sid}"
+
+    def events_all_channel(self) -> str:
+        """CHANNEL every session's live events."""
+        return f"{self.prefix}events"

@@ -1,0 +1,42 @@
+-- Give back the runs a worker held: claimed runs return to the front of their queue; a run it
+-- had started used up an attempt (SPEC §4) and is retried or failed with the reason. Used for
+-- a lost worker (by the reaper or its supervisor) and by a worker leaving cleanly.
+-- KEYS: [1] events channel (all), [2] live workers zset, [3] RQ's workers set, [4..10] status
+-- indexes, [11] run counters, [12] the worker's runs list, [13] its RQ worker hash; then a run
+-- block per run.
+-- ARGV: now_ms, now_iso, cap, worker (the lost one), reason (msgpack string), unregister
+-- ('1'/'0'), then run id and session id pairs. Returns the ids of sessions being destroyed
+-- whose last running run this canceled.
+load_globals(4, 1)
+local reason, unregister = ARGV[5], ARGV[6] == '1'
+local n = (#ARGV - 6) / 2
+local out = {}
+for r = n, 1, -1 do
+  local id, sid = ARGV[6 + 2 * r - 1], ARGV[6 + 2 * r]
+  local B = run_block(14 + (r - 1) * 11, sid)
+  if redis.call('LREM', KEYS[12], 1, id) > 0 then
+    local j = redis.call('HMGET', B.job, 'state', 'worker_name', 'retries_left', 'attempts')
+    if j[1] == 'started' and j[2] == G.worker then
+      local attempts = num(j[4])
+      redis.call('ZREM', B.wip, id .. ':' .. attempts)
+      redis.call('SREM', B.running, id)
+      local status = redis.call('HGET', B.session, 'status')
+      if status == 'Terminating' or status == 'Stopped' then
+        cancel_run(B, id, 'started', 'worker lost while stopping')
+        if status == 'Terminating' then out[#out + 1] = sid end
+      else
+        fail_or_retry(B, id, reason, attempts, num(j[3]), true, nil)
+        maybe_end(B)
+      end
+    elseif j[1] == 'queued' then
+      redis.call('LPUSH', B.queue, id)
+      wake(B)
+    end
+  end
+end
+if unregister and redis.call('LLEN', KEYS[12]) == 0 then
+  redis.call('ZREM', KEYS[2], G.worker)
+  redis.call('SREM', KEYS[3], KEYS[13])
+  redis.call('DEL', KEYS[13])
+end
+return out

@@ -1,0 +1,462 @@
+"""Wire records - sessions, runs, tasks - with their validation (SPEC §2) and conversions."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from common import codec
+from common.errors import CodecError, ValidationError, ValidationTypeError
+from common.settings import MAX_PAYLOAD_BYTES
+
+SCHEMA_VERSION = 1
+COMMAND_FUNC = "@command"  # the func name a command run carries in RQ's job data
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+KIND_RE = re.compile(r"[a-z][a-z0-9-]{0,31}")
+QUEUE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+FUNC_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+MAX_REPLICAS = 10_000
+RESERVED_ENV = ("REPLICA_ID", "REPLICA_COUNT", "SESSIONQ_SESSION_ID", "SESSIONQ_TASK_ID")
+
+
+class Status(StrEnum):
+    """Session status (SPEC §2)."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    PAUSED = "Paused"
+    TERMINATING = "Terminating"
+    STOPPED = "Stopped"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+
+
+ENDED_STATUSES = frozenset({Status.COMPLETED, Status.FAILED, Status.STOPPED})
+
+
+class TaskState(StrEnum):
+    """Task-run state (SPEC §2)."""
+
+    QUEUED = "queued"
+    DEFERRED = "deferred"
+    HELD = "held"
+    STARTED = "started"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+ACTIVE_STATES = (TaskState.QUEUED, TaskState.DEFERRED, TaskState.HELD, TaskState.STARTED)
+
+
+# -- time ------------------------------------------------------------------------------------
+def iso_from_ms(ms: int | str | bytes | None) -> str | None:
+    """ISO 8601 UTC string for epoch milliseconds (what records show); None stays None."""
+    if ms in (None, b"", ""):
+        return None
+    stamp = dt.datetime.fromtimestamp(int(ms) / 1000, tz=dt.UTC)
+    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def rq_time(epoch_s: float) -> str:
+    """RQ's own timestamp format for the fields of its job hash."""
+    return dt.datetime.fromtimestamp(epoch_s, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# -- validation ------------------------------------------------------------------------------
+def _type_error(name: str, want: str, value: object) -> ValidationTypeError:
+    return ValidationTypeError(name, f"expected {want}, got {type(value).__name__}")
+
+
+def check_name(value: object, field_name: str = "name") -> str:
+    if not isinstance(value, str):
+        raise _type_error(field_name, "a string", value)
+    if not NAME_RE.fullmatch(value):
+        raise ValidationError(
+            field_name,
+            f"{value!r} must be 1-63 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit",
+        )
+    return value
+
+
+def check_kind(value: object) -> str:
+    if not isinstance(value, str):
+        raise _type_error("kind", "a string", value)
+    if not KIND_RE.fullmatch(value):
+        raise ValidationError("kind", f"{value!r} must be a lowercase word (a-z, 0-9, '-')")
+    return value
+
+
+def check_queue(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _type_error("queue", "a string", value)
+    if not QUEUE_RE.fullmatch(value) or value.endswith(".commands") or value == "control":
+        raise ValidationError("queue", f"{value!r} is not a valid queue name")
+    return value
+
+
+def check_positive(value: object, field_name: str, *, integer: bool = False) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _type_error(field_name, "a number", value)
+    if integer and not isinstance(value, int):
+        raise _type_error(field_name, "an integer", value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValidationError(field_name, f"must be positive, got {value!r}")
+    return value
+
+
+def check_int_range(value: object, field_name: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _type_error(field_name, "an integer", value)
+    if not low <= value <= high:
+        raise ValidationError(field_name, f"must be {low}-{high}, got {value}")
+    return value
+
+
+def check_env(value: object) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise _type_error("env", "a mapping", value)
+    out: dict[str, str] = {}
+    for key, val in value.items():
+        if not isinstance(key, str) or not ENV_RE.fullmatch(key):
+            raise ValidationError("env", f"{key!r} is not a valid environment variable name")
+        if isinstance(val, bool) or not isinstance(val, (str, int, float)):
+            raise _type_error(f"env[{key}]", "a string or number", val)
+        out[key] = str(val)
+    return out
+
+
+def check_encodable(value: object, field_name: str) -> bytes:
+    try:
+        return codec.encode(value)
+    except CodecError as exc:
+        raise ValidationTypeError(field_name, f"not msgpack-serialisable: {exc}") from exc
+
+
+def split_args(value: object, field_name: str = "args") -> list[Any]:
+    """`args`: a string split as a shell would, or a list/tuple; None is no arguments."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        try:
+            return shlex.split(value)
+        except ValueError as exc:
+            raise ValidationError(field_name, f"cannot split {value!r}: {exc}") from exc
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise _type_error(field_name, "a string or a list", value)
+
+
+def func_name_of(task: object) -> str:
+    """The dotted name `"pkg.mod:func"` of a registered function (or that name given)."""
+    if isinstance(task, str):
+        if not FUNC_RE.fullmatch(task):
+            raise ValidationError("task", f"{task!r} must look like 'package.module:function'")
+        return task
+    name = getattr(task, "__sessionq_name__", None)
+    if isinstance(name, str):
+        return name
+    module, qual = getattr(task, "__module__", None), getattr(task, "__qualname__", None)
+    if callable(task) and module and qual and "<" not in qual:
+        return f"{module}:{qual}"
+    raise _type_error("task", "a 'module:function' string or a module-level function", task)
+
+
+# -- runs ------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunSpec:
+    """One task run, validated: a registered function or a command, with its environment."""
+
+    name: str
+    func: str | None = None
+    argv: list[str] = field(default_factory=list)
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    replica_id: int = 1
+    replica_count: int = 1
+    queue: str | None = None
+    timeout: float | None = None
+    retries: int = 0
+    cores: float | None = None
+    ram: float | None = None
+    gpu: float | None = None
+
+    @property
+    def is_command(self) -> bool:
+        return self.func is None
+
+    def job_data(self) -> bytes:
+        """RQ's job `data`: msgpack of (func_name, instance, args, kwargs)."""
+        if self.func is None:
+            return codec.encode([COMMAND_FUNC, None, self.argv, {}])
+        return codec.encode([self.func, None, self.args, self.kwargs])
+
+    def meta(self) -> bytes:
+        """Our part of the job hash (`sq` field): what RQ's fields do not say."""
+        wire: dict[str, Any] = {"v": SCHEMA_VERSION, "name": self.name}
+        if self.env:
+            wire["env"] = self.env
+        if self.replica_count != 1:
+            wire["replica_id"] = self.replica_id
+            wire["replica_count"] = self.replica_count
+        for key in ("cores", "ram", "gpu"):
+            if getattr(self, key) is not None:
+                wire[key] = getattr(self, key)
+        return codec.encode(wire)
+
+    def job_fields(self, queue: str, now_s: float, data: bytes | None = None) -> dict[str, Any]:
+        """The job hash as RQ's readers expect it (only the fields that carry something);
+        `data` may be given when many runs share it (replicas)."""
+        data = self.job_data() if data is None else data
+        meta = self.meta()
+        if len(data) + len(meta) > MAX_PAYLOAD_BYTES:
+            raise ValidationError(
+                "args", f"one run's payload is {len(data) + len(meta)} bytes; at most 512 KiB"
+            )
+        fields: dict[str, Any] = {
+            "data": data,
+            "sq": meta,
+            "origin": queue,
+            "status": "queued",
+            "state": TaskState.QUEUED.value,
+            "enqueued_at": rq_time(now_s),
+        }
+        if self.timeout is not None:
+            fields["timeout"] = int(math.ceil(self.timeout))
+        if self.retries:
+            fields["retries_left"] = self.retries
+        return fields
+
+
+def build_run(
+    *,
+    name: str,
+    cmd: object = None,
+    task: object = None,
+    args: object = None,
+    kwargs: object = None,
+    env: object = None,
+    queue: object = None,
+    timeout: object = None,
+    retries: object = 0,
+    cores: object = None,
+    ram: object = None,
+    gpu: object = None,
+    replica_id: int = 1,
+    replica_count: int = 1,
+) -> RunSpec:
+    """Validate one run's arguments; every error names its field."""
+    if (cmd is None) == (task is None):
+        raise ValidationError("cmd", "give exactly one of cmd (a command) or task (a function)")
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise _type_error("kwargs", "a mapping", kwargs)
+    retries_n = check_int_range(retries, "retries", 0, 1000)
+    spec_args = split_args(args)
+    common_fields: dict[str, Any] = {
+        "name": name,
+        "env": check_env(env),
+        "queue": check_queue(queue),
+        "timeout": check_positive(timeout, "timeout"),
+        "retries": retries_n,
+        "cores": check_positive(cores, "cores"),
+        "ram": check_positive(ram, "ram"),
+        "gpu": check_positive(gpu, "gpu"),
+        "replica_id": replica_id,
+        "replica_count": replica_count,
+    }
+    if cmd is not None:
+        if kwargs:
+            raise ValidationError("kwargs", "a command takes no kwargs")
+        argv = split_args(cmd, "cmd") + spec_args
+        if not argv or not all(isinstance(a, str) for a in argv) or not argv[0]:
+            raise ValidationError("cmd", "must name a program; every argument a string")
+        return RunSpec(argv=argv, **common_fields)
+    check_encodable(spec_args, "args")
+    kw = dict(kwargs or {})
+    if not all(isinstance(k, str) for k in kw):
+        raise ValidationTypeError("kwargs", "keys must be strings")
+    check_encodable(kw, "kwargs")
+    return RunSpec(func=func_name_of(task), args=spec_args, kwargs=kw, **common_fields)
+
+
+def parse_meta(raw: bytes | None) -> dict[str, Any]:
+    """The `sq` field of a job hash; CodecError names the field when it is broken."""
+    if not raw:
+        raise CodecError("job field 'sq' is missing")
+    meta = codec.decode_map(raw, "job field 'sq'")
+    if meta.get("v") != SCHEMA_VERSION:
+        raise CodecError(f"job field 'sq': unknown schema version {meta.get('v')!r}")
+    return meta
+
+
+def parse_job_data(raw: bytes | None) -> tuple[str, list[Any], dict[str, Any]]:
+    """RQ's `data` field: (func name, args, kwargs); CodecError says what is wrong."""
+    if not raw:
+        raise CodecError("job field 'data' is missing")
+    value = codec.decode(raw)
+    if not isinstance(value, list) or len(value) != 4:
+        raise CodecError("job field 'data': expected [func, instance, args, kwargs]")
+    func, _instance, args, kwargs = value
+    if not isinstance(func, str) or not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise CodecError("job field 'data': func must be a string, args a list, kwargs a map")
+    return func, args, kwargs
+
+
+# -- sessions --------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionRecord:
+    """What never changes about a session: the static part of the index entry."""
+
+    id: str
+    name: str
+    kind: str
+    owner: str
+    created_at_ms: int
+    image: str | None = None
+    cores: float | None = None
+    ram: float | None = None
+    gpu: float | None = None
+    replica_id: int = 1
+    replica_count: int = 1
+    persistent: bool = False
+    config: dict[str, Any] | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {
+            "v": SCHEMA_VERSION,
+            "id": self.id,
+            "name": self.name,
+            "kind": self.kind,
+            "owner": self.owner,
+            "created_at": self.created_at_ms,
+            "replica_id": self.replica_id,
+            "replica_count": self.replica_count,
+        }
+        for key in ("image", "cores", "ram", "gpu", "config"):
+            if getattr(self, key) is not None:
+                wire[key] = getattr(self, key)
+        if self.persistent:
+            wire["persistent"] = True
+        return wire
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> SessionRecord:
+        try:
+            return cls(
+                id=wire["id"],
+                name=wire["name"],
+                kind=wire["kind"],
+                owner=wire["owner"],
+                created_at_ms=int(wire["created_at"]),
+                image=wire.get("image"),
+                cores=wire.get("cores"),
+                ram=wire.get("ram"),
+                gpu=wire.get("gpu"),
+                replica_id=int(wire.get("replica_id", 1)),
+                replica_count=int(wire.get("replica_count", 1)),
+                persistent=bool(wire.get("persistent", False)),
+                config=wire.get("config"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CodecError(f"session record: missing or bad field {exc}") from exc
+
+
+def _int(raw: Any) -> int:
+    try:
+        return int(raw or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def session_dict(
+    record: SessionRecord,
+    state: Mapping[bytes | str, Any],
+    *,
+    result: Any = None,
+    error: str | None = None,
+    connect_url: str | None = None,
+) -> dict[str, Any]:
+    """The public session record (SPEC §2): built here and nowhere else."""
+    st = {k.decode() if isinstance(k, bytes) else k: v for k, v in state.items()}
+    tasks = {s.value: _int(st.get(s.value)) for s in TaskState}
+    total = sum(tasks.values())
+    done = tasks["succeeded"] + tasks["failed"] + tasks["canceled"]
+    status = st.get("status", Status.PENDING)
+    out: dict[str, Any] = {
+        "id": record.id,
+        "name": record.name,
+        "kind": record.kind,
+        "status": status.decode() if isinstance(status, bytes) else str(status),
+        "owner": record.owner,
+        "created_at": iso_from_ms(record.created_at_ms),
+        "started_at": iso_from_ms(st.get("started_at")),
+        "finished_at": iso_from_ms(st.get("finished_at")),
+        "image": record.image,
+        "cores": record.cores,
+        "ram": record.ram,
+        "gpu": record.gpu,
+        "replica_id": record.replica_id,
+        "replica_count": record.replica_count,
+        "tasks": tasks,
+        "progress": (done / total) if total else 0.0,
+        "connect_url": connect_url,
+    }
+    if not record.persistent:
+        out["result"] = result
+        out["error"] = error
+    return out
+
+
+def decode_field(raw: Any) -> str | None:
+    if raw is None:
+        return None
+    return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+
+
+def decode_result(raw: bytes | None) -> Any:
+    """A run's stored result (msgpack); undecodable bytes are reported, not raised."""
+    if not raw:
+        return None
+    try:
+        return codec.decode(raw)
+    except CodecError as exc:
+        return f"<undecodable result: {exc}>"
+
+
+def decode_error(raw: bytes | None) -> str | None:
+    """A run's stored error (msgpack string)."""
+    if not raw:
+        return None
+    value = decode_result(raw)
+    return value if isinstance(value, str) else repr(value)
+
+
+def names_for_replicas(name: str, replicas: int) -> list[str]:
+    """CANFAR's naming: `name` for one replica, `name-1 ... name-N` for several."""
+    if replicas == 1:
+        return [name]
+    return [f"{name}-{i}" for i in range(1, replicas + 1)]
+
+
+def as_id_list(ids: str | Sequence[str], field_name: str = "ids") -> list[str]:
+    """One id or a list of them, as CANFAR's calls take."""
+    if isinstance(ids, str):
+        return [ids]
+    if isinstance(ids, Sequence) and all(isinstance(i, str) for i in ids):
+        return list(ids)
+    raise _type_error(field_name, "an id or a list of ids", ids)

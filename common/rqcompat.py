@@ -1,0 +1,91 @@
+"""RQ under our prefix: the one place that imports rq and derives RQ's key names from it.
+
+RQ reads RQ_KEY_PREFIX once, when it is first imported, so one process serves one prefix;
+asking for a second one is a ConfigError (SPEC §1).
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import lru_cache
+from types import ModuleType
+from typing import Any
+
+from common.errors import ConfigError
+from common.settings import export_rq_prefix, exported_rq_prefix
+
+
+def load_rq(prefix: str) -> ModuleType:
+    """Import rq with its keys under `<prefix>rq`; ConfigError if it serves another prefix."""
+    want = f"{prefix}rq"
+    if "rq" not in sys.modules:
+        export_rq_prefix(prefix)
+    import rq.defaults
+
+    if rq.defaults.RQ_KEY_PREFIX != want:
+        raise ConfigError(
+            f"this process already serves RQ prefix {rq.defaults.RQ_KEY_PREFIX!r} "
+            f"(exported: {exported_rq_prefix()!r}); prefix {prefix!r} needs its own process"
+        )
+    import rq
+
+    return rq
+
+
+class RQKeys:
+    """RQ's key names for our prefix, read off RQ's own classes (so `rq info` agrees)."""
+
+    def __init__(self, prefix: str) -> None:
+        load_rq(prefix)
+        from rq.job import Job
+        from rq.queue import Queue
+        from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
+        from rq.worker import Worker
+
+        self._job_prefix = Job.redis_job_namespace_prefix
+        self._queue_prefix = Queue.redis_queue_namespace_prefix
+        self.queues_set = Queue.redis_queues_keys
+        self._started = StartedJobRegistry.key_template
+        self._finished = FinishedJobRegistry.key_template
+        self._failed = FailedJobRegistry.key_template
+        self._worker_prefix = Worker.redis_worker_namespace_prefix
+        self.workers_set = Worker.redis_workers_keys
+        from rq.command import PUBSUB_CHANNEL_TEMPLATE
+
+        self._pubsub = PUBSUB_CHANNEL_TEMPLATE
+
+    def job(self, job_id: str) -> str:
+        return f"{self._job_prefix}{job_id}"
+
+    def queue(self, name: str) -> str:
+        return f"{self._queue_prefix}{name}"
+
+    def started(self, queue: str) -> str:
+        return str(self._started.format(queue))
+
+    def finished(self, queue: str) -> str:
+        return str(self._finished.format(queue))
+
+    def failed(self, queue: str) -> str:
+        return str(self._failed.format(queue))
+
+    def worker(self, name: str) -> str:
+        return f"{self._worker_prefix}{name}"
+
+    def worker_channel(self, name: str) -> str:
+        return str(self._pubsub % name)
+
+
+@lru_cache(maxsize=4)
+def rq_keys(prefix: str) -> RQKeys:
+    return RQKeys(prefix)
+
+
+def rq_queue(name: str, connection: Any, prefix: str) -> Any:
+    """An RQ Queue with our msgpack serializer."""
+    load_rq(prefix)
+    from rq import Queue
+
+    from common.codec import RQSerializer
+
+    return Queue(name, connection=connection, serializer=RQSerializer)

@@ -1,0 +1,118 @@
+"""Connection settings and tunables: the one place that reads the environment (SPEC §1)."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from common.errors import ConfigError
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_PREFIX = "sq:"
+PREFIX_RE = re.compile(r"[A-Za-z0-9_.:{}-]{1,64}")
+MAX_PAYLOAD_BYTES = 512 * 1024
+
+_INT_KNOBS = {
+    "history_cap": "SESSIONQ_HISTORY_CAP",
+    "logs_cap": "SESSIONQ_LOGS_CAP",
+    "claim_batch_max": "SESSIONQ_CLAIM_BATCH_MAX",
+    "destroyed_history_ttl_s": "SESSIONQ_DESTROYED_HISTORY_TTL_S",
+}
+_FLOAT_KNOBS = {
+    "heartbeat_interval_s": "SESSIONQ_HEARTBEAT_INTERVAL_S",
+    "heartbeat_ttl_s": "SESSIONQ_HEARTBEAT_TTL_S",
+    "stop_grace_s": "SESSIONQ_STOP_GRACE_S",
+    "reap_interval_s": "SESSIONQ_REAP_INTERVAL_S",
+}
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Everything configurable, built once at an entry point and passed down."""
+
+    url: str = DEFAULT_URL
+    url_configured: bool = False
+    prefix: str = DEFAULT_PREFIX
+    user: str = field(default_factory=_os_user)
+    # Events kept per session for late listeners (SPEC §5); older ones are dropped.
+    history_cap: int = 5000
+    # Log lines kept per session.
+    logs_cap: int = 20000
+    # A worker refreshes its heartbeat this often ...
+    heartbeat_interval_s: float = 1.0
+    # ... and is declared lost (its runs recovered) when it is this late.
+    heartbeat_ttl_s: float = 10.0
+    # Time a stopped run gets between the polite signal and the kill.
+    stop_grace_s: float = 5.0
+    # How often a worker looks for lost workers and due schedules.
+    reap_interval_s: float = 2.0
+    # Most runs a worker claims in one round trip (adaptive, see worker.loop).
+    claim_batch_max: int = 32
+    # A destroyed session's event history stays this long for late listeners.
+    destroyed_history_ttl_s: int = 3600
+
+    def __post_init__(self) -> None:
+        if not PREFIX_RE.fullmatch(self.prefix):
+            raise ConfigError(
+                f"prefix {self.prefix!r}: 1-64 of letters, digits and _ . : - {{ }}"
+            )
+        if not self.user or len(self.user) > 64:
+            raise ConfigError(f"user {self.user!r}: 1-64 characters")
+        for name in (*_INT_KNOBS, *_FLOAT_KNOBS):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.heartbeat_ttl_s <= 2 * self.heartbeat_interval_s:
+            raise ConfigError("heartbeat_ttl_s must exceed twice heartbeat_interval_s")
+
+    @classmethod
+    def from_env(
+        cls,
+        url: str | None = None,
+        *,
+        prefix: str | None = None,
+        user: str | None = None,
+        environ: dict[str, str] | None = None,
+        **overrides: Any,
+    ) -> Settings:
+        """Explicit arguments first, then SESSIONQ_* / REDIS_URL, then the defaults."""
+        env = os.environ if environ is None else environ
+        found_url = url or env.get("SESSIONQ_URL") or env.get("REDIS_URL")
+        values: dict[str, Any] = {
+            "url": found_url or DEFAULT_URL,
+            "url_configured": bool(found_url),
+            "prefix": prefix or env.get("SESSIONQ_PREFIX") or DEFAULT_PREFIX,
+            "user": user or env.get("SESSIONQ_USER") or _os_user(),
+        }
+        for knobs, kind in ((_INT_KNOBS, int), (_FLOAT_KNOBS, float)):
+            for name, var in knobs.items():
+                if var in env:
+                    try:
+                        values[name] = kind(env[var])
+                    except ValueError as exc:
+                        raise ConfigError(f"{var}={env[var]!r} is not a number") from exc
+        values.update(overrides)
+        return cls(**values)
+
+    def with_url(self, url: str) -> Settings:
+        return replace(self, url=url, url_configured=True)
+
+
+def export_rq_prefix(prefix: str) -> str:
+    """Point RQ's key prefix (read once, at RQ's import) at ours; return what RQ will use."""
+    rq_prefix = f"{prefix}rq"
+    os.environ["RQ_KEY_PREFIX"] = rq_prefix
+    return rq_prefix
+
+
+def exported_rq_prefix() -> str | None:
+    return os.environ.get("RQ_KEY_PREFIX")

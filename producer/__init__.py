@@ -1,0 +1,25 @@
+"""The public Python API of sessionq (SPEC §2, §3, §5)."""
+
+from common.errors import (
+    ConfigError,
+    ConnectionFailed,
+    NotFound,
+    SessionNotFound,
+    SessionqError,
+    TaskFailed,
+    TaskNotFound,
+    ValidationError,
+)
+from producer.client import Client
+
+__all__ = [
+    "Client",
+    "ConfigError",
+    "ConnectionFailed",
+    "NotFound",
+    "SessionNotFound",
+    "SessionqError",
+    "TaskFailed",
+    "TaskNotFound",
+    "ValidationError",
+]

@@ -1,0 +1,76 @@
+"""`current_task()`: what a running function knows of its run, and how it reports back."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from common.errors import SessionqError, ValidationError
+from common.events import EventType
+
+_local = threading.local()
+PROGRESS_MIN_INTERVAL_S = 0.05
+
+
+class TaskContext:
+    """The run in progress on this thread (SPEC §4)."""
+
+    def __init__(
+        self,
+        *,
+        session_id: str,
+        task_id: str,
+        name: str,
+        attempt: int,
+        emit: Callable[[str, dict[str, Any]], None],
+        log_line: Callable[[str, str], None],
+        stop_flag: threading.Event,
+    ) -> None:
+        self.session_id = session_id
+        self.task_id = task_id
+        self.name = name
+        self.attempt = attempt
+        self._emit = emit
+        self._log_line = log_line
+        self._stop_flag = stop_flag
+        self._last_progress = 0.0
+
+    @property
+    def should_stop(self) -> bool:
+        """True once the session is paused, stopped or destroyed, or the worker is stopping."""
+        return self._stop_flag.is_set()
+
+    def progress(self, fraction: float, message: str | None = None) -> None:
+        """Report how far the run is (0.0-1.0) as a task.progress event; calls closer together
+        than 50 ms are coalesced, except the final 1.0."""
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+            raise ValidationError("fraction", f"expected a number, got {type(fraction).__name__}")
+        if not 0.0 <= fraction <= 1.0:
+            raise ValidationError("fraction", f"must be 0.0-1.0, got {fraction}")
+        now = time.monotonic()
+        if fraction < 1.0 and now - self._last_progress < PROGRESS_MIN_INTERVAL_S:
+            return
+        self._last_progress = now
+        data: dict[str, Any] = {"fraction": float(fraction)}
+        if message is not None:
+            data["message"] = str(message)
+        self._emit(EventType.TASK_PROGRESS.value, data)
+
+    def log(self, message: str) -> None:
+        """Add a line to the session's logs (and a task.log event)."""
+        for line in str(message).splitlines() or [""]:
+            self._log_line("log", line)
+
+
+def current_task() -> TaskContext:
+    """The run this code is part of; SessionqError outside a run."""
+    ctx: TaskContext | None = getattr(_local, "ctx", None)
+    if ctx is None:
+        raise SessionqError("current_task() called outside a sessionq run")
+    return ctx
+
+
+def set_current(ctx: TaskContext | None) -> None:
+    _local.ctx = ctx

@@ -1,0 +1,218 @@
+"""Running one run in the worker process: a function in-process (no fork), a command as a
+process group; both can be ended by a timeout or a stop request."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import selectors
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+LOG_FLUSH_S = 0.05
+LOG_FLUSH_LINES = 200
+PR_SET_PDEATHSIG = 1
+
+try:
+    _libc: ctypes.CDLL | None = ctypes.CDLL("libc.so.6", use_errno=True)
+except OSError:
+    _libc = None
+
+
+class RunInterrupted(BaseException):
+    """Raised inside a running function to end it. A BaseException, like KeyboardInterrupt,
+    so that a task's own `except Exception` does not swallow it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Interrupter:
+    """Ends the function running on the main thread: by SIGALRM at its deadline, or by
+    SIGUSR1 when another thread asks (stop, shutdown)."""
+
+    def __init__(self) -> None:
+        self._main = threading.main_thread().ident
+        self._armed = False
+        self._reason: str | None = None
+        self.enabled = threading.current_thread() is threading.main_thread()
+        if self.enabled:
+            signal.signal(signal.SIGALRM, self._on_alarm)
+            signal.signal(signal.SIGUSR1, self._on_request)
+
+    def _on_alarm(self, signum: int, frame: object) -> None:
+        if self._armed:
+            self._armed = False
+            raise RunInterrupted("timeout")
+
+    def _on_request(self, signum: int, frame: object) -> None:
+        if self._armed and self._reason:
+            self._armed = False
+            raise RunInterrupted(self._reason)
+
+    def arm(self, timeout: float | None) -> None:
+        self._reason = None
+        self._armed = True
+        if timeout and self.enabled:
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+
+    def disarm(self) -> None:
+        self._armed = False
+        if self.enabled:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def request(self, reason: str) -> None:
+        """From any thread: interrupt the running function with `reason`."""
+        self._reason = reason
+        if self.enabled and self._main is not None:
+            signal.pthread_kill(self._main, signal.SIGUSR1)
+
+
+def call_function(
+    fn: Callable[..., Any],
+    args: list[Any],
+    kwargs: dict[str, Any],
+    env: dict[str, str],
+    timeout: float | None,
+    interrupter: Interrupter,
+) -> Any:
+    """Call `fn` with `env` added to os.environ for the duration, under the deadline."""
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    interrupter.arm(timeout)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        interrupter.disarm()
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+def _child_setup(ram_bytes: int | None) -> Callable[[], None]:
+    def setup() -> None:
+        # die with the worker, whatever kills it
+        if _libc is not None:
+            _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if ram_bytes:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_AS, (ram_bytes, ram_bytes))
+
+    return setup
+
+
+class Command:
+    """A command run as its own process group, its output read line by line."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        *,
+        ram_gb: float | None,
+        on_lines: Callable[[list[tuple[str, str]]], None],
+    ) -> None:
+        self.argv = argv
+        self.env = env
+        self.ram_bytes = int(ram_gb * 1024**3) if ram_gb else None
+        self.on_lines = on_lines
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.stop_reason: str | None = None
+        self._stop_at: float | None = None
+
+    def request_stop(self, reason: str) -> None:
+        """From any thread: end the process group (TERM now, KILL after the grace)."""
+        self.stop_reason = self.stop_reason or reason
+        self._signal(signal.SIGTERM)
+
+    def _signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def run(self, timeout: float | None, grace_s: float) -> int:
+        """Run to the end; the exit status (negative: killed by that signal)."""
+        env = {**os.environ, **self.env}
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_child_setup(self.ram_bytes),  # noqa: PLW1509 - only prctl/setrlimit
+        )
+        deadline = time.monotonic() + timeout if timeout else None
+        try:
+            self._pump(deadline, grace_s)
+        finally:
+            self._signal(signal.SIGKILL)  # nothing of the group outlives the run
+            self.proc.wait()
+        return self.proc.returncode
+
+    def _pump(self, deadline: float | None, grace_s: float) -> None:
+        assert self.proc is not None and self.proc.stdout and self.proc.stderr
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ, "stdout")
+        sel.register(self.proc.stderr, selectors.EVENT_READ, "stderr")
+        partial = {"stdout": b"", "stderr": b""}
+        pending: list[tuple[str, str]] = []
+        first_pending = 0.0
+        open_streams = 2
+        while open_streams:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline and self.stop_reason is None:
+                self.request_stop("timeout")
+            if self.stop_reason is not None:
+                self._stop_at = self._stop_at or now
+                if now - self._stop_at >= grace_s:
+                    self._signal(signal.SIGKILL)
+            for key, _ in sel.select(timeout=LOG_FLUSH_S):
+                chunk = os.read(key.fd, 65536)
+                stream = key.data
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                    open_streams -= 1
+                    if partial[stream]:
+                        pending.append((stream, _text(partial[stream])))
+                        partial[stream] = b""
+                    continue
+                lines = (partial[stream] + chunk).split(b"\n")
+                partial[stream] = lines.pop()
+                if lines and not pending:
+                    first_pending = time.monotonic()
+                pending.extend((stream, _text(line)) for line in lines)
+            if pending and (
+                len(pending) >= LOG_FLUSH_LINES or time.monotonic() - first_pending >= LOG_FLUSH_S
+            ):
+                self.on_lines(pending)
+                pending = []
+        sel.close()
+        if pending:
+            self.on_lines(pending)
+
+
+def _text(line: bytes) -> str:
+    return line.rstrip(b"\r").decode("utf-8", errors="replace")
+
+
+def describe_exit(status: int) -> str:
+    if status < 0:
+        try:
+            name = signal.Signals(-status).name
+        except ValueError:
+            name = f"signal {-status}"
+        return f"killed by {name}"
+    return f"exit status {status}"

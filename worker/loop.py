@@ -1,0 +1,324 @@
+"""`SessionWorker`: one worker process's loop over RQ's data, one round trip per run.
+
+Per run the loop makes one script call (common/lua/run.lua) that finishes the run it just ran
+and starts the next one it holds; runs are claimed in small batches (claim.lua) onto a list
+that names this worker, so a run is never lost between dequeue and start. Functions run in
+this process - no fork per run - and an Interrupter or a process-group kill ends them on a
+timeout or a stop. The watcher thread (worker.watch) heartbeats, takes stop commands and
+recovers lost workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections import deque
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from common import codec
+from common.connection import connect
+from common.errors import CodecError, RunRejected
+from common.keys import CONTROL_QUEUE, DEFAULT_QUEUE, command_queue_for, session_of
+from common.models import COMMAND_FUNC, parse_job_data, parse_meta
+from common.rqcompat import load_rq
+from common.scripts import OP_PREFIX, Scripts
+from common.settings import Settings
+from worker.context import TaskContext, set_current
+from worker.execute import Command, Interrupter, RunInterrupted, call_function, describe_exit
+from worker.registry import resolve
+
+log = logging.getLogger(__name__)
+BATCH_WINDOW_S = 0.02  # claim about this much work at once (fewer round trips, no hoarding)
+IDLE_WAIT_S = 1
+REDIS_BACKOFF_MAX_S = 5.0
+Finish = tuple[str, str, str, bytes, int]
+
+
+class SessionWorker:
+    """A worker process: serves the control queue first, then its queues."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        queues: list[str] | None = None,
+        allow_commands: bool = False,
+        name: str | None = None,
+        cores: float | None = None,
+        ram: float | None = None,
+        hard_kill: bool = False,
+    ) -> None:
+        self.settings = settings
+        load_rq(settings.prefix)
+        self.redis = connect(settings)
+        self.scripts = Scripts(self.redis, settings)
+        self.name = name or f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:4]}"
+        user_queues = queues or [DEFAULT_QUEUE]
+        self.queues = [CONTROL_QUEUE, *user_queues]
+        if allow_commands:
+            self.queues += [command_queue_for(q) for q in user_queues]
+        self.allow_commands = allow_commands
+        self.cores, self.ram = cores, ram
+        self.hard_kill = hard_kill
+        self.head = self.scripts.worker_head(self.name)
+        self.wake_keys = [self.scripts.keys.wake(q) for q in self.queues]
+        self.buffer: deque[tuple[str, str]] = deque()
+        self.batch = 1
+        self.avg_run_s = 0.01
+        self.interrupter = Interrupter()
+        self.stop_flag = threading.Event()
+        self.shutting_down = False
+        self.hard_stop = False
+        self.current: str | None = None
+        self.current_command: Command | None = None
+        self.current_deadline: float | None = None
+        self.interrupt_at: float | None = None
+        self.runs_done = 0
+        self._rq_worker: Any = None
+        self._watcher: Any = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def register(self) -> None:
+        """Appear in RQ's worker registry (so `rq info` sees us) and in our heartbeat set."""
+        from rq.worker import Worker
+
+        from common.codec import RQSerializer
+
+        self._rq_worker = Worker(
+            self.queues, name=self.name, connection=self.redis, serializer=RQSerializer
+        )
+        self._rq_worker.register_birth()
+        extra = {"state": "idle"}
+        if self.cores:
+            extra["cores"] = str(self.cores)
+        if self.ram:
+            extra["ram"] = str(self.ram)
+        pipe = self.redis.pipeline()
+        pipe.hset(self.scripts.rq.worker(self.name), mapping=extra)
+        pipe.zadd(self.scripts.keys.workers(), {self.name: int(time.time() * 1000)})
+        pipe.execute()
+
+    def unregister(self) -> None:
+        """Give back what we hold (claimed runs go back to their queues) and leave."""
+        held = list(self.buffer)
+        self.buffer.clear()
+        self.scripts.recover(self.name, held, "worker stopped", unregister=True)
+
+    def install_signals(self) -> None:
+        """SIGTERM: finish the current run, then exit. A second SIGTERM, or SIGINT: stop the
+        current run and requeue it."""
+
+        def on_term(signum: int, frame: object) -> None:
+            if self.shutting_down or signum == signal.SIGINT:
+                self.stop_now("shutdown")
+            else:
+                log.info("worker %s: finishing the current run, then stopping", self.name)
+                self.shutting_down = True
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_term)
+
+    def stop_now(self, reason: str) -> None:
+        self.shutting_down = True
+        self.hard_stop = True
+        self.stop_current(reason)
+
+    def stop_current(self, reason: str, run_id: str | None = None) -> None:
+        """End the running run (if it is `run_id`, when given)."""
+        if self.current is None or (run_id is not None and run_id != self.current):
+            return
+        self.stop_flag.set()
+        self.interrupt_at = self.interrupt_at or time.monotonic()
+        command = self.current_command
+        if command is not None:
+            command.request_stop(reason)
+        else:
+            self.interrupter.request(reason)
+
+    # -- the loop --------------------------------------------------------------------------
+    def work(self, burst: bool = False) -> int:
+        """Run until stopped (or, with burst, until the queues are empty); exit status."""
+        from worker.watch import Watcher
+
+        self.register()
+        self._watcher = Watcher(self)
+        self._watcher.start()
+        log.info("worker %s serving %s", self.name, ", ".join(self.queues))
+        backoff = 0.1
+        try:
+            while not self.shutting_down:
+                try:
+                    if not self._turn(burst):
+                        break
+                    backoff = 0.1
+                except (RedisConnectionError, RedisTimeoutError) as exc:
+                    log.warning("worker %s: Redis unreachable (%s); retrying in %.1fs",
+                                self.name, exc, backoff)  # fmt: skip
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, REDIS_BACKOFF_MAX_S)
+        finally:
+            self._flush()
+            self._watcher.stop()
+            try:
+                self.unregister()
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                log.error("worker %s: could not unregister (%s); the reaper will", self.name, exc)
+        log.info("worker %s stopped after %d runs", self.name, self.runs_done)
+        return 0
+
+    _pending: Finish | None = None
+
+    def _flush(self) -> None:
+        if self._pending is not None:
+            finish, self._pending = self._pending, None
+            self._after_finish(self.scripts.step(self.head, self.name, finish, None), finish)
+
+    def _turn(self, burst: bool) -> bool:
+        """One step of the loop; False when a burst worker has nothing left."""
+        if not self.buffer:
+            self._flush()
+            claimed = self.scripts.claim(self.name, self.queues, self.batch)
+            if not claimed:
+                if burst:
+                    return False
+                self.redis.blpop(self.wake_keys, timeout=IDLE_WAIT_S)
+                return True
+            self.buffer.extend(claimed)
+        run_id, queue = self.buffer.popleft()
+        if queue == CONTROL_QUEUE:
+            self._flush()
+            from worker.ops import run_op
+
+            run_op(self, run_id)
+            return True
+        finish, self._pending = self._pending, None
+        reply = self.scripts.step(self.head, self.name, finish, (run_id, queue))
+        self._after_finish(reply, finish)
+        if reply[2] == "run":
+            self._pending = self._execute(run_id, queue, reply)
+            if self.shutting_down:
+                self._flush()
+        elif reply[2] == "skip":
+            log.debug("run %s skipped: %s", run_id, reply[3])
+        return True
+
+    def _after_finish(self, reply: list[Any], finish: Finish | None) -> None:
+        if finish is not None and reply[1] == 1:
+            # the last run of a session being destroyed ended: carry out the destroy
+            from worker.ops import destroy_session
+
+            destroy_session(self.scripts, session_of(finish[0]), worker_name=self.name,
+                            stop_local=self.stop_current)  # fmt: skip
+
+    # -- one run ---------------------------------------------------------------------------
+    def _execute(self, run_id: str, queue: str, reply: list[Any]) -> Finish:
+        """Run it and say how it ended: (run id, queue, outcome, payload, duration ms)."""
+        started = time.perf_counter()
+        sid = session_of(run_id)
+        outcome, payload = self._outcome(run_id, sid, queue, reply)
+        elapsed = time.perf_counter() - started
+        self.avg_run_s = 0.8 * self.avg_run_s + 0.2 * elapsed
+        self.batch = max(1, min(self.settings.claim_batch_max, int(BATCH_WINDOW_S / max(self.avg_run_s, 1e-6))))
+        self.runs_done += 1
+        return (run_id, queue, outcome, payload, int(elapsed * 1000))
+
+    def _outcome(self, run_id: str, sid: str, queue: str, reply: list[Any]) -> tuple[str, bytes]:
+        timeout = float(reply[5]) if reply[5] else None
+        attempt = int(reply[6])
+        self.current, self.current_deadline = run_id, (time.monotonic() + timeout) if timeout else None
+        self.interrupt_at = None
+        self.stop_flag.clear()
+        try:
+            func, args, kwargs = parse_job_data(reply[3])
+            meta = parse_meta(reply[4])
+            env = dict(meta.get("env") or {})
+            env.update(
+                REPLICA_ID=str(meta.get("replica_id", 1)),
+                REPLICA_COUNT=str(meta.get("replica_count", 1)),
+                SESSIONQ_SESSION_ID=sid,
+                SESSIONQ_TASK_ID=run_id,
+            )
+            if func == COMMAND_FUNC:
+                return self._run_command(run_id, sid, args, env, meta, timeout)
+            if func.startswith(OP_PREFIX):
+                raise RunRejected(f"{func!r} is a control operation, not a task")
+            fn = resolve(func)
+            ctx = TaskContext(
+                session_id=sid, task_id=run_id, name=str(meta.get("name", run_id)),
+                attempt=attempt, emit=self._emitter(sid, run_id),
+                log_line=lambda stream, line: self.scripts.log(sid, run_id, [(stream, line)],
+                                                               worker=self.name),
+                stop_flag=self.stop_flag,
+            )  # fmt: skip
+            set_current(ctx)
+            try:
+                result = call_function(fn, args, kwargs, env, timeout, self.interrupter)
+            finally:
+                set_current(None)
+            try:
+                return "succeeded", codec.encode(result)
+            except CodecError as exc:
+                return "rejected", codec.encode(f"return value of {func}: {exc}")
+        except RunInterrupted as exc:
+            return self._interrupted(exc.reason, timeout)
+        except (CodecError, RunRejected) as exc:
+            log.error("run %s rejected: %s", run_id, exc)
+            return "rejected", codec.encode(f"{type(exc).__name__}: {exc}")
+        except Exception:  # the per-run boundary: record the failure, keep the worker alive
+            text = traceback.format_exc()
+            log.info("run %s failed: %s", run_id, text.strip().splitlines()[-1])
+            return "failed", codec.encode(text)
+        finally:
+            self.current = None
+            self.current_command = None
+            self.current_deadline = None
+
+    def _interrupted(self, reason: str, timeout: float | None) -> tuple[str, bytes]:
+        if reason == "timeout":
+            return "failed", codec.encode(f"timeout: the run took longer than {timeout:g}s")
+        if reason == "shutdown":
+            return "requeue", codec.encode("worker shut down")
+        return "canceled", codec.encode(f"stopped: {reason}")
+
+    def _run_command(
+        self, run_id: str, sid: str, argv: list[Any], env: dict[str, str],
+        meta: dict[str, Any], timeout: float | None,
+    ) -> tuple[str, bytes]:  # fmt: skip
+        if not self.allow_commands:
+            raise RunRejected("commands run only on workers started with --allow-commands")
+        if not argv or not all(isinstance(a, str) for a in argv):
+            raise RunRejected("job field 'data': a command needs a list of string arguments")
+        command = Command(
+            argv, env, ram_gb=meta.get("ram"),
+            on_lines=lambda lines: self.scripts.log(sid, run_id, lines, worker=self.name),
+        )  # fmt: skip
+        self.current_command = command
+        try:
+            status = command.run(timeout, self.settings.stop_grace_s)
+        except FileNotFoundError:
+            return "rejected", codec.encode(f"command not found: {argv[0]}")
+        except PermissionError:
+            return "rejected", codec.encode(f"command not executable: {argv[0]}")
+        if command.stop_reason is not None:
+            return self._interrupted(command.stop_reason, timeout)
+        if status == 0:
+            return "succeeded", codec.encode(None)
+        detail = describe_exit(status)
+        if meta.get("ram"):
+            detail += f" (memory was capped at ram={meta['ram']} GB)"
+        return "failed", codec.encode(detail)
+
+    def _emitter(self, sid: str, run_id: str) -> Any:
+        def emit(event_type: str, data: dict[str, Any]) -> None:
+            self.scripts.emit(sid, [(event_type, run_id, data)], worker=self.name)
+
+        return emit

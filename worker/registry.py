@@ -1,0 +1,66 @@
+"""The `@task` registry: only functions registered here ever run (SPEC §4)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
+
+from common.errors import ConfigError, RunRejected
+
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+
+_REGISTRY: dict[str, Callable[..., Any]] = {}
+
+
+@overload
+def task(func: F, /) -> F: ...
+@overload
+def task(*, name: str | None = None) -> Callable[[F], F]: ...
+
+
+def task(func: Any = None, /, *, name: str | None = None) -> Any:
+    """Register a function so workers may run it; it stays callable as a plain function.
+    Its name is `"module:qualname"` unless `name` is given."""
+
+    def register(fn: F) -> F:
+        full = name or f"{fn.__module__}:{fn.__qualname__}"
+        existing = _REGISTRY.get(full)
+        if existing is not None and existing is not fn:
+            same_code = getattr(existing, "__code__", None) is getattr(fn, "__code__", None)
+            if not same_code:
+                log.warning("task %s registered again; the newer function wins", full)
+        _REGISTRY[full] = fn
+        fn.__sessionq_name__ = full  # type: ignore[attr-defined]
+        return fn
+
+    if func is not None:
+        return register(func)
+    return register
+
+
+def resolve(name: str) -> Callable[..., Any]:
+    """The registered function of this name, or RunRejected saying it is not registered."""
+    fn = _REGISTRY.get(name)
+    if fn is None:
+        raise RunRejected(
+            f"function {name!r} is not a registered @task on this worker "
+            "(register it with @worker.task and start the worker with --import MODULE)"
+        )
+    return fn
+
+
+def import_modules(modules: list[str]) -> None:
+    """Import the --import modules so their @task functions register; ConfigError if one
+    does not import."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(f"--import {module}: {exc}") from exc
+
+
+def registered() -> list[str]:
+    return sorted(_REGISTRY)

@@ -1,0 +1,124 @@
+"""The watcher thread of a worker process: heartbeats, RQ's stop commands, the reaper, and
+the last resort for a run that ignores its stop."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from common import codec
+from common.models import rq_time
+from worker.ops import reap
+
+if TYPE_CHECKING:
+    from worker.loop import SessionWorker
+
+log = logging.getLogger(__name__)
+EXIT_HARD_KILLED = 70
+
+
+class Watcher(threading.Thread):
+    def __init__(self, worker: SessionWorker) -> None:
+        super().__init__(name=f"watcher-{worker.name}", daemon=True)
+        self.worker = worker
+        self._stopping = threading.Event()
+        self._next_reap = 0.0
+        self.beats = 0
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join(timeout=5)
+
+    def run(self) -> None:
+        w = self.worker
+        channel = w.scripts.rq.worker_channel(w.name)
+        pubsub = None
+        interval = w.settings.heartbeat_interval_s
+        next_beat = 0.0
+        while not self._stopping.is_set():
+            try:
+                if pubsub is None:
+                    pubsub = w.redis.pubsub(ignore_subscribe_messages=True)
+                    pubsub.subscribe(channel)
+                now = time.monotonic()
+                if now >= next_beat:
+                    self.heartbeat()
+                    next_beat = now + interval
+                if now >= self._next_reap:
+                    self._next_reap = now + w.settings.reap_interval_s
+                    self.reap()
+                self.enforce()
+                message = pubsub.get_message(timeout=min(interval, 0.25))
+                if message and message.get("type") == "message":
+                    self.command(message["data"])
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.warning("watcher %s: Redis unreachable (%s)", w.name, exc)
+                pubsub = None
+                self._stopping.wait(min(interval, 1.0))
+        if pubsub is not None:
+            pubsub.close()
+
+    def heartbeat(self) -> None:
+        w = self.worker
+        now = time.time()
+        pipe = w.redis.pipeline(transaction=False)
+        pipe.zadd(w.scripts.keys.workers(), {w.name: int(now * 1000)})
+        pipe.hset(w.scripts.rq.worker(w.name), "last_heartbeat", rq_time(now))
+        pipe.expire(w.scripts.rq.worker(w.name), int(w.settings.heartbeat_ttl_s) + 60)
+        pipe.execute()
+        self.beats += 1
+
+    def reap(self) -> None:
+        w = self.worker
+        lock = w.scripts.keys.lock("reaper")
+        ttl_ms = int(w.settings.reap_interval_s * 1000)
+        if w.redis.set(lock, w.name, nx=True, px=ttl_ms):
+            reap(w.scripts, w.name)
+
+    def command(self, raw: bytes) -> None:
+        """RQ's worker commands (JSON, RQ's own format): stop-job, kill-horse, shutdown."""
+        try:
+            payload: dict[str, Any] = json.loads(raw)
+        except ValueError:
+            log.error("watcher: ignoring an unreadable command (%d bytes)", len(raw))
+            return
+        w, name = self.worker, payload.get("command")
+        if name == "stop-job":
+            w.stop_current("stopped", str(payload.get("job_id")))
+        elif name == "kill-horse":
+            w.stop_current("stopped")
+        elif name == "shutdown":
+            w.shutting_down = True
+        else:
+            log.warning("watcher: unknown command %r", name)
+
+    def enforce(self) -> None:
+        """A run that outlives its deadline or its stop by the grace period: record how it
+        ended and end this process (its supervisor starts a fresh one)."""
+        w = self.worker
+        run_id, grace = w.current, w.settings.stop_grace_s
+        if run_id is None or not w.hard_kill or w.current_command is not None:
+            return
+        now = time.monotonic()
+        overdue = w.current_deadline is not None and now > w.current_deadline + grace
+        ignored = w.interrupt_at is not None and now > w.interrupt_at + grace
+        if not (overdue or ignored):
+            return
+        reason = "timeout: the run ignored its deadline" if overdue else "stopped (forced)"
+        outcome = "failed" if overdue else "canceled"
+        log.error("run %s did not end %gs after its %s; restarting the worker process",
+                  run_id, grace, "deadline" if overdue else "stop")  # fmt: skip
+        queue = next((q for q in w.queues if q != "control"), "default")
+        origin = w.redis.hget(w.scripts.rq.job(run_id), "origin")
+        if origin:
+            queue = origin.decode()
+        finish = (run_id, queue, outcome, codec.encode(reason), 0)
+        w.scripts.step(w.head, w.name, finish, None)
+        os._exit(EXIT_HARD_KILLED)
