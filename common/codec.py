@@ -38,7 +38,10 @@ def decode(data: bytes) -> Any:
 
 def decode_map(data: bytes, what: str) -> dict[str, Any]:
     """Decode bytes that must hold a msgpack map; `what` names them in the error."""
-    value = decode(data)
+    try:
+        value = decode(data)
+    except CodecError as exc:
+        raise CodecError(f"{what}: {exc}") from exc
     if not isinstance(value, dict):
         raise CodecError(f"{what}: expected a msgpack map, got {type(value).__name__}")
     return value

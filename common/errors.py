@@ -1,16 +1,16 @@
 """Every error sessionq raises, under one root.
 
-    SessionqError
-    ├── ConfigError            bad settings, or a second prefix in one process
-    ├── ConnectionFailed       Redis cannot be reached (names the URL)
-    ├── ValidationError        invalid argument (also a ValueError)
-    │   └── ValidationTypeError    wrong type (also a TypeError)
-    ├── CodecError             bytes that are not our msgpack (also a ValueError)
-    ├── NotFound               unknown name where one is required (also a KeyError)
-    │   ├── SessionNotFound
-    │   └── TaskNotFound
-    ├── RunRejected            a worker refuses a run (unregistered function, bad job)
-    └── TaskFailed             a run failed; carries the remote traceback or exit status
+SessionqError
+├── ConfigError            bad settings, or a second prefix in one process
+├── ConnectionFailed       Redis cannot be reached (names the URL)
+├── ValidationError        invalid argument (also a ValueError)
+│   └── ValidationTypeError    wrong type (also a TypeError)
+├── CodecError             bytes that are not our msgpack (also a ValueError)
+├── NotFound               unknown name where one is required (also a KeyError)
+│   ├── SessionNotFound
+│   └── TaskNotFound
+├── RunRejected            a worker refuses a run (unregistered function, bad job)
+└── TaskFailed             a run failed; carries the remote traceback or exit status
 """
 
 from __future__ import annotations

@@ -308,7 +308,10 @@ def parse_job_data(raw: bytes | None) -> tuple[str, list[Any], dict[str, Any]]:
     """RQ's `data` field: (func name, args, kwargs); CodecError says what is wrong."""
     if not raw:
         raise CodecError("job field 'data' is missing")
-    value = codec.decode(raw)
+    try:
+        value = codec.decode(raw)
+    except CodecError as exc:
+        raise CodecError(f"job field 'data': {exc}") from exc
     if not isinstance(value, list) or len(value) != 4:
         raise CodecError("job field 'data': expected [func, instance, args, kwargs]")
     func, _instance, args, kwargs = value

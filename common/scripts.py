@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from typing import Any
 
@@ -26,7 +26,7 @@ OP_PREFIX = "sessionq.op:"  # func name prefix of control operations in RQ job d
 _SCRIPT_NAMES = ("claim", "run", "enqueue", "destroy", "recover", "emit", "log", "request")
 
 
-@lru_cache(maxsize=None)
+@cache
 def lua_source(name: str) -> str:
     """A script's source: the shared prelude, then the script itself (claim needs none)."""
     folder = resources.files("common") / "lua"

@@ -63,9 +63,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         if not PREFIX_RE.fullmatch(self.prefix):
-            raise ConfigError(
-                f"prefix {self.prefix!r}: 1-64 of letters, digits and _ . : - {{ }}"
-            )
+            raise ConfigError(f"prefix {self.prefix!r}: 1-64 of letters, digits and _ . : - {{ }}")
         if not self.user or len(self.user) > 64:
             raise ConfigError(f"user {self.user!r}: 1-64 characters")
         for name in (*_INT_KNOBS, *_FLOAT_KNOBS):

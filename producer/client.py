@@ -19,11 +19,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common import codec
 from common.connection import connect
-from common.errors import CodecError, ConnectionFailed, ValidationError
+from common.errors import CodecError, ConnectionFailed, SessionNotFound, ValidationError
 from common.events import decode_event
 from common.keys import DEFAULT_QUEUE, Keys, command_queue_for
 from common.models import (
     MAX_REPLICAS,
+    RunSpec,
     SessionRecord,
     Status,
     TaskState,
@@ -156,6 +157,48 @@ class Client:
         self.scripts.enqueue(sessions, runs, now=now)
         log.debug("created %d %s session(s) %s", replicas, kind, ids[:3])
         return ids
+
+    # -- persistent sessions (SPEC §3 builds on these) ----------------------------------------
+    def open_session(
+        self, name: str, *, kind: str = "session", config: dict[str, Any] | None = None,
+        create: bool = True,
+    ) -> str:  # fmt: skip
+        """The id of the caller's persistent session `name`, created when missing."""
+        check_name(name)
+        check_kind(kind)
+        field = f"{self.user}/{name}"
+        existing = self.redis.hget(self.keys.names(), field)
+        if existing is not None:
+            return existing.decode()
+        if not create:
+            raise SessionNotFound(f"{name} (owner {self.user})")
+        sid = new_session_id()
+        if not self.redis.hsetnx(self.keys.names(), field, sid):
+            return self.redis.hget(self.keys.names(), field).decode()  # another process won
+        record = SessionRecord(
+            id=sid, name=name, kind=kind, owner=self.user,
+            created_at_ms=int(time.time() * 1000), persistent=True, config=config,
+        )  # fmt: skip
+        self.scripts.enqueue(
+            [(sid, True, codec.encode(record.to_wire()), name, kind, self.user)], []
+        )
+        return sid
+
+    def add_runs(self, sid: str, specs: Sequence[RunSpec], *, state: str = "queued") -> list[str]:
+        """Add validated runs to an existing session in one atomic step; their ids."""
+        if not specs:
+            return []
+        last = int(self.redis.hincrby(self.keys.session(sid), "next", len(specs)))
+        now = time.time()
+        runs = []
+        for n, spec in enumerate(specs, start=last - len(specs) + 1):
+            queue = command_queue_for(spec.queue) if spec.is_command else spec.queue
+            queue = queue or DEFAULT_QUEUE
+            runs.append((0, f"{sid}-{n}", spec.name, state, queue, spec.job_fields(queue, now)))
+        reply = self.scripts.enqueue([(sid, False, b"", "", "session", self.user)], runs, now=now)
+        if reply and reply[0] == b"gone":
+            raise SessionNotFound(sid)
+        return [run[1] for run in runs]
 
     # -- read ------------------------------------------------------------------------------
     def _connect_base(self) -> str | None:
@@ -338,10 +381,23 @@ class Client:
                 log.warning("destroy: session %s belongs to %s, not %s", sid, owner, self.user)
                 out[sid] = False
                 continue
-            out[sid] = self.scripts.request(
-                sid, "destroy", [sid], status=Status.TERMINATING.value
-            )
+            out[sid] = self.scripts.request(sid, "destroy", [sid], status=Status.TERMINATING.value)
+            if out[sid]:
+                # the control queue may wait behind busy workers: tell those running it now
+                self._stop_running(sid)
         return out
+
+    def _stop_running(self, sid: str) -> None:
+        """Send RQ's stop-job command to the workers running this session's runs."""
+        from rq.command import send_command
+
+        run_ids = [r.decode() for r in self.redis.smembers(self.keys.session_running(sid))]
+        pipe = self.redis.pipeline(transaction=False)
+        for run_id in run_ids:
+            pipe.hget(self.scripts.rq.job(run_id), "worker_name")
+        for run_id, holder in zip(run_ids, pipe.execute(), strict=True):
+            if holder:
+                send_command(self.redis, holder.decode(), "stop-job", job_id=run_id)
 
     @redis_errors
     def destroy_with(
@@ -420,5 +476,3 @@ def format_event(event: dict[str, Any]) -> str:
     where = event["session"] + (f"/{event['task']}" if event.get("task") else "")
     data = " ".join(f"{k}={v}" for k, v in (event.get("data") or {}).items())
     return f"{stamp} #{event['seq']:<4} {event['type']:<18} {where} {data}".rstrip()
-
-

@@ -42,7 +42,9 @@ class Listener:
     ) -> None:
         self.client = client
         self.ids = None if ids is None else as_id_list(ids)
-        if types is not None and (isinstance(types, str) or not all(isinstance(t, str) for t in types)):
+        if types is not None and (
+            isinstance(types, str) or not all(isinstance(t, str) for t in types)
+        ):
             raise ValidationError("types", "expected a list of event type names")
         self.types = frozenset(types) if types else None
         if after is not None and not isinstance(after, (int, dict)) or isinstance(after, bool):
@@ -96,12 +98,15 @@ class Listener:
             pipe.hmget(k.session(sid), "seq", "status")
         for sid, (seq, status) in zip(self.ids, pipe.execute(), strict=True):
             start = self._start_after(sid)
+            ended = seq is None or (status is not None and status.decode() in ENDED_STATUSES)
             if start is not None:
                 self.last[sid] = start
                 kept = self.client.history_after(sid, start)
                 replay += self._fill(sid, kept, start, int(seq or 0))
+                if ended and not any(e["type"] in TERMINAL_EVENTS for e in kept):
+                    self.open.discard(sid)  # it ended before `after`: nothing more will come
                 continue
-            if seq is None or (status and status.decode() in ENDED_STATUSES):
+            if ended:
                 # unknown, or already ended: nothing live will come
                 self.open.discard(sid)
             self.last[sid] = int(seq or 0)

@@ -160,6 +160,9 @@ class Command:
         finally:
             self._signal(signal.SIGKILL)  # nothing of the group outlives the run
             self.proc.wait()
+            for pipe in (self.proc.stdout, self.proc.stderr):
+                if pipe is not None:
+                    pipe.close()
         return self.proc.returncode
 
     def _pump(self, deadline: float | None, grace_s: float) -> None:

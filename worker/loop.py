@@ -83,6 +83,7 @@ class SessionWorker:
         self.current_deadline: float | None = None
         self.interrupt_at: float | None = None
         self.runs_done = 0
+        self.parent_pid = 0  # set when a supervisor started this process
         self._rq_worker: Any = None
         self._watcher: Any = None
 
@@ -227,14 +228,19 @@ class SessionWorker:
         outcome, payload = self._outcome(run_id, sid, queue, reply)
         elapsed = time.perf_counter() - started
         self.avg_run_s = 0.8 * self.avg_run_s + 0.2 * elapsed
-        self.batch = max(1, min(self.settings.claim_batch_max, int(BATCH_WINDOW_S / max(self.avg_run_s, 1e-6))))
+        self.batch = max(
+            1, min(self.settings.claim_batch_max, int(BATCH_WINDOW_S / max(self.avg_run_s, 1e-6)))
+        )
         self.runs_done += 1
         return (run_id, queue, outcome, payload, int(elapsed * 1000))
 
     def _outcome(self, run_id: str, sid: str, queue: str, reply: list[Any]) -> tuple[str, bytes]:
         timeout = float(reply[5]) if reply[5] else None
         attempt = int(reply[6])
-        self.current, self.current_deadline = run_id, (time.monotonic() + timeout) if timeout else None
+        self.current, self.current_deadline = (
+            run_id,
+            (time.monotonic() + timeout) if timeout else None,
+        )
         self.interrupt_at = None
         self.stop_flag.clear()
         try:

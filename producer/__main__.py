@@ -1,0 +1,5 @@
+"""`python -m producer ...` is the `sessionq` command."""
+
+from producer.cli import main
+
+main()

@@ -1,0 +1,406 @@
+"""The `sessionq` command (SPEC §6): parse, build Settings, call the API, print."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import click
+
+from common.errors import SessionqError, ValidationError
+from common.settings import Settings
+from producer.client import Client, format_event
+
+log = logging.getLogger(__name__)
+EXIT_INTERRUPTED = 130
+LAZY_COMMANDS = {"worker": "worker.cli:worker_command"}
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"sessionq: error: {message}", err=True)
+    sys.exit(code)
+
+
+class SessionqGroup(click.Group):
+    """Lazily loads `worker` (producer never imports worker), and turns errors into one line
+    on stderr with SPEC §6's exit codes: 2 for bad input, 1 for other sessionq errors."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY_COMMANDS:
+            module, _, attr = LAZY_COMMANDS[cmd_name].partition(":")
+            command: click.Command = getattr(importlib.import_module(module), attr)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+    def main(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, prog_name: str | None = None,
+        complete_var: str | None = None, standalone_mode: bool = True, **extra: Any,
+    ) -> Any:  # fmt: skip
+        try:
+            rv = super().main(args, prog_name or "sessionq", complete_var, False, **extra)
+        except click.UsageError as exc:
+            _fail(exc.format_message().splitlines()[0], 2)
+        except ValidationError as exc:
+            _fail(str(exc), 2)
+        except SessionqError as exc:
+            _fail(str(exc), 1)
+        except (KeyboardInterrupt, click.Abort):
+            click.echo("interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except click.ClickException as exc:
+            _fail(exc.format_message(), exc.exit_code)
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _client(ctx: click.Context) -> Client:
+    settings: Settings = ctx.obj
+    return Client(settings=settings)
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+@click.group(cls=SessionqGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--url",
+    envvar="SESSIONQ_URL",
+    default=None,
+    help="Redis URL (env SESSIONQ_URL, then REDIS_URL).",
+)
+@click.option("--prefix", envvar="SESSIONQ_PREFIX", default=None, help="Key prefix (default sq:).")
+@click.option(
+    "--user",
+    envvar="SESSIONQ_USER",
+    default=None,
+    help="Owner recorded on sessions (default: the OS user).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default=None,
+    help="Logging level (default: INFO for worker and up, else WARNING).",
+)
+@click.pass_context
+def cli(
+    ctx: click.Context, url: str | None, prefix: str | None, user: str | None, log_level: str | None
+) -> None:
+    """sessionq: sessions - named, persistent collections of task runs - on Redis."""
+    level = (
+        log_level or ("INFO" if ctx.invoked_subcommand in ("worker", "up") else "WARNING")
+    ).upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx.obj = Settings.from_env(url, prefix=prefix, user=user)
+
+
+def main() -> None:
+    cli.main(prog_name="sessionq")
+
+
+# -- sessions (SPEC §2) ------------------------------------------------------------------------
+def _parse_env(pairs: Sequence[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValidationError("env", f"{pair!r} must be KEY=VALUE")
+        env[key] = value
+    return env
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--image", default=None, help="Container image label (recorded).")
+@click.option("--cores", type=float, default=None, help="Cores the run asks for.")
+@click.option(
+    "--ram", type=float, default=None, help="RAM in GB the run asks for (caps a command)."
+)
+@click.option("--kind", default="headless", show_default=True, help="Session kind.")
+@click.option("--gpu", type=float, default=None, help="GPUs the run asks for.")
+@click.option(
+    "--cmd", default=None, help="Command to run (split as a shell would, never run by one)."
+)
+@click.option("--args", "args_", default=None, help="Arguments (a shell-like string).")
+@click.option(
+    "--env",
+    "-e",
+    "env",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Environment variable (repeatable).",
+)
+@click.option(
+    "--replicas",
+    "-r",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Sessions to create: NAME-1 ... NAME-N.",
+)
+@click.option(
+    "--task",
+    default=None,
+    metavar="MODULE:FUNC",
+    help="Registered function to run instead of a command.",
+)
+@click.option(
+    "--kwargs",
+    "kwargs_json",
+    default=None,
+    metavar="JSON",
+    help="Keyword arguments of --task, as a JSON object.",
+)
+@click.option("--queue", default=None, help="Queue (default: default).")
+@click.option("--timeout", type=float, default=None, help="Seconds before the run is killed.")
+@click.option("--retries", type=int, default=0, show_default=True, help="Retries after a failure.")
+@click.option("--json", "as_json", is_flag=True, help="Print the ids as JSON.")
+@click.pass_context
+def create(
+    ctx: click.Context, name: str, image: str | None, cores: float | None, ram: float | None,
+    kind: str, gpu: float | None, cmd: str | None, args_: str | None, env: tuple[str, ...],
+    replicas: int, task: str | None, kwargs_json: str | None, queue: str | None,
+    timeout: float | None, retries: int, as_json: bool,
+) -> None:  # fmt: skip
+    """Create session(s) running a command or a registered function."""
+    kwargs = None
+    if kwargs_json is not None:
+        try:
+            kwargs = json.loads(kwargs_json)
+        except ValueError as exc:
+            raise ValidationError("kwargs", f"not JSON: {exc}") from exc
+    ids = _client(ctx).create(
+        name, image, cores, ram, kind, gpu, cmd, args_, _parse_env(env), replicas,
+        task=task, kwargs=kwargs, queue=queue, timeout=timeout, retries=retries,
+    )  # fmt: skip
+    if as_json:
+        _echo_json(ids)
+    else:
+        click.echo("\n".join(ids))
+
+
+def _table(records: list[dict[str, Any]]) -> None:
+    head = f"{'ID':<13} {'NAME':<24} {'KIND':<10} {'STATUS':<12} {'DONE':>11} {'CREATED':<24}"
+    click.echo(head)
+    for r in records:
+        t = r["tasks"]
+        done = f"{t['succeeded'] + t['failed'] + t['canceled']}/{sum(t.values())}"
+        click.echo(f"{r['id']:<13} {r['name'][:24]:<24} {r['kind']:<10} {r['status']:<12} "
+                   f"{done:>11} {r['created_at'] or '':<24}")  # fmt: skip
+
+
+@cli.command("ls")
+@click.option("--kind", default=None, help="Only this kind.")
+@click.option("--status", default=None, help="Only this status (Pending, Running, Completed, ...).")
+@click.option("--all", "all_", is_flag=True, help="Every user's sessions, not only yours.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def ls_command(
+    ctx: click.Context, kind: str | None, status: str | None, all_: bool, as_json: bool
+) -> None:
+    """List sessions."""
+    records = _client(ctx).fetch(kind=kind, status=status, view="all" if all_ else None)
+    if as_json:
+        _echo_json(records)
+    else:
+        _table(records)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def stats(ctx: click.Context, as_json: bool) -> None:
+    """Sessions by status, runs by state, queues, workers, cores and RAM."""
+    data = _client(ctx).stats()
+    if as_json:
+        _echo_json(data)
+        return
+    for section, values in data.items():
+        row = "  ".join(f"{k}={v}" for k, v in values.items())
+        click.echo(f"{section:<9} {row}")
+
+
+@cli.command()
+@click.argument("ids", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def info(ctx: click.Context, ids: tuple[str, ...], as_json: bool) -> int:
+    """Show session records (unknown ids are reported)."""
+    records = _client(ctx).info(list(ids))
+    if as_json:
+        _echo_json(records)
+    else:
+        for r in records:
+            click.echo(f"== {r['id']}")
+            for key, value in r.items():
+                click.echo(f"  {key:<13} {value}")
+    missing = set(ids) - {r["id"] for r in records}
+    for sid in sorted(missing):
+        click.echo(f"sessionq: no such session: {sid}", err=True)
+    return 1 if missing else 0
+
+
+@cli.command()
+@click.argument("ids", nargs=-1, required=True)
+@click.option(
+    "--follow", "-f", is_flag=True, help="Print lines as they arrive, until the sessions end."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def logs(ctx: click.Context, ids: tuple[str, ...], follow: bool, as_json: bool) -> int:
+    """Print the sessions' captured output and log lines."""
+    client = _client(ctx)
+    if follow:
+        for event in client.listen(list(ids), types=["task.log"], after=0):
+            line = event["data"].get("line", "")
+            click.echo(line if len(ids) == 1 else f"{event['session']}: {line}")
+        return 0
+    out = client.logs(list(ids)) or {}
+    if as_json:
+        _echo_json(out)
+    else:
+        for sid, text in out.items():
+            if len(ids) > 1:
+                click.echo(f"== {sid}")
+            click.echo(text, nl=False)
+    return 0 if len(out) == len(set(ids)) else 1
+
+
+@cli.command()
+@click.argument("ids", nargs=-1, required=True)
+@click.option(
+    "--follow", "-f", is_flag=True, help="Print events as they happen, until the sessions end."
+)
+@click.option(
+    "--type", "types", multiple=True, help="Only this event type; a trailing * matches a prefix."
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event.")
+@click.pass_context
+def events(
+    ctx: click.Context, ids: tuple[str, ...], follow: bool, types: tuple[str, ...], as_json: bool
+) -> None:
+    """Print the sessions' events."""
+    from common.events import matches
+
+    client = _client(ctx)
+    if follow:
+        stream = client.listen(list(ids), types=list(types) or None, after=0)
+    else:
+        wanted = frozenset(types) or None
+        stream = iter([e for e in client.events(list(ids)) or [] if matches(e["type"], wanted)])
+    for event in stream:
+        click.echo(json.dumps(event) if as_json else format_event(event))
+
+
+@cli.command()
+@click.argument("ids", nargs=-1, required=True)
+@click.pass_context
+def watch(ctx: click.Context, ids: tuple[str, ...]) -> int:
+    """A progress bar per session until they end (plain lines when not a terminal)."""
+    from producer.follow import follow
+
+    tallies = follow(_client(ctx), list(ids), logs=False)
+    for sid, tally in tallies.items():
+        click.echo(f"{tally.name} {sid}: {tally.status} ({tally.done}/{tally.total} done, "
+                   f"{tally.failed} failed)")  # fmt: skip
+    return 0 if tallies and all(t.status == "Completed" for t in tallies.values()) else 1
+
+
+@cli.command()
+@click.argument("ids", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def destroy(ctx: click.Context, ids: tuple[str, ...], as_json: bool) -> int:
+    """Destroy sessions (carried out by workers)."""
+    return _print_destroyed(_client(ctx).destroy(list(ids)), as_json)
+
+
+@cli.command("destroy-with")
+@click.argument("prefix")
+@click.option("--kind", default="headless", show_default=True, help="Only this kind.")
+@click.option("--status", default="Completed", show_default=True, help="Only this status.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def destroy_with(ctx: click.Context, prefix: str, kind: str, status: str, as_json: bool) -> int:
+    """Destroy sessions whose name starts with PREFIX (a regex if it has metacharacters)."""
+    return _print_destroyed(_client(ctx).destroy_with(prefix, kind=kind, status=status), as_json)
+
+
+def _print_destroyed(result: dict[str, bool], as_json: bool) -> int:
+    if as_json:
+        _echo_json(result)
+    else:
+        for sid, ok in result.items():
+            click.echo(f"{sid} {'accepted' if ok else 'refused (not found or not yours)'}")
+    return 0 if all(result.values()) else 1
+
+
+# -- running it (SPEC §7) ----------------------------------------------------------------------
+@cli.command()
+@click.option(
+    "--workers",
+    "-w",
+    type=click.IntRange(1, 64),
+    default=2,
+    show_default=True,
+    help="Worker processes.",
+)
+@click.option(
+    "--allow-commands/--no-allow-commands",
+    default=True,
+    show_default=True,
+    help="Let the workers run commands.",
+)
+@click.option(
+    "--import",
+    "-i",
+    "imports",
+    multiple=True,
+    metavar="MODULE",
+    help="Modules with @task functions.",
+)
+@click.pass_context
+def up(ctx: click.Context, workers: int, allow_commands: bool, imports: tuple[str, ...]) -> int:
+    """A Redis (embedded when no URL is set) and workers, in the foreground until Ctrl-C."""
+    from producer.stack import Stack
+
+    with Stack(
+        ctx.obj, workers=workers, allow_commands=allow_commands, imports=list(imports)
+    ) as stack:
+        click.echo(f"sessionq is up: SESSIONQ_URL={stack.settings.url} "
+                   f"({workers} worker process(es)); Ctrl-C stops it")  # fmt: skip
+        stack.wait()
+    return 0
+
+
+@cli.command()
+@click.option(
+    "--runs",
+    type=click.IntRange(1, 100_000),
+    default=200,
+    show_default=True,
+    help="Runs in the demo session.",
+)
+@click.option(
+    "--workers",
+    "-w",
+    type=click.IntRange(1, 16),
+    default=2,
+    show_default=True,
+    help="Worker processes.",
+)
+@click.pass_context
+def demo(ctx: click.Context, runs: int, workers: int) -> int:
+    """The main job: a Redis (embedded when no URL is set), workers, and a session of many
+    runs followed live; prints a summary and cleans up."""
+    from producer.demo import run_demo
+
+    return run_demo(ctx.obj, runs=runs, workers=workers)

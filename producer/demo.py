@@ -1,0 +1,50 @@
+"""`sessionq demo`: the main job, end to end on a private Redis."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from common.models import build_run
+from common.settings import Settings
+from producer.client import Client
+from producer.follow import follow
+from producer.stack import Stack
+
+DEMO_FUNC = "worker.demo:simulate"
+
+
+def run_demo(settings: Settings, *, runs: int, workers: int) -> int:
+    where = settings.url if settings.url_configured else "an embedded Redis"
+    click.echo(f"sessionq demo: {runs} runs on {workers} worker processes, on {where}")
+    with Stack(settings, workers=workers, imports=["worker.demo"], log_level="ERROR") as stack:
+        client = Client(settings=stack.settings)
+        started = time.monotonic()
+        sid = client.open_session(f"demo-{int(time.time())}", kind="demo")
+        specs = [build_run(name=f"simulate-{i}", task=DEMO_FUNC, args=[i], retries=1)
+                 for i in range(runs)]  # fmt: skip
+        specs.append(
+            build_run(
+                name="hello-command",
+                cmd=[sys.executable, "-c", "print('hello from a command run, no shell involved')"],
+            )
+        )
+        client.add_runs(sid, specs)
+        click.echo(f"session {sid}: {len(specs)} runs queued; following it live")
+        tally = follow(client, [sid], logs=False)[sid]
+        elapsed = time.monotonic() - started
+        record = client.info(sid)[0]
+        counts = record["tasks"]
+        click.echo("")
+        click.echo(f"session {sid} {record['status']} in {elapsed:.1f}s "
+                   f"({len(specs) / elapsed:.0f} runs/s end to end)")  # fmt: skip
+        click.echo("  runs: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
+        retried = sum(1 for e in client.events(sid) or [] if e["type"] == "task.retrying")
+        click.echo(f"  retried after a (simulated) failure: {retried}")
+        click.echo("  command output: " + (client.logs(sid) or {}).get(sid, "").strip())
+        click.echo(f"  workers seen: {client.stats()['workers']['count']}")
+        ok = record["status"] == "Completed" and tally.done == len(specs)
+    click.echo("demo finished; every process it started has stopped" if ok else "demo FAILED")
+    return 0 if ok else 1

@@ -1,0 +1,97 @@
+"""Every validation rule of SPEC §2, raised before anything is written."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.errors import ValidationError, ValidationTypeError
+from common.models import build_run, check_env, check_name, names_for_replicas, split_args
+
+
+@pytest.mark.parametrize("name", ["a", "A1", "x" * 63, "run.1_b-c", "9lives"])
+def test_good_names(name: str) -> None:
+    assert check_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "-a", ".a", "_a", "x" * 64, "a b", "a/b", "é"])
+def test_bad_names_name_the_field(name: str) -> None:
+    with pytest.raises(ValidationError, match="^name: "):
+        check_name(name)
+
+
+def test_name_of_wrong_type_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="^name: "):
+        check_name(5)
+
+
+def test_replica_names() -> None:
+    assert names_for_replicas("job", 1) == ["job"]
+    assert names_for_replicas("job", 3) == ["job-1", "job-2", "job-3"]
+
+
+@pytest.mark.parametrize("field", ["cores", "ram", "gpu", "timeout"])
+@pytest.mark.parametrize("value", [0, -1, float("inf"), float("nan")])
+def test_resources_must_be_positive(field: str, value: float) -> None:
+    with pytest.raises(ValidationError, match=f"^{field}: "):
+        build_run(name="n", cmd="true", **{field: value})
+
+
+@pytest.mark.parametrize("field", ["cores", "ram", "gpu"])
+def test_resources_must_be_numbers(field: str) -> None:
+    with pytest.raises(ValidationTypeError, match=f"^{field}: "):
+        build_run(name="n", cmd="true", **{field: "2"})
+
+
+@pytest.mark.parametrize("key", ["1A", "A-B", "", "A B"])
+def test_env_keys_must_be_variable_names(key: str) -> None:
+    with pytest.raises(ValidationError, match="^env: "):
+        check_env({key: "x"})
+
+
+def test_env_values_must_be_strings_or_numbers() -> None:
+    with pytest.raises(ValidationTypeError, match=r"^env\[A\]: "):
+        check_env({"A": [1]})
+    assert check_env({"A": 1, "B": "x"}) == {"A": "1", "B": "x"}
+
+
+def test_args_must_be_msgpack_serialisable() -> None:
+    with pytest.raises(ValidationTypeError, match="^args: "):
+        build_run(name="n", task="tests.tasks:add", args=[object()])
+    with pytest.raises(ValidationTypeError, match="^kwargs: "):
+        build_run(name="n", task="tests.tasks:add", kwargs={"a": {1, 2}})
+
+
+def test_payload_limit_is_512_kib() -> None:
+    spec = build_run(name="n", task="tests.tasks:add", args=["x" * (512 * 1024)])
+    with pytest.raises(ValidationError, match="^args: .*512 KiB"):
+        spec.job_fields("default", 0.0)
+    small = build_run(name="n", task="tests.tasks:add", args=["x" * (500 * 1024)])
+    assert small.job_fields("default", 0.0)["data"]
+
+
+def test_exactly_one_of_cmd_and_task() -> None:
+    with pytest.raises(ValidationError, match="^cmd: "):
+        build_run(name="n")
+    with pytest.raises(ValidationError, match="^cmd: "):
+        build_run(name="n", cmd="true", task="tests.tasks:add")
+
+
+def test_task_name_must_be_module_colon_function() -> None:
+    with pytest.raises(ValidationError, match="^task: "):
+        build_run(name="n", task="os.system")
+    with pytest.raises(ValidationTypeError, match="^task: "):
+        build_run(name="n", task=lambda: 1)
+
+
+def test_cmd_args_split_as_a_shell_would_never_through_one() -> None:
+    spec = build_run(name="n", cmd="echo", args="'hello world' $HOME; ls")
+    assert spec.argv == ["echo", "hello world", "$HOME;", "ls"]
+    with pytest.raises(ValidationError, match="^args: "):
+        split_args("'unterminated")
+
+
+def test_retries_range() -> None:
+    with pytest.raises(ValidationError, match="^retries: "):
+        build_run(name="n", cmd="true", retries=-1)
+    with pytest.raises(ValidationTypeError, match="^retries: "):
+        build_run(name="n", cmd="true", retries=1.5)

@@ -1,0 +1,140 @@
+"""Fixtures: a real Redis the suite starts itself (or SESSIONQ_TEST_URL), clients, workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis import Redis
+
+from common.keys import Keys
+from common.redisserver import RedisServer
+from common.settings import Settings
+from producer import Client
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = {  # short heartbeats so that loss is noticed within a test's patience
+    "heartbeat_interval_s": 0.2,
+    "heartbeat_ttl_s": 1.5,
+    "reap_interval_s": 0.3,
+    "stop_grace_s": 1.0,
+}
+ENV_KNOBS = {
+    "SESSIONQ_HEARTBEAT_INTERVAL_S": "0.2",
+    "SESSIONQ_HEARTBEAT_TTL_S": "1.5",
+    "SESSIONQ_REAP_INTERVAL_S": "0.3",
+    "SESSIONQ_STOP_GRACE_S": "1.0",
+}
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+    """Poll `predicate` until it is truthy; fail the test with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    url = os.environ.get("SESSIONQ_TEST_URL")
+    if url:
+        yield url
+        return
+    server = RedisServer().start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis(redis_url: str) -> Iterator[Redis]:
+    client = Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def settings(redis_url: str, redis: Redis) -> Settings:
+    return Settings.from_env(redis_url, environ={}, user="tester", **FAST)
+
+
+@pytest.fixture
+def keys(settings: Settings) -> Keys:
+    return Keys(settings.prefix)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[Client]:
+    c = Client(settings=settings)
+    yield c
+    c.close()
+
+
+class WorkerProcs:
+    """`sessionq worker` commands started as real processes."""
+
+    def __init__(self, settings: Settings, redis: Redis) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(
+        self, concurrency: int = 1, *, allow_commands: bool = False, extra: list[str] | None = None,
+        wait: bool = True,
+    ) -> subprocess.Popen[bytes]:  # fmt: skip
+        before = self.live()
+        cmd = [sys.executable, "-m", "producer", "--url", self.settings.url, "--prefix",
+               self.settings.prefix, "--user", self.settings.user, "worker", "--import",
+               "tests.tasks", "--concurrency", str(concurrency)]  # fmt: skip
+        if allow_commands:
+            cmd.append("--allow-commands")
+        cmd += extra or []
+        env = {**os.environ, **ENV_KNOBS, "PYTHONPATH": str(ROOT)}
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
+        self.procs.append(proc)
+        if wait:
+            wait_for(lambda: self.live() >= before + concurrency, what=f"{concurrency} worker(s)")
+        return proc
+
+    def live(self) -> int:
+        return int(self.redis.zcard(Keys(self.settings.prefix).workers()))
+
+    def names(self) -> list[str]:
+        return [n.decode() for n in self.redis.zrange(Keys(self.settings.prefix).workers(), 0, -1)]
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+@pytest.fixture
+def workers(settings: Settings, redis: Redis) -> Iterator[WorkerProcs]:
+    procs = WorkerProcs(settings, redis)
+    yield procs
+    procs.stop_all()
+
+
+def ended(client: Client, sid: str) -> bool:
+    records = client.info(sid)
+    return bool(records) and records[0]["status"] in ("Completed", "Failed", "Stopped")

@@ -1,0 +1,66 @@
+"""Registered functions the test workers run (`--import tests.tasks`)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from worker import current_task, task
+
+
+@task
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@task
+def noop() -> None:
+    return None
+
+
+@task
+def with_progress(steps: int = 4) -> str:
+    ctx = current_task()
+    for i in range(steps):
+        ctx.progress((i + 1) / steps, f"step {i + 1}")
+        time.sleep(0.06)  # past the progress coalescing window, so every step is an event
+    ctx.log("all steps done")
+    return "done"
+
+
+@task
+def environment() -> dict[str, str]:
+    keys = ("REPLICA_ID", "REPLICA_COUNT", "SESSIONQ_SESSION_ID", "SESSIONQ_TASK_ID", "GREETING")
+    return {k: os.environ.get(k, "") for k in keys}
+
+
+@task
+def sleeper(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@task
+def stubborn_sleeper(seconds: float) -> str:
+    """Ignores should_stop; only an interrupt ends it early."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+    return "finished"
+
+
+@task
+def boom(message: str = "boom") -> None:
+    raise ValueError(message)
+
+
+@task
+def unencodable() -> Any:
+    return object()
+
+
+@task
+def flaky(marker: str) -> int:
+    """Fails on its first attempt, succeeds after."""
+    return current_task().attempt if current_task().attempt > 1 else 1 / 0

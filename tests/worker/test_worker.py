@@ -1,0 +1,170 @@
+"""The worker class in-process (burst mode): runs, failures, bad jobs, and what it writes."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from redis import Redis
+
+import tests.tasks  # noqa: F401 - registers the @task functions
+from common.rqcompat import rq_keys
+from common.settings import Settings
+from producer import Client
+from worker.loop import SessionWorker
+
+
+def drain(settings: Settings, **kwargs: object) -> SessionWorker:
+    w = SessionWorker(settings, **kwargs)  # type: ignore[arg-type]
+    w.work(burst=True)
+    return w
+
+
+def types_of(client: Client, sid: str) -> list[str]:
+    return [e["type"] for e in client.events(sid) or []]
+
+
+def test_function_result_status_and_events(client: Client, settings: Settings) -> None:
+    [sid] = client.create("adder", task="tests.tasks:add", args=[2, 3])
+    drain(settings)
+    [record] = client.info(sid)
+    assert record["status"] == "Completed"
+    assert record["result"] == 5 and record["error"] is None
+    assert record["progress"] == 1.0 and record["tasks"]["succeeded"] == 1
+    assert types_of(client, sid) == [
+        "session.created", "task.queued", "session.started", "task.started",
+        "task.succeeded", "session.completed",
+    ]  # fmt: skip
+    seqs = [e["seq"] for e in client.events(sid) or []]
+    assert seqs == list(range(1, len(seqs) + 1))
+
+
+def test_progress_and_log_from_inside_a_function(client: Client, settings: Settings) -> None:
+    [sid] = client.create("prog", task="tests.tasks:with_progress", kwargs={"steps": 3})
+    drain(settings)
+    progress = [e["data"] for e in client.events(sid) or [] if e["type"] == "task.progress"]
+    assert [p["fraction"] for p in progress] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert progress[0]["message"] == "step 1"
+    assert (client.logs(sid) or {})[sid] == "all steps done\n"
+
+
+def test_replica_environment_reaches_functions(client: Client, settings: Settings) -> None:
+    ids = client.create("env", task="tests.tasks:environment", env={"GREETING": "hi"}, replicas=2)
+    drain(settings)
+    results = {r["name"]: r["result"] for r in client.info(ids)}
+    assert results["env-2"] == {
+        "REPLICA_ID": "2",
+        "REPLICA_COUNT": "2",
+        "GREETING": "hi",
+        "SESSIONQ_SESSION_ID": ids[1],
+        "SESSIONQ_TASK_ID": f"{ids[1]}-1",
+    }
+
+
+def test_unregistered_function_fails_the_run_and_the_worker_goes_on(
+    client: Client, settings: Settings
+) -> None:
+    [bad] = client.create("bad", task="os:system", args=["echo pwned"])
+    [evil] = client.create("evil", task="builtins:eval", args=["1+1"])
+    [good] = client.create("good", task="tests.tasks:add", args=[1, 1])
+    w = drain(settings)
+    by_id = {r["id"]: r for r in client.info([bad, evil, good])}
+    assert by_id[bad]["status"] == "Failed"
+    assert "'os:system' is not a registered @task" in by_id[bad]["error"]
+    assert "'builtins:eval' is not a registered @task" in by_id[evil]["error"]
+    assert by_id[good]["result"] == 2
+    assert w.runs_done == 3
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("data", b"\xc1\xff\x00garbage", "undecodable"),
+        ("data", b"\x93\xa1a", "undecodable"),  # truncated
+        ("data", b"\x92\xa1a\xa1b", "expected [func, instance, args, kwargs]"),
+        ("sq", b"\xff\xfe", "job field 'sq'"),
+        ("sq", b"\x81\xa1v\x63", "unknown schema version"),
+    ],
+)
+def test_broken_job_fields_fail_that_run_only(
+    client: Client, settings: Settings, redis: Redis, field: str, value: bytes, says: str
+) -> None:
+    [broken] = client.create("broken", task="tests.tasks:add", args=[1, 2])
+    [fine] = client.create("fine", task="tests.tasks:add", args=[3, 4])
+    redis.hset(rq_keys(settings.prefix).job(f"{broken}-1"), field, value)
+    drain(settings)
+    by_id = {r["id"]: r for r in client.info([broken, fine])}
+    assert by_id[broken]["status"] == "Failed" and says in by_id[broken]["error"]
+    assert by_id[fine]["result"] == 7
+
+
+def test_garbage_id_in_a_queue_is_skipped(client: Client, settings: Settings, redis: Redis) -> None:
+    rq = rq_keys(settings.prefix)
+    redis.rpush(rq.queue("default"), "no-such-run-1", "\xff\xfe")
+    [sid] = client.create("after", task="tests.tasks:add", args=[1, 1])
+    drain(settings)
+    assert client.info(sid)[0]["result"] == 2
+
+
+def test_exception_traceback_is_kept_and_retries_are_used(
+    client: Client, settings: Settings
+) -> None:
+    [failed] = client.create("boom", task="tests.tasks:boom", kwargs={"message": "kaput"})
+    [flaky] = client.create("flaky", task="tests.tasks:flaky", args=["m"], retries=1)
+    drain(settings)
+    by_id = {r["id"]: r for r in client.info([failed, flaky])}
+    assert "ValueError: kaput" in by_id[failed]["error"] and "Traceback" in by_id[failed]["error"]
+    assert by_id[flaky]["status"] == "Completed" and by_id[flaky]["result"] == 2
+    assert "task.retrying" in types_of(client, flaky)
+
+
+def test_unencodable_return_value_fails_the_run(client: Client, settings: Settings) -> None:
+    [sid] = client.create("obj", task="tests.tasks:unencodable")
+    drain(settings)
+    [record] = client.info(sid)
+    assert record["status"] == "Failed" and "cannot encode" in record["error"]
+
+
+def test_timeout_ends_a_running_function(client: Client, settings: Settings) -> None:
+    [sid] = client.create("slow", task="tests.tasks:stubborn_sleeper", args=[30], timeout=0.3)
+    drain(settings)
+    [record] = client.info(sid)
+    assert record["status"] == "Failed" and "timeout" in record["error"]
+
+
+def test_commands_need_allow_commands(client: Client, settings: Settings) -> None:
+    [sid] = client.create("cmd", cmd=[sys.executable, "-c", "print(1)"])
+    drain(settings)  # serves no command queue: the run waits
+    assert client.info(sid)[0]["status"] == "Pending"
+    drain(settings, allow_commands=True)
+    assert client.info(sid)[0]["status"] == "Completed"
+
+
+def test_command_output_and_exit_status(client: Client, settings: Settings) -> None:
+    script = (
+        "import sys; print('out 1'); print('err 1', file=sys.stderr); print('out 2'); sys.exit(3)"
+    )
+    [sid] = client.create("cmd", cmd=sys.executable, args=["-c", script])
+    drain(settings, allow_commands=True)
+    [record] = client.info(sid)
+    assert record["status"] == "Failed" and record["error"] == "exit status 3"
+    lines = (client.logs(sid) or {})[sid].splitlines()
+    assert sorted(lines) == ["err 1", "out 1", "out 2"]
+    assert lines.index("out 1") < lines.index("out 2")
+
+
+def test_command_not_found(client: Client, settings: Settings) -> None:
+    [sid] = client.create("nope", cmd="definitely-not-a-program-xyz")
+    drain(settings, allow_commands=True)
+    assert "command not found" in client.info(sid)[0]["error"]
+
+
+def test_command_timeout_kills_the_process_group(client: Client, settings: Settings) -> None:
+    code = (
+        "import subprocess, sys, time; "
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
+    )
+    [sid] = client.create("hang", cmd=[sys.executable, "-c", code], timeout=0.5)
+    drain(settings, allow_commands=True)
+    [record] = client.info(sid)
+    assert record["status"] == "Failed" and "timeout" in record["error"]

@@ -1,0 +1,70 @@
+"""`sessionq worker`: start worker processes (loaded lazily by the `sessionq` group)."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@click.command("worker")
+@click.option(
+    "--queue", "-q", "queues", multiple=True, help="Queue to serve (repeatable; default: default)."
+)
+@click.option(
+    "--import",
+    "-i",
+    "imports",
+    multiple=True,
+    metavar="MODULE",
+    help="Module whose @task functions may run (repeatable).",
+)
+@click.option(
+    "--allow-commands", is_flag=True, help="Also run command runs (never through a shell)."
+)
+@click.option("--burst", is_flag=True, help="Exit once the queues are empty.")
+@click.option(
+    "--concurrency",
+    "-c",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Worker processes under this command.",
+)
+@click.option("--name", type=str, default=None, help="Base name of the worker processes.")
+@click.option(
+    "--cores",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Cores this worker offers (shown by stats).",
+)
+@click.option(
+    "--ram",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="RAM in GB this worker offers (shown by stats).",
+)
+@click.pass_obj
+def worker_command(
+    settings: Settings, queues: tuple[str, ...], imports: tuple[str, ...], allow_commands: bool,
+    burst: bool, concurrency: int, name: str | None, cores: float | None, ram: float | None,
+) -> int:  # fmt: skip
+    """Run workers: the control queue first, then the given queues."""
+    from common.connection import connect
+    from common.models import check_queue
+    from worker.registry import import_modules
+    from worker.supervisor import Supervisor, WorkerOptions
+
+    for q in queues:
+        check_queue(q)
+    import_modules(list(imports))  # fail early, before any process starts
+    connect(settings).close()  # a clear error now if Redis is unreachable
+    opts = WorkerOptions(
+        queues=list(queues), allow_commands=allow_commands, burst=burst, name=name,
+        cores=cores, ram=ram, imports=list(imports),
+    )  # fmt: skip
+    return Supervisor(settings, opts, concurrency).run()

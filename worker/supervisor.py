@@ -1,0 +1,120 @@
+"""`sessionq worker --concurrency N`: N worker processes under one supervisor, which
+replaces a process that dies (giving back its runs at once) and relays stop signals."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
+
+from common.connection import connect
+from common.scripts import Scripts
+from common.settings import Settings
+
+log = logging.getLogger(__name__)
+POLL_S = 0.2
+RESTART_BACKOFF_MAX_S = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerOptions:
+    queues: list[str]
+    allow_commands: bool
+    burst: bool
+    name: str | None
+    cores: float | None
+    ram: float | None
+    imports: list[str]
+
+
+def child_name(base: str, pid: int) -> str:
+    return f"{base}.{pid}"
+
+
+def _child(settings: Settings, opts: WorkerOptions, base: str, parent: int) -> None:
+    from worker.loop import SessionWorker
+    from worker.registry import import_modules
+
+    import_modules(opts.imports)
+    w = SessionWorker(
+        settings, queues=opts.queues, allow_commands=opts.allow_commands,
+        name=child_name(base, os.getpid()), cores=opts.cores, ram=opts.ram, hard_kill=True,
+    )  # fmt: skip
+    w.parent_pid = parent
+    w.install_signals()
+    raise SystemExit(w.work(burst=opts.burst))
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, opts: WorkerOptions, concurrency: int) -> None:
+        self.settings = settings
+        self.opts = opts
+        self.concurrency = concurrency
+        self.base = opts.name or f"{socket.gethostname()}.{os.getpid()}"
+        self.ctx = multiprocessing.get_context("fork")
+        self.children: dict[int, BaseProcess] = {}
+        self.signals = 0
+        self._scripts: Scripts | None = None
+
+    def _start(self, slot: int) -> None:
+        proc = self.ctx.Process(
+            target=_child, args=(self.settings, self.opts, self.base, os.getpid()),
+            name=f"sessionq-worker-{slot}", daemon=False,
+        )  # fmt: skip
+        proc.start()
+        self.children[slot] = proc
+
+    def _relay(self, signum: int, frame: object) -> None:
+        self.signals += 1
+        hard = signum == signal.SIGINT or self.signals > 1
+        for proc in self.children.values():
+            if proc.pid and proc.is_alive():
+                os.kill(proc.pid, signal.SIGINT if hard else signal.SIGTERM)
+
+    def _recover(self, proc: BaseProcess) -> None:
+        """A child died without leaving cleanly: give its runs back now, not at heartbeat
+        expiry (the same script the reaper uses)."""
+        from worker.ops import recover_worker
+
+        if self._scripts is None:
+            self._scripts = Scripts(connect(self.settings), self.settings)
+        assert proc.pid is not None
+        name = child_name(self.base, proc.pid)
+        recover_worker(self._scripts, name, f"worker {name} died (exit code {proc.exitcode})")
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._relay)
+        signal.signal(signal.SIGINT, self._relay)
+        for slot in range(self.concurrency):
+            self._start(slot)
+        log.info("supervisor %s: %d worker process(es)", self.base, self.concurrency)
+        failures = 0
+        status = 0
+        while self.children:
+            time.sleep(POLL_S)
+            for slot, proc in list(self.children.items()):
+                if proc.is_alive():
+                    continue
+                proc.join()
+                del self.children[slot]
+                code = proc.exitcode
+                if code == 0 and (self.signals or self.opts.burst):
+                    continue
+                if code != 0:
+                    log.error("worker process %s exited with %s", proc.pid, code)
+                    try:
+                        self._recover(proc)
+                    except Exception:  # noqa: BLE001 - the reaper will recover it later
+                        log.exception("could not recover the runs of worker %s", proc.pid)
+                if self.signals:
+                    status = status or (code if code and code > 0 else 0)
+                    continue
+                failures += 1
+                time.sleep(min(RESTART_BACKOFF_MAX_S, 0.1 * 2 ** min(failures, 7)))
+                self._start(slot)
+        return status
