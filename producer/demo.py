@@ -19,18 +19,19 @@ DEMO_FUNC = "worker.demo:simulate"
 def run_demo(settings: Settings, *, runs: int, workers: int) -> int:
     where = settings.url if settings.url_configured else "an embedded Redis"
     click.echo(f"sessionq demo: {runs} runs on {workers} worker processes, on {where}")
-    with Stack(settings, workers=workers, imports=["worker.demo"], log_level="ERROR") as stack:
-        client = Client(settings=stack.settings)
+    with (
+        Stack(settings, workers=workers, imports=["worker.demo"], log_level="ERROR") as stack,
+        Client(settings=stack.settings) as client,
+    ):
         started = time.monotonic()
+        click.echo(f"Redis at {stack.settings.url}")
         sid = client.open_session(f"demo-{int(time.time())}", kind="demo")
-        specs = [build_run(name=f"simulate-{i}", task=DEMO_FUNC, args=[i], retries=1)
-                 for i in range(runs)]  # fmt: skip
-        specs.append(
-            build_run(
-                name="hello-command",
-                cmd=[sys.executable, "-c", "print('hello from a command run, no shell involved')"],
-            )
-        )
+        specs = [
+            build_run(name=f"simulate-{i}", task=DEMO_FUNC, args=[i], retries=1)
+            for i in range(runs)
+        ]
+        hello = "print('hello from a command run, no shell involved')"
+        specs.append(build_run(name="hello-command", cmd=[sys.executable, "-c", hello]))
         client.add_runs(sid, specs)
         click.echo(f"session {sid}: {len(specs)} runs queued; following it live")
         tally = follow(client, [sid], logs=False)[sid]
@@ -38,8 +39,10 @@ def run_demo(settings: Settings, *, runs: int, workers: int) -> int:
         record = client.info(sid)[0]
         counts = record["tasks"]
         click.echo("")
-        click.echo(f"session {sid} {record['status']} in {elapsed:.1f}s "
-                   f"({len(specs) / elapsed:.0f} runs/s end to end)")  # fmt: skip
+        click.echo(
+            f"session {sid} {record['status']} in {elapsed:.1f}s "
+            f"({len(specs) / elapsed:.0f} runs/s end to end)"
+        )
         click.echo("  runs: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
         retried = sum(1 for e in client.events(sid) or [] if e["type"] == "task.retrying")
         click.echo(f"  retried after a (simulated) failure: {retried}")

@@ -100,10 +100,10 @@ def test_destroy_a_running_session(client: Client, workers: WorkerProcs) -> None
 
 def test_destroy_of_another_users_session_is_refused(settings: Settings, client: Client) -> None:
     [sid] = client.create("mine", task="tests.tasks:add", args=[1, 2])
-    other = Client(settings=Settings.from_env(settings.url, environ={}, user="mallory"))
-    assert other.destroy(sid) == {sid: False}
-    assert other.fetch() == []
-    assert [r["id"] for r in other.fetch(view="all")] == [sid]
+    with Client(settings=Settings.from_env(settings.url, environ={}, user="mallory")) as other:
+        assert other.destroy(sid) == {sid: False}
+        assert other.fetch() == []
+        assert [r["id"] for r in other.fetch(view="all")] == [sid]
 
 
 def test_destroy_with_prefix_and_regex(client: Client, workers: WorkerProcs) -> None:
@@ -181,3 +181,50 @@ def test_nothing_under_the_prefix_is_pickle(
     assert values
     for value in values:
         assert not (value[:1] == b"\x80" and value[1:2] in b"\x02\x03\x04\x05"), value[:40]
+
+
+def test_two_workers_finishing_runs_of_one_session_keep_counts_right(
+    client: Client, workers: WorkerProcs
+) -> None:
+    from common.models import build_run
+
+    sid = client.open_session("many")
+    client.add_runs(sid, [build_run(name=f"r{i}", task="tests.tasks:noop") for i in range(400)])
+    workers.start(2)
+    wait_for(lambda: ended(client, sid), what="400 runs to finish")
+    [record] = client.info(sid)
+    assert record["status"] == "Completed"
+    assert record["tasks"] == {
+        "queued": 0,
+        "deferred": 0,
+        "held": 0,
+        "started": 0,
+        "succeeded": 400,
+        "failed": 0,
+        "canceled": 0,
+    }
+    events = client.events(sid) or []
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert sum(e["type"] == "task.succeeded" for e in events) == 400
+    assert sum(e["type"] == "session.completed" for e in events) == 1
+    assert len({e["worker"] for e in events if e["type"] == "task.started"}) == 2
+
+
+def test_connect_without_a_dashboard_follows_in_the_terminal(
+    client: Client, workers: WorkerProcs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    workers.start(1)
+    [sid] = client.create("followed", task="tests.tasks:with_progress")
+    client.connect(sid)
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1] == f"followed {sid}: 1/1 done, 0 failed, Completed"
+
+
+def test_worker_cores_and_ram_reach_stats(client: Client, workers: WorkerProcs) -> None:
+    workers.start(1, extra=["--cores", "4", "--ram", "16"])
+    [sid] = client.create("big", cores=2, ram=3, task="tests.tasks:sleeper", args=[3])
+    wait_for(lambda: client.info(sid)[0]["status"] == "Running", what="the run to start")
+    stats = client.stats()
+    assert stats["cores"] == {"requested": 2.0, "available": 4.0}
+    assert stats["ram"] == {"requested": 3.0, "available": 16.0}
+    assert stats["workers"] == {"count": 1, "busy": 1}
