@@ -63,7 +63,7 @@ class SessionqGroup(click.Group):
 
 def _client(ctx: click.Context) -> Client:
     settings: Settings = ctx.obj
-    return Client(settings=settings)
+    return ctx.with_resource(Client(settings=settings))
 
 
 def _echo_json(value: Any) -> None:

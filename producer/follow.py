@@ -51,6 +51,8 @@ class Tally:
 
     def apply(self, event: dict[str, Any]) -> None:
         etype, task = event["type"], event.get("task")
+        if etype == EventType.TASK_STARTED and self.status == "Pending":
+            self.status = "Running"
         if etype == EventType.TASK_QUEUED and event["data"].get("reason") is None:
             self.total += 1
         elif etype in (EventType.TASK_SUCCEEDED, EventType.TASK_FAILED, EventType.TASK_CANCELED):

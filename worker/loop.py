@@ -173,6 +173,7 @@ class SessionWorker:
                 self.unregister()
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 log.error("worker %s: could not unregister (%s); the reaper will", self.name, exc)
+            self.redis.close()
         log.info("worker %s stopped after %d runs", self.name, self.runs_done)
         return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -10,7 +11,9 @@ import pytest
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from tests.conftest import ROOT
+from common.settings import Settings
+from producer import Client
+from tests.conftest import ROOT, ended, wait_for
 
 
 def test_demo_runs_on_an_embedded_redis_and_cleans_up() -> None:
@@ -26,3 +29,39 @@ def test_demo_runs_on_an_embedded_redis_and_cleans_up() -> None:
     url = proc.stdout.split("Redis at ", 1)[1].split()[0]
     with pytest.raises(RedisConnectionError):
         Redis.from_url(url, socket_connect_timeout=1).ping()  # the embedded Redis is gone
+
+
+def test_up_serves_until_interrupted() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("SESSIONQ_URL", "REDIS_URL")}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "producer", "up", "--workers", "1", "--import", "tests.tasks"],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        url = line.split("SESSIONQ_URL=", 1)[1].split()[0]
+        with Client(url, user="tester") as client:
+            [sid] = client.create("via-up", task="tests.tasks:add", args=[20, 22])
+            wait_for(lambda: ended(client, sid), what="the session to end")
+            assert client.info(sid)[0]["result"] == 42
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)
+        assert proc.stdout is not None
+        proc.stdout.close()
+    assert code in (0, 130)
+    with pytest.raises(RedisConnectionError):
+        Redis.from_url(url, socket_connect_timeout=1).ping()
+
+
+def test_worker_burst_exits_when_the_queues_are_empty(client: Client, settings: Settings) -> None:
+    ids = client.create("burst", task="tests.tasks:add", args=[1, 1], replicas=5)
+    proc = subprocess.run(
+        [sys.executable, "-m", "producer", "--url", settings.url, "worker", "--burst",
+         "--import", "tests.tasks", "--concurrency", "2"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0
+    assert [r["status"] for r in client.info(ids)] == ["Completed"] * 5
