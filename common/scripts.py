@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterable, Sequence
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common import codec
 from common.keys import CONTROL_QUEUE, Keys, session_of
@@ -36,8 +40,88 @@ def lua_source(name: str) -> str:
     return (folder / "prelude.lua").read_text() + "\n" + body
 
 
+RUN_BLOCK_KEYS = 11
+Finish = tuple[str, str, str, bytes, int]  # run id, queue, outcome, payload, duration ms
+
+
+class StepReply(NamedTuple):
+    finished: list[tuple[str, str, str, bool]]
+    started: list[tuple[str, str, str, Any, Any, Any, int]]
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def bulk(value: bytes) -> bytes:
+    """One RESP bulk string."""
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+class FastLane:
+    """A worker's hot path to Redis: one dedicated connection, EVALSHA commands packed by hand
+    from pieces cached per worker and per session, and pipelined: a command can be sent now
+    and its reply read later (replies come back in order). redis-py's client layer (pool,
+    retry, argument encoding) costs more than the round trip itself on a loopback; this
+    skips it. Connection errors propagate: the caller sends again what was not answered."""
+
+    def __init__(self, redis: Redis, script: Any, head: list[str]) -> None:
+        self.redis = redis
+        self.script = script
+        self.conn: Any = None
+        self.head = b"".join(bulk(k.encode()) for k in head)
+        self.nhead = len(head)
+        self.sent: deque[tuple[bytes, Any]] = deque()  # commands awaiting a reply, with context
+
+    def send(self, nkeys: int, keys: bytes, args: list[bytes], context: Any) -> None:
+        total = self.nhead + nkeys
+        command = (
+            b"*%d\r\n$7\r\nEVALSHA\r\n" % (3 + total + len(args))
+            + bulk(self.script.sha.encode())
+            + bulk(b"%d" % total)
+            + self.head
+            + keys
+            + b"".join(bulk(a) for a in args)
+        )
+        self._write(command)
+        self.sent.append((command, context))
+
+    def _write(self, command: bytes) -> None:
+        if self.conn is None:
+            self.conn = self.redis.connection_pool.make_connection()
+        try:
+            self.conn.send_packed_command([command], check_health=False)
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            self.reset()
+            raise
+
+    def receive(self) -> tuple[list[Any], Any]:
+        """The reply to the oldest command sent, with its context."""
+        while True:
+            command, context = self.sent[0]
+            try:
+                reply = self.conn.read_response()
+            except NoScriptError:
+                # Redis lost its script cache (a restart): load the script, send it again
+                self.sent.popleft()
+                self.redis.script_load(self.script.script)
+                self._write(command)
+                self.sent.append((command, context))
+                continue
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                self.reset()
+                raise
+            self.sent.popleft()
+            return list(reply), context
+
+    def reset(self) -> None:
+        """Drop the connection and forget what was sent (the caller knows what to resend)."""
+        self.sent.clear()
+        if self.conn is not None:
+            self.conn.disconnect()
+            self.conn = None
+
+    close = reset
 
 
 class Scripts:
@@ -51,6 +135,9 @@ class Scripts:
         self._script = {name: redis.register_script(lua_source(name)) for name in _SCRIPT_NAMES}
         self._idx = [self.keys.idx_status(s.value) for s in Status] + [self.keys.run_counts()]
         self._blocks: dict[tuple[str, str], list[str]] = {}
+        self._packed: dict[tuple[str, str], bytes] = {}
+        self._lane: FastLane | None = None
+        self._cap = b"%d" % settings.history_cap
 
     # -- key lists -------------------------------------------------------------------------
     def run_block(self, run_id: str, queue: str) -> list[str]:
@@ -135,6 +222,10 @@ class Scripts:
         flat = self._script["claim"](keys=keys, args=[len(queues), batch])
         return [(flat[i + 1].decode(), queues[int(flat[i]) - 1]) for i in range(0, len(flat), 2)]
 
+    def close(self) -> None:
+        if self._lane is not None:
+            self._lane.close()
+
     def worker_head(self, worker: str) -> list[str]:
         return [
             self.keys.events_all_channel(),
@@ -143,33 +234,80 @@ class Scripts:
             *self._idx,
         ]
 
-    def step(
+    def step_send(
         self,
         head: list[str],
         worker: str,
-        finish: tuple[str, str, str, bytes, int] | None,
-        start: tuple[str, str] | None,
-    ) -> list[Any]:
-        """Finish (run id, queue, outcome, payload, duration ms) and/or start (run id, queue)."""
+        finishes: Sequence[Finish],
+        starts: Sequence[tuple[str, str]],
+        current: str,
+    ) -> None:
+        """Send run.lua: finish runs (run id, queue, outcome, payload, duration ms), start
+        runs (run id, queue), and say which run the worker goes on to. Read the reply with
+        step_receive, now or after more sends."""
+        lane = self._lane
+        if lane is None:
+            lane = self._lane = FastLane(self.redis, self._script["run"], head)
         now = time.time()
-        keys = head.copy()
-        args: list[Any] = [*self._head(now), worker]
-        if finish is not None:
-            run_id, queue, outcome, payload, duration_ms = finish
+        args = [b"%d" % int(now * 1000), rq_time(now).encode(), self._cap, worker.encode()]
+        args += [b"%d" % len(finishes), b"%d" % len(starts)]
+        blocks = []
+        for run_id, queue, outcome, payload, duration_ms in finishes:
+            blocks.append(self.packed_block(run_id, queue))
+            args += [run_id.encode(), session_of(run_id).encode(), outcome.encode(), payload,
+                     b"%d" % duration_ms]  # fmt: skip
+        for run_id, queue in starts:
+            blocks.append(self.packed_block(run_id, queue))
+            args += [run_id.encode(), session_of(run_id).encode()]
+        args.append(current.encode())
+        lane.send(len(blocks) * RUN_BLOCK_KEYS, b"".join(blocks), args, (finishes, starts))
+
+    def step_receive(self) -> StepReply:
+        """The oldest step's outcome: per finish (run, queue, result, session terminating),
+        per start (run id, queue, result, data, sq, timeout, attempt)."""
+        assert self._lane is not None
+        reply, (finishes, starts) = self._lane.receive()
+        fin = [
+            (f[0], f[1], reply[2 * i].decode(), reply[2 * i + 1] == 1)
+            for i, f in enumerate(finishes)
+        ]
+        base = 2 * len(finishes)
+        started = []
+        for i, (run_id, queue) in enumerate(starts):
+            status, data, sq, timeout, attempt = reply[base + 5 * i : base + 5 * i + 5]
+            status = status.decode()
+            if status != "run" and data:
+                data = data.decode()
+            started.append((run_id, queue, status, data, sq, timeout, int(attempt)))
+        return StepReply(fin, started)
+
+    def step_now(
+        self, head: list[str], worker: str, finishes: Sequence[Finish], current: str = ""
+    ) -> None:
+        """Finish runs through the ordinary client: for other threads than the worker loop."""
+        now = time.time()
+        keys = list(head)
+        args: list[Any] = [*self._head(now), worker, len(finishes), 0]
+        for run_id, queue, outcome, payload, duration_ms in finishes:
             keys += self.run_block(run_id, queue)
             args += [run_id, session_of(run_id), outcome, payload, duration_ms]
-        else:
-            args += ["", "", "", "", 0]
-        if start is not None:
-            keys += self.run_block(start[0], start[1])
-            args += [start[0], session_of(start[0])]
-        else:
-            args += ["", ""]
-        reply = list(self._script["run"](keys=keys, args=args))
-        reply[0], reply[2] = reply[0].decode(), reply[2].decode()
-        if reply[2] != "run" and reply[3]:
-            reply[3] = reply[3].decode()
-        return reply
+        args.append(current)
+        self._script["run"](keys=keys, args=args)
+
+    @property
+    def steps_unanswered(self) -> int:
+        return len(self._lane.sent) if self._lane is not None else 0
+
+    def packed_block(self, run_id: str, queue: str) -> bytes:
+        """A run block as RESP bulk strings; all but the job key cached per session/queue."""
+        sid = session_of(run_id)
+        rest = self._packed.get((sid, queue))
+        if rest is None:
+            rest = b"".join(bulk(k.encode()) for k in self.run_block(run_id, queue)[1:])
+            if len(self._packed) > 4096:
+                self._packed.clear()
+            self._packed[(sid, queue)] = rest
+        return bulk(self.rq.job(run_id).encode()) + rest
 
     def recover(
         self, worker: str, runs: Sequence[tuple[str, str]], reason: str, *, unregister: bool

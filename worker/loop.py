@@ -30,7 +30,7 @@ from common.errors import CodecError, RunRejected
 from common.keys import CONTROL_QUEUE, DEFAULT_QUEUE, command_queue_for, session_of
 from common.models import COMMAND_FUNC, parse_job_data, parse_meta
 from common.rqcompat import load_rq
-from common.scripts import OP_PREFIX, Scripts
+from common.scripts import OP_PREFIX, Finish, Scripts
 from common.settings import Settings
 from worker.context import TaskContext, set_current
 from worker.execute import Command, Interrupter, RunInterrupted, call_function, describe_exit
@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 BATCH_WINDOW_S = 0.02  # claim about this much work at once (fewer round trips, no hoarding)
 IDLE_WAIT_S = 1
 REDIS_BACKOFF_MAX_S = 5.0
-Finish = tuple[str, str, str, bytes, int]
+MAX_UNANSWERED = 64
+Ready = tuple[str, str, Any, Any, Any, int]  # run id, queue, data, sq, timeout, attempt
 
 
 class SessionWorker:
@@ -71,7 +72,10 @@ class SessionWorker:
         self.hard_kill = hard_kill
         self.head = self.scripts.worker_head(self.name)
         self.wake_keys = [self.scripts.keys.wake(q) for q in self.queues]
-        self.buffer: deque[tuple[str, str]] = deque()
+        self.ready: deque[Ready] = deque()  # started for us, to run in this order
+        self.unacked: deque[Finish] = deque()  # finishes sent, reply not read yet
+        self.cancel_ids: dict[str, str] = {}
+        self.lost_connection = False  # started runs to finish unrun: id -> reason
         self.batch = 1
         self.avg_run_s = 0.01
         self.interrupter = Interrupter()
@@ -84,6 +88,8 @@ class SessionWorker:
         self.interrupt_at: float | None = None
         self.runs_done = 0
         self.parent_pid = 0  # set when a supervisor started this process
+        # RQ's per-worker counters, added to its worker hash with each heartbeat
+        self.counts = {"successful_job_count": 0, "failed_job_count": 0}
         self._rq_worker: Any = None
         self._watcher: Any = None
 
@@ -108,12 +114,6 @@ class SessionWorker:
         pipe.zadd(self.scripts.keys.workers(), {self.name: int(time.time() * 1000)})
         pipe.execute()
 
-    def unregister(self) -> None:
-        """Give back what we hold (claimed runs go back to their queues) and leave."""
-        held = list(self.buffer)
-        self.buffer.clear()
-        self.scripts.recover(self.name, held, "worker stopped", unregister=True)
-
     def install_signals(self) -> None:
         """SIGTERM: finish the current run, then exit. A second SIGTERM, or SIGINT: stop the
         current run and requeue it."""
@@ -134,7 +134,11 @@ class SessionWorker:
         self.stop_current(reason)
 
     def stop_current(self, reason: str, run_id: str | None = None) -> None:
-        """End the running run (if it is `run_id`, when given)."""
+        """End the running run (if it is `run_id`, when given); a run started for us but
+        not begun yet is finished unrun when its turn comes."""
+        if run_id is not None and any(r[0] == run_id for r in self.ready):
+            self.cancel_ids[run_id] = reason
+            return
         if self.current is None or (run_id is not None and run_id != self.current):
             return
         self.stop_flag.set()
@@ -158,95 +162,138 @@ class SessionWorker:
         try:
             while not self.shutting_down:
                 try:
+                    if self.lost_connection:
+                        self._resend()
                     if not self._turn(burst):
                         break
                     backoff = 0.1
                 except (RedisConnectionError, RedisTimeoutError) as exc:
+                    self.lost_connection = True
                     log.warning("worker %s: Redis unreachable (%s); retrying in %.1fs",
                                 self.name, exc, backoff)  # fmt: skip
                     time.sleep(backoff)
                     backoff = min(backoff * 2, REDIS_BACKOFF_MAX_S)
         finally:
-            self._flush()
-            self._watcher.stop()
-            try:
-                self.unregister()
-            except (RedisConnectionError, RedisTimeoutError) as exc:
-                log.error("worker %s: could not unregister (%s); the reaper will", self.name, exc)
-            self.redis.close()
+            self._leave()
         log.info("worker %s stopped after %d runs", self.name, self.runs_done)
         return 0
 
-    _pending: Finish | None = None
-
-    def _flush(self) -> None:
-        if self._pending is not None:
-            finish, self._pending = self._pending, None
-            self._after_finish(self.scripts.step(self.head, self.name, finish, None), finish)
+    def _leave(self) -> None:
+        """Give back the runs started but not run (uncharged) and those only claimed, then
+        unregister. If Redis is gone, the reaper does it later."""
+        try:
+            giveback = [
+                (r[0], r[1], "requeue", codec.encode("worker stopped"), 0) for r in self.ready
+            ]
+            self.ready.clear()
+            if giveback or self.unacked:
+                self._finish(giveback)
+            self._collect(0)
+            self.scripts.recover(self.name, [], "worker stopped", unregister=True)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            log.error("worker %s: could not unregister (%s); the reaper will", self.name, exc)
+        finally:
+            self._watcher.stop()
+            self.scripts.close()
+            self.redis.close()
 
     def _turn(self, burst: bool) -> bool:
         """One step of the loop; False when a burst worker has nothing left."""
-        if not self.buffer:
-            self._flush()
+        if not self.ready:
+            self._collect(0)  # every finish answered before the next claim
             claimed = self.scripts.claim(self.name, self.queues, self.batch)
             if not claimed:
                 if burst:
                     return False
                 self.redis.blpop(self.wake_keys, timeout=IDLE_WAIT_S)
                 return True
-            self.buffer.extend(claimed)
-        run_id, queue = self.buffer.popleft()
-        if queue == CONTROL_QUEUE:
-            self._flush()
-            from worker.ops import run_op
+            runs = []
+            for run_id, queue in claimed:
+                if queue == CONTROL_QUEUE:
+                    from worker.ops import run_op
 
-            run_op(self, run_id)
+                    run_op(self, run_id)
+                else:
+                    runs.append((run_id, queue))
+            if runs:
+                self._start(runs)
             return True
-        finish, self._pending = self._pending, None
-        reply = self.scripts.step(self.head, self.name, finish, (run_id, queue))
-        self._after_finish(reply, finish)
-        if reply[2] == "run":
-            self._pending = self._execute(run_id, queue, reply)
-            if self.shutting_down:
-                self._flush()
-        elif reply[2] == "skip":
-            log.debug("run %s skipped: %s", run_id, reply[3])
+        run = self.ready.popleft()
+        finish = self._execute(run)
+        self._finish([finish])
         return True
 
-    def _after_finish(self, reply: list[Any], finish: Finish | None) -> None:
-        if finish is not None and reply[1] == 1:
-            # the last run of a session being destroyed ended: carry out the destroy
-            from worker.ops import destroy_session
+    def _start(self, runs: list[tuple[str, str]]) -> None:
+        """Start the claimed runs in one round trip; those the script lets run are ready."""
+        self.scripts.step_send(self.head, self.name, [], runs, runs[0][0])
+        reply = self.scripts.step_receive()
+        for run_id, queue, status, data, sq, timeout, attempt in reply.started:
+            if status == "run":
+                self.ready.append((run_id, queue, data, sq, timeout, attempt))
+            elif status == "skip":
+                log.debug("run %s skipped: %s", run_id, data)
 
-            destroy_session(self.scripts, session_of(finish[0]), worker_name=self.name,
-                            stop_local=self.stop_current)  # fmt: skip
+    def _finish(self, finishes: list[Finish]) -> None:
+        """Send finishes without waiting; their replies are read before the next claim."""
+        current = self.ready[0][0] if self.ready else ""
+        self.unacked.extend(finishes)
+        self.scripts.step_send(self.head, self.name, finishes, [], current)
+        if self.scripts.steps_unanswered > MAX_UNANSWERED:
+            self._collect(MAX_UNANSWERED // 2)
+
+    def _collect(self, keep: int) -> None:
+        """Read step replies until at most `keep` are unanswered."""
+        while self.scripts.steps_unanswered > keep:
+            for run_id, _queue, result, terminating in self.scripts.step_receive().finished:
+                self.unacked.popleft()
+                if result == "succeeded":
+                    self.counts["successful_job_count"] += 1
+                elif result == "failed":
+                    self.counts["failed_job_count"] += 1
+                if terminating:
+                    # the last run of a session being destroyed ended: carry out the destroy
+                    from worker.ops import destroy_session
+
+                    destroy_session(self.scripts, session_of(run_id), worker_name=self.name,
+                                    stop_local=self.stop_current)  # fmt: skip
+
+    def _resend(self) -> None:
+        """After a lost connection: send again the finishes nobody answered (the script
+        ignores one it has already recorded)."""
+        pending = list(self.unacked)
+        self.unacked.clear()
+        if pending:
+            self._finish(pending)
+        self._collect(0)
+        self.lost_connection = False
 
     # -- one run ---------------------------------------------------------------------------
-    def _execute(self, run_id: str, queue: str, reply: list[Any]) -> Finish:
+    def _execute(self, run: Ready) -> Finish:
         """Run it and say how it ended: (run id, queue, outcome, payload, duration ms)."""
+        run_id, queue, data, sq, timeout, attempt = run
+        reason = self.cancel_ids.pop(run_id, None)
+        if reason is not None:  # stopped before its turn came: it never runs
+            return (run_id, queue, "canceled", codec.encode(f"stopped: {reason}"), 0)
         started = time.perf_counter()
-        sid = session_of(run_id)
-        outcome, payload = self._outcome(run_id, sid, queue, reply)
+        outcome, payload = self._outcome(run_id, session_of(run_id), data, sq,
+                                         float(timeout) if timeout else None, attempt)  # fmt: skip
         elapsed = time.perf_counter() - started
         self.avg_run_s = 0.8 * self.avg_run_s + 0.2 * elapsed
-        self.batch = max(
-            1, min(self.settings.claim_batch_max, int(BATCH_WINDOW_S / max(self.avg_run_s, 1e-6)))
-        )
+        fits = int(BATCH_WINDOW_S / max(self.avg_run_s, 1e-6))
+        self.batch = max(1, min(self.settings.claim_batch_max, fits))
         self.runs_done += 1
         return (run_id, queue, outcome, payload, int(elapsed * 1000))
 
-    def _outcome(self, run_id: str, sid: str, queue: str, reply: list[Any]) -> tuple[str, bytes]:
-        timeout = float(reply[5]) if reply[5] else None
-        attempt = int(reply[6])
-        self.current, self.current_deadline = (
-            run_id,
-            (time.monotonic() + timeout) if timeout else None,
-        )
+    def _outcome(
+        self, run_id: str, sid: str, data: bytes, sq: bytes, timeout: float | None, attempt: int
+    ) -> tuple[str, bytes]:
+        self.current = run_id
+        self.current_deadline = (time.monotonic() + timeout) if timeout else None
         self.interrupt_at = None
         self.stop_flag.clear()
         try:
-            func, args, kwargs = parse_job_data(reply[3])
-            meta = parse_meta(reply[4])
+            func, args, kwargs = parse_job_data(data)
+            meta = parse_meta(sq)
             env = dict(meta.get("env") or {})
             env.update(
                 REPLICA_ID=str(meta.get("replica_id", 1)),

@@ -75,7 +75,12 @@ class Watcher(threading.Thread):
         pipe.zadd(w.scripts.keys.workers(), {w.name: int(now * 1000)})
         pipe.hset(w.scripts.rq.worker(w.name), "last_heartbeat", rq_time(now))
         pipe.expire(w.scripts.rq.worker(w.name), int(w.settings.heartbeat_ttl_s) + 60)
+        counts = {name: n for name, n in w.counts.items() if n}
+        for name, n in counts.items():
+            pipe.hincrby(w.scripts.rq.worker(w.name), name, n)
         pipe.execute()
+        for name, n in counts.items():
+            w.counts[name] -= n
         self.beats += 1
 
     def reap(self) -> None:
@@ -122,6 +127,5 @@ class Watcher(threading.Thread):
         origin = w.redis.hget(w.scripts.rq.job(run_id), "origin")
         if origin:
             queue = origin.decode()
-        finish = (run_id, queue, outcome, codec.encode(reason), 0)
-        w.scripts.step(w.head, w.name, finish, None)
+        w.scripts.step_now(w.head, w.name, [(run_id, queue, outcome, codec.encode(reason), 0)])
         os._exit(EXIT_HARD_KILLED)

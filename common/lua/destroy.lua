@@ -25,8 +25,12 @@ for r = 1, nruns do
     waiting[#waiting + 1] = j[2] or ''
   end
 end
-if #waiting > 1 then return waiting end
+if #waiting > 1 then
+  flush()
+  return waiting
+end
 emit(S, 'session.destroyed', nil, nil)
+flush()
 for r = 1, nruns do
   local base = 24 + (r - 1) * 4
   local id = ARGV[7 + r]
@@ -37,7 +41,7 @@ end
 -- the ended runs leave the global counters with the session
 for _, state in ipairs({'succeeded', 'failed', 'canceled'}) do
   local n = num(redis.call('HGET', S.session, state))
-  if n > 0 then redis.call('HINCRBY', G.stats, state, -n) end
+  if n > 0 then redis.call('HINCRBY', G.stats_key, state, -n) end
 end
 redis.call('DEL', KEYS[15], KEYS[16], KEYS[17], KEYS[18], KEYS[19], KEYS[20], KEYS[21], KEYS[22],
   KEYS[12])

@@ -2,17 +2,13 @@
 -- session that no longer exists. KEYS: [1] events channel (all), [2] session, [3] history,
 -- [4] session channel. ARGV: now_ms, cap, worker, sid, then (type, task, data) triples.
 G.chan_all = KEYS[1]
-G.now_ms = tonumber(ARGV[1])
-G.ts = G.now_ms / 1000.0
-G.cap = tonumber(ARGV[2])
-G.worker = ARGV[3]
-if G.worker == '' then G.worker = nil end
+set_clock(ARGV[1], '', ARGV[2], ARGV[3])
 local S = {sid = ARGV[4], session = KEYS[2], history = KEYS[3], chan = KEYS[4]}
 if redis.call('EXISTS', S.session) == 0 then return 0 end
-local last = 0
 for i = 5, #ARGV, 3 do
   local task = ARGV[i + 1]
   if task == '' then task = nil end
-  last = emit(S, ARGV[i], task, ARGV[i + 2])
+  emit(S, ARGV[i], task, ARGV[i + 2])
 end
-return last
+flush()
+return 1

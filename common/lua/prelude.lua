@@ -1,12 +1,18 @@
 -- Shared by every sessionq script (common/scripts.py prepends it). Keys arrive through KEYS
 -- only; a script never assembles a key name. Events are built here, in the wire layout of
 -- SPEC §5, so that every event - from Python or from a script - comes out of `emit`.
+-- Events are buffered per session and written by `flush` at the end of the script: one
+-- HINCRBY numbers them all, one ZADD keeps them, then each is published.
 local P = cmsgpack.pack
 local NIL = '\192'
 local EMPTY_MAP = '\128'
-local G = {}  -- per-call globals: ts, now_ms, now_iso, cap, worker, chan_all, idx[status]
-
+local G = {touched = {}, stats = {}}
 local STATUSES = {'Pending', 'Running', 'Paused', 'Terminating', 'Stopped', 'Completed', 'Failed'}
+-- the packed keys of an event map (fixmap of 8, in SPEC §5's order)
+local EV_HEAD = '\136\161v\1\163seq'
+local EV_TS, EV_TYPE, EV_SESSION = '\162ts', '\164type', '\167session'
+local EV_TASK, EV_WORKER, EV_DATA = '\164task', '\166worker', '\164data'
+local TRIM_EVERY = 64
 
 local function enc(v)
   if v == nil or v == false then return NIL end
@@ -25,35 +31,86 @@ local function map(pairs)
   return table.concat(out)
 end
 
--- G.idx[status] = key of the status index set; KEYS[first .. first+6] in STATUSES order,
--- then KEYS[first+7] the global counters of runs by state.
+local function num(v) return tonumber(v or '0') or 0 end
+
+-- The session table behind a run block (see run_block), or the session table itself.
+local function sess(B) return B.S or B end
+
+local function set_clock(now_ms, now_iso, cap, worker)
+  G.now_ms = tonumber(now_ms)
+  G.ts = G.now_ms / 1000.0
+  G.ts_packed = P(G.ts)
+  G.now_iso = now_iso
+  G.cap = tonumber(cap)
+  G.worker = worker
+  if G.worker == '' then G.worker = nil end
+  G.worker_packed = enc(G.worker)
+end
+
+-- KEYS[1] the all-sessions channel; KEYS[first .. first+6] the status index sets in STATUSES
+-- order; KEYS[first+7] the global run counters; ARGV[argv_first ..] now_ms, now_iso, cap, worker.
 local function load_globals(first_idx_key, argv_first)
   G.chan_all = KEYS[1]
   G.idx = {}
   for i, name in ipairs(STATUSES) do G.idx[name] = KEYS[first_idx_key + i - 1] end
-  G.stats = KEYS[first_idx_key + 7]
-  G.now_ms = tonumber(ARGV[argv_first])
-  G.ts = G.now_ms / 1000.0
-  G.now_iso = ARGV[argv_first + 1]
-  G.cap = tonumber(ARGV[argv_first + 2])
-  G.worker = ARGV[argv_first + 3]
-  if G.worker == '' then G.worker = nil end
+  G.stats_key = KEYS[first_idx_key + 7]
+  set_clock(ARGV[argv_first], ARGV[argv_first + 1], ARGV[argv_first + 2], ARGV[argv_first + 3])
 end
 
--- S = {sid, session, history, chan}
+-- S = {sid, session, history, chan}: queue an event of session S (numbered at flush).
 local function emit(S, etype, task, data)
-  local seq = redis.call('HINCRBY', S.session, 'seq', 1)
-  local ev = map({'v', P(1), 'seq', P(seq), 'ts', P(G.ts), 'type', P(etype),
-    'session', P(S.sid), 'task', enc(task), 'worker', enc(G.worker), 'data', data or EMPTY_MAP})
-  redis.call('ZADD', S.history, seq, ev)
-  if seq > G.cap then redis.call('ZREMRANGEBYSCORE', S.history, '-inf', seq - G.cap) end
-  redis.call('PUBLISH', S.chan, ev)
-  redis.call('PUBLISH', G.chan_all, ev)
-  return seq
+  S = sess(S)
+  if not S.events then
+    S.events = {}
+    G.touched[#G.touched + 1] = S
+  end
+  S.events[#S.events + 1] = {etype, task, data}
+end
+
+-- Number, keep and publish every queued event; call before a script returns.
+local function flush()
+  for _, S in ipairs(G.touched) do
+    local n = #S.events
+    if n > 0 then
+      local last = redis.call('HINCRBY', S.session, 'seq', n)
+      local first = last - n + 1
+      local keep_from = math.max(first, last - G.cap + 1)
+      local zargs = {}
+      local sid = P(S.sid)
+      for i, e in ipairs(S.events) do
+        local seq = first + i - 1
+        local ev = EV_HEAD .. P(seq) .. EV_TS .. G.ts_packed .. EV_TYPE .. P(e[1]) .. EV_SESSION
+          .. sid .. EV_TASK .. enc(e[2]) .. EV_WORKER .. G.worker_packed .. EV_DATA
+          .. (e[3] or EMPTY_MAP)
+        if seq >= keep_from then
+          zargs[#zargs + 1] = seq
+          zargs[#zargs + 1] = ev
+          if #zargs >= 1000 then
+            redis.call('ZADD', S.history, unpack(zargs))
+            zargs = {}
+          end
+        end
+        redis.call('PUBLISH', S.chan, ev)
+        redis.call('PUBLISH', G.chan_all, ev)
+      end
+      if #zargs > 0 then redis.call('ZADD', S.history, unpack(zargs)) end
+      if last > G.cap and (n >= TRIM_EVERY or math.floor(last / TRIM_EVERY) ~= math.floor((first - 1) / TRIM_EVERY)) then
+        redis.call('ZREMRANGEBYSCORE', S.history, '-inf', last - G.cap)
+      end
+    end
+    S.events = nil
+  end
+  G.touched = {}
+  for state, delta in pairs(G.stats) do
+    if delta ~= 0 then redis.call('HINCRBY', G.stats_key, state, delta) end
+  end
+  G.stats = {}
 end
 
 local function set_status(S, new)
-  local old = redis.call('HGET', S.session, 'status')
+  S = sess(S)
+  local old = S.status or redis.call('HGET', S.session, 'status')
+  S.status = new
   if old == new then return old end
   redis.call('HSET', S.session, 'status', new)
   if old then redis.call('SREM', G.idx[old], S.sid) end
@@ -61,24 +118,30 @@ local function set_status(S, new)
   return old
 end
 
+local function stat(state, n)
+  G.stats[state] = (G.stats[state] or 0) + n
+end
+
+-- Move n runs of session S from one state to another (either may be nil).
 local function move(S, from, to, n)
+  S = sess(S)
   n = n or 1
   if from then
     redis.call('HINCRBY', S.session, from, -n)
-    redis.call('HINCRBY', G.stats, from, -n)
+    stat(from, -n)
   end
   if to then
     redis.call('HINCRBY', S.session, to, n)
-    redis.call('HINCRBY', G.stats, to, n)
+    stat(to, n)
   end
 end
 
-local function num(v) return tonumber(v or '0') or 0 end
-
 -- A Running/Pending session with nothing queued, deferred, held or started has ended.
 local function maybe_end(S)
+  S = sess(S)
   local v = redis.call('HMGET', S.session, 'status', 'queued', 'deferred', 'held', 'started',
     'failed', 'cron')
+  S.status = v[1]
   if v[1] ~= 'Running' and v[1] ~= 'Pending' then return nil end
   if num(v[2]) + num(v[3]) + num(v[4]) + num(v[5]) + num(v[7]) > 0 then return nil end
   local final = 'Completed'
@@ -91,12 +154,21 @@ local function maybe_end(S)
   return final
 end
 
--- A run block: 11 keys starting at KEYS[i] (see common/scripts.py RUN_BLOCK).
+-- A run block: 11 keys starting at KEYS[i] (see common/scripts.py RUN_BLOCK). Runs of one
+-- session share their session's table (events, status), so that one flush numbers them all.
+G.sessions = {}
 local function run_block(i, sid)
-  return {job = KEYS[i], session = KEYS[i + 1], history = KEYS[i + 2], chan = KEYS[i + 3],
-    running = KEYS[i + 4], held = KEYS[i + 5], wip = KEYS[i + 6], finished = KEYS[i + 7],
-    failed = KEYS[i + 8], queue = KEYS[i + 9], wake = KEYS[i + 10], sid = sid}
+  local S = G.sessions[sid]
+  if not S then
+    S = {sid = sid, session = KEYS[i + 1], history = KEYS[i + 2], chan = KEYS[i + 3],
+      running = KEYS[i + 4], held = KEYS[i + 5]}
+    G.sessions[sid] = S
+  end
+  return {job = KEYS[i], S = S, session = S.session, sid = sid, running = S.running,
+    held = S.held, wip = KEYS[i + 6], finished = KEYS[i + 7], failed = KEYS[i + 8],
+    queue = KEYS[i + 9], wake = KEYS[i + 10]}
 end
+
 
 local function wake(B)
   redis.call('LPUSH', B.wake, '1')
@@ -110,7 +182,7 @@ local function cancel_run(B, id, state, reason)
 end
 
 -- The run failed or was lost: retry it while retries are left, else record the failure.
-local function fail_or_retry(B, id, error_enc, attempts, retries_left, retry_allowed, rqworker)
+local function fail_or_retry(B, id, error_enc, attempts, retries_left, retry_allowed)
   if retry_allowed and retries_left > 0 then
     redis.call('HSET', B.job, 'state', 'queued', 'status', 'queued', 'error', error_enc,
       'retries_left', retries_left - 1)
@@ -127,6 +199,5 @@ local function fail_or_retry(B, id, error_enc, attempts, retries_left, retry_all
   redis.call('ZADD', B.failed, '+inf', id)
   move(B, 'started', 'failed')
   emit(B, 'task.failed', id, map({'error', error_enc, 'attempt', P(attempts)}))
-  if rqworker then redis.call('HINCRBY', rqworker, 'failed_job_count', 1) end
   return 'failed'
 end

@@ -11,12 +11,24 @@ load_globals(4, 1)
 local reason, unregister = ARGV[5], ARGV[6] == '1'
 local n = (#ARGV - 6) / 2
 local out = {}
+-- The worker ran its runs in list order: the first started one is the one it was running
+-- (it used up an attempt); started ones behind it never began and go back uncharged.
+local blocks, charged = {}, nil
+for r = 1, n do
+  local id, sid = ARGV[6 + 2 * r - 1], ARGV[6 + 2 * r]
+  blocks[r] = run_block(14 + (r - 1) * 11, sid)
+  if not charged then
+    local j = redis.call('HMGET', blocks[r].job, 'state', 'worker_name')
+    if j[1] == 'started' and j[2] == G.worker then charged = id end
+  end
+end
 for r = n, 1, -1 do
   local id, sid = ARGV[6 + 2 * r - 1], ARGV[6 + 2 * r]
-  local B = run_block(14 + (r - 1) * 11, sid)
+  local B = blocks[r]
   if redis.call('LREM', KEYS[12], 1, id) > 0 then
     local j = redis.call('HMGET', B.job, 'state', 'worker_name', 'retries_left', 'attempts')
-    if j[1] == 'started' and j[2] == G.worker then
+    local ours = j[1] == 'started' and j[2] == G.worker
+    if ours then
       local attempts = num(j[4])
       redis.call('ZREM', B.wip, id .. ':' .. attempts)
       redis.call('SREM', B.running, id)
@@ -24,9 +36,15 @@ for r = n, 1, -1 do
       if status == 'Terminating' or status == 'Stopped' then
         cancel_run(B, id, 'started', 'worker lost while stopping')
         if status == 'Terminating' then out[#out + 1] = sid end
-      else
-        fail_or_retry(B, id, reason, attempts, num(j[3]), true, nil)
+      elseif id == charged then
+        fail_or_retry(B, id, reason, attempts, num(j[3]), true)
         maybe_end(B)
+      else
+        redis.call('HSET', B.job, 'state', 'queued', 'status', 'queued', 'attempts', attempts - 1)
+        redis.call('LPUSH', B.queue, id)
+        wake(B)
+        move(B, 'started', 'queued')
+        emit(B, 'task.queued', id, map({'reason', P('given back unrun by a lost worker')}))
       end
     elseif j[1] == 'queued' then
       redis.call('LPUSH', B.queue, id)
@@ -34,6 +52,7 @@ for r = n, 1, -1 do
     end
   end
 end
+flush()
 if unregister and redis.call('LLEN', KEYS[12]) == 0 then
   redis.call('ZREM', KEYS[2], G.worker)
   redis.call('SREM', KEYS[3], KEYS[13])

@@ -10,6 +10,7 @@ local S = {sid = ARGV[5], session = KEYS[13], history = KEYS[14], chan = KEYS[15
 if redis.call('EXISTS', S.session) == 0 then return 0 end
 if ARGV[6] ~= '' then set_status(S, ARGV[6]) end
 if ARGV[7] ~= '' then emit(S, ARGV[7], nil, nil) end
+flush()
 redis.call('HSET', KEYS[12], unpack(ARGV, 9))
 redis.call('RPUSH', KEYS[10], ARGV[8])
 redis.call('SADD', KEYS[16], KEYS[10])
