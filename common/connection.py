@@ -12,6 +12,8 @@ from common.errors import ConnectionFailed
 from common.settings import Settings
 
 RETRY_ATTEMPTS = 6
+# redis-py 8 caps a pool at 100 connections; each listener holds one, so allow many
+POOL_MAX_CONNECTIONS = 4096
 
 
 def connect(settings: Settings, *, check: bool = True, **kwargs: object) -> Redis:
@@ -23,6 +25,7 @@ def connect(settings: Settings, *, check: bool = True, **kwargs: object) -> Redi
         "retry_on_error": [RedisConnectionError, RedisTimeoutError],
         "health_check_interval": 30,
         "socket_connect_timeout": 5,
+        "max_connections": POOL_MAX_CONNECTIONS,
     }
     options.update(kwargs)
     try:
