@@ -10,9 +10,11 @@ from common.errors import (
     TaskNotFound,
     ValidationError,
 )
+from producer.aio import AsyncClient
 from producer.client import Client
 
 __all__ = [
+    "AsyncClient",
     "Client",
     "ConfigError",
     "ConnectionFailed",

@@ -430,7 +430,8 @@ class Client:
         """Events as they happen, with no gap and no duplicate per session (SPEC §5)."""
         from producer.listen import Listener
 
-        return iter(Listener(self, ids, types=types, after=after, timeout=timeout))
+        listener = Listener(self.redis, self.keys, ids, types=types, after=after, timeout=timeout)
+        return iter(listener)
 
     @redis_errors
     def connect(self, ids: str | Sequence[str]) -> None:

@@ -1,53 +1,55 @@
-"""`Listener`: events in seq order with no gap and no duplicate, across reconnects (SPEC §5).
+"""Listeners: events in seq order with no gap and no duplicate, across reconnects (SPEC §5).
 
-It subscribes first, then replays what the history kept after `after`, then goes live; a live
-event that skips ahead makes it read the missing range from the history, and a range the cap
-already dropped is reported as a `listener.gap` event instead of being hidden.
+A listener subscribes first, then replays what the history kept after `after`, then goes
+live; a live event that skips ahead makes it read the missing range from the history, and a
+range the cap already dropped is reported as a `listener.gap` event instead of being hidden.
+`Ordering` is that logic without I/O; `Listener` drives it on redis-py, `AsyncListener` on
+redis.asyncio.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
 
-from redis.client import PubSub
+from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.errors import CodecError, ValidationError
 from common.events import TERMINAL_EVENTS, EventType, decode_event, matches
+from common.keys import Keys
 from common.models import ENDED_STATUSES, as_id_list
-
-if TYPE_CHECKING:
-    from producer.client import Client
 
 log = logging.getLogger(__name__)
 RECONNECT_MAX_S = 5.0
 POLL_S = 0.5
+LOST = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
-class Listener:
-    """One pub/sub connection for any number of sessions."""
+class Ordering:
+    """What a listener yields, given what it reads; no I/O here."""
 
     def __init__(
         self,
-        client: Client,
+        keys: Keys,
         ids: str | Sequence[str] | None,
         *,
         types: Sequence[str] | None = None,
         after: int | dict[str, int] | None = None,
         timeout: float | None = None,
     ) -> None:
-        self.client = client
+        self.keys = keys
         self.ids = None if ids is None else as_id_list(ids)
         if types is not None and (
             isinstance(types, str) or not all(isinstance(t, str) for t in types)
         ):
             raise ValidationError("types", "expected a list of event type names")
         self.types = frozenset(types) if types else None
-        if after is not None and not isinstance(after, (int, dict)) or isinstance(after, bool):
+        if isinstance(after, bool) or (after is not None and not isinstance(after, (int, dict))):
             raise ValidationError("after", "expected a seq (int) or a dict session -> seq")
         self.after = after
         if timeout is not None and (isinstance(timeout, bool) or timeout <= 0):
@@ -55,64 +57,52 @@ class Listener:
         self.timeout = timeout
         self.last: dict[str, int] = {}  # session -> last seq handled
         self.open: set[str] = set(self.ids or ())  # listed sessions not yet ended
-        self._pubsub: PubSub | None = None
 
-    # -- connection ----------------------------------------------------------------------
-    def _channels(self) -> list[str]:
-        k = self.client.keys
+    def channels(self) -> list[str]:
         if self.ids is None:
-            return [k.events_all_channel()]
-        return [k.events_channel(sid) for sid in self.ids]
+            return [self.keys.events_all_channel()]
+        return [self.keys.events_channel(sid) for sid in self.ids]
 
-    def _subscribe(self) -> PubSub:
-        pubsub = self.client.redis.pubsub(ignore_subscribe_messages=True)
-        pubsub.subscribe(*self._channels())
-        return pubsub
-
-    def close(self) -> None:
-        if self._pubsub is not None:
-            try:
-                self._pubsub.close()
-            except (RedisConnectionError, OSError):
-                pass
-            self._pubsub = None
-
-    # -- ordering ------------------------------------------------------------------------
-    def _start_after(self, sid: str) -> int | None:
+    def start_after(self, sid: str) -> int | None:
         if isinstance(self.after, dict):
             return self.after.get(sid)
         return self.after
 
-    def _baseline(self) -> list[dict[str, Any]]:
-        """Where each listed session starts, and the kept events to replay first."""
-        replay: list[dict[str, Any]] = []
+    def replay_from(self) -> dict[str, int]:
+        """Sessions whose history is replayed first (ids=None: only those `after` names)."""
         if self.ids is None:
-            if isinstance(self.after, dict):
-                for sid, seq in self.after.items():
-                    self.last[sid] = seq
-                    replay += self.client.history_after(sid, seq)
-            return replay
-        k = self.client.keys
-        pipe = self.client.redis.pipeline(transaction=False)
-        for sid in self.ids:
-            pipe.hmget(k.session(sid), "seq", "status")
-        for sid, (seq, status) in zip(self.ids, pipe.execute(), strict=True):
-            start = self._start_after(sid)
-            ended = seq is None or (status is not None and status.decode() in ENDED_STATUSES)
-            if start is not None:
-                self.last[sid] = start
-                kept = self.client.history_after(sid, start)
-                replay += self._fill(sid, kept, start, int(seq or 0))
-                if ended and not any(e["type"] in TERMINAL_EVENTS for e in kept):
-                    self.open.discard(sid)  # it ended before `after`: nothing more will come
+            return dict(self.after) if isinstance(self.after, dict) else {}
+        return {sid: s for sid in self.ids if (s := self.start_after(sid)) is not None}
+
+    def baseline(
+        self, state: dict[str, tuple[Any, Any]], kept: dict[str, list[dict[str, Any]]]
+    ) -> list[dict[str, Any]]:
+        """Given each listed session's (seq, status) and the kept events to replay: where
+        each starts, and what to yield first."""
+        replay: list[dict[str, Any]] = []
+        for sid, start in self.replay_from().items():
+            self.last[sid] = start
+            seq, status = state.get(sid, (None, None))
+            events = kept.get(sid, [])
+            upto = int(seq) if seq is not None else (events[-1]["seq"] if events else start)
+            replay += self.fill(sid, events, start, upto)
+            ended = seq is None or (status is not None and _text(status) in ENDED_STATUSES)
+            if (
+                self.ids is not None
+                and ended
+                and not any(e["type"] in TERMINAL_EVENTS for e in events)
+            ):
+                self.open.discard(sid)  # it ended before `after`: nothing more will come
+        for sid in self.ids or ():
+            if sid in self.last:
                 continue
-            if ended:
-                # unknown, or already ended: nothing live will come
-                self.open.discard(sid)
+            seq, status = state[sid]
+            if seq is None or (status is not None and _text(status) in ENDED_STATUSES):
+                self.open.discard(sid)  # unknown, or already ended: nothing live will come
             self.last[sid] = int(seq or 0)
         return replay
 
-    def _fill(
+    def fill(
         self, sid: str, kept: list[dict[str, Any]], after: int, upto: int
     ) -> list[dict[str, Any]]:
         """`kept` (seq > after) with a listener.gap in front when the history lost events."""
@@ -126,9 +116,9 @@ class Listener:
             return [gap, *kept]
         return kept
 
-    def _accept(self, event: dict[str, Any]) -> list[dict[str, Any]]:
-        """What to yield for one event received live: nothing (a duplicate), the missing kept
-        events and it (a skip ahead), or it."""
+    def live(self, event: dict[str, Any]) -> tuple[str, int] | list[dict[str, Any]]:
+        """For one live event: what to yield, or (session, seq after which the history must
+        be read first) when it skipped ahead."""
         sid, seq = event["session"], event["seq"]
         if self.ids is not None and sid not in self.last:
             return []
@@ -138,73 +128,219 @@ class Listener:
             return [event]
         if seq <= last:
             return []
-        out = [event]
         if seq > last + 1:
-            kept = [e for e in self.client.history_after(sid, last) if e["seq"] < seq]
-            out = self._fill(sid, kept, last, seq - 1) + out
-        self.last[sid] = seq
+            return (sid, last)
+        return [event]
+
+    def skipped(
+        self, event: dict[str, Any], kept: list[dict[str, Any]], last: int
+    ) -> list[dict[str, Any]]:
+        """The events to yield for a live event that skipped ahead of `last`."""
+        missing = [e for e in kept if e["seq"] < event["seq"]]
+        return self.fill(event["session"], missing, last, event["seq"] - 1) + [event]
+
+    def to_resync(self) -> dict[str, int]:
+        """After a reconnect: the sessions whose history to read again, from where."""
+        return {s: n for s, n in self.last.items() if self.ids is None or s in self.open}
+
+    def deliver(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Record the events as handled; the ones the `types` filter lets through."""
+        out = []
+        for event in events:
+            sid = event["session"]
+            if event["type"] != EventType.LISTENER_GAP:
+                self.last[sid] = max(self.last.get(sid, 0), event["seq"])
+            if matches(event["type"], self.types) or event["type"] == EventType.LISTENER_GAP:
+                out.append(event)
+            if event["type"] in TERMINAL_EVENTS:
+                self.open.discard(sid)
         return out
 
-    def _deliver(self, events: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        for event in events:
-            if event["type"] != EventType.LISTENER_GAP:
-                self.last[event["session"]] = max(self.last.get(event["session"], 0), event["seq"])
-            if matches(event["type"], self.types) or event["type"] == EventType.LISTENER_GAP:
-                yield event
-            if event["type"] in TERMINAL_EVENTS:
-                self.open.discard(event["session"])
-
-    def _done(self) -> bool:
+    def done(self) -> bool:
         return self.ids is not None and not self.open
 
-    # -- the loop ------------------------------------------------------------------------
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _decode(raws: Sequence[bytes]) -> list[dict[str, Any]]:
+    out = []
+    for raw in raws:
+        try:
+            out.append(decode_event(raw))
+        except CodecError as exc:
+            log.error("skipping an undecodable event: %s", exc)
+    return out
+
+
+def _message_event(message: dict[str, Any] | None) -> dict[str, Any] | None:
+    if message is None or message.get("type") != "message":
+        return None
+    try:
+        return decode_event(message["data"])
+    except CodecError as exc:
+        log.error("listener skipped an undecodable message: %s", exc)
+        return None
+
+
+class Listener:
+    """One pub/sub connection for any number of sessions (redis-py)."""
+
+    def __init__(self, redis: Any, keys: Keys, ids: Any, **options: Any) -> None:
+        self.redis = redis
+        self.order = Ordering(keys, ids, **options)
+        self._pubsub: Any = None
+
+    def _history(self, sid: str, after: int) -> list[dict[str, Any]]:
+        raws = self.redis.zrangebyscore(self.order.keys.history(sid), f"({after}", "+inf")
+        return _decode(raws)
+
+    def _subscribe(self) -> None:
+        self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.subscribe(*self.order.channels())
+
+    def close(self) -> None:
+        if self._pubsub is not None:
+            try:
+                self._pubsub.close()
+            except LOST:
+                pass
+            self._pubsub = None
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         try:
             yield from self._run()
         finally:
             self.close()
 
+    def _baseline(self) -> list[dict[str, Any]]:
+        order = self.order
+        state: dict[str, tuple[Any, Any]] = {}
+        if order.ids is not None:
+            pipe = self.redis.pipeline(transaction=False)
+            for sid in order.ids:
+                pipe.hmget(order.keys.session(sid), "seq", "status")
+            state = {sid: tuple(v) for sid, v in zip(order.ids, pipe.execute(), strict=True)}
+        kept = {sid: self._history(sid, n) for sid, n in order.replay_from().items()}
+        return order.baseline(state, kept)
+
     def _run(self) -> Iterator[dict[str, Any]]:
-        self._pubsub = self._subscribe()
-        yield from self._deliver(self._baseline())
+        order = self.order
+        self._subscribe()
+        yield from order.deliver(self._baseline())
         idle_since = time.monotonic()
         backoff = 0.05
-        while not self._done():
-            if self.timeout is not None and time.monotonic() - idle_since >= self.timeout:
+        while not order.done():
+            if order.timeout is not None and time.monotonic() - idle_since >= order.timeout:
                 return
-            wait = POLL_S if self.timeout is None else min(POLL_S, self.timeout)
+            wait = POLL_S if order.timeout is None else min(POLL_S, order.timeout)
             try:
                 if self._pubsub is None:
                     time.sleep(backoff)
                     backoff = min(backoff * 2, RECONNECT_MAX_S)
-                    yield from self._resubscribe()
+                    self._subscribe()
+                    for sid, last in order.to_resync().items():
+                        kept = self._history(sid, last)
+                        upto = kept[-1]["seq"] if kept else last
+                        yield from order.deliver(order.fill(sid, kept, last, upto))
                     backoff = 0.05
                     continue
-                message = self._pubsub.get_message(timeout=wait)
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                event = _message_event(self._pubsub.get_message(timeout=wait))
+            except LOST as exc:
                 log.warning("listener lost its connection (%s); reconnecting", exc)
                 self.close()
                 continue
-            if message is None or message.get("type") != "message":
+            if event is None:
                 continue
-            try:
-                event = decode_event(message["data"])
-            except CodecError as exc:
-                log.error("listener skipped an undecodable message: %s", exc)
-                continue
-            delivered = False
-            for out in self._deliver(self._accept(event)):
-                delivered = True
-                yield out
-            if delivered:
+            step = order.live(event)
+            if isinstance(step, tuple):
+                step = order.skipped(event, self._history(*step), step[1])
+            out = order.deliver(step)
+            yield from out
+            if out:
                 idle_since = time.monotonic()
 
-    def _resubscribe(self) -> Iterator[dict[str, Any]]:
-        """Subscribe again, then read from the history what went by while away."""
-        self._pubsub = self._subscribe()
-        for sid in list(self.last):
-            if self.ids is not None and sid not in self.open:
+
+class AsyncListener:
+    """The same on redis.asyncio: an async iterator, one pub/sub connection."""
+
+    def __init__(self, redis: AsyncRedis, keys: Keys, ids: Any, **options: Any) -> None:
+        self.redis = redis
+        self.order = Ordering(keys, ids, **options)
+        self._pubsub: Any = None
+
+    async def _history(self, sid: str, after: int) -> list[dict[str, Any]]:
+        raws = await self.redis.zrangebyscore(self.order.keys.history(sid), f"({after}", "+inf")
+        return _decode(raws)
+
+    async def _subscribe(self) -> None:
+        self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        await self._pubsub.subscribe(*self.order.channels())
+
+    async def close(self) -> None:
+        if self._pubsub is not None:
+            try:
+                await self._pubsub.aclose()
+            except LOST:
+                pass
+            self._pubsub = None
+
+    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        try:
+            async for event in self._run():
+                yield event
+        finally:
+            await self.close()
+
+    async def _baseline(self) -> list[dict[str, Any]]:
+        order = self.order
+        state: dict[str, tuple[Any, Any]] = {}
+        if order.ids is not None:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for sid in order.ids:
+                    pipe.hmget(order.keys.session(sid), "seq", "status")
+                replies = await pipe.execute()
+            state = {sid: tuple(v) for sid, v in zip(order.ids, replies, strict=True)}
+        kept = {sid: await self._history(sid, n) for sid, n in order.replay_from().items()}
+        return order.baseline(state, kept)
+
+    async def _run(self) -> AsyncIterator[dict[str, Any]]:
+        order = self.order
+        await self._subscribe()
+        for event in order.deliver(await self._baseline()):
+            yield event
+        idle_since = time.monotonic()
+        backoff = 0.05
+        while not order.done():
+            if order.timeout is not None and time.monotonic() - idle_since >= order.timeout:
+                return
+            wait = POLL_S if order.timeout is None else min(POLL_S, order.timeout)
+            try:
+                if self._pubsub is None:
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, RECONNECT_MAX_S)
+                    await self._subscribe()
+                    for sid, last in order.to_resync().items():
+                        kept = await self._history(sid, last)
+                        upto = kept[-1]["seq"] if kept else last
+                        for event in order.deliver(order.fill(sid, kept, last, upto)):
+                            yield event
+                    backoff = 0.05
+                    continue
+                message = await self._pubsub.get_message(timeout=wait)
+                event = _message_event(message)
+            except LOST as exc:
+                log.warning("listener lost its connection (%s); reconnecting", exc)
+                await self.close()
                 continue
-            kept = self.client.history_after(sid, self.last[sid])
-            upto = kept[-1]["seq"] if kept else self.last[sid]
-            yield from self._deliver(self._fill(sid, kept, self.last[sid], upto))
+            if event is None:
+                continue
+            step = order.live(event)
+            if isinstance(step, tuple):
+                step = order.skipped(event, await self._history(*step), step[1])
+            out = order.deliver(step)
+            for event in out:
+                yield event
+            if out:
+                idle_since = time.monotonic()

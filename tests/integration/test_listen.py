@@ -38,7 +38,9 @@ def test_a_late_listener_sees_every_event_once(client: Client, workers: WorkerPr
     assert sum(e["type"] == "task.succeeded" for e in events) == 300
 
 
-def test_a_killed_connection_loses_nothing(client: Client, workers: WorkerProcs, redis: Redis) -> None:
+def test_a_killed_connection_loses_nothing(
+    client: Client, workers: WorkerProcs, redis: Redis
+) -> None:
     sid = many_runs(client, 400, task="tests.tasks:sleeper", args=[0.01])
     got: list[dict[str, Any]] = []
 
@@ -100,7 +102,11 @@ def test_types_and_after_filters(client: Client, workers: WorkerProcs) -> None:
     started = list(client.listen(sid, types=["task.started"], after=0, timeout=5))
     assert [e["type"] for e in started] == ["task.started"] * 5
     prefixed = list(client.listen(sid, types=["session.*"], after=0, timeout=5))
-    assert [e["type"] for e in prefixed] == ["session.created", "session.started", "session.completed"]
+    assert [e["type"] for e in prefixed] == [
+        "session.created",
+        "session.started",
+        "session.completed",
+    ]
     tail = list(client.listen(sid, after=10, timeout=5))
     assert tail[0]["seq"] == 11 and tail[-1]["type"] == "session.completed"
     # an ended session with after=None: nothing more will come, the iterator ends at once
@@ -119,7 +125,9 @@ def test_listen_to_every_session_ends_by_timeout(client: Client, workers: Worker
     assert {e["session"] for e in got} == set(ids)
 
 
-def test_cli_follow_ends_when_the_sessions_end(settings: Settings, client: Client, workers: WorkerProcs) -> None:
+def test_cli_follow_ends_when_the_sessions_end(
+    settings: Settings, client: Client, workers: WorkerProcs
+) -> None:
     workers.start(1, allow_commands=True)
     [a] = client.create("a", cmd=sys.executable, args=["-c", "print('one'); print('two')"])
     [b] = client.create("b", task="tests.tasks:with_progress")
@@ -131,7 +139,9 @@ def test_cli_follow_ends_when_the_sessions_end(settings: Settings, client: Clien
     assert out.splitlines() == [f"{a}: one", f"{a}: two", f"{b}: all steps done"]
 
 
-def test_watch_prints_plain_lines_when_not_a_terminal(settings: Settings, client: Client, workers: WorkerProcs) -> None:
+def test_watch_prints_plain_lines_when_not_a_terminal(
+    settings: Settings, client: Client, workers: WorkerProcs
+) -> None:
     sid = many_runs(client, 20, task="tests.tasks:with_progress")
     workers.start(1)
     result = CliRunner().invoke(cli, ["--url", settings.url, "--user", settings.user, "watch", sid])
