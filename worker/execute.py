@@ -142,8 +142,11 @@ class Command:
             except (ProcessLookupError, PermissionError):
                 pass
 
-    def run(self, timeout: float | None, grace_s: float) -> int:
-        """Run to the end; the exit status (negative: killed by that signal)."""
+    def run(
+        self, timeout: float | None, grace_s: float, note_pgid: Callable[[int], None] | None = None
+    ) -> int:
+        """Run to the end; the exit status (negative: killed by that signal). `note_pgid`
+        hears the process group's id at start and 0 at the end."""
         env = {**os.environ, **self.env}
         self.proc = subprocess.Popen(
             self.argv,
@@ -154,12 +157,16 @@ class Command:
             start_new_session=True,
             preexec_fn=_child_setup(self.ram_bytes),  # noqa: PLW1509 - only prctl/setrlimit
         )
+        if note_pgid is not None:
+            note_pgid(self.proc.pid)
         deadline = time.monotonic() + timeout if timeout else None
         try:
             self._pump(deadline, grace_s)
         finally:
             self._signal(signal.SIGKILL)  # nothing of the group outlives the run
             self.proc.wait()
+            if note_pgid is not None:
+                note_pgid(0)
             for pipe in (self.proc.stdout, self.proc.stderr):
                 if pipe is not None:
                     pipe.close()
@@ -182,7 +189,10 @@ class Command:
                 self._stop_at = self._stop_at or now
                 if now - self._stop_at >= grace_s:
                     self._signal(signal.SIGKILL)
-            for key, _ in sel.select(timeout=LOG_FLUSH_S):
+            ready = sel.select(timeout=LOG_FLUSH_S)
+            if not ready and self.proc.poll() is not None:
+                break  # it exited; whatever still holds its pipes is killed with its group
+            for key, _ in ready:
                 chunk = os.read(key.fd, 65536)
                 stream = key.data
                 if not chunk:
@@ -203,6 +213,9 @@ class Command:
                 self.on_lines(pending)
                 pending = []
         sel.close()
+        for stream, rest in partial.items():
+            if rest:
+                pending.append((stream, _text(rest)))
         if pending:
             self.on_lines(pending)
 

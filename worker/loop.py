@@ -88,6 +88,7 @@ class SessionWorker:
         self.interrupt_at: float | None = None
         self.runs_done = 0
         self.parent_pid = 0  # set when a supervisor started this process
+        self.command_pgid: Any = None  # shared with the supervisor: the running command's group
         # RQ's per-worker counters, added to its worker hash with each heartbeat
         self.counts = {"successful_job_count": 0, "failed_job_count": 0}
         self._rq_worker: Any = None
@@ -181,6 +182,7 @@ class SessionWorker:
     def _leave(self) -> None:
         """Give back the runs started but not run (uncharged) and those only claimed, then
         unregister. If Redis is gone, the reaper does it later."""
+        self._watcher.stop()  # no heartbeat may bring us back after we unregister
         try:
             giveback = [
                 (r[0], r[1], "requeue", codec.encode("worker stopped"), 0) for r in self.ready
@@ -193,7 +195,6 @@ class SessionWorker:
         except (RedisConnectionError, RedisTimeoutError) as exc:
             log.error("worker %s: could not unregister (%s); the reaper will", self.name, exc)
         finally:
-            self._watcher.stop()
             self.scripts.close()
             self.redis.close()
 
@@ -357,7 +358,7 @@ class SessionWorker:
         )  # fmt: skip
         self.current_command = command
         try:
-            status = command.run(timeout, self.settings.stop_grace_s)
+            status = command.run(timeout, self.settings.stop_grace_s, self._note_pgid)
         except FileNotFoundError:
             return "rejected", codec.encode(f"command not found: {argv[0]}")
         except PermissionError:
@@ -370,6 +371,10 @@ class SessionWorker:
         if meta.get("ram"):
             detail += f" (memory was capped at ram={meta['ram']} GB)"
         return "failed", codec.encode(detail)
+
+    def _note_pgid(self, pgid: int) -> None:
+        if self.command_pgid is not None:
+            self.command_pgid.value = pgid
 
     def _emitter(self, sid: str, run_id: str) -> Any:
         def emit(event_type: str, data: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ import socket
 import time
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 from common.connection import connect
 from common.scripts import Scripts
@@ -36,7 +37,9 @@ def child_name(base: str, pid: int) -> str:
     return f"{base}.{pid}"
 
 
-def _child(settings: Settings, opts: WorkerOptions, base: str, parent: int) -> None:
+def _child(
+    settings: Settings, opts: WorkerOptions, base: str, parent: int, command_pgid: Any
+) -> None:
     from worker.loop import SessionWorker
     from worker.registry import import_modules
 
@@ -46,6 +49,7 @@ def _child(settings: Settings, opts: WorkerOptions, base: str, parent: int) -> N
         name=child_name(base, os.getpid()), cores=opts.cores, ram=opts.ram, hard_kill=True,
     )  # fmt: skip
     w.parent_pid = parent
+    w.command_pgid = command_pgid
     w.install_signals()
     raise SystemExit(w.work(burst=opts.burst))
 
@@ -58,12 +62,15 @@ class Supervisor:
         self.base = opts.name or f"{socket.gethostname()}.{os.getpid()}"
         self.ctx = multiprocessing.get_context("fork")
         self.children: dict[int, BaseProcess] = {}
+        # per slot: the process group of the command its child is running (0: none)
+        self.pgids = [self.ctx.Value("i", 0, lock=False) for _ in range(concurrency)]
         self.signals = 0
         self._scripts: Scripts | None = None
 
     def _start(self, slot: int) -> None:
         proc = self.ctx.Process(
-            target=_child, args=(self.settings, self.opts, self.base, os.getpid()),
+            target=_child,
+            args=(self.settings, self.opts, self.base, os.getpid(), self.pgids[slot]),
             name=f"sessionq-worker-{slot}", daemon=False,
         )  # fmt: skip
         proc.start()
@@ -105,6 +112,13 @@ class Supervisor:
                 code = proc.exitcode
                 if code == 0 and (self.signals or self.opts.burst):
                     continue
+                if self.pgids[slot].value:
+                    # its command's process group must not outlive it
+                    try:
+                        os.killpg(self.pgids[slot].value, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+                    self.pgids[slot].value = 0
                 if code != 0:
                     log.error("worker process %s exited with %s", proc.pid, code)
                     try:

@@ -1,0 +1,119 @@
+"""Faults caused for real: a worker killed mid-run, SIGTERM, SIGINT (SPEC §4)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+from producer import Client
+from tests.conftest import WorkerProcs, ended, wait_for
+
+
+def running_worker(client: Client, sid: str) -> str:
+    started = [e for e in client.events(sid) or [] if e["type"] == "task.started"]
+    return str(started[-1]["worker"])
+
+
+def child_pid(worker_name: str) -> int:
+    return int(worker_name.rsplit(".", 1)[1])
+
+
+def attempts_of(client: Client, sid: str) -> list[int]:
+    return [e["data"]["attempt"] for e in client.events(sid) or [] if e["type"] == "task.started"]
+
+
+def test_worker_killed_mid_function_run_is_rerun(client: Client, workers: WorkerProcs) -> None:
+    workers.start(1)
+    [sid] = client.create("victim", task="tests.tasks:sleeper", args=[1.5], retries=1)
+    [other] = client.create("bystander", task="tests.tasks:add", args=[1, 2])
+    wait_for(lambda: client.info(sid)[0]["status"] == "Running", what="the run to start")
+    os.kill(child_pid(running_worker(client, sid)), signal.SIGKILL)
+    wait_for(lambda: ended(client, sid), timeout=30, what="the run to be run again")
+    [record] = client.info(sid)
+    assert record["status"] == "Completed" and record["result"] == 1.5
+    assert attempts_of(client, sid) == [1, 2]
+    retry = [e for e in client.events(sid) or [] if e["type"] == "task.retrying"]
+    assert len(retry) == 1 and "died" in retry[0]["data"]["error"]
+    wait_for(lambda: ended(client, other), what="the other session")
+    assert attempts_of(client, other) == [1], "every other run ran exactly once"
+
+
+def test_a_run_out_of_retries_fails_with_the_reason(client: Client, workers: WorkerProcs) -> None:
+    workers.start(1)
+    [sid] = client.create("victim", task="tests.tasks:sleeper", args=[30])
+    wait_for(lambda: client.info(sid)[0]["status"] == "Running", what="the run to start")
+    os.kill(child_pid(running_worker(client, sid)), signal.SIGKILL)
+    wait_for(lambda: ended(client, sid), timeout=30, what="the run to be failed")
+    [record] = client.info(sid)
+    assert record["status"] == "Failed" and "died" in record["error"]
+
+
+def test_worker_killed_mid_command_takes_its_process_group_along(
+    client: Client, workers: WorkerProcs, tmp_path: Path
+) -> None:
+    pids = tmp_path / "pids"
+    code = (
+        "import os, subprocess, sys, time; "
+        "kid = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+        f"open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{kid.pid}}'); time.sleep(120)"
+    )
+    workers.start(1, allow_commands=True)
+    [sid] = client.create("cmd", cmd=[sys.executable, "-c", code], retries=0)
+    wait_for(lambda: pids.exists() and pids.read_text().strip(), what="the command to start")
+    os.kill(child_pid(running_worker(client, sid)), signal.SIGKILL)
+    wait_for(lambda: ended(client, sid), timeout=30, what="the run to be failed")
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        status = Path(f"/proc/{pid}/stat").read_text().split()[2]
+        return status == "Z"
+
+    for pid in map(int, pids.read_text().split()):
+        wait_for(lambda pid=pid: gone(pid), timeout=10, what=f"process {pid} to be gone")
+
+
+def test_a_lost_host_is_noticed_by_another_worker(client: Client, workers: WorkerProcs) -> None:
+    first = workers.start(1)
+    [sid] = client.create("victim", task="tests.tasks:sleeper", args=[1], retries=1)
+    wait_for(lambda: client.info(sid)[0]["status"] == "Running", what="the run to start")
+    workers.start(1)
+    os.killpg(first.pid, signal.SIGKILL)  # supervisor and child: nobody left to tell
+    first.wait()
+    wait_for(lambda: ended(client, sid), timeout=30, what="another worker to rerun it")
+    assert client.info(sid)[0]["status"] == "Completed"
+    assert len({e["worker"] for e in client.events(sid) or [] if e["type"] == "task.started"}) == 2
+
+
+def test_sigterm_finishes_the_current_run_and_takes_no_new_one(
+    client: Client, workers: WorkerProcs
+) -> None:
+    ids = client.create("t", task="tests.tasks:sleeper", args=[1], replicas=3)
+    proc = workers.start(1)
+    wait_for(lambda: any(r["status"] == "Running" for r in client.info(ids)), what="a start")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    statuses = sorted(r["status"] for r in client.info(ids))
+    assert statuses == ["Completed", "Pending", "Pending"]
+    assert workers.live() == 0
+
+
+def test_sigint_stops_the_run_and_requeues_it(client: Client, workers: WorkerProcs) -> None:
+    [sid] = client.create("t", task="tests.tasks:stubborn_sleeper", args=[600])
+    proc = workers.start(1)
+    wait_for(lambda: client.info(sid)[0]["status"] == "Running", what="the run to start")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 0  # a 600 s run: it was stopped, not finished
+    [record] = client.info(sid)
+    assert record["tasks"]["queued"] == 1 and record["tasks"]["succeeded"] == 0
+    requeued = [e for e in client.events(sid) or [] if e["type"] == "task.queued"][-1]
+    assert requeued["data"] == {"reason": "worker shut down"}
+    again = workers.start(1)
+    wait_for(lambda: len(attempts_of(client, sid)) == 2, what="the run to start again")
+    assert attempts_of(client, sid) == [1, 1], "the interrupted attempt was not charged"
+    again.send_signal(signal.SIGINT)
+    again.wait(timeout=60)
