@@ -159,6 +159,7 @@ class Client:
         return ids
 
     # -- persistent sessions (SPEC §3 builds on these) ----------------------------------------
+    @redis_errors
     def open_session(
         self, name: str, *, kind: str = "session", config: dict[str, Any] | None = None,
         create: bool = True,
@@ -184,6 +185,7 @@ class Client:
         )
         return sid
 
+    @redis_errors
     def add_runs(self, sid: str, specs: Sequence[RunSpec], *, state: str = "queued") -> list[str]:
         """Add validated runs to an existing session in one atomic step; their ids."""
         if not specs:
@@ -359,6 +361,7 @@ class Client:
             return None
         return out
 
+    @redis_errors
     def history_after(self, sid: str, after: int) -> list[dict[str, Any]]:
         """The kept events of one session with seq > after."""
         raws = self.redis.zrangebyscore(self.keys.history(sid), f"({after}", "+inf")

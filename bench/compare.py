@@ -1,0 +1,411 @@
+"""sessionq and plain RQ side by side: `python -m bench.compare [--quick] [--rounds 3]
+[--json PATH]`.
+
+One throwaway redis-server (no persistence) serves every measurement. Each round runs every
+measurement once, sessionq first and then RQ, each in a fresh process (bench.measure) after
+a FLUSHALL; the table shows the median over the rounds and the sessionq/RQ ratio, and every
+figure of every round goes to a JSON file (default bench/results/<UTC timestamp>.json).
+
+This process imports neither sessionq's client nor RQ: RQ fixes its key prefix when first
+imported, and sessionq's ("sq:rq") must not leak into the plain RQ processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from redis import Redis
+
+from bench.measure import ROOT, child_env
+from common.redisserver import RedisServer
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+SQ, RQ = "sessionq", "rq"
+FULL_SIZES = {
+    "single": 2_000,  # create / enqueue calls, one run each
+    "batch": 10_000,  # runs enqueued in one call
+    "drain": 10_000,  # runs drained by burst workers
+    "round_trips": 500,
+    "events": 500,  # events emitted per event-latency measurement
+    "listeners": 100,
+    "fetch_sessions": 100_000,
+    "destroyed": 100,
+    "fetch_calls": 20,
+    "memory": 10_000,  # runs queued for the memory measurement
+}
+QUICK_SIZES = {
+    "single": 100,
+    "batch": 500,
+    "drain": 300,
+    "round_trips": 30,
+    "events": 30,
+    "listeners": 100,
+    "fetch_sessions": 1_000,
+    "destroyed": 100,
+    "fetch_calls": 5,
+    "memory": 500,
+}
+CHILD_TIMEOUT_S = 900
+
+
+# -- what to run -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Variant:
+    system: str  # SQ or RQ
+    measurement: str  # a bench.measure name
+    args: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One measurement of each system, run back to back (sessionq first) in every round."""
+
+    name: str
+    variants: tuple[Variant, ...]
+
+
+def steps(sizes: dict[str, int]) -> list[Step]:
+    def n(key: str) -> str:
+        return str(sizes[key])
+
+    drain = ("--n", n("drain"))
+    return [
+        Step("enqueue_single", (Variant(SQ, "sq_enqueue_single", ("--n", n("single"))),
+                                Variant(RQ, "rq_enqueue_single", ("--n", n("single"))))),
+        Step("enqueue_batch", (Variant(SQ, "sq_enqueue_batch", ("--n", n("batch"))),
+                               Variant(RQ, "rq_enqueue_batch", ("--n", n("batch"))))),
+        Step("enqueue_replicas", (Variant(SQ, "sq_enqueue_batch",
+                                          ("--n", n("batch"), "--mode", "replicas")),)),
+        Step("drain_1", (Variant(SQ, "sq_drain", (*drain, "--workers", "1", "--stats")),
+                         Variant(RQ, "rq_drain", (*drain, "--workers", "1", "--stats")))),
+        Step("drain_2", (Variant(SQ, "sq_drain", (*drain, "--workers", "2")),
+                         Variant(RQ, "rq_drain", (*drain, "--workers", "2")))),
+        Step("drain_sessions", (Variant(SQ, "sq_drain",
+                                        (*drain, "--workers", "1", "--mode", "replicas")),)),
+        Step("round_trip", (Variant(SQ, "sq_round_trip", ("--n", n("round_trips"))),
+                            Variant(RQ, "rq_round_trip", ("--n", n("round_trips"))))),
+        Step("events_1", (Variant(SQ, "sq_events", ("--n", n("events"), "--k", "1")),)),
+        Step("events_many", (Variant(SQ, "sq_events",
+                                     ("--n", n("events"), "--k", n("listeners"))),)),
+        Step("fetch", (Variant(SQ, "sq_fetch", ("--n", n("fetch_sessions"), "--destroy",
+                                                n("destroyed"), "--calls", n("fetch_calls"))),)),
+        Step("memory_add_runs", (Variant(SQ, "sq_memory", ("--n", n("memory"))),
+                                 Variant(RQ, "rq_memory", ("--n", n("memory"))))),
+        Step("memory_replicas", (Variant(SQ, "sq_memory",
+                                         ("--n", n("memory"), "--mode", "replicas")),)),
+    ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A table row: a figure of sessionq's and (when RQ has one) RQ's."""
+
+    name: str
+    label: str  # formatted with the sizes
+    unit: str
+    better: str  # "higher" or "lower"
+    sq: tuple[str, str]  # (step, figure)
+    rq: tuple[str, str] | None = None
+    rq_shared: bool = False  # RQ's figure is the one of an earlier row (RQ has no sessions)
+
+
+METRICS = [
+    Metric("enqueue_single", "enqueue one at a time ({single:,} calls)", "runs/s", "higher",
+           ("enqueue_single", "runs_per_s"), ("enqueue_single", "runs_per_s")),
+    Metric("enqueue_batch_add_runs", "batch enqueue: 1 session x {batch:,} runs (add_runs)",
+           "runs/s", "higher", ("enqueue_batch", "runs_per_s"), ("enqueue_batch", "runs_per_s")),
+    Metric("enqueue_batch_replicas", "batch enqueue: {batch:,} sessions (create replicas)",
+           "runs/s", "higher", ("enqueue_replicas", "runs_per_s"),
+           ("enqueue_batch", "runs_per_s"), rq_shared=True),
+    Metric("drain_1_worker", "drain {drain:,} runs, 1 worker process", "runs/s", "higher",
+           ("drain_1", "runs_per_s"), ("drain_1", "runs_per_s")),
+    Metric("drain_2_workers", "drain {drain:,} runs, 2 worker processes", "runs/s", "higher",
+           ("drain_2", "runs_per_s"), ("drain_2", "runs_per_s")),
+    Metric("drain_1_worker_sessions", "drain {drain:,} one-run sessions, 1 worker", "runs/s",
+           "higher", ("drain_sessions", "runs_per_s"), ("drain_1", "runs_per_s"),
+           rq_shared=True),
+    Metric("round_trip_p50", "round trip enqueue -> result, p50", "ms", "lower",
+           ("round_trip", "p50_ms"), ("round_trip", "p50_ms")),
+    Metric("round_trip_p99", "round trip enqueue -> result, p99", "ms", "lower",
+           ("round_trip", "p99_ms"), ("round_trip", "p99_ms")),
+    Metric("event_latency_1_listener_p50", "event emit -> listener, 1 listener, p50", "ms",
+           "lower", ("events_1", "p50_ms")),
+    Metric("event_latency_1_listener_p99", "event emit -> listener, 1 listener, p99", "ms",
+           "lower", ("events_1", "p99_ms")),
+    Metric("event_latency_many_listeners_p50",
+           "event emit -> listener, {listeners} listeners, p50", "ms", "lower",
+           ("events_many", "p50_ms")),
+    Metric("event_latency_many_listeners_p99",
+           "event emit -> listener, {listeners} listeners, p99", "ms", "lower",
+           ("events_many", "p99_ms")),
+    Metric("fetch_by_status", "fetch(status=Terminating): {destroyed} of {fetch_sessions:,}",
+           "ms", "lower", ("fetch", "median_ms")),
+    Metric("memory_per_run_add_runs", "Redis memory per queued run (add_runs)", "bytes",
+           "lower", ("memory_add_runs", "bytes_per_run"), ("memory_add_runs", "bytes_per_run")),
+    Metric("memory_per_run_replicas", "Redis memory per queued run (create replicas)", "bytes",
+           "lower", ("memory_replicas", "bytes_per_run"), ("memory_add_runs", "bytes_per_run"),
+           rq_shared=True),
+    Metric("job_hash_bytes_add_runs", "MEMORY USAGE of one job hash (add_runs)", "bytes",
+           "lower", ("memory_add_runs", "job_hash_bytes"),
+           ("memory_add_runs", "job_hash_bytes")),
+    Metric("job_hash_bytes_replicas", "MEMORY USAGE of one job hash (create replicas)",
+           "bytes", "lower", ("memory_replicas", "job_hash_bytes"),
+           ("memory_add_runs", "job_hash_bytes"), rq_shared=True),
+    Metric("commands_per_run", "Redis commands per run, 1-worker drain", "calls", "lower",
+           ("drain_1", "commands_per_run"), ("drain_1", "commands_per_run")),
+    Metric("evalsha_per_run", "EVALSHA (round trips) per run, 1-worker drain", "calls",
+           "lower", ("drain_1", "evalsha_per_run")),
+]  # fmt: skip
+
+
+# -- running ---------------------------------------------------------------------------------
+class MeasurementFailed(RuntimeError):
+    pass
+
+
+def run_child(variant: Variant, url: str) -> dict[str, Any]:
+    """Run one measurement process; its {"figures": ..., "detail": ...}."""
+    cmd = [sys.executable, "-m", "bench.measure", variant.measurement, "--url", url,
+           *variant.args]  # fmt: skip
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True,
+                              timeout=CHILD_TIMEOUT_S)  # fmt: skip
+    except subprocess.TimeoutExpired as exc:
+        raise MeasurementFailed(f"{' '.join(cmd[2:])}: no answer in {CHILD_TIMEOUT_S}s") from exc
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise MeasurementFailed(
+            f"{' '.join(cmd[2:])} exited with {proc.returncode}:\n{proc.stderr.strip()[-3000:]}"
+        )
+    result: dict[str, Any] = json.loads(lines[-1])
+    if proc.stderr.strip():
+        result["stderr"] = proc.stderr.strip()[-2000:]
+    return result
+
+
+def run_rounds(
+    url: str, plan: list[Step], rounds: int
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """raw[step][system] = one result per round; FLUSHALL before every measurement."""
+    raw: dict[str, dict[str, list[dict[str, Any]]]] = {
+        step.name: {v.system: [] for v in step.variants} for step in plan
+    }
+    redis = Redis.from_url(url)
+    try:
+        for number in range(1, rounds + 1):
+            for step in plan:
+                for variant in step.variants:
+                    redis.flushall()
+                    started = time.perf_counter()
+                    result = run_child(variant, url)
+                    raw[step.name][variant.system].append(result)
+                    took = time.perf_counter() - started
+                    log(f"round {number}/{rounds} {step.name:<17} {variant.system:<8} "
+                        f"{took:6.1f}s  {brief(result['figures'])}")  # fmt: skip
+        redis.flushall()
+    finally:
+        redis.close()
+    return raw
+
+
+def brief(figures: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.4g}" for k, v in figures.items() if isinstance(v, (int, float)))
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- summarising -----------------------------------------------------------------------------
+def series(
+    raw: dict[str, dict[str, list[dict[str, Any]]]], where: tuple[str, str], system: str
+) -> dict[str, Any]:
+    step, figure = where
+    values = [float(r["figures"][figure]) for r in raw[step][system]]
+    return {"median": statistics.median(values), "rounds": values}
+
+
+def summarise(
+    raw: dict[str, dict[str, list[dict[str, Any]]]], sizes: dict[str, int]
+) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for m in METRICS:
+        sq = series(raw, m.sq, SQ)
+        rq = series(raw, m.rq, RQ) if m.rq else None
+        ratio = sq["median"] / rq["median"] if rq and rq["median"] else None
+        out[m.name] = {
+            "label": m.label.format(**sizes), "unit": m.unit, "better": m.better,
+            "sessionq": sq, "rq": rq, "ratio": ratio, "rq_shared": m.rq_shared,
+        }  # fmt: skip
+    return out
+
+
+def number(value: float, unit: str) -> str:
+    if unit in ("runs/s", "bytes"):
+        return f"{value:,.0f}"
+    if unit == "ms":
+        return f"{value:.2f}" if value < 100 else f"{value:,.0f}"
+    return f"{value:.2f}"
+
+
+def table(
+    metrics: dict[str, dict[str, Any]],
+    machine: dict[str, Any],
+    meta: dict[str, Any],
+    raw: dict[str, dict[str, list[dict[str, Any]]]],
+) -> str:
+    """The printed report: machine, the table of medians, and what the rows mean."""
+    header = ("metric", "sessionq", "RQ", "sessionq/RQ")
+    rows = []
+    for m in metrics.values():
+        unit = m["unit"]
+        rq = m["rq"]
+        rq_cell = "-" if rq is None else number(rq["median"], unit)
+        if rq is not None and m["rq_shared"]:
+            rq_cell += " +"
+        ratio = "-" if m["ratio"] is None else f"{m['ratio']:.2f}x"
+        sq_cell = number(m["sessionq"]["median"], unit)
+        rows.append((f"{m['label']} [{unit}]", sq_cell, rq_cell, ratio))
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+
+    def line(cells: Sequence[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        rest = [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
+        return "  ".join([first, *rest]).rstrip()
+
+    sizes = meta["sizes"]
+    cpu = statistics.median(
+        r["figures"]["listener_cpu_us_per_delivery"] for r in raw["events_many"][SQ]
+    )
+    intro = [
+        f"nproc {machine['nproc']}, Python {machine['python']}, redis-server "
+        f"{machine['redis_server']}, redis-py {machine['redis_py']}, rq {machine['rq']}; "
+        f"load average {machine['loadavg_start'][0]:.2f} at start, "
+        f"{machine['loadavg_end'][0]:.2f} at end",
+        f"{meta['rounds']} round(s){' with --quick sizes' if meta['quick'] else ''}; each "
+        "figure is the median over the rounds. In a round sessionq ran first, then RQ, each in "
+        "a fresh process after FLUSHALL of one throwaway redis-server (no persistence).",
+    ]
+    notes = [
+        "Ratio = sessionq / RQ. Rows in runs/s: higher is better, a ratio above 1 favours "
+        "sessionq. Rows in ms, bytes and calls: lower is better, a ratio below 1 favours "
+        "sessionq.",
+        "+ RQ has no sessions: the RQ figure of this row is the one of the row of the same kind "
+        "above (enqueue_many, the 1-worker drain, the RQ memory and job hash rows).",
+        "Drain: from starting the worker process(es) until they exit in burst mode; process "
+        "start-up (interpreter, imports, registration) is included for both systems, nothing "
+        "is subtracted. One process per worker, no supervisor: sessionq SessionWorker, RQ "
+        f"SimpleWorker (no fork). {sizes['drain']:,} no-op runs queued beforehand (sessionq: one "
+        "session via add_runs, or one-run sessions via create replicas; RQ: enqueue_many).",
+        "Round trip: one worker process already running; sessionq create() then listen() for "
+        "task.succeeded, RQ enqueue() then job.latest_result(timeout); "
+        f"{sizes['round_trips']} samples after 20 dropped warm-up ones.",
+        f"Event latency: {sizes['events']} task.progress events emitted ~2 ms apart; the "
+        "listeners are threads of one other process, each with its own listen() (one pub/sub "
+        "connection); CLOCK_MONOTONIC at receipt minus at emit, pooled over the listeners. "
+        f"With {sizes['listeners']} listeners that process spent {cpu:.0f} us of CPU per event "
+        "delivered to one listener: when that exceeds the emit spacing divided by the number "
+        "of listeners, it falls behind and the latency is its backlog.",
+        "Commands per run: INFO commandstats over the 1-worker drain (CONFIG RESETSTAT before), "
+        "divided by runs; Redis 7 counts the commands a Lua script runs as well as the EVALSHA. "
+        "Memory: INFO used_memory before/after queuing, divided by runs.",
+    ]
+    wrap = textwrap.TextWrapper(width=100, subsequent_indent="  ")
+    out = [*intro, "", line(header), "  ".join("-" * w for w in widths)]
+    out += [line(r) for r in rows]
+    out.append("")
+    out += [wrap.fill(note) for note in notes]
+    return "\n".join(out)
+
+
+def machine_info(url: str) -> dict[str, Any]:
+    redis = Redis.from_url(url)
+    try:
+        server = redis.info("server")
+    finally:
+        redis.close()
+    versions = subprocess.run(
+        [sys.executable, "-c", "import redis, rq; print(redis.__version__, rq.__version__)"],
+        cwd=ROOT, env=child_env(), capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "redis_server": server.get("redis_version"),
+        "redis_py": versions[0],
+        "rq": versions[1],
+        "platform": platform.platform(),
+        "loadavg_start": list(os.getloadavg()),
+    }
+
+
+# -- entry point -----------------------------------------------------------------------------
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.compare",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="where to write all figures (default bench/results/<UTC>.json)",
+    )
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    sizes = QUICK_SIZES if args.quick else FULL_SIZES
+    now = dt.datetime.now(dt.UTC)
+    path = args.json or RESULTS_DIR / f"{now.strftime('%Y%m%dT%H%M%SZ')}.json"
+    started = time.perf_counter()
+    server = RedisServer().start()
+    try:
+        machine = machine_info(server.url)
+        raw = run_rounds(server.url, steps(sizes), args.rounds)
+    except MeasurementFailed as exc:
+        log(f"bench.compare: a measurement failed: {exc}")
+        return 1
+    finally:
+        server.stop()
+    machine["loadavg_end"] = list(os.getloadavg())
+    meta = {"quick": args.quick, "rounds": args.rounds, "sizes": sizes}
+    metrics = summarise(raw, sizes)
+    report = {
+        "created_utc": now.isoformat(timespec="seconds"),
+        **meta,
+        "machine": machine,
+        "elapsed_s": time.perf_counter() - started,
+        "metrics": metrics,
+        "raw": raw,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(table(metrics, machine, meta, raw))
+    print(f"\nAll figures: {path} ({report['elapsed_s']:.0f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

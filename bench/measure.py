@@ -1,0 +1,554 @@
+"""One measurement per process: `python -m bench.measure NAME --url URL [options]`.
+
+bench.compare runs each measurement in a fresh process and reads the one JSON line it prints
+last: `{"figures": {name: number}, "detail": {...}}`. Names starting `sq_` use sessionq (whose
+RQ lives under the key prefix "sq:rq"); names starting `rq_` use plain RQ under its default
+prefix "rq". RQ reads its prefix once, at import, so the two never share a process, and this
+module imports neither at module level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Generator, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+from redis import Redis
+
+ROOT = Path(__file__).resolve().parent.parent
+USER = "bench"
+SQ_TASK = "bench.tasks:noop"
+READY_KEY = "bench:listeners-ready"  # outside sessionq's and RQ's prefixes
+WORKER_START_TIMEOUT_S = 30.0
+WAIT_S = 10  # longest wait for one round trip / one event
+WARMUP = 20  # round trips made (and dropped) before measuring
+Figures = dict[str, Any]
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def child_env() -> dict[str, str]:
+    """The environment for processes we start: this tree importable, no RQ prefix inherited
+    (each process picks its own: sessionq exports "sq:rq", plain RQ keeps "rq")."""
+    env = {k: v for k, v in os.environ.items() if k != "RQ_KEY_PREFIX"}
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def spawn(name: str, url: str, *extra: str, stdout: int | None = None) -> subprocess.Popen[str]:
+    """Start `python -m bench.measure NAME` (a worker or the listeners) as a process."""
+    cmd = [sys.executable, "-m", "bench.measure", name, "--url", url, *extra]
+    return subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=stdout, text=True)
+
+
+def stop(proc: subprocess.Popen[str], timeout: float = 15.0) -> None:
+    """SIGTERM (a worker's polite stop), then SIGKILL if it does not end."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def wait_exit(procs: Sequence[subprocess.Popen[str]], timeout: float = 600.0) -> None:
+    """Wait for burst workers to exit; a failed one is an error."""
+    for proc in procs:
+        code = proc.wait(timeout=timeout)
+        if code != 0:
+            raise RuntimeError(f"worker process {proc.pid} exited with {code}")
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.01)
+
+
+def percentile(samples: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(samples)
+    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
+
+
+def timed_samples(n: int, once: Callable[[], None]) -> list[float]:
+    """Seconds each of n calls of `once` took, after WARMUP calls that are not counted."""
+    samples = []
+    for i in range(WARMUP + n):
+        started = time.perf_counter()
+        once()
+        if i >= WARMUP:
+            samples.append(time.perf_counter() - started)
+    return samples
+
+
+def latency_figures(samples_s: Sequence[float]) -> Figures:
+    return {
+        "p50_ms": percentile(samples_s, 50) * 1000,
+        "p99_ms": percentile(samples_s, 99) * 1000,
+        "samples": len(samples_s),
+    }
+
+
+def command_stats(r: Redis) -> dict[str, int]:
+    """Calls per command since CONFIG RESETSTAT, less our own CONFIG and INFO. Redis 7
+    counts the commands a Lua script runs as well as the EVALSHA that ran them."""
+    stats = r.info("commandstats")
+    calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+    return {k: v for k, v in calls.items() if not k.startswith(("config", "info"))}
+
+
+def used_memory(url: str) -> int:
+    """used_memory read on a fresh connection (so no client buffer of ours is in it)."""
+    r = Redis.from_url(url)
+    try:
+        return int(r.info("memory")["used_memory"])
+    finally:
+        r.close()
+
+
+# -- sessionq ----------------------------------------------------------------------------------
+def sq_settings(url: str) -> Any:
+    from common.settings import Settings
+
+    return Settings.from_env(url, environ={}, user=USER)
+
+
+def sq_client(url: str) -> Any:
+    from producer import Client
+
+    return Client(settings=sq_settings(url))
+
+
+def sq_load_enqueue_script(client: Any) -> None:
+    """Load the enqueue script up front, so neither its load nor its memory is measured."""
+    from common.scripts import lua_source
+
+    client.redis.script_load(lua_source("enqueue"))
+
+
+def sq_specs(n: int) -> list[Any]:
+    from common.models import build_run
+
+    return [build_run(name="r", task=SQ_TASK) for _ in range(n)]
+
+
+def sq_fill(client: Any, mode: str, n: int) -> str:
+    """Queue n no-op runs: one session of n runs (add_runs) or n one-run sessions
+    (replicas); returns one of the run ids."""
+    if mode == "add_runs":
+        sid = client.open_session("batch")
+        return str(client.add_runs(sid, sq_specs(n))[0])
+    ids = []
+    for start in range(0, n, 10_000):
+        ids += client.create("rep", task=SQ_TASK, replicas=min(10_000, n - start))
+    return f"{ids[0]}-1"
+
+
+def sq_worker(args: argparse.Namespace) -> None:
+    """A sessionq worker process (no supervisor), like RQ's SimpleWorker below."""
+    import bench.tasks  # noqa: F401 - registers bench.tasks:noop
+    from worker.loop import SessionWorker
+
+    w = SessionWorker(sq_settings(args.url))
+    w.install_signals()
+    raise SystemExit(w.work(burst=args.burst))
+
+
+def sq_enqueue_single(args: argparse.Namespace) -> Figures:
+    c = sq_client(args.url)
+    for _ in range(10):  # connect and load the script first
+        c.create("warm", task=SQ_TASK)
+    started = time.perf_counter()
+    for _ in range(args.n):
+        c.create("one", task=SQ_TASK)
+    elapsed = time.perf_counter() - started
+    c.close()
+    return {"runs_per_s": args.n / elapsed, "seconds": elapsed}
+
+
+def sq_enqueue_batch(args: argparse.Namespace) -> Figures:
+    c = sq_client(args.url)
+    sq_load_enqueue_script(c)
+    sid = c.open_session("batch") if args.mode == "add_runs" else ""
+    started = time.perf_counter()
+    if args.mode == "add_runs":
+        c.add_runs(sid, sq_specs(args.n))
+    else:
+        c.create("rep", task=SQ_TASK, replicas=args.n)
+    elapsed = time.perf_counter() - started
+    c.close()
+    return {"runs_per_s": args.n / elapsed, "seconds": elapsed}
+
+
+def run_workers(kind: str, args: argparse.Namespace) -> float:
+    """Seconds from starting args.workers burst worker processes of `kind` until all exit."""
+    started = time.perf_counter()
+    procs = [spawn(kind, args.url, "--burst") for _ in range(args.workers)]
+    try:
+        wait_exit(procs)
+    finally:
+        for proc in procs:
+            stop(proc)
+    return time.perf_counter() - started
+
+
+def sq_drain(args: argparse.Namespace) -> Figures:
+    c = sq_client(args.url)
+    sq_fill(c, args.mode, args.n)
+    if args.stats:
+        c.redis.config_resetstat()
+    elapsed = run_workers("sq_worker", args)
+    figures: Figures = {"runs_per_s": args.n / elapsed, "seconds": elapsed}
+    detail: dict[str, Any] = {}
+    if args.stats:
+        calls = command_stats(c.redis)
+        figures["commands_per_run"] = sum(calls.values()) / args.n
+        figures["evalsha_per_run"] = calls.get("evalsha", 0) / args.n
+        detail["commandstats"] = calls
+    done = int(c.redis.hget(c.keys.run_counts(), "succeeded") or 0)
+    c.close()
+    if done != args.n:
+        raise RuntimeError(f"sessionq drain: {done} of {args.n} runs succeeded")
+    return {"figures": figures, "detail": detail}
+
+
+def sq_round_trip(args: argparse.Namespace) -> Figures:
+    c = sq_client(args.url)
+    proc = spawn("sq_worker", args.url)
+    try:
+        wait_until(lambda: c.redis.zcard(c.keys.workers()) >= 1, "a sessionq worker",
+                   WORKER_START_TIMEOUT_S)  # fmt: skip
+
+        def once() -> None:
+            sid = c.create("rt", task=SQ_TASK)[0]
+            events = c.listen([sid], types=["task.succeeded"], after=0, timeout=WAIT_S)
+            try:
+                event = next(events, None)
+            finally:
+                events.close()
+            if event is None:
+                raise RuntimeError(f"no task.succeeded for session {sid} within {WAIT_S}s")
+
+        samples = timed_samples(args.n, once)
+    finally:
+        stop(proc)
+        c.close()
+    return latency_figures(samples)
+
+
+def sq_events(args: argparse.Namespace) -> Figures:
+    """Emit events on one session with `k` listeners in another process; their delay."""
+    from common.events import emit
+    from common.keys import Keys
+
+    c = sq_client(args.url)
+    c.redis.delete(READY_KEY)
+    sid = c.create("ev", task=SQ_TASK)[0]  # no worker: it stays queued
+    channel = Keys(c.settings.prefix).events_channel(sid)
+    proc = spawn("sq_listeners", args.url, "--sid", sid, "--k", str(args.k), "--n", str(args.n),
+                 stdout=subprocess.PIPE)  # fmt: skip
+    try:
+        wait_until(lambda: dict(c.redis.pubsub_numsub(channel)).get(channel.encode(), 0) >= args.k,
+                   f"{args.k} subscribers", WORKER_START_TIMEOUT_S)  # fmt: skip
+        # each listener also reads its starting point after subscribing: warm up until
+        # every one of them has received an event
+        deadline = time.monotonic() + WORKER_START_TIMEOUT_S
+        while not c.redis.exists(READY_KEY):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("the listeners did not get ready")
+            emit(c.scripts, sid, "task.progress", task=None, data={"warm": True})
+            time.sleep(0.02)
+        time.sleep(0.1)
+        for _ in range(args.n):
+            emit(c.scripts, sid, "task.progress", task=None, data={"sent": time.monotonic()})
+            time.sleep(0.002)
+        out, _ = proc.communicate(timeout=WAIT_S * 3)
+    finally:
+        stop(proc)
+        c.close()
+    if proc.returncode != 0:
+        raise RuntimeError(f"listener process exited with {proc.returncode}")
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def sq_listeners(args: argparse.Namespace) -> None:
+    """K threads, each with its own Client and listen() (one pub/sub connection each),
+    record how late each measured event arrives; prints their latency figures."""
+    from producer import Client
+
+    settings = sq_settings(args.url)
+    ready = [threading.Event() for _ in range(args.k)]
+    samples: list[list[float]] = [[] for _ in range(args.k)]
+    errors: list[BaseException] = []
+
+    def listen(i: int) -> None:
+        client = Client(settings=settings)
+        events = cast(  # listen() returns a generator: close() ends its subscription
+            Generator[dict[str, Any], None, None],
+            client.listen([args.sid], types=["task.progress"], timeout=WAIT_S * 2),
+        )
+        try:
+            for event in events:
+                now = time.monotonic()
+                sent = event["data"].get("sent")
+                if sent is None:
+                    ready[i].set()
+                    continue
+                samples[i].append(now - sent)
+                if len(samples[i]) >= args.n:
+                    break
+        except Exception as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+        finally:
+            events.close()
+            client.close()
+
+    threads = [threading.Thread(target=listen, args=(i,), daemon=True) for i in range(args.k)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + WORKER_START_TIMEOUT_S
+    while not all(event.is_set() for event in ready):
+        if errors:
+            raise RuntimeError(f"{len(errors)} listener(s) failed: {errors[0]!r}") from errors[0]
+        if time.monotonic() > deadline:
+            waiting = sum(1 for event in ready if not event.is_set())
+            raise RuntimeError(f"{waiting} listener(s) received no warm-up event")
+        time.sleep(0.01)
+    r = Redis.from_url(args.url)
+    cpu_started = time.process_time()  # from here on, only the measured events
+    r.set(READY_KEY, 1)
+    r.close()
+    for thread in threads:
+        thread.join(WAIT_S * 3)
+    if errors:
+        raise RuntimeError(f"{len(errors)} listener(s) failed: {errors[0]!r}")
+    missing = [i for i, got in enumerate(samples) if len(got) != args.n]
+    if missing:
+        raise RuntimeError(f"{len(missing)} listener(s) missed events")
+    figures = latency_figures([s for got in samples for s in got])
+    # CPU this process spent per measured event delivered to one listener
+    cpu_s = time.process_time() - cpu_started
+    figures["listener_cpu_us_per_delivery"] = cpu_s / (args.k * args.n) * 1e6
+    print(json.dumps(figures))
+
+
+def sq_fetch(args: argparse.Namespace) -> Figures:
+    c = sq_client(args.url)
+    ids: list[str] = []
+    for start in range(0, args.n, 10_000):
+        ids += c.create("many", task=SQ_TASK, replicas=min(10_000, args.n - start))
+    accepted = c.destroy(ids[: args.destroy])  # no worker: they stay Terminating
+    if not all(accepted.values()):
+        raise RuntimeError("destroy refused some sessions")
+    timings = []
+    for _ in range(args.calls):
+        started = time.perf_counter()
+        found = c.fetch(status="Terminating")
+        timings.append(time.perf_counter() - started)
+        if len(found) != args.destroy:
+            raise RuntimeError(f"fetch(status='Terminating') gave {len(found)} sessions, "
+                               f"expected {args.destroy}")  # fmt: skip
+    c.close()
+    return {"median_ms": statistics.median(timings) * 1000, "sessions": args.n}
+
+
+def sq_memory(args: argparse.Namespace) -> Figures:
+    from common.rqcompat import rq_keys
+
+    c = sq_client(args.url)
+    sq_load_enqueue_script(c)
+    sid = c.open_session("batch") if args.mode == "add_runs" else ""
+    specs = sq_specs(args.n) if args.mode == "add_runs" else []
+    before = used_memory(args.url)
+    if args.mode == "add_runs":
+        run_id = c.add_runs(sid, specs)[0]
+    else:
+        run_id = f"{c.create('rep', task=SQ_TASK, replicas=args.n)[0]}-1"
+    c.close()  # drop our connections (and their buffers) before reading used_memory
+    after = used_memory(args.url)
+    r = Redis.from_url(args.url)
+    job_bytes = r.memory_usage(rq_keys(c.settings.prefix).job(run_id), samples=0)
+    r.close()
+    return {"bytes_per_run": (after - before) / args.n, "job_hash_bytes": job_bytes}
+
+
+# -- plain RQ --------------------------------------------------------------------------------
+def rq_setup(url: str) -> tuple[Redis, Any]:
+    """A connection and RQ's default queue with our msgpack serializer, under prefix "rq"."""
+    import rq.defaults
+    from rq import Queue
+
+    from common.codec import RQSerializer
+
+    if rq.defaults.RQ_KEY_PREFIX != "rq":
+        raise RuntimeError(f"plain RQ must use prefix 'rq', not {rq.defaults.RQ_KEY_PREFIX!r}")
+    logging.getLogger("rq").setLevel(logging.WARNING)
+    r = Redis.from_url(url)
+    return r, Queue("default", connection=r, serializer=RQSerializer)
+
+
+def rq_prepared(n: int) -> list[Any]:
+    from rq import Queue
+
+    from bench.tasks import rq_noop
+
+    return [Queue.prepare_data(rq_noop) for _ in range(n)]
+
+
+def rq_worker(args: argparse.Namespace) -> None:
+    """RQ's SimpleWorker (runs jobs in its own process, no fork), quiet."""
+    from rq import SimpleWorker
+
+    from common.codec import RQSerializer
+
+    r, q = rq_setup(args.url)
+    w = SimpleWorker([q], connection=r, serializer=RQSerializer, log_job_description=False)
+    w.work(burst=args.burst, logging_level="WARNING")
+    raise SystemExit(0)
+
+
+def rq_enqueue_single(args: argparse.Namespace) -> Figures:
+    from bench.tasks import rq_noop
+
+    r, q = rq_setup(args.url)
+    for _ in range(10):
+        q.enqueue(rq_noop)
+    started = time.perf_counter()
+    for _ in range(args.n):
+        q.enqueue(rq_noop)
+    elapsed = time.perf_counter() - started
+    r.close()
+    return {"runs_per_s": args.n / elapsed, "seconds": elapsed}
+
+
+def rq_enqueue_batch(args: argparse.Namespace) -> Figures:
+    r, q = rq_setup(args.url)
+    r.ping()
+    started = time.perf_counter()
+    q.enqueue_many(rq_prepared(args.n))
+    elapsed = time.perf_counter() - started
+    r.close()
+    return {"runs_per_s": args.n / elapsed, "seconds": elapsed}
+
+
+def rq_drain(args: argparse.Namespace) -> Figures:
+    r, q = rq_setup(args.url)
+    q.enqueue_many(rq_prepared(args.n))
+    if args.stats:
+        r.config_resetstat()
+    elapsed = run_workers("rq_worker", args)
+    figures: Figures = {"runs_per_s": args.n / elapsed, "seconds": elapsed}
+    detail: dict[str, Any] = {}
+    if args.stats:
+        calls = command_stats(r)
+        figures["commands_per_run"] = sum(calls.values()) / args.n
+        detail["commandstats"] = calls
+    done, failed = q.finished_job_registry.count, q.failed_job_registry.count
+    r.close()
+    if done != args.n:
+        raise RuntimeError(f"RQ drain: {done} of {args.n} jobs finished, {failed} failed")
+    return {"figures": figures, "detail": detail}
+
+
+def rq_round_trip(args: argparse.Namespace) -> Figures:
+    from rq import Worker
+
+    from bench.tasks import rq_noop
+
+    r, q = rq_setup(args.url)
+    proc = spawn("rq_worker", args.url)
+    try:
+        wait_until(lambda: Worker.count(connection=r) >= 1, "an RQ worker",
+                   WORKER_START_TIMEOUT_S)  # fmt: skip
+
+        def once() -> None:
+            job = q.enqueue(rq_noop)
+            if job.latest_result(timeout=WAIT_S) is None:
+                raise RuntimeError(f"no result for RQ job {job.id} within {WAIT_S}s")
+
+        samples = timed_samples(args.n, once)
+    finally:
+        stop(proc)
+        r.close()
+    return latency_figures(samples)
+
+
+def rq_memory(args: argparse.Namespace) -> Figures:
+    r, q = rq_setup(args.url)
+    r.ping()
+    prepared = rq_prepared(args.n)
+    before = used_memory(args.url)
+    jobs = q.enqueue_many(prepared)
+    r.close()
+    after = used_memory(args.url)
+    probe = Redis.from_url(args.url)
+    job_bytes = probe.memory_usage(jobs[0].key, samples=0)
+    probe.close()
+    return {"bytes_per_run": (after - before) / args.n, "job_hash_bytes": job_bytes}
+
+
+# -- entry point -----------------------------------------------------------------------------
+MEASUREMENTS: dict[str, Callable[[argparse.Namespace], Figures]] = {
+    "sq_enqueue_single": sq_enqueue_single,
+    "sq_enqueue_batch": sq_enqueue_batch,
+    "sq_drain": sq_drain,
+    "sq_round_trip": sq_round_trip,
+    "sq_events": sq_events,
+    "sq_fetch": sq_fetch,
+    "sq_memory": sq_memory,
+    "rq_enqueue_single": rq_enqueue_single,
+    "rq_enqueue_batch": rq_enqueue_batch,
+    "rq_drain": rq_drain,
+    "rq_round_trip": rq_round_trip,
+    "rq_memory": rq_memory,
+}
+PROCESSES: dict[str, Callable[[argparse.Namespace], None]] = {
+    "sq_worker": sq_worker,
+    "sq_listeners": sq_listeners,
+    "rq_worker": rq_worker,
+}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.measure", description=__doc__)
+    parser.add_argument("name", choices=sorted([*MEASUREMENTS, *PROCESSES]))
+    parser.add_argument("--url", required=True, help="Redis URL")
+    parser.add_argument("--n", type=int, default=1000, help="runs, samples or sessions")
+    parser.add_argument("--mode", choices=["add_runs", "replicas"], default="add_runs")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (drain)")
+    parser.add_argument("--stats", action="store_true", help="count Redis commands (drain)")
+    parser.add_argument("--burst", action="store_true", help="workers exit when idle")
+    parser.add_argument("--k", type=int, default=1, help="listeners (events)")
+    parser.add_argument("--sid", default="", help="session to listen to (listeners)")
+    parser.add_argument("--destroy", type=int, default=100, help="sessions to destroy (fetch)")
+    parser.add_argument("--calls", type=int, default=20, help="fetch calls timed (fetch)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.name in PROCESSES:
+        PROCESSES[args.name](args)
+        return
+    figures = MEASUREMENTS[args.name](args)
+    if "figures" not in figures:
+        figures = {"figures": figures, "detail": {}}
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Smoke test of the benchmark: `python -m bench.compare --quick --rounds 1` runs end to end
+and writes a figure for every metric. No timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# metric -> whether RQ has a figure of its own kind for it
+METRICS = {
+    "enqueue_single": True,
+    "enqueue_batch_add_runs": True,
+    "enqueue_batch_replicas": True,
+    "drain_1_worker": True,
+    "drain_2_workers": True,
+    "drain_1_worker_sessions": True,
+    "round_trip_p50": True,
+    "round_trip_p99": True,
+    "event_latency_1_listener_p50": False,
+    "event_latency_1_listener_p99": False,
+    "event_latency_many_listeners_p50": False,
+    "event_latency_many_listeners_p99": False,
+    "fetch_by_status": False,
+    "memory_per_run_add_runs": True,
+    "memory_per_run_replicas": True,
+    "job_hash_bytes_add_runs": True,
+    "job_hash_bytes_replicas": True,
+    "commands_per_run": True,
+    "evalsha_per_run": False,
+}
+
+
+def positive(value: object) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+@pytest.mark.timeout(300)
+def test_quick_benchmark_writes_every_metric(tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    env = {k: v for k, v in os.environ.items() if k != "RQ_KEY_PREFIX"}
+    env["PYTHONPATH"] = str(ROOT)
+    cmd = [sys.executable, "-m", "bench.compare", "--quick", "--rounds", "1", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "sessionq/RQ" in proc.stdout
+
+    report = json.loads(out.read_text())
+    assert report["rounds"] == 1 and report["quick"] is True
+    metrics = report["metrics"]
+    assert set(METRICS) <= set(metrics)
+    for name, has_rq in METRICS.items():
+        entry = metrics[name]
+        assert positive(entry["sessionq"]["median"]), name
+        assert all(positive(v) for v in entry["sessionq"]["rounds"]), name
+        if has_rq:
+            assert positive(entry["rq"]["median"]), name
+            assert positive(entry["ratio"]), name
+        else:
+            assert entry["rq"] is None, name
