@@ -17,6 +17,13 @@ def encode(obj: Any) -> bytes:
         raise CodecError(f"cannot encode as msgpack: {exc}") from exc
 
 
+def text(raw: object) -> str:
+    """A Redis reply (bytes) as text."""
+    if isinstance(raw, bytes):
+        return raw.decode(errors="replace")
+    return str(raw)
+
+
 def encode_for_lua(obj: Any) -> bytes:
     """msgpack for a Lua script's cmsgpack.unpack, which knows no bin type: bytes travel as
     raw strings (Lua strings are bytes anyway). Never stored as is."""
@@ -26,7 +33,7 @@ def encode_for_lua(obj: Any) -> bytes:
         raise CodecError(f"cannot encode as msgpack: {exc}") from exc
 
 
-def decode(data: bytes) -> Any:
+def decode(data: object) -> Any:
     """The value msgpack bytes hold; CodecError for anything else (truncated, garbage)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise CodecError(f"expected bytes, got {type(data).__name__}")
@@ -36,7 +43,7 @@ def decode(data: bytes) -> Any:
         raise CodecError(f"undecodable payload ({len(data)} bytes): {exc}") from exc
 
 
-def decode_map(data: bytes, what: str) -> dict[str, Any]:
+def decode_map(data: object, what: str) -> dict[str, Any]:
     """Decode bytes that must hold a msgpack map; `what` names them in the error."""
     try:
         value = decode(data)

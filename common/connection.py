@@ -29,7 +29,7 @@ def connect(settings: Settings, *, check: bool = True, **kwargs: object) -> Redi
     }
     options.update(kwargs)
     try:
-        client = Redis.from_url(settings.url, **options)  # type: ignore[arg-type]
+        client = Redis.from_url(settings.url, **options)
     except ValueError as exc:
         raise ConnectionFailed(settings.url, str(exc)) from exc
     if check:

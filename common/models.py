@@ -294,7 +294,7 @@ def build_run(
     return RunSpec(func=func_name_of(task), args=spec_args, kwargs=kw, **common_fields)
 
 
-def parse_meta(raw: bytes | None) -> dict[str, Any]:
+def parse_meta(raw: object) -> dict[str, Any]:
     """The `sq` field of a job hash; CodecError names the field when it is broken."""
     if not raw:
         raise CodecError("job field 'sq' is missing")
@@ -304,7 +304,7 @@ def parse_meta(raw: bytes | None) -> dict[str, Any]:
     return meta
 
 
-def parse_job_data(raw: bytes | None) -> tuple[str, list[Any], dict[str, Any]]:
+def parse_job_data(raw: object) -> tuple[str, list[Any], dict[str, Any]]:
     """RQ's `data` field: (func name, args, kwargs); CodecError says what is wrong."""
     if not raw:
         raise CodecError("job field 'data' is missing")

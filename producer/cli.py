@@ -39,7 +39,7 @@ class SessionqGroup(click.Group):
             return command
         return super().get_command(ctx, cmd_name)
 
-    def main(  # type: ignore[override]
+    def main(
         self, args: Sequence[str] | None = None, prog_name: str | None = None,
         complete_var: str | None = None, standalone_mode: bool = True, **extra: Any,
     ) -> Any:  # fmt: skip

@@ -170,12 +170,12 @@ class Client:
         field = f"{self.user}/{name}"
         existing = self.redis.hget(self.keys.names(), field)
         if existing is not None:
-            return existing.decode()
+            return codec.text(existing)
         if not create:
             raise SessionNotFound(f"{name} (owner {self.user})")
         sid = new_session_id()
         if not self.redis.hsetnx(self.keys.names(), field, sid):
-            return self.redis.hget(self.keys.names(), field).decode()  # another process won
+            return codec.text(self.redis.hget(self.keys.names(), field))  # another process won
         record = SessionRecord(
             id=sid, name=name, kind=kind, owner=self.user,
             created_at_ms=int(time.time() * 1000), persistent=True, config=config,
@@ -205,7 +205,7 @@ class Client:
     # -- read ------------------------------------------------------------------------------
     def _connect_base(self) -> str | None:
         raw = self.redis.get(self.keys.dashboard())
-        return raw.decode() if raw else None
+        return codec.text(raw) if raw else None
 
     def _records(self, ids: Sequence[str], *, quiet: bool = False) -> list[dict[str, Any]]:
         """Public records of the ids that exist, in the given order; the rest are logged."""
@@ -265,7 +265,7 @@ class Client:
             raw_ids = self.redis.sinter(sets)
         else:
             raw_ids = set(self.redis.hkeys(self.keys.sessions()))
-        ids = sorted(i.decode() for i in raw_ids)
+        ids = sorted(codec.text(i) for i in raw_ids)
         records = self._records(ids, quiet=True)
         records.sort(key=lambda r: (r["created_at"] or "", r["name"]))
         return records
@@ -394,7 +394,7 @@ class Client:
         """Send RQ's stop-job command to the workers running this session's runs."""
         from rq.command import send_command
 
-        run_ids = [r.decode() for r in self.redis.smembers(self.keys.session_running(sid))]
+        run_ids = [codec.text(r) for r in self.redis.smembers(self.keys.session_running(sid))]
         pipe = self.redis.pipeline(transaction=False)
         for run_id in run_ids:
             pipe.hget(self.scripts.rq.job(run_id), "worker_name")
@@ -452,7 +452,7 @@ class Client:
             follow(self, rest)
 
 
-def _decode_events(raws: Sequence[bytes]) -> Iterator[dict[str, Any]]:
+def _decode_events(raws: Sequence[Any]) -> Iterator[dict[str, Any]]:
     for raw in raws:
         try:
             yield decode_event(raw)
@@ -460,7 +460,7 @@ def _decode_events(raws: Sequence[bytes]) -> Iterator[dict[str, Any]]:
             log.error("skipping an undecodable event: %s", exc)
 
 
-def format_log_lines(entries: Sequence[bytes]) -> str:
+def format_log_lines(entries: Sequence[Any]) -> str:
     """Log entries as text: bare lines for one run, `[task] line` when several runs wrote."""
     rows = []
     for raw in entries:

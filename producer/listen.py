@@ -164,7 +164,7 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _decode(raws: Sequence[bytes]) -> list[dict[str, Any]]:
+def _decode(raws: Sequence[Any]) -> list[dict[str, Any]]:
     out = []
     for raw in raws:
         try:
@@ -329,16 +329,16 @@ class AsyncListener:
                     backoff = 0.05
                     continue
                 message = await self._pubsub.get_message(timeout=wait)
-                event = _message_event(message)
+                live = _message_event(message)
             except LOST as exc:
                 log.warning("listener lost its connection (%s); reconnecting", exc)
                 await self.close()
                 continue
-            if event is None:
+            if live is None:
                 continue
-            step = order.live(event)
+            step = order.live(live)
             if isinstance(step, tuple):
-                step = order.skipped(event, await self._history(*step), step[1])
+                step = order.skipped(live, await self._history(*step), step[1])
             out = order.deliver(step)
             for event in out:
                 yield event

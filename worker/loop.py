@@ -23,6 +23,7 @@ from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import EncodableT, FieldT
 
 from common import codec
 from common.connection import connect
@@ -105,7 +106,7 @@ class SessionWorker:
             self.queues, name=self.name, connection=self.redis, serializer=RQSerializer
         )
         self._rq_worker.register_birth()
-        extra = {"state": "idle"}
+        extra: dict[FieldT, EncodableT] = {"state": "idle"}
         if self.cores:
             extra["cores"] = str(self.cores)
         if self.ram:

@@ -60,7 +60,7 @@ def with_queues(scripts: Scripts, run_ids: list[str]) -> list[tuple[str, str]]:
         pipe.hget(scripts.rq.job(run_id), "origin")
     origins = pipe.execute()
     return [
-        (run_id, origin.decode() if origin else DEFAULT_QUEUE)
+        (run_id, codec.text(origin) if origin else DEFAULT_QUEUE)
         for run_id, origin in zip(run_ids, origins, strict=True)
     ]
 
@@ -74,7 +74,7 @@ def destroy_session(
     if raw is None:
         return
     record = codec.decode_map(raw, f"session {sid}")
-    run_ids = [i.decode() for i in r.hkeys(k.session_tasks(sid))]
+    run_ids = [codec.text(i) for i in r.hkeys(k.session_tasks(sid))]
     runs = with_queues(scripts, run_ids)
     names_field = f"{record['owner']}/{record['name']}" if record.get("persistent") else ""
     reply = scripts.destroy(
@@ -99,7 +99,7 @@ def reap(scripts: Scripts, me: str = "") -> int:
     """Recover the runs of workers whose heartbeat is older than heartbeat_ttl_s."""
     r, k, ttl = scripts.redis, scripts.keys, scripts.settings.heartbeat_ttl_s
     deadline = int((time.time() - ttl) * 1000)
-    dead = [n.decode() for n in r.zrangebyscore(k.workers(), "-inf", deadline)]
+    dead = [codec.text(n) for n in r.zrangebyscore(k.workers(), "-inf", deadline)]
     for name in dead:
         if name != me:
             recover_worker(scripts, name, f"worker {name} was lost (no heartbeat for {ttl:g}s)")
@@ -109,7 +109,7 @@ def reap(scripts: Scripts, me: str = "") -> int:
 def recover_worker(scripts: Scripts, name: str, reason: str) -> None:
     """Give back everything worker `name` held; finish destroys it was the last run of."""
     r, k = scripts.redis, scripts.keys
-    run_ids = [i.decode() for i in r.lrange(k.worker_runs(name), 0, -1)]
+    run_ids = [codec.text(i) for i in r.lrange(k.worker_runs(name), 0, -1)]
     runs = with_queues(scripts, run_ids)
     if runs:
         log.warning("recovering %d run(s) of %s: %s", len(runs), name, reason)

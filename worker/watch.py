@@ -45,7 +45,7 @@ class Watcher(threading.Thread):
         while not self._stopping.is_set():
             try:
                 if pubsub is None:
-                    pubsub = w.redis.pubsub(ignore_subscribe_messages=True)
+                    pubsub = w.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]  # redis-py ships it untyped
                     pubsub.subscribe(channel)
                 now = time.monotonic()
                 if now >= next_beat:
@@ -126,6 +126,6 @@ class Watcher(threading.Thread):
         queue = next((q for q in w.queues if q != "control"), "default")
         origin = w.redis.hget(w.scripts.rq.job(run_id), "origin")
         if origin:
-            queue = origin.decode()
+            queue = codec.text(origin)
         w.scripts.step_now(w.head, w.name, [(run_id, queue, outcome, codec.encode(reason), 0)])
         os._exit(EXIT_HARD_KILLED)
