@@ -192,7 +192,9 @@ class SessionWorker:
             if giveback or self.unacked:
                 self._finish(giveback)
             self._collect(0)
-            self.scripts.recover(self.name, [], "worker stopped", unregister=True)
+            from worker.ops import recover_worker
+
+            recover_worker(self.scripts, self.name, "worker stopped")  # leftovers, then leave
         except (RedisConnectionError, RedisTimeoutError) as exc:
             log.error("worker %s: could not unregister (%s); the reaper will", self.name, exc)
         finally:
@@ -261,12 +263,27 @@ class SessionWorker:
 
     def _resend(self) -> None:
         """After a lost connection: send again the finishes nobody answered (the script
-        ignores one it has already recorded)."""
+        ignores one it has already recorded), then take up the runs our list holds that we
+        lost track of (a claim or start whose reply was lost; starting them again is safe)."""
         pending = list(self.unacked)
         self.unacked.clear()
         if pending:
             self._finish(pending)
         self._collect(0)
+        from worker.ops import run_op, with_queues
+
+        known = {r[0] for r in self.ready}
+        held = self.redis.lrange(self.scripts.keys.worker_runs(self.name), 0, -1)
+        orphans = [codec.text(i) for i in held if codec.text(i) not in known]
+        if orphans:
+            log.warning("worker %s: %d run(s) held after a lost reply", self.name, len(orphans))
+            runs = with_queues(self.scripts, orphans)
+            for run_id, queue in runs:
+                if queue == CONTROL_QUEUE:
+                    run_op(self, run_id)
+            runs = [r for r in runs if r[1] != CONTROL_QUEUE]
+            if runs:
+                self._start(runs)
         self.lost_connection = False
 
     # -- one run ---------------------------------------------------------------------------
