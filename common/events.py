@@ -53,7 +53,6 @@ TERMINAL_EVENTS = frozenset(
         EventType.SESSION_DESTROYED,
     }
 )
-FIELDS = ("v", "seq", "ts", "type", "session", "task", "worker", "data")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

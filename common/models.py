@@ -23,7 +23,6 @@ QUEUE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 FUNC_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 MAX_REPLICAS = 10_000
-RESERVED_ENV = ("REPLICA_ID", "REPLICA_COUNT", "SESSIONQ_SESSION_ID", "SESSIONQ_TASK_ID")
 
 
 class Status(StrEnum):
@@ -51,9 +50,6 @@ class TaskState(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELED = "canceled"
-
-
-ACTIVE_STATES = (TaskState.QUEUED, TaskState.DEFERRED, TaskState.HELD, TaskState.STARTED)
 
 
 # -- time ------------------------------------------------------------------------------------
@@ -423,12 +419,6 @@ def session_dict(
         out["result"] = result
         out["error"] = error
     return out
-
-
-def decode_field(raw: Any) -> str | None:
-    if raw is None:
-        return None
-    return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
 
 
 def decode_result(raw: bytes | None) -> Any:

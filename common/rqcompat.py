@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 from functools import lru_cache
 from types import ModuleType
-from typing import Any
 
 from common.errors import ConfigError
 from common.settings import export_rq_prefix, exported_rq_prefix
@@ -79,13 +78,3 @@ class RQKeys:
 @lru_cache(maxsize=4)
 def rq_keys(prefix: str) -> RQKeys:
     return RQKeys(prefix)
-
-
-def rq_queue(name: str, connection: Any, prefix: str) -> Any:
-    """An RQ Queue with our msgpack serializer."""
-    load_rq(prefix)
-    from rq import Queue
-
-    from common.codec import RQSerializer
-
-    return Queue(name, connection=connection, serializer=RQSerializer)
