@@ -12,6 +12,8 @@ from common.errors import ConnectionFailed
 from common.settings import Settings
 
 RETRY_ATTEMPTS = 6
+# the longest a call sleeps between two tries: a client may hear of Redis's return this late
+RETRY_BACKOFF_CAP_S = 2.0
 # redis-py 8 caps a pool at 100 connections; each listener holds one, so allow many
 POOL_MAX_CONNECTIONS = 4096
 
@@ -19,7 +21,7 @@ POOL_MAX_CONNECTIONS = 4096
 def connect(settings: Settings, *, check: bool = True, **kwargs: object) -> Redis:
     """A client for settings.url that retries dropped connections with backoff; with `check`,
     ConnectionFailed (naming the URL) when Redis cannot be reached."""
-    retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), RETRY_ATTEMPTS)
+    retry = Retry(ExponentialBackoff(cap=RETRY_BACKOFF_CAP_S, base=0.05), RETRY_ATTEMPTS)
     options: dict[str, object] = {
         "retry": retry,
         "retry_on_error": [RedisConnectionError, RedisTimeoutError],
