@@ -191,6 +191,7 @@ class Listener:
         self.redis = redis
         self.order = Ordering(keys, ids, **options)
         self._pubsub: Any = None
+        self._reconnected = False
 
     def _history(self, sid: str, after: int) -> list[dict[str, Any]]:
         raws = self.redis.zrangebyscore(self.order.keys.history(sid), f"({after}", "+inf")
@@ -199,9 +200,26 @@ class Listener:
     def _subscribe(self) -> None:
         self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         self._pubsub.subscribe(*self.order.channels())
+        # redis-py reconnects and resubscribes by itself within its retries, and says
+        # nothing: hear of it, for what was published before it resubscribed
+        self._pubsub.connection.register_connect_callback(self._on_reconnect)
+
+    def _on_reconnect(self, connection: Any) -> None:
+        self._reconnected = True
+
+    def _resync(self) -> list[dict[str, Any]]:
+        """After a reconnect: what the history kept that we have not handled yet."""
+        order, out = self.order, []
+        for sid, last in order.to_resync().items():
+            kept = self._history(sid, last)
+            upto = kept[-1]["seq"] if kept else last
+            out += order.deliver(order.fill(sid, kept, last, upto))
+        return out
 
     def close(self) -> None:
         if self._pubsub is not None:
+            if self._pubsub.connection is not None:
+                self._pubsub.connection.deregister_connect_callback(self._on_reconnect)
             try:
                 self._pubsub.close()
             except LOST:
@@ -240,13 +258,14 @@ class Listener:
                     time.sleep(backoff)
                     backoff = min(backoff * 2, RECONNECT_MAX_S)
                     self._subscribe()
-                    for sid, last in order.to_resync().items():
-                        kept = self._history(sid, last)
-                        upto = kept[-1]["seq"] if kept else last
-                        yield from order.deliver(order.fill(sid, kept, last, upto))
+                    self._reconnected = False
+                    yield from self._resync()
                     backoff = 0.05
                     continue
                 event = _message_event(self._pubsub.get_message(timeout=wait))
+                if self._reconnected:
+                    self._reconnected = False
+                    yield from self._resync()
             except LOST as exc:
                 log.warning("listener lost its connection (%s); reconnecting", exc)
                 self.close()
@@ -269,6 +288,7 @@ class AsyncListener:
         self.redis = redis
         self.order = Ordering(keys, ids, **options)
         self._pubsub: Any = None
+        self._reconnected = False
 
     async def _history(self, sid: str, after: int) -> list[dict[str, Any]]:
         raws = await self.redis.zrangebyscore(self.order.keys.history(sid), f"({after}", "+inf")
@@ -277,9 +297,23 @@ class AsyncListener:
     async def _subscribe(self) -> None:
         self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         await self._pubsub.subscribe(*self.order.channels())
+        self._pubsub.connection.register_connect_callback(self._on_reconnect)  # see Listener
+
+    def _on_reconnect(self, connection: Any) -> None:
+        self._reconnected = True
+
+    async def _resync(self) -> list[dict[str, Any]]:
+        order, out = self.order, []
+        for sid, last in order.to_resync().items():
+            kept = await self._history(sid, last)
+            upto = kept[-1]["seq"] if kept else last
+            out += order.deliver(order.fill(sid, kept, last, upto))
+        return out
 
     async def close(self) -> None:
         if self._pubsub is not None:
+            if self._pubsub.connection is not None:
+                self._pubsub.connection.deregister_connect_callback(self._on_reconnect)
             try:
                 await self._pubsub.aclose()
             except LOST:
@@ -321,15 +355,17 @@ class AsyncListener:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, RECONNECT_MAX_S)
                     await self._subscribe()
-                    for sid, last in order.to_resync().items():
-                        kept = await self._history(sid, last)
-                        upto = kept[-1]["seq"] if kept else last
-                        for event in order.deliver(order.fill(sid, kept, last, upto)):
-                            yield event
+                    self._reconnected = False
+                    for event in await self._resync():
+                        yield event
                     backoff = 0.05
                     continue
                 message = await self._pubsub.get_message(timeout=wait)
                 live = _message_event(message)
+                if self._reconnected:
+                    self._reconnected = False
+                    for event in await self._resync():
+                        yield event
             except LOST as exc:
                 log.warning("listener lost its connection (%s); reconnecting", exc)
                 await self.close()

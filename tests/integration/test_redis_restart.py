@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,8 +16,9 @@ import tests.tasks  # noqa: F401 - registers the @task functions
 from common.errors import ConnectionFailed
 from common.redisserver import RedisServer
 from common.settings import Settings
-from producer import Client
+from producer import AsyncClient, Client
 from tests.conftest import FAST, WorkerProcs, ended, wait_for
+from worker.loop import SessionWorker
 
 RUNS = 30
 
@@ -74,3 +77,42 @@ def test_redis_restart_mid_session_loses_nothing(aof_server: RedisServer) -> Non
         workers.stop_all()
         client.close()
         watcher.close()
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_listener_catches_up_after_a_quick_restart(aof_server: RedisServer, flavour: str) -> None:
+    """Redis back within the client's retries: redis-py reconnects and resubscribes by
+    itself, so the listener hears of no error; what was published before it resubscribed
+    (here: the session's last events, with nothing after them) must still reach it."""
+    settings = Settings.from_env(aof_server.url, environ={}, user="tester", **FAST)
+    client = Client(settings=settings)
+    try:
+        [sid] = client.create("quiet", task="tests.tasks:add", args=[1, 2])
+        seen: list[dict[str, Any]] = []
+
+        def listen() -> None:
+            if flavour == "sync":
+                seen.extend(client.listen(sid, after=0, timeout=20))
+                return
+
+            async def follow() -> None:
+                async with AsyncClient(settings=settings) as aclient:
+                    async for event in aclient.listen(sid, after=0, timeout=20):
+                        seen.append(event)
+
+            asyncio.run(follow())
+
+        listener = threading.Thread(target=listen, daemon=True)
+        listener.start()
+        wait_for(lambda: len(seen) == 2, what="the listener to be live")
+        worker = SessionWorker(settings)  # in this process: it runs the moment Redis is back
+        aof_server.shutdown()
+        # the fault itself: hold Redis down until the listener's reconnects are backing off
+        time.sleep(2.0)
+        aof_server.start()
+        worker.work(burst=True)
+        listener.join(timeout=30)
+        assert [e["seq"] for e in seen] == [e["seq"] for e in client.events(sid) or []]
+        assert seen[-1]["type"] == "session.completed"
+    finally:
+        client.close()
