@@ -207,6 +207,12 @@ class SessionWorker:
             self._collect(0)  # every finish answered before the next claim
             claimed = self.scripts.claim(self.name, self.queues, self.batch)
             if not claimed:
+                if self.redis.llen(self.scripts.keys.worker_runs(self.name)):
+                    # Nothing in hand, nothing claimed, yet our list holds runs: a claim
+                    # was carried out but its reply lost, and redis-py's retry went through
+                    # without a word. Take them up as after a lost connection.
+                    self.lost_connection = True
+                    return True
                 if burst:
                     return False
                 self.redis.blpop(self.wake_keys, timeout=IDLE_WAIT_S)

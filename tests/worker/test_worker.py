@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import pytest
 from redis import Redis
 
 import tests.tasks  # noqa: F401 - registers the @task functions
 from common.rqcompat import rq_keys
+from common.scripts import Scripts
 from common.settings import Settings
 from producer import Client
 from worker.loop import SessionWorker
@@ -168,3 +170,22 @@ def test_command_timeout_kills_the_process_group(client: Client, settings: Setti
     drain(settings, allow_commands=True)
     [record] = client.info(sid)
     assert record["status"] == "Failed" and "timeout" in record["error"]
+
+
+def test_runs_claimed_by_a_call_whose_reply_was_lost_are_run(
+    client: Client, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py sends a command again when the connection drops before its reply: a claim
+    that Redis carried out but whose reply was lost must not strand the runs it took."""
+    ids = client.create("lost", task="tests.tasks:add", args=[1, 2], replicas=2)
+    original, calls = Scripts.claim, []
+
+    def claim_with_a_lost_reply(self: Scripts, *args: Any) -> list[tuple[str, str]]:
+        calls.append(1)
+        if len(calls) == 1:
+            original(self, *args)  # carried out; the reply never arrived, and redis-py ...
+        return original(self, *args)  # ... sent it again
+
+    monkeypatch.setattr(Scripts, "claim", claim_with_a_lost_reply)
+    drain(settings)
+    assert [r["status"] for r in client.info(ids)] == ["Completed", "Completed"]
