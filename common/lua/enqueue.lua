@@ -35,6 +35,9 @@ for i, s in ipairs(sessions) do
     tasks = KEYS[k + 3], held = KEYS[k + 4], kind = KEYS[k + 5], owner = KEYS[k + 6],
     counts = {}}
   if not s[2] and redis.call('EXISTS', S[i].session) == 0 then return {'gone', s[1]} end
+  -- a new session that exists already: this very call was carried out before and its
+  -- reply lost (the client sent it again); the script is atomic, so all of it was
+  if s[2] and redis.call('EXISTS', S[i].session) == 1 then return {'ok'} end
 end
 local sets, index = {}, {}
 for i, s in ipairs(sessions) do
