@@ -189,3 +189,15 @@ def test_runs_claimed_by_a_call_whose_reply_was_lost_are_run(
     monkeypatch.setattr(Scripts, "claim", claim_with_a_lost_reply)
     drain(settings)
     assert [r["status"] for r in client.info(ids)] == ["Completed", "Completed"]
+
+
+def test_ram_caps_a_commands_memory(client: Client, settings: Settings) -> None:
+    hog = [sys.executable, "-c", "bytearray(500_000_000); print('allocated')"]
+    [capped] = client.create("hog", cmd=hog, ram=0.05)  # 50 MB of address space
+    [free] = client.create("free", cmd=[sys.executable, "-c", "bytearray(50_000_000)"])
+    drain(settings, allow_commands=True)
+    [record] = client.info(capped)
+    assert record["status"] == "Failed"
+    assert record["error"] == "exit status 1 (memory was capped at ram=0.05 GB)"
+    assert "MemoryError" in (client.logs(capped) or {})[capped]
+    assert client.info(free)[0]["status"] == "Completed", "the worker went on"
