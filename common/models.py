@@ -355,6 +355,11 @@ class SessionRecord:
 
     @classmethod
     def from_wire(cls, wire: Mapping[str, Any]) -> SessionRecord:
+        """CodecError unless `wire` is a session record of our schema version."""
+        if wire.get("v") != SCHEMA_VERSION:
+            raise CodecError(f"session record: unknown schema version {wire.get('v')!r}")
+        if not all(isinstance(wire.get(k), str) for k in ("id", "name", "kind", "owner")):
+            raise CodecError("session record: id, name, kind and owner must be strings")
         try:
             return cls(
                 id=wire["id"],
@@ -371,8 +376,16 @@ class SessionRecord:
                 persistent=bool(wire.get("persistent", False)),
                 config=wire.get("config"),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise CodecError(f"session record: missing or bad field {exc}") from exc
+
+
+def parse_record(raw: object, sid: str) -> SessionRecord:
+    """A session's record as the index holds it; CodecError naming the session if broken."""
+    try:
+        return SessionRecord.from_wire(codec.decode_map(raw, "record"))
+    except CodecError as exc:
+        raise CodecError(f"session {sid}: {exc}") from exc
 
 
 def _int(raw: Any) -> int:
