@@ -36,6 +36,7 @@ from common.models import (
     decode_error,
     decode_result,
     names_for_replicas,
+    parse_record,
     session_dict,
 )
 from common.rqcompat import load_rq
@@ -226,9 +227,9 @@ class Client:
                     log.warning("no such session: %s", sid)
                 continue
             try:
-                record = SessionRecord.from_wire(codec.decode_map(raw, f"session {sid}"))
+                record = parse_record(raw, sid)
             except CodecError as exc:
-                log.error("session %s: unreadable record: %s", sid, exc)
+                log.error("unreadable record: %s", exc)
                 continue
             url = f"{base.rstrip('/')}/sessions/{sid}" if base else None
             out.append(
@@ -306,9 +307,13 @@ class Client:
         req_cores = req_ram = 0.0
         for raw in replies[len(queue_keys) + len(live) :]:
             if raw:
-                wire = codec.decode_map(raw, "session record")
-                req_cores += float(wire.get("cores") or 0)
-                req_ram += float(wire.get("ram") or 0)
+                try:
+                    record = parse_record(raw, "(running)")
+                except CodecError as exc:
+                    log.error("stats: unreadable record: %s", exc)
+                    continue
+                req_cores += float(record.cores or 0)
+                req_ram += float(record.ram or 0)
         return {
             "sessions": sessions,
             "tasks": {s.value: counts.get(s.value, 0) for s in TaskState},
@@ -379,7 +384,12 @@ class Client:
                 log.warning("destroy: no such session: %s", sid)
                 out[sid] = False
                 continue
-            owner = codec.decode_map(raw, f"session {sid}").get("owner")
+            try:
+                owner = parse_record(raw, sid).owner
+            except CodecError as exc:
+                log.error("destroy: unreadable record: %s", exc)
+                out[sid] = False
+                continue
             if owner != self.user:
                 log.warning("destroy: session %s belongs to %s, not %s", sid, owner, self.user)
                 out[sid] = False

@@ -9,6 +9,8 @@ import pytest
 from redis import Redis
 
 import tests.tasks  # noqa: F401 - registers the @task functions
+from common import codec
+from common.keys import Keys
 from common.rqcompat import rq_keys
 from common.scripts import Scripts
 from common.settings import Settings
@@ -201,3 +203,71 @@ def test_ram_caps_a_commands_memory(client: Client, settings: Settings) -> None:
     assert record["error"] == "exit status 1 (memory was capped at ram=0.05 GB)"
     assert "MemoryError" in (client.logs(capped) or {})[capped]
     assert client.info(free)[0]["status"] == "Completed", "the worker went on"
+
+
+def control_job(redis: Redis, settings: Settings, op_id: str, data: bytes | None) -> None:
+    """Put a job straight on the control queue, as a bug or an intruder might."""
+    rq = rq_keys(settings.prefix)
+    if data is not None:
+        redis.hset(rq.job(op_id), mapping={"data": data, "origin": "control", "status": "queued"})
+    redis.rpush(rq.queue("control"), op_id)
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        (codec.encode(["sessionq.op:frobnicate", None, ["x"], {}]), "unknown operation"),
+        (codec.encode(["sessionq.op:destroy", None, [1, 2], {}]), "bad arguments"),
+        (codec.encode(["os:system", None, ["echo pwned"], {}]), "not a control operation"),
+        (b"\xc1garbage", "undecodable"),
+        (codec.encode(["sessionq.op:destroy"])[:-3], "undecodable"),
+        (None, "missing"),
+    ],
+)
+def test_a_bad_control_job_is_logged_and_dropped(
+    client: Client, settings: Settings, redis: Redis, caplog: pytest.LogCaptureFixture,
+    data: bytes | None, says: str,
+) -> None:  # fmt: skip
+    [sid] = client.create("bystander", task="tests.tasks:add", args=[1, 2])
+    before = client.events(sid)
+    control_job(redis, settings, "op-injected", data)
+    w = drain(settings)
+    dropped = [r for r in caplog.records if "control operation op-injected dropped" in r.message]
+    assert len(dropped) == 1 and says in dropped[0].message
+    assert w.runs_done == 1 and client.info(sid)[0]["status"] == "Completed"
+    assert (client.events(sid) or [])[: len(before or [])] == before
+    rq = rq_keys(settings.prefix)
+    assert not redis.exists(rq.job("op-injected")) and not redis.llen(rq.queue("control"))
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        b"\xc1garbage",
+        codec.encode({"v": 1, "id": "x", "name": "n"})[:-2],  # truncated
+        "other version",
+    ],
+)
+def test_a_broken_session_record_touches_no_other_session(
+    client: Client, settings: Settings, redis: Redis, caplog: pytest.LogCaptureFixture,
+    record: bytes | str,
+) -> None:  # fmt: skip
+    [victim, other] = client.create("rec", task="tests.tasks:add", args=[1, 2], replicas=2)
+    keys = Keys(settings.prefix)
+    if record == "other version":
+        wire = codec.decode(redis.hget(keys.sessions(), victim))
+        record = codec.encode({**wire, "v": 2})
+    redis.hset(keys.sessions(), victim, record)
+    # the producer: the record is left out and logged; the rest works
+    assert [r["id"] for r in client.info([victim, other])] == [other]
+    assert client.destroy([victim]) == {victim: False}
+    running, pending = keys.idx_status("Running"), keys.idx_status("Pending")
+    redis.smove(pending, running, victim)  # stats reads the records of running sessions
+    assert client.stats()["sessions"]["Running"] == 1
+    redis.smove(running, pending, victim)
+    # the worker: a destroy of it reaches the control queue anyway, and is dropped
+    assert client.scripts.request(victim, "destroy", [victim])
+    drain(settings)
+    assert any(f"session {victim}" in r.message for r in caplog.records if r.levelname == "ERROR")
+    assert client.info(other)[0]["status"] == "Completed"
+    assert redis.hget(keys.sessions(), victim) == record, "left as it was, for a human to see"
