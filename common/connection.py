@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 from redis import Redis
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import AuthenticationError, NoPermissionError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from common.errors import ConnectionFailed
+from common.errors import AccessDenied, ConnectionFailed
+from common.keys import Keys
 from common.settings import Settings
 
 RETRY_ATTEMPTS = 6
@@ -16,12 +21,36 @@ RETRY_ATTEMPTS = 6
 RETRY_BACKOFF_CAP_S = 2.0
 # redis-py 8 caps a pool at 100 connections; each listener holds one, so allow many
 POOL_MAX_CONNECTIONS = 4096
+T = TypeVar("T")
+
+
+class _Refused(Exception):
+    def __init__(self, error: AuthenticationError) -> None:
+        self.error = error
+
+
+class _Retry(Retry):
+    """redis-py's Retry, except that a refused password (an AuthenticationError, which is a
+    ConnectionError to redis-py) is reported at once instead of being tried again."""
+
+    def call_with_retry(self, do: Callable[[], T], fail: Any, *args: Any, **kwargs: Any) -> T:
+        def attempt() -> T:
+            try:
+                return do()
+            except AuthenticationError as exc:
+                raise _Refused(exc) from exc
+
+        try:
+            return super().call_with_retry(attempt, fail, *args, **kwargs)
+        except _Refused as refused:
+            raise refused.error from None
 
 
 def connect(settings: Settings, *, check: bool = True, **kwargs: object) -> Redis:
     """A client for settings.url that retries dropped connections with backoff; with `check`,
-    ConnectionFailed (naming the URL) when Redis cannot be reached."""
-    retry = Retry(ExponentialBackoff(cap=RETRY_BACKOFF_CAP_S, base=0.05), RETRY_ATTEMPTS)
+    ConnectionFailed (naming the URL) when Redis cannot be reached, AccessDenied when its
+    ACL user may not touch the prefix's keys."""
+    retry = _Retry(ExponentialBackoff(cap=RETRY_BACKOFF_CAP_S, base=0.05), RETRY_ATTEMPTS)
     options: dict[str, object] = {
         "retry": retry,
         "retry_on_error": [RedisConnectionError, RedisTimeoutError],
@@ -36,6 +65,10 @@ def connect(settings: Settings, *, check: bool = True, **kwargs: object) -> Redi
         raise ConnectionFailed(settings.url, str(exc)) from exc
     if check:
         ping(client, settings.url)
+        try:
+            client.exists(Keys(settings.prefix).workers())
+        except NoPermissionError as exc:
+            raise AccessDenied(settings.url, str(exc)) from exc
     return client
 
 

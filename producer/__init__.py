@@ -1,6 +1,7 @@
 """The public Python API of sessionq (SPEC §2, §3, §5)."""
 
 from common.errors import (
+    AccessDenied,
     ConfigError,
     ConnectionFailed,
     NotFound,
@@ -14,6 +15,7 @@ from producer.aio import AsyncClient
 from producer.client import Client
 
 __all__ = [
+    "AccessDenied",
     "AsyncClient",
     "Client",
     "ConfigError",

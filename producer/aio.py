@@ -17,7 +17,7 @@ from redis.asyncio import Redis as AsyncRedis
 from common.connection import POOL_MAX_CONNECTIONS
 from common.settings import Settings
 from producer.client import Client
-from producer.listen import AsyncListener
+from producer.listen import AsyncListener, access_checked_async
 
 
 class AsyncClient:
@@ -84,7 +84,7 @@ class AsyncClient:
         """Events as they happen, no gap and no duplicate per session, on redis.asyncio."""
         listener = AsyncListener(self.redis, self.keys, ids, types=types, after=after,
                                  timeout=timeout)  # fmt: skip
-        return listener.__aiter__()
+        return access_checked_async(listener.__aiter__(), self.settings.url)
 
     async def aclose(self) -> None:
         await self.redis.aclose()

@@ -15,11 +15,18 @@ from typing import Any, ParamSpec, TypeVar
 import click
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoPermissionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common import codec
 from common.connection import connect
-from common.errors import CodecError, ConnectionFailed, SessionNotFound, ValidationError
+from common.errors import (
+    AccessDenied,
+    CodecError,
+    ConnectionFailed,
+    SessionNotFound,
+    ValidationError,
+)
 from common.events import decode_event
 from common.keys import DEFAULT_QUEUE, Keys, command_queue_for
 from common.models import (
@@ -55,7 +62,8 @@ def new_session_id() -> str:
 
 
 def redis_errors(method: Callable[P, R]) -> Callable[P, R]:
-    """Turn a lost Redis (after the connection's own retries) into ConnectionFailed."""
+    """Turn a lost Redis (after the connection's own retries) into ConnectionFailed, and a
+    command Redis refuses to this ACL user into AccessDenied."""
 
     @functools.wraps(method)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -64,6 +72,8 @@ def redis_errors(method: Callable[P, R]) -> Callable[P, R]:
         except (RedisConnectionError, RedisTimeoutError) as exc:
             client = args[0]
             raise ConnectionFailed(client.settings.url, str(exc)) from exc  # type: ignore[attr-defined]
+        except NoPermissionError as exc:  # an ACL user outside its prefix
+            raise AccessDenied(args[0].settings.url, str(exc)) from exc  # type: ignore[attr-defined]
 
     return wrapper
 
@@ -441,10 +451,10 @@ class Client:
         timeout: float | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Events as they happen, with no gap and no duplicate per session (SPEC §5)."""
-        from producer.listen import Listener
+        from producer.listen import Listener, access_checked
 
         listener = Listener(self.redis, self.keys, ids, types=types, after=after, timeout=timeout)
-        return iter(listener)
+        return access_checked(iter(listener), self.settings.url)
 
     @redis_errors
     def connect(self, ids: str | Sequence[str]) -> None:

@@ -16,10 +16,11 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from redis.asyncio import Redis as AsyncRedis
+from redis.exceptions import AuthenticationError, NoPermissionError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from common.errors import CodecError, ValidationError
+from common.errors import AccessDenied, CodecError, ConnectionFailed, ValidationError
 from common.events import TERMINAL_EVENTS, EventType, decode_event, matches
 from common.keys import Keys
 from common.models import ENDED_STATUSES, as_id_list
@@ -184,6 +185,30 @@ def _message_event(message: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
 
 
+def access_checked(events: Iterator[dict[str, Any]], url: str) -> Iterator[dict[str, Any]]:
+    """`events`, with Redis's NOPERM (an ACL user outside its prefix) as AccessDenied and a
+    refused password as ConnectionFailed, as the other calls raise them."""
+    try:
+        yield from events
+    except NoPermissionError as exc:
+        raise AccessDenied(url, str(exc)) from exc
+    except AuthenticationError as exc:
+        raise ConnectionFailed(url, str(exc)) from exc
+
+
+async def access_checked_async(
+    events: AsyncIterator[dict[str, Any]], url: str
+) -> AsyncIterator[dict[str, Any]]:
+    """The same for an async iterator."""
+    try:
+        async for event in events:
+            yield event
+    except NoPermissionError as exc:
+        raise AccessDenied(url, str(exc)) from exc
+    except AuthenticationError as exc:
+        raise ConnectionFailed(url, str(exc)) from exc
+
+
 class Listener:
     """One pub/sub connection for any number of sessions (redis-py)."""
 
@@ -267,6 +292,8 @@ class Listener:
                     self._reconnected = False
                     yield from self._resync()
             except LOST as exc:
+                if isinstance(exc, AuthenticationError):
+                    raise  # the password was refused: trying again will not help
                 log.warning("listener lost its connection (%s); reconnecting", exc)
                 self.close()
                 continue
@@ -367,6 +394,8 @@ class AsyncListener:
                     for event in await self._resync():
                         yield event
             except LOST as exc:
+                if isinstance(exc, AuthenticationError):
+                    raise  # the password was refused: trying again will not help
                 log.warning("listener lost its connection (%s); reconnecting", exc)
                 await self.close()
                 continue
