@@ -92,8 +92,8 @@ BAD: dict[str, tuple[st.SearchStrategy[str], str]] = {
     "--ram": (bad_number(), "ram"),
     "--gpu": (bad_number(), "gpu"),
     "--timeout": (bad_number(), "timeout"),
-    "--replicas": (st.integers(max_value=0) | st.integers(min_value=10_001), "replicas"),
-    "--retries": (st.integers(max_value=-1) | st.integers(min_value=1001), "retries"),
+    "--replicas": ((st.integers(max_value=0) | st.integers(min_value=10_001)).map(str), "replicas"),
+    "--retries": ((st.integers(max_value=-1) | st.integers(min_value=1001)).map(str), "retries"),
     "--kind": (
         texts.filter(
             lambda s: not (0 < len(s) <= 32 and s[0] in KIND_START and set(s) <= set(KIND_CHARS))
