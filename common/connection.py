@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -25,20 +26,30 @@ T = TypeVar("T")
 
 
 class _Refused(Exception):
-    def __init__(self, error: AuthenticationError) -> None:
+    def __init__(self, error: RedisConnectionError) -> None:
         self.error = error
 
 
+def _lasting(error: Exception) -> bool:
+    """A refusal that trying again will not change: a wrong password, an untrusted
+    certificate (both ConnectionErrors to redis-py)."""
+    return isinstance(error, AuthenticationError) or isinstance(
+        error.__context__, ssl.SSLCertVerificationError
+    )
+
+
 class _Retry(Retry):
-    """redis-py's Retry, except that a refused password (an AuthenticationError, which is a
-    ConnectionError to redis-py) is reported at once instead of being tried again."""
+    """redis-py's Retry, except that a lasting refusal is reported at once instead of being
+    tried again for seconds."""
 
     def call_with_retry(self, do: Callable[[], T], fail: Any, *args: Any, **kwargs: Any) -> T:
         def attempt() -> T:
             try:
                 return do()
-            except AuthenticationError as exc:
-                raise _Refused(exc) from exc
+            except RedisConnectionError as exc:
+                if _lasting(exc):
+                    raise _Refused(exc) from exc
+                raise
 
         try:
             return super().call_with_retry(attempt, fail, *args, **kwargs)
