@@ -30,7 +30,7 @@ class _Refused(Exception):
         self.error = error
 
 
-def _lasting(error: Exception) -> bool:
+def lasting_refusal(error: Exception) -> bool:
     """A refusal that trying again will not change: a wrong password, an untrusted
     certificate (both ConnectionErrors to redis-py)."""
     return isinstance(error, AuthenticationError) or isinstance(
@@ -47,7 +47,7 @@ class _Retry(Retry):
             try:
                 return do()
             except RedisConnectionError as exc:
-                if _lasting(exc):
+                if lasting_refusal(exc):
                     raise _Refused(exc) from exc
                 raise
 

@@ -16,10 +16,11 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from redis.asyncio import Redis as AsyncRedis
-from redis.exceptions import AuthenticationError, NoPermissionError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoPermissionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from common.connection import lasting_refusal
 from common.errors import AccessDenied, CodecError, ConnectionFailed, ValidationError
 from common.events import TERMINAL_EVENTS, EventType, decode_event, matches
 from common.keys import Keys
@@ -186,13 +187,14 @@ def _message_event(message: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def access_checked(events: Iterator[dict[str, Any]], url: str) -> Iterator[dict[str, Any]]:
-    """`events`, with Redis's NOPERM (an ACL user outside its prefix) as AccessDenied and a
-    refused password as ConnectionFailed, as the other calls raise them."""
+    """`events`, with Redis's NOPERM (an ACL user outside its prefix) as AccessDenied and what
+    the listener does not ride out (a refused password, no Redis at the start) as
+    ConnectionFailed, as the other calls raise them."""
     try:
         yield from events
     except NoPermissionError as exc:
         raise AccessDenied(url, str(exc)) from exc
-    except AuthenticationError as exc:
+    except (RedisConnectionError, RedisTimeoutError) as exc:
         raise ConnectionFailed(url, str(exc)) from exc
 
 
@@ -205,7 +207,7 @@ async def access_checked_async(
             yield event
     except NoPermissionError as exc:
         raise AccessDenied(url, str(exc)) from exc
-    except AuthenticationError as exc:
+    except (RedisConnectionError, RedisTimeoutError) as exc:
         raise ConnectionFailed(url, str(exc)) from exc
 
 
@@ -292,8 +294,8 @@ class Listener:
                     self._reconnected = False
                     yield from self._resync()
             except LOST as exc:
-                if isinstance(exc, AuthenticationError):
-                    raise  # the password was refused: trying again will not help
+                if isinstance(exc, RedisConnectionError) and lasting_refusal(exc):
+                    raise  # a wrong password, an untrusted certificate: no use trying again
                 log.warning("listener lost its connection (%s); reconnecting", exc)
                 self.close()
                 continue
@@ -394,8 +396,8 @@ class AsyncListener:
                     for event in await self._resync():
                         yield event
             except LOST as exc:
-                if isinstance(exc, AuthenticationError):
-                    raise  # the password was refused: trying again will not help
+                if isinstance(exc, RedisConnectionError) and lasting_refusal(exc):
+                    raise  # a wrong password, an untrusted certificate: no use trying again
                 log.warning("listener lost its connection (%s); reconnecting", exc)
                 await self.close()
                 continue

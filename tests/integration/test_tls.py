@@ -71,6 +71,8 @@ def test_producer_worker_and_listener_over_tls(
         unverified = Client(settings=Settings.from_env(url.split("&")[0], environ={}))
         with pytest.raises(ConnectionFailed, match="certificate verify failed"):
             unverified.info(sid)  # no CA given: the server's certificate is not trusted
+        with pytest.raises(ConnectionFailed, match="certificate verify failed"):
+            next(unverified.listen(sid, after=0, timeout=5))  # said, not retried for ever
         unverified.close()
     finally:
         workers.stop_all()
