@@ -16,6 +16,7 @@ from common.errors import CodecError, ValidationError, ValidationTypeError
 from common.events import decode_event
 from common.models import (
     MAX_REPLICAS,
+    MAX_TIMEOUT_S,
     SessionRecord,
     build_run,
     check_int_range,
@@ -57,7 +58,7 @@ plausible = {
     "kwargs": st.none() | st.dictionaries(st.text(max_size=5), scalars, max_size=3),
     "env": st.none() | st.dictionaries(st.text(max_size=5), scalars, max_size=3),
     "queue": st.none() | st.text(max_size=10),
-    "timeout": st.none() | st.floats() | st.integers(-5, 5),
+    "timeout": st.none() | st.floats() | st.integers(-5, 5) | st.just(2**64),
     "retries": st.integers(-5, 2000),
     "cores": st.none() | st.floats() | st.integers(-5, 5),
     "ram": st.none() | st.floats() | st.integers(-5, 5),
@@ -93,6 +94,7 @@ def test_build_run_accepts_only_what_spec_allows_and_names_the_field(
     # accepted: it follows SPEC §2 and can be written
     assert (spec.func is None) == ("cmd" in fields and fields["cmd"] is not None)
     assert all(is_positive_or_none(getattr(spec, f)) for f in ("timeout", "cores", "ram", "gpu"))
+    assert spec.timeout is None or spec.timeout <= MAX_TIMEOUT_S
     assert 0 <= spec.retries <= 1000
     env_start, env_chars = string.ascii_letters + "_", string.ascii_letters + string.digits + "_"
     assert all(k and k[0] in env_start and all(c in env_chars for c in k) for k in spec.env)
