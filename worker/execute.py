@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 LOG_FLUSH_S = 0.05
 LOG_FLUSH_LINES = 200
 PR_SET_PDEATHSIG = 1
+RAM_NO_LIMIT_BYTES = 2**62  # a ram= this large caps nothing (and RLIMIT_AS cannot hold it)
 
 try:
     _libc: ctypes.CDLL | None = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -125,6 +126,8 @@ class Command:
         self.argv = argv
         self.env = env
         self.ram_bytes = int(ram_gb * 1024**3) if ram_gb else None
+        if self.ram_bytes is not None and self.ram_bytes >= RAM_NO_LIMIT_BYTES:
+            self.ram_bytes = None  # more than any address space: no cap at all
         self.on_lines = on_lines
         self.proc: subprocess.Popen[bytes] | None = None
         self.stop_reason: str | None = None

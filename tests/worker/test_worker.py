@@ -197,12 +197,14 @@ def test_ram_caps_a_commands_memory(client: Client, settings: Settings) -> None:
     hog = [sys.executable, "-c", "bytearray(500_000_000); print('allocated')"]
     [capped] = client.create("hog", cmd=hog, ram=0.05)  # 50 MB of address space
     [free] = client.create("free", cmd=[sys.executable, "-c", "bytearray(50_000_000)"])
+    [huge] = client.create("huge", cmd=[sys.executable, "-c", "pass"], ram=1e12)  # > 2**62 B
     drain(settings, allow_commands=True)
     [record] = client.info(capped)
     assert record["status"] == "Failed"
     assert record["error"] == "exit status 1 (memory was capped at ram=0.05 GB)"
     assert "MemoryError" in (client.logs(capped) or {})[capped]
     assert client.info(free)[0]["status"] == "Completed", "the worker went on"
+    assert client.info(huge)[0]["status"] == "Completed", "more than any address space: no cap"
 
 
 def control_job(redis: Redis, settings: Settings, op_id: str, data: bytes | None) -> None:
