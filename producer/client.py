@@ -1,4 +1,5 @@
-"""`Client`: the CANFAR-style session calls of SPEC §2 on Redis."""
+"""`Client`: the CANFAR-style session calls of SPEC §2 on Redis (redis-py); what each §2 call
+sends and makes of the replies is its plan in producer.plans, shared with `AsyncClient`."""
 
 from __future__ import annotations
 
