@@ -14,7 +14,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import click
@@ -125,18 +125,22 @@ def create(
     run_queue = command_queue_for(base.queue) if base.is_command else base.queue
     run_queue = run_queue or DEFAULT_QUEUE
     now = time.time()
-    data = base.job_data()
+    # one template per create, varied per replica (10,000 replicas: no per-replica objects)
+    record = SessionRecord(
+        id="", name=name, kind=kind, owner=user, created_at_ms=int(now * 1000), image=image,
+        cores=base.cores, ram=base.ram, gpu=base.gpu, replica_count=replicas,
+    ).to_wire()  # fmt: skip
+    template = base.job_fields(run_queue, now)
+    meta = codec.decode_map(template["sq"], "job meta")
     sessions, runs, ids = [], [], []
     for i, replica_name in enumerate(names):
         sid = new_session_id()
-        record = SessionRecord(
-            id=sid, name=replica_name, kind=kind, owner=user,
-            created_at_ms=int(now * 1000), image=image, cores=base.cores, ram=base.ram,
-            gpu=base.gpu, replica_id=i + 1, replica_count=replicas,
-        )  # fmt: skip
-        spec = replace(base, name=replica_name, replica_id=i + 1)
-        fields = spec.job_fields(run_queue, now, data)
-        sessions.append((sid, True, codec.encode(record.to_wire()), replica_name, kind, user))
+        record.update(id=sid, name=replica_name, replica_id=i + 1)
+        meta["name"] = replica_name
+        if "replica_count" in meta:
+            meta["replica_id"] = i + 1
+        fields = {**template, "sq": codec.encode(meta)}
+        sessions.append((sid, True, codec.encode(record), replica_name, kind, user))
         runs.append((i, f"{sid}-1", replica_name, TaskState.QUEUED.value, run_queue, fields,
                      None))  # fmt: skip
         ids.append(sid)
