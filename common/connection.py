@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import AuthenticationError, NoPermissionError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -57,21 +59,49 @@ class _Retry(Retry):
             raise refused.error from None
 
 
-def connect(settings: Settings, *, check: bool = True, **kwargs: object) -> Redis:
-    """A client for settings.url that retries dropped connections with backoff; with `check`,
-    ConnectionFailed (naming the URL) when Redis cannot be reached, AccessDenied when its
-    ACL user may not touch the prefix's keys."""
-    retry = _Retry(ExponentialBackoff(cap=RETRY_BACKOFF_CAP_S, base=0.05), RETRY_ATTEMPTS)
-    options: dict[str, object] = {
-        "retry": retry,
+class _AsyncRetry(AsyncRetry):
+    """The same on redis.asyncio."""
+
+    async def call_with_retry(
+        self, do: Callable[[], Awaitable[T]], fail: Any, *args: Any, **kwargs: Any
+    ) -> T:
+        async def attempt() -> T:
+            try:
+                return await do()
+            except RedisConnectionError as exc:
+                if lasting_refusal(exc):
+                    raise _Refused(exc) from exc
+                raise
+
+        try:
+            return await super().call_with_retry(attempt, fail, *args, **kwargs)
+        except _Refused as refused:
+            raise refused.error from None
+
+
+def _options(
+    retry_class: type[Retry] | type[AsyncRetry], kwargs: dict[str, object]
+) -> dict[str, Any]:
+    """The client options both kinds of client share: retry dropped connections with backoff."""
+    options: dict[str, Any] = {
+        "retry": retry_class(
+            ExponentialBackoff(cap=RETRY_BACKOFF_CAP_S, base=0.05), RETRY_ATTEMPTS
+        ),
         "retry_on_error": [RedisConnectionError, RedisTimeoutError],
         "health_check_interval": 30,
         "socket_connect_timeout": 5,
         "max_connections": POOL_MAX_CONNECTIONS,
     }
     options.update(kwargs)
+    return options
+
+
+def connect(settings: Settings, *, check: bool = True, **kwargs: object) -> Redis:
+    """A client for settings.url that retries dropped connections with backoff; with `check`,
+    ConnectionFailed (naming the URL) when Redis cannot be reached, AccessDenied when its
+    ACL user may not touch the prefix's keys."""
     try:
-        client = Redis.from_url(settings.url, **options)
+        client = Redis.from_url(settings.url, **_options(_Retry, kwargs))
     except ValueError as exc:
         raise ConnectionFailed(settings.url, str(exc)) from exc
     if check:
@@ -81,6 +111,14 @@ def connect(settings: Settings, *, check: bool = True, **kwargs: object) -> Redi
         except NoPermissionError as exc:
             raise AccessDenied(settings.url, str(exc)) from exc
     return client
+
+
+def connect_async(settings: Settings, **kwargs: object) -> AsyncRedis:
+    """The same client on redis.asyncio; it connects at its first command."""
+    try:
+        return AsyncRedis.from_url(settings.url, **_options(_AsyncRetry, kwargs))
+    except ValueError as exc:
+        raise ConnectionFailed(settings.url, str(exc)) from exc
 
 
 def ping(client: Redis, url: str) -> None:

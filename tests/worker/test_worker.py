@@ -273,3 +273,19 @@ def test_a_broken_session_record_touches_no_other_session(
     assert any(f"session {victim}" in r.message for r in caplog.records if r.levelname == "ERROR")
     assert client.info(other)[0]["status"] == "Completed"
     assert redis.hget(keys.sessions(), victim) == record, "left as it was, for a human to see"
+
+
+def test_a_runs_environment_does_not_leak_into_the_next_run_or_the_process(
+    client: Client, settings: Settings
+) -> None:
+    import os
+
+    [first] = client.create("env-a", task="tests.tasks:environment", env={"GREETING": "hi"})
+    [second] = client.create("env-b", task="tests.tasks:environment")
+    drain(settings)
+    results = {r["id"]: r["result"] for r in client.info([first, second])}
+    assert results[first]["GREETING"] == "hi"
+    assert results[first]["SESSIONQ_TASK_ID"] == f"{first}-1"
+    assert results[second]["GREETING"] == ""  # set for the run before, not for this one
+    assert results[second]["SESSIONQ_TASK_ID"] == f"{second}-1"
+    assert "GREETING" not in os.environ and "SESSIONQ_TASK_ID" not in os.environ
