@@ -46,6 +46,15 @@ out = {
     "destroyed": client.destroy(ids),
     "ids": ids,
 }
+from producer import Task
+with client.session("kept") as s:  # persistent: dependencies, a schedule, pause and play
+    first = Task("tests.tasks:add", args=[1, 1], name="first")
+    s.add(Task("tests.tasks:add", args=[2, 2], name="then", depends_on=first))
+    s.add(Task("tests.tasks:add", args=[3, 3], name="later", in_=0.2))
+    s.pause()
+    s.play()
+    out["persistent"] = [s.wait(timeout=60), len(s)]
+    s.destroy()
 print(json.dumps(out))
 """
 
@@ -98,6 +107,7 @@ def test_a_tenant_does_everything_in_its_prefix_and_nothing_in_another(
             assert out["results"] == [3, 3] and out["fetched"] == 2 and out["completed"] == 2
             assert out["logs"] == sorted(out["ids"]) and out["kept"] > 0
             assert out["destroyed"] == {sid: True for sid in out["ids"]}
+            assert out["persistent"] == ["Completed", 3]
             keys = Keys("a:")
             wait_for(lambda: not admin.hlen(keys.sessions()), what="her worker to destroy them")
         finally:
