@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 
 from croniter import croniter
 
 from common.errors import ValidationError, ValidationTypeError
+
+MAX_EPOCH_S = 253_402_300_799  # 9999-12-31T23:59:59Z, the last time a datetime can hold
+MAX_IN_S = 2**31 - 1  # about 68 years, as for a timeout
 
 
 def check_cron(expr: object) -> str:
@@ -29,6 +33,8 @@ def at_ms(value: object) -> int:
     if isinstance(value, bool):
         raise ValidationTypeError("at", "expected a datetime, an ISO string or epoch seconds")
     if isinstance(value, (int, float)):
+        if not math.isfinite(value) or abs(value) > MAX_EPOCH_S:
+            raise ValidationError("at", f"epoch seconds out of range: {value!r}")
         return int(value * 1000)
     if isinstance(value, str):
         try:
@@ -49,6 +55,6 @@ def in_seconds(value: object) -> float:
         value = value.total_seconds()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValidationTypeError("in_", f"expected seconds or a timedelta, got {value!r}")
-    if not value >= 0:
-        raise ValidationError("in_", f"must be >= 0 seconds, got {value!r}")
+    if not 0 <= value <= MAX_IN_S:
+        raise ValidationError("in_", f"must be 0 to {MAX_IN_S} seconds, got {value!r}")
     return float(value)

@@ -213,3 +213,45 @@ def test_a_session_record_of_another_schema_version_is_refused(version: Any) -> 
     wire["v"] = version
     with pytest.raises(CodecError, match="schema version"):
         SessionRecord.from_wire(wire)
+
+
+# -- Task (SPEC §3): every field, as for create ----------------------------------------------
+TASK_FIELDS = (*RUN_FIELDS, "func", "name", "key", "depends_on", "run_if", "at", "in_")
+when = (
+    st.none()
+    | st.floats()
+    | st.integers(-(2**70), 2**70)
+    | st.datetimes()
+    | st.timedeltas()
+    | st.text(max_size=30)
+    | st.sampled_from(["2026-01-01T00:00:00Z", "0 3 * * *", "*/5 * * * *", "nope"])
+)
+task_plausible = {
+    **{f: plausible[f] for f in RUN_FIELDS if f not in ("task",)},
+    "func": plausible["task"],
+    "name": st.none() | st.sampled_from(["ok", "bad name", ""]) | st.text(max_size=5),
+    "key": st.none() | st.text(max_size=3) | st.just("k" * 300),
+    "depends_on": st.none() | st.text(max_size=5) | st.lists(st.text(max_size=5), max_size=2),
+    "run_if": st.sampled_from(["succeeded", "failed", "finished", "maybe"]),
+    "at": when,
+    "in_": when,
+    "cron": when,
+}
+
+
+@given(st.fixed_dictionaries({f: st.just(MISSING) | s | anything
+                              for f, s in task_plausible.items()}))  # fmt: skip
+def test_a_task_is_made_or_names_the_bad_field(drawn: dict[str, Any]) -> None:
+    from producer import Task
+
+    fields = {k: v for k, v in drawn.items() if v is not MISSING}
+    if "cmd" not in fields and "func" not in fields:
+        fields["func"] = "tests.tasks:add"
+    func = fields.pop("func", None)
+    try:
+        task = Task(func, **fields)
+    except ValidationError as exc:
+        assert exc.field.split("[", 1)[0] in (*TASK_FIELDS, "cron"), str(exc)
+        return
+    due = task.due_ms(0.0)  # what adding it computes: a time Redis can hold
+    assert due is None or -(2**63) <= due < 2**63
