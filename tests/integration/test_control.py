@@ -207,6 +207,8 @@ def test_cli_add_control_and_info_tasks(client: Client, workers: WorkerProcs) ->
     second = run("add", sid, "--cmd", "true", "--name", "second").output.strip()
     assert second.startswith(f"{sid}-") and second != tid
     workers.start(allow_commands=True)
+    # the worker parks the run queued before the pause; then both are held, in add order
+    wait_for(lambda: client.info(sid)[0]["tasks"]["held"] == 2, what="both runs held")
     assert run("step", sid).output.strip() == f"{sid} accepted"
     wait_for(lambda: client.tasks(sid)[0]["state"] == "succeeded", what="stepped run")
     assert run("play", sid).exit_code == 0
