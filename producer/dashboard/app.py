@@ -79,16 +79,20 @@ class Dashboard:
 
 
 class RootPath:
-    """Serve under `root_path` whether or not a proxy in front strips it: links are built
-    with it, and Starlette routes a path with or without it."""
+    """Serve under `root_path` whether or not a proxy in front strips it: the scope gets it as
+    its root_path and, as ASGI has it, at the front of its path; links are built with it."""
 
     def __init__(self, app: ASGIApp, root_path: str) -> None:
         self.app = app
         self.root_path = root_path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket"):
-            scope = {**scope, "root_path": self.root_path}
+        root = self.root_path
+        if root and scope["type"] in ("http", "websocket"):
+            path: str = scope["path"]
+            if path != root and not path.startswith(f"{root}/"):
+                path = f"{root}{path}"
+            scope = {**scope, "root_path": root, "path": path}
         await self.app(scope, receive, send)
 
 
@@ -166,10 +170,9 @@ def _page(request: Request, name: str, context: dict[str, Any]) -> Response:
 
 
 def _route_path(dash: Dashboard, request: Request) -> str:
-    """The request's path inside the app (without root_path, if the proxy left it on)."""
+    """The request's path inside the app (RootPath put root_path in front of it)."""
     path: str = request.scope["path"]
-    root = dash.root_path
-    return path[len(root) :] if root and path.startswith(f"{root}/") else path
+    return path.removeprefix(dash.root_path)
 
 
 def _set_token_cookie(dash: Dashboard, response: Response) -> Response:

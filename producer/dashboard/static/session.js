@@ -36,8 +36,8 @@
     $("progress-label").textContent = pct + " %";
   }
 
-  function iso(ts) {
-    return new Date(ts * 1000).toISOString();
+  function clock(ts) {  // UTC, as the records' ISO 8601 times
+    return new Date(ts * 1000).toISOString().slice(11, 23);
   }
 
   function summary(data) {
@@ -57,7 +57,7 @@
     const li = document.createElement("li");
     li.className = "ev ev-" + e.type.replace(/\./g, "-");
     li.dataset.seq = String(e.seq);
-    const time = new Date(e.ts * 1000).toLocaleTimeString();
+    const time = clock(e.ts);
     li.textContent = `${time} #${e.seq} ${e.type}${e.task ? " " + e.task : ""} ${summary(e.data)}`;
     list.appendChild(li);
     while (list.childElementCount > MAX_EVENTS) list.removeChild(list.firstElementChild);
@@ -101,10 +101,10 @@
     if (e.type === "task.started") {
       cell(row, "attempts", String((e.data && e.data.attempt) || ""));
       cell(row, "worker", e.worker || "");
-      cell(row, "started", iso(e.ts));
+      cell(row, "started", clock(e.ts));
       cell(row, "finished", "");
     } else if (state !== "queued") {
-      cell(row, "finished", iso(e.ts));
+      cell(row, "finished", clock(e.ts));
     }
   }
 
