@@ -75,7 +75,8 @@ class Keys:
         return f"{self.prefix}session:{sid}:keys"
 
     def session_held(self, sid: str) -> str:
-        """LIST runs parked while the session is paused, oldest first; play/step; destroy."""
+        """ZSET runs parked while the session is paused, scored by task number (add order);
+        run/enqueue scripts park, play/step release; destroy/stop delete."""
         return f"{self.prefix}session:{sid}:held"
 
     def session_running(self, sid: str) -> str:
@@ -110,6 +111,15 @@ class Keys:
     def wake(self, queue: str) -> str:
         """LIST of at most one token: "queue may have work"; enqueuers push, workers BLPOP."""
         return f"{self.prefix}wake:{queue}"
+
+    def schedule(self) -> str:
+        """ZSET run id -> due time (epoch ms) of runs waiting on `at`/`in_`/`cron`; enqueue
+        and control scripts add; the scheduler's fire step removes (once, whoever wins)."""
+        return f"{self.prefix}schedule"
+
+    def waiting(self) -> str:
+        """SET of run ids deferred on dependencies; enqueue/control scripts; resolve removes."""
+        return f"{self.prefix}waiting"
 
     def lock(self, name: str) -> str:
         """STRING held with PX by one worker at a time (reaper, scheduler); expires."""

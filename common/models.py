@@ -191,6 +191,7 @@ class RunSpec:
     cores: float | None = None
     ram: float | None = None
     gpu: float | None = None
+    prerun_fatal: bool = False  # a failure before the body runs stops the session (SPEC §3)
 
     @property
     def is_command(self) -> bool:
@@ -213,6 +214,8 @@ class RunSpec:
         for key in ("cores", "ram", "gpu"):
             if getattr(self, key) is not None:
                 wire[key] = getattr(self, key)
+        if self.prerun_fatal:
+            wire["prerun_fatal"] = True
         return codec.encode(wire)
 
     def job_fields(self, queue: str, now_s: float, data: bytes | None = None) -> dict[str, Any]:
@@ -418,6 +421,36 @@ def session_dict(
     if not record.persistent:
         out["result"] = result
         out["error"] = error
+    return out
+
+
+TASK_FIELDS = ("state", "attempts", "result", "error", "worker_name", "started_at", "ended_at",
+               "origin", "deps", "run_if", "due")  # fmt: skip
+
+
+def task_dict(task_id: str, name: str, row: Sequence[Any]) -> dict[str, Any]:
+    """The public task record (SPEC §3) from a job hash's TASK_FIELDS values."""
+    state, attempts, result, error, worker, started, ended, origin, deps, run_if, due = row
+    out: dict[str, Any] = {
+        "id": task_id,
+        "name": name,
+        "state": codec.text(state) if state else None,
+        "attempts": _int(attempts),
+        "result": decode_result(result),
+        "error": decode_error(error),
+        "worker": codec.text(worker) if worker else None,
+        "started_at": codec.text(started) if started else None,
+        "finished_at": codec.text(ended) if ended else None,
+        "queue": codec.text(origin) if origin else None,
+        "depends_on": [],
+        "run_if": codec.text(run_if) if run_if else None,
+        "due_at": iso_from_ms(due),
+    }
+    if deps:
+        try:
+            out["depends_on"] = [str(d) for d in codec.decode(deps)]
+        except CodecError:
+            out["depends_on"] = None
     return out
 
 

@@ -16,18 +16,30 @@ from importlib import resources
 from typing import Any, NamedTuple
 
 from redis import Redis
+from redis.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common import codec
-from common.keys import CONTROL_QUEUE, Keys, session_of
+from common.keys import CONTROL_QUEUE, DEFAULT_QUEUE, Keys, session_of
 from common.models import Status, rq_time
 from common.rqcompat import RQKeys, rq_keys
 from common.settings import Settings
 
 OP_PREFIX = "sessionq.op:"  # func name prefix of control operations in RQ job data
-_SCRIPT_NAMES = ("claim", "run", "enqueue", "destroy", "recover", "emit", "log", "request")
+_SCRIPT_NAMES = (
+    "claim",
+    "run",
+    "enqueue",
+    "destroy",
+    "recover",
+    "emit",
+    "log",
+    "request",
+    "control",
+    "state",
+)
 
 
 @cache
@@ -42,10 +54,12 @@ def lua_source(name: str) -> str:
 
 RUN_BLOCK_KEYS = 11
 Finish = tuple[str, str, str, bytes, int]  # run id, queue, outcome, payload, duration ms
+# session index, run id, name, state, queue, job fields, options (enqueue.lua)
+Run = tuple[int, str, str, str, str, dict[str, Any], dict[str, Any] | None]
 
 
 class StepReply(NamedTuple):
-    finished: list[tuple[str, str, str, bool]]
+    finished: list[tuple[str, str, str, int]]  # run id, queue, result, flags (run.lua)
     started: list[tuple[str, str, str, Any, Any, Any, int]]
 
 
@@ -173,17 +187,19 @@ class Scripts:
     def enqueue(
         self,
         sessions: Sequence[tuple[str, bool, bytes, str, str, str]],
-        runs: Sequence[tuple[int, str, str, str, str, dict[str, Any]]],
+        runs: Sequence[Run],
         *,
         worker: str = "",
         now: float | None = None,
         client: Any = None,
     ) -> list[Any]:
         """Create sessions (sid, is_new, record, name, kind, owner) and add runs to them
-        (session index, run id, name, state, queue, job fields). One atomic call."""
+        (session index, run id, name, state, queue, job fields, options). One atomic call;
+        see enqueue.lua for the options and the reply."""
         now = time.time() if now is None else now
         k, rq = self.keys, self.rq
         keys: list[str] = [k.events_all_channel(), k.sessions(), rq.queues_set, *self._idx]
+        keys += [k.schedule(), k.waiting()]
         plan_sessions = []
         for sid, is_new, record, name, kind, owner in sessions:
             keys += [
@@ -194,24 +210,93 @@ class Scripts:
                 k.session_held(sid),
                 k.idx_kind(kind),
                 k.idx_owner(owner),
+                k.session_names(sid),
+                k.session_task_keys(sid),
             ]
             plan_sessions.append([sid, is_new, record, name])
         queues: dict[str, int] = {}
         for run in runs:
             queues.setdefault(run[4], len(queues) + 1)
         for queue in queues:
-            keys += [rq.queue(queue), k.wake(queue)]
+            keys += [rq.queue(queue), k.wake(queue), rq.failed(queue)]
+        keys += [rq.job(run[1]) for run in runs]
+        extra: dict[str, int] = {}
+
+        def key_index(run_id: str) -> int:
+            if run_id not in extra:
+                keys.append(rq.job(run_id))
+                extra[run_id] = len(keys)  # Lua counts from 1
+            return extra[run_id]
+
         plan_runs = []
-        for s_index, run_id, name, state, queue, fields in runs:
-            keys.append(rq.job(run_id))
-            flat: list[Any] = [s_index + 1, run_id, name, state, queues[queue]]
+        for s_index, run_id, name, state, queue, fields, opts in runs:
+            if opts:
+                opts = dict(opts)
+                if opts.get("deps"):
+                    opts["dep_keys"] = [key_index(p) for p in opts["deps"]]
+                if opts.get("old_id"):
+                    opts["old"] = key_index(opts["old_id"])
+            flat: list[Any] = [s_index + 1, run_id, name, state, queues[queue], opts or None]
             for key, value in fields.items():
                 flat += (key, value)
             plan_runs.append(flat)
         plan = codec.encode_for_lua([plan_sessions, len(queues), plan_runs])
         args = [*self._head(now), worker, plan]
+        if isinstance(client, Pipeline):
+            # a pipeline: plain EVALSHA, so that it adds no SCRIPT EXISTS round trip (the
+            # caller has loaded the scripts: ensure_loaded)
+            client.evalsha(self._script["enqueue"].sha, len(keys), *keys, *args)
+            return []
         reply = self._script["enqueue"](keys=keys, args=args, client=client or self.redis)
-        return list(reply)
+        return [r.decode() if isinstance(r, bytes) else r for r in reply]
+
+    def with_queues(self, run_ids: Sequence[str]) -> list[tuple[str, str]]:
+        """[(run id, the queue it came from)] - what the scripts need to name its keys."""
+        pipe = self.redis.pipeline(transaction=False)
+        for run_id in run_ids:
+            pipe.hget(self.rq.job(run_id), "origin")
+        origins = pipe.execute()
+        return [
+            (run_id, codec.text(origin) if origin else DEFAULT_QUEUE)
+            for run_id, origin in zip(run_ids, origins, strict=True)
+        ]
+
+    def run_script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """Call one script by name (for the modules that build their own key lists)."""
+        return self._script[name](keys=keys, args=args)
+
+    def ensure_loaded(self) -> None:
+        """Load every script now (one round trip), for pipelines that call EVALSHA."""
+        pipe = self.redis.pipeline(transaction=False)
+        for script in self._script.values():
+            pipe.script_load(script.script)
+        pipe.execute()
+
+    def control(
+        self, op: str, sid: str, plan: dict[str, Any], runs: Sequence[tuple[str, str]] = (),
+        extra: Sequence[str] = (), *, worker: str = "", client: Any = None,
+    ) -> list[Any]:  # fmt: skip
+        """One control.lua step on session `sid` over runs [(run id, queue)]; `extra` keys
+        follow the run blocks (plan entries name them by their KEYS index)."""
+        k = self.keys
+        keys = [k.events_all_channel(), *self._idx, k.schedule(), k.waiting()]
+        keys += [k.session(sid), k.history(sid), k.events_channel(sid), k.session_running(sid)]
+        keys += [k.session_held(sid), k.session_tasks(sid), k.session_names(sid)]
+        keys.append(k.session_task_keys(sid))
+        for run_id, queue in runs:
+            keys += self.run_block(run_id, queue)
+        keys += extra
+        plan = {**plan, "runs": [r[0] for r in runs]}
+        args = [*self._head(time.time()), worker, op, sid, codec.encode_for_lua(plan)]
+        if isinstance(client, Pipeline):
+            client.evalsha(self._script["control"].sha, len(keys), *keys, *args)
+            return []
+        reply = self._script["control"](keys=keys, args=args, client=client or self.redis)
+        return [r.decode() if isinstance(r, bytes) else r for r in reply]
+
+    def control_base(self) -> int:
+        """The KEYS index (from 1) of the first run block in control.lua."""
+        return 20
 
     def claim(self, worker: str, queues: Sequence[str], batch: int) -> list[tuple[str, str]]:
         """Move up to `batch` run ids from `queues` (in priority order) onto the worker's list;
@@ -263,12 +348,13 @@ class Scripts:
         lane.send(len(blocks) * RUN_BLOCK_KEYS, b"".join(blocks), args, (finishes, starts))
 
     def step_receive(self) -> StepReply:
-        """The oldest step's outcome: per finish (run, queue, result, session terminating),
+        """The oldest step's outcome: per finish (run, queue, result, flags: 1 session
+        terminating, 2 runs wait on it),
         per start (run id, queue, result, data, sq, timeout, attempt)."""
         assert self._lane is not None
         reply, (finishes, starts) = self._lane.receive()
         fin = [
-            (f[0], f[1], reply[2 * i].decode(), reply[2 * i + 1] == 1)
+            (f[0], f[1], reply[2 * i].decode(), int(reply[2 * i + 1]))
             for i, f in enumerate(finishes)
         ]
         base = 2 * len(finishes)

@@ -26,6 +26,7 @@ _FLOAT_KNOBS = {
     "heartbeat_ttl_s": "SESSIONQ_HEARTBEAT_TTL_S",
     "stop_grace_s": "SESSIONQ_STOP_GRACE_S",
     "reap_interval_s": "SESSIONQ_REAP_INTERVAL_S",
+    "scheduler_interval_s": "SESSIONQ_SCHEDULER_INTERVAL_S",
 }
 
 
@@ -54,8 +55,11 @@ class Settings:
     heartbeat_ttl_s: float = 10.0
     # Time a stopped run gets between the polite signal and the kill.
     stop_grace_s: float = 5.0
-    # How often a worker looks for lost workers and due schedules.
+    # How often a worker looks for lost workers.
     reap_interval_s: float = 2.0
+    # How often the workers' scheduler looks for due runs (one worker at a time, by lock);
+    # runs waiting on dependencies are re-judged every 10 of these as a backstop.
+    scheduler_interval_s: float = 0.5
     # Most runs a worker claims in one round trip (adaptive, see worker.loop).
     claim_batch_max: int = 32
     # A destroyed session's event history stays this long for late listeners.

@@ -10,8 +10,11 @@ from common.errors import (
     TaskNotFound,
     ValidationError,
 )
+from common.sessionconfig import SessionConfig
 from producer.aio import AsyncClient
 from producer.client import Client
+from producer.session import Session
+from producer.task import Task, Workflow
 
 __all__ = [
     "AsyncClient",
@@ -19,9 +22,13 @@ __all__ = [
     "ConfigError",
     "ConnectionFailed",
     "NotFound",
+    "Session",
+    "SessionConfig",
     "SessionNotFound",
     "SessionqError",
+    "Task",
     "TaskFailed",
     "TaskNotFound",
     "ValidationError",
+    "Workflow",
 ]

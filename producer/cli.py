@@ -117,6 +117,18 @@ def _parse_env(pairs: Sequence[str]) -> dict[str, str]:
     return env
 
 
+def _parse_kwargs(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ValidationError("kwargs", f"not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ValidationError("kwargs", "must be a JSON object")
+    return value
+
+
 @cli.command()
 @click.argument("name")
 @click.option("--image", default=None, help="Container image label (recorded).")
@@ -171,12 +183,7 @@ def create(
     timeout: float | None, retries: int, as_json: bool,
 ) -> None:  # fmt: skip
     """Create session(s) running a command or a registered function."""
-    kwargs = None
-    if kwargs_json is not None:
-        try:
-            kwargs = json.loads(kwargs_json)
-        except ValueError as exc:
-            raise ValidationError("kwargs", f"not JSON: {exc}") from exc
+    kwargs = _parse_kwargs(kwargs_json)
     ids = _client(ctx).create(
         name, image, cores, ram, kind, gpu, cmd, args_, _parse_env(env), replicas,
         task=task, kwargs=kwargs, queue=queue, timeout=timeout, retries=retries,
@@ -230,18 +237,28 @@ def stats(ctx: click.Context, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("ids", nargs=-1, required=True)
+@click.option("--tasks", "with_tasks", is_flag=True, help="Also each session's task records.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-def info(ctx: click.Context, ids: tuple[str, ...], as_json: bool) -> int:
+def info(ctx: click.Context, ids: tuple[str, ...], with_tasks: bool, as_json: bool) -> int:
     """Show session records (unknown ids are reported)."""
-    records = _client(ctx).info(list(ids))
+    client = _client(ctx)
+    records = client.info(list(ids))
+    if with_tasks:
+        for r in records:
+            r["task_records"] = client.tasks(r["id"])
     if as_json:
         _echo_json(records)
     else:
         for r in records:
             click.echo(f"== {r['id']}")
             for key, value in r.items():
-                click.echo(f"  {key:<13} {value}")
+                if key != "task_records":
+                    click.echo(f"  {key:<13} {value}")
+            for t in r.get("task_records", []):
+                error = (t["error"] or "").strip().splitlines()[-1:] or [""]
+                click.echo(f"  - {t['id']:<18} {t['name'][:20]:<20} {t['state'] or '?':<10} "
+                           f"attempts={t['attempts']} {error[0][:60]}".rstrip())  # fmt: skip
     missing = set(ids) - {r["id"] for r in records}
     for sid in sorted(missing):
         click.echo(f"sessionq: no such session: {sid}", err=True)
@@ -320,7 +337,7 @@ def watch(ctx: click.Context, ids: tuple[str, ...]) -> int:
 @click.pass_context
 def destroy(ctx: click.Context, ids: tuple[str, ...], as_json: bool) -> int:
     """Destroy sessions (carried out by workers)."""
-    return _print_destroyed(_client(ctx).destroy(list(ids)), as_json)
+    return _print_accepted(_client(ctx).destroy(list(ids)), as_json)
 
 
 @cli.command("destroy-with")
@@ -331,15 +348,15 @@ def destroy(ctx: click.Context, ids: tuple[str, ...], as_json: bool) -> int:
 @click.pass_context
 def destroy_with(ctx: click.Context, prefix: str, kind: str, status: str, as_json: bool) -> int:
     """Destroy sessions whose name starts with PREFIX (a regex if it has metacharacters)."""
-    return _print_destroyed(_client(ctx).destroy_with(prefix, kind=kind, status=status), as_json)
+    return _print_accepted(_client(ctx).destroy_with(prefix, kind=kind, status=status), as_json)
 
 
-def _print_destroyed(result: dict[str, bool], as_json: bool) -> int:
+def _print_accepted(result: dict[str, bool], as_json: bool) -> int:
     if as_json:
         _echo_json(result)
     else:
         for sid, ok in result.items():
-            click.echo(f"{sid} {'accepted' if ok else 'refused (not found or not yours)'}")
+            click.echo(f"{sid} {'accepted' if ok else 'refused (see the log line above)'}")
     return 0 if all(result.values()) else 1
 
 
@@ -451,3 +468,6 @@ def dashboard(
         ) from exc
     serve(ctx.obj, host=host, port=port, token=token, root_path=root_path, url=public_url,
           echo=click.echo)  # fmt: skip
+
+
+from producer import cli_session  # noqa: E402,F401  - registers add/pause/play/step/stop/restart

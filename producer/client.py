@@ -10,7 +10,7 @@ import time
 import webbrowser
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
 from redis import Redis
@@ -40,12 +40,18 @@ from common.models import (
 )
 from common.rqcompat import load_rq
 from common.scripts import Scripts
+from common.sessionconfig import SessionConfig
 from common.settings import Settings
+from producer.control import SessionControl
+
+if TYPE_CHECKING:
+    from producer.session import Session
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 REGEX_META = frozenset(".^$*+?{}[]()|")
+DEFAULT_SESSION_NAME = "default"
 VIEWS = (None, "all")
 
 
@@ -67,8 +73,9 @@ def redis_errors(method: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-class Client:
-    """Create, list, inspect, log, follow and destroy sessions (CANFAR's Session API)."""
+class Client(SessionControl):
+    """Create, list, inspect, log, follow and destroy sessions (CANFAR's Session API), open
+    persistent ones (`session()`) and control them (pause, play, step, stop, restart)."""
 
     def __init__(
         self,
@@ -152,38 +159,75 @@ class Client:
             fields = spec.job_fields(run_queue, now, data)
             sessions.append((sid, True, codec.encode(record.to_wire()), replica_name, kind,
                              self.user))  # fmt: skip
-            runs.append((i, f"{sid}-1", replica_name, TaskState.QUEUED.value, run_queue, fields))
+            runs.append((i, f"{sid}-1", replica_name, TaskState.QUEUED.value, run_queue, fields,
+                         None))  # fmt: skip
             ids.append(sid)
         self.scripts.enqueue(sessions, runs, now=now)
         log.debug("created %d %s session(s) %s", replicas, kind, ids[:3])
         return ids
 
-    # -- persistent sessions (SPEC §3 builds on these) ----------------------------------------
+    # -- persistent sessions (SPEC §3) ----------------------------------------------------------
     @redis_errors
+    def session(
+        self,
+        name: str | None = None,
+        *,
+        create: bool = True,
+        config: SessionConfig | dict[str, Any] | None = None,
+    ) -> Session:
+        """The caller's persistent session `name` (no name: the caller's default session),
+        created when missing unless create=False (then NotFound). A config given here is
+        stored with the session (replacing the stored one); else the stored one applies."""
+        from producer.session import Session
+
+        wanted = SessionConfig.coerce(config) if config is not None else None
+        sid, created = self._open(name or DEFAULT_SESSION_NAME, wanted, create)
+        raw = self.redis.hget(self.keys.sessions(), sid)
+        if raw is None:
+            raise SessionNotFound(sid)
+        record = SessionRecord.from_wire(codec.decode_map(raw, f"session {sid}"))
+        if wanted is not None and not created and record.config != wanted.to_wire():
+            record = replace(record, config=wanted.to_wire())
+            self.redis.hset(self.keys.sessions(), sid, codec.encode(record.to_wire()))
+        cfg = SessionConfig.from_wire(record.config)
+        if created and not cfg.autoplay:
+            self.pause(sid)
+        return Session(self, sid, record.name, cfg, record.created_at_ms)
+
     def open_session(
         self, name: str, *, kind: str = "session", config: dict[str, Any] | None = None,
         create: bool = True,
     ) -> str:  # fmt: skip
         """The id of the caller's persistent session `name`, created when missing."""
+        wanted = SessionConfig.coerce(config) if config is not None else None
+        return self._open(name, wanted, create, kind=kind)[0]
+
+    @redis_errors
+    def _open(
+        self, name: str, config: SessionConfig | None, create: bool, *, kind: str = "session"
+    ) -> tuple[str, bool]:
+        """(id, created now) of the caller's persistent session `name`."""
         check_name(name)
         check_kind(kind)
         field = f"{self.user}/{name}"
         existing = self.redis.hget(self.keys.names(), field)
         if existing is not None:
-            return codec.text(existing)
+            return codec.text(existing), False
         if not create:
             raise SessionNotFound(f"{name} (owner {self.user})")
         sid = new_session_id()
         if not self.redis.hsetnx(self.keys.names(), field, sid):
-            return codec.text(self.redis.hget(self.keys.names(), field))  # another process won
+            # another process won
+            return codec.text(self.redis.hget(self.keys.names(), field)), False
         record = SessionRecord(
             id=sid, name=name, kind=kind, owner=self.user,
-            created_at_ms=int(time.time() * 1000), persistent=True, config=config,
+            created_at_ms=int(time.time() * 1000), persistent=True,
+            config=(config or SessionConfig()).to_wire(),
         )  # fmt: skip
         self.scripts.enqueue(
             [(sid, True, codec.encode(record.to_wire()), name, kind, self.user)], []
         )
-        return sid
+        return sid, True
 
     @redis_errors
     def add_runs(self, sid: str, specs: Sequence[RunSpec], *, state: str = "queued") -> list[str]:
@@ -196,9 +240,10 @@ class Client:
         for n, spec in enumerate(specs, start=last - len(specs) + 1):
             queue = command_queue_for(spec.queue) if spec.is_command else spec.queue
             queue = queue or DEFAULT_QUEUE
-            runs.append((0, f"{sid}-{n}", spec.name, state, queue, spec.job_fields(queue, now)))
+            runs.append((0, f"{sid}-{n}", spec.name, state, queue, spec.job_fields(queue, now),
+                         None))  # fmt: skip
         reply = self.scripts.enqueue([(sid, False, b"", "", "session", self.user)], runs, now=now)
-        if reply and reply[0] == b"gone":
+        if reply and reply[0] == "gone":
             raise SessionNotFound(sid)
         return [run[1] for run in runs]
 

@@ -25,12 +25,14 @@ FAST = {  # short heartbeats so that loss is noticed within a test's patience
     "heartbeat_ttl_s": 1.5,
     "reap_interval_s": 0.3,
     "stop_grace_s": 1.0,
+    "scheduler_interval_s": 0.1,
 }
 ENV_KNOBS = {
     "SESSIONQ_HEARTBEAT_INTERVAL_S": "0.2",
     "SESSIONQ_HEARTBEAT_TTL_S": "1.5",
     "SESSIONQ_REAP_INTERVAL_S": "0.3",
     "SESSIONQ_STOP_GRACE_S": "1.0",
+    "SESSIONQ_SCHEDULER_INTERVAL_S": "0.1",
 }
 
 

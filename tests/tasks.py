@@ -64,3 +64,31 @@ def unencodable() -> Any:
 def flaky(marker: str) -> int:
     """Fails on its first attempt, succeeds after."""
     return current_task().attempt if current_task().attempt > 1 else 1 / 0
+
+
+@task
+def set_state(key: str, value: Any) -> Any:
+    """Writes the session's shared state from inside a run."""
+    current_task().state[key] = value
+    return value
+
+
+@task
+def get_state(key: str) -> Any:
+    return current_task().state.get(key)
+
+
+@task
+def until_stopped(limit_s: float = 20.0) -> str:
+    """Runs until the session is paused or stopped (should_stop), at most limit_s."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if current_task().should_stop:
+            return "saw should_stop"
+        time.sleep(0.02)
+    return "limit reached"
+
+
+@task
+def echo(value: Any) -> Any:
+    return value

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from common.errors import SessionqError, ValidationError
@@ -12,6 +12,8 @@ from common.events import EventType
 
 _local = threading.local()
 PROGRESS_MIN_INTERVAL_S = 0.05
+STATUS_CHECK_INTERVAL_S = 0.1
+HALTED_STATUSES = frozenset({None, "Paused", "Stopped", "Terminating", "Failed"})
 
 
 class TaskContext:
@@ -27,6 +29,8 @@ class TaskContext:
         emit: Callable[[str, dict[str, Any]], None],
         log_line: Callable[[str, str], None],
         stop_flag: threading.Event,
+        state: MutableMapping[str, Any] | None = None,
+        session_status: Callable[[], Any] | None = None,
     ) -> None:
         self.session_id = session_id
         self.task_id = task_id
@@ -36,11 +40,27 @@ class TaskContext:
         self._log_line = log_line
         self._stop_flag = stop_flag
         self._last_progress = 0.0
+        self.state: MutableMapping[str, Any] = state if state is not None else {}
+        self._session_status = session_status
+        self._status_checked = 0.0
+        self._session_halted = False
 
     @property
     def should_stop(self) -> bool:
-        """True once the session is paused, stopped or destroyed, or the worker is stopping."""
-        return self._stop_flag.is_set()
+        """True once the session is paused, stopped or destroyed, or the worker is stopping.
+        The session's status is read at most every STATUS_CHECK_INTERVAL_S."""
+        if self._stop_flag.is_set():
+            return True
+        now = time.monotonic()
+        if self._session_status is not None and now - self._status_checked >= (
+            STATUS_CHECK_INTERVAL_S
+        ):
+            self._status_checked = now
+            status = self._session_status()
+            if isinstance(status, bytes):
+                status = status.decode()
+            self._session_halted = status in HALTED_STATUSES
+        return self._session_halted
 
     def progress(self, fraction: float, message: str | None = None) -> None:
         """Report how far the run is (0.0-1.0) as a task.progress event; calls closer together

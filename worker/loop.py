@@ -33,6 +33,7 @@ from common.models import COMMAND_FUNC, parse_job_data, parse_meta
 from common.rqcompat import load_rq
 from common.scripts import OP_PREFIX, Finish, Scripts
 from common.settings import Settings
+from common.state import SharedState
 from worker.context import TaskContext, set_current
 from worker.execute import Command, Interrupter, RunInterrupted, call_function, describe_exit
 from worker.registry import resolve
@@ -43,6 +44,14 @@ IDLE_WAIT_S = 1
 REDIS_BACKOFF_MAX_S = 5.0
 MAX_UNANSWERED = 64
 Ready = tuple[str, str, Any, Any, Any, int]  # run id, queue, data, sq, timeout, attempt
+
+
+def _prerun_fatal(sq: Any) -> bool:
+    """Does a run's meta say a failure before its body stops the session?"""
+    try:
+        return bool(parse_meta(sq).get("prerun_fatal"))
+    except CodecError:
+        return False
 
 
 class SessionWorker:
@@ -248,13 +257,18 @@ class SessionWorker:
     def _collect(self, keep: int) -> None:
         """Read step replies until at most `keep` are unanswered."""
         while self.scripts.steps_unanswered > keep:
-            for run_id, _queue, result, terminating in self.scripts.step_receive().finished:
+            for run_id, _queue, result, flags in self.scripts.step_receive().finished:
                 self.unacked.popleft()
                 if result == "succeeded":
                     self.counts["successful_job_count"] += 1
                 elif result == "failed":
                     self.counts["failed_job_count"] += 1
-                if terminating:
+                if flags & 2:
+                    # runs wait on this one, which ended: judge them now
+                    from worker.schedule import resolve_children
+
+                    resolve_children(self.scripts, [run_id], self.name)
+                if flags & 1:
                     # the last run of a session being destroyed ended: carry out the destroy
                     from worker.ops import destroy_session
 
@@ -270,14 +284,14 @@ class SessionWorker:
         if pending:
             self._finish(pending)
         self._collect(0)
-        from worker.ops import run_op, with_queues
+        from worker.ops import run_op
 
         known = {r[0] for r in self.ready}
         held = self.redis.lrange(self.scripts.keys.worker_runs(self.name), 0, -1)
         orphans = [codec.text(i) for i in held if codec.text(i) not in known]
         if orphans:
             log.warning("worker %s: %d run(s) held after a lost reply", self.name, len(orphans))
-            runs = with_queues(self.scripts, orphans)
+            runs = self.scripts.with_queues(orphans)
             for run_id, queue in runs:
                 if queue == CONTROL_QUEUE:
                     run_op(self, run_id)
@@ -297,6 +311,12 @@ class SessionWorker:
         outcome, payload = self._outcome(run_id, session_of(run_id), data, sq,
                                          float(timeout) if timeout else None, attempt)  # fmt: skip
         elapsed = time.perf_counter() - started
+        if outcome == "rejected" and _prerun_fatal(sq):
+            # failed before its body ran, and the session does not silence that: stop it
+            sid = session_of(run_id)
+            log.error("run %s failed before it started: stopping session %s", run_id, sid)
+            self.scripts.request(sid, "stop", [sid], status="Failed", event="session.failed",
+                                 worker=self.name)  # fmt: skip
         self.avg_run_s = 0.8 * self.avg_run_s + 0.2 * elapsed
         fits = int(BATCH_WINDOW_S / max(self.avg_run_s, 1e-6))
         self.batch = max(1, min(self.settings.claim_batch_max, fits))
@@ -330,7 +350,8 @@ class SessionWorker:
                 attempt=attempt, emit=self._emitter(sid, run_id),
                 log_line=lambda stream, line: self.scripts.log(sid, run_id, [(stream, line)],
                                                                worker=self.name),
-                stop_flag=self.stop_flag,
+                stop_flag=self.stop_flag, state=self._state(sid, run_id),
+                session_status=lambda: self.redis.hget(self.scripts.keys.session(sid), "status"),
             )  # fmt: skip
             set_current(ctx)
             try:
@@ -393,6 +414,9 @@ class SessionWorker:
     def _note_pgid(self, pgid: int) -> None:
         if self.command_pgid is not None:
             self.command_pgid.value = pgid
+
+    def _state(self, sid: str, run_id: str) -> SharedState:
+        return SharedState(self.scripts, sid, worker=self.name, task=run_id)
 
     def _emitter(self, sid: str, run_id: str) -> Any:
         def emit(event_type: str, data: dict[str, Any]) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from common import codec
 from common.errors import CodecError
-from common.keys import CONTROL_QUEUE, DEFAULT_QUEUE
+from common.keys import CONTROL_QUEUE
 from common.models import parse_job_data
 from common.scripts import OP_PREFIX, Scripts
 
@@ -33,9 +33,10 @@ def run_op(worker: SessionWorker, op_id: str) -> None:
             raise CodecError(f"{func!r} is not a control operation")
         name = func[len(OP_PREFIX) :]
         handler = OPS.get(name)
-        if handler is None or len(args) != 1 or not isinstance(args[0], str):
+        arity = OP_ARGS.get(name)
+        if handler is None or arity is None or not _args_fit(args, arity):
             raise CodecError(f"unknown operation {name!r} or bad arguments {args!r}")
-        handler(worker.scripts, args[0], worker_name=worker.name, stop_local=worker.stop_current)
+        handler(worker.scripts, *args, worker_name=worker.name, stop_local=worker.stop_current)
     except CodecError as exc:
         log.error("control operation %s dropped: %s", op_id, exc)
     except Exception:  # noqa: BLE001 - the per-job boundary for operations
@@ -53,18 +54,6 @@ def run_op(worker: SessionWorker, op_id: str) -> None:
     pipe.execute()
 
 
-def with_queues(scripts: Scripts, run_ids: list[str]) -> list[tuple[str, str]]:
-    """[(run id, the queue it came from)] - what the scripts need to name its keys."""
-    pipe = scripts.redis.pipeline(transaction=False)
-    for run_id in run_ids:
-        pipe.hget(scripts.rq.job(run_id), "origin")
-    origins = pipe.execute()
-    return [
-        (run_id, codec.text(origin) if origin else DEFAULT_QUEUE)
-        for run_id, origin in zip(run_ids, origins, strict=True)
-    ]
-
-
 def destroy_session(
     scripts: Scripts, sid: str, *, worker_name: str = "", stop_local: StopLocal | None = None
 ) -> None:
@@ -75,7 +64,7 @@ def destroy_session(
         return
     record = codec.decode_map(raw, f"session {sid}")
     run_ids = [codec.text(i) for i in r.hkeys(k.session_tasks(sid))]
-    runs = with_queues(scripts, run_ids)
+    runs = scripts.with_queues(run_ids)
     names_field = f"{record['owner']}/{record['name']}" if record.get("persistent") else ""
     reply = scripts.destroy(
         sid, runs, kind=record["kind"], owner=record["owner"], names_field=names_field,
@@ -110,11 +99,68 @@ def recover_worker(scripts: Scripts, name: str, reason: str) -> None:
     """Give back everything worker `name` held; finish destroys it was the last run of."""
     r, k = scripts.redis, scripts.keys
     run_ids = [codec.text(i) for i in r.lrange(k.worker_runs(name), 0, -1)]
-    runs = with_queues(scripts, run_ids)
+    runs = scripts.with_queues(run_ids)
     if runs:
         log.warning("recovering %d run(s) of %s: %s", len(runs), name, reason)
     for sid in scripts.recover(name, runs, reason, unregister=True):
         destroy_session(scripts, sid)
 
 
-OPS = {"destroy": destroy_session}
+def _stop_started(
+    scripts: Scripts, pairs: list[Any], worker_name: str, stop_local: StopLocal | None,
+    reason: str,
+) -> None:  # fmt: skip
+    """Stop runs [run id, holder, run id, holder, ...] wherever they run."""
+    from rq.command import send_command
+
+    for i in range(0, len(pairs), 2):
+        run_id, holder = str(pairs[i]), str(pairs[i + 1])
+        if holder == worker_name and stop_local is not None:
+            stop_local(reason, run_id)
+        elif holder:
+            send_command(scripts.redis, holder, "stop-job", job_id=run_id)
+
+
+def session_runs(scripts: Scripts, sid: str) -> list[tuple[str, str]]:
+    """Every run of a session with its queue, in add order."""
+    ids = [codec.text(i) for i in scripts.redis.hkeys(scripts.keys.session_tasks(sid))]
+    ids.sort(key=lambda i: int(i.rpartition("-")[2]) if i.rpartition("-")[2].isdigit() else 0)
+    return scripts.with_queues(ids)
+
+
+def stop_session(
+    scripts: Scripts, sid: str, *_: Any, worker_name: str = "",
+    stop_local: StopLocal | None = None,
+) -> None:  # fmt: skip
+    """Cancel what waits and stop what runs (the status was set when the stop was accepted)."""
+    reply = scripts.control("stop", sid, {}, session_runs(scripts, sid), worker=worker_name)
+    if reply and reply[0] == "ok":
+        _stop_started(scripts, reply[1:], worker_name, stop_local, "session stopped")
+        log.info("session %s stopped", sid)
+
+
+def restart_session(
+    scripts: Scripts, sid: str, failed_only: bool = False, *, worker_name: str = "",
+    stop_local: StopLocal | None = None,
+) -> None:  # fmt: skip
+    """Run the session's ended tasks again (only the failed ones with failed_only)."""
+    from worker.schedule import resolve_runs
+
+    plan = {"failed_only": bool(failed_only)}
+    reply = scripts.control("restart", sid, plan, session_runs(scripts, sid), worker=worker_name)
+    if reply and reply[0] == "ok" and len(reply) > 1:
+        resolve_runs(scripts, [str(r) for r in reply[1:]], worker_name)
+
+
+def _args_fit(args: list[Any], arity: tuple[type, ...]) -> bool:
+    return (
+        len(arity) - 1 <= len(args) <= len(arity) if arity[-1] is bool else len(args) == len(arity)
+    ) and all(isinstance(a, t) for a, t in zip(args, arity, strict=False))
+
+
+OPS: dict[str, Callable[..., None]] = {
+    "destroy": destroy_session,
+    "stop": stop_session,
+    "restart": restart_session,
+}
+OP_ARGS: dict[str, tuple[type, ...]] = {"destroy": (str,), "stop": (str,), "restart": (str, bool)}

@@ -1,5 +1,5 @@
-"""The watcher thread of a worker process: heartbeats, RQ's stop commands, the reaper, and
-the last resort for a run that ignores its stop."""
+"""The watcher thread of a worker process: heartbeats, RQ's stop commands, the reaper, the
+scheduler's ticks, and the last resort for a run that ignores its stop."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from common import codec
 from common.models import rq_time
 from worker.ops import reap
+from worker.schedule import Scheduler
 
 if TYPE_CHECKING:
     from worker.loop import SessionWorker
@@ -41,7 +42,8 @@ class Watcher(threading.Thread):
         channel = w.scripts.rq.worker_channel(w.name)
         pubsub = None
         interval = w.settings.heartbeat_interval_s
-        next_beat = 0.0
+        next_beat = next_tick = 0.0
+        scheduler = Scheduler(w.scripts, w.name)
         while not self._stopping.is_set():
             try:
                 if pubsub is None:
@@ -54,11 +56,20 @@ class Watcher(threading.Thread):
                 if now >= self._next_reap:
                     self._next_reap = now + w.settings.reap_interval_s
                     self.reap()
+                if now >= next_tick:
+                    next_tick = now + w.settings.scheduler_interval_s
+                    try:
+                        scheduler.tick()
+                    except (RedisConnectionError, RedisTimeoutError):
+                        raise
+                    except Exception:  # noqa: BLE001 - the scheduler must not stop heartbeats
+                        log.exception("watcher %s: scheduler tick failed", w.name)
                 self.enforce()
                 if w.parent_pid and os.getppid() != w.parent_pid:
                     log.warning("worker %s: supervisor gone; stopping", w.name)
                     w.shutting_down = True
-                message = pubsub.get_message(timeout=min(interval, 0.25))
+                wait = min(interval, 0.25, max(0.0, next_tick - time.monotonic()))
+                message = pubsub.get_message(timeout=wait)
                 if message and message.get("type") == "message":
                     self.command(message["data"])
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:

@@ -1,16 +1,26 @@
 -- Create sessions and add runs to them, in one atomic step (SPEC §2: nothing is lost, and
--- info() sees them at once). KEYS: [1] events channel (all), [2] the session index hash,
--- [3] RQ's set of queues, [4..10] status index sets, [11] run counters; then 7 keys per
--- session (session, history, channel, tasks, held, kind index, owner index); then 2 per queue
--- (list, wake); then one job key per run. ARGV: now_ms, now_iso, cap, worker, plan (msgpack):
+-- info() sees them at once; SPEC §3: add is idempotent by key, names follow the session's
+-- task_pre_exist policy, dependencies and schedules defer a run).
+-- KEYS: [1] events channel (all), [2] the session index hash, [3] RQ's set of queues,
+-- [4..10] status index sets, [11] run counters, [12] the schedule zset, [13] the set of runs
+-- waiting on dependencies; then 9 keys per session (session, history, channel, tasks, held,
+-- kind index, owner index, task names, task keys); then 3 per queue (list, wake, failed
+-- registry); then one job key per run; then extra job keys (parents, replaced tasks) that
+-- the runs' options name by index. ARGV: now_ms, now_iso, cap, worker, plan (msgpack):
 --   plan = [sessions, nqueues, runs]
 --   session = [sid, is_new, record bytes, name]
---   run = [session index, run id, name, state, queue index, field, value, field, value, ...]
--- Counters, index entries and events are gathered and written a few commands at a time.
+--   run = [session index, run id, name, state, queue index, options or nil,
+--          field, value, field, value, ...]
+--   options = {key, policy, deps (ids), dep_keys (KEYS indexes), run_if, due (ms), cron,
+--              silent, old (KEYS index of the task a "replace" removes), old_id}
+-- Returns {'ok', run id, final id, final name, ...} (one triple per run whose id or name
+-- changed: an existing key or an ignored/renamed name), or {'exists', name} ("raise": nothing
+-- written), {'retry'} (a replaced name moved meanwhile), {'gone', sid}.
 load_globals(4, 1)
 local plan = cmsgpack.unpack(ARGV[5])
 local sessions, nq, runs = plan[1], plan[2], plan[3]
 local CHUNK = 1000
+local SCHEDULE, WAITING = KEYS[12], KEYS[13]
 
 -- call `cmd key` with the values of `list`, at most CHUNK at a time
 local function chunked(cmd, key, list)
@@ -30,12 +40,33 @@ end
 
 local S = {}
 for i, s in ipairs(sessions) do
-  local k = 11 + (i - 1) * 7 + 1
+  local k = 13 + (i - 1) * 9 + 1
   S[i] = {sid = s[1], session = KEYS[k], history = KEYS[k + 1], chan = KEYS[k + 2],
     tasks = KEYS[k + 3], held = KEYS[k + 4], kind = KEYS[k + 5], owner = KEYS[k + 6],
-    counts = {}}
+    names = KEYS[k + 7], keys = KEYS[k + 8], counts = {}}
   if not s[2] and redis.call('EXISTS', S[i].session) == 0 then return {'gone', s[1]} end
 end
+local qoff = 13 + #sessions * 9
+local roff = qoff + nq * 3
+
+-- Before anything is written: names that must not exist yet, replaced names still in place.
+local seen = {}
+for _, run in ipairs(runs) do
+  local o = run[6]
+  if o and o.policy then
+    local B = S[run[1]]
+    local existing = redis.call('HGET', B.names, run[3])
+    if o.policy == 'raise' and (existing or seen[run[3]]) then
+      if not (o.key and redis.call('HEXISTS', B.keys, o.key) == 1) then
+        return {'exists', run[3]}
+      end
+    elseif o.policy == 'replace' and existing ~= (o.old_id or false) then
+      return {'retry'}
+    end
+    seen[run[3]] = true
+  end
+end
+
 local sets, index = {}, {}
 for i, s in ipairs(sessions) do
   local B = S[i]
@@ -50,6 +81,7 @@ for i, s in ipairs(sessions) do
     emit(B, 'session.created', nil, map({'name', P(s[4])}))
   else
     local status = redis.call('HGET', B.session, 'status')
+    B.status = status
     if status == 'Completed' or status == 'Failed' or status == 'Stopped' then
       set_status(B, 'Running')  -- adding work to an ended session runs it again
       redis.call('HDEL', B.session, 'finished_at')
@@ -60,21 +92,101 @@ end
 chunked('HSET', KEYS[2], index)
 for key, members in pairs(sets) do chunked('SADD', key, members) end
 
-local qoff = 11 + #sessions * 7
-local roff = qoff + nq * 2
+-- The name a run gets under its policy, or nil when it is not added ("ignore").
+local function settle_name(B, o, id, name, out)
+  if not o.policy then return name end
+  local existing = redis.call('HGET', B.names, name)
+  if existing and o.policy == 'ignore' then
+    out[#out + 1] = id
+    out[#out + 1] = existing
+    out[#out + 1] = name
+    return nil
+  elseif existing and o.policy == 'rename' then
+    local n = 1
+    while redis.call('HEXISTS', B.names, name .. '-' .. n) == 1 do n = n + 1 end
+    name = name .. '-' .. n
+    out[#out + 1] = id
+    out[#out + 1] = id
+    out[#out + 1] = name
+  elseif existing and o.policy == 'replace' then
+    local old = KEYS[o.old]
+    local st = redis.call('HGET', old, 'state')
+    local ob = {job = old, S = B, session = B.session}
+    if st == 'queued' or st == 'deferred' or st == 'held' then
+      if st == 'deferred' then
+        redis.call('ZREM', SCHEDULE, existing)
+        redis.call('SREM', WAITING, existing)
+        if redis.call('HEXISTS', old, 'cron') == 1 then redis.call('HINCRBY', B.session, 'cron', -1) end
+      end
+      cancel_run(ob, existing, st, 'replaced by ' .. id)
+    end
+    redis.call('HDEL', B.tasks, existing)
+  end
+  redis.call('HSET', B.names, name, id)
+  return name
+end
+
+local out = {'ok'}
 local pushes, tasks = {}, {}
 for r, run in ipairs(runs) do
-  local B, id, state = S[run[1]], run[2], run[4]
-  redis.call('HSET', KEYS[roff + r], unpack(run, 6))
-  add_to(tasks, B.tasks, id, run[3])
-  B.counts[state] = (B.counts[state] or 0) + 1
-  stat(state, 1)
-  if state == 'queued' then
-    add_to(pushes, run[5], id)
-  elseif state == 'held' then
-    redis.call('RPUSH', B.held, id)
+  local B, id, name, state, o = S[run[1]], run[2], run[3], run[4], run[6]
+  local job = KEYS[roff + r]
+  local existing_key = o and o.key and redis.call('HGET', B.keys, o.key)
+  if existing_key then
+    out[#out + 1] = id
+    out[#out + 1] = existing_key
+    out[#out + 1] = false
+  else
+    if o then name = settle_name(B, o, id, name, out) end
+    if name then
+      redis.call('HSET', job, unpack(run, 7))
+      if name ~= run[3] then
+        redis.call('HSET', job, 'sq', cmsgpack.pack(
+          (function(m) m.name = name return m end)(cmsgpack.unpack(redis.call('HGET', job, 'sq')))))
+      end
+      add_to(tasks, B.tasks, id, name)
+      if o and o.key then redis.call('HSET', B.keys, o.key, id) end
+      if state == 'queued' and B.status == 'Paused' then state = 'held' end
+      local q = (run[5] - 1) * 3
+      local RB = {job = job, S = B, session = B.session, held = B.held,
+        queue = KEYS[qoff + q + 1], wake = KEYS[qoff + q + 2], failed = KEYS[qoff + q + 3]}
+      local verdict, reason = 'ready', nil
+      if o and o.deps and #o.deps > 0 then
+        local states = {}
+        for i, ki in ipairs(o.dep_keys) do states[i] = redis.call('HGET', KEYS[ki], 'state') end
+        verdict, reason = judge(o.run_if or 'succeeded', o.deps, states)
+      end
+      if o and o.cron then redis.call('HINCRBY', B.session, 'cron', 1) end
+      if verdict == 'ready' and not (o and o.due) then
+        if state == 'held' then hold(B, id)
+        elseif state == 'queued' then add_to(pushes, run[5], id) end
+        if state ~= 'queued' then redis.call('HSET', job, 'state', state, 'status', RQ_STATUS[state]) end
+        B.counts[state] = (B.counts[state] or 0) + 1
+        stat(state, 1)
+        emit(B, 'task.queued', id, map({'name', P(name), 'state', P(state)}))
+      else
+        -- deferred first (counted), then judged like any waiting run
+        redis.call('HSET', job, 'state', 'deferred', 'status', 'deferred')
+        move(B, nil, 'deferred')
+        local data = {'name', P(name), 'state', P('deferred')}
+        if o.due then
+          data[#data + 1] = 'due'
+          data[#data + 1] = P(o.due / 1000.0)
+        end
+        emit(B, 'task.queued', id, map(data))
+        if verdict == 'ready' then
+          -- a scheduled run waits for a scheduler cycle, even when already due (cycle_sleep)
+          redis.call('ZADD', SCHEDULE, o.due, id)
+        elseif verdict == 'wait' then
+          for i, ki in ipairs(o.dep_keys) do add_child(KEYS[ki], id) end
+          redis.call('SADD', WAITING, id)
+        else
+          if o.cron then redis.call('HINCRBY', B.session, 'cron', -1) end
+          refuse(RB, id, 'deferred', verdict, reason, o.silent)
+        end
+      end
+    end
   end
-  emit(B, 'task.queued', id, map({'name', P(run[3]), 'state', P(state)}))
 end
 for key, fields in pairs(tasks) do chunked('HSET', key, fields) end
 for _, B in ipairs(S) do
@@ -93,11 +205,11 @@ for _, B in ipairs(S) do
   if #fields > 0 then redis.call('HSET', B.session, unpack(fields)) end
 end
 for q, ids in pairs(pushes) do
-  local qkey, wkey = KEYS[qoff + (q - 1) * 2 + 1], KEYS[qoff + (q - 1) * 2 + 2]
+  local qkey, wkey = KEYS[qoff + (q - 1) * 3 + 1], KEYS[qoff + (q - 1) * 3 + 2]
   chunked('RPUSH', qkey, ids)
-  redis.call('SADD', KEYS[3], qkey)
   redis.call('LPUSH', wkey, '1')
   redis.call('LTRIM', wkey, 0, 0)
 end
+for q = 1, nq do redis.call('SADD', KEYS[3], KEYS[qoff + (q - 1) * 3 + 1]) end
 flush()
-return {'ok'}
+return out

@@ -170,6 +170,12 @@ local function run_block(i, sid)
 end
 
 
+-- Park a run with its session's held runs, ordered by task number (the order runs were
+-- added), whenever each got there.
+local function hold(B, id)
+  redis.call('ZADD', B.held, tonumber(string.match(id, '(%d+)$')) or 0, id)
+end
+
 local function wake(B)
   redis.call('LPUSH', B.wake, '1')
   redis.call('LTRIM', B.wake, 0, 0)
@@ -200,4 +206,85 @@ local function fail_or_retry(B, id, error_enc, attempts, retries_left, retry_all
   move(B, 'started', 'failed')
   emit(B, 'task.failed', id, map({'error', error_enc, 'attempt', P(attempts)}))
   return 'failed'
+end
+
+-- -- dependencies and schedules (issue 4) ----------------------------------------------------
+local TERMINAL = {succeeded = true, failed = true, canceled = true}
+
+-- Can a run with condition `run_if` start, given its parents' states (nil: parent gone)?
+-- Returns 'ready', 'wait', 'never' (with the reason) or 'error' (with the reason).
+local function judge(run_if, parent_ids, states)
+  local waiting = false
+  for i, pid in ipairs(parent_ids) do
+    local st = states[i]
+    if not st then return 'error', 'dependency ' .. pid .. ': no such task' end
+    if TERMINAL[st] then
+      if run_if == 'succeeded' and st ~= 'succeeded' then
+        return 'never', 'dependency ' .. pid .. ' ' .. st .. ' (run_if=succeeded)'
+      elseif run_if == 'failed' and st ~= 'failed' then
+        return 'never', 'dependency ' .. pid .. ' ' .. st .. ' (run_if=failed)'
+      end
+    else
+      waiting = true
+    end
+  end
+  if waiting then return 'wait', nil end
+  return 'ready', nil
+end
+
+-- The RQ `status` field that goes with each of our run states.
+local RQ_STATUS = {queued = 'queued', deferred = 'deferred', held = 'deferred',
+  started = 'started', succeeded = 'finished', failed = 'failed', canceled = 'canceled'}
+
+-- A run whose conditions hold leaves `from`: scheduled when `due` (ms) is still ahead, parked
+-- with the held runs when its session is paused, else queued. Returns the new state.
+local function release(B, id, from, due, schedule_key, front)
+  local to
+  if due and due > G.now_ms then
+    redis.call('ZADD', schedule_key, due, id)
+    to = 'deferred'
+  else
+    local S = sess(B)
+    S.status = S.status or redis.call('HGET', B.session, 'status')
+    if S.status == 'Paused' then
+      hold(B, id)
+      to = 'held'
+    else
+      if front then redis.call('LPUSH', B.queue, id) else redis.call('RPUSH', B.queue, id) end
+      wake(B)
+      to = 'queued'
+    end
+  end
+  if to ~= from then
+    redis.call('HSET', B.job, 'state', to, 'status', RQ_STATUS[to])
+    move(B, from, to)
+  end
+  return to
+end
+
+-- Record that run `id` waits on the run whose job hash is `parent_job` (its `children`).
+local function add_child(parent_job, id)
+  local raw = redis.call('HGET', parent_job, 'children')
+  local list = {}
+  if raw then list = cmsgpack.unpack(raw) end
+  for _, c in ipairs(list) do if c == id then return end end
+  list[#list + 1] = id
+  redis.call('HSET', parent_job, 'children', cmsgpack.pack(list))
+end
+
+-- A run that can never start: canceled with the reason, or failed when the check itself
+-- went wrong and the session does not silence condition errors.
+local function refuse(B, id, from, verdict, reason, silent)
+  if verdict == 'error' and not silent then
+    redis.call('HSET', B.job, 'state', 'failed', 'status', 'failed', 'ended_at', G.now_iso,
+      'error', P(reason))
+    redis.call('ZADD', B.failed, '+inf', id)
+    move(B, from, 'failed')
+    emit(B, 'task.failed', id, map({'error', P(reason), 'attempt', P(0)}))
+    return 'failed'
+  end
+  if verdict == 'error' then reason = 'condition not met: ' .. reason end
+  redis.call('HSET', B.job, 'error', P(reason))
+  cancel_run(B, id, from, reason)
+  return 'canceled'
 end

@@ -4,7 +4,8 @@
 -- start. ARGV: now_ms, now_iso, cap, worker, nfinish, nstart, then per finish: run id,
 -- session id, outcome, payload, duration ms; then per start: run id, session id; then the
 -- run the worker goes on to ('' for none).
--- Returns, per finish: result, 1 if its session is being destroyed (else 0); then per start:
+-- Returns, per finish: result, flags (1: its session is being destroyed, 2: it ended and runs
+-- wait on it - see control.lua resolve); then per start:
 -- result, data, sq, timeout, attempt.
 -- A run the worker holds stays on its runs list until it is finished: the list, in the order
 -- the worker runs them, is what recovery gives back if the worker is lost (recover.lua).
@@ -14,7 +15,8 @@ local nfin, nstart = tonumber(ARGV[5]), tonumber(ARGV[6])
 local reply = {}
 
 local function finish(B, id, outcome, payload, duration_ms)
-  local j = redis.call('HMGET', B.job, 'state', 'worker_name', 'retries_left', 'attempts')
+  local j = redis.call('HMGET', B.job, 'state', 'worker_name', 'retries_left', 'attempts',
+    'children')
   redis.call('LREM', runs, 1, id)
   if j[1] ~= 'started' or j[2] ~= G.worker then
     return 'stale', 0  -- recovered, canceled or destroyed while it ran: not ours to record
@@ -47,14 +49,16 @@ local function finish(B, id, outcome, payload, duration_ms)
   else
     result = fail_or_retry(B, id, payload, attempts, num(j[3]), outcome == 'failed')
   end
-  if status == 'Terminating' then return result, 1 end
+  local flags = 0
+  if j[5] and result ~= 'requeued' and result ~= 'retrying' then flags = 2 end
+  if status == 'Terminating' then return result, flags + 1 end
   maybe_end(B)
-  return result, 0
+  return result, flags
 end
 
 local function start(B, id)
   local j = redis.call('HMGET', B.job, 'state', 'data', 'sq', 'timeout', 'attempts',
-    'worker_name')
+    'worker_name', 'pass')
   if j[1] == 'started' and j[6] == G.worker then
     -- started by us already: the reply to an earlier try of this call was lost
     return {'run', j[2], j[3] or false, j[4] or false, num(j[5])}
@@ -68,14 +72,26 @@ local function start(B, id)
   local S = sess(B)
   local status = S.status or redis.call('HGET', B.session, 'status')
   S.status = status
+  local passes = false
   if status == 'Paused' then
+    -- a run step() released passes; so does one run per step() taken while none was held
+    if j[7] then
+      redis.call('HDEL', B.job, 'pass')
+      passes = true
+    elseif num(redis.call('HGET', B.session, 'step')) > 0 then
+      redis.call('HINCRBY', B.session, 'step', -1)
+      passes = true
+    end
+  end
+  if status == 'Paused' and not passes then
     -- parked in order with the session's held runs; play/step release them
     redis.call('LREM', runs, 1, id)
-    redis.call('RPUSH', B.held, id)
+    hold(B, id)
     redis.call('HSET', B.job, 'state', 'held', 'status', 'deferred')
     move(B, 'queued', 'held')
     return {'held', false, false, false, 0}
-  elseif status == 'Terminating' or status == 'Stopped' or not status then
+  elseif status ~= 'Running' and status ~= 'Pending' and status ~= 'Paused' then
+    -- destroyed, stopped, or ended by a stop (a queued run left behind is not run)
     redis.call('LREM', runs, 1, id)
     if status then cancel_run(B, id, 'queued', 'session ' .. status) end
     return {'skip', 'canceled', false, false, 0}
@@ -86,7 +102,7 @@ local function start(B, id)
   redis.call('ZADD', B.wip, '+inf', id .. ':' .. attempts)
   redis.call('SADD', B.running, id)
   move(B, 'queued', 'started')
-  if status ~= 'Running' then
+  if status == 'Pending' then
     set_status(B, 'Running')
     if redis.call('HSETNX', B.session, 'started_at', G.now_ms) == 0 then
       redis.call('HDEL', B.session, 'finished_at')

@@ -1,0 +1,230 @@
+-- Session control (SPEC §3): pause, play, step, stop, restart, drop (remove/forget), and the
+-- scheduler's work - resolve (runs waiting on dependencies) and fire (scheduled runs) - each
+-- one atomic step on one session.
+-- KEYS: [1] events channel (all), [2..8] status indexes, [9] run counters, [10] schedule
+-- zset, [11] runs waiting on dependencies, [12] session, [13] history, [14] channel,
+-- [15] running set, [16] held list, [17] tasks, [18] task names, [19] task keys; then a run
+-- block (11 keys, prelude `run_block`) per run of the plan; then extra keys named by index.
+-- ARGV: now_ms, now_iso, cap, worker, op, sid, plan (msgpack map; plan.runs = run ids).
+load_globals(2, 1)
+local SCHEDULE, WAITING = KEYS[10], KEYS[11]
+local op, sid = ARGV[5], ARGV[6]
+local plan = cmsgpack.unpack(ARGV[7])
+local S = {sid = sid, session = KEYS[12], history = KEYS[13], chan = KEYS[14],
+  running = KEYS[15], held = KEYS[16]}
+G.sessions[sid] = S
+local TASKS, NAMES, TASK_KEYS = KEYS[17], KEYS[18], KEYS[19]
+local ids = plan.runs or {}
+local blocks = {}
+for r, id in ipairs(ids) do blocks[r] = run_block(20 + (r - 1) * 11, sid) end
+
+S.status = redis.call('HGET', S.session, 'status')
+if not S.status then return {'gone'} end
+
+-- Leave Paused (or an ended status) for Running, or Pending when nothing ever started.
+local function resume()
+  local was = S.status
+  if redis.call('HEXISTS', S.session, 'started_at') == 1 then
+    set_status(S, 'Running')
+  else
+    set_status(S, 'Pending')
+  end
+  redis.call('HDEL', S.session, 'step', 'finished_at')
+  if was ~= S.status then emit(S, 'session.resumed', nil, map({'from', P(was)})) end
+end
+
+-- Cancel a run that has not started (any waiting state); false if it is not waiting.
+local function cancel_waiting(B, id, reason)
+  local j = redis.call('HMGET', B.job, 'state', 'cron')
+  local st = j[1]
+  if st ~= 'queued' and st ~= 'deferred' and st ~= 'held' then return false end
+  if st == 'deferred' then
+    redis.call('ZREM', SCHEDULE, id)
+    redis.call('SREM', WAITING, id)
+    if j[2] then redis.call('HINCRBY', S.session, 'cron', -1) end
+  end
+  cancel_run(B, id, st, reason)
+  return true
+end
+
+local reply = {'ok'}
+
+if op == 'pause' then
+  if S.status == 'Terminating' then return {'no', S.status} end
+  if S.status ~= 'Paused' then
+    set_status(S, 'Paused')
+    emit(S, 'session.paused', nil, nil)
+  end
+
+elseif op == 'play' then
+  if S.status ~= 'Paused' then return {'ok'} end  -- nothing is held: nothing to do
+  local held = redis.call('ZRANGE', S.held, 0, -1)
+  if #held ~= #ids then return {'retry'} end
+  for r, id in ipairs(ids) do if held[r] ~= id then return {'retry'} end end
+  resume()
+  redis.call('DEL', S.held)
+  for r = #ids, 1, -1 do
+    -- back to the front of their queues, oldest first
+    if redis.call('HGET', blocks[r].job, 'state') == 'held' then
+      release(blocks[r], ids[r], 'held', nil, SCHEDULE, true)
+    end
+  end
+  maybe_end(S)
+
+elseif op == 'step' then
+  if S.status ~= 'Paused' then return {'no', S.status} end
+  if #ids == 0 then
+    if redis.call('ZCARD', S.held) > 0 then return {'retry'} end
+    redis.call('HINCRBY', S.session, 'step', 1)
+  else
+    if redis.call('ZRANGE', S.held, 0, 0)[1] ~= ids[1] then return {'retry'} end
+    redis.call('ZREM', S.held, ids[1])
+    local B = blocks[1]
+    redis.call('HSET', B.job, 'state', 'queued', 'status', 'queued', 'pass', '1')
+    redis.call('LPUSH', B.queue, ids[1])
+    wake(B)
+    move(B, 'held', 'queued')
+    emit(S, 'task.queued', ids[1], map({'reason', P('step')}))
+  end
+
+elseif op == 'stop' then
+  -- the status was set when the stop was accepted (request.lua); cancel what waits, report
+  -- what runs (the caller stops those)
+  for r, id in ipairs(ids) do
+    local B = blocks[r]
+    if not cancel_waiting(B, id, 'session stopped') then
+      local j = redis.call('HMGET', B.job, 'state', 'worker_name')
+      if j[1] == 'started' then
+        reply[#reply + 1] = id
+        reply[#reply + 1] = j[2] or ''
+      end
+    end
+  end
+  redis.call('DEL', S.held)
+  redis.call('HSET', S.session, 'cron', 0)
+  if S.status == 'Stopped' or S.status == 'Failed' then
+    redis.call('HSETNX', S.session, 'finished_at', G.now_ms)
+  end
+
+elseif op == 'restart' then
+  local ok = {succeeded = not plan.failed_only, canceled = not plan.failed_only, failed = true}
+  local again = {}
+  for r, id in ipairs(ids) do
+    local B = blocks[r]
+    local j = redis.call('HMGET', B.job, 'state', 'deps', 'origin')
+    if ok[j[1] or ''] then
+      again[#again + 1] = {B, id, j[1], j[2]}
+    end
+  end
+  if #again > 0 then
+    if S.status ~= 'Running' and S.status ~= 'Pending' and S.status ~= 'Paused' then resume() end
+    for _, a in ipairs(again) do
+      local B, id, st, deps = a[1], a[2], a[3], a[4]
+      redis.call('HDEL', B.job, 'result', 'error', 'ended_at', 'started_at', 'worker_name')
+      redis.call('ZREM', B.finished, id)
+      redis.call('ZREM', B.failed, id)
+      emit(B, 'task.queued', id, map({'reason', P('restart')}))
+      if deps then
+        -- waits on its dependencies again (resolve decides)
+        redis.call('HSET', B.job, 'state', 'deferred', 'status', 'deferred')
+        move(B, st, 'deferred')
+        redis.call('SADD', WAITING, id)
+        reply[#reply + 1] = id
+      else
+        redis.call('HSET', B.job, 'state', st)
+        release(B, id, st, nil, SCHEDULE, false)
+      end
+    end
+  end
+
+elseif op == 'resolve' then
+  -- runs waiting on dependencies whose parents may have ended; plan.parents[r] = KEYS indexes
+  for r, id in ipairs(ids) do
+    local B = blocks[r]
+    local j = redis.call('HMGET', B.job, 'state', 'deps', 'run_if', 'due', 'cond_silent', 'cron')
+    if j[1] == 'deferred' and j[2] and not redis.call('ZSCORE', SCHEDULE, id) then
+      local deps = cmsgpack.unpack(j[2])
+      local states = {}
+      for i, ki in ipairs(plan.parents[r]) do states[i] = redis.call('HGET', KEYS[ki], 'state') end
+      local verdict, reason = judge(j[3] or 'succeeded', deps, states)
+      if verdict == 'ready' then
+        redis.call('SREM', WAITING, id)
+        release(B, id, 'deferred', tonumber(j[4]), SCHEDULE, false)
+      elseif verdict ~= 'wait' then
+        redis.call('SREM', WAITING, id)
+        if j[6] then redis.call('HINCRBY', S.session, 'cron', -1) end
+        refuse(B, id, 'deferred', verdict, reason, j[5] == '1')
+        reply[#reply + 1] = id  -- ended: its own dependents need resolving
+      end
+    elseif j[1] ~= 'deferred' then
+      redis.call('SREM', WAITING, id)
+    end
+  end
+  maybe_end(S)
+
+elseif op == 'fire' then
+  -- scheduled runs that are due; plan.next[r] = {next id, due ms, KEYS index} for cron runs
+  for r, id in ipairs(ids) do
+    local B = blocks[r]
+    if redis.call('ZREM', SCHEDULE, id) == 1 and redis.call('HGET', B.job, 'state') == 'deferred' then
+      release(B, id, 'deferred', nil, SCHEDULE, false)
+      local nx = plan.next and plan.next[r]
+      if nx and S.status ~= 'Terminating' and S.status ~= 'Stopped' then
+        local fields = redis.call('HGETALL', B.job)
+        local copy = {}
+        local skip = {state = 1, status = 1, attempts = 1, result = 1, error = 1, started_at = 1,
+          ended_at = 1, worker_name = 1, due = 1, enqueued_at = 1, pass = 1, children = 1}
+        for i = 1, #fields, 2 do
+          if not skip[fields[i]] then
+            copy[#copy + 1] = fields[i]
+            copy[#copy + 1] = fields[i + 1]
+          end
+        end
+        local nkey = KEYS[nx[3]]
+        redis.call('HSET', nkey, 'state', 'deferred', 'status', 'deferred', 'due', nx[2],
+          'enqueued_at', G.now_iso, unpack(copy))
+        local name = redis.call('HGET', TASKS, id) or id
+        redis.call('HSET', TASKS, nx[1], name)
+        move(B, nil, 'deferred')
+        redis.call('ZADD', SCHEDULE, nx[2], nx[1])
+        emit(S, 'task.queued', nx[1], map({'name', P(name), 'state', P('deferred'),
+          'due', P(nx[2] / 1000.0)}))
+      elseif nx then
+        redis.call('HINCRBY', S.session, 'cron', -1)
+      end
+    end
+  end
+  redis.call('HSET', S.session, 'cycle_at', G.now_ms)
+
+elseif op == 'drop' then
+  -- remove (plan.delete) or forget tasks; a running one is refused
+  for r, id in ipairs(ids) do
+    local B = blocks[r]
+    if redis.call('HEXISTS', TASKS, id) == 0 then return {'unknown', id} end
+    if redis.call('HGET', B.job, 'state') == 'started' then return {'running', id} end
+  end
+  for r, id in ipairs(ids) do
+    local B = blocks[r]
+    local j = redis.call('HMGET', B.job, 'state', 'key')
+    if j[1] then
+      cancel_waiting(B, id, 'removed from the session')
+      local st = redis.call('HGET', B.job, 'state')
+      move(B, st, nil)
+      local name = redis.call('HGET', TASKS, id)
+      redis.call('HDEL', TASKS, id)
+      if name and redis.call('HGET', NAMES, name) == id then redis.call('HDEL', NAMES, name) end
+      if j[2] and redis.call('HGET', TASK_KEYS, j[2]) == id then
+        redis.call('HDEL', TASK_KEYS, j[2])
+      end
+      if plan.delete then
+        redis.call('DEL', B.job)
+        redis.call('ZREM', B.finished, id)
+        redis.call('ZREM', B.failed, id)
+      end
+    end
+  end
+  maybe_end(S)
+end
+
+flush()
+return reply

@@ -1,0 +1,83 @@
+"""`SessionConfig`: how a persistent session treats its tasks (SPEC §3, redengine's config)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from common.errors import ValidationError, ValidationTypeError
+
+TASK_PRE_EXIST = ("raise", "replace", "ignore", "rename")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionConfig:
+    """Stored with the session; every process that opens it follows the same rules.
+
+    - task_pre_exist: adding a task whose name the session holds "raise"s a ValidationError,
+      "replace"s the old task (canceled if it has not started), "ignore"s the new one (add
+      returns the old id) or "rename"s the new one name-1, name-2, ...
+    - use_instance_naming: an unnamed task is named by its id, not its function or command.
+    - silence_task_prerun: a run that fails before its body starts (unregistered function,
+      unreadable job, missing program) fails that task only; otherwise it stops the session,
+      which ends Failed.
+    - silence_cond_check: an error while judging a task's dependencies (a parent that no
+      longer exists) cancels the task as "condition not met"; otherwise the task fails.
+    - force_status_from_logs: progress and status are recounted from the task records
+      rather than read from the session's counters.
+    - cycle_sleep: seconds between two scheduler cycles of this session: a scheduled task
+      starts at the first cycle at or after its time (cycles count from the session's
+      creation). None or 0: as soon as a worker's scheduler looks.
+    - autoplay: tasks run as soon as they are added and ready; False opens the session
+      paused, and added tasks wait, held, for play()/run()/step().
+    """
+
+    task_pre_exist: str = "raise"
+    use_instance_naming: bool = False
+    silence_task_prerun: bool = False
+    silence_cond_check: bool = False
+    force_status_from_logs: bool = False
+    cycle_sleep: float | None = None
+    autoplay: bool = True
+
+    def __post_init__(self) -> None:
+        if self.task_pre_exist not in TASK_PRE_EXIST:
+            raise ValidationError(
+                "task_pre_exist", f"{self.task_pre_exist!r} is not one of {TASK_PRE_EXIST}"
+            )
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "bool" and not isinstance(value, bool):
+                raise ValidationTypeError(f.name, f"expected True or False, got {value!r}")
+        cycle = self.cycle_sleep
+        if cycle is not None and (
+            isinstance(cycle, bool) or not isinstance(cycle, (int, float)) or not cycle >= 0
+        ):
+            raise ValidationError("cycle_sleep", f"must be seconds >= 0 or None, got {cycle!r}")
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any] | None) -> SessionConfig:
+        """From a stored config; fields this version does not know are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in (wire or {}).items() if k in known})
+
+    @classmethod
+    def coerce(cls, value: SessionConfig | Mapping[str, Any] | None) -> SessionConfig:
+        """A SessionConfig from one, from a dict of its fields, or the defaults for None;
+        an unknown field is a ValidationError naming it."""
+        if value is None:
+            return cls()
+        if isinstance(value, SessionConfig):
+            return value
+        if not isinstance(value, Mapping):
+            raise ValidationTypeError("config", f"expected a SessionConfig or a dict, got "
+                                                f"{type(value).__name__}")  # fmt: skip
+        known = {f.name for f in fields(cls)}
+        for key in value:
+            if key not in known:
+                raise ValidationError(f"config.{key}", f"unknown field; known: {sorted(known)}")
+        return cls(**value)

@@ -1,0 +1,65 @@
+"""`SharedState`: a session's shared dict, read and written by the producer and by its
+running tasks; every change is a `state.changed` event (SPEC §3, narupatools' shared state)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, MutableMapping
+from typing import Any
+
+from common import codec
+from common.errors import SessionNotFound, ValidationTypeError
+from common.models import check_encodable
+from common.scripts import Scripts, now_ms
+
+
+class SharedState(MutableMapping[str, Any]):
+    """Keys are strings, values anything msgpack encodes; reads go to Redis every time."""
+
+    def __init__(self, scripts: Scripts, sid: str, *, worker: str = "", task: str = "") -> None:
+        self._scripts = scripts
+        self._sid = sid
+        self._worker = worker
+        self._task = task
+        self._key = scripts.keys.session_state(sid)
+
+    def _change(self, key: str, op: str, value: bytes = b"") -> None:
+        if not isinstance(key, str):
+            raise ValidationTypeError("key", f"state keys are strings, got {type(key).__name__}")
+        k = self._scripts.keys
+        keys = [k.events_all_channel(), k.session(self._sid), k.history(self._sid)]
+        keys += [k.events_channel(self._sid), self._key]
+        args = [now_ms(), self._scripts.settings.history_cap, self._worker, self._sid,
+                self._task, key, op, value]  # fmt: skip
+        if not self._scripts.run_script("state", keys, args):
+            raise SessionNotFound(self._sid)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._change(key, "set", check_encodable(value, f"state[{key!r}]"))
+
+    def __delitem__(self, key: str) -> None:
+        if key not in self:
+            raise KeyError(key)
+        self._change(key, "del")
+
+    def __getitem__(self, key: str) -> Any:
+        raw = self._scripts.redis.hget(self._key, key)
+        if raw is None:
+            raise KeyError(key)
+        return codec.decode(raw)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and bool(self._scripts.redis.hexists(self._key, key))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(codec.text(k) for k in self._scripts.redis.hkeys(self._key)))
+
+    def __len__(self) -> int:
+        return int(self._scripts.redis.hlen(self._key))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The whole state in one read."""
+        raw = self._scripts.redis.hgetall(self._key)
+        return {codec.text(k): codec.decode(v) for k, v in sorted(raw.items())}
+
+    def __repr__(self) -> str:
+        return f"SharedState({self.to_dict()!r})"

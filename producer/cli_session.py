@@ -1,0 +1,86 @@
+"""The `sessionq` commands on persistent sessions (SPEC §6): add, pause, play, step, stop,
+restart. Registered on the group by producer.cli."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import click
+
+from common import codec
+from producer.cli import _client, _parse_env, _parse_kwargs, _print_accepted, cli
+from producer.client import Client
+from producer.task import RUN_IF, Task
+
+
+def _control(name: str, call: Callable[[Client, list[str]], dict[str, bool]], doc: str) -> None:
+    @cli.command(name, help=doc)
+    @click.argument("ids", nargs=-1, required=True)
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    @click.pass_context
+    def command(ctx: click.Context, ids: tuple[str, ...], as_json: bool) -> int:
+        return _print_accepted(call(_client(ctx), list(ids)), as_json)
+
+    del command
+
+
+_control("pause", Client.pause, "Pause sessions: no further run starts (running ones carry on).")
+_control("play", Client.play, "Play paused sessions: release their held runs, in order.")
+_control("step", Client.step, "Release exactly one run of each paused session.")
+_control("stop", Client.stop, "Stop sessions: cancel queued runs, stop running ones.")
+
+
+@cli.command()
+@click.argument("ids", nargs=-1, required=True)
+@click.option("--failed-only", is_flag=True, help="Only the failed tasks.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def restart(ctx: click.Context, ids: tuple[str, ...], failed_only: bool, as_json: bool) -> int:
+    """Run the sessions' ended tasks again."""
+    return _print_accepted(_client(ctx).restart(list(ids), failed_only=failed_only), as_json)
+
+
+@cli.command()
+@click.argument("session")
+@click.option("--task", default=None, metavar="MODULE:FUNC", help="Registered function to run.")
+@click.option("--cmd", default=None, help="Command to run (split as a shell would).")
+@click.option("--args", "args_", default=None, help="Arguments (a shell-like string).")
+@click.option("--kwargs", "kwargs_json", default=None, metavar="JSON", help="Keyword arguments.")
+@click.option("--env", "-e", "env", multiple=True, metavar="KEY=VALUE", help="Environment.")
+@click.option("--name", default=None, help="Task name (default: the function or program).")
+@click.option("--key", default=None, help="Idempotency key: adding it again adds nothing.")
+@click.option("--depends-on", "depends_on", multiple=True, metavar="TASK_ID",
+              help="A task it waits for (repeatable).")  # fmt: skip
+@click.option("--run-if", type=click.Choice(RUN_IF), default="succeeded", show_default=True,
+              help="How the tasks it depends on must have ended.")  # fmt: skip
+@click.option("--in", "in_", type=float, default=None, help="Run after this many seconds.")
+@click.option("--at", default=None, help="Run at this ISO 8601 time (UTC unless it says).")
+@click.option("--cron", default=None, help="Run on this cron schedule, e.g. '*/5 * * * *'.")
+@click.option("--retries", type=int, default=0, show_default=True, help="Retries after failure.")
+@click.option("--timeout", type=float, default=None, help="Seconds before the run is killed.")
+@click.option("--queue", default=None, help="Queue (default: default).")
+@click.option("--json", "as_json", is_flag=True, help="Print the task id as JSON.")
+@click.pass_context
+def add(
+    ctx: click.Context, session: str, task: str | None, cmd: str | None, args_: str | None,
+    kwargs_json: str | None, env: tuple[str, ...], name: str | None, key: str | None,
+    depends_on: tuple[str, ...], run_if: str, in_: float | None, at: str | None,
+    cron: str | None, retries: int, timeout: float | None, queue: str | None, as_json: bool,
+) -> None:  # fmt: skip
+    """Add a task to your persistent session SESSION (its name, created when new, or id)."""
+    kwargs = _parse_kwargs(kwargs_json)
+    new = Task(
+        task, cmd=cmd, args=args_, kwargs=kwargs, env=_parse_env(env), name=name, key=key,
+        depends_on=list(depends_on) or None, run_if=run_if, in_=in_, at=at, cron=cron,
+        retries=retries, timeout=timeout, queue=queue,
+    )  # fmt: skip
+    client = _client(ctx)
+    raw = client.redis.hget(client.keys.sessions(), session)
+    if raw is not None and codec.decode_map(raw, "session").get("persistent"):
+        session = str(codec.decode_map(raw, "session")["name"])
+    tid = client.session(session).add(new)
+    if as_json:
+        click.echo(json.dumps({"session": tid.rpartition("-")[0], "task": tid}))
+    else:
+        click.echo(tid)

@@ -1,0 +1,183 @@
+"""`Task` (one run to add to a session) and `Workflow` (a DAG of tasks), SPEC §3."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from common import codec
+from common.errors import ValidationError, ValidationTypeError
+from common.models import RunSpec, build_run, check_name
+from common.timing import at_ms, check_cron, in_seconds, next_fire_ms
+
+RUN_IF = ("succeeded", "failed", "finished")
+MAX_KEY_CHARS = 256
+
+
+class Task:
+    """One run: a registered function (`func`) or a command (`cmd`/`args`/`env`), with its
+    name, idempotency `key`, dependencies (`depends_on` + `run_if`), schedule (`at`, `in_`
+    or `cron`), retries, timeout and resources. Validated when made; added with
+    `Session.add`. The same object added twice to a session is stored once."""
+
+    def __init__(
+        self,
+        func: str | Callable[..., Any] | None = None,
+        *,
+        cmd: str | Sequence[str] | None = None,
+        args: Any = None,
+        kwargs: dict[str, Any] | None = None,
+        env: dict[str, Any] | None = None,
+        name: str | None = None,
+        key: str | None = None,
+        depends_on: Task | str | Iterable[Task | str] | None = None,
+        run_if: str = "succeeded",
+        retries: int = 0,
+        timeout: float | None = None,
+        at: Any = None,
+        in_: Any = None,
+        cron: str | None = None,
+        cores: float | None = None,
+        ram: float | None = None,
+        gpu: float | None = None,
+        queue: str | None = None,
+    ) -> None:
+        if name is not None:
+            check_name(name)
+        self.spec: RunSpec = build_run(
+            name=name or "task", cmd=cmd, task=func, args=args, kwargs=kwargs, env=env,
+            queue=queue, timeout=timeout, retries=retries, cores=cores, ram=ram, gpu=gpu,
+        )  # fmt: skip
+        self.name = name
+        if key is not None and (not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_CHARS):
+            raise ValidationError("key", f"must be a string of 1-{MAX_KEY_CHARS} characters")
+        self.key = key
+        if run_if not in RUN_IF:
+            raise ValidationError("run_if", f"{run_if!r} is not one of {RUN_IF}")
+        self.run_if = run_if
+        self.depends_on: list[Task | str] = _parents(depends_on)
+        given = [n for n, v in (("at", at), ("in_", in_), ("cron", cron)) if v is not None]
+        if len(given) > 1:
+            raise ValidationError(given[1], f"give at most one of at, in_, cron (got {given})")
+        self.at_ms = at_ms(at) if at is not None else None
+        self.in_s = in_seconds(in_) if in_ is not None else None
+        self.cron = check_cron(cron) if cron is not None else None
+        self.ids: dict[str, str] = {}  # session id -> this task's id there
+
+    @property
+    def default_name(self) -> str:
+        """The function's name, or the command's program name."""
+        if self.spec.func is not None:
+            base = self.spec.func.rpartition(":")[2]
+        else:
+            base = os.path.basename(self.spec.argv[0]) or "command"
+        clean = "".join(c if c.isalnum() or c in "._-" else "_" for c in base).lstrip("._-")
+        return (clean or "task")[:63]
+
+    def due_ms(self, now_s: float) -> int | None:
+        """When it may first run (epoch ms), or None for "when ready"."""
+        if self.at_ms is not None:
+            return self.at_ms
+        if self.in_s is not None:
+            return int((now_s + self.in_s) * 1000)
+        if self.cron is not None:
+            return next_fire_ms(self.cron, int(now_s * 1000))
+        return None
+
+    def parents(self) -> list[Task | str]:
+        return list(self.depends_on)
+
+    def run_spec(self, name: str, *, prerun_fatal: bool) -> RunSpec:
+        return replace(self.spec, name=name, prerun_fatal=prerun_fatal)
+
+    def extra_fields(
+        self, parent_ids: list[str], due: int | None, *, cond_silent: bool
+    ) -> dict[str, Any]:
+        """Job hash fields beyond RQ's: dependencies, condition, schedule, key."""
+        fields: dict[str, Any] = {}
+        if parent_ids:
+            fields["deps"] = codec.encode(parent_ids)
+            fields["run_if"] = self.run_if
+        if due is not None:
+            fields["due"] = due
+        if self.cron is not None:
+            fields["cron"] = self.cron
+        if self.key is not None:
+            fields["key"] = self.key
+        if cond_silent:
+            fields["cond_silent"] = "1"
+        return fields
+
+    def __repr__(self) -> str:
+        what = self.spec.func or " ".join(self.spec.argv)
+        return f"Task({what!r}, name={self.name!r})"
+
+
+def _parents(value: Task | str | Iterable[Task | str] | None) -> list[Task | str]:
+    if value is None:
+        return []
+    items = [value] if isinstance(value, (Task, str)) else list(value)
+    for item in items:
+        if not isinstance(item, (Task, str)):
+            raise ValidationTypeError(
+                "depends_on", f"expected Task objects or task ids, got {type(item).__name__}"
+            )
+    return items
+
+
+class Workflow:
+    """A DAG of tasks (DPF's workflow): `wf.add(task)` returns the task; the edges are the
+    tasks' `depends_on`. `tasks()` gives them parents first; a cycle is a ValidationError."""
+
+    def __init__(self, tasks: Iterable[Task] = ()) -> None:
+        self._tasks: list[Task] = []
+        for task in tasks:
+            self.add(task)
+
+    def add(self, task: Task) -> Task:
+        if not isinstance(task, Task):
+            raise ValidationTypeError("task", f"expected a Task, got {type(task).__name__}")
+        if not any(t is task for t in self._tasks):
+            self._tasks.append(task)
+        return task
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def tasks(self) -> list[Task]:
+        """Every task with its ancestors, each after all of its parents."""
+        return topological(self._tasks)
+
+
+def topological(roots: Iterable[Task]) -> list[Task]:
+    """`roots` and their ancestors (depends_on Task objects), parents first; a cycle is a
+    ValidationError naming it, raised before anything is written."""
+    order: list[Task] = []
+    done: set[int] = set()
+    path: list[Task] = []
+
+    def visit(task: Task) -> None:
+        if id(task) in done:
+            return
+        if any(t is task for t in path):
+            cycle = path[[id(t) for t in path].index(id(task)) :] + [task]
+            names = " -> ".join(t.name or t.default_name for t in cycle)
+            raise ValidationError("depends_on", f"the tasks form a cycle: {names}")
+        path.append(task)
+        for parent in task.depends_on:
+            if isinstance(parent, Task):
+                visit(parent)
+        path.pop()
+        done.add(id(task))
+        order.append(task)
+
+    for task in roots:
+        visit(task)
+    return order
+
+
+def now_s() -> float:
+    return time.time()

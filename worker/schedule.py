@@ -1,0 +1,184 @@
+"""The workers' scheduler: due `at`/`in_`/`cron` runs, and runs waiting on dependencies.
+
+Any number of workers run it; a lock lets one at a time scan, and the fire step removes each
+due run from the schedule atomically (ZREM), so a due run is released once whoever scans.
+A cron run, when fired, leaves its next firing in the schedule in the same step. Runs waiting
+on dependencies are judged when a parent ends (the worker that ran it calls `resolve_children`
+right after), and again by a periodic sweep in case that worker died in between.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from common import codec
+from common.errors import CodecError
+from common.keys import session_of
+from common.models import SessionRecord
+from common.scripts import RUN_BLOCK_KEYS, Scripts
+from common.sessionconfig import SessionConfig
+from common.timing import next_fire_ms
+
+log = logging.getLogger(__name__)
+DUE_BATCH = 500
+SWEEP_BATCH = 1000
+SWEEP_EVERY_TICKS = 10
+
+
+def _queues(scripts: Scripts, run_ids: list[str], *fields: str) -> list[list[Any]]:
+    pipe = scripts.redis.pipeline(transaction=False)
+    for run_id in run_ids:
+        pipe.hmget(scripts.rq.job(run_id), "origin", *fields)
+    return [list(row) for row in pipe.execute()]
+
+
+def resolve_runs(scripts: Scripts, run_ids: Iterable[str], worker: str = "") -> list[str]:
+    """Judge runs waiting on dependencies; returns those that ended (canceled or failed) and
+    so may have waiting runs of their own."""
+    ids = list(dict.fromkeys(run_ids))
+    if not ids:
+        return []
+    rows = _queues(scripts, ids, "deps")
+    by_session: dict[str, list[tuple[str, str, list[str]]]] = defaultdict(list)
+    for run_id, (origin, deps_raw) in zip(ids, rows, strict=True):
+        if origin is None or deps_raw is None:
+            scripts.redis.srem(scripts.keys.waiting(), run_id)  # gone, or waits on nothing
+            continue
+        try:
+            deps = [str(d) for d in codec.decode(deps_raw)]
+        except CodecError as exc:
+            log.error("run %s: unreadable dependencies: %s", run_id, exc)
+            deps = []
+        by_session[session_of(run_id)].append((run_id, codec.text(origin), deps))
+    ended: list[str] = []
+    for sid, runs in by_session.items():
+        first_extra = 20 + len(runs) * RUN_BLOCK_KEYS
+        extra: dict[str, int] = {}
+        parents = []
+        for _run_id, _queue, deps in runs:
+            parents.append([extra.setdefault(p, first_extra + len(extra)) for p in deps])
+        extra_keys = [scripts.rq.job(p) for p in extra]
+        reply = scripts.control(
+            "resolve", sid, {"parents": parents}, [(r[0], r[1]) for r in runs], extra_keys,
+            worker=worker,
+        )  # fmt: skip
+        ended += [str(r) for r in reply[1:]]
+    return ended
+
+
+def resolve_children(scripts: Scripts, parent_ids: Iterable[str], worker: str = "") -> None:
+    """The runs that wait on these (ended) runs: judge them, and on through any that end."""
+    frontier = list(parent_ids)
+    while frontier:
+        pipe = scripts.redis.pipeline(transaction=False)
+        for run_id in frontier:
+            pipe.hget(scripts.rq.job(run_id), "children")
+        children: list[str] = []
+        for raw in pipe.execute():
+            if raw:
+                try:
+                    children += [str(c) for c in codec.decode(raw)]
+                except CodecError as exc:
+                    log.error("unreadable children list: %s", exc)
+        frontier = resolve_runs(scripts, children, worker)
+
+
+class Scheduler:
+    """One worker's share of the scheduling: call `tick()` every scheduler_interval_s."""
+
+    def __init__(self, scripts: Scripts, worker: str) -> None:
+        self.scripts = scripts
+        self.worker = worker
+        self.ticks = 0
+        self._sessions: dict[str, tuple[float, int]] = {}  # sid -> (cycle_sleep s, created ms)
+
+    def tick(self) -> int:
+        """Fire what is due (and every few ticks sweep the waiting runs); returns how many
+        runs were looked at. Only the holder of the scheduler lock does anything."""
+        r, k = self.scripts.redis, self.scripts.keys
+        interval = self.scripts.settings.scheduler_interval_s
+        if not r.set(k.lock("scheduler"), self.worker, nx=True, px=int(interval * 3000)):
+            return 0
+        try:
+            self.ticks += 1
+            seen = self.fire_due()
+            if self.ticks % SWEEP_EVERY_TICKS == 0:
+                seen += self.sweep()
+            return seen
+        finally:
+            r.delete(k.lock("scheduler"))
+
+    def _cycle(self, sid: str) -> tuple[float, int] | None:
+        """(cycle_sleep, created ms) of a session, from its record; None if it is gone."""
+        known = self._sessions.get(sid)
+        if known is None:
+            raw = self.scripts.redis.hget(self.scripts.keys.sessions(), sid)
+            if raw is None:
+                return None
+            try:
+                record = SessionRecord.from_wire(codec.decode_map(raw, f"session {sid}"))
+                cycle = SessionConfig.from_wire(record.config).cycle_sleep or 0.0
+            except (CodecError, ValueError) as exc:
+                log.error("session %s: unreadable record or config: %s", sid, exc)
+                return None
+            known = self._sessions[sid] = (cycle, record.created_at_ms)
+            if len(self._sessions) > 10_000:
+                self._sessions.clear()
+        return known
+
+    def fire_due(self) -> int:
+        r, k = self.scripts.redis, self.scripts.keys
+        now_ms = int(time.time() * 1000)
+        due = [codec.text(m) for m in r.zrangebyscore(k.schedule(), "-inf", now_ms, 0, DUE_BATCH)]
+        by_session: dict[str, list[str]] = defaultdict(list)
+        for run_id in due:
+            by_session[session_of(run_id)].append(run_id)
+        for sid, ids in by_session.items():
+            cycle = self._cycle(sid)
+            if cycle is None:
+                r.zrem(k.schedule(), *ids)  # the session is gone
+                continue
+            cycle_sleep, created_ms = cycle
+            if cycle_sleep:
+                last = r.hget(k.session(sid), "cycle_at")
+                if now_ms < int(last or created_ms) + cycle_sleep * 1000:
+                    continue  # this session's next scheduler cycle is not yet
+            self._fire(sid, ids, now_ms)
+        return len(due)
+
+    def _fire(self, sid: str, ids: list[str], now_ms: int) -> None:
+        rows = _queues(self.scripts, ids, "cron")
+        runs: list[tuple[str, str]] = []
+        nexts: dict[int, list[Any]] = {}
+        extra: list[str] = []
+        first_extra = 20 + len(ids) * RUN_BLOCK_KEYS
+        crons = [(i, codec.text(row[1])) for i, row in enumerate(rows) if row[1]]
+        if crons:
+            last = int(self.scripts.redis.hincrby(self.scripts.keys.session(sid), "next",
+                                                  len(crons)))  # fmt: skip
+            for n, (i, expr) in enumerate(crons, start=last - len(crons) + 1):
+                next_id = f"{sid}-{n}"
+                try:
+                    fire_at = next_fire_ms(expr, now_ms)
+                except (ValueError, KeyError) as exc:
+                    log.error("run %s: bad cron expression %r: %s", ids[i], expr, exc)
+                    continue
+                nexts[i + 1] = [next_id, fire_at, first_extra + len(extra)]
+                extra.append(self.scripts.rq.job(next_id))
+        for run_id, row in zip(ids, rows, strict=True):
+            runs.append((run_id, codec.text(row[0]) if row[0] else "default"))
+        self.scripts.control("fire", sid, {"next": nexts}, runs, extra, worker=self.worker)
+
+    def sweep(self) -> int:
+        """Judge (a batch of) the runs waiting on dependencies."""
+        r, k = self.scripts.redis, self.scripts.keys
+        _cursor, members = r.sscan(k.waiting(), 0, count=SWEEP_BATCH)
+        ids = [codec.text(m) for m in members]
+        ended = resolve_runs(self.scripts, ids, self.worker)
+        if ended:
+            resolve_children(self.scripts, ended, self.worker)
+        return len(ids)
