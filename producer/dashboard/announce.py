@@ -26,7 +26,7 @@ ANY_ADDRESS = frozenset({"0.0.0.0", "::", ""})
 def public_url(host: str, port: int, root_path: str = "", *, scheme: str = "http") -> str:
     """The base URL others should open for a server bound to host:port under root_path."""
     if host in ANY_ADDRESS:
-        host = socket.getfqdn()
+        host = socket.gethostname()
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     return f"{scheme}://{host}:{port}{root_path.rstrip('/')}"

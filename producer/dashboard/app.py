@@ -36,7 +36,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from common.errors import SessionqError, ValidationError
+from common.errors import NotFound, SessionqError, ValidationError
 from common.models import Status
 from common.settings import Settings
 from producer.aio import AsyncClient
@@ -232,6 +232,10 @@ async def _bad_input(request: Request, exc: Exception) -> Response:
     return PlainTextResponse(str(exc), status_code=400)
 
 
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return PlainTextResponse(str(exc), status_code=404)
+
+
 async def _unavailable(request: Request, exc: Exception) -> Response:
     log.warning("dashboard request %s failed: %s", request.url.path, exc)
     return PlainTextResponse(str(exc), status_code=503)
@@ -294,7 +298,8 @@ def create_app(
         routes=routes,
         middleware=[Middleware(RootPath, root_path=root_path)],
         exception_handlers={
-            HTTPException: _http_error, ValidationError: _bad_input, SessionqError: _unavailable,
+            HTTPException: _http_error, ValidationError: _bad_input, NotFound: _not_found,
+            SessionqError: _unavailable,
         },
         lifespan=_lifespan,
     )  # fmt: skip

@@ -103,6 +103,8 @@ def test_pause_button_pauses_the_session_and_play_resumes_it(
     expect(page.locator("#control-result")).to_have_text("pause: accepted")
     expect(page.locator("#status")).to_have_text("Paused", timeout=UI_TIMEOUT_MS)
     assert client.info(sid)[0]["status"] == "Paused"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "session-paused.png"))
     page.locator("button[data-action=play]").click()
     expect(page.locator("#control-result")).to_have_text("play: accepted")
     expect(page.locator("#status")).to_have_text("Running", timeout=UI_TIMEOUT_MS)

@@ -8,8 +8,8 @@ import pytest
 
 from producer import Client
 from producer.dashboard.guard import TOKEN_COOKIE, is_loopback, token_for
-from tests.conftest import wait_for
-from tests.dashboard.conftest import RunningDashboard
+from tests.conftest import WorkerProcs, wait_for
+from tests.dashboard.conftest import RunningDashboard, session_with_runs
 
 JSON = {"Accept": "application/json"}
 
@@ -105,3 +105,32 @@ def test_another_sites_page_cannot_press_the_buttons(
     headers["Origin"] = dashboard.origin
     assert dashboard.http.post(f"/sessions/{sid}/destroy", headers=headers).status_code == 200
     wait_for(lambda: client.info(sid)[0]["status"] == "Terminating", what="destroy accepted")
+
+
+def test_pause_step_play_and_stop_buttons_control_the_session(
+    client: Client, workers: WorkerProcs, dashboard: RunningDashboard
+) -> None:
+    sid = session_with_runs(client, "controlled", 30, "tests.tasks:sleeper", 0.2)
+    workers.start(1)
+    wait_for(lambda: client.info(sid)[0]["status"] == "Running", what="the session to run")
+
+    def press(action: str) -> bool:
+        response = dashboard.http.post(f"/sessions/{sid}/{action}", headers=JSON)
+        assert response.status_code == 200
+        return bool(response.json()["accepted"])
+
+    def status() -> str:
+        return str(client.info(sid)[0]["status"])
+
+    assert press("pause")
+    assert status() == "Paused"  # pause returns once no further run can start
+    wait_for(lambda: client.info(sid)[0]["tasks"]["started"] == 0, what="the running run to end")
+    done = client.info(sid)[0]["tasks"]["succeeded"]
+    assert press("step")
+    wait_for(lambda: client.info(sid)[0]["tasks"]["succeeded"] == done + 1, what="one step")
+    assert status() == "Paused"
+    assert press("play")
+    assert status() == "Running"
+    assert press("stop")
+    wait_for(lambda: status() == "Stopped", what="the session to stop")
+    assert client.info(sid)[0]["tasks"]["canceled"] > 0

@@ -92,7 +92,8 @@
         row.insertCell().className = cls;
       }
       cell(row, "name", (e.data && e.data.name) || "");
-      cell(row, "id", e.task);
+      cell(row, "id", "#" + e.task.slice(e.task.lastIndexOf("-") + 1));
+      row.querySelector(".id").title = e.task;
     }
     const badge = document.createElement("span");
     badge.className = "st st-" + state;
