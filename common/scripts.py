@@ -16,6 +16,7 @@ from importlib import resources
 from typing import Any, NamedTuple
 
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 from redis.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
@@ -184,6 +185,24 @@ class Scripts:
         return [int(now * 1000), rq_time(now), self.settings.history_cap]
 
     # -- scripts ---------------------------------------------------------------------------
+    def call(
+        self, name: str, keys: Sequence[str], args: Sequence[Any], *, client: Any = None
+    ) -> Any:
+        """Run script `name` by EVALSHA on redis-py (loading it when Redis lacks it)."""
+        return self._script[name](keys=keys, args=args, client=client or self.redis)
+
+    async def call_async(
+        self, redis: AsyncRedis, name: str, keys: Sequence[str], args: Sequence[Any]
+    ) -> Any:
+        """Run script `name` by EVALSHA on redis.asyncio; on NOSCRIPT (a restarted or another
+        server) load it and send it again."""
+        script = self._script[name]
+        try:
+            return await redis.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await redis.script_load(script.script)
+            return await redis.evalsha(script.sha, len(keys), *keys, *args)
+
     def enqueue(
         self,
         sessions: Sequence[tuple[str, bool, bytes, str, str, str]],
@@ -195,7 +214,25 @@ class Scripts:
     ) -> list[Any]:
         """Create sessions (sid, is_new, record, name, kind, owner) and add runs to them
         (session index, run id, name, state, queue, job fields, options). One atomic call;
-        see enqueue.lua for the options and the reply."""
+        see enqueue.lua for the options and the reply. Given a pipeline as `client`, the call
+        is queued on it (the caller has loaded the scripts: ensure_loaded)."""
+        keys, args = self.enqueue_call(sessions, runs, worker=worker, now=now)
+        if isinstance(client, Pipeline):
+            # plain EVALSHA, so that it adds no SCRIPT EXISTS round trip
+            client.evalsha(self._script["enqueue"].sha, len(keys), *keys, *args)
+            return []
+        reply = self.call("enqueue", keys, args, client=client)
+        return [r.decode() if isinstance(r, bytes) else r for r in reply]
+
+    def enqueue_call(
+        self,
+        sessions: Sequence[tuple[str, bool, bytes, str, str, str]],
+        runs: Sequence[Run],
+        *,
+        worker: str = "",
+        now: float | None = None,
+    ) -> tuple[list[str], list[Any]]:
+        """The keys and args of `enqueue`, sent by no one: for a caller with its own client."""
         now = time.time() if now is None else now
         k, rq = self.keys, self.rq
         keys: list[str] = [k.events_all_channel(), k.sessions(), rq.queues_set, *self._idx]
@@ -241,14 +278,7 @@ class Scripts:
                 flat += (key, value)
             plan_runs.append(flat)
         plan = codec.encode_for_lua([plan_sessions, len(queues), plan_runs])
-        args = [*self._head(now), worker, plan]
-        if isinstance(client, Pipeline):
-            # a pipeline: plain EVALSHA, so that it adds no SCRIPT EXISTS round trip (the
-            # caller has loaded the scripts: ensure_loaded)
-            client.evalsha(self._script["enqueue"].sha, len(keys), *keys, *args)
-            return []
-        reply = self._script["enqueue"](keys=keys, args=args, client=client or self.redis)
-        return [r.decode() if isinstance(r, bytes) else r for r in reply]
+        return keys, [*self._head(now), worker, plan]
 
     def with_queues(self, run_ids: Sequence[str]) -> list[tuple[str, str]]:
         """[(run id, the queue it came from)] - what the scripts need to name its keys."""
@@ -457,6 +487,20 @@ class Scripts:
     ) -> bool:
         """Put operation `op` on `sid` on the control queue (setting status / emitting event
         with it); False when the session does not exist."""
+        keys, argv = self.request_call(sid, op, args, status=status, event=event, worker=worker)
+        return bool(self.call("request", keys, argv))
+
+    def request_call(
+        self,
+        sid: str,
+        op: str,
+        args: Sequence[Any],
+        *,
+        status: str = "",
+        event: str = "",
+        worker: str = "",
+    ) -> tuple[list[str], list[Any]]:
+        """The keys and args of `request`, sent by no one: for a caller with its own client."""
         now = time.time()
         op_id = f"op-{uuid.uuid4().hex[:16]}"
         k, rq = self.keys, self.rq
@@ -473,7 +517,7 @@ class Scripts:
         argv: list[Any] = [*self._head(now), worker, sid, status, event, op_id]
         for key, value in fields.items():
             argv += [key, value]
-        return bool(self._script["request"](keys=keys, args=argv))
+        return keys, argv
 
     def emit(
         self,

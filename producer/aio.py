@@ -1,26 +1,36 @@
 """`AsyncClient`: the session calls of SPEC §2 as coroutines and `listen` as an async
 iterator, for producers that live in an event loop (SPEC §5).
 
-`listen` runs on redis.asyncio (one pub/sub connection, the same ordering as `Client.listen`).
-The §2 calls run the synchronous client's code in a worker thread (`asyncio.to_thread`), so
-they never block the loop and keep one implementation of each call.
+Everything runs on redis.asyncio, in the loop, with no thread: each §2 call carries out the
+same plan (producer.plans) as `Client`'s call of that name, with pipelines and EVALSHA on
+redis.asyncio instead of redis-py. `listen` drives the same ordering as `Client.listen`. The one
+exception is the end of `connect`: opening a browser or following sessions in the terminal
+blocks by nature, so that part (and only that part) runs in a worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, TypeVar
 
-from redis.asyncio import Redis as AsyncRedis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from common.connection import POOL_MAX_CONNECTIONS
+from common.connection import connect_async
+from common.errors import ConnectionFailed
 from common.settings import Settings
-from producer.client import Client
+from producer import plans
+from producer.client import Client, open_or_follow
 from producer.listen import AsyncListener
+from producer.plans import Plan, ScriptCall, Step
+
+T = TypeVar("T")
 
 
 class AsyncClient:
+    """`Client`'s §2 calls and `listen`, native on redis.asyncio."""
+
     def __init__(
         self,
         url: str | None = None,
@@ -29,50 +39,80 @@ class AsyncClient:
         user: str | None = None,
         settings: Settings | None = None,
     ) -> None:
+        # the sync client lends its settings, key names and scripts; it sends nothing
+        # except for connect()'s terminal follow, which runs in a thread
         self.sync = Client(url, prefix=prefix, user=user, settings=settings)
         self.settings = self.sync.settings
         self.keys = self.sync.keys
-        self.redis = AsyncRedis.from_url(self.settings.url, max_connections=POOL_MAX_CONNECTIONS)
+        self.scripts = self.sync.scripts
+        self.redis = connect_async(self.settings)
 
-    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return await asyncio.to_thread(fn, *args, **kwargs)
+    @property
+    def user(self) -> str:
+        return self.settings.user
 
+    # -- carrying out plans --------------------------------------------------------------------
+    async def _run(self, plan: Plan[T]) -> T:
+        """Carry out a plan (producer.plans) on redis.asyncio; a lost Redis (after the
+        connection's own retries) is ConnectionFailed naming the URL, as for Client."""
+        reply: Any = None
+        try:
+            while True:
+                try:
+                    step = plan.send(reply)
+                except StopIteration as done:
+                    result: T = done.value
+                    return result
+                reply = await self._execute(step)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise ConnectionFailed(self.settings.url, str(exc)) from exc
+
+    async def _execute(self, step: Step) -> Any:
+        if isinstance(step, ScriptCall):
+            return await self.scripts.call_async(self.redis, step.name, step.keys, step.args)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            return await step.queue_on(pipe).execute()
+
+    # -- SPEC §2 -------------------------------------------------------------------------------
     async def create(self, name: str, *args: Any, **kwargs: Any) -> list[str]:
-        """As Client.create (CANFAR's positional order)."""
-        return list(await self._call(self.sync.create, name, *args, **kwargs))
+        """As Client.create (CANFAR's positional order); one script call writes it all."""
+        return await self._run(plans.create(self.scripts, name, *args, **kwargs))
 
     async def fetch(
         self, kind: str | None = None, status: str | None = None, view: str | None = None
     ) -> list[dict[str, Any]]:
-        return list(await self._call(self.sync.fetch, kind, status, view))
+        return await self._run(plans.fetch(self.scripts, kind, status, view))
 
     async def stats(self) -> dict[str, Any]:
-        return dict(await self._call(self.sync.stats))
+        return await self._run(plans.stats(self.scripts))
 
     async def info(self, ids: str | Sequence[str]) -> list[dict[str, Any]]:
-        return list(await self._call(self.sync.info, ids))
+        return await self._run(plans.info(self.scripts, ids))
 
     async def logs(self, ids: str | Sequence[str], verbose: bool = False) -> dict[str, str] | None:
-        result: dict[str, str] | None = await self._call(self.sync.logs, ids, verbose)
-        return result
+        return await self._run(plans.logs(self.scripts, ids, verbose))
 
     async def events(
         self, ids: str | Sequence[str], verbose: bool = False
     ) -> list[dict[str, Any]] | None:
-        result: list[dict[str, Any]] | None = await self._call(self.sync.events, ids, verbose)
-        return result
+        return await self._run(plans.events(self.scripts, ids, verbose))
 
     async def destroy(self, ids: str | Sequence[str]) -> dict[str, bool]:
-        return dict(await self._call(self.sync.destroy, ids))
+        return await self._run(plans.destroy(self.scripts, ids))
 
     async def destroy_with(
         self, prefix: str, *, kind: str = "headless", status: str = "Completed"
     ) -> dict[str, bool]:
-        return dict(await self._call(self.sync.destroy_with, prefix, kind=kind, status=status))
+        return await self._run(plans.destroy_with(self.scripts, prefix, kind=kind, status=status))
 
     async def connect(self, ids: str | Sequence[str]) -> None:
-        await self._call(self.sync.connect, ids)
+        """As Client.connect. The records are read here, in the loop; opening the browser and
+        following in the terminal block, so that part alone runs in a worker thread."""
+        records = await self.info(ids)
+        if records:
+            await asyncio.to_thread(open_or_follow, self.sync, records)
 
+    # -- SPEC §5 -------------------------------------------------------------------------------
     def listen(
         self,
         ids: str | Sequence[str] | None = None,

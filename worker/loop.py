@@ -35,7 +35,14 @@ from common.scripts import OP_PREFIX, Finish, Scripts
 from common.settings import Settings
 from common.state import SharedState
 from worker.context import TaskContext, set_current
-from worker.execute import Command, Interrupter, RunInterrupted, call_function, describe_exit
+from worker.execute import (
+    RUN_ENVIRONMENT,
+    Command,
+    Interrupter,
+    RunInterrupted,
+    call_function,
+    describe_exit,
+)
 from worker.registry import resolve
 
 log = logging.getLogger(__name__)
@@ -207,6 +214,7 @@ class SessionWorker:
         except (RedisConnectionError, RedisTimeoutError) as exc:
             log.error("worker %s: could not unregister (%s); the reaper will", self.name, exc)
         finally:
+            RUN_ENVIRONMENT.restore()
             self.scripts.close()
             self.redis.close()
 

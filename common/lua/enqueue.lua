@@ -192,7 +192,8 @@ for key, fields in pairs(tasks) do chunked('HSET', key, fields) end
 for _, B in ipairs(S) do
   local fields = {}
   if B.fresh then
-    fields = {'status', 'Pending', 'seq', 0}
+    B.seq_preset = B.events and #B.events or 0
+    fields = {'status', 'Pending', 'seq', B.seq_preset}
   end
   for state, n in pairs(B.counts) do
     if B.fresh then

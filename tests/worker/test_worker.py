@@ -168,3 +168,19 @@ def test_command_timeout_kills_the_process_group(client: Client, settings: Setti
     drain(settings, allow_commands=True)
     [record] = client.info(sid)
     assert record["status"] == "Failed" and "timeout" in record["error"]
+
+
+def test_a_runs_environment_does_not_leak_into_the_next_run_or_the_process(
+    client: Client, settings: Settings
+) -> None:
+    import os
+
+    [first] = client.create("env-a", task="tests.tasks:environment", env={"GREETING": "hi"})
+    [second] = client.create("env-b", task="tests.tasks:environment")
+    drain(settings)
+    results = {r["id"]: r["result"] for r in client.info([first, second])}
+    assert results[first]["GREETING"] == "hi"
+    assert results[first]["SESSIONQ_TASK_ID"] == f"{first}-1"
+    assert results[second]["GREETING"] == ""  # set for the run before, not for this one
+    assert results[second]["SESSIONQ_TASK_ID"] == f"{second}-1"
+    assert "GREETING" not in os.environ and "SESSIONQ_TASK_ID" not in os.environ

@@ -1,0 +1,409 @@
+"""The §2 calls without I/O: what each one sends to Redis and what it makes of the replies.
+
+A plan is a generator. It validates its arguments, then yields steps - a `Batch` of commands
+for one non-transactional pipeline, or a `ScriptCall` for one EVALSHA - and is sent each step's
+reply; what it returns is the call's result. `Client` carries plans out on redis-py and
+`AsyncClient` on redis.asyncio, so both clients share every rule here: validation before
+anything is written, the per-id logging, the shape of the records.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import click
+
+from common import codec
+from common.errors import CodecError, ValidationError
+from common.events import decode_event
+from common.keys import DEFAULT_QUEUE, command_queue_for
+from common.models import (
+    MAX_REPLICAS,
+    SessionRecord,
+    Status,
+    TaskState,
+    as_id_list,
+    build_run,
+    check_int_range,
+    check_kind,
+    check_name,
+    decode_error,
+    decode_result,
+    names_for_replicas,
+    session_dict,
+)
+from common.scripts import Scripts
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+REGEX_META = frozenset(".^$*+?{}[]()|")
+VIEWS = (None, "all")
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One Redis command by its redis-py method name (the same on redis.asyncio)."""
+
+    method: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, method: str, *args: Any, **kwargs: Any) -> Command:
+        return cls(method, args, kwargs)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Commands sent in one pipeline (no MULTI); the reply is the list of their replies."""
+
+    commands: list[Command]
+
+    def queue_on(self, pipe: Any) -> Any:
+        """Queue the commands on a pipeline (redis-py's or redis.asyncio's); the pipeline."""
+        for command in self.commands:
+            getattr(pipe, command.method)(*command.args, **command.kwargs)
+        return pipe
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptCall:
+    """One Lua script of common.scripts by EVALSHA; the reply is the script's."""
+
+    name: str
+    keys: list[str]
+    args: list[Any]
+
+
+Step = Batch | ScriptCall
+Plan = Generator[Step, Any, T]
+
+
+def new_session_id() -> str:
+    return secrets.token_hex(6)
+
+
+# -- create ------------------------------------------------------------------------------------
+def create(
+    scripts: Scripts,
+    name: str,
+    image: str | None = None,
+    cores: float | None = None,
+    ram: float | None = None,
+    kind: str = "headless",
+    gpu: float | None = None,
+    cmd: str | Sequence[str] | None = None,
+    args: str | Sequence[Any] | None = None,
+    env: dict[str, Any] | None = None,
+    replicas: int = 1,
+    *,
+    task: str | Callable[..., Any] | None = None,
+    kwargs: dict[str, Any] | None = None,
+    queue: str | None = None,
+    timeout: float | None = None,
+    retries: int = 0,
+) -> Plan[list[str]]:
+    """`replicas` sessions of one run each, written by one enqueue script call; their ids."""
+    user = scripts.settings.user
+    check_name(name)
+    check_kind(kind)
+    check_int_range(replicas, "replicas", 1, MAX_REPLICAS)
+    if image is not None and not isinstance(image, str):
+        raise ValidationError("image", f"expected a string, got {type(image).__name__}")
+    names = [check_name(n) for n in names_for_replicas(name, replicas)]
+    base = build_run(
+        name=name, cmd=cmd, task=task, args=args, kwargs=kwargs, env=env, queue=queue,
+        timeout=timeout, retries=retries, cores=cores, ram=ram, gpu=gpu,
+        replica_count=replicas,
+    )  # fmt: skip
+    run_queue = command_queue_for(base.queue) if base.is_command else base.queue
+    run_queue = run_queue or DEFAULT_QUEUE
+    now = time.time()
+    # one template per create, varied per replica (10,000 replicas: no per-replica objects)
+    record = SessionRecord(
+        id="", name=name, kind=kind, owner=user, created_at_ms=int(now * 1000), image=image,
+        cores=base.cores, ram=base.ram, gpu=base.gpu, replica_count=replicas,
+    ).to_wire()  # fmt: skip
+    template = base.job_fields(run_queue, now)
+    meta = codec.decode_map(template["sq"], "job meta")
+    sessions, runs, ids = [], [], []
+    for i, replica_name in enumerate(names):
+        sid = new_session_id()
+        record.update(id=sid, name=replica_name, replica_id=i + 1)
+        meta["name"] = replica_name
+        if "replica_count" in meta:
+            meta["replica_id"] = i + 1
+        fields = {**template, "sq": codec.encode(meta)}
+        sessions.append((sid, True, codec.encode(record), replica_name, kind, user))
+        runs.append((i, f"{sid}-1", replica_name, TaskState.QUEUED.value, run_queue, fields,
+                     None))  # fmt: skip
+        ids.append(sid)
+    yield ScriptCall("enqueue", *scripts.enqueue_call(sessions, runs, now=now))
+    log.debug("created %d %s session(s) %s", replicas, kind, ids[:3])
+    return ids
+
+
+# -- read --------------------------------------------------------------------------------------
+def records(
+    scripts: Scripts, ids: Sequence[str], *, quiet: bool = False
+) -> Plan[list[dict[str, Any]]]:
+    """Public records of the ids that exist, in the given order; the rest are logged."""
+    k, rq = scripts.keys, scripts.rq
+    commands = [Command.of("get", k.dashboard())]
+    for sid in ids:
+        commands += [
+            Command.of("hget", k.sessions(), sid),
+            Command.of("hgetall", k.session(sid)),
+            Command.of("hmget", rq.job(f"{sid}-1"), "result", "error"),
+        ]
+    replies = yield Batch(commands)
+    base = replies[0].decode() if replies[0] else None
+    out = []
+    for n, sid in enumerate(ids):
+        raw, state, (result, error) = replies[1 + 3 * n : 4 + 3 * n]
+        if raw is None:
+            if not quiet:
+                log.warning("no such session: %s", sid)
+            continue
+        try:
+            record = SessionRecord.from_wire(codec.decode_map(raw, f"session {sid}"))
+        except CodecError as exc:
+            log.error("session %s: unreadable record: %s", sid, exc)
+            continue
+        url = f"{base.rstrip('/')}/sessions/{sid}" if base else None
+        out.append(
+            session_dict(record, state, result=decode_result(result),
+                         error=decode_error(error), connect_url=url)
+        )  # fmt: skip
+    return out
+
+
+def info(scripts: Scripts, ids: str | Sequence[str]) -> Plan[list[dict[str, Any]]]:
+    """The session records; unknown ids are left out and logged."""
+    return (yield from records(scripts, as_id_list(ids)))
+
+
+def fetch(
+    scripts: Scripts, kind: str | None = None, status: str | None = None, view: str | None = None
+) -> Plan[list[dict[str, Any]]]:
+    """The caller's sessions (every user's with view="all"), filtered by kind and status;
+    answered from the index sets, not a scan."""
+    k = scripts.keys
+    if view not in VIEWS:
+        raise ValidationError("view", f"{view!r} must be None or 'all'")
+    sets = []
+    if view != "all":
+        sets.append(k.idx_owner(scripts.settings.user))
+    if kind is not None:
+        sets.append(k.idx_kind(check_kind(kind)))
+    if status is not None:
+        if status not in Status.__members__.values():
+            raise ValidationError(
+                "status", f"{status!r} is not one of {', '.join(s.value for s in Status)}"
+            )
+        sets.append(k.idx_status(status))
+    query = Command.of("sinter", sets) if sets else Command.of("hkeys", k.sessions())
+    (raw_ids,) = yield Batch([query])
+    ids = sorted(codec.text(i) for i in raw_ids)
+    found = yield from records(scripts, ids, quiet=True)
+    found.sort(key=lambda r: (r["created_at"] or "", r["name"]))
+    return found
+
+
+def stats(scripts: Scripts) -> Plan[dict[str, Any]]:
+    """Sessions by status, runs by state, queue depths, workers, cores and ram."""
+    k, rq = scripts.keys, scripts.rq
+    commands = [Command.of("scard", k.idx_status(status.value)) for status in Status]
+    commands += [
+        Command.of("hgetall", k.run_counts()),
+        Command.of("smembers", rq.queues_set),
+        Command.of("zrange", k.workers(), 0, -1, withscores=True),
+        Command.of("smembers", k.idx_status(Status.RUNNING.value)),
+    ]
+    replies = yield Batch(commands)
+    sessions = {s.value: int(n) for s, n in zip(Status, replies[: len(Status)], strict=True)}
+    counts = {key.decode(): int(v) for key, v in replies[len(Status)].items()}
+    queue_keys = sorted(q.decode() for q in replies[len(Status) + 1])
+    workers = replies[len(Status) + 2]
+    running_ids = [i.decode() for i in replies[len(Status) + 3]]
+    deadline_ms = (time.time() - scripts.settings.heartbeat_ttl_s) * 1000
+    live = [name.decode() for name, score in workers if score >= deadline_ms]
+    commands = [Command.of("llen", qk) for qk in queue_keys]
+    commands += [Command.of("hmget", rq.worker(w), "current_job", "cores", "ram") for w in live]
+    commands += [Command.of("hget", k.sessions(), sid) for sid in running_ids]
+    replies = yield Batch(commands)
+    prefix = rq.queue("")
+    queues = {qk[len(prefix) :]: int(n) for qk, n in zip(queue_keys, replies, strict=False)}
+    worker_rows = replies[len(queue_keys) : len(queue_keys) + len(live)]
+    busy = sum(1 for row in worker_rows if row[0])
+    offered_cores = sum(float(row[1] or 0) for row in worker_rows)
+    offered_ram = sum(float(row[2] or 0) for row in worker_rows)
+    req_cores = req_ram = 0.0
+    for raw in replies[len(queue_keys) + len(live) :]:
+        if raw:
+            wire = codec.decode_map(raw, "session record")
+            req_cores += float(wire.get("cores") or 0)
+            req_ram += float(wire.get("ram") or 0)
+    return {
+        "sessions": sessions,
+        "tasks": {s.value: counts.get(s.value, 0) for s in TaskState},
+        "queues": queues,
+        "workers": {"count": len(live), "busy": busy},
+        "cores": {"requested": req_cores, "available": offered_cores},
+        "ram": {"requested": req_ram, "available": offered_ram},
+    }
+
+
+def logs(
+    scripts: Scripts, ids: str | Sequence[str], verbose: bool = False
+) -> Plan[dict[str, str] | None]:
+    """id -> the session's captured output and task log lines, in order."""
+    k = scripts.keys
+    ids = as_id_list(ids)
+    commands = []
+    for sid in ids:
+        commands.append(Command.of("hexists", k.sessions(), sid))
+        commands.append(Command.of("lrange", k.logs(sid), 0, -1))
+    replies = yield Batch(commands)
+    out: dict[str, str] = {}
+    for n, sid in enumerate(ids):
+        exists, entries = replies[2 * n], replies[2 * n + 1]
+        if not exists:
+            log.warning("no such session: %s", sid)
+            continue
+        out[sid] = format_log_lines(entries)
+    if verbose:
+        for sid, text in out.items():
+            click.echo(f"== {sid}")
+            click.echo(text, nl=False)
+        return None
+    return out
+
+
+def events(
+    scripts: Scripts, ids: str | Sequence[str], verbose: bool = False
+) -> Plan[list[dict[str, Any]] | None]:
+    """The sessions' kept events, oldest first (session by session, in the order given)."""
+    ids = as_id_list(ids)
+    replies = yield Batch([Command.of("zrange", scripts.keys.history(sid), 0, -1) for sid in ids])
+    out: list[dict[str, Any]] = []
+    for sid, raws in zip(ids, replies, strict=True):
+        if not raws:
+            log.warning("no events kept for session %s", sid)
+        out.extend(decode_events(raws))
+    if verbose:
+        for event in out:
+            click.echo(format_event(event))
+        return None
+    return out
+
+
+# -- destroy -----------------------------------------------------------------------------------
+def destroy(scripts: Scripts, ids: str | Sequence[str]) -> Plan[dict[str, bool]]:
+    """id -> accepted; workers cancel queued runs, stop running ones, then delete it all."""
+    user = scripts.settings.user
+    ids = as_id_list(ids)
+    out: dict[str, bool] = {}
+    raws = (yield Batch([Command.of("hmget", scripts.keys.sessions(), ids)]))[0] if ids else []
+    for sid, raw in zip(ids, raws, strict=True):
+        if raw is None:
+            log.warning("destroy: no such session: %s", sid)
+            out[sid] = False
+            continue
+        owner = codec.decode_map(raw, f"session {sid}").get("owner")
+        if owner != user:
+            log.warning("destroy: session %s belongs to %s, not %s", sid, owner, user)
+            out[sid] = False
+            continue
+        call = scripts.request_call(sid, "destroy", [sid], status=Status.TERMINATING.value)
+        out[sid] = bool((yield ScriptCall("request", *call)))
+        if out[sid]:
+            # the control queue may wait behind busy workers: tell those running it now
+            yield from stop_running(scripts, sid)
+    return out
+
+
+def stop_running(scripts: Scripts, sid: str) -> Plan[None]:
+    """Send RQ's stop-job command to the workers running this session's runs."""
+    (members,) = yield Batch([Command.of("smembers", scripts.keys.session_running(sid))])
+    run_ids = [codec.text(r) for r in members]
+    if not run_ids:
+        return
+    holders = yield Batch([Command.of("hget", scripts.rq.job(r), "worker_name") for r in run_ids])
+    sends = _Publishes()
+    for run_id, holder in zip(run_ids, holders, strict=True):
+        if holder:
+            _rq_send_command(sends, holder.decode(), "stop-job", job_id=run_id)
+    if sends:
+        yield Batch(list(sends))
+
+
+class _Publishes(list[Command]):
+    """Stands in for a connection to RQ's `send_command`, so that the channel and payload of a
+    worker command stay RQ's own while a client of either kind sends them."""
+
+    def publish(self, channel: str, message: str) -> None:
+        self.append(Command.of("publish", channel, message))
+
+
+def _rq_send_command(sends: _Publishes, worker: str, command: str, **options: Any) -> None:
+    from rq.command import send_command
+
+    # send_command wants a Redis; it only calls .publish(channel, message) on it
+    send_command(sends, worker, command, **options)  # type: ignore[arg-type]
+
+
+def destroy_with(
+    scripts: Scripts, prefix: str, *, kind: str = "headless", status: str = "Completed"
+) -> Plan[dict[str, bool]]:
+    """Destroy sessions whose name starts with `prefix`, or matches it as a regex when it
+    has regex metacharacters; a bad regex is a ValueError."""
+    if not isinstance(prefix, str) or not prefix:
+        raise ValidationError("prefix", "must be a non-empty string")
+    try:
+        if REGEX_META.intersection(prefix):
+            log.info("destroy_with using regex pattern: %s", prefix)
+            regex = re.compile(prefix)
+        else:
+            regex = re.compile(rf"^{re.escape(prefix)}")
+    except re.error as exc:
+        raise ValidationError("prefix", f"invalid regex {prefix!r}: {exc}") from exc
+    sessions = yield from fetch(scripts, kind=kind, status=status)
+    return (yield from destroy(scripts, [s["id"] for s in sessions if regex.search(s["name"])]))
+
+
+# -- text --------------------------------------------------------------------------------------
+def decode_events(raws: Sequence[Any]) -> Iterator[dict[str, Any]]:
+    for raw in raws:
+        try:
+            yield decode_event(raw)
+        except CodecError as exc:
+            log.error("skipping an undecodable event: %s", exc)
+
+
+def format_log_lines(entries: Sequence[Any]) -> str:
+    """Log entries as text: bare lines for one run, `[task] line` when several runs wrote."""
+    rows = []
+    for raw in entries:
+        try:
+            entry = codec.decode_map(raw, "log entry")
+        except CodecError as exc:
+            rows.append((None, f"<undecodable log entry: {exc}>"))
+            continue
+        rows.append((entry.get("task"), str(entry.get("line", ""))))
+    many = len({task for task, _ in rows}) > 1
+    return "".join(f"[{task}] {line}\n" if many else f"{line}\n" for task, line in rows)
+
+
+def format_event(event: dict[str, Any]) -> str:
+    """One event as a line of text."""
+    stamp = time.strftime("%H:%M:%S", time.localtime(event["ts"]))
+    where = event["session"] + (f"/{event['task']}" if event.get("task") else "")
+    data = " ".join(f"{k}={v}" for k, v in (event.get("data") or {}).items())
+    return f"{stamp} #{event['seq']:<4} {event['type']:<18} {where} {data}".rstrip()
