@@ -514,7 +514,7 @@ class Scripts:
             "state": "queued",
             "enqueued_at": rq_time(now),
         }
-        argv: list[Any] = [*self._head(now), worker, sid, status, event, op_id]
+        argv: list[Any] = [*self._head(now), worker, sid, status, event, op_id, op]
         for key, value in fields.items():
             argv += [key, value]
         return keys, argv

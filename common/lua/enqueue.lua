@@ -82,6 +82,7 @@ for i, s in ipairs(sessions) do
   else
     local status = redis.call('HGET', B.session, 'status')
     B.status = status
+    B.stops = redis.call('HGET', B.session, 'stops')  -- see request.lua: a stop's epoch
     if status == 'Completed' or status == 'Failed' or status == 'Stopped' then
       set_status(B, 'Running')  -- adding work to an ended session runs it again
       redis.call('HDEL', B.session, 'finished_at')
@@ -140,6 +141,7 @@ for r, run in ipairs(runs) do
     if o then name = settle_name(B, o, id, name, out) end
     if name then
       redis.call('HSET', job, unpack(run, 7))
+      if B.stops then redis.call('HSET', job, 'epoch', B.stops) end
       if name ~= run[3] then
         redis.call('HSET', job, 'sq', cmsgpack.pack(
           (function(m) m.name = name return m end)(cmsgpack.unpack(redis.call('HGET', job, 'sq')))))
