@@ -3,12 +3,16 @@ replaced and removed tasks - and the session's counters always equal to its task
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 from redis import Redis
 
+from common.errors import ValidationError
 from common.models import TaskState
 from common.rqcompat import rq_keys
 from common.settings import Settings
-from producer import Client, Session, Task
+from producer import Client, Session, SessionConfig, Task
 from tests.conftest import WorkerProcs, wait_for
 
 NOOP = "tests.tasks:noop"
@@ -34,6 +38,30 @@ def assert_counts_match(client: Client, session: Session) -> None:
 
 def ended(session: Session) -> bool:
     return session.progress()["status"] in ("Completed", "Failed", "Stopped")
+
+
+# -- bad input ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("depends_on", 5),
+        ("depends_on", ""),
+        ("depends_on", [""]),
+        ("at", float("nan")),
+        ("at", float("inf")),
+        ("at", 1e20),
+        ("in_", float("inf")),
+    ],
+)
+def test_every_bad_task_field_is_a_validation_error_naming_it(field: str, value: Any) -> None:
+    with pytest.raises(ValidationError, match=field):
+        Task(NOOP, **{field: value})
+
+
+@pytest.mark.parametrize(("field", "value"), [("cycle_sleep", float("inf"))])
+def test_a_bad_config_field_is_a_validation_error_naming_it(field: str, value: Any) -> None:
+    with pytest.raises(ValidationError, match=field):
+        SessionConfig(**{field: value})
 
 
 # -- stops and held runs ------------------------------------------------------------------
