@@ -3,12 +3,14 @@ replaced and removed tasks - and the session's counters always equal to its task
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
 from redis import Redis
 
-from common.errors import ValidationError
+from common.errors import SessionNotFound, ValidationError
+from common.keys import Keys
 from common.models import TaskState
 from common.rqcompat import rq_keys
 from common.settings import Settings
@@ -64,7 +66,83 @@ def test_a_bad_config_field_is_a_validation_error_naming_it(field: str, value: A
         SessionConfig(**{field: value})
 
 
-# -- stops and held runs ------------------------------------------------------------------
+def test_session_name_and_create_are_validated(client: Client, redis: Redis) -> None:
+    with pytest.raises(ValidationError, match="name"):
+        client.session("")
+    with pytest.raises(TypeError, match="create"):
+        client.session("fine", create="no")  # type: ignore[arg-type]
+    assert redis.dbsize() == 0
+
+
+def test_a_failed_add_leaves_the_handle_usable(client: Client, monkeypatch: Any) -> None:
+    s = client.session("after-a-failure")
+    bad = Task(NOOP, name="bad")
+    monkeypatch.setattr(client.scripts, "enqueue", _raise_codec_error)
+    with pytest.raises(ValueError, match="cannot encode"):
+        s.add(bad)
+    monkeypatch.undo()
+    assert s.id not in bad.ids  # it was not added
+    good = s.add(Task(NOOP, name="good"))
+    assert s.list_ids() == [good]
+    again = s.add(bad)  # the same object, now added for real
+    assert s.list_names() == ["good", "bad"] and again in s
+
+
+def _raise_codec_error(*args: Any, **kwargs: Any) -> Any:
+    from common.errors import CodecError
+
+    raise CodecError("cannot encode as msgpack: Integer value out of range")
+
+
+# -- adds racing each other, stops and destroys -----------------------------------------------
+def test_processes_opening_a_new_session_at_once_all_get_it(settings: Settings) -> None:
+    def open_it(c: Client, name: str, barrier: threading.Barrier, got: list[Any]) -> None:
+        barrier.wait()
+        try:
+            got.append(c.session(name).id)
+        except SessionNotFound as exc:
+            got.append(exc)
+
+    for trial in range(5):
+        clients = [Client(settings=settings) for _ in range(4)]
+        barrier = threading.Barrier(len(clients))
+        got: list[Any] = []
+        threads = [threading.Thread(target=open_it, args=(c, f"race-{trial}", barrier, got))
+                   for c in clients]  # fmt: skip
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for c in clients:
+            c.close()
+        assert len(set(got)) == 1 and isinstance(got[0], str), got
+
+
+def test_add_after_destroy_is_not_found_and_leaves_nothing(
+    client: Client, workers: WorkerProcs, redis: Redis, keys: Keys
+) -> None:
+    s = client.session("short-lived")
+    s.add(Task(NOOP, name="x"))
+    workers.start()
+    s.destroy()
+    wait_for(lambda: not client.info(s.id), what="destroyed")
+    with pytest.raises(SessionNotFound):
+        s.add(Task(NOOP, name="y"))
+    with pytest.raises(SessionNotFound):
+        s.pause()
+    assert redis.exists(keys.session(s.id)) == 0 and redis.exists(keys.session_tasks(s.id)) == 0
+    assert sum(client.stats()["tasks"].values()) == 0
+
+
+def test_add_while_a_destroy_waits_is_not_found(client: Client, redis: Redis) -> None:
+    s = client.session("terminating")
+    s.add(Task(NOOP, name="x"))
+    assert client.destroy(s.id) == {s.id: True}  # no worker: it waits on the control queue
+    with pytest.raises(SessionNotFound):
+        s.add(Task(NOOP, name="y"))
+    assert len(s) == 1
+
+
 def test_stop_then_add_runs_the_new_task(client: Client, workers: WorkerProcs) -> None:
     s = client.session("stop-then-add")
     old = s.add(Task(NOOP, name="old"))
@@ -75,6 +153,48 @@ def test_stop_then_add_runs_the_new_task(client: Client, workers: WorkerProcs) -
     wait_for(lambda: ended(s), what="session end")
     assert s[old]["state"] == "canceled" and s[new]["state"] == "succeeded"
     assert s.progress()["status"] == "Completed"
+    assert_counts_match(client, s)
+
+
+# -- replaced and removed tasks ---------------------------------------------------------------
+def test_replace_leaves_the_counters_equal_to_the_records(
+    client: Client, workers: WorkerProcs
+) -> None:
+    s = client.session("replaced", config={"task_pre_exist": "replace"})
+    s.add(Task(NOOP, name="job"))
+    s.add(Task(NOOP, name="job"))  # replaces a queued one
+    assert len(s) == 1 and s.progress()["total"] == 1
+    assert_counts_match(client, s)
+    workers.start()
+    wait_for(lambda: ended(s), what="session end")
+    s.add(Task(NOOP, name="job"))  # replaces a succeeded one
+    wait_for(lambda: ended(s), what="session end")
+    assert len(s) == 1 and s.progress()["total"] == 1
+    assert_counts_match(client, s)
+
+
+def test_replace_of_a_running_task_is_refused(client: Client, workers: WorkerProcs) -> None:
+    s = client.session("replace-running", config={"task_pre_exist": "replace"})
+    first = s.add(Task("tests.tasks:sleeper", args=[0.5], name="long"))
+    workers.start()
+    wait_for(lambda: s[first]["state"] == "started", what="started")
+    newer = Task(NOOP, name="long")
+    with pytest.raises(ValidationError, match="running"):
+        s.add(newer)
+    assert s.id not in newer.ids and s.list_ids() == [first]
+    wait_for(lambda: ended(s), what="session end")
+    assert s.add(newer) != first and len(s) == 1
+    wait_for(lambda: ended(s), what="session end")
+    assert_counts_match(client, s)
+
+
+def test_replace_twice_in_one_flush_keeps_the_last(client: Client) -> None:
+    s = client.session("replace-batch", config={"task_pre_exist": "replace"})
+    s.add(Task(NOOP, name="k"), flush=False)
+    last = Task("tests.tasks:echo", args=[2], name="k")
+    s.add(last, flush=False)
+    s.flush()
+    assert s.list_ids() == [last.ids[s.id]] and s.list_names() == ["k"]
     assert_counts_match(client, s)
 
 
