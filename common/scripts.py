@@ -469,6 +469,8 @@ class Scripts:
             k.logs(sid),
             k.idx_kind(kind),
             k.idx_owner(owner),
+            k.schedule(),
+            k.waiting(),
         ]
         args: list[Any] = [*self._head(now), worker, sid, names_field]
         args.append(self.settings.destroyed_history_ttl_s)

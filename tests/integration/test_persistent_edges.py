@@ -210,3 +210,38 @@ def test_removing_a_held_task_then_step_releases_the_next_one(
     wait_for(lambda: s[b]["state"] == "succeeded", what="b ran")
     assert redis.exists(rq_keys(settings.prefix).job(a)) == 0
     assert_counts_match(client, s)
+
+
+# -- destroy ------------------------------------------------------------------------------------
+def test_destroy_leaves_nothing_in_the_schedule_or_the_waiting_set(
+    client: Client, workers: WorkerProcs, redis: Redis, keys: Keys
+) -> None:
+    s = client.session("scheduled-then-destroyed")
+    s.add(Task(NOOP, name="later", in_=3600))
+    s.add(Task(NOOP, name="nightly", cron="0 3 * * *"))
+    parent = s.add(Task("tests.tasks:sleeper", args=[0.3], name="parent"))
+    s.add(Task(NOOP, name="child", depends_on=parent))
+    workers.start()
+    wait_for(lambda: s[parent]["state"] == "started", what="parent started")
+    s.destroy()
+    wait_for(lambda: not client.info(s.id), what="destroyed")
+    assert redis.zcard(keys.schedule()) == 0
+    wait_for(lambda: redis.scard(keys.waiting()) == 0, what="the waiting set swept")
+    assert sum(client.stats()["tasks"].values()) == 0
+
+
+def test_the_scheduler_drops_due_runs_of_a_session_destroyed_since_it_looked(
+    client: Client, redis: Redis, keys: Keys
+) -> None:
+    from worker.ops import destroy_session
+    from worker.schedule import Scheduler
+
+    s = client.session("cached-then-destroyed")
+    tid = s.add(Task(NOOP, name="later", in_=3600))
+    scheduler = Scheduler(client.scripts, "tester")
+    assert scheduler.fire_due() == 0 and scheduler._cycle(s.id) is not None  # cached
+    destroy_session(client.scripts, s.id)
+    assert not client.info(s.id)
+    redis.zadd(keys.schedule(), {tid: 0})  # left behind, and due (as before destroy cleaned it)
+    scheduler.fire_due()
+    assert redis.zcard(keys.schedule()) == 0
