@@ -265,7 +265,7 @@ class Session:
     ) -> list[Any]:
         """The flush's one transaction; its replies (errors among them, not raised)."""
         scripts = self.client.scripts
-        drop_runs = [scripts.with_queues(ids) for ids, _ in drops] if drops else []
+        drop_runs = [scripts.with_queues(ids + self._cron_pending(ids)) for ids, _ in drops]
         replies: list[Any] = []
         for attempt in range(2):
             pipe = self.client.redis.pipeline(transaction=True)
@@ -282,6 +282,27 @@ class Session:
                 continue
             break
         return replies
+
+    def _cron_pending(self, ids: list[str]) -> list[str]:
+        """The scheduled next firings of the cron tasks among `ids`: each firing of a cron
+        task is a run of its own, named as the task, and the next one waits in the
+        schedule; removing the task removes that one too, which ends its schedule."""
+        redis, job = self.client.redis, self.client.scripts.rq.job
+        pipe = redis.pipeline(transaction=False)
+        for tid in ids:
+            pipe.hget(job(tid), "cron")
+        if not any(pipe.execute()):
+            return []
+        names = self._names()
+        chains = {names[tid] for tid in ids if tid in names}
+        candidates = [t for t, n in names.items() if n in chains and t not in ids]
+        pipe = redis.pipeline(transaction=False)
+        for tid in candidates:
+            pipe.hmget(job(tid), "state", "cron")
+        return [
+            tid for tid, (state, cron) in zip(candidates, pipe.execute(), strict=True)
+            if state == b"deferred" and cron
+        ]  # fmt: skip
 
     def _unstage(self, staged: list[tuple[Run, Task | None]]) -> None:
         """Forget the ids given to tasks whose add was not written."""

@@ -245,3 +245,22 @@ def test_the_scheduler_drops_due_runs_of_a_session_destroyed_since_it_looked(
     redis.zadd(keys.schedule(), {tid: 0})  # left behind, and due (as before destroy cleaned it)
     scheduler.fire_due()
     assert redis.zcard(keys.schedule()) == 0
+
+
+
+# -- cron tasks -------------------------------------------------------------------------------
+@pytest.mark.parametrize("how", ["remove", "forget"])
+def test_removing_a_cron_task_ends_its_schedule(
+    client: Client, workers: WorkerProcs, redis: Redis, keys: Keys, how: str
+) -> None:
+    s = client.session(f"cron-{how}")
+    tid = s.add(Task(NOOP, name="tick", cron="* * * * * *"))  # every second
+    other = s.add(Task(NOOP, name="other", in_=3600))
+    workers.start()
+    wait_for(lambda: s[tid]["state"] == "succeeded", what="the first firing")
+    getattr(s, how)(tid)
+    assert tid not in s and redis.zrange(keys.schedule(), 0, -1) == [other.encode()]
+    assert all(r["state"] != "deferred" for r in s if r["name"] == "tick")
+    s.remove(other)
+    wait_for(lambda: ended(s), what="the session ends: no schedule is left")
+    assert_counts_match(client, s)
