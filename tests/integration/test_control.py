@@ -207,6 +207,8 @@ def test_cli_add_control_and_info_tasks(client: Client, workers: WorkerProcs) ->
     second = run("add", sid, "--cmd", "true", "--name", "second").output.strip()
     assert second.startswith(f"{sid}-") and second != tid
     workers.start(allow_commands=True)
+    # step releases the oldest *held* run: wait until the worker has parked the first one
+    wait_for(lambda: client.tasks(sid)[0]["state"] == "held", what="first run parked")
     assert run("step", sid).output.strip() == f"{sid} accepted"
     wait_for(lambda: client.tasks(sid)[0]["state"] == "succeeded", what="stepped run")
     assert run("play", sid).exit_code == 0
