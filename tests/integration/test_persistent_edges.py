@@ -247,7 +247,6 @@ def test_the_scheduler_drops_due_runs_of_a_session_destroyed_since_it_looked(
     assert redis.zcard(keys.schedule()) == 0
 
 
-
 # -- cron tasks -------------------------------------------------------------------------------
 @pytest.mark.parametrize("how", ["remove", "forget"])
 def test_removing_a_cron_task_ends_its_schedule(
