@@ -171,7 +171,12 @@ class Scheduler:
                 extra.append(self.scripts.rq.job(next_id))
         for run_id, row in zip(ids, rows, strict=True):
             runs.append((run_id, codec.text(row[0]) if row[0] else "default"))
-        self.scripts.control("fire", sid, {"next": nexts}, runs, extra, worker=self.worker)
+        reply = self.scripts.control("fire", sid, {"next": nexts}, runs, extra,
+                                     worker=self.worker)  # fmt: skip
+        if reply and reply[0] == "gone":
+            # destroyed since its record was cached: its runs must not stay due forever
+            self.scripts.redis.zrem(self.scripts.keys.schedule(), *ids)
+            self._sessions.pop(sid, None)
 
     def sweep(self) -> int:
         """Judge (a batch of) the runs waiting on dependencies."""

@@ -42,6 +42,8 @@ local function cancel_waiting(B, id, reason)
     redis.call('ZREM', SCHEDULE, id)
     redis.call('SREM', WAITING, id)
     if j[2] then redis.call('HINCRBY', S.session, 'cron', -1) end
+  elseif st == 'held' then
+    redis.call('ZREM', S.held, id)  -- else play/step would release it again
   end
   cancel_run(B, id, st, reason)
   return true
@@ -89,10 +91,12 @@ elseif op == 'step' then
 
 elseif op == 'stop' then
   -- the status was set when the stop was accepted (request.lua); cancel what waits, report
-  -- what runs (the caller stops those)
+  -- what runs (the caller stops those) - of the runs added before the stop: one added since
+  -- (a later epoch) made the session run again, and runs
+  local stops = num(redis.call('HGET', S.session, 'stops'))
   for r, id in ipairs(ids) do
     local B = blocks[r]
-    if not cancel_waiting(B, id, 'session stopped') then
+    if num(redis.call('HGET', B.job, 'epoch')) < stops and not cancel_waiting(B, id, 'session stopped') then
       local j = redis.call('HMGET', B.job, 'state', 'worker_name')
       if j[1] == 'started' then
         reply[#reply + 1] = id
@@ -100,11 +104,11 @@ elseif op == 'stop' then
       end
     end
   end
-  redis.call('DEL', S.held)
-  redis.call('HSET', S.session, 'cron', 0)
   if S.status == 'Stopped' or S.status == 'Failed' then
+    redis.call('HSET', S.session, 'cron', 0)
     redis.call('HSETNX', S.session, 'finished_at', G.now_ms)
   end
+  maybe_end(S)  -- resumed by an add meanwhile, and what was added is already done
 
 elseif op == 'restart' then
   local ok = {succeeded = not plan.failed_only, canceled = not plan.failed_only, failed = true}
