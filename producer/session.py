@@ -7,6 +7,7 @@ import logging
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -51,9 +52,12 @@ class Session:
         self._created_ms = created_at_ms
         self._keys = client.keys
         self._ids: list[str] = []  # reserved task ids not used yet
+        # Task objects this handle added, by id: a removed one can be added again
+        self._added: weakref.WeakValueDictionary[str, Task] = weakref.WeakValueDictionary()
         self._id_block = 1
         self._pending_runs: list[tuple[Run, Task | None]] = []
-        self._pending_drops: list[tuple[list[str], bool]] = []
+        # (task ids, delete, also their cron chains' next firings)
+        self._pending_drops: list[tuple[list[str], bool, bool]] = []
         self._pending_objects: dict[str, bytes] = {}
         self._workflows: dict[str, list[str]] = {}
         self._threads: list[tuple[threading.Thread, threading.Event]] = []
@@ -85,6 +89,8 @@ class Session:
         when = time.time() if time_s is None else time_s
         if isinstance(when, bool) or not isinstance(when, (int, float)):
             raise ValidationTypeError("time", f"expected epoch seconds, got {when!r}")
+        if not self._exists():
+            raise SessionNotFound(self.id)
         self.client.redis.hset(self._keys.session(self.id), field, int(when * 1000))
 
     @property
@@ -117,6 +123,7 @@ class Session:
         it depends on that is not in the session yet is added first."""
         if not isinstance(task, Task):
             raise ValidationTypeError("task", f"expected a Task, got {type(task).__name__}")
+        _check_flag(flush, "flush")
         order = topological([task])  # its Task parents first; a cycle raises here
         for item in order:
             self._stage(item)
@@ -150,6 +157,10 @@ class Session:
                 return
             if current is not None:
                 options["old_id"] = codec.text(current)
+                # a replaced cron task stops firing: its next firing goes with it
+                pending = self._cron_pending([options["old_id"]])
+                if pending:
+                    self._pending_drops.append((pending, False, False))
         parents = []
         for parent in task.depends_on:
             if isinstance(parent, Task):
@@ -174,6 +185,7 @@ class Session:
         entry: Run = (0, tid, name, TaskState.QUEUED.value, queue, fields, options)
         self._pending_runs.append((entry, task))
         task.ids[self.id] = tid
+        self._added[tid] = task
         self._rpc("add", {"task": tid, "name": name})
 
     def _unstage_name(self, name: str) -> None:
@@ -198,7 +210,11 @@ class Session:
     def _drop(self, task_id: str, *, delete: bool, flush: bool) -> None:
         if not isinstance(task_id, str):
             raise ValidationTypeError("task_id", f"expected a task id, got {task_id!r}")
-        self._pending_drops.append(([task_id], delete))
+        _check_flag(flush, "flush")
+        self._pending_drops.append(([task_id], delete, True))
+        task = self._added.pop(task_id, None)
+        if task is not None:
+            task.ids.pop(self.id, None)  # adding it again makes a new task
         self._rpc("remove" if delete else "forget", {"task": task_id})
         if flush:
             self.flush()
@@ -260,12 +276,15 @@ class Session:
     def _send(
         self,
         staged: list[tuple[Run, Task | None]],
-        drops: list[tuple[list[str], bool]],
+        drops: list[tuple[list[str], bool, bool]],
         objects: dict[str, bytes],
     ) -> list[Any]:
         """The flush's one transaction; its replies (errors among them, not raised)."""
         scripts = self.client.scripts
-        drop_runs = [scripts.with_queues(ids + self._cron_pending(ids)) for ids, _ in drops]
+        drop_runs = [
+            scripts.with_queues(ids + self._cron_pending(ids) if chains else ids)
+            for ids, _, chains in drops
+        ]
         replies: list[Any] = []
         for attempt in range(2):
             pipe = self.client.redis.pipeline(transaction=True)
@@ -274,7 +293,7 @@ class Session:
             if staged:
                 scripts.enqueue([(self.id, False, b"", "", "session", self.client.user)],
                                 [run for run, _ in staged], client=pipe)  # fmt: skip
-            for (_ids, delete), runs in zip(drops, drop_runs, strict=True):
+            for (_ids, delete, _chains), runs in zip(drops, drop_runs, strict=True):
                 scripts.control("drop", self.id, {"delete": delete}, runs, client=pipe)
             replies = pipe.execute(raise_on_error=False)
             if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
@@ -424,6 +443,7 @@ class Session:
 
     def restart(self, failed_only: bool = False) -> None:
         """Run the ended tasks again (only the failed ones with failed_only)."""
+        _check_flag(failed_only, "failed_only")
         self._control("restart", self.client.restart(self.id, failed_only=failed_only))
 
     def run(self, block: bool = False, timeout: float | None = None) -> None:
@@ -467,6 +487,10 @@ class Session:
 
     def wait(self, timeout: float | None = None) -> str:
         """Block until the session ends (or `timeout` seconds pass); its status then."""
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0
+        ):
+            raise ValidationTypeError("timeout", f"expected seconds >= 0 or None, got {timeout!r}")
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             raw = self.client.redis.hmget(self._keys.session(self.id), "status", "seq")
@@ -542,6 +566,8 @@ class Session:
     def start_emitting_rpc_log(self) -> None:
         """From now on every operation on this session, from any handle, is also an
         `op.<name>` event."""
+        if not self._exists():
+            raise SessionNotFound(self.id)
         self.client.redis.hset(self._keys.session(self.id), "rpc_log", 1)
         self._rpc_log = True
         self._rpc("start_emitting_rpc_log", {})
@@ -576,3 +602,8 @@ class Session:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _check_flag(value: object, field: str) -> None:
+    if not isinstance(value, bool):
+        raise ValidationTypeError(field, f"expected True or False, got {value!r}")

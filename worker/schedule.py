@@ -94,6 +94,7 @@ class Scheduler:
         self.scripts = scripts
         self.worker = worker
         self.ticks = 0
+        self._sweep_cursor = 0  # SSCAN position: each sweep goes on where the last stopped
         self._sessions: dict[str, tuple[float, int]] = {}  # sid -> (cycle_sleep s, created ms)
 
     def tick(self) -> int:
@@ -181,7 +182,7 @@ class Scheduler:
     def sweep(self) -> int:
         """Judge (a batch of) the runs waiting on dependencies."""
         r, k = self.scripts.redis, self.scripts.keys
-        _cursor, members = r.sscan(k.waiting(), 0, count=SWEEP_BATCH)
+        self._sweep_cursor, members = r.sscan(k.waiting(), self._sweep_cursor, count=SWEEP_BATCH)
         ids = [codec.text(m) for m in members]
         ended = resolve_runs(self.scripts, ids, self.worker)
         if ended:

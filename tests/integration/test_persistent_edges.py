@@ -263,3 +263,25 @@ def test_removing_a_cron_task_ends_its_schedule(
     s.remove(other)
     wait_for(lambda: ended(s), what="the session ends: no schedule is left")
     assert_counts_match(client, s)
+
+
+def test_replacing_a_cron_task_ends_its_schedule(
+    client: Client, workers: WorkerProcs, redis: Redis, keys: Keys
+) -> None:
+    s = client.session("replace-cron", config={"task_pre_exist": "replace"})
+    s.add(Task("tests.tasks:noop", name="tick", cron="* * * * * *"))
+    workers.start()
+    wait_for(lambda: any(r["state"] == "succeeded" for r in s), what="a firing")
+    s.add(Task("tests.tasks:noop", name="tick"))  # the same name, no schedule
+    assert s.wait(timeout=15) == "Completed"
+    left = [m for m in redis.zrange(keys.schedule(), 0, -1) if m.decode().startswith(s.id)]
+    assert left == []
+
+
+def test_a_removed_task_object_can_be_added_again(client: Client) -> None:
+    s = client.session("re-add")
+    t = Task("tests.tasks:noop", name="again")
+    first = s.add(t)
+    s.remove(first)
+    second = s.add(t)
+    assert second != first and s.list_ids() == [second]
