@@ -244,6 +244,7 @@ class RunSpec:
             fields["timeout"] = int(math.ceil(self.timeout))
         if self.retries:
             fields["retries_left"] = self.retries
+            fields["retries"] = self.retries  # what a restart gives back
         return fields
 
 

@@ -18,7 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common import codec
 from common.connection import connect
-from common.errors import AccessDenied, ConnectionFailed, SessionNotFound
+from common.errors import AccessDenied, ConnectionFailed, SessionNotFound, ValidationTypeError
 from common.keys import DEFAULT_QUEUE, Keys, command_queue_for
 from common.models import RunSpec, SessionRecord, check_kind, check_name
 from common.rqcompat import load_rq
@@ -140,8 +140,10 @@ class Client(SessionControl):
         stored with the session (replacing the stored one); else the stored one applies."""
         from producer.session import Session
 
+        if not isinstance(create, bool):
+            raise ValidationTypeError("create", f"expected True or False, got {create!r}")
         wanted = SessionConfig.coerce(config) if config is not None else None
-        sid, created = self._open(name or DEFAULT_SESSION_NAME, wanted, create)
+        sid, created = self._open(DEFAULT_SESSION_NAME if name is None else name, wanted, create)
         raw = self.redis.hget(self.keys.sessions(), sid)
         if raw is None:
             raise SessionNotFound(sid)
@@ -176,17 +178,19 @@ class Client(SessionControl):
         if not create:
             raise SessionNotFound(f"{name} (owner {self.user})")
         sid = new_session_id()
-        if not self.redis.hsetnx(self.keys.names(), field, sid):
-            # another process won
-            return codec.text(self.redis.hget(self.keys.names(), field)), False
         record = SessionRecord(
             id=sid, name=name, kind=kind, owner=self.user,
             created_at_ms=int(time.time() * 1000), persistent=True,
             config=(config or SessionConfig()).to_wire(),
         )  # fmt: skip
-        self.scripts.enqueue(
-            [(sid, True, codec.encode(record.to_wire()), name, kind, self.user)], []
-        )
+        # the name is claimed in the step that creates the session: a process opening it at
+        # the same time finds both or neither
+        reply = self.scripts.enqueue(
+            [(sid, True, codec.encode(record.to_wire()), name, kind, self.user)], [],
+            claim=field,
+        )  # fmt: skip
+        if reply and reply[0] == "named":
+            return str(reply[1]), False  # another process won
         return sid, True
 
     @redis_errors
