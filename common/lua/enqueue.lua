@@ -157,7 +157,9 @@ for r, run in ipairs(runs) do
   local B, id, name, state, o = S[run[1]], run[2], run[3], run[4], run[6]
   local job = KEYS[roff + r]
   local existing_key = o and o.key and redis.call('HGET', B.keys, o.key)
-  if existing_key then
+  if not B.fresh and redis.call('EXISTS', job) == 1 then
+    -- this run was added already: the call is a resend after a lost reply
+  elseif existing_key then
     out[#out + 1] = id
     out[#out + 1] = existing_key
     out[#out + 1] = false

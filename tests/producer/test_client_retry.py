@@ -32,3 +32,24 @@ def test_a_create_sent_twice_is_applied_once(
     assert client.stats()["tasks"]["queued"] == 2
     SessionWorker(settings).work(burst=True)
     assert [r["status"] for r in client.info(ids)] == ["Completed", "Completed"]
+
+
+def test_an_add_sent_twice_is_applied_once(
+    client: Client, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from producer import Task
+
+    s = client.session("resent")
+    original = Scripts.enqueue
+
+    def enqueue_with_a_lost_reply(self: Scripts, *args: Any, **kwargs: Any) -> list[Any]:
+        original(self, *args, **kwargs)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Scripts, "enqueue", enqueue_with_a_lost_reply)
+    tid = s.add(Task("tests.tasks:add", args=[1, 2], name="once"))
+    monkeypatch.undo()
+    assert s.progress()["tasks"]["queued"] == 1 and s.list_ids() == [tid]
+    assert [e["type"] for e in client.events(s.id) or []].count("task.queued") == 1
+    SessionWorker(settings).work(burst=True)
+    assert s.progress()["status"] == "Completed" and s[tid]["result"] == 3
