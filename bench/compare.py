@@ -314,8 +314,9 @@ def table(
         "task.succeeded, RQ enqueue() then job.latest_result(timeout); "
         f"{sizes['round_trips']} samples after 20 dropped warm-up ones.",
         f"Event latency: {sizes['events']} task.progress events emitted ~2 ms apart; the "
-        "listeners are threads of one other process, each with its own listen() (one pub/sub "
-        "connection); CLOCK_MONOTONIC at receipt minus at emit, pooled over the listeners. "
+        "listeners are threads of one other process, each with its own Client and listen() "
+        "(which share the process's one pub/sub connection); CLOCK_MONOTONIC at receipt minus "
+        "at emit, pooled over the listeners. "
         f"With {sizes['listeners']} listeners that process spent {cpu:.0f} us of CPU per event "
         "delivered to one listener: when that exceeds the emit spacing divided by the number "
         "of listeners, it falls behind and the latency is its backlog.",
