@@ -233,6 +233,7 @@ class _Hub:
         self._fd: int | None = None  # the connection's socket, as registered with _poll
         self._poll = select.poll()
         self._poll.register(self._wake_r, select.POLLIN)
+        self._woken = False  # the wake pipe has bytes to drain
         self._subs: set[Subscription] = set()
         self._receivers: dict[bytes, list[Subscription]] = {}  # subscribed channels
         self._sent: deque[_Sent] = deque()
@@ -295,17 +296,26 @@ class _Hub:
                 self._disconnect()
                 backoff = RECONNECT_FIRST_S
 
-    def _wait(self, timeout: float | None) -> None:
-        """Until a request is posted, Redis sends something, or `timeout` seconds."""
-        self._poll.poll(None if timeout is None else timeout * 1000)
+    def _wait(self, timeout: float | None) -> bool:
+        """Until a request is posted, Redis sends something, or `timeout` seconds; whether
+        Redis did."""
+        heard = False
+        for fd, _ in self._poll.poll(None if timeout is None else timeout * 1000):
+            if fd == self._wake_r:
+                self._woken = True
+            else:
+                heard = True
+        return heard
 
     def _handle_requests(self) -> bool:
         """Apply what listeners asked, in order; False when the hub is to stop."""
-        try:
-            while os.read(self._wake_r, 4096):
+        if self._woken:
+            self._woken = False
+            try:
+                while os.read(self._wake_r, 4096):
+                    pass
+            except BlockingIOError:
                 pass
-        except BlockingIOError:
-            pass
         while self._requests:
             what, sub = self._requests.popleft()
             if what == "add":
@@ -408,8 +418,8 @@ class _Hub:
         self._subscribing.clear()
 
     def _pump(self) -> None:
-        """Read and dispatch what Redis sent; wait for more (or a request) when there is
-        nothing."""
+        """Read and dispatch one reply from Redis; wait for one (or a request) when there is
+        none (can_read sees what the parser or TLS holds already, poll what the socket has)."""
         conn = self._conn
         if not conn.can_read(timeout=0):
             now = time.monotonic()
@@ -422,19 +432,15 @@ class _Hub:
                 self._pinged, wait = now, HEALTH_CHECK_S
             else:
                 wait = self._heard + HEALTH_CHECK_S - now
-            self._wait(wait)
-            if not conn.can_read(timeout=0):
+            if not self._wait(wait):
                 return
         self._heard, self._pinged = time.monotonic(), None
-        while True:
-            try:
-                reply = conn.read_response(disconnect_on_error=False, push_request=True)
-            except ResponseError as exc:
-                self._refused(exc)
-            else:
-                self._dispatch(reply)
-            if self._requests or self._conn is None or not conn.can_read(timeout=0):
-                return
+        try:  # one reply: what else is there, the next call finds
+            reply = conn.read_response(disconnect_on_error=False, push_request=True)
+        except ResponseError as exc:
+            self._refused(exc)
+        else:
+            self._dispatch(reply)
 
     def _dispatch(self, reply: Any) -> None:
         if isinstance(reply, list) and reply:
