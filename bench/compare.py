@@ -143,6 +143,12 @@ METRICS = [
            ("round_trip", "p50_ms"), ("round_trip", "p50_ms")),
     Metric("round_trip_p99", "round trip enqueue -> result, p99", "ms", "lower",
            ("round_trip", "p99_ms"), ("round_trip", "p99_ms")),
+    Metric("round_trip_new_listener_p50", "round trip, a new listen() per run, p50", "ms",
+           "lower", ("round_trip", "new_listener_p50_ms"), ("round_trip", "p50_ms"),
+           rq_shared=True),
+    Metric("round_trip_new_listener_p99", "round trip, a new listen() per run, p99", "ms",
+           "lower", ("round_trip", "new_listener_p99_ms"), ("round_trip", "p99_ms"),
+           rq_shared=True),
     Metric("event_latency_1_listener_p50", "event emit -> listener, 1 listener, p50", "ms",
            "lower", ("events_1", "p50_ms")),
     Metric("event_latency_1_listener_p99", "event emit -> listener, 1 listener, p99", "ms",
@@ -319,8 +325,10 @@ def table(
         "is subtracted. One process per worker, no supervisor: sessionq SessionWorker, RQ "
         f"SimpleWorker (no fork). {sizes['drain']:,} no-op runs queued beforehand (sessionq: one "
         "session via add_runs, or one-run sessions via create replicas; RQ: enqueue_many).",
-        "Round trip: one worker process already running; sessionq create() then listen() for "
-        "task.succeeded, RQ enqueue() then job.latest_result(timeout); "
+        "Round trip: one worker process already running; sessionq create() then the "
+        "task.succeeded event on one listen() kept open over every session (as a producer "
+        "awaiting many results does), and again with a new listen() per run (subscribe, "
+        "replay, wait); RQ enqueue() then job.latest_result(timeout); "
         f"{sizes['round_trips']} samples after 20 dropped warm-up ones.",
         f"Event latency: {sizes['events']} task.progress events emitted ~2 ms apart; the "
         "listeners are threads of one other process, each with its own Client and listen() "

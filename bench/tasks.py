@@ -1,9 +1,16 @@
-"""No-op functions the benchmark runs: `noop` for sessionq workers (`--import bench.tasks`),
-`rq_noop` for plain RQ workers (RQ runs any importable function)."""
+"""Functions the benchmarks run: `noop` for sessionq workers (`--import bench.tasks`),
+`rq_noop` for plain RQ workers (RQ runs any importable function), and `soak` for bench.soak."""
 
 from __future__ import annotations
 
-from worker import task
+import os
+import time
+from pathlib import Path
+from typing import IO
+
+from worker import current_task, task
+
+_ledgers: dict[int, IO[str]] = {}
 
 
 @task
@@ -15,3 +22,18 @@ def noop() -> None:
 def rq_noop() -> None:
     """For plain RQ: enqueued as `bench.tasks.rq_noop`."""
     return None
+
+
+@task
+def soak(ledger_dir: str, seconds: float = 0.0) -> None:
+    """Write "<run id> <attempt>" to this process's ledger as it begins, then take `seconds`.
+    One line is one write(2) of an O_APPEND file: a SIGKILL never loses or tears a line that
+    was written, so the ledger says how often each run really began."""
+    ctx = current_task()
+    pid = os.getpid()
+    ledger = _ledgers.get(pid)
+    if ledger is None:
+        ledger = _ledgers[pid] = open(Path(ledger_dir) / f"{pid}.txt", "a", buffering=1)  # noqa: SIM115 - kept open for the process
+    ledger.write(f"{ctx.task_id} {ctx.attempt}\n")
+    if seconds:
+        time.sleep(seconds)

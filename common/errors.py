@@ -3,6 +3,7 @@
 SessionqError
 ├── ConfigError            bad settings, or a second prefix in one process
 ├── ConnectionFailed       Redis cannot be reached (names the URL)
+├── AccessDenied           Redis refused a command: the ACL user may not touch these keys
 ├── ValidationError        invalid argument (also a ValueError)
 │   └── ValidationTypeError    wrong type (also a TypeError)
 ├── CodecError             bytes that are not our msgpack (also a ValueError)
@@ -14,6 +15,21 @@ SessionqError
 """
 
 from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password (if any) replaced by ***, fit for messages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 class SessionqError(Exception):
@@ -28,7 +44,16 @@ class ConnectionFailed(SessionqError):
     """Redis is unreachable at the configured URL."""
 
     def __init__(self, url: str, reason: str) -> None:
-        super().__init__(f"cannot reach Redis at {url}: {reason}")
+        super().__init__(f"cannot reach Redis at {redact_url(url)}: {reason}")
+        self.url = url
+
+
+class AccessDenied(SessionqError):
+    """Redis refused a command (NOPERM): the ACL user may not touch this prefix's keys or
+    channels, or may not run that command."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"Redis at {redact_url(url)} refused access: {reason}")
         self.url = url
 
 

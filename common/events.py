@@ -92,7 +92,7 @@ class Event:
                 worker=wire.get("worker"),
                 data=data if isinstance(data, dict) else {},
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise CodecError(f"event: missing or bad field {exc}") from exc
 
 

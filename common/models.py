@@ -23,6 +23,7 @@ QUEUE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 FUNC_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 MAX_REPLICAS = 10_000
+MAX_TIMEOUT_S = 2**31 - 1  # about 68 years: what RQ's job hash and timers can hold
 
 
 class Status(StrEnum):
@@ -101,7 +102,9 @@ def check_queue(value: object) -> str | None:
     return value
 
 
-def check_positive(value: object, field_name: str, *, integer: bool = False) -> float | None:
+def check_positive(
+    value: object, field_name: str, *, integer: bool = False, maximum: float | None = None
+) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -110,6 +113,8 @@ def check_positive(value: object, field_name: str, *, integer: bool = False) -> 
         raise _type_error(field_name, "an integer", value)
     if not math.isfinite(value) or value <= 0:
         raise ValidationError(field_name, f"must be positive, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValidationError(field_name, f"must be at most {maximum:g}, got {value!r}")
     return value
 
 
@@ -239,6 +244,7 @@ class RunSpec:
             fields["timeout"] = int(math.ceil(self.timeout))
         if self.retries:
             fields["retries_left"] = self.retries
+            fields["retries"] = self.retries  # what a restart gives back
         return fields
 
 
@@ -270,7 +276,7 @@ def build_run(
         "name": name,
         "env": check_env(env),
         "queue": check_queue(queue),
-        "timeout": check_positive(timeout, "timeout"),
+        "timeout": check_positive(timeout, "timeout", maximum=MAX_TIMEOUT_S),
         "retries": retries_n,
         "cores": check_positive(cores, "cores"),
         "ram": check_positive(ram, "ram"),
@@ -358,6 +364,11 @@ class SessionRecord:
 
     @classmethod
     def from_wire(cls, wire: Mapping[str, Any]) -> SessionRecord:
+        """CodecError unless `wire` is a session record of our schema version."""
+        if wire.get("v") != SCHEMA_VERSION:
+            raise CodecError(f"session record: unknown schema version {wire.get('v')!r}")
+        if not all(isinstance(wire.get(k), str) for k in ("id", "name", "kind", "owner")):
+            raise CodecError("session record: id, name, kind and owner must be strings")
         try:
             return cls(
                 id=wire["id"],
@@ -374,8 +385,16 @@ class SessionRecord:
                 persistent=bool(wire.get("persistent", False)),
                 config=wire.get("config"),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise CodecError(f"session record: missing or bad field {exc}") from exc
+
+
+def parse_record(raw: object, sid: str) -> SessionRecord:
+    """A session's record as the index holds it; CodecError naming the session if broken."""
+    try:
+        return SessionRecord.from_wire(codec.decode_map(raw, "record"))
+    except CodecError as exc:
+        raise CodecError(f"session {sid}: {exc}") from exc
 
 
 def _int(raw: Any) -> int:

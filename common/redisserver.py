@@ -44,13 +44,21 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A throwaway redis-server process; stop() (or the context manager) ends it."""
+    """A throwaway redis-server process; stop() (or the context manager) ends it and removes
+    its data dir (unless the caller gave the dir). shutdown() ends only the process: start()
+    again serves the same port and data dir (a restart)."""
 
     def __init__(
-        self, *, port: int | None = None, appendonly: bool = False, extra: list[str] | None = None
+        self,
+        *,
+        port: int | None = None,
+        appendonly: bool = False,
+        extra: list[str] | None = None,
+        data_dir: str | None = None,
     ) -> None:
         self.port = port or free_port()
-        self.dir = tempfile.mkdtemp(prefix="sessionq-redis-")
+        self._own_dir = data_dir is None
+        self.dir = data_dir or tempfile.mkdtemp(prefix="sessionq-redis-")
         self.binary = find_redis_server()
         cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                "--dir", self.dir, "--appendonly", "yes" if appendonly else "no"]  # fmt: skip
@@ -83,7 +91,8 @@ class RedisServer:
         log.debug("redis-server %s started on %s", self.binary, self.url)
         return self
 
-    def stop(self) -> None:
+    def shutdown(self) -> None:
+        """End the server (SIGTERM: Redis writes its AOF out and exits); keep its data."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -91,7 +100,11 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def stop(self) -> None:
+        self.shutdown()
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> RedisServer:
         return self.start()

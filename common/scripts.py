@@ -211,12 +211,14 @@ class Scripts:
         worker: str = "",
         now: float | None = None,
         client: Any = None,
+        claim: str = "",
     ) -> list[Any]:
         """Create sessions (sid, is_new, record, name, kind, owner) and add runs to them
         (session index, run id, name, state, queue, job fields, options). One atomic call;
-        see enqueue.lua for the options and the reply. Given a pipeline as `client`, the call
+        see enqueue.lua for the options and the reply; `claim` is the persistent name
+        (owner/name) the one new session takes. Given a pipeline as `client`, the call
         is queued on it (the caller has loaded the scripts: ensure_loaded)."""
-        keys, args = self.enqueue_call(sessions, runs, worker=worker, now=now)
+        keys, args = self.enqueue_call(sessions, runs, worker=worker, now=now, claim=claim)
         if isinstance(client, Pipeline):
             # plain EVALSHA, so that it adds no SCRIPT EXISTS round trip
             client.evalsha(self._script["enqueue"].sha, len(keys), *keys, *args)
@@ -231,12 +233,13 @@ class Scripts:
         *,
         worker: str = "",
         now: float | None = None,
+        claim: str = "",
     ) -> tuple[list[str], list[Any]]:
         """The keys and args of `enqueue`, sent by no one: for a caller with its own client."""
         now = time.time() if now is None else now
         k, rq = self.keys, self.rq
         keys: list[str] = [k.events_all_channel(), k.sessions(), rq.queues_set, *self._idx]
-        keys += [k.schedule(), k.waiting()]
+        keys += [k.schedule(), k.waiting(), k.names()]
         plan_sessions = []
         for sid, is_new, record, name, kind, owner in sessions:
             keys += [
@@ -277,7 +280,7 @@ class Scripts:
             for key, value in fields.items():
                 flat += (key, value)
             plan_runs.append(flat)
-        plan = codec.encode_for_lua([plan_sessions, len(queues), plan_runs])
+        plan = codec.encode_for_lua([plan_sessions, len(queues), plan_runs, claim])
         return keys, [*self._head(now), worker, plan]
 
     def with_queues(self, run_ids: Sequence[str]) -> list[tuple[str, str]]:
@@ -466,6 +469,8 @@ class Scripts:
             k.logs(sid),
             k.idx_kind(kind),
             k.idx_owner(owner),
+            k.schedule(),
+            k.waiting(),
         ]
         args: list[Any] = [*self._head(now), worker, sid, names_field]
         args.append(self.settings.destroyed_history_ttl_s)
@@ -514,7 +519,7 @@ class Scripts:
             "state": "queued",
             "enqueued_at": rq_time(now),
         }
-        argv: list[Any] = [*self._head(now), worker, sid, status, event, op_id]
+        argv: list[Any] = [*self._head(now), worker, sid, status, event, op_id, op]
         for key, value in fields.items():
             argv += [key, value]
         return keys, argv

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -16,8 +17,9 @@ class SessionConfig:
     """Stored with the session; every process that opens it follows the same rules.
 
     - task_pre_exist: adding a task whose name the session holds "raise"s a ValidationError,
-      "replace"s the old task (canceled if it has not started), "ignore"s the new one (add
-      returns the old id) or "rename"s the new one name-1, name-2, ...
+      "replace"s the old task (canceled if it has not started; it leaves the session as with
+      forget; a running one is refused, as for remove), "ignore"s the new one (add returns
+      the old id) or "rename"s the new one name-1, name-2, ...
     - use_instance_naming: an unnamed task is named by its id, not its function or command.
     - silence_task_prerun: a run that fails before its body starts (unregistered function,
       unreadable job, missing program) fails that task only; otherwise it stops the session,
@@ -52,8 +54,9 @@ class SessionConfig:
                 raise ValidationTypeError(f.name, f"expected True or False, got {value!r}")
         cycle = self.cycle_sleep
         if cycle is not None and (
-            isinstance(cycle, bool) or not isinstance(cycle, (int, float)) or not cycle >= 0
-        ):
+            isinstance(cycle, bool) or not isinstance(cycle, (int, float))
+            or not 0 <= cycle < math.inf
+        ):  # fmt: skip
             raise ValidationError("cycle_sleep", f"must be seconds >= 0 or None, got {cycle!r}")
 
     def to_wire(self) -> dict[str, Any]:

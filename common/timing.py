@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 
 from croniter import croniter
 
 from common.errors import ValidationError, ValidationTypeError
+
+MAX_IN_S = 100 * 365 * 86400  # a century: later than that is a mistake, not a schedule
+EPOCH_MIN_S = dt.datetime(1, 1, 1, tzinfo=dt.UTC).timestamp()
+EPOCH_MAX_S = dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC).timestamp()
 
 
 def check_cron(expr: object) -> str:
@@ -29,6 +34,8 @@ def at_ms(value: object) -> int:
     if isinstance(value, bool):
         raise ValidationTypeError("at", "expected a datetime, an ISO string or epoch seconds")
     if isinstance(value, (int, float)):
+        if not (math.isfinite(value) and EPOCH_MIN_S <= value <= EPOCH_MAX_S):
+            raise ValidationError("at", f"{value!r} is not a time in the years 1-9999")
         return int(value * 1000)
     if isinstance(value, str):
         try:
@@ -49,6 +56,6 @@ def in_seconds(value: object) -> float:
         value = value.total_seconds()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValidationTypeError("in_", f"expected seconds or a timedelta, got {value!r}")
-    if not value >= 0:
-        raise ValidationError("in_", f"must be >= 0 seconds, got {value!r}")
+    if not 0 <= value < MAX_IN_S:
+        raise ValidationError("in_", f"must be 0 seconds or more, and finite; got {value!r}")
     return float(value)

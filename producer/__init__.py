@@ -1,6 +1,7 @@
 """The public Python API of sessionq (SPEC §2, §3, §5)."""
 
 from common.errors import (
+    AccessDenied,
     ConfigError,
     ConnectionFailed,
     NotFound,
@@ -17,6 +18,7 @@ from producer.session import Session
 from producer.task import Task, Workflow
 
 __all__ = [
+    "AccessDenied",
     "AsyncClient",
     "Client",
     "ConfigError",

@@ -15,14 +15,15 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoPermissionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.connection import connect_async
-from common.errors import ConnectionFailed
+from common.errors import AccessDenied, ConnectionFailed
 from common.settings import Settings
 from producer import plans
 from producer.client import Client, open_or_follow
-from producer.listen import AsyncListener
+from producer.listen import AsyncListener, access_checked_async
 from producer.plans import Plan, ScriptCall, Step
 
 T = TypeVar("T")
@@ -54,7 +55,8 @@ class AsyncClient:
     # -- carrying out plans --------------------------------------------------------------------
     async def _run(self, plan: Plan[T]) -> T:
         """Carry out a plan (producer.plans) on redis.asyncio; a lost Redis (after the
-        connection's own retries) is ConnectionFailed naming the URL, as for Client."""
+        connection's own retries) is ConnectionFailed naming the URL, a command Redis refuses
+        to this ACL user AccessDenied, as for Client."""
         reply: Any = None
         try:
             while True:
@@ -66,6 +68,8 @@ class AsyncClient:
                 reply = await self._execute(step)
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise ConnectionFailed(self.settings.url, str(exc)) from exc
+        except NoPermissionError as exc:
+            raise AccessDenied(self.settings.url, str(exc)) from exc
 
     async def _execute(self, step: Step) -> Any:
         if isinstance(step, ScriptCall):
@@ -124,7 +128,7 @@ class AsyncClient:
         """Events as they happen, no gap and no duplicate per session, on redis.asyncio."""
         listener = AsyncListener(self.redis, self.keys, ids, types=types, after=after,
                                  timeout=timeout)  # fmt: skip
-        return listener.__aiter__()
+        return access_checked_async(listener.__aiter__(), self.settings.url)
 
     async def aclose(self) -> None:
         await self.redis.aclose()

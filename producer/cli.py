@@ -11,13 +11,14 @@ from typing import Any, NoReturn
 
 import click
 
-from common.errors import SessionqError, ValidationError
+from common.errors import ConfigError, SessionqError, ValidationError
 from common.settings import Settings
 from producer.client import Client, format_event
 
 log = logging.getLogger(__name__)
 EXIT_INTERRUPTED = 130
 LAZY_COMMANDS = {"worker": "worker.cli:worker_command"}
+DASHBOARD_MODULES = frozenset({"starlette", "uvicorn", "jinja2", "prometheus_client", "anyio"})
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -88,16 +89,15 @@ def _echo_json(value: Any) -> None:
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     default=None,
-    help="Logging level (default: INFO for worker and up, else WARNING).",
+    help="Logging level (default: INFO for worker, up and dashboard, else WARNING).",
 )
 @click.pass_context
 def cli(
     ctx: click.Context, url: str | None, prefix: str | None, user: str | None, log_level: str | None
 ) -> None:
     """sessionq: sessions - named, persistent collections of task runs - on Redis."""
-    level = (
-        log_level or ("INFO" if ctx.invoked_subcommand in ("worker", "up") else "WARNING")
-    ).upper()
+    servers = ("worker", "up", "dashboard")
+    level = (log_level or ("INFO" if ctx.invoked_subcommand in servers else "WARNING")).upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ctx.obj = Settings.from_env(url, prefix=prefix, user=user)
 
@@ -421,6 +421,53 @@ def demo(ctx: click.Context, runs: int, workers: int) -> int:
     from producer.demo import run_demo
 
     return run_demo(ctx.obj, runs=runs, workers=workers)
+
+
+@cli.command()
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; beyond loopback the buttons need a token.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8765,
+    show_default=True,
+    help="Port to listen on.",
+)
+@click.option(
+    "--token",
+    envvar="SESSIONQ_DASHBOARD_TOKEN",
+    default=None,
+    help="Token guarding the control buttons (env SESSIONQ_DASHBOARD_TOKEN); "
+    "generated and printed when listening beyond loopback without one.",
+)
+@click.option("--root-path", default="", help="Path prefix when served behind a proxy (/x).")
+@click.option(
+    "--public-url",
+    default=None,
+    help="Base URL registered for connect_url (default http://HOST:PORT/ROOT-PATH).",
+)
+@click.pass_context
+def dashboard(
+    ctx: click.Context, host: str, port: int, token: str | None, root_path: str,
+    public_url: str | None,
+) -> None:  # fmt: skip
+    """The live web dashboard and /metrics (SPEC §8), until Ctrl-C."""
+    try:
+        from producer.dashboard import serve
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").partition(".")[0]
+        if missing not in DASHBOARD_MODULES:
+            raise
+        raise ConfigError(
+            f"the dashboard needs its extra: pip install 'sessionq[dashboard]' "
+            f"(missing module {missing})"
+        ) from exc
+    serve(ctx.obj, host=host, port=port, token=token, root_path=root_path, url=public_url,
+          echo=click.echo)  # fmt: skip
 
 
 from producer import cli_session  # noqa: E402,F401  - registers add/pause/play/step/stop/restart

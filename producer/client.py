@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoPermissionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common import codec
 from common.connection import connect
-from common.errors import ConnectionFailed, SessionNotFound
+from common.errors import AccessDenied, ConnectionFailed, SessionNotFound, ValidationTypeError
 from common.keys import DEFAULT_QUEUE, Keys, command_queue_for
 from common.models import RunSpec, SessionRecord, check_kind, check_name
 from common.rqcompat import load_rq
@@ -43,7 +44,8 @@ DEFAULT_SESSION_NAME = "default"
 
 
 def redis_errors(method: Callable[P, R]) -> Callable[P, R]:
-    """Turn a lost Redis (after the connection's own retries) into ConnectionFailed."""
+    """Turn a lost Redis (after the connection's own retries) into ConnectionFailed, and a
+    command Redis refuses to this ACL user into AccessDenied."""
 
     @functools.wraps(method)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -52,6 +54,8 @@ def redis_errors(method: Callable[P, R]) -> Callable[P, R]:
         except (RedisConnectionError, RedisTimeoutError) as exc:
             client = args[0]
             raise ConnectionFailed(client.settings.url, str(exc)) from exc  # type: ignore[attr-defined]
+        except NoPermissionError as exc:  # an ACL user outside its prefix
+            raise AccessDenied(args[0].settings.url, str(exc)) from exc  # type: ignore[attr-defined]
 
     return wrapper
 
@@ -136,8 +140,10 @@ class Client(SessionControl):
         stored with the session (replacing the stored one); else the stored one applies."""
         from producer.session import Session
 
+        if not isinstance(create, bool):
+            raise ValidationTypeError("create", f"expected True or False, got {create!r}")
         wanted = SessionConfig.coerce(config) if config is not None else None
-        sid, created = self._open(name or DEFAULT_SESSION_NAME, wanted, create)
+        sid, created = self._open(DEFAULT_SESSION_NAME if name is None else name, wanted, create)
         raw = self.redis.hget(self.keys.sessions(), sid)
         if raw is None:
             raise SessionNotFound(sid)
@@ -172,17 +178,19 @@ class Client(SessionControl):
         if not create:
             raise SessionNotFound(f"{name} (owner {self.user})")
         sid = new_session_id()
-        if not self.redis.hsetnx(self.keys.names(), field, sid):
-            # another process won
-            return codec.text(self.redis.hget(self.keys.names(), field)), False
         record = SessionRecord(
             id=sid, name=name, kind=kind, owner=self.user,
             created_at_ms=int(time.time() * 1000), persistent=True,
             config=(config or SessionConfig()).to_wire(),
         )  # fmt: skip
-        self.scripts.enqueue(
-            [(sid, True, codec.encode(record.to_wire()), name, kind, self.user)], []
-        )
+        # the name is claimed in the step that creates the session: a process opening it at
+        # the same time finds both or neither
+        reply = self.scripts.enqueue(
+            [(sid, True, codec.encode(record.to_wire()), name, kind, self.user)], [],
+            claim=field,
+        )  # fmt: skip
+        if reply and reply[0] == "named":
+            return str(reply[1]), False  # another process won
         return sid, True
 
     @redis_errors
@@ -276,10 +284,10 @@ class Client(SessionControl):
         timeout: float | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Events as they happen, with no gap and no duplicate per session (SPEC §5)."""
-        from producer.listen import Listener
+        from producer.listen import Listener, access_checked
 
         listener = Listener(self.redis, self.keys, ids, types=types, after=after, timeout=timeout)
-        return iter(listener)
+        return access_checked(iter(listener), self.settings.url)
 
     @redis_errors
     def connect(self, ids: str | Sequence[str]) -> None:

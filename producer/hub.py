@@ -24,17 +24,17 @@ import logging
 import os
 import queue
 import select
-import ssl
 import threading
 import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from common.connection import lasting_refusal
 from common.errors import CodecError
 from common.events import decode_event
 
@@ -59,14 +59,6 @@ _REPLY_KINDS = frozenset({b"subscribe", b"unsubscribe", b"pong"})
 
 _registry_lock = threading.RLock()  # a listener may be closed by the GC, in any thread
 _hubs: dict[tuple[Any, ...], _Hub] = {}
-
-
-def lasting_refusal(error: BaseException) -> bool:
-    """A refusal that trying again will not change: a wrong password, an untrusted
-    certificate (both ConnectionErrors to redis-py)."""
-    return isinstance(error, AuthenticationError) or isinstance(
-        error.__context__, ssl.SSLCertVerificationError
-    )
 
 
 class Subscription:
@@ -391,7 +383,8 @@ class _Hub:
                 if lasting or not sub.ready.is_set():
                     sub.fail(exc)
                     self._drop(sub)
-            log.warning("the pub/sub hub cannot connect (%s)", exc)
+            # the listeners it ended raise it; those left ride it out
+            (log.warning if self._subs else log.debug)("the pub/sub hub cannot connect (%s)", exc)
             return False
         self._conn = conn
         self._fd = conn._sock.fileno()  # redis-py offers no public way to its socket
@@ -481,7 +474,7 @@ class _Hub:
         if not self._sent:
             raise RedisConnectionError(f"pub/sub reply out of step: {error}")
         sent = self._sent.popleft()
-        log.warning("Redis refused the pub/sub hub's %s: %s", sent.kind.decode(), error)
+        log.debug("Redis refused the pub/sub hub's %s: %s", sent.kind.decode(), error)
         channels = list(sent.waiters)
         for channel in channels:
             if self._subscribing.get(channel) is sent:

@@ -18,13 +18,15 @@ from typing import Any
 
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoPermissionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from common.errors import CodecError, ValidationError
+from common.connection import lasting_refusal
+from common.errors import AccessDenied, CodecError, ConnectionFailed, ValidationError
 from common.events import TERMINAL_EVENTS, EventType, decode_event, matches
 from common.keys import Keys
 from common.models import ENDED_STATUSES, as_id_list
-from producer.hub import RESYNC, Subscription, lasting_refusal, subscribe
+from producer.hub import RESYNC, Subscription, subscribe
 
 log = logging.getLogger(__name__)
 RECONNECT_MAX_S = 5.0
@@ -191,6 +193,31 @@ def _message_event(message: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
 
 
+def access_checked(events: Iterator[dict[str, Any]], url: str) -> Iterator[dict[str, Any]]:
+    """`events`, with Redis's NOPERM (an ACL user outside its prefix) as AccessDenied and what
+    the listener does not ride out (a refused password, no Redis at the start) as
+    ConnectionFailed, as the other calls raise them."""
+    try:
+        yield from events
+    except NoPermissionError as exc:
+        raise AccessDenied(url, str(exc)) from exc
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        raise ConnectionFailed(url, str(exc)) from exc
+
+
+async def access_checked_async(
+    events: AsyncIterator[dict[str, Any]], url: str
+) -> AsyncIterator[dict[str, Any]]:
+    """The same for an async iterator."""
+    try:
+        async for event in events:
+            yield event
+    except NoPermissionError as exc:
+        raise AccessDenied(url, str(exc)) from exc
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        raise ConnectionFailed(url, str(exc)) from exc
+
+
 def _own(event: dict[str, Any]) -> dict[str, Any]:
     """A listener's own copy of an event the hub handed to every listener: its own dict and
     its own `data` dict (what deeper in `data` is shared)."""
@@ -287,6 +314,7 @@ class AsyncListener:
         self.redis = redis
         self.order = Ordering(keys, ids, **options)
         self._pubsub: Any = None
+        self._reconnected = False
 
     async def _history(self, sid: str, after: int) -> list[dict[str, Any]]:
         raws = await self.redis.zrangebyscore(self.order.keys.history(sid), f"({after}", "+inf")
@@ -295,9 +323,23 @@ class AsyncListener:
     async def _subscribe(self) -> None:
         self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         await self._pubsub.subscribe(*self.order.channels())
+        self._pubsub.connection.register_connect_callback(self._on_reconnect)  # see Listener
+
+    def _on_reconnect(self, connection: Any) -> None:
+        self._reconnected = True
+
+    async def _resync(self) -> list[dict[str, Any]]:
+        order, out = self.order, []
+        for sid, last in order.to_resync().items():
+            kept = await self._history(sid, last)
+            upto = kept[-1]["seq"] if kept else last
+            out += order.deliver(order.fill(sid, kept, last, upto))
+        return out
 
     async def close(self) -> None:
         if self._pubsub is not None:
+            if self._pubsub.connection is not None:
+                self._pubsub.connection.deregister_connect_callback(self._on_reconnect)
             try:
                 await self._pubsub.aclose()
             except LOST:
@@ -339,16 +381,20 @@ class AsyncListener:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, RECONNECT_MAX_S)
                     await self._subscribe()
-                    for sid, last in order.to_resync().items():
-                        kept = await self._history(sid, last)
-                        upto = kept[-1]["seq"] if kept else last
-                        for event in order.deliver(order.fill(sid, kept, last, upto)):
-                            yield event
+                    self._reconnected = False
+                    for event in await self._resync():
+                        yield event
                     backoff = 0.05
                     continue
                 message = await self._pubsub.get_message(timeout=wait)
                 live = _message_event(message)
+                if self._reconnected:
+                    self._reconnected = False
+                    for event in await self._resync():
+                        yield event
             except LOST as exc:
+                if isinstance(exc, RedisConnectionError) and lasting_refusal(exc):
+                    raise  # a wrong password, an untrusted certificate: no use trying again
                 log.warning("listener lost its connection (%s); reconnecting", exc)
                 await self.close()
                 continue

@@ -14,7 +14,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import click
@@ -36,6 +36,7 @@ from common.models import (
     decode_error,
     decode_result,
     names_for_replicas,
+    parse_record,
     session_dict,
 )
 from common.scripts import Scripts
@@ -125,18 +126,22 @@ def create(
     run_queue = command_queue_for(base.queue) if base.is_command else base.queue
     run_queue = run_queue or DEFAULT_QUEUE
     now = time.time()
-    data = base.job_data()
+    # one template per create, varied per replica (10,000 replicas: no per-replica objects)
+    record = SessionRecord(
+        id="", name=name, kind=kind, owner=user, created_at_ms=int(now * 1000), image=image,
+        cores=base.cores, ram=base.ram, gpu=base.gpu, replica_count=replicas,
+    ).to_wire()  # fmt: skip
+    template = base.job_fields(run_queue, now)
+    meta = codec.decode_map(template["sq"], "job meta")
     sessions, runs, ids = [], [], []
     for i, replica_name in enumerate(names):
         sid = new_session_id()
-        record = SessionRecord(
-            id=sid, name=replica_name, kind=kind, owner=user,
-            created_at_ms=int(now * 1000), image=image, cores=base.cores, ram=base.ram,
-            gpu=base.gpu, replica_id=i + 1, replica_count=replicas,
-        )  # fmt: skip
-        spec = replace(base, name=replica_name, replica_id=i + 1)
-        fields = spec.job_fields(run_queue, now, data)
-        sessions.append((sid, True, codec.encode(record.to_wire()), replica_name, kind, user))
+        record.update(id=sid, name=replica_name, replica_id=i + 1)
+        meta["name"] = replica_name
+        if "replica_count" in meta:
+            meta["replica_id"] = i + 1
+        fields = {**template, "sq": codec.encode(meta)}
+        sessions.append((sid, True, codec.encode(record), replica_name, kind, user))
         runs.append((i, f"{sid}-1", replica_name, TaskState.QUEUED.value, run_queue, fields,
                      None))  # fmt: skip
         ids.append(sid)
@@ -168,9 +173,9 @@ def records(
                 log.warning("no such session: %s", sid)
             continue
         try:
-            record = SessionRecord.from_wire(codec.decode_map(raw, f"session {sid}"))
+            record = parse_record(raw, sid)
         except CodecError as exc:
-            log.error("session %s: unreadable record: %s", sid, exc)
+            log.error("unreadable record: %s", exc)
             continue
         url = f"{base.rstrip('/')}/sessions/{sid}" if base else None
         out.append(
@@ -243,9 +248,13 @@ def stats(scripts: Scripts) -> Plan[dict[str, Any]]:
     req_cores = req_ram = 0.0
     for raw in replies[len(queue_keys) + len(live) :]:
         if raw:
-            wire = codec.decode_map(raw, "session record")
-            req_cores += float(wire.get("cores") or 0)
-            req_ram += float(wire.get("ram") or 0)
+            try:
+                record = parse_record(raw, "(running)")
+            except CodecError as exc:
+                log.error("stats: unreadable record: %s", exc)
+                continue
+            req_cores += float(record.cores or 0)
+            req_ram += float(record.ram or 0)
     return {
         "sessions": sessions,
         "tasks": {s.value: counts.get(s.value, 0) for s in TaskState},
@@ -312,7 +321,12 @@ def destroy(scripts: Scripts, ids: str | Sequence[str]) -> Plan[dict[str, bool]]
             log.warning("destroy: no such session: %s", sid)
             out[sid] = False
             continue
-        owner = codec.decode_map(raw, f"session {sid}").get("owner")
+        try:
+            owner = parse_record(raw, sid).owner
+        except CodecError as exc:
+            log.error("destroy: unreadable record: %s", exc)
+            out[sid] = False
+            continue
         if owner != user:
             log.warning("destroy: session %s belongs to %s, not %s", sid, owner, user)
             out[sid] = False

@@ -7,6 +7,7 @@ import logging
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -51,9 +52,12 @@ class Session:
         self._created_ms = created_at_ms
         self._keys = client.keys
         self._ids: list[str] = []  # reserved task ids not used yet
+        # Task objects this handle added, by id: a removed one can be added again
+        self._added: weakref.WeakValueDictionary[str, Task] = weakref.WeakValueDictionary()
         self._id_block = 1
         self._pending_runs: list[tuple[Run, Task | None]] = []
-        self._pending_drops: list[tuple[list[str], bool]] = []
+        # (task ids, delete, also their cron chains' next firings)
+        self._pending_drops: list[tuple[list[str], bool, bool]] = []
         self._pending_objects: dict[str, bytes] = {}
         self._workflows: dict[str, list[str]] = {}
         self._threads: list[tuple[threading.Thread, threading.Event]] = []
@@ -85,6 +89,8 @@ class Session:
         when = time.time() if time_s is None else time_s
         if isinstance(when, bool) or not isinstance(when, (int, float)):
             raise ValidationTypeError("time", f"expected epoch seconds, got {when!r}")
+        if not self._exists():
+            raise SessionNotFound(self.id)
         self.client.redis.hset(self._keys.session(self.id), field, int(when * 1000))
 
     @property
@@ -98,8 +104,16 @@ class Session:
     def _new_id(self) -> str:
         if not self._ids:
             block = self._id_block
-            last = int(self.client.redis.hincrby(self._keys.session(self.id), "next", block))
-            self._ids = [f"{self.id}-{n}" for n in range(last - block + 1, last + 1)]
+            key = self._keys.session(self.id)
+            pipe = self.client.redis.pipeline(transaction=True)
+            pipe.hincrby(key, "next", block)
+            pipe.hexists(key, "status")
+            last, exists = pipe.execute()
+            if not exists:
+                # destroyed: HINCRBY made a stray hash of the gone session; take it away
+                self.client.redis.delete(key)
+                raise SessionNotFound(self.id)
+            self._ids = [f"{self.id}-{n}" for n in range(int(last) - block + 1, int(last) + 1)]
             self._id_block = min(2 * block, ID_BLOCK_MAX)
         return self._ids.pop(0)
 
@@ -109,6 +123,7 @@ class Session:
         it depends on that is not in the session yet is added first."""
         if not isinstance(task, Task):
             raise ValidationTypeError("task", f"expected a Task, got {type(task).__name__}")
+        _check_flag(flush, "flush")
         order = topological([task])  # its Task parents first; a cycle raises here
         for item in order:
             self._stage(item)
@@ -133,6 +148,8 @@ class Session:
         tid = self._new_id()
         name = task.name or (tid if cfg.use_instance_naming else task.default_name)
         options: dict[str, Any] = {"policy": cfg.task_pre_exist}
+        if cfg.task_pre_exist == "replace":
+            self._unstage_name(name)
         if cfg.task_pre_exist in ("replace", "ignore"):
             current = redis.hget(k.session_names(self.id), name)
             if current is not None and cfg.task_pre_exist == "ignore":
@@ -140,6 +157,10 @@ class Session:
                 return
             if current is not None:
                 options["old_id"] = codec.text(current)
+                # a replaced cron task stops firing: its next firing goes with it
+                pending = self._cron_pending([options["old_id"]])
+                if pending:
+                    self._pending_drops.append((pending, False, False))
         parents = []
         for parent in task.depends_on:
             if isinstance(parent, Task):
@@ -164,7 +185,18 @@ class Session:
         entry: Run = (0, tid, name, TaskState.QUEUED.value, queue, fields, options)
         self._pending_runs.append((entry, task))
         task.ids[self.id] = tid
+        self._added[tid] = task
         self._rpc("add", {"task": tid, "name": name})
+
+    def _unstage_name(self, name: str) -> None:
+        """task_pre_exist="replace": a task of this name that this handle staged and has not
+        written yet is replaced by never writing it."""
+        for i, (run, staged) in enumerate(self._pending_runs):
+            if run[2] == name:
+                del self._pending_runs[i]
+                if staged is not None:
+                    staged.ids.pop(self.id, None)
+                return
 
     def remove(self, task_id: str, flush: bool = True) -> None:
         """Remove the task from the session and delete its record and result; one that has
@@ -178,7 +210,11 @@ class Session:
     def _drop(self, task_id: str, *, delete: bool, flush: bool) -> None:
         if not isinstance(task_id, str):
             raise ValidationTypeError("task_id", f"expected a task id, got {task_id!r}")
-        self._pending_drops.append(([task_id], delete))
+        _check_flag(flush, "flush")
+        self._pending_drops.append(([task_id], delete, True))
+        task = self._added.pop(task_id, None)
+        if task is not None:
+            task.ids.pop(self.id, None)  # adding it again makes a new task
         self._rpc("remove" if delete else "forget", {"task": task_id})
         if flush:
             self.flush()
@@ -210,27 +246,18 @@ class Session:
         """Write every change made with flush=False, in one round trip (one transaction)."""
         if not (self._pending_runs or self._pending_drops or self._pending_objects):
             return
-        scripts = self.client.scripts
         staged, drops = self._pending_runs, self._pending_drops
         objects = self._pending_objects
-        drop_runs = [scripts.with_queues(ids) for ids, _ in drops] if drops else []
-        for attempt in range(2):
-            pipe = self.client.redis.pipeline(transaction=True)
-            if objects:
-                pipe.hset(self._keys.session_objects(self.id), mapping=dict(objects))  # type: ignore[arg-type]  # redis-py's Mapping is invariant in its key type
-            if staged:
-                scripts.enqueue([(self.id, False, b"", "", "session", self.client.user)],
-                                [run for run, _ in staged], client=pipe)  # fmt: skip
-            for (_ids, delete), runs in zip(drops, drop_runs, strict=True):
-                scripts.control("drop", self.id, {"delete": delete}, runs, client=pipe)
-            replies = pipe.execute(raise_on_error=False)
-            if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
-                scripts.ensure_loaded()  # first use on this server, or it restarted
-                continue
-            break
+        # taken out first: a flush that fails leaves nothing behind to fail the next one
         self._pending_runs, self._pending_drops, self._pending_objects = [], [], {}
+        try:
+            replies = self._send(staged, drops, objects)
+        except Exception:
+            self._unstage(staged)
+            raise
         for reply in replies:
             if isinstance(reply, Exception):
+                self._unstage(staged)
                 raise reply
         replies = replies[1:] if objects else replies
         if staged:
@@ -246,21 +273,76 @@ class Session:
             if reply[0] == "gone":
                 raise SessionNotFound(self.id)
 
+    def _send(
+        self,
+        staged: list[tuple[Run, Task | None]],
+        drops: list[tuple[list[str], bool, bool]],
+        objects: dict[str, bytes],
+    ) -> list[Any]:
+        """The flush's one transaction; its replies (errors among them, not raised)."""
+        scripts = self.client.scripts
+        drop_runs = [
+            scripts.with_queues(ids + self._cron_pending(ids) if chains else ids)
+            for ids, _, chains in drops
+        ]
+        replies: list[Any] = []
+        for attempt in range(2):
+            pipe = self.client.redis.pipeline(transaction=True)
+            if objects:
+                pipe.hset(self._keys.session_objects(self.id), mapping=dict(objects))  # type: ignore[arg-type]  # redis-py's Mapping is invariant in its key type
+            if staged:
+                scripts.enqueue([(self.id, False, b"", "", "session", self.client.user)],
+                                [run for run, _ in staged], client=pipe)  # fmt: skip
+            for (_ids, delete, _chains), runs in zip(drops, drop_runs, strict=True):
+                scripts.control("drop", self.id, {"delete": delete}, runs, client=pipe)
+            replies = pipe.execute(raise_on_error=False)
+            if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
+                scripts.ensure_loaded()  # first use on this server, or it restarted
+                continue
+            break
+        return replies
+
+    def _cron_pending(self, ids: list[str]) -> list[str]:
+        """The scheduled next firings of the cron tasks among `ids`: each firing of a cron
+        task is a run of its own, named as the task, and the next one waits in the
+        schedule; removing the task removes that one too, which ends its schedule."""
+        redis, job = self.client.redis, self.client.scripts.rq.job
+        pipe = redis.pipeline(transaction=False)
+        for tid in ids:
+            pipe.hget(job(tid), "cron")
+        if not any(pipe.execute()):
+            return []
+        names = self._names()
+        chains = {names[tid] for tid in ids if tid in names}
+        candidates = [t for t, n in names.items() if n in chains and t not in ids]
+        pipe = redis.pipeline(transaction=False)
+        for tid in candidates:
+            pipe.hmget(job(tid), "state", "cron")
+        return [
+            tid for tid, (state, cron) in zip(candidates, pipe.execute(), strict=True)
+            if state == b"deferred" and cron
+        ]  # fmt: skip
+
+    def _unstage(self, staged: list[tuple[Run, Task | None]]) -> None:
+        """Forget the ids given to tasks whose add was not written."""
+        for run, task in staged:
+            if task is not None and task.ids.get(self.id) == run[1]:
+                del task.ids[self.id]
+
     def _apply_run_reply(self, reply: list[Any], staged: list[tuple[Run, Task | None]]) -> None:
         by_id = {run[1]: task for run, task in staged}
-        if reply[0] == "exists":
-            for task in by_id.values():
-                if task is not None:
-                    task.ids.pop(self.id, None)
-            raise ValidationError("name", f"the session already has a task named {reply[1]!r} "
-                                          "(task_pre_exist='raise')")  # fmt: skip
-        if reply[0] == "retry":
-            for task in by_id.values():
-                if task is not None:
-                    task.ids.pop(self.id, None)
-            raise ValidationError("name", "a task being replaced changed meanwhile; add again")
-        if reply[0] == "gone":
-            raise SessionNotFound(self.id)
+        refused = {
+            "exists": f"the session already has a task named {reply[-1]!r} "
+                      "(task_pre_exist='raise')",
+            "retry": "a task being replaced changed meanwhile; add again",
+            "running": f"the task it would replace, {reply[-1]}, is running; stop it first "
+                       "(task_pre_exist='replace')",
+        }  # fmt: skip
+        if reply[0] in refused or reply[0] == "gone":
+            self._unstage(staged)  # nothing was written
+            if reply[0] == "gone":
+                raise SessionNotFound(self.id)
+            raise ValidationError("name", refused[reply[0]])
         for i in range(1, len(reply), 3):
             staged_id, final_id = reply[i], reply[i + 1]
             task = by_id.get(staged_id)
@@ -341,7 +423,7 @@ class Session:
         self._rpc(name, {})
 
     def _exists(self) -> bool:
-        return bool(self.client.redis.exists(self._keys.session(self.id)))
+        return bool(self.client.redis.hexists(self._keys.session(self.id), "status"))
 
     def pause(self) -> None:
         """No further run starts after this returns; running ones see should_stop."""
@@ -361,6 +443,7 @@ class Session:
 
     def restart(self, failed_only: bool = False) -> None:
         """Run the ended tasks again (only the failed ones with failed_only)."""
+        _check_flag(failed_only, "failed_only")
         self._control("restart", self.client.restart(self.id, failed_only=failed_only))
 
     def run(self, block: bool = False, timeout: float | None = None) -> None:
@@ -404,6 +487,10 @@ class Session:
 
     def wait(self, timeout: float | None = None) -> str:
         """Block until the session ends (or `timeout` seconds pass); its status then."""
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0
+        ):
+            raise ValidationTypeError("timeout", f"expected seconds >= 0 or None, got {timeout!r}")
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             raw = self.client.redis.hmget(self._keys.session(self.id), "status", "seq")
@@ -479,6 +566,8 @@ class Session:
     def start_emitting_rpc_log(self) -> None:
         """From now on every operation on this session, from any handle, is also an
         `op.<name>` event."""
+        if not self._exists():
+            raise SessionNotFound(self.id)
         self.client.redis.hset(self._keys.session(self.id), "rpc_log", 1)
         self._rpc_log = True
         self._rpc("start_emitting_rpc_log", {})
@@ -513,3 +602,8 @@ class Session:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _check_flag(value: object, field: str) -> None:
+    if not isinstance(value, bool):
+        raise ValidationTypeError(field, f"expected True or False, got {value!r}")

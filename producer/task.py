@@ -119,12 +119,21 @@ class Task:
 def _parents(value: Task | str | Iterable[Task | str] | None) -> list[Task | str]:
     if value is None:
         return []
-    items = [value] if isinstance(value, (Task, str)) else list(value)
+    if isinstance(value, (Task, str)):
+        items: list[Any] = [value]
+    elif isinstance(value, Iterable):
+        items = list(value)
+    else:
+        raise ValidationTypeError(
+            "depends_on", f"expected Task objects or task ids, got {type(value).__name__}"
+        )
     for item in items:
         if not isinstance(item, (Task, str)):
             raise ValidationTypeError(
                 "depends_on", f"expected Task objects or task ids, got {type(item).__name__}"
             )
+        if isinstance(item, str) and not item:
+            raise ValidationError("depends_on", "a task id must not be empty")
     return items
 
 

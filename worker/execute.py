@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 LOG_FLUSH_S = 0.05
 LOG_FLUSH_LINES = 200
 PR_SET_PDEATHSIG = 1
+RAM_NO_LIMIT_BYTES = 2**62  # a ram= this large caps nothing (and RLIMIT_AS cannot hold it)
 
 try:
     _libc: ctypes.CDLL | None = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -75,6 +76,35 @@ class Interrupter:
             signal.pthread_kill(self._main, signal.SIGUSR1)
 
 
+class RunEnvironment:
+    """os.environ as in-process runs see it: each run's variables are in place while it runs.
+    Between runs they stay, and the next run writes only what differs (a putenv per variable
+    per run was a tenth of a no-op run's cost); a variable the next run does not set goes
+    back to what it was before any run."""
+
+    def __init__(self) -> None:
+        self._original: dict[str, str | None] = {}
+
+    def apply(self, env: dict[str, str]) -> None:
+        for key in [k for k in self._original if k not in env]:
+            old = self._original.pop(key)
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+        for key, value in env.items():
+            if key not in self._original:
+                self._original[key] = os.environ.get(key)
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+
+    def restore(self) -> None:
+        self.apply({})
+
+
+RUN_ENVIRONMENT = RunEnvironment()
+
+
 def call_function(
     fn: Callable[..., Any],
     args: list[Any],
@@ -82,20 +112,15 @@ def call_function(
     env: dict[str, str],
     timeout: float | None,
     interrupter: Interrupter,
+    environment: RunEnvironment = RUN_ENVIRONMENT,
 ) -> Any:
-    """Call `fn` with `env` added to os.environ for the duration, under the deadline."""
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
+    """Call `fn` with `env` in os.environ (see RunEnvironment), under the deadline."""
+    environment.apply(env)
     interrupter.arm(timeout)
     try:
         return fn(*args, **kwargs)
     finally:
         interrupter.disarm()
-        for key, old in saved.items():
-            if old is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = old
 
 
 def _child_setup(ram_bytes: int | None) -> Callable[[], None]:
@@ -125,6 +150,8 @@ class Command:
         self.argv = argv
         self.env = env
         self.ram_bytes = int(ram_gb * 1024**3) if ram_gb else None
+        if self.ram_bytes is not None and self.ram_bytes >= RAM_NO_LIMIT_BYTES:
+            self.ram_bytes = None  # more than any address space: no cap at all
         self.on_lines = on_lines
         self.proc: subprocess.Popen[bytes] | None = None
         self.stop_reason: str | None = None

@@ -35,7 +35,14 @@ from common.scripts import OP_PREFIX, Finish, Scripts
 from common.settings import Settings
 from common.state import SharedState
 from worker.context import TaskContext, set_current
-from worker.execute import Command, Interrupter, RunInterrupted, call_function, describe_exit
+from worker.execute import (
+    RUN_ENVIRONMENT,
+    Command,
+    Interrupter,
+    RunInterrupted,
+    call_function,
+    describe_exit,
+)
 from worker.registry import resolve
 
 log = logging.getLogger(__name__)
@@ -207,6 +214,7 @@ class SessionWorker:
         except (RedisConnectionError, RedisTimeoutError) as exc:
             log.error("worker %s: could not unregister (%s); the reaper will", self.name, exc)
         finally:
+            RUN_ENVIRONMENT.restore()
             self.scripts.close()
             self.redis.close()
 
@@ -216,6 +224,12 @@ class SessionWorker:
             self._collect(0)  # every finish answered before the next claim
             claimed = self.scripts.claim(self.name, self.queues, self.batch)
             if not claimed:
+                if self.redis.llen(self.scripts.keys.worker_runs(self.name)):
+                    # Nothing in hand, nothing claimed, yet our list holds runs: a claim
+                    # was carried out but its reply lost, and redis-py's retry went through
+                    # without a word. Take them up as after a lost connection.
+                    self.lost_connection = True
+                    return True
                 if burst:
                     return False
                 self.redis.blpop(self.wake_keys, timeout=IDLE_WAIT_S)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from common import codec
 from common.errors import CodecError
 from common.keys import CONTROL_QUEUE
-from common.models import parse_job_data
+from common.models import parse_job_data, parse_record
 from common.scripts import OP_PREFIX, Scripts
 
 if TYPE_CHECKING:
@@ -62,12 +62,12 @@ def destroy_session(
     raw = r.hget(k.sessions(), sid)
     if raw is None:
         return
-    record = codec.decode_map(raw, f"session {sid}")
+    record = parse_record(raw, sid)  # CodecError: logged and dropped by run_op
     run_ids = [codec.text(i) for i in r.hkeys(k.session_tasks(sid))]
     runs = scripts.with_queues(run_ids)
-    names_field = f"{record['owner']}/{record['name']}" if record.get("persistent") else ""
+    names_field = f"{record.owner}/{record.name}" if record.persistent else ""
     reply = scripts.destroy(
-        sid, runs, kind=record["kind"], owner=record["owner"], names_field=names_field,
+        sid, runs, kind=record.kind, owner=record.owner, names_field=names_field,
         worker=worker_name,
     )  # fmt: skip
     if reply[0] == "waiting":

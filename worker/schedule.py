@@ -94,6 +94,7 @@ class Scheduler:
         self.scripts = scripts
         self.worker = worker
         self.ticks = 0
+        self._sweep_cursor = 0  # SSCAN position: each sweep goes on where the last stopped
         self._sessions: dict[str, tuple[float, int]] = {}  # sid -> (cycle_sleep s, created ms)
 
     def tick(self) -> int:
@@ -171,12 +172,17 @@ class Scheduler:
                 extra.append(self.scripts.rq.job(next_id))
         for run_id, row in zip(ids, rows, strict=True):
             runs.append((run_id, codec.text(row[0]) if row[0] else "default"))
-        self.scripts.control("fire", sid, {"next": nexts}, runs, extra, worker=self.worker)
+        reply = self.scripts.control("fire", sid, {"next": nexts}, runs, extra,
+                                     worker=self.worker)  # fmt: skip
+        if reply and reply[0] == "gone":
+            # destroyed since its record was cached: its runs must not stay due forever
+            self.scripts.redis.zrem(self.scripts.keys.schedule(), *ids)
+            self._sessions.pop(sid, None)
 
     def sweep(self) -> int:
         """Judge (a batch of) the runs waiting on dependencies."""
         r, k = self.scripts.redis, self.scripts.keys
-        _cursor, members = r.sscan(k.waiting(), 0, count=SWEEP_BATCH)
+        self._sweep_cursor, members = r.sscan(k.waiting(), self._sweep_cursor, count=SWEEP_BATCH)
         ids = [codec.text(m) for m in members]
         ended = resolve_runs(self.scripts, ids, self.worker)
         if ended:

@@ -130,5 +130,7 @@ class Supervisor:
                     continue
                 failures += 1
                 time.sleep(min(RESTART_BACKOFF_MAX_S, 0.1 * 2 ** min(failures, 7)))
+                if self.signals:  # told to stop while backing off: no new process
+                    continue
                 self._start(slot)
         return status

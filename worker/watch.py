@@ -14,6 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common import codec
+from common.connection import RETRY_BACKOFF_CAP_S
 from common.models import rq_time
 from worker.ops import reap
 from worker.schedule import Scheduler
@@ -32,6 +33,10 @@ class Watcher(threading.Thread):
         self._stopping = threading.Event()
         self._next_reap = 0.0
         self.beats = 0
+        # since when this watcher's heartbeats have gone through on time (None: they have
+        # not, lately); the reaper judges others only after a heartbeat TTL of that
+        self._steady_since: float | None = None
+        self._last_beat = 0.0
 
     def stop(self) -> None:
         self._stopping.set()
@@ -74,6 +79,7 @@ class Watcher(threading.Thread):
                     self.command(message["data"])
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 log.warning("watcher %s: Redis unreachable (%s)", w.name, exc)
+                self._steady_since = None
                 pubsub = None
                 self._stopping.wait(min(interval, 1.0))
         if pubsub is not None:
@@ -93,9 +99,28 @@ class Watcher(threading.Thread):
         for name, n in counts.items():
             w.counts[name] -= n
         self.beats += 1
+        beat = time.monotonic()
+        if (
+            self._steady_since is None
+            or beat - self._last_beat > 2 * w.settings.heartbeat_interval_s + 0.5
+        ):
+            self._steady_since = beat
+        self._last_beat = beat
 
     def reap(self) -> None:
+        """Recover the runs of workers whose heartbeat is a TTL old - but only once this
+        watcher's own heartbeats have gone through on time for that long. While Redis was
+        away (a restart, a network cut) nobody could heartbeat: every worker's heartbeat is
+        old when it comes back, and judging them at once would take the runs of live workers
+        (running them twice). A watcher that was cut off (or just started) waits a TTL, plus
+        the longest retry backoff a worker may still be sleeping in when Redis returns."""
         w = self.worker
+        steady = self._steady_since
+        if (
+            steady is None
+            or time.monotonic() - steady < w.settings.heartbeat_ttl_s + RETRY_BACKOFF_CAP_S
+        ):
+            return
         lock = w.scripts.keys.lock("reaper")
         ttl_ms = int(w.settings.reap_interval_s * 1000)
         if w.redis.set(lock, w.name, nx=True, px=ttl_ms):

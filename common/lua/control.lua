@@ -42,6 +42,8 @@ local function cancel_waiting(B, id, reason)
     redis.call('ZREM', SCHEDULE, id)
     redis.call('SREM', WAITING, id)
     if j[2] then redis.call('HINCRBY', S.session, 'cron', -1) end
+  elseif st == 'held' then
+    redis.call('ZREM', S.held, id)  -- else play/step would release it again
   end
   cancel_run(B, id, st, reason)
   return true
@@ -53,6 +55,8 @@ if op == 'pause' then
   if S.status == 'Terminating' then return {'no', S.status} end
   if S.status ~= 'Paused' then
     set_status(S, 'Paused')
+    -- runs numbered up to here were added before the pause (see step)
+    redis.call('HSET', S.session, 'paused_at', redis.call('HGET', S.session, 'next') or 0)
     emit(S, 'session.paused', nil, nil)
   end
 
@@ -73,8 +77,17 @@ elseif op == 'play' then
 
 elseif op == 'step' then
   if S.status ~= 'Paused' then return {'no', S.status} end
+  -- Runs queued before the pause that no worker has parked yet are older than any run added
+  -- since (and younger than those parked before them): while some are left and the oldest
+  -- held run was added after the pause, the next one a worker takes is the one that passes.
+  local first = redis.call('ZRANGE', S.held, 0, 0, 'WITHSCORES')
+  local paused_at = num(redis.call('HGET', S.session, 'paused_at'))
+  local queued = num(redis.call('HGET', S.session, 'queued'))
+  if queued > 0 and (not first[1] or tonumber(first[2]) > paused_at) then
+    ids = {}
+  end
   if #ids == 0 then
-    if redis.call('ZCARD', S.held) > 0 then return {'retry'} end
+    if first[1] and queued == 0 then return {'retry'} end
     redis.call('HINCRBY', S.session, 'step', 1)
   else
     if redis.call('ZRANGE', S.held, 0, 0)[1] ~= ids[1] then return {'retry'} end
@@ -89,10 +102,12 @@ elseif op == 'step' then
 
 elseif op == 'stop' then
   -- the status was set when the stop was accepted (request.lua); cancel what waits, report
-  -- what runs (the caller stops those)
+  -- what runs (the caller stops those) - of the runs added before the stop: one added since
+  -- (a later epoch) made the session run again, and runs
+  local stops = num(redis.call('HGET', S.session, 'stops'))
   for r, id in ipairs(ids) do
     local B = blocks[r]
-    if not cancel_waiting(B, id, 'session stopped') then
+    if num(redis.call('HGET', B.job, 'epoch')) < stops and not cancel_waiting(B, id, 'session stopped') then
       local j = redis.call('HMGET', B.job, 'state', 'worker_name')
       if j[1] == 'started' then
         reply[#reply + 1] = id
@@ -100,11 +115,11 @@ elseif op == 'stop' then
       end
     end
   end
-  redis.call('DEL', S.held)
-  redis.call('HSET', S.session, 'cron', 0)
   if S.status == 'Stopped' or S.status == 'Failed' then
+    redis.call('HSET', S.session, 'cron', 0)
     redis.call('HSETNX', S.session, 'finished_at', G.now_ms)
   end
+  maybe_end(S)  -- resumed by an add meanwhile, and what was added is already done
 
 elseif op == 'restart' then
   local ok = {succeeded = not plan.failed_only, canceled = not plan.failed_only, failed = true}
@@ -112,7 +127,8 @@ elseif op == 'restart' then
   for r, id in ipairs(ids) do
     local B = blocks[r]
     local j = redis.call('HMGET', B.job, 'state', 'deps', 'origin')
-    if ok[j[1] or ''] then
+    -- with failed_only, runs canceled because a dependency failed are judged again too
+    if ok[j[1] or ''] or (j[1] == 'canceled' and j[2]) then
       again[#again + 1] = {B, id, j[1], j[2]}
     end
   end
@@ -121,6 +137,8 @@ elseif op == 'restart' then
     for _, a in ipairs(again) do
       local B, id, st, deps = a[1], a[2], a[3], a[4]
       redis.call('HDEL', B.job, 'result', 'error', 'ended_at', 'started_at', 'worker_name')
+      local retries = redis.call('HGET', B.job, 'retries')
+      if retries then redis.call('HSET', B.job, 'retries_left', retries) end
       redis.call('ZREM', B.finished, id)
       redis.call('ZREM', B.failed, id)
       emit(B, 'task.queued', id, map({'reason', P('restart')}))

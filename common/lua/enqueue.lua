@@ -3,11 +3,12 @@
 -- task_pre_exist policy, dependencies and schedules defer a run).
 -- KEYS: [1] events channel (all), [2] the session index hash, [3] RQ's set of queues,
 -- [4..10] status index sets, [11] run counters, [12] the schedule zset, [13] the set of runs
--- waiting on dependencies; then 9 keys per session (session, history, channel, tasks, held,
+-- waiting on dependencies, [14] the persistent names hash; then 9 keys per session (session, history, channel, tasks, held,
 -- kind index, owner index, task names, task keys); then 3 per queue (list, wake, failed
 -- registry); then one job key per run; then extra job keys (parents, replaced tasks) that
 -- the runs' options name by index. ARGV: now_ms, now_iso, cap, worker, plan (msgpack):
---   plan = [sessions, nqueues, runs]
+--   plan = [sessions, nqueues, runs, claim]; claim: a persistent name (owner/name) the one
+--   new session takes in the names hash, '' for none
 --   session = [sid, is_new, record bytes, name]
 --   run = [session index, run id, name, state, queue index, options or nil,
 --          field, value, field, value, ...]
@@ -15,12 +16,14 @@
 --              silent, old (KEYS index of the task a "replace" removes), old_id}
 -- Returns {'ok', run id, final id, final name, ...} (one triple per run whose id or name
 -- changed: an existing key or an ignored/renamed name), or {'exists', name} ("raise": nothing
--- written), {'retry'} (a replaced name moved meanwhile), {'gone', sid}.
+-- written), {'retry'} (a replaced name moved meanwhile), {'running', id} (the task a
+-- "replace" would remove is running), {'gone', sid} (no such session, or being destroyed),
+-- {'named', sid} (the claimed name is another session's already). Nothing is written unless ok.
 load_globals(4, 1)
 local plan = cmsgpack.unpack(ARGV[5])
 local sessions, nq, runs = plan[1], plan[2], plan[3]
 local CHUNK = 1000
-local SCHEDULE, WAITING = KEYS[12], KEYS[13]
+local SCHEDULE, WAITING, NAMES = KEYS[12], KEYS[13], KEYS[14]
 
 -- call `cmd key` with the values of `list`, at most CHUNK at a time
 local function chunked(cmd, key, list)
@@ -40,13 +43,27 @@ end
 
 local S = {}
 for i, s in ipairs(sessions) do
-  local k = 13 + (i - 1) * 9 + 1
+  local k = 14 + (i - 1) * 9 + 1
   S[i] = {sid = s[1], session = KEYS[k], history = KEYS[k + 1], chan = KEYS[k + 2],
     tasks = KEYS[k + 3], held = KEYS[k + 4], kind = KEYS[k + 5], owner = KEYS[k + 6],
     names = KEYS[k + 7], keys = KEYS[k + 8], counts = {}}
-  if not s[2] and redis.call('EXISTS', S[i].session) == 0 then return {'gone', s[1]} end
+  if not s[2] then
+    -- a session being destroyed takes no more work (its destroy would miss it)
+    local status = redis.call('HGET', S[i].session, 'status')
+    if not status or status == 'Terminating' then return {'gone', s[1]} end
+  end
+  -- a new session that exists already: this very call was carried out before and its
+  -- reply lost (the client sent it again); the script is atomic, so all of it was
+  if s[2] and redis.call('EXISTS', S[i].session) == 1 then return {'ok'} end
 end
-local qoff = 13 + #sessions * 9
+local claim = plan[4]
+if claim and claim ~= '' then
+  -- the name and the session it names are made in one step: no one sees one without the other
+  local owner_of = redis.call('HGET', NAMES, claim)
+  if owner_of then return {'named', owner_of} end
+  redis.call('HSET', NAMES, claim, sessions[1][1])
+end
+local qoff = 14 + #sessions * 9
 local roff = qoff + nq * 3
 
 -- Before anything is written: names that must not exist yet, replaced names still in place.
@@ -62,6 +79,8 @@ for _, run in ipairs(runs) do
       end
     elseif o.policy == 'replace' and existing ~= (o.old_id or false) then
       return {'retry'}
+    elseif o.policy == 'replace' and existing and redis.call('HGET', KEYS[o.old], 'state') == 'started' then
+      return {'running', existing}  -- as for remove: stop it first
     end
     seen[run[3]] = true
   end
@@ -82,6 +101,7 @@ for i, s in ipairs(sessions) do
   else
     local status = redis.call('HGET', B.session, 'status')
     B.status = status
+    B.stops = redis.call('HGET', B.session, 'stops')  -- see request.lua: a stop's epoch
     if status == 'Completed' or status == 'Failed' or status == 'Stopped' then
       set_status(B, 'Running')  -- adding work to an ended session runs it again
       redis.call('HDEL', B.session, 'finished_at')
@@ -117,9 +137,14 @@ local function settle_name(B, o, id, name, out)
         redis.call('ZREM', SCHEDULE, existing)
         redis.call('SREM', WAITING, existing)
         if redis.call('HEXISTS', old, 'cron') == 1 then redis.call('HINCRBY', B.session, 'cron', -1) end
+      elseif st == 'held' then
+        redis.call('ZREM', B.held, existing)
       end
       cancel_run(ob, existing, st, 'replaced by ' .. id)
+      st = 'canceled'
     end
+    -- it leaves the session, as with forget: its record stays readable by id, uncounted
+    if st then move(ob, st, nil) end
     redis.call('HDEL', B.tasks, existing)
   end
   redis.call('HSET', B.names, name, id)
@@ -132,7 +157,9 @@ for r, run in ipairs(runs) do
   local B, id, name, state, o = S[run[1]], run[2], run[3], run[4], run[6]
   local job = KEYS[roff + r]
   local existing_key = o and o.key and redis.call('HGET', B.keys, o.key)
-  if existing_key then
+  if not B.fresh and redis.call('EXISTS', job) == 1 then
+    -- this run was added already: the call is a resend after a lost reply
+  elseif existing_key then
     out[#out + 1] = id
     out[#out + 1] = existing_key
     out[#out + 1] = false
@@ -140,6 +167,7 @@ for r, run in ipairs(runs) do
     if o then name = settle_name(B, o, id, name, out) end
     if name then
       redis.call('HSET', job, unpack(run, 7))
+      if B.stops then redis.call('HSET', job, 'epoch', B.stops) end
       if name ~= run[3] then
         redis.call('HSET', job, 'sq', cmsgpack.pack(
           (function(m) m.name = name return m end)(cmsgpack.unpack(redis.call('HGET', job, 'sq')))))
@@ -192,7 +220,8 @@ for key, fields in pairs(tasks) do chunked('HSET', key, fields) end
 for _, B in ipairs(S) do
   local fields = {}
   if B.fresh then
-    fields = {'status', 'Pending', 'seq', 0}
+    B.seq_preset = B.events and #B.events or 0
+    fields = {'status', 'Pending', 'seq', B.seq_preset}
   end
   for state, n in pairs(B.counts) do
     if B.fresh then

@@ -72,7 +72,8 @@ local function flush()
   for _, S in ipairs(G.touched) do
     local n = #S.events
     if n > 0 then
-      local last = redis.call('HINCRBY', S.session, 'seq', n)
+      -- a session created by this very script has had its seq written with its record
+      local last = S.seq_preset or redis.call('HINCRBY', S.session, 'seq', n)
       local first = last - n + 1
       local keep_from = math.max(first, last - G.cap + 1)
       local zargs = {}
@@ -90,7 +91,9 @@ local function flush()
             zargs = {}
           end
         end
-        redis.call('PUBLISH', S.chan, ev)
+        -- nobody can be subscribed to the channel of a session this script creates (its
+        -- random id is not known outside yet); its listeners replay the history
+        if not S.seq_preset then redis.call('PUBLISH', S.chan, ev) end
         redis.call('PUBLISH', G.chan_all, ev)
       end
       if #zargs > 0 then redis.call('ZADD', S.history, unpack(zargs)) end

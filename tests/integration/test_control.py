@@ -207,6 +207,8 @@ def test_cli_add_control_and_info_tasks(client: Client, workers: WorkerProcs) ->
     second = run("add", sid, "--cmd", "true", "--name", "second").output.strip()
     assert second.startswith(f"{sid}-") and second != tid
     workers.start(allow_commands=True)
+    # the worker parks the run queued before the pause; then both are held, in add order
+    wait_for(lambda: client.info(sid)[0]["tasks"]["held"] == 2, what="both runs held")
     assert run("step", sid).output.strip() == f"{sid} accepted"
     wait_for(lambda: client.tasks(sid)[0]["state"] == "succeeded", what="stepped run")
     assert run("play", sid).exit_code == 0
@@ -225,3 +227,37 @@ def test_cli_add_control_and_info_tasks(client: Client, workers: WorkerProcs) ->
     assert refused.exit_code == 1 and "refused" in refused.output
     bad = runner.invoke(cli, [*base, "add", sid, "--task", "tests.tasks:echo", "--cron", "nope"])
     assert bad.exit_code == 2 and "cron" in bad.output
+
+
+def test_step_passes_a_run_queued_before_the_pause_ahead_of_one_added_since(
+    client: Client, workers: WorkerProcs
+) -> None:
+    s = client.session("step-order")
+    early = [s.add(Task("tests.tasks:noop", name=f"early{i}")) for i in range(3)]
+    s.pause()
+    late = s.add(Task("tests.tasks:noop", name="late"))  # held at once; the early ones queued
+    s.step()
+    workers.start()
+    wait_for(lambda: s[early[0]]["state"] == "succeeded", what="the oldest run")
+    wait_for(lambda: counts(s)["held"] == 3, what="the rest parked")
+    assert started_ids(client, s.id) == [early[0]]
+    s.step()
+    wait_for(lambda: s[early[1]]["state"] == "succeeded", what="the next oldest")
+    assert started_ids(client, s.id) == early[:2] and s[late]["state"] == "held"
+
+
+def test_restart_gives_back_retries_and_rejudges_runs_canceled_by_the_failure(
+    client: Client, workers: WorkerProcs
+) -> None:
+    s = client.session("restart-retries")
+    bad = s.add(Task("tests.tasks:boom", name="bad", retries=1))
+    child = s.add(Task("tests.tasks:noop", name="child", depends_on=bad, run_if="failed"))
+    other = s.add(Task("tests.tasks:noop", name="other", depends_on=bad))
+    workers.start()
+    assert s.wait(timeout=15) == "Failed"
+    assert s[bad]["attempts"] == 2 and s[other]["state"] == "canceled"
+    s.restart(failed_only=True)
+    wait_for(lambda: s[bad]["attempts"] == 4 and s.progress()["status"] == "Failed",
+             what="two more attempts (the retry given back)")  # fmt: skip
+    assert s[child]["state"] == "succeeded" and s[child]["attempts"] == 1  # not failed: not rerun
+    assert s[other]["state"] == "canceled"  # judged again: its parent failed again

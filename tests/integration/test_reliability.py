@@ -117,3 +117,14 @@ def test_sigint_stops_the_run_and_requeues_it(client: Client, workers: WorkerPro
     assert attempts_of(client, sid) == [1, 1], "the interrupted attempt was not charged"
     again.send_signal(signal.SIGINT)
     again.wait(timeout=60)
+
+
+def test_sigterm_while_a_dead_worker_is_being_replaced_stops_the_supervisor(
+    workers: WorkerProcs,
+) -> None:
+    proc = workers.start(1)
+    [name] = workers.names()
+    os.kill(child_pid(name), signal.SIGKILL)
+    wait_for(lambda: workers.live() == 0, what="the dead worker to be recovered")
+    proc.send_signal(signal.SIGTERM)  # while it backs off before starting a new process
+    assert proc.wait(timeout=10) == 0

@@ -189,8 +189,8 @@ def test_two_workers_finishing_runs_of_one_session_keep_counts_right(
     from common.models import build_run
 
     sid = client.open_session("many")
+    workers.start(2)  # both serving before the runs arrive: a busy machine may start one late
     client.add_runs(sid, [build_run(name=f"r{i}", task="tests.tasks:noop") for i in range(400)])
-    workers.start(2)
     wait_for(lambda: ended(client, sid), what="400 runs to finish")
     [record] = client.info(sid)
     assert record["status"] == "Completed"

@@ -105,6 +105,7 @@ def test_unreachable_redis_is_exit_1_naming_the_url() -> None:
 
 def test_help_lists_every_command() -> None:
     out = CliRunner().invoke(cli, ["--help"]).stdout
-    for name in ("create", "ls", "stats", "info", "logs", "events", "watch", "destroy",
-                 "destroy-with", "worker", "up", "demo"):  # fmt: skip
+    for name in ("create", "add", "ls", "stats", "info", "logs", "events", "watch", "destroy",
+                 "destroy-with", "pause", "play", "step", "stop", "restart", "worker",
+                 "dashboard", "up", "demo"):  # fmt: skip
         assert f"  {name} " in out or f"  {name}\n" in out

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import pytest
 from redis import Redis
 
 import tests.tasks  # noqa: F401 - registers the @task functions
+from common import codec
+from common.keys import Keys
 from common.rqcompat import rq_keys
+from common.scripts import Scripts
 from common.settings import Settings
 from producer import Client
 from worker.loop import SessionWorker
@@ -168,3 +172,120 @@ def test_command_timeout_kills_the_process_group(client: Client, settings: Setti
     drain(settings, allow_commands=True)
     [record] = client.info(sid)
     assert record["status"] == "Failed" and "timeout" in record["error"]
+
+
+def test_runs_claimed_by_a_call_whose_reply_was_lost_are_run(
+    client: Client, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py sends a command again when the connection drops before its reply: a claim
+    that Redis carried out but whose reply was lost must not strand the runs it took."""
+    ids = client.create("lost", task="tests.tasks:add", args=[1, 2], replicas=2)
+    original, calls = Scripts.claim, []
+
+    def claim_with_a_lost_reply(self: Scripts, *args: Any) -> list[tuple[str, str]]:
+        calls.append(1)
+        if len(calls) == 1:
+            original(self, *args)  # carried out; the reply never arrived, and redis-py ...
+        return original(self, *args)  # ... sent it again
+
+    monkeypatch.setattr(Scripts, "claim", claim_with_a_lost_reply)
+    drain(settings)
+    assert [r["status"] for r in client.info(ids)] == ["Completed", "Completed"]
+
+
+def test_ram_caps_a_commands_memory(client: Client, settings: Settings) -> None:
+    hog = [sys.executable, "-c", "bytearray(500_000_000); print('allocated')"]
+    [capped] = client.create("hog", cmd=hog, ram=0.05)  # 50 MB of address space
+    [free] = client.create("free", cmd=[sys.executable, "-c", "bytearray(50_000_000)"])
+    [huge] = client.create("huge", cmd=[sys.executable, "-c", "pass"], ram=1e12)  # > 2**62 B
+    drain(settings, allow_commands=True)
+    [record] = client.info(capped)
+    assert record["status"] == "Failed"
+    assert record["error"] == "exit status 1 (memory was capped at ram=0.05 GB)"
+    assert "MemoryError" in (client.logs(capped) or {})[capped]
+    assert client.info(free)[0]["status"] == "Completed", "the worker went on"
+    assert client.info(huge)[0]["status"] == "Completed", "more than any address space: no cap"
+
+
+def control_job(redis: Redis, settings: Settings, op_id: str, data: bytes | None) -> None:
+    """Put a job straight on the control queue, as a bug or an intruder might."""
+    rq = rq_keys(settings.prefix)
+    if data is not None:
+        redis.hset(rq.job(op_id), mapping={"data": data, "origin": "control", "status": "queued"})
+    redis.rpush(rq.queue("control"), op_id)
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        (codec.encode(["sessionq.op:frobnicate", None, ["x"], {}]), "unknown operation"),
+        (codec.encode(["sessionq.op:destroy", None, [1, 2], {}]), "bad arguments"),
+        (codec.encode(["os:system", None, ["echo pwned"], {}]), "not a control operation"),
+        (b"\xc1garbage", "undecodable"),
+        (codec.encode(["sessionq.op:destroy"])[:-3], "undecodable"),
+        (None, "missing"),
+    ],
+)
+def test_a_bad_control_job_is_logged_and_dropped(
+    client: Client, settings: Settings, redis: Redis, caplog: pytest.LogCaptureFixture,
+    data: bytes | None, says: str,
+) -> None:  # fmt: skip
+    [sid] = client.create("bystander", task="tests.tasks:add", args=[1, 2])
+    before = client.events(sid)
+    control_job(redis, settings, "op-injected", data)
+    w = drain(settings)
+    dropped = [r for r in caplog.records if "control operation op-injected dropped" in r.message]
+    assert len(dropped) == 1 and says in dropped[0].message
+    assert w.runs_done == 1 and client.info(sid)[0]["status"] == "Completed"
+    assert (client.events(sid) or [])[: len(before or [])] == before
+    rq = rq_keys(settings.prefix)
+    assert not redis.exists(rq.job("op-injected")) and not redis.llen(rq.queue("control"))
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        b"\xc1garbage",
+        codec.encode({"v": 1, "id": "x", "name": "n"})[:-2],  # truncated
+        "other version",
+    ],
+)
+def test_a_broken_session_record_touches_no_other_session(
+    client: Client, settings: Settings, redis: Redis, caplog: pytest.LogCaptureFixture,
+    record: bytes | str,
+) -> None:  # fmt: skip
+    [victim, other] = client.create("rec", task="tests.tasks:add", args=[1, 2], replicas=2)
+    keys = Keys(settings.prefix)
+    if record == "other version":
+        wire = codec.decode(redis.hget(keys.sessions(), victim))
+        record = codec.encode({**wire, "v": 2})
+    redis.hset(keys.sessions(), victim, record)
+    # the producer: the record is left out and logged; the rest works
+    assert [r["id"] for r in client.info([victim, other])] == [other]
+    assert client.destroy([victim]) == {victim: False}
+    running, pending = keys.idx_status("Running"), keys.idx_status("Pending")
+    redis.smove(pending, running, victim)  # stats reads the records of running sessions
+    assert client.stats()["sessions"]["Running"] == 1
+    redis.smove(running, pending, victim)
+    # the worker: a destroy of it reaches the control queue anyway, and is dropped
+    assert client.scripts.request(victim, "destroy", [victim])
+    drain(settings)
+    assert any(f"session {victim}" in r.message for r in caplog.records if r.levelname == "ERROR")
+    assert client.info(other)[0]["status"] == "Completed"
+    assert redis.hget(keys.sessions(), victim) == record, "left as it was, for a human to see"
+
+
+def test_a_runs_environment_does_not_leak_into_the_next_run_or_the_process(
+    client: Client, settings: Settings
+) -> None:
+    import os
+
+    [first] = client.create("env-a", task="tests.tasks:environment", env={"GREETING": "hi"})
+    [second] = client.create("env-b", task="tests.tasks:environment")
+    drain(settings)
+    results = {r["id"]: r["result"] for r in client.info([first, second])}
+    assert results[first]["GREETING"] == "hi"
+    assert results[first]["SESSIONQ_TASK_ID"] == f"{first}-1"
+    assert results[second]["GREETING"] == ""  # set for the run before, not for this one
+    assert results[second]["SESSIONQ_TASK_ID"] == f"{second}-1"
+    assert "GREETING" not in os.environ and "SESSIONQ_TASK_ID" not in os.environ
