@@ -100,6 +100,8 @@ def steps(sizes: dict[str, int]) -> list[Step]:
         Step("events_1", (Variant(SQ, "sq_events", ("--n", n("events"), "--k", "1")),)),
         Step("events_many", (Variant(SQ, "sq_events",
                                      ("--n", n("events"), "--k", n("listeners"))),)),
+        Step("fanout_floor", (Variant(SQ, "py_fanout",
+                                      ("--n", n("events"), "--k", n("listeners"))),)),
         Step("fetch", (Variant(SQ, "sq_fetch", ("--n", n("fetch_sessions"), "--destroy",
                                                 n("destroyed"), "--calls", n("fetch_calls"))),)),
         Step("memory_add_runs", (Variant(SQ, "sq_memory", ("--n", n("memory"))),
@@ -157,6 +159,10 @@ METRICS = [
     Metric("event_latency_many_listeners_p99",
            "event emit -> listener, {listeners} listeners, p99", "ms", "lower",
            ("events_many", "p99_ms")),
+    Metric("fanout_floor_p50", "floor: no Redis, 1 thread -> {listeners} threads, p50 ++", "ms",
+           "lower", ("fanout_floor", "p50_ms")),
+    Metric("fanout_floor_p99", "floor: no Redis, 1 thread -> {listeners} threads, p99 ++", "ms",
+           "lower", ("fanout_floor", "p99_ms")),
     Metric("fetch_by_status", "fetch(status=Terminating): {destroyed} of {fetch_sessions:,}",
            "ms", "lower", ("fetch", "median_ms")),
     Metric("memory_per_run_add_runs", "Redis memory per queued run (add_runs)", "bytes",
@@ -296,6 +302,9 @@ def table(
     cpu = statistics.median(
         r["figures"]["listener_cpu_us_per_delivery"] for r in raw["events_many"][SQ]
     )
+    floor_cpu = statistics.median(
+        r["figures"]["cpu_us_per_delivery"] for r in raw["fanout_floor"][SQ]
+    )
     intro = [
         f"nproc {machine['nproc']}, Python {machine['python']}, redis-server "
         f"{machine['redis_server']}, redis-py {machine['redis_py']}, rq {machine['rq']}; "
@@ -322,11 +331,16 @@ def table(
         "replay, wait); RQ enqueue() then job.latest_result(timeout); "
         f"{sizes['round_trips']} samples after 20 dropped warm-up ones.",
         f"Event latency: {sizes['events']} task.progress events emitted ~2 ms apart; the "
-        "listeners are threads of one other process, each with its own listen() (one pub/sub "
-        "connection); CLOCK_MONOTONIC at receipt minus at emit, pooled over the listeners. "
+        "listeners are threads of one other process, each with its own Client and listen() "
+        "(which share the process's one pub/sub connection and reader thread); "
+        "CLOCK_MONOTONIC at receipt minus at emit, pooled over the listeners. "
         f"With {sizes['listeners']} listeners that process spent {cpu:.0f} us of CPU per event "
         "delivered to one listener: when that exceeds the emit spacing divided by the number "
         "of listeners, it falls behind and the latency is its backlog.",
+        f"++ The floor under the {sizes['listeners']}-listener rows, with neither Redis nor "
+        "sessionq: one thread hands each event to that many threads (a queue.SimpleQueue each) "
+        f"at the same rate; it spent {floor_cpu:.0f} us of CPU per delivery. Waking a thread "
+        "costs CPython about that much (futex, GIL hand-off), one thread at a time.",
         "Commands per run: INFO commandstats over the 1-worker drain (CONFIG RESETSTAT before), "
         "divided by runs; Redis 7 counts the commands a Lua script runs as well as the EVALSHA. "
         "Memory: INFO used_memory before/after queuing, divided by runs.",

@@ -3,8 +3,8 @@
 bench.compare runs each measurement in a fresh process and reads the one JSON line it prints
 last: `{"figures": {name: number}, "detail": {...}}`. Names starting `sq_` use sessionq (whose
 RQ lives under the key prefix "sq:rq"); names starting `rq_` use plain RQ under its default
-prefix "rq". RQ reads its prefix once, at import, so the two never share a process, and this
-module imports neither at module level.
+prefix "rq"; `py_fanout` uses neither (the floor under `sq_events`). RQ reads its prefix once,
+at import, so the two never share a process, and this module imports neither at module level.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import queue
 import signal
 import statistics
 import subprocess
@@ -266,7 +267,8 @@ def sq_round_trip(args: argparse.Namespace) -> Figures:
 
 
 def sq_events(args: argparse.Namespace) -> Figures:
-    """Emit events on one session with `k` listeners in another process; their delay."""
+    """Emit events on one session, one every `interval_ms`, with `k` listeners in another
+    process; their delay."""
     from common.events import emit
     from common.keys import Keys
 
@@ -277,10 +279,11 @@ def sq_events(args: argparse.Namespace) -> Figures:
     proc = spawn("sq_listeners", args.url, "--sid", sid, "--k", str(args.k), "--n", str(args.n),
                  stdout=subprocess.PIPE)  # fmt: skip
     try:
-        wait_until(lambda: dict(c.redis.pubsub_numsub(channel)).get(channel.encode(), 0) >= args.k,
-                   f"{args.k} subscribers", WORKER_START_TIMEOUT_S)  # fmt: skip
-        # each listener also reads its starting point after subscribing: warm up until
-        # every one of them has received an event
+        # the listeners of one process share one subscription (producer.hub)
+        wait_until(lambda: dict(c.redis.pubsub_numsub(channel)).get(channel.encode(), 0) >= 1,
+                   "a subscriber", WORKER_START_TIMEOUT_S)  # fmt: skip
+        # each listener subscribes, then reads its starting point: warm up until every one
+        # of them has received an event
         deadline = time.monotonic() + WORKER_START_TIMEOUT_S
         while not c.redis.exists(READY_KEY):
             if time.monotonic() > deadline or proc.poll() is not None:
@@ -290,7 +293,7 @@ def sq_events(args: argparse.Namespace) -> Figures:
         time.sleep(0.1)
         for _ in range(args.n):
             emit(c.scripts, sid, "task.progress", task=None, data={"sent": time.monotonic()})
-            time.sleep(0.002)
+            time.sleep(args.interval_ms / 1000)
         out, _ = proc.communicate(timeout=WAIT_S * 3)
     finally:
         stop(proc)
@@ -301,8 +304,8 @@ def sq_events(args: argparse.Namespace) -> Figures:
 
 
 def sq_listeners(args: argparse.Namespace) -> None:
-    """K threads, each with its own Client and listen() (one pub/sub connection each),
-    record how late each measured event arrives; prints their latency figures."""
+    """K threads, each with its own Client and listen() (all on the process's one pub/sub
+    connection), record how late each measured event arrives; prints their latency figures."""
     from producer import Client
 
     settings = sq_settings(args.url)
@@ -359,6 +362,37 @@ def sq_listeners(args: argparse.Namespace) -> None:
     cpu_s = time.process_time() - cpu_started
     figures["listener_cpu_us_per_delivery"] = cpu_s / (args.k * args.n) * 1e6
     print(json.dumps(figures))
+
+
+def py_fanout(args: argparse.Namespace) -> Figures:
+    """The floor under sq_events, with neither Redis nor sessionq: one thread hands an event
+    to `k` threads (a queue.SimpleQueue each, as producer.hub does) every `interval_ms`; how
+    late each gets it, and the CPU per delivery. What is left is CPython waking a thread."""
+    queues: list[queue.SimpleQueue[dict[str, float]]] = [queue.SimpleQueue() for _ in range(args.k)]
+    samples: list[list[float]] = [[] for _ in range(args.k)]
+
+    def take(i: int) -> None:
+        for _ in range(WARMUP + args.n):
+            event = queues[i].get()
+            samples[i].append(time.monotonic() - event["sent"])
+
+    threads = [threading.Thread(target=take, args=(i,), daemon=True) for i in range(args.k)]
+    for thread in threads:
+        thread.start()
+    cpu_started = 0.0
+    for number in range(WARMUP + args.n):
+        if number == WARMUP:
+            cpu_started = time.process_time()
+        event = {"sent": time.monotonic()}
+        for q in queues:
+            q.put(event)
+        time.sleep(args.interval_ms / 1000)
+    for thread in threads:
+        thread.join(WAIT_S)
+    cpu_s = time.process_time() - cpu_started
+    figures = latency_figures([s for got in samples for s in got[WARMUP:]])
+    figures["cpu_us_per_delivery"] = cpu_s / (args.k * args.n) * 1e6
+    return figures
 
 
 def sq_fetch(args: argparse.Namespace) -> Figures:
@@ -523,6 +557,7 @@ MEASUREMENTS: dict[str, Callable[[argparse.Namespace], Figures]] = {
     "sq_drain": sq_drain,
     "sq_round_trip": sq_round_trip,
     "sq_events": sq_events,
+    "py_fanout": py_fanout,
     "sq_fetch": sq_fetch,
     "sq_memory": sq_memory,
     "rq_enqueue_single": rq_enqueue_single,
@@ -549,6 +584,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--burst", action="store_true", help="workers exit when idle")
     parser.add_argument("--k", type=int, default=1, help="listeners (events)")
     parser.add_argument("--sid", default="", help="session to listen to (listeners)")
+    parser.add_argument("--interval-ms", type=float, default=2.0,
+                        help="time between two events (events, fanout)")  # fmt: skip
     parser.add_argument("--destroy", type=int, default=100, help="sessions to destroy (fetch)")
     parser.add_argument("--calls", type=int, default=20, help="fetch calls timed (fetch)")
     return parser.parse_args(argv)

@@ -3,8 +3,9 @@
 A listener subscribes first, then replays what the history kept after `after`, then goes
 live; a live event that skips ahead makes it read the missing range from the history, and a
 range the cap already dropped is reported as a `listener.gap` event instead of being hidden.
-`Ordering` is that logic without I/O; `Listener` drives it on redis-py, `AsyncListener` on
-redis.asyncio.
+`Ordering` is that logic without I/O; `Listener` drives it on redis-py, sharing the process's
+pub/sub connection with every other listener (producer.hub), and `AsyncListener` on
+redis.asyncio, with a pub/sub connection of its own.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from common.errors import AccessDenied, CodecError, ConnectionFailed, Validation
 from common.events import TERMINAL_EVENTS, EventType, decode_event, matches
 from common.keys import Keys
 from common.models import ENDED_STATUSES, as_id_list
+from producer.hub import RESYNC, Subscription, subscribe
 
 log = logging.getLogger(__name__)
 RECONNECT_MAX_S = 5.0
 POLL_S = 0.5
+_GAP = EventType.LISTENER_GAP.value
 LOST = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
@@ -148,13 +151,17 @@ class Ordering:
     def deliver(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Record the events as handled; the ones the `types` filter lets through."""
         out = []
+        last, types = self.last, self.types  # (each listener runs this for every event)
         for event in events:
-            sid = event["session"]
-            if event["type"] != EventType.LISTENER_GAP:
-                self.last[sid] = max(self.last.get(sid, 0), event["seq"])
-            if matches(event["type"], self.types) or event["type"] == EventType.LISTENER_GAP:
+            sid, kind = event["session"], event["type"]
+            if kind == _GAP:
                 out.append(event)
-            if event["type"] in TERMINAL_EVENTS:
+                continue
+            if event["seq"] > last.get(sid, 0):
+                last[sid] = event["seq"]
+            if types is None or kind in types or matches(kind, types):
+                out.append(event)
+            if kind in TERMINAL_EVENTS:
                 self.open.discard(sid)
         return out
 
@@ -211,28 +218,23 @@ async def access_checked_async(
         raise ConnectionFailed(url, str(exc)) from exc
 
 
+def _own(event: dict[str, Any]) -> dict[str, Any]:
+    """A listener's own copy of an event the hub handed to every listener: its own dict and
+    its own `data` dict (what deeper in `data` is shared)."""
+    return {**event, "data": dict(event["data"])}
+
+
 class Listener:
-    """One pub/sub connection for any number of sessions (redis-py)."""
+    """Any number of sessions, on the process's shared pub/sub connection (producer.hub)."""
 
     def __init__(self, redis: Any, keys: Keys, ids: Any, **options: Any) -> None:
         self.redis = redis
         self.order = Ordering(keys, ids, **options)
-        self._pubsub: Any = None
-        self._reconnected = False
+        self._sub: Subscription | None = None
 
     def _history(self, sid: str, after: int) -> list[dict[str, Any]]:
         raws = self.redis.zrangebyscore(self.order.keys.history(sid), f"({after}", "+inf")
         return _decode(raws)
-
-    def _subscribe(self) -> None:
-        self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        self._pubsub.subscribe(*self.order.channels())
-        # redis-py reconnects and resubscribes by itself within its retries, and says
-        # nothing: hear of it, for what was published before it resubscribed
-        self._pubsub.connection.register_connect_callback(self._on_reconnect)
-
-    def _on_reconnect(self, connection: Any) -> None:
-        self._reconnected = True
 
     def _resync(self) -> list[dict[str, Any]]:
         """After a reconnect: what the history kept that we have not handled yet."""
@@ -244,14 +246,9 @@ class Listener:
         return out
 
     def close(self) -> None:
-        if self._pubsub is not None:
-            if self._pubsub.connection is not None:
-                self._pubsub.connection.deregister_connect_callback(self._on_reconnect)
-            try:
-                self._pubsub.close()
-            except LOST:
-                pass
-            self._pubsub = None
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            sub.close()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         try:
@@ -272,42 +269,42 @@ class Listener:
 
     def _run(self) -> Iterator[dict[str, Any]]:
         order = self.order
-        self._subscribe()
+        self._sub = sub = subscribe(self.redis, order.channels())  # confirmed by Redis
         yield from order.deliver(self._baseline())
         idle_since = time.monotonic()
-        backoff = 0.05
+        backoff = 0.0  # > 0: a history read failed, read it again after this long
         while not order.done():
             if order.timeout is not None and time.monotonic() - idle_since >= order.timeout:
                 return
             wait = POLL_S if order.timeout is None else min(POLL_S, order.timeout)
             try:
-                if self._pubsub is None:
-                    time.sleep(backoff)
-                    backoff = min(backoff * 2, RECONNECT_MAX_S)
-                    self._subscribe()
-                    self._reconnected = False
-                    yield from self._resync()
-                    backoff = 0.05
-                    continue
-                event = _message_event(self._pubsub.get_message(timeout=wait))
-                if self._reconnected:
-                    self._reconnected = False
-                    yield from self._resync()
+                if backoff:
+                    time.sleep(min(backoff, wait))
+                    out = self._resync()
+                    backoff = 0.0
+                else:
+                    item = sub.get(wait)
+                    if item is None:
+                        continue
+                    if item is RESYNC:
+                        out = self._resync()
+                    else:
+                        out = self._live(_own(item))
             except LOST as exc:
                 if isinstance(exc, RedisConnectionError) and lasting_refusal(exc):
                     raise  # a wrong password, an untrusted certificate: no use trying again
-                log.warning("listener lost its connection (%s); reconnecting", exc)
-                self.close()
+                log.warning("listener could not read the history (%s); trying again", exc)
+                backoff = min(max(backoff * 2, 0.05), RECONNECT_MAX_S)
                 continue
-            if event is None:
-                continue
-            step = order.live(event)
-            if isinstance(step, tuple):
-                step = order.skipped(event, self._history(*step), step[1])
-            out = order.deliver(step)
             yield from out
             if out:
                 idle_since = time.monotonic()
+
+    def _live(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        step = self.order.live(event)
+        if isinstance(step, tuple):
+            step = self.order.skipped(event, self._history(*step), step[1])
+        return self.order.deliver(step)
 
 
 class AsyncListener:

@@ -1,0 +1,233 @@
+"""The process's pub/sub hub (producer.hub): listeners in one process share one connection
+and still each yield every event once, in order (SPEC §5), also across a killed connection."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Generator, Iterator, Sequence
+from typing import Any, cast
+
+import pytest
+from redis import Redis
+from redis.exceptions import NoPermissionError
+
+from common.events import emit
+from common.keys import Keys
+from common.redisserver import RedisServer
+from common.settings import Settings
+from producer import Client, hub
+from producer.listen import Listener
+from tests.conftest import wait_for
+
+
+class Follower:
+    """A thread with its own Client and listen(), as an application thread would have; it
+    stops at the event whose data says "last" (or after `stop_after` events)."""
+
+    def __init__(
+        self, settings: Settings, ids: Any, *, stop_after: int | None = None, **options: Any
+    ) -> None:
+        self.client = Client(settings=settings)
+        self.stream = cast(
+            Generator[dict[str, Any], None, None],
+            self.client.listen(ids, timeout=30, **options),
+        )
+        self.stop_after = stop_after
+        self.events: list[dict[str, Any]] = []
+        self.started = threading.Event()  # it has yielded its first event
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            for event in self.stream:
+                self.events.append(event)
+                self.started.set()
+                if event["data"].get("last") or len(self.events) == self.stop_after:
+                    break
+        finally:
+            self.stream.close()
+            self.client.close()
+
+    def join(self) -> list[dict[str, Any]]:
+        self.thread.join(timeout=60)
+        assert not self.thread.is_alive()
+        return self.events
+
+    def seqs(self, sid: str) -> list[int]:
+        return [e["seq"] for e in self.events if e["session"] == sid]
+
+
+def progress(client: Client, sid: str, n: int, *, last: bool = True) -> None:
+    for i in range(n):
+        emit(client.scripts, sid, "task.progress", data={"i": i})
+    if last:
+        emit(client.scripts, sid, "task.progress", data={"last": True})
+
+
+def pubsub_ids(redis: Redis) -> set[int]:
+    return {int(info["id"]) for info in redis.client_list(_type="pubsub")}
+
+
+def subscribers(redis: Redis, channel: str) -> int:
+    return int(dict(redis.pubsub_numsub(channel)).get(channel.encode(), 0))
+
+
+def started(followers: Sequence[Follower]) -> None:
+    wait_for(lambda: all(f.started.is_set() for f in followers), what="every listener to start")
+
+
+def consecutive(seqs: list[int]) -> bool:
+    return bool(seqs) and seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+
+
+@pytest.fixture
+def two_sessions(client: Client) -> Iterator[tuple[str, str]]:
+    # no worker: the sessions stay queued, the test emits their events
+    a, b = client.create("a", task="tests.tasks:noop", replicas=2)
+    yield a, b
+
+
+def test_listeners_in_one_process_share_one_connection_and_see_the_same_sequence(
+    settings: Settings, client: Client, redis: Redis, keys: Keys, two_sessions: tuple[str, str]
+) -> None:
+    a, b = two_sessions
+    on_a = [Follower(settings, a, after=0) for _ in range(20)]
+    on_b = [Follower(settings, [b], after=0) for _ in range(5)]
+    everywhere = Follower(settings, None, after={a: 0})  # every session, a replayed
+    followers = [*on_a, *on_b, everywhere]
+    started(followers)
+    assert hub.hubs() == 1
+    assert len(pubsub_ids(redis)) == 1, "26 listeners, one pub/sub connection"
+    for channel in (keys.events_channel(a), keys.events_channel(b), keys.events_all_channel()):
+        assert subscribers(redis, channel) == 1
+    progress(client, a, 150)
+    progress(client, b, 50)
+    expected_a = [e["seq"] for e in client.history_after(a, 0)]
+    assert expected_a == list(range(1, len(expected_a) + 1))
+    for follower in on_a:
+        follower.join()
+        assert follower.events == client.history_after(a, 0)
+    for follower in on_b:
+        follower.join()
+        assert follower.events == client.history_after(b, 0)
+    everywhere.join()  # it stops at the first "last": a's
+    assert everywhere.seqs(a) == expected_a
+    assert consecutive(everywhere.seqs(b)) or not everywhere.seqs(b)
+    # the last listener's close() ends the hub and its connection
+    assert hub.hubs() == 0
+    wait_for(lambda: not pubsub_ids(redis), what="the hub's connection to close")
+
+
+def test_a_listener_leaving_does_not_disturb_the_others(
+    settings: Settings, client: Client, redis: Redis, keys: Keys, two_sessions: tuple[str, str]
+) -> None:
+    a, b = two_sessions
+    stays = [Follower(settings, a, after=0) for _ in range(3)]
+    leaves = [Follower(settings, a, after=0, stop_after=40) for _ in range(3)]
+    other = Follower(settings, b, after=0, stop_after=1)  # the only listener of b's channel
+    started([*stays, *leaves, other])
+    other.join()
+    wait_for(lambda: subscribers(redis, keys.events_channel(b)) == 0,
+             what="the hub to unsubscribe from the channel no listener wants")  # fmt: skip
+    progress(client, a, 100, last=False)
+    for follower in leaves:
+        assert len(follower.join()) == 40
+    assert subscribers(redis, keys.events_channel(a)) == 1  # the others still listen
+    progress(client, a, 0)  # the "last" one
+    for follower in stays:
+        assert follower.join() == client.history_after(a, 0)
+    assert hub.hubs() == 0
+
+
+def test_a_killed_hub_connection_loses_nothing_for_any_listener(
+    settings: Settings, client: Client, redis: Redis, two_sessions: tuple[str, str]
+) -> None:
+    a, _ = two_sessions
+    followers = [Follower(settings, a, after=0) for _ in range(10)]
+    everywhere = Follower(settings, None, after={a: 0})
+    started([*followers, everywhere])
+
+    def kill_the_hub_connection() -> None:
+        [before] = pubsub_ids(redis)
+        assert redis.client_kill_filter(_id=str(before)) == 1
+
+    # in the middle of a busy stream: what follows shows each listener the gap
+    busy = threading.Thread(target=progress, args=(client, a, 300), kwargs={"last": False})
+    busy.start()
+    wait_for(lambda: min(len(f.events) for f in followers) > 60, what="the listeners to be busy")
+    kill_the_hub_connection()
+    busy.join()
+    wait_for(lambda: len(pubsub_ids(redis)) == 1, what="the hub to reconnect")
+    # and at the end: the last events go out while the hub is away, nothing follows them;
+    # only reading the history after the reconnect finds them
+    kill_the_hub_connection()
+    progress(client, a, 20)
+    expected = client.history_after(a, 0)
+    assert len(expected) == 2 + 300 + 20 + 1  # created, queued; progress; last
+    for follower in followers:
+        assert follower.join() == expected, "every event once, in order"
+    assert everywhere.join() == expected
+
+
+def test_what_a_listener_does_to_its_events_no_other_listener_sees(
+    settings: Settings, client: Client, two_sessions: tuple[str, str]
+) -> None:
+    a, _ = two_sessions
+    vandal, witness = Follower(settings, a, after=0), Follower(settings, a, after=0)
+    started([vandal, witness])
+    progress(client, a, 20)
+    for event in vandal.join():
+        event["type"] = "vandalised"
+        event["data"]["i"] = -1
+    assert witness.join() == client.history_after(a, 0)
+
+
+def test_a_listener_far_behind_reads_the_history_instead(
+    settings: Settings,
+    client: Client,
+    two_sessions: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    a, _ = two_sessions
+    monkeypatch.setattr(hub, "MAX_BACKLOG_EVENTS", 5)
+    stream = client.listen(a, after=0, timeout=30)
+    first = next(stream)  # subscribed; now it reads nothing for a while
+    with caplog.at_level(logging.WARNING, logger="producer.hub"):
+        progress(client, a, 50)
+        wait_for(lambda: "events behind" in caplog.text, what="the hub to give up queueing")
+    events = [first]
+    for event in stream:
+        events.append(event)
+        if event["data"].get("last"):
+            break
+    cast(Generator[Any, None, None], stream).close()
+    assert events == client.history_after(a, 0)
+
+
+@pytest.fixture
+def acl_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    admin = Redis(port=server.port)
+    admin.acl_setuser("alice", enabled=True, passwords=["+alice-pw"], keys=["sq:*"],
+                      channels=["sq:*"], commands=["+@all"])  # fmt: skip
+    admin.close()
+    yield server
+    server.stop()
+
+
+def test_a_refused_subscription_ends_that_listener_only(acl_server: RedisServer) -> None:
+    url = f"redis://alice:alice-pw@127.0.0.1:{acl_server.port}/0"
+    mine = Settings.from_env(url, environ={}, user="alice")  # prefix sq:, one per process
+    with Client(settings=mine) as client:
+        [sid] = client.create("a", task="tests.tasks:noop")
+        follower = Follower(mine, sid, after=0)
+        started([follower])
+        outside = Listener(client.redis, Keys("b:"), [sid], timeout=5)  # b:events:... refused
+        with pytest.raises(NoPermissionError):
+            next(iter(outside))
+        assert hub.hubs() == 1
+        progress(client, sid, 10)
+        assert follower.join() == client.history_after(sid, 0)
