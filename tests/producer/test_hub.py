@@ -16,7 +16,7 @@ from common.events import emit
 from common.keys import Keys
 from common.redisserver import RedisServer
 from common.settings import Settings
-from producer import Client, hub
+from producer import Client, hub, routing
 from producer.listen import Listener
 from tests.conftest import wait_for
 
@@ -192,10 +192,10 @@ def test_a_listener_far_behind_reads_the_history_instead(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     a, _ = two_sessions
-    monkeypatch.setattr(hub, "MAX_BACKLOG_EVENTS", 5)
+    monkeypatch.setattr(routing, "MAX_BACKLOG_EVENTS", 5)
     stream = client.listen(a, after=0, timeout=30)
     first = next(stream)  # subscribed; now it reads nothing for a while
-    with caplog.at_level(logging.WARNING, logger="producer.hub"):
+    with caplog.at_level(logging.WARNING, logger="producer.routing"):
         progress(client, a, 50)
         wait_for(lambda: "events behind" in caplog.text, what="the hub to give up queueing")
     events = [first]
