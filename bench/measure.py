@@ -244,9 +244,15 @@ def sq_round_trip(args: argparse.Namespace) -> Figures:
             if event is None:
                 raise RuntimeError(f"no task.succeeded for session {sid} within {WAIT_S}s")
 
-        # a producer awaiting many results keeps one listener on every session
+        # a producer awaiting many results keeps one listener on every session; it subscribes
+        # at its first next(), so that it is started on a run of its own (replayed if done
+        # already): a measured run must not end before the listener has subscribed
+        warm = c.create("rt", task=SQ_TASK)[0]
         kept = cast(Generator[dict[str, Any], None, None],
-                    c.listen(None, types=["task.succeeded"], timeout=WAIT_S))  # fmt: skip
+                    c.listen(None, types=["task.succeeded"], after={warm: 0},
+                             timeout=WAIT_S))  # fmt: skip
+        if not any(event["session"] == warm for event in kept):
+            raise RuntimeError(f"no task.succeeded for session {warm} within {WAIT_S}s")
 
         def kept_listener() -> None:
             sid = c.create("rt", task=SQ_TASK)[0]

@@ -34,8 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from common.connection import lasting_refusal
-from producer.routing import RESYNC, Heartbeat, Member, Routes, again, identity
+from producer.routing import Heartbeat, Member, Routes, again, identity
 
 log = logging.getLogger(__name__)
 LOST = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -51,9 +50,8 @@ class Subscription(Member):
     """One listener's channels on the loop's hub, and the queue the hub fills for it."""
 
     def __init__(self, channels: Sequence[str]) -> None:
-        super().__init__(channels)
-        self.ready = asyncio.Event()  # Redis confirmed every channel (or `error` is set)
-        self.error: BaseException | None = None  # why it could not start
+        self.ready: asyncio.Event  # (Member's, here an asyncio.Event: subscribe awaits it)
+        super().__init__(channels, asyncio.Event())
         self._items: deque[Any] = deque()
         self._waiter: asyncio.Future[None] | None = None  # a get() waits on it
         self._deadline = 0.0  # (loop time) when that get() times out
@@ -73,20 +71,9 @@ class Subscription(Member):
                 self._waiter = None
             if not self._items:
                 return None
-        item = self._items.popleft()
-        if item is RESYNC:
-            self.overflowed = False  # events from here on are queued again
-        elif isinstance(item, BaseException):
-            raise again(item) from item
-        return item
+        return self.taken(self._items.popleft())
 
     # what the routes call
-    def started(self) -> bool:
-        return self.ready.is_set()
-
-    def start(self) -> None:
-        self.ready.set()
-
     def put(self, item: Any) -> None:
         self._items.append(item)
         self._wake()
@@ -103,13 +90,6 @@ class Subscription(Member):
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-
-    def fail(self, error: BaseException) -> None:
-        if self.ready.is_set():
-            self.put(error)
-        else:
-            self.error = error
-            self.ready.set()
 
     async def close(self) -> None:
         """Leave the hub (it unsubscribes from channels no other listener wants)."""
@@ -240,12 +220,7 @@ class _Hub:
             await conn.connect()
         except (*LOST, ResponseError) as exc:  # ResponseError: a bad database number
             await _close(conn)
-            lasting = lasting_refusal(exc) or isinstance(exc, ResponseError)
-            self._routes.cannot_connect(exc, lasting=lasting)
-            # the listeners it ended raise it; those left ride it out
-            (log.warning if self._routes.members else log.debug)(
-                "the pub/sub hub cannot connect (%s)", exc
-            )
+            self._routes.cannot_connect(exc)
             return False
         self._conn = conn
         self._heartbeat.heard()

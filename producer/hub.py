@@ -36,8 +36,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from common.connection import lasting_refusal
-from producer.routing import RESYNC, Heartbeat, Member, Routes, again, identity
+from producer.routing import Heartbeat, Member, Routes, again, identity
 
 log = logging.getLogger(__name__)
 LOST = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -53,9 +52,8 @@ class Subscription(Member):
     """One listener's channels on the hub, and the queue the hub fills for it."""
 
     def __init__(self, channels: Sequence[str]) -> None:
-        super().__init__(channels)
-        self.ready = threading.Event()  # Redis confirmed every channel (or `error` is set)
-        self.error: BaseException | None = None  # why it could not start
+        self.ready: threading.Event  # (Member's, here a threading.Event: subscribe waits on it)
+        super().__init__(channels, threading.Event())
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._hub: _Hub | None = None
 
@@ -66,31 +64,14 @@ class Subscription(Member):
             item = self._queue.get(timeout=timeout)
         except queue.Empty:
             return None
-        if item is RESYNC:
-            self.overflowed = False  # events from here on are queued again
-        elif isinstance(item, BaseException):
-            raise again(item) from item
-        return item
+        return self.taken(item)
 
     # (hub thread) what the routes call
-    def started(self) -> bool:
-        return self.ready.is_set()
-
-    def start(self) -> None:
-        self.ready.set()
-
     def put(self, item: Any) -> None:
         self._queue.put(item)
 
     def backlog(self) -> int:
         return self._queue.qsize()
-
-    def fail(self, error: BaseException) -> None:
-        if self.ready.is_set():
-            self._queue.put(error)
-        else:
-            self.error = error
-            self.ready.set()
 
     def close(self) -> None:
         """Leave the hub (it unsubscribes from channels no other listener wants)."""
@@ -268,12 +249,7 @@ class _Hub:
             conn.connect()
         except (*LOST, ResponseError) as exc:  # ResponseError: a bad database number
             conn.disconnect()
-            lasting = lasting_refusal(exc) or isinstance(exc, ResponseError)
-            self._routes.cannot_connect(exc, lasting=lasting)
-            # the listeners it ended raise it; those left ride it out
-            (log.warning if self._routes.members else log.debug)(
-                "the pub/sub hub cannot connect (%s)", exc
-            )
+            self._routes.cannot_connect(exc)
             return False
         self._conn = conn
         self._fd = conn._sock.fileno()  # redis-py offers no public way to its socket

@@ -167,6 +167,14 @@ class Ordering:
                 self.open.discard(sid)
         return out
 
+    def wait_s(self, idle_since: float) -> float | None:
+        """How long the next wait for an event may last; None once the listener has been
+        idle (nothing yielded since `idle_since`, a time.monotonic()) for `timeout`."""
+        if self.timeout is None:
+            return POLL_S
+        left = self.timeout - (time.monotonic() - idle_since)
+        return None if left <= 0 else min(POLL_S, self.timeout)
+
     def done(self) -> bool:
         return self.ids is not None and not self.open
 
@@ -266,9 +274,9 @@ class Listener:
         idle_since = time.monotonic()
         backoff = 0.0  # > 0: a history read failed, read it again after this long
         while not order.done():
-            if order.timeout is not None and time.monotonic() - idle_since >= order.timeout:
+            wait = order.wait_s(idle_since)
+            if wait is None:
                 return
-            wait = POLL_S if order.timeout is None else min(POLL_S, order.timeout)
             try:
                 if backoff:
                     time.sleep(min(backoff, wait))
@@ -325,12 +333,8 @@ class AsyncListener:
         if sub is not None:
             await sub.close()
 
-    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
-        try:
-            async for event in self._run():
-                yield event
-        finally:
-            await self.close()
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        return self._run()  # not `async for ...: yield`: each generator level costs per event
 
     async def _baseline(self) -> list[dict[str, Any]]:
         order = self.order
@@ -345,39 +349,42 @@ class AsyncListener:
         return order.baseline(state, kept)
 
     async def _run(self) -> AsyncIterator[dict[str, Any]]:
-        order = self.order
-        self._sub = sub = await aiohub.subscribe(self.redis, order.channels())  # confirmed
-        for event in order.deliver(await self._baseline()):
-            yield event
-        idle_since = time.monotonic()
-        backoff = 0.0  # > 0: a history read failed, read it again after this long
-        while not order.done():
-            if order.timeout is not None and time.monotonic() - idle_since >= order.timeout:
-                return
-            wait = POLL_S if order.timeout is None else min(POLL_S, order.timeout)
-            try:
-                if backoff:
-                    await asyncio.sleep(min(backoff, wait))
-                    out = await self._resync()
-                    backoff = 0.0
-                else:
-                    item = await sub.get(wait)
-                    if item is None:
-                        continue
-                    if item is RESYNC:
-                        out = await self._resync()
-                    else:
-                        out = await self._live(_own(item))
-            except LOST as exc:
-                if isinstance(exc, RedisConnectionError) and lasting_refusal(exc):
-                    raise  # a wrong password, an untrusted certificate: no use trying again
-                log.warning("listener could not read the history (%s); trying again", exc)
-                backoff = min(max(backoff * 2, 0.05), RECONNECT_MAX_S)
-                continue
-            for event in out:
+        try:
+            order = self.order
+            self._sub = sub = await aiohub.subscribe(self.redis, order.channels())  # confirmed
+            for event in order.deliver(await self._baseline()):
                 yield event
-            if out:
-                idle_since = time.monotonic()
+            idle_since = time.monotonic()
+            backoff = 0.0  # > 0: a history read failed, read it again after this long
+            while not order.done():
+                wait = order.wait_s(idle_since)
+                if wait is None:
+                    return
+                try:
+                    if backoff:
+                        await asyncio.sleep(min(backoff, wait))
+                        out = await self._resync()
+                        backoff = 0.0
+                    else:
+                        item = await sub.get(wait)
+                        if item is None:
+                            continue
+                        if item is RESYNC:
+                            out = await self._resync()
+                        else:
+                            out = await self._live(_own(item))
+                except LOST as exc:
+                    if isinstance(exc, RedisConnectionError) and lasting_refusal(exc):
+                        raise  # a wrong password, an untrusted certificate: no use trying again
+                    log.warning("listener could not read the history (%s); trying again", exc)
+                    backoff = min(max(backoff * 2, 0.05), RECONNECT_MAX_S)
+                    continue
+                for event in out:
+                    yield event
+                if out:
+                    idle_since = time.monotonic()
+        finally:
+            await self.close()
 
     async def _live(self, event: dict[str, Any]) -> list[dict[str, Any]]:
         step = self.order.live(event)

@@ -16,11 +16,13 @@ import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from common.connection import lasting_refusal
 from common.errors import CodecError
 from common.events import decode_event
 
@@ -60,21 +62,23 @@ def again(error: BaseException) -> BaseException:
         return RedisConnectionError(str(error))
 
 
+class Flag(Protocol):
+    """A threading.Event or an asyncio.Event."""
+
+    def is_set(self) -> bool: ...
+
+    def set(self) -> None: ...
+
+
 class Member(ABC):
     """A listener as the routes see it: its channels and its queue (each hub's
     Subscription)."""
 
-    def __init__(self, channels: Sequence[str]) -> None:
+    def __init__(self, channels: Sequence[str], ready: Flag) -> None:
         self.channels = tuple(dict.fromkeys(c.encode() for c in channels))
+        self.ready = ready  # Redis confirmed every channel (or `error` is set)
+        self.error: BaseException | None = None  # why it could not start
         self.overflowed = False  # the hub stopped filling the queue until RESYNC is taken
-
-    @abstractmethod
-    def started(self) -> bool:
-        """Whether Redis confirmed every channel once (or the listener failed to start)."""
-
-    @abstractmethod
-    def start(self) -> None:
-        """Redis confirmed every channel: the listener may read the history."""
 
     @abstractmethod
     def put(self, item: Any) -> None:
@@ -84,9 +88,30 @@ class Member(ABC):
     def backlog(self) -> int:
         """How many items wait in the queue."""
 
-    @abstractmethod
+    def taken(self, item: Any) -> Any:
+        """What the listener gets for an item off its queue: an event, or RESYNC (the hub
+        queues events again from here on); raises the exception that ended it."""
+        if item is RESYNC:
+            self.overflowed = False
+        elif isinstance(item, BaseException):
+            raise again(item) from item
+        return item
+
+    def started(self) -> bool:
+        """Whether Redis confirmed every channel once (or the listener failed to start)."""
+        return self.ready.is_set()
+
+    def start(self) -> None:
+        """Redis confirmed every channel: the listener may read the history."""
+        self.ready.set()
+
     def fail(self, error: BaseException) -> None:
         """End the listener with `error`, at once if it has not started."""
+        if self.ready.is_set():
+            self.put(error)
+        else:
+            self.error = error
+            self.ready.set()
 
     def deliver(self, event: dict[str, Any]) -> None:
         """Queue a live event, unless the listener is too far behind."""
@@ -193,13 +218,16 @@ class Routes:
         self._sent.clear()
         self._subscribing.clear()
 
-    def cannot_connect(self, error: BaseException, *, lasting: bool) -> None:
-        """A connection failed: end the listeners that have not started (all of them when
-        the refusal is `lasting`); those left ride it out."""
+    def cannot_connect(self, error: Exception) -> None:
+        """A connection failed: end the listeners that have not started (all of them for a
+        lasting refusal: a wrong password, a bad database number); those left ride it out."""
+        lasting = lasting_refusal(error) or isinstance(error, ResponseError)
         for sub in list(self.members):
             if lasting or not sub.started():
                 sub.fail(error)
                 self.drop(sub)
+        # the listeners it ended raise it
+        (log.warning if self.members else log.debug)("the pub/sub hub cannot connect (%s)", error)
 
     def ping(self) -> None:
         self._send(b"pong", "PING", ())

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, cast
 
 import pytest
@@ -72,13 +72,6 @@ async def started(followers: list[AsyncFollower]) -> None:
 def emitting(client: Client, sid: str, n: int, *, last: bool = True) -> Awaitable[None]:
     """Emit in a thread: the loop goes on delivering meanwhile."""
     return asyncio.to_thread(progress, client, sid, n, last=last)
-
-
-@pytest.fixture
-def two_sessions(client: Client) -> Iterator[tuple[str, str]]:
-    # no worker: the sessions stay queued, the test emits their events
-    a, b = client.create("a", task="tests.tasks:noop", replicas=2)
-    yield a, b
 
 
 def test_async_listeners_in_one_loop_share_one_connection_and_see_the_same_sequence(
@@ -221,17 +214,6 @@ def test_an_async_listener_far_behind_reads_the_history_instead(
             return events
 
     assert asyncio.run(main()) == client.history_after(a, 0)
-
-
-@pytest.fixture
-def acl_server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    admin = Redis(port=server.port)
-    admin.acl_setuser("alice", enabled=True, passwords=["+alice-pw"], keys=["sq:*"],
-                      channels=["sq:*"], commands=["+@all"])  # fmt: skip
-    admin.close()
-    yield server
-    server.stop()
 
 
 def test_a_refused_async_subscription_ends_that_listener_only(acl_server: RedisServer) -> None:
