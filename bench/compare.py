@@ -100,6 +100,9 @@ def steps(sizes: dict[str, int]) -> list[Step]:
         Step("events_1", (Variant(SQ, "sq_events", ("--n", n("events"), "--k", "1")),)),
         Step("events_many", (Variant(SQ, "sq_events",
                                      ("--n", n("events"), "--k", n("listeners"))),)),
+        Step("events_many_async", (Variant(SQ, "sq_events",
+                                           ("--n", n("events"), "--k", n("listeners"),
+                                            "--async")),)),
         Step("fanout_floor", (Variant(SQ, "py_fanout",
                                       ("--n", n("events"), "--k", n("listeners"))),)),
         Step("fetch", (Variant(SQ, "sq_fetch", ("--n", n("fetch_sessions"), "--destroy",
@@ -159,6 +162,12 @@ METRICS = [
     Metric("event_latency_many_listeners_p99",
            "event emit -> listener, {listeners} listeners, p99", "ms", "lower",
            ("events_many", "p99_ms")),
+    Metric("event_latency_many_async_listeners_p50",
+           "event emit -> listener, {listeners} async listeners, p50", "ms", "lower",
+           ("events_many_async", "p50_ms")),
+    Metric("event_latency_many_async_listeners_p99",
+           "event emit -> listener, {listeners} async listeners, p99", "ms", "lower",
+           ("events_many_async", "p99_ms")),
     Metric("fanout_floor_p50", "floor: no Redis, 1 thread -> {listeners} threads, p50 ++", "ms",
            "lower", ("fanout_floor", "p50_ms")),
     Metric("fanout_floor_p99", "floor: no Redis, 1 thread -> {listeners} threads, p99 ++", "ms",
@@ -302,6 +311,9 @@ def table(
     cpu = statistics.median(
         r["figures"]["listener_cpu_us_per_delivery"] for r in raw["events_many"][SQ]
     )
+    async_cpu = statistics.median(
+        r["figures"]["listener_cpu_us_per_delivery"] for r in raw["events_many_async"][SQ]
+    )
     floor_cpu = statistics.median(
         r["figures"]["cpu_us_per_delivery"] for r in raw["fanout_floor"][SQ]
     )
@@ -336,7 +348,10 @@ def table(
         "CLOCK_MONOTONIC at receipt minus at emit, pooled over the listeners. "
         f"With {sizes['listeners']} listeners that process spent {cpu:.0f} us of CPU per event "
         "delivered to one listener: when that exceeds the emit spacing divided by the number "
-        "of listeners, it falls behind and the latency is its backlog.",
+        "of listeners, it falls behind and the latency is its backlog. The async rows: the "
+        "listeners are tasks of one event loop in that other process, each with its own "
+        "AsyncClient and listen() (which share the loop's one pub/sub connection and reader "
+        f"task); {async_cpu:.0f} us of CPU per delivery, and no thread to wake.",
         f"++ The floor under the {sizes['listeners']}-listener rows, with neither Redis nor "
         "sessionq: one thread hands each event to that many threads (a queue.SimpleQueue each) "
         f"at the same rate; it spent {floor_cpu:.0f} us of CPU per delivery. Waking a thread "

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -244,9 +244,15 @@ def sq_round_trip(args: argparse.Namespace) -> Figures:
             if event is None:
                 raise RuntimeError(f"no task.succeeded for session {sid} within {WAIT_S}s")
 
-        # a producer awaiting many results keeps one listener on every session
+        # a producer awaiting many results keeps one listener on every session; it subscribes
+        # at its first next(), so that it is started on a run of its own (replayed if done
+        # already): a measured run must not end before the listener has subscribed
+        warm = c.create("rt", task=SQ_TASK)[0]
         kept = cast(Generator[dict[str, Any], None, None],
-                    c.listen(None, types=["task.succeeded"], timeout=WAIT_S))  # fmt: skip
+                    c.listen(None, types=["task.succeeded"], after={warm: 0},
+                             timeout=WAIT_S))  # fmt: skip
+        if not any(event["session"] == warm for event in kept):
+            raise RuntimeError(f"no task.succeeded for session {warm} within {WAIT_S}s")
 
         primed: list[str] = []
 
@@ -278,7 +284,7 @@ def sq_round_trip(args: argparse.Namespace) -> Figures:
 
 def sq_events(args: argparse.Namespace) -> Figures:
     """Emit events on one session, one every `interval_ms`, with `k` listeners in another
-    process; their delay."""
+    process (threads, or with --async tasks of one event loop); their delay."""
     from common.events import emit
     from common.keys import Keys
 
@@ -286,10 +292,11 @@ def sq_events(args: argparse.Namespace) -> Figures:
     c.redis.delete(READY_KEY)
     sid = c.create("ev", task=SQ_TASK)[0]  # no worker: it stays queued
     channel = Keys(c.settings.prefix).events_channel(sid)
-    proc = spawn("sq_listeners", args.url, "--sid", sid, "--k", str(args.k), "--n", str(args.n),
+    listeners = "sq_listeners_async" if args.use_async else "sq_listeners"
+    proc = spawn(listeners, args.url, "--sid", sid, "--k", str(args.k), "--n", str(args.n),
                  stdout=subprocess.PIPE)  # fmt: skip
     try:
-        # the listeners of one process share one subscription (producer.hub)
+        # the listeners of one process share one subscription (producer.hub, producer.aiohub)
         wait_until(lambda: dict(c.redis.pubsub_numsub(channel)).get(channel.encode(), 0) >= 1,
                    "a subscriber", WORKER_START_TIMEOUT_S)  # fmt: skip
         # each listener subscribes, then reads its starting point: warm up until every one
@@ -356,14 +363,78 @@ def sq_listeners(args: argparse.Namespace) -> None:
             waiting = sum(1 for event in ready if not event.is_set())
             raise RuntimeError(f"{waiting} listener(s) received no warm-up event")
         time.sleep(0.01)
-    r = Redis.from_url(args.url)
-    cpu_started = time.process_time()  # from here on, only the measured events
-    r.set(READY_KEY, 1)
-    r.close()
+    cpu_started = listeners_ready(args.url)
     for thread in threads:
         thread.join(WAIT_S * 3)
     if errors:
         raise RuntimeError(f"{len(errors)} listener(s) failed: {errors[0]!r}")
+    print(json.dumps(listener_figures(args, samples, cpu_started)))
+
+
+def sq_listeners_async(args: argparse.Namespace) -> None:
+    """The same with K tasks of one event loop, each with its own AsyncClient and listen()
+    (all on the loop's one pub/sub connection and reader task, producer.aiohub)."""
+    import asyncio
+
+    from producer import AsyncClient
+
+    settings = sq_settings(args.url)
+    samples: list[list[float]] = [[] for _ in range(args.k)]
+
+    async def listen(i: int, ready: asyncio.Event) -> None:
+        client = AsyncClient(settings=settings)
+        events = cast(  # listen() returns an async generator: aclose() ends its subscription
+            AsyncGenerator[dict[str, Any], None],
+            client.listen([args.sid], types=["task.progress"], timeout=WAIT_S * 2),
+        )
+        try:
+            async for event in events:
+                now = time.monotonic()
+                sent = event["data"].get("sent")
+                if sent is None:
+                    ready.set()
+                    continue
+                samples[i].append(now - sent)
+                if len(samples[i]) >= args.n:
+                    break
+        finally:
+            await events.aclose()
+            await client.aclose()
+
+    async def main() -> float:
+        ready = [asyncio.Event() for _ in range(args.k)]
+        tasks = [asyncio.create_task(listen(i, ready[i])) for i in range(args.k)]
+        deadline = time.monotonic() + WORKER_START_TIMEOUT_S
+        while not all(event.is_set() for event in ready):
+            failed = [task for task in tasks if task.done()]
+            if failed:
+                await failed[0]  # raises what ended it
+                raise RuntimeError("a listener ended before its warm-up event")
+            if time.monotonic() > deadline:
+                waiting = sum(1 for event in ready if not event.is_set())
+                raise RuntimeError(f"{waiting} listener(s) received no warm-up event")
+            await asyncio.sleep(0.01)
+        cpu_started = listeners_ready(args.url)
+        await asyncio.wait_for(asyncio.gather(*tasks), WAIT_S * 3)
+        return cpu_started
+
+    cpu_started = asyncio.run(main())
+    print(json.dumps(listener_figures(args, samples, cpu_started)))
+
+
+def listeners_ready(url: str) -> float:
+    """Tell sq_events that every listener is live; the CPU time from which to count (only
+    the measured events)."""
+    r = Redis.from_url(url)
+    cpu_started = time.process_time()
+    r.set(READY_KEY, 1)
+    r.close()
+    return cpu_started
+
+
+def listener_figures(
+    args: argparse.Namespace, samples: list[list[float]], cpu_started: float
+) -> Figures:
     missing = [i for i, got in enumerate(samples) if len(got) != args.n]
     if missing:
         raise RuntimeError(f"{len(missing)} listener(s) missed events")
@@ -371,7 +442,7 @@ def sq_listeners(args: argparse.Namespace) -> None:
     # CPU this process spent per measured event delivered to one listener
     cpu_s = time.process_time() - cpu_started
     figures["listener_cpu_us_per_delivery"] = cpu_s / (args.k * args.n) * 1e6
-    print(json.dumps(figures))
+    return figures
 
 
 def py_fanout(args: argparse.Namespace) -> Figures:
@@ -579,6 +650,7 @@ MEASUREMENTS: dict[str, Callable[[argparse.Namespace], Figures]] = {
 PROCESSES: dict[str, Callable[[argparse.Namespace], None]] = {
     "sq_worker": sq_worker,
     "sq_listeners": sq_listeners,
+    "sq_listeners_async": sq_listeners_async,
     "rq_worker": rq_worker,
 }
 
@@ -594,6 +666,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--burst", action="store_true", help="workers exit when idle")
     parser.add_argument("--k", type=int, default=1, help="listeners (events)")
     parser.add_argument("--sid", default="", help="session to listen to (listeners)")
+    parser.add_argument("--async", dest="use_async", action="store_true",
+                        help="listeners are tasks of one event loop (events)")  # fmt: skip
     parser.add_argument("--interval-ms", type=float, default=2.0,
                         help="time between two events (events, fanout)")  # fmt: skip
     parser.add_argument("--destroy", type=int, default=100, help="sessions to destroy (fetch)")

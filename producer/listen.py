@@ -5,7 +5,7 @@ live; a live event that skips ahead makes it read the missing range from the his
 range the cap already dropped is reported as a `listener.gap` event instead of being hidden.
 `Ordering` is that logic without I/O; `Listener` drives it on redis-py, sharing the process's
 pub/sub connection with every other listener (producer.hub), and `AsyncListener` on
-redis.asyncio, with a pub/sub connection of its own.
+redis.asyncio, sharing its event loop's (producer.aiohub).
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from common.errors import AccessDenied, CodecError, ConnectionFailed, Validation
 from common.events import TERMINAL_EVENTS, EventType, decode_event, matches
 from common.keys import Keys
 from common.models import ENDED_STATUSES, as_id_list
-from producer.hub import RESYNC, Subscription, subscribe
+from producer import aiohub
+from producer.hub import Subscription, subscribe
+from producer.routing import RESYNC
 
 log = logging.getLogger(__name__)
 RECONNECT_MAX_S = 5.0
@@ -165,6 +167,14 @@ class Ordering:
                 self.open.discard(sid)
         return out
 
+    def wait_s(self, idle_since: float) -> float | None:
+        """How long the next wait for an event may last; None once the listener has been
+        idle (nothing yielded since `idle_since`, a time.monotonic()) for `timeout`."""
+        if self.timeout is None:
+            return POLL_S
+        left = self.timeout - (time.monotonic() - idle_since)
+        return None if left <= 0 else min(POLL_S, self.timeout)
+
     def done(self) -> bool:
         return self.ids is not None and not self.open
 
@@ -181,16 +191,6 @@ def _decode(raws: Sequence[Any]) -> list[dict[str, Any]]:
         except CodecError as exc:
             log.error("skipping an undecodable event: %s", exc)
     return out
-
-
-def _message_event(message: dict[str, Any] | None) -> dict[str, Any] | None:
-    if message is None or message.get("type") != "message":
-        return None
-    try:
-        return decode_event(message["data"])
-    except CodecError as exc:
-        log.error("listener skipped an undecodable message: %s", exc)
-        return None
 
 
 def access_checked(events: Iterator[dict[str, Any]], url: str) -> Iterator[dict[str, Any]]:
@@ -274,9 +274,9 @@ class Listener:
         idle_since = time.monotonic()
         backoff = 0.0  # > 0: a history read failed, read it again after this long
         while not order.done():
-            if order.timeout is not None and time.monotonic() - idle_since >= order.timeout:
+            wait = order.wait_s(idle_since)
+            if wait is None:
                 return
-            wait = POLL_S if order.timeout is None else min(POLL_S, order.timeout)
             try:
                 if backoff:
                     time.sleep(min(backoff, wait))
@@ -308,25 +308,17 @@ class Listener:
 
 
 class AsyncListener:
-    """The same on redis.asyncio: an async iterator, one pub/sub connection."""
+    """The same on redis.asyncio: an async iterator, sharing the loop's pub/sub connection
+    with every other AsyncListener of the loop (producer.aiohub)."""
 
     def __init__(self, redis: AsyncRedis, keys: Keys, ids: Any, **options: Any) -> None:
         self.redis = redis
         self.order = Ordering(keys, ids, **options)
-        self._pubsub: Any = None
-        self._reconnected = False
+        self._sub: aiohub.Subscription | None = None
 
     async def _history(self, sid: str, after: int) -> list[dict[str, Any]]:
         raws = await self.redis.zrangebyscore(self.order.keys.history(sid), f"({after}", "+inf")
         return _decode(raws)
-
-    async def _subscribe(self) -> None:
-        self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        await self._pubsub.subscribe(*self.order.channels())
-        self._pubsub.connection.register_connect_callback(self._on_reconnect)  # see Listener
-
-    def _on_reconnect(self, connection: Any) -> None:
-        self._reconnected = True
 
     async def _resync(self) -> list[dict[str, Any]]:
         order, out = self.order, []
@@ -337,21 +329,12 @@ class AsyncListener:
         return out
 
     async def close(self) -> None:
-        if self._pubsub is not None:
-            if self._pubsub.connection is not None:
-                self._pubsub.connection.deregister_connect_callback(self._on_reconnect)
-            try:
-                await self._pubsub.aclose()
-            except LOST:
-                pass
-            self._pubsub = None
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            await sub.close()
 
-    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
-        try:
-            async for event in self._run():
-                yield event
-        finally:
-            await self.close()
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        return self._run()  # not `async for ...: yield`: each generator level costs per event
 
     async def _baseline(self) -> list[dict[str, Any]]:
         order = self.order
@@ -366,45 +349,45 @@ class AsyncListener:
         return order.baseline(state, kept)
 
     async def _run(self) -> AsyncIterator[dict[str, Any]]:
-        order = self.order
-        await self._subscribe()
-        for event in order.deliver(await self._baseline()):
-            yield event
-        idle_since = time.monotonic()
-        backoff = 0.05
-        while not order.done():
-            if order.timeout is not None and time.monotonic() - idle_since >= order.timeout:
-                return
-            wait = POLL_S if order.timeout is None else min(POLL_S, order.timeout)
-            try:
-                if self._pubsub is None:
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, RECONNECT_MAX_S)
-                    await self._subscribe()
-                    self._reconnected = False
-                    for event in await self._resync():
-                        yield event
-                    backoff = 0.05
-                    continue
-                message = await self._pubsub.get_message(timeout=wait)
-                live = _message_event(message)
-                if self._reconnected:
-                    self._reconnected = False
-                    for event in await self._resync():
-                        yield event
-            except LOST as exc:
-                if isinstance(exc, RedisConnectionError) and lasting_refusal(exc):
-                    raise  # a wrong password, an untrusted certificate: no use trying again
-                log.warning("listener lost its connection (%s); reconnecting", exc)
-                await self.close()
-                continue
-            if live is None:
-                continue
-            step = order.live(live)
-            if isinstance(step, tuple):
-                step = order.skipped(live, await self._history(*step), step[1])
-            out = order.deliver(step)
-            for event in out:
+        try:
+            order = self.order
+            self._sub = sub = await aiohub.subscribe(self.redis, order.channels())  # confirmed
+            for event in order.deliver(await self._baseline()):
                 yield event
-            if out:
-                idle_since = time.monotonic()
+            idle_since = time.monotonic()
+            backoff = 0.0  # > 0: a history read failed, read it again after this long
+            while not order.done():
+                wait = order.wait_s(idle_since)
+                if wait is None:
+                    return
+                try:
+                    if backoff:
+                        await asyncio.sleep(min(backoff, wait))
+                        out = await self._resync()
+                        backoff = 0.0
+                    else:
+                        item = await sub.get(wait)
+                        if item is None:
+                            continue
+                        if item is RESYNC:
+                            out = await self._resync()
+                        else:
+                            out = await self._live(_own(item))
+                except LOST as exc:
+                    if isinstance(exc, RedisConnectionError) and lasting_refusal(exc):
+                        raise  # a wrong password, an untrusted certificate: no use trying again
+                    log.warning("listener could not read the history (%s); trying again", exc)
+                    backoff = min(max(backoff * 2, 0.05), RECONNECT_MAX_S)
+                    continue
+                for event in out:
+                    yield event
+                if out:
+                    idle_since = time.monotonic()
+        finally:
+            await self.close()
+
+    async def _live(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        step = self.order.live(event)
+        if isinstance(step, tuple):
+            step = self.order.skipped(event, await self._history(*step), step[1])
+        return self.order.deliver(step)

@@ -27,6 +27,8 @@ METRICS = {
     "event_latency_1_listener_p99": False,
     "event_latency_many_listeners_p50": False,
     "event_latency_many_listeners_p99": False,
+    "event_latency_many_async_listeners_p50": False,
+    "event_latency_many_async_listeners_p99": False,
     "fanout_floor_p50": False,
     "fanout_floor_p99": False,
     "fetch_by_status": False,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Sequence
 from typing import Any, cast
 
 import pytest
@@ -16,7 +16,7 @@ from common.events import emit
 from common.keys import Keys
 from common.redisserver import RedisServer
 from common.settings import Settings
-from producer import Client, hub
+from producer import Client, hub, routing
 from producer.listen import Listener
 from tests.conftest import wait_for
 
@@ -80,13 +80,6 @@ def started(followers: Sequence[Follower]) -> None:
 
 def consecutive(seqs: list[int]) -> bool:
     return bool(seqs) and seqs == list(range(seqs[0], seqs[0] + len(seqs)))
-
-
-@pytest.fixture
-def two_sessions(client: Client) -> Iterator[tuple[str, str]]:
-    # no worker: the sessions stay queued, the test emits their events
-    a, b = client.create("a", task="tests.tasks:noop", replicas=2)
-    yield a, b
 
 
 def test_listeners_in_one_process_share_one_connection_and_see_the_same_sequence(
@@ -192,10 +185,10 @@ def test_a_listener_far_behind_reads_the_history_instead(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     a, _ = two_sessions
-    monkeypatch.setattr(hub, "MAX_BACKLOG_EVENTS", 5)
+    monkeypatch.setattr(routing, "MAX_BACKLOG_EVENTS", 5)
     stream = client.listen(a, after=0, timeout=30)
     first = next(stream)  # subscribed; now it reads nothing for a while
-    with caplog.at_level(logging.WARNING, logger="producer.hub"):
+    with caplog.at_level(logging.WARNING, logger="producer.routing"):
         progress(client, a, 50)
         wait_for(lambda: "events behind" in caplog.text, what="the hub to give up queueing")
     events = [first]
@@ -205,17 +198,6 @@ def test_a_listener_far_behind_reads_the_history_instead(
             break
     cast(Generator[Any, None, None], stream).close()
     assert events == client.history_after(a, 0)
-
-
-@pytest.fixture
-def acl_server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    admin = Redis(port=server.port)
-    admin.acl_setuser("alice", enabled=True, passwords=["+alice-pw"], keys=["sq:*"],
-                      channels=["sq:*"], commands=["+@all"])  # fmt: skip
-    admin.close()
-    yield server
-    server.stop()
 
 
 def test_a_refused_subscription_ends_that_listener_only(acl_server: RedisServer) -> None:
