@@ -254,17 +254,7 @@ def sq_round_trip(args: argparse.Namespace) -> Figures:
         if not any(event["session"] == warm for event in kept):
             raise RuntimeError(f"no task.succeeded for session {warm} within {WAIT_S}s")
 
-        primed: list[str] = []
-
         def kept_listener() -> None:
-            if not primed:
-                # a listener subscribes on its first next(): create the first (warm-up) run
-                # only once it is waiting, or its event may come before the subscription
-                threading.Timer(0.3, lambda: primed.append(c.create("rt", task=SQ_TASK)[0])).start()
-                for event in kept:
-                    if primed and event["session"] == primed[0]:
-                        return
-                raise RuntimeError(f"no task.succeeded within {WAIT_S}s of the first run")
             sid = c.create("rt", task=SQ_TASK)[0]
             for event in kept:
                 if event["session"] == sid:
