@@ -153,6 +153,7 @@ end
 
 local out = {'ok'}
 local pushes, tasks = {}, {}
+local queued_data = {}  -- the packed data of task.queued events, by name and state
 for r, run in ipairs(runs) do
   local B, id, name, state, o = S[run[1]], run[2], run[3], run[4], run[6]
   local job = KEYS[roff + r]
@@ -191,7 +192,13 @@ for r, run in ipairs(runs) do
         if state ~= 'queued' then redis.call('HSET', job, 'state', state, 'status', RQ_STATUS[state]) end
         B.counts[state] = (B.counts[state] or 0) + 1
         stat(state, 1)
-        emit(B, 'task.queued', id, map({'name', P(name), 'state', P(state)}))
+        local key = name .. '\0' .. state
+        local data = queued_data[key]
+        if not data then
+          data = map({'name', P(name), 'state', P(state)})
+          queued_data[key] = data
+        end
+        emit(B, 'task.queued', id, data)
       else
         -- deferred first (counted), then judged like any waiting run
         redis.call('HSET', job, 'state', 'deferred', 'status', 'deferred')
