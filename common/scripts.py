@@ -152,6 +152,7 @@ class Scripts:
         self._blocks: dict[tuple[str, str], list[str]] = {}
         self._packed: dict[tuple[str, str], bytes] = {}
         self._lane: FastLane | None = None
+        self._claim_lanes: dict[tuple[str, tuple[str, ...]], FastLane] = {}
         self._cap = b"%d" % settings.history_cap
 
     # -- key lists -------------------------------------------------------------------------
@@ -334,15 +335,22 @@ class Scripts:
     def claim(self, worker: str, queues: Sequence[str], batch: int) -> list[tuple[str, str]]:
         """Move up to `batch` run ids from `queues` (in priority order) onto the worker's list;
         returns [(run id, queue)]."""
-        keys = [self.keys.worker_runs(worker)]
-        keys += [self.rq.queue(q) for q in queues]
-        keys += [self.keys.wake(q) for q in queues]
-        flat = self._script["claim"](keys=keys, args=[len(queues), batch])
+        lane = self._claim_lanes.get((worker, tuple(queues)))
+        if lane is None:
+            keys = [self.keys.worker_runs(worker)]
+            keys += [self.rq.queue(q) for q in queues]
+            keys += [self.keys.wake(q) for q in queues]
+            lane = FastLane(self.redis, self._script["claim"], keys)
+            self._claim_lanes[(worker, tuple(queues))] = lane
+        lane.send(0, b"", [b"%d" % len(queues), b"%d" % batch], None)
+        flat, _ = lane.receive()
         return [(flat[i + 1].decode(), queues[int(flat[i]) - 1]) for i in range(0, len(flat), 2)]
 
     def close(self) -> None:
         if self._lane is not None:
             self._lane.close()
+        for lane in self._claim_lanes.values():
+            lane.close()
 
     def worker_head(self, worker: str) -> list[str]:
         return [
