@@ -28,8 +28,10 @@ def _ensure_chromium() -> None:
         return
     apt = shutil.which("apt-get")
     if apt is None or os.geteuid() != 0:
-        pytest.fail("no /usr/bin/chromium, and no root apt-get to install Debian's chromium "
-                    "(.ci/run installs it; as root: apt-get install chromium)")
+        pytest.fail(
+            "no /usr/bin/chromium, and no root apt-get to install Debian's chromium "
+            "(.ci/run installs it; as root: apt-get install chromium)"
+        )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run([apt, "update", "-q"], check=True, env=env, timeout=300)
     subprocess.run([apt, "install", "-y", "-q", "chromium"], check=True, env=env, timeout=600)

@@ -22,8 +22,9 @@ def make_certificates(folder: Path) -> None:
     """A throwaway CA and a server certificate for 127.0.0.1 signed by it."""
     openssl = shutil.which("openssl")
     if openssl is None:
-        pytest.fail("the openssl command is needed to make test certificates (apt-get install "
-                    "openssl)")
+        pytest.fail(
+            "the openssl command is needed to make test certificates (apt-get install openssl)"
+        )
     key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
     for cmd in (
@@ -47,8 +48,10 @@ def tls_server(tmp_path: Path) -> Iterator[tuple[RedisServer, int]]:
     try:
         server.start()
     except ConfigError:
-        pytest.fail(f"{server.binary} was built without TLS: the TLS test needs a redis-server "
-                    "with TLS (Debian's redis-server has it)")
+        pytest.fail(
+            f"{server.binary} was built without TLS: the TLS test needs a redis-server "
+            "with TLS (Debian's redis-server has it)"
+        )
     yield server, port
     server.stop()
 
