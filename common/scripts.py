@@ -189,7 +189,13 @@ class Scripts:
     def call(
         self, name: str, keys: Sequence[str], args: Sequence[Any], *, client: Any = None
     ) -> Any:
-        """Run script `name` by EVALSHA on redis-py (loading it when Redis lacks it)."""
+        """Run script `name` by EVALSHA on redis-py (loading it when Redis lacks it). Given a
+        pipeline as `client`, the call is only queued on it, as a plain EVALSHA that adds no
+        SCRIPT EXISTS round trip (the caller has loaded the scripts: ensure_loaded); the
+        reply then comes with the pipeline's."""
+        if isinstance(client, Pipeline):
+            client.evalsha(self._script[name].sha, len(keys), *keys, *args)
+            return []
         return self._script[name](keys=keys, args=args, client=client or self.redis)
 
     async def call_async(
@@ -220,10 +226,6 @@ class Scripts:
         (owner/name) the one new session takes. Given a pipeline as `client`, the call
         is queued on it (the caller has loaded the scripts: ensure_loaded)."""
         keys, args = self.enqueue_call(sessions, runs, worker=worker, now=now, claim=claim)
-        if isinstance(client, Pipeline):
-            # plain EVALSHA, so that it adds no SCRIPT EXISTS round trip
-            client.evalsha(self._script["enqueue"].sha, len(keys), *keys, *args)
-            return []
         reply = self.call("enqueue", keys, args, client=client)
         return [r.decode() if isinstance(r, bytes) else r for r in reply]
 
@@ -295,10 +297,6 @@ class Scripts:
             for run_id, origin in zip(run_ids, origins, strict=True)
         ]
 
-    def run_script(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        """Call one script by name (for the modules that build their own key lists)."""
-        return self._script[name](keys=keys, args=args)
-
     def ensure_loaded(self) -> None:
         """Load every script now (one round trip), for pipelines that call EVALSHA."""
         pipe = self.redis.pipeline(transaction=False)
@@ -322,15 +320,8 @@ class Scripts:
         keys += extra
         plan = {**plan, "runs": [r[0] for r in runs]}
         args = [*self._head(time.time()), worker, op, sid, codec.encode_for_lua(plan)]
-        if isinstance(client, Pipeline):
-            client.evalsha(self._script["control"].sha, len(keys), *keys, *args)
-            return []
-        reply = self._script["control"](keys=keys, args=args, client=client or self.redis)
+        reply = self.call("control", keys, args, client=client)
         return [r.decode() if isinstance(r, bytes) else r for r in reply]
-
-    def control_base(self) -> int:
-        """The KEYS index (from 1) of the first run block in control.lua."""
-        return 20
 
     def claim(self, worker: str, queues: Sequence[str], batch: int) -> list[tuple[str, str]]:
         """Move up to `batch` run ids from `queues` (in priority order) onto the worker's list;

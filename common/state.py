@@ -30,7 +30,7 @@ class SharedState(MutableMapping[str, Any]):
         keys += [k.events_channel(self._sid), self._key]
         args = [now_ms(), self._scripts.settings.history_cap, self._worker, self._sid,
                 self._task, key, op, value]  # fmt: skip
-        if not self._scripts.run_script("state", keys, args):
+        if not self._scripts.call("state", keys, args):
             raise SessionNotFound(self._sid)
 
     def __setitem__(self, key: str, value: Any) -> None:

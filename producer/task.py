@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -86,9 +85,6 @@ class Task:
         if self.cron is not None:
             return next_fire_ms(self.cron, int(now_s * 1000))
         return None
-
-    def parents(self) -> list[Task | str]:
-        return list(self.depends_on)
 
     def run_spec(self, name: str, *, prerun_fatal: bool) -> RunSpec:
         return replace(self.spec, name=name, prerun_fatal=prerun_fatal)
@@ -186,7 +182,3 @@ def topological(roots: Iterable[Task]) -> list[Task]:
     for task in roots:
         visit(task)
     return order
-
-
-def now_s() -> float:
-    return time.time()

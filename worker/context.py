@@ -29,7 +29,7 @@ class TaskContext:
         emit: Callable[[str, dict[str, Any]], None],
         log_line: Callable[[str, str], None],
         stop_flag: threading.Event,
-        state: MutableMapping[str, Any] | None = None,
+        state: Callable[[], MutableMapping[str, Any]] | None = None,
         session_status: Callable[[], Any] | None = None,
     ) -> None:
         self.session_id = session_id
@@ -40,10 +40,18 @@ class TaskContext:
         self._log_line = log_line
         self._stop_flag = stop_flag
         self._last_progress = 0.0
-        self.state: MutableMapping[str, Any] = state if state is not None else {}
+        self._make_state = state
+        self._state: MutableMapping[str, Any] | None = None
         self._session_status = session_status
         self._status_checked = 0.0
         self._session_halted = False
+
+    @property
+    def state(self) -> MutableMapping[str, Any]:
+        """The session's shared state (made on first use: most runs never touch it)."""
+        if self._state is None:
+            self._state = self._make_state() if self._make_state is not None else {}
+        return self._state
 
     @property
     def should_stop(self) -> bool:

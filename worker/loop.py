@@ -364,7 +364,8 @@ class SessionWorker:
                 attempt=attempt, emit=self._emitter(sid, run_id),
                 log_line=lambda stream, line: self.scripts.log(sid, run_id, [(stream, line)],
                                                                worker=self.name),
-                stop_flag=self.stop_flag, state=self._state(sid, run_id),
+                stop_flag=self.stop_flag,
+                state=lambda: SharedState(self.scripts, sid, worker=self.name, task=run_id),
                 session_status=lambda: self.redis.hget(self.scripts.keys.session(sid), "status"),
             )  # fmt: skip
             set_current(ctx)
@@ -428,9 +429,6 @@ class SessionWorker:
     def _note_pgid(self, pgid: int) -> None:
         if self.command_pgid is not None:
             self.command_pgid.value = pgid
-
-    def _state(self, sid: str, run_id: str) -> SharedState:
-        return SharedState(self.scripts, sid, worker=self.name, task=run_id)
 
     def _emitter(self, sid: str, run_id: str) -> Any:
         def emit(event_type: str, data: dict[str, Any]) -> None:
