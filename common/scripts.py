@@ -2,7 +2,9 @@
 
 Every state change of a session or run is one script call - one round trip, atomic - that
 keeps RQ's job hash, queues and registries as RQ's own readers (`rq info`, `Job.fetch`) expect,
-and ours (counters, indexes, events) beside them. Lua gets every key through KEYS.
+and ours (counters, indexes, events) beside them. Lua gets every key through KEYS, but for the
+runs a worker's step claims (their ids are known only inside the script): it makes their keys
+from templates cut from keys.py's names (`key_templates`).
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from functools import cache
 from importlib import resources
 from typing import Any, NamedTuple
 
+import hiredis
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from redis.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common import codec
@@ -30,7 +33,6 @@ from common.settings import Settings
 
 OP_PREFIX = "sessionq.op:"  # func name prefix of control operations in RQ job data
 _SCRIPT_NAMES = (
-    "claim",
     "run",
     "enqueue",
     "destroy",
@@ -45,11 +47,9 @@ _SCRIPT_NAMES = (
 
 @cache
 def lua_source(name: str) -> str:
-    """A script's source: the shared prelude, then the script itself (claim needs none)."""
+    """A script's source: the shared prelude, then the script itself."""
     folder = resources.files("common") / "lua"
     body = (folder / f"{name}.lua").read_text()
-    if name == "claim":
-        return body
     return (folder / "prelude.lua").read_text() + "\n" + body
 
 
@@ -61,7 +61,48 @@ Run = tuple[int, str, str, str, str, dict[str, Any], dict[str, Any] | None]
 
 class StepReply(NamedTuple):
     finished: list[tuple[str, str, str, int]]  # run id, queue, result, flags (run.lua)
+    # started and claimed runs: run id, queue, result ('run', 'op', ...), data, sq, timeout,
+    # attempt
     started: list[tuple[str, str, str, Any, Any, Any, int]]
+
+
+class WorkerHead(NamedTuple):
+    """What every step of one worker sends alike (run.lua's head): its keys, its queues in
+    priority order (their keys are in `keys`), and the packed constant arguments."""
+
+    keys: list[str]
+    queues: tuple[str, ...]
+    args: list[Any]  # nqueues, control queue index, key templates
+
+
+def _started(run_id: str, queue: str, r: Sequence[Any]) -> tuple[str, str, str, Any, Any, Any, int]:
+    """A started (or claimed) run's entry of run.lua's reply."""
+    status, data, sq, timeout, attempt = r
+    status = status.decode()
+    if status != "run" and data:
+        data = data.decode()
+    return (run_id, queue, status, data, sq, timeout, int(attempt))
+
+
+def _evalsha_once(redis: Redis, sha: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    """EVALSHA on a connection of redis's pool, packed by hiredis in one call: redis-py's
+    command layer (argument encoding, retry, observability) cost more than a loopback round
+    trip. No retry here: the caller falls back to redis-py's path on a connection error."""
+    command = hiredis.pack_command(("EVALSHA", sha, len(keys), *keys, *args))
+    pool = redis.connection_pool
+    conn: Any = pool.get_connection()
+    try:
+        conn.send_packed_command([command])
+        reply = conn.read_response()
+    except ResponseError:
+        pool.release(conn)
+        raise
+    except BaseException:
+        conn.disconnect()
+        pool.release(conn)
+        raise
+    pool.release(conn)
+    return reply
 
 
 def now_ms() -> int:
@@ -73,6 +114,9 @@ def bulk(value: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(value), value)
 
 
+FIXED_AFTER = 4  # run.lua's per-call now_ms, now_iso, cap, worker come before the fixed args
+
+
 class FastLane:
     """A worker's hot path to Redis: one dedicated connection, EVALSHA commands packed by hand
     from pieces cached per worker and per session, and pipelined: a command can be sent now
@@ -80,23 +124,31 @@ class FastLane:
     retry, argument encoding) costs more than the round trip itself on a loopback; this
     skips it. Connection errors propagate: the caller sends again what was not answered."""
 
-    def __init__(self, redis: Redis, script: Any, head: list[str]) -> None:
+    def __init__(self, redis: Redis, script: Any, head: list[str], fixed: Sequence[Any] = ()
+    ) -> None:  # fmt: skip
         self.redis = redis
         self.script = script
         self.conn: Any = None
         self.head = b"".join(bulk(k.encode()) for k in head)
         self.nhead = len(head)
+        # arguments every call sends alike, after its first `FIXED_AFTER` ones
+        self.fixed = b"".join(bulk(str(a).encode()) for a in fixed)
+        self.nfixed = len(fixed)
         self.sent: deque[tuple[bytes, Any]] = deque()  # commands awaiting a reply, with context
 
     def send(self, nkeys: int, keys: bytes, args: list[bytes], context: Any) -> None:
+        """Send EVALSHA: the head keys, `keys` (packed), then `args` with the fixed arguments
+        spliced in after the first FIXED_AFTER of them."""
         total = self.nhead + nkeys
         command = (
-            b"*%d\r\n$7\r\nEVALSHA\r\n" % (3 + total + len(args))
+            b"*%d\r\n$7\r\nEVALSHA\r\n" % (3 + total + len(args) + self.nfixed)
             + bulk(self.script.sha.encode())
             + bulk(b"%d" % total)
             + self.head
             + keys
-            + b"".join(bulk(a) for a in args)
+            + b"".join(bulk(a) for a in args[:FIXED_AFTER])
+            + self.fixed
+            + b"".join(bulk(a) for a in args[FIXED_AFTER:])
         )
         self._write(command)
         self.sent.append((command, context))
@@ -126,6 +178,9 @@ class FastLane:
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 self.reset()
                 raise
+            except ResponseError:
+                self.sent.popleft()  # the script failed: its reply has been read
+                raise
             self.sent.popleft()
             return list(reply), context
 
@@ -152,7 +207,6 @@ class Scripts:
         self._blocks: dict[tuple[str, str], list[str]] = {}
         self._packed: dict[tuple[str, str], bytes] = {}
         self._lane: FastLane | None = None
-        self._claim_lanes: dict[tuple[str, tuple[str, ...]], FastLane] = {}
         self._cap = b"%d" % settings.history_cap
 
     # -- key lists -------------------------------------------------------------------------
@@ -193,10 +247,18 @@ class Scripts:
         pipeline as `client`, the call is only queued on it, as a plain EVALSHA that adds no
         SCRIPT EXISTS round trip (the caller has loaded the scripts: ensure_loaded); the
         reply then comes with the pipeline's."""
+        script = self._script[name]
         if isinstance(client, Pipeline):
-            client.evalsha(self._script[name].sha, len(keys), *keys, *args)
+            client.evalsha(script.sha, len(keys), *keys, *args)
             return []
-        return self._script[name](keys=keys, args=args, client=client or self.redis)
+        redis = client or self.redis
+        try:
+            return _evalsha_once(redis, script.sha, keys, args)
+        except NoScriptError:
+            pass  # a restarted or another server: redis-py's Script loads it
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            pass  # redis-py's retry (with backoff) sends it again: the scripts take a resend
+        return script(keys=keys, args=args, client=redis)
 
     async def call_async(
         self, redis: AsyncRedis, name: str, keys: Sequence[str], args: Sequence[Any]
@@ -323,51 +385,51 @@ class Scripts:
         reply = self.call("control", keys, args, client=client)
         return [r.decode() if isinstance(r, bytes) else r for r in reply]
 
-    def claim(self, worker: str, queues: Sequence[str], batch: int) -> list[tuple[str, str]]:
-        """Move up to `batch` run ids from `queues` (in priority order) onto the worker's list;
-        returns [(run id, queue)]."""
-        lane = self._claim_lanes.get((worker, tuple(queues)))
-        if lane is None:
-            keys = [self.keys.worker_runs(worker)]
-            keys += [self.rq.queue(q) for q in queues]
-            keys += [self.keys.wake(q) for q in queues]
-            lane = FastLane(self.redis, self._script["claim"], keys)
-            self._claim_lanes[(worker, tuple(queues))] = lane
-        lane.send(0, b"", [b"%d" % len(queues), b"%d" % batch], None)
-        flat, _ = lane.receive()
-        return [(flat[i + 1].decode(), queues[int(flat[i]) - 1]) for i in range(0, len(flat), 2)]
-
     def close(self) -> None:
         if self._lane is not None:
             self._lane.close()
-        for lane in self._claim_lanes.values():
-            lane.close()
 
-    def worker_head(self, worker: str) -> list[str]:
-        return [
-            self.keys.events_all_channel(),
-            self.keys.worker_runs(worker),
-            self.rq.worker(worker),
-            *self._idx,
-        ]
+    def key_templates(self) -> list[str]:
+        """keys.py's names of a run's job key and of its session's keys, each cut in two where
+        the id goes: run.lua makes the keys of the runs it claims from them."""
+        mark = "\0"
+        k = self.keys
+        names = [self.rq.job(mark), k.session(mark), k.history(mark), k.events_channel(mark),
+                 k.session_running(mark), k.session_held(mark)]  # fmt: skip
+        parts = [name.split(mark) for name in names]
+        assert all(len(p) == 2 for p in parts), "a key template holds the id once"
+        return [piece for p in parts for piece in p]
+
+    def worker_head(self, worker: str, queues: Sequence[str]) -> WorkerHead:
+        """The head of `worker`'s steps, serving `queues` in priority order."""
+        keys = [self.keys.events_all_channel(), self.keys.worker_runs(worker),
+                self.rq.worker(worker), *self._idx]  # fmt: skip
+        for q in queues:
+            keys += [self.rq.queue(q), self.keys.wake(q), self.rq.started(q),
+                     self.rq.finished(q), self.rq.failed(q)]  # fmt: skip
+        control = queues.index(CONTROL_QUEUE) + 1 if CONTROL_QUEUE in queues else 0
+        args = [len(queues), control, *self.key_templates()]
+        return WorkerHead(keys, tuple(queues), args)
 
     def step_send(
         self,
-        head: list[str],
+        head: WorkerHead,
         worker: str,
         finishes: Sequence[Finish],
         starts: Sequence[tuple[str, str]],
         current: str,
+        claim: int = 0,
     ) -> None:
         """Send run.lua: finish runs (run id, queue, outcome, payload, duration ms), start
-        runs (run id, queue), and say which run the worker goes on to. Read the reply with
-        step_receive, now or after more sends."""
+        runs (run id, queue), claim and start up to `claim` more from the head's queues, and
+        say which run the worker goes on to ('': the first this step starts). Read the reply
+        with step_receive, now or after more sends."""
         lane = self._lane
         if lane is None:
-            lane = self._lane = FastLane(self.redis, self._script["run"], head)
+            lane = self._lane = FastLane(self.redis, self._script["run"], head.keys, head.args)
         now = time.time()
         args = [b"%d" % int(now * 1000), rq_time(now).encode(), self._cap, worker.encode()]
-        args += [b"%d" % len(finishes), b"%d" % len(starts)]
+        args += [b"%d" % len(finishes), b"%d" % len(starts), b"%d" % claim]
         blocks = []
         for run_id, queue, outcome, payload, duration_ms in finishes:
             blocks.append(self.packed_block(run_id, queue))
@@ -377,35 +439,37 @@ class Scripts:
             blocks.append(self.packed_block(run_id, queue))
             args += [run_id.encode(), session_of(run_id).encode()]
         args.append(current.encode())
-        lane.send(len(blocks) * RUN_BLOCK_KEYS, b"".join(blocks), args, (finishes, starts))
+        context = (finishes, starts, head.queues)
+        lane.send(len(blocks) * RUN_BLOCK_KEYS, b"".join(blocks), args, context)
 
     def step_receive(self) -> StepReply:
         """The oldest step's outcome: per finish (run, queue, result, flags: 1 session
-        terminating, 2 runs wait on it),
-        per start (run id, queue, result, data, sq, timeout, attempt)."""
+        terminating, 2 runs wait on it), per started or claimed run (run id, queue, result,
+        data, sq, timeout, attempt)."""
         assert self._lane is not None
-        reply, (finishes, starts) = self._lane.receive()
+        reply, (finishes, starts, queues) = self._lane.receive()
         fin = [
             (f[0], f[1], reply[2 * i].decode(), int(reply[2 * i + 1]))
             for i, f in enumerate(finishes)
         ]
-        base = 2 * len(finishes)
+        i = 2 * len(finishes)
         started = []
-        for i, (run_id, queue) in enumerate(starts):
-            status, data, sq, timeout, attempt = reply[base + 5 * i : base + 5 * i + 5]
-            status = status.decode()
-            if status != "run" and data:
-                data = data.decode()
-            started.append((run_id, queue, status, data, sq, timeout, int(attempt)))
+        for run_id, queue in starts:
+            started.append(_started(run_id, queue, reply[i : i + 5]))
+            i += 5
+        while i < len(reply):  # claimed: queue index, run id, then as a start
+            queue, run_id = queues[int(reply[i]) - 1], reply[i + 1].decode()
+            started.append(_started(run_id, queue, reply[i + 2 : i + 7]))
+            i += 7
         return StepReply(fin, started)
 
     def step_now(
-        self, head: list[str], worker: str, finishes: Sequence[Finish], current: str = ""
+        self, head: WorkerHead, worker: str, finishes: Sequence[Finish], current: str = ""
     ) -> None:
         """Finish runs through the ordinary client: for other threads than the worker loop."""
         now = time.time()
-        keys = list(head)
-        args: list[Any] = [*self._head(now), worker, len(finishes), 0]
+        keys = list(head.keys)
+        args: list[Any] = [*self._head(now), worker, *head.args, len(finishes), 0, 0]
         for run_id, queue, outcome, payload, duration_ms in finishes:
             keys += self.run_block(run_id, queue)
             args += [run_id, session_of(run_id), outcome, payload, duration_ms]

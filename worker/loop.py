@@ -1,8 +1,9 @@
 """`SessionWorker`: one worker process's loop over RQ's data, one round trip per run.
 
-Per run the loop makes one script call (common/lua/run.lua) that finishes the run it just ran
-and starts the next one it holds; runs are claimed in small batches (claim.lua) onto a list
-that names this worker, so a run is never lost between dequeue and start. Functions run in
+Per run the loop makes one script call (common/lua/run.lua): it finishes the run just ran and,
+when the worker holds no more, claims and starts the next small batch in the same call - onto
+a list that names this worker, so a run is never lost between dequeue and start. Finishes
+are pipelined: their replies are read before the next claim. Functions run in
 this process - no fork per run - and an Interrupter or a process-group kill ends them on a
 timeout or a stop. The watcher thread (worker.watch) heartbeats, takes stop commands and
 recovers lost workers.
@@ -87,7 +88,7 @@ class SessionWorker:
         self.allow_commands = allow_commands
         self.cores, self.ram = cores, ram
         self.hard_kill = hard_kill
-        self.head = self.scripts.worker_head(self.name)
+        self.head = self.scripts.worker_head(self.name, self.queues)
         self.wake_keys = [self.scripts.keys.wake(q) for q in self.queues]
         self.ready: deque[Ready] = deque()  # started for us, to run in this order
         self.unacked: deque[Finish] = deque()  # finishes sent, reply not read yet
@@ -104,6 +105,7 @@ class SessionWorker:
         self.current_deadline: float | None = None
         self.interrupt_at: float | None = None
         self.runs_done = 0
+        self.runs_claimed = 0  # runs and operations claimed (or started after a lost reply)
         self.parent_pid = 0  # set when a supervisor started this process
         self.command_pgid: Any = None  # shared with the supervisor: the running command's group
         # RQ's per-worker counters, added to its worker hash with each heartbeat
@@ -220,45 +222,32 @@ class SessionWorker:
 
     def _turn(self, burst: bool) -> bool:
         """One step of the loop; False when a burst worker has nothing left."""
-        if not self.ready:
-            self._collect(0)  # every finish answered before the next claim
-            claimed = self.scripts.claim(self.name, self.queues, self.batch)
-            if not claimed:
-                if self.redis.llen(self.scripts.keys.worker_runs(self.name)):
-                    # Nothing in hand, nothing claimed, yet our list holds runs: a claim
-                    # was carried out but its reply lost, and redis-py's retry went through
-                    # without a word. Take them up as after a lost connection.
-                    self.lost_connection = True
-                    return True
-                if burst:
-                    return False
-                self.redis.blpop(self.wake_keys, timeout=IDLE_WAIT_S)
+        finishes = []
+        if self.ready:
+            finishes.append(self._execute(self.ready.popleft()))
+            if self.ready or self.shutting_down:
+                self._finish(finishes)
                 return True
-            runs = []
-            for run_id, queue in claimed:
-                if queue == CONTROL_QUEUE:
-                    from worker.ops import run_op
-
-                    run_op(self, run_id)
-                else:
-                    runs.append((run_id, queue))
-            if runs:
-                self._start(runs)
+        # nothing more in hand: finish the last run and claim the next ones in one call
+        if self._claim(finishes):
             return True
-        run = self.ready.popleft()
-        finish = self._execute(run)
-        self._finish([finish])
+        if burst:
+            return False
+        self.redis.blpop(self.wake_keys, timeout=IDLE_WAIT_S)
         return True
 
+    def _claim(self, finishes: list[Finish]) -> bool:
+        """Send `finishes` with a claim of the next batch; whether anything was claimed."""
+        self.unacked.extend(finishes)
+        self.scripts.step_send(self.head, self.name, finishes, [], "", claim=self.batch)
+        before = self.runs_claimed
+        self._collect(0)
+        return self.runs_claimed > before
+
     def _start(self, runs: list[tuple[str, str]]) -> None:
-        """Start the claimed runs in one round trip; those the script lets run are ready."""
+        """Start runs already on our list (after a lost reply), in one round trip."""
         self.scripts.step_send(self.head, self.name, [], runs, runs[0][0])
-        reply = self.scripts.step_receive()
-        for run_id, queue, status, data, sq, timeout, attempt in reply.started:
-            if status == "run":
-                self.ready.append((run_id, queue, data, sq, timeout, attempt))
-            elif status == "skip":
-                log.debug("run %s skipped: %s", run_id, data)
+        self._collect(0)
 
     def _finish(self, finishes: list[Finish]) -> None:
         """Send finishes without waiting; their replies are read before the next claim."""
@@ -269,9 +258,11 @@ class SessionWorker:
             self._collect(MAX_UNANSWERED // 2)
 
     def _collect(self, keep: int) -> None:
-        """Read step replies until at most `keep` are unanswered."""
+        """Read step replies until at most `keep` are unanswered; the runs they started are
+        ready in order, the control operations they claimed are carried out at once."""
         while self.scripts.steps_unanswered > keep:
-            for run_id, _queue, result, flags in self.scripts.step_receive().finished:
+            reply = self.scripts.step_receive()
+            for run_id, _queue, result, flags in reply.finished:
                 self.unacked.popleft()
                 if result == "succeeded":
                     self.counts["successful_job_count"] += 1
@@ -288,6 +279,16 @@ class SessionWorker:
 
                     destroy_session(self.scripts, session_of(run_id), worker_name=self.name,
                                     stop_local=self.stop_current)  # fmt: skip
+            for run_id, queue, status, data, sq, timeout, attempt in reply.started:
+                self.runs_claimed += 1
+                if status == "run":
+                    self.ready.append((run_id, queue, data, sq, timeout, attempt))
+                elif status == "op":
+                    from worker.ops import run_op
+
+                    run_op(self, run_id)
+                else:
+                    log.debug("run %s not started (%s): %s", run_id, status, data)
 
     def _resend(self) -> None:
         """After a lost connection: send again the finishes nobody answered (the script

@@ -1,19 +1,31 @@
--- A worker's step, one round trip: finish the runs it ran, then start the runs it holds.
+-- A worker's step, one round trip: finish the runs it ran, start runs it holds, then claim
+-- and start more from its queues - so that an idle worker's wake is followed by one call,
+-- and a busy one finishes its last run and takes the next batch in the same call.
 -- KEYS: [1] events channel (all), [2] the worker's runs list, [3] RQ's worker hash, [4..10]
--- status index sets, [11] run counters; then a run block (11 keys) per finish, then one per
--- start. ARGV: now_ms, now_iso, cap, worker, nfinish, nstart, then per finish: run id,
--- session id, outcome, payload, duration ms; then per start: run id, session id; then the
--- run the worker goes on to ('' for none).
+-- status index sets, [11] run counters; then 5 keys per queue the worker serves, in priority
+-- order (list, wake, started, finished and failed registries); then a run block (11 keys) per
+-- finish, then one per start.
+-- ARGV: now_ms, now_iso, cap, worker, nqueues, the control queue's index (0: none), the 12
+-- key templates of a claimed run (the text before and after its id in its job key, then
+-- before and after its session id in its session, history, channel, running and held keys:
+-- keys.py's names, cut where the id goes), then nfinish, nstart, nclaim; per finish: run id,
+-- session id, outcome, payload, duration ms; per start: run id, session id; then the run the
+-- worker goes on to ('' for none: the first run this call starts, if any).
 -- Returns, per finish: result, flags (1: its session is being destroyed, 2: it ended and runs
--- wait on it - see control.lua resolve); then per start:
--- result, data, sq, timeout, attempt.
+-- wait on it - see control.lua resolve); per start: result, data, sq, timeout, attempt; per
+-- claimed run: queue index, run id, then as a start ('op' for a control operation, which the
+-- worker carries out itself).
 -- A run the worker holds stays on its runs list until it is finished: the list, in the order
 -- the worker runs them, is what recovery gives back if the worker is lost (recover.lua).
+-- A worker claims at most a quarter of what a queue holds (at least one), so that the last
+-- runs of a queue - often long ones that wait on a dependency - spread over idle workers.
 load_globals(4, 1)
 local runs, rqworker = KEYS[2], KEYS[3]
-local nfin, nstart = tonumber(ARGV[5]), tonumber(ARGV[6])
+local nq, control = tonumber(ARGV[5]), tonumber(ARGV[6])
+local T = {}
+for i = 1, 12 do T[i] = ARGV[6 + i] end
+local nfin, nstart, nclaim = tonumber(ARGV[19]), tonumber(ARGV[20]), tonumber(ARGV[21])
 local reply = {}
-
 local function finish(B, id, outcome, payload, duration_ms)
   local j = redis.call('HMGET', B.job, 'state', 'worker_name', 'retries_left', 'attempts',
     'children')
@@ -113,8 +125,23 @@ local function start(B, id)
   return {'run', j[2], j[3] or false, j[4] or false, attempts}
 end
 
-local off = 12
-local a = 7
+-- The run block of a run claimed from queue qi: its keys made from the templates.
+local function claimed_block(id, qi)
+  local sid = string.match(id, '^(.*)%-[^%-]*$') or ''  -- as keys.session_of
+  local S = G.sessions[sid]
+  if not S then
+    S = {sid = sid, session = T[3] .. sid .. T[4], history = T[5] .. sid .. T[6],
+      chan = T[7] .. sid .. T[8], running = T[9] .. sid .. T[10], held = T[11] .. sid .. T[12]}
+    G.sessions[sid] = S
+  end
+  local q = 11 + (qi - 1) * 5
+  return {job = T[1] .. id .. T[2], S = S, session = S.session, sid = sid, running = S.running,
+    held = S.held, wip = KEYS[q + 3], finished = KEYS[q + 4], failed = KEYS[q + 5],
+    queue = KEYS[q + 1], wake = KEYS[q + 2]}
+end
+
+local off = 12 + nq * 5
+local a = 22
 for _ = 1, nfin do
   local result, terminating = finish(run_block(off, ARGV[a + 1]), ARGV[a], ARGV[a + 2],
     ARGV[a + 3], ARGV[a + 4])
@@ -123,15 +150,43 @@ for _ = 1, nfin do
   off = off + 11
   a = a + 5
 end
+local first = nil  -- the first run this call starts
 for _ = 1, nstart do
   local r = start(run_block(off, ARGV[a + 1]), ARGV[a])
+  if r[1] == 'run' then first = first or ARGV[a] end
   for _, v in ipairs(r) do reply[#reply + 1] = v end
   off = off + 11
   a = a + 2
 end
+local want = nclaim
+for qi = 1, nq do
+  if want <= 0 then break end
+  local list = KEYS[11 + (qi - 1) * 5 + 1]
+  local share = math.max(1, math.floor(redis.call('LLEN', list) / 4))
+  local ids = redis.call('LPOP', list, math.min(want, share))
+  if ids then
+    for _, id in ipairs(ids) do
+      redis.call('RPUSH', runs, id)
+      reply[#reply + 1] = qi
+      reply[#reply + 1] = id
+      local r = {'op', false, false, false, 0}
+      if qi ~= control then r = start(claimed_block(id, qi), id) end
+      if r[1] == 'run' then first = first or id end
+      for _, v in ipairs(r) do reply[#reply + 1] = v end
+    end
+    want = want - #ids
+  end
+  if redis.call('LLEN', list) > 0 then
+    -- more is waiting: wake the next idle worker too
+    redis.call('LPUSH', KEYS[11 + (qi - 1) * 5 + 2], '1')
+    redis.call('LTRIM', KEYS[11 + (qi - 1) * 5 + 2], 0, 0)
+  end
+end
 -- what the worker goes on to run (for RQ's view of it), or nothing
-if ARGV[a] ~= '' then
-  redis.call('HSET', rqworker, 'current_job', ARGV[a])
+local current = ARGV[a]
+if current == '' then current = first end
+if current then
+  redis.call('HSET', rqworker, 'current_job', current)
 else
   redis.call('HDEL', rqworker, 'current_job')
 end
