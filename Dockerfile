@@ -4,7 +4,7 @@ COPY pyproject.toml README.md ./
 COPY common ./common
 COPY producer ./producer
 COPY worker ./worker
-RUN pip install --no-cache-dir '.[fast]'
+RUN pip install --no-cache-dir .
 # Workers are stateless: scale them with `docker compose up --scale worker=N`.
 ENTRYPOINT ["sessionq"]
 CMD ["worker", "--allow-commands", "--import", "worker.demo"]

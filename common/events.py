@@ -79,26 +79,25 @@ class Event:
             "data": self.data,
         }
 
-    @classmethod
-    def from_wire(cls, wire: dict[str, Any]) -> Event:
-        try:
-            data = wire.get("data") or {}
-            return cls(
-                seq=int(wire["seq"]),
-                ts=float(wire["ts"]),
-                type=str(wire["type"]),
-                session=str(wire["session"]),
-                task=wire.get("task"),
-                worker=wire.get("worker"),
-                data=data if isinstance(data, dict) else {},
-            )
-        except (KeyError, TypeError, ValueError, OverflowError) as exc:
-            raise CodecError(f"event: missing or bad field {exc}") from exc
-
 
 def decode_event(raw: bytes) -> dict[str, Any]:
-    """The event dict users get from event bytes; CodecError if they are not one."""
-    return Event.from_wire(codec.decode_map(raw, "event")).to_wire()
+    """The event dict users get from event bytes (an Event's to_wire(), built directly:
+    every listener's hub decodes every message); CodecError if they are not one."""
+    wire = codec.decode_map(raw, "event")
+    try:
+        data = wire.get("data") or {}
+        return {
+            "v": EVENT_SCHEMA_VERSION,
+            "seq": int(wire["seq"]),
+            "ts": float(wire["ts"]),
+            "type": str(wire["type"]),
+            "session": str(wire["session"]),
+            "task": wire.get("task"),
+            "worker": wire.get("worker"),
+            "data": data if isinstance(data, dict) else {},
+        }
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise CodecError(f"event: missing or bad field {exc}") from exc
 
 
 def matches(event_type: str, patterns: frozenset[str] | None) -> bool:

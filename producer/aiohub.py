@@ -28,7 +28,7 @@ import asyncio
 import logging
 import os
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -50,9 +50,9 @@ _hubs: dict[_Slot, _Hub] = {}
 class Subscription(Member):
     """One listener's channels on the loop's hub, and the queue the hub fills for it."""
 
-    def __init__(self, channels: Sequence[str]) -> None:
+    def __init__(self, channels: Sequence[str], wants: Callable[[str], bool] | None = None) -> None:
         self.ready: asyncio.Event  # (Member's, here an asyncio.Event: subscribe awaits it)
-        super().__init__(channels, asyncio.Event())
+        super().__init__(channels, asyncio.Event(), wants)
         self._items: deque[Any] = deque()
         self._waiter: asyncio.Future[None] | None = None  # a get() waits on it
         self._deadline = 0.0  # (loop time) when that get() times out
@@ -99,10 +99,12 @@ class Subscription(Member):
             await hub.detach(self)
 
 
-async def subscribe(redis: Any, channels: Sequence[str]) -> Subscription:
+async def subscribe(
+    redis: Any, channels: Sequence[str], wants: Callable[[str], bool] | None = None
+) -> Subscription:
     """A subscription to `channels` on this loop's hub of `redis`'s server, once Redis
     confirmed it; raises the connection error when the hub cannot connect."""
-    sub = Subscription(channels)
+    sub = Subscription(channels, wants)
     slot = (asyncio.get_running_loop(), identity(redis.connection_pool))
     hub = _hubs.get(slot)
     if hub is None:

@@ -27,13 +27,16 @@ import logging
 import os
 import queue
 import select
+import ssl
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import hiredis
+from redis._parsers import BaseParser
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import InvalidResponse, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from producer.routing import Heartbeat, Member, Routes, again, identity
@@ -43,6 +46,8 @@ LOST = (RedisConnectionError, RedisTimeoutError, OSError)
 RECONNECT_FIRST_S = 0.05
 RECONNECT_MAX_S = 5.0
 HUB_STOP_WAIT_S = 2.0  # the longest the last listener's close() waits for the hub to end
+READ_BYTES = 1 << 16
+_INCOMPLETE = object()  # what the reader has when no whole reply is in yet
 
 _registry_lock = threading.RLock()  # a listener may be closed by the GC, in any thread
 _hubs: dict[tuple[Any, ...], _Hub] = {}
@@ -51,9 +56,9 @@ _hubs: dict[tuple[Any, ...], _Hub] = {}
 class Subscription(Member):
     """One listener's channels on the hub, and the queue the hub fills for it."""
 
-    def __init__(self, channels: Sequence[str]) -> None:
+    def __init__(self, channels: Sequence[str], wants: Callable[[str], bool] | None = None) -> None:
         self.ready: threading.Event  # (Member's, here a threading.Event: subscribe waits on it)
-        super().__init__(channels, threading.Event())
+        super().__init__(channels, threading.Event(), wants)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._hub: _Hub | None = None
 
@@ -80,10 +85,12 @@ class Subscription(Member):
             _detach(hub, self)
 
 
-def subscribe(redis: Any, channels: Sequence[str]) -> Subscription:
+def subscribe(
+    redis: Any, channels: Sequence[str], wants: Callable[[str], bool] | None = None
+) -> Subscription:
     """A subscription to `channels` on the hub of `redis`'s server, once Redis confirmed it;
     raises the connection error when the hub cannot connect."""
-    sub = Subscription(channels)
+    sub = Subscription(channels, wants)
     key = identity(redis.connection_pool)
     with _registry_lock:
         hub = _hubs.get(key)
@@ -145,6 +152,8 @@ class _Hub:
         self._thread = threading.Thread(target=self._run, name="sessionq-pubsub-hub", daemon=True)
         # what follows belongs to the hub thread
         self._conn: Any = None
+        self._sock: Any = None  # the connection's socket: the hub reads it itself
+        self._reader: Any = None  # hiredis.Reader of what the socket sent
         self._fd: int | None = None  # the connection's socket, as registered with _poll
         self._poll = select.poll()
         self._poll.register(self._wake_r, select.POLLIN)
@@ -252,7 +261,15 @@ class _Hub:
             self._routes.cannot_connect(exc)
             return False
         self._conn = conn
-        self._fd = conn._sock.fileno()  # redis-py offers no public way to its socket
+        # Replies are read here, not by redis-py's read_response: one recv takes whatever
+        # Redis sent (often several messages) and hiredis splits it, where can_read and
+        # read_response made several system calls - and GIL hand-overs - per message.
+        self._sock = conn._sock  # redis-py offers no public way to its socket
+        self._reader = hiredis.Reader(
+            protocolError=InvalidResponse, replyError=BaseParser.parse_error,
+            notEnoughData=_INCOMPLETE,
+        )  # fmt: skip
+        self._fd = self._sock.fileno()
         self._poll.register(self._fd, select.POLLIN)
         self._heartbeat.heard()
         self._routes.connect()
@@ -260,6 +277,7 @@ class _Hub:
 
     def _disconnect(self) -> None:
         conn, self._conn = self._conn, None
+        self._sock = self._reader = None
         self._routes.disconnect()
         if conn is None:
             return
@@ -269,19 +287,26 @@ class _Hub:
         conn.disconnect()
 
     def _pump(self) -> None:
-        """Read and dispatch one reply from Redis; wait for one (or a request) when there is
-        none (can_read sees what the parser or TLS holds already, poll what the socket has)."""
-        conn = self._conn
-        if not conn.can_read(timeout=0):
-            ping, wait = self._heartbeat.wait()
-            if ping:
-                self._routes.ping()
-            if not self._wait(wait):
-                return
-        self._heartbeat.heard()
-        try:  # one reply: what else is there, the next call finds
-            reply = conn.read_response(disconnect_on_error=False, push_request=True)
-        except ResponseError as exc:
-            self._routes.refused(exc)
-        else:
-            self._routes.reply(reply)
+        """Dispatch the replies Redis has sent; when none is complete, wait for more (or a
+        request) and read what came."""
+        reply = self._reader.gets()
+        if reply is _INCOMPLETE:
+            tls_pending = isinstance(self._sock, ssl.SSLSocket) and self._sock.pending()
+            if not tls_pending:
+                ping, wait = self._heartbeat.wait()
+                if ping:
+                    self._routes.ping()
+                if not self._wait(wait):
+                    return
+            data = self._sock.recv(READ_BYTES)
+            if not data:
+                raise RedisConnectionError("Redis closed the pub/sub connection")
+            self._heartbeat.heard()
+            self._reader.feed(data)
+            reply = self._reader.gets()
+        while reply is not _INCOMPLETE:
+            if isinstance(reply, ResponseError):
+                self._routes.refused(reply)
+            else:
+                self._routes.reply(reply)
+            reply = self._reader.gets()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 from redis.asyncio import Redis as AsyncRedis
@@ -28,7 +28,7 @@ from common.keys import Keys
 from common.models import ENDED_STATUSES, as_id_list
 from producer import aiohub
 from producer.hub import Subscription, subscribe
-from producer.routing import RESYNC
+from producer.routing import RESYNC, Passed
 
 log = logging.getLogger(__name__)
 RECONNECT_MAX_S = 5.0
@@ -123,13 +123,27 @@ class Ordering:
             return [gap, *kept]
         return kept
 
-    def live(self, event: dict[str, Any]) -> tuple[str, int] | list[dict[str, Any]]:
+    def wants_or_all(self) -> Callable[[str], bool] | None:
+        """What the hub asks before waking the listener for an event: None when it wants all."""
+        return None if self.types is None else self.wants
+
+    def wants(self, kind: str) -> bool:
+        """Whether the `types` filter lets an event of this type through."""
+        return self.types is None or kind in self.types or matches(kind, self.types)
+
+    def live(
+        self, event: dict[str, Any], passed: tuple[int, int] | None = None
+    ) -> tuple[str, int] | list[dict[str, Any]]:
         """For one live event: what to yield, or (session, seq after which the history must
-        be read first) when it skipped ahead."""
+        be read first) when it skipped ahead. `passed`: the seqs (first, last) of its
+        session's events just before it that the hub held back (types this listener does
+        not yield, routing.Passed): handled, when they follow on from what was."""
         sid, seq = event["session"], event["seq"]
         if self.ids is not None and sid not in self.last:
             return []
         last = self.last.get(sid)
+        if passed is not None and last is not None and passed[0] <= last + 1 <= passed[1] + 1:
+            last = self.last[sid] = max(last, passed[1])
         if last is None:
             self.last[sid] = seq
             return [event]
@@ -161,7 +175,7 @@ class Ordering:
                 continue
             if event["seq"] > last.get(sid, 0):
                 last[sid] = event["seq"]
-            if types is None or kind in types or matches(kind, types):
+            if types is None or kind in types or matches(kind, types):  # (self.wants, inline)
                 out.append(event)
             if kind in TERMINAL_EVENTS:
                 self.open.discard(sid)
@@ -218,10 +232,13 @@ async def access_checked_async(
         raise ConnectionFailed(url, str(exc)) from exc
 
 
-def _own(event: dict[str, Any]) -> dict[str, Any]:
-    """A listener's own copy of an event the hub handed to every listener: its own dict and
-    its own `data` dict (what deeper in `data` is shared)."""
-    return {**event, "data": dict(event["data"])}
+def _own(item: Any) -> tuple[dict[str, Any], tuple[int, int] | None]:
+    """A listener's own copy of an event the hub handed to every listener (its own dict and
+    its own `data` dict: what deeper in `data` is shared), and the seqs held back before it."""
+    passed = None
+    if isinstance(item, Passed):
+        item, passed = item.event, (item.first, item.last)
+    return {**item, "data": dict(item["data"])}, passed
 
 
 class Listener:
@@ -269,7 +286,7 @@ class Listener:
 
     def _run(self) -> Iterator[dict[str, Any]]:
         order = self.order
-        self._sub = sub = subscribe(self.redis, order.channels())  # confirmed by Redis
+        self._sub = sub = subscribe(self.redis, order.channels(), order.wants_or_all())
         yield from order.deliver(self._baseline())
         idle_since = time.monotonic()
         backoff = 0.0  # > 0: a history read failed, read it again after this long
@@ -289,7 +306,7 @@ class Listener:
                     if item is RESYNC:
                         out = self._resync()
                     else:
-                        out = self._live(_own(item))
+                        out = self._live(item)
             except LOST as exc:
                 if isinstance(exc, RedisConnectionError) and lasting_refusal(exc):
                     raise  # a wrong password, an untrusted certificate: no use trying again
@@ -300,8 +317,9 @@ class Listener:
             if out:
                 idle_since = time.monotonic()
 
-    def _live(self, event: dict[str, Any]) -> list[dict[str, Any]]:
-        step = self.order.live(event)
+    def _live(self, item: Any) -> list[dict[str, Any]]:
+        event, passed = _own(item)
+        step = self.order.live(event, passed)
         if isinstance(step, tuple):
             step = self.order.skipped(event, self._history(*step), step[1])
         return self.order.deliver(step)
@@ -351,7 +369,8 @@ class AsyncListener:
     async def _run(self) -> AsyncIterator[dict[str, Any]]:
         try:
             order = self.order
-            self._sub = sub = await aiohub.subscribe(self.redis, order.channels())  # confirmed
+            self._sub = sub = await aiohub.subscribe(self.redis, order.channels(),
+                                                     order.wants_or_all())  # fmt: skip
             for event in order.deliver(await self._baseline()):
                 yield event
             idle_since = time.monotonic()
@@ -372,7 +391,7 @@ class AsyncListener:
                         if item is RESYNC:
                             out = await self._resync()
                         else:
-                            out = await self._live(_own(item))
+                            out = await self._live(item)
                 except LOST as exc:
                     if isinstance(exc, RedisConnectionError) and lasting_refusal(exc):
                         raise  # a wrong password, an untrusted certificate: no use trying again
@@ -386,8 +405,9 @@ class AsyncListener:
         finally:
             await self.close()
 
-    async def _live(self, event: dict[str, Any]) -> list[dict[str, Any]]:
-        step = self.order.live(event)
+    async def _live(self, item: Any) -> list[dict[str, Any]]:
+        event, passed = _own(item)
+        step = self.order.live(event, passed)
         if isinstance(step, tuple):
             step = self.order.skipped(event, await self._history(*step), step[1])
         return self.order.deliver(step)

@@ -16,7 +16,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -24,12 +24,24 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.connection import lasting_refusal
 from common.errors import CodecError
-from common.events import decode_event
+from common.events import TERMINAL_EVENTS, decode_event
 
 log = logging.getLogger(__name__)
 HEALTH_CHECK_S = 15.0  # a PING after this long without a word from Redis; lost after twice
 MAX_BACKLOG_EVENTS = 10_000  # a listener this far behind is told to RESYNC instead
 RESYNC = object()  # in a listener's queue: read the history again (Ordering.to_resync)
+MAX_PASSED_SESSIONS = 10_000  # sessions with held-back events remembered per listener
+
+
+class Passed(NamedTuple):
+    """In a listener's queue: an event, after events of its session that the hub held back
+    because the listener does not want their type - seqs `first` to `last`, all of them."""
+
+    event: dict[str, Any]
+    first: int
+    last: int
+
+
 # connection options that say how to behave, not where to connect or as whom (any other
 # option that is an object, such as a credential provider, counts by identity)
 _BEHAVIOUR_OPTIONS = frozenset(
@@ -74,11 +86,19 @@ class Member(ABC):
     """A listener as the routes see it: its channels and its queue (each hub's
     Subscription)."""
 
-    def __init__(self, channels: Sequence[str], ready: Flag) -> None:
+    def __init__(
+        self, channels: Sequence[str], ready: Flag, wants: Callable[[str], bool] | None = None
+    ) -> None:
         self.channels = tuple(dict.fromkeys(c.encode() for c in channels))
         self.ready = ready  # Redis confirmed every channel (or `error` is set)
         self.error: BaseException | None = None  # why it could not start
         self.overflowed = False  # the hub stopped filling the queue until RESYNC is taken
+        # The event types the listener yields (None: all). The hub holds back the others -
+        # no wake-up of the listener for an event it would drop - and tells it, with the next
+        # event of the session it passes on, which seqs it held back (never a terminal one:
+        # those end listeners). (hub side) session -> (first, last) seq held back
+        self.wants = wants
+        self._passed: dict[str, tuple[int, int]] = {}
 
     @abstractmethod
     def put(self, item: Any) -> None:
@@ -114,16 +134,27 @@ class Member(ABC):
             self.ready.set()
 
     def deliver(self, event: dict[str, Any]) -> None:
-        """Queue a live event, unless the listener is too far behind."""
+        """Queue a live event, unless the listener is too far behind or does not want it."""
         if self.overflowed:
+            return
+        sid, kind = event["session"], event["type"]
+        if self.wants is not None and kind not in TERMINAL_EVENTS and not self.wants(kind):
+            seq, held = event["seq"], self._passed.get(sid)
+            if held is None or held[1] != seq - 1:
+                if len(self._passed) >= MAX_PASSED_SESSIONS:
+                    self._passed.clear()  # what it forgets the listener reads from the history
+                held = (seq, seq)
+            self._passed[sid] = (held[0], seq)
             return
         if self.backlog() >= MAX_BACKLOG_EVENTS:
             log.warning("a listener is %d events behind; it will read them from the history",
                         MAX_BACKLOG_EVENTS)  # fmt: skip
             self.overflowed = True
+            self._passed.clear()
             self.put(RESYNC)
             return
-        self.put(event)
+        held = self._passed.pop(sid, None) if self._passed else None
+        self.put(event if held is None else Passed(event, *held))
 
 
 class _Sent:

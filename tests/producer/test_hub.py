@@ -17,7 +17,7 @@ from common.keys import Keys
 from common.redisserver import RedisServer
 from common.settings import Settings
 from producer import Client, hub, routing
-from producer.listen import Listener
+from producer.listen import Listener, Ordering
 from tests.conftest import wait_for
 
 
@@ -213,3 +213,55 @@ def test_a_refused_subscription_ends_that_listener_only(acl_server: RedisServer)
         assert hub.hubs() == 1
         progress(client, sid, 10)
         assert follower.join() == client.history_after(sid, 0)
+
+
+def test_events_a_listener_does_not_want_are_held_back_by_the_hub(
+    settings: Settings,
+    client: Client,
+    two_sessions: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With `types`, the hub queues (wakes the listener for) only the events it yields and
+    the terminal ones; what it held back it tells the listener, which then reads no history
+    to fill the seqs it skipped."""
+    a, _ = two_sessions
+    queued: list[Any] = []  # what the hub queued for the filtering listener
+    reads: list[int] = []  # history reads of either listener: after which seq
+    put, history = hub.Subscription.put, Listener._history
+
+    def counted_put(self: hub.Subscription, item: Any) -> None:
+        if self.wants is not None:
+            queued.append(item)
+        put(self, item)
+
+    def counted_history(self: Listener, sid: str, after: int) -> list[dict[str, Any]]:
+        reads.append(after)
+        return history(self, sid, after)
+
+    monkeypatch.setattr(hub.Subscription, "put", counted_put)
+    monkeypatch.setattr(Listener, "_history", counted_history)
+    logs = Follower(settings, a, after=0, types=["task.log"])
+    everything = Follower(settings, a, after=0)
+    emit(client.scripts, a, "task.log", data={"hello": True})
+    started([logs, everything])
+    queued.clear()
+    for burst in range(3):
+        progress(client, a, 10, last=False)
+        emit(client.scripts, a, "task.log", data={"burst": burst})
+    emit(client.scripts, a, "task.log", data={"last": True})  # ends both followers
+    expected = client.history_after(a, 0)
+    assert everything.join() == expected
+    assert logs.join() == [e for e in expected if e["type"] == "task.log"]
+    datas = [i.event["data"] if isinstance(i, routing.Passed) else i["data"] for i in queued]
+    assert datas == [{"burst": 0}, {"burst": 1}, {"burst": 2}, {"last": True}]
+    assert [isinstance(i, routing.Passed) for i in queued] == [True, True, True, False]
+    assert reads == [0, 0], "only the baselines: no history read to fill held-back seqs"
+
+
+def test_held_back_seqs_that_do_not_follow_on_are_read_from_the_history(keys: Keys) -> None:
+    order = Ordering(keys, ["s"], types=["task.log"])  # from the live end: seq 2
+    order.baseline({"s": (b"2", b"Running")}, {"s": []})
+    event = {"session": "s", "seq": 9, "type": "task.log"}
+    assert order.live(event, (5, 8)) == ("s", 2), "3 and 4 were not seen: read them"
+    assert order.live(event, (3, 8)) == [event]
+    assert order.live({"session": "s", "seq": 11, "type": "task.log"}, (9, 9)) == ("s", 9)
