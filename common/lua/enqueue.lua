@@ -77,7 +77,9 @@ for _, run in ipairs(runs) do
   if o and o.policy then
     local B = S[run[1]]
     local existing = redis.call('HGET', B.names, run[3])
-    if o.policy == 'raise' and (existing or seen[run[3]]) then
+    if existing == run[2] then
+      -- the name is this very run's: the call was carried out before, its reply lost
+    elseif o.policy == 'raise' and (existing or seen[run[3]]) then
       if not (o.key and redis.call('HEXISTS', B.keys, o.key) == 1) then
         return {'exists', run[3]}
       end

@@ -72,9 +72,13 @@ def test_add_runs_sent_twice_is_applied_once(
     assert [client.task_records(sid, [i], {})[0]["result"] for i in ids] == [1, 2, 3]
 
 
-def test_a_resent_add_is_told_by_a_run_it_wrote(client: Client, settings: Settings) -> None:
+@pytest.mark.parametrize("policy", ["raise", "rename", "replace", "ignore"])
+def test_a_resent_add_is_told_by_a_run_it_wrote(
+    client: Client, settings: Settings, policy: str
+) -> None:
     # the call's first run is skipped (its key names a task the session has), so whether the
-    # call was carried out before shows on its second run only
+    # call was carried out before shows on its second run only; under any policy the resend
+    # finds the names the call gave, and takes them for its own
     s = client.session("keyed")
     from producer import Task
 
@@ -83,7 +87,7 @@ def test_a_resent_add_is_told_by_a_run_it_wrote(client: Client, settings: Settin
     runs = []
     for n, key in ((100, "k"), (101, None)):
         spec = build_run(name=f"t{n}", task="tests.tasks:add", args=[n, 0])
-        options = {"policy": "rename", "key": key} if key else {"policy": "rename"}
+        options = {"policy": policy, "key": key} if key else {"policy": policy}
         runs.append((0, f"{s.id}-{n}", spec.name, "queued", DEFAULT_QUEUE,
                      spec.job_fields(DEFAULT_QUEUE, now), options))  # fmt: skip
     session = [(s.id, False, b"", "", "session", client.user)]
