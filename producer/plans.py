@@ -132,7 +132,7 @@ def create(
         cores=base.cores, ram=base.ram, gpu=base.gpu, replica_count=replicas,
     ).to_wire()  # fmt: skip
     template = base.job_fields(run_queue, now)
-    meta = codec.decode_map(template["sq"], "job meta")
+    meta = codec.decode_map(template.sq, "job meta")
     sessions, runs, ids = [], [], []
     for i, replica_name in enumerate(names):
         sid = new_session_id()
@@ -140,7 +140,7 @@ def create(
         meta["name"] = replica_name
         if "replica_count" in meta:
             meta["replica_id"] = i + 1
-        fields = {**template, "sq": codec.encode(meta)}
+        fields = template._replace(sq=codec.encode(meta))
         sessions.append((sid, True, codec.encode(record), replica_name, kind, user))
         runs.append((i, f"{sid}-1", replica_name, TaskState.QUEUED.value, run_queue, fields,
                      None))  # fmt: skip

@@ -7,11 +7,12 @@
 -- kind index, owner index, task names, task keys); then 3 per queue (list, wake, failed
 -- registry); then one job key per run; then extra job keys (parents, replaced tasks) that
 -- the runs' options name by index. ARGV: now_ms, now_iso, cap, worker, plan (msgpack):
---   plan = [sessions, nqueues, runs, claim]; claim: a persistent name (owner/name) the one
---   new session takes in the names hash, '' for none
+--   plan = [sessions, nqueues, runs, claim, shared]; claim: a persistent name (owner/name)
+--   the one new session takes in the names hash, '' for none; shared: lists of job fields
+--   (field, value, ...) that runs share
 --   session = [sid, is_new, record bytes, name]
---   run = [session index, run id, name, state, queue index, options or nil,
---          field, value, field, value, ...]
+--   run = [session index, run id, name, state, queue index, options or nil, shared index,
+--          data, sq, extra job fields (field, value, ...) or nothing]
 --   options = {key, policy, deps (ids), dep_keys (KEYS indexes), run_if, due (ms), cron,
 --              silent, old (KEYS index of the task a "replace" removes), old_id}
 -- Returns {'ok', run id, final id, final name, ...} (one triple per run whose id or name
@@ -24,6 +25,15 @@ local plan = cmsgpack.unpack(ARGV[5])
 local sessions, nq, runs = plan[1], plan[2], plan[3]
 local CHUNK = 1000
 local SCHEDULE, WAITING, NAMES = KEYS[12], KEYS[13], KEYS[14]
+
+-- the HSET arguments of a job hash, per set of shared fields, with the slots of the run's own
+-- fields in front: filled for each run in turn, made once
+local job_args = {}
+for i, fields in ipairs(plan[5]) do
+  local a = {'data', false, 'sq', false}
+  for _, v in ipairs(fields) do a[#a + 1] = v end
+  job_args[i] = a
+end
 
 -- call `cmd key` with the values of `list`, at most CHUNK at a time
 local function chunked(cmd, key, list)
@@ -191,7 +201,10 @@ for r, run in ipairs(runs) do
   else
     if o then name = settle_name(B, o, id, name, out) end
     if name then
-      redis.call('HSET', job, unpack(run, 7))
+      local a = job_args[run[7]]
+      a[2], a[4] = run[8], run[9]
+      redis.call('HSET', job, unpack(a))
+      if run[10] then redis.call('HSET', job, unpack(run[10])) end
       if B.stops then redis.call('HSET', job, 'epoch', B.stops) end
       if name ~= run[3] then
         redis.call('HSET', job, 'sq', cmsgpack.pack(
