@@ -13,6 +13,8 @@ local EV_HEAD = '\136\161v\1\163seq'
 local EV_TS, EV_TYPE, EV_SESSION = '\162ts', '\164type', '\167session'
 local EV_TASK, EV_WORKER, EV_DATA = '\164task', '\166worker', '\164data'
 local TRIM_EVERY = 64
+-- Events a channel gets from one call before asking whether anyone listens (see `heard`)
+local ASK_FROM = 8
 
 local function enc(v)
   if v == nil or v == false then return NIL end
@@ -89,8 +91,26 @@ local function queued_events(S)
   return S.events and #S.events / 3 or 0
 end
 
--- Number, keep and publish every queued event; call before a script returns.
+-- Does anyone listen on `chan`? Asked when a call has many events for a channel: one ask
+-- costs about two PUBLISHes, and the script is atomic, so no one subscribes meanwhile.
+-- Pattern subscribers count for every channel. Under an ACL that denies PUBSUB (the tenant
+-- rules in the README) the ask is refused and everything is published.
+local function heard(chan)
+  local subs = redis.pcall('PUBSUB', 'NUMSUB', chan)
+  if type(subs) ~= 'table' or subs[2] ~= 0 then return true end
+  if G.patterns == nil then
+    local n = redis.pcall('PUBSUB', 'NUMPAT')
+    G.patterns = type(n) ~= 'number' or n > 0
+  end
+  return G.patterns
+end
+
+-- Number, keep and publish every queued event; call before a script returns. Late
+-- listeners replay the history, so a channel nobody listens to is not published on.
 local function flush()
+  local total = 0
+  for _, S in ipairs(G.touched) do total = total + #S.events / 3 end
+  local to_all = total < ASK_FROM or heard(G.chan_all)
   for _, S in ipairs(G.touched) do
     local ev = S.events
     local n = #ev / 3
@@ -101,6 +121,9 @@ local function flush()
       local keep_from = math.max(first, last - G.cap + 1)
       local zargs = {}
       local sid = P(S.sid)
+      -- nobody can be subscribed to the channel of a session this script creates (its
+      -- random id is not known outside yet); its listeners replay the history
+      local chan = not S.seq_preset and (n < ASK_FROM or heard(S.chan)) and S.chan
       for i = 1, n do
         local seq = first + i - 1
         local task, data = ev[3 * i - 1], ev[3 * i]
@@ -115,10 +138,8 @@ local function flush()
             zargs = {}
           end
         end
-        -- nobody can be subscribed to the channel of a session this script creates (its
-        -- random id is not known outside yet); its listeners replay the history
-        if not S.seq_preset then redis.call('PUBLISH', S.chan, packed) end
-        redis.call('PUBLISH', G.chan_all, packed)
+        if chan then redis.call('PUBLISH', chan, packed) end
+        if to_all then redis.call('PUBLISH', G.chan_all, packed) end
       end
       if #zargs > 0 then redis.call('ZADD', S.history, unpack(zargs)) end
       if last > G.cap and (n >= TRIM_EVERY or math.floor(last / TRIM_EVERY) ~= math.floor((first - 1) / TRIM_EVERY)) then
