@@ -10,7 +10,8 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from common import codec
 from common.errors import CodecError, ValidationError, ValidationTypeError
@@ -200,16 +201,27 @@ class RunSpec:
     ram: float | None = None
     gpu: float | None = None
     prerun_fatal: bool = False  # a failure before the body runs stops the session (SPEC §3)
+    # RQ's job `data`, encoded once as the spec is made: that checks the arguments, and a
+    # batch of runs then encodes each payload once (replace() makes it anew)
+    data: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        payload: list[Any]
+        if self.func is None:
+            payload = [COMMAND_FUNC, None, self.argv, {}]
+        else:
+            payload = [self.func, None, self.args, self.kwargs]
+        try:
+            data = codec.encode(payload)
+        except CodecError as exc:
+            check_encodable(self.args, "args")  # raises, naming the argument at fault
+            check_encodable(self.kwargs, "kwargs")
+            raise ValidationTypeError("args", f"not msgpack-serialisable: {exc}") from exc
+        object.__setattr__(self, "data", data)  # frozen: set once, here
 
     @property
     def is_command(self) -> bool:
         return self.func is None
-
-    def job_data(self) -> bytes:
-        """RQ's job `data`: msgpack of (func_name, instance, args, kwargs)."""
-        if self.func is None:
-            return codec.encode([COMMAND_FUNC, None, self.argv, {}])
-        return codec.encode([self.func, None, self.args, self.kwargs])
 
     def meta(self) -> bytes:
         """Our part of the job hash (`sq` field): what RQ's fields do not say."""
@@ -226,29 +238,48 @@ class RunSpec:
             wire["prerun_fatal"] = True
         return codec.encode(wire)
 
-    def job_fields(self, queue: str, now_s: float, data: bytes | None = None) -> dict[str, Any]:
-        """The job hash as RQ's readers expect it (only the fields that carry something);
-        `data` may be given when many runs share it (replicas)."""
-        data = self.job_data() if data is None else data
+    def job_fields(
+        self, queue: str, now_s: float, extra: dict[str, Any] | None = None
+    ) -> JobFields:
+        """The job hash as RQ's readers expect it (only the fields that carry something),
+        with `extra` fields of ours beyond RQ's."""
         meta = self.meta()
-        if len(data) + len(meta) > MAX_PAYLOAD_BYTES:
+        if len(self.data) + len(meta) > MAX_PAYLOAD_BYTES:
             raise ValidationError(
-                "args", f"one run's payload is {len(data) + len(meta)} bytes; at most 512 KiB"
+                "args", f"one run's payload is {len(self.data) + len(meta)} bytes; at most 512 KiB"
             )
-        fields: dict[str, Any] = {
-            "data": data,
-            "sq": meta,
-            "origin": queue,
-            "status": "queued",
-            "state": TaskState.QUEUED.value,
-            "enqueued_at": rq_time(now_s),
-        }
-        if self.timeout is not None:
-            fields["timeout"] = int(math.ceil(self.timeout))
-        if self.retries:
-            fields["retries_left"] = self.retries
-            fields["retries"] = self.retries  # what a restart gives back
-        return fields
+        shared = shared_job_fields(queue, now_s, self.timeout, self.retries)
+        return JobFields(self.data, meta, shared, extra or None)
+
+
+class JobFields(NamedTuple):
+    """A run's job hash: RQ's `data` and our `sq`, the fields runs of a batch share (one
+    object for them all, sent once), and extra fields of the run's own."""
+
+    data: bytes
+    sq: bytes
+    shared: Mapping[str, Any]
+    extra: dict[str, Any] | None = None
+
+
+@functools.lru_cache(maxsize=64)
+def shared_job_fields(
+    queue: str, now_s: float, timeout: float | None, retries: int
+) -> Mapping[str, Any]:
+    """The job fields of a queued run that runs alike in these share: one read-only object
+    for them all (cached), so that a batch sends it once."""
+    fields: dict[str, Any] = {
+        "origin": queue,
+        "status": "queued",
+        "state": TaskState.QUEUED.value,
+        "enqueued_at": rq_time(now_s),
+    }
+    if timeout is not None:
+        fields["timeout"] = int(math.ceil(timeout))
+    if retries:
+        fields["retries_left"] = retries
+        fields["retries"] = retries  # what a restart gives back
+    return MappingProxyType(fields)
 
 
 def build_run(
@@ -294,11 +325,9 @@ def build_run(
         if not argv or not all(isinstance(a, str) for a in argv) or not argv[0]:
             raise ValidationError("cmd", "must name a program; every argument a string")
         return RunSpec(argv=argv, **common_fields)
-    check_encodable(spec_args, "args")
     kw = dict(kwargs or {})
     if not all(isinstance(k, str) for k in kw):
         raise ValidationTypeError("kwargs", "keys must be strings")
-    check_encodable(kw, "kwargs")
     return RunSpec(func=func_name_of(task), args=spec_args, kwargs=kw, **common_fields)
 
 

@@ -27,7 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common import codec
 from common.keys import CONTROL_QUEUE, DEFAULT_QUEUE, Keys, session_of
-from common.models import Status, rq_time
+from common.models import JobFields, Status, rq_time
 from common.rqcompat import RQKeys, rq_keys
 from common.settings import Settings
 
@@ -56,7 +56,7 @@ def lua_source(name: str) -> str:
 RUN_BLOCK_KEYS = 11
 Finish = tuple[str, str, str, bytes, int]  # run id, queue, outcome, payload, duration ms
 # session index, run id, name, state, queue, job fields, options (enqueue.lua)
-Run = tuple[int, str, str, str, str, dict[str, Any], dict[str, Any] | None]
+Run = tuple[int, str, str, str, str, JobFields, dict[str, Any] | None]
 
 
 class StepReply(NamedTuple):
@@ -334,6 +334,8 @@ class Scripts:
             return extra[run_id]
 
         plan_runs = []
+        plan_shared: list[list[Any]] = []
+        shared_index: dict[int, int] = {}  # by id(): the runs hold each shared mapping alive
         for s_index, run_id, name, state, queue, fields, opts in runs:
             if opts:
                 opts = dict(opts)
@@ -341,11 +343,16 @@ class Scripts:
                     opts["dep_keys"] = [key_index(p) for p in opts["deps"]]
                 if opts.get("old_id"):
                     opts["old"] = key_index(opts["old_id"])
-            flat: list[Any] = [s_index + 1, run_id, name, state, queues[queue], opts or None]
-            for key, value in fields.items():
-                flat += (key, value)
+            shared = shared_index.get(id(fields.shared))
+            if shared is None:
+                plan_shared.append([x for pair in fields.shared.items() for x in pair])
+                shared = shared_index[id(fields.shared)] = len(plan_shared)  # Lua counts from 1
+            flat = [s_index + 1, run_id, name, state, queues[queue], opts or None, shared,
+                    fields.data, fields.sq]  # fmt: skip
+            if fields.extra:
+                flat.append([x for pair in fields.extra.items() for x in pair])
             plan_runs.append(flat)
-        plan = codec.encode_for_lua([plan_sessions, len(queues), plan_runs, claim])
+        plan = codec.encode_for_lua([plan_sessions, len(queues), plan_runs, claim, plan_shared])
         return keys, [*self._head(now), worker, plan]
 
     def with_queues(self, run_ids: Sequence[str]) -> list[tuple[str, str]]:

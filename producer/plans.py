@@ -25,6 +25,7 @@ from common.events import decode_event
 from common.keys import DEFAULT_QUEUE, command_queue_for
 from common.models import (
     MAX_REPLICAS,
+    JobFields,
     SessionRecord,
     Status,
     TaskState,
@@ -132,7 +133,7 @@ def create(
         cores=base.cores, ram=base.ram, gpu=base.gpu, replica_count=replicas,
     ).to_wire()  # fmt: skip
     template = base.job_fields(run_queue, now)
-    meta = codec.decode_map(template["sq"], "job meta")
+    meta = codec.decode_map(template.sq, "job meta")
     sessions, runs, ids = [], [], []
     for i, replica_name in enumerate(names):
         sid = new_session_id()
@@ -140,7 +141,7 @@ def create(
         meta["name"] = replica_name
         if "replica_count" in meta:
             meta["replica_id"] = i + 1
-        fields = {**template, "sq": codec.encode(meta)}
+        fields = JobFields(template.data, codec.encode(meta), template.shared)
         sessions.append((sid, True, codec.encode(record), replica_name, kind, user))
         runs.append((i, f"{sid}-1", replica_name, TaskState.QUEUED.value, run_queue, fields,
                      None))  # fmt: skip

@@ -172,8 +172,8 @@ class Session:
         spec = task.run_spec(name, prerun_fatal=not cfg.silence_task_prerun)
         queue = command_queue_for(spec.queue) if spec.is_command else spec.queue
         queue = queue or DEFAULT_QUEUE
-        fields = spec.job_fields(queue, now)
-        fields.update(task.extra_fields(parents, due, cond_silent=cfg.silence_cond_check))
+        extra = task.extra_fields(parents, due, cond_silent=cfg.silence_cond_check)
+        fields = spec.job_fields(queue, now, extra)
         if task.key is not None:
             options["key"] = task.key
         if parents:

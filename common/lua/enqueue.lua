@@ -7,11 +7,12 @@
 -- kind index, owner index, task names, task keys); then 3 per queue (list, wake, failed
 -- registry); then one job key per run; then extra job keys (parents, replaced tasks) that
 -- the runs' options name by index. ARGV: now_ms, now_iso, cap, worker, plan (msgpack):
---   plan = [sessions, nqueues, runs, claim]; claim: a persistent name (owner/name) the one
---   new session takes in the names hash, '' for none
+--   plan = [sessions, nqueues, runs, claim, shared]; claim: a persistent name (owner/name)
+--   the one new session takes in the names hash, '' for none; shared: lists of job fields
+--   (field, value, ...) that runs share
 --   session = [sid, is_new, record bytes, name]
---   run = [session index, run id, name, state, queue index, options or nil,
---          field, value, field, value, ...]
+--   run = [session index, run id, name, state, queue index, options or nil, shared index,
+--          data, sq, extra job fields (field, value, ...) or nothing]
 --   options = {key, policy, deps (ids), dep_keys (KEYS indexes), run_if, due (ms), cron,
 --              silent, old (KEYS index of the task a "replace" removes), old_id}
 -- Returns {'ok', run id, final id, final name, ...} (one triple per run whose id or name
@@ -25,6 +26,15 @@ local sessions, nq, runs = plan[1], plan[2], plan[3]
 local CHUNK = 1000
 local SCHEDULE, WAITING, NAMES = KEYS[12], KEYS[13], KEYS[14]
 
+-- the HSET arguments of a job hash, per set of shared fields, with the slots of the run's own
+-- fields in front: filled for each run in turn, made once
+local job_args = {}
+for i, fields in ipairs(plan[5]) do
+  local a = {'data', false, 'sq', false}
+  for _, v in ipairs(fields) do a[#a + 1] = v end
+  job_args[i] = a
+end
+
 -- call `cmd key` with the values of `list`, at most CHUNK at a time
 local function chunked(cmd, key, list)
   for c = 1, #list, CHUNK do
@@ -32,29 +42,33 @@ local function chunked(cmd, key, list)
   end
 end
 
-local function add_to(groups, key, ...)
+local function add_to(groups, key, v)
   local g = groups[key]
   if not g then
     g = {}
     groups[key] = g
   end
-  for _, v in ipairs({...}) do g[#g + 1] = v end
+  g[#g + 1] = v
 end
 
 local S = {}
+local any_new = false
 for i, s in ipairs(sessions) do
   local k = 14 + (i - 1) * 9 + 1
   S[i] = {sid = s[1], session = KEYS[k], history = KEYS[k + 1], chan = KEYS[k + 2],
     tasks = KEYS[k + 3], held = KEYS[k + 4], kind = KEYS[k + 5], owner = KEYS[k + 6],
-    names = KEYS[k + 7], keys = KEYS[k + 8], counts = {}}
+    names = KEYS[k + 7], keys = KEYS[k + 8], counts = {}, task_names = {}}
   if not s[2] then
     -- a session being destroyed takes no more work (its destroy would miss it)
     local status = redis.call('HGET', S[i].session, 'status')
     if not status or status == 'Terminating' then return {'gone', s[1]} end
+  elseif not any_new then
+    any_new = true
+    -- a new session that exists already: this very call was carried out before and its
+    -- reply lost (the client sent it again); the script is atomic, so all of it was. Its
+    -- first new session tells for all: session ids are random, new to the call.
+    if redis.call('EXISTS', S[i].session) == 1 then return {'ok'} end
   end
-  -- a new session that exists already: this very call was carried out before and its
-  -- reply lost (the client sent it again); the script is atomic, so all of it was
-  if s[2] and redis.call('EXISTS', S[i].session) == 1 then return {'ok'} end
 end
 local claim = plan[4]
 if claim and claim ~= '' then
@@ -73,7 +87,9 @@ for _, run in ipairs(runs) do
   if o and o.policy then
     local B = S[run[1]]
     local existing = redis.call('HGET', B.names, run[3])
-    if o.policy == 'raise' and (existing or seen[run[3]]) then
+    if existing == run[2] then
+      -- the name is this very run's: the call was carried out before, its reply lost
+    elseif o.policy == 'raise' and (existing or seen[run[3]]) then
       if not (o.key and redis.call('HEXISTS', B.keys, o.key) == 1) then
         return {'exists', run[3]}
       end
@@ -83,6 +99,23 @@ for _, run in ipairs(runs) do
       return {'running', existing}  -- as for remove: stop it first
     end
     seen[run[3]] = true
+  end
+end
+
+-- Was this call carried out before, its reply lost? Then every run it wrote has its job
+-- hash (the script is atomic; run ids are new to each call), and none has otherwise. One run
+-- it surely wrote tells for all: one with no key, not named under "ignore" (either may have
+-- been skipped). nil: no such run, each run is looked at. A call that makes a session was
+-- answered above.
+local resent = false
+if not any_new then
+  resent = nil
+  for r, run in ipairs(runs) do
+    local o = run[6]
+    if not (o and (o.key or o.policy == 'ignore')) then
+      resent = redis.call('EXISTS', KEYS[roff + r]) == 1
+      break
+    end
   end
 end
 
@@ -152,13 +185,14 @@ local function settle_name(B, o, id, name, out)
 end
 
 local out = {'ok'}
-local pushes, tasks = {}, {}
-local queued_data = {}  -- the packed data of task.queued events, by name and state
+local pushes = {}
+for q = 1, nq do pushes[q] = {} end
+local queued_data = {}  -- the packed data of task.queued events, by state and name
 for r, run in ipairs(runs) do
   local B, id, name, state, o = S[run[1]], run[2], run[3], run[4], run[6]
   local job = KEYS[roff + r]
   local existing_key = o and o.key and redis.call('HGET', B.keys, o.key)
-  if not B.fresh and redis.call('EXISTS', job) == 1 then
+  if resent ~= false and not B.fresh and redis.call('EXISTS', job) == 1 then
     -- this run was added already: the call is a resend after a lost reply
   elseif existing_key then
     out[#out + 1] = id
@@ -167,18 +201,20 @@ for r, run in ipairs(runs) do
   else
     if o then name = settle_name(B, o, id, name, out) end
     if name then
-      redis.call('HSET', job, unpack(run, 7))
+      local a = job_args[run[7]]
+      a[2], a[4] = run[8], run[9]
+      redis.call('HSET', job, unpack(a))
+      if run[10] then redis.call('HSET', job, unpack(run[10])) end
       if B.stops then redis.call('HSET', job, 'epoch', B.stops) end
       if name ~= run[3] then
         redis.call('HSET', job, 'sq', cmsgpack.pack(
           (function(m) m.name = name return m end)(cmsgpack.unpack(redis.call('HGET', job, 'sq')))))
       end
-      add_to(tasks, B.tasks, id, name)
+      local tn = B.task_names
+      tn[#tn + 1] = id
+      tn[#tn + 1] = name
       if o and o.key then redis.call('HSET', B.keys, o.key, id) end
       if state == 'queued' and B.status == 'Paused' then state = 'held' end
-      local q = (run[5] - 1) * 3
-      local RB = {job = job, S = B, session = B.session, held = B.held,
-        queue = KEYS[qoff + q + 1], wake = KEYS[qoff + q + 2], failed = KEYS[qoff + q + 3]}
       local verdict, reason = 'ready', nil
       if o and o.deps and #o.deps > 0 then
         local states = {}
@@ -188,15 +224,21 @@ for r, run in ipairs(runs) do
       if o and o.cron then redis.call('HINCRBY', B.session, 'cron', 1) end
       if verdict == 'ready' and not (o and o.due) then
         if state == 'held' then hold(B, id)
-        elseif state == 'queued' then add_to(pushes, run[5], id) end
+        elseif state == 'queued' then
+          local p = pushes[run[5]]
+          p[#p + 1] = id
+        end
         if state ~= 'queued' then redis.call('HSET', job, 'state', state, 'status', RQ_STATUS[state]) end
-        B.counts[state] = (B.counts[state] or 0) + 1
-        stat(state, 1)
-        local key = name .. '\0' .. state
-        local data = queued_data[key]
+        B.counts[state] = (B.counts[state] or 0) + 1  -- counted in the totals after the loop
+        local by_name = queued_data[state]
+        if not by_name then
+          by_name = {}
+          queued_data[state] = by_name
+        end
+        local data = by_name[name]
         if not data then
           data = map({'name', P(name), 'state', P(state)})
-          queued_data[key] = data
+          by_name[name] = data
         end
         emit(B, 'task.queued', id, data)
       else
@@ -217,20 +259,24 @@ for r, run in ipairs(runs) do
           redis.call('SADD', WAITING, id)
         else
           if o.cron then redis.call('HINCRBY', B.session, 'cron', -1) end
+          local q = (run[5] - 1) * 3
+          local RB = {job = job, S = B, session = B.session, held = B.held,
+            queue = KEYS[qoff + q + 1], wake = KEYS[qoff + q + 2], failed = KEYS[qoff + q + 3]}
           refuse(RB, id, 'deferred', verdict, reason, o.silent)
         end
       end
     end
   end
 end
-for key, fields in pairs(tasks) do chunked('HSET', key, fields) end
 for _, B in ipairs(S) do
+  chunked('HSET', B.tasks, B.task_names)
   local fields = {}
   if B.fresh then
-    B.seq_preset = B.events and #B.events or 0
+    B.seq_preset = queued_events(B)
     fields = {'status', 'Pending', 'seq', B.seq_preset}
   end
   for state, n in pairs(B.counts) do
+    stat(state, n)
     if B.fresh then
       fields[#fields + 1] = state
       fields[#fields + 1] = n
@@ -240,11 +286,13 @@ for _, B in ipairs(S) do
   end
   if #fields > 0 then redis.call('HSET', B.session, unpack(fields)) end
 end
-for q, ids in pairs(pushes) do
-  local qkey, wkey = KEYS[qoff + (q - 1) * 3 + 1], KEYS[qoff + (q - 1) * 3 + 2]
-  chunked('RPUSH', qkey, ids)
-  redis.call('LPUSH', wkey, '1')
-  redis.call('LTRIM', wkey, 0, 0)
+for q, ids in ipairs(pushes) do
+  if #ids > 0 then
+    local qkey, wkey = KEYS[qoff + (q - 1) * 3 + 1], KEYS[qoff + (q - 1) * 3 + 2]
+    chunked('RPUSH', qkey, ids)
+    redis.call('LPUSH', wkey, '1')
+    redis.call('LTRIM', wkey, 0, 0)
+  end
 end
 for q = 1, nq do redis.call('SADD', KEYS[3], KEYS[qoff + (q - 1) * 3 + 1]) end
 flush()

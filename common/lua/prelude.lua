@@ -13,19 +13,31 @@ local EV_HEAD = '\136\161v\1\163seq'
 local EV_TS, EV_TYPE, EV_SESSION = '\162ts', '\164type', '\167session'
 local EV_TASK, EV_WORKER, EV_DATA = '\164task', '\166worker', '\164data'
 local TRIM_EVERY = 64
+-- Events a channel gets from one call before asking whether anyone listens (see `heard`)
+local ASK_FROM = 8
 
 local function enc(v)
   if v == nil or v == false then return NIL end
   return P(v)
 end
 
+-- Packed strings by value, each packed once per script call: the keys of event data and the
+-- event types come back for every run of a batch.
+local PK = setmetatable({}, {__index = function(t, k)
+  local v = P(k)
+  t[k] = v
+  return v
+end})
+
 -- A msgpack map from ordered (key, already-encoded value) pairs.
 local function map(pairs)
   local n = #pairs / 2
+  if n == 1 then return '\129' .. PK[pairs[1]] .. pairs[2] end
+  if n == 2 then return '\130' .. PK[pairs[1]] .. pairs[2] .. PK[pairs[3]] .. pairs[4] end
   local out
   if n < 16 then out = {string.char(0x80 + n)} else out = {'\222' .. struct.pack('>H', n)} end
   for i = 1, #pairs, 2 do
-    out[#out + 1] = P(pairs[i])
+    out[#out + 1] = PK[pairs[i]]
     out[#out + 1] = pairs[i + 1]
   end
   return table.concat(out)
@@ -57,20 +69,51 @@ local function load_globals(first_idx_key, argv_first)
   set_clock(ARGV[argv_first], ARGV[argv_first + 1], ARGV[argv_first + 2], ARGV[argv_first + 3])
 end
 
--- S = {sid, session, history, chan}: queue an event of session S (numbered at flush).
+-- S = {sid, session, history, chan}: queue an event of session S (numbered at flush). The
+-- queue is flat, three slots an event (type, task or false, data or false), not a table
+-- each: a batch of 10,000 runs queues 10,000 events.
 local function emit(S, etype, task, data)
   S = sess(S)
-  if not S.events then
-    S.events = {}
+  local ev = S.events
+  if not ev then
+    ev = {}
+    S.events = ev
     G.touched[#G.touched + 1] = S
   end
-  S.events[#S.events + 1] = {etype, task, data}
+  local n = #ev
+  ev[n + 1] = etype
+  ev[n + 2] = task or false
+  ev[n + 3] = data or false
 end
 
--- Number, keep and publish every queued event; call before a script returns.
+-- How many events of session S are queued.
+local function queued_events(S)
+  return S.events and #S.events / 3 or 0
+end
+
+-- Does anyone listen on `chan`? Asked when a call has many events for a channel: one ask
+-- costs about two PUBLISHes, and the script is atomic, so no one subscribes meanwhile.
+-- Pattern subscribers count for every channel. Under an ACL that denies PUBSUB (the tenant
+-- rules in the README) the ask is refused and everything is published.
+local function heard(chan)
+  local subs = redis.pcall('PUBSUB', 'NUMSUB', chan)
+  if type(subs) ~= 'table' or subs[2] ~= 0 then return true end
+  if G.patterns == nil then
+    local n = redis.pcall('PUBSUB', 'NUMPAT')
+    G.patterns = type(n) ~= 'number' or n > 0
+  end
+  return G.patterns
+end
+
+-- Number, keep and publish every queued event; call before a script returns. Late
+-- listeners replay the history, so a channel nobody listens to is not published on.
 local function flush()
+  local total = 0
+  for _, S in ipairs(G.touched) do total = total + #S.events / 3 end
+  local to_all = total < ASK_FROM or heard(G.chan_all)
   for _, S in ipairs(G.touched) do
-    local n = #S.events
+    local ev = S.events
+    local n = #ev / 3
     if n > 0 then
       -- a session created by this very script has had its seq written with its record
       local last = S.seq_preset or redis.call('HINCRBY', S.session, 'seq', n)
@@ -78,23 +121,25 @@ local function flush()
       local keep_from = math.max(first, last - G.cap + 1)
       local zargs = {}
       local sid = P(S.sid)
-      for i, e in ipairs(S.events) do
+      -- nobody can be subscribed to the channel of a session this script creates (its
+      -- random id is not known outside yet); its listeners replay the history
+      local chan = not S.seq_preset and (n < ASK_FROM or heard(S.chan)) and S.chan
+      for i = 1, n do
         local seq = first + i - 1
-        local ev = EV_HEAD .. P(seq) .. EV_TS .. G.ts_packed .. EV_TYPE .. P(e[1]) .. EV_SESSION
-          .. sid .. EV_TASK .. enc(e[2]) .. EV_WORKER .. G.worker_packed .. EV_DATA
-          .. (e[3] or EMPTY_MAP)
+        local task, data = ev[3 * i - 1], ev[3 * i]
+        local packed = EV_HEAD .. P(seq) .. EV_TS .. G.ts_packed .. EV_TYPE .. PK[ev[3 * i - 2]]
+          .. EV_SESSION .. sid .. EV_TASK .. (task and P(task) or NIL) .. EV_WORKER
+          .. G.worker_packed .. EV_DATA .. (data or EMPTY_MAP)
         if seq >= keep_from then
           zargs[#zargs + 1] = seq
-          zargs[#zargs + 1] = ev
+          zargs[#zargs + 1] = packed
           if #zargs >= 1000 then
             redis.call('ZADD', S.history, unpack(zargs))
             zargs = {}
           end
         end
-        -- nobody can be subscribed to the channel of a session this script creates (its
-        -- random id is not known outside yet); its listeners replay the history
-        if not S.seq_preset then redis.call('PUBLISH', S.chan, ev) end
-        redis.call('PUBLISH', G.chan_all, ev)
+        if chan then redis.call('PUBLISH', chan, packed) end
+        if to_all then redis.call('PUBLISH', G.chan_all, packed) end
       end
       if #zargs > 0 then redis.call('ZADD', S.history, unpack(zargs)) end
       if last > G.cap and (n >= TRIM_EVERY or math.floor(last / TRIM_EVERY) ~= math.floor((first - 1) / TRIM_EVERY)) then

@@ -66,7 +66,7 @@ def test_payload_limit_is_512_kib() -> None:
     with pytest.raises(ValidationError, match="^args: .*512 KiB"):
         spec.job_fields("default", 0.0)
     small = build_run(name="n", task="tests.tasks:add", args=["x" * (500 * 1024)])
-    assert small.job_fields("default", 0.0)["data"]
+    assert small.job_fields("default", 0.0).data
 
 
 def test_exactly_one_of_cmd_and_task() -> None:

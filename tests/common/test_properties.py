@@ -106,8 +106,8 @@ def test_build_run_accepts_only_what_spec_allows_and_names_the_field(
     except ValidationError as exc:
         assert exc.field == "args" and "512 KiB" in str(exc)
         return
-    assert parse_job_data(job["data"])[0] == (spec.func or "@command")
-    assert parse_meta(job["sq"])["name"] == "n"
+    assert parse_job_data(job.data)[0] == (spec.func or "@command")
+    assert parse_meta(job.sq)["name"] == "n"
 
 
 @given(st.text(max_size=70) | anything)

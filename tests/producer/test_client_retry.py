@@ -3,27 +3,35 @@ redis-py's retry: it must take effect once."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 
 import tests.tasks  # noqa: F401 - registers the @task functions
+from common.keys import DEFAULT_QUEUE
+from common.models import build_run
 from common.scripts import Scripts
 from common.settings import Settings
 from producer import Client
 from worker.loop import SessionWorker
 
 
-def test_a_create_sent_twice_is_applied_once(
-    client: Client, settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def send_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every enqueue call is carried out, its reply lost, and sent again (redis-py's retry)."""
     original = Scripts.enqueue
 
     def enqueue_with_a_lost_reply(self: Scripts, *args: Any, **kwargs: Any) -> list[Any]:
-        original(self, *args, **kwargs)  # carried out; the reply never arrived, and ...
-        return original(self, *args, **kwargs)  # ... redis-py sent it again
+        original(self, *args, **kwargs)
+        return original(self, *args, **kwargs)
 
     monkeypatch.setattr(Scripts, "enqueue", enqueue_with_a_lost_reply)
+
+
+def test_a_create_sent_twice_is_applied_once(
+    client: Client, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    send_twice(monkeypatch)
     ids = client.create("twice", task="tests.tasks:add", args=[1, 2], replicas=2)
     monkeypatch.undo()
     assert [r["tasks"]["queued"] for r in client.info(ids)] == [1, 1]
@@ -40,16 +48,54 @@ def test_an_add_sent_twice_is_applied_once(
     from producer import Task
 
     s = client.session("resent")
-    original = Scripts.enqueue
-
-    def enqueue_with_a_lost_reply(self: Scripts, *args: Any, **kwargs: Any) -> list[Any]:
-        original(self, *args, **kwargs)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Scripts, "enqueue", enqueue_with_a_lost_reply)
+    send_twice(monkeypatch)
     tid = s.add(Task("tests.tasks:add", args=[1, 2], name="once"))
     monkeypatch.undo()
     assert s.progress()["tasks"]["queued"] == 1 and s.list_ids() == [tid]
     assert [e["type"] for e in client.events(s.id) or []].count("task.queued") == 1
     SessionWorker(settings).work(burst=True)
     assert s.progress()["status"] == "Completed" and s[tid]["result"] == 3
+
+
+def test_add_runs_sent_twice_is_applied_once(
+    client: Client, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sid = client.open_session("batch")
+    specs = [build_run(name=f"r{i}", task="tests.tasks:add", args=[i, 1]) for i in range(3)]
+    send_twice(monkeypatch)
+    ids = client.add_runs(sid, specs)
+    monkeypatch.undo()
+    assert client.info(sid)[0]["tasks"]["queued"] == 3
+    assert [e["type"] for e in client.events(sid) or []].count("task.queued") == 3
+    assert client.stats()["tasks"]["queued"] == 3
+    SessionWorker(settings).work(burst=True)
+    assert [client.task_records(sid, [i], {})[0]["result"] for i in ids] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("policy", ["raise", "rename", "replace", "ignore"])
+def test_a_resent_add_is_told_by_a_run_it_wrote(
+    client: Client, settings: Settings, policy: str
+) -> None:
+    # the call's first run is skipped (its key names a task the session has), so whether the
+    # call was carried out before shows on its second run only; under any policy the resend
+    # finds the names the call gave, and takes them for its own
+    s = client.session("keyed")
+    from producer import Task
+
+    kept = s.add(Task("tests.tasks:add", args=[1, 1], key="k"))
+    now = time.time()
+    runs = []
+    for n, key in ((100, "k"), (101, None)):
+        spec = build_run(name=f"t{n}", task="tests.tasks:add", args=[n, 0])
+        options = {"policy": policy, "key": key} if key else {"policy": policy}
+        runs.append((0, f"{s.id}-{n}", spec.name, "queued", DEFAULT_QUEUE,
+                     spec.job_fields(DEFAULT_QUEUE, now), options))  # fmt: skip
+    session = [(s.id, False, b"", "", "session", client.user)]
+    first = client.scripts.enqueue(session, runs, now=now)
+    again = client.scripts.enqueue(session, runs, now=now)
+    assert first == again == ["ok", f"{s.id}-100", kept, None]
+    assert s.list_ids() == [kept, f"{s.id}-101"]
+    assert [e["type"] for e in client.events(s.id) or []].count("task.queued") == 2
+    assert s.progress()["tasks"]["queued"] == 2
+    SessionWorker(settings).work(burst=True)
+    assert s.progress()["status"] == "Completed" and s[f"{s.id}-101"]["result"] == 101
