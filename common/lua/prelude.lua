@@ -1,6 +1,8 @@
--- Shared by every sessionq script (common/scripts.py prepends it). Keys arrive through KEYS
--- only; a script never assembles a key name. Events are built here, in the wire layout of
--- SPEC §5, so that every event - from Python or from a script - comes out of `emit`.
+-- Shared by every sessionq script (common/scripts.py prepends it). Keys arrive through KEYS,
+-- except those of the runs run.lua claims itself, which it makes from the key templates
+-- scripts.py cuts from keys.py's names: a script never invents a key name. Events are built
+-- here, in the wire layout of SPEC §5, so that every event - from Python or from a script -
+-- comes out of `emit`.
 -- Events are buffered per session and written by `flush` at the end of the script: one
 -- HINCRBY numbers them all, one ZADD keeps them, then each is published.
 local P = cmsgpack.pack

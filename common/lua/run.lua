@@ -162,8 +162,8 @@ local want = nclaim
 for qi = 1, nq do
   if want <= 0 then break end
   local list = KEYS[11 + (qi - 1) * 5 + 1]
-  local share = math.max(1, math.floor(redis.call('LLEN', list) / 4))
-  local ids = redis.call('LPOP', list, math.min(want, share))
+  local held = redis.call('LLEN', list)
+  local ids = held > 0 and redis.call('LPOP', list, math.min(want, math.max(1, math.floor(held / 4))))
   if ids then
     for _, id in ipairs(ids) do
       redis.call('RPUSH', runs, id)
@@ -175,8 +175,9 @@ for qi = 1, nq do
       for _, v in ipairs(r) do reply[#reply + 1] = v end
     end
     want = want - #ids
+    held = held - #ids
   end
-  if redis.call('LLEN', list) > 0 then
+  if held > 0 then
     -- more is waiting: wake the next idle worker too
     redis.call('LPUSH', KEYS[11 + (qi - 1) * 5 + 2], '1')
     redis.call('LTRIM', KEYS[11 + (qi - 1) * 5 + 2], 0, 0)
