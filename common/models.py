@@ -56,8 +56,10 @@ class TaskState(StrEnum):
 
 
 # -- time ------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=4096)
 def iso_from_ms(ms: int | str | bytes | None) -> str | None:
-    """ISO 8601 UTC string for epoch milliseconds (what records show); None stays None."""
+    """ISO 8601 UTC string for epoch milliseconds (what records show); None stays None.
+    Cached: a listing formats many equal times (sessions made by one create share theirs)."""
     if ms in (None, b"", ""):
         return None
     stamp = dt.datetime.fromtimestamp(int(ms) / 1000, tz=dt.UTC)
@@ -436,6 +438,9 @@ def _int(raw: Any) -> int:
         return 0
 
 
+_TASK_STATES = tuple(s.value for s in TaskState)  # (an enum's .value is a slow lookup)
+
+
 def session_dict(
     record: SessionRecord,
     state: Mapping[bytes | str, Any],
@@ -446,7 +451,7 @@ def session_dict(
 ) -> dict[str, Any]:
     """The public session record (SPEC §2): built here and nowhere else."""
     st = {k.decode() if isinstance(k, bytes) else k: v for k, v in state.items()}
-    tasks = {s.value: _int(st.get(s.value)) for s in TaskState}
+    tasks = {state: _int(st.get(state)) for state in _TASK_STATES}
     total = sum(tasks.values())
     done = tasks["succeeded"] + tasks["failed"] + tasks["canceled"]
     status = st.get("status", Status.PENDING)

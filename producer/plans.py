@@ -156,19 +156,21 @@ def records(
     scripts: Scripts, ids: Sequence[str], *, quiet: bool = False
 ) -> Plan[list[dict[str, Any]]]:
     """Public records of the ids that exist, in the given order; the rest are logged."""
+    if not ids:
+        return []
     k, rq = scripts.keys, scripts.rq
-    commands = [Command.of("get", k.dashboard())]
+    # the records in one HMGET: a command less per session (fetch returns many)
+    commands = [Command.of("get", k.dashboard()), Command.of("hmget", k.sessions(), list(ids))]
     for sid in ids:
         commands += [
-            Command.of("hget", k.sessions(), sid),
             Command.of("hgetall", k.session(sid)),
             Command.of("hmget", rq.job(f"{sid}-1"), "result", "error"),
         ]
     replies = yield Batch(commands)
     base = replies[0].decode() if replies[0] else None
     out = []
-    for n, sid in enumerate(ids):
-        raw, state, (result, error) = replies[1 + 3 * n : 4 + 3 * n]
+    for n, (sid, raw) in enumerate(zip(ids, replies[1], strict=True)):
+        state, (result, error) = replies[2 + 2 * n : 4 + 2 * n]
         if raw is None:
             if not quiet:
                 log.warning("no such session: %s", sid)
