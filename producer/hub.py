@@ -17,8 +17,10 @@ more than `routing.MAX_BACKLOG_EVENTS` behind gets `RESYNC` too, and no events u
 taken it, so that a listener nobody reads does not hoard memory.
 
 The registries of hubs (this one and producer.aiohub's) are the producer's only module-level
-state: a hub exists only while a listener of its server is open, and it holds no connection
-once it has stopped.
+state: a hub exists while a listener of its server is open, and for HUB_LINGER_S after the
+last one closed - a producer that opens a listener per run finds the thread and connection
+ready instead of making them anew (3 of a new listener's 5 ms here) - and it holds no
+connection once it has stopped.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import queue
 import select
 import ssl
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -45,7 +48,7 @@ log = logging.getLogger(__name__)
 LOST = (RedisConnectionError, RedisTimeoutError, OSError)
 RECONNECT_FIRST_S = 0.05
 RECONNECT_MAX_S = 5.0
-HUB_STOP_WAIT_S = 2.0  # the longest the last listener's close() waits for the hub to end
+HUB_LINGER_S = 2.0  # how long a hub with no listener left keeps its thread and connection
 READ_BYTES = 1 << 16
 _INCOMPLETE = object()  # what the reader has when no whole reply is in yet
 
@@ -117,12 +120,7 @@ def hubs() -> int:
 def _detach(hub: _Hub, sub: Subscription) -> None:
     with _registry_lock:
         hub.attached -= 1
-        last = hub.attached == 0 and _hubs.get(hub.key) is hub
-        if last:
-            del _hubs[hub.key]
-        hub.post("stop" if last else "remove", sub)
-    if last:  # the connection is closed when the last listener's close() returns
-        hub.join(HUB_STOP_WAIT_S)
+        hub.post("remove", sub)
 
 
 def _forget_hubs_after_fork() -> None:
@@ -160,13 +158,10 @@ class _Hub:
         self._woken = False  # the wake pipe has bytes to drain
         self._routes = Routes(self._write)
         self._heartbeat = Heartbeat()
+        self._idle_since: float | None = None  # when the last listener left
 
     def start(self) -> None:
         self._thread.start()
-
-    def join(self, timeout: float) -> None:
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
 
     def post(self, what: str, sub: Subscription) -> None:
         """(under _registry_lock) Hand a request to the hub thread and wake it."""
@@ -196,17 +191,18 @@ class _Hub:
         backoff = 0.0
         while True:
             try:
-                if not self._handle_requests():
+                self._handle_requests()
+                linger = self._linger_left()
+                if linger is not None and linger <= 0 and self._retire():
                     return
                 if self._conn is not None:
-                    self._pump()
+                    self._pump(linger)
                 elif not self._routes.members:
-                    self._wait(None)
+                    self._wait(linger)
                 else:
                     if backoff:
                         self._wait(backoff)  # a listener's request cuts it short
-                        if not self._handle_requests():
-                            return
+                        self._handle_requests()
                     if self._connect():
                         backoff = 0.0
                     else:
@@ -227,8 +223,28 @@ class _Hub:
                 heard = True
         return heard
 
-    def _handle_requests(self) -> bool:
-        """Apply what listeners asked, in order; False when the hub is to stop."""
+    def _linger_left(self) -> float | None:
+        """With no listener: how long the hub may still wait for one (None: it has some)."""
+        if self._routes.members:
+            self._idle_since = None
+            return None
+        if self._idle_since is None:
+            self._idle_since = time.monotonic()
+        return self._idle_since + HUB_LINGER_S - time.monotonic()
+
+    def _retire(self) -> bool:
+        """Leave the registry if still no listener is on its way (one that is will get this
+        hub: subscribe counts it under the lock); whether it did."""
+        with _registry_lock:
+            if self.attached or self._requests:
+                return False
+            if _hubs.get(self.key) is self:
+                del _hubs[self.key]
+            self.stopped = True
+        return True
+
+    def _handle_requests(self) -> None:
+        """Apply what listeners asked, in order."""
         if self._woken:
             self._woken = False
             try:
@@ -240,12 +256,8 @@ class _Hub:
             what, sub = self._requests.popleft()
             if what == "add":
                 self._routes.add(sub)
-            elif what == "remove":
+            else:  # "remove"
                 self._routes.drop(sub)
-            else:  # "stop": the last listener left
-                self._routes.members.clear()
-                return False
-        return True
 
     def _write(self, command: str, channels: Sequence[bytes]) -> None:
         self._conn.send_command(command, *channels, check_health=False)
@@ -286,9 +298,9 @@ class _Hub:
             self._fd = None
         conn.disconnect()
 
-    def _pump(self) -> None:
+    def _pump(self, linger: float | None = None) -> None:
         """Dispatch the replies Redis has sent; when none is complete, wait for more (or a
-        request) and read what came."""
+        request, or at most `linger` seconds) and read what came."""
         reply = self._reader.gets()
         if reply is _INCOMPLETE:
             tls_pending = isinstance(self._sock, ssl.SSLSocket) and self._sock.pending()
@@ -296,7 +308,7 @@ class _Hub:
                 ping, wait = self._heartbeat.wait()
                 if ping:
                     self._routes.ping()
-                if not self._wait(wait):
+                if not self._wait(wait if linger is None else max(0.0, min(wait, linger))):
                     return
             data = self._sock.recv(READ_BYTES)
             if not data:

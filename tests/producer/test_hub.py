@@ -78,6 +78,14 @@ def started(followers: Sequence[Follower]) -> None:
     wait_for(lambda: all(f.started.is_set() for f in followers), what="every listener to start")
 
 
+@pytest.fixture(autouse=True)
+def short_linger(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hubs left by earlier tests retire first; the ones of these tests soon after their
+    last listener (the tests count hubs and connections)."""
+    wait_for(lambda: hub.hubs() == 0, what="earlier tests' hubs to retire")
+    monkeypatch.setattr(hub, "HUB_LINGER_S", 0.05)
+
+
 def consecutive(seqs: list[int]) -> bool:
     return bool(seqs) and seqs == list(range(seqs[0], seqs[0] + len(seqs)))
 
@@ -108,8 +116,9 @@ def test_listeners_in_one_process_share_one_connection_and_see_the_same_sequence
     everywhere.join()  # it stops at the first "last": a's
     assert everywhere.seqs(a) == expected_a
     assert consecutive(everywhere.seqs(b)) or not everywhere.seqs(b)
-    # the last listener's close() ends the hub and its connection
-    assert hub.hubs() == 0
+    # once the last listener has closed (and HUB_LINGER_S passed), the hub and its
+    # connection end
+    wait_for(lambda: hub.hubs() == 0, what="the hub to retire")
     wait_for(lambda: not pubsub_ids(redis), what="the hub's connection to close")
 
 
@@ -131,7 +140,7 @@ def test_a_listener_leaving_does_not_disturb_the_others(
     progress(client, a, 0)  # the "last" one
     for follower in stays:
         assert follower.join() == client.history_after(a, 0)
-    assert hub.hubs() == 0
+    wait_for(lambda: hub.hubs() == 0, what="the hub to retire")
 
 
 def test_a_killed_hub_connection_loses_nothing_for_any_listener(
@@ -265,3 +274,20 @@ def test_held_back_seqs_that_do_not_follow_on_are_read_from_the_history(keys: Ke
     assert order.live(event, (5, 8)) == ("s", 2), "3 and 4 were not seen: read them"
     assert order.live(event, (3, 8)) == [event]
     assert order.live({"session": "s", "seq": 11, "type": "task.log"}, (9, 9)) == ("s", 9)
+
+
+def test_a_listener_opened_soon_after_the_last_one_closed_reuses_the_hub(
+    settings: Settings, two_sessions: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A producer that opens a listener per run finds the hub's thread and connection
+    ready; HUB_LINGER_S after the last listener closed, they end."""
+    monkeypatch.setattr(hub, "HUB_LINGER_S", 3.0)
+    a, _ = two_sessions
+    Follower(settings, a, after=0, stop_after=1).join()
+    [lingering] = hub._hubs.values()  # no listener left: the hub lingers, connected
+    connection = lingering._conn
+    assert connection is not None
+    Follower(settings, a, after=0, stop_after=1).join()
+    assert list(hub._hubs.values()) == [lingering] and lingering._conn is connection
+    wait_for(lambda: hub.hubs() == 0, what="the hub to retire")
+    wait_for(lambda: lingering._conn is None, what="the hub's connection to close")
