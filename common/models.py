@@ -227,18 +227,9 @@ class RunSpec:
 
     def meta(self) -> bytes:
         """Our part of the job hash (`sq` field): what RQ's fields do not say."""
-        wire: dict[str, Any] = {"v": SCHEMA_VERSION, "name": self.name}
-        if self.env:
-            wire["env"] = self.env
-        if self.replica_count != 1:
-            wire["replica_id"] = self.replica_id
-            wire["replica_count"] = self.replica_count
-        for key in ("cores", "ram", "gpu"):
-            if getattr(self, key) is not None:
-                wire[key] = getattr(self, key)
-        if self.prerun_fatal:
-            wire["prerun_fatal"] = True
-        return codec.encode(wire)
+        replica = (self.replica_id, self.replica_count) if self.replica_count != 1 else None
+        env = tuple(self.env.items()) if self.env else ()
+        return _meta(self.name, env, replica, self.cores, self.ram, self.gpu, self.prerun_fatal)
 
     def job_fields(
         self, queue: str, now_s: float, extra: dict[str, Any] | None = None
@@ -252,6 +243,30 @@ class RunSpec:
             )
         shared = shared_job_fields(queue, now_s, self.timeout, self.retries)
         return JobFields(self.data, meta, shared, extra or None)
+
+
+@functools.lru_cache(maxsize=1024)
+def _meta(
+    name: str,
+    env: tuple[tuple[str, str], ...],
+    replica: tuple[int, int] | None,
+    cores: float | None,
+    ram: float | None,
+    gpu: float | None,
+    prerun_fatal: bool,
+) -> bytes:
+    """RunSpec.meta's bytes, cached: the runs of a batch mostly share theirs."""
+    wire: dict[str, Any] = {"v": SCHEMA_VERSION, "name": name}
+    if env:
+        wire["env"] = dict(env)
+    if replica is not None:
+        wire["replica_id"], wire["replica_count"] = replica
+    for key, value in (("cores", cores), ("ram", ram), ("gpu", gpu)):
+        if value is not None:
+            wire[key] = value
+    if prerun_fatal:
+        wire["prerun_fatal"] = True
+    return codec.encode(wire)
 
 
 class JobFields(NamedTuple):
