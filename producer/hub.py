@@ -193,8 +193,10 @@ class _Hub:
             try:
                 self._handle_requests()
                 linger = self._linger_left()
-                if linger is not None and linger <= 0 and self._retire():
-                    return
+                if linger is not None and linger <= 0:
+                    if self._retire():
+                        return
+                    linger = None  # a subscription is still open: wait for its close()
                 if self._conn is not None:
                     self._pump(linger)
                 elif not self._routes.members:

@@ -106,6 +106,7 @@ class SessionWorker:
         self.interrupt_at: float | None = None
         self.runs_done = 0
         self.runs_claimed = 0  # runs and operations claimed (or started after a lost reply)
+        self.parents_ended = 0  # finishes whose waiting runs were judged (some may be queued)
         self.parent_pid = 0  # set when a supervisor started this process
         self.command_pgid: Any = None  # shared with the supervisor: the running command's group
         # RQ's per-worker counters, added to its worker hash with each heartbeat
@@ -237,12 +238,14 @@ class SessionWorker:
         return True
 
     def _claim(self, finishes: list[Finish]) -> bool:
-        """Send `finishes` with a claim of the next batch; whether anything was claimed."""
+        """Send `finishes` with a claim of the next batch; whether there may be more to do:
+        something was claimed, or a finish released runs that waited on it (queued after
+        this call's claim looked)."""
         self.unacked.extend(finishes)
         self.scripts.step_send(self.head, self.name, finishes, [], "", claim=self.batch)
-        before = self.runs_claimed
+        before = (self.runs_claimed, self.parents_ended)
         self._collect(0)
-        return self.runs_claimed > before
+        return (self.runs_claimed, self.parents_ended) != before
 
     def _start(self, runs: list[tuple[str, str]]) -> None:
         """Start runs already on our list (after a lost reply), in one round trip."""
@@ -273,6 +276,7 @@ class SessionWorker:
                     from worker.schedule import resolve_children
 
                     resolve_children(self.scripts, [run_id], self.name)
+                    self.parents_ended += 1
                 if flags & 1:
                     # the last run of a session being destroyed ended: carry out the destroy
                     from worker.ops import destroy_session

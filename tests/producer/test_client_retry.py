@@ -7,7 +7,9 @@ import time
 from typing import Any
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
+import common.scripts
 import tests.tasks  # noqa: F401 - registers the @task functions
 from common.keys import DEFAULT_QUEUE
 from common.models import build_run
@@ -99,3 +101,32 @@ def test_a_resent_add_is_told_by_a_run_it_wrote(
     assert s.progress()["tasks"]["queued"] == 2
     SessionWorker(settings).work(burst=True)
     assert s.progress()["status"] == "Completed" and s[f"{s.id}-101"]["result"] == 101
+
+
+def test_a_call_after_redis_lost_its_scripts_loads_them_again(
+    client: Client, settings: Settings
+) -> None:
+    [first] = client.create("before", task="tests.tasks:noop")
+    client.redis.script_flush()  # as after a restart: the fast EVALSHA meets NOSCRIPT
+    [second] = client.create("after", task="tests.tasks:noop")
+    assert [r["name"] for r in client.info([first, second])] == ["before", "after"]
+
+
+def test_a_script_call_whose_reply_is_lost_is_sent_again_and_applied_once(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scripts.call's own EVALSHA loses the reply of a call Redis carried out; redis-py's
+    path sends it again, which the script takes as the resend it is."""
+
+    original, lost = common.scripts._evalsha_once, []
+
+    def reply_lost(*args: Any) -> Any:
+        original(*args)
+        lost.append(1)
+        raise RedisConnectionError("connection dropped before the reply")
+
+    monkeypatch.setattr(common.scripts, "_evalsha_once", reply_lost)
+    [sid] = client.create("once", task="tests.tasks:noop")
+    assert lost == [1]
+    named = [r for r in client.fetch() if r["name"] == "once"]
+    assert [r["id"] for r in named] == [sid] and named[0]["tasks"]["queued"] == 1

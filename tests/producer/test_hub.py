@@ -291,3 +291,28 @@ def test_a_listener_opened_soon_after_the_last_one_closed_reuses_the_hub(
     assert list(hub._hubs.values()) == [lingering] and lingering._conn is connection
     wait_for(lambda: hub.hubs() == 0, what="the hub to retire")
     wait_for(lambda: lingering._conn is None, what="the hub's connection to close")
+
+
+def test_a_hub_past_its_linger_waits_for_an_open_subscription_without_spinning(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A subscription the routes dropped (refused on a new connection) but that its listener
+    has not closed yet keeps the hub: it then waits for the close, it does not poll in a
+    loop."""
+    sub = hub.subscribe(redis, ["sq:events:nobody"])
+    [lingering] = hub._hubs.values()
+    with hub._registry_lock:  # as an open subscription the routes no longer hold
+        lingering.attached += 1
+    waits: list[float | None] = []
+    wait = lingering._wait
+    monkeypatch.setattr(lingering, "_wait", lambda timeout: (waits.append(timeout),
+                                                            wait(timeout))[1])  # fmt: skip
+    sub.close()
+    # its linger (0.05 s), then a wait for a request or for Redis, not polls of 0 s
+    wait_for(lambda: any(t is None or t > 1 for t in waits),
+             what="the hub to wait past its linger without polling in a loop")  # fmt: skip
+    assert sum(1 for t in waits if not t) <= 1, f"it polled in a loop: {waits[:5]}"
+    with hub._registry_lock:
+        lingering.attached -= 1
+        lingering.post("remove", sub)  # wakes it: no listener, nothing open, it retires
+    wait_for(lambda: hub.hubs() == 0, what="the hub to retire")

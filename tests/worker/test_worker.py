@@ -15,7 +15,7 @@ from common.keys import Keys
 from common.rqcompat import rq_keys
 from common.scripts import FastLane
 from common.settings import Settings
-from producer import Client
+from producer import Client, Task
 from worker.loop import SessionWorker
 
 
@@ -295,3 +295,16 @@ def test_a_runs_environment_does_not_leak_into_the_next_run_or_the_process(
     assert results[second]["GREETING"] == ""  # set for the run before, not for this one
     assert results[second]["SESSIONQ_TASK_ID"] == f"{second}-1"
     assert "GREETING" not in os.environ and "SESSIONQ_TASK_ID" not in os.environ
+
+
+def test_a_burst_worker_runs_what_its_own_last_finish_released(
+    client: Client, settings: Settings
+) -> None:
+    """The step that finishes a parent also claims, before the parent's waiting runs are
+    judged (and queued): the worker must look again instead of leaving them behind."""
+    session = client.session("chain")
+    parent = Task("tests.tasks:noop", name="parent")
+    session.add(Task("tests.tasks:noop", name="child", depends_on=parent))
+    drain(settings)
+    assert session.progress()["status"] == "Completed"
+    assert [t["state"] for t in session] == ["succeeded", "succeeded"]
