@@ -243,10 +243,11 @@ class Scripts:
     def call(
         self, name: str, keys: Sequence[str], args: Sequence[Any], *, client: Any = None
     ) -> Any:
-        """Run script `name` by EVALSHA on redis-py (loading it when Redis lacks it). Given a
-        pipeline as `client`, the call is only queued on it, as a plain EVALSHA that adds no
-        SCRIPT EXISTS round trip (the caller has loaded the scripts: ensure_loaded); the
-        reply then comes with the pipeline's."""
+        """Run script `name` by EVALSHA, packed by hiredis on a connection of the client's pool;
+        on NOSCRIPT or a lost connection, through redis-py's Script (which loads it, and
+        retries with backoff). Given a pipeline as `client`, the call is only queued on it, as
+        a plain EVALSHA that adds no SCRIPT EXISTS round trip (the caller has loaded the
+        scripts: ensure_loaded); the reply then comes with the pipeline's."""
         script = self._script[name]
         if isinstance(client, Pipeline):
             client.evalsha(script.sha, len(keys), *keys, *args)

@@ -210,7 +210,10 @@ class _Hub:
                     else:
                         backoff = min(max(backoff * 2, RECONNECT_FIRST_S), RECONNECT_MAX_S)
             except LOST as exc:
-                log.warning("the pub/sub hub lost its connection (%s); reconnecting", exc)
+                if self._routes.members:
+                    log.warning("the pub/sub hub lost its connection (%s); reconnecting", exc)
+                else:  # lingering: nobody to tell (often Redis is just shutting down)
+                    log.debug("the idle pub/sub hub lost its connection (%s)", exc)
                 self._disconnect()
                 backoff = RECONNECT_FIRST_S
 

@@ -316,3 +316,26 @@ def test_a_hub_past_its_linger_waits_for_an_open_subscription_without_spinning(
         lingering.attached -= 1
         lingering.post("remove", sub)  # wakes it: no listener, nothing open, it retires
     wait_for(lambda: hub.hubs() == 0, what="the hub to retire")
+
+
+def test_a_lingering_hub_that_loses_its_connection_says_nothing_and_ends(
+    settings: Settings,
+    redis: Redis,
+    two_sessions: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Nobody listens any more (often Redis is shutting down, as at the end of the demo):
+    no warning, no reconnecting; it ends at its linger's end."""
+    monkeypatch.setattr(hub, "HUB_LINGER_S", 1.0)
+    a, _ = two_sessions
+    Follower(settings, a, after=0, stop_after=1).join()
+    [lingering] = hub._hubs.values()
+    with caplog.at_level(logging.DEBUG, logger="producer.hub"):
+        host, port = lingering._sock.getsockname()[:2]
+        assert redis.client_kill_filter(addr=f"{host}:{port}") == 1
+        wait_for(lambda: "idle pub/sub hub lost its connection" in caplog.text,
+                 what="the hub to notice")  # fmt: skip
+        wait_for(lambda: hub.hubs() == 0, what="the hub to retire")
+    assert lingering._conn is None
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
