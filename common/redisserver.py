@@ -94,6 +94,7 @@ class RedisServer:
                     break
                 except RedisConnectionError:
                     if self.proc.poll() is not None or time.monotonic() > deadline:
+                        self.shutdown()  # one that is still starting is not left behind
                         raise ConfigError(
                             f"{self.binary} did not start on port {self.port}"
                         ) from None
