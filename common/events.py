@@ -68,16 +68,16 @@ class Event:
     data: dict[str, Any]
 
     def to_wire(self) -> dict[str, Any]:
-        return {
-            "v": EVENT_SCHEMA_VERSION,
-            "seq": self.seq,
-            "ts": self.ts,
-            "type": self.type,
-            "session": self.session,
-            "task": self.task,
-            "worker": self.worker,
-            "data": self.data,
-        }
+        return _wire(self.seq, self.ts, self.type, self.session, self.task, self.worker,
+                     self.data)  # fmt: skip
+
+
+def _wire(
+    seq: int, ts: float, type_: str, session: str, task: Any, worker: Any, data: dict[str, Any]
+) -> dict[str, Any]:
+    """The event dict of SPEC §5, in its field order: the one place that lays it out."""
+    return {"v": EVENT_SCHEMA_VERSION, "seq": seq, "ts": ts, "type": type_, "session": session,
+            "task": task, "worker": worker, "data": data}  # fmt: skip
 
 
 def decode_event(raw: bytes) -> dict[str, Any]:
@@ -86,16 +86,9 @@ def decode_event(raw: bytes) -> dict[str, Any]:
     wire = codec.decode_map(raw, "event")
     try:
         data = wire.get("data") or {}
-        return {
-            "v": EVENT_SCHEMA_VERSION,
-            "seq": int(wire["seq"]),
-            "ts": float(wire["ts"]),
-            "type": str(wire["type"]),
-            "session": str(wire["session"]),
-            "task": wire.get("task"),
-            "worker": wire.get("worker"),
-            "data": data if isinstance(data, dict) else {},
-        }
+        return _wire(int(wire["seq"]), float(wire["ts"]), str(wire["type"]),
+                     str(wire["session"]), wire.get("task"), wire.get("worker"),
+                     data if isinstance(data, dict) else {})  # fmt: skip
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise CodecError(f"event: missing or bad field {exc}") from exc
 

@@ -129,7 +129,7 @@ class Ordering:
 
     def wants(self, kind: str) -> bool:
         """Whether the `types` filter lets an event of this type through."""
-        return self.types is None or kind in self.types or matches(kind, self.types)
+        return matches(kind, self.types)
 
     def live(
         self, event: dict[str, Any], passed: tuple[int, int] | None = None
@@ -175,7 +175,7 @@ class Ordering:
                 continue
             if event["seq"] > last.get(sid, 0):
                 last[sid] = event["seq"]
-            if types is None or kind in types or matches(kind, types):  # (self.wants, inline)
+            if matches(kind, types):
                 out.append(event)
             if kind in TERMINAL_EVENTS:
                 self.open.discard(sid)
