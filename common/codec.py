@@ -35,10 +35,20 @@ def encode_for_lua(obj: Any) -> bytes:
 
 def decode(data: object) -> Any:
     """The value msgpack bytes hold; CodecError for anything else (truncated, garbage)."""
+    return _unpack(data, raw=False)
+
+
+def decode_raw(data: object) -> Any:
+    """As decode, strings left as bytes: for what a Lua script packed (cmsgpack has no bin
+    type, so binary fields come as raw strings)."""
+    return _unpack(data, raw=True)
+
+
+def _unpack(data: object, *, raw: bool) -> Any:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise CodecError(f"expected bytes, got {type(data).__name__}")
     try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+        return msgpack.unpackb(data, raw=raw, strict_map_key=False)
     except (ValueError, msgpack.UnpackException, TypeError) as exc:
         raise CodecError(f"undecodable payload ({len(data)} bytes): {exc}") from exc
 

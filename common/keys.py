@@ -108,6 +108,27 @@ class Keys:
         """LIST runs a worker holds (claimed, then started); claim/finish; reaper deletes."""
         return f"{self.prefix}worker:{worker}:runs"
 
+    def worker_inbox(self, worker: str) -> str:
+        """LIST runs an enqueue started for this worker while it waited idle, one msgpack
+        [run id, queue, data, sq, timeout, attempt] each; enqueue pushes, the worker pops
+        (BLPOP, or its next step); what is left when it is lost goes back unrun."""
+        return f"{self.prefix}worker:{worker}:inbox"
+
+    def worker_handed(self, worker: str) -> str:
+        """STRING the run last handed to this worker, until the worker says it has taken it
+        (deletes it): recovery gives a run still named here back unrun, uncharged."""
+        return f"{self.prefix}worker:{worker}:handed"
+
+    def idle_workers(self) -> str:
+        """SET of workers waiting idle for work; a worker's empty claim adds it, an enqueue
+        that hands it a run (or its next claim, or its leaving) removes it."""
+        return f"{self.prefix}idle"
+
+    def idle(self, queue: str) -> str:
+        """LIST of the workers waiting on a queue, longest first (one entry each; entries of
+        workers no longer in idle_workers are skipped); run.lua pushes, enqueue pops."""
+        return f"{self.prefix}idle:{queue}"
+
     def wake(self, queue: str) -> str:
         """LIST of at most one token: "queue may have work"; enqueuers push, workers BLPOP."""
         return f"{self.prefix}wake:{queue}"

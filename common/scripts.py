@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from functools import cache
 from importlib import resources
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import hiredis
 from redis import Redis
@@ -26,6 +26,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common import codec
+from common.errors import CodecError
 from common.keys import CONTROL_QUEUE, DEFAULT_QUEUE, Keys, session_of
 from common.models import JobFields, Status, rq_time
 from common.rqcompat import RQKeys, rq_keys
@@ -84,6 +85,18 @@ def _started(run_id: str, queue: str, r: Sequence[Any]) -> tuple[str, str, str, 
     return (run_id, queue, status, data, sq, timeout, int(attempt))
 
 
+def handed_run(entry: bytes) -> tuple[str, str, str, Any, Any, Any, int]:
+    """A run an enqueue started for this worker (an inbox entry, see enqueue.lua `hand`), as a
+    started entry of run.lua's reply; result 'bad' (and the error as data) for an entry that
+    is not one - its run stays on the worker's runs list, to be started again from there."""
+    try:
+        run_id, queue, data, sq, timeout, attempt = codec.decode_raw(entry)
+        return (run_id.decode(), queue.decode(), "run", data, sq or None, timeout or None,
+                int(attempt))  # fmt: skip
+    except (CodecError, ValueError, TypeError, AttributeError) as exc:
+        return ("", "", "bad", f"worker inbox entry {bytes(entry[:80])!r}: {exc}", None, None, 0)
+
+
 def _evalsha_once(redis: Redis, sha: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
     """EVALSHA on a connection of redis's pool, packed by hiredis in one call: redis-py's
     command layer (argument encoding, retry, observability) cost more than a loopback round
@@ -105,6 +118,15 @@ def _evalsha_once(redis: Redis, sha: str, keys: Sequence[str], args: Sequence[An
     return reply
 
 
+def _templates(*names: Any) -> list[str]:
+    """Key names cut in two where their one argument goes (for Lua to make keys of ids it
+    finds itself), flat: before, after, before, after, ..."""
+    mark = "\0"
+    parts = [name(mark).split(mark) for name in names]
+    assert all(len(p) == 2 for p in parts), "a key template holds the id once"
+    return [piece for p in parts for piece in p]
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -114,6 +136,7 @@ def bulk(value: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(value), value)
 
 
+_NOTE = object()  # the context of a FastLane.note
 FIXED_AFTER = 4  # run.lua's per-call now_ms, now_iso, cap, worker come before the fixed args
 
 
@@ -135,6 +158,7 @@ class FastLane:
         self.fixed = b"".join(bulk(str(a).encode()) for a in fixed)
         self.nfixed = len(fixed)
         self.sent: deque[tuple[bytes, Any]] = deque()  # commands awaiting a reply, with context
+        self.notes = 0  # of them, plain commands whose reply is read and dropped (see note)
 
     def send(self, nkeys: int, keys: bytes, args: list[bytes], context: Any) -> None:
         """Send EVALSHA: the head keys, `keys` (packed), then `args` with the fixed arguments
@@ -153,6 +177,44 @@ class FastLane:
         self._write(command)
         self.sent.append((command, context))
 
+    def note(self, *command: str) -> None:
+        """Send a plain command whose reply nobody waits for: receive drops it on the way."""
+        packed = hiredis.pack_command(command)  # type: ignore[arg-type]
+        self._write(packed)
+        self.sent.append((packed, _NOTE))
+        self.notes += 1
+
+    def blpop(self, keys: Sequence[str], timeout: float) -> list[bytes] | None:
+        """BLPOP on this connection, once every script call sent has been answered: [key,
+        value], or None when `timeout` (seconds) passed first."""
+        while self.sent and self.sent[0][1] is _NOTE:
+            self.receive_note()
+        assert not self.sent, "BLPOP while a script call awaits its reply"
+        self._write(hiredis.pack_command(("BLPOP", *keys, timeout)))  # type: ignore[arg-type]
+        try:
+            reply = self.conn.read_response()
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            self.reset()
+            raise
+        return cast("list[bytes] | None", reply)
+
+    def receive_note(self) -> None:
+        """Read and drop the reply of the oldest command sent, a note."""
+        try:
+            self.conn.read_response()
+        except ResponseError:
+            pass
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            self.reset()
+            raise
+        self.sent.popleft()
+        self.notes -= 1
+
+    @property
+    def unanswered(self) -> int:
+        """Script calls sent whose reply has not been read."""
+        return len(self.sent) - self.notes
+
     def _write(self, command: bytes) -> None:
         if self.conn is None:
             self.conn = self.redis.connection_pool.make_connection()
@@ -163,9 +225,13 @@ class FastLane:
             raise
 
     def receive(self) -> tuple[list[Any], Any]:
-        """The reply to the oldest command sent, with its context."""
+        """The reply to the oldest script call sent, with its context (notes before it are
+        read and dropped)."""
         while True:
             command, context = self.sent[0]
+            if context is _NOTE:
+                self.receive_note()
+                continue
             try:
                 reply = self.conn.read_response()
             except NoScriptError:
@@ -187,6 +253,7 @@ class FastLane:
     def reset(self) -> None:
         """Drop the connection and forget what was sent (the caller knows what to resend)."""
         self.sent.clear()
+        self.notes = 0
         if self.conn is not None:
             self.conn.disconnect()
             self.conn = None
@@ -208,6 +275,9 @@ class Scripts:
         self._packed: dict[tuple[str, str], bytes] = {}
         self._lane: FastLane | None = None
         self._cap = b"%d" % settings.history_cap
+        # enqueue.lua's last arguments: how to name an idle worker's keys, how late its
+        # heartbeat may be
+        self._handing = [*self.worker_templates(), int(settings.heartbeat_late_s * 1000)]
 
     # -- key lists -------------------------------------------------------------------------
     def run_block(self, run_id: str, queue: str) -> list[str]:
@@ -305,7 +375,7 @@ class Scripts:
         now = time.time() if now is None else now
         k, rq = self.keys, self.rq
         keys: list[str] = [k.events_all_channel(), k.sessions(), rq.queues_set, *self._idx]
-        keys += [k.schedule(), k.waiting(), k.names()]
+        keys += [k.schedule(), k.waiting(), k.names(), k.idle_workers(), k.workers()]
         plan_sessions = []
         for sid, is_new, record, name, kind, owner in sessions:
             keys += [
@@ -318,13 +388,15 @@ class Scripts:
                 k.idx_owner(owner),
                 k.session_names(sid),
                 k.session_task_keys(sid),
+                k.session_running(sid),
             ]
             plan_sessions.append([sid, is_new, record, name])
         queues: dict[str, int] = {}
         for run in runs:
             queues.setdefault(run[4], len(queues) + 1)
         for queue in queues:
-            keys += [rq.queue(queue), k.wake(queue), rq.failed(queue)]
+            keys += [rq.queue(queue), k.wake(queue), rq.failed(queue), rq.started(queue),
+                     k.idle(queue)]  # fmt: skip
         keys += [rq.job(run[1]) for run in runs]
         extra: dict[str, int] = {}
 
@@ -353,8 +425,8 @@ class Scripts:
             if fields.extra:
                 flat.append([x for pair in fields.extra.items() for x in pair])
             plan_runs.append(flat)
-        plan = codec.encode_for_lua([plan_sessions, len(queues), plan_runs, claim, plan_shared])
-        return keys, [*self._head(now), worker, plan]
+        plan = codec.encode_for_lua([plan_sessions, list(queues), plan_runs, claim, plan_shared])
+        return keys, [*self._head(now), worker, plan, *self._handing]
 
     def with_queues(self, run_ids: Sequence[str]) -> list[tuple[str, str]]:
         """[(run id, the queue it came from)] - what the scripts need to name its keys."""
@@ -400,21 +472,26 @@ class Scripts:
     def key_templates(self) -> list[str]:
         """keys.py's names of a run's job key and of its session's keys, each cut in two where
         the id goes: run.lua makes the keys of the runs it claims from them."""
-        mark = "\0"
         k = self.keys
-        names = [self.rq.job(mark), k.session(mark), k.history(mark), k.events_channel(mark),
-                 k.session_running(mark), k.session_held(mark)]  # fmt: skip
-        parts = [name.split(mark) for name in names]
-        assert all(len(p) == 2 for p in parts), "a key template holds the id once"
-        return [piece for p in parts for piece in p]
+        return _templates(self.rq.job, k.session, k.history, k.events_channel,
+                          k.session_running, k.session_held)  # fmt: skip
+
+    def worker_templates(self) -> list[str]:
+        """keys.py's names of a worker's runs list, inbox, RQ worker hash and handed run, cut
+        where the worker name goes: enqueue.lua makes the keys of an idle worker it hands a
+        run to."""
+        k = self.keys
+        return _templates(k.worker_runs, k.worker_inbox, self.rq.worker, k.worker_handed)
 
     def worker_head(self, worker: str, queues: Sequence[str]) -> WorkerHead:
         """The head of `worker`'s steps, serving `queues` in priority order."""
-        keys = [self.keys.events_all_channel(), self.keys.worker_runs(worker),
-                self.rq.worker(worker), *self._idx]  # fmt: skip
+        k = self.keys
+        keys = [k.events_all_channel(), k.worker_runs(worker), self.rq.worker(worker),
+                *self._idx, k.worker_inbox(worker), k.idle_workers(),
+                k.worker_handed(worker)]  # fmt: skip
         for q in queues:
-            keys += [self.rq.queue(q), self.keys.wake(q), self.rq.started(q),
-                     self.rq.finished(q), self.rq.failed(q)]  # fmt: skip
+            keys += [self.rq.queue(q), k.wake(q), self.rq.started(q), self.rq.finished(q),
+                     self.rq.failed(q), k.idle(q)]  # fmt: skip
         control = queues.index(CONTROL_QUEUE) + 1 if CONTROL_QUEUE in queues else 0
         args = [len(queues), control, *self.key_templates()]
         return WorkerHead(keys, tuple(queues), args)
@@ -427,17 +504,19 @@ class Scripts:
         starts: Sequence[tuple[str, str]],
         current: str,
         claim: int = 0,
+        waits: bool = False,
     ) -> None:
         """Send run.lua: finish runs (run id, queue, outcome, payload, duration ms), start
-        runs (run id, queue), claim and start up to `claim` more from the head's queues, and
-        say which run the worker goes on to ('': the first this step starts). Read the reply
-        with step_receive, now or after more sends."""
+        runs (run id, queue), take the runs in the worker's inbox and claim and start up to
+        `claim` more from the head's queues - or, if `waits` and there are none, list the
+        worker as waiting idle - and say which run the worker goes on to ('': the first
+        this step starts). Read the reply with step_receive, now or after more sends."""
         lane = self._lane
         if lane is None:
             lane = self._lane = FastLane(self.redis, self._script["run"], head.keys, head.args)
         now = time.time()
         args = [b"%d" % int(now * 1000), rq_time(now).encode(), self._cap, worker.encode()]
-        args += [b"%d" % len(finishes), b"%d" % len(starts), b"%d" % claim]
+        args += [b"%d" % len(finishes), b"%d" % len(starts), b"%d" % claim, b"%d" % waits]
         blocks = []
         for run_id, queue, outcome, payload, duration_ms in finishes:
             blocks.append(self.packed_block(run_id, queue))
@@ -465,7 +544,11 @@ class Scripts:
         for run_id, queue in starts:
             started.append(_started(run_id, queue, reply[i : i + 5]))
             i += 5
-        while i < len(reply):  # claimed: queue index, run id, then as a start
+        while i < len(reply):  # claimed: queue index, run id, then as a start; or handed
+            if reply[i] == 0:  # 0, an inbox entry
+                started.append(handed_run(reply[i + 1]))
+                i += 2
+                continue
             queue, run_id = queues[int(reply[i]) - 1], reply[i + 1].decode()
             started.append(_started(run_id, queue, reply[i + 2 : i + 7]))
             i += 7
@@ -477,7 +560,7 @@ class Scripts:
         """Finish runs through the ordinary client: for other threads than the worker loop."""
         now = time.time()
         keys = list(head.keys)
-        args: list[Any] = [*self._head(now), worker, *head.args, len(finishes), 0, 0]
+        args: list[Any] = [*self._head(now), worker, *head.args, len(finishes), 0, 0, 0]
         for run_id, queue, outcome, payload, duration_ms in finishes:
             keys += self.run_block(run_id, queue)
             args += [run_id, session_of(run_id), outcome, payload, duration_ms]
@@ -486,7 +569,18 @@ class Scripts:
 
     @property
     def steps_unanswered(self) -> int:
-        return len(self._lane.sent) if self._lane is not None else 0
+        return self._lane.unanswered if self._lane is not None else 0
+
+    def took_handed(self, worker: str) -> None:
+        """Say, without waiting, that `worker` took the run handed to it and begins it: were
+        it lost now, that run used up an attempt (recover.lua)."""
+        assert self._lane is not None, "a worker steps before it waits"
+        self._lane.note("DEL", self.keys.worker_handed(worker))
+
+    def wait(self, keys: Sequence[str], timeout: float) -> list[bytes] | None:
+        """A worker's idle wait: BLPOP on its step connection (see FastLane.blpop)."""
+        assert self._lane is not None, "a worker steps before it waits"
+        return self._lane.blpop(keys, timeout)
 
     def packed_block(self, run_id: str, queue: str) -> bytes:
         """A run block as RESP bulk strings; all but the job key cached per session/queue."""
@@ -506,6 +600,8 @@ class Scripts:
         now = time.time()
         keys = [self.keys.events_all_channel(), self.keys.workers(), self.rq.workers_set]
         keys += [*self._idx, self.keys.worker_runs(worker), self.rq.worker(worker)]
+        keys += [self.keys.worker_inbox(worker), self.keys.idle_workers()]
+        keys.append(self.keys.worker_handed(worker))
         args: list[Any] = [*self._head(now), worker, codec.encode(reason), int(unregister)]
         for run_id, queue in runs:
             keys += self.run_block(run_id, queue)

@@ -76,6 +76,12 @@ class Settings:
         if self.heartbeat_ttl_s <= 2 * self.heartbeat_interval_s:
             raise ConfigError("heartbeat_ttl_s must exceed twice heartbeat_interval_s")
 
+    @property
+    def heartbeat_late_s(self) -> float:
+        """A heartbeat older than this is late: its worker may be gone (it is declared lost
+        only after heartbeat_ttl_s); no run is handed to it meanwhile."""
+        return 2 * self.heartbeat_interval_s + 0.5
+
     @classmethod
     def from_env(
         cls,

@@ -124,8 +124,17 @@ class Ordering:
         return kept
 
     def wants_or_all(self) -> Callable[[str], bool] | None:
-        """What the hub asks before waking the listener for an event: None when it wants all."""
-        return None if self.types is None else self.wants
+        """What the hub asks before waking the listener for an event: None when it wants all.
+        A listener on listed sessions is woken by the event that ends one (it ends when all
+        have), even of a type it does not yield; one on every session never ends."""
+        if self.types is None:
+            return None
+        if self.ids is None:
+            return self.wants
+        return self._wakes
+
+    def _wakes(self, kind: str) -> bool:
+        return kind in TERMINAL_EVENTS or matches(kind, self.types)
 
     def wants(self, kind: str) -> bool:
         """Whether the `types` filter lets an event of this type through."""

@@ -24,7 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.connection import lasting_refusal
 from common.errors import CodecError
-from common.events import TERMINAL_EVENTS, decode_event
+from common.events import decode_event
 
 log = logging.getLogger(__name__)
 HEALTH_CHECK_S = 15.0  # a PING after this long without a word from Redis; lost after twice
@@ -93,10 +93,10 @@ class Member(ABC):
         self.ready = ready  # Redis confirmed every channel (or `error` is set)
         self.error: BaseException | None = None  # why it could not start
         self.overflowed = False  # the hub stopped filling the queue until RESYNC is taken
-        # The event types the listener yields (None: all). The hub holds back the others -
-        # no wake-up of the listener for an event it would drop - and tells it, with the next
-        # event of the session it passes on, which seqs it held back (never a terminal one:
-        # those end listeners). (hub side) session -> (first, last) seq held back
+        # The event types the listener is woken for (None: all; see Ordering.wants_or_all).
+        # The hub holds back the others - no wake-up of the listener for an event it would
+        # drop - and tells it, with the next event of the session it passes on, which seqs
+        # it held back. (hub side) session -> (first, last) seq held back
         self.wants = wants
         self._passed: dict[str, tuple[int, int]] = {}
 
@@ -138,7 +138,7 @@ class Member(ABC):
         if self.overflowed:
             return
         sid, kind = event["session"], event["type"]
-        if self.wants is not None and kind not in TERMINAL_EVENTS and not self.wants(kind):
+        if self.wants is not None and not self.wants(kind):
             seq, held = event["seq"], self._passed.get(sid)
             if held is None or held[1] != seq - 1:
                 if len(self._passed) >= MAX_PASSED_SESSIONS:

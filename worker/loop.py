@@ -32,7 +32,7 @@ from common.errors import CodecError, RunRejected
 from common.keys import CONTROL_QUEUE, DEFAULT_QUEUE, command_queue_for, session_of
 from common.models import COMMAND_FUNC, parse_job_data, parse_meta
 from common.rqcompat import load_rq
-from common.scripts import OP_PREFIX, Finish, Scripts
+from common.scripts import OP_PREFIX, Finish, Scripts, handed_run
 from common.settings import Settings
 from common.state import SharedState
 from worker.context import TaskContext, set_current
@@ -89,7 +89,10 @@ class SessionWorker:
         self.cores, self.ram = cores, ram
         self.hard_kill = hard_kill
         self.head = self.scripts.worker_head(self.name, self.queues)
-        self.wake_keys = [self.scripts.keys.wake(q) for q in self.queues]
+        # an idle worker waits on its inbox (runs an enqueue started for it) and the wakes
+        self.inbox = self.scripts.keys.worker_inbox(self.name)
+        self.wait_keys = [self.inbox, *(self.scripts.keys.wake(q) for q in self.queues)]
+        self.waits = True  # lists itself as waiting idle when a claim finds nothing
         self.ready: deque[Ready] = deque()  # started for us, to run in this order
         self.unacked: deque[Finish] = deque()  # finishes sent, reply not read yet
         self.cancel_ids: dict[str, str] = {}
@@ -175,6 +178,7 @@ class SessionWorker:
         """Run until stopped (or, with burst, until the queues are empty); exit status."""
         from worker.watch import Watcher
 
+        self.waits = not burst  # a burst worker leaves when it finds nothing
         self.register()
         self._watcher = Watcher(self)
         self._watcher.start()
@@ -204,6 +208,7 @@ class SessionWorker:
         unregister. If Redis is gone, the reaper does it later."""
         self._watcher.stop()  # no heartbeat may bring us back after we unregister
         try:
+            self._take_inbox(unlist=True)
             giveback = [
                 (r[0], r[1], "requeue", codec.encode("worker stopped"), 0) for r in self.ready
             ]
@@ -234,7 +239,11 @@ class SessionWorker:
             return True
         if burst:
             return False
-        self.redis.blpop(self.wake_keys, timeout=IDLE_WAIT_S)
+        # waiting idle: an enqueue may start a run for us (our inbox), or wake us to claim
+        popped = self.scripts.wait(self.wait_keys, IDLE_WAIT_S)
+        if popped and codec.text(popped[0]) == self.inbox:
+            self.scripts.took_handed(self.name)
+            self._take([handed_run(popped[1])])
         return True
 
     def _claim(self, finishes: list[Finish]) -> bool:
@@ -242,7 +251,8 @@ class SessionWorker:
         something was claimed, or a finish released runs that waited on it (queued after
         this call's claim looked)."""
         self.unacked.extend(finishes)
-        self.scripts.step_send(self.head, self.name, finishes, [], "", claim=self.batch)
+        self.scripts.step_send(self.head, self.name, finishes, [], "", claim=self.batch,
+                               waits=self.waits)  # fmt: skip
         before = (self.runs_claimed, self.parents_ended)
         self._collect(0)
         return (self.runs_claimed, self.parents_ended) != before
@@ -283,16 +293,38 @@ class SessionWorker:
 
                     destroy_session(self.scripts, session_of(run_id), worker_name=self.name,
                                     stop_local=self.stop_current)  # fmt: skip
-            for run_id, queue, status, data, sq, timeout, attempt in reply.started:
-                self.runs_claimed += 1
-                if status == "run":
-                    self.ready.append((run_id, queue, data, sq, timeout, attempt))
-                elif status == "op":
-                    from worker.ops import run_op
+            self._take(reply.started)
 
-                    run_op(self, run_id)
-                else:
-                    log.debug("run %s not started (%s): %s", run_id, status, data)
+    def _take(self, started: list[tuple[str, str, str, Any, Any, Any, int]]) -> None:
+        """Take up runs started for us (claimed, or handed to us while we waited): to run in
+        order; control operations are carried out at once."""
+        for run_id, queue, status, data, sq, timeout, attempt in started:
+            self.runs_claimed += 1
+            if status == "run":
+                self.ready.append((run_id, queue, data, sq, timeout, attempt))
+            elif status == "op":
+                from worker.ops import run_op
+
+                run_op(self, run_id)
+            elif status == "bad":
+                # its run is on our runs list, started: _resend takes it up from there
+                log.error("worker %s: %s", self.name, data)
+                self.lost_connection = True
+            else:
+                log.debug("run %s not started (%s): %s", run_id, status, data)
+
+    def _take_inbox(self, unlist: bool = False) -> None:
+        """Take up the runs in our inbox; with unlist, first stop waiting idle (in the same
+        transaction), so that no enqueue hands us another one."""
+        pipe = self.redis.pipeline(transaction=True)
+        if unlist:
+            pipe.srem(self.scripts.keys.idle_workers(), self.name)
+            for q in self.queues[1:]:  # not the control queue: no one waits on it
+                pipe.lrem(self.scripts.keys.idle(q), 0, self.name)
+        pipe.lrange(self.inbox, 0, -1)
+        pipe.delete(self.inbox, self.scripts.keys.worker_handed(self.name))
+        entries = pipe.execute()[-2]
+        self._take([handed_run(e) for e in entries])
 
     def _resend(self) -> None:
         """After a lost connection: send again the finishes nobody answered (the script
@@ -303,6 +335,7 @@ class SessionWorker:
         if pending:
             self._finish(pending)
         self._collect(0)
+        self._take_inbox()
         from worker.ops import run_op
 
         known = {r[0] for r in self.ready}

@@ -100,10 +100,7 @@ class Watcher(threading.Thread):
             w.counts[name] -= n
         self.beats += 1
         beat = time.monotonic()
-        if (
-            self._steady_since is None
-            or beat - self._last_beat > 2 * w.settings.heartbeat_interval_s + 0.5
-        ):
+        if self._steady_since is None or beat - self._last_beat > w.settings.heartbeat_late_s:
             self._steady_since = beat
         self._last_beat = beat
 

@@ -3,13 +3,17 @@
 -- task_pre_exist policy, dependencies and schedules defer a run).
 -- KEYS: [1] events channel (all), [2] the session index hash, [3] RQ's set of queues,
 -- [4..10] status index sets, [11] run counters, [12] the schedule zset, [13] the set of runs
--- waiting on dependencies, [14] the persistent names hash; then 9 keys per session (session, history, channel, tasks, held,
--- kind index, owner index, task names, task keys); then 3 per queue (list, wake, failed
--- registry); then one job key per run; then extra job keys (parents, replaced tasks) that
--- the runs' options name by index. ARGV: now_ms, now_iso, cap, worker, plan (msgpack):
---   plan = [sessions, nqueues, runs, claim, shared]; claim: a persistent name (owner/name)
---   the one new session takes in the names hash, '' for none; shared: lists of job fields
---   (field, value, ...) that runs share
+-- waiting on dependencies, [14] the persistent names hash, [15] the idle workers set, [16]
+-- the live workers zset; then 10 keys per session (session, history, channel, tasks, held,
+-- kind index, owner index, task names, task keys, running); then 5 per queue (list, wake,
+-- failed and started registries, idle workers list); then one job key per run; then extra
+-- job keys (parents, replaced tasks) that the runs' options name by index.
+-- ARGV: now_ms, now_iso, cap, worker, plan (msgpack), then the key templates of a worker's
+-- runs list, inbox, RQ worker hash and handed run (keys.py's names cut where the worker
+-- name goes: 8 pieces), then how old (ms) a worker's heartbeat may be for it to be handed a run:
+--   plan = [sessions, queue names, runs, claim, shared]; claim: a persistent name
+--   (owner/name) the one new session takes in the names hash, '' for none; shared: lists of
+--   job fields (field, value, ...) that runs share
 --   session = [sid, is_new, record bytes, name]
 --   run = [session index, run id, name, state, queue index, options or nil, shared index,
 --          data, sq, extra job fields (field, value, ...) or nothing]
@@ -22,9 +26,11 @@
 -- {'named', sid} (the claimed name is another session's already). Nothing is written unless ok.
 load_globals(4, 1)
 local plan = cmsgpack.unpack(ARGV[5])
-local sessions, nq, runs = plan[1], plan[2], plan[3]
+local sessions, queue_names, runs = plan[1], plan[2], plan[3]
+local nq = #queue_names
 local CHUNK = 1000
-local SCHEDULE, WAITING, NAMES = KEYS[12], KEYS[13], KEYS[14]
+local SCHEDULE, WAITING, NAMES, IDLE, WORKERS = KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16]
+local SKEYS, QN = 10, 5  -- keys per session, per queue
 
 -- the HSET arguments of a job hash, per set of shared fields, with the slots of the run's own
 -- fields in front: filled for each run in turn, made once
@@ -35,9 +41,9 @@ for i, fields in ipairs(plan[5]) do
   job_args[i] = a
 end
 
--- call `cmd key` with the values of `list`, at most CHUNK at a time
-local function chunked(cmd, key, list)
-  for c = 1, #list, CHUNK do
+-- call `cmd key` with the values of `list` (from index `from` on), at most CHUNK at a time
+local function chunked(cmd, key, list, from)
+  for c = from or 1, #list, CHUNK do
     redis.call(cmd, key, unpack(list, c, math.min(c + CHUNK - 1, #list)))
   end
 end
@@ -54,10 +60,11 @@ end
 local S = {}
 local any_new = false
 for i, s in ipairs(sessions) do
-  local k = 14 + (i - 1) * 9 + 1
+  local k = 16 + (i - 1) * SKEYS + 1
   S[i] = {sid = s[1], session = KEYS[k], history = KEYS[k + 1], chan = KEYS[k + 2],
     tasks = KEYS[k + 3], held = KEYS[k + 4], kind = KEYS[k + 5], owner = KEYS[k + 6],
-    names = KEYS[k + 7], keys = KEYS[k + 8], counts = {}, task_names = {}}
+    names = KEYS[k + 7], keys = KEYS[k + 8], running = KEYS[k + 9], counts = {},
+    task_names = {}}
   if not s[2] then
     -- a session being destroyed takes no more work (its destroy would miss it)
     local status = redis.call('HGET', S[i].session, 'status')
@@ -77,8 +84,8 @@ if claim and claim ~= '' then
   if owner_of then return {'named', owner_of} end
   redis.call('HSET', NAMES, claim, sessions[1][1])
 end
-local qoff = 14 + #sessions * 9
-local roff = qoff + nq * 3
+local qoff = 16 + #sessions * SKEYS
+local roff = qoff + nq * QN
 
 -- Before anything is written: names that must not exist yet, replaced names still in place.
 local seen = {}
@@ -186,7 +193,7 @@ end
 
 local out = {'ok'}
 local pushes = {}
-for q = 1, nq do pushes[q] = {} end
+for q = 1, nq do pushes[q] = {r = {}} end
 local queued_data = {}  -- the packed data of task.queued events, by state and name
 for r, run in ipairs(runs) do
   local B, id, name, state, o = S[run[1]], run[2], run[3], run[4], run[6]
@@ -227,6 +234,7 @@ for r, run in ipairs(runs) do
         elseif state == 'queued' then
           local p = pushes[run[5]]
           p[#p + 1] = id
+          p.r[#p] = r
         end
         if state ~= 'queued' then redis.call('HSET', job, 'state', state, 'status', RQ_STATUS[state]) end
         B.counts[state] = (B.counts[state] or 0) + 1  -- counted in the totals after the loop
@@ -259,7 +267,7 @@ for r, run in ipairs(runs) do
           redis.call('SADD', WAITING, id)
         else
           if o.cron then redis.call('HINCRBY', B.session, 'cron', -1) end
-          local q = (run[5] - 1) * 3
+          local q = (run[5] - 1) * QN
           local RB = {job = job, S = B, session = B.session, held = B.held,
             queue = KEYS[qoff + q + 1], wake = KEYS[qoff + q + 2], failed = KEYS[qoff + q + 3]}
           refuse(RB, id, 'deferred', verdict, reason, o.silent)
@@ -286,14 +294,68 @@ for _, B in ipairs(S) do
   end
   if #fields > 0 then redis.call('HSET', B.session, unpack(fields)) end
 end
+
+-- Hand the first runs queued on queue q to workers waiting idle on it (run.lua lists them):
+-- each run is started for its worker here, as that worker's claim would, and the worker's
+-- BLPOP takes it from its inbox - a round trip less for a run that finds a worker waiting.
+-- Only on an empty queue (runs queued before go first) and to a worker whose heartbeat is
+-- fresh (a lost one's runs wait for the reaper). Returns how many of `ids` it dealt with.
+local WT = {}
+for i = 1, 8 do WT[i] = ARGV[5 + i] end
+local FRESH_MS = tonumber(ARGV[14])
+local function hand(q, ids)
+  local Q = qoff + (q - 1) * QN
+  if redis.call('LLEN', KEYS[Q + 1]) > 0 then return 0 end
+  local done = 0
+  while done < #ids do
+    local name = redis.call('LPOP', KEYS[Q + 5])
+    if not name then break end
+    -- an entry of a worker no longer waiting (it claimed, was handed a run, or left) is dropped
+    if redis.call('SREM', IDLE, name) == 1
+        and num(redis.call('ZSCORE', WORKERS, name)) >= G.now_ms - FRESH_MS then
+      done = done + 1
+      local id, r = ids[done], runs[ids.r[done]]
+      local B = S[r[1]]
+      local W = {name = name, packed = P(name), runs = WT[1] .. name .. WT[2]}
+      redis.call('RPUSH', W.runs, id)
+      local st = start({job = KEYS[roff + ids.r[done]], S = B, session = B.session, sid = B.sid,
+        running = B.running, held = B.held, queue = KEYS[Q + 1], wake = KEYS[Q + 2],
+        failed = KEYS[Q + 3], wip = KEYS[Q + 4]}, id, W)
+      if st[1] == 'run' then
+        redis.call('RPUSH', WT[3] .. name .. WT[4],
+          cmsgpack.pack({id, queue_names[q], st[2], st[3], st[4], st[5]}))
+        redis.call('HSET', WT[5] .. name .. WT[6], 'current_job', id)
+        -- until the worker says it took it: a frozen worker's BLPOP may take it from the
+        -- inbox, yet it never began
+        redis.call('SET', WT[7] .. name .. WT[8], id)
+      else
+        -- not to run after all: the worker goes on waiting, at the front of the line
+        redis.call('SADD', IDLE, name)
+        redis.call('LPUSH', KEYS[Q + 5], name)
+      end
+    end
+  end
+  return done
+end
+
 for q, ids in ipairs(pushes) do
   if #ids > 0 then
-    local qkey, wkey = KEYS[qoff + (q - 1) * 3 + 1], KEYS[qoff + (q - 1) * 3 + 2]
-    chunked('RPUSH', qkey, ids)
-    redis.call('LPUSH', wkey, '1')
-    redis.call('LTRIM', wkey, 0, 0)
+    local handed = hand(q, ids)
+    if handed < #ids then
+      local qkey, wkey = KEYS[qoff + (q - 1) * QN + 1], KEYS[qoff + (q - 1) * QN + 2]
+      chunked('RPUSH', qkey, ids, handed + 1)
+      redis.call('LPUSH', wkey, '1')
+      redis.call('LTRIM', wkey, 0, 0)
+    end
   end
 end
-for q = 1, nq do redis.call('SADD', KEYS[3], KEYS[qoff + (q - 1) * 3 + 1]) end
+for _, B in ipairs(S) do
+  -- a run started above added events to its new session
+  if B.fresh and queued_events(B) ~= B.seq_preset then
+    B.seq_preset = queued_events(B)
+    redis.call('HSET', B.session, 'seq', B.seq_preset)
+  end
+end
+for q = 1, nq do redis.call('SADD', KEYS[3], KEYS[qoff + (q - 1) * QN + 1]) end
 flush()
 return out

@@ -73,7 +73,8 @@ end
 
 -- S = {sid, session, history, chan}: queue an event of session S (numbered at flush). The
 -- queue is flat, three slots an event (type, task or false, data or false), not a table
--- each: a batch of 10,000 runs queues 10,000 events.
+-- each: a batch of 10,000 runs queues 10,000 events. An event of another worker than the
+-- call's (a run an enqueue starts for an idle worker) gives its type as {type, worker packed}.
 local function emit(S, etype, task, data)
   S = sess(S)
   local ev = S.events
@@ -128,10 +129,12 @@ local function flush()
       local chan = not S.seq_preset and (n < ASK_FROM or heard(S.chan)) and S.chan
       for i = 1, n do
         local seq = first + i - 1
-        local task, data = ev[3 * i - 1], ev[3 * i]
-        local packed = EV_HEAD .. P(seq) .. EV_TS .. G.ts_packed .. EV_TYPE .. PK[ev[3 * i - 2]]
+        local etype, task, data = ev[3 * i - 2], ev[3 * i - 1], ev[3 * i]
+        local worker = G.worker_packed
+        if type(etype) == 'table' then etype, worker = etype[1], etype[2] end
+        local packed = EV_HEAD .. P(seq) .. EV_TS .. G.ts_packed .. EV_TYPE .. PK[etype]
           .. EV_SESSION .. sid .. EV_TASK .. (task and P(task) or NIL) .. EV_WORKER
-          .. G.worker_packed .. EV_DATA .. (data or EMPTY_MAP)
+          .. worker .. EV_DATA .. (data or EMPTY_MAP)
         if seq >= keep_from then
           zargs[#zargs + 1] = seq
           zargs[#zargs + 1] = packed
@@ -235,6 +238,73 @@ local function cancel_run(B, id, state, reason)
   redis.call('HSET', B.job, 'state', 'canceled', 'status', 'canceled', 'ended_at', G.now_iso)
   move(B, state, 'canceled')
   emit(B, 'task.canceled', id, map({'reason', P(reason)}))
+end
+
+-- An event type as worker W's: plain when W is the call's own worker (see emit).
+local function as_of(W, etype)
+  if W.packed == G.worker_packed then return etype end
+  return {etype, W.packed}
+end
+
+-- Start run `id` for worker W (its runs list holds it): returns {result, data, sq, timeout,
+-- attempt}, result 'run' when W is to run it now; else the run is parked with its paused
+-- session's held runs ('held'), not run ('skip': canceled or not queued; 'gone': no such run)
+-- and off W's list. A run W started already (a lost reply) is answered again.
+local function start(B, id, W)
+  local j = redis.call('HMGET', B.job, 'state', 'data', 'sq', 'timeout', 'attempts',
+    'worker_name', 'pass')
+  if j[1] == 'started' and j[6] == W.name then
+    -- started by us already: the reply to an earlier try of this call was lost
+    return {'run', j[2], j[3] or false, j[4] or false, num(j[5])}
+  elseif not j[1] then
+    redis.call('LREM', W.runs, 1, id)
+    return {'gone', false, false, false, 0}
+  elseif j[1] ~= 'queued' then
+    redis.call('LREM', W.runs, 1, id)
+    return {'skip', j[1], false, false, 0}
+  end
+  local S = sess(B)
+  local status = S.status or redis.call('HGET', B.session, 'status')
+  S.status = status
+  local passes = false
+  if status == 'Paused' then
+    -- a run step() released passes; so does one run per step() taken while none was held
+    if j[7] then
+      redis.call('HDEL', B.job, 'pass')
+      passes = true
+    elseif num(redis.call('HGET', B.session, 'step')) > 0 then
+      redis.call('HINCRBY', B.session, 'step', -1)
+      passes = true
+    end
+  end
+  if status == 'Paused' and not passes then
+    -- parked in order with the session's held runs; play/step release them
+    redis.call('LREM', W.runs, 1, id)
+    hold(B, id)
+    redis.call('HSET', B.job, 'state', 'held', 'status', 'deferred')
+    move(B, 'queued', 'held')
+    return {'held', false, false, false, 0}
+  elseif status ~= 'Running' and status ~= 'Pending' and status ~= 'Paused' then
+    -- destroyed, stopped, or ended by a stop (a queued run left behind is not run)
+    redis.call('LREM', W.runs, 1, id)
+    if status then cancel_run(B, id, 'queued', 'session ' .. status) end
+    return {'skip', 'canceled', false, false, 0}
+  end
+  local attempts = num(j[5]) + 1
+  redis.call('HSET', B.job, 'state', 'started', 'status', 'started', 'started_at', G.now_iso,
+    'worker_name', W.name, 'attempts', attempts)
+  redis.call('ZADD', B.wip, '+inf', id .. ':' .. attempts)
+  redis.call('SADD', B.running, id)
+  move(B, 'queued', 'started')
+  if status == 'Pending' then
+    set_status(B, 'Running')
+    if redis.call('HSETNX', B.session, 'started_at', G.now_ms) == 0 then
+      redis.call('HDEL', B.session, 'finished_at')
+    end
+    emit(B, as_of(W, 'session.started'), nil, nil)
+  end
+  emit(B, as_of(W, 'task.started'), id, '\129\167attempt' .. P(attempts))
+  return {'run', j[2], j[3] or false, j[4] or false, attempts}
 end
 
 -- The run failed or was lost: retry it while retries are left, else record the failure.

@@ -2,29 +2,36 @@
 -- and start more from its queues - so that an idle worker's wake is followed by one call,
 -- and a busy one finishes its last run and takes the next batch in the same call.
 -- KEYS: [1] events channel (all), [2] the worker's runs list, [3] RQ's worker hash, [4..10]
--- status index sets, [11] run counters; then 5 keys per queue the worker serves, in priority
--- order (list, wake, started, finished and failed registries); then a run block (11 keys) per
--- finish, then one per start.
+-- status index sets, [11] run counters, [12] the worker's inbox, [13] the idle workers set,
+-- [14] the run last handed to it (see enqueue.lua `hand`);
+-- then 6 keys per queue the worker serves, in priority order (list, wake, started, finished
+-- and failed registries, idle workers list); then a run block (11 keys) per finish, then one
+-- per start.
 -- ARGV: now_ms, now_iso, cap, worker, nqueues, the control queue's index (0: none), the 12
 -- key templates of a claimed run (the text before and after its id in its job key, then
 -- before and after its session id in its session, history, channel, running and held keys:
--- keys.py's names, cut where the id goes), then nfinish, nstart, nclaim; per finish: run id,
--- session id, outcome, payload, duration ms; per start: run id, session id; then the run the
--- worker goes on to ('' for none: the first run this call starts, if any).
+-- keys.py's names, cut where the id goes), then nfinish, nstart, nclaim, wait (1: a claim
+-- that finds nothing lists the worker as waiting idle, for enqueues to hand it a run); per
+-- finish: run id, session id, outcome, payload, duration ms; per start: run id, session id;
+-- then the run the worker goes on to ('' for none: the first run this call starts, if any).
 -- Returns, per finish: result, flags (1: its session is being destroyed, 2: it ended and runs
 -- wait on it - see control.lua resolve); per start: result, data, sq, timeout, attempt; per
 -- claimed run: queue index, run id, then as a start ('op' for a control operation, which the
--- worker carries out itself).
+-- worker carries out itself); per run an enqueue started for the worker (its inbox): 0, the
+-- inbox entry.
 -- A run the worker holds stays on its runs list until it is finished: the list, in the order
 -- the worker runs them, is what recovery gives back if the worker is lost (recover.lua).
 -- A worker claims at most a quarter of what a queue holds (at least one), so that the last
 -- runs of a queue - often long ones that wait on a dependency - spread over idle workers.
 load_globals(4, 1)
-local runs, rqworker = KEYS[2], KEYS[3]
+local runs, rqworker, inbox, idle = KEYS[2], KEYS[3], KEYS[12], KEYS[13]
+local QKEYS, QN = 14, 6  -- queue qi's keys are KEYS[QKEYS + (qi - 1) * QN + 1 ..]
+local ME = {name = G.worker, packed = G.worker_packed, runs = runs}
 local nq, control = tonumber(ARGV[5]), tonumber(ARGV[6])
 local T = {}
 for i = 1, 12 do T[i] = ARGV[6 + i] end
 local nfin, nstart, nclaim = tonumber(ARGV[19]), tonumber(ARGV[20]), tonumber(ARGV[21])
+local waits = ARGV[22] == '1'
 local reply = {}
 local function finish(B, id, outcome, payload, duration_ms)
   local j = redis.call('HMGET', B.job, 'state', 'worker_name', 'retries_left', 'attempts',
@@ -68,63 +75,6 @@ local function finish(B, id, outcome, payload, duration_ms)
   return result, flags
 end
 
-local function start(B, id)
-  local j = redis.call('HMGET', B.job, 'state', 'data', 'sq', 'timeout', 'attempts',
-    'worker_name', 'pass')
-  if j[1] == 'started' and j[6] == G.worker then
-    -- started by us already: the reply to an earlier try of this call was lost
-    return {'run', j[2], j[3] or false, j[4] or false, num(j[5])}
-  elseif not j[1] then
-    redis.call('LREM', runs, 1, id)
-    return {'gone', false, false, false, 0}
-  elseif j[1] ~= 'queued' then
-    redis.call('LREM', runs, 1, id)
-    return {'skip', j[1], false, false, 0}
-  end
-  local S = sess(B)
-  local status = S.status or redis.call('HGET', B.session, 'status')
-  S.status = status
-  local passes = false
-  if status == 'Paused' then
-    -- a run step() released passes; so does one run per step() taken while none was held
-    if j[7] then
-      redis.call('HDEL', B.job, 'pass')
-      passes = true
-    elseif num(redis.call('HGET', B.session, 'step')) > 0 then
-      redis.call('HINCRBY', B.session, 'step', -1)
-      passes = true
-    end
-  end
-  if status == 'Paused' and not passes then
-    -- parked in order with the session's held runs; play/step release them
-    redis.call('LREM', runs, 1, id)
-    hold(B, id)
-    redis.call('HSET', B.job, 'state', 'held', 'status', 'deferred')
-    move(B, 'queued', 'held')
-    return {'held', false, false, false, 0}
-  elseif status ~= 'Running' and status ~= 'Pending' and status ~= 'Paused' then
-    -- destroyed, stopped, or ended by a stop (a queued run left behind is not run)
-    redis.call('LREM', runs, 1, id)
-    if status then cancel_run(B, id, 'queued', 'session ' .. status) end
-    return {'skip', 'canceled', false, false, 0}
-  end
-  local attempts = num(j[5]) + 1
-  redis.call('HSET', B.job, 'state', 'started', 'status', 'started', 'started_at', G.now_iso,
-    'worker_name', G.worker, 'attempts', attempts)
-  redis.call('ZADD', B.wip, '+inf', id .. ':' .. attempts)
-  redis.call('SADD', B.running, id)
-  move(B, 'queued', 'started')
-  if status == 'Pending' then
-    set_status(B, 'Running')
-    if redis.call('HSETNX', B.session, 'started_at', G.now_ms) == 0 then
-      redis.call('HDEL', B.session, 'finished_at')
-    end
-    emit(B, 'session.started', nil, nil)
-  end
-  emit(B, 'task.started', id, '\129\167attempt' .. P(attempts))
-  return {'run', j[2], j[3] or false, j[4] or false, attempts}
-end
-
 -- The run block of a run claimed from queue qi: its keys made from the templates.
 local function claimed_block(id, qi)
   local sid = string.match(id, '^(.*)%-[^%-]*$') or ''  -- as keys.session_of
@@ -134,14 +84,14 @@ local function claimed_block(id, qi)
       chan = T[7] .. sid .. T[8], running = T[9] .. sid .. T[10], held = T[11] .. sid .. T[12]}
     G.sessions[sid] = S
   end
-  local q = 11 + (qi - 1) * 5
+  local q = QKEYS + (qi - 1) * QN
   return {job = T[1] .. id .. T[2], S = S, session = S.session, sid = sid, running = S.running,
     held = S.held, wip = KEYS[q + 3], finished = KEYS[q + 4], failed = KEYS[q + 5],
     queue = KEYS[q + 1], wake = KEYS[q + 2]}
 end
 
-local off = 12 + nq * 5
-local a = 22
+local off = QKEYS + 1 + nq * QN
+local a = 23
 for _ = 1, nfin do
   local result, terminating = finish(run_block(off, ARGV[a + 1]), ARGV[a], ARGV[a + 2],
     ARGV[a + 3], ARGV[a + 4])
@@ -152,25 +102,39 @@ for _ = 1, nfin do
 end
 local first = nil  -- the first run this call starts
 for _ = 1, nstart do
-  local r = start(run_block(off, ARGV[a + 1]), ARGV[a])
+  local r = start(run_block(off, ARGV[a + 1]), ARGV[a], ME)
   if r[1] == 'run' then first = first or ARGV[a] end
   for _, v in ipairs(r) do reply[#reply + 1] = v end
   off = off + 11
   a = a + 2
 end
 local want = nclaim
+if want > 0 then
+  -- runs an enqueue started for us while we waited, not taken by our BLPOP yet
+  local handed = redis.call('LRANGE', inbox, 0, -1)
+  if #handed > 0 then
+    redis.call('DEL', inbox, KEYS[14])
+    for _, entry in ipairs(handed) do
+      reply[#reply + 1] = 0
+      reply[#reply + 1] = entry
+      local ok, e = pcall(cmsgpack.unpack, entry)  -- a bad entry: the worker says why
+      if ok and type(e) == 'table' then first = first or e[1] end
+    end
+    want = want - #handed
+  end
+end
 for qi = 1, nq do
   if want <= 0 then break end
-  local list = KEYS[11 + (qi - 1) * 5 + 1]
-  local held = redis.call('LLEN', list)
-  local ids = held > 0 and redis.call('LPOP', list, math.min(want, math.max(1, math.floor(held / 4))))
+  local q = QKEYS + (qi - 1) * QN
+  local held = redis.call('LLEN', KEYS[q + 1])
+  local ids = held > 0 and redis.call('LPOP', KEYS[q + 1], math.min(want, math.max(1, math.floor(held / 4))))
   if ids then
     for _, id in ipairs(ids) do
       redis.call('RPUSH', runs, id)
       reply[#reply + 1] = qi
       reply[#reply + 1] = id
       local r = {'op', false, false, false, 0}
-      if qi ~= control then r = start(claimed_block(id, qi), id) end
+      if qi ~= control then r = start(claimed_block(id, qi), id, ME) end
       if r[1] == 'run' then first = first or id end
       for _, v in ipairs(r) do reply[#reply + 1] = v end
     end
@@ -179,9 +143,23 @@ for qi = 1, nq do
   end
   if held > 0 then
     -- more is waiting: wake the next idle worker too
-    redis.call('LPUSH', KEYS[11 + (qi - 1) * 5 + 2], '1')
-    redis.call('LTRIM', KEYS[11 + (qi - 1) * 5 + 2], 0, 0)
+    redis.call('LPUSH', KEYS[q + 2], '1')
+    redis.call('LTRIM', KEYS[q + 2], 0, 0)
   end
+end
+if waits and want == nclaim then
+  -- nothing to do: wait idle, at the back of each run queue's line (not the control queue's:
+  -- its operations are claimed, not handed)
+  redis.call('SADD', idle, G.worker)
+  for qi = 1, nq do
+    if qi ~= control then
+      local line = KEYS[QKEYS + (qi - 1) * QN + 6]
+      redis.call('LREM', line, 0, G.worker)
+      redis.call('RPUSH', line, G.worker)
+    end
+  end
+elseif waits then
+  redis.call('SREM', idle, G.worker)
 end
 -- what the worker goes on to run (for RQ's view of it), or nothing
 local current = ARGV[a]

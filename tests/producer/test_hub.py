@@ -276,6 +276,19 @@ def test_held_back_seqs_that_do_not_follow_on_are_read_from_the_history(keys: Ke
     assert order.live({"session": "s", "seq": 11, "type": "task.log"}, (9, 9)) == ("s", 9)
 
 
+def test_a_listener_on_every_session_is_not_woken_by_ends_it_does_not_yield(keys: Keys) -> None:
+    """The hub wakes a listener on listed sessions for the events that end them (it ends when
+    they all have), even of types it does not yield; one on every session never ends, so an
+    end it would drop does not wake it."""
+    listed = Ordering(keys, ["s"], types=["task.succeeded"]).wants_or_all()
+    every = Ordering(keys, None, types=["task.succeeded"]).wants_or_all()
+    assert listed is not None and every is not None
+    assert listed("session.completed") and listed("task.succeeded")
+    assert not listed("task.started")
+    assert every("task.succeeded") and not every("session.completed")
+    assert Ordering(keys, None).wants_or_all() is None, "no types: woken for all"
+
+
 def test_a_listener_opened_soon_after_the_last_one_closed_reuses_the_hub(
     settings: Settings, two_sessions: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

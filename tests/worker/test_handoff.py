@@ -1,0 +1,222 @@
+"""Runs handed to a worker that waits idle: an enqueue starts the run for it in the same call
+(enqueue.lua `hand`), the worker takes it from its inbox. What must hold: the run is started
+once, for a live waiting worker only, never ahead of runs queued before it, and a run handed
+but never taken goes back unrun and uncharged - whether its worker leaves or is lost."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+from collections.abc import Iterator
+
+import pytest
+from redis import Redis
+
+import tests.tasks  # noqa: F401 - registers the @task functions
+from common.keys import Keys
+from common.rqcompat import rq_keys
+from common.settings import Settings
+from producer import Client
+from tests.conftest import WorkerProcs, ended, wait_for
+from worker.loop import SessionWorker
+from worker.ops import recover_worker
+from worker.watch import Watcher
+
+ADD = "tests.tasks:add"
+
+
+def job(redis: Redis, settings: Settings, run_id: str) -> dict[str, str]:
+    raw = redis.hgetall(rq_keys(settings.prefix).job(run_id))
+    return {k.decode(): v.decode(errors="replace") for k, v in raw.items()}
+
+
+def started_by(client: Client, sid: str) -> list[str | None]:
+    """The worker of each task.started event of a session, in order."""
+    return [e["worker"] for e in client.events(sid) or [] if e["type"] == "task.started"]
+
+
+@pytest.fixture
+def waiting(settings: Settings) -> Iterator[list[SessionWorker]]:
+    """In-process workers made to wait idle as a worker loop does: registered, heartbeating,
+    and listed by a claim that found nothing. Each leaves at the end."""
+    made: list[SessionWorker] = []
+    yield made
+    for w in made:
+        if w._watcher is not None and w._watcher.is_alive():
+            w._leave()
+
+
+def make_waiting(made: list[SessionWorker], settings: Settings, **kwargs: object) -> SessionWorker:
+    w = SessionWorker(settings, **kwargs)  # type: ignore[arg-type]
+    w.register()
+    w._watcher = Watcher(w)
+    w._watcher.start()
+    made.append(w)
+    assert not w._claim([]), "nothing to claim yet"
+    return w
+
+
+def test_a_run_created_while_a_worker_waits_is_started_for_it_by_the_create(
+    client: Client, settings: Settings, redis: Redis, workers: WorkerProcs
+) -> None:
+    workers.start()
+    [name] = workers.names()
+    idle = Keys(settings.prefix).idle_workers()
+    wait_for(lambda: redis.sismember(idle, name), what="the worker to wait idle")
+    [sid] = client.create("handed", task=ADD, args=[2, 3])
+    run = job(redis, settings, f"{sid}-1")
+    assert run["state"] in ("started", "succeeded"), "started by the create call itself"
+    assert run["worker_name"] == name
+    assert redis.llen(rq_keys(settings.prefix).queue("default")) == 0, "never queued"
+    wait_for(lambda: ended(client, sid), what="the run to end")
+    assert client.info(sid)[0]["status"] == "Completed"
+    assert started_by(client, sid) == [name], "started once, as that worker's"
+    assert job(redis, settings, f"{sid}-1")["attempts"] == "1"
+
+
+def test_a_worker_that_leaves_gives_back_a_handed_run_it_did_not_take_uncharged(
+    client: Client, settings: Settings, redis: Redis, waiting: list[SessionWorker]
+) -> None:
+    w = make_waiting(waiting, settings)
+    keys = Keys(settings.prefix)
+    [sid] = client.create("handed", task=ADD, args=[1, 1])  # retries=0: a charge would fail it
+    run_id = f"{sid}-1"
+    assert job(redis, settings, run_id)["worker_name"] == w.name
+    assert redis.llen(keys.worker_inbox(w.name)) == 1
+    w._leave()
+    run = job(redis, settings, run_id)
+    assert run["state"] == "queued" and run["attempts"] == "0", "given back uncharged"
+    assert not redis.sismember(keys.idle_workers(), w.name)
+    assert not redis.exists(keys.worker_inbox(w.name), keys.worker_runs(w.name))
+    assert redis.zscore(keys.workers(), w.name) is None, "unregistered"
+    SessionWorker(settings).work(burst=True)
+    assert client.info(sid)[0]["status"] == "Completed"
+    assert job(redis, settings, run_id)["attempts"] == "1"
+
+
+def test_a_lost_workers_handed_run_it_never_took_goes_back_uncharged(
+    client: Client, settings: Settings, redis: Redis, workers: WorkerProcs
+) -> None:
+    """The worker process is frozen while it waits (its heartbeat still fresh for the
+    producer below), handed a run, then killed: its supervisor recovers it."""
+    workers.start()
+    [name] = workers.names()
+    keys = Keys(settings.prefix)
+    wait_for(lambda: redis.sismember(keys.idle_workers(), name), what="the worker to wait idle")
+    pid = int(name.rsplit(".", 1)[1])
+    os.kill(pid, signal.SIGSTOP)
+    # this producer allows a heartbeat a minute late: the frozen worker still looks alive
+    patient = Client(settings=dataclasses.replace(settings, heartbeat_interval_s=30,
+                                                  heartbeat_ttl_s=100))  # fmt: skip
+    try:
+        [sid] = patient.create("handed", task=ADD, args=[4, 4])  # retries=0
+    finally:
+        patient.close()
+        os.kill(pid, signal.SIGKILL)
+    assert job(redis, settings, f"{sid}-1")["worker_name"] == name, "handed to the frozen one"
+    wait_for(lambda: ended(client, sid), what="the run to end on the next worker")
+    assert client.info(sid)[0]["status"] == "Completed", "not failed: the attempt was not charged"
+    events = client.events(sid) or []
+    given_back = [e for e in events if e["type"] == "task.queued" and e["data"].get("reason")]
+    assert [e["data"]["reason"] for e in given_back] == ["given back unrun by a lost worker"]
+    starts = started_by(client, sid)
+    assert starts[0] == name and len(starts) == 2 and starts[1] != name
+    assert job(redis, settings, f"{sid}-1")["attempts"] == "1"
+
+
+def test_a_lost_worker_s_handed_run_is_recovered_by_the_reaper_too(
+    client: Client, settings: Settings, redis: Redis, waiting: list[SessionWorker]
+) -> None:
+    """recover_worker is what the reaper runs for a worker whose heartbeat stopped."""
+    w = make_waiting(waiting, settings)
+    [sid] = client.create("handed", task=ADD, args=[1, 2])
+    w._watcher.stop()  # it is lost: no heartbeat, nothing taken
+    waiting.clear()
+    recover_worker(w.scripts, w.name, "lost")
+    w.scripts.close()
+    w.redis.close()
+    keys = Keys(settings.prefix)
+    assert job(redis, settings, f"{sid}-1")["attempts"] == "0"
+    assert not redis.exists(keys.worker_inbox(w.name))
+    assert not redis.sismember(keys.idle_workers(), w.name)
+    SessionWorker(settings).work(burst=True)
+    assert client.info(sid)[0]["status"] == "Completed"
+
+
+def test_a_worker_handed_a_run_is_handed_no_other_until_it_waits_again(
+    client: Client, settings: Settings, redis: Redis, waiting: list[SessionWorker]
+) -> None:
+    """A worker waits on each of its queues: once a run of one is handed to it, a run of the
+    other is queued for any worker, not handed to this busy one."""
+    w = make_waiting(waiting, settings, queues=["a", "b"])
+    [first] = client.create("one", task=ADD, args=[1, 2], queue="a")
+    [second] = client.create("two", task=ADD, args=[1, 2], queue="b")
+    assert job(redis, settings, f"{first}-1")["state"] == "started"
+    assert job(redis, settings, f"{second}-1")["state"] == "queued"
+    assert redis.lrange(rq_keys(settings.prefix).queue("b"), 0, -1) == [f"{second}-1".encode()]
+    while w._turn(burst=True):  # the handed run, then the queued one
+        pass
+    assert [r["status"] for r in client.info([first, second])] == ["Completed", "Completed"]
+    assert started_by(client, first) == [w.name] and started_by(client, second) == [w.name]
+
+
+def test_runs_queued_before_go_first_no_run_overtakes_them(
+    client: Client, settings: Settings, redis: Redis, waiting: list[SessionWorker]
+) -> None:
+    """A worker waits; runs already queued (it was woken, has not claimed yet) go first: a new
+    run joins the queue behind them instead of being handed past them."""
+    w = make_waiting(waiting, settings)
+    queue = rq_keys(settings.prefix).queue("default")
+    redis.rpush(queue, "someone-else-1")  # queued by a call that found no one waiting
+    [sid] = client.create("later", task=ADD, args=[1, 2])
+    assert job(redis, settings, f"{sid}-1")["state"] == "queued"
+    assert redis.lrange(queue, 0, -1) == [b"someone-else-1", f"{sid}-1".encode()]
+    assert redis.sismember(Keys(settings.prefix).idle_workers(), w.name), "still waiting"
+
+
+def test_a_bad_inbox_entry_does_not_kill_the_worker_and_its_run_still_runs_once(
+    client: Client, settings: Settings, redis: Redis, waiting: list[SessionWorker]
+) -> None:
+    w = make_waiting(waiting, settings)
+    [sid] = client.create("handed", task=ADD, args=[20, 22])
+    inbox = Keys(settings.prefix).worker_inbox(w.name)
+    redis.lset(inbox, 0, b"\xc1 not msgpack")
+    assert w._turn(burst=False), "the worker takes its inbox"
+    assert w.lost_connection, "it lost track of a run: it takes it up from its runs list"
+    w._resend()
+    while w._turn(burst=True):
+        pass
+    [record] = client.info(sid)
+    assert record["status"] == "Completed" and record["result"] == 42
+    assert started_by(client, sid) == [w.name], "started once"
+
+
+def test_a_burst_worker_does_not_wait_idle(
+    client: Client, settings: Settings, redis: Redis
+) -> None:
+    w = SessionWorker(settings)
+    w.work(burst=True)
+    keys = Keys(settings.prefix)
+    assert not redis.sismember(keys.idle_workers(), w.name)
+    assert redis.lrange(keys.idle("default"), 0, -1) == []
+    [sid] = client.create("queued", task=ADD, args=[1, 2])
+    assert job(redis, settings, f"{sid}-1")["state"] == "queued"
+
+
+def test_a_worker_killed_while_running_a_handed_run_uses_up_its_attempt(
+    client: Client, settings: Settings, redis: Redis, workers: WorkerProcs
+) -> None:
+    """Once the worker has said it took the handed run, losing it mid-run charges the run as
+    any run (SPEC §4): with no retries left it fails."""
+    workers.start()
+    [name] = workers.names()
+    keys = Keys(settings.prefix)
+    wait_for(lambda: redis.sismember(keys.idle_workers(), name), what="the worker to wait idle")
+    [sid] = client.create("handed", task="tests.tasks:sleeper", args=[60])  # retries=0
+    wait_for(lambda: not redis.exists(keys.worker_handed(name)), what="the worker to take it")
+    os.kill(int(name.rsplit(".", 1)[1]), signal.SIGKILL)
+    wait_for(lambda: ended(client, sid), what="the run to be recovered")
+    [record] = client.info(sid)
+    assert record["status"] == "Failed" and "died" in record["error"]
+    assert started_by(client, sid) == [name], "not run again: its one attempt is used up"
