@@ -120,13 +120,16 @@ class Keys:
         return f"{self.prefix}worker:{worker}:handed"
 
     def idle_workers(self) -> str:
-        """SET of workers waiting idle for work; a worker's empty claim adds it, an enqueue
-        that hands it a run (or its next claim, or its leaving) removes it."""
+        """SET of workers waiting idle for work; a worker's empty claim adds it; an enqueue
+        that hands it a run or finds its heartbeat late, its next claim, its leaving or its
+        recovery removes it."""
         return f"{self.prefix}idle"
 
     def idle(self, queue: str) -> str:
-        """LIST of the workers waiting on a queue, longest first (one entry each; entries of
-        workers no longer in idle_workers are skipped); run.lua pushes, enqueue pops."""
+        """LIST of the workers waiting on a queue, in the order they last found nothing (one
+        entry each; an entry of a worker no longer in idle_workers, or that does not serve
+        the queue - a lost worker's, whose name came back - is dropped); run.lua pushes,
+        enqueue pops."""
         return f"{self.prefix}idle:{queue}"
 
     def wake(self, queue: str) -> str:

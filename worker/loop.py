@@ -335,7 +335,7 @@ class SessionWorker:
         if pending:
             self._finish(pending)
         self._collect(0)
-        self._take_inbox()
+        self._take_inbox(unlist=True)  # no run is handed to us until our next claim
         from worker.ops import run_op
 
         known = {r[0] for r in self.ready}

@@ -98,12 +98,15 @@ def reap(scripts: Scripts, me: str = "") -> int:
 def recover_worker(scripts: Scripts, name: str, reason: str) -> None:
     """Give back everything worker `name` held; finish destroys it was the last run of."""
     r, k = scripts.redis, scripts.keys
-    run_ids = [codec.text(i) for i in r.lrange(k.worker_runs(name), 0, -1)]
-    runs = scripts.with_queues(run_ids)
-    if runs:
-        log.warning("recovering %d run(s) of %s: %s", len(runs), name, reason)
-    for sid in scripts.recover(name, runs, reason, unregister=True):
-        destroy_session(scripts, sid)
+    for _ in range(2):  # a run handed to it between the read and the script: once more
+        run_ids = [codec.text(i) for i in r.lrange(k.worker_runs(name), 0, -1)]
+        runs = scripts.with_queues(run_ids)
+        if runs:
+            log.warning("recovering %d run(s) of %s: %s", len(runs), name, reason)
+        for sid in scripts.recover(name, runs, reason, unregister=True):
+            destroy_session(scripts, sid)
+        if not r.exists(k.worker_runs(name)):
+            return
 
 
 def _stop_started(

@@ -310,8 +310,11 @@ local function hand(q, ids)
   while done < #ids do
     local name = redis.call('LPOP', KEYS[Q + 5])
     if not name then break end
-    -- an entry of a worker no longer waiting (it claimed, was handed a run, or left) is dropped
-    if redis.call('SREM', IDLE, name) == 1
+    -- an entry of a worker no longer waiting (it claimed, was handed a run, left or was
+    -- lost), or one that does not serve the queue (a lost worker's name back), is dropped
+    local serves = ',' .. (redis.call('HGET', WT[5] .. name .. WT[6], 'queues') or '') .. ','
+    if string.find(serves, ',' .. queue_names[q] .. ',', 1, true)
+        and redis.call('SREM', IDLE, name) == 1
         and num(redis.call('ZSCORE', WORKERS, name)) >= G.now_ms - FRESH_MS then
       done = done + 1
       local id, r = ids[done], runs[ids.r[done]]

@@ -109,9 +109,10 @@ for _ = 1, nstart do
   a = a + 2
 end
 local want = nclaim
+local handed = {}
 if want > 0 then
   -- runs an enqueue started for us while we waited, not taken by our BLPOP yet
-  local handed = redis.call('LRANGE', inbox, 0, -1)
+  handed = redis.call('LRANGE', inbox, 0, -1)
   if #handed > 0 then
     redis.call('DEL', inbox, KEYS[14])
     for _, entry in ipairs(handed) do
@@ -124,8 +125,15 @@ if want > 0 then
   end
 end
 for qi = 1, nq do
-  if want <= 0 then break end
   local q = QKEYS + (qi - 1) * QN
+  if want <= 0 then
+    -- the inbox filled the batch: a wake this worker took for a queue is passed on
+    if #handed > 0 and redis.call('LLEN', KEYS[q + 1]) > 0 then
+      redis.call('LPUSH', KEYS[q + 2], '1')
+      redis.call('LTRIM', KEYS[q + 2], 0, 0)
+    end
+    break
+  end
   local held = redis.call('LLEN', KEYS[q + 1])
   local ids = held > 0 and redis.call('LPOP', KEYS[q + 1], math.min(want, math.max(1, math.floor(held / 4))))
   if ids then

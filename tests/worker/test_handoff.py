@@ -19,11 +19,19 @@ from common.rqcompat import rq_keys
 from common.settings import Settings
 from producer import Client
 from tests.conftest import WorkerProcs, ended, wait_for
+from worker import task
 from worker.loop import SessionWorker
 from worker.ops import recover_worker
 from worker.watch import Watcher
 
 ADD = "tests.tasks:add"
+RAN: list[str] = []
+
+
+@task
+def count_me(tag: str) -> str:
+    RAN.append(tag)
+    return tag
 
 
 def job(redis: Redis, settings: Settings, run_id: str) -> dict[str, str]:
@@ -220,3 +228,64 @@ def test_a_worker_killed_while_running_a_handed_run_uses_up_its_attempt(
     [record] = client.info(sid)
     assert record["status"] == "Failed" and "died" in record["error"]
     assert started_by(client, sid) == [name], "not run again: its one attempt is used up"
+
+
+def test_a_run_handed_while_the_worker_recovers_from_a_lost_connection_runs_once(
+    client: Client, settings: Settings, waiting: list[SessionWorker]
+) -> None:
+    """The worker waited (listed) when its connection dropped. While it takes stock (its
+    inbox, then its runs list) an enqueue lands between the two reads: the run must not be
+    taken up both as one it lost track of and again from its inbox."""
+    RAN.clear()
+    w = make_waiting(waiting, settings)
+    w.scripts._lane.reset()  # the BLPOP's connection dropped
+    w.lost_connection = True
+    take_inbox, made = w._take_inbox, []
+
+    def take_inbox_then_enqueue(unlist: bool = False) -> None:
+        take_inbox(unlist)
+        if not made:
+            made.extend(client.create("h", task=f"{__name__}:count_me", args=["x"]))
+
+    w._take_inbox = take_inbox_then_enqueue  # type: ignore[method-assign]
+    w._resend()
+    while w._turn(burst=True):
+        pass
+    [sid] = made
+    assert client.info(sid)[0]["status"] == "Completed"
+    assert RAN == ["x"], "run once"
+
+
+@pytest.mark.parametrize("before, after", [({"queues": ["a"]}, {"queues": ["b"]}),
+                                           ({"allow_commands": True}, {})])  # fmt: skip
+def test_a_run_is_handed_only_to_a_worker_that_serves_its_queue(
+    client: Client, settings: Settings, redis: Redis, waiting: list[SessionWorker],
+    before: dict[str, object], after: dict[str, object],
+) -> None:  # fmt: skip
+    """A lost worker's place in a queue's line is left behind; a new worker of the same name
+    (a container's pids repeat) serving other queues is not handed that queue's runs."""
+    old = SessionWorker(settings, name="w", **before)  # type: ignore[arg-type]
+    old.register()
+    assert not old._claim([])  # waits on its queues
+    recover_worker(old.scripts, "w", "lost")
+    old.scripts.close()
+    old.redis.close()
+    make_waiting(waiting, settings, name="w", **after)
+    if "queues" in before:
+        [sid] = client.create("on-a", task=ADD, args=[1, 2], queue="a")
+    else:
+        [sid] = client.create("cmd", cmd=["true"])
+    assert job(redis, settings, f"{sid}-1")["state"] == "queued"
+
+
+def test_a_new_sessions_events_are_numbered_without_a_gap_after_a_handoff(
+    client: Client, settings: Settings, waiting: list[SessionWorker]
+) -> None:
+    w = make_waiting(waiting, settings)
+    [sid] = client.create("h", task=ADD, args=[1, 2])
+    while w._turn(burst=True):
+        pass
+    events = client.events(sid) or []
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert [e["type"] for e in events][:4] == [
+        "session.created", "task.queued", "session.started", "task.started"]  # fmt: skip
