@@ -126,16 +126,11 @@ if want > 0 then
 end
 for qi = 1, nq do
   local q = QKEYS + (qi - 1) * QN
-  if want <= 0 then
-    -- the inbox filled the batch: a wake this worker took for a queue is passed on
-    if #handed > 0 and redis.call('LLEN', KEYS[q + 1]) > 0 then
-      redis.call('LPUSH', KEYS[q + 2], '1')
-      redis.call('LTRIM', KEYS[q + 2], 0, 0)
-    end
-    break
-  end
+  if want <= 0 and #handed == 0 then break end
   local held = redis.call('LLEN', KEYS[q + 1])
-  local ids = held > 0 and redis.call('LPOP', KEYS[q + 1], math.min(want, math.max(1, math.floor(held / 4))))
+  -- (when the inbox filled the batch, queues are only looked at: a wake this worker took
+  -- is passed on)
+  local ids = held > 0 and want > 0 and redis.call('LPOP', KEYS[q + 1], math.min(want, math.max(1, math.floor(held / 4))))
   if ids then
     for _, id in ipairs(ids) do
       redis.call('RPUSH', runs, id)

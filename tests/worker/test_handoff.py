@@ -289,3 +289,45 @@ def test_a_new_sessions_events_are_numbered_without_a_gap_after_a_handoff(
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     assert [e["type"] for e in events][:4] == [
         "session.created", "task.queued", "session.started", "task.started"]  # fmt: skip
+
+
+def test_a_run_handed_to_a_lost_worker_while_it_is_recovered_is_recovered_too(
+    client: Client, settings: Settings, redis: Redis, waiting: list[SessionWorker],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Recovery reads the lost worker's runs, then gives them back in a script; a run handed
+    to it in between (it still looked alive) is given back by a second look."""
+    w = make_waiting(waiting, settings)
+    w._watcher.stop()  # lost
+    waiting.clear()
+    made: list[str] = []
+    with_queues = w.scripts.with_queues
+
+    def read_then_hand(run_ids: list[str]) -> list[tuple[str, str]]:
+        if not made:
+            made.extend(client.create("late", task=ADD, args=[2, 2]))
+        return with_queues(run_ids)
+
+    monkeypatch.setattr(w.scripts, "with_queues", read_then_hand)
+    recover_worker(w.scripts, w.name, "lost")
+    w.scripts.close()
+    w.redis.close()
+    [sid] = made
+    run = job(redis, settings, f"{sid}-1")
+    assert run["state"] == "queued" and run["attempts"] == "0"
+    assert redis.zscore(Keys(settings.prefix).workers(), w.name) is None, "unregistered"
+
+
+def test_a_wake_is_passed_on_when_the_inbox_fills_the_claim(
+    client: Client, settings: Settings, redis: Redis, waiting: list[SessionWorker]
+) -> None:
+    """A worker's BLPOP took queue a's wake, but before it claimed, a run was handed to it
+    and filled its batch: the wake goes back for another worker."""
+    keys = Keys(settings.prefix)
+    w = make_waiting(waiting, settings, queues=["b", "a"])
+    [queued] = client.create("on-a", task=ADD, args=[1, 2], queue="a")  # handed to w
+    assert job(redis, settings, f"{queued}-1")["state"] == "started"
+    redis.rpush(rq_keys(settings.prefix).queue("a"), "other-1")  # queued after it, woken
+    redis.delete(keys.wake("a"))  # ... and the wake taken by w's BLPOP
+    assert w._claim([]), "takes the handed run"
+    assert redis.llen(keys.wake("a")) == 1, "the wake is back"
