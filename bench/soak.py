@@ -1,11 +1,13 @@
 """Soak: `python -m bench.soak [--runs 100000] [--workers 4] [--kills K] [--seed S]`.
 
 Starts a throwaway redis-server, queues N runs of `bench.tasks:soak` (most no-ops, a few
-slower) in sessions of up to 1,000, and drains them with `sessionq worker` processes while
-killing workers with SIGKILL at random points of the drain: sometimes one worker process (its
-supervisor gives its runs back at once and starts a new one), sometimes a whole `sessionq
-worker` with its supervisor, like a lost host (another worker's reaper gives its runs back
-after the heartbeat TTL; a new one is started in its place).
+slower) in sessions of up to 1,000 - or with --trickle adds them one at a time while they
+drain, so that most are handed to workers waiting idle - and drains them with `sessionq
+worker` processes while killing workers with SIGKILL at random points of the drain:
+sometimes one worker process (its supervisor gives its runs back at once and starts a new
+one), sometimes a whole `sessionq worker` with its supervisor, like a lost host (another
+worker's reaper gives its runs back after the heartbeat TTL; a new one is started in its
+place).
 
 Every run writes its id to a ledger file as it begins. At the end the ledgers are set against
 what sessionq recorded - each run's final state, its task.started, task.retrying and
@@ -25,8 +27,9 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +68,7 @@ class RunFacts:
     failed: int = 0  # task.failed events
     error: str = ""
     began: int = 0  # ledger lines
+    handed: bool = False  # first started by the call that added it (a waiting worker's)
 
 
 def audit(facts: dict[str, RunFacts], retries: int) -> list[str]:
@@ -158,22 +162,28 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def enqueue(client: Any, runs: int, slow_share: float, slow_s: float, ledgers: Path,
-            rng: random.Random) -> tuple[list[str], int]:  # fmt: skip
-    """Queue the runs in sessions of SESSION_RUNS; their session ids and the slow ones' count."""
+def plan(client: Any, runs: int, slow_share: float, slow_s: float, ledgers: Path,
+         rng: random.Random) -> tuple[list[str], list[list[Any]], int]:  # fmt: skip
+    """Open sessions of up to SESSION_RUNS runs and choose each run (most fast, some slow):
+    the session ids, the runs of each, and how many are slow."""
     from common.models import build_run
 
     fast = build_run(name="fast", task=TASK, args=[str(ledgers)], retries=RETRIES)
     slow = build_run(name="slow", task=TASK, args=[str(ledgers), slow_s], retries=RETRIES)
-    sids, slow_count = [], 0
+    sids, specs = [], []
     for start in range(0, runs, SESSION_RUNS):
         n = min(SESSION_RUNS, runs - start)
-        specs = [slow if rng.random() < slow_share else fast for _ in range(n)]
-        slow_count += sum(s is slow for s in specs)
-        sid = client.open_session(f"soak-{start // SESSION_RUNS}")
-        client.add_runs(sid, specs)
-        sids.append(sid)
-    return sids, slow_count
+        specs.append([slow if rng.random() < slow_share else fast for _ in range(n)])
+        sids.append(client.open_session(f"soak-{start // SESSION_RUNS}"))
+    return sids, specs, sum(spec is slow for group in specs for spec in group)
+
+
+def trickled(sids: list[str], specs: list[list[Any]]) -> Iterator[tuple[str, Any]]:
+    """The runs one at a time, round the sessions."""
+    for i in range(max(len(group) for group in specs)):
+        for sid, group in zip(sids, specs, strict=True):
+            if i < len(group):
+                yield sid, group[i]
 
 
 def ended(redis: Redis, keys: Keys) -> int:
@@ -184,6 +194,7 @@ def ended(redis: Redis, keys: Keys) -> int:
 def collect(client: Any, sids: list[str], ledgers: Path) -> dict[str, RunFacts]:
     """Every run's facts: its job's state and its events from sessionq, its ledger lines."""
     facts: dict[str, RunFacts] = {}
+    added: dict[str, float] = {}  # run id -> ts of the call that added it
     for sid in sids:
         for event in client.history_after(sid, 0):
             run_id = event.get("task")
@@ -193,10 +204,13 @@ def collect(client: Any, sids: list[str], ledgers: Path) -> dict[str, RunFacts]:
             kind = event["type"]
             if kind == "task.started":
                 f.started += 1
+                f.handed = f.handed or (f.started == 1 and event["ts"] == added.get(run_id))
             elif kind == "task.retrying":
                 f.retried += 1
             elif kind == "task.queued" and event["data"].get("reason"):
                 f.requeued += 1
+            elif kind == "task.queued":
+                added[run_id] = event["ts"]
             elif kind == "task.succeeded":
                 f.succeeded += 1
             elif kind == "task.failed":
@@ -242,21 +256,37 @@ def soak(args: argparse.Namespace) -> int:
         client = Client(settings=settings)
         keys, redis = Keys(settings.prefix), client.redis
         ledgers = Path(tmp)
-        log(f"queueing {args.runs} runs on {server.url}")
-        sids, slow_count = enqueue(client, args.runs, args.slow_share, args.slow_s, ledgers, rng)
+        sids, specs, slow_count = plan(client, args.runs, args.slow_share, args.slow_s,
+                                       ledgers, rng)  # fmt: skip
+        pending = trickled(sids, specs) if args.trickle else iter(())
+        if not args.trickle:
+            log(f"queueing {args.runs} runs on {server.url}")
+            for sid, group in zip(sids, specs, strict=True):
+                client.add_runs(sid, group)
         fleet = Fleet(settings)
         for start in range(0, args.workers, 2):
             fleet.start(min(2, args.workers - start))
-        log(f"draining with {args.workers} worker processes, {kills} kills planned")
+        how = "added one at a time as they drain" if args.trickle else "queued"
+        log(f"draining ({how}) with {args.workers} worker processes, {kills} kills planned")
         started = time.monotonic()
         deadline = started + args.deadline
+        queue = client.scripts.rq.queue("default")
         done = 0
         try:
             while (done := ended(redis, keys)) < args.runs and time.monotonic() < deadline:
                 while kill_at and done >= kill_at[0]:
                     kill_at.pop(0)
                     log(f"{done} runs done: killed {fleet.kill_one(redis, rng)}")
-                time.sleep(POLL_S)
+                # trickling: a run at a time whenever none is queued - to a worker waiting
+                # idle, when one is
+                if args.trickle and not redis.llen(queue):
+                    for sid, spec in islice(pending, 1):
+                        client.add_runs(sid, [spec])
+                        break
+                    else:
+                        time.sleep(POLL_S)
+                else:
+                    time.sleep(POLL_S / 50 if args.trickle else POLL_S)
             elapsed = time.monotonic() - started
         finally:
             fleet.stop()
@@ -266,7 +296,7 @@ def soak(args: argparse.Namespace) -> int:
             violations.insert(0, f"only {done} of {args.runs} runs ended in {args.deadline:g}s")
         if len(facts) != args.runs:
             violations.append(f"{len(facts)} runs seen, {args.runs} queued")
-        violations += leftovers(redis, keys, client.scripts.rq.queue("default"))
+        violations += leftovers(redis, keys, queue)
         client.close()
     began = Counter(min(f.began, 3) for f in facts.values())
     print(f"soak: {args.runs} runs ({slow_count} slow, {args.slow_s:g}s) in {len(sids)} "
@@ -279,6 +309,10 @@ def soak(args: argparse.Namespace) -> int:
     print(f"  recorded: {sum(f.retried for f in facts.values())} retries (a worker died under "
           f"the run), {sum(f.requeued for f in facts.values())} runs given back unrun, "
           f"{sum(f.state == 'failed' for f in facts.values())} failed")  # fmt: skip
+    print(
+        f"  started by the call that added them (handed to a waiting worker): "
+        f"{sum(f.handed for f in facts.values())}"
+    )
     print(f"  succeeded exactly once: {sum(f.succeeded == 1 for f in facts.values())}")
     for line in violations[:20]:
         print(f"  VIOLATION {line}")
@@ -298,6 +332,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--slow-share", type=float, default=0.02, help="share of slower runs")
     p.add_argument("--slow-s", type=float, default=0.2, help="seconds a slower run takes")
     p.add_argument("--deadline", type=float, default=3600, help="seconds before giving up")
+    p.add_argument("--trickle", action="store_true",
+                   help="add the runs one at a time while they drain (idle workers are handed "
+                        "them) instead of queuing them all first")  # fmt: skip
     args = p.parse_args(argv)
     if args.runs < 1 or args.workers < 1:
         p.error("--runs and --workers must be at least 1")

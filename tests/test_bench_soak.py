@@ -13,9 +13,10 @@ from bench.soak import RunFacts, audit
 
 
 @pytest.mark.timeout(180)
-def test_a_small_soak_with_kills_finds_every_run_finished_once() -> None:
+@pytest.mark.parametrize("trickle", [[], ["--trickle"]], ids=["queued", "trickled"])
+def test_a_small_soak_with_kills_finds_every_run_finished_once(trickle: list[str]) -> None:
     cmd = [sys.executable, "-m", "bench.soak", "--runs", "200", "--workers", "2", "--kills",
-           "2", "--slow-share", "0.2", "--seed", "7"]  # fmt: skip
+           "2", "--slow-share", "0.2", "--seed", "7", *trickle]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True,
                           timeout=170)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
