@@ -58,9 +58,22 @@ class Interrupter:
             self._armed = False
             raise RunInterrupted(self._reason)
 
-    def arm(self, timeout: float | None) -> None:
+    def reset(self) -> None:
+        """Before a run begins: forget a request meant for the one before."""
         self._reason = None
+
+    @property
+    def pending(self) -> str | None:
+        """The reason of a request made since reset()."""
+        return self._reason
+
+    def arm(self, timeout: float | None) -> None:
+        """Just before the function is called. A request made since reset() (while the run
+        was being set up, say its module imported) ends the run here, before it is called."""
         self._armed = True
+        if self._reason:
+            self._armed = False
+            raise RunInterrupted(self._reason)
         if timeout and self.enabled:
             signal.setitimer(signal.ITIMER_REAL, timeout)
 
@@ -116,8 +129,8 @@ def call_function(
 ) -> Any:
     """Call `fn` with `env` in os.environ (see RunEnvironment), under the deadline."""
     environment.apply(env)
-    interrupter.arm(timeout)
     try:
+        interrupter.arm(timeout)
         return fn(*args, **kwargs)
     finally:
         interrupter.disarm()
@@ -174,6 +187,8 @@ class Command:
     ) -> int:
         """Run to the end; the exit status (negative: killed by that signal). `note_pgid`
         hears the process group's id at start and 0 at the end."""
+        if self.stop_reason is not None:  # stopped before it started: it never starts
+            return -signal.SIGTERM
         env = {**os.environ, **self.env}
         self.proc = subprocess.Popen(
             self.argv,
@@ -213,7 +228,9 @@ class Command:
             if deadline is not None and now >= deadline and self.stop_reason is None:
                 self.request_stop("timeout")
             if self.stop_reason is not None:
-                self._stop_at = self._stop_at or now
+                if self._stop_at is None:  # TERM again: it may have come before the start
+                    self._stop_at = now
+                    self._signal(signal.SIGTERM)
                 if now - self._stop_at >= grace_s:
                     self._signal(signal.SIGKILL)
             ready = sel.select(timeout=LOG_FLUSH_S)

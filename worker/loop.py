@@ -167,11 +167,12 @@ class SessionWorker:
             return
         self.stop_flag.set()
         self.interrupt_at = self.interrupt_at or time.monotonic()
+        # the request first, then the command: _run_command sets the command, then reads
+        # the request, so one of the two sides sees the other's write
+        self.interrupter.request(reason)
         command = self.current_command
         if command is not None:
             command.request_stop(reason)
-        else:
-            self.interrupter.request(reason)
 
     # -- the loop --------------------------------------------------------------------------
     def work(self, burst: bool = False) -> int:
@@ -210,7 +211,7 @@ class SessionWorker:
         try:
             self._take_inbox(unlist=True)
             giveback = [
-                (r[0], r[1], "requeue", codec.encode("worker stopped"), 0) for r in self.ready
+                (r[0], r[1], "requeue", codec.encode("worker shut down"), 0) for r in self.ready
             ]
             self.ready.clear()
             if giveback or self.unacked:
@@ -378,11 +379,15 @@ class SessionWorker:
     def _outcome(
         self, run_id: str, sid: str, data: bytes, sq: bytes, timeout: float | None, attempt: int
     ) -> tuple[str, bytes]:
-        self.current = run_id
-        self.current_deadline = (time.monotonic() + timeout) if timeout else None
+        # a stop that sees this run as current must stick: clear the last run's stop first
         self.interrupt_at = None
         self.stop_flag.clear()
+        self.interrupter.reset()
+        self.current_deadline = (time.monotonic() + timeout) if timeout else None
+        self.current = run_id
         try:
+            if self.hard_stop:  # SIGINT came as the run was taken up: it does not begin
+                return self._interrupted("shutdown", timeout)
             func, args, kwargs = parse_job_data(data)
             meta = parse_meta(sq)
             env = dict(meta.get("env") or {})
@@ -449,6 +454,8 @@ class SessionWorker:
             on_lines=lambda lines: self.scripts.log(sid, run_id, lines, worker=self.name),
         )  # fmt: skip
         self.current_command = command
+        if self.interrupter.pending:  # stopped while the run was being set up
+            command.request_stop(self.interrupter.pending)
         try:
             status = command.run(timeout, self.settings.stop_grace_s, self._note_pgid)
         except FileNotFoundError:

@@ -308,3 +308,44 @@ def test_a_burst_worker_runs_what_its_own_last_finish_released(
     drain(settings)
     assert session.progress()["status"] == "Completed"
     assert [t["state"] for t in session] == ["succeeded", "succeeded"]
+
+
+STOPPED_WHILE_SET_UP = [
+    # (what runs, how it is stopped, the outcome asked of it)
+    ({"task": "tests.tasks:stubborn_sleeper", "args": [30]}, "stop", "canceled"),
+    ({"cmd": [sys.executable, "-c", "import time; time.sleep(30)"]}, "stop", "canceled"),
+    ({"task": "tests.tasks:stubborn_sleeper", "args": [30]}, "sigint", "queued"),
+    ({"cmd": [sys.executable, "-c", "import time; time.sleep(30)"]}, "sigint", "queued"),
+]
+
+
+@pytest.mark.parametrize(("spec", "how", "outcome"), STOPPED_WHILE_SET_UP,
+                         ids=["function-stop", "command-stop", "function-sigint",
+                              "command-sigint"])  # fmt: skip
+def test_a_stop_that_comes_while_the_run_is_set_up_is_not_lost(
+    client: Client, settings: Settings, monkeypatch: pytest.MonkeyPatch,
+    spec: dict[str, Any], how: str, outcome: str,
+) -> None:  # fmt: skip
+    """A stop (or SIGINT) that lands after the run became current but before its function or
+    process started (its module being imported, say) ends it; before, the request was lost
+    and the run ran its 30 s."""
+    import worker.loop
+
+    [sid] = client.create("late-stop", **spec)
+    w = SessionWorker(settings, allow_commands=True)
+    real = worker.loop.parse_meta
+
+    def parse_meta_then_stop(raw: bytes) -> dict[str, Any]:
+        if how == "stop":
+            w.stop_current("stopped", f"{sid}-1")  # as a stop-job from the watcher thread
+        else:
+            w.stop_now("shutdown")  # as the SIGINT handler
+        return real(raw)
+
+    monkeypatch.setattr(worker.loop, "parse_meta", parse_meta_then_stop)
+    w.work(burst=True)
+    [record] = client.info(sid)
+    assert record["tasks"][outcome] == 1 and record["tasks"]["succeeded"] == 0
+    if outcome == "queued":
+        requeued = [e for e in client.events(sid) or [] if e["type"] == "task.queued"][-1]
+        assert requeued["data"] == {"reason": "worker shut down"}
