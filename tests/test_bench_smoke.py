@@ -68,3 +68,13 @@ def test_quick_benchmark_writes_every_metric(tmp_path: Path) -> None:
             assert positive(entry["ratio"]), name
         else:
             assert entry["rq"] is None, name
+
+
+@pytest.mark.timeout(120)
+def test_the_profile_command_drains_its_runs_and_prints_the_worker_s_call_tree() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "bench.profile", "--runs", "300"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=100)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("drained 300 runs in ")
+    assert "SessionWorker.work" in proc.stdout and "SessionWorker._execute" in proc.stdout
