@@ -18,6 +18,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
     parser.add_argument("--runs", type=int, default=20_000, help="no-op runs to drain")
     args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs: give at least 1")
     try:
         from pyinstrument import Profiler
     except ImportError:

@@ -169,18 +169,23 @@ class Command:
         self.proc: subprocess.Popen[bytes] | None = None
         self.stop_reason: str | None = None
         self._stop_at: float | None = None
+        self._termed = False  # one TERM only: a second often means "quit now, no cleanup"
 
     def request_stop(self, reason: str) -> None:
         """From any thread: end the process group (TERM now, KILL after the grace)."""
         self.stop_reason = self.stop_reason or reason
-        self._signal(signal.SIGTERM)
+        if not self._termed:
+            self._termed = self._signal(signal.SIGTERM)
 
-    def _signal(self, sig: int) -> None:
+    def _signal(self, sig: int) -> bool:
+        """Signal the process group; whether it was sent."""
         if self.proc is not None and self.proc.returncode is None:
             try:
                 os.killpg(self.proc.pid, sig)
+                return True
             except (ProcessLookupError, PermissionError):
                 pass
+        return False
 
     def run(
         self, timeout: float | None, grace_s: float, note_pgid: Callable[[int], None] | None = None
@@ -228,9 +233,10 @@ class Command:
             if deadline is not None and now >= deadline and self.stop_reason is None:
                 self.request_stop("timeout")
             if self.stop_reason is not None:
-                if self._stop_at is None:  # TERM again: it may have come before the start
+                if self._stop_at is None:
                     self._stop_at = now
-                    self._signal(signal.SIGTERM)
+                    if not self._termed:  # the stop came before the process started
+                        self._termed = self._signal(signal.SIGTERM)
                 if now - self._stop_at >= grace_s:
                     self._signal(signal.SIGKILL)
             ready = sel.select(timeout=LOG_FLUSH_S)

@@ -94,6 +94,10 @@ class SessionWorker:
         self.wait_keys = [self.inbox, *(self.scripts.keys.wake(q) for q in self.queues)]
         self.waits = True  # lists itself as waiting idle when a claim finds nothing
         self.ready: deque[Ready] = deque()  # started for us, to run in this order
+        # held by a stop (any thread) and by the main thread as it takes a run up or lets it
+        # go, so that a stop finds its run either waiting in `ready` or `current`; reentrant:
+        # the SIGINT handler runs on the main thread, maybe inside the held section
+        self.take_lock = threading.RLock()
         self.unacked: deque[Finish] = deque()  # finishes sent, reply not read yet
         self.cancel_ids: dict[str, str] = {}
         self.lost_connection = False  # started runs to finish unrun: id -> reason
@@ -160,19 +164,20 @@ class SessionWorker:
     def stop_current(self, reason: str, run_id: str | None = None) -> None:
         """End the running run (if it is `run_id`, when given); a run started for us but
         not begun yet is finished unrun when its turn comes."""
-        if run_id is not None and any(r[0] == run_id for r in self.ready):
-            self.cancel_ids[run_id] = reason
-            return
-        if self.current is None or (run_id is not None and run_id != self.current):
-            return
-        self.stop_flag.set()
-        self.interrupt_at = self.interrupt_at or time.monotonic()
-        # the request first, then the command: _run_command sets the command, then reads
-        # the request, so one of the two sides sees the other's write
-        self.interrupter.request(reason)
-        command = self.current_command
-        if command is not None:
-            command.request_stop(reason)
+        with self.take_lock:
+            if run_id is not None and any(r[0] == run_id for r in tuple(self.ready)):
+                self.cancel_ids[run_id] = reason
+                return
+            if self.current is None or (run_id is not None and run_id != self.current):
+                return
+            self.stop_flag.set()
+            self.interrupt_at = self.interrupt_at or time.monotonic()
+            # the request first, then the command: _run_command sets the command, then
+            # reads the request, so one of the two sides sees the other's write
+            self.interrupter.request(reason)
+            command = self.current_command
+            if command is not None:
+                command.request_stop(reason)
 
     # -- the loop --------------------------------------------------------------------------
     def work(self, burst: bool = False) -> int:
@@ -231,7 +236,7 @@ class SessionWorker:
         """One step of the loop; False when a burst worker has nothing left."""
         finishes = []
         if self.ready:
-            finishes.append(self._execute(self.ready.popleft()))
+            finishes.append(self._execute())
             if self.ready or self.shutting_down:
                 self._finish(finishes)
                 return True
@@ -354,10 +359,14 @@ class SessionWorker:
         self.lost_connection = False
 
     # -- one run ---------------------------------------------------------------------------
-    def _execute(self, run: Ready) -> Finish:
-        """Run it and say how it ended: (run id, queue, outcome, payload, duration ms)."""
-        run_id, queue, data, sq, timeout, attempt = run
-        reason = self.cancel_ids.pop(run_id, None)
+    def _execute(self) -> Finish:
+        """Run the next ready run and say how it ended: (run id, queue, outcome, payload,
+        duration ms)."""
+        with self.take_lock:
+            run_id, queue, data, sq, timeout, attempt = self.ready.popleft()
+            reason = self.cancel_ids.pop(run_id, None)
+            if reason is None:
+                self._make_current(run_id, float(timeout) if timeout else None)
         if reason is not None:  # stopped before its turn came: it never runs
             return (run_id, queue, "canceled", codec.encode(f"stopped: {reason}"), 0)
         started = time.perf_counter()
@@ -376,15 +385,18 @@ class SessionWorker:
         self.runs_done += 1
         return (run_id, queue, outcome, payload, int(elapsed * 1000))
 
-    def _outcome(
-        self, run_id: str, sid: str, data: bytes, sq: bytes, timeout: float | None, attempt: int
-    ) -> tuple[str, bytes]:
-        # a stop that sees this run as current must stick: clear the last run's stop first
+    def _make_current(self, run_id: str, timeout: float | None) -> None:
+        """Make `run_id` current (under take_lock). A stop that sees it current must stick:
+        the last run's stop is cleared first."""
         self.interrupt_at = None
         self.stop_flag.clear()
         self.interrupter.reset()
         self.current_deadline = (time.monotonic() + timeout) if timeout else None
         self.current = run_id
+
+    def _outcome(
+        self, run_id: str, sid: str, data: bytes, sq: bytes, timeout: float | None, attempt: int
+    ) -> tuple[str, bytes]:
         try:
             if self.hard_stop:  # SIGINT came as the run was taken up: it does not begin
                 return self._interrupted("shutdown", timeout)
@@ -430,9 +442,10 @@ class SessionWorker:
             log.info("run %s failed: %s", run_id, text.strip().splitlines()[-1])
             return "failed", codec.encode(text)
         finally:
-            self.current = None
-            self.current_command = None
-            self.current_deadline = None
+            with self.take_lock:  # a stop meant for this run does not reach the next one
+                self.current = None
+                self.current_command = None
+                self.current_deadline = None
 
     def _interrupted(self, reason: str, timeout: float | None) -> tuple[str, bytes]:
         if reason == "timeout":

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import sys
+import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -349,3 +352,62 @@ def test_a_stop_that_comes_while_the_run_is_set_up_is_not_lost(
     if outcome == "queued":
         requeued = [e for e in client.events(sid) or [] if e["type"] == "task.queued"][-1]
         assert requeued["data"] == {"reason": "worker shut down"}
+
+
+def test_sigint_as_the_run_is_taken_up_gives_it_back_unrun(
+    client: Client, settings: Settings
+) -> None:
+    """SIGINT between the run leaving `ready` and becoming current (the handler finds no run
+    to stop): the run does not begin, it is given back uncharged."""
+    [sid] = client.create("sigint", task="tests.tasks:stubborn_sleeper", args=[30])
+    w = SessionWorker(settings)
+    real_reset = w.interrupter.reset
+
+    def sigint_then_reset() -> None:
+        w.stop_now("shutdown")  # as the SIGINT handler, on the main thread
+        real_reset()
+
+    w.interrupter.reset = sigint_then_reset  # type: ignore[method-assign]
+    w.work(burst=True)
+    [record] = client.info(sid)
+    assert record["tasks"]["queued"] == 1 and record["tasks"]["succeeded"] == 0
+    requeued = [e for e in client.events(sid) or [] if e["type"] == "task.queued"][-1]
+    assert requeued["data"] == {"reason": "worker shut down"}
+
+
+def test_a_stopped_command_gets_one_term_then_its_grace(
+    client: Client, settings: Settings, tmp_path: Path
+) -> None:
+    """A second TERM often means "quit now, skip the cleanup": a stop sends one, then waits
+    the grace period before KILL. The command notes each TERM and takes 1 s to clean up."""
+    marks = tmp_path / "marks"
+    code = (
+        "import signal, sys, time\n"
+        f"marks = open({str(marks)!r}, 'a', buffering=1)\n"
+        "def on_term(signum, frame):\n"
+        "    marks.write('TERM\\n')\n"
+        "    time.sleep(1)\n"
+        "    marks.write('cleaned up\\n')\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, on_term)\n"
+        "marks.write('ready\\n')\n"
+        "time.sleep(30)\n"
+    )
+    [sid] = client.create("term", cmd=[sys.executable, "-c", code])
+    w = SessionWorker(settings, allow_commands=True)
+
+    def stop_when_ready() -> None:  # a stop-job, from another thread, as the watcher's
+        deadline = time.monotonic() + 30
+        while "ready" not in (marks.read_text() if marks.exists() else ""):
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.01)
+        w.stop_current("stopped", f"{sid}-1")
+
+    stopper = threading.Thread(target=stop_when_ready)
+    stopper.start()
+    w.work(burst=True)
+    stopper.join()
+    assert marks.read_text().splitlines() == ["ready", "TERM", "cleaned up"]
+    [record] = client.info(sid)
+    assert record["tasks"]["canceled"] == 1
