@@ -29,7 +29,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -280,9 +279,8 @@ def soak(args: argparse.Namespace) -> int:
                 # trickling: a run at a time whenever none is queued - to a worker waiting
                 # idle, when one is
                 if args.trickle and not redis.llen(queue):
-                    for sid, spec in islice(pending, 1):
-                        client.add_runs(sid, [spec])
-                        break
+                    if (run := next(pending, None)) is not None:
+                        client.add_runs(run[0], [run[1]])
                     else:
                         time.sleep(POLL_S)
                 else:

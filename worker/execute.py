@@ -174,6 +174,9 @@ class Command:
     def request_stop(self, reason: str) -> None:
         """From any thread: end the process group (TERM now, KILL after the grace)."""
         self.stop_reason = self.stop_reason or reason
+        self._term_once()
+
+    def _term_once(self) -> None:
         if not self._termed:
             self._termed = self._signal(signal.SIGTERM)
 
@@ -235,8 +238,7 @@ class Command:
             if self.stop_reason is not None:
                 if self._stop_at is None:
                     self._stop_at = now
-                    if not self._termed:  # the stop came before the process started
-                        self._termed = self._signal(signal.SIGTERM)
+                    self._term_once()  # the stop may have come before the process started
                 if now - self._stop_at >= grace_s:
                     self._signal(signal.SIGKILL)
             ready = sel.select(timeout=LOG_FLUSH_S)

@@ -172,12 +172,10 @@ class SessionWorker:
                 return
             self.stop_flag.set()
             self.interrupt_at = self.interrupt_at or time.monotonic()
-            # the request first, then the command: _run_command sets the command, then
-            # reads the request, so one of the two sides sees the other's write
-            self.interrupter.request(reason)
-            command = self.current_command
-            if command is not None:
-                command.request_stop(reason)
+            if self.current_command is not None:
+                self.current_command.request_stop(reason)
+            else:  # a function, or a command not set up yet: _run_command reads the request
+                self.interrupter.request(reason)
 
     # -- the loop --------------------------------------------------------------------------
     def work(self, burst: bool = False) -> int:
@@ -466,9 +464,11 @@ class SessionWorker:
             argv, env, ram_gb=meta.get("ram"),
             on_lines=lambda lines: self.scripts.log(sid, run_id, lines, worker=self.name),
         )  # fmt: skip
-        self.current_command = command
-        if self.interrupter.pending:  # stopped while the run was being set up
-            command.request_stop(self.interrupter.pending)
+        with self.take_lock:
+            self.current_command = command
+            pending = self.interrupter.pending
+        if pending:  # stopped while the run was being set up
+            command.request_stop(pending)
         try:
             status = command.run(timeout, self.settings.stop_grace_s, self._note_pgid)
         except FileNotFoundError:

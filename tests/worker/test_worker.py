@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from common.rqcompat import rq_keys
 from common.scripts import FastLane
 from common.settings import Settings
 from producer import Client, Task
+from tests.conftest import wait_for
 from worker.loop import SessionWorker
 
 
@@ -397,11 +397,8 @@ def test_a_stopped_command_gets_one_term_then_its_grace(
     w = SessionWorker(settings, allow_commands=True)
 
     def stop_when_ready() -> None:  # a stop-job, from another thread, as the watcher's
-        deadline = time.monotonic() + 30
-        while "ready" not in (marks.read_text() if marks.exists() else ""):
-            if time.monotonic() > deadline:
-                return
-            time.sleep(0.01)
+        wait_for(lambda: marks.exists() and "ready" in marks.read_text(), timeout=30,
+                 what="the command to be ready")  # fmt: skip
         w.stop_current("stopped", f"{sid}-1")
 
     stopper = threading.Thread(target=stop_when_ready)
