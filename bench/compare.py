@@ -30,7 +30,7 @@ from typing import Any
 from redis import Redis
 
 from bench.measure import ROOT, child_env
-from common.redisserver import RedisServer
+from sessionq.common.redisserver import RedisServer
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SQ, RQ = "sessionq", "rq"

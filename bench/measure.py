@@ -123,26 +123,26 @@ def used_memory(url: str) -> int:
 
 # -- sessionq ----------------------------------------------------------------------------------
 def sq_settings(url: str) -> Any:
-    from common.settings import Settings
+    from sessionq.common.settings import Settings
 
     return Settings.from_env(url, environ={}, user=USER)
 
 
 def sq_client(url: str) -> Any:
-    from producer import Client
+    from sessionq.producer import Client
 
     return Client(settings=sq_settings(url))
 
 
 def sq_load_enqueue_script(client: Any) -> None:
     """Load the enqueue script up front, so neither its load nor its memory is measured."""
-    from common.scripts import lua_source
+    from sessionq.common.scripts import lua_source
 
     client.redis.script_load(lua_source("enqueue"))
 
 
 def sq_specs(n: int) -> list[Any]:
-    from common.models import build_run
+    from sessionq.common.models import build_run
 
     return [build_run(name="r", task=SQ_TASK) for _ in range(n)]
 
@@ -162,7 +162,7 @@ def sq_fill(client: Any, mode: str, n: int) -> str:
 def sq_worker(args: argparse.Namespace) -> None:
     """A sessionq worker process (no supervisor), like RQ's SimpleWorker below."""
     import bench.tasks  # noqa: F401 - registers bench.tasks:noop
-    from worker.loop import SessionWorker
+    from sessionq.worker.loop import SessionWorker
 
     w = SessionWorker(sq_settings(args.url))
     w.install_signals()
@@ -275,8 +275,8 @@ def sq_round_trip(args: argparse.Namespace) -> Figures:
 def sq_events(args: argparse.Namespace) -> Figures:
     """Emit events on one session, one every `interval_ms`, with `k` listeners in another
     process (threads, or with --async tasks of one event loop); their delay."""
-    from common.events import emit
-    from common.keys import Keys
+    from sessionq.common.events import emit
+    from sessionq.common.keys import Keys
 
     c = sq_client(args.url)
     c.redis.delete(READY_KEY)
@@ -313,7 +313,7 @@ def sq_events(args: argparse.Namespace) -> Figures:
 def sq_listeners(args: argparse.Namespace) -> None:
     """K threads, each with its own Client and listen() (all on the process's one pub/sub
     connection), record how late each measured event arrives; prints their latency figures."""
-    from producer import Client
+    from sessionq.producer import Client
 
     settings = sq_settings(args.url)
     ready = [threading.Event() for _ in range(args.k)]
@@ -366,7 +366,7 @@ def sq_listeners_async(args: argparse.Namespace) -> None:
     (all on the loop's one pub/sub connection and reader task, producer.aiohub)."""
     import asyncio
 
-    from producer import AsyncClient
+    from sessionq.producer import AsyncClient
 
     settings = sq_settings(args.url)
     samples: list[list[float]] = [[] for _ in range(args.k)]
@@ -487,7 +487,7 @@ def sq_fetch(args: argparse.Namespace) -> Figures:
 
 
 def sq_memory(args: argparse.Namespace) -> Figures:
-    from common.rqcompat import rq_keys
+    from sessionq.common.rqcompat import rq_keys
 
     c = sq_client(args.url)
     sq_load_enqueue_script(c)
@@ -512,7 +512,7 @@ def rq_setup(url: str) -> tuple[Redis, Any]:
     import rq.defaults
     from rq import Queue
 
-    from common.codec import RQSerializer
+    from sessionq.common.codec import RQSerializer
 
     if rq.defaults.RQ_KEY_PREFIX != "rq":
         raise RuntimeError(f"plain RQ must use prefix 'rq', not {rq.defaults.RQ_KEY_PREFIX!r}")
@@ -533,7 +533,7 @@ def rq_worker(args: argparse.Namespace) -> None:
     """RQ's SimpleWorker (runs jobs in its own process, no fork), quiet."""
     from rq import SimpleWorker
 
-    from common.codec import RQSerializer
+    from sessionq.common.codec import RQSerializer
 
     r, q = rq_setup(args.url)
     w = SimpleWorker([q], connection=r, serializer=RQSerializer, log_job_description=False)

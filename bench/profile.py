@@ -11,7 +11,7 @@ import argparse
 import time
 from collections.abc import Sequence
 
-from common.redisserver import RedisServer
+from sessionq.common.redisserver import RedisServer
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     import bench.tasks  # noqa: F401 - registers the no-op task
     from bench.measure import sq_client, sq_fill, sq_settings
-    from worker.loop import SessionWorker
+    from sessionq.worker.loop import SessionWorker
 
     with RedisServer() as server:
         client = sq_client(server.url)

@@ -35,10 +35,10 @@ from typing import Any
 from redis import Redis
 
 from bench.measure import ROOT, child_env
-from common import codec
-from common.keys import Keys
-from common.redisserver import RedisServer
-from common.settings import Settings
+from sessionq.common import codec
+from sessionq.common.keys import Keys
+from sessionq.common.redisserver import RedisServer
+from sessionq.common.settings import Settings
 
 TASK = "bench.tasks:soak"
 SESSION_RUNS = 1_000  # runs per session
@@ -103,7 +103,7 @@ class Fleet:
     killed_workers: int = 0
 
     def start(self, concurrency: int) -> None:
-        cmd = [sys.executable, "-m", "producer", "--url", self.settings.url, "--prefix",
+        cmd = [sys.executable, "-m", "sessionq", "--url", self.settings.url, "--prefix",
                self.settings.prefix, "--user", self.settings.user, "--log-level", "WARNING",
                "worker", "--import", self.imports, "--concurrency", str(concurrency)]  # fmt: skip
         env = {**child_env(), **ENV_KNOBS}
@@ -165,7 +165,7 @@ def plan(client: Any, runs: int, slow_share: float, slow_s: float, ledgers: Path
          rng: random.Random) -> tuple[list[str], list[list[Any]], int]:  # fmt: skip
     """Open sessions of up to SESSION_RUNS runs and choose each run (most fast, some slow):
     the session ids, the runs of each, and how many are slow."""
-    from common.models import build_run
+    from sessionq.common.models import build_run
 
     fast = build_run(name="fast", task=TASK, args=[str(ledgers)], retries=RETRIES)
     slow = build_run(name="slow", task=TASK, args=[str(ledgers), slow_s], retries=RETRIES)
@@ -242,7 +242,7 @@ def leftovers(redis: Redis, keys: Keys, rq_queue: str) -> list[str]:
 
 
 def soak(args: argparse.Namespace) -> int:
-    from producer import Client
+    from sessionq.producer import Client
 
     rng = random.Random(args.seed)
     kills = args.kills if args.kills is not None else max(4, args.runs // 2_000)

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from worker import current_task, task
+from sessionq.worker import current_task, task
 
 _ledgers: dict[int, IO[str]] = {}
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import msgpack
 
-from common.errors import CodecError
+from sessionq.common.errors import CodecError
 
 
 def encode(obj: Any) -> bytes:

@@ -15,9 +15,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from common.errors import AccessDenied, ConnectionFailed
-from common.keys import Keys
-from common.settings import Settings
+from sessionq.common.errors import AccessDenied, ConnectionFailed
+from sessionq.common.keys import Keys
+from sessionq.common.settings import Settings
 
 RETRY_ATTEMPTS = 6
 # the longest a call sleeps between two tries: a client may hear of Redis's return this late

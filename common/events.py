@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from common import codec
-from common.errors import CodecError
+from sessionq.common import codec
+from sessionq.common.errors import CodecError
 
 if TYPE_CHECKING:
-    from common.scripts import Scripts
+    from sessionq.common.scripts import Scripts
 
 EVENT_SCHEMA_VERSION = 1
 

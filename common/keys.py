@@ -6,7 +6,7 @@ from RQ's classes, so they stay exactly what RQ's tools read.
 
 from __future__ import annotations
 
-from common.settings import DEFAULT_PREFIX
+from sessionq.common.settings import DEFAULT_PREFIX
 
 CONTROL_QUEUE = "control"
 DEFAULT_QUEUE = "default"

@@ -13,9 +13,9 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from common import codec
-from common.errors import CodecError, ValidationError, ValidationTypeError
-from common.settings import MAX_PAYLOAD_BYTES
+from sessionq.common import codec
+from sessionq.common.errors import CodecError, ValidationError, ValidationTypeError
+from sessionq.common.settings import MAX_PAYLOAD_BYTES
 
 SCHEMA_VERSION = 1
 COMMAND_FUNC = "@command"  # the func name a command run carries in RQ's job data

@@ -16,7 +16,7 @@ from pathlib import Path
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from common.errors import ConfigError
+from sessionq.common.errors import ConfigError
 
 log = logging.getLogger(__name__)
 START_TIMEOUT_S = 10.0

@@ -10,8 +10,8 @@ import sys
 from functools import lru_cache
 from types import ModuleType
 
-from common.errors import ConfigError
-from common.settings import export_rq_prefix, exported_rq_prefix
+from sessionq.common.errors import ConfigError
+from sessionq.common.settings import export_rq_prefix, exported_rq_prefix
 
 
 def load_rq(prefix: str) -> ModuleType:

@@ -25,12 +25,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from common import codec
-from common.errors import CodecError
-from common.keys import CONTROL_QUEUE, DEFAULT_QUEUE, Keys, session_of
-from common.models import JobFields, Status, rq_time
-from common.rqcompat import RQKeys, rq_keys
-from common.settings import Settings
+from sessionq.common import codec
+from sessionq.common.errors import CodecError
+from sessionq.common.keys import CONTROL_QUEUE, DEFAULT_QUEUE, Keys, session_of
+from sessionq.common.models import JobFields, Status, rq_time
+from sessionq.common.rqcompat import RQKeys, rq_keys
+from sessionq.common.settings import Settings
 
 OP_PREFIX = "sessionq.op:"  # func name prefix of control operations in RQ job data
 _SCRIPT_NAMES = (
@@ -49,7 +49,7 @@ _SCRIPT_NAMES = (
 @cache
 def lua_source(name: str) -> str:
     """A script's source: the shared prelude, then the script itself."""
-    folder = resources.files("common") / "lua"
+    folder = resources.files("sessionq.common") / "lua"
     body = (folder / f"{name}.lua").read_text()
     return (folder / "prelude.lua").read_text() + "\n" + body
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from common.errors import ValidationError, ValidationTypeError
+from sessionq.common.errors import ValidationError, ValidationTypeError
 
 TASK_PRE_EXIST = ("raise", "replace", "ignore", "rename")
 

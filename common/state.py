@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
-from common import codec
-from common.errors import SessionNotFound, ValidationTypeError
-from common.models import check_encodable
-from common.scripts import Scripts, now_ms
+from sessionq.common import codec
+from sessionq.common.errors import SessionNotFound, ValidationTypeError
+from sessionq.common.models import check_encodable
+from sessionq.common.scripts import Scripts, now_ms
 
 
 class SharedState(MutableMapping[str, Any]):

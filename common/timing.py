@@ -7,7 +7,7 @@ import math
 
 from croniter import croniter
 
-from common.errors import ValidationError, ValidationTypeError
+from sessionq.common.errors import ValidationError, ValidationTypeError
 
 MAX_IN_S = 100 * 365 * 86400  # a century: later than that is a mistake, not a schedule
 EPOCH_MIN_S = dt.datetime(1, 1, 1, tzinfo=dt.UTC).timestamp()

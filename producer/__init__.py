@@ -1,6 +1,6 @@
 """The public Python API of sessionq (SPEC §2, §3, §5)."""
 
-from common.errors import (
+from sessionq.common.errors import (
     AccessDenied,
     ConfigError,
     ConnectionFailed,
@@ -11,11 +11,11 @@ from common.errors import (
     TaskNotFound,
     ValidationError,
 )
-from common.sessionconfig import SessionConfig
-from producer.aio import AsyncClient
-from producer.client import Client
-from producer.session import Session
-from producer.task import Task, Workflow
+from sessionq.common.sessionconfig import SessionConfig
+from sessionq.producer.aio import AsyncClient
+from sessionq.producer.client import Client
+from sessionq.producer.session import Session
+from sessionq.producer.task import Task, Workflow
 
 __all__ = [
     "AccessDenied",

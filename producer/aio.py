@@ -18,13 +18,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoPermissionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from common.connection import connect_async
-from common.errors import AccessDenied, ConnectionFailed
-from common.settings import Settings
-from producer import plans
-from producer.client import Client, open_or_follow
-from producer.listen import AsyncListener, access_checked_async
-from producer.plans import Plan, ScriptCall, Step
+from sessionq.common.connection import connect_async
+from sessionq.common.errors import AccessDenied, ConnectionFailed
+from sessionq.common.settings import Settings
+from sessionq.producer import plans
+from sessionq.producer.client import Client, open_or_follow
+from sessionq.producer.listen import AsyncListener, access_checked_async
+from sessionq.producer.plans import Plan, ScriptCall, Step
 
 T = TypeVar("T")
 

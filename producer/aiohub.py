@@ -35,7 +35,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from producer.routing import Heartbeat, Member, Routes, again, identity
+from sessionq.producer.routing import Heartbeat, Member, Routes, again, identity
 
 log = logging.getLogger(__name__)
 LOST = (RedisConnectionError, RedisTimeoutError, OSError)

@@ -11,13 +11,13 @@ from typing import Any, NoReturn
 
 import click
 
-from common.errors import ConfigError, SessionqError, ValidationError
-from common.settings import Settings
-from producer.client import Client, format_event
+from sessionq.common.errors import ConfigError, SessionqError, ValidationError
+from sessionq.common.settings import Settings
+from sessionq.producer.client import Client, format_event
 
 log = logging.getLogger(__name__)
 EXIT_INTERRUPTED = 130
-LAZY_COMMANDS = {"worker": "worker.cli:worker_command"}
+LAZY_COMMANDS = {"worker": "sessionq.worker.cli:worker_command"}
 DASHBOARD_MODULES = frozenset({"starlette", "uvicorn", "jinja2", "prometheus_client", "anyio"})
 
 
@@ -305,7 +305,7 @@ def events(
     ctx: click.Context, ids: tuple[str, ...], follow: bool, types: tuple[str, ...], as_json: bool
 ) -> None:
     """Print the sessions' events."""
-    from common.events import matches
+    from sessionq.common.events import matches
 
     client = _client(ctx)
     if follow:
@@ -322,7 +322,7 @@ def events(
 @click.pass_context
 def watch(ctx: click.Context, ids: tuple[str, ...]) -> int:
     """A progress bar per session until they end (plain lines when not a terminal)."""
-    from producer.follow import follow
+    from sessionq.producer.follow import follow
 
     tallies = follow(_client(ctx), list(ids), logs=False)
     for sid, tally in tallies.items():
@@ -387,7 +387,7 @@ def _print_accepted(result: dict[str, bool], as_json: bool) -> int:
 @click.pass_context
 def up(ctx: click.Context, workers: int, allow_commands: bool, imports: tuple[str, ...]) -> int:
     """A Redis (embedded when no URL is set) and workers, in the foreground until Ctrl-C."""
-    from producer.stack import Stack
+    from sessionq.producer.stack import Stack
 
     with Stack(
         ctx.obj, workers=workers, allow_commands=allow_commands, imports=list(imports)
@@ -418,7 +418,7 @@ def up(ctx: click.Context, workers: int, allow_commands: bool, imports: tuple[st
 def demo(ctx: click.Context, runs: int, workers: int) -> int:
     """The main job: a Redis (embedded when no URL is set), workers, and a session of many
     runs followed live; prints a summary and cleans up."""
-    from producer.demo import run_demo
+    from sessionq.producer.demo import run_demo
 
     return run_demo(ctx.obj, runs=runs, workers=workers)
 
@@ -457,7 +457,7 @@ def dashboard(
 ) -> None:  # fmt: skip
     """The live web dashboard and /metrics (SPEC §8), until Ctrl-C."""
     try:
-        from producer.dashboard import serve
+        from sessionq.producer.dashboard import serve
     except ModuleNotFoundError as exc:
         missing = (exc.name or "").partition(".")[0]
         if missing not in DASHBOARD_MODULES:
@@ -470,4 +470,4 @@ def dashboard(
           echo=click.echo)  # fmt: skip
 
 
-from producer import cli_session  # noqa: E402,F401  - registers add/pause/play/step/stop/restart
+from sessionq.producer import cli_session  # noqa: E402,F401  - registers add/pause/play/step/stop/restart

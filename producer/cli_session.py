@@ -8,10 +8,10 @@ from collections.abc import Callable
 
 import click
 
-from common import codec
-from producer.cli import _client, _parse_env, _parse_kwargs, _print_accepted, cli
-from producer.client import Client
-from producer.task import RUN_IF, Task
+from sessionq.common import codec
+from sessionq.producer.cli import _client, _parse_env, _parse_kwargs, _print_accepted, cli
+from sessionq.producer.client import Client
+from sessionq.producer.task import RUN_IF, Task
 
 
 def _control(name: str, call: Callable[[Client, list[str]], dict[str, bool]], doc: str) -> None:

@@ -16,26 +16,31 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoPermissionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from common import codec
-from common.connection import connect
-from common.errors import AccessDenied, ConnectionFailed, SessionNotFound, ValidationTypeError
-from common.keys import DEFAULT_QUEUE, Keys, command_queue_for
-from common.models import RunSpec, SessionRecord, check_kind, check_name
-from common.rqcompat import load_rq
-from common.scripts import Scripts
-from common.sessionconfig import SessionConfig
-from common.settings import Settings
-from producer import plans
-from producer.control import SessionControl
-from producer.plans import REGEX_META as REGEX_META
-from producer.plans import VIEWS as VIEWS
-from producer.plans import Plan, ScriptCall, new_session_id
-from producer.plans import decode_events as _decode_events
-from producer.plans import format_event as format_event
-from producer.plans import format_log_lines as format_log_lines
+from sessionq.common import codec
+from sessionq.common.connection import connect
+from sessionq.common.errors import (
+    AccessDenied,
+    ConnectionFailed,
+    SessionNotFound,
+    ValidationTypeError,
+)
+from sessionq.common.keys import DEFAULT_QUEUE, Keys, command_queue_for
+from sessionq.common.models import RunSpec, SessionRecord, check_kind, check_name
+from sessionq.common.rqcompat import load_rq
+from sessionq.common.scripts import Scripts
+from sessionq.common.sessionconfig import SessionConfig
+from sessionq.common.settings import Settings
+from sessionq.producer import plans
+from sessionq.producer.control import SessionControl
+from sessionq.producer.plans import REGEX_META as REGEX_META
+from sessionq.producer.plans import VIEWS as VIEWS
+from sessionq.producer.plans import Plan, ScriptCall, new_session_id
+from sessionq.producer.plans import decode_events as _decode_events
+from sessionq.producer.plans import format_event as format_event
+from sessionq.producer.plans import format_log_lines as format_log_lines
 
 if TYPE_CHECKING:
-    from producer.session import Session
+    from sessionq.producer.session import Session
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -138,7 +143,7 @@ class Client(SessionControl):
         """The caller's persistent session `name` (no name: the caller's default session),
         created when missing unless create=False (then NotFound). A config given here is
         stored with the session (replacing the stored one); else the stored one applies."""
-        from producer.session import Session
+        from sessionq.producer.session import Session
 
         if not isinstance(create, bool):
             raise ValidationTypeError("create", f"expected True or False, got {create!r}")
@@ -284,7 +289,7 @@ class Client(SessionControl):
         timeout: float | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Events as they happen, with no gap and no duplicate per session (SPEC §5)."""
-        from producer.listen import Listener, access_checked
+        from sessionq.producer.listen import Listener, access_checked
 
         listener = Listener(self.redis, self.keys, ids, types=types, after=after, timeout=timeout)
         return access_checked(iter(listener), self.settings.url)
@@ -320,6 +325,6 @@ def open_or_follow(client: Client, records: Sequence[dict[str, Any]]) -> None:
         webbrowser.open_new_tab(record["connect_url"])
     rest = [r["id"] for r in records if not r["connect_url"]]
     if rest:
-        from producer.follow import follow
+        from sessionq.producer.follow import follow
 
         follow(client, rest)

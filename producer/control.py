@@ -9,15 +9,15 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from common import codec
-from common.errors import CodecError, SessionNotFound
-from common.models import TASK_FIELDS, Status, as_id_list, task_dict
+from sessionq.common import codec
+from sessionq.common.errors import CodecError, SessionNotFound
+from sessionq.common.models import TASK_FIELDS, Status, as_id_list, task_dict
 
 if TYPE_CHECKING:
     from redis import Redis
 
-    from common.keys import Keys
-    from common.scripts import Scripts
+    from sessionq.common.keys import Keys
+    from sessionq.common.scripts import Scripts
 
 log = logging.getLogger(__name__)
 MAX_TRIES = 50  # optimistic steps (play, step) retried when a worker moved a run meanwhile

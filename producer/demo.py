@@ -7,20 +7,22 @@ import time
 
 import click
 
-from common.models import build_run
-from common.settings import Settings
-from producer.client import Client
-from producer.follow import follow
-from producer.stack import Stack
+from sessionq.common.models import build_run
+from sessionq.common.settings import Settings
+from sessionq.producer.client import Client
+from sessionq.producer.follow import follow
+from sessionq.producer.stack import Stack
 
-DEMO_FUNC = "worker.demo:simulate"
+DEMO_FUNC = "sessionq.worker.demo:simulate"
 
 
 def run_demo(settings: Settings, *, runs: int, workers: int) -> int:
     where = settings.url if settings.url_configured else "an embedded Redis"
     click.echo(f"sessionq demo: {runs} runs on {workers} worker processes, on {where}")
     with (
-        Stack(settings, workers=workers, imports=["worker.demo"], log_level="ERROR") as stack,
+        Stack(
+            settings, workers=workers, imports=["sessionq.worker.demo"], log_level="ERROR"
+        ) as stack,
         Client(settings=stack.settings) as client,
     ):
         started = time.monotonic()

@@ -20,10 +20,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from common.events import EventType
+from sessionq.common.events import EventType
 
 if TYPE_CHECKING:
-    from producer.client import Client
+    from sessionq.producer.client import Client
 
 PLAIN_EVERY_S = 1.0
 SESSION_STATUS = {

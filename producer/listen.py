@@ -21,14 +21,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoPermissionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from common.connection import lasting_refusal
-from common.errors import AccessDenied, CodecError, ConnectionFailed, ValidationError
-from common.events import TERMINAL_EVENTS, EventType, decode_event, matches
-from common.keys import Keys
-from common.models import ENDED_STATUSES, as_id_list
-from producer import aiohub
-from producer.hub import Subscription, subscribe
-from producer.routing import RESYNC, Passed
+from sessionq.common.connection import lasting_refusal
+from sessionq.common.errors import AccessDenied, CodecError, ConnectionFailed, ValidationError
+from sessionq.common.events import TERMINAL_EVENTS, EventType, decode_event, matches
+from sessionq.common.keys import Keys
+from sessionq.common.models import ENDED_STATUSES, as_id_list
+from sessionq.producer import aiohub
+from sessionq.producer.hub import Subscription, subscribe
+from sessionq.producer.routing import RESYNC, Passed
 
 log = logging.getLogger(__name__)
 RECONNECT_MAX_S = 5.0

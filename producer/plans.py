@@ -19,11 +19,11 @@ from typing import Any, TypeVar
 
 import click
 
-from common import codec
-from common.errors import CodecError, ValidationError
-from common.events import decode_event
-from common.keys import DEFAULT_QUEUE, command_queue_for
-from common.models import (
+from sessionq.common import codec
+from sessionq.common.errors import CodecError, ValidationError
+from sessionq.common.events import decode_event
+from sessionq.common.keys import DEFAULT_QUEUE, command_queue_for
+from sessionq.common.models import (
     MAX_REPLICAS,
     JobFields,
     SessionRecord,
@@ -40,7 +40,7 @@ from common.models import (
     parse_record,
     session_dict,
 )
-from common.scripts import Scripts
+from sessionq.common.scripts import Scripts
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

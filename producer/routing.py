@@ -22,9 +22,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from common.connection import lasting_refusal
-from common.errors import CodecError
-from common.events import decode_event
+from sessionq.common.connection import lasting_refusal
+from sessionq.common.errors import CodecError
+from sessionq.common.events import decode_event
 
 log = logging.getLogger(__name__)
 HEALTH_CHECK_S = 15.0  # a PING after this long without a word from Redis; lost after twice

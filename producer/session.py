@@ -13,25 +13,25 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from redis.exceptions import NoScriptError
 
-from common import codec
-from common.errors import (
+from sessionq.common import codec
+from sessionq.common.errors import (
     SessionNotFound,
     TaskFailed,
     TaskNotFound,
     ValidationError,
     ValidationTypeError,
 )
-from common.events import TERMINAL_EVENTS
-from common.keys import DEFAULT_QUEUE, command_queue_for
-from common.models import ENDED_STATUSES, TaskState, check_encodable, iso_from_ms
-from common.scripts import Run
-from common.sessionconfig import SessionConfig
-from common.state import SharedState
-from producer.control import task_order
-from producer.task import Task, Workflow, topological
+from sessionq.common.events import TERMINAL_EVENTS
+from sessionq.common.keys import DEFAULT_QUEUE, command_queue_for
+from sessionq.common.models import ENDED_STATUSES, TaskState, check_encodable, iso_from_ms
+from sessionq.common.scripts import Run
+from sessionq.common.sessionconfig import SessionConfig
+from sessionq.common.state import SharedState
+from sessionq.producer.control import task_order
+from sessionq.producer.task import Task, Workflow, topological
 
 if TYPE_CHECKING:
-    from producer.client import Client
+    from sessionq.producer.client import Client
 
 log = logging.getLogger(__name__)
 ID_BLOCK_MAX = 64  # task ids reserved per round trip, growing from 1 as a handle adds more
@@ -514,7 +514,7 @@ class Session:
 
     def listen_to_progress(self, out: TextIO | None = None) -> None:
         """A progress bar that moves as runs finish or report progress, until the end."""
-        from producer.follow import follow
+        from sessionq.producer.follow import follow
 
         follow(self.client, [self.id], logs=False, out=out)
 
@@ -536,7 +536,7 @@ class Session:
         2 also progress and log lines."""
         if verbosity_level not in (0, 1, 2):
             raise ValidationError("verbosity_level", f"must be 0, 1 or 2, got {verbosity_level!r}")
-        from producer.client import format_event
+        from sessionq.producer.client import format_event
 
         after = int(self.client.redis.hget(self._keys.session(self.id), "seq") or 0)
         stop = threading.Event()

@@ -12,11 +12,11 @@ from types import TracebackType
 
 from redis import Redis
 
-from common.connection import connect
-from common.errors import ConfigError
-from common.keys import Keys
-from common.redisserver import RedisServer
-from common.settings import Settings
+from sessionq.common.connection import connect
+from sessionq.common.errors import ConfigError
+from sessionq.common.keys import Keys
+from sessionq.common.redisserver import RedisServer
+from sessionq.common.settings import Settings
 
 log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 60.0
@@ -55,7 +55,7 @@ class Stack:
 
     def _start_workers(self) -> None:
         s = self.settings
-        cmd = [sys.executable, "-m", "producer", "--url", s.url, "--prefix", s.prefix,
+        cmd = [sys.executable, "-m", "sessionq", "--url", s.url, "--prefix", s.prefix,
                "--user", s.user, "--log-level", self.log_level, "worker",
                "--concurrency", str(self.workers)]  # fmt: skip
         if self.allow_commands:

@@ -7,10 +7,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from common import codec
-from common.errors import ValidationError, ValidationTypeError
-from common.models import RunSpec, build_run, check_name
-from common.timing import at_ms, check_cron, in_seconds, next_fire_ms
+from sessionq.common import codec
+from sessionq.common.errors import ValidationError, ValidationTypeError
+from sessionq.common.models import RunSpec, build_run, check_name
+from sessionq.common.timing import at_ms, check_cron, in_seconds, next_fire_ms
 
 RUN_IF = ("succeeded", "failed", "finished")
 MAX_KEY_CHARS = 256

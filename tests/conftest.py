@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from redis import Redis
 
-from common.keys import Keys
-from common.redisserver import RedisServer
-from common.settings import Settings
-from producer import Client
+from sessionq.common.keys import Keys
+from sessionq.common.redisserver import RedisServer
+from sessionq.common.settings import Settings
+from sessionq.producer import Client
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = {  # short heartbeats so that loss is noticed within a test's patience
@@ -99,7 +99,7 @@ class WorkerProcs:
         wait: bool = True,
     ) -> subprocess.Popen[bytes]:  # fmt: skip
         before = self.live()
-        cmd = [sys.executable, "-m", "producer", "--url", self.settings.url, "--prefix",
+        cmd = [sys.executable, "-m", "sessionq", "--url", self.settings.url, "--prefix",
                self.settings.prefix, "--user", self.settings.user, "worker", "--import",
                "tests.tasks", "--concurrency", str(concurrency)]  # fmt: skip
         if allow_commands:

@@ -6,7 +6,7 @@ import os
 import time
 from typing import Any
 
-from worker import current_task, task
+from sessionq.worker import current_task, task
 
 
 @task
@@ -63,7 +63,7 @@ def unencodable() -> Any:
 @task
 def flaky(marker: str) -> int:
     """Fails on its first attempt, succeeds after."""
-    return current_task().attempt if current_task().attempt > 1 else 1 / 0
+    return current_task().attempt if current_task().attempt > 1 else 1 // 0
 
 
 @task

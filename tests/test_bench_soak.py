@@ -28,7 +28,7 @@ def test_a_small_soak_with_kills_finds_every_run_finished_once(trickle: list[str
 
 def facts(**kwargs: object) -> RunFacts:
     base = {"state": "succeeded", "started": 1, "succeeded": 1, "began": 1}
-    return RunFacts(**{**base, **kwargs})  # type: ignore[arg-type]
+    return RunFacts(**{**base, **kwargs})
 
 
 def test_the_audit_accepts_runs_that_began_again_only_after_a_recorded_retry() -> None:

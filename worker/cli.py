@@ -6,7 +6,7 @@ import logging
 
 import click
 
-from common.settings import Settings
+from sessionq.common.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +54,10 @@ def worker_command(
     burst: bool, concurrency: int, name: str | None, cores: float | None, ram: float | None,
 ) -> int:  # fmt: skip
     """Run workers: the control queue first, then the given queues."""
-    from common.connection import connect
-    from common.models import check_queue
-    from worker.registry import import_modules
-    from worker.supervisor import Supervisor, WorkerOptions
+    from sessionq.common.connection import connect
+    from sessionq.common.models import check_queue
+    from sessionq.worker.registry import import_modules
+    from sessionq.worker.supervisor import Supervisor, WorkerOptions
 
     for q in queues:
         check_queue(q)

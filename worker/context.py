@@ -7,8 +7,8 @@ import time
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
-from common.errors import SessionqError, ValidationError
-from common.events import EventType
+from sessionq.common.errors import SessionqError, ValidationError
+from sessionq.common.events import EventType
 
 _local = threading.local()
 PROGRESS_MIN_INTERVAL_S = 0.05

@@ -1,12 +1,12 @@
-"""The functions `sessionq demo` runs (a worker imports them with --import worker.demo)."""
+"""The functions `sessionq demo` runs (a worker imports them with --import sessionq.worker.demo)."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from worker.context import current_task
-from worker.registry import task
+from sessionq.worker.context import current_task
+from sessionq.worker.registry import task
 
 FLAKY_EVERY = 50
 

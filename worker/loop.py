@@ -26,17 +26,17 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT, FieldT
 
-from common import codec
-from common.connection import connect
-from common.errors import CodecError, RunRejected
-from common.keys import CONTROL_QUEUE, DEFAULT_QUEUE, command_queue_for, session_of
-from common.models import COMMAND_FUNC, parse_job_data, parse_meta
-from common.rqcompat import load_rq
-from common.scripts import OP_PREFIX, Finish, Scripts, handed_run
-from common.settings import Settings
-from common.state import SharedState
-from worker.context import TaskContext, set_current
-from worker.execute import (
+from sessionq.common import codec
+from sessionq.common.connection import connect
+from sessionq.common.errors import CodecError, RunRejected
+from sessionq.common.keys import CONTROL_QUEUE, DEFAULT_QUEUE, command_queue_for, session_of
+from sessionq.common.models import COMMAND_FUNC, parse_job_data, parse_meta
+from sessionq.common.rqcompat import load_rq
+from sessionq.common.scripts import OP_PREFIX, Finish, Scripts, handed_run
+from sessionq.common.settings import Settings
+from sessionq.common.state import SharedState
+from sessionq.worker.context import TaskContext, set_current
+from sessionq.worker.execute import (
     RUN_ENVIRONMENT,
     Command,
     Interrupter,
@@ -44,7 +44,7 @@ from worker.execute import (
     call_function,
     describe_exit,
 )
-from worker.registry import resolve
+from sessionq.worker.registry import resolve
 
 log = logging.getLogger(__name__)
 BATCH_WINDOW_S = 0.02  # claim about this much work at once (fewer round trips, no hoarding)
@@ -126,7 +126,7 @@ class SessionWorker:
         """Appear in RQ's worker registry (so `rq info` sees us) and in our heartbeat set."""
         from rq.worker import Worker
 
-        from common.codec import RQSerializer
+        from sessionq.common.codec import RQSerializer
 
         self._rq_worker = Worker(
             self.queues, name=self.name, connection=self.redis, serializer=RQSerializer
@@ -180,7 +180,7 @@ class SessionWorker:
     # -- the loop --------------------------------------------------------------------------
     def work(self, burst: bool = False) -> int:
         """Run until stopped (or, with burst, until the queues are empty); exit status."""
-        from worker.watch import Watcher
+        from sessionq.worker.watch import Watcher
 
         self.waits = not burst  # a burst worker leaves when it finds nothing
         self.register()
@@ -220,7 +220,7 @@ class SessionWorker:
             if giveback or self.unacked:
                 self._finish(giveback)
             self._collect(0)
-            from worker.ops import recover_worker
+            from sessionq.worker.ops import recover_worker
 
             recover_worker(self.scripts, self.name, "worker stopped")  # leftovers, then leave
         except (RedisConnectionError, RedisTimeoutError) as exc:
@@ -287,13 +287,13 @@ class SessionWorker:
                     self.counts["failed_job_count"] += 1
                 if flags & 2:
                     # runs wait on this one, which ended: judge them now
-                    from worker.schedule import resolve_children
+                    from sessionq.worker.schedule import resolve_children
 
                     resolve_children(self.scripts, [run_id], self.name)
                     self.parents_ended += 1
                 if flags & 1:
                     # the last run of a session being destroyed ended: carry out the destroy
-                    from worker.ops import destroy_session
+                    from sessionq.worker.ops import destroy_session
 
                     destroy_session(self.scripts, session_of(run_id), worker_name=self.name,
                                     stop_local=self.stop_current)  # fmt: skip
@@ -307,7 +307,7 @@ class SessionWorker:
             if status == "run":
                 self.ready.append((run_id, queue, data, sq, timeout, attempt))
             elif status == "op":
-                from worker.ops import run_op
+                from sessionq.worker.ops import run_op
 
                 run_op(self, run_id)
             elif status == "bad":
@@ -340,7 +340,7 @@ class SessionWorker:
             self._finish(pending)
         self._collect(0)
         self._take_inbox(unlist=True)  # no run is handed to us until our next claim
-        from worker.ops import run_op
+        from sessionq.worker.ops import run_op
 
         known = {r[0] for r in self.ready}
         held = self.redis.lrange(self.scripts.keys.worker_runs(self.name), 0, -1)

@@ -7,14 +7,14 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from common import codec
-from common.errors import CodecError
-from common.keys import CONTROL_QUEUE
-from common.models import parse_job_data, parse_record
-from common.scripts import OP_PREFIX, Scripts
+from sessionq.common import codec
+from sessionq.common.errors import CodecError
+from sessionq.common.keys import CONTROL_QUEUE
+from sessionq.common.models import parse_job_data, parse_record
+from sessionq.common.scripts import OP_PREFIX, Scripts
 
 if TYPE_CHECKING:
-    from worker.loop import SessionWorker
+    from sessionq.worker.loop import SessionWorker
 
 StopLocal = Callable[[str, str], None]
 
@@ -147,7 +147,7 @@ def restart_session(
     stop_local: StopLocal | None = None,
 ) -> None:  # fmt: skip
     """Run the session's ended tasks again (only the failed ones with failed_only)."""
-    from worker.schedule import resolve_runs
+    from sessionq.worker.schedule import resolve_runs
 
     plan = {"failed_only": bool(failed_only)}
     reply = scripts.control("restart", sid, plan, session_runs(scripts, sid), worker=worker_name)

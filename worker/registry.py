@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
-from common.errors import ConfigError, RunRejected
+from sessionq.common.errors import ConfigError, RunRejected
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])

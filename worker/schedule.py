@@ -15,13 +15,13 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-from common import codec
-from common.errors import CodecError
-from common.keys import session_of
-from common.models import SessionRecord
-from common.scripts import RUN_BLOCK_KEYS, Scripts
-from common.sessionconfig import SessionConfig
-from common.timing import next_fire_ms
+from sessionq.common import codec
+from sessionq.common.errors import CodecError
+from sessionq.common.keys import session_of
+from sessionq.common.models import SessionRecord
+from sessionq.common.scripts import RUN_BLOCK_KEYS, Scripts
+from sessionq.common.sessionconfig import SessionConfig
+from sessionq.common.timing import next_fire_ms
 
 log = logging.getLogger(__name__)
 DUE_BATCH = 500

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from common.connection import connect
-from common.scripts import Scripts
-from common.settings import Settings
+from sessionq.common.connection import connect
+from sessionq.common.scripts import Scripts
+from sessionq.common.settings import Settings
 
 log = logging.getLogger(__name__)
 POLL_S = 0.2
@@ -40,8 +40,8 @@ def child_name(base: str, pid: int) -> str:
 def _child(
     settings: Settings, opts: WorkerOptions, base: str, parent: int, command_pgid: Any
 ) -> None:
-    from worker.loop import SessionWorker
-    from worker.registry import import_modules
+    from sessionq.worker.loop import SessionWorker
+    from sessionq.worker.registry import import_modules
 
     import_modules(opts.imports)
     w = SessionWorker(
@@ -86,7 +86,7 @@ class Supervisor:
     def _recover(self, proc: BaseProcess) -> None:
         """A child died without leaving cleanly: give its runs back now, not at heartbeat
         expiry (the same script the reaper uses)."""
-        from worker.ops import recover_worker
+        from sessionq.worker.ops import recover_worker
 
         if self._scripts is None:
             self._scripts = Scripts(connect(self.settings), self.settings)

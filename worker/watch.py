@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from common import codec
-from common.connection import RETRY_BACKOFF_CAP_S
-from common.models import rq_time
-from worker.ops import reap
-from worker.schedule import Scheduler
+from sessionq.common import codec
+from sessionq.common.connection import RETRY_BACKOFF_CAP_S
+from sessionq.common.models import rq_time
+from sessionq.worker.ops import reap
+from sessionq.worker.schedule import Scheduler
 
 if TYPE_CHECKING:
-    from worker.loop import SessionWorker
+    from sessionq.worker.loop import SessionWorker
 
 log = logging.getLogger(__name__)
 EXIT_HARD_KILLED = 70
@@ -52,7 +52,7 @@ class Watcher(threading.Thread):
         while not self._stopping.is_set():
             try:
                 if pubsub is None:
-                    pubsub = w.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]  # redis-py ships it untyped
+                    pubsub = w.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call,unused-ignore]  # untyped before redis-py 8
                     pubsub.subscribe(channel)
                 now = time.monotonic()
                 if now >= next_beat:

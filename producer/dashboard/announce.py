@@ -15,7 +15,7 @@ import socket
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError, WatchError
 
-from common.keys import Keys
+from sessionq.common.keys import Keys
 
 log = logging.getLogger(__name__)
 ANNOUNCE_TTL_S = 30.0

@@ -36,14 +36,14 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from common.errors import NotFound, SessionqError, ValidationError
-from common.models import Status
-from common.settings import Settings
-from producer.aio import AsyncClient
-from producer.dashboard import guard
-from producer.dashboard.announce import ANNOUNCE_TTL_S, Announcer
-from producer.dashboard.metrics import EventMetrics, build_registry
-from producer.dashboard.stream import session_events, start_after
+from sessionq.common.errors import NotFound, SessionqError, ValidationError
+from sessionq.common.models import Status
+from sessionq.common.settings import Settings
+from sessionq.producer.aio import AsyncClient
+from sessionq.producer.dashboard import guard
+from sessionq.producer.dashboard.announce import ANNOUNCE_TTL_S, Announcer
+from sessionq.producer.dashboard.metrics import EventMetrics, build_registry
+from sessionq.producer.dashboard.stream import session_events, start_after
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent

@@ -19,9 +19,9 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from common.codec import RQSerializer, text
-from common.events import EventType
-from producer.client import Client
+from sessionq.common.codec import RQSerializer, text
+from sessionq.common.events import EventType
+from sessionq.producer.client import Client
 
 log = logging.getLogger(__name__)
 DURATION_BUCKETS_S = (

@@ -10,11 +10,11 @@ from types import FrameType
 
 import uvicorn
 
-from common.connection import connect
-from common.settings import Settings
-from producer.dashboard.announce import ANNOUNCE_TTL_S, public_url
-from producer.dashboard.app import Dashboard, create_app
-from producer.dashboard.guard import token_for
+from sessionq.common.connection import connect
+from sessionq.common.settings import Settings
+from sessionq.producer.dashboard.announce import ANNOUNCE_TTL_S, public_url
+from sessionq.producer.dashboard.app import Dashboard, create_app
+from sessionq.producer.dashboard.guard import token_for
 
 log = logging.getLogger(__name__)
 DEFAULT_HOST = "127.0.0.1"

@@ -20,11 +20,11 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from common.errors import SessionqError
-from common.events import EventType
+from sessionq.common.errors import SessionqError
+from sessionq.common.events import EventType
 
 if TYPE_CHECKING:
-    from producer.dashboard.app import Dashboard
+    from sessionq.producer.dashboard.app import Dashboard
 
 log = logging.getLogger(__name__)
 SNAPSHOT_EVERY_S = 0.25

@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common import codec
-from common.errors import CodecError
-from common.events import Event, decode_event
-from common.models import SessionRecord
+from sessionq.common import codec
+from sessionq.common.errors import CodecError
+from sessionq.common.events import Event, decode_event
+from sessionq.common.models import SessionRecord
 
 scalars = (
     st.none()
@@ -53,7 +53,7 @@ def test_unencodable_object_is_a_codec_error() -> None:
 
 
 def test_rq_serializer_is_msgpack() -> None:
-    payload = ("tests.tasks:add", None, [1, 2], {})
+    payload: tuple[object, ...] = ("tests.tasks:add", None, [1, 2], {})
     assert codec.RQSerializer.loads(codec.RQSerializer.dumps(payload)) == list(payload)
 
 

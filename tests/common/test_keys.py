@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from common.keys import Keys, command_queue_for, session_of
-from common.rqcompat import rq_keys
+from sessionq.common.keys import Keys, command_queue_for, session_of
+from sessionq.common.rqcompat import rq_keys
 
 
 def test_every_key_is_under_the_prefix() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from common.errors import ValidationError, ValidationTypeError
-from common.models import build_run, check_env, check_name, names_for_replicas, split_args
+from sessionq.common.errors import ValidationError, ValidationTypeError
+from sessionq.common.models import build_run, check_env, check_name, names_for_replicas, split_args
 
 
 @pytest.mark.parametrize("name", ["a", "A1", "x" * 63, "run.1_b-c", "9lives"])

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common import codec
-from common.errors import CodecError, ValidationError, ValidationTypeError
-from common.events import decode_event
-from common.models import (
+from sessionq.common import codec
+from sessionq.common.errors import CodecError, ValidationError, ValidationTypeError
+from sessionq.common.events import decode_event
+from sessionq.common.models import (
     MAX_REPLICAS,
     MAX_TIMEOUT_S,
     SessionRecord,
@@ -242,7 +242,7 @@ task_plausible = {
 @given(st.fixed_dictionaries({f: st.just(MISSING) | s | anything
                               for f, s in task_plausible.items()}))  # fmt: skip
 def test_a_task_is_made_or_names_the_bad_field(drawn: dict[str, Any]) -> None:
-    from producer import Task
+    from sessionq.producer import Task
 
     fields = {k: v for k, v in drawn.items() if v is not MISSING}
     if "cmd" not in fields and "func" not in fields:

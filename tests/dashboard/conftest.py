@@ -13,11 +13,11 @@ import httpx
 import pytest
 from redis import Redis
 
-from common.keys import Keys
-from common.models import build_run
-from common.settings import Settings
-from producer import Client
-from producer.dashboard import DashboardServer, build_server
+from sessionq.common.keys import Keys
+from sessionq.common.models import build_run
+from sessionq.common.settings import Settings
+from sessionq.producer import Client
+from sessionq.producer.dashboard import DashboardServer, build_server
 from tests.conftest import wait_for
 
 

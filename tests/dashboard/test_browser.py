@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from producer import Client
+from sessionq.producer import Client
 from tests.conftest import ROOT, WorkerProcs, wait_for
 from tests.dashboard.conftest import RunningDashboard, session_with_runs
 

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
-from producer import Client
-from producer.dashboard.guard import TOKEN_COOKIE, is_loopback, token_for
+from sessionq.producer import Client
+from sessionq.producer.dashboard.guard import TOKEN_COOKIE, is_loopback, token_for
 from tests.conftest import WorkerProcs, wait_for
 from tests.dashboard.conftest import RunningDashboard, session_with_runs
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from producer import Client
+from sessionq.producer import Client
 from tests.conftest import WorkerProcs, ended, wait_for
 from tests.dashboard.conftest import RunningDashboard, session_with_runs
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from common.settings import Settings
-from producer import Client
+from sessionq.common.settings import Settings
+from sessionq.producer import Client
 from tests.conftest import WorkerProcs, ended, wait_for
 from tests.dashboard.conftest import RunningDashboard, read_sse, session_with_runs
 

@@ -15,10 +15,10 @@ import pytest
 from click.testing import CliRunner
 from redis import Redis
 
-from common.keys import Keys
-from common.settings import Settings
-from producer import Client
-from producer.cli import cli
+from sessionq.common.keys import Keys
+from sessionq.common.settings import Settings
+from sessionq.producer import Client
+from sessionq.producer.cli import cli
 from tests.conftest import ROOT, wait_for
 from tests.dashboard.conftest import RunningDashboard
 
@@ -74,7 +74,7 @@ def test_command_serves_registers_and_cleans_up(settings: Settings, redis: Redis
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    cmd = [sys.executable, "-m", "producer", "--url", settings.url, "--prefix", settings.prefix,
+    cmd = [sys.executable, "-m", "sessionq", "--url", settings.url, "--prefix", settings.prefix,
            "dashboard", "--port", str(port), "--root-path", "/sq"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
@@ -108,7 +108,7 @@ def test_command_without_the_extra_names_the_install(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for name in list(sys.modules):
-        if name == "producer.dashboard" or name.startswith("producer.dashboard."):
+        if name == "sessionq.producer.dashboard" or name.startswith("sessionq.producer.dashboard."):
             monkeypatch.delitem(sys.modules, name)
     for name in [n for n in sys.modules if n.partition(".")[0] == "starlette"] + ["starlette"]:
         monkeypatch.setitem(sys.modules, name, None)  # as if the extra were not installed

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from producer import Client
+from typing import Any
+
+from sessionq.producer import Client
 from tests.conftest import WorkerProcs, ended, wait_for
 from tests.dashboard.conftest import (
     Message,
@@ -51,7 +53,7 @@ def test_reconnecting_with_last_event_id_resumes_without_gap_or_duplicate(
     client: Client, workers: WorkerProcs, dashboard: RunningDashboard
 ) -> None:
     sid = session_with_runs(client, "resumed", 12, "tests.tasks:with_progress", 2)
-    seen: list[dict[str, object]] = []
+    seen: list[dict[str, Any]] = []
     with dashboard.http.stream("GET", f"/sessions/{sid}/events") as response:
         workers.start(1)  # events start flowing while the browser is connected
 

@@ -15,9 +15,9 @@ import pytest
 from redis import Redis
 from redis.exceptions import NoPermissionError
 
-from common.keys import Keys
-from common.redisserver import RedisServer
-from common.settings import Settings
+from sessionq.common.keys import Keys
+from sessionq.common.redisserver import RedisServer
+from sessionq.common.settings import Settings
 from tests.conftest import ROOT, WorkerProcs, wait_for
 
 # The ACL rules of one tenant, as the README gives them: its keys and channels, the command
@@ -30,7 +30,7 @@ TENANT_RULES = (
 
 FLOW = """
 import json, sys
-from producer import Client
+from sessionq.producer import Client
 client = Client(sys.argv[1], prefix="a:", user="alice")
 ids = client.create("mine", task="tests.tasks:add", args=[1, 2], replicas=2)
 events = list(client.listen(ids, after=0, timeout=60))
@@ -46,7 +46,7 @@ out = {
     "destroyed": client.destroy(ids),
     "ids": ids,
 }
-from producer import Task
+from sessionq.producer import Task
 with client.session("kept") as s:  # persistent: dependencies, a schedule, pause and play
     first = Task("tests.tasks:add", args=[1, 1], name="first")
     s.add(Task("tests.tasks:add", args=[2, 2], name="then", depends_on=first))
@@ -81,7 +81,7 @@ def url_of(server: RedisServer, user: str) -> str:
 def sessionq(url: str, prefix: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("RQ_KEY_PREFIX", None)
-    cmd = [sys.executable, "-m", "producer", "--url", url, "--prefix", prefix, *args]
+    cmd = [sys.executable, "-m", "sessionq", "--url", url, "--prefix", prefix, *args]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
 
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from common.errors import TaskFailed
-from producer import Client, Session, Task
-from producer.cli import cli
+from sessionq.common.errors import TaskFailed
+from sessionq.producer import Client, Session, Task
+from sessionq.producer.cli import cli
 from tests.conftest import WorkerProcs, wait_for
 
 SLEEP = "tests.tasks:sleeper"

@@ -11,15 +11,15 @@ import pytest
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from common.settings import Settings
-from producer import Client
+from sessionq.common.settings import Settings
+from sessionq.producer import Client
 from tests.conftest import ROOT, ended, wait_for
 
 
 def test_demo_runs_on_an_embedded_redis_and_cleans_up() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("SESSIONQ_URL", "REDIS_URL")}
     proc = subprocess.run(
-        [sys.executable, "-m", "producer", "demo", "--runs", "30", "--workers", "1"],
+        [sys.executable, "-m", "sessionq", "demo", "--runs", "30", "--workers", "1"],
         capture_output=True, text=True, cwd=ROOT, env=env, timeout=240,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -35,7 +35,7 @@ def test_up_serves_until_interrupted() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("SESSIONQ_URL", "REDIS_URL")}
     env["PYTHONPATH"] = str(ROOT)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "producer", "up", "--workers", "1", "--import", "tests.tasks"],
+        [sys.executable, "-m", "sessionq", "up", "--workers", "1", "--import", "tests.tasks"],
         stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env,
     )  # fmt: skip
     try:
@@ -59,7 +59,7 @@ def test_up_serves_until_interrupted() -> None:
 def test_worker_burst_exits_when_the_queues_are_empty(client: Client, settings: Settings) -> None:
     ids = client.create("burst", task="tests.tasks:add", args=[1, 1], replicas=5)
     proc = subprocess.run(
-        [sys.executable, "-m", "producer", "--url", settings.url, "worker", "--burst",
+        [sys.executable, "-m", "sessionq", "--url", settings.url, "worker", "--burst",
          "--import", "tests.tasks", "--concurrency", "2"],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120,
     )  # fmt: skip

@@ -9,10 +9,10 @@ from typing import Any
 from click.testing import CliRunner
 from redis import Redis
 
-from common.models import build_run
-from common.settings import Settings
-from producer import Client
-from producer.cli import cli
+from sessionq.common.models import build_run
+from sessionq.common.settings import Settings
+from sessionq.producer import Client
+from sessionq.producer.cli import cli
 from tests.conftest import WorkerProcs, ended, wait_for
 
 

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from redis import Redis
 
-from common.errors import SessionNotFound, TaskNotFound, ValidationError
-from common.keys import Keys
-from common.rqcompat import rq_keys
-from common.settings import Settings
-from producer import Client, Session, SessionConfig, Task, Workflow
+from sessionq.common.errors import SessionNotFound, TaskNotFound, ValidationError
+from sessionq.common.keys import Keys
+from sessionq.common.rqcompat import rq_keys
+from sessionq.common.settings import Settings
+from sessionq.producer import Client, Session, SessionConfig, Task, Workflow
 from tests.conftest import ROOT, WorkerProcs, wait_for
 
 NOOP = "tests.tasks:noop"
@@ -120,7 +120,8 @@ def test_reopening_by_name_from_another_process_gives_the_same_session(
     tid = s.add(Task(NOOP, name="only"))
     oid = s.save([1, "two", {"three": 3.0}])
     code = (
-        "import json; from common.settings import Settings; from producer import Client;"
+        "import json; from sessionq.common.settings import Settings;"
+        "from sessionq.producer import Client;"
         f"c = Client(settings=Settings.from_env({settings.url!r}, environ={{}}, user='tester'));"
         "s = c.session('shared', create=False);"
         f"print(json.dumps([s.id, s.list_ids(), s.list_names(), s.load({oid!r})]))"
@@ -171,7 +172,7 @@ def test_config_is_validated_and_stored(client: Client) -> None:
     with pytest.raises(ValidationError, match="config.bogus"):
         client.session("cfg", config={"bogus": 1})
     with pytest.raises(TypeError, match="autoplay"):
-        SessionConfig(autoplay="yes")  # type: ignore[arg-type]
+        SessionConfig(autoplay="yes")
     client.session("cfg", config={"cycle_sleep": 0.5, "task_pre_exist": "rename"})
     assert client.session("cfg").config == SessionConfig(cycle_sleep=0.5, task_pre_exist="rename")
 

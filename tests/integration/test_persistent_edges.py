@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 from redis import Redis
 
-from common.errors import SessionNotFound, ValidationError
-from common.keys import Keys
-from common.models import TaskState
-from common.rqcompat import rq_keys
-from common.settings import Settings
-from producer import Client, Session, SessionConfig, Task
+from sessionq.common.errors import SessionNotFound, ValidationError
+from sessionq.common.keys import Keys
+from sessionq.common.models import TaskState
+from sessionq.common.rqcompat import rq_keys
+from sessionq.common.settings import Settings
+from sessionq.producer import Client, Session, SessionConfig, Task
 from tests.conftest import WorkerProcs, wait_for
 
 NOOP = "tests.tasks:noop"
@@ -70,7 +70,7 @@ def test_session_name_and_create_are_validated(client: Client, redis: Redis) -> 
     with pytest.raises(ValidationError, match="name"):
         client.session("")
     with pytest.raises(TypeError, match="create"):
-        client.session("fine", create="no")  # type: ignore[arg-type]
+        client.session("fine", create="no")
     assert redis.dbsize() == 0
 
 
@@ -89,7 +89,7 @@ def test_a_failed_add_leaves_the_handle_usable(client: Client, monkeypatch: Any)
 
 
 def _raise_codec_error(*args: Any, **kwargs: Any) -> Any:
-    from common.errors import CodecError
+    from sessionq.common.errors import CodecError
 
     raise CodecError("cannot encode as msgpack: Integer value out of range")
 
@@ -233,8 +233,8 @@ def test_destroy_leaves_nothing_in_the_schedule_or_the_waiting_set(
 def test_the_scheduler_drops_due_runs_of_a_session_destroyed_since_it_looked(
     client: Client, redis: Redis, keys: Keys
 ) -> None:
-    from worker.ops import destroy_session
-    from worker.schedule import Scheduler
+    from sessionq.worker.ops import destroy_session
+    from sessionq.worker.schedule import Scheduler
 
     s = client.session("cached-then-destroyed")
     tid = s.add(Task(NOOP, name="later", in_=3600))

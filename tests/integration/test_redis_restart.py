@@ -13,12 +13,12 @@ import pytest
 from redis import Redis
 
 import tests.tasks  # noqa: F401 - registers the @task functions
-from common.errors import ConnectionFailed
-from common.redisserver import RedisServer
-from common.settings import Settings
-from producer import AsyncClient, Client
+from sessionq.common.errors import ConnectionFailed
+from sessionq.common.redisserver import RedisServer
+from sessionq.common.settings import Settings
+from sessionq.producer import AsyncClient, Client
+from sessionq.worker.loop import SessionWorker
 from tests.conftest import FAST, WorkerProcs, ended, wait_for
-from worker.loop import SessionWorker
 
 RUNS = 30
 

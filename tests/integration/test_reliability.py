@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
 from pathlib import Path
 
-from producer import Client
+from sessionq.producer import Client
 from tests.conftest import WorkerProcs, ended, wait_for
 
 
@@ -74,7 +75,7 @@ def test_worker_killed_mid_command_takes_its_process_group_along(
         return status == "Z"
 
     for pid in map(int, pids.read_text().split()):
-        wait_for(lambda pid=pid: gone(pid), timeout=10, what=f"process {pid} to be gone")
+        wait_for(functools.partial(gone, pid), timeout=10, what=f"process {pid} to be gone")
 
 
 def test_a_lost_host_is_noticed_by_another_worker(client: Client, workers: WorkerProcs) -> None:

@@ -9,9 +9,9 @@ import sys
 import pytest
 from redis import Redis
 
-from common.errors import ValidationError
-from common.settings import Settings
-from producer import Client
+from sessionq.common.errors import ValidationError
+from sessionq.common.settings import Settings
+from sessionq.producer import Client
 from tests.conftest import ROOT, WorkerProcs, ended, wait_for
 
 PRINT_ENV = (
@@ -137,7 +137,7 @@ def test_create_validation_writes_nothing(client: Client, redis: Redis) -> None:
     ]
     for kwargs in bad_calls:
         with pytest.raises(ValidationError):
-            client.create(**kwargs)  # type: ignore[arg-type]
+            client.create(**kwargs)
     assert redis.dbsize() == 0
 
 
@@ -149,12 +149,12 @@ def test_rq_info_sees_our_queues_and_workers(
     wait_for(lambda: client.info(ids[0])[0]["status"] == "Running", what="the first run to start")
     env = {**os.environ, "RQ_KEY_PREFIX": f"{settings.prefix}rq", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "rq.cli", "info", "--url", settings.url]
-    cmd += ["-S", "common.codec.RQSerializer"]
+    cmd += ["-S", "sessionq.common.codec.RQSerializer"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, check=True)
     assert out.returncode == 0
-    out = out.stdout
-    assert "elsewhere" in out and "2, 1 executing" in out
-    assert f"{workers.names()[0]} (" in out
+    text = out.stdout
+    assert "elsewhere" in text and "2, 1 executing" in text
+    assert f"{workers.names()[0]} (" in text
 
 
 def test_nothing_under_the_prefix_is_pickle(
@@ -186,7 +186,7 @@ def test_nothing_under_the_prefix_is_pickle(
 def test_two_workers_finishing_runs_of_one_session_keep_counts_right(
     client: Client, workers: WorkerProcs
 ) -> None:
-    from common.models import build_run
+    from sessionq.common.models import build_run
 
     sid = client.open_session("many")
     workers.start(2)  # both serving before the runs arrive: a busy machine may start one late

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from common.errors import ConfigError, ConnectionFailed
-from common.redisserver import RedisServer, free_port
-from common.settings import Settings
-from producer import Client
+from sessionq.common.errors import ConfigError, ConnectionFailed
+from sessionq.common.redisserver import RedisServer, free_port
+from sessionq.common.settings import Settings
+from sessionq.producer import Client
 from tests.conftest import FAST, WorkerProcs
 
 

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 from redis import Redis
 
-from common.redisserver import RedisServer
-from producer import Client
+from sessionq.common.redisserver import RedisServer
+from sessionq.producer import Client
 
 
 @pytest.fixture

@@ -14,11 +14,11 @@ import pytest
 from redis import Redis
 from redis.exceptions import NoPermissionError
 
-from common.keys import Keys
-from common.redisserver import RedisServer
-from common.settings import Settings
-from producer import AsyncClient, Client, aiohub, routing
-from producer.listen import AsyncListener
+from sessionq.common.keys import Keys
+from sessionq.common.redisserver import RedisServer
+from sessionq.common.settings import Settings
+from sessionq.producer import AsyncClient, Client, aiohub, routing
+from sessionq.producer.listen import AsyncListener
 from tests.producer.test_hub import consecutive, progress, pubsub_ids, subscribers
 
 
@@ -147,7 +147,7 @@ def test_a_killed_async_hub_connection_loses_nothing_for_any_listener(
         everywhere = AsyncFollower(settings, None, after={a: 0})
         await started([*followers, everywhere])
         # in the middle of a busy stream: what follows shows each listener the gap
-        busy = asyncio.create_task(emitting(client, a, 300, last=False))
+        busy: asyncio.Task[None] = asyncio.create_task(emitting(client, a, 300, last=False))
         await until(lambda: min(len(f.events) for f in followers) > 60,
                     what="the listeners to be busy")  # fmt: skip
         kill_the_hub_connection()
@@ -202,7 +202,7 @@ def test_an_async_listener_far_behind_reads_the_history_instead(
         async with AsyncClient(settings=settings) as aio:
             stream = cast(AsyncGenerator[dict[str, Any], None], aio.listen(a, after=0, timeout=30))
             events = [await anext(stream)]  # subscribed; now it reads nothing for a while
-            with caplog.at_level(logging.WARNING, logger="producer.routing"):
+            with caplog.at_level(logging.WARNING, logger="sessionq.producer.routing"):
                 await emitting(client, a, 50)
                 await until(lambda: "events behind" in caplog.text,
                             what="the hub to give up queueing")  # fmt: skip

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from redis import Redis
 
-from common.keys import Keys
-from common.settings import Settings
-from producer import AsyncClient, Client, ConnectionFailed, ValidationError
+from sessionq.common.keys import Keys
+from sessionq.common.settings import Settings
+from sessionq.producer import AsyncClient, Client, ConnectionFailed, ValidationError
 from tests.conftest import WorkerProcs, ended, wait_for
 
 
@@ -101,7 +101,11 @@ def test_the_guard_catches_a_thread_hop(settings: Settings) -> None:
 
 
 def log_lines(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
-    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name.startswith("producer")]
+    lines = [
+        (r.levelname, r.getMessage())
+        for r in caplog.records
+        if r.name.startswith("sessionq.producer")
+    ]
     caplog.clear()
     return lines
 

@@ -9,10 +9,10 @@ from typing import Any
 
 from redis import Redis
 
-from common import codec
-from common.keys import Keys
-from common.models import build_run
-from producer import Client
+from sessionq.common import codec
+from sessionq.common.keys import Keys
+from sessionq.common.models import build_run
+from sessionq.producer import Client
 
 RUNS = 20  # more events than a script publishes without asking who listens
 WAIT_S = 10.0

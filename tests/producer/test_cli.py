@@ -9,9 +9,9 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from common.settings import Settings
-from producer import Client
-from producer.cli import cli
+from sessionq.common.settings import Settings
+from sessionq.producer import Client
+from sessionq.producer.cli import cli
 from tests.conftest import ROOT, WorkerProcs, ended, wait_for
 
 
@@ -97,7 +97,7 @@ def test_bad_input_is_exit_2_with_one_line(run, args: list[str], says: str) -> N
 
 def test_unreachable_redis_is_exit_1_naming_the_url() -> None:
     url = "redis://127.0.0.1:1/0"
-    proc = subprocess.run([sys.executable, "-m", "producer", "--url", url, "ls"],
+    proc = subprocess.run([sys.executable, "-m", "sessionq", "--url", url, "ls"],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)  # fmt: skip
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1 and url in proc.stderr and "Traceback" not in proc.stderr

@@ -11,7 +11,7 @@ from click.testing import CliRunner, Result
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from producer.cli import cli
+from sessionq.producer.cli import cli
 
 NAME_START = string.ascii_letters + string.digits
 NAME_CHARS = NAME_START + "._-"

@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-import common.scripts
+import sessionq.common.scripts
 import tests.tasks  # noqa: F401 - registers the @task functions
-from common.keys import DEFAULT_QUEUE
-from common.models import build_run
-from common.scripts import Scripts
-from common.settings import Settings
-from producer import Client
-from worker.loop import SessionWorker
+from sessionq.common.keys import DEFAULT_QUEUE
+from sessionq.common.models import build_run
+from sessionq.common.scripts import Scripts
+from sessionq.common.settings import Settings
+from sessionq.producer import Client
+from sessionq.worker.loop import SessionWorker
 
 
 def send_twice(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -47,7 +47,7 @@ def test_a_create_sent_twice_is_applied_once(
 def test_an_add_sent_twice_is_applied_once(
     client: Client, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from producer import Task
+    from sessionq.producer import Task
 
     s = client.session("resent")
     send_twice(monkeypatch)
@@ -82,7 +82,7 @@ def test_a_resent_add_is_told_by_a_run_it_wrote(
     # call was carried out before shows on its second run only; under any policy the resend
     # finds the names the call gave, and takes them for its own
     s = client.session("keyed")
-    from producer import Task
+    from sessionq.producer import Task
 
     kept = s.add(Task("tests.tasks:add", args=[1, 1], key="k"))
     now = time.time()
@@ -118,14 +118,14 @@ def test_a_script_call_whose_reply_is_lost_is_sent_again_and_applied_once(
     """Scripts.call's own EVALSHA loses the reply of a call Redis carried out; redis-py's
     path sends it again, which the script takes as the resend it is."""
 
-    original, lost = common.scripts._evalsha_once, []
+    original, lost = sessionq.common.scripts._evalsha_once, []
 
     def reply_lost(*args: Any) -> Any:
         original(*args)
         lost.append(1)
         raise RedisConnectionError("connection dropped before the reply")
 
-    monkeypatch.setattr(common.scripts, "_evalsha_once", reply_lost)
+    monkeypatch.setattr(sessionq.common.scripts, "_evalsha_once", reply_lost)
     [sid] = client.create("once", task="tests.tasks:noop")
     assert lost == [1]
     named = [r for r in client.fetch() if r["name"] == "once"]

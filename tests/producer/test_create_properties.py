@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis import Redis
 
-from common.errors import ValidationError
-from common.settings import Settings
-from producer import Client
+from sessionq.common.errors import ValidationError
+from sessionq.common.settings import Settings
+from sessionq.producer import Client
 from tests.common.test_properties import RUN_FIELDS, anything, plausible
 
 CREATE_FIELDS = {"name", "image", "kind", "replicas", *RUN_FIELDS}

@@ -12,12 +12,12 @@ import pytest
 from redis import Redis
 from redis.exceptions import NoPermissionError
 
-from common.events import emit
-from common.keys import Keys
-from common.redisserver import RedisServer
-from common.settings import Settings
-from producer import Client, hub, routing
-from producer.listen import Listener, Ordering
+from sessionq.common.events import emit
+from sessionq.common.keys import Keys
+from sessionq.common.redisserver import RedisServer
+from sessionq.common.settings import Settings
+from sessionq.producer import Client, hub, routing
+from sessionq.producer.listen import Listener, Ordering
 from tests.conftest import wait_for
 
 
@@ -197,7 +197,7 @@ def test_a_listener_far_behind_reads_the_history_instead(
     monkeypatch.setattr(routing, "MAX_BACKLOG_EVENTS", 5)
     stream = client.listen(a, after=0, timeout=30)
     first = next(stream)  # subscribed; now it reads nothing for a while
-    with caplog.at_level(logging.WARNING, logger="producer.routing"):
+    with caplog.at_level(logging.WARNING, logger="sessionq.producer.routing"):
         progress(client, a, 50)
         wait_for(lambda: "events behind" in caplog.text, what="the hub to give up queueing")
     events = [first]
@@ -318,8 +318,12 @@ def test_a_hub_past_its_linger_waits_for_an_open_subscription_without_spinning(
         lingering.attached += 1
     waits: list[float | None] = []
     wait = lingering._wait
-    monkeypatch.setattr(lingering, "_wait", lambda timeout: (waits.append(timeout),
-                                                            wait(timeout))[1])  # fmt: skip
+
+    def recorded_wait(timeout: float | None) -> bool:
+        waits.append(timeout)
+        return wait(timeout)
+
+    monkeypatch.setattr(lingering, "_wait", recorded_wait)
     sub.close()
     # its linger (0.05 s), then a wait for a request or for Redis, not polls of 0 s
     wait_for(lambda: any(t is None or t > 1 for t in waits),
@@ -344,7 +348,7 @@ def test_a_lingering_hub_that_loses_its_connection_says_nothing_and_ends(
     a, _ = two_sessions
     Follower(settings, a, after=0, stop_after=1).join()
     [lingering] = hub._hubs.values()
-    with caplog.at_level(logging.DEBUG, logger="producer.hub"):
+    with caplog.at_level(logging.DEBUG, logger="sessionq.producer.hub"):
         host, port = lingering._sock.getsockname()[:2]
         assert redis.client_kill_filter(addr=f"{host}:{port}") == 1
         wait_for(lambda: "idle pub/sub hub lost its connection" in caplog.text,

@@ -14,15 +14,15 @@ import pytest
 from redis import Redis
 
 import tests.tasks  # noqa: F401 - registers the @task functions
-from common.keys import Keys
-from common.rqcompat import rq_keys
-from common.settings import Settings
-from producer import Client
+from sessionq.common.keys import Keys
+from sessionq.common.rqcompat import rq_keys
+from sessionq.common.settings import Settings
+from sessionq.producer import Client
+from sessionq.worker import task
+from sessionq.worker.loop import SessionWorker
+from sessionq.worker.ops import recover_worker
+from sessionq.worker.watch import Watcher
 from tests.conftest import WorkerProcs, ended, wait_for
-from worker import task
-from worker.loop import SessionWorker
-from worker.ops import recover_worker
-from worker.watch import Watcher
 
 ADD = "tests.tasks:add"
 RAN: list[str] = []
@@ -56,7 +56,7 @@ def waiting(settings: Settings) -> Iterator[list[SessionWorker]]:
 
 
 def make_waiting(made: list[SessionWorker], settings: Settings, **kwargs: object) -> SessionWorker:
-    w = SessionWorker(settings, **kwargs)  # type: ignore[arg-type]
+    w = SessionWorker(settings, **kwargs)
     w.register()
     w._watcher = Watcher(w)
     w._watcher.start()
@@ -240,7 +240,7 @@ def test_a_run_handed_while_the_worker_recovers_from_a_lost_connection_runs_once
     w = make_waiting(waiting, settings)
     w.scripts._lane.reset()  # the BLPOP's connection dropped
     w.lost_connection = True
-    take_inbox, made = w._take_inbox, []
+    take_inbox, made = w._take_inbox, list[object]()
 
     def take_inbox_then_enqueue(unlist: bool = False) -> None:
         take_inbox(unlist)
@@ -264,7 +264,7 @@ def test_a_run_is_handed_only_to_a_worker_that_serves_its_queue(
 ) -> None:  # fmt: skip
     """A lost worker's place in a queue's line is left behind; a new worker of the same name
     (a container's pids repeat) serving other queues is not handed that queue's runs."""
-    old = SessionWorker(settings, name="w", **before)  # type: ignore[arg-type]
+    old = SessionWorker(settings, name="w", **before)
     old.register()
     assert not old._claim([])  # waits on its queues
     recover_worker(old.scripts, "w", "lost")

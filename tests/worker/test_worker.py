@@ -11,19 +11,20 @@ import pytest
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+import sessionq.worker.loop
 import tests.tasks  # noqa: F401 - registers the @task functions
-from common import codec
-from common.keys import Keys
-from common.rqcompat import rq_keys
-from common.scripts import FastLane
-from common.settings import Settings
-from producer import Client, Task
+from sessionq.common import codec
+from sessionq.common.keys import Keys
+from sessionq.common.rqcompat import rq_keys
+from sessionq.common.scripts import FastLane
+from sessionq.common.settings import Settings
+from sessionq.producer import Client, Task
+from sessionq.worker.loop import SessionWorker
 from tests.conftest import wait_for
-from worker.loop import SessionWorker
 
 
 def drain(settings: Settings, **kwargs: object) -> SessionWorker:
-    w = SessionWorker(settings, **kwargs)  # type: ignore[arg-type]
+    w = SessionWorker(settings, **kwargs)
     w.work(burst=True)
     return w
 
@@ -184,7 +185,7 @@ def test_runs_claimed_by_a_call_whose_reply_was_lost_are_run(
     """A step that claimed runs was carried out, but the connection dropped before its reply
     came: the runs it took are on the worker's list, and the worker takes them up."""
     ids = client.create("lost", task="tests.tasks:add", args=[1, 2], replicas=2)
-    original, lost = FastLane.receive, []
+    original, lost = FastLane.receive, list[Any]()
 
     def receive_with_a_lost_reply(self: FastLane) -> Any:
         reply = original(self)
@@ -332,11 +333,10 @@ def test_a_stop_that_comes_while_the_run_is_set_up_is_not_lost(
     """A stop (or SIGINT) that lands after the run became current but before its function or
     process started (its module being imported, say) ends it; before, the request was lost
     and the run ran its 30 s."""
-    import worker.loop
 
     [sid] = client.create("late-stop", **spec)
     w = SessionWorker(settings, allow_commands=True)
-    real = worker.loop.parse_meta
+    real = sessionq.worker.loop.parse_meta  # type: ignore[attr-defined]  # its import, patched
 
     def parse_meta_then_stop(raw: bytes) -> dict[str, Any]:
         if how == "stop":
@@ -345,7 +345,7 @@ def test_a_stop_that_comes_while_the_run_is_set_up_is_not_lost(
             w.stop_now("shutdown")  # as the SIGINT handler
         return real(raw)
 
-    monkeypatch.setattr(worker.loop, "parse_meta", parse_meta_then_stop)
+    monkeypatch.setattr(sessionq.worker.loop, "parse_meta", parse_meta_then_stop)
     w.work(burst=True)
     [record] = client.info(sid)
     assert record["tasks"][outcome] == 1 and record["tasks"]["succeeded"] == 0

@@ -1,5 +1,0 @@
-"""`python -m producer ...` is the `sessionq` command."""
-
-from producer.cli import main
-
-main()

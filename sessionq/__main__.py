@@ -1,0 +1,5 @@
+"""`python -m sessionq ...` is the `sessionq` command."""
+
+from sessionq.producer.cli import main
+
+main()
