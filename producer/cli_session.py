@@ -9,6 +9,7 @@ from collections.abc import Callable
 import click
 
 from sessionq.common import codec
+from sessionq.common.keys import session_of
 from sessionq.producer.cli import _client, _parse_env, _parse_kwargs, _print_accepted, cli
 from sessionq.producer.client import Client
 from sessionq.producer.task import RUN_IF, Task
@@ -81,6 +82,6 @@ def add(
         session = str(codec.decode_map(raw, "session")["name"])
     tid = client.session(session).add(new)
     if as_json:
-        click.echo(json.dumps({"session": tid.rpartition("-")[0], "task": tid}))
+        click.echo(json.dumps({"session": session_of(tid), "task": tid}))
     else:
         click.echo(tid)

@@ -24,7 +24,7 @@ from sessionq.common.errors import (
     SessionNotFound,
     ValidationTypeError,
 )
-from sessionq.common.keys import DEFAULT_QUEUE, Keys, command_queue_for
+from sessionq.common.keys import DEFAULT_QUEUE, Keys, command_queue_for, run_id
 from sessionq.common.models import RunSpec, SessionRecord, check_kind, check_name
 from sessionq.common.rqcompat import load_rq
 from sessionq.common.scripts import Scripts
@@ -209,7 +209,7 @@ class Client(SessionControl):
         for n, spec in enumerate(specs, start=last - len(specs) + 1):
             queue = command_queue_for(spec.queue) if spec.is_command else spec.queue
             queue = queue or DEFAULT_QUEUE
-            runs.append((0, f"{sid}-{n}", spec.name, state, queue, spec.job_fields(queue, now),
+            runs.append((0, run_id(sid, n), spec.name, state, queue, spec.job_fields(queue, now),
                          None))  # fmt: skip
         reply = self.scripts.enqueue([(sid, False, b"", "", "session", self.user)], runs, now=now)
         if reply and reply[0] == "gone":

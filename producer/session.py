@@ -22,7 +22,7 @@ from sessionq.common.errors import (
     ValidationTypeError,
 )
 from sessionq.common.events import TERMINAL_EVENTS
-from sessionq.common.keys import DEFAULT_QUEUE, command_queue_for
+from sessionq.common.keys import DEFAULT_QUEUE, command_queue_for, run_id
 from sessionq.common.models import ENDED_STATUSES, TaskState, check_encodable, iso_from_ms
 from sessionq.common.scripts import Run
 from sessionq.common.sessionconfig import SessionConfig
@@ -113,7 +113,7 @@ class Session:
                 # destroyed: HINCRBY made a stray hash of the gone session; take it away
                 self.client.redis.delete(key)
                 raise SessionNotFound(self.id)
-            self._ids = [f"{self.id}-{n}" for n in range(int(last) - block + 1, int(last) + 1)]
+            self._ids = [run_id(self.id, n) for n in range(int(last) - block + 1, int(last) + 1)]
             self._id_block = min(2 * block, ID_BLOCK_MAX)
         return self._ids.pop(0)
 

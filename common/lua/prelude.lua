@@ -1,15 +1,15 @@
--- Shared by every sessionq script (common/scripts.py prepends it). Keys arrive through KEYS,
--- except those of the runs run.lua claims itself, which it makes from the key templates
--- scripts.py cuts from keys.py's names: a script never invents a key name. Events are built
--- here, in the wire layout of SPEC §5, so that every event - from Python or from a script -
--- comes out of `emit`.
+-- Shared by every sessionq script: common/scripts puts it after the script's generated
+-- contract prologue (K, A, KB, AB, the key builders, STATUS: contract.py) and before its
+-- body. Keys arrive through KEYS, by name; those of runs a script finds itself (run.lua's
+-- claims) come from the generated key builders, made from keys.py's own names: a script
+-- never invents a key name. Events are built here, in the wire layout of SPEC §5, so that
+-- every event - from Python or from a script - comes out of `emit`.
 -- Events are buffered per session and written by `flush` at the end of the script: one
 -- HINCRBY numbers them all, one ZADD keeps them, then each is published.
 local P = cmsgpack.pack
 local NIL = '\192'
 local EMPTY_MAP = '\128'
 local G = {touched = {}, stats = {}}
-local STATUSES = {'Pending', 'Running', 'Paused', 'Terminating', 'Stopped', 'Completed', 'Failed'}
 -- the packed keys of an event map (fixmap of 8, in SPEC §5's order)
 local EV_HEAD = '\136\161v\1\163seq'
 local EV_TS, EV_TYPE, EV_SESSION = '\162ts', '\164type', '\167session'
@@ -61,14 +61,15 @@ local function set_clock(now_ms, now_iso, cap, worker)
   G.worker_packed = enc(G.worker)
 end
 
--- KEYS[1] the all-sessions channel; KEYS[first .. first+6] the status index sets in STATUSES
--- order; KEYS[first+7] the global run counters; ARGV[argv_first ..] now_ms, now_iso, cap, worker.
-local function load_globals(first_idx_key, argv_first)
-  G.chan_all = KEYS[1]
+-- The keys and arguments every state-changing script has (contract.py GLOBAL_KEYS and
+-- CLOCK_ARGS): the all-sessions channel, a status index set per STATUS, the global run
+-- counters; now_ms, now_iso, cap, worker.
+local function load_globals()
+  G.chan_all = K.chan_all
   G.idx = {}
-  for i, name in ipairs(STATUSES) do G.idx[name] = KEYS[first_idx_key + i - 1] end
-  G.stats_key = KEYS[first_idx_key + 7]
-  set_clock(ARGV[argv_first], ARGV[argv_first + 1], ARGV[argv_first + 2], ARGV[argv_first + 3])
+  for _, name in ipairs(STATUS) do G.idx[name] = K['idx_' .. name] end
+  G.stats_key = K.counters
+  set_clock(A.now_ms, A.now_iso, A.cap, A.worker)
 end
 
 -- S = {sid, session, history, chan}: queue an event of session S (numbered at flush). The
@@ -207,26 +208,27 @@ local function maybe_end(S)
   return final
 end
 
--- A run block: 11 keys starting at KEYS[i] (see common/scripts.py RUN_BLOCK). Runs of one
--- session share their session's table (events, status), so that one flush numbers them all.
+-- A run's keys (contract.py RUN_BLOCK, by name: `k`) as the table the functions below take.
+-- Runs of one session share their session's table (events, status), so that one flush
+-- numbers them all.
 G.sessions = {}
-local function run_block(i, sid)
+local function run_block(k, sid)
   local S = G.sessions[sid]
   if not S then
-    S = {sid = sid, session = KEYS[i + 1], history = KEYS[i + 2], chan = KEYS[i + 3],
-      running = KEYS[i + 4], held = KEYS[i + 5]}
+    S = {sid = sid, session = k.session, history = k.history, chan = k.chan,
+      running = k.running, held = k.held}
     G.sessions[sid] = S
   end
-  return {job = KEYS[i], S = S, session = S.session, sid = sid, running = S.running,
-    held = S.held, wip = KEYS[i + 6], finished = KEYS[i + 7], failed = KEYS[i + 8],
-    queue = KEYS[i + 9], wake = KEYS[i + 10]}
+  return {job = k.job, S = S, session = S.session, sid = sid, running = S.running,
+    held = S.held, wip = k.started, finished = k.finished, failed = k.failed,
+    queue = k.queue, wake = k.wake}
 end
 
 
 -- Park a run with its session's held runs, ordered by task number (the order runs were
 -- added), whenever each got there.
 local function hold(B, id)
-  redis.call('ZADD', B.held, tonumber(string.match(id, '(%d+)$')) or 0, id)
+  redis.call('ZADD', B.held, run_number(id), id)
 end
 
 local function wake(B)
@@ -244,6 +246,18 @@ end
 local function as_of(W, etype)
   if W.packed == G.worker_packed then return etype end
   return {etype, W.packed}
+end
+
+-- What a start shows: a Pending session becomes Running (its first start), task.started.
+local function show_start(B, id, W, attempts, status)
+  if status == 'Pending' then
+    set_status(B, 'Running')
+    if redis.call('HSETNX', sess(B).session, 'started_at', G.now_ms) == 0 then
+      redis.call('HDEL', sess(B).session, 'finished_at')
+    end
+    emit(B, as_of(W, 'session.started'), nil, nil)
+  end
+  emit(B, as_of(W, 'task.started'), id, '\129\167attempt' .. P(attempts))
 end
 
 -- Start run `id` for worker W (its runs list holds it): returns {result, data, sq, timeout,
@@ -296,15 +310,17 @@ local function start(B, id, W)
   redis.call('ZADD', B.wip, '+inf', id .. ':' .. attempts)
   redis.call('SADD', B.running, id)
   move(B, 'queued', 'started')
-  if status == 'Pending' then
-    set_status(B, 'Running')
-    if redis.call('HSETNX', B.session, 'started_at', G.now_ms) == 0 then
-      redis.call('HDEL', B.session, 'finished_at')
-    end
-    emit(B, as_of(W, 'session.started'), nil, nil)
-  end
-  emit(B, as_of(W, 'task.started'), id, '\129\167attempt' .. P(attempts))
+  -- a run handed to an idle worker (enqueue.lua `hand`) shows its start when the worker
+  -- takes it (`took`): were the worker lost before, the run goes back unbegun, unseen
+  if not W.defer then show_start(B, id, W, attempts, status) end
   return {'run', j[2], j[3] or false, j[4] or false, attempts}
+end
+
+-- A worker took the run an enqueue handed it (started quietly, see `start`): the session's
+-- first start and task.started come now, as the worker's own events.
+local function took(S, id, attempts)
+  S.status = S.status or redis.call('HGET', S.session, 'status')
+  show_start(S, id, {packed = G.worker_packed}, attempts, S.status)
 end
 
 -- The run failed or was lost: retry it while retries are left, else record the failure.

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-import sessionq.common.scripts
+import sessionq.common.scripts.transport
 import tests.tasks  # noqa: F401 - registers the @task functions
 from sessionq.common.keys import DEFAULT_QUEUE
 from sessionq.common.models import build_run
@@ -118,14 +118,14 @@ def test_a_script_call_whose_reply_is_lost_is_sent_again_and_applied_once(
     """Scripts.call's own EVALSHA loses the reply of a call Redis carried out; redis-py's
     path sends it again, which the script takes as the resend it is."""
 
-    original, lost = sessionq.common.scripts._evalsha_once, []
+    original, lost = sessionq.common.scripts.transport._evalsha_once, []
 
     def reply_lost(*args: Any) -> Any:
         original(*args)
         lost.append(1)
         raise RedisConnectionError("connection dropped before the reply")
 
-    monkeypatch.setattr(sessionq.common.scripts, "_evalsha_once", reply_lost)
+    monkeypatch.setattr(sessionq.common.scripts.transport, "_evalsha_once", reply_lost)
     [sid] = client.create("once", task="tests.tasks:noop")
     assert lost == [1]
     named = [r for r in client.fetch() if r["name"] == "once"]
