@@ -289,8 +289,8 @@ def stats(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"{section:<9} {_pairs(values)}")
 
 
-def _pairs(values: dict[str, Any]) -> str:
-    return "  ".join(f"{k}={v}" for k, v in values.items())
+def _pairs(values: dict[str, Any], sep: str = "  ") -> str:
+    return sep.join(f"{k}={v}" for k, v in values.items())
 
 
 # -- sessions by id or name: every command below resolves its references in one call ----------
@@ -328,7 +328,7 @@ def info(ctx: click.Context, ids: tuple[str, ...], with_tasks: bool, as_json: bo
             click.echo(f"== {r['id']}")
             for key, value in r.items():
                 if key != "task_records":
-                    shown = _pairs(value) if isinstance(value, dict) else value
+                    shown = _pairs(value, " ") if isinstance(value, dict) else value
                     click.echo(f"  {key:<13} {shown}")
             for t in r.get("task_records", []):
                 error = (t["error"] or "").strip().splitlines()[-1:] or [""]
