@@ -77,8 +77,8 @@ UNKNOWN_ID_COMMANDS = [
 
 @pytest.mark.parametrize("command", UNKNOWN_ID_COMMANDS, ids=" ".join)
 def test_an_unknown_session_is_one_line_and_exit_1_without_log_records(
-    run, client: Client, command: list[str], caplog: pytest.LogCaptureFixture
-) -> None:  # type: ignore[no-untyped-def]
+    run: Any, client: Client, command: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     code, out, err = run(*command, "deadbeef0000")
     assert (code, out) == (1, "")
