@@ -231,6 +231,20 @@ class RunSpec:
         env = tuple(self.env.items()) if self.env else ()
         return _meta(self.name, env, replica, self.cores, self.ram, self.gpu, self.prerun_fatal)
 
+    def _too_big(self, total: int) -> ValidationError:
+        """The run's payload is over MAX_PAYLOAD_BYTES: the error names the biggest of env,
+        args and kwargs."""
+        sizes = {
+            "env": len(codec.encode(self.env or {})),
+            "args": len(codec.encode(self.argv if self.is_command else self.args)),
+            "kwargs": len(codec.encode(self.kwargs)),
+        }
+        big = max(sizes, key=lambda name: sizes[name])
+        return ValidationError(
+            big, f"{sizes[big]} bytes; one run's payload is {total} bytes, at most "
+            f"{MAX_PAYLOAD_BYTES // 1024} KiB",
+        )  # fmt: skip
+
     def job_fields(
         self, queue: str, now_s: float, extra: dict[str, Any] | None = None
     ) -> JobFields:
@@ -238,9 +252,7 @@ class RunSpec:
         with `extra` fields of ours beyond RQ's."""
         meta = self.meta()
         if len(self.data) + len(meta) > MAX_PAYLOAD_BYTES:
-            raise ValidationError(
-                "args", f"one run's payload is {len(self.data) + len(meta)} bytes; at most 512 KiB"
-            )
+            raise self._too_big(len(self.data) + len(meta))
         shared = shared_job_fields(queue, now_s, self.timeout, self.retries)
         return JobFields(self.data, meta, shared, extra or None)
 
@@ -499,6 +511,17 @@ TASK_FIELDS = ("state", "attempts", "result", "error", "worker_name", "started_a
                "origin", "deps", "run_if", "due")  # fmt: skip
 
 
+def _rq_time_ms(raw: bytes | str | None) -> str | None:
+    """One of RQ's job times (microseconds) as records show times: ISO 8601, milliseconds."""
+    if not raw:
+        return None
+    text = codec.text(raw)
+    head, dot, tail = text.partition(".")
+    if not dot or not tail.endswith("Z"):
+        return text
+    return f"{head}.{tail[:-1][:3].ljust(3, '0')}Z"
+
+
 def task_dict(task_id: str, name: str, row: Sequence[Any]) -> dict[str, Any]:
     """The public task record (SPEC §3) from a job hash's TASK_FIELDS values."""
     state, attempts, result, error, worker, started, ended, origin, deps, run_if, due = row
@@ -510,8 +533,8 @@ def task_dict(task_id: str, name: str, row: Sequence[Any]) -> dict[str, Any]:
         "result": decode_result(result),
         "error": decode_error(error),
         "worker": codec.text(worker) if worker else None,
-        "started_at": codec.text(started) if started else None,
-        "finished_at": codec.text(ended) if ended else None,
+        "started_at": _rq_time_ms(started),
+        "finished_at": _rq_time_ms(ended),
         "queue": codec.text(origin) if origin else None,
         "depends_on": [],
         "run_if": codec.text(run_if) if run_if else None,

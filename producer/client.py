@@ -217,6 +217,11 @@ class Client(SessionControl):
         return [run[1] for run in runs]
 
     # -- read ------------------------------------------------------------------------------
+    @redis_errors
+    def resolve(self, refs: str | Sequence[str]) -> plans.Resolved:
+        """Session ids or the caller's session names, as sessions (producer.plans.resolve)."""
+        return self._run(plans.resolve(self.scripts, refs))
+
     def _connect_base(self) -> str | None:
         raw = self.redis.get(self.keys.dashboard())
         return codec.text(raw) if raw else None

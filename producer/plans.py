@@ -151,6 +151,106 @@ def create(
     return ids
 
 
+# -- names and ids ------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class SessionRef:
+    """A session a reference (an id or a name) named, with what a command checks first."""
+
+    id: str
+    name: str
+    owner: str
+    status: str
+    persistent: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """References to sessions resolved: `found` by reference, in the order given, and the
+    references that named no session."""
+
+    found: dict[str, SessionRef]
+    missing: list[str]
+
+    @property
+    def ids(self) -> list[str]:
+        """The ids found, each once, in the order given."""
+        return list(dict.fromkeys(ref.id for ref in self.found.values()))
+
+
+def resolve(scripts: Scripts, refs: str | Sequence[str]) -> Plan[Resolved]:
+    """Each reference as a session: an id (anyone's), else the caller's persistent session of
+    that name, else the caller's create()-made sessions of that name (ValidationError naming
+    the ids when more than one has it). The one place where names become ids."""
+    k, user = scripts.keys, scripts.settings.user
+    refs = list(dict.fromkeys(as_id_list(refs)))
+    if not refs:
+        return Resolved({}, [])
+    by_id, by_name = yield Batch([
+        Command.of("hmget", k.sessions(), refs),
+        Command.of("hmget", k.names(), [f"{user}/{ref}" for ref in refs]),
+    ])  # fmt: skip
+    ids: dict[str, str] = {}
+    for ref, raw, named in zip(refs, by_id, by_name, strict=True):
+        if raw is not None:
+            ids[ref] = ref
+        elif named is not None:
+            ids[ref] = codec.text(named)
+    if len(ids) < len(refs):
+        owned = yield from _owned_by_name(scripts, user)
+        for ref in refs:
+            if ref in ids or ref not in owned:
+                continue
+            if len(owned[ref]) > 1:
+                raise ValidationError(
+                    "session", f"{len(owned[ref])} of your sessions are named {ref!r} "
+                    f"({', '.join(owned[ref])}): give an id",
+                )  # fmt: skip
+            ids[ref] = owned[ref][0]
+    wanted = list(dict.fromkeys(ids.values()))
+    if not wanted:
+        return Resolved({}, refs)
+    replies = yield Batch(
+        [Command.of("hmget", k.sessions(), wanted)]
+        + [Command.of("hget", k.session(sid), "status") for sid in wanted]
+    )
+    refs_by_id: dict[str, SessionRef] = {}
+    for sid, raw, status in zip(wanted, replies[0], replies[1:], strict=True):
+        if raw is None:  # destroyed meanwhile
+            continue
+        try:
+            record = parse_record(raw, sid)
+        except CodecError as exc:
+            log.error("unreadable record: %s", exc)
+            continue
+        refs_by_id[sid] = SessionRef(
+            id=sid, name=record.name, owner=record.owner, persistent=record.persistent,
+            status=codec.text(status) if status else Status.PENDING.value,
+        )  # fmt: skip
+    found = {ref: refs_by_id[ids[ref]] for ref in refs if ids.get(ref) in refs_by_id}
+    return Resolved(found, [ref for ref in refs if ref not in found])
+
+
+def _owned_by_name(scripts: Scripts, user: str) -> Plan[dict[str, list[str]]]:
+    """name -> ids of the caller's sessions (oldest first), read from the owner index."""
+    (members,) = yield Batch([Command.of("smembers", scripts.keys.idx_owner(user))])
+    owned = sorted(codec.text(m) for m in members)
+    if not owned:
+        return {}
+    (raws,) = yield Batch([Command.of("hmget", scripts.keys.sessions(), owned)])
+    records = []
+    for sid, raw in zip(owned, raws, strict=True):
+        if raw is None:
+            continue
+        try:
+            records.append(parse_record(raw, sid))
+        except CodecError as exc:
+            log.error("unreadable record: %s", exc)
+    out: dict[str, list[str]] = {}
+    for record in sorted(records, key=lambda r: (r.created_at_ms, r.id)):
+        out.setdefault(record.name, []).append(record.id)
+    return out
+
+
 # -- read --------------------------------------------------------------------------------------
 def records(
     scripts: Scripts, ids: Sequence[str], *, quiet: bool = False
