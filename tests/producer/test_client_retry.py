@@ -7,27 +7,31 @@ import time
 from typing import Any
 
 import pytest
+from redis.commands.core import Script
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 import sessionq.common.scripts.transport
 import tests.tasks  # noqa: F401 - registers the @task functions
 from sessionq.common.keys import DEFAULT_QUEUE
 from sessionq.common.models import build_run
-from sessionq.common.scripts import Scripts
+from sessionq.common.scripts import transport
 from sessionq.common.settings import Settings
 from sessionq.producer import Client
 from sessionq.worker.loop import SessionWorker
 
 
 def send_twice(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every enqueue call is carried out, its reply lost, and sent again (redis-py's retry)."""
-    original = Scripts.enqueue
+    """Every enqueue script call is sent twice, as redis-py's retry does when the reply to
+    the first was lost: at the one place every script call goes through (transport.call),
+    whichever API call made it (create's plan, Session.flush's pipeline, add_runs)."""
+    original = transport.call
 
-    def enqueue_with_a_lost_reply(self: Scripts, *args: Any, **kwargs: Any) -> list[Any]:
-        original(self, *args, **kwargs)
-        return original(self, *args, **kwargs)
+    def sent_twice(script: Script, keys: Any, args: Any, client: Any) -> Any:
+        if script.script.startswith("-- contract of enqueue.lua"):
+            original(script, keys, args, client)  # carried out; its reply lost
+        return original(script, keys, args, client)
 
-    monkeypatch.setattr(Scripts, "enqueue", enqueue_with_a_lost_reply)
+    monkeypatch.setattr(transport, "call", sent_twice)
 
 
 def test_a_create_sent_twice_is_applied_once(
