@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -70,14 +71,15 @@ class Stack:
 
     def _start_workers(self) -> None:
         s = self.settings
-        cmd = [sys.executable, "-m", "sessionq", "--url", s.url, "--prefix", s.prefix,
+        cmd = [sys.executable, "-m", "sessionq", "--prefix", s.prefix,
                "--user", s.user, "--log-level", self.log_level, "worker",
                "--concurrency", str(self.workers)]  # fmt: skip
         if self.allow_commands:
             cmd.append("--allow-commands")
         for module in self.imports:
             cmd += ["--import", module]
-        self.proc = subprocess.Popen(cmd)
+        # the URL (maybe with a password) in the environment: a command line is public (ps)
+        self.proc = subprocess.Popen(cmd, env={**os.environ, "SESSIONQ_URL": s.url})
         client: Redis = connect(s)
         try:
             deadline = time.monotonic() + READY_TIMEOUT_S

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from redis import Redis
@@ -94,3 +95,34 @@ def test_the_rule_on_its_own() -> None:
     open_url = Settings.from_env("redis://h:6379/0", environ={})
     assert open_url.redis_secrets() == set()
     assert open_url.command_environ({"A": "x", "B": ""}) == {"A": "x", "B": ""}
+
+
+def test_up_keeps_the_password_off_its_workers_command_line(acl_url: str) -> None:
+    env = {**os.environ, "SESSIONQ_URL": acl_url, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sessionq", "up", "--workers", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=env,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("sessionq is up")
+        group = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _pgrp(p) == proc.pid]
+        assert len(group) >= 3  # up, the supervisor, its worker process
+        for member in group:
+            cmdline = (member / "cmdline").read_bytes().decode(errors="replace")
+            assert PASSWORD not in cmdline and ENCODED not in cmdline, cmdline
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=60)
+        assert proc.stdout is not None
+        proc.stdout.close()
+    assert proc.returncode == 0
+
+
+def _pgrp(proc_dir: Path) -> int:
+    try:
+        stat = (proc_dir / "stat").read_text()
+    except OSError:  # gone meanwhile
+        return 0
+    return int(stat.rsplit(")", 1)[1].split()[2])  # after the name: state, ppid, pgrp
