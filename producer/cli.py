@@ -558,9 +558,9 @@ def up(ctx: click.Context, workers: int, allow_commands: bool, imports: tuple[st
     with Stack(
         ctx.obj, workers=workers, allow_commands=allow_commands, imports=list(imports)
     ) as stack:
-        click.echo(f"sessionq is up: SESSIONQ_URL={stack.settings.url} "
-                   f"({workers} worker process(es)); Ctrl-C stops it")  # fmt: skip
-        stack.wait()
+        banner = (f"sessionq is up: SESSIONQ_URL={stack.settings.url} "
+                  f"({workers} worker process(es)); Ctrl-C stops it")  # fmt: skip
+        stack.wait(ready=lambda: click.echo(banner))
     return 0
 
 

@@ -92,3 +92,9 @@ def until_stopped(limit_s: float = 20.0) -> str:
 @task
 def echo(value: Any) -> Any:
     return value
+
+
+@task
+def blob(size: int) -> bytes:
+    """A return value of `size` bytes (a little more, msgpack-encoded)."""
+    return b"x" * size

@@ -43,6 +43,7 @@ from sessionq.worker.execute import (
     RunInterrupted,
     call_function,
     describe_exit,
+    stored_result,
 )
 from sessionq.worker.registry import resolve
 
@@ -436,10 +437,7 @@ class SessionWorker:
                 result = call_function(fn, args, kwargs, env, timeout, self.interrupter)
             finally:
                 set_current(None)
-            try:
-                return "succeeded", codec.encode(result)
-            except CodecError as exc:
-                return "rejected", codec.encode(f"return value of {func}: {exc}")
+            return stored_result(run_id, func, result, self.settings.result_max_bytes)
         except RunInterrupted as exc:
             return self._interrupted(exc.reason, timeout)
         except (CodecError, RunRejected) as exc:
@@ -470,8 +468,10 @@ class SessionWorker:
             raise RunRejected("commands run only on workers started with --allow-commands")
         if not argv or not all(isinstance(a, str) for a in argv):
             raise RunRejected("job field 'data': a command needs a list of string arguments")
+        # the worker's environment without what reaches Redis (SPEC §9), then the run's
+        environ = self.settings.command_environ(RUN_ENVIRONMENT.base())
         command = Command(
-            argv, env, ram_gb=meta.get("ram"),
+            argv, {**environ, **env}, ram_gb=meta.get("ram"),
             on_lines=lambda lines: self.scripts.log(sid, run_id, lines, worker=self.name),
         )  # fmt: skip
         with self.take_lock:
