@@ -321,7 +321,8 @@ def fetch(
 
 
 def stats(scripts: Scripts) -> Plan[dict[str, Any]]:
-    """Sessions by status, runs by state, queue depths, workers, cores and ram."""
+    """Sessions by status, runs by state, queue depths, workers, cores and ram, and the largest
+    live worker by cores and by ram (what CANFAR's stats() calls maxCores and maxRAM)."""
     k, rq = scripts.keys, scripts.rq
     commands = [Command.of("scard", k.idx_status(status.value)) for status in Status]
     commands += [
@@ -346,8 +347,12 @@ def stats(scripts: Scripts) -> Plan[dict[str, Any]]:
     queues = {qk[len(prefix) :]: int(n) for qk, n in zip(queue_keys, replies, strict=False)}
     worker_rows = replies[len(queue_keys) : len(queue_keys) + len(live)]
     busy = sum(1 for row in worker_rows if row[0])
-    offered_cores = sum(float(row[1] or 0) for row in worker_rows)
-    offered_ram = sum(float(row[2] or 0) for row in worker_rows)
+    offers = [(float(row[1] or 0), float(row[2] or 0)) for row in worker_rows]
+    offered_cores = sum(cores for cores, _ in offers)
+    offered_ram = sum(ram for _, ram in offers)
+    # the largest worker by cores (and its ram), by ram (and its cores): CANFAR's maxCores/maxRAM
+    most_cores = max(offers, default=(0.0, 0.0))
+    most_ram = max(offers, key=lambda offer: (offer[1], offer[0]), default=(0.0, 0.0))
     req_cores = req_ram = 0.0
     for raw in replies[len(queue_keys) + len(live) :]:
         if raw:
@@ -365,6 +370,8 @@ def stats(scripts: Scripts) -> Plan[dict[str, Any]]:
         "workers": {"count": len(live), "busy": busy},
         "cores": {"requested": req_cores, "available": offered_cores},
         "ram": {"requested": req_ram, "available": offered_ram},
+        "max_cores": {"cores": most_cores[0], "with_ram": most_cores[1]},
+        "max_ram": {"ram": most_ram[1], "with_cores": most_ram[0]},
     }
 
 

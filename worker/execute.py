@@ -253,6 +253,19 @@ class Command:
                     pipe.close()
         return self.proc.returncode
 
+    def _leader_exited(self) -> bool:
+        """Whether the command's process has exited, leaving it unreaped (WNOWAIT): its group
+        id stays its own until run() has killed what is left of the group."""
+        assert self.proc is not None
+        if self.proc.returncode is not None:
+            return True
+        try:
+            return (
+                os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+            )
+        except ChildProcessError:
+            return True
+
     def _pump(self, deadline: float | None, grace_s: float) -> None:
         assert self.proc is not None and self.proc.stdout and self.proc.stderr
         sel = selectors.DefaultSelector()
@@ -262,7 +275,9 @@ class Command:
         pending: list[tuple[str, str]] = []
         first_pending = 0.0
         open_streams = 2
-        while open_streams:
+        # to the leader's exit, not to its closing its output: a group kill before it has exited
+        # (it may close stdout, then exit) would make its status SIGKILL
+        while open_streams or not self._leader_exited():
             now = time.monotonic()
             if deadline is not None and now >= deadline and self.stop_reason is None:
                 self.request_stop("timeout")
@@ -273,7 +288,7 @@ class Command:
                 if now - self._stop_at >= grace_s:
                     self._signal(signal.SIGKILL)
             ready = sel.select(timeout=LOG_FLUSH_S)
-            if not ready and self.proc.poll() is not None:
+            if not ready and self._leader_exited():
                 break  # it exited; whatever still holds its pipes is killed with its group
             for key, _ in ready:
                 chunk = os.read(key.fd, 65536)
