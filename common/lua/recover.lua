@@ -50,14 +50,13 @@ for r = n, 1, -1 do
         maybe_end(B)
       else
         redis.call('HSET', B.job, 'state', 'queued', 'status', 'queued', 'attempts', attempts - 1)
-        redis.call('LPUSH', B.queue, id)
-        wake(B)
+        push_run(B, id, true)
         move(B, 'started', 'queued')
         emit(B, 'task.queued', id, map({'reason', P('given back unrun by a lost worker')}))
       end
+      unthrottle(B)  -- a slot of its session is free
     elseif j[1] == 'queued' then
-      redis.call('LPUSH', B.queue, id)
-      wake(B)
+      push_run(B, id, true)
     end
   end
 end
