@@ -338,10 +338,15 @@ class Session:
             "running": f"the task it would replace, {reply[-1]}, is running; stop it first "
                        "(task_pre_exist='replace')",
         }  # fmt: skip
-        if reply[0] in refused or reply[0] == "gone":
+        if reply[0] in refused or reply[0] in ("gone", "nodep"):
             self._unstage(staged)  # nothing was written
             if reply[0] == "gone":
                 raise SessionNotFound(self.id)
+            if reply[0] == "nodep":
+                name = next((run[2] for run, _ in staged if run[1] == reply[1]), reply[1])
+                raise ValidationError(
+                    "depends_on", f"task {name!r} depends on {reply[2]!r}, which names no task"
+                )
             raise ValidationError("name", refused[reply[0]])
         for i in range(1, len(reply), 3):
             staged_id, final_id = reply[i], reply[i + 1]

@@ -19,7 +19,9 @@
 -- changed: an existing key or an ignored/renamed name), or {'exists', name} ("raise": nothing
 -- written), {'retry'} (a replaced name moved meanwhile), {'running', id} (the task a
 -- "replace" would remove is running), {'gone', sid} (no such session, or being destroyed),
--- {'named', sid} (the claimed name is another session's already). Nothing is written unless ok.
+-- {'named', sid} (the claimed name is another session's already), {'nodep', run id, parent
+-- id} (a dependency names no task, nor a run of this call added before it). Nothing is
+-- written unless ok.
 load_globals()
 local plan = cmsgpack.unpack(A.plan)
 local sessions, queue_names, runs = plan[1], plan[2], plan[3]
@@ -72,6 +74,19 @@ for i, s in ipairs(sessions) do
     -- first new session tells for all: session ids are random, new to the call.
     if redis.call('EXISTS', S[i].session) == 1 then return {'ok'} end
   end
+end
+-- A parent must name a task: one written before, or a run of this call added before it.
+local this_call = {}
+for _, run in ipairs(runs) do
+  local o = run[6]
+  if o and o.deps then
+    for i, pid in ipairs(o.deps) do
+      if not this_call[pid] and redis.call('EXISTS', KX(o.dep_keys[i])) == 0 then
+        return {'nodep', run[2], pid}
+      end
+    end
+  end
+  this_call[run[2]] = true
 end
 local claim = plan[4]
 if claim and claim ~= '' then

@@ -9,7 +9,7 @@
 local P = cmsgpack.pack
 local NIL = '\192'
 local EMPTY_MAP = '\128'
-local G = {touched = {}, stats = {}}
+local G = {touched = {}, stats = {}, ending = {}}
 -- the packed keys of an event map (fixmap of 8, in SPEC §5's order)
 local EV_HEAD = '\136\161v\1\163seq'
 local EV_TS, EV_TYPE, EV_SESSION = '\162ts', '\164type', '\167session'
@@ -111,7 +111,9 @@ end
 
 -- Number, keep and publish every queued event; call before a script returns. Late
 -- listeners replay the history, so a channel nobody listens to is not published on.
+local judge_ends
 local function flush()
+  judge_ends()
   local total = 0
   for _, S in ipairs(G.touched) do total = total + #S.events / 3 end
   local to_all = total < ASK_FROM or heard(G.chan_all)
@@ -176,10 +178,26 @@ local function stat(state, n)
   G.stats[state] = (G.stats[state] or 0) + n
 end
 
--- Move n runs of session S from one state to another (either may be nil).
+-- Mark session S to have its end judged when the script flushes (see judge_ends).
+local function maybe_end(S)
+  S = sess(S)
+  if not S.judge then
+    S.judge = true
+    G.ending[#G.ending + 1] = S
+  end
+end
+
+-- The states of a run that has not ended: one leaving them may end its session.
+local LIVE = {queued = true, deferred = true, held = true, started = true}
+
+-- Move n runs of session S from one state to another (either may be nil). A run leaving
+-- the live states (ended, or dropped from the session) marks its session for maybe_end:
+-- every path a run ends by - a finish, a refusal, a cancel, a recovery - judges its
+-- session's end here, once per session and script call.
 local function move(S, from, to, n)
   S = sess(S)
   n = n or 1
+  if LIVE[from] and not LIVE[to] then maybe_end(S) end
   if from then
     redis.call('HINCRBY', S.session, from, -n)
     stat(from, -n)
@@ -191,8 +209,7 @@ local function move(S, from, to, n)
 end
 
 -- A Running/Pending session with nothing queued, deferred, held or started has ended.
-local function maybe_end(S)
-  S = sess(S)
+local function end_if_done(S)
   local v = redis.call('HMGET', S.session, 'status', 'queued', 'deferred', 'held', 'started',
     'failed', 'cron')
   S.status = v[1]
@@ -206,6 +223,21 @@ local function maybe_end(S)
   if final == 'Failed' then etype = 'session.failed' end
   emit(S, etype, nil, map({'status', P(final)}))
   return final
+end
+
+-- Judge the end of every session marked by maybe_end, after all of the script's changes:
+-- the session.completed/failed event comes after the task events that led to it.
+judge_ends = function()
+  for _, S in ipairs(G.ending) do
+    S.judge = nil
+    end_if_done(S)
+    if S.seq_preset and S.seq_preset ~= queued_events(S) then
+      -- a session this script created has its seq written with its record (see flush)
+      S.seq_preset = queued_events(S)
+      redis.call('HSET', S.session, 'seq', S.seq_preset)
+    end
+  end
+  G.ending = {}
 end
 
 -- A run's keys (contract.py RUN_BLOCK, by name: `k`) as the table the functions below take.
