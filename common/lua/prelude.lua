@@ -414,15 +414,30 @@ local function took(S, id, attempts)
 end
 
 -- The run failed or was lost: retry it while retries are left, else record the failure.
-local function fail_or_retry(B, id, error_enc, attempts, retries_left, retry_allowed)
+-- A retry waits `retry_delay_ms` (doubled per attempt with backoff "exponential", the same
+-- with "fixed"; +-10% jitter) in the schedule, not in a worker; without a delay it is queued.
+local function fail_or_retry(B, id, error_enc, attempts, retries_left, retry_allowed, schedule)
   if retry_allowed and retries_left > 0 then
-    redis.call('HSET', B.job, 'state', 'queued', 'status', 'queued', 'error', error_enc,
-      'retries_left', retries_left - 1)
+    local r = redis.call('HMGET', B.job, 'retry_delay_ms', 'backoff')
+    redis.call('HSET', B.job, 'error', error_enc, 'retries_left', retries_left - 1)
     redis.call('HINCRBY', B.job, 'number_of_retries', 1)
-    push_run(B, id, false)
-    move(B, 'started', 'queued')
-    emit(B, 'task.retrying', id, map({'error', error_enc, 'attempt', P(attempts),
-      'retries_left', P(retries_left - 1)}))
+    local data = {'error', error_enc, 'attempt', P(attempts), 'retries_left', P(retries_left - 1)}
+    local delay = tonumber(r[1])
+    if delay and delay > 0 then
+      if r[2] ~= 'fixed' then delay = delay * 2 ^ (attempts - 1) end
+      local micros = tonumber(redis.call('TIME')[2])
+      local due = G.now_ms + math.floor(delay * (0.9 + 0.2 * (micros % 1000) / 1000))
+      redis.call('HSET', B.job, 'state', 'deferred', 'status', 'deferred', 'due', due)
+      redis.call('ZADD', schedule, due, id)
+      move(B, 'started', 'deferred')
+      data[#data + 1] = 'due'
+      data[#data + 1] = P(due / 1000.0)
+    else
+      redis.call('HSET', B.job, 'state', 'queued', 'status', 'queued')
+      push_run(B, id, false)
+      move(B, 'started', 'queued')
+    end
+    emit(B, 'task.retrying', id, map(data))
     return 'retrying'
   end
   redis.call('HSET', B.job, 'state', 'failed', 'status', 'failed', 'ended_at', G.now_iso,

@@ -46,7 +46,7 @@ for r = n, 1, -1 do
         cancel_run(B, id, 'started', 'worker lost while stopping')
         if status == 'Terminating' then out[#out + 1] = sid end
       elseif id == charged then
-        fail_or_retry(B, id, reason, attempts, num(j[3]), true)
+        fail_or_retry(B, id, reason, attempts, num(j[3]), true, K.schedule)
         maybe_end(B)
       else
         redis.call('HSET', B.job, 'state', 'queued', 'status', 'queued', 'attempts', attempts - 1)

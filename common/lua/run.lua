@@ -58,7 +58,8 @@ local function finish(B, id, outcome, payload, duration_ms)
     cancel_run(B, id, 'started', 'stopped while running')
     result = 'canceled'
   else
-    result = fail_or_retry(B, id, payload, attempts, num(j[3]), outcome == 'failed')
+    result = fail_or_retry(B, id, payload, attempts, num(j[3]), outcome == 'failed',
+      K.schedule)
   end
   unthrottle(B)  -- a slot of its session is free
   local waited_on = 0

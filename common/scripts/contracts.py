@@ -23,7 +23,7 @@ SESSION_KEYS = ("session", "history", "chan", "running", "held")
 
 STEP = Contract(
     "run",
-    keys=(*GLOBAL_KEYS, "runs", "rq_worker", "inbox", "idle_workers", "handed"),
+    keys=(*GLOBAL_KEYS, "runs", "rq_worker", "inbox", "idle_workers", "handed", "schedule"),
     key_blocks=(
         Block(
             "queue", ("list", "wake", "started", "finished", "failed", "idle_line"), ("nqueues",)
@@ -170,6 +170,7 @@ RECOVER = Contract(
         "inbox",
         "idle_workers",
         "handed",
+        "schedule",
     ),  # fmt: skip
     key_blocks=(Block("run", RUN_BLOCK, ("nruns",)),),
     args=(*CLOCK_ARGS, ("reason", TEXT), ("unregister", NUMBER), ("nruns", NUMBER)),
