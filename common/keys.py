@@ -90,6 +90,18 @@ class Keys:
         """HASH idempotency key -> task id; producer.session; destroy."""
         return f"{self.prefix}session:{sid}:keys"
 
+    def session_queue(self, sid: str, queue: str) -> str:
+        """LIST the session's runs waiting on `queue` behind the one it has in the queue's
+        line (fair share: RQ's queue list holds each waiting session's next run, served in
+        turn); enqueue/run/control scripts push, run.lua's claim pops; destroy deletes."""
+        return f"{self.prefix}session:{sid}:queue:{queue}"
+
+    def session_throttled(self, sid: str) -> str:
+        """SET of the queues (msgpack: their line, wake and session-queue keys) whose line
+        the session left because max_running of its runs were running; run.lua's claim adds,
+        a run's end takes one back (prelude `unthrottle`); destroy deletes."""
+        return f"{self.prefix}session:{sid}:throttled"
+
     def session_held(self, sid: str) -> str:
         """ZSET runs parked while the session is paused, scored by task number (add order);
         run/enqueue scripts park, play/step release; destroy/stop delete."""

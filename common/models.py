@@ -25,6 +25,7 @@ QUEUE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 FUNC_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 MAX_REPLICAS = 10_000
+BACKOFFS = ("exponential", "fixed")
 MAX_TIMEOUT_S = 2**31 - 1  # about 68 years: what RQ's job hash and timers can hold
 
 
@@ -199,6 +200,8 @@ class RunSpec:
     queue: str | None = None
     timeout: float | None = None
     retries: int = 0
+    retry_delay: float | None = None  # seconds before the first retry (then backoff)
+    backoff: str = "exponential"
     cores: float | None = None
     ram: float | None = None
     gpu: float | None = None
@@ -253,7 +256,8 @@ class RunSpec:
         meta = self.meta()
         if len(self.data) + len(meta) > MAX_PAYLOAD_BYTES:
             raise self._too_big(len(self.data) + len(meta))
-        shared = shared_job_fields(queue, now_s, self.timeout, self.retries)
+        shared = shared_job_fields(queue, now_s, self.timeout, self.retries, self.retry_delay,
+                                   self.backoff)  # fmt: skip
         return JobFields(self.data, meta, shared, extra or None)
 
 
@@ -293,8 +297,9 @@ class JobFields(NamedTuple):
 
 @functools.lru_cache(maxsize=64)
 def shared_job_fields(
-    queue: str, now_s: float, timeout: float | None, retries: int
-) -> Mapping[str, Any]:
+    queue: str, now_s: float, timeout: float | None, retries: int,
+    retry_delay: float | None = None, backoff: str = "exponential",
+) -> Mapping[str, Any]:  # fmt: skip
     """The job fields of a queued run that runs alike in these share: one read-only object
     for them all (cached), so that a batch sends it once."""
     fields: dict[str, Any] = {
@@ -308,6 +313,9 @@ def shared_job_fields(
     if retries:
         fields["retries_left"] = retries
         fields["retries"] = retries  # what a restart gives back
+        if retry_delay:  # a retry waits in the schedule (prelude.lua fail_or_retry)
+            fields["retry_delay_ms"] = int(retry_delay * 1000)
+            fields["backoff"] = backoff
     return MappingProxyType(fields)
 
 
@@ -322,6 +330,8 @@ def build_run(
     queue: object = None,
     timeout: object = None,
     retries: object = 0,
+    retry_delay: object = None,
+    backoff: object = "exponential",
     cores: object = None,
     ram: object = None,
     gpu: object = None,
@@ -334,6 +344,8 @@ def build_run(
     if kwargs is not None and not isinstance(kwargs, Mapping):
         raise _type_error("kwargs", "a mapping", kwargs)
     retries_n = check_int_range(retries, "retries", 0, 1000)
+    if backoff not in BACKOFFS:
+        raise ValidationError("backoff", f"{backoff!r} is not one of {BACKOFFS}")
     spec_args = split_args(args)
     common_fields: dict[str, Any] = {
         "name": name,
@@ -341,6 +353,8 @@ def build_run(
         "queue": check_queue(queue),
         "timeout": check_positive(timeout, "timeout", maximum=MAX_TIMEOUT_S),
         "retries": retries_n,
+        "retry_delay": check_positive(retry_delay, "retry_delay", maximum=MAX_TIMEOUT_S),
+        "backoff": backoff,
         "cores": check_positive(cores, "cores"),
         "ram": check_positive(ram, "ram"),
         "gpu": check_positive(gpu, "gpu"),

@@ -157,6 +157,11 @@ class Client(SessionControl):
             record = replace(record, config=wanted.to_wire())
             self.redis.hset(self.keys.sessions(), sid, codec.encode(record.to_wire()))
         cfg = SessionConfig.from_wire(record.config)
+        # the cap the claim script reads (run.lua, prelude `room`), kept with the session
+        if cfg.max_running is not None:
+            self.redis.hset(self.keys.session(sid), "max_running", cfg.max_running)
+        elif not created:
+            self.redis.hdel(self.keys.session(sid), "max_running")
         if created and not cfg.autoplay:
             self.pause(sid)
         return Session(self, sid, record.name, cfg, record.created_at_ms)

@@ -152,12 +152,14 @@ class Scheduler:
         return len(due)
 
     def _fire(self, sid: str, ids: list[str], now_ms: int) -> None:
-        rows = _queues(self.scripts, ids, "cron")
+        rows = _queues(self.scripts, ids, "cron", "attempts")
         runs: list[tuple[str, str]] = []
         nexts: dict[int, list[Any]] = {}
         extra: list[str] = []
         first_extra = self.scripts.control_extra_index(len(ids))
-        crons = [(i, codec.text(row[1])) for i, row in enumerate(rows) if row[1]]
+        # a cron run's next firing is made as it fires first (a retry of it makes none)
+        crons = [(i, codec.text(row[1])) for i, row in enumerate(rows)
+                 if row[1] and not int(row[2] or 0)]  # fmt: skip
         if crons:
             last = int(self.scripts.redis.hincrby(self.scripts.keys.session(sid), "next",
                                                   len(crons)))  # fmt: skip

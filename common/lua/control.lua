@@ -92,8 +92,7 @@ elseif op == 'step' then
     redis.call('ZREM', S.held, ids[1])
     local B = blocks[1]
     redis.call('HSET', B.job, 'state', 'queued', 'status', 'queued', 'pass', '1')
-    redis.call('LPUSH', B.queue, ids[1])
-    wake(B)
+    push_run(B, ids[1], true)
     move(B, 'held', 'queued')
     emit(S, 'task.queued', ids[1], map({'reason', P('step')}))
   end

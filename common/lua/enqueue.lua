@@ -351,14 +351,34 @@ local function hand(qi, ids)
   return done
 end
 
+-- The runs not handed join queue q's line (fair share, prelude `push_run`): a new session's
+-- first run goes straight to the back of the line, the rest of a session's runs behind it.
 for q, ids in ipairs(pushes) do
   if #ids > 0 then
-    local handed = hand(q, ids)
-    if handed < #ids then
-      local qkey, wkey = Q[q].list, Q[q].wake
-      chunked('RPUSH', qkey, ids, handed + 1)
-      redis.call('LPUSH', wkey, '1')
-      redis.call('LTRIM', wkey, 0, 0)
+    local i = hand(q, ids) + 1
+    local line = {}
+    while i <= #ids do
+      local s_index = runs[ids.r[i]][1]
+      local B = S[s_index]
+      local j = i
+      while j < #ids and runs[ids.r[j + 1]][1] == s_index do j = j + 1 end
+      local RB = {S = B, session = B.session, queue = Q[q].list, wake = Q[q].wake,
+        squeue = key_session_queue(B.sid, queue_names[q]), throttled = key_session_throttled(B.sid)}
+      if B.fresh then
+        line[#line + 1] = ids[i]
+        redis.call('HINCRBY', B.session, line_field(RB), 1)
+        for c = i + 1, j, 1000 do
+          redis.call('RPUSH', RB.squeue, unpack(ids, c, math.min(c + 999, j)))
+        end
+      else
+        push_runs(RB, ids, i, j)
+      end
+      i = j + 1
+    end
+    if #line > 0 then
+      chunked('RPUSH', Q[q].list, line)
+      redis.call('LPUSH', Q[q].wake, '1')
+      redis.call('LTRIM', Q[q].wake, 0, 0)
     end
   end
 end

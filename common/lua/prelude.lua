@@ -253,7 +253,7 @@ local function run_block(k, sid)
   end
   return {job = k.job, S = S, session = S.session, sid = sid, running = S.running,
     held = S.held, wip = k.started, finished = k.finished, failed = k.failed,
-    queue = k.queue, wake = k.wake}
+    queue = k.queue, wake = k.wake, squeue = k.squeue, throttled = k.throttled}
 end
 
 
@@ -266,6 +266,64 @@ end
 local function wake(B)
   redis.call('LPUSH', B.wake, '1')
   redis.call('LTRIM', B.wake, 0, 0)
+end
+
+-- -- fair share (SPEC §9) --------------------------------------------------------------------
+-- A queue's line (RQ's queue list, B.queue) holds the next run of each session with runs
+-- waiting on that queue, and workers take from the line in turn; the session's other waiting
+-- runs wait in its own list for the queue (B.squeue), in add order. The session hash counts
+-- the session's entries in each line (field 'line:' .. the line's key). A session whose
+-- max_running runs are running leaves the line - its queue noted in B.throttled - until one
+-- of them ends (`unthrottle`).
+local function line_field(B) return 'line:' .. B.queue end
+local function throttle_entry(B) return P({B.queue, B.wake, B.squeue}) end
+
+-- Queue run `id` of B's session on B's queue: `front` puts it ahead of everyone (a run given
+-- back, released in order, stepped); else it waits behind the session's other runs.
+local function push_run(B, id, front)
+  local session = sess(B).session
+  if front or (num(redis.call('HGET', session, line_field(B))) == 0
+      and redis.call('SISMEMBER', B.throttled, throttle_entry(B)) == 0) then
+    if front then redis.call('LPUSH', B.queue, id) else redis.call('RPUSH', B.queue, id) end
+    redis.call('HINCRBY', session, line_field(B), 1)
+  else
+    redis.call('RPUSH', B.squeue, id)
+  end
+  wake(B)
+end
+
+-- Queue ids[from..to] (runs of B's session, in order) at the back of B's queue.
+local function push_runs(B, ids, from, to)
+  if from > to then return end
+  push_run(B, ids[from], false)
+  for c = from + 1, to, 1000 do
+    redis.call('RPUSH', B.squeue, unpack(ids, c, math.min(c + 999, to)))
+  end
+end
+
+-- How many more runs of the session may start now (nil: no cap).
+local function room(S)
+  if S.cap == nil then S.cap = tonumber(redis.call('HGET', S.session, 'max_running')) or false end
+  if not S.cap then return nil end
+  return S.cap - num(redis.call('HGET', S.session, 'started'))
+end
+
+-- A run of B's session ended (or gave back its slot): a line its session left at its cap
+-- gets the session's next run again.
+local function unthrottle(B)
+  local S = sess(B)
+  if redis.call('SCARD', B.throttled) == 0 then return end
+  local left = room(S)
+  if left ~= nil and left <= 0 then return end
+  local entry = redis.call('SPOP', B.throttled)
+  local line = cmsgpack.unpack(entry)
+  local nxt = redis.call('LPOP', line[3])
+  if nxt then
+    redis.call('RPUSH', line[1], nxt)
+    redis.call('HINCRBY', S.session, 'line:' .. line[1], 1)
+    redis.call('LPUSH', line[2], '1')
+    redis.call('LTRIM', line[2], 0, 0)
+  end
 end
 
 local function cancel_run(B, id, state, reason)
@@ -356,16 +414,30 @@ local function took(S, id, attempts)
 end
 
 -- The run failed or was lost: retry it while retries are left, else record the failure.
-local function fail_or_retry(B, id, error_enc, attempts, retries_left, retry_allowed)
+-- A retry waits `retry_delay_ms` (doubled per attempt with backoff "exponential", the same
+-- with "fixed"; +-10% jitter) in the schedule, not in a worker; without a delay it is queued.
+local function fail_or_retry(B, id, error_enc, attempts, retries_left, retry_allowed, schedule)
   if retry_allowed and retries_left > 0 then
-    redis.call('HSET', B.job, 'state', 'queued', 'status', 'queued', 'error', error_enc,
-      'retries_left', retries_left - 1)
+    local r = redis.call('HMGET', B.job, 'retry_delay_ms', 'backoff')
+    redis.call('HSET', B.job, 'error', error_enc, 'retries_left', retries_left - 1)
     redis.call('HINCRBY', B.job, 'number_of_retries', 1)
-    redis.call('RPUSH', B.queue, id)
-    wake(B)
-    move(B, 'started', 'queued')
-    emit(B, 'task.retrying', id, map({'error', error_enc, 'attempt', P(attempts),
-      'retries_left', P(retries_left - 1)}))
+    local data = {'error', error_enc, 'attempt', P(attempts), 'retries_left', P(retries_left - 1)}
+    local delay = tonumber(r[1])
+    if delay and delay > 0 then
+      if r[2] ~= 'fixed' then delay = delay * 2 ^ (attempts - 1) end
+      local micros = tonumber(redis.call('TIME')[2])
+      local due = G.now_ms + math.floor(delay * (0.9 + 0.2 * (micros % 1000) / 1000))
+      redis.call('HSET', B.job, 'state', 'deferred', 'status', 'deferred', 'due', due)
+      redis.call('ZADD', schedule, due, id)
+      move(B, 'started', 'deferred')
+      data[#data + 1] = 'due'
+      data[#data + 1] = P(due / 1000.0)
+    else
+      redis.call('HSET', B.job, 'state', 'queued', 'status', 'queued')
+      push_run(B, id, false)
+      move(B, 'started', 'queued')
+    end
+    emit(B, 'task.retrying', id, map(data))
     return 'retrying'
   end
   redis.call('HSET', B.job, 'state', 'failed', 'status', 'failed', 'ended_at', G.now_iso,
@@ -418,8 +490,7 @@ local function release(B, id, from, due, schedule_key, front)
       hold(B, id)
       to = 'held'
     else
-      if front then redis.call('LPUSH', B.queue, id) else redis.call('RPUSH', B.queue, id) end
-      wake(B)
+      push_run(B, id, front)
       to = 'queued'
     end
   end

@@ -46,18 +46,17 @@ for r = n, 1, -1 do
         cancel_run(B, id, 'started', 'worker lost while stopping')
         if status == 'Terminating' then out[#out + 1] = sid end
       elseif id == charged then
-        fail_or_retry(B, id, reason, attempts, num(j[3]), true)
+        fail_or_retry(B, id, reason, attempts, num(j[3]), true, K.schedule)
         maybe_end(B)
       else
         redis.call('HSET', B.job, 'state', 'queued', 'status', 'queued', 'attempts', attempts - 1)
-        redis.call('LPUSH', B.queue, id)
-        wake(B)
+        push_run(B, id, true)
         move(B, 'started', 'queued')
         emit(B, 'task.queued', id, map({'reason', P('given back unrun by a lost worker')}))
       end
+      unthrottle(B)  -- a slot of its session is free
     elseif j[1] == 'queued' then
-      redis.call('LPUSH', B.queue, id)
-      wake(B)
+      push_run(B, id, true)
     end
   end
 end

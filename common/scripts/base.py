@@ -33,7 +33,7 @@ def _lua_file(name: str) -> str:
     return (resources.files("sessionq.common") / "lua" / f"{name}.lua").read_text()
 
 
-def lua_source(name: str, builders: dict[str, Callable[[str], str]]) -> str:
+def lua_source(name: str, builders: dict[str, Callable[..., str]]) -> str:
     """A script's source: its contract's prologue, the shared prelude, then its body."""
     prologue = CONTRACTS[name].prologue(builders)
     return prologue + _lua_file("prelude") + "\n" + _lua_file(name)
@@ -48,12 +48,13 @@ class ScriptsBase:
         self.settings = settings
         self.keys = k = Keys(settings.prefix)
         self.rq: RQKeys = rq_keys(settings.prefix)
-        self.builders: dict[str, Callable[[str], str]] = {
+        self.builders: dict[str, Callable[..., str]] = {
             "job": self.rq.job, "session": k.session, "history": k.history,
             "events_channel": k.events_channel, "session_running": k.session_running,
             "session_held": k.session_held, "worker_runs": k.worker_runs,
             "worker_inbox": k.worker_inbox, "rq_worker": self.rq.worker,
-            "worker_handed": k.worker_handed,
+            "worker_handed": k.worker_handed, "queue": self.rq.queue, "wake": k.wake,
+            "session_queue": k.session_queue, "session_throttled": k.session_throttled,
         }  # fmt: skip
         self._script: dict[str, Script] = {
             name: redis.register_script(lua_source(name, self.builders)) for name in CONTRACTS
@@ -81,7 +82,9 @@ class ScriptsBase:
                 "chan": k.events_channel(sid), "running": k.session_running(sid),
                 "held": k.session_held(sid), "started": rq.started(queue),
                 "finished": rq.finished(queue), "failed": rq.failed(queue),
-                "queue": rq.queue(queue), "wake": k.wake(queue)}  # fmt: skip
+                "queue": rq.queue(queue), "wake": k.wake(queue),
+                "squeue": k.session_queue(sid, queue),
+                "throttled": k.session_throttled(sid)}  # fmt: skip
 
     def run_block(self, run_id: str, queue: str) -> list[str]:
         """A run's keys in RUN_BLOCK order; all but the job key cached per session and queue."""

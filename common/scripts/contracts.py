@@ -15,29 +15,34 @@ GLOBAL_KEYS = ("chan_all", *STATUS_KEYS, "counters")
 CLOCK_ARGS = (("now_ms", NUMBER), ("now_iso", TEXT), ("cap", NUMBER), ("worker", TEXT))
 # One run's keys (prelude.lua `run_block`)
 RUN_BLOCK = ("job", "session", "history", "chan", "running", "held", "started", "finished",
-             "failed", "queue", "wake")  # fmt: skip
+             "failed", "queue", "wake", "squeue", "throttled")  # fmt: skip
+# the key builders a script needs to queue a run of a session it finds itself (fair share)
+QUEUEING = ("queue", "wake", "session_queue", "session_throttled")
 # A session's own keys, as the control scripts take them
 SESSION_KEYS = ("session", "history", "chan", "running", "held")
 
 STEP = Contract(
     "run",
-    keys=(*GLOBAL_KEYS, "runs", "rq_worker", "inbox", "idle_workers", "handed"),
+    keys=(*GLOBAL_KEYS, "runs", "rq_worker", "inbox", "idle_workers", "handed", "schedule"),
     key_blocks=(
         Block(
             "queue", ("list", "wake", "started", "finished", "failed", "idle_line"), ("nqueues",)
         ),
         Block("run", RUN_BLOCK, ("nfinish", "nstart")),
     ),  # fmt: skip
+    # per call first, then what every call of one worker sends alike (nqueues, control and
+    # the queue names: its FastLane packs them once)
     args=(
         *CLOCK_ARGS,
-        ("nqueues", NUMBER),
-        ("control", NUMBER),
         ("nfinish", NUMBER),
         ("nstart", NUMBER),
         ("nclaim", NUMBER),
         ("waits", NUMBER),
-    ),  # fmt: skip
+        ("nqueues", NUMBER),
+        ("control", NUMBER),
+    ),
     arg_blocks=(
+        Block("queue", ("name",), ("nqueues",)),
         Block("finish", ("id", "sid", "outcome", "payload", "duration_ms"), ("nfinish",)),
         Block("start", ("id", "sid"), ("nstart",)),
     ),
@@ -49,7 +54,8 @@ STEP = Contract(
         "events_channel",
         "session_running",
         "session_held",
-    ),  # fmt: skip
+        *QUEUEING,
+    ),
 )
 
 TOOK = Contract(
@@ -100,7 +106,7 @@ ENQUEUE = Contract(
         ("plan", TEXT),
     ),  # fmt: skip
     extra_keys=True,
-    builders=("worker_runs", "worker_inbox", "rq_worker", "worker_handed"),
+    builders=("worker_runs", "worker_inbox", "rq_worker", "worker_handed", *QUEUEING),
 )
 
 CONTROL = Contract(
@@ -117,6 +123,7 @@ CONTROL = Contract(
     key_blocks=(Block("run", RUN_BLOCK, ("nruns",)),),
     args=(*CLOCK_ARGS, ("op", TEXT), ("sid", TEXT), ("nruns", NUMBER), ("plan", TEXT)),
     extra_keys=True,
+    builders=QUEUEING,
 )
 
 DESTROY = Contract(
@@ -163,10 +170,12 @@ RECOVER = Contract(
         "inbox",
         "idle_workers",
         "handed",
+        "schedule",
     ),  # fmt: skip
     key_blocks=(Block("run", RUN_BLOCK, ("nruns",)),),
     args=(*CLOCK_ARGS, ("reason", TEXT), ("unregister", NUMBER), ("nruns", NUMBER)),
     arg_blocks=(Block("run", ("id", "sid"), ("nruns",)),),
+    builders=QUEUEING,
 )
 
 # The event scripts: one session's channel, record and history

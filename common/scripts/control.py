@@ -91,7 +91,7 @@ class ControlCalls(ScriptsBase):
         fixed = {**self.globals, "workers": k.workers(), "rq_workers": rq.workers_set,
                  "runs": k.worker_runs(worker), "rq_worker": rq.worker(worker),
                  "inbox": k.worker_inbox(worker), "idle_workers": k.idle_workers(),
-                 "handed": k.worker_handed(worker)}  # fmt: skip
+                 "handed": k.worker_handed(worker), "schedule": k.schedule()}  # fmt: skip
         keys = RECOVER.pack_keys(fixed, {"run": [self.run_block(r, q) for r, q in runs]})
         args = RECOVER.pack_args(
             {**self.clock(time.time()), "worker": worker, "reason": codec.encode(reason),

@@ -38,7 +38,7 @@ class StepReply(NamedTuple):
 
 class WorkerHead(NamedTuple):
     """What every step of one worker sends alike: its fixed keys and queue blocks, its
-    queues in priority order, and the fixed arguments (nqueues, control)."""
+    queues in priority order, and the fixed arguments (nqueues, control, queue names)."""
 
     keys: list[str]
     queues: tuple[str, ...]
@@ -74,7 +74,7 @@ class StepCalls(ScriptsBase):
         k, rq = self.keys, self.rq
         fixed = {**self.globals, "runs": k.worker_runs(worker), "rq_worker": rq.worker(worker),
                  "inbox": k.worker_inbox(worker), "idle_workers": k.idle_workers(),
-                 "handed": k.worker_handed(worker)}  # fmt: skip
+                 "handed": k.worker_handed(worker), "schedule": k.schedule()}  # fmt: skip
         blocks = [
             STEP.block("queue", {"list": rq.queue(q), "wake": k.wake(q), "started": rq.started(q),
                                  "finished": rq.finished(q), "failed": rq.failed(q),
@@ -83,7 +83,7 @@ class StepCalls(ScriptsBase):
         ]  # fmt: skip
         keys = STEP.pack_keys(fixed, {"queue": blocks})
         control = queues.index(CONTROL_QUEUE) + 1 if CONTROL_QUEUE in queues else 0
-        return WorkerHead(keys, tuple(queues), [len(queues), control])
+        return WorkerHead(keys, tuple(queues), [len(queues), control, *queues])
 
     def _lane_for(self, head: WorkerHead) -> FastLane:
         if self._lane is None:
@@ -157,12 +157,13 @@ class StepCalls(ScriptsBase):
         """Finish runs through the ordinary client: for other threads than the worker loop."""
         blocks = [self.run_block(run_id, queue) for run_id, queue, *_ in finishes]
         keys = head.keys + [key for block in blocks for key in block]
-        nqueues, control = head.args
+        nqueues, control, *names = head.args
         args = STEP.pack_args(
             {**self.clock(time.time()), "worker": worker, "nqueues": nqueues,
              "control": control, "nfinish": len(finishes), "nstart": 0, "nclaim": 0,
              "waits": 0},
-            {"finish": [(run_id, session_of(run_id), outcome, payload, duration_ms)
+            {"queue": [(name,) for name in names],
+             "finish": [(run_id, session_of(run_id), outcome, payload, duration_ms)
                         for run_id, _queue, outcome, payload, duration_ms in finishes]},
             {"current": current},
         )  # fmt: skip
