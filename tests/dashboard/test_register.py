@@ -115,6 +115,6 @@ def test_command_without_the_extra_names_the_install(
     result = CliRunner().invoke(cli, ["--url", settings.url, "dashboard"], standalone_mode=False)
     assert isinstance(result.exception, SystemExit) and result.exception.code == 1
     assert result.output.strip().splitlines() == [
-        "sessionq: error: the dashboard needs its extra: pip install 'sessionq[dashboard]' "
-        "(missing module starlette)"
+        "sessionq: error: the dashboard needs its extra: pip install 'sessionq[dashboard]', "
+        "or pip install '.[dashboard]' in a checkout (missing module starlette)"
     ]
