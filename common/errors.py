@@ -4,6 +4,7 @@ SessionqError
 ├── ConfigError            bad settings, or a second prefix in one process
 ├── ConnectionFailed       Redis cannot be reached (names the URL)
 ├── AccessDenied           Redis refused a command: the ACL user may not touch these keys
+├── NotReplicated          a write reached fewer replicas than SESSIONQ_WAIT_REPLICAS in time
 ├── ValidationError        invalid argument (also a ValueError)
 │   └── ValidationTypeError    wrong type (also a TypeError)
 ├── CodecError             bytes that are not our msgpack (also a ValueError)
@@ -55,6 +56,18 @@ class AccessDenied(SessionqError):
     def __init__(self, url: str, reason: str) -> None:
         super().__init__(f"Redis at {redact_url(url)} refused access: {reason}")
         self.url = url
+
+
+class NotReplicated(SessionqError):
+    """Redis has the write, but fewer replicas than asked acknowledged it in time: it may not
+    survive a failover (SESSIONQ_WAIT_REPLICAS / SESSIONQ_WAIT_TIMEOUT_S)."""
+
+    def __init__(self, wanted: int, got: int, timeout_s: float) -> None:
+        super().__init__(
+            f"Redis has the write, but only {got} of {wanted} replica(s) acknowledged it within "
+            f"{timeout_s:g}s: it may not survive a failover (SESSIONQ_WAIT_REPLICAS={wanted})"
+        )
+        self.wanted, self.got = wanted, got
 
 
 class ValidationError(SessionqError, ValueError):

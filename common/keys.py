@@ -177,6 +177,11 @@ class Keys:
         """STRING held with PX by one worker at a time (reaper, scheduler); expires."""
         return f"{self.prefix}lock:{name}"
 
+    def replicated(self) -> str:
+        """CHANNEL nobody listens to: a PUBLISH on it marks a point in the replication stream
+        that WAIT counts from (scripts.transport.ensure_replicated)."""
+        return f"{self.prefix}replicated"
+
     def dashboard(self) -> str:
         """STRING the running dashboard's base URL; the dashboard sets it with a TTL."""
         return f"{self.prefix}dashboard"

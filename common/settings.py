@@ -26,7 +26,10 @@ _INT_KNOBS = {
     "destroyed_history_ttl_s": "SESSIONQ_DESTROYED_HISTORY_TTL_S",
     "result_max_bytes": "SESSIONQ_RESULT_MAX_BYTES",
 }
+_ZERO_KNOBS = {"wait_replicas": "SESSIONQ_WAIT_REPLICAS"}  # 0 allowed: off
+MAX_WAIT_REPLICAS = 64
 _FLOAT_KNOBS = {
+    "wait_timeout_s": "SESSIONQ_WAIT_TIMEOUT_S",
     "heartbeat_interval_s": "SESSIONQ_HEARTBEAT_INTERVAL_S",
     "heartbeat_ttl_s": "SESSIONQ_HEARTBEAT_TTL_S",
     "stop_grace_s": "SESSIONQ_STOP_GRACE_S",
@@ -71,12 +74,21 @@ class Settings:
     destroyed_history_ttl_s: int = 3600
     # A run's return value, msgpack-encoded, may be this big; a bigger one fails the run.
     result_max_bytes: int = 1024 * 1024
+    # An acknowledged create, add or run end waits until this many replicas have it (WAIT),
+    # and a worker starts a claimed run only once its claim has; 0: no waiting (SPEC §9).
+    wait_replicas: int = 0
+    # ... for at most this long: then a producer call raises NotReplicated, and a worker
+    # holds the run back and asks again.
+    wait_timeout_s: float = 1.0
 
     def __post_init__(self) -> None:
         if not PREFIX_RE.fullmatch(self.prefix):
             raise ConfigError(f"prefix {self.prefix!r}: 1-64 of letters, digits and _ . : - {{ }}")
         if not self.user or len(self.user) > 64:
             raise ConfigError(f"user {self.user!r}: 1-64 characters")
+        if not 0 <= self.wait_replicas <= MAX_WAIT_REPLICAS:
+            raise ConfigError(f"wait_replicas must be 0-{MAX_WAIT_REPLICAS}, "
+                              f"got {self.wait_replicas!r}")  # fmt: skip
         for name in (*_INT_KNOBS, *_FLOAT_KNOBS):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
@@ -130,7 +142,7 @@ class Settings:
             "prefix": prefix or env.get("SESSIONQ_PREFIX") or DEFAULT_PREFIX,
             "user": user or env.get("SESSIONQ_USER") or _os_user(),
         }
-        for knobs, kind in ((_INT_KNOBS, int), (_FLOAT_KNOBS, float)):
+        for knobs, kind in ((_INT_KNOBS, int), (_FLOAT_KNOBS, float), (_ZERO_KNOBS, int)):
             for name, var in knobs.items():
                 if var in env:
                     try:

@@ -300,6 +300,8 @@ class Session:
                 scripts.ensure_loaded()  # first use on this server, or it restarted
                 continue
             break
+        if not any(isinstance(r, Exception) for r in replies):
+            scripts.ensure_replicated()  # SESSIONQ_WAIT_REPLICAS: acknowledged once replicated
         return replies
 
     def _cron_pending(self, ids: list[str]) -> list[str]:

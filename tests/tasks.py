@@ -106,3 +106,10 @@ def fails_before(attempt: int) -> int:
     if current_task().attempt < attempt:
         raise RuntimeError(f"attempt {current_task().attempt} fails")
     return current_task().attempt
+
+
+@task
+def touch(path: str) -> None:
+    """Appends "1" to the file at `path`: how many times the run ran."""
+    with open(path, "a") as out:
+        out.write("1")

@@ -28,7 +28,7 @@ from redis.typing import EncodableT, FieldT
 
 from sessionq.common import codec
 from sessionq.common.connection import connect
-from sessionq.common.errors import CodecError, RunRejected
+from sessionq.common.errors import CodecError, NotReplicated, RunRejected
 from sessionq.common.keys import CONTROL_QUEUE, DEFAULT_QUEUE, command_queue_for, session_of
 from sessionq.common.models import COMMAND_FUNC, parse_job_data, parse_meta
 from sessionq.common.rqcompat import load_rq
@@ -197,10 +197,13 @@ class SessionWorker:
                     if not self._turn(burst):
                         break
                     backoff = 0.1
-                except (RedisConnectionError, RedisTimeoutError) as exc:
+                except (RedisConnectionError, RedisTimeoutError, NotReplicated) as exc:
+                    # (NotReplicated: SESSIONQ_WAIT_REPLICAS replicas do not have a step yet:
+                    # its runs do not start, and it is sent again, as after a lost reply)
                     self.lost_connection = True
-                    log.warning("worker %s: Redis unreachable (%s); retrying in %.1fs",
-                                self.name, exc, backoff)  # fmt: skip
+                    log.warning("worker %s: %s; retrying in %.1fs", self.name,
+                                exc if isinstance(exc, NotReplicated) else
+                                f"Redis unreachable ({exc})", backoff)  # fmt: skip
                     time.sleep(backoff)
                     backoff = min(backoff * 2, REDIS_BACKOFF_MAX_S)
         finally:

@@ -65,6 +65,11 @@ class ScriptsBase:
                         "counters": k.run_counts()}  # fmt: skip
         self._global_keys = [self.globals[name] for name in GLOBAL_KEYS]
         self._blocks: dict[tuple[str, str], list[str]] = {}
+        # SESSIONQ_WAIT_REPLICAS: writes acknowledged only once that many replicas have them
+        self.durability = (
+            transport.Durability(settings.wait_replicas, int(settings.wait_timeout_s * 1000))
+            if settings.wait_replicas else None
+        )  # fmt: skip
 
     def script(self, name: str) -> Script:
         return self._script[name]
@@ -104,13 +109,20 @@ class ScriptsBase:
     def call(
         self, name: str, keys: Sequence[str], args: Sequence[Any], *, client: Any = None
     ) -> Any:
-        """Run script `name` (transport.call: any thread; a pipeline as `client` queues it)."""
-        return transport.call(self._script[name], keys, args, client or self.redis)
+        """Run script `name` (transport.call: any thread; a pipeline as `client` queues it),
+        acknowledged once SESSIONQ_WAIT_REPLICAS replicas have it."""
+        return transport.call(self._script[name], keys, args, client or self.redis,
+                              self.durability, self.keys.replicated())  # fmt: skip
+
+    def ensure_replicated(self) -> None:
+        """NotReplicated unless SESSIONQ_WAIT_REPLICAS replicas have every write made so far
+        (after a pipeline of script calls)."""
+        transport.ensure_replicated(self.redis, self.durability, self.keys.replicated())
 
     async def call_async(
         self, redis: AsyncRedis, name: str, keys: Sequence[str], args: Sequence[Any]
     ) -> Any:
-        return await transport.call_async(redis, self._script[name], keys, args)
+        return await transport.call_async(redis, self._script[name], keys, args, self.durability)
 
     def ensure_loaded(self) -> None:
         """Load every script now (one round trip), for pipelines that call EVALSHA."""

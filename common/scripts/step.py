@@ -90,7 +90,7 @@ class StepCalls(ScriptsBase):
             self._packed = {}
             self._lane = FastLane(self.redis, self.script("run"), head.keys, head.args,
                                   fixed_after=STEP.arg_position("nqueues"),
-                                  notes=[self.script("took")])  # fmt: skip
+                                  notes=[self.script("took")], wait=self.durability)  # fmt: skip
         return self._lane
 
     def step_send(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import hiredis
 from redis import Redis
@@ -22,8 +22,28 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from sessionq.common.errors import NotReplicated
+
 NOSCRIPT_RETRIES = 3  # a server that keeps forgetting scripts is not tried for ever
 LOST = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class Durability(NamedTuple):
+    """SESSIONQ_WAIT_REPLICAS: a write counts once this many replicas have it (WAIT, sent
+    after it on the same connection), waiting at most timeout_ms."""
+
+    replicas: int
+    timeout_ms: int
+
+    @property
+    def command(self) -> bytes:
+        packed: bytes = hiredis.pack_command(("WAIT", self.replicas, self.timeout_ms))  # type: ignore[arg-type]
+        return packed
+
+    def check(self, got: Any) -> None:
+        """NotReplicated unless WAIT's reply `got` counts enough replicas."""
+        if int(got) < self.replicas:
+            raise NotReplicated(self.replicas, int(got), self.timeout_ms / 1000)
 
 
 def bulk(value: bytes) -> bytes:
@@ -31,16 +51,25 @@ def bulk(value: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(value), value)
 
 
-def _evalsha_once(redis: Redis, sha: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+def _evalsha_once(
+    redis: Redis, sha: str, keys: Sequence[str], args: Sequence[Any],
+    wait: Durability | None = None,
+) -> Any:  # fmt: skip
     """EVALSHA on a connection of redis's pool, packed by hiredis in one call: redis-py's
     command layer (argument encoding, retry, observability) cost more than a loopback round
-    trip. No retry here: the caller falls back to redis-py's path."""
-    command = hiredis.pack_command(("EVALSHA", sha, len(keys), *keys, *args))
+    trip; with `wait`, WAIT goes with it. No retry here: the caller falls back to redis-py's
+    path."""
+    command = [hiredis.pack_command(("EVALSHA", sha, len(keys), *keys, *args))]
+    if wait is not None:
+        command.append(wait.command)
     pool = redis.connection_pool
     conn: Any = pool.get_connection()
     try:
-        conn.send_packed_command([command])
-        reply = conn.read_response()
+        conn.send_packed_command(command)
+        try:
+            reply = conn.read_response()
+        finally:
+            replicated = conn.read_response() if wait is not None else None
     except ResponseError:
         pool.release(conn)
         raise
@@ -49,37 +78,68 @@ def _evalsha_once(redis: Redis, sha: str, keys: Sequence[str], args: Sequence[An
         pool.release(conn)
         raise
     pool.release(conn)
+    if wait is not None:
+        wait.check(replicated)
     return reply
 
 
-def call(script: Script, keys: Sequence[str], args: Sequence[Any], client: Any) -> Any:
+def ensure_replicated(redis: Redis, wait: Durability | None, marker: str) -> None:
+    """Wait until `wait.replicas` replicas have every write made so far, on any connection:
+    WAIT counts the writes of its own connection, so a PUBLISH on `marker` (a channel nobody
+    listens to) goes first - replication keeps order, so once it is there, all before it is."""
+    if wait is None:
+        return
+    pipe = redis.pipeline(transaction=False)
+    pipe.publish(marker, b"")
+    pipe.wait(wait.replicas, wait.timeout_ms)
+    wait.check(pipe.execute()[-1])
+
+
+def call(
+    script: Script, keys: Sequence[str], args: Sequence[Any], client: Any,
+    wait: Durability | None = None, marker: str = "",
+) -> Any:  # fmt: skip
     """Run `script` by EVALSHA on `client` (a Redis, or a Pipeline to queue it on - the caller
-    has loaded the scripts - whose reply comes with the pipeline's, [] here). On NOSCRIPT or
-    a lost connection, through redis-py's Script, which loads it and retries with backoff."""
+    has loaded the scripts, and waits for replicas itself - whose reply comes with the
+    pipeline's, [] here). On NOSCRIPT or a lost connection, through redis-py's Script, which
+    loads it and retries with backoff. With `wait`, NotReplicated unless enough replicas
+    have the call's writes in time (`marker`: see ensure_replicated)."""
     if isinstance(client, Pipeline):
         client.evalsha(script.sha, len(keys), *keys, *args)
         return []
     redis: Redis = client
     try:
-        return _evalsha_once(redis, script.sha, keys, args)
+        return _evalsha_once(redis, script.sha, keys, args, wait)
     except NoScriptError:
         pass  # a restarted or another server: redis-py's Script loads it
     except LOST:
         pass  # redis-py's retry (with backoff) sends it again: the scripts take a resend
-    return script(keys=keys, args=args, client=redis)
+    reply = script(keys=keys, args=args, client=redis)
+    ensure_replicated(redis, wait, marker)
+    return reply
 
 
 async def call_async(
-    redis: AsyncRedis, script: Script, keys: Sequence[str], args: Sequence[Any]
-) -> Any:
+    redis: AsyncRedis, script: Script, keys: Sequence[str], args: Sequence[Any],
+    wait: Durability | None = None,
+) -> Any:  # fmt: skip
     """Run `script` by EVALSHA on redis.asyncio; on NOSCRIPT (a restarted or another server)
-    load it and send it again."""
-    for _ in range(NOSCRIPT_RETRIES):
-        try:
-            return await redis.evalsha(script.sha, len(keys), *keys, *args)
-        except NoScriptError:
+    load it and send it again; with `wait`, WAIT on the same connection after it."""
+    for attempt in range(NOSCRIPT_RETRIES + 1):
+        pipe = redis.pipeline(transaction=False)
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+        if wait is not None:
+            pipe.wait(wait.replicas, wait.timeout_ms)
+        replies = await pipe.execute(raise_on_error=False)
+        if isinstance(replies[0], NoScriptError) and attempt < NOSCRIPT_RETRIES:
             await redis.script_load(script.script)
-    return await redis.evalsha(script.sha, len(keys), *keys, *args)
+            continue
+        if isinstance(replies[0], Exception):
+            raise replies[0]
+        if wait is not None:
+            wait.check(replies[1])
+        return replies[0]
+    raise AssertionError("unreachable")
 
 
 class _Note:
@@ -108,10 +168,14 @@ class FastLane:
 
     def __init__(
         self, redis: Redis, script: Script, head: list[str], fixed: Sequence[Any] = (),
-        fixed_after: int = 0, notes: Sequence[Script] = (),
+        fixed_after: int = 0, notes: Sequence[Script] = (), wait: Durability | None = None,
     ) -> None:  # fmt: skip
         self.redis = redis
         self.script = script
+        # with a Durability, each script call is followed by WAIT: its reply counts only
+        # once enough replicas have its writes (NotReplicated otherwise, after both replies)
+        self.wait = wait
+        self.waited = wait.command if wait is not None else b""
         self.note_scripts = tuple(notes)
         self.conn: Any = None
         self.head = b"".join(bulk(k.encode()) for k in head)
@@ -137,6 +201,7 @@ class FastLane:
             + b"".join(bulk(a) for a in args[:cut])
             + self.fixed
             + b"".join(bulk(a) for a in args[cut:])
+            + self.waited
         )
         self._write(command)
         self.sent.append((command, context))
@@ -222,7 +287,10 @@ class FastLane:
                 self.receive_note()
                 continue
             try:
-                reply = self.conn.read_response()
+                try:
+                    reply = self.conn.read_response()
+                finally:
+                    replicated = self.conn.read_response() if self.wait is not None else None
             except NoScriptError:
                 # this server lost its script cache (a restart, a failover): load the script
                 # on this very connection and send the call again - a few times at most
@@ -243,17 +311,24 @@ class FastLane:
                 raise
             self.noscript = 0
             self.sent.popleft()
+            if self.wait is not None:
+                try:
+                    self.wait.check(replicated)
+                except NotReplicated:
+                    self.reset()  # as after a lost connection: the caller sends it again
+                    raise
             return list(reply), context
 
     def _load(self) -> None:
         """SCRIPT LOAD on the lane's own connection (not the pool's: that may be another
         server), its reply read ahead of the calls sent after the one refused."""
         waiting = list(self.sent)
-        for _ in waiting:  # their replies (NOSCRIPT too, as they were sent before the load)
-            try:
-                self.conn.read_response()
-            except ResponseError:
-                pass
+        for _, context in waiting:  # their replies (NOSCRIPT too: sent before the load)
+            for _ in range(1 if isinstance(context, _Note) or self.wait is None else 2):
+                try:
+                    self.conn.read_response()
+                except ResponseError:
+                    pass
         self.sent.clear()
         self.notes = 0
         for script in (self.script, *self.note_scripts):

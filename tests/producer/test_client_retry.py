@@ -26,10 +26,10 @@ def send_twice(monkeypatch: pytest.MonkeyPatch) -> None:
     whichever API call made it (create's plan, Session.flush's pipeline, add_runs)."""
     original = transport.call
 
-    def sent_twice(script: Script, keys: Any, args: Any, client: Any) -> Any:
+    def sent_twice(script: Script, keys: Any, args: Any, client: Any, *wait: Any) -> Any:
         if script.script.startswith("-- contract of enqueue.lua"):
-            original(script, keys, args, client)  # carried out; its reply lost
-        return original(script, keys, args, client)
+            original(script, keys, args, client, *wait)  # carried out; its reply lost
+        return original(script, keys, args, client, *wait)
 
     monkeypatch.setattr(transport, "call", sent_twice)
 
