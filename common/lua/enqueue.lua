@@ -232,6 +232,7 @@ for r, run in ipairs(runs) do
       local tn = B.task_names
       tn[#tn + 1] = id
       tn[#tn + 1] = name
+      B.top = math.max(B.top or 0, run_number(id))
       if o and o.key then redis.call('HSET', B.keys, o.key, id) end
       if state == 'queued' and B.status == 'Paused' then state = 'held' end
       local verdict, reason = 'ready', nil
@@ -293,7 +294,12 @@ for _, B in ipairs(S) do
   local fields = {}
   if B.fresh then
     B.seq_preset = queued_events(B)
-    fields = {'status', 'Pending', 'seq', B.seq_preset}
+    fields = {'status', 'Pending', 'seq', B.seq_preset, 'next', B.top or 0}
+  elseif B.top and B.top > num(redis.call('HGET', B.session, 'next')) then
+    -- ids are reserved ahead (HINCRBY next); a run written with a number past the counter
+    -- (reserved before a failover lost the reservation) moves it on: a later reservation
+    -- does not hand that id out again
+    redis.call('HSET', B.session, 'next', B.top)
   end
   for state, n in pairs(B.counts) do
     stat(state, n)
