@@ -27,6 +27,7 @@ _FLOAT_KNOBS = {
     "stop_grace_s": "SESSIONQ_STOP_GRACE_S",
     "reap_interval_s": "SESSIONQ_REAP_INTERVAL_S",
     "scheduler_interval_s": "SESSIONQ_SCHEDULER_INTERVAL_S",
+    "retry_budget_s": "SESSIONQ_RETRY_BUDGET_S",
 }
 
 
@@ -64,6 +65,10 @@ class Settings:
     claim_batch_max: int = 32
     # A destroyed session's event history stays this long for late listeners.
     destroyed_history_ttl_s: int = 3600
+    # How long one call keeps trying (with backoff) while Redis cannot be reached, before it
+    # raises ConnectionFailed: longer than a Sentinel failover with Sentinel's defaults
+    # (down-after-milliseconds 30 s, then the election and the promotion).
+    retry_budget_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not PREFIX_RE.fullmatch(self.prefix):
