@@ -13,13 +13,17 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.asyncio.sentinel import SentinelManagedConnection as AsyncSentinelManagedConnection
+from redis.asyncio.sentinel import (
+    SentinelManagedSSLConnection as AsyncSentinelManagedSSLConnection,
+)
 from redis.backoff import ExponentialBackoff
 from redis.connection import URL_QUERY_ARGUMENT_PARSERS
 from redis.exceptions import AuthenticationError, NoPermissionError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelManagedConnection, SentinelManagedSSLConnection
 
 from sessionq.common.errors import AccessDenied, ConnectionFailed
 from sessionq.common.keys import Keys
@@ -172,6 +176,46 @@ def _number(parser: Callable[[str], Any], name: str, value: str) -> Any:
         raise ValueError(f"{name}: invalid value {value!r} in the URL") from None
 
 
+class _MasterConnection(SentinelManagedConnection):
+    """redis-py's connection to a Sentinel-elected master, except that every socket it opens
+    goes to the master the sentinels name then: redis-py's asks them only when the pool
+    connects it, and a reconnect within a call's retries (or the fast lane's, or the
+    pub/sub hub's) went back to the address it had - a dead or demoted master - for the
+    whole retry budget."""
+
+    def _connect_retry(self) -> None:
+        if not self._sock:  # (the address is looked up by _connect)
+            self.connect_check_health(
+                check_health=self.connection_pool.check_connection, retry_socket_connect=False
+            )
+
+    def _connect(self) -> Any:
+        self.host, self.port = self.connection_pool.get_master_address()
+        return super()._connect()  # type: ignore[no-untyped-call]  # redis-py's, unannotated
+
+
+class _MasterSSLConnection(_MasterConnection, SentinelManagedSSLConnection):
+    """The same over TLS."""
+
+
+class _AsyncMasterConnection(AsyncSentinelManagedConnection):
+    """The same on redis.asyncio."""
+
+    async def _connect_retry(self) -> None:
+        if not self._reader:
+            await self.connect_check_health(
+                check_health=self.connection_pool.check_connection, retry_socket_connect=False
+            )
+
+    async def _connect(self) -> None:
+        self.host, self.port = await self.connection_pool.get_master_address()
+        await super()._connect()  # type: ignore[no-untyped-call]  # redis-py's, unannotated
+
+
+class _AsyncMasterSSLConnection(_AsyncMasterConnection, AsyncSentinelManagedSSLConnection):
+    """The same over TLS."""
+
+
 class _SentinelRedis(Redis):
     """A client of the master a set of sentinels elected; close() closes their
     connections too."""
@@ -204,9 +248,11 @@ def client_from_url(url: str, options: dict[str, Any]) -> Redis:
     if target is None:
         return Redis.from_url(url, **options)
     sentinel = Sentinel(target.sentinels, sentinel_kwargs=target.sentinel)
+    kind = _MasterSSLConnection if target.master.get("ssl") else _MasterConnection
     client: _SentinelRedis = sentinel.master_for(
-        target.service, redis_class=_SentinelRedis, **{**options, **target.master}
-    )
+        target.service, redis_class=_SentinelRedis, connection_class=kind,
+        **{**options, **target.master},
+    )  # fmt: skip
     client.elected_by = sentinel
     return client
 
@@ -217,9 +263,11 @@ def async_client_from_url(url: str, options: dict[str, Any]) -> AsyncRedis:
     if target is None:
         return AsyncRedis.from_url(url, **options)
     sentinel = AsyncSentinel(target.sentinels, sentinel_kwargs=target.sentinel)
+    kind = _AsyncMasterSSLConnection if target.master.get("ssl") else _AsyncMasterConnection
     client: _AsyncSentinelRedis = sentinel.master_for(
-        target.service, redis_class=_AsyncSentinelRedis, **{**options, **target.master}
-    )
+        target.service, redis_class=_AsyncSentinelRedis, connection_class=kind,
+        **{**options, **target.master},
+    )  # fmt: skip
     client.elected_by = sentinel
     return client
 

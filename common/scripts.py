@@ -218,6 +218,7 @@ class FastLane:
     def _write(self, command: bytes) -> None:
         if self.conn is None:
             self.conn = self.redis.connection_pool.make_connection()
+            self.conn.connect()  # as the pool would: a Sentinel pool's asks for the master
         try:
             self.conn.send_packed_command([command], check_health=False)
         except (RedisConnectionError, RedisTimeoutError, OSError):
