@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner
 from redis import Redis
@@ -21,6 +23,7 @@ from sessionq.common.redisserver import RedisServer, SentinelServer
 from sessionq.common.settings import Settings
 from sessionq.producer import AsyncClient, Client
 from sessionq.producer.cli import cli
+from sessionq.producer.dashboard import build_server
 from tests.conftest import FAST, WorkerProcs, ended, wait_for
 
 SERVICE = "sq-master"
@@ -135,6 +138,20 @@ def test_cli_client_async_client_listener_and_worker_through_the_sentinel_url(
                 return [e["type"] async for e in aio.listen(async_ids, after=0, timeout=30)]
 
         assert asyncio.run(listen_async())[-1] == "session.completed"
+
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        dashboard = build_server(settings, sock=sock)
+        serving = threading.Thread(target=dashboard.run, kwargs={"sockets": [sock]}, daemon=True)
+        serving.start()
+        wait_for(lambda: dashboard.started or not serving.is_alive(), what="the dashboard")
+        host, port = sock.getsockname()[:2]
+        try:
+            page = httpx.get(f"http://{host}:{port}/sessions?status=Completed", timeout=30)
+            assert page.status_code == 200 and ids[0] in page.text
+        finally:
+            dashboard.stop()
+            serving.join(timeout=30)
     finally:
         workers.stop_all()
         client.close()
