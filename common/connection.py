@@ -236,8 +236,13 @@ class _AsyncSentinelRedis(AsyncRedis):
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
         await super().aclose(close_connection_pool)
         if self.elected_by is not None:
-            for client in self.elected_by.sentinels:
-                await client.aclose()
+            await self.elected_by.aclose()
+
+
+def _sentinel_options(target: SentinelURL, options: dict[str, Any]) -> dict[str, Any]:
+    """How to reach the sentinels: the socket options of the master (as redis-py's Sentinel
+    takes them when given none), then the URL's for the sentinels."""
+    return {k: v for k, v in options.items() if k.startswith("socket_")} | target.sentinel
 
 
 def client_from_url(url: str, options: dict[str, Any]) -> Redis:
@@ -247,7 +252,7 @@ def client_from_url(url: str, options: dict[str, Any]) -> Redis:
     target = parse_sentinel_url(url)
     if target is None:
         return Redis.from_url(url, **options)
-    sentinel = Sentinel(target.sentinels, sentinel_kwargs=target.sentinel)
+    sentinel = Sentinel(target.sentinels, sentinel_kwargs=_sentinel_options(target, options))
     kind = _MasterSSLConnection if target.master.get("ssl") else _MasterConnection
     client: _SentinelRedis = sentinel.master_for(
         target.service, redis_class=_SentinelRedis, connection_class=kind,
@@ -262,7 +267,7 @@ def async_client_from_url(url: str, options: dict[str, Any]) -> AsyncRedis:
     target = parse_sentinel_url(url)
     if target is None:
         return AsyncRedis.from_url(url, **options)
-    sentinel = AsyncSentinel(target.sentinels, sentinel_kwargs=target.sentinel)
+    sentinel = AsyncSentinel(target.sentinels, sentinel_kwargs=_sentinel_options(target, options))
     kind = _AsyncMasterSSLConnection if target.master.get("ssl") else _AsyncMasterConnection
     client: _AsyncSentinelRedis = sentinel.master_for(
         target.service, redis_class=_AsyncSentinelRedis, connection_class=kind,

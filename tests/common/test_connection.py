@@ -59,11 +59,16 @@ def test_a_bad_sentinel_url_is_connection_failed_saying_what(url: str, says: str
 
 
 def test_a_sentinel_url_makes_a_client_of_the_master_it_elects() -> None:
-    settings = Settings.from_env("redis+sentinel://127.0.0.1:1/cache/2", environ={})
-    client = connect(settings, check=False)
+    url = "redis+sentinel://127.0.0.1:1/cache/2?socket_timeout=3&sentinel_password=spw"
+    client = connect(Settings.from_env(url, environ={}), check=False)
     pool = client.connection_pool
     assert isinstance(pool, SentinelConnectionPool) and pool.service_name == "cache"
-    assert pool.connection_kwargs["db"] == 2
+    assert pool.connection_kwargs["db"] == 2 and pool.connection_kwargs["socket_timeout"] == 3
+    manager = pool.sentinel_manager
+    reach = manager.sentinels[0].connection_pool.connection_kwargs
+    # the sentinels: the URL's socket options, a connect timeout as the master's, their password
+    assert (reach["socket_timeout"], reach["socket_connect_timeout"]) == (3, 5)
+    assert reach["password"] == "spw" and "password" not in pool.connection_kwargs
     client.close()
 
 
