@@ -181,16 +181,11 @@ class _MasterConnection(SentinelManagedConnection):
     goes to the master the sentinels name then: redis-py's asks them only when the pool
     connects it, and a reconnect within a call's retries (or the fast lane's, or the
     pub/sub hub's) went back to the address it had - a dead or demoted master - for the
-    whole retry budget."""
-
-    def _connect_retry(self) -> None:
-        if not self._sock:  # (the address is looked up by _connect)
-            self.connect_check_health(
-                check_health=self.connection_pool.check_connection, retry_socket_connect=False
-            )
+    whole retry budget (redis-py 8; a pool's connect now asks twice, a cheap price)."""
 
     def _connect(self) -> Any:
-        self.host, self.port = self.connection_pool.get_master_address()
+        if self.connection_pool.is_master:
+            self.host, self.port = self.connection_pool.get_master_address()
         return super()._connect()  # type: ignore[no-untyped-call]  # redis-py's, unannotated
 
 
@@ -201,14 +196,9 @@ class _MasterSSLConnection(_MasterConnection, SentinelManagedSSLConnection):
 class _AsyncMasterConnection(AsyncSentinelManagedConnection):
     """The same on redis.asyncio."""
 
-    async def _connect_retry(self) -> None:
-        if not self._reader:
-            await self.connect_check_health(
-                check_health=self.connection_pool.check_connection, retry_socket_connect=False
-            )
-
     async def _connect(self) -> None:
-        self.host, self.port = await self.connection_pool.get_master_address()
+        if self.connection_pool.is_master:
+            self.host, self.port = await self.connection_pool.get_master_address()
         await super()._connect()  # type: ignore[no-untyped-call]  # redis-py's, unannotated
 
 
@@ -224,8 +214,9 @@ class _SentinelRedis(Redis):
 
     def close(self) -> None:
         super().close()
-        if self.elected_by is not None:
-            self.elected_by.close()
+        if self.elected_by is not None:  # (redis-py 5 has no Sentinel.close)
+            for sentinel in self.elected_by.sentinels:
+                sentinel.close()
 
 
 class _AsyncSentinelRedis(AsyncRedis):
@@ -236,7 +227,8 @@ class _AsyncSentinelRedis(AsyncRedis):
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
         await super().aclose(close_connection_pool)
         if self.elected_by is not None:
-            await self.elected_by.aclose()
+            for sentinel in self.elected_by.sentinels:
+                await sentinel.aclose()
 
 
 def _sentinel_options(target: SentinelURL, options: dict[str, Any]) -> dict[str, Any]:
@@ -252,9 +244,10 @@ def client_from_url(url: str, options: dict[str, Any]) -> Redis:
     target = parse_sentinel_url(url)
     if target is None:
         return Redis.from_url(url, **options)
-    sentinel = Sentinel(target.sentinels, sentinel_kwargs=_sentinel_options(target, options))
+    # (untyped before redis-py 8)
+    sentinel = Sentinel(target.sentinels, sentinel_kwargs=_sentinel_options(target, options))  # type: ignore[no-untyped-call,unused-ignore]
     kind = _MasterSSLConnection if target.master.get("ssl") else _MasterConnection
-    client: _SentinelRedis = sentinel.master_for(
+    client: _SentinelRedis = sentinel.master_for(  # type: ignore[no-untyped-call,unused-ignore]
         target.service, redis_class=_SentinelRedis, connection_class=kind,
         **{**options, **target.master},
     )  # fmt: skip
@@ -267,7 +260,8 @@ def async_client_from_url(url: str, options: dict[str, Any]) -> AsyncRedis:
     target = parse_sentinel_url(url)
     if target is None:
         return AsyncRedis.from_url(url, **options)
-    sentinel = AsyncSentinel(target.sentinels, sentinel_kwargs=_sentinel_options(target, options))
+    # (untyped before redis-py 8)
+    sentinel = AsyncSentinel(target.sentinels, sentinel_kwargs=_sentinel_options(target, options))  # type: ignore[no-untyped-call,unused-ignore]
     kind = _AsyncMasterSSLConnection if target.master.get("ssl") else _AsyncMasterConnection
     client: _AsyncSentinelRedis = sentinel.master_for(
         target.service, redis_class=_AsyncSentinelRedis, connection_class=kind,

@@ -180,7 +180,7 @@ class SentinelServer(RedisServer):
         """The port of the master this sentinel now names for its service."""
         client = Redis(port=self.port, socket_connect_timeout=0.5, decode_responses=True)
         try:
-            reply: Any = client.sentinel_get_master_addr_by_name(self.service)
+            reply: Any = client.sentinel_get_master_addr_by_name(self.service)  # type: ignore[no-untyped-call,unused-ignore]  # untyped before redis-py 8
             return int(reply[1])
         finally:
             client.close()
