@@ -136,9 +136,7 @@ def sq_client(url: str) -> Any:
 
 def sq_load_enqueue_script(client: Any) -> None:
     """Load the enqueue script up front, so neither its load nor its memory is measured."""
-    from sessionq.common.scripts import lua_source
-
-    client.redis.script_load(lua_source("enqueue"))
+    client.redis.script_load(client.scripts.script("enqueue").script)
 
 
 def sq_specs(n: int) -> list[Any]:

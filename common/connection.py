@@ -25,7 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelManagedConnection, SentinelManagedSSLConnection
 
-from sessionq.common.errors import AccessDenied, ConnectionFailed
+from sessionq.common.errors import AccessDenied, ConnectionFailed, ValidationError, redact_url
 from sessionq.common.keys import Keys
 from sessionq.common.settings import Settings
 
@@ -288,13 +288,13 @@ def _options(
 
 
 def connect(settings: Settings, *, check: bool = True, **kwargs: object) -> Redis:
-    """A client for settings.url that retries dropped connections with backoff; with `check`,
-    ConnectionFailed (naming the URL) when Redis cannot be reached, AccessDenied when its
-    ACL user may not touch the prefix's keys."""
+    """A client for settings.url that retries dropped connections with backoff (ValidationError
+    naming url when it does not parse); with `check`, ConnectionFailed (naming the URL) when
+    Redis cannot be reached, AccessDenied when its ACL user may not touch the prefix's keys."""
     try:
         client = client_from_url(settings.url, _options(_Retry, settings, kwargs))
     except ValueError as exc:
-        raise ConnectionFailed(settings.url, str(exc)) from exc
+        raise _bad_url(settings.url, exc) from exc
     if check:
         ping(client, settings.url)
         try:
@@ -309,7 +309,12 @@ def connect_async(settings: Settings, **kwargs: object) -> AsyncRedis:
     try:
         return async_client_from_url(settings.url, _options(_AsyncRetry, settings, kwargs))
     except ValueError as exc:
-        raise ConnectionFailed(settings.url, str(exc)) from exc
+        raise _bad_url(settings.url, exc) from exc
+
+
+def _bad_url(url: str, exc: ValueError) -> ValidationError:
+    """An unparsable URL is bad input (naming url), not a Redis that cannot be reached."""
+    return ValidationError("url", f"{redact_url(url)!r} is not a Redis URL: {exc}")
 
 
 def ping(client: Redis, url: str) -> None:

@@ -19,9 +19,25 @@ def command_queue_for(queue: str | None) -> str:
     return COMMANDS_QUEUE if queue in (None, DEFAULT_QUEUE) else f"{queue}{COMMANDS_SUFFIX}"
 
 
+RUN_ID_SEPARATOR = "-"
+
+
+def run_id(sid: str, number: int) -> str:
+    """A task id is `<session id>-<n>`, n counting the session's runs from 1: the session is
+    derived from it, never stored twice (the Lua side's rule comes from the same constant,
+    common/scripts/contract.py)."""
+    return f"{sid}{RUN_ID_SEPARATOR}{number}"
+
+
 def session_of(task_id: str) -> str:
-    """A task id is `<session id>-<n>`: the session is derived, never stored twice."""
-    return task_id.rpartition("-")[0]
+    """The session of a task id (see run_id)."""
+    return task_id.rpartition(RUN_ID_SEPARATOR)[0]
+
+
+def run_number(task_id: str) -> int:
+    """The n of a task id: the order runs were added in (0 for an id not of that form)."""
+    tail = task_id.rpartition(RUN_ID_SEPARATOR)[2]
+    return int(tail) if tail.isdigit() else 0
 
 
 class Keys:
@@ -73,6 +89,18 @@ class Keys:
     def session_task_keys(self, sid: str) -> str:
         """HASH idempotency key -> task id; producer.session; destroy."""
         return f"{self.prefix}session:{sid}:keys"
+
+    def session_queue(self, sid: str, queue: str) -> str:
+        """LIST the session's runs waiting on `queue` behind the one it has in the queue's
+        line (fair share: RQ's queue list holds each waiting session's next run, served in
+        turn); enqueue/run/control scripts push, run.lua's claim pops; destroy deletes."""
+        return f"{self.prefix}session:{sid}:queue:{queue}"
+
+    def session_throttled(self, sid: str) -> str:
+        """SET of the queues (msgpack: their line, wake and session-queue keys) whose line
+        the session left because max_running of its runs were running; run.lua's claim adds,
+        a run's end takes one back (prelude `unthrottle`); destroy deletes."""
+        return f"{self.prefix}session:{sid}:throttled"
 
     def session_held(self, sid: str) -> str:
         """ZSET runs parked while the session is paused, scored by task number (add order);

@@ -25,6 +25,7 @@ QUEUE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 FUNC_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 MAX_REPLICAS = 10_000
+BACKOFFS = ("exponential", "fixed")
 MAX_TIMEOUT_S = 2**31 - 1  # about 68 years: what RQ's job hash and timers can hold
 
 
@@ -199,6 +200,8 @@ class RunSpec:
     queue: str | None = None
     timeout: float | None = None
     retries: int = 0
+    retry_delay: float | None = None  # seconds before the first retry (then backoff)
+    backoff: str = "exponential"
     cores: float | None = None
     ram: float | None = None
     gpu: float | None = None
@@ -231,6 +234,20 @@ class RunSpec:
         env = tuple(self.env.items()) if self.env else ()
         return _meta(self.name, env, replica, self.cores, self.ram, self.gpu, self.prerun_fatal)
 
+    def _too_big(self, total: int) -> ValidationError:
+        """The run's payload is over MAX_PAYLOAD_BYTES: the error names the biggest of env,
+        args and kwargs."""
+        sizes = {
+            "env": len(codec.encode(self.env or {})),
+            "args": len(codec.encode(self.argv if self.is_command else self.args)),
+            "kwargs": len(codec.encode(self.kwargs)),
+        }
+        big = max(sizes, key=lambda name: sizes[name])
+        return ValidationError(
+            big, f"{sizes[big]} bytes; one run's payload is {total} bytes, at most "
+            f"{MAX_PAYLOAD_BYTES // 1024} KiB",
+        )  # fmt: skip
+
     def job_fields(
         self, queue: str, now_s: float, extra: dict[str, Any] | None = None
     ) -> JobFields:
@@ -238,10 +255,9 @@ class RunSpec:
         with `extra` fields of ours beyond RQ's."""
         meta = self.meta()
         if len(self.data) + len(meta) > MAX_PAYLOAD_BYTES:
-            raise ValidationError(
-                "args", f"one run's payload is {len(self.data) + len(meta)} bytes; at most 512 KiB"
-            )
-        shared = shared_job_fields(queue, now_s, self.timeout, self.retries)
+            raise self._too_big(len(self.data) + len(meta))
+        shared = shared_job_fields(queue, now_s, self.timeout, self.retries, self.retry_delay,
+                                   self.backoff)  # fmt: skip
         return JobFields(self.data, meta, shared, extra or None)
 
 
@@ -281,8 +297,9 @@ class JobFields(NamedTuple):
 
 @functools.lru_cache(maxsize=64)
 def shared_job_fields(
-    queue: str, now_s: float, timeout: float | None, retries: int
-) -> Mapping[str, Any]:
+    queue: str, now_s: float, timeout: float | None, retries: int,
+    retry_delay: float | None = None, backoff: str = "exponential",
+) -> Mapping[str, Any]:  # fmt: skip
     """The job fields of a queued run that runs alike in these share: one read-only object
     for them all (cached), so that a batch sends it once."""
     fields: dict[str, Any] = {
@@ -296,6 +313,9 @@ def shared_job_fields(
     if retries:
         fields["retries_left"] = retries
         fields["retries"] = retries  # what a restart gives back
+        if retry_delay:  # a retry waits in the schedule (prelude.lua fail_or_retry)
+            fields["retry_delay_ms"] = int(retry_delay * 1000)
+            fields["backoff"] = backoff
     return MappingProxyType(fields)
 
 
@@ -310,6 +330,8 @@ def build_run(
     queue: object = None,
     timeout: object = None,
     retries: object = 0,
+    retry_delay: object = None,
+    backoff: object = "exponential",
     cores: object = None,
     ram: object = None,
     gpu: object = None,
@@ -322,6 +344,8 @@ def build_run(
     if kwargs is not None and not isinstance(kwargs, Mapping):
         raise _type_error("kwargs", "a mapping", kwargs)
     retries_n = check_int_range(retries, "retries", 0, 1000)
+    if backoff not in BACKOFFS:
+        raise ValidationError("backoff", f"{backoff!r} is not one of {BACKOFFS}")
     spec_args = split_args(args)
     common_fields: dict[str, Any] = {
         "name": name,
@@ -329,6 +353,8 @@ def build_run(
         "queue": check_queue(queue),
         "timeout": check_positive(timeout, "timeout", maximum=MAX_TIMEOUT_S),
         "retries": retries_n,
+        "retry_delay": check_positive(retry_delay, "retry_delay", maximum=MAX_TIMEOUT_S),
+        "backoff": backoff,
         "cores": check_positive(cores, "cores"),
         "ram": check_positive(ram, "ram"),
         "gpu": check_positive(gpu, "gpu"),
@@ -499,6 +525,17 @@ TASK_FIELDS = ("state", "attempts", "result", "error", "worker_name", "started_a
                "origin", "deps", "run_if", "due")  # fmt: skip
 
 
+def _rq_time_ms(raw: bytes | str | None) -> str | None:
+    """One of RQ's job times (microseconds) as records show times: ISO 8601, milliseconds."""
+    if not raw:
+        return None
+    text = codec.text(raw)
+    head, dot, tail = text.partition(".")
+    if not dot or not tail.endswith("Z"):
+        return text
+    return f"{head}.{tail[:-1][:3].ljust(3, '0')}Z"
+
+
 def task_dict(task_id: str, name: str, row: Sequence[Any]) -> dict[str, Any]:
     """The public task record (SPEC §3) from a job hash's TASK_FIELDS values."""
     state, attempts, result, error, worker, started, ended, origin, deps, run_if, due = row
@@ -510,8 +547,8 @@ def task_dict(task_id: str, name: str, row: Sequence[Any]) -> dict[str, Any]:
         "result": decode_result(result),
         "error": decode_error(error),
         "worker": codec.text(worker) if worker else None,
-        "started_at": codec.text(started) if started else None,
-        "finished_at": codec.text(ended) if ended else None,
+        "started_at": _rq_time_ms(started),
+        "finished_at": _rq_time_ms(ended),
         "queue": codec.text(origin) if origin else None,
         "depends_on": [],
         "run_if": codec.text(run_if) if run_if else None,

@@ -96,7 +96,11 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        # its own session: a terminal's Ctrl-C (SIGINT to the foreground process group) or
+        # hang-up does not reach it; its owner stops it, after whatever uses it (`up`: workers)
+        self.proc = subprocess.Popen(
+            self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + START_TIMEOUT_S
         client = Redis(port=self.port, socket_connect_timeout=0.5)
         try:

@@ -33,6 +33,8 @@ class SessionConfig:
       creation). None or 0: as soon as a worker's scheduler looks.
     - autoplay: tasks run as soon as they are added and ready; False opens the session
       paused, and added tasks wait, held, for play()/run()/step().
+    - max_running: at most this many runs of the session run at once, across all workers;
+      the rest wait in the queue's line without a busy loop. None: no cap.
     """
 
     task_pre_exist: str = "raise"
@@ -42,6 +44,7 @@ class SessionConfig:
     force_status_from_logs: bool = False
     cycle_sleep: float | None = None
     autoplay: bool = True
+    max_running: int | None = None
 
     def __post_init__(self) -> None:
         if self.task_pre_exist not in TASK_PRE_EXIST:
@@ -58,6 +61,9 @@ class SessionConfig:
             or not 0 <= cycle < math.inf
         ):  # fmt: skip
             raise ValidationError("cycle_sleep", f"must be seconds >= 0 or None, got {cycle!r}")
+        cap = self.max_running
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+            raise ValidationError("max_running", f"must be an integer >= 1 or None, got {cap!r}")
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import getpass
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from sessionq.common.errors import ConfigError
 
@@ -14,12 +16,15 @@ DEFAULT_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_PREFIX = "sq:"
 PREFIX_RE = re.compile(r"[A-Za-z0-9_.:{}-]{1,64}")
 MAX_PAYLOAD_BYTES = 512 * 1024
+# what reaches Redis, kept from a command run's environment (SPEC §9; and every SESSIONQ_*)
+REDIS_VARIABLES = frozenset({"SESSIONQ_URL", "REDIS_URL", "RQ_KEY_PREFIX"})
 
 _INT_KNOBS = {
     "history_cap": "SESSIONQ_HISTORY_CAP",
     "logs_cap": "SESSIONQ_LOGS_CAP",
     "claim_batch_max": "SESSIONQ_CLAIM_BATCH_MAX",
     "destroyed_history_ttl_s": "SESSIONQ_DESTROYED_HISTORY_TTL_S",
+    "result_max_bytes": "SESSIONQ_RESULT_MAX_BYTES",
 }
 _FLOAT_KNOBS = {
     "heartbeat_interval_s": "SESSIONQ_HEARTBEAT_INTERVAL_S",
@@ -65,6 +70,8 @@ class Settings:
     claim_batch_max: int = 32
     # A destroyed session's event history stays this long for late listeners.
     destroyed_history_ttl_s: int = 3600
+    # A run's return value, msgpack-encoded, may be this big; a bigger one fails the run.
+    result_max_bytes: int = 1024 * 1024
     # How long one call keeps trying (with backoff) while Redis cannot be reached, before it
     # raises ConnectionFailed: longer than a Sentinel failover with Sentinel's defaults
     # (down-after-milliseconds 30 s, then the election and the promotion).
@@ -86,6 +93,28 @@ class Settings:
         """A heartbeat older than this is late: its worker may be gone (it is declared lost
         only after heartbeat_ttl_s); no run is handed to it meanwhile."""
         return 2 * self.heartbeat_interval_s + 0.5
+
+    def redis_secrets(self) -> set[str]:
+        """The Redis password(s) the URL carries (its user:password@, a ...password= query
+        argument), as given and as URL-decoded."""
+        parts = urlsplit(self.url)
+        found = [parts.netloc.rpartition("@")[0].partition(":")[2]]
+        found += [v for k, v in parse_qsl(parts.query) if k.lower().endswith("password")]
+        secrets = {variant for raw in found for variant in (raw, unquote(raw), quote(raw))}
+        return {s for s in secrets if s}
+
+    def command_environ(self, environ: Mapping[str, str]) -> dict[str, str]:
+        """`environ` (the worker's environment) as a command run gets it (SPEC §9): without
+        what reaches Redis - SESSIONQ_URL, REDIS_URL, RQ_KEY_PREFIX, every SESSIONQ_* setting
+        - and without any variable whose value holds the Redis password."""
+        secrets = self.redis_secrets()
+        return {
+            key: value
+            for key, value in environ.items()
+            if key not in REDIS_VARIABLES
+            and not key.startswith("SESSIONQ_")
+            and not any(secret in value for secret in secrets)
+        }
 
     @classmethod
     def from_env(

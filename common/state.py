@@ -9,7 +9,7 @@ from typing import Any
 from sessionq.common import codec
 from sessionq.common.errors import SessionNotFound, ValidationTypeError
 from sessionq.common.models import check_encodable
-from sessionq.common.scripts import Scripts, now_ms
+from sessionq.common.scripts import Scripts
 
 
 class SharedState(MutableMapping[str, Any]):
@@ -25,12 +25,8 @@ class SharedState(MutableMapping[str, Any]):
     def _change(self, key: str, op: str, value: bytes = b"") -> None:
         if not isinstance(key, str):
             raise ValidationTypeError("key", f"state keys are strings, got {type(key).__name__}")
-        k = self._scripts.keys
-        keys = [k.events_all_channel(), k.session(self._sid), k.history(self._sid)]
-        keys += [k.events_channel(self._sid), self._key]
-        args = [now_ms(), self._scripts.settings.history_cap, self._worker, self._sid,
-                self._task, key, op, value]  # fmt: skip
-        if not self._scripts.call("state", keys, args):
+        if not self._scripts.state_change(self._sid, key, op, value, worker=self._worker,
+                                          task=self._task):  # fmt: skip
             raise SessionNotFound(self._sid)
 
     def __setitem__(self, key: str, value: Any) -> None:

@@ -56,6 +56,12 @@ def in_seconds(value: object) -> float:
         value = value.total_seconds()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValidationTypeError("in_", f"expected seconds or a timedelta, got {value!r}")
-    if not 0 <= value < MAX_IN_S:
-        raise ValidationError("in_", f"must be 0 seconds or more, and finite; got {value!r}")
+    if not math.isfinite(value):
+        raise ValidationError("in_", f"must be a finite number of seconds; got {value!r}")
+    if value < 0:
+        raise ValidationError("in_", f"must be 0 seconds or more; got {value!r}")
+    if value >= MAX_IN_S:
+        raise ValidationError(
+            "in_", f"must be less than {MAX_IN_S} seconds (100 years); got {value!r}"
+        )
     return float(value)

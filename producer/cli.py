@@ -5,8 +5,11 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import math
+import re
+import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 import click
@@ -14,6 +17,7 @@ import click
 from sessionq.common.errors import ConfigError, SessionqError, ValidationError
 from sessionq.common.settings import Settings
 from sessionq.producer.client import Client, format_event
+from sessionq.producer.plans import SessionRef
 
 log = logging.getLogger(__name__)
 EXIT_INTERRUPTED = 130
@@ -49,7 +53,7 @@ class SessionqGroup(click.Group):
         except click.UsageError as exc:
             _fail(exc.format_message().splitlines()[0], 2)
         except ValidationError as exc:
-            _fail(str(exc), 2)
+            _fail(f"--{exc}" if exc.field == "url" else str(exc), 2)
         except SessionqError as exc:
             _fail(str(exc), 1)
         except (KeyboardInterrupt, click.Abort):
@@ -117,6 +121,48 @@ def _parse_env(pairs: Sequence[str]) -> dict[str, str]:
     return env
 
 
+ARGS_HELP = (
+    "Arguments, split as a shell would. With --task each word is typed: 7 is an int, 7.5 a "
+    "float, true/false/null what JSON says, s:7 or '\"7\"' (a JSON string) a string, anything "
+    "else a string. With --cmd every word stays a string."
+)
+JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+JSON_WORDS = {"true": True, "false": False, "null": None}
+
+
+def typed_word(word: str) -> Any:
+    """One word of --args for a --task (SPEC §9): an int, a float, true/false/null, a JSON
+    string ('"7"') or `s:7` as a string; anything else stays the string it is."""
+    if word.startswith("s:"):
+        return word[2:]
+    if word in JSON_WORDS:
+        return JSON_WORDS[word]
+    if JSON_NUMBER.fullmatch(word):
+        value = json.loads(word)
+        if isinstance(value, int) or math.isfinite(value):
+            return value
+        return word
+    if len(word) >= 2 and word[0] == word[-1] == '"':
+        try:
+            value = json.loads(word)
+        except ValueError:
+            return word
+        return value if isinstance(value, str) else word
+    return word
+
+
+def parse_args(text: str | None, *, typed: bool) -> str | list[Any] | None:
+    """--args: for a --task a list of typed words; for a --cmd the string as given (the
+    library splits it, and a command's arguments are strings)."""
+    if text is None or not typed:
+        return text
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:
+        raise ValidationError("args", f"cannot split {text!r}: {exc}") from exc
+    return [typed_word(word) for word in words]
+
+
 def _parse_kwargs(text: str | None) -> dict[str, Any] | None:
     if text is None:
         return None
@@ -141,7 +187,7 @@ def _parse_kwargs(text: str | None) -> dict[str, Any] | None:
 @click.option(
     "--cmd", default=None, help="Command to run (split as a shell would, never run by one)."
 )
-@click.option("--args", "args_", default=None, help="Arguments (a shell-like string).")
+@click.option("--args", "args_", default=None, help=ARGS_HELP)
 @click.option(
     "--env",
     "-e",
@@ -185,7 +231,8 @@ def create(
     """Create session(s) running a command or a registered function."""
     kwargs = _parse_kwargs(kwargs_json)
     ids = _client(ctx).create(
-        name, image, cores, ram, kind, gpu, cmd, args_, _parse_env(env), replicas,
+        name, image, cores, ram, kind, gpu, cmd, parse_args(args_, typed=task is not None),
+        _parse_env(env), replicas,
         task=task, kwargs=kwargs, queue=queue, timeout=timeout, retries=retries,
     )  # fmt: skip
     if as_json:
@@ -194,14 +241,22 @@ def create(
         click.echo("\n".join(ids))
 
 
+NAME_WIDTH = 24
+
+
+def _cut(text: str, width: int) -> str:
+    """`text` in at most `width` characters; a cut one ends with an ellipsis."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def _table(records: list[dict[str, Any]]) -> None:
     head = f"{'ID':<13} {'NAME':<24} {'KIND':<10} {'STATUS':<12} {'DONE':>11} {'CREATED':<24}"
     click.echo(head)
     for r in records:
         t = r["tasks"]
         done = f"{t['succeeded'] + t['failed'] + t['canceled']}/{sum(t.values())}"
-        click.echo(f"{r['id']:<13} {r['name'][:24]:<24} {r['kind']:<10} {r['status']:<12} "
-                   f"{done:>11} {r['created_at'] or '':<24}")  # fmt: skip
+        click.echo(f"{r['id']:<13} {_cut(r['name'], NAME_WIDTH):<24} {r['kind']:<10} "
+                   f"{r['status']:<12} {done:>11} {r['created_at'] or '':<24}")  # fmt: skip
 
 
 @cli.command("ls")
@@ -231,8 +286,26 @@ def stats(ctx: click.Context, as_json: bool) -> None:
         _echo_json(data)
         return
     for section, values in data.items():
-        row = "  ".join(f"{k}={v}" for k, v in values.items())
-        click.echo(f"{section:<9} {row}")
+        click.echo(f"{section:<9} {_pairs(values)}")
+
+
+def _pairs(values: dict[str, Any], sep: str = "  ") -> str:
+    return sep.join(f"{k}={v}" for k, v in values.items())
+
+
+# -- sessions by id or name: every command below resolves its references in one call ----------
+def _error(message: str) -> None:
+    click.echo(f"sessionq: error: {message}", err=True)
+
+
+def _sessions(client: Client, refs: Sequence[str]) -> tuple[list[SessionRef], bool]:
+    """The sessions that ids or the caller's session names name, each once; one error line
+    per reference that names none. The second value is False when one did not."""
+    resolved = client.resolve(list(refs))
+    for ref in resolved.missing:
+        _error(f"no such session: {ref}")
+    sessions = {s.id: s for s in resolved.found.values()}
+    return list(sessions.values()), not resolved.missing
 
 
 @cli.command()
@@ -241,9 +314,10 @@ def stats(ctx: click.Context, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def info(ctx: click.Context, ids: tuple[str, ...], with_tasks: bool, as_json: bool) -> int:
-    """Show session records (unknown ids are reported)."""
+    """Show session records (IDS: session ids or names of your sessions)."""
     client = _client(ctx)
-    records = client.info(list(ids))
+    sessions, ok = _sessions(client, ids)
+    records = client.info([s.id for s in sessions]) if sessions else []
     if with_tasks:
         for r in records:
             r["task_records"] = client.tasks(r["id"])
@@ -254,15 +328,13 @@ def info(ctx: click.Context, ids: tuple[str, ...], with_tasks: bool, as_json: bo
             click.echo(f"== {r['id']}")
             for key, value in r.items():
                 if key != "task_records":
-                    click.echo(f"  {key:<13} {value}")
+                    shown = _pairs(value, " ") if isinstance(value, dict) else value
+                    click.echo(f"  {key:<13} {shown}")
             for t in r.get("task_records", []):
                 error = (t["error"] or "").strip().splitlines()[-1:] or [""]
                 click.echo(f"  - {t['id']:<18} {t['name'][:20]:<20} {t['state'] or '?':<10} "
                            f"attempts={t['attempts']} {error[0][:60]}".rstrip())  # fmt: skip
-    missing = set(ids) - {r["id"] for r in records}
-    for sid in sorted(missing):
-        click.echo(f"sessionq: no such session: {sid}", err=True)
-    return 1 if missing else 0
+    return 0 if ok and len(records) == len(sessions) else 1
 
 
 @cli.command()
@@ -273,22 +345,49 @@ def info(ctx: click.Context, ids: tuple[str, ...], with_tasks: bool, as_json: bo
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def logs(ctx: click.Context, ids: tuple[str, ...], follow: bool, as_json: bool) -> int:
-    """Print the sessions' captured output and log lines."""
+    """Print the sessions' captured output and log lines (IDS: ids or names)."""
     client = _client(ctx)
+    sessions, ok = _sessions(client, ids)
+    sids = [s.id for s in sessions]
+    if not sids:
+        return 1
     if follow:
-        for event in client.listen(list(ids), types=["task.log"], after=0):
+        for event in client.listen(sids, types=["task.log"], after=0):
             line = event["data"].get("line", "")
-            click.echo(line if len(ids) == 1 else f"{event['session']}: {line}")
-        return 0
-    out = client.logs(list(ids)) or {}
+            click.echo(line if len(sids) == 1 else f"{event['session']}: {line}")
+        return 0 if ok else 1
+    out = client.logs(sids) or {}
     if as_json:
         _echo_json(out)
     else:
         for sid, text in out.items():
-            if len(ids) > 1:
+            if len(sids) > 1:
                 click.echo(f"== {sid}")
             click.echo(text, nl=False)
-    return 0 if len(out) == len(set(ids)) else 1
+    return 0 if ok and len(out) == len(sids) else 1
+
+
+def _check_types(
+    ctx: click.Context, param: click.Parameter, types: tuple[str, ...]
+) -> tuple[str, ...]:
+    """--type: event types of SPEC §5 (or `op.NAME`), or a prefix of them ending in `*`."""
+    from sessionq.common.events import EventType
+
+    known = [t.value for t in EventType]
+    for value in types:
+        stem = value[:-1] if value.endswith("*") else None
+        if stem is None and (value in known or (value.startswith("op.") and len(value) > 3)):
+            continue
+        if stem is not None and (
+            any(k.startswith(stem) for k in [*known, "op."]) or stem.startswith("op.")
+        ):
+            continue
+        raise click.BadParameter(
+            f"{value!r} is not an event type ({', '.join(known)}, op.NAME; "
+            "a trailing * matches a prefix, e.g. 'task.*')",
+            ctx=ctx, param=param,
+        )  # fmt: skip
+    return types
 
 
 @cli.command()
@@ -297,24 +396,33 @@ def logs(ctx: click.Context, ids: tuple[str, ...], follow: bool, as_json: bool) 
     "--follow", "-f", is_flag=True, help="Print events as they happen, until the sessions end."
 )
 @click.option(
-    "--type", "types", multiple=True, help="Only this event type; a trailing * matches a prefix."
+    "--type",
+    "types",
+    multiple=True,
+    callback=_check_types,
+    help="Only this event type; a trailing * matches a prefix ('task.*').",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per event.")
 @click.pass_context
 def events(
     ctx: click.Context, ids: tuple[str, ...], follow: bool, types: tuple[str, ...], as_json: bool
-) -> None:
-    """Print the sessions' events."""
+) -> int:
+    """Print the sessions' events (IDS: ids or names)."""
     from sessionq.common.events import matches
 
     client = _client(ctx)
+    sessions, ok = _sessions(client, ids)
+    sids = [s.id for s in sessions]
+    if not sids:
+        return 1
     if follow:
-        stream = client.listen(list(ids), types=list(types) or None, after=0)
+        stream = client.listen(sids, types=list(types) or None, after=0)
     else:
         wanted = frozenset(types) or None
-        stream = iter([e for e in client.events(list(ids)) or [] if matches(e["type"], wanted)])
+        stream = iter([e for e in client.events(sids) or [] if matches(e["type"], wanted)])
     for event in stream:
         click.echo(json.dumps(event) if as_json else format_event(event))
+    return 0 if ok else 1
 
 
 @cli.command()
@@ -324,11 +432,65 @@ def watch(ctx: click.Context, ids: tuple[str, ...]) -> int:
     """A progress bar per session until they end (plain lines when not a terminal)."""
     from sessionq.producer.follow import follow
 
-    tallies = follow(_client(ctx), list(ids), logs=False)
+    client = _client(ctx)
+    sessions, ok = _sessions(client, ids)
+    if not sessions:
+        return 1
+    tallies = follow(client, [s.id for s in sessions], logs=False)
     for sid, tally in tallies.items():
         click.echo(f"{tally.name} {sid}: {tally.status} ({tally.done}/{tally.total} done, "
                    f"{tally.failed} failed)")  # fmt: skip
-    return 0 if tallies and all(t.status == "Completed" for t in tallies.values()) else 1
+    done = tallies and all(t.status == "Completed" for t in tallies.values())
+    return 0 if ok and done else 1
+
+
+def _refusal(client: Client, session: SessionRef, action: str) -> str | None:
+    """Why `action` on this session would be refused, known before asking; None if not."""
+    what = f"session {session.id} ({session.name})"
+    if session.owner != client.user:
+        return f"{what} is not yours (owner {session.owner}); {action} refused"
+    if session.status == "Terminating":
+        return f"{what} is being destroyed; {action} refused"
+    if action == "step" and session.status != "Paused":
+        return f"{what} is {session.status}, not paused; step refused"
+    return None
+
+
+def control(
+    client: Client, refs: Sequence[str], action: str,
+    call: Callable[[list[str]], dict[str, bool]], as_json: bool,
+) -> int:  # fmt: skip
+    """A control command (destroy, pause, play, step, stop, restart): resolve the references,
+    refuse with the reason what cannot be done, call the API with the rest, print."""
+    sessions, ok = _sessions(client, refs)
+    result: dict[str, bool] = {}
+    allowed = []
+    for session in sessions:
+        why = _refusal(client, session, action)
+        if why is None:
+            allowed.append(session)
+        else:
+            _error(why)
+            result[session.id] = False
+    if allowed:
+        result.update(call([s.id for s in allowed]))
+    refused = [s for s in allowed if not result.get(s.id)]
+    if refused:  # changed meanwhile: read the sessions again to say why
+        again = client.resolve([s.id for s in refused]).found
+        for session in refused:
+            now = again.get(session.id)
+            if now is None:
+                _error(f"no such session: {session.id}")
+            else:
+                why = _refusal(client, now, action)
+                _error(why or f"session {now.id} ({now.name}) is {now.status}; {action} refused")
+    if as_json:
+        _echo_json(result)
+    else:
+        for sid, accepted in result.items():
+            if accepted:
+                click.echo(f"{sid} accepted")
+    return 0 if ok and result and all(result.values()) else 1
 
 
 @cli.command()
@@ -336,8 +498,9 @@ def watch(ctx: click.Context, ids: tuple[str, ...]) -> int:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def destroy(ctx: click.Context, ids: tuple[str, ...], as_json: bool) -> int:
-    """Destroy sessions (carried out by workers)."""
-    return _print_accepted(_client(ctx).destroy(list(ids)), as_json)
+    """Destroy sessions (IDS: ids or names of yours; carried out by workers)."""
+    client = _client(ctx)
+    return control(client, ids, "destroy", client.destroy, as_json)
 
 
 @cli.command("destroy-with")
@@ -348,15 +511,18 @@ def destroy(ctx: click.Context, ids: tuple[str, ...], as_json: bool) -> int:
 @click.pass_context
 def destroy_with(ctx: click.Context, prefix: str, kind: str, status: str, as_json: bool) -> int:
     """Destroy sessions whose name starts with PREFIX (a regex if it has metacharacters)."""
-    return _print_accepted(_client(ctx).destroy_with(prefix, kind=kind, status=status), as_json)
-
-
-def _print_accepted(result: dict[str, bool], as_json: bool) -> int:
+    result = _client(ctx).destroy_with(prefix, kind=kind, status=status)
+    if not result:
+        _error(f"no sessions matched {prefix!r} (kind {kind}, status {status})")
+        return 1
     if as_json:
         _echo_json(result)
     else:
-        for sid, ok in result.items():
-            click.echo(f"{sid} {'accepted' if ok else 'refused (see the log line above)'}")
+        for sid, accepted in result.items():
+            if accepted:
+                click.echo(f"{sid} accepted")
+            else:
+                _error(f"session {sid}: destroy refused (being destroyed meanwhile?)")
     return 0 if all(result.values()) else 1
 
 
@@ -392,9 +558,9 @@ def up(ctx: click.Context, workers: int, allow_commands: bool, imports: tuple[st
     with Stack(
         ctx.obj, workers=workers, allow_commands=allow_commands, imports=list(imports)
     ) as stack:
-        click.echo(f"sessionq is up: SESSIONQ_URL={stack.settings.url} "
-                   f"({workers} worker process(es)); Ctrl-C stops it")  # fmt: skip
-        stack.wait()
+        banner = (f"sessionq is up: SESSIONQ_URL={stack.settings.url} "
+                  f"({workers} worker process(es)); Ctrl-C stops it")  # fmt: skip
+        stack.wait(ready=lambda: click.echo(banner))
     return 0
 
 
@@ -463,8 +629,8 @@ def dashboard(
         if missing not in DASHBOARD_MODULES:
             raise
         raise ConfigError(
-            f"the dashboard needs its extra: pip install 'sessionq[dashboard]' "
-            f"(missing module {missing})"
+            "the dashboard needs its extra: pip install 'sessionq[dashboard]', or "
+            f"pip install '.[dashboard]' in a checkout (missing module {missing})"
         ) from exc
     serve(ctx.obj, host=host, port=port, token=token, root_path=root_path, url=public_url,
           echo=click.echo)  # fmt: skip

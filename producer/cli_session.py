@@ -8,19 +8,30 @@ from collections.abc import Callable
 
 import click
 
-from sessionq.common import codec
-from sessionq.producer.cli import _client, _parse_env, _parse_kwargs, _print_accepted, cli
+from sessionq.common.errors import ValidationError
+from sessionq.common.keys import session_of
+from sessionq.producer.cli import (
+    ARGS_HELP,
+    _client,
+    _error,
+    _parse_env,
+    _parse_kwargs,
+    cli,
+    control,
+    parse_args,
+)
 from sessionq.producer.client import Client
 from sessionq.producer.task import RUN_IF, Task
 
 
 def _control(name: str, call: Callable[[Client, list[str]], dict[str, bool]], doc: str) -> None:
-    @cli.command(name, help=doc)
+    @cli.command(name, help=f"{doc} IDS: session ids or names of your sessions.")
     @click.argument("ids", nargs=-1, required=True)
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     @click.pass_context
     def command(ctx: click.Context, ids: tuple[str, ...], as_json: bool) -> int:
-        return _print_accepted(call(_client(ctx), list(ids)), as_json)
+        client = _client(ctx)
+        return control(client, ids, name, lambda sids: call(client, sids), as_json)
 
     del command
 
@@ -37,15 +48,19 @@ _control("stop", Client.stop, "Stop sessions: cancel queued runs, stop running o
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def restart(ctx: click.Context, ids: tuple[str, ...], failed_only: bool, as_json: bool) -> int:
-    """Run the sessions' ended tasks again."""
-    return _print_accepted(_client(ctx).restart(list(ids), failed_only=failed_only), as_json)
+    """Run the sessions' ended tasks again (IDS: session ids or names of yours)."""
+    client = _client(ctx)
+    return control(
+        client, ids, "restart", lambda sids: client.restart(sids, failed_only=failed_only),
+        as_json,
+    )  # fmt: skip
 
 
 @cli.command()
 @click.argument("session")
 @click.option("--task", default=None, metavar="MODULE:FUNC", help="Registered function to run.")
 @click.option("--cmd", default=None, help="Command to run (split as a shell would).")
-@click.option("--args", "args_", default=None, help="Arguments (a shell-like string).")
+@click.option("--args", "args_", default=None, help=ARGS_HELP)
 @click.option("--kwargs", "kwargs_json", default=None, metavar="JSON", help="Keyword arguments.")
 @click.option("--env", "-e", "env", multiple=True, metavar="KEY=VALUE", help="Environment.")
 @click.option("--name", default=None, help="Task name (default: the function or program).")
@@ -67,20 +82,34 @@ def add(
     kwargs_json: str | None, env: tuple[str, ...], name: str | None, key: str | None,
     depends_on: tuple[str, ...], run_if: str, in_: float | None, at: str | None,
     cron: str | None, retries: int, timeout: float | None, queue: str | None, as_json: bool,
-) -> None:  # fmt: skip
-    """Add a task to your persistent session SESSION (its name, created when new, or id)."""
+) -> int:  # fmt: skip
+    """Add a task to your persistent session SESSION: its id or name; a name that names no
+    session creates one (and says so on stderr)."""
     kwargs = _parse_kwargs(kwargs_json)
     new = Task(
-        task, cmd=cmd, args=args_, kwargs=kwargs, env=_parse_env(env), name=name, key=key,
+        task, cmd=cmd, args=parse_args(args_, typed=task is not None), kwargs=kwargs,
+        env=_parse_env(env), name=name, key=key,
         depends_on=list(depends_on) or None, run_if=run_if, in_=in_, at=at, cron=cron,
         retries=retries, timeout=timeout, queue=queue,
     )  # fmt: skip
     client = _client(ctx)
-    raw = client.redis.hget(client.keys.sessions(), session)
-    if raw is not None and codec.decode_map(raw, "session").get("persistent"):
-        session = str(codec.decode_map(raw, "session")["name"])
-    tid = client.session(session).add(new)
+    found = client.resolve([session]).found.get(session)
+    if found is None:
+        handle = client.session(session)
+        click.echo(f"created session {handle.name} ({handle.id})", err=True)
+    elif found.owner != client.user:
+        _error(f"session {found.id} ({found.name}) is not yours (owner {found.owner})")
+        return 1
+    elif not found.persistent:
+        raise ValidationError(
+            "session", f"{session!r} is session {found.id}, made by create(): add takes a "
+            "persistent session (a new name creates one)",
+        )  # fmt: skip
+    else:
+        handle = client.session(found.name)
+    tid = handle.add(new)
     if as_json:
-        click.echo(json.dumps({"session": tid.rpartition("-")[0], "task": tid}))
+        click.echo(json.dumps({"session": session_of(tid), "task": tid}))
     else:
         click.echo(tid)
+    return 0

@@ -24,7 +24,7 @@ from sessionq.common.errors import (
     SessionNotFound,
     ValidationTypeError,
 )
-from sessionq.common.keys import DEFAULT_QUEUE, Keys, command_queue_for
+from sessionq.common.keys import DEFAULT_QUEUE, Keys, command_queue_for, run_id
 from sessionq.common.models import RunSpec, SessionRecord, check_kind, check_name
 from sessionq.common.rqcompat import load_rq
 from sessionq.common.scripts import Scripts
@@ -157,6 +157,11 @@ class Client(SessionControl):
             record = replace(record, config=wanted.to_wire())
             self.redis.hset(self.keys.sessions(), sid, codec.encode(record.to_wire()))
         cfg = SessionConfig.from_wire(record.config)
+        # the cap the claim script reads (run.lua, prelude `room`), kept with the session
+        if cfg.max_running is not None:
+            self.redis.hset(self.keys.session(sid), "max_running", cfg.max_running)
+        elif not created:
+            self.redis.hdel(self.keys.session(sid), "max_running")
         if created and not cfg.autoplay:
             self.pause(sid)
         return Session(self, sid, record.name, cfg, record.created_at_ms)
@@ -209,7 +214,7 @@ class Client(SessionControl):
         for n, spec in enumerate(specs, start=last - len(specs) + 1):
             queue = command_queue_for(spec.queue) if spec.is_command else spec.queue
             queue = queue or DEFAULT_QUEUE
-            runs.append((0, f"{sid}-{n}", spec.name, state, queue, spec.job_fields(queue, now),
+            runs.append((0, run_id(sid, n), spec.name, state, queue, spec.job_fields(queue, now),
                          None))  # fmt: skip
         reply = self.scripts.enqueue([(sid, False, b"", "", "session", self.user)], runs, now=now)
         if reply and reply[0] == "gone":
@@ -217,6 +222,11 @@ class Client(SessionControl):
         return [run[1] for run in runs]
 
     # -- read ------------------------------------------------------------------------------
+    @redis_errors
+    def resolve(self, refs: str | Sequence[str]) -> plans.Resolved:
+        """Session ids or the caller's session names, as sessions (producer.plans.resolve)."""
+        return self._run(plans.resolve(self.scripts, refs))
+
     def _connect_base(self) -> str | None:
         raw = self.redis.get(self.keys.dashboard())
         return codec.text(raw) if raw else None

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from sessionq.common import codec
 from sessionq.common.errors import CodecError, SessionNotFound
+from sessionq.common.keys import run_number
 from sessionq.common.models import TASK_FIELDS, Status, as_id_list, task_dict
 
 if TYPE_CHECKING:
@@ -23,9 +24,7 @@ log = logging.getLogger(__name__)
 MAX_TRIES = 50  # optimistic steps (play, step) retried when a worker moved a run meanwhile
 
 
-def task_order(task_id: str) -> int:
-    tail = task_id.rpartition("-")[2]
-    return int(tail) if tail.isdigit() else 0
+task_order = run_number  # the order a session's tasks were added in
 
 
 class SessionControl:

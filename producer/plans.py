@@ -151,6 +151,106 @@ def create(
     return ids
 
 
+# -- names and ids ------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class SessionRef:
+    """A session a reference (an id or a name) named, with what a command checks first."""
+
+    id: str
+    name: str
+    owner: str
+    status: str
+    persistent: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """References to sessions resolved: `found` by reference, in the order given, and the
+    references that named no session."""
+
+    found: dict[str, SessionRef]
+    missing: list[str]
+
+    @property
+    def ids(self) -> list[str]:
+        """The ids found, each once, in the order given."""
+        return list(dict.fromkeys(ref.id for ref in self.found.values()))
+
+
+def resolve(scripts: Scripts, refs: str | Sequence[str]) -> Plan[Resolved]:
+    """Each reference as a session: an id (anyone's), else the caller's persistent session of
+    that name, else the caller's create()-made sessions of that name (ValidationError naming
+    the ids when more than one has it). The one place where names become ids."""
+    k, user = scripts.keys, scripts.settings.user
+    refs = list(dict.fromkeys(as_id_list(refs)))
+    if not refs:
+        return Resolved({}, [])
+    by_id, by_name = yield Batch([
+        Command.of("hmget", k.sessions(), refs),
+        Command.of("hmget", k.names(), [f"{user}/{ref}" for ref in refs]),
+    ])  # fmt: skip
+    ids: dict[str, str] = {}
+    for ref, raw, named in zip(refs, by_id, by_name, strict=True):
+        if raw is not None:
+            ids[ref] = ref
+        elif named is not None:
+            ids[ref] = codec.text(named)
+    if len(ids) < len(refs):
+        owned = yield from _owned_by_name(scripts, user)
+        for ref in refs:
+            if ref in ids or ref not in owned:
+                continue
+            if len(owned[ref]) > 1:
+                raise ValidationError(
+                    "session", f"{len(owned[ref])} of your sessions are named {ref!r} "
+                    f"({', '.join(owned[ref])}): give an id",
+                )  # fmt: skip
+            ids[ref] = owned[ref][0]
+    wanted = list(dict.fromkeys(ids.values()))
+    if not wanted:
+        return Resolved({}, refs)
+    replies = yield Batch(
+        [Command.of("hmget", k.sessions(), wanted)]
+        + [Command.of("hget", k.session(sid), "status") for sid in wanted]
+    )
+    refs_by_id: dict[str, SessionRef] = {}
+    for sid, raw, status in zip(wanted, replies[0], replies[1:], strict=True):
+        if raw is None:  # destroyed meanwhile
+            continue
+        try:
+            record = parse_record(raw, sid)
+        except CodecError as exc:
+            log.error("unreadable record: %s", exc)
+            continue
+        refs_by_id[sid] = SessionRef(
+            id=sid, name=record.name, owner=record.owner, persistent=record.persistent,
+            status=codec.text(status) if status else Status.PENDING.value,
+        )  # fmt: skip
+    found = {ref: refs_by_id[ids[ref]] for ref in refs if ids.get(ref) in refs_by_id}
+    return Resolved(found, [ref for ref in refs if ref not in found])
+
+
+def _owned_by_name(scripts: Scripts, user: str) -> Plan[dict[str, list[str]]]:
+    """name -> ids of the caller's sessions (oldest first), read from the owner index."""
+    (members,) = yield Batch([Command.of("smembers", scripts.keys.idx_owner(user))])
+    owned = sorted(codec.text(m) for m in members)
+    if not owned:
+        return {}
+    (raws,) = yield Batch([Command.of("hmget", scripts.keys.sessions(), owned)])
+    records = []
+    for sid, raw in zip(owned, raws, strict=True):
+        if raw is None:
+            continue
+        try:
+            records.append(parse_record(raw, sid))
+        except CodecError as exc:
+            log.error("unreadable record: %s", exc)
+    out: dict[str, list[str]] = {}
+    for record in sorted(records, key=lambda r: (r.created_at_ms, r.id)):
+        out.setdefault(record.name, []).append(record.id)
+    return out
+
+
 # -- read --------------------------------------------------------------------------------------
 def records(
     scripts: Scripts, ids: Sequence[str], *, quiet: bool = False
@@ -221,7 +321,8 @@ def fetch(
 
 
 def stats(scripts: Scripts) -> Plan[dict[str, Any]]:
-    """Sessions by status, runs by state, queue depths, workers, cores and ram."""
+    """Sessions by status, runs by state, queue depths, workers, cores and ram, and the largest
+    live worker by cores and by ram (what CANFAR's stats() calls maxCores and maxRAM)."""
     k, rq = scripts.keys, scripts.rq
     commands = [Command.of("scard", k.idx_status(status.value)) for status in Status]
     commands += [
@@ -246,8 +347,12 @@ def stats(scripts: Scripts) -> Plan[dict[str, Any]]:
     queues = {qk[len(prefix) :]: int(n) for qk, n in zip(queue_keys, replies, strict=False)}
     worker_rows = replies[len(queue_keys) : len(queue_keys) + len(live)]
     busy = sum(1 for row in worker_rows if row[0])
-    offered_cores = sum(float(row[1] or 0) for row in worker_rows)
-    offered_ram = sum(float(row[2] or 0) for row in worker_rows)
+    offers = [(float(row[1] or 0), float(row[2] or 0)) for row in worker_rows]
+    offered_cores = sum(cores for cores, _ in offers)
+    offered_ram = sum(ram for _, ram in offers)
+    # the largest worker by cores (and its ram), by ram (and its cores): CANFAR's maxCores/maxRAM
+    most_cores = max(offers, default=(0.0, 0.0))
+    most_ram = max(offers, key=lambda offer: (offer[1], offer[0]), default=(0.0, 0.0))
     req_cores = req_ram = 0.0
     for raw in replies[len(queue_keys) + len(live) :]:
         if raw:
@@ -265,6 +370,8 @@ def stats(scripts: Scripts) -> Plan[dict[str, Any]]:
         "workers": {"count": len(live), "busy": busy},
         "cores": {"requested": req_cores, "available": offered_cores},
         "ram": {"requested": req_ram, "available": offered_ram},
+        "max_cores": {"cores": most_cores[0], "with_ram": most_cores[1]},
+        "max_ram": {"ram": most_ram[1], "with_cores": most_ram[0]},
     }
 
 

@@ -22,7 +22,7 @@ from sessionq.common.errors import (
     ValidationTypeError,
 )
 from sessionq.common.events import TERMINAL_EVENTS
-from sessionq.common.keys import DEFAULT_QUEUE, command_queue_for
+from sessionq.common.keys import DEFAULT_QUEUE, command_queue_for, run_id
 from sessionq.common.models import ENDED_STATUSES, TaskState, check_encodable, iso_from_ms
 from sessionq.common.scripts import Run
 from sessionq.common.sessionconfig import SessionConfig
@@ -113,7 +113,7 @@ class Session:
                 # destroyed: HINCRBY made a stray hash of the gone session; take it away
                 self.client.redis.delete(key)
                 raise SessionNotFound(self.id)
-            self._ids = [f"{self.id}-{n}" for n in range(int(last) - block + 1, int(last) + 1)]
+            self._ids = [run_id(self.id, n) for n in range(int(last) - block + 1, int(last) + 1)]
             self._id_block = min(2 * block, ID_BLOCK_MAX)
         return self._ids.pop(0)
 
@@ -338,10 +338,15 @@ class Session:
             "running": f"the task it would replace, {reply[-1]}, is running; stop it first "
                        "(task_pre_exist='replace')",
         }  # fmt: skip
-        if reply[0] in refused or reply[0] == "gone":
+        if reply[0] in refused or reply[0] in ("gone", "nodep"):
             self._unstage(staged)  # nothing was written
             if reply[0] == "gone":
                 raise SessionNotFound(self.id)
+            if reply[0] == "nodep":
+                name = next((run[2] for run, _ in staged if run[1] == reply[1]), reply[1])
+                raise ValidationError(
+                    "depends_on", f"task {name!r} depends on {reply[2]!r}, which names no task"
+                )
             raise ValidationError("name", refused[reply[0]])
         for i in range(1, len(reply), 3):
             staged_id, final_id = reply[i], reply[i + 1]

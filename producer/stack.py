@@ -4,11 +4,15 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
+from typing import Any
 
 from redis import Redis
 
@@ -21,6 +25,15 @@ from sessionq.common.settings import Settings
 log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class _StopSignal(KeyboardInterrupt):
+    """A stop signal (SIGINT, SIGTERM, SIGHUP) to a Stack's process: an interruption."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.name = signal.Signals(signum).name
 
 
 class Stack:
@@ -40,8 +53,11 @@ class Stack:
         self.imports = imports or []
         self.server: RedisServer | None = None
         self.proc: subprocess.Popen[bytes] | None = None
+        self._stopping = False
+        self._saved_handlers: dict[int, Any] = {}
 
     def __enter__(self) -> Stack:
+        self._take_signals()
         try:
             if not self.settings.url_configured:
                 self.server = RedisServer().start()
@@ -55,14 +71,15 @@ class Stack:
 
     def _start_workers(self) -> None:
         s = self.settings
-        cmd = [sys.executable, "-m", "sessionq", "--url", s.url, "--prefix", s.prefix,
+        cmd = [sys.executable, "-m", "sessionq", "--prefix", s.prefix,
                "--user", s.user, "--log-level", self.log_level, "worker",
                "--concurrency", str(self.workers)]  # fmt: skip
         if self.allow_commands:
             cmd.append("--allow-commands")
         for module in self.imports:
             cmd += ["--import", module]
-        self.proc = subprocess.Popen(cmd)
+        # the URL (maybe with a password) in the environment: a command line is public (ps)
+        self.proc = subprocess.Popen(cmd, env={**os.environ, "SESSIONQ_URL": s.url})
         client: Redis = connect(s)
         try:
             deadline = time.monotonic() + READY_TIMEOUT_S
@@ -77,25 +94,65 @@ class Stack:
         finally:
             client.close()
 
-    def wait(self) -> None:
+    def wait(self, *, ready: Callable[[], None] | None = None) -> None:
+        """Call `ready` (say, to announce the stack), then serve until the workers exit or a
+        stop signal comes: SIGINT (a terminal's Ctrl-C, which also reaches the workers, not
+        the embedded Redis), SIGTERM or SIGHUP. Then return: close() stops the workers, then
+        Redis. (A stop signal outside wait() interrupts: KeyboardInterrupt.)"""
         assert self.proc is not None
-        self.proc.wait()
+        self._take_signals()
+        try:
+            if ready is not None:
+                ready()
+            self.proc.wait()
+        except _StopSignal as stop:
+            log.info("%s: stopping the workers, then Redis", stop.name)
 
     def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        """Stop the workers (SIGTERM; SIGINT after STOP_TIMEOUT_S, or at once on a further
+        stop signal; SIGKILL after as long again), then Redis, whatever comes meanwhile."""
+        self._take_signals()
+        self._stopping = True  # from now on a stop signal hurries the workers
+        try:
+            if self.proc is not None and self.proc.poll() is None:
+                self._stop_workers(self.proc)
+        finally:
             try:
-                self.proc.wait(timeout=STOP_TIMEOUT_S)
+                if self.server is not None:
+                    self.server.stop()
+                    self.server = None
+            finally:
+                for sig, old in self._saved_handlers.items():
+                    signal.signal(sig, old)
+                self._saved_handlers = {}
+
+    def _take_signals(self) -> None:
+        """From the start until close() ends, STOP_SIGNALS come to _on_signal (on the main
+        thread only: elsewhere signals are not ours to take)."""
+        if self._saved_handlers or threading.current_thread() is not threading.main_thread():
+            return
+        self._saved_handlers = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if not self._stopping:
+            self._stopping = True
+            raise _StopSignal(signum)
+        # again while the workers stop: they stop their runs now (requeued)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+
+    @staticmethod
+    def _stop_workers(proc: subprocess.Popen[bytes]) -> None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
-                self.proc.send_signal(signal.SIGINT)
-                try:
-                    self.proc.wait(timeout=STOP_TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
-        if self.server is not None:
-            self.server.stop()
-            self.server = None
+                proc.kill()
+                proc.wait()
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -19,8 +19,10 @@ MAX_KEY_CHARS = 256
 class Task:
     """One run: a registered function (`func`) or a command (`cmd`/`args`/`env`), with its
     name, idempotency `key`, dependencies (`depends_on` + `run_if`), schedule (`at`, `in_`
-    or `cron`), retries, timeout and resources. Validated when made; added with
-    `Session.add`. The same object added twice to a session is stored once."""
+    or `cron`), retries (waiting `retry_delay` seconds before the first, then doubling with
+    backoff="exponential" or the same with "fixed", with jitter), timeout and resources.
+    Validated when made; added with `Session.add`. The same object added twice to a session
+    is stored once."""
 
     def __init__(
         self,
@@ -35,6 +37,8 @@ class Task:
         depends_on: Task | str | Iterable[Task | str] | None = None,
         run_if: str = "succeeded",
         retries: int = 0,
+        retry_delay: float | None = None,
+        backoff: str = "exponential",
         timeout: float | None = None,
         at: Any = None,
         in_: Any = None,
@@ -48,7 +52,8 @@ class Task:
             check_name(name)
         self.spec: RunSpec = build_run(
             name=name or "task", cmd=cmd, task=func, args=args, kwargs=kwargs, env=env,
-            queue=queue, timeout=timeout, retries=retries, cores=cores, ram=ram, gpu=gpu,
+            queue=queue, timeout=timeout, retries=retries, retry_delay=retry_delay,
+            backoff=backoff, cores=cores, ram=ram, gpu=gpu,
         )  # fmt: skip
         self.name = name
         if key is not None and (not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_CHARS):

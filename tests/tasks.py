@@ -92,3 +92,17 @@ def until_stopped(limit_s: float = 20.0) -> str:
 @task
 def echo(value: Any) -> Any:
     return value
+
+
+@task
+def blob(size: int) -> bytes:
+    """A return value of `size` bytes (a little more, msgpack-encoded)."""
+    return b"x" * size
+
+
+@task
+def fails_before(attempt: int) -> int:
+    """Fails until its `attempt`-th attempt, which returns the attempt number."""
+    if current_task().attempt < attempt:
+        raise RuntimeError(f"attempt {current_task().attempt} fails")
+    return current_task().attempt

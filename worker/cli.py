@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import click
 
@@ -21,7 +22,16 @@ log = logging.getLogger(__name__)
     "imports",
     multiple=True,
     metavar="MODULE",
-    help="Module whose @task functions may run (repeatable).",
+    help="Module whose @task functions may run (repeatable); found in the current directory "
+    "first, as `python -m` does, then in each --path.",
+)
+@click.option(
+    "--path",
+    "paths",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False),
+    metavar="DIR",
+    help="Another directory to import --import modules from (repeatable).",
 )
 @click.option(
     "--allow-commands", is_flag=True, help="Also run command runs (never through a shell)."
@@ -50,17 +60,20 @@ log = logging.getLogger(__name__)
 )
 @click.pass_obj
 def worker_command(
-    settings: Settings, queues: tuple[str, ...], imports: tuple[str, ...], allow_commands: bool,
+    settings: Settings, queues: tuple[str, ...], imports: tuple[str, ...], paths: tuple[str, ...],
+    allow_commands: bool,
     burst: bool, concurrency: int, name: str | None, cores: float | None, ram: float | None,
 ) -> int:  # fmt: skip
     """Run workers: the control queue first, then the given queues."""
     from sessionq.common.connection import connect
     from sessionq.common.models import check_queue
-    from sessionq.worker.registry import import_modules
+    from sessionq.worker.registry import extend_import_path, import_modules
     from sessionq.worker.supervisor import Supervisor, WorkerOptions
 
     for q in queues:
         check_queue(q)
+    # the worker processes are forked from this one: they inherit the path
+    extend_import_path([os.getcwd(), *paths])
     import_modules(list(imports))  # fail early, before any process starts
     connect(settings).close()  # a clear error now if Redis is unreachable
     opts = WorkerOptions(

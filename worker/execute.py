@@ -14,6 +14,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from sessionq.common import codec
+from sessionq.common.errors import CodecError
+
 log = logging.getLogger(__name__)
 LOG_FLUSH_S = 0.05
 LOG_FLUSH_LINES = 200
@@ -114,6 +117,16 @@ class RunEnvironment:
     def restore(self) -> None:
         self.apply({})
 
+    def base(self) -> dict[str, str]:
+        """os.environ as it was before any run's variables were put in place."""
+        env = dict(os.environ)
+        for key, old in self._original.items():
+            if old is None:
+                env.pop(key, None)
+            else:
+                env[key] = old
+        return env
+
 
 RUN_ENVIRONMENT = RunEnvironment()
 
@@ -136,6 +149,24 @@ def call_function(
         interrupter.disarm()
 
 
+def stored_result(run_id: str, func: str, result: Any, max_bytes: int) -> tuple[str, bytes]:
+    """A function's return value as its run's outcome and payload. The body ran, so a value
+    that cannot be stored fails this run only ("failed", which may retry): one msgpack
+    cannot encode, or one bigger than max_bytes (Settings.result_max_bytes) encoded."""
+    try:
+        payload = codec.encode(result)
+    except CodecError as exc:
+        reason = f"return value of {func} cannot be stored: {exc}"
+    else:
+        if len(payload) <= max_bytes:
+            return "succeeded", payload
+        reason = (
+            f"return value is {len(payload)} bytes, more than SESSIONQ_RESULT_MAX_BYTES={max_bytes}"
+        )
+    log.info("run %s failed: %s", run_id, reason)
+    return "failed", codec.encode(reason)
+
+
 def _child_setup(ram_bytes: int | None) -> Callable[[], None]:
     def setup() -> None:
         # die with the worker, whatever kills it
@@ -150,7 +181,8 @@ def _child_setup(ram_bytes: int | None) -> Callable[[], None]:
 
 
 class Command:
-    """A command run as its own process group, its output read line by line."""
+    """A command run as its own process group, its output read line by line. `env` is its
+    whole environment (see Settings.command_environ for what the worker gives it)."""
 
     def __init__(
         self,
@@ -197,13 +229,12 @@ class Command:
         hears the process group's id at start and 0 at the end."""
         if self.stop_reason is not None:  # stopped before it started: it never starts
             return -signal.SIGTERM
-        env = {**os.environ, **self.env}
         self.proc = subprocess.Popen(
             self.argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=env,
+            env=self.env,
             start_new_session=True,
             preexec_fn=_child_setup(self.ram_bytes),  # noqa: PLW1509 - only prctl/setrlimit
         )
@@ -222,6 +253,19 @@ class Command:
                     pipe.close()
         return self.proc.returncode
 
+    def _leader_exited(self) -> bool:
+        """Whether the command's process has exited, leaving it unreaped (WNOWAIT): its group
+        id stays its own until run() has killed what is left of the group."""
+        assert self.proc is not None
+        if self.proc.returncode is not None:
+            return True
+        try:
+            return (
+                os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+            )
+        except ChildProcessError:
+            return True
+
     def _pump(self, deadline: float | None, grace_s: float) -> None:
         assert self.proc is not None and self.proc.stdout and self.proc.stderr
         sel = selectors.DefaultSelector()
@@ -231,7 +275,9 @@ class Command:
         pending: list[tuple[str, str]] = []
         first_pending = 0.0
         open_streams = 2
-        while open_streams:
+        # to the leader's exit, not to its closing its output: a group kill before it has exited
+        # (it may close stdout, then exit) would make its status SIGKILL
+        while open_streams or not self._leader_exited():
             now = time.monotonic()
             if deadline is not None and now >= deadline and self.stop_reason is None:
                 self.request_stop("timeout")
@@ -242,7 +288,7 @@ class Command:
                 if now - self._stop_at >= grace_s:
                     self._signal(signal.SIGKILL)
             ready = sel.select(timeout=LOG_FLUSH_S)
-            if not ready and self.proc.poll() is not None:
+            if not ready and self._leader_exited():
                 break  # it exited; whatever still holds its pipes is killed with its group
             for key, _ in ready:
                 chunk = os.read(key.fd, 65536)

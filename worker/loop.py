@@ -43,6 +43,7 @@ from sessionq.worker.execute import (
     RunInterrupted,
     call_function,
     describe_exit,
+    stored_result,
 )
 from sessionq.worker.registry import resolve
 
@@ -212,7 +213,7 @@ class SessionWorker:
         unregister. If Redis is gone, the reaper does it later."""
         self._watcher.stop()  # no heartbeat may bring us back after we unregister
         try:
-            self._take_inbox(unlist=True)
+            self._take_inbox(unlist=True, leaving=True)
             giveback = [
                 (r[0], r[1], "requeue", codec.encode("worker shut down"), 0) for r in self.ready
             ]
@@ -246,8 +247,10 @@ class SessionWorker:
         # waiting idle: an enqueue may start a run for us (our inbox), or wake us to claim
         popped = self.scripts.wait(self.wait_keys, IDLE_WAIT_S)
         if popped and codec.text(popped[0]) == self.inbox:
-            self.scripts.took_handed(self.name)
-            self._take([handed_run(popped[1])])
+            handed = handed_run(popped[1])
+            if handed[2] == "run":
+                self.scripts.took_handed(self.name, handed[0], handed[6])
+            self._take([handed])
         return True
 
     def _claim(self, finishes: list[Finish]) -> bool:
@@ -279,19 +282,19 @@ class SessionWorker:
         ready in order, the control operations they claimed are carried out at once."""
         while self.scripts.steps_unanswered > keep:
             reply = self.scripts.step_receive()
-            for run_id, _queue, result, flags in reply.finished:
+            for run_id, _queue, result, terminating, waited_on in reply.finished:
                 self.unacked.popleft()
                 if result == "succeeded":
                     self.counts["successful_job_count"] += 1
                 elif result == "failed":
                     self.counts["failed_job_count"] += 1
-                if flags & 2:
+                if waited_on:
                     # runs wait on this one, which ended: judge them now
                     from sessionq.worker.schedule import resolve_children
 
                     resolve_children(self.scripts, [run_id], self.name)
                     self.parents_ended += 1
-                if flags & 1:
+                if terminating:
                     # the last run of a session being destroyed ended: carry out the destroy
                     from sessionq.worker.ops import destroy_session
 
@@ -317,18 +320,26 @@ class SessionWorker:
             else:
                 log.debug("run %s not started (%s): %s", run_id, status, data)
 
-    def _take_inbox(self, unlist: bool = False) -> None:
+    def _take_inbox(self, unlist: bool = False, *, leaving: bool = False) -> None:
         """Take up the runs in our inbox; with unlist, first stop waiting idle (in the same
-        transaction), so that no enqueue hands us another one."""
+        transaction), so that no enqueue hands us another one. Unless leaving (they are
+        given back), each run taken shows its start (took.lua)."""
         pipe = self.redis.pipeline(transaction=True)
         if unlist:
             pipe.srem(self.scripts.keys.idle_workers(), self.name)
             for q in self.queues[1:]:  # not the control queue: no one waits on it
                 pipe.lrem(self.scripts.keys.idle(q), 0, self.name)
         pipe.lrange(self.inbox, 0, -1)
-        pipe.delete(self.inbox, self.scripts.keys.worker_handed(self.name))
-        entries = pipe.execute()[-2]
-        self._take([handed_run(e) for e in entries])
+        pipe.delete(self.inbox)
+        if leaving:
+            pipe.delete(self.scripts.keys.worker_handed(self.name))
+        entries = pipe.execute()[-3 if leaving else -2]
+        handed = [handed_run(e) for e in entries]
+        if not leaving:
+            for run in handed:
+                if run[2] == "run":
+                    self.scripts.took_handed(self.name, run[0], run[6])
+        self._take(handed)
 
     def _resend(self) -> None:
         """After a lost connection: send again the finishes nobody answered (the script
@@ -426,10 +437,7 @@ class SessionWorker:
                 result = call_function(fn, args, kwargs, env, timeout, self.interrupter)
             finally:
                 set_current(None)
-            try:
-                return "succeeded", codec.encode(result)
-            except CodecError as exc:
-                return "rejected", codec.encode(f"return value of {func}: {exc}")
+            return stored_result(run_id, func, result, self.settings.result_max_bytes)
         except RunInterrupted as exc:
             return self._interrupted(exc.reason, timeout)
         except (CodecError, RunRejected) as exc:
@@ -460,8 +468,10 @@ class SessionWorker:
             raise RunRejected("commands run only on workers started with --allow-commands")
         if not argv or not all(isinstance(a, str) for a in argv):
             raise RunRejected("job field 'data': a command needs a list of string arguments")
+        # the worker's environment without what reaches Redis (SPEC §9), then the run's
+        environ = self.settings.command_environ(RUN_ENVIRONMENT.base())
         command = Command(
-            argv, env, ram_gb=meta.get("ram"),
+            argv, {**environ, **env}, ram_gb=meta.get("ram"),
             on_lines=lambda lines: self.scripts.log(sid, run_id, lines, worker=self.name),
         )  # fmt: skip
         with self.take_lock:

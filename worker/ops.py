@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from sessionq.common import codec
 from sessionq.common.errors import CodecError
-from sessionq.common.keys import CONTROL_QUEUE
+from sessionq.common.keys import CONTROL_QUEUE, run_number
 from sessionq.common.models import parse_job_data, parse_record
 from sessionq.common.scripts import OP_PREFIX, Scripts
 
@@ -127,7 +127,7 @@ def _stop_started(
 def session_runs(scripts: Scripts, sid: str) -> list[tuple[str, str]]:
     """Every run of a session with its queue, in add order."""
     ids = [codec.text(i) for i in scripts.redis.hkeys(scripts.keys.session_tasks(sid))]
-    ids.sort(key=lambda i: int(i.rpartition("-")[2]) if i.rpartition("-")[2].isdigit() else 0)
+    ids.sort(key=run_number)
     return scripts.with_queues(ids)
 
 

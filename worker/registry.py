@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
@@ -50,6 +52,15 @@ def resolve(name: str) -> Callable[..., Any]:
             "(register it with @worker.task and start the worker with --import MODULE)"
         )
     return fn
+
+
+def extend_import_path(dirs: list[str]) -> None:
+    """Put `dirs` first on the import path, in order (the current directory first, as
+    `python -m` and `rq worker` do), so that --import finds a project's own modules."""
+    for directory in reversed([os.path.abspath(d) for d in dirs]):
+        if directory in sys.path:
+            sys.path.remove(directory)
+        sys.path.insert(0, directory)
 
 
 def import_modules(modules: list[str]) -> None:

@@ -15,11 +15,11 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-from sessionq.common import codec
+from sessionq.common import codec, keys
 from sessionq.common.errors import CodecError
 from sessionq.common.keys import session_of
 from sessionq.common.models import SessionRecord
-from sessionq.common.scripts import RUN_BLOCK_KEYS, Scripts
+from sessionq.common.scripts import Scripts
 from sessionq.common.sessionconfig import SessionConfig
 from sessionq.common.timing import next_fire_ms
 
@@ -56,7 +56,7 @@ def resolve_runs(scripts: Scripts, run_ids: Iterable[str], worker: str = "") -> 
         by_session[session_of(run_id)].append((run_id, codec.text(origin), deps))
     ended: list[str] = []
     for sid, runs in by_session.items():
-        first_extra = 20 + len(runs) * RUN_BLOCK_KEYS
+        first_extra = scripts.control_extra_index(len(runs))
         extra: dict[str, int] = {}
         parents = []
         for _run_id, _queue, deps in runs:
@@ -152,17 +152,19 @@ class Scheduler:
         return len(due)
 
     def _fire(self, sid: str, ids: list[str], now_ms: int) -> None:
-        rows = _queues(self.scripts, ids, "cron")
+        rows = _queues(self.scripts, ids, "cron", "attempts")
         runs: list[tuple[str, str]] = []
         nexts: dict[int, list[Any]] = {}
         extra: list[str] = []
-        first_extra = 20 + len(ids) * RUN_BLOCK_KEYS
-        crons = [(i, codec.text(row[1])) for i, row in enumerate(rows) if row[1]]
+        first_extra = self.scripts.control_extra_index(len(ids))
+        # a cron run's next firing is made as it fires first (a retry of it makes none)
+        crons = [(i, codec.text(row[1])) for i, row in enumerate(rows)
+                 if row[1] and not int(row[2] or 0)]  # fmt: skip
         if crons:
             last = int(self.scripts.redis.hincrby(self.scripts.keys.session(sid), "next",
                                                   len(crons)))  # fmt: skip
             for n, (i, expr) in enumerate(crons, start=last - len(crons) + 1):
-                next_id = f"{sid}-{n}"
+                next_id = keys.run_id(sid, n)
                 try:
                     fire_at = next_fire_ms(expr, now_ms)
                 except (ValueError, KeyError) as exc:

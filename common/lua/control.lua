@@ -1,22 +1,20 @@
 -- Session control (SPEC §3): pause, play, step, stop, restart, drop (remove/forget), and the
 -- scheduler's work - resolve (runs waiting on dependencies) and fire (scheduled runs) - each
 -- one atomic step on one session.
--- KEYS: [1] events channel (all), [2..8] status indexes, [9] run counters, [10] schedule
--- zset, [11] runs waiting on dependencies, [12] session, [13] history, [14] channel,
--- [15] running set, [16] held list, [17] tasks, [18] task names, [19] task keys; then a run
--- block (11 keys, prelude `run_block`) per run of the plan; then extra keys named by index.
--- ARGV: now_ms, now_iso, cap, worker, op, sid, plan (msgpack map; plan.runs = run ids).
-load_globals(2, 1)
-local SCHEDULE, WAITING = KEYS[10], KEYS[11]
-local op, sid = ARGV[5], ARGV[6]
-local plan = cmsgpack.unpack(ARGV[7])
-local S = {sid = sid, session = KEYS[12], history = KEYS[13], chan = KEYS[14],
-  running = KEYS[15], held = KEYS[16]}
+-- Its contract (common/scripts/control.py CONTROL): the schedule zset, the runs waiting on
+-- dependencies, the session's keys; a `run` key block per run of the plan; then extra keys
+-- the plan names by index (KX); `op`, `sid`, `plan` (msgpack map; plan.runs = run ids).
+load_globals()
+local SCHEDULE, WAITING = K.schedule, K.waiting
+local op, sid = A.op, A.sid
+local plan = cmsgpack.unpack(A.plan)
+local S = {sid = sid, session = K.session, history = K.history, chan = K.chan,
+  running = K.running, held = K.held}
 G.sessions[sid] = S
-local TASKS, NAMES, TASK_KEYS = KEYS[17], KEYS[18], KEYS[19]
+local TASKS, NAMES, TASK_KEYS = K.tasks, K.task_names, K.task_keys
 local ids = plan.runs or {}
 local blocks = {}
-for r, id in ipairs(ids) do blocks[r] = run_block(20 + (r - 1) * 11, sid) end
+for r, id in ipairs(ids) do blocks[r] = run_block(KB.run(r), sid) end
 
 S.status = redis.call('HGET', S.session, 'status')
 if not S.status then return {'gone'} end
@@ -94,8 +92,7 @@ elseif op == 'step' then
     redis.call('ZREM', S.held, ids[1])
     local B = blocks[1]
     redis.call('HSET', B.job, 'state', 'queued', 'status', 'queued', 'pass', '1')
-    redis.call('LPUSH', B.queue, ids[1])
-    wake(B)
+    push_run(B, ids[1], true)
     move(B, 'held', 'queued')
     emit(S, 'task.queued', ids[1], map({'reason', P('step')}))
   end
@@ -163,7 +160,7 @@ elseif op == 'resolve' then
     if j[1] == 'deferred' and j[2] and not redis.call('ZSCORE', SCHEDULE, id) then
       local deps = cmsgpack.unpack(j[2])
       local states = {}
-      for i, ki in ipairs(plan.parents[r]) do states[i] = redis.call('HGET', KEYS[ki], 'state') end
+      for i, ki in ipairs(plan.parents[r]) do states[i] = redis.call('HGET', KX(ki), 'state') end
       local verdict, reason = judge(j[3] or 'succeeded', deps, states)
       if verdict == 'ready' then
         redis.call('SREM', WAITING, id)
@@ -198,7 +195,7 @@ elseif op == 'fire' then
             copy[#copy + 1] = fields[i + 1]
           end
         end
-        local nkey = KEYS[nx[3]]
+        local nkey = KX(nx[3])
         redis.call('HSET', nkey, 'state', 'deferred', 'status', 'deferred', 'due', nx[2],
           'enqueued_at', G.now_iso, unpack(copy))
         local name = redis.call('HGET', TASKS, id) or id

@@ -1,16 +1,12 @@
 -- Create sessions and add runs to them, in one atomic step (SPEC §2: nothing is lost, and
 -- info() sees them at once; SPEC §3: add is idempotent by key, names follow the session's
 -- task_pre_exist policy, dependencies and schedules defer a run).
--- KEYS: [1] events channel (all), [2] the session index hash, [3] RQ's set of queues,
--- [4..10] status index sets, [11] run counters, [12] the schedule zset, [13] the set of runs
--- waiting on dependencies, [14] the persistent names hash, [15] the idle workers set, [16]
--- the live workers zset; then 10 keys per session (session, history, channel, tasks, held,
--- kind index, owner index, task names, task keys, running); then 5 per queue (list, wake,
--- failed and started registries, idle workers list); then one job key per run; then extra
--- job keys (parents, replaced tasks) that the runs' options name by index.
--- ARGV: now_ms, now_iso, cap, worker, plan (msgpack), then the key templates of a worker's
--- runs list, inbox, RQ worker hash and handed run (keys.py's names cut where the worker
--- name goes: 8 pieces), then how old (ms) a worker's heartbeat may be for it to be handed a run:
+-- Its contract (common/scripts/enqueue.py ENQUEUE): the session index hash, RQ's set of
+-- queues, the schedule zset, the set of runs waiting on dependencies, the persistent names
+-- hash, the idle workers set, the live workers zset; a `session` key block per session, a
+-- `queue` one per queue, a `job` one per run; then extra job keys (parents, replaced tasks)
+-- that the runs' options name by index (KX); `fresh_ms`: how old a worker's heartbeat may be
+-- for it to be handed a run; `plan` (msgpack):
 --   plan = [sessions, queue names, runs, claim, shared]; claim: a persistent name
 --   (owner/name) the one new session takes in the names hash, '' for none; shared: lists of
 --   job fields (field, value, ...) that runs share
@@ -23,14 +19,16 @@
 -- changed: an existing key or an ignored/renamed name), or {'exists', name} ("raise": nothing
 -- written), {'retry'} (a replaced name moved meanwhile), {'running', id} (the task a
 -- "replace" would remove is running), {'gone', sid} (no such session, or being destroyed),
--- {'named', sid} (the claimed name is another session's already). Nothing is written unless ok.
-load_globals(4, 1)
-local plan = cmsgpack.unpack(ARGV[5])
+-- {'named', sid} (the claimed name is another session's already), {'nodep', run id, parent
+-- id} (a dependency names no task, nor a run of this call added before it). Nothing is
+-- written unless ok.
+load_globals()
+local plan = cmsgpack.unpack(A.plan)
 local sessions, queue_names, runs = plan[1], plan[2], plan[3]
 local nq = #queue_names
 local CHUNK = 1000
-local SCHEDULE, WAITING, NAMES, IDLE, WORKERS = KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16]
-local SKEYS, QN = 10, 5  -- keys per session, per queue
+local SCHEDULE, WAITING, NAMES, IDLE, WORKERS = K.schedule, K.waiting, K.names, K.idle_workers,
+  K.workers
 
 -- the HSET arguments of a job hash, per set of shared fields, with the slots of the run's own
 -- fields in front: filled for each run in turn, made once
@@ -60,10 +58,10 @@ end
 local S = {}
 local any_new = false
 for i, s in ipairs(sessions) do
-  local k = 16 + (i - 1) * SKEYS + 1
-  S[i] = {sid = s[1], session = KEYS[k], history = KEYS[k + 1], chan = KEYS[k + 2],
-    tasks = KEYS[k + 3], held = KEYS[k + 4], kind = KEYS[k + 5], owner = KEYS[k + 6],
-    names = KEYS[k + 7], keys = KEYS[k + 8], running = KEYS[k + 9], counts = {},
+  local k = KB.session(i)
+  S[i] = {sid = s[1], session = k.session, history = k.history, chan = k.chan,
+    tasks = k.tasks, held = k.held, kind = k.kind, owner = k.owner,
+    names = k.names, keys = k.task_keys, running = k.running, counts = {},
     task_names = {}}
   if not s[2] then
     -- a session being destroyed takes no more work (its destroy would miss it)
@@ -77,6 +75,19 @@ for i, s in ipairs(sessions) do
     if redis.call('EXISTS', S[i].session) == 1 then return {'ok'} end
   end
 end
+-- A parent must name a task: one written before, or a run of this call added before it.
+local this_call = {}
+for _, run in ipairs(runs) do
+  local o = run[6]
+  if o and o.deps then
+    for i, pid in ipairs(o.deps) do
+      if not this_call[pid] and redis.call('EXISTS', KX(o.dep_keys[i])) == 0 then
+        return {'nodep', run[2], pid}
+      end
+    end
+  end
+  this_call[run[2]] = true
+end
 local claim = plan[4]
 if claim and claim ~= '' then
   -- the name and the session it names are made in one step: no one sees one without the other
@@ -84,8 +95,9 @@ if claim and claim ~= '' then
   if owner_of then return {'named', owner_of} end
   redis.call('HSET', NAMES, claim, sessions[1][1])
 end
-local qoff = 16 + #sessions * SKEYS
-local roff = qoff + nq * QN
+local Q = {}
+for q = 1, nq do Q[q] = KB.queue(q) end
+local function job_key(r) return KB.job(r).job end
 
 -- Before anything is written: names that must not exist yet, replaced names still in place.
 local seen = {}
@@ -102,7 +114,7 @@ for _, run in ipairs(runs) do
       end
     elseif o.policy == 'replace' and existing ~= (o.old_id or false) then
       return {'retry'}
-    elseif o.policy == 'replace' and existing and redis.call('HGET', KEYS[o.old], 'state') == 'started' then
+    elseif o.policy == 'replace' and existing and redis.call('HGET', KX(o.old), 'state') == 'started' then
       return {'running', existing}  -- as for remove: stop it first
     end
     seen[run[3]] = true
@@ -120,7 +132,7 @@ if not any_new then
   for r, run in ipairs(runs) do
     local o = run[6]
     if not (o and (o.key or o.policy == 'ignore')) then
-      resent = redis.call('EXISTS', KEYS[roff + r]) == 1
+      resent = redis.call('EXISTS', job_key(r)) == 1
       break
     end
   end
@@ -149,7 +161,7 @@ for i, s in ipairs(sessions) do
     end
   end
 end
-chunked('HSET', KEYS[2], index)
+chunked('HSET', K.sessions, index)
 for key, members in pairs(sets) do chunked('SADD', key, members) end
 
 -- The name a run gets under its policy, or nil when it is not added ("ignore").
@@ -169,7 +181,7 @@ local function settle_name(B, o, id, name, out)
     out[#out + 1] = id
     out[#out + 1] = name
   elseif existing and o.policy == 'replace' then
-    local old = KEYS[o.old]
+    local old = KX(o.old)
     local st = redis.call('HGET', old, 'state')
     local ob = {job = old, S = B, session = B.session}
     if st == 'queued' or st == 'deferred' or st == 'held' then
@@ -197,7 +209,7 @@ for q = 1, nq do pushes[q] = {r = {}} end
 local queued_data = {}  -- the packed data of task.queued events, by state and name
 for r, run in ipairs(runs) do
   local B, id, name, state, o = S[run[1]], run[2], run[3], run[4], run[6]
-  local job = KEYS[roff + r]
+  local job = job_key(r)
   local existing_key = o and o.key and redis.call('HGET', B.keys, o.key)
   if resent ~= false and not B.fresh and redis.call('EXISTS', job) == 1 then
     -- this run was added already: the call is a resend after a lost reply
@@ -225,7 +237,7 @@ for r, run in ipairs(runs) do
       local verdict, reason = 'ready', nil
       if o and o.deps and #o.deps > 0 then
         local states = {}
-        for i, ki in ipairs(o.dep_keys) do states[i] = redis.call('HGET', KEYS[ki], 'state') end
+        for i, ki in ipairs(o.dep_keys) do states[i] = redis.call('HGET', KX(ki), 'state') end
         verdict, reason = judge(o.run_if or 'succeeded', o.deps, states)
       end
       if o and o.cron then redis.call('HINCRBY', B.session, 'cron', 1) end
@@ -263,13 +275,13 @@ for r, run in ipairs(runs) do
           -- a scheduled run waits for a scheduler cycle, even when already due (cycle_sleep)
           redis.call('ZADD', SCHEDULE, o.due, id)
         elseif verdict == 'wait' then
-          for i, ki in ipairs(o.dep_keys) do add_child(KEYS[ki], id) end
+          for i, ki in ipairs(o.dep_keys) do add_child(KX(ki), id) end
           redis.call('SADD', WAITING, id)
         else
           if o.cron then redis.call('HINCRBY', B.session, 'cron', -1) end
-          local q = (run[5] - 1) * QN
+          local q = Q[run[5]]
           local RB = {job = job, S = B, session = B.session, held = B.held,
-            queue = KEYS[qoff + q + 1], wake = KEYS[qoff + q + 2], failed = KEYS[qoff + q + 3]}
+            queue = q.list, wake = q.wake, failed = q.failed}
           refuse(RB, id, 'deferred', verdict, reason, o.silent)
         end
       end
@@ -300,55 +312,73 @@ end
 -- BLPOP takes it from its inbox - a round trip less for a run that finds a worker waiting.
 -- Only on an empty queue (runs queued before go first) and to a worker whose heartbeat is
 -- fresh (a lost one's runs wait for the reaper). Returns how many of `ids` it dealt with.
-local WT = {}
-for i = 1, 8 do WT[i] = ARGV[5 + i] end
-local FRESH_MS = tonumber(ARGV[14])
-local function hand(q, ids)
-  local Q = qoff + (q - 1) * QN
-  if redis.call('LLEN', KEYS[Q + 1]) > 0 then return 0 end
+local FRESH_MS = A.fresh_ms
+local function hand(qi, ids)
+  local q = Q[qi]
+  if redis.call('LLEN', q.list) > 0 then return 0 end
   local done = 0
   while done < #ids do
-    local name = redis.call('LPOP', KEYS[Q + 5])
+    local name = redis.call('LPOP', q.idle_line)
     if not name then break end
     -- an entry of a worker no longer waiting (it claimed, was handed a run, left or was
     -- lost), or one that does not serve the queue (a lost worker's name back), is dropped
-    local serves = ',' .. (redis.call('HGET', WT[5] .. name .. WT[6], 'queues') or '') .. ','
-    if string.find(serves, ',' .. queue_names[q] .. ',', 1, true)
+    local serves = ',' .. (redis.call('HGET', key_rq_worker(name), 'queues') or '') .. ','
+    if string.find(serves, ',' .. queue_names[qi] .. ',', 1, true)
         and redis.call('SREM', IDLE, name) == 1
         and num(redis.call('ZSCORE', WORKERS, name)) >= G.now_ms - FRESH_MS then
       done = done + 1
       local id, r = ids[done], runs[ids.r[done]]
       local B = S[r[1]]
-      local W = {name = name, packed = P(name), runs = WT[1] .. name .. WT[2]}
+      local W = {name = name, packed = P(name), runs = key_worker_runs(name), defer = true}
       redis.call('RPUSH', W.runs, id)
-      local st = start({job = KEYS[roff + ids.r[done]], S = B, session = B.session, sid = B.sid,
-        running = B.running, held = B.held, queue = KEYS[Q + 1], wake = KEYS[Q + 2],
-        failed = KEYS[Q + 3], wip = KEYS[Q + 4]}, id, W)
+      local st = start({job = job_key(ids.r[done]), S = B, session = B.session, sid = B.sid,
+        running = B.running, held = B.held, queue = q.list, wake = q.wake,
+        failed = q.failed, wip = q.started}, id, W)
       if st[1] == 'run' then
-        redis.call('RPUSH', WT[3] .. name .. WT[4],
-          cmsgpack.pack({id, queue_names[q], st[2], st[3], st[4], st[5]}))
-        redis.call('HSET', WT[5] .. name .. WT[6], 'current_job', id)
+        redis.call('RPUSH', key_worker_inbox(name),
+          cmsgpack.pack({id, queue_names[qi], st[2], st[3], st[4], st[5]}))
+        redis.call('HSET', key_rq_worker(name), 'current_job', id)
         -- until the worker says it took it: a frozen worker's BLPOP may take it from the
         -- inbox, yet it never began
-        redis.call('SET', WT[7] .. name .. WT[8], id)
+        redis.call('SET', key_worker_handed(name), id)
       else
         -- not to run after all: the worker goes on waiting, at the front of the line
         redis.call('SADD', IDLE, name)
-        redis.call('LPUSH', KEYS[Q + 5], name)
+        redis.call('LPUSH', q.idle_line, name)
       end
     end
   end
   return done
 end
 
+-- The runs not handed join queue q's line (fair share, prelude `push_run`): a new session's
+-- first run goes straight to the back of the line, the rest of a session's runs behind it.
 for q, ids in ipairs(pushes) do
   if #ids > 0 then
-    local handed = hand(q, ids)
-    if handed < #ids then
-      local qkey, wkey = KEYS[qoff + (q - 1) * QN + 1], KEYS[qoff + (q - 1) * QN + 2]
-      chunked('RPUSH', qkey, ids, handed + 1)
-      redis.call('LPUSH', wkey, '1')
-      redis.call('LTRIM', wkey, 0, 0)
+    local i = hand(q, ids) + 1
+    local line = {}
+    while i <= #ids do
+      local s_index = runs[ids.r[i]][1]
+      local B = S[s_index]
+      local j = i
+      while j < #ids and runs[ids.r[j + 1]][1] == s_index do j = j + 1 end
+      local RB = {S = B, session = B.session, queue = Q[q].list, wake = Q[q].wake,
+        squeue = key_session_queue(B.sid, queue_names[q]), throttled = key_session_throttled(B.sid)}
+      if B.fresh then
+        line[#line + 1] = ids[i]
+        redis.call('HINCRBY', B.session, line_field(RB), 1)
+        for c = i + 1, j, 1000 do
+          redis.call('RPUSH', RB.squeue, unpack(ids, c, math.min(c + 999, j)))
+        end
+      else
+        push_runs(RB, ids, i, j)
+      end
+      i = j + 1
+    end
+    if #line > 0 then
+      chunked('RPUSH', Q[q].list, line)
+      redis.call('LPUSH', Q[q].wake, '1')
+      redis.call('LTRIM', Q[q].wake, 0, 0)
     end
   end
 end
@@ -359,6 +389,6 @@ for _, B in ipairs(S) do
     redis.call('HSET', B.session, 'seq', B.seq_preset)
   end
 end
-for q = 1, nq do redis.call('SADD', KEYS[3], KEYS[qoff + (q - 1) * QN + 1]) end
+for q = 1, nq do redis.call('SADD', K.rq_queues, Q[q].list) end
 flush()
 return out

@@ -1,15 +1,15 @@
--- Shared by every sessionq script (common/scripts.py prepends it). Keys arrive through KEYS,
--- except those of the runs run.lua claims itself, which it makes from the key templates
--- scripts.py cuts from keys.py's names: a script never invents a key name. Events are built
--- here, in the wire layout of SPEC §5, so that every event - from Python or from a script -
--- comes out of `emit`.
+-- Shared by every sessionq script: common/scripts puts it after the script's generated
+-- contract prologue (K, A, KB, AB, the key builders, STATUS: contract.py) and before its
+-- body. Keys arrive through KEYS, by name; those of runs a script finds itself (run.lua's
+-- claims) come from the generated key builders, made from keys.py's own names: a script
+-- never invents a key name. Events are built here, in the wire layout of SPEC §5, so that
+-- every event - from Python or from a script - comes out of `emit`.
 -- Events are buffered per session and written by `flush` at the end of the script: one
 -- HINCRBY numbers them all, one ZADD keeps them, then each is published.
 local P = cmsgpack.pack
 local NIL = '\192'
 local EMPTY_MAP = '\128'
-local G = {touched = {}, stats = {}}
-local STATUSES = {'Pending', 'Running', 'Paused', 'Terminating', 'Stopped', 'Completed', 'Failed'}
+local G = {touched = {}, stats = {}, ending = {}}
 -- the packed keys of an event map (fixmap of 8, in SPEC §5's order)
 local EV_HEAD = '\136\161v\1\163seq'
 local EV_TS, EV_TYPE, EV_SESSION = '\162ts', '\164type', '\167session'
@@ -61,14 +61,15 @@ local function set_clock(now_ms, now_iso, cap, worker)
   G.worker_packed = enc(G.worker)
 end
 
--- KEYS[1] the all-sessions channel; KEYS[first .. first+6] the status index sets in STATUSES
--- order; KEYS[first+7] the global run counters; ARGV[argv_first ..] now_ms, now_iso, cap, worker.
-local function load_globals(first_idx_key, argv_first)
-  G.chan_all = KEYS[1]
+-- The keys and arguments every state-changing script has (contract.py GLOBAL_KEYS and
+-- CLOCK_ARGS): the all-sessions channel, a status index set per STATUS, the global run
+-- counters; now_ms, now_iso, cap, worker.
+local function load_globals()
+  G.chan_all = K.chan_all
   G.idx = {}
-  for i, name in ipairs(STATUSES) do G.idx[name] = KEYS[first_idx_key + i - 1] end
-  G.stats_key = KEYS[first_idx_key + 7]
-  set_clock(ARGV[argv_first], ARGV[argv_first + 1], ARGV[argv_first + 2], ARGV[argv_first + 3])
+  for _, name in ipairs(STATUS) do G.idx[name] = K['idx_' .. name] end
+  G.stats_key = K.counters
+  set_clock(A.now_ms, A.now_iso, A.cap, A.worker)
 end
 
 -- S = {sid, session, history, chan}: queue an event of session S (numbered at flush). The
@@ -110,7 +111,9 @@ end
 
 -- Number, keep and publish every queued event; call before a script returns. Late
 -- listeners replay the history, so a channel nobody listens to is not published on.
+local judge_ends
 local function flush()
+  judge_ends()
   local total = 0
   for _, S in ipairs(G.touched) do total = total + #S.events / 3 end
   local to_all = total < ASK_FROM or heard(G.chan_all)
@@ -175,10 +178,26 @@ local function stat(state, n)
   G.stats[state] = (G.stats[state] or 0) + n
 end
 
--- Move n runs of session S from one state to another (either may be nil).
+-- Mark session S to have its end judged when the script flushes (see judge_ends).
+local function maybe_end(S)
+  S = sess(S)
+  if not S.judge then
+    S.judge = true
+    G.ending[#G.ending + 1] = S
+  end
+end
+
+-- The states of a run that has not ended: one leaving them may end its session.
+local LIVE = {queued = true, deferred = true, held = true, started = true}
+
+-- Move n runs of session S from one state to another (either may be nil). A run leaving
+-- the live states (ended, or dropped from the session) marks its session for maybe_end:
+-- every path a run ends by - a finish, a refusal, a cancel, a recovery - judges its
+-- session's end here, once per session and script call.
 local function move(S, from, to, n)
   S = sess(S)
   n = n or 1
+  if LIVE[from] and not LIVE[to] then maybe_end(S) end
   if from then
     redis.call('HINCRBY', S.session, from, -n)
     stat(from, -n)
@@ -190,8 +209,7 @@ local function move(S, from, to, n)
 end
 
 -- A Running/Pending session with nothing queued, deferred, held or started has ended.
-local function maybe_end(S)
-  S = sess(S)
+local function end_if_done(S)
   local v = redis.call('HMGET', S.session, 'status', 'queued', 'deferred', 'held', 'started',
     'failed', 'cron')
   S.status = v[1]
@@ -207,31 +225,105 @@ local function maybe_end(S)
   return final
 end
 
--- A run block: 11 keys starting at KEYS[i] (see common/scripts.py RUN_BLOCK). Runs of one
--- session share their session's table (events, status), so that one flush numbers them all.
+-- Judge the end of every session marked by maybe_end, after all of the script's changes:
+-- the session.completed/failed event comes after the task events that led to it.
+judge_ends = function()
+  for _, S in ipairs(G.ending) do
+    S.judge = nil
+    end_if_done(S)
+    if S.seq_preset and S.seq_preset ~= queued_events(S) then
+      -- a session this script created has its seq written with its record (see flush)
+      S.seq_preset = queued_events(S)
+      redis.call('HSET', S.session, 'seq', S.seq_preset)
+    end
+  end
+  G.ending = {}
+end
+
+-- A run's keys (contract.py RUN_BLOCK, by name: `k`) as the table the functions below take.
+-- Runs of one session share their session's table (events, status), so that one flush
+-- numbers them all.
 G.sessions = {}
-local function run_block(i, sid)
+local function run_block(k, sid)
   local S = G.sessions[sid]
   if not S then
-    S = {sid = sid, session = KEYS[i + 1], history = KEYS[i + 2], chan = KEYS[i + 3],
-      running = KEYS[i + 4], held = KEYS[i + 5]}
+    S = {sid = sid, session = k.session, history = k.history, chan = k.chan,
+      running = k.running, held = k.held}
     G.sessions[sid] = S
   end
-  return {job = KEYS[i], S = S, session = S.session, sid = sid, running = S.running,
-    held = S.held, wip = KEYS[i + 6], finished = KEYS[i + 7], failed = KEYS[i + 8],
-    queue = KEYS[i + 9], wake = KEYS[i + 10]}
+  return {job = k.job, S = S, session = S.session, sid = sid, running = S.running,
+    held = S.held, wip = k.started, finished = k.finished, failed = k.failed,
+    queue = k.queue, wake = k.wake, squeue = k.squeue, throttled = k.throttled}
 end
 
 
 -- Park a run with its session's held runs, ordered by task number (the order runs were
 -- added), whenever each got there.
 local function hold(B, id)
-  redis.call('ZADD', B.held, tonumber(string.match(id, '(%d+)$')) or 0, id)
+  redis.call('ZADD', B.held, run_number(id), id)
 end
 
 local function wake(B)
   redis.call('LPUSH', B.wake, '1')
   redis.call('LTRIM', B.wake, 0, 0)
+end
+
+-- -- fair share (SPEC §9) --------------------------------------------------------------------
+-- A queue's line (RQ's queue list, B.queue) holds the next run of each session with runs
+-- waiting on that queue, and workers take from the line in turn; the session's other waiting
+-- runs wait in its own list for the queue (B.squeue), in add order. The session hash counts
+-- the session's entries in each line (field 'line:' .. the line's key). A session whose
+-- max_running runs are running leaves the line - its queue noted in B.throttled - until one
+-- of them ends (`unthrottle`).
+local function line_field(B) return 'line:' .. B.queue end
+local function throttle_entry(B) return P({B.queue, B.wake, B.squeue}) end
+
+-- Queue run `id` of B's session on B's queue: `front` puts it ahead of everyone (a run given
+-- back, released in order, stepped); else it waits behind the session's other runs.
+local function push_run(B, id, front)
+  local session = sess(B).session
+  if front or (num(redis.call('HGET', session, line_field(B))) == 0
+      and redis.call('SISMEMBER', B.throttled, throttle_entry(B)) == 0) then
+    if front then redis.call('LPUSH', B.queue, id) else redis.call('RPUSH', B.queue, id) end
+    redis.call('HINCRBY', session, line_field(B), 1)
+  else
+    redis.call('RPUSH', B.squeue, id)
+  end
+  wake(B)
+end
+
+-- Queue ids[from..to] (runs of B's session, in order) at the back of B's queue.
+local function push_runs(B, ids, from, to)
+  if from > to then return end
+  push_run(B, ids[from], false)
+  for c = from + 1, to, 1000 do
+    redis.call('RPUSH', B.squeue, unpack(ids, c, math.min(c + 999, to)))
+  end
+end
+
+-- How many more runs of the session may start now (nil: no cap).
+local function room(S)
+  if S.cap == nil then S.cap = tonumber(redis.call('HGET', S.session, 'max_running')) or false end
+  if not S.cap then return nil end
+  return S.cap - num(redis.call('HGET', S.session, 'started'))
+end
+
+-- A run of B's session ended (or gave back its slot): a line its session left at its cap
+-- gets the session's next run again.
+local function unthrottle(B)
+  local S = sess(B)
+  if redis.call('SCARD', B.throttled) == 0 then return end
+  local left = room(S)
+  if left ~= nil and left <= 0 then return end
+  local entry = redis.call('SPOP', B.throttled)
+  local line = cmsgpack.unpack(entry)
+  local nxt = redis.call('LPOP', line[3])
+  if nxt then
+    redis.call('RPUSH', line[1], nxt)
+    redis.call('HINCRBY', S.session, 'line:' .. line[1], 1)
+    redis.call('LPUSH', line[2], '1')
+    redis.call('LTRIM', line[2], 0, 0)
+  end
 end
 
 local function cancel_run(B, id, state, reason)
@@ -244,6 +336,18 @@ end
 local function as_of(W, etype)
   if W.packed == G.worker_packed then return etype end
   return {etype, W.packed}
+end
+
+-- What a start shows: a Pending session becomes Running (its first start), task.started.
+local function show_start(B, id, W, attempts, status)
+  if status == 'Pending' then
+    set_status(B, 'Running')
+    if redis.call('HSETNX', sess(B).session, 'started_at', G.now_ms) == 0 then
+      redis.call('HDEL', sess(B).session, 'finished_at')
+    end
+    emit(B, as_of(W, 'session.started'), nil, nil)
+  end
+  emit(B, as_of(W, 'task.started'), id, '\129\167attempt' .. P(attempts))
 end
 
 -- Start run `id` for worker W (its runs list holds it): returns {result, data, sq, timeout,
@@ -296,28 +400,44 @@ local function start(B, id, W)
   redis.call('ZADD', B.wip, '+inf', id .. ':' .. attempts)
   redis.call('SADD', B.running, id)
   move(B, 'queued', 'started')
-  if status == 'Pending' then
-    set_status(B, 'Running')
-    if redis.call('HSETNX', B.session, 'started_at', G.now_ms) == 0 then
-      redis.call('HDEL', B.session, 'finished_at')
-    end
-    emit(B, as_of(W, 'session.started'), nil, nil)
-  end
-  emit(B, as_of(W, 'task.started'), id, '\129\167attempt' .. P(attempts))
+  -- a run handed to an idle worker (enqueue.lua `hand`) shows its start when the worker
+  -- takes it (`took`): were the worker lost before, the run goes back unbegun, unseen
+  if not W.defer then show_start(B, id, W, attempts, status) end
   return {'run', j[2], j[3] or false, j[4] or false, attempts}
 end
 
+-- A worker took the run an enqueue handed it (started quietly, see `start`): the session's
+-- first start and task.started come now, as the worker's own events.
+local function took(S, id, attempts)
+  S.status = S.status or redis.call('HGET', S.session, 'status')
+  show_start(S, id, {packed = G.worker_packed}, attempts, S.status)
+end
+
 -- The run failed or was lost: retry it while retries are left, else record the failure.
-local function fail_or_retry(B, id, error_enc, attempts, retries_left, retry_allowed)
+-- A retry waits `retry_delay_ms` (doubled per attempt with backoff "exponential", the same
+-- with "fixed"; +-10% jitter) in the schedule, not in a worker; without a delay it is queued.
+local function fail_or_retry(B, id, error_enc, attempts, retries_left, retry_allowed, schedule)
   if retry_allowed and retries_left > 0 then
-    redis.call('HSET', B.job, 'state', 'queued', 'status', 'queued', 'error', error_enc,
-      'retries_left', retries_left - 1)
+    local r = redis.call('HMGET', B.job, 'retry_delay_ms', 'backoff')
+    redis.call('HSET', B.job, 'error', error_enc, 'retries_left', retries_left - 1)
     redis.call('HINCRBY', B.job, 'number_of_retries', 1)
-    redis.call('RPUSH', B.queue, id)
-    wake(B)
-    move(B, 'started', 'queued')
-    emit(B, 'task.retrying', id, map({'error', error_enc, 'attempt', P(attempts),
-      'retries_left', P(retries_left - 1)}))
+    local data = {'error', error_enc, 'attempt', P(attempts), 'retries_left', P(retries_left - 1)}
+    local delay = tonumber(r[1])
+    if delay and delay > 0 then
+      if r[2] ~= 'fixed' then delay = delay * 2 ^ (attempts - 1) end
+      local micros = tonumber(redis.call('TIME')[2])
+      local due = G.now_ms + math.floor(delay * (0.9 + 0.2 * (micros % 1000) / 1000))
+      redis.call('HSET', B.job, 'state', 'deferred', 'status', 'deferred', 'due', due)
+      redis.call('ZADD', schedule, due, id)
+      move(B, 'started', 'deferred')
+      data[#data + 1] = 'due'
+      data[#data + 1] = P(due / 1000.0)
+    else
+      redis.call('HSET', B.job, 'state', 'queued', 'status', 'queued')
+      push_run(B, id, false)
+      move(B, 'started', 'queued')
+    end
+    emit(B, 'task.retrying', id, map(data))
     return 'retrying'
   end
   redis.call('HSET', B.job, 'state', 'failed', 'status', 'failed', 'ended_at', G.now_iso,
@@ -370,8 +490,7 @@ local function release(B, id, from, due, schedule_key, front)
       hold(B, id)
       to = 'held'
     else
-      if front then redis.call('LPUSH', B.queue, id) else redis.call('RPUSH', B.queue, id) end
-      wake(B)
+      push_run(B, id, front)
       to = 'queued'
     end
   end

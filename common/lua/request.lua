@@ -1,22 +1,27 @@
 -- Accept an operation on a session (destroy, stop, ...): optionally set its status and emit
 -- an event, and put the operation on the control queue, which workers serve first.
--- KEYS: [1] events channel (all), [2..8] status indexes, [9] run counters, [10] control
--- queue, [11] its wake list, [12] the operation's job key, [13] session, [14] history,
--- [15] session channel, [16] RQ's set of queues.
--- ARGV: now_ms, now_iso, cap, worker, sid, new status or '', event type or '', op id, op
---       name, then the op job's fields and values.
+-- Its contract (common/scripts/events.py REQUEST): the control queue and its wake list, the
+-- operation's job key, the session's keys, RQ's set of queues; `sid`, `status` (new status
+-- or ''), `event` (type or ''), `op_id`, `op`, then a `field` argument block (name, value)
+-- per field of the operation's job hash.
 -- A stop starts a new stop epoch (the session's `stops`): its operation cancels only the runs
 -- added before it (enqueue.lua marks runs added later with the epoch they were added in).
-load_globals(2, 1)
-local S = {sid = ARGV[5], session = KEYS[13], history = KEYS[14], chan = KEYS[15]}
+load_globals()
+local S = {sid = A.sid, session = K.session, history = K.history, chan = K.chan}
 if redis.call('EXISTS', S.session) == 0 then return 0 end
-if ARGV[6] ~= '' then set_status(S, ARGV[6]) end
-if ARGV[9] == 'stop' then redis.call('HINCRBY', S.session, 'stops', 1) end
-if ARGV[7] ~= '' then emit(S, ARGV[7], nil, nil) end
+if A.status ~= '' then set_status(S, A.status) end
+if A.op == 'stop' then redis.call('HINCRBY', S.session, 'stops', 1) end
+if A.event ~= '' then emit(S, A.event, nil, nil) end
 flush()
-redis.call('HSET', KEYS[12], unpack(ARGV, 10))
-redis.call('RPUSH', KEYS[10], ARGV[8])
-redis.call('SADD', KEYS[16], KEYS[10])
-redis.call('LPUSH', KEYS[11], '1')
-redis.call('LTRIM', KEYS[11], 0, 0)
+local fields = {}
+for i = 1, A.nfields do
+  local f = AB.field(i)
+  fields[#fields + 1] = f.name
+  fields[#fields + 1] = f.value
+end
+redis.call('HSET', K.op_job, unpack(fields))
+redis.call('RPUSH', K.control_queue, A.op_id)
+redis.call('SADD', K.rq_queues, K.control_queue)
+redis.call('LPUSH', K.control_wake, '1')
+redis.call('LTRIM', K.control_wake, 0, 0)
 return 1

@@ -1,37 +1,30 @@
 -- A worker's step, one round trip: finish the runs it ran, start runs it holds, then claim
 -- and start more from its queues - so that an idle worker's wake is followed by one call,
 -- and a busy one finishes its last run and takes the next batch in the same call.
--- KEYS: [1] events channel (all), [2] the worker's runs list, [3] RQ's worker hash, [4..10]
--- status index sets, [11] run counters, [12] the worker's inbox, [13] the idle workers set,
--- [14] the run last handed to it (see enqueue.lua `hand`);
--- then 6 keys per queue the worker serves, in priority order (list, wake, started, finished
--- and failed registries, idle workers list); then a run block (11 keys) per finish, then one
--- per start.
--- ARGV: now_ms, now_iso, cap, worker, nqueues, the control queue's index (0: none), the 12
--- key templates of a claimed run (the text before and after its id in its job key, then
--- before and after its session id in its session, history, channel, running and held keys:
--- keys.py's names, cut where the id goes), then nfinish, nstart, nclaim, wait (1: a claim
--- that finds nothing lists the worker as waiting idle, for enqueues to hand it a run); per
--- finish: run id, session id, outcome, payload, duration ms; per start: run id, session id;
--- then the run the worker goes on to ('' for none: the first run this call starts, if any).
--- Returns, per finish: result, flags (1: its session is being destroyed, 2: it ended and runs
--- wait on it - see control.lua resolve); per start: result, data, sq, timeout, attempt; per
--- claimed run: queue index, run id, then as a start ('op' for a control operation, which the
--- worker carries out itself); per run an enqueue started for the worker (its inbox): 0, the
--- inbox entry.
+-- Its contract (common/scripts/step.py STEP): the worker's runs list, RQ worker hash, inbox,
+-- the idle workers set and the run last handed to it (see enqueue.lua `hand`); a `queue`
+-- key block per queue it serves, in priority order (list, wake, RQ's started, finished and
+-- failed registries, its line of idle workers); a `run` key block per finish, then per
+-- start; a `finish` argument block (id, sid, outcome, payload, duration_ms) per finish and a
+-- `start` one (id, sid) per start; `nclaim` more to claim; `waits` (1: a claim that finds
+-- nothing lists the worker as waiting idle, for enqueues to hand it a run); `control`, the
+-- control queue's index (0: none); `current`, the run the worker goes on to ('' for none:
+-- the first run this call starts, if any).
+-- Returns, per finish: result, terminating (1: its session is being destroyed), waited_on
+-- (1: it ended and runs wait on it - see control.lua resolve); per start: result, data, sq,
+-- timeout, attempt; per claimed run: queue index, run id, then as a start ('op' for a
+-- control operation, which the worker carries out itself); per run an enqueue started for
+-- the worker (its inbox): 0, the inbox entry.
 -- A run the worker holds stays on its runs list until it is finished: the list, in the order
 -- the worker runs them, is what recovery gives back if the worker is lost (recover.lua).
 -- A worker claims at most a quarter of what a queue holds (at least one), so that the last
 -- runs of a queue - often long ones that wait on a dependency - spread over idle workers.
-load_globals(4, 1)
-local runs, rqworker, inbox, idle = KEYS[2], KEYS[3], KEYS[12], KEYS[13]
-local QKEYS, QN = 14, 6  -- queue qi's keys are KEYS[QKEYS + (qi - 1) * QN + 1 ..]
+load_globals()
+local runs, rqworker, inbox, idle = K.runs, K.rq_worker, K.inbox, K.idle_workers
 local ME = {name = G.worker, packed = G.worker_packed, runs = runs}
-local nq, control = tonumber(ARGV[5]), tonumber(ARGV[6])
-local T = {}
-for i = 1, 12 do T[i] = ARGV[6 + i] end
-local nfin, nstart, nclaim = tonumber(ARGV[19]), tonumber(ARGV[20]), tonumber(ARGV[21])
-local waits = ARGV[22] == '1'
+local nq, control = A.nqueues, A.control
+local nfin, nstart, nclaim = A.nfinish, A.nstart, A.nclaim
+local waits = A.waits == 1
 local reply = {}
 local function finish(B, id, outcome, payload, duration_ms)
   local j = redis.call('HMGET', B.job, 'state', 'worker_name', 'retries_left', 'attempts',
@@ -56,8 +49,7 @@ local function finish(B, id, outcome, payload, duration_ms)
   elseif outcome == 'requeue' then
     -- given back unrun, or stopped by a worker shutdown: the attempt is not charged
     redis.call('HSET', B.job, 'state', 'queued', 'status', 'queued', 'attempts', attempts - 1)
-    redis.call('LPUSH', B.queue, id)
-    wake(B)
+    push_run(B, id, true)
     move(B, 'started', 'queued')
     emit(B, 'task.queued', id, map({'reason', payload}))
     result = 'requeued'
@@ -66,47 +58,53 @@ local function finish(B, id, outcome, payload, duration_ms)
     cancel_run(B, id, 'started', 'stopped while running')
     result = 'canceled'
   else
-    result = fail_or_retry(B, id, payload, attempts, num(j[3]), outcome == 'failed')
+    result = fail_or_retry(B, id, payload, attempts, num(j[3]), outcome == 'failed',
+      K.schedule)
   end
-  local flags = 0
-  if j[5] and result ~= 'requeued' and result ~= 'retrying' then flags = 2 end
-  if status == 'Terminating' then return result, flags + 1 end
+  unthrottle(B)  -- a slot of its session is free
+  local waited_on = 0
+  if j[5] and result ~= 'requeued' and result ~= 'retrying' then waited_on = 1 end
+  if status == 'Terminating' then return result, 1, waited_on end
   maybe_end(B)
-  return result, flags
+  return result, 0, waited_on
 end
 
--- The run block of a run claimed from queue qi: its keys made from the templates.
+-- The keys of queue qi's block, once each.
+local QK = {}
+for qi = 1, nq do QK[qi] = KB.queue(qi) end
+
+-- The run block of a run claimed from queue qi: its keys made by the key builders.
 local function claimed_block(id, qi)
-  local sid = string.match(id, '^(.*)%-[^%-]*$') or ''  -- as keys.session_of
-  local S = G.sessions[sid]
-  if not S then
-    S = {sid = sid, session = T[3] .. sid .. T[4], history = T[5] .. sid .. T[6],
-      chan = T[7] .. sid .. T[8], running = T[9] .. sid .. T[10], held = T[11] .. sid .. T[12]}
-    G.sessions[sid] = S
-  end
-  local q = QKEYS + (qi - 1) * QN
-  return {job = T[1] .. id .. T[2], S = S, session = S.session, sid = sid, running = S.running,
-    held = S.held, wip = KEYS[q + 3], finished = KEYS[q + 4], failed = KEYS[q + 5],
-    queue = KEYS[q + 1], wake = KEYS[q + 2]}
+  local sid = session_of(id)
+  local q = QK[qi]
+  return run_block({job = key_job(id), session = key_session(sid), history = key_history(sid),
+    chan = key_events_channel(sid), running = key_session_running(sid),
+    held = key_session_held(sid), started = q.started, finished = q.finished,
+    failed = q.failed, queue = q.list, wake = q.wake,
+    squeue = key_session_queue(sid, AB.queue(qi).name), throttled = key_session_throttled(sid)},
+    sid)
 end
 
-local off = QKEYS + 1 + nq * QN
-local a = 23
-for _ = 1, nfin do
-  local result, terminating = finish(run_block(off, ARGV[a + 1]), ARGV[a], ARGV[a + 2],
-    ARGV[a + 3], ARGV[a + 4])
+for i = 1, nfin do
+  local f = AB.finish(i)
+  local result, terminating, waited_on = finish(run_block(KB.run(i), f.sid), f.id, f.outcome,
+    f.payload, f.duration_ms)
   reply[#reply + 1] = result
   reply[#reply + 1] = terminating
-  off = off + 11
-  a = a + 5
+  reply[#reply + 1] = waited_on
 end
 local first = nil  -- the first run this call starts
-for _ = 1, nstart do
-  local r = start(run_block(off, ARGV[a + 1]), ARGV[a], ME)
-  if r[1] == 'run' then first = first or ARGV[a] end
+for i = 1, nstart do
+  local st = AB.start(i)
+  local B = run_block(KB.run(nfin + i), st.sid)
+  local r = start(B, st.id, ME)
+  if r[1] == 'run' then first = first or st.id end
+  if r[1] == 'run' and redis.call('GET', K.handed) == st.id then
+    -- handed to us and taken up from our runs list (its inbox entry was lost): it shows now
+    redis.call('DEL', K.handed)
+    took(sess(B), st.id, r[5])
+  end
   for _, v in ipairs(r) do reply[#reply + 1] = v end
-  off = off + 11
-  a = a + 2
 end
 local want = nclaim
 local handed = {}
@@ -114,40 +112,103 @@ if want > 0 then
   -- runs an enqueue started for us while we waited, not taken by our BLPOP yet
   handed = redis.call('LRANGE', inbox, 0, -1)
   if #handed > 0 then
-    redis.call('DEL', inbox, KEYS[14])
+    redis.call('DEL', inbox)
+    local handed_id = redis.call('GET', K.handed)
     for _, entry in ipairs(handed) do
       reply[#reply + 1] = 0
       reply[#reply + 1] = entry
       local ok, e = pcall(cmsgpack.unpack, entry)  -- a bad entry: the worker says why
-      if ok and type(e) == 'table' then first = first or e[1] end
+      if ok and type(e) == 'table' and type(e[1]) == 'string' then
+        first = first or e[1]
+        local sid = session_of(e[1])
+        local S = G.sessions[sid]
+        if not S then
+          S = {sid = sid, session = key_session(sid), history = key_history(sid),
+            chan = key_events_channel(sid)}
+          G.sessions[sid] = S
+        end
+        took(S, e[1], tonumber(e[6]) or 1)
+        -- (a bad entry's run is started again from our runs list: it shows then)
+        if e[1] == handed_id then redis.call('DEL', K.handed) end
+      end
     end
     want = want - #handed
   end
 end
+-- Take run `id` from queue qi's line onto our runs list and start it (an operation of the
+-- control queue is carried out by the worker itself).
+local function claim(qi, id, B)
+  redis.call('RPUSH', runs, id)
+  reply[#reply + 1] = qi
+  reply[#reply + 1] = id
+  local r = {'op', false, false, false, 0}
+  if qi ~= control then r = start(B or claimed_block(id, qi), id, ME) end
+  if r[1] == 'run' then first = first or id end
+  for _, v in ipairs(r) do reply[#reply + 1] = v end
+end
+
+-- Claim up to `want` runs from queue qi's line, sessions in turn (fair share, prelude): the
+-- session of each run taken puts its next waiting run at the back of the line; a session
+-- alone in the line gives a batch at once - at most a quarter of what it has waiting (at
+-- least one), so that the last runs of a queue spread over idle workers. A session at its
+-- max_running leaves the line until one of its runs ends. Returns how many were taken.
+local function claim_from(qi, want)
+  local q = QK[qi]
+  local got = 0
+  while got < want do
+    local id = redis.call('LPOP', q.list)
+    if not id then break end
+    if qi == control then
+      claim(qi, id, nil)
+      got = got + 1
+    else
+      local B = claimed_block(id, qi)
+      local S = sess(B)
+      S.status = S.status or redis.call('HGET', S.session, 'status')
+      local batch = {id}
+      if S.status then  -- (a destroyed session's leftover entry is taken, and skipped)
+        local left = room(S)
+        local inline = redis.call('HINCRBY', S.session, line_field(B), -1)
+        if left ~= nil and left <= 0 then
+          redis.call('LPUSH', B.squeue, id)
+          if inline <= 0 then redis.call('SADD', B.throttled, throttle_entry(B)) end
+          batch = {}
+        elseif inline <= 0 then
+          local more = want - got - 1
+          if left ~= nil then more = math.min(more, left - 1) end
+          if more > 0 and redis.call('LLEN', q.list) == 0 then
+            local waiting = redis.call('LLEN', B.squeue)
+            more = math.min(more, math.floor((waiting + 1) / 4) - 1)
+            if more > 0 then
+              for _, x in ipairs(redis.call('LPOP', B.squeue, more)) do batch[#batch + 1] = x end
+            end
+          end
+          local nxt = redis.call('LPOP', B.squeue)
+          if nxt then
+            redis.call('RPUSH', q.list, nxt)
+            redis.call('HINCRBY', S.session, line_field(B), 1)
+          end
+        end
+      end
+      for i, rid in ipairs(batch) do
+        claim(qi, rid, i == 1 and B or nil)
+        got = got + 1
+      end
+    end
+  end
+  return got
+end
+
 for qi = 1, nq do
-  local q = QKEYS + (qi - 1) * QN
+  local q = QK[qi]
   if want <= 0 and #handed == 0 then break end
-  local held = redis.call('LLEN', KEYS[q + 1])
   -- (when the inbox filled the batch, queues are only looked at: a wake this worker took
   -- is passed on)
-  local ids = held > 0 and want > 0 and redis.call('LPOP', KEYS[q + 1], math.min(want, math.max(1, math.floor(held / 4))))
-  if ids then
-    for _, id in ipairs(ids) do
-      redis.call('RPUSH', runs, id)
-      reply[#reply + 1] = qi
-      reply[#reply + 1] = id
-      local r = {'op', false, false, false, 0}
-      if qi ~= control then r = start(claimed_block(id, qi), id, ME) end
-      if r[1] == 'run' then first = first or id end
-      for _, v in ipairs(r) do reply[#reply + 1] = v end
-    end
-    want = want - #ids
-    held = held - #ids
-  end
-  if held > 0 then
+  if want > 0 then want = want - claim_from(qi, want) end
+  if redis.call('LLEN', q.list) > 0 then
     -- more is waiting: wake the next idle worker too
-    redis.call('LPUSH', KEYS[q + 2], '1')
-    redis.call('LTRIM', KEYS[q + 2], 0, 0)
+    redis.call('LPUSH', q.wake, '1')
+    redis.call('LTRIM', q.wake, 0, 0)
   end
 end
 if waits and want == nclaim then
@@ -156,7 +217,7 @@ if waits and want == nclaim then
   redis.call('SADD', idle, G.worker)
   for qi = 1, nq do
     if qi ~= control then
-      local line = KEYS[QKEYS + (qi - 1) * QN + 6]
+      local line = QK[qi].idle_line
       redis.call('LREM', line, 0, G.worker)
       redis.call('RPUSH', line, G.worker)
     end
@@ -165,7 +226,7 @@ elseif waits then
   redis.call('SREM', idle, G.worker)
 end
 -- what the worker goes on to run (for RQ's view of it), or nothing
-local current = ARGV[a]
+local current = A.current
 if current == '' then current = first end
 if current then
   redis.call('HSET', rqworker, 'current_job', current)

@@ -201,7 +201,7 @@ def test_cli_add_control_and_info_tasks(client: Client, workers: WorkerProcs) ->
 
     added = run("add", "cli-session", "--task", "tests.tasks:echo", "--args", "hi", "--name",
                 "echo", "--json")  # fmt: skip
-    tid = json.loads(added.output)["task"]
+    tid = json.loads(added.stdout)["task"]
     sid = tid.rpartition("-")[0]
     assert run("pause", sid).output.strip() == f"{sid} accepted"
     second = run("add", sid, "--cmd", "true", "--name", "second").output.strip()
@@ -224,7 +224,7 @@ def test_cli_add_control_and_info_tasks(client: Client, workers: WorkerProcs) ->
     assert run("restart", sid, "--failed-only").exit_code == 0
     assert run("stop", sid).output.strip() == f"{sid} accepted"
     refused = runner.invoke(cli, [*base, "pause", "nosuchsession"])
-    assert refused.exit_code == 1 and "refused" in refused.output
+    assert refused.exit_code == 1 and "no such session" in refused.output
     bad = runner.invoke(cli, [*base, "add", sid, "--task", "tests.tasks:echo", "--cron", "nope"])
     assert bad.exit_code == 2 and "cron" in bad.output
 

@@ -7,27 +7,31 @@ import time
 from typing import Any
 
 import pytest
+from redis.commands.core import Script
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-import sessionq.common.scripts
+import sessionq.common.scripts.transport
 import tests.tasks  # noqa: F401 - registers the @task functions
 from sessionq.common.keys import DEFAULT_QUEUE
 from sessionq.common.models import build_run
-from sessionq.common.scripts import Scripts
+from sessionq.common.scripts import transport
 from sessionq.common.settings import Settings
 from sessionq.producer import Client
 from sessionq.worker.loop import SessionWorker
 
 
 def send_twice(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every enqueue call is carried out, its reply lost, and sent again (redis-py's retry)."""
-    original = Scripts.enqueue
+    """Every enqueue script call is sent twice, as redis-py's retry does when the reply to
+    the first was lost: at the one place every script call goes through (transport.call),
+    whichever API call made it (create's plan, Session.flush's pipeline, add_runs)."""
+    original = transport.call
 
-    def enqueue_with_a_lost_reply(self: Scripts, *args: Any, **kwargs: Any) -> list[Any]:
-        original(self, *args, **kwargs)
-        return original(self, *args, **kwargs)
+    def sent_twice(script: Script, keys: Any, args: Any, client: Any) -> Any:
+        if script.script.startswith("-- contract of enqueue.lua"):
+            original(script, keys, args, client)  # carried out; its reply lost
+        return original(script, keys, args, client)
 
-    monkeypatch.setattr(Scripts, "enqueue", enqueue_with_a_lost_reply)
+    monkeypatch.setattr(transport, "call", sent_twice)
 
 
 def test_a_create_sent_twice_is_applied_once(
@@ -118,14 +122,14 @@ def test_a_script_call_whose_reply_is_lost_is_sent_again_and_applied_once(
     """Scripts.call's own EVALSHA loses the reply of a call Redis carried out; redis-py's
     path sends it again, which the script takes as the resend it is."""
 
-    original, lost = sessionq.common.scripts._evalsha_once, []
+    original, lost = sessionq.common.scripts.transport._evalsha_once, []
 
     def reply_lost(*args: Any) -> Any:
         original(*args)
         lost.append(1)
         raise RedisConnectionError("connection dropped before the reply")
 
-    monkeypatch.setattr(sessionq.common.scripts, "_evalsha_once", reply_lost)
+    monkeypatch.setattr(sessionq.common.scripts.transport, "_evalsha_once", reply_lost)
     [sid] = client.create("once", task="tests.tasks:noop")
     assert lost == [1]
     named = [r for r in client.fetch() if r["name"] == "once"]

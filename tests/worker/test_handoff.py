@@ -128,8 +128,9 @@ def test_a_lost_workers_handed_run_it_never_took_goes_back_uncharged(
     events = client.events(sid) or []
     given_back = [e for e in events if e["type"] == "task.queued" and e["data"].get("reason")]
     assert [e["data"]["reason"] for e in given_back] == ["given back unrun by a lost worker"]
+    # it never took the run: no start of it shows (task.started comes as a worker takes it)
     starts = started_by(client, sid)
-    assert starts[0] == name and len(starts) == 2 and starts[1] != name
+    assert len(starts) == 1 and starts[0] != name
     assert job(redis, settings, f"{sid}-1")["attempts"] == "1"
 
 
@@ -242,8 +243,8 @@ def test_a_run_handed_while_the_worker_recovers_from_a_lost_connection_runs_once
     w.lost_connection = True
     take_inbox, made = w._take_inbox, list[object]()
 
-    def take_inbox_then_enqueue(unlist: bool = False) -> None:
-        take_inbox(unlist)
+    def take_inbox_then_enqueue(unlist: bool = False, *, leaving: bool = False) -> None:
+        take_inbox(unlist, leaving=leaving)
         if not made:
             made.extend(client.create("h", task=f"{__name__}:count_me", args=["x"]))
 

@@ -1,0 +1,47 @@
+"""The Lua scripts: every state change of a session or run is one script call - one round
+trip, atomic - that keeps RQ's job hash, queues and registries as RQ's own readers (`rq
+info`, `Job.fetch`) expect, and ours (counters, indexes, events) beside them: the one place
+that writes RQ's structures.
+
+- contract.py / contracts.py: each script's declared keys, arguments and blocks, from which
+  both the Python packers and the Lua prologues are made;
+- transport.py: how a call reaches Redis (any thread, or a worker's pipelined FastLane);
+- step.py (run.lua), enqueue.py (enqueue.lua), control.py (control, request, destroy,
+  recover), events.py (emit, log, state): the packers and reply readers, one per purpose.
+"""
+
+from sessionq.common.scripts.base import lua_source, now_ms
+from sessionq.common.scripts.control import OP_PREFIX, ControlCalls
+from sessionq.common.scripts.enqueue import EnqueueCalls, NewSession, Run
+from sessionq.common.scripts.events import EventCalls
+from sessionq.common.scripts.step import (
+    Finish,
+    Finished,
+    Started,
+    StepCalls,
+    StepReply,
+    WorkerHead,
+    handed_run,
+)
+from sessionq.common.scripts.transport import FastLane
+
+
+class Scripts(StepCalls, EnqueueCalls, ControlCalls, EventCalls):
+    """Every script of one prefix, registered on one client."""
+
+
+__all__ = [
+    "OP_PREFIX",
+    "FastLane",
+    "Finish",
+    "Finished",
+    "NewSession",
+    "Run",
+    "Scripts",
+    "Started",
+    "StepReply",
+    "WorkerHead",
+    "handed_run",
+    "lua_source",
+    "now_ms",
+]

@@ -1,0 +1,136 @@
+"""`ScriptsBase`: the scripts of one prefix, registered on one client, with what every
+script's packer needs (the clock arguments, the global keys, run blocks)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+from redis.commands.core import Script
+
+from sessionq.common import codec
+from sessionq.common.keys import DEFAULT_QUEUE, Keys, session_of
+from sessionq.common.models import rq_time
+from sessionq.common.rqcompat import RQKeys, rq_keys
+from sessionq.common.scripts import transport
+from sessionq.common.scripts.contracts import CONTRACTS, GLOBAL_KEYS, RUN_BLOCK, STATUS_KEYS
+from sessionq.common.settings import Settings
+
+BLOCK_CACHE_MAX = 4096
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@cache
+def _lua_file(name: str) -> str:
+    return (resources.files("sessionq.common") / "lua" / f"{name}.lua").read_text()
+
+
+def lua_source(name: str, builders: dict[str, Callable[..., str]]) -> str:
+    """A script's source: its contract's prologue, the shared prelude, then its body."""
+    prologue = CONTRACTS[name].prologue(builders)
+    return prologue + _lua_file("prelude") + "\n" + _lua_file(name)
+
+
+class ScriptsBase:
+    """The scripts registered on one connection (sources per prefix: the key builders hold
+    it), and the pieces their packers share."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.keys = k = Keys(settings.prefix)
+        self.rq: RQKeys = rq_keys(settings.prefix)
+        self.builders: dict[str, Callable[..., str]] = {
+            "job": self.rq.job, "session": k.session, "history": k.history,
+            "events_channel": k.events_channel, "session_running": k.session_running,
+            "session_held": k.session_held, "worker_runs": k.worker_runs,
+            "worker_inbox": k.worker_inbox, "rq_worker": self.rq.worker,
+            "worker_handed": k.worker_handed, "queue": self.rq.queue, "wake": k.wake,
+            "session_queue": k.session_queue, "session_throttled": k.session_throttled,
+        }  # fmt: skip
+        self._script: dict[str, Script] = {
+            name: redis.register_script(lua_source(name, self.builders)) for name in CONTRACTS
+        }
+        status_keys = dict(zip(STATUS_KEYS, (k.idx_status(s[4:]) for s in STATUS_KEYS),
+                               strict=True))  # fmt: skip
+        self.globals = {"chan_all": k.events_all_channel(), **status_keys,
+                        "counters": k.run_counts()}  # fmt: skip
+        self._global_keys = [self.globals[name] for name in GLOBAL_KEYS]
+        self._blocks: dict[tuple[str, str], list[str]] = {}
+
+    def script(self, name: str) -> Script:
+        return self._script[name]
+
+    def clock(self, now: float) -> dict[str, Any]:
+        """The clock arguments of a state-changing script (contracts.CLOCK_ARGS)."""
+        return {"now_ms": int(now * 1000), "now_iso": rq_time(now),
+                "cap": self.settings.history_cap}  # fmt: skip
+
+    # -- key lists -------------------------------------------------------------------------
+    def run_keys(self, run_id: str, queue: str) -> dict[str, str]:
+        """One run's keys by RUN_BLOCK name."""
+        sid, k, rq = session_of(run_id), self.keys, self.rq
+        return {"job": rq.job(run_id), "session": k.session(sid), "history": k.history(sid),
+                "chan": k.events_channel(sid), "running": k.session_running(sid),
+                "held": k.session_held(sid), "started": rq.started(queue),
+                "finished": rq.finished(queue), "failed": rq.failed(queue),
+                "queue": rq.queue(queue), "wake": k.wake(queue),
+                "squeue": k.session_queue(sid, queue),
+                "throttled": k.session_throttled(sid)}  # fmt: skip
+
+    def run_block(self, run_id: str, queue: str) -> list[str]:
+        """A run's keys in RUN_BLOCK order; all but the job key cached per session and queue."""
+        sid = session_of(run_id)
+        base = self._blocks.get((sid, queue))
+        if base is None:
+            named = self.run_keys(run_id, queue)
+            base = [named[name] for name in RUN_BLOCK]
+            if len(self._blocks) > BLOCK_CACHE_MAX:
+                self._blocks.clear()
+            self._blocks[(sid, queue)] = base
+        block = base.copy()
+        block[0] = self.rq.job(run_id)
+        return block
+
+    # -- sending ---------------------------------------------------------------------------
+    def call(
+        self, name: str, keys: Sequence[str], args: Sequence[Any], *, client: Any = None
+    ) -> Any:
+        """Run script `name` (transport.call: any thread; a pipeline as `client` queues it)."""
+        return transport.call(self._script[name], keys, args, client or self.redis)
+
+    async def call_async(
+        self, redis: AsyncRedis, name: str, keys: Sequence[str], args: Sequence[Any]
+    ) -> Any:
+        return await transport.call_async(redis, self._script[name], keys, args)
+
+    def ensure_loaded(self) -> None:
+        """Load every script now (one round trip), for pipelines that call EVALSHA."""
+        pipe = self.redis.pipeline(transaction=False)
+        for script in self._script.values():
+            pipe.script_load(script.script)
+        pipe.execute()
+
+    def with_queues(self, run_ids: Sequence[str]) -> list[tuple[str, str]]:
+        """[(run id, the queue it came from)] - what the scripts need to name its keys."""
+        pipe = self.redis.pipeline(transaction=False)
+        for run_id in run_ids:
+            pipe.hget(self.rq.job(run_id), "origin")
+        origins = pipe.execute()
+        return [
+            (run_id, codec.text(origin) if origin else DEFAULT_QUEUE)
+            for run_id, origin in zip(run_ids, origins, strict=True)
+        ]
+
+
+def texts(reply: Sequence[Any]) -> list[Any]:
+    """A script's reply with its bytes as text."""
+    return [r.decode() if isinstance(r, bytes) else r for r in reply]

@@ -1,0 +1,209 @@
+"""The declared Python<->Lua protocol: each script's keys, arguments and shared words, once.
+
+A `Contract` names a script's keys (fixed ones, then repeated blocks whose counts are
+arguments), its arguments (fixed ones, repeated blocks, then a tail), and the key builders
+it may use for keys it finds itself (a claimed run's job key). From it come both sides:
+
+- the Lua prologue put before the script (`prologue`): named locals `K.<key>` and `A.<arg>`
+  (numbers already `tonumber`ed), a function per block that returns the block's keys or
+  arguments by name (`KB.run(i)`, `AB.finish(i)`), key builders made from keys.py's own
+  names (`key_session(sid)`), the run-id rule, and the vocabulary of the enums;
+- the Python packer (`pack_keys`, `pack_args`), which lays a call out by the same names.
+
+The body of a script never reads `KEYS[n]` or `ARGV[n]`; tests/common/test_contract.py
+checks every script against its declaration.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from sessionq.common.keys import RUN_ID_SEPARATOR
+from sessionq.common.models import Status, TaskState
+
+# the words every script shares with Python, as Lua lists in the enums' order
+VOCABULARY: dict[str, type[StrEnum]] = {"STATUS": Status, "TASK_STATE": TaskState}
+
+NUMBER = "n"  # an argument Lua receives as a number
+TEXT = "s"  # an argument Lua receives as a string
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """A group of keys or arguments repeated `count` times (`count`: the names of the
+    arguments whose sum is the number of blocks)."""
+
+    name: str
+    fields: tuple[str, ...]
+    count: tuple[str, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.fields)
+
+
+@dataclass(frozen=True, slots=True)
+class Contract:
+    """One script's protocol. `args` maps a name to NUMBER or TEXT; `key_blocks` and
+    `arg_blocks` follow the fixed keys and arguments in order; `tail` arguments come after
+    the argument blocks; `extra_keys` says keys may follow the key blocks, addressed by the
+    index the packer returns for them; `builders` names the key builders (keys.py methods
+    taking one id) the script may use. Every script shares VOCABULARY's words."""
+
+    name: str
+    keys: tuple[str, ...]
+    args: tuple[tuple[str, str], ...]
+    key_blocks: tuple[Block, ...] = ()
+    arg_blocks: tuple[Block, ...] = ()
+    tail: tuple[tuple[str, str], ...] = ()
+    extra_keys: bool = False
+    builders: tuple[str, ...] = ()
+    _arg_index: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        index = {name: i for i, (name, _) in enumerate(self.args)}
+        object.__setattr__(self, "_arg_index", index)
+        for block in (*self.key_blocks, *self.arg_blocks):
+            for count in block.count:
+                if count not in index:
+                    raise ValueError(f"{self.name}: block {block.name} counts by unknown {count}")
+
+    # -- the Python side ---------------------------------------------------------------
+    def arg_position(self, name: str) -> int:
+        """0-based position of a fixed argument."""
+        return self._arg_index[name]
+
+    def pack_keys(
+        self,
+        fixed: Mapping[str, str],
+        blocks: Mapping[str, Sequence[Sequence[str]]] | None = None,
+        extra: Sequence[str] = (),
+    ) -> list[str]:
+        """The KEYS of a call: the fixed keys by name, each block's keys in its field order,
+        then `extra` keys (see `extra_index`)."""
+        if fixed.keys() != set(self.keys):
+            raise ValueError(f"{self.name}: keys {sorted(set(self.keys) ^ fixed.keys())}")
+        out = [fixed[name] for name in self.keys]
+        blocks = blocks or {}
+        for block in self.key_blocks:
+            for one in blocks.get(block.name, ()):
+                if len(one) != block.size:
+                    raise ValueError(f"{self.name}: a {block.name} block holds {block.size}")
+                out.extend(one)
+        if extra and not self.extra_keys:
+            raise ValueError(f"{self.name} takes no extra keys")
+        out.extend(extra)
+        return out
+
+    def block(self, name: str, values: Mapping[str, Any]) -> list[Any]:
+        """One key or argument block of `name`, laid out from its fields by name."""
+        for block in (*self.key_blocks, *self.arg_blocks):
+            if block.name == name and values.keys() == set(block.fields):
+                return [values[field] for field in block.fields]
+        raise ValueError(f"{self.name}: no {name} block with fields {sorted(values)}")
+
+    def extra_index(self, block_counts: Mapping[str, int]) -> int:
+        """The 1-based KEYS index of the first extra key, given how many of each key block."""
+        return 1 + len(self.keys) + sum(b.size * block_counts.get(b.name, 0)
+                                        for b in self.key_blocks)  # fmt: skip
+
+    def pack_args(
+        self,
+        fixed: Mapping[str, Any],
+        blocks: Mapping[str, Sequence[Sequence[Any]]] | None = None,
+        tail: Mapping[str, Any] | None = None,
+    ) -> list[Any]:
+        """The ARGV of a call, laid out as declared."""
+        if fixed.keys() != self._arg_index.keys():
+            raise ValueError(f"{self.name}: args {sorted(set(self._arg_index) ^ fixed.keys())}")
+        out = [fixed[name] for name, _ in self.args]
+        blocks = blocks or {}
+        for block in self.arg_blocks:
+            for one in blocks.get(block.name, ()):
+                if len(one) != block.size:
+                    raise ValueError(f"{self.name}: a {block.name} block holds {block.size}")
+                out.extend(one)
+        tail = tail or {}
+        out.extend(tail[name] for name, _ in self.tail)
+        return out
+
+    # -- the Lua side ------------------------------------------------------------------
+    def prologue(self, builders: Mapping[str, Callable[..., str]]) -> str:
+        """The Lua put before the script's body (see the module docstring)."""
+        lines = [f"-- contract of {self.name}.lua: generated by sessionq.common.scripts "
+                 "(contract.py); the body reads only these names"]  # fmt: skip
+        lines.append("local K = {" + ", ".join(
+            f"{name} = KEYS[{i}]" for i, name in enumerate(self.keys, start=1)) + "}")  # fmt: skip
+        lines.append("local A = {" + ", ".join(
+            f"{name} = {_lua_arg(f'ARGV[{i}]', kind)}"
+            for i, (name, kind) in enumerate(self.args, start=1)) + "}")  # fmt: skip
+        lines += _blocks("KB", "KEYS", self.key_blocks, len(self.keys))
+        lines += _blocks("AB", "ARGV", self.arg_blocks, len(self.args))
+        if self.tail:
+            offset = _offset_expr(len(self.args), self.arg_blocks)
+            for i, (name, kind) in enumerate(self.tail, start=1):
+                lines.append(f"A.{name} = {_lua_arg(f'ARGV[{offset} + {i}]', kind)}")
+        if self.extra_keys:
+            offset = _offset_expr(len(self.keys), self.key_blocks)
+            lines.append(
+                f"local function KX(i) return KEYS[i] end  -- extra keys: from {offset} + 1"
+            )
+        for name in self.builders:
+            lines.append(_builder(name, builders[name]))
+        sep = "".join(c if c.isalnum() else f"%{c}" for c in RUN_ID_SEPARATOR)  # a Lua pattern
+        lines.append(f"-- a run id is <session id>{RUN_ID_SEPARATOR}<n> (keys.run_id)")
+        lines.append(f"local function session_of(id) return string.match(id, '^(.*){sep}"
+                     f"[^{sep}]*$') or '' end")  # fmt: skip
+        lines.append(f"local function run_number(id) return tonumber(string.match(id, "
+                     f"'{sep}(%d+)$')) or 0 end")  # fmt: skip
+        for lua_name, enum in VOCABULARY.items():
+            lines.append(f"local {lua_name} = {{" + ", ".join(
+                _lua_str(member.value) for member in enum) + "}")  # fmt: skip
+        return "\n".join(lines) + "\n"
+
+
+MARKS = ("\0", "\1")  # stand-ins for a key builder's arguments
+
+
+def _builder(name: str, build: Callable[..., str]) -> str:
+    """A Lua function making keys as keys.py's `build` does (one or two string arguments)."""
+    nargs = len(inspect.signature(build).parameters)
+    params = ("a", "b")[:nargs]
+    named = dict(zip(MARKS, params, strict=False))
+    exprs = [named.get(part) or _lua_str(part)
+             for part in re.split("([\0\1])", build(*MARKS[:nargs])) if part]  # fmt: skip
+    return f"local function key_{name}({', '.join(params)}) return {' .. '.join(exprs)} end"
+
+
+def _lua_str(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _lua_arg(expr: str, kind: str) -> str:
+    return f"tonumber({expr})" if kind == NUMBER else expr
+
+
+def _offset_expr(fixed: int, blocks: Sequence[Block]) -> str:
+    parts = [str(fixed)]
+    for block in blocks:
+        parts.append(f"({' + '.join(f'A.{c}' for c in block.count)}) * {block.size}")
+    return " + ".join(parts)
+
+
+def _blocks(table: str, array: str, blocks: Sequence[Block], fixed: int) -> list[str]:
+    if not blocks:
+        return []
+    lines = [f"local {table} = {{}}"]
+    done: list[Block] = []
+    for block in blocks:
+        base = _offset_expr(fixed, done)
+        fields = ", ".join(f"{name} = {array}[o + {j}]" for j, name in enumerate(block.fields, 1))
+        body = f"local o = base + (i - 1) * {block.size} return {{{fields}}}"
+        lines.append(f"do local base = {base} {table}.{block.name} = function(i) {body} end end")
+        done.append(block)
+    return lines

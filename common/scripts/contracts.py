@@ -1,0 +1,230 @@
+"""Every script's declared contract (contract.py): keys, arguments and blocks, by name.
+
+The Python packers (the modules beside this one) and the Lua prologues are both made from
+these; tests/common/test_contract.py checks each script's body against its contract.
+"""
+
+from __future__ import annotations
+
+from sessionq.common.models import Status
+from sessionq.common.scripts.contract import NUMBER, TEXT, Block, Contract
+
+# What every state-changing script takes (prelude.lua `load_globals`)
+STATUS_KEYS = tuple(f"idx_{status.value}" for status in Status)
+GLOBAL_KEYS = ("chan_all", *STATUS_KEYS, "counters")
+CLOCK_ARGS = (("now_ms", NUMBER), ("now_iso", TEXT), ("cap", NUMBER), ("worker", TEXT))
+# One run's keys (prelude.lua `run_block`)
+RUN_BLOCK = ("job", "session", "history", "chan", "running", "held", "started", "finished",
+             "failed", "queue", "wake", "squeue", "throttled")  # fmt: skip
+# the key builders a script needs to queue a run of a session it finds itself (fair share)
+QUEUEING = ("queue", "wake", "session_queue", "session_throttled")
+# A session's own keys, as the control scripts take them
+SESSION_KEYS = ("session", "history", "chan", "running", "held")
+
+STEP = Contract(
+    "run",
+    keys=(*GLOBAL_KEYS, "runs", "rq_worker", "inbox", "idle_workers", "handed", "schedule"),
+    key_blocks=(
+        Block(
+            "queue", ("list", "wake", "started", "finished", "failed", "idle_line"), ("nqueues",)
+        ),
+        Block("run", RUN_BLOCK, ("nfinish", "nstart")),
+    ),  # fmt: skip
+    # per call first, then what every call of one worker sends alike (nqueues, control and
+    # the queue names: its FastLane packs them once)
+    args=(
+        *CLOCK_ARGS,
+        ("nfinish", NUMBER),
+        ("nstart", NUMBER),
+        ("nclaim", NUMBER),
+        ("waits", NUMBER),
+        ("nqueues", NUMBER),
+        ("control", NUMBER),
+    ),
+    arg_blocks=(
+        Block("queue", ("name",), ("nqueues",)),
+        Block("finish", ("id", "sid", "outcome", "payload", "duration_ms"), ("nfinish",)),
+        Block("start", ("id", "sid"), ("nstart",)),
+    ),
+    tail=(("current", TEXT),),
+    builders=(
+        "job",
+        "session",
+        "history",
+        "events_channel",
+        "session_running",
+        "session_held",
+        *QUEUEING,
+    ),
+)
+
+TOOK = Contract(
+    "took",
+    keys=(*GLOBAL_KEYS, "session", "history", "chan", "handed"),
+    args=(*CLOCK_ARGS, ("sid", TEXT), ("id", TEXT), ("attempt", NUMBER)),
+    builders=("job",),
+)
+
+ENQUEUE = Contract(
+    "enqueue",
+    keys=(
+        *GLOBAL_KEYS,
+        "sessions",
+        "rq_queues",
+        "schedule",
+        "waiting",
+        "names",
+        "idle_workers",
+        "workers",
+    ),  # fmt: skip
+    key_blocks=(
+        Block(
+            "session",
+            (
+                "session",
+                "history",
+                "chan",
+                "tasks",
+                "held",
+                "kind",
+                "owner",
+                "names",
+                "task_keys",
+                "running",
+            ),
+            ("nsessions",),
+        ),
+        Block("queue", ("list", "wake", "failed", "started", "idle_line"), ("nqueues",)),
+        Block("job", ("job",), ("nruns",)),
+    ),  # fmt: skip
+    args=(
+        *CLOCK_ARGS,
+        ("nsessions", NUMBER),
+        ("nqueues", NUMBER),
+        ("nruns", NUMBER),
+        ("fresh_ms", NUMBER),
+        ("plan", TEXT),
+    ),  # fmt: skip
+    extra_keys=True,
+    builders=("worker_runs", "worker_inbox", "rq_worker", "worker_handed", *QUEUEING),
+)
+
+CONTROL = Contract(
+    "control",
+    keys=(
+        *GLOBAL_KEYS,
+        "schedule",
+        "waiting",
+        *SESSION_KEYS,
+        "tasks",
+        "task_names",
+        "task_keys",
+    ),  # fmt: skip
+    key_blocks=(Block("run", RUN_BLOCK, ("nruns",)),),
+    args=(*CLOCK_ARGS, ("op", TEXT), ("sid", TEXT), ("nruns", NUMBER), ("plan", TEXT)),
+    extra_keys=True,
+    builders=QUEUEING,
+)
+
+DESTROY = Contract(
+    "destroy",
+    keys=(
+        *GLOBAL_KEYS,
+        "sessions",
+        "names",
+        "session",
+        "history",
+        "chan",
+        "tasks",
+        "task_names",
+        "task_keys",
+        "held",
+        "running",
+        "objects",
+        "state",
+        "logs",
+        "kind_index",
+        "owner_index",
+        "schedule",
+        "waiting",
+    ),  # fmt: skip
+    key_blocks=(Block("run", ("job", "started", "finished", "failed"), ("nruns",)),),
+    args=(
+        *CLOCK_ARGS,
+        ("sid", TEXT),
+        ("names_field", TEXT),
+        ("history_ttl", NUMBER),
+        ("nruns", NUMBER),
+    ),  # fmt: skip
+    arg_blocks=(Block("run", ("id",), ("nruns",)),),
+)
+
+RECOVER = Contract(
+    "recover",
+    keys=(
+        *GLOBAL_KEYS,
+        "workers",
+        "rq_workers",
+        "runs",
+        "rq_worker",
+        "inbox",
+        "idle_workers",
+        "handed",
+        "schedule",
+    ),  # fmt: skip
+    key_blocks=(Block("run", RUN_BLOCK, ("nruns",)),),
+    args=(*CLOCK_ARGS, ("reason", TEXT), ("unregister", NUMBER), ("nruns", NUMBER)),
+    arg_blocks=(Block("run", ("id", "sid"), ("nruns",)),),
+    builders=QUEUEING,
+)
+
+# The event scripts: one session's channel, record and history
+EVENT_KEYS = ("chan_all", "session", "history", "chan")
+EVENT_ARGS = (("now_ms", NUMBER), ("cap", NUMBER), ("worker", TEXT), ("sid", TEXT))
+
+EMIT = Contract(
+    "emit",
+    keys=EVENT_KEYS,
+    args=(*EVENT_ARGS, ("nevents", NUMBER)),
+    arg_blocks=(Block("event", ("type", "task", "data"), ("nevents",)),),
+)
+
+LOG = Contract(
+    "log",
+    keys=(*EVENT_KEYS, "logs"),
+    args=(*EVENT_ARGS, ("task", TEXT), ("logs_cap", NUMBER), ("nlines", NUMBER)),
+    arg_blocks=(Block("line", ("stream", "text"), ("nlines",)),),
+)
+
+STATE = Contract(
+    "state",
+    keys=(*EVENT_KEYS, "state"),
+    args=(*EVENT_ARGS, ("task", TEXT), ("key", TEXT), ("op", TEXT), ("value", TEXT)),
+)
+
+REQUEST = Contract(
+    "request",
+    keys=(
+        *GLOBAL_KEYS,
+        "control_queue",
+        "control_wake",
+        "op_job",
+        "session",
+        "history",
+        "chan",
+        "rq_queues",
+    ),  # fmt: skip
+    args=(
+        *CLOCK_ARGS,
+        ("sid", TEXT),
+        ("status", TEXT),
+        ("event", TEXT),
+        ("op_id", TEXT),
+        ("op", TEXT),
+        ("nfields", NUMBER),
+    ),  # fmt: skip
+    arg_blocks=(Block("field", ("name", "value"), ("nfields",)),),
+)
+
+CONTRACTS = {c.name: c for c in (STEP, TOOK, ENQUEUE, CONTROL, DESTROY, RECOVER, EMIT, LOG, STATE,
+                                 REQUEST)}  # fmt: skip

@@ -1,0 +1,276 @@
+"""How a script call reaches Redis: the one module that sends EVALSHA.
+
+Two ways, one rule each: `call` (any thread; a connection of the client's pool, packed by
+hiredis, falling back to redis-py's Script on NOSCRIPT or a lost connection, or queued on a
+pipeline) and `FastLane` (a worker's own connection, commands packed by hand from cached
+pieces and pipelined). Both load a script on the connection that reported NOSCRIPT, and try
+a bounded number of times.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from typing import Any, cast
+
+import hiredis
+from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+from redis.client import Pipeline
+from redis.commands.core import Script
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+NOSCRIPT_RETRIES = 3  # a server that keeps forgetting scripts is not tried for ever
+LOST = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def bulk(value: bytes) -> bytes:
+    """One RESP bulk string."""
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+def _evalsha_once(redis: Redis, sha: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    """EVALSHA on a connection of redis's pool, packed by hiredis in one call: redis-py's
+    command layer (argument encoding, retry, observability) cost more than a loopback round
+    trip. No retry here: the caller falls back to redis-py's path."""
+    command = hiredis.pack_command(("EVALSHA", sha, len(keys), *keys, *args))
+    pool = redis.connection_pool
+    conn: Any = pool.get_connection()
+    try:
+        conn.send_packed_command([command])
+        reply = conn.read_response()
+    except ResponseError:
+        pool.release(conn)
+        raise
+    except BaseException:
+        conn.disconnect()
+        pool.release(conn)
+        raise
+    pool.release(conn)
+    return reply
+
+
+def call(script: Script, keys: Sequence[str], args: Sequence[Any], client: Any) -> Any:
+    """Run `script` by EVALSHA on `client` (a Redis, or a Pipeline to queue it on - the caller
+    has loaded the scripts - whose reply comes with the pipeline's, [] here). On NOSCRIPT or
+    a lost connection, through redis-py's Script, which loads it and retries with backoff."""
+    if isinstance(client, Pipeline):
+        client.evalsha(script.sha, len(keys), *keys, *args)
+        return []
+    redis: Redis = client
+    try:
+        return _evalsha_once(redis, script.sha, keys, args)
+    except NoScriptError:
+        pass  # a restarted or another server: redis-py's Script loads it
+    except LOST:
+        pass  # redis-py's retry (with backoff) sends it again: the scripts take a resend
+    return script(keys=keys, args=args, client=redis)
+
+
+async def call_async(
+    redis: AsyncRedis, script: Script, keys: Sequence[str], args: Sequence[Any]
+) -> Any:
+    """Run `script` by EVALSHA on redis.asyncio; on NOSCRIPT (a restarted or another server)
+    load it and send it again."""
+    for _ in range(NOSCRIPT_RETRIES):
+        try:
+            return await redis.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await redis.script_load(script.script)
+    return await redis.evalsha(script.sha, len(keys), *keys, *args)
+
+
+class _Note:
+    """The context of a command sent by FastLane.note: its reply is read and dropped. A
+    script note that meets NOSCRIPT is sent again with the script's source (EVAL)."""
+
+    __slots__ = ("eval_command",)
+
+    def __init__(self, eval_command: bytes | None = None) -> None:
+        self.eval_command = eval_command
+
+
+_NOTE = _Note()
+
+
+class FastLane:
+    """A worker's hot path to Redis: one dedicated connection, EVALSHA commands packed by hand
+    from pieces cached per worker and per session, and pipelined: a command can be sent now
+    and its reply read later (replies come back in order). redis-py's client layer (pool,
+    retry, argument encoding) costs more than the round trip itself on a loopback; this
+    skips it. Connection errors propagate: the caller sends again what was not answered.
+
+    `fixed_after`: per call, the first that many arguments vary; `fixed` come next and are
+    the same in every call (packed once); the rest vary again. `notes`: scripts sent as notes
+    (note_script), loaded on each new connection ahead of them."""
+
+    def __init__(
+        self, redis: Redis, script: Script, head: list[str], fixed: Sequence[Any] = (),
+        fixed_after: int = 0, notes: Sequence[Script] = (),
+    ) -> None:  # fmt: skip
+        self.redis = redis
+        self.script = script
+        self.note_scripts = tuple(notes)
+        self.conn: Any = None
+        self.head = b"".join(bulk(k.encode()) for k in head)
+        self.nhead = len(head)
+        self.fixed = b"".join(bulk(str(a).encode()) for a in fixed)
+        self.nfixed = len(fixed)
+        self.fixed_after = fixed_after
+        self.sent: deque[tuple[bytes, Any]] = deque()  # commands awaiting a reply, with context
+        self.notes = 0  # of them, plain commands whose reply is read and dropped (see note)
+        self.noscript = 0  # NOSCRIPT replies since the last good one
+
+    def send(self, nkeys: int, keys: bytes, args: list[bytes], context: Any) -> None:
+        """Send EVALSHA: the head keys, `keys` (packed), then `args` with the fixed arguments
+        spliced in after the first `fixed_after` of them."""
+        total = self.nhead + nkeys
+        cut = self.fixed_after
+        command = (
+            b"*%d\r\n$7\r\nEVALSHA\r\n" % (3 + total + len(args) + self.nfixed)
+            + bulk(self.script.sha.encode())
+            + bulk(b"%d" % total)
+            + self.head
+            + keys
+            + b"".join(bulk(a) for a in args[:cut])
+            + self.fixed
+            + b"".join(bulk(a) for a in args[cut:])
+        )
+        self._write(command)
+        self.sent.append((command, context))
+
+    def note(self, *command: str) -> None:
+        """Send a plain command whose reply nobody waits for: receive drops it on the way."""
+        self._note(hiredis.pack_command(command), _NOTE)  # type: ignore[arg-type]
+
+    def note_script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> None:
+        """Send a script call whose reply nobody waits for (EVALSHA; EVAL if the server has
+        lost the script)."""
+        command = (*keys, *args)
+        evalsha = hiredis.pack_command(("EVALSHA", script.sha, len(keys), *command))
+        source = hiredis.pack_command(("EVAL", script.script, len(keys), *command))
+        self._note(evalsha, _Note(source))
+
+    def _note(self, packed: bytes, context: _Note) -> None:
+        self._write(packed)
+        self.sent.append((packed, context))
+        self.notes += 1
+
+    def blpop(self, keys: Sequence[str], timeout: float) -> list[bytes] | None:
+        """BLPOP on this connection, once every script call sent has been answered: [key,
+        value], or None when `timeout` (seconds) passed first."""
+        while self.sent and isinstance(self.sent[0][1], _Note):
+            self.receive_note()
+        assert not self.sent, "BLPOP while a script call awaits its reply"
+        self._write(hiredis.pack_command(("BLPOP", *keys, timeout)))  # type: ignore[arg-type]
+        try:
+            reply = self.conn.read_response()
+        except LOST:
+            self.reset()
+            raise
+        return cast("list[bytes] | None", reply)
+
+    def receive_note(self) -> None:
+        """Read and drop the reply of the oldest command sent, a note."""
+        context = self.sent[0][1]
+        again = None
+        try:
+            self.conn.read_response()
+        except NoScriptError:
+            again = context.eval_command
+        except ResponseError:
+            pass
+        except LOST:
+            self.reset()
+            raise
+        self.sent.popleft()
+        self.notes -= 1
+        if again is not None:
+            self._note(again, _NOTE)
+
+    @property
+    def unanswered(self) -> int:
+        """Script calls sent whose reply has not been read."""
+        return len(self.sent) - self.notes
+
+    def _write(self, command: bytes) -> None:
+        if self.conn is None:
+            conn: Any = self.redis.connection_pool.make_connection()
+            try:
+                conn.connect()  # to the server the pool names (a Sentinel's current master)
+            except BaseException:
+                conn.disconnect()
+                raise
+            self.conn = conn
+            for script in self.note_scripts:  # before any call that may use them
+                load = ("SCRIPT", "LOAD", script.script)
+                self._note(hiredis.pack_command(load), _NOTE)  # type: ignore[arg-type]
+        try:
+            self.conn.send_packed_command([command], check_health=False)
+        except LOST:
+            self.reset()
+            raise
+
+    def receive(self) -> tuple[list[Any], Any]:
+        """The reply to the oldest script call sent, with its context (notes before it are
+        read and dropped)."""
+        while True:
+            command, context = self.sent[0]
+            if isinstance(context, _Note):
+                self.receive_note()
+                continue
+            try:
+                reply = self.conn.read_response()
+            except NoScriptError:
+                # this server lost its script cache (a restart, a failover): load the script
+                # on this very connection and send the call again - a few times at most
+                self.sent.popleft()
+                self.noscript += 1
+                if self.noscript > NOSCRIPT_RETRIES:
+                    self.reset()
+                    raise
+                self._load()
+                self._write(command)
+                self.sent.append((command, context))
+                continue
+            except LOST:
+                self.reset()
+                raise
+            except ResponseError:
+                self.sent.popleft()  # the script failed: its reply has been read
+                raise
+            self.noscript = 0
+            self.sent.popleft()
+            return list(reply), context
+
+    def _load(self) -> None:
+        """SCRIPT LOAD on the lane's own connection (not the pool's: that may be another
+        server), its reply read ahead of the calls sent after the one refused."""
+        waiting = list(self.sent)
+        for _ in waiting:  # their replies (NOSCRIPT too, as they were sent before the load)
+            try:
+                self.conn.read_response()
+            except ResponseError:
+                pass
+        self.sent.clear()
+        self.notes = 0
+        for script in (self.script, *self.note_scripts):
+            load = ("SCRIPT", "LOAD", script.script)
+            self.conn.send_packed_command([hiredis.pack_command(load)], check_health=False)  # type: ignore[arg-type]
+            self.conn.read_response()
+        for command, context in waiting:
+            if not isinstance(context, _Note):
+                self._write(command)
+                self.sent.append((command, context))
+
+    def reset(self) -> None:
+        """Drop the connection and forget what was sent (the caller knows what to resend)."""
+        self.sent.clear()
+        self.notes = 0
+        if self.conn is not None:
+            self.conn.disconnect()
+            self.conn = None
+
+    close = reset

@@ -1,0 +1,130 @@
+"""Every Lua script matches its declared contract (STYLE.md "Lua scripts: a declared
+contract"): the body reads keys and arguments only by the names the contract declares, the
+names the Python packer lays out are what the generated prologue reads in Redis, and the
+status and state words of the scripts are the enums'."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from importlib import resources
+
+import pytest
+from redis import Redis
+
+from sessionq.common.models import Status, TaskState
+from sessionq.common.scripts import Scripts
+from sessionq.common.scripts.contract import NUMBER, Contract
+from sessionq.common.scripts.contracts import CONTRACTS, GLOBAL_KEYS
+from sessionq.common.settings import Settings
+
+LUA = resources.files("sessionq.common") / "lua"
+PRELUDE = (LUA / "prelude.lua").read_text()
+
+
+def body(name: str) -> str:
+    return (LUA / f"{name}.lua").read_text()
+
+
+def code(text: str) -> str:
+    """Lua without its comments."""
+    return re.sub(r"--[^\n]*", "", text)
+
+
+@pytest.mark.parametrize("name", sorted(CONTRACTS))
+def test_the_body_reads_only_declared_names(name: str) -> None:
+    contract, text = CONTRACTS[name], code(body(name))
+    assert "KEYS[" not in text and "ARGV[" not in text, "read by name, not position"
+    used_keys = set(re.findall(r"\bK\.(\w+)", text))
+    used_args = set(re.findall(r"\bA\.(\w+)", text))
+    assert used_keys <= set(contract.keys), used_keys - set(contract.keys)
+    declared_args = {n for n, _ in contract.args} | {n for n, _ in contract.tail}
+    assert used_args <= declared_args, used_args - declared_args
+    assert set(re.findall(r"\bKB\.(\w+)", text)) <= {b.name for b in contract.key_blocks}
+    assert set(re.findall(r"\bAB\.(\w+)", text)) <= {b.name for b in contract.arg_blocks}
+    assert set(re.findall(r"\bkey_(\w+)\(", text)) <= set(contract.builders)
+    # and nothing declared goes unused (the global keys are read by prelude's load_globals)
+    globals_read = "load_globals()" in text
+    unused = set(contract.keys) - used_keys - (set(GLOBAL_KEYS) if globals_read else set())
+    assert not unused, f"declared but never read: {sorted(unused)}"
+
+
+def test_the_prelude_reads_nothing_by_position() -> None:
+    assert "KEYS[" not in code(PRELUDE) and "ARGV[" not in code(PRELUDE)
+
+
+def test_status_and_state_words_are_the_enums() -> None:
+    statuses = {s.value for s in Status}
+    states = {s.value for s in TaskState} | {"finished"}  # RQ's word for succeeded
+    for name in [*CONTRACTS, "prelude"]:
+        text = code(body(name))
+        for word in re.findall(r"'([A-Z][a-z]+)'", text):
+            assert word in statuses, f"{name}.lua: status {word!r} is not a Status"
+        writes = "\n".join(line for line in text.splitlines() if "'HSET'" in line)
+        for word in re.findall(r"'(?:state|status)', '(\w+)'", writes):
+            assert word in states, f"{name}.lua: state {word!r} is not a TaskState"
+        for pair in re.findall(r"move\(\w+, '(\w+)', '(\w+)'", text):
+            assert set(pair) <= states, f"{name}.lua: move {pair}"
+
+
+def _layout(contract: Contract) -> tuple[list[str], list[str], list[str], list[str]]:
+    """Keys and args named after what they are, as the packer lays them out, and the Lua
+    expressions that must read each of them back (two blocks of each kind)."""
+    fixed_keys = {n: f"K:{n}" for n in contract.keys}
+    key_blocks = {b.name: [[f"KB:{b.name}{i}:{f}" for f in b.fields] for i in (1, 2)]
+                  for b in contract.key_blocks}  # fmt: skip
+    args = {n: (f"{7 + i}" if kind == NUMBER else f"A:{n}")
+            for i, (n, kind) in enumerate(contract.args)}  # fmt: skip
+    for block in (*contract.key_blocks, *contract.arg_blocks):
+        for count in block.count:  # two blocks of each kind, whatever counts them
+            args[count] = str(2 // len(block.count))
+    arg_blocks = {b.name: [[f"AB:{b.name}{i}:{f}" for f in b.fields] for i in (1, 2)]
+                  for b in contract.arg_blocks}  # fmt: skip
+    tail = {n: f"T:{n}" for n, _ in contract.tail}
+    keys = contract.pack_keys(fixed_keys, key_blocks)
+    argv = [str(a) for a in contract.pack_args(args, arg_blocks, tail)]
+    exprs = [f"K.{n}" for n in contract.keys] + [f"A.{n}" for n, _ in contract.args]
+    expected = list(fixed_keys.values()) + [args[n] for n, _ in contract.args]
+    for b in contract.key_blocks:
+        for i in (1, 2):
+            exprs += [f"KB.{b.name}({i}).{f}" for f in b.fields]
+            expected += key_blocks[b.name][i - 1]
+    for b in contract.arg_blocks:
+        for i in (1, 2):
+            exprs += [f"AB.{b.name}({i}).{f}" for f in b.fields]
+            expected += arg_blocks[b.name][i - 1]
+    exprs += [f"A.{n}" for n, _ in contract.tail]
+    expected += list(tail.values())
+    return keys, argv, exprs, expected
+
+
+@pytest.mark.parametrize("name", sorted(CONTRACTS))
+def test_the_packer_and_the_prologue_agree_in_redis(
+    name: str, redis: Redis, settings: Settings
+) -> None:
+    contract = CONTRACTS[name]
+    scripts = Scripts(redis, settings)
+    keys, argv, exprs, expected = _layout(contract)
+    probe = contract.prologue(scripts.builders) + "return {" + ", ".join(
+        f"tostring({e})" for e in exprs) + "}"  # fmt: skip
+    got = [v.decode() for v in redis.eval(probe, len(keys), *keys, *argv)]
+    assert got == expected
+
+
+@pytest.mark.parametrize("name", sorted(CONTRACTS))
+def test_every_script_compiles(name: str, redis: Redis, settings: Settings) -> None:
+    sha = redis.script_load(Scripts(redis, settings).script(name).script)
+    assert redis.script_exists(sha) == [True]
+
+
+def test_key_builders_and_run_ids_are_keys_py_s(redis: Redis, settings: Settings) -> None:
+    scripts = Scripts(redis, settings)
+    contract = CONTRACTS["run"]
+    given = {b: ("ab12-7", "q.1")[: len(inspect.signature(scripts.builders[b]).parameters)]
+             for b in contract.builders}  # fmt: skip
+    exprs = [f"key_{b}({', '.join(repr(a) for a in args)})" for b, args in given.items()]
+    exprs += ["session_of('ab-12-7')", "tostring(run_number('ab-12-7'))"]
+    probe = contract.prologue(scripts.builders) + "return {" + ", ".join(exprs) + "}"
+    keys, argv, _, _ = _layout(contract)
+    got = [v.decode() for v in redis.eval(probe, len(keys), *keys, *argv)]
+    assert got == [scripts.builders[b](*args) for b, args in given.items()] + ["ab-12", "7"]
