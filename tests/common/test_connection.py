@@ -10,7 +10,7 @@ import pytest
 from redis.sentinel import SentinelConnectionPool
 
 from sessionq.common.connection import connect, connect_async, parse_sentinel_url
-from sessionq.common.errors import ConfigError, ConnectionFailed, redact_url
+from sessionq.common.errors import ConfigError, ConnectionFailed, ValidationError, redact_url
 from sessionq.common.redisserver import RedisServer
 from sessionq.common.settings import Settings
 from tests.conftest import wait_for
@@ -49,12 +49,12 @@ def test_rediss_sentinel_is_tls_to_sentinels_and_master_and_db_defaults() -> Non
         ("redis+sentinel://h:1/a?socket_timeout=soon", "socket_timeout"),
     ],
 )
-def test_a_bad_sentinel_url_is_connection_failed_saying_what(url: str, says: str) -> None:
+def test_a_bad_sentinel_url_is_a_validation_error_saying_what(url: str, says: str) -> None:
     settings = Settings.from_env(url, environ={})
-    with pytest.raises(ConnectionFailed, match="cannot reach Redis") as caught:
+    with pytest.raises(ValidationError, match="is not a Redis URL") as caught:
         connect(settings, check=False)
-    assert says in str(caught.value)
-    with pytest.raises(ConnectionFailed):
+    assert caught.value.field == "url" and says in str(caught.value)
+    with pytest.raises(ValidationError):
         connect_async(settings)
 
 
