@@ -3,32 +3,49 @@
 from __future__ import annotations
 
 import ssl
+import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.retry import Retry as AsyncRetry
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.asyncio.sentinel import SentinelManagedConnection as AsyncSentinelManagedConnection
+from redis.asyncio.sentinel import (
+    SentinelManagedSSLConnection as AsyncSentinelManagedSSLConnection,
+)
 from redis.backoff import ExponentialBackoff
+from redis.connection import URL_QUERY_ARGUMENT_PARSERS
 from redis.exceptions import AuthenticationError, NoPermissionError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelManagedConnection, SentinelManagedSSLConnection
 
 from sessionq.common.errors import AccessDenied, ConnectionFailed, ValidationError, redact_url
 from sessionq.common.keys import Keys
 from sessionq.common.settings import Settings
 
-RETRY_ATTEMPTS = 6
-# the longest a call sleeps between two tries: a client may hear of Redis's return this late
+# a call sleeps 0.1, 0.2, 0.4 ... s between tries, at most this long: a client may hear of
+# Redis's return this late
 RETRY_BACKOFF_CAP_S = 2.0
+RETRY_BACKOFF_BASE_S = 0.05
 # redis-py 8 caps a pool at 100 connections; each listener holds one, so allow many
 POOL_MAX_CONNECTIONS = 4096
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+SENTINEL_PORT = 26379
+# query parameters of a Sentinel URL that are for the sentinels, not the master
+SENTINEL_QUERY = {"sentinel_username": "username", "sentinel_password": "password"}
 T = TypeVar("T")
 
 
-class _Refused(Exception):
-    def __init__(self, error: RedisConnectionError) -> None:
+class _Final(Exception):
+    """An error not to try again: a lasting refusal, or one at the end of the budget."""
+
+    def __init__(self, error: Exception) -> None:
         self.error = error
 
 
@@ -41,52 +58,226 @@ def lasting_refusal(error: Exception) -> bool:
 
 
 class _Retry(Retry):
-    """redis-py's Retry, except that a lasting refusal is reported at once instead of being
-    tried again for seconds."""
+    """redis-py's Retry, with backoff, for at most `budget_s` seconds a call (a Sentinel
+    failover takes tens of seconds), except that a lasting refusal is reported at once
+    instead of being tried again."""
+
+    def __init__(self, budget_s: float) -> None:
+        super().__init__(ExponentialBackoff(cap=RETRY_BACKOFF_CAP_S, base=RETRY_BACKOFF_BASE_S), -1)
+        self.budget_s = budget_s
 
     def call_with_retry(self, do: Callable[[], T], fail: Any, *args: Any, **kwargs: Any) -> T:
+        deadline = time.monotonic() + self.budget_s
+
         def attempt() -> T:
             try:
                 return do()
-            except RedisConnectionError as exc:
-                if lasting_refusal(exc):
-                    raise _Refused(exc) from exc
+            except self._supported_errors as exc:
+                if lasting_refusal(exc) or time.monotonic() >= deadline:
+                    raise _Final(exc) from exc
                 raise
 
         try:
             return super().call_with_retry(attempt, fail, *args, **kwargs)
-        except _Refused as refused:
-            raise refused.error from None
+        except _Final as final:
+            raise final.error from None
 
 
 class _AsyncRetry(AsyncRetry):
     """The same on redis.asyncio."""
 
+    def __init__(self, budget_s: float) -> None:
+        super().__init__(ExponentialBackoff(cap=RETRY_BACKOFF_CAP_S, base=RETRY_BACKOFF_BASE_S), -1)
+        self.budget_s = budget_s
+
     async def call_with_retry(
         self, do: Callable[[], Awaitable[T]], fail: Any, *args: Any, **kwargs: Any
     ) -> T:
+        deadline = time.monotonic() + self.budget_s
+
         async def attempt() -> T:
             try:
                 return await do()
-            except RedisConnectionError as exc:
-                if lasting_refusal(exc):
-                    raise _Refused(exc) from exc
+            except self._supported_errors as exc:
+                if lasting_refusal(exc) or time.monotonic() >= deadline:
+                    raise _Final(exc) from exc
                 raise
 
         try:
             return await super().call_with_retry(attempt, fail, *args, **kwargs)
-        except _Refused as refused:
-            raise refused.error from None
+        except _Final as final:
+            raise final.error from None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SentinelURL:
+    """What a `redis+sentinel://[user:pass@]host:port[,host:port...]/SERVICE[/DB]` URL says
+    (`rediss+sentinel://`: TLS to the sentinels and the master)."""
+
+    sentinels: list[tuple[str, int]]
+    service: str
+    # connection options of the master: db, its user and password, query parameters
+    master: dict[str, Any] = field(default_factory=dict)
+    # connection options of the sentinels: sentinel_username/_password, TLS and socket_*
+    sentinel: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_sentinel_url(url: str) -> SentinelURL | None:
+    """The parts of a Sentinel URL; None for any other URL (redis-py parses those);
+    ValueError saying what is wrong with a Sentinel URL that does not parse."""
+    scheme, sep, _ = url.partition("://")
+    if not sep or scheme.lower() not in SENTINEL_SCHEMES:
+        return None
+    parts = urlsplit(url)
+    hosts = parts.netloc.rpartition("@")[2]
+    sentinels = [_host_port(item) for item in hosts.split(",")]
+    path = [unquote(p) for p in parts.path.split("/") if p]
+    if not path or len(path) > 2:
+        raise ValueError("a Sentinel URL ends in /SERVICE or /SERVICE/DB (the master's name)")
+    master: dict[str, Any] = {}
+    sentinel: dict[str, Any] = {}
+    if len(path) == 2:
+        master["db"] = _number(int, "db", path[1])
+    if parts.username:
+        master["username"] = unquote(parts.username)
+    if parts.password:
+        master["password"] = unquote(parts.password)
+    if scheme.lower() == "rediss+sentinel":
+        master["ssl"] = True
+        sentinel["ssl"] = True
+    for name, value in parse_qsl(parts.query):
+        if name in SENTINEL_QUERY:
+            sentinel[SENTINEL_QUERY[name]] = value
+            continue
+        parser = cast("Callable[[str], Any] | None", URL_QUERY_ARGUMENT_PARSERS.get(name))
+        master[name] = value if parser is None else _number(parser, name, value)
+        if name.startswith(("socket_", "ssl_")):
+            sentinel[name] = master[name]  # the sentinels are reached the same way
+    return SentinelURL(sentinels=sentinels, service=path[0], master=master, sentinel=sentinel)
+
+
+def _host_port(item: str) -> tuple[str, int]:
+    host, port = item, ""
+    if item.startswith("["):  # [IPv6]:port
+        host, _, rest = item[1:].partition("]")
+        port = rest.removeprefix(":")
+    elif ":" in item:
+        host, _, port = item.rpartition(":")
+    if not host:
+        raise ValueError(f"sentinel {item!r}: host:port expected")
+    number = _number(int, f"port of sentinel {item!r}", port) if port else SENTINEL_PORT
+    return unquote(host), number
+
+
+def _number(parser: Callable[[str], Any], name: str, value: str) -> Any:
+    try:
+        return parser(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: invalid value {value!r} in the URL") from None
+
+
+class _MasterConnection(SentinelManagedConnection):
+    """redis-py's connection to a Sentinel-elected master, except that every socket it opens
+    goes to the master the sentinels name then: redis-py's asks them only when the pool
+    connects it, and a reconnect within a call's retries (or the fast lane's, or the
+    pub/sub hub's) went back to the address it had - a dead or demoted master - for the
+    whole retry budget (redis-py 8; a pool's connect now asks twice, a cheap price)."""
+
+    def _connect(self) -> Any:
+        if self.connection_pool.is_master:
+            self.host, self.port = self.connection_pool.get_master_address()
+        return super()._connect()  # type: ignore[no-untyped-call]  # redis-py's, unannotated
+
+
+class _MasterSSLConnection(_MasterConnection, SentinelManagedSSLConnection):
+    """The same over TLS."""
+
+
+class _AsyncMasterConnection(AsyncSentinelManagedConnection):
+    """The same on redis.asyncio."""
+
+    async def _connect(self) -> None:
+        if self.connection_pool.is_master:
+            self.host, self.port = await self.connection_pool.get_master_address()
+        await super()._connect()  # type: ignore[no-untyped-call]  # redis-py's, unannotated
+
+
+class _AsyncMasterSSLConnection(_AsyncMasterConnection, AsyncSentinelManagedSSLConnection):
+    """The same over TLS."""
+
+
+class _SentinelRedis(Redis):
+    """A client of the master a set of sentinels elected; close() closes their
+    connections too."""
+
+    elected_by: Sentinel | None = None
+
+    def close(self) -> None:
+        super().close()
+        if self.elected_by is not None:  # (redis-py 5 has no Sentinel.close)
+            for sentinel in self.elected_by.sentinels:
+                sentinel.close()
+
+
+class _AsyncSentinelRedis(AsyncRedis):
+    """The same on redis.asyncio."""
+
+    elected_by: AsyncSentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        if self.elected_by is not None:
+            for sentinel in self.elected_by.sentinels:
+                await sentinel.aclose()
+
+
+def _sentinel_options(target: SentinelURL, options: dict[str, Any]) -> dict[str, Any]:
+    """How to reach the sentinels: the socket options of the master (as redis-py's Sentinel
+    takes them when given none), then the URL's for the sentinels."""
+    return {k: v for k, v in options.items() if k.startswith("socket_")} | target.sentinel
+
+
+def client_from_url(url: str, options: dict[str, Any]) -> Redis:
+    """A client for `url` with `options` (the URL's own query parameters win, as in
+    redis-py's from_url): redis-py's for its URLs, the master elected by the sentinels for
+    a Sentinel URL; ValueError saying what is wrong with the URL."""
+    target = parse_sentinel_url(url)
+    if target is None:
+        return Redis.from_url(url, **options)
+    # (untyped before redis-py 8)
+    sentinel = Sentinel(target.sentinels, sentinel_kwargs=_sentinel_options(target, options))  # type: ignore[no-untyped-call,unused-ignore]
+    kind = _MasterSSLConnection if target.master.get("ssl") else _MasterConnection
+    client: _SentinelRedis = sentinel.master_for(  # type: ignore[no-untyped-call,unused-ignore]
+        target.service, redis_class=_SentinelRedis, connection_class=kind,
+        **{**options, **target.master},
+    )  # fmt: skip
+    client.elected_by = sentinel
+    return client
+
+
+def async_client_from_url(url: str, options: dict[str, Any]) -> AsyncRedis:
+    """The same on redis.asyncio."""
+    target = parse_sentinel_url(url)
+    if target is None:
+        return AsyncRedis.from_url(url, **options)
+    # (untyped before redis-py 8)
+    sentinel = AsyncSentinel(target.sentinels, sentinel_kwargs=_sentinel_options(target, options))  # type: ignore[no-untyped-call,unused-ignore]
+    kind = _AsyncMasterSSLConnection if target.master.get("ssl") else _AsyncMasterConnection
+    client: _AsyncSentinelRedis = sentinel.master_for(
+        target.service, redis_class=_AsyncSentinelRedis, connection_class=kind,
+        **{**options, **target.master},
+    )  # fmt: skip
+    client.elected_by = sentinel
+    return client
 
 
 def _options(
-    retry_class: type[Retry] | type[AsyncRetry], kwargs: dict[str, object]
+    retry_class: type[_Retry] | type[_AsyncRetry], settings: Settings, kwargs: dict[str, object]
 ) -> dict[str, Any]:
-    """The client options both kinds of client share: retry dropped connections with backoff."""
+    """The client options both kinds of client share: retry dropped connections with backoff
+    for settings.retry_budget_s."""
     options: dict[str, Any] = {
-        "retry": retry_class(
-            ExponentialBackoff(cap=RETRY_BACKOFF_CAP_S, base=0.05), RETRY_ATTEMPTS
-        ),
+        "retry": retry_class(settings.retry_budget_s),
         "retry_on_error": [RedisConnectionError, RedisTimeoutError],
         "health_check_interval": 30,
         "socket_connect_timeout": 5,
@@ -101,7 +292,7 @@ def connect(settings: Settings, *, check: bool = True, **kwargs: object) -> Redi
     naming url when it does not parse); with `check`, ConnectionFailed (naming the URL) when
     Redis cannot be reached, AccessDenied when its ACL user may not touch the prefix's keys."""
     try:
-        client = Redis.from_url(settings.url, **_options(_Retry, kwargs))
+        client = client_from_url(settings.url, _options(_Retry, settings, kwargs))
     except ValueError as exc:
         raise _bad_url(settings.url, exc) from exc
     if check:
@@ -116,7 +307,7 @@ def connect(settings: Settings, *, check: bool = True, **kwargs: object) -> Redi
 def connect_async(settings: Settings, **kwargs: object) -> AsyncRedis:
     """The same client on redis.asyncio; it connects at its first command."""
     try:
-        return AsyncRedis.from_url(settings.url, **_options(_AsyncRetry, kwargs))
+        return async_client_from_url(settings.url, _options(_AsyncRetry, settings, kwargs))
     except ValueError as exc:
         raise _bad_url(settings.url, exc) from exc
 

@@ -17,20 +17,35 @@ SessionqError
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 
 def redact_url(url: str) -> str:
-    """The URL with its password (if any) replaced by ***, fit for messages and logs."""
+    """The URL with its passwords (if any) replaced by ***, fit for messages and logs: the
+    one before the @ and any query parameter named `password` or `..._password` (a
+    Sentinel URL's `sentinel_password`)."""
     try:
         parts = urlsplit(url)
     except ValueError:
         return "<unparsable URL>"
-    if parts.password is None:
+    netloc, query = parts.netloc, parts.query
+    if parts.password is not None:
+        netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
+    if query:
+        pairs = [pair.partition("=") for pair in query.split("&")]
+        query = "&".join(
+            name + sep + ("***" if sep and _secret(name) else value) for name, sep, value in pairs
+        )
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    query = f"?{query}" if query else ""
+    fragment = f"#{parts.fragment}" if parts.fragment else ""
+    return f"{parts.scheme}://{netloc}{parts.path}{query}{fragment}"
+
+
+def _secret(name: str) -> bool:
+    name = unquote(name).lower()
+    return name == "password" or name.endswith("_password")
 
 
 class SessionqError(Exception):

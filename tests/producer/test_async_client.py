@@ -252,7 +252,7 @@ def test_errors_are_raised_before_anything_is_written(settings: Settings, redis:
 
 def test_unreachable_redis_is_connection_failed_naming_the_url() -> None:
     url = "redis://127.0.0.1:1/0"
-    settings = Settings.from_env(url, environ={}, user="tester")
+    settings = Settings.from_env(url, environ={}, user="tester", retry_budget_s=1.0)
 
     async def main() -> None:
         async with AsyncClient(settings=settings) as aio:

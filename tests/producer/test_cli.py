@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -98,7 +99,8 @@ def test_bad_input_is_exit_2_with_one_line(run, args: list[str], says: str) -> N
 
 def test_unreachable_redis_is_exit_1_naming_the_url() -> None:
     url = "redis://127.0.0.1:1/0"
-    proc = subprocess.run([sys.executable, "-m", "sessionq", "--url", url, "ls"],
+    env = {**os.environ, "SESSIONQ_RETRY_BUDGET_S": "1"}  # the default waits out a failover
+    proc = subprocess.run([sys.executable, "-m", "sessionq", "--url", url, "ls"], env=env,
                           capture_output=True, text=True, cwd=ROOT, timeout=120)  # fmt: skip
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1 and url in proc.stderr and "Traceback" not in proc.stderr
