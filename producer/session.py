@@ -7,8 +7,8 @@ import logging
 import secrets
 import threading
 import time
-import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, TextIO
 
 from redis.exceptions import NoScriptError
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 ID_BLOCK_MAX = 1024  # task ids reserved per round trip, growing from 1 as a handle adds more
+QUEUED = TaskState.QUEUED.value
 LIFECYCLE = {"task.queued", "task.started", "task.succeeded", "task.failed", "task.retrying",
              "task.canceled", "state.changed"}  # fmt: skip
 
@@ -62,10 +63,20 @@ class _Pending(NamedTuple):
     options: dict[str, Any] | None
     task: Task | None
 
-    def run(self, now_s: float) -> Run:
-        shared = self.spec.shared_fields(self.queue, now_s)
-        fields = JobFields(self.data, self.meta, shared, self.extra)
-        return (0, self.tid, self.name, TaskState.QUEUED.value, self.queue, fields, self.options)
+
+def _runs(staged: list[_Pending], now_s: float) -> list[Run]:
+    """The enqueue script's runs of a flush; runs of one spec (a map's) share one mapping
+    of job fields without asking for it again."""
+    shared: dict[tuple[str, int], Mapping[str, Any]] = {}
+    runs: list[Run] = []
+    for p in staged:
+        alike = (p.queue, id(p.spec))  # the specs stay alive while `staged` holds them
+        fields = shared.get(alike)
+        if fields is None:
+            fields = shared[alike] = p.spec.shared_fields(p.queue, now_s)
+        job = JobFields(p.data, p.meta, fields, p.extra)
+        runs.append((0, p.tid, p.name, QUEUED, p.queue, job, p.options))
+    return runs
 
 
 class Session:
@@ -80,9 +91,9 @@ class Session:
         self.config = config
         self._created_ms = created_at_ms
         self._keys = client.keys
-        self._ids: list[str] = []  # reserved task ids not used yet
-        # Task objects this handle added, by id: a removed one can be added again
-        self._added: weakref.WeakValueDictionary[str, Task] = weakref.WeakValueDictionary()
+        self._ids: deque[str] = deque()  # reserved task ids not used yet
+        # ids this handle removed or forgot: a Task object that had one is added anew
+        self._dropped: set[str] = set()
         self._id_block = 1
         self._pending_runs: dict[str, _Pending] = {}  # by task id, in add order
         self._pending_keys: dict[str, str] = {}  # idempotency key -> staged task id
@@ -147,12 +158,12 @@ class Session:
             # destroyed: HINCRBY made a stray hash of the gone session; take it away
             self.client.redis.delete(key)
             raise SessionNotFound(self.id)
-        self._ids += [run_id(self.id, i) for i in range(int(last) - block + 1, int(last) + 1)]
+        self._ids.extend(run_id(self.id, i) for i in range(int(last) - block + 1, int(last) + 1))
         self._id_block = min(2 * self._id_block, ID_BLOCK_MAX)
 
     def _new_id(self) -> str:
         self._reserve(1)
-        return self._ids.pop(0)
+        return self._ids.popleft()
 
     def add(self, task: Task, flush: bool = True) -> str:
         """Record the task (and, with autoplay, run it when ready); its id. The same Task
@@ -239,7 +250,7 @@ class Session:
         if not datas:
             return []
         self._reserve(len(datas))
-        ids, self._ids = self._ids[: len(datas)], self._ids[len(datas) :]
+        ids = [self._ids.popleft() for _ in datas]
         pending = self._pending_runs
         if cfg.use_instance_naming:
             for tid, data in zip(ids, datas, strict=True):
@@ -255,8 +266,11 @@ class Session:
 
     def _stage(self, task: Task) -> None:
         """Give the task an id and queue its run for the next flush (once per session)."""
-        if self.id in task.ids:
-            return
+        known = task.ids.get(self.id)
+        if known is not None:
+            if known not in self._dropped:
+                return
+            del task.ids[self.id]
         k, cfg, redis = self._keys, self.config, self.client.redis
         if task.key is not None:
             staged_id = self._pending_keys.get(task.key)
@@ -293,7 +307,7 @@ class Session:
         spec = task.spec
         meta = spec.meta(name, not cfg.silence_task_prerun)
         spec.check_size(meta)
-        queue = command_queue_for(spec.queue) if spec.is_command else spec.queue
+        queue = command_queue_for(spec.queue) if spec.func is None else spec.queue
         queue = queue or DEFAULT_QUEUE
         extra = task.extra_fields(parents, due, cond_silent=cfg.silence_cond_check)
         if task.key is not None:
@@ -309,7 +323,6 @@ class Session:
                                            extra or None, options, task)  # fmt: skip
         self._pending_names[name] = tid
         task.ids[self.id] = tid
-        self._added[tid] = task
         self._rpc("add", {"task": tid, "name": name})
 
     def _unstage_name(self, name: str) -> None:
@@ -338,9 +351,7 @@ class Session:
             raise ValidationTypeError("task_id", f"expected a task id, got {task_id!r}")
         _check_flag(flush, "flush")
         self._pending_drops.append(([task_id], delete, True))
-        task = self._added.pop(task_id, None)
-        if task is not None:
-            task.ids.pop(self.id, None)  # adding it again makes a new task
+        self._dropped.add(task_id)  # adding its Task object again makes a new task
         self._rpc("remove" if delete else "forget", {"task": task_id})
         if flush:
             self.flush()
@@ -413,7 +424,7 @@ class Session:
             for ids, _, chains in drops
         ]
         now = time.time()  # the enqueue time of every run of the flush
-        runs = [entry.run(now) for entry in staged]
+        runs = _runs(staged, now)
         replies: list[Any] = []
         for attempt in range(2):
             pipe = self.client.redis.pipeline(transaction=True)
