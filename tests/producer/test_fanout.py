@@ -146,3 +146,18 @@ def test_mapped_runs_share_one_set_of_job_fields(
     assert len(times) == 1 and None not in times
     assert {redis.hget(job(t), "state") for t in ids} == {b"queued"}
     assert redis.hlen(Keys(settings.prefix).session_names(s.id)) == 0
+
+
+def test_staged_adds_keep_their_own_job_fields_beside_mapped_runs(
+    client: Client, redis: Redis, settings: Settings
+) -> None:
+    s = client.session("fields")
+    slow = s.add(Task(ADD, args=[1, 2], name="slow", retries=2, retry_delay=5, timeout=30),
+                 flush=False)  # fmt: skip
+    plain = s.map(ADD, [1], flush=False)[0]
+    s.flush()
+    job = rq_keys(settings.prefix).job
+    assert redis.hmget(job(slow), "retries_left", "retry_delay_ms", "timeout") == [
+        b"2", b"5000", b"30",
+    ]  # fmt: skip
+    assert redis.hmget(job(plain), "retries_left", "retry_delay_ms", "timeout") == [None] * 3
