@@ -89,6 +89,10 @@ def steps(sizes: dict[str, int]) -> list[Step]:
                                Variant(RQ, "rq_enqueue_batch", ("--n", n("batch"))))),
         Step("enqueue_replicas", (Variant(SQ, "sq_enqueue_batch",
                                           ("--n", n("batch"), "--mode", "replicas")),)),
+        Step("enqueue_map", (Variant(SQ, "sq_enqueue_batch",
+                                     ("--n", n("batch"), "--mode", "map")),)),
+        Step("enqueue_add", (Variant(SQ, "sq_enqueue_batch",
+                                     ("--n", n("batch"), "--mode", "add")),)),
         Step("drain_1", (Variant(SQ, "sq_drain", (*drain, "--workers", "1", "--stats")),
                          Variant(RQ, "rq_drain", (*drain, "--workers", "1", "--stats")))),
         Step("drain_2", (Variant(SQ, "sq_drain", (*drain, "--workers", "2")),
@@ -135,6 +139,12 @@ METRICS = [
     Metric("enqueue_batch_replicas", "batch enqueue: {batch:,} sessions (create replicas)",
            "runs/s", "higher", ("enqueue_replicas", "runs_per_s"),
            ("enqueue_batch", "runs_per_s"), rq_shared=True),
+    Metric("enqueue_batch_map", "batch enqueue: 1 session x {batch:,} runs (Session.map)",
+           "runs/s", "higher", ("enqueue_map", "runs_per_s"), ("enqueue_batch", "runs_per_s"),
+           rq_shared=True),
+    Metric("enqueue_batch_add_flush",
+           "batch enqueue: {batch:,} x Session.add(flush=False) + flush()", "runs/s", "higher",
+           ("enqueue_add", "runs_per_s"), ("enqueue_batch", "runs_per_s"), rq_shared=True),
     Metric("drain_1_worker", "drain {drain:,} runs, 1 worker process", "runs/s", "higher",
            ("drain_1", "runs_per_s"), ("drain_1", "runs_per_s")),
     Metric("drain_2_workers", "drain {drain:,} runs, 2 worker processes", "runs/s", "higher",
@@ -332,6 +342,10 @@ def table(
         "sessionq.",
         "+ RQ has no sessions: the RQ figure of this row is the one of the row of the same kind "
         "above (enqueue_many, the 1-worker drain, the RQ memory and job hash rows).",
+        "Batch enqueue: add_runs is the internal call (validated runs, one step); Session.map "
+        "and add(flush=False) + flush() are the public paths a user writes, timed from the "
+        "call (map) or the first Task made (add: named Tasks, made in the loop) to the "
+        "written batch; RQ: enqueue_many of prepared jobs.",
         "Drain: from starting the worker process(es) until they exit in burst mode; process "
         "start-up (interpreter, imports, registration) is included for both systems, nothing "
         "is subtracted. One process per worker, no supervisor: sessionq SessionWorker, RQ "

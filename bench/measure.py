@@ -180,15 +180,29 @@ def sq_enqueue_single(args: argparse.Namespace) -> Figures:
 
 
 def sq_enqueue_batch(args: argparse.Namespace) -> Figures:
+    """n runs in one call (add_runs, the internal path; replicas: n one-run sessions) or
+    through the public Session API: one map() of n items, or n add(flush=False) of named
+    Tasks (made in the timed part, as a user's loop makes them) and one flush()."""
+    from sessionq.producer import Task
+
     c = sq_client(args.url)
     sq_load_enqueue_script(c)
     sid = c.open_session("batch") if args.mode == "add_runs" else ""
+    session = c.session("public") if args.mode in ("map", "add") else None
     started = time.perf_counter()
     if args.mode == "add_runs":
         c.add_runs(sid, sq_specs(args.n))
+    elif session is not None and args.mode == "map":
+        session.map(SQ_TASK, range(args.n))
+    elif session is not None:
+        for i in range(args.n):
+            session.add(Task(SQ_TASK, name=f"r{i}"), flush=False)
+        session.flush()
     else:
         c.create("rep", task=SQ_TASK, replicas=args.n)
     elapsed = time.perf_counter() - started
+    if session is not None and len(session) != args.n:
+        raise RuntimeError(f"the session holds {len(session)} runs, expected {args.n}")
     c.close()
     return {"runs_per_s": args.n / elapsed, "seconds": elapsed}
 
@@ -648,7 +662,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("name", choices=sorted([*MEASUREMENTS, *PROCESSES]))
     parser.add_argument("--url", required=True, help="Redis URL")
     parser.add_argument("--n", type=int, default=1000, help="runs, samples or sessions")
-    parser.add_argument("--mode", choices=["add_runs", "replicas"], default="add_runs")
+    parser.add_argument(
+        "--mode",
+        choices=["add_runs", "replicas", "map", "add"],
+        default="add_runs",
+        help="how runs are queued (enqueue_batch)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="worker processes (drain)")
     parser.add_argument("--stats", action="store_true", help="count Redis commands (drain)")
     parser.add_argument("--burst", action="store_true", help="workers exit when idle")

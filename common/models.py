@@ -228,11 +228,24 @@ class RunSpec:
     def is_command(self) -> bool:
         return self.func is None
 
-    def meta(self) -> bytes:
-        """Our part of the job hash (`sq` field): what RQ's fields do not say."""
+    def meta(self, name: str | None = None, prerun_fatal: bool | None = None) -> bytes:
+        """Our part of the job hash (`sq` field): what RQ's fields do not say; `name` and
+        `prerun_fatal` given replace the spec's own (a session names its runs as it adds
+        them: no new spec, so the payload is not encoded again)."""
         replica = (self.replica_id, self.replica_count) if self.replica_count != 1 else None
         env = tuple(self.env.items()) if self.env else ()
-        return _meta(self.name, env, replica, self.cores, self.ram, self.gpu, self.prerun_fatal)
+        return _meta(
+            self.name if name is None else name, env, replica, self.cores, self.ram, self.gpu,
+            self.prerun_fatal if prerun_fatal is None else prerun_fatal,
+        )  # fmt: skip
+
+    def with_args(self, args: list[Any], field_name: str) -> bytes:
+        """RQ's job `data` of this function run with other positional `args` (a fan-out's
+        one item): encoded, not validated again; ValidationTypeError naming `field_name`."""
+        try:
+            return codec.encode([self.func, None, args, self.kwargs])
+        except CodecError as exc:
+            raise ValidationTypeError(field_name, f"not msgpack-serialisable: {exc}") from exc
 
     def _too_big(self, total: int) -> ValidationError:
         """The run's payload is over MAX_PAYLOAD_BYTES: the error names the biggest of env,
@@ -254,11 +267,29 @@ class RunSpec:
         """The job hash as RQ's readers expect it (only the fields that carry something),
         with `extra` fields of ours beyond RQ's."""
         meta = self.meta()
+        self.check_size(meta)
+        return JobFields(self.data, meta, self.shared_fields(queue, now_s), extra or None)
+
+    def check_size(self, meta: bytes) -> None:
+        """ValidationError (naming the biggest of env, args and kwargs) unless RQ's data and
+        `meta` fit in MAX_PAYLOAD_BYTES."""
         if len(self.data) + len(meta) > MAX_PAYLOAD_BYTES:
             raise self._too_big(len(self.data) + len(meta))
-        shared = shared_job_fields(queue, now_s, self.timeout, self.retries, self.retry_delay,
-                                   self.backoff)  # fmt: skip
-        return JobFields(self.data, meta, shared, extra or None)
+
+    def shared_fields(self, queue: str, now_s: float) -> Mapping[str, Any]:
+        """The job fields this run shares with runs alike queued at `now_s` (one object)."""
+        return shared_job_fields(queue, now_s, self.timeout, self.retries, self.retry_delay,
+                                 self.backoff)  # fmt: skip
+
+
+def check_payload(data: bytes, meta: bytes, field_name: str) -> None:
+    """One run's payload (RQ's data and our meta) fits MAX_PAYLOAD_BYTES; the error names
+    `field_name` (a fan-out's item)."""
+    if len(data) + len(meta) > MAX_PAYLOAD_BYTES:
+        raise ValidationError(
+            field_name, f"one run's payload is {len(data) + len(meta)} bytes, at most "
+            f"{MAX_PAYLOAD_BYTES // 1024} KiB",
+        )  # fmt: skip
 
 
 @functools.lru_cache(maxsize=1024)

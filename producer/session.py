@@ -7,9 +7,9 @@ import logging
 import secrets
 import threading
 import time
-import weakref
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, TextIO
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple, TextIO
 
 from redis.exceptions import NoScriptError
 
@@ -23,20 +23,60 @@ from sessionq.common.errors import (
 )
 from sessionq.common.events import TERMINAL_EVENTS
 from sessionq.common.keys import DEFAULT_QUEUE, command_queue_for, run_id
-from sessionq.common.models import ENDED_STATUSES, TaskState, check_encodable, iso_from_ms
+from sessionq.common.models import (
+    ENDED_STATUSES,
+    JobFields,
+    RunSpec,
+    TaskState,
+    build_run,
+    check_encodable,
+    check_payload,
+    iso_from_ms,
+)
 from sessionq.common.scripts import Run
 from sessionq.common.sessionconfig import SessionConfig
 from sessionq.common.state import SharedState
 from sessionq.producer.control import task_order
-from sessionq.producer.task import Task, Workflow, topological
+from sessionq.producer.task import Task, Workflow, default_name, topological
 
 if TYPE_CHECKING:
     from sessionq.producer.client import Client
 
 log = logging.getLogger(__name__)
-ID_BLOCK_MAX = 64  # task ids reserved per round trip, growing from 1 as a handle adds more
+ID_BLOCK_MAX = 1024  # task ids reserved per round trip, growing from 1 as a handle adds more
+QUEUED = TaskState.QUEUED.value
 LIFECYCLE = {"task.queued", "task.started", "task.succeeded", "task.failed", "task.retrying",
              "task.canceled", "state.changed"}  # fmt: skip
+
+
+class _Pending(NamedTuple):
+    """A run staged for the next flush: what its job hash needs but the time of the flush
+    (the runs of one flush share their enqueue time, so their shared job fields too)."""
+
+    tid: str
+    name: str
+    queue: str
+    data: bytes
+    meta: bytes
+    spec: RunSpec  # its timeout and retries: job fields runs alike share
+    extra: dict[str, Any] | None
+    options: dict[str, Any] | None
+    task: Task | None
+
+
+def _runs(staged: list[_Pending], now_s: float) -> list[Run]:
+    """The enqueue script's runs of a flush; runs of one spec (a map's) share one mapping
+    of job fields without asking for it again."""
+    shared: dict[tuple[str, int], Mapping[str, Any]] = {}
+    runs: list[Run] = []
+    for p in staged:
+        alike = (p.queue, id(p.spec))  # the specs stay alive while `staged` holds them
+        fields = shared.get(alike)
+        if fields is None:
+            fields = shared[alike] = p.spec.shared_fields(p.queue, now_s)
+        job = JobFields(p.data, p.meta, fields, p.extra)
+        runs.append((0, p.tid, p.name, QUEUED, p.queue, job, p.options))
+    return runs
 
 
 class Session:
@@ -51,11 +91,13 @@ class Session:
         self.config = config
         self._created_ms = created_at_ms
         self._keys = client.keys
-        self._ids: list[str] = []  # reserved task ids not used yet
-        # Task objects this handle added, by id: a removed one can be added again
-        self._added: weakref.WeakValueDictionary[str, Task] = weakref.WeakValueDictionary()
+        self._ids: deque[str] = deque()  # reserved task ids not used yet
+        # ids this handle removed or forgot: a Task object that had one is added anew
+        self._dropped: set[str] = set()
         self._id_block = 1
-        self._pending_runs: list[tuple[Run, Task | None]] = []
+        self._pending_runs: dict[str, _Pending] = {}  # by task id, in add order
+        self._pending_keys: dict[str, str] = {}  # idempotency key -> staged task id
+        self._pending_names: dict[str, str] = {}  # name -> staged task id (named runs only)
         # (task ids, delete, also their cron chains' next firings)
         self._pending_drops: list[tuple[list[str], bool, bool]] = []
         self._pending_objects: dict[str, bytes] = {}
@@ -101,21 +143,27 @@ class Session:
         return f"Session(id={self.id!r}, name={self.name!r})"
 
     # -- the collection ----------------------------------------------------------------------
+    def _reserve(self, n: int) -> None:
+        """Have `n` new task ids reserved: one round trip for a block (growing as the handle
+        adds more, so that adding one by one is rarely one), or none while some are left."""
+        if len(self._ids) >= n:
+            return
+        block = max(self._id_block, n - len(self._ids))
+        key = self._keys.session(self.id)
+        pipe = self.client.redis.pipeline(transaction=True)
+        pipe.hincrby(key, "next", block)
+        pipe.hexists(key, "status")
+        last, exists = pipe.execute()
+        if not exists:
+            # destroyed: HINCRBY made a stray hash of the gone session; take it away
+            self.client.redis.delete(key)
+            raise SessionNotFound(self.id)
+        self._ids.extend(run_id(self.id, i) for i in range(int(last) - block + 1, int(last) + 1))
+        self._id_block = min(2 * self._id_block, ID_BLOCK_MAX)
+
     def _new_id(self) -> str:
-        if not self._ids:
-            block = self._id_block
-            key = self._keys.session(self.id)
-            pipe = self.client.redis.pipeline(transaction=True)
-            pipe.hincrby(key, "next", block)
-            pipe.hexists(key, "status")
-            last, exists = pipe.execute()
-            if not exists:
-                # destroyed: HINCRBY made a stray hash of the gone session; take it away
-                self.client.redis.delete(key)
-                raise SessionNotFound(self.id)
-            self._ids = [run_id(self.id, n) for n in range(int(last) - block + 1, int(last) + 1)]
-            self._id_block = min(2 * block, ID_BLOCK_MAX)
-        return self._ids.pop(0)
+        self._reserve(1)
+        return self._ids.popleft()
 
     def add(self, task: Task, flush: bool = True) -> str:
         """Record the task (and, with autoplay, run it when ready); its id. The same Task
@@ -131,16 +179,104 @@ class Session:
             self.flush()
         return task.ids[self.id]
 
+    def map(
+        self,
+        task: str | Callable[..., Any],
+        iterable: Iterable[Any],
+        *,
+        kwargs: dict[str, Any] | None = None,
+        flush: bool = True,
+    ) -> list[str]:
+        """Add one run of the function `task` ("module:function" or the decorated function)
+        per item, the item its one positional argument and `kwargs` its keyword arguments;
+        their ids, in input order, written in one round trip. The runs are unnamed: they
+        are named as the function (by their ids with use_instance_naming) but take no name
+        in the session's names, so they never clash with a task's name, whatever
+        task_pre_exist says. Nothing is staged if an item is refused."""
+        return self._fan_out(task, iterable, kwargs, flush, star=False)
+
+    def starmap(
+        self,
+        task: str | Callable[..., Any],
+        iterable: Iterable[Any],
+        *,
+        kwargs: dict[str, Any] | None = None,
+        flush: bool = True,
+    ) -> list[str]:
+        """As `map`, each item a sequence (list or tuple) of positional arguments."""
+        return self._fan_out(task, iterable, kwargs, flush, star=True)
+
+    def _fan_out(
+        self,
+        task: str | Callable[..., Any],
+        iterable: Iterable[Any],
+        kwargs: dict[str, Any] | None,
+        flush: bool,
+        *,
+        star: bool,
+    ) -> list[str]:
+        _check_flag(flush, "flush")
+        if isinstance(task, Task) or task is None:
+            want = "a 'module:function' string or a registered function (add() takes a Task)"
+            raise ValidationTypeError("task", f"expected {want}, got {type(task).__name__}")
+        if isinstance(iterable, (str, bytes)) or not isinstance(iterable, Iterable):
+            want = "argument lists" if star else "arguments"
+            raise ValidationTypeError(
+                "iterable", f"expected an iterable of {want}, got {type(iterable).__name__}"
+            )
+        cfg = self.config
+        # validated once: the template every run of the batch shares but for its arguments
+        spec = build_run(name="task", task=task, kwargs=kwargs)
+        name = default_name(spec)
+        prerun_fatal = not cfg.silence_task_prerun
+        queue = spec.queue or DEFAULT_QUEUE
+        meta = spec.meta(name, prerun_fatal)
+        extra = {"cond_silent": "1"} if cfg.silence_cond_check else None
+        what = "iterable"
+        datas = []
+        for i, item in enumerate(iterable):
+            if star:
+                if not isinstance(item, (list, tuple)):
+                    raise ValidationTypeError(
+                        f"{what}[{i}]",
+                        f"expected a list or tuple of arguments, got {type(item).__name__}",
+                    )
+                args = list(item)
+            else:
+                args = [item]
+            data = spec.with_args(args, f"{what}[{i}]")
+            check_payload(data, meta, f"{what}[{i}]")
+            datas.append(data)
+        if not datas:
+            return []
+        self._reserve(len(datas))
+        ids = [self._ids.popleft() for _ in datas]
+        pending = self._pending_runs
+        if cfg.use_instance_naming:
+            for tid, data in zip(ids, datas, strict=True):
+                pending[tid] = _Pending(tid, tid, queue, data, spec.meta(tid, prerun_fatal),
+                                        spec, extra, None, None)  # fmt: skip
+        else:
+            for tid, data in zip(ids, datas, strict=True):
+                pending[tid] = _Pending(tid, name, queue, data, meta, spec, extra, None, None)
+        self._rpc("starmap" if star else "map", {"function": spec.func, "tasks": len(ids)})
+        if flush:
+            self.flush()
+        return ids
+
     def _stage(self, task: Task) -> None:
         """Give the task an id and queue its run for the next flush (once per session)."""
-        if self.id in task.ids:
-            return
+        known = task.ids.get(self.id)
+        if known is not None:
+            if known not in self._dropped:
+                return
+            del task.ids[self.id]
         k, cfg, redis = self._keys, self.config, self.client.redis
         if task.key is not None:
-            for run, staged in self._pending_runs:
-                if staged is not None and staged.key == task.key:
-                    task.ids[self.id] = run[1]
-                    return
+            staged_id = self._pending_keys.get(task.key)
+            if staged_id is not None:
+                task.ids[self.id] = staged_id
+                return
             existing = redis.hget(k.session_task_keys(self.id), task.key)
             if existing is not None:
                 task.ids[self.id] = codec.text(existing)
@@ -167,36 +303,39 @@ class Session:
                 parents.append(parent.ids[self.id])  # staged before it (topological)
             else:
                 parents.append(parent)
-        now = time.time()
-        due = task.due_ms(now)
-        spec = task.run_spec(name, prerun_fatal=not cfg.silence_task_prerun)
-        queue = command_queue_for(spec.queue) if spec.is_command else spec.queue
+        due = task.due_ms(time.time())
+        spec = task.spec
+        meta = spec.meta(name, not cfg.silence_task_prerun)
+        spec.check_size(meta)
+        queue = command_queue_for(spec.queue) if spec.func is None else spec.queue
         queue = queue or DEFAULT_QUEUE
         extra = task.extra_fields(parents, due, cond_silent=cfg.silence_cond_check)
-        fields = spec.job_fields(queue, now, extra)
         if task.key is not None:
             options["key"] = task.key
+            self._pending_keys[task.key] = tid
         if parents:
             options.update(deps=parents, run_if=task.run_if, silent=cfg.silence_cond_check)
         if due is not None:
             options["due"] = due
         if task.cron is not None:
             options["cron"] = task.cron
-        entry: Run = (0, tid, name, TaskState.QUEUED.value, queue, fields, options)
-        self._pending_runs.append((entry, task))
+        self._pending_runs[tid] = _Pending(tid, name, queue, spec.data, meta, spec,
+                                           extra or None, options, task)  # fmt: skip
+        self._pending_names[name] = tid
         task.ids[self.id] = tid
-        self._added[tid] = task
         self._rpc("add", {"task": tid, "name": name})
 
     def _unstage_name(self, name: str) -> None:
         """task_pre_exist="replace": a task of this name that this handle staged and has not
         written yet is replaced by never writing it."""
-        for i, (run, staged) in enumerate(self._pending_runs):
-            if run[2] == name:
-                del self._pending_runs[i]
-                if staged is not None:
-                    staged.ids.pop(self.id, None)
-                return
+        tid = self._pending_names.pop(name, None)
+        staged = self._pending_runs.pop(tid, None) if tid is not None else None
+        if staged is None or staged.task is None:
+            return
+        staged.task.ids.pop(self.id, None)
+        key = staged.task.key
+        if key is not None and self._pending_keys.get(key) == tid:
+            del self._pending_keys[key]
 
     def remove(self, task_id: str, flush: bool = True) -> None:
         """Remove the task from the session and delete its record and result; one that has
@@ -212,9 +351,7 @@ class Session:
             raise ValidationTypeError("task_id", f"expected a task id, got {task_id!r}")
         _check_flag(flush, "flush")
         self._pending_drops.append(([task_id], delete, True))
-        task = self._added.pop(task_id, None)
-        if task is not None:
-            task.ids.pop(self.id, None)  # adding it again makes a new task
+        self._dropped.add(task_id)  # adding its Task object again makes a new task
         self._rpc("remove" if delete else "forget", {"task": task_id})
         if flush:
             self.flush()
@@ -246,10 +383,11 @@ class Session:
         """Write every change made with flush=False, in one round trip (one transaction)."""
         if not (self._pending_runs or self._pending_drops or self._pending_objects):
             return
-        staged, drops = self._pending_runs, self._pending_drops
+        staged, drops = list(self._pending_runs.values()), self._pending_drops
         objects = self._pending_objects
         # taken out first: a flush that fails leaves nothing behind to fail the next one
-        self._pending_runs, self._pending_drops, self._pending_objects = [], [], {}
+        self._pending_runs, self._pending_drops, self._pending_objects = {}, [], {}
+        self._pending_keys, self._pending_names = {}, {}
         try:
             replies = self._send(staged, drops, objects)
         except Exception:
@@ -275,7 +413,7 @@ class Session:
 
     def _send(
         self,
-        staged: list[tuple[Run, Task | None]],
+        staged: list[_Pending],
         drops: list[tuple[list[str], bool, bool]],
         objects: dict[str, bytes],
     ) -> list[Any]:
@@ -285,16 +423,18 @@ class Session:
             scripts.with_queues(ids + self._cron_pending(ids) if chains else ids)
             for ids, _, chains in drops
         ]
+        now = time.time()  # the enqueue time of every run of the flush
+        runs = _runs(staged, now)
         replies: list[Any] = []
         for attempt in range(2):
             pipe = self.client.redis.pipeline(transaction=True)
             if objects:
                 pipe.hset(self._keys.session_objects(self.id), mapping=dict(objects))  # type: ignore[arg-type]  # redis-py's Mapping is invariant in its key type
-            if staged:
-                scripts.enqueue([(self.id, False, b"", "", "session", self.client.user)],
-                                [run for run, _ in staged], client=pipe)  # fmt: skip
-            for (_ids, delete, _chains), runs in zip(drops, drop_runs, strict=True):
-                scripts.control("drop", self.id, {"delete": delete}, runs, client=pipe)
+            if runs:
+                scripts.enqueue([(self.id, False, b"", "", "session", self.client.user)], runs,
+                                now=now, client=pipe)  # fmt: skip
+            for (_ids, delete, _chains), dropped in zip(drops, drop_runs, strict=True):
+                scripts.control("drop", self.id, {"delete": delete}, dropped, client=pipe)
             replies = pipe.execute(raise_on_error=False)
             if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
                 scripts.ensure_loaded()  # first use on this server, or it restarted
@@ -325,14 +465,16 @@ class Session:
             if state == b"deferred" and cron
         ]  # fmt: skip
 
-    def _unstage(self, staged: list[tuple[Run, Task | None]]) -> None:
+    def _unstage(self, staged: list[_Pending]) -> None:
         """Forget the ids given to tasks whose add was not written."""
-        for run, task in staged:
-            if task is not None and task.ids.get(self.id) == run[1]:
-                del task.ids[self.id]
+        for p in staged:
+            if p.task is not None and p.task.ids.get(self.id) == p.tid:
+                del p.task.ids[self.id]
 
-    def _apply_run_reply(self, reply: list[Any], staged: list[tuple[Run, Task | None]]) -> None:
-        by_id = {run[1]: task for run, task in staged}
+    def _apply_run_reply(self, reply: list[Any], staged: list[_Pending]) -> None:
+        if len(reply) == 1 and reply[0] == "ok":
+            return  # every run written under the id and name it was staged with
+        by_id = {p.tid: p.task for p in staged}
         refused = {
             "exists": f"the session already has a task named {reply[-1]!r} "
                       "(task_pre_exist='raise')",
@@ -345,7 +487,7 @@ class Session:
             if reply[0] == "gone":
                 raise SessionNotFound(self.id)
             if reply[0] == "nodep":
-                name = next((run[2] for run, _ in staged if run[1] == reply[1]), reply[1])
+                name = next((p.name for p in staged if p.tid == reply[1]), reply[1])
                 raise ValidationError(
                     "depends_on", f"task {name!r} depends on {reply[2]!r}, which names no task"
                 )

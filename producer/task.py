@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
 from typing import Any
 
 from sessionq.common import codec
@@ -74,12 +73,7 @@ class Task:
     @property
     def default_name(self) -> str:
         """The function's name, or the command's program name."""
-        if self.spec.func is not None:
-            base = self.spec.func.rpartition(":")[2]
-        else:
-            base = os.path.basename(self.spec.argv[0]) or "command"
-        clean = "".join(c if c.isalnum() or c in "._-" else "_" for c in base).lstrip("._-")
-        return (clean or "task")[:63]
+        return default_name(self.spec)
 
     def due_ms(self, now_s: float) -> int | None:
         """When it may first run (epoch ms), or None for "when ready"."""
@@ -90,9 +84,6 @@ class Task:
         if self.cron is not None:
             return next_fire_ms(self.cron, int(now_s * 1000))
         return None
-
-    def run_spec(self, name: str, *, prerun_fatal: bool) -> RunSpec:
-        return replace(self.spec, name=name, prerun_fatal=prerun_fatal)
 
     def extra_fields(
         self, parent_ids: list[str], due: int | None, *, cond_silent: bool
@@ -115,6 +106,16 @@ class Task:
     def __repr__(self) -> str:
         what = self.spec.func or " ".join(self.spec.argv)
         return f"Task({what!r}, name={self.name!r})"
+
+
+def default_name(spec: RunSpec) -> str:
+    """An unnamed run's name: its function's name, or its command's program name."""
+    if spec.func is not None:
+        base = spec.func.rpartition(":")[2]
+    else:
+        base = os.path.basename(spec.argv[0]) or "command"
+    clean = "".join(c if c.isalnum() or c in "._-" else "_" for c in base).lstrip("._-")
+    return (clean or "task")[:63]
 
 
 def _parents(value: Task | str | Iterable[Task | str] | None) -> list[Task | str]:
@@ -165,6 +166,8 @@ class Workflow:
 def topological(roots: Iterable[Task]) -> list[Task]:
     """`roots` and their ancestors (depends_on Task objects), parents first; a cycle is a
     ValidationError naming it, raised before anything is written."""
+    if isinstance(roots, list) and len(roots) == 1 and not roots[0].depends_on:
+        return list(roots)  # one task, no parents: what add() of a plain task asks
     order: list[Task] = []
     done: set[int] = set()
     path: list[Task] = []

@@ -18,6 +18,8 @@ METRICS = {
     "enqueue_single": True,
     "enqueue_batch_add_runs": True,
     "enqueue_batch_replicas": True,
+    "enqueue_batch_map": True,
+    "enqueue_batch_add_flush": True,
     "drain_1_worker": True,
     "drain_2_workers": True,
     "drain_1_worker_sessions": True,

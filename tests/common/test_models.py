@@ -95,3 +95,24 @@ def test_retries_range() -> None:
         build_run(name="n", cmd="true", retries=-1)
     with pytest.raises(ValidationTypeError, match="^retries: "):
         build_run(name="n", cmd="true", retries=1.5)
+
+
+def test_meta_takes_a_name_and_prerun_fatal_without_a_new_spec() -> None:
+    from sessionq.common.models import parse_meta
+
+    spec = build_run(name="task", task="pkg.mod:fn", args=[1])
+    assert parse_meta(spec.meta())["name"] == "task"
+    meta = parse_meta(spec.meta("renamed", True))
+    assert meta["name"] == "renamed" and meta["prerun_fatal"] is True
+    assert "prerun_fatal" not in parse_meta(spec.meta("renamed", False))
+
+
+def test_with_args_encodes_the_same_call_with_other_arguments() -> None:
+    from sessionq.common.models import parse_job_data
+
+    spec = build_run(name="t", task="pkg.mod:fn", args=[1], kwargs={"k": "v"})
+    assert parse_job_data(spec.with_args(["other", 2], "iterable[0]")) == (
+        "pkg.mod:fn", ["other", 2], {"k": "v"},
+    )  # fmt: skip
+    with pytest.raises(ValidationTypeError, match=r"^iterable\[3\]: "):
+        spec.with_args([object()], "iterable[3]")

@@ -1,0 +1,163 @@
+"""Session.map / starmap (SPEC §9 "Fan-out"): one run per item, ids in input order, no name
+clash under any task_pre_exist, one EVALSHA per flush. No worker: the runs stay queued."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from redis import Redis
+
+from sessionq.common.errors import ValidationError, ValidationTypeError
+from sessionq.common.keys import Keys
+from sessionq.common.models import parse_job_data, parse_meta
+from sessionq.common.rqcompat import rq_keys
+from sessionq.common.settings import Settings
+from sessionq.producer import Client, SessionConfig, Task
+
+ADD = "tests.tasks:add"
+NOOP = "tests.tasks:noop"
+
+
+def job_args(redis: Redis, settings: Settings, tid: str) -> tuple[list[Any], dict[str, Any]]:
+    raw = redis.hget(rq_keys(settings.prefix).job(tid), "data")
+    _func, args, kwargs = parse_job_data(raw)
+    return args, kwargs
+
+
+def evalsha_calls(redis: Redis) -> int:
+    stats = redis.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def test_map_adds_one_run_per_item_with_ids_in_input_order(
+    client: Client, redis: Redis, settings: Settings
+) -> None:
+    s = client.session("fan")
+    items = [5, "x", [1, 2], {"k": None}, 0]
+    ids = s.map(ADD, items, kwargs={"b": 10})
+    assert len(ids) == len(set(ids)) == len(items)
+    assert s.list_ids() == ids
+    for tid, item in zip(ids, items, strict=True):
+        assert job_args(redis, settings, tid) == ([item], {"b": 10})
+    assert s.list_names() == ["add"] * len(items)
+
+
+def test_starmap_takes_each_item_as_the_positional_arguments(
+    client: Client, redis: Redis, settings: Settings
+) -> None:
+    s = client.session("star")
+    rows = [(1, 2), [3, 4], (), ("a",)]
+    ids = s.starmap(ADD, rows)
+    assert s.list_ids() == ids
+    assert [job_args(redis, settings, t)[0] for t in ids] == [list(r) for r in rows]
+
+
+def test_the_decorated_function_is_taken_as_its_registered_name(
+    client: Client, redis: Redis, settings: Settings
+) -> None:
+    from tests.tasks import echo
+
+    ids = client.session("decorated").map(echo, [1])
+    raw = redis.hget(rq_keys(settings.prefix).job(ids[0]), "data")
+    assert parse_job_data(raw)[0] == "tests.tasks:echo"
+
+
+def test_ten_thousand_mapped_runs_are_all_added_under_raise(client: Client) -> None:
+    s = client.session("many")  # task_pre_exist="raise", the default
+    assert s.config.task_pre_exist == "raise"
+    named = s.add(Task(ADD, args=[1, 2]))  # takes the name "add" in the session
+    ids = s.map(ADD, range(10_000))
+    assert len(ids) == 10_000 and len(s) == 10_001
+    assert s.list_ids() == [named, *ids]
+    more = s.map(ADD, range(3))  # the same function again: no clash either
+    assert len(s) == 10_004 and s.list_ids()[-3:] == more
+    with pytest.raises(ValidationError, match="^name: "):
+        s.add(Task(ADD, args=[3, 4]))  # the named task's rule is unchanged
+
+
+@pytest.mark.parametrize("policy", ["raise", "replace", "ignore", "rename"])
+def test_no_name_clash_whatever_task_pre_exist_says(client: Client, policy: str) -> None:
+    s = client.session(f"policy-{policy}", config=SessionConfig(task_pre_exist=policy))
+    first = s.add(Task(NOOP))
+    ids = s.map(NOOP, [None, None]) + s.starmap(NOOP, [(), ()])
+    assert len(set(ids)) == 4
+    assert s.list_ids() == [first, *ids]  # nothing replaced, ignored or renamed
+    assert s.list_names() == ["noop"] * 5
+
+
+def test_use_instance_naming_names_mapped_runs_by_their_ids(
+    client: Client, redis: Redis, settings: Settings
+) -> None:
+    s = client.session("inst", config=SessionConfig(use_instance_naming=True))
+    ids = s.map(NOOP, [1, 2])
+    assert s.list_names() == ids
+    sq = redis.hget(rq_keys(settings.prefix).job(ids[1]), "sq")
+    assert parse_meta(sq)["name"] == ids[1]
+
+
+def test_one_evalsha_per_flush(client: Client, redis: Redis) -> None:
+    s = client.session("trips")
+    s.map(NOOP, [1])  # scripts loaded, the first ids reserved
+    redis.config_resetstat()
+    s.map(ADD, range(500), kwargs={"b": 1})
+    assert evalsha_calls(redis) == 1
+
+    redis.config_resetstat()
+    a = s.map(ADD, range(100), flush=False)
+    b = s.add(Task(ADD, args=[1, 2], name="named"), flush=False)
+    c = s.starmap(ADD, [(1, 2)] * 100, flush=False)
+    assert evalsha_calls(redis) == 0
+    s.flush()
+    assert evalsha_calls(redis) == 1
+    assert s.list_ids()[-201:] == [*a, b, *c]
+
+
+def test_a_refused_item_names_its_index_and_nothing_is_staged(client: Client) -> None:
+    s = client.session("refused")
+    with pytest.raises(ValidationTypeError, match=r"^iterable\[2\]: "):
+        s.map(ADD, [1, 2, object()], flush=False)
+    with pytest.raises(ValidationTypeError, match=r"^iterable\[1\]: "):
+        s.starmap(ADD, [(1, 2), 3], flush=False)
+    with pytest.raises(ValidationError, match=r"^iterable\[0\]: "):
+        s.map(ADD, ["x" * 600_000], flush=False)
+    with pytest.raises(ValidationTypeError, match="^task: "):
+        s.map(Task(ADD), [1])
+    with pytest.raises(ValidationError, match="^task: "):
+        s.map("not a function name", [1])
+    with pytest.raises(ValidationTypeError, match="^iterable: "):
+        s.map(ADD, 5)
+    with pytest.raises(ValidationTypeError, match="^kwargs: "):
+        s.map(ADD, [1], kwargs=[("b", 1)])
+    with pytest.raises(ValidationTypeError, match="^flush: "):
+        s.map(ADD, [1], flush=1)
+    s.flush()
+    assert len(s) == 0
+    assert s.map(ADD, []) == [] and s.map(ADD, iter(())) == []
+
+
+def test_mapped_runs_share_one_set_of_job_fields(
+    client: Client, redis: Redis, settings: Settings
+) -> None:
+    s = client.session("shared")
+    ids = s.map(NOOP, range(3))
+    job = rq_keys(settings.prefix).job
+    times = {redis.hget(job(t), "enqueued_at") for t in ids}
+    assert len(times) == 1 and None not in times
+    assert {redis.hget(job(t), "state") for t in ids} == {b"queued"}
+    assert redis.hlen(Keys(settings.prefix).session_names(s.id)) == 0
+
+
+def test_staged_adds_keep_their_own_job_fields_beside_mapped_runs(
+    client: Client, redis: Redis, settings: Settings
+) -> None:
+    s = client.session("fields")
+    slow = s.add(Task(ADD, args=[1, 2], name="slow", retries=2, retry_delay=5, timeout=30),
+                 flush=False)  # fmt: skip
+    plain = s.map(ADD, [1], flush=False)[0]
+    s.flush()
+    job = rq_keys(settings.prefix).job
+    assert redis.hmget(job(slow), "retries_left", "retry_delay_ms", "timeout") == [
+        b"2", b"5000", b"30",
+    ]  # fmt: skip
+    assert redis.hmget(job(plain), "retries_left", "retry_delay_ms", "timeout") == [None] * 3
