@@ -21,7 +21,7 @@ SESSION_KEYS = ("session", "history", "chan", "running", "held")
 
 STEP = Contract(
     "run",
-    keys=(*GLOBAL_KEYS, "runs", "rq_worker", "inbox", "idle_workers", "handed"),
+    keys=(*GLOBAL_KEYS, "runs", "rq_worker", "inbox", "idle_workers", "handed", "suspended"),
     key_blocks=(
         Block(
             "queue", ("list", "wake", "started", "finished", "failed", "idle_line"), ("nqueues",)
@@ -117,6 +117,7 @@ CONTROL = Contract(
     key_blocks=(Block("run", RUN_BLOCK, ("nruns",)),),
     args=(*CLOCK_ARGS, ("op", TEXT), ("sid", TEXT), ("nruns", NUMBER), ("plan", TEXT)),
     extra_keys=True,
+    builders=("job",),  # settle reads every run of the session
 )
 
 DESTROY = Contract(
@@ -169,6 +170,8 @@ RECOVER = Contract(
     arg_blocks=(Block("run", ("id", "sid"), ("nruns",)),),
 )
 
+RECOUNT = Contract("recount", keys=("counters", "sessions"), args=(), builders=("session",))
+
 # The event scripts: one session's channel, record and history
 EVENT_KEYS = ("chan_all", "session", "history", "chan")
 EVENT_ARGS = (("now_ms", NUMBER), ("cap", NUMBER), ("worker", TEXT), ("sid", TEXT))
@@ -218,4 +221,4 @@ REQUEST = Contract(
 )
 
 CONTRACTS = {c.name: c for c in (STEP, TOOK, ENQUEUE, CONTROL, DESTROY, RECOVER, EMIT, LOG, STATE,
-                                 REQUEST)}  # fmt: skip
+                                 REQUEST, RECOUNT)}  # fmt: skip
