@@ -86,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.rss", description=__doc__)
     parser.add_argument("--runs", type=int, default=1_000_000, help="no-op runs to drain")
     parser.add_argument("--limit-mb", type=float, default=5.0, help="allowed RSS change, MB")
+    parser.add_argument("--warmup-runs", type=int, help="runs before the RSS baseline "
+                        "(default: a tenth of --runs, at least 20,000)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the samples here")
     args = parser.parse_args(argv)
     if args.runs < 2 * CHUNK_RUNS:
@@ -95,8 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bench.measure import sq_client, sq_settings
     from sessionq.worker.loop import SessionWorker
 
-    warmup = min(args.runs // 2, max(WARMUP_MIN_RUNS, args.runs // 10))
+    warmup = args.warmup_runs or min(args.runs // 2, max(WARMUP_MIN_RUNS, args.runs // 10))
     warmup -= warmup % CHUNK_RUNS
+    if not 0 < warmup < args.runs:
+        parser.error("--warmup-runs: give fewer than --runs, at least one chunk of runs")
     with RedisServer() as server:
         client = sq_client(server.url)
         sid = client.open_session("rss")

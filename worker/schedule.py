@@ -35,6 +35,7 @@ SWEEP_BATCH = 1000
 SWEEP_EVERY_TICKS = 10
 RECONCILE_EVERY_TICKS = 20
 RECONCILE_RUNS = 20_000  # runs read per reconcile, about (a bigger session is read alone)
+RECONCILE_BATCH = 500  # runs read per round trip
 RECOUNT_EVERY_RECONCILES = 10
 LIVE_STATES = ("queued", "deferred", "held", "started")
 LIVE_STATUSES = ("Pending", "Running", "Paused")
@@ -231,16 +232,44 @@ class Scheduler:
         return corrected
 
     def _reconcile_session(self, sid: str) -> int:
-        r, k, rq = self.scripts.redis, self.scripts.keys, self.scripts.rq
+        r, k = self.scripts.redis, self.scripts.keys
         counters = [int(c or 0) for c in r.hmget(k.session(sid), *LIVE_STATES)]
         if not any(counters):
             return 1
-        ids = [codec.text(i) for i in r.hkeys(k.session_tasks(sid))]
-        pipe = r.pipeline(transaction=False)
-        for run_id in ids:
-            pipe.hmget(rq.job(run_id), "state", "status")
         found = dict.fromkeys(LIVE_STATES, 0)
         missing: list[str] = []
+        canceled = read = 0
+        batch: list[str] = []
+        # in batches: a worker's memory does not take the size of the biggest session
+        for raw, _name in r.hscan_iter(k.session_tasks(sid), count=RECONCILE_BATCH):
+            batch.append(codec.text(raw))
+            if len(batch) < RECONCILE_BATCH:
+                continue
+            canceled += self._read_runs(batch, found, missing)
+            read += len(batch)
+            batch = []
+        canceled += self._read_runs(batch, found, missing)
+        read += len(batch) + 1
+        lost = any(c > found[s] for s, c in zip(LIVE_STATES, counters, strict=True))
+        if not canceled and not (missing and lost):
+            return read
+        orphans = self._orphans(sid, missing)
+        settled = self.scripts.control("settle", sid, {"orphans": orphans}, [],
+                                       worker=self.worker)  # fmt: skip
+        if len(settled) > 1:
+            log.warning("session %s: %d run(s) deleted or canceled with RQ's tools ended "
+                        "canceled: %s", sid, len(settled) - 1,
+                        ", ".join(settled[1:11]))  # fmt: skip
+        return read
+
+    def _read_runs(self, ids: list[str], found: dict[str, int], missing: list[str]) -> int:
+        """Count these runs by live state into `found`, those without a job hash into
+        `missing`; returns how many waiting ones RQ canceled."""
+        if not ids:
+            return 0
+        pipe = self.scripts.redis.pipeline(transaction=False)
+        for run_id in ids:
+            pipe.hmget(self.scripts.rq.job(run_id), "state", "status")
         canceled = 0
         for run_id, (state, status) in zip(ids, pipe.execute(), strict=True):
             st = codec.text(state) if state else None
@@ -249,17 +278,7 @@ class Scheduler:
             elif st in found:
                 found[st] += 1
                 canceled += st != "started" and status == b"canceled"
-        lost = any(c > found[s] for s, c in zip(LIVE_STATES, counters, strict=True))
-        if not canceled and not (missing and lost):
-            return len(ids) + 1
-        orphans = self._orphans(sid, missing)
-        settled = self.scripts.control("settle", sid, {"orphans": orphans}, [],
-                                       worker=self.worker)  # fmt: skip
-        if len(settled) > 1:
-            log.warning("session %s: %d run(s) deleted or canceled with RQ's tools ended "
-                        "canceled: %s", sid, len(settled) - 1,
-                        ", ".join(settled[1:11]))  # fmt: skip
-        return len(ids) + 1
+        return canceled
 
     def _orphans(self, sid: str, missing: list[str]) -> list[str]:
         """Of the runs whose RQ job is gone, those the session counts as running that no live
