@@ -419,6 +419,13 @@ def parse_job_data(raw: object) -> tuple[str, list[Any], dict[str, Any]]:
     """RQ's `data` field: (func name, args, kwargs); CodecError says what is wrong."""
     if not raw:
         raise CodecError("job field 'data' is missing")
+    if isinstance(raw, bytes) and raw[:1] == b"\x78":  # zlib's header, never msgpack's array
+        import zlib
+
+        try:
+            raw = zlib.decompress(raw)  # as RQ saves it (Job.save: `rq requeue`, Job.requeue)
+        except zlib.error:
+            pass
     try:
         value = codec.decode(raw)
     except CodecError as exc:

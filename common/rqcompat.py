@@ -50,6 +50,9 @@ class RQKeys:
         self._worker_prefix = Worker.redis_worker_namespace_prefix
         self.workers_set = Worker.redis_workers_keys
         from rq.command import PUBSUB_CHANNEL_TEMPLATE
+        from rq.suspension import WORKERS_SUSPENDED
+
+        self.suspended = WORKERS_SUSPENDED  # `rq suspend` sets it, `rq resume` deletes it
 
         self._pubsub = PUBSUB_CHANNEL_TEMPLATE
 

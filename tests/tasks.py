@@ -113,3 +113,22 @@ def touch(path: str) -> None:
     """Appends "1" to the file at `path`: how many times the run ran."""
     with open(path, "a") as out:
         out.write("1")
+
+
+@task
+def ids_here_and_in_a_child() -> dict[str, Any]:
+    """The run's ids as os.environ, os.getenv and a subprocess it starts see them."""
+    import subprocess
+    import sys
+
+    keys = ("SESSIONQ_SESSION_ID", "SESSIONQ_TASK_ID")
+    code = f"import json, os; print(json.dumps([os.environ.get(k) for k in {keys!r}]))"
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True)  # fmt: skip
+    import json
+
+    return {
+        "environ": [os.environ.get(k) for k in keys],
+        "getenv": [os.getenv(k) for k in keys],
+        "child": json.loads(child.stdout),
+    }

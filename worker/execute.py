@@ -92,27 +92,92 @@ class Interrupter:
             signal.pthread_kill(self._main, signal.SIGUSR1)
 
 
+class _Slot:
+    """One variable's "KEY=value" in a C buffer of our own, given to libc's putenv once:
+    glibc keeps the pointer (putenv copies nothing), so a new value is written in place, and
+    the C environment - getenv, a subprocess's - reads it from there. (os.environ's setter
+    calls setenv, and glibc keeps every distinct value setenv was ever given: ~80 B a run.)
+    A value too long for the buffer gets a bigger one (doubling), put once more."""
+
+    __slots__ = ("name", "buffer", "capacity", "put", "_retired")
+
+    def __init__(self, name: bytes) -> None:
+        self.name = name
+        self.buffer: ctypes.Array[ctypes.c_char] | None = None
+        self.capacity = 0
+        self.put = False  # whether the C environment holds our buffer now
+        self._retired: list[ctypes.Array[ctypes.c_char]] = []  # another thread may read one
+
+    def write(self, libc: ctypes.CDLL, value: bytes) -> None:
+        entry = self.name + b"=" + value
+        if self.buffer is None or len(entry) >= self.capacity:
+            if self.buffer is not None:
+                self._retired.append(self.buffer)
+            self.capacity = max(64, 2 * self.capacity, len(entry) + 1)
+            self.buffer = ctypes.create_string_buffer(entry, self.capacity)
+            self.put = False
+        else:
+            ctypes.memmove(self.buffer, entry + b"\0", len(entry) + 1)
+        if not self.put:
+            if libc.putenv(self.buffer) != 0:
+                raise OSError(ctypes.get_errno(), f"putenv {self.name!r} failed")
+            self.put = True
+
+    def unset(self, libc: ctypes.CDLL) -> None:
+        libc.unsetenv(self.name)  # drops the pointer; the buffer stays ours, for next time
+        self.put = False
+
+
 class RunEnvironment:
     """os.environ as in-process runs see it: each run's variables are in place while it runs.
     Between runs they stay, and the next run writes only what differs (a putenv per variable
     per run was a tenth of a no-op run's cost); a variable the next run does not set goes
-    back to what it was before any run."""
+    back to what it was before any run.
 
-    def __init__(self) -> None:
+    Where libc is glibc's, a variable a run sets lives in a C buffer of our own (_Slot),
+    rewritten in place, and os.environ's own mapping is kept in step without its setter: the
+    worker does not grow by each new SESSIONQ_TASK_ID, yet a function reads its variables
+    with os.environ/os.getenv and a subprocess it starts inherits them. Elsewhere, os.environ
+    is set as usual."""
+
+    def __init__(self, libc: ctypes.CDLL | None = None, *, own_buffers: bool = True) -> None:
         self._original: dict[str, str | None] = {}
+        self._slots: dict[str, _Slot] = {}
+        self._libc = (libc or _environ_libc()) if own_buffers else None
 
     def apply(self, env: dict[str, str]) -> None:
         for key in [k for k in self._original if k not in env]:
             old = self._original.pop(key)
-            if old is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = old
+            self._set(key, old)
         for key, value in env.items():
             if key not in self._original:
                 self._original[key] = os.environ.get(key)
             if os.environ.get(key) != value:
+                self._set(key, value)
+
+    def _set(self, key: str, value: str | None) -> None:
+        if self._libc is None:
+            if value is None:
+                os.environ.pop(key, None)
+            else:
                 os.environ[key] = value
+            return
+        data: dict[bytes, bytes] = os.environ._data  # type: ignore[attr-defined]  # the mapping behind os.environ, set without its setenv
+        name = os.fsencode(key)
+        slot = self._slots.get(key)
+        if slot is None:
+            if not name or b"=" in name or b"\0" in name:
+                raise ValueError(f"illegal environment variable name: {key!r}")
+            slot = self._slots[key] = _Slot(name)
+        if value is None:
+            slot.unset(self._libc)
+            data.pop(name, None)
+            return
+        raw = os.fsencode(value)
+        if b"\0" in raw:
+            raise ValueError(f"environment variable {key}: embedded null byte")
+        slot.write(self._libc, raw)
+        data[name] = raw
 
     def restore(self) -> None:
         self.apply({})
@@ -126,6 +191,22 @@ class RunEnvironment:
             else:
                 env[key] = old
         return env
+
+
+def _environ_libc() -> ctypes.CDLL | None:
+    """glibc, when it is what this process runs on (its putenv keeps the caller's pointer)
+    and os.environ has the mapping RunEnvironment keeps in step; else None."""
+    import platform
+
+    if _libc is None or platform.libc_ver()[0] != "glibc" or os.name != "posix":
+        return None
+    if not isinstance(getattr(os.environ, "_data", None), dict):
+        return None
+    _libc.putenv.argtypes = [ctypes.c_char_p]
+    _libc.putenv.restype = ctypes.c_int
+    _libc.unsetenv.argtypes = [ctypes.c_char_p]
+    _libc.unsetenv.restype = ctypes.c_int
+    return _libc
 
 
 RUN_ENVIRONMENT = RunEnvironment()

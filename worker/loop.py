@@ -120,6 +120,7 @@ class SessionWorker:
         # RQ's per-worker counters, added to its worker hash with each heartbeat
         self.counts = {"successful_job_count": 0, "failed_job_count": 0}
         self._rq_worker: Any = None
+        self._was_suspended = False
         self._watcher: Any = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -245,6 +246,12 @@ class SessionWorker:
         # nothing more in hand: finish the last run and claim the next ones in one call
         if self._claim(finishes):
             return True
+        if self._suspended():
+            if burst:
+                log.info("worker %s: suspended (rq suspend), leaving (burst)", self.name)
+                return False
+            self.stop_flag.wait(IDLE_WAIT_S)  # (set by a stop: this worker runs nothing now)
+            return True
         if burst:
             return False
         # waiting idle: an enqueue may start a run for us (our inbox), or wake us to claim
@@ -255,6 +262,19 @@ class SessionWorker:
                 self.scripts.took_handed(self.name, handed[0], handed[6])
             self._take([handed])
         return True
+
+    def _suspended(self) -> bool:
+        """Has `rq suspend` paused the workers? (Asked only when a claim found nothing: a
+        suspended step claims nothing and does not wait idle, see run.lua.) RQ's view of this
+        worker says so while it lasts."""
+        suspended = bool(self.redis.exists(self.scripts.rq.suspended))
+        if suspended != self._was_suspended:
+            self._was_suspended = suspended
+            state = "suspended" if suspended else "idle"
+            self.redis.hset(self.scripts.rq.worker(self.name), "state", state)
+            log.info("worker %s: %s", self.name, "suspended by rq suspend" if suspended
+                     else "resumed")  # fmt: skip
+        return suspended
 
     def _claim(self, finishes: list[Finish]) -> bool:
         """Send `finishes` with a claim of the next batch; whether there may be more to do:
@@ -316,6 +336,12 @@ class SessionWorker:
                 from sessionq.worker.ops import run_op
 
                 run_op(self, run_id)
+            elif status in ("gone", "foreign"):
+                # popped from a queue, and no sessionq run: said, never dropped in silence
+                # (one RQ's own API enqueued is marked failed where RQ's readers look)
+                log.error("worker %s: %s from queue %s is not a sessionq run (%s)%s", self.name,
+                          run_id, queue, data,
+                          "; marked failed" if status == "foreign" else "")  # fmt: skip
             elif status == "bad":
                 # its run is on our runs list, started: _resend takes it up from there
                 log.error("worker %s: %s", self.name, data)

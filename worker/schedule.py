@@ -5,6 +5,12 @@ due run from the schedule atomically (ZREM), so a due run is released once whoev
 A cron run, when fired, leaves its next firing in the schedule in the same step. Runs waiting
 on dependencies are judged when a parent ends (the worker that ran it calls `resolve_children`
 right after), and again by a periodic sweep in case that worker died in between.
+
+Every RECONCILE_EVERY_TICKS ticks the holder of the lock also reconciles what RQ's own tools
+did behind our back (`rq empty`, Job.delete, Job.cancel): a session whose live counters hold
+runs whose RQ job is gone, or waiting runs RQ canceled, is settled (control.lua settle: those
+runs end canceled, and the session ends if nothing else is left); and every
+RECOUNT_EVERY_RECONCILES of those the global run counters are recounted from the sessions'.
 """
 
 from __future__ import annotations
@@ -27,6 +33,12 @@ log = logging.getLogger(__name__)
 DUE_BATCH = 500
 SWEEP_BATCH = 1000
 SWEEP_EVERY_TICKS = 10
+RECONCILE_EVERY_TICKS = 20
+RECONCILE_RUNS = 20_000  # runs read per reconcile, about (a bigger session is read alone)
+RECONCILE_BATCH = 500  # runs read per round trip
+RECOUNT_EVERY_RECONCILES = 10
+LIVE_STATES = ("queued", "deferred", "held", "started")
+LIVE_STATUSES = ("Pending", "Running", "Paused")
 
 
 def _queues(scripts: Scripts, run_ids: list[str], *fields: str) -> list[list[Any]]:
@@ -96,6 +108,8 @@ class Scheduler:
         self.ticks = 0
         self._sweep_cursor = 0  # SSCAN position: each sweep goes on where the last stopped
         self._sessions: dict[str, tuple[float, int]] = {}  # sid -> (cycle_sleep s, created ms)
+        self._to_reconcile: list[str] = []  # live sessions this round has not read yet
+        self.reconciles = 0
 
     def tick(self) -> int:
         """Fire what is due (and every few ticks sweep the waiting runs); returns how many
@@ -109,6 +123,8 @@ class Scheduler:
             seen = self.fire_due()
             if self.ticks % SWEEP_EVERY_TICKS == 0:
                 seen += self.sweep()
+            if self.ticks % RECONCILE_EVERY_TICKS == 0:
+                seen += self.reconcile()
             return seen
         finally:
             r.delete(k.lock("scheduler"))
@@ -190,3 +206,100 @@ class Scheduler:
         if ended:
             resolve_children(self.scripts, ended, self.worker)
         return len(ids)
+
+    # -- what RQ's own tools did ---------------------------------------------------------
+    def reconcile(self) -> int:
+        """Read (a budget of) the live sessions' runs and settle those RQ's tools deleted or
+        canceled; every RECOUNT_EVERY_RECONCILES calls, recount the global counters. Returns
+        how many runs were read."""
+        r, k = self.scripts.redis, self.scripts.keys
+        if not self._to_reconcile:
+            pipe = r.pipeline(transaction=False)
+            for status in LIVE_STATUSES:
+                pipe.smembers(k.idx_status(status))
+            self._to_reconcile = sorted({codec.text(s) for m in pipe.execute() for s in m})
+        read = 0
+        while self._to_reconcile and read < RECONCILE_RUNS:
+            read += self._reconcile_session(self._to_reconcile.pop())
+        self.reconciles += 1
+        if self.reconciles % RECOUNT_EVERY_RECONCILES == 0:
+            self.recount()
+        return read
+
+    def recount(self) -> dict[str, int]:
+        """The global run counters set from the sessions'; logs what it corrected."""
+        corrected = self.scripts.recount()
+        if corrected:
+            log.warning("global run counters corrected from the sessions': %s", corrected)
+        return corrected
+
+    def _reconcile_session(self, sid: str) -> int:
+        r, k = self.scripts.redis, self.scripts.keys
+        counters = [int(c or 0) for c in r.hmget(k.session(sid), *LIVE_STATES)]
+        if not any(counters):
+            return 1
+        found = dict.fromkeys(LIVE_STATES, 0)
+        missing: list[str] = []
+        canceled = read = 0
+        batch: list[str] = []
+        # in batches: a worker's memory does not take the size of the biggest session
+        for raw, _name in r.hscan_iter(k.session_tasks(sid), count=RECONCILE_BATCH):
+            batch.append(codec.text(raw))
+            if len(batch) < RECONCILE_BATCH:
+                continue
+            canceled += self._read_runs(batch, found, missing)
+            read += len(batch)
+            batch = []
+        canceled += self._read_runs(batch, found, missing)
+        read += len(batch) + 1
+        lost = any(c > found[s] for s, c in zip(LIVE_STATES, counters, strict=True))
+        if not canceled and not (missing and lost):
+            return read
+        orphans = self._orphans(sid, missing)
+        settled = self.scripts.control("settle", sid, {"orphans": orphans}, [],
+                                       worker=self.worker)  # fmt: skip
+        if len(settled) > 1:
+            log.warning("session %s: %d run(s) deleted or canceled with RQ's tools ended "
+                        "canceled: %s", sid, len(settled) - 1,
+                        ", ".join(settled[1:11]))  # fmt: skip
+        return read
+
+    def _read_runs(self, ids: list[str], found: dict[str, int], missing: list[str]) -> int:
+        """Count these runs by live state into `found`, those without a job hash into
+        `missing`; returns how many waiting ones RQ canceled."""
+        if not ids:
+            return 0
+        pipe = self.scripts.redis.pipeline(transaction=False)
+        for run_id in ids:
+            pipe.hmget(self.scripts.rq.job(run_id), "state", "status")
+        canceled = 0
+        for run_id, (state, status) in zip(ids, pipe.execute(), strict=True):
+            st = codec.text(state) if state else None
+            if st is None:
+                missing.append(run_id)
+            elif st in found:
+                found[st] += 1
+                canceled += st != "started" and status == b"canceled"
+        return canceled
+
+    def _orphans(self, sid: str, missing: list[str]) -> list[str]:
+        """Of the runs whose RQ job is gone, those the session counts as running that no live
+        worker holds (a worker holding one settles it as it finishes it); their entries in
+        RQ's started registries are removed here (their queue went with their job)."""
+        r, k, rq = self.scripts.redis, self.scripts.keys, self.scripts.rq
+        running = {codec.text(i) for i in r.smembers(k.session_running(sid))}
+        candidates = [i for i in missing if i in running]
+        if not candidates:
+            return []
+        held: set[str] = set()
+        for worker in r.zrange(k.workers(), 0, -1):
+            held |= {codec.text(i) for i in r.lrange(k.worker_runs(codec.text(worker)), 0, -1)}
+        orphans = [i for i in candidates if i not in held]
+        prefixes = tuple(f"{i}:" for i in orphans)
+        for queue_key in r.smembers(rq.queues_set) if orphans else ():
+            name = codec.text(queue_key).removeprefix(rq.queue(""))
+            stale = [codec.text(m) for m in r.zrangebyscore(rq.started(name), "+inf", "+inf")
+                     if codec.text(m).startswith(prefixes)]  # fmt: skip
+            if stale:
+                r.zrem(rq.started(name), *stale)
+        return orphans

@@ -1,6 +1,6 @@
 -- Session control (SPEC §3): pause, play, step, stop, restart, drop (remove/forget), and the
--- scheduler's work - resolve (runs waiting on dependencies) and fire (scheduled runs) - each
--- one atomic step on one session.
+-- scheduler's work - resolve (runs waiting on dependencies), fire (scheduled runs) and settle
+-- (runs RQ's own tools deleted or canceled) - each one atomic step on one session.
 -- Its contract (common/scripts/control.py CONTROL): the schedule zset, the runs waiting on
 -- dependencies, the session's keys; a `run` key block per run of the plan; then extra keys
 -- the plan names by index (KX); `op`, `sid`, `plan` (msgpack map; plan.runs = run ids).
@@ -237,6 +237,71 @@ elseif op == 'drop' then
         redis.call('ZREM', B.failed, id)
       end
     end
+  end
+  maybe_end(S)
+
+elseif op == 'settle' then
+  -- RQ's tools changed runs behind our back (`rq empty`, Job.delete, Job.cancel): every run
+  -- of the session is read, and the session's live counters set from what its runs are. A
+  -- waiting run RQ canceled is canceled; a run whose job hash is gone, and that the counters
+  -- still hold live, ends canceled (left as a canceled job hash, so that it is settled once)
+  local LIVE_STATES = {'queued', 'deferred', 'held', 'started'}
+  local found = {queued = 0, deferred = 0, held = 0, started = 0}
+  local missing = {}
+  local orphans = {}  -- started runs no live worker holds (the sweep looked): settled too
+  for _, id in ipairs(plan.orphans or {}) do orphans[id] = true end
+  local all = redis.call('HKEYS', TASKS)
+  for _, id in ipairs(all) do
+    local job = key_job(id)
+    local j = redis.call('HMGET', job, 'state', 'status')
+    if not j[1] then
+      if redis.call('EXISTS', job) == 0 then
+        if redis.call('SISMEMBER', S.running, id) == 1 and not orphans[id] then
+          found.started = found.started + 1  -- its worker's finish settles it (run.lua)
+        else
+          missing[#missing + 1] = id
+        end
+      end
+    elseif (j[1] == 'queued' or j[1] == 'deferred' or j[1] == 'held') and j[2] == 'canceled' then
+      cancel_waiting({job = job, S = S, session = S.session, sid = sid, held = S.held}, id,
+        'canceled with RQ')
+      reply[#reply + 1] = id
+    elseif found[j[1]] then
+      found[j[1]] = found[j[1]] + 1
+    end
+  end
+  -- how many runs each live counter holds that no run is in: the missing runs were those
+  local extra = {}
+  for _, st in ipairs(LIVE_STATES) do
+    extra[st] = num(redis.call('HGET', S.session, st)) - found[st]
+  end
+  local function take(st)
+    if extra[st] > 0 then
+      extra[st] = extra[st] - 1
+      return st
+    end
+    return nil
+  end
+  for _, id in ipairs(missing) do
+    local was
+    if redis.call('SREM', S.running, id) == 1 then was = take('started')
+    elseif redis.call('ZREM', S.held, id) == 1 then was = take('held')
+    elseif redis.call('ZREM', SCHEDULE, id) + redis.call('SREM', WAITING, id) > 0 then
+      was = take('deferred')
+    else
+      was = take('queued') or take('deferred') or take('held') or take('started')
+    end
+    if was then
+      redis.call('HSET', key_job(id), 'state', 'canceled', 'status', 'canceled', 'ended_at',
+        G.now_iso, 'error', P('its RQ job was deleted'))
+      move(S, was, 'canceled')
+      emit(S, 'task.canceled', id, map({'reason', P('its RQ job was deleted')}))
+      reply[#reply + 1] = id
+    end
+  end
+  -- what is left over is drift: the counter is set to the runs it counts
+  for _, st in ipairs(LIVE_STATES) do
+    if extra[st] ~= 0 then move(S, st, nil, extra[st]) end
   end
   maybe_end(S)
 end

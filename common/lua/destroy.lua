@@ -40,8 +40,10 @@ for r = 1, nruns do
   redis.call('ZREM', k.finished, id)
   redis.call('ZREM', k.failed, id)
 end
--- the ended runs leave the global counters with the session
-for _, state in ipairs({'succeeded', 'failed', 'canceled'}) do
+-- the runs leave the global counters with the session (live ones too: a run whose RQ job was
+-- deleted behind our back is still counted by its session)
+for _, state in ipairs({'queued', 'deferred', 'held', 'started', 'succeeded', 'failed',
+    'canceled'}) do
   local n = num(redis.call('HGET', S.session, state))
   if n > 0 then redis.call('HINCRBY', G.stats_key, state, -n) end
 end

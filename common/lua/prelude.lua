@@ -350,19 +350,48 @@ local function show_start(B, id, W, attempts, status)
   emit(B, as_of(W, 'task.started'), id, '\129\167attempt' .. P(attempts))
 end
 
+-- A failed run RQ put back on its queue: queued again, its session (if it had ended) Running.
+local function requeued(B, id)
+  local S = sess(B)
+  S.status = S.status or redis.call('HGET', S.session, 'status')
+  if S.status == 'Completed' or S.status == 'Failed' then
+    local was = S.status
+    set_status(S, 'Running')
+    redis.call('HDEL', S.session, 'finished_at')
+    emit(S, 'session.resumed', nil, map({'from', P(was)}))
+  end
+  redis.call('HSET', B.job, 'state', 'queued')
+  redis.call('ZREM', B.failed, id)
+  move(B, 'failed', 'queued')
+  emit(B, 'task.queued', id, map({'reason', P('requeued with RQ')}))
+end
+
 -- Start run `id` for worker W (its runs list holds it): returns {result, data, sq, timeout,
 -- attempt}, result 'run' when W is to run it now; else the run is parked with its paused
 -- session's held runs ('held'), not run ('skip': canceled or not queued; 'gone': no such run)
 -- and off W's list. A run W started already (a lost reply) is answered again.
 local function start(B, id, W)
   local j = redis.call('HMGET', B.job, 'state', 'data', 'sq', 'timeout', 'attempts',
-    'worker_name', 'pass')
+    'worker_name', 'pass', 'status')
+  if j[1] == 'failed' and j[8] == 'queued' then
+    -- put back on its queue by RQ (`rq requeue`, Job.requeue): a retry, asked for by hand
+    j[1] = 'queued'
+    requeued(B, id)
+  end
   if j[1] == 'started' and j[6] == W.name then
     -- started by us already: the reply to an earlier try of this call was lost
     return {'run', j[2], j[3] or false, j[4] or false, num(j[5])}
   elseif not j[1] then
     redis.call('LREM', W.runs, 1, id)
-    return {'gone', false, false, false, 0}
+    if redis.call('EXISTS', B.job) == 1 then
+      -- an RQ job that is not a sessionq run (enqueued by RQ's own API): not run, marked
+      -- failed where RQ's readers look
+      local why = 'not a sessionq run: a sessionq worker runs only what sessionq enqueued'
+      redis.call('HSET', B.job, 'status', 'failed', 'ended_at', G.now_iso, 'exc_info', why)
+      redis.call('ZADD', B.failed, '+inf', id)
+      return {'foreign', why, false, false, 0}
+    end
+    return {'gone', 'no such job', false, false, 0}
   elseif j[1] ~= 'queued' then
     redis.call('LREM', W.runs, 1, id)
     return {'skip', j[1], false, false, 0}

@@ -28,8 +28,21 @@ local waits = A.waits == 1
 local reply = {}
 local function finish(B, id, outcome, payload, duration_ms)
   local j = redis.call('HMGET', B.job, 'state', 'worker_name', 'retries_left', 'attempts',
-    'children')
+    'children', 'status')
   redis.call('LREM', runs, 1, id)
+  if not j[1] and redis.call('SREM', B.running, id) == 1 then
+    -- its RQ job was deleted while it ran (Job.delete): it ends canceled, out of RQ's
+    -- started registry (whatever attempt it was)
+    for _, m in ipairs(redis.call('ZRANGEBYSCORE', B.wip, '+inf', '+inf')) do
+      if string.sub(m, 1, #id + 1) == id .. ':' then redis.call('ZREM', B.wip, m) end
+    end
+    move(B, 'started', 'canceled')
+    emit(B, 'task.canceled', id, map({'reason', P('its RQ job was deleted while it ran')}))
+    local status = sess(B).status or redis.call('HGET', B.session, 'status')
+    sess(B).status = status
+    if status == 'Terminating' then return 'canceled', 1, 0 end
+    return 'canceled', 0, 0
+  end
   if j[1] ~= 'started' or j[2] ~= G.worker then
     return 'stale', 0  -- recovered, canceled or destroyed while it ran: not ours to record
   end
@@ -39,7 +52,11 @@ local function finish(B, id, outcome, payload, duration_ms)
   local status = sess(B).status or redis.call('HGET', B.session, 'status')
   sess(B).status = status
   local result
-  if outcome == 'succeeded' then
+  if j[6] == 'canceled' then
+    -- canceled with RQ while it ran (Job.cancel): whatever it did, it ends canceled
+    cancel_run(B, id, 'started', 'canceled with RQ')
+    result = 'canceled'
+  elseif outcome == 'succeeded' then
     redis.call('HSET', B.job, 'state', 'succeeded', 'status', 'finished', 'ended_at',
       G.now_iso, 'result', payload)
     redis.call('ZADD', B.finished, '+inf', id)
@@ -134,6 +151,9 @@ if want > 0 then
     end
     want = want - #handed
   end
+  if want > 0 and redis.call('EXISTS', K.suspended) == 1 then
+    want = 0  -- `rq suspend`: no new run is claimed (nor handed: not listed idle) until resumed
+  end
 end
 -- Take run `id` from queue qi's line onto our runs list and start it (an operation of the
 -- control queue is carried out by the worker itself).
@@ -169,6 +189,11 @@ local function claim_from(qi, want)
       if S.status then  -- (a destroyed session's leftover entry is taken, and skipped)
         local left = room(S)
         local inline = redis.call('HINCRBY', S.session, line_field(B), -1)
+        if inline < 0 then
+          -- put in the line by someone else (`rq requeue` pushes a job id there itself)
+          redis.call('HSET', S.session, line_field(B), 0)
+          inline = 0
+        end
         if left ~= nil and left <= 0 then
           redis.call('LPUSH', B.squeue, id)
           if inline <= 0 then redis.call('SADD', B.throttled, throttle_entry(B)) end
@@ -228,10 +253,13 @@ end
 -- what the worker goes on to run (for RQ's view of it), or nothing
 local current = A.current
 if current == '' then current = first end
+-- (RQ's worker states, not a run's: `rq info` shows busy/idle)
+local RQ_WORKER = {busy = 'busy', idle = 'idle'}
 if current then
-  redis.call('HSET', rqworker, 'current_job', current)
+  redis.call('HSET', rqworker, 'current_job', current, 'state', RQ_WORKER.busy)
 else
   redis.call('HDEL', rqworker, 'current_job')
+  redis.call('HSET', rqworker, 'state', RQ_WORKER.idle)
 end
 flush()
 return reply

@@ -23,7 +23,16 @@ SESSION_KEYS = ("session", "history", "chan", "running", "held")
 
 STEP = Contract(
     "run",
-    keys=(*GLOBAL_KEYS, "runs", "rq_worker", "inbox", "idle_workers", "handed", "schedule"),
+    keys=(
+        *GLOBAL_KEYS,
+        "runs",
+        "rq_worker",
+        "inbox",
+        "idle_workers",
+        "handed",
+        "schedule",
+        "suspended",
+    ),  # fmt: skip
     key_blocks=(
         Block(
             "queue", ("list", "wake", "started", "finished", "failed", "idle_line"), ("nqueues",)
@@ -123,7 +132,7 @@ CONTROL = Contract(
     key_blocks=(Block("run", RUN_BLOCK, ("nruns",)),),
     args=(*CLOCK_ARGS, ("op", TEXT), ("sid", TEXT), ("nruns", NUMBER), ("plan", TEXT)),
     extra_keys=True,
-    builders=QUEUEING,
+    builders=("job", *QUEUEING),  # (job: settle reads every run of the session)
 )
 
 DESTROY = Contract(
@@ -178,6 +187,8 @@ RECOVER = Contract(
     builders=QUEUEING,
 )
 
+RECOUNT = Contract("recount", keys=("counters", "sessions"), args=(), builders=("session",))
+
 # The event scripts: one session's channel, record and history
 EVENT_KEYS = ("chan_all", "session", "history", "chan")
 EVENT_ARGS = (("now_ms", NUMBER), ("cap", NUMBER), ("worker", TEXT), ("sid", TEXT))
@@ -227,4 +238,4 @@ REQUEST = Contract(
 )
 
 CONTRACTS = {c.name: c for c in (STEP, TOOK, ENQUEUE, CONTROL, DESTROY, RECOVER, EMIT, LOG, STATE,
-                                 REQUEST)}  # fmt: skip
+                                 REQUEST, RECOUNT)}  # fmt: skip

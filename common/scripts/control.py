@@ -1,5 +1,6 @@
-"""Session operations: control.lua (pause, play, step, stop, restart, drop, resolve, fire),
-request.lua (accept an operation onto the control queue), destroy.lua and recover.lua."""
+"""Session operations: control.lua (pause, play, step, stop, restart, drop, resolve, fire,
+settle), request.lua (accept an operation onto the control queue), destroy.lua, recover.lua
+and recount.lua (the global run counters from the sessions')."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from sessionq.common import codec
 from sessionq.common.keys import CONTROL_QUEUE, session_of
 from sessionq.common.models import rq_time
 from sessionq.common.scripts.base import ScriptsBase, texts
-from sessionq.common.scripts.contracts import CONTROL, DESTROY, RECOVER, REQUEST
+from sessionq.common.scripts.contracts import CONTROL, DESTROY, RECOUNT, RECOVER, REQUEST
 
 OP_PREFIX = "sessionq.op:"  # func name prefix of control operations in RQ job data
 
@@ -99,6 +100,13 @@ class ControlCalls(ScriptsBase):
             {"run": [(run_id, session_of(run_id)) for run_id, _ in runs]},
         )  # fmt: skip
         return [s.decode() for s in self.call("recover", keys, args)]
+
+    def recount(self) -> dict[str, int]:
+        """Set the global run counters to the sum of the sessions'; the corrections made."""
+        keys = RECOUNT.pack_keys({"counters": self.keys.run_counts(),
+                                  "sessions": self.keys.sessions()})  # fmt: skip
+        flat = texts(self.call("recount", keys, RECOUNT.pack_args({})))
+        return {str(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
 
     def request(
         self, sid: str, op: str, args: Sequence[Any], *, status: str = "", event: str = "",

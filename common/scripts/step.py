@@ -74,7 +74,8 @@ class StepCalls(ScriptsBase):
         k, rq = self.keys, self.rq
         fixed = {**self.globals, "runs": k.worker_runs(worker), "rq_worker": rq.worker(worker),
                  "inbox": k.worker_inbox(worker), "idle_workers": k.idle_workers(),
-                 "handed": k.worker_handed(worker), "schedule": k.schedule()}  # fmt: skip
+                 "handed": k.worker_handed(worker), "schedule": k.schedule(),
+                 "suspended": rq.suspended}  # fmt: skip
         blocks = [
             STEP.block("queue", {"list": rq.queue(q), "wake": k.wake(q), "started": rq.started(q),
                                  "finished": rq.finished(q), "failed": rq.failed(q),
