@@ -117,8 +117,14 @@ class Keys:
 
     # -- workers -----------------------------------------------------------------------
     def workers(self) -> str:
-        """ZSET worker name -> last heartbeat (epoch ms); worker heartbeat; reaper removes."""
+        """ZSET worker name -> last heartbeat (epoch ms, Redis's clock: TIME); the heartbeat
+        script (the worker's watcher, its supervisor vouching); recover.lua removes."""
         return f"{self.prefix}workers"
+
+    def worker_steady(self, worker: str) -> str:
+        """STRING the time (Redis's clock, epoch ms) since which this worker's heartbeats
+        have gone through on time; the heartbeat script writes it with PX; expires."""
+        return f"{self.prefix}worker:{worker}:steady"
 
     def worker_runs(self, worker: str) -> str:
         """LIST runs a worker holds (claimed, then started); claim/finish; reaper deletes."""

@@ -138,10 +138,8 @@ class SessionWorker:
             extra["cores"] = str(self.cores)
         if self.ram:
             extra["ram"] = str(self.ram)
-        pipe = self.redis.pipeline()
-        pipe.hset(self.scripts.rq.worker(self.name), mapping=extra)
-        pipe.zadd(self.scripts.keys.workers(), {self.name: int(time.time() * 1000)})
-        pipe.execute()
+        self.redis.hset(self.scripts.rq.worker(self.name), mapping=extra)
+        self.scripts.heartbeat(self.name)  # on Redis's clock, as every heartbeat
 
     def install_signals(self) -> None:
         """SIGTERM: finish the current run, then exit. A second SIGTERM, or SIGINT: stop the

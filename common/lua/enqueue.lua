@@ -311,21 +311,23 @@ end
 -- each run is started for its worker here, as that worker's claim would, and the worker's
 -- BLPOP takes it from its inbox - a round trip less for a run that finds a worker waiting.
 -- Only on an empty queue (runs queued before go first) and to a worker whose heartbeat is
--- fresh (a lost one's runs wait for the reaper). Returns how many of `ids` it dealt with.
+-- fresh by Redis's clock, as heartbeats are stamped (a lost one's runs wait for the
+-- reaper). Returns how many of `ids` it dealt with.
 local FRESH_MS = A.fresh_ms
 local function hand(qi, ids)
   local q = Q[qi]
   if redis.call('LLEN', q.list) > 0 then return 0 end
-  local done = 0
+  local done, fresh_since = 0, nil
   while done < #ids do
     local name = redis.call('LPOP', q.idle_line)
+    if name and not fresh_since then fresh_since = redis_now_ms() - FRESH_MS end
     if not name then break end
     -- an entry of a worker no longer waiting (it claimed, was handed a run, left or was
     -- lost), or one that does not serve the queue (a lost worker's name back), is dropped
     local serves = ',' .. (redis.call('HGET', key_rq_worker(name), 'queues') or '') .. ','
     if string.find(serves, ',' .. queue_names[qi] .. ',', 1, true)
         and redis.call('SREM', IDLE, name) == 1
-        and num(redis.call('ZSCORE', WORKERS, name)) >= G.now_ms - FRESH_MS then
+        and num(redis.call('ZSCORE', WORKERS, name)) >= fresh_since then
       done = done + 1
       local id, r = ids[done], runs[ids.r[done]]
       local B = S[r[1]]

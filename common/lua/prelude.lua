@@ -46,6 +46,12 @@ local function map(pairs)
 end
 
 local function num(v) return tonumber(v or '0') or 0 end
+-- Redis's own clock, epoch ms: what heartbeats are stamped and judged with, whatever the
+-- clocks of the processes that send them (and however late their calls arrive)
+local function redis_now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 
 -- The session table behind a run block (see run_block), or the session table itself.
 local function sess(B) return B.S or B end

@@ -165,8 +165,42 @@ RECOVER = Contract(
         "handed",
     ),  # fmt: skip
     key_blocks=(Block("run", RUN_BLOCK, ("nruns",)),),
-    args=(*CLOCK_ARGS, ("reason", TEXT), ("unregister", NUMBER), ("nruns", NUMBER)),
+    args=(
+        *CLOCK_ARGS,
+        ("reason", TEXT),
+        ("unregister", NUMBER),
+        ("stale_ms", NUMBER),
+        ("nruns", NUMBER),
+    ),  # fmt: skip
     arg_blocks=(Block("run", ("id", "sid"), ("nruns",)),),
+)
+
+# A worker's heartbeat, stamped with Redis's clock (TIME), and the reaper's decision
+HEARTBEAT = Contract(
+    "heartbeat",
+    keys=("workers", "rq_worker", "steady"),
+    args=(
+        ("worker", TEXT),
+        ("now_iso", TEXT),
+        ("late_ms", NUMBER),
+        ("keep_ms", NUMBER),
+        ("expire_s", NUMBER),
+        ("vouch", NUMBER),
+        ("ncounts", NUMBER),
+    ),  # fmt: skip
+    arg_blocks=(Block("count", ("name", "n"), ("ncounts",)),),
+)
+
+REAP = Contract(
+    "reap",
+    keys=("workers", "steady", "lock"),
+    args=(
+        ("worker", TEXT),
+        ("ttl_ms", NUMBER),
+        ("steady_ms", NUMBER),
+        ("late_ms", NUMBER),
+        ("lock_ms", NUMBER),
+    ),  # fmt: skip
 )
 
 # The event scripts: one session's channel, record and history
@@ -218,4 +252,4 @@ REQUEST = Contract(
 )
 
 CONTRACTS = {c.name: c for c in (STEP, TOOK, ENQUEUE, CONTROL, DESTROY, RECOVER, EMIT, LOG, STATE,
-                                 REQUEST)}  # fmt: skip
+                                 REQUEST, HEARTBEAT, REAP)}  # fmt: skip
