@@ -117,6 +117,8 @@ class SessionWorker:
         self.parents_ended = 0  # finishes whose waiting runs were judged (some may be queued)
         self.parent_pid = 0  # set when a supervisor started this process
         self.command_pgid: Any = None  # shared with the supervisor: the running command's group
+        # shared with the supervisor: the current run and its deadline (supervisor.Shared)
+        self.shared: Any = None
         # RQ's per-worker counters, added to its worker hash with each heartbeat
         self.counts = {"successful_job_count": 0, "failed_job_count": 0}
         self._rq_worker: Any = None
@@ -400,6 +402,8 @@ class SessionWorker:
         self.interrupter.reset()
         self.current_deadline = (time.monotonic() + timeout) if timeout else None
         self.current = run_id
+        if self.shared is not None:  # its supervisor enforces the deadline if we cannot
+            self.shared.share(run_id, self.current_deadline)
 
     def _outcome(
         self, run_id: str, sid: str, data: bytes, sq: bytes, timeout: float | None, attempt: int
@@ -447,6 +451,8 @@ class SessionWorker:
             return "failed", codec.encode(text)
         finally:
             with self.take_lock:  # a stop meant for this run does not reach the next one
+                if self.shared is not None:
+                    self.shared.share("", None)
                 self.current = None
                 self.current_command = None
                 self.current_deadline = None
