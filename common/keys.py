@@ -65,6 +65,13 @@ class Keys:
         """HASH run state -> count over all sessions; the Lua scripts keep it (stats())."""
         return f"{self.prefix}runs:counts"
 
+    def queue_depths(self) -> str:
+        """HASH a queue's line key (RQ's queue list) -> runs waiting on that queue: its line
+        holds one run per session (fair share), the rest wait in the sessions' own lists;
+        the scripts that queue and claim runs keep it (prelude `push_run`, run.lua); stats
+        read it. Never deleted (one field per queue)."""
+        return f"{self.prefix}queues:depths"
+
     def idx_kind(self, kind: str) -> str:
         """SET of session ids of this kind; create adds; destroy removes."""
         return f"{self.prefix}idx:kind:{kind}"
@@ -129,8 +136,14 @@ class Keys:
 
     # -- workers -----------------------------------------------------------------------
     def workers(self) -> str:
-        """ZSET worker name -> last heartbeat (epoch ms); worker heartbeat; reaper removes."""
+        """ZSET worker name -> last heartbeat (epoch ms, Redis's clock: TIME); the heartbeat
+        script (the worker's watcher, its supervisor vouching); recover.lua removes."""
         return f"{self.prefix}workers"
+
+    def worker_steady(self, worker: str) -> str:
+        """STRING the time (Redis's clock, epoch ms) since which this worker's heartbeats
+        have gone through on time; the heartbeat script writes it with PX; expires."""
+        return f"{self.prefix}worker:{worker}:steady"
 
     def worker_runs(self, worker: str) -> str:
         """LIST runs a worker holds (claimed, then started); claim/finish; reaper deletes."""

@@ -3,6 +3,13 @@
 A listener subscribes first, then replays what the history kept after `after`, then goes
 live; a live event that skips ahead makes it read the missing range from the history, and a
 range the cap already dropped is reported as a `listener.gap` event instead of being hidden.
+A live event out of the ordinary - one that skips ahead, one it has seen, a terminal one - is
+checked against the history (which every event is written to before it is published): one
+the history does not hold (published by hand) is dropped, and a terminal event ends nothing
+unless the history holds it. A history that went back (a failover lost writes: what the
+listener yielded is no longer what it holds, or no longer there) is said with a
+`listener.gap` for the range the listener can no longer vouch for, whatever the `types`
+filter, and the listener carries on from what Redis now holds (SPEC §9).
 `Ordering` is that logic without I/O; `Listener` drives it on redis-py, sharing the process's
 pub/sub connection with every other listener (producer.hub), and `AsyncListener` on
 redis.asyncio, sharing its event loop's (producer.aiohub).
@@ -34,6 +41,19 @@ log = logging.getLogger(__name__)
 RECONNECT_MAX_S = 5.0
 POLL_S = 0.5
 _GAP = EventType.LISTENER_GAP.value
+# the events of a session a listener remembers handling (their fingerprints), to find where
+# a history that went back stops agreeing with what it yielded
+RING_SIZE = 32
+Print = tuple[Any, ...]
+
+
+def _print(event: dict[str, Any] | None) -> Print | None:
+    """What tells one event from another written at the same seq."""
+    if event is None:
+        return None
+    return (event["seq"], event["type"], event.get("task"), event.get("ts"), event.get("worker"))
+
+
 LOST = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
@@ -63,6 +83,7 @@ class Ordering:
             raise ValidationError("timeout", "must be a positive number of seconds")
         self.timeout = timeout
         self.last: dict[str, int] = {}  # session -> last seq handled
+        self.ring: dict[str, dict[int, Print | None]] = {}  # session -> seq -> fingerprint
         self.open: set[str] = set(self.ids or ())  # listed sessions not yet ended
 
     def channels(self) -> list[str]:
@@ -115,12 +136,7 @@ class Ordering:
         """`kept` (seq > after) with a listener.gap in front when the history lost events."""
         first = kept[0]["seq"] if kept else upto + 1
         if first > after + 1 and upto > after:
-            gap = {
-                "v": 1, "seq": after, "ts": time.time(), "type": EventType.LISTENER_GAP.value,
-                "session": sid, "task": None, "worker": None,
-                "data": {"from_seq": after + 1, "to_seq": min(first, upto + 1) - 1},
-            }  # fmt: skip
-            return [gap, *kept]
+            return [_gap(sid, after + 1, min(first, upto + 1) - 1), *kept]
         return kept
 
     def wants_or_all(self) -> Callable[[str], bool] | None:
@@ -156,18 +172,48 @@ class Ordering:
         if last is None:
             self.last[sid] = seq
             return [event]
-        if seq <= last:
-            return []
-        if seq > last + 1:
-            return (sid, last)
-        return [event]
+        if seq == last + 1 and event["type"] not in TERMINAL_EVENTS:
+            return [event]
+        if seq <= last and (ring := self.ring.get(sid)) and ring.get(seq, ()) == _print(event):
+            return []  # one it handled (a replayed event also heard live): no need to ask
+        return (sid, min(self.check_after(sid), seq - 1))
 
-    def skipped(
-        self, event: dict[str, Any], kept: list[dict[str, Any]], last: int
+    def check_after(self, sid: str) -> int:
+        """The history to read (seq > this) to check a session's live event against it: back
+        to the oldest event this listener remembers handling."""
+        ring, last = self.ring.get(sid), self.last.get(sid, 0)
+        return min(min(ring), last + 1) - 1 if ring else last
+
+    def reconcile(
+        self, sid: str, event: dict[str, Any] | None, kept: list[dict[str, Any]]
     ) -> list[dict[str, Any]]:
-        """The events to yield for a live event that skipped ahead of `last`."""
-        missing = [e for e in kept if e["seq"] < event["seq"]]
-        return self.fill(event["session"], missing, last, event["seq"] - 1) + [event]
+        """What to yield given what the history holds now (`kept`: seq > check_after), for
+        a live `event` out of the ordinary (see `live`) or, with None, after a reconnect: a
+        listener.gap first if the history went back, then what it holds and the listener
+        has not handled - up to the event when the history holds it (else it is dropped:
+        not every message on a channel is one of our events)."""
+        last = self.last.get(sid, 0)
+        held = {e["seq"]: e for e in kept}
+        ring = self.ring.get(sid)
+        out: list[dict[str, Any]] = []
+        if ring and (kept or event is not None) and not _agrees(ring, held):
+            agreeing = [n for n in ring if n in held and _print(held[n]) == ring[n]]
+            # nothing agrees: from the oldest it remembers, or the event's if older (the
+            # history holds an event there, and it may not be the one yielded)
+            floor = min(ring) if event is None else min(min(ring), event["seq"])
+            start = max(agreeing) + 1 if agreeing else floor
+            out.append(_gap(sid, start, last, went_back=True))
+            for n in [n for n in ring if n >= start]:
+                del ring[n]
+            last = self.last[sid] = start - 1
+        if event is not None and event["seq"] <= last:
+            return out  # one handled already
+        if event is not None and _print(held.get(event["seq"])) == _print(event):
+            upto = event["seq"]
+        else:
+            upto = max(held, default=last)
+        newer = [e for e in kept if last < e["seq"] <= upto]
+        return out + self.fill(sid, newer, last, upto)
 
     def to_resync(self) -> dict[str, int]:
         """After a reconnect: the sessions whose history to read again, from where."""
@@ -182,8 +228,15 @@ class Ordering:
             if kind == _GAP:
                 out.append(event)
                 continue
-            if event["seq"] > last.get(sid, 0):
-                last[sid] = event["seq"]
+            seq = event["seq"]
+            if seq > last.get(sid, 0):
+                last[sid] = seq
+            ring = self.ring.get(sid)
+            if ring is None:
+                ring = self.ring[sid] = {}
+            ring[seq] = _print(event)
+            if len(ring) > RING_SIZE:
+                del ring[next(iter(ring))]
             if matches(kind, types):
                 out.append(event)
             if kind in TERMINAL_EVENTS:
@@ -200,6 +253,25 @@ class Ordering:
 
     def done(self) -> bool:
         return self.ids is not None and not self.open
+
+
+def _agrees(ring: dict[int, Print | None], held: dict[int, dict[str, Any]]) -> bool:
+    """Whether the history (`held`, by seq) still holds the last event a listener handled
+    (`ring`): the same event at its seq, or a history the cap trimmed past it since."""
+    newest = max(ring)
+    if newest in held:
+        return _print(held[newest]) == ring[newest]
+    return bool(held) and min(held) > newest
+
+
+def _gap(sid: str, from_seq: int, to_seq: int, *, went_back: bool = False) -> dict[str, Any]:
+    """A listener.gap event over seqs from_seq..to_seq (`went_back`: the history no longer
+    holds what the listener yielded there - a failover lost writes)."""
+    data: dict[str, Any] = {"from_seq": from_seq, "to_seq": to_seq}
+    if went_back:
+        data["reason"] = "the history went back (writes lost); what it holds now follows"
+    return {"v": 1, "seq": from_seq - 1, "ts": time.time(), "type": _GAP, "session": sid,
+            "task": None, "worker": None, "data": data}  # fmt: skip
 
 
 def _text(value: Any) -> str:
@@ -265,10 +337,9 @@ class Listener:
     def _resync(self) -> list[dict[str, Any]]:
         """After a reconnect: what the history kept that we have not handled yet."""
         order, out = self.order, []
-        for sid, last in order.to_resync().items():
-            kept = self._history(sid, last)
-            upto = kept[-1]["seq"] if kept else last
-            out += order.deliver(order.fill(sid, kept, last, upto))
+        for sid in order.to_resync():
+            kept = self._history(sid, order.check_after(sid))
+            out += order.deliver(order.reconcile(sid, None, kept))
         return out
 
     def close(self) -> None:
@@ -330,7 +401,7 @@ class Listener:
         event, passed = _own(item)
         step = self.order.live(event, passed)
         if isinstance(step, tuple):
-            step = self.order.skipped(event, self._history(*step), step[1])
+            step = self.order.reconcile(step[0], event, self._history(*step))
         return self.order.deliver(step)
 
 
@@ -349,10 +420,9 @@ class AsyncListener:
 
     async def _resync(self) -> list[dict[str, Any]]:
         order, out = self.order, []
-        for sid, last in order.to_resync().items():
-            kept = await self._history(sid, last)
-            upto = kept[-1]["seq"] if kept else last
-            out += order.deliver(order.fill(sid, kept, last, upto))
+        for sid in order.to_resync():
+            kept = await self._history(sid, order.check_after(sid))
+            out += order.deliver(order.reconcile(sid, None, kept))
         return out
 
     async def close(self) -> None:
@@ -418,5 +488,5 @@ class AsyncListener:
         event, passed = _own(item)
         step = self.order.live(event, passed)
         if isinstance(step, tuple):
-            step = self.order.skipped(event, await self._history(*step), step[1])
+            step = self.order.reconcile(step[0], event, await self._history(*step))
         return self.order.deliver(step)

@@ -330,8 +330,10 @@ def stats(scripts: Scripts) -> Plan[dict[str, Any]]:
         Command.of("smembers", rq.queues_set),
         Command.of("zrange", k.workers(), 0, -1, withscores=True),
         Command.of("smembers", k.idx_status(Status.RUNNING.value)),
+        Command.of("hgetall", k.queue_depths()),
     ]
     replies = yield Batch(commands)
+    depths = {key.decode(): max(0, int(n)) for key, n in replies[len(Status) + 4].items()}
     sessions = {s.value: int(n) for s, n in zip(Status, replies[: len(Status)], strict=True)}
     counts = {key.decode(): int(v) for key, v in replies[len(Status)].items()}
     queue_keys = sorted(q.decode() for q in replies[len(Status) + 1])
@@ -344,7 +346,10 @@ def stats(scripts: Scripts) -> Plan[dict[str, Any]]:
     commands += [Command.of("hget", k.sessions(), sid) for sid in running_ids]
     replies = yield Batch(commands)
     prefix = rq.queue("")
-    queues = {qk[len(prefix) :]: int(n) for qk, n in zip(queue_keys, replies, strict=False)}
+    # runs waiting: a queue's line holds one per session (fair share), its depth counts all;
+    # the control queue's operations are in its list
+    queues = {qk[len(prefix) :]: depths.get(qk, int(n))
+              for qk, n in zip(queue_keys, replies, strict=False)}  # fmt: skip
     worker_rows = replies[len(queue_keys) : len(queue_keys) + len(live)]
     busy = sum(1 for row in worker_rows if row[0])
     offers = [(float(row[1] or 0), float(row[2] or 0)) for row in worker_rows]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import time
 from typing import Any
 
@@ -39,6 +41,20 @@ def environment() -> dict[str, str]:
 def sleeper(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
+
+
+@task
+def gil_holder(seconds: int) -> str:
+    """A C call that keeps the GIL and hears no signal until it returns, as `sum(range(10**9))`
+    does, without burning a core: libc's sleep through ctypes.PyDLL (which keeps the GIL),
+    the worker's timeout and stop signals blocked meanwhile. No other thread of the worker
+    runs until it returns."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM, signal.SIGUSR1})
+    try:
+        ctypes.PyDLL(None).sleep(int(seconds))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    return "finished"
 
 
 @task

@@ -117,6 +117,8 @@ class SessionWorker:
         self.parents_ended = 0  # finishes whose waiting runs were judged (some may be queued)
         self.parent_pid = 0  # set when a supervisor started this process
         self.command_pgid: Any = None  # shared with the supervisor: the running command's group
+        # shared with the supervisor: the current run and its deadline (supervisor.Shared)
+        self.shared: Any = None
         # RQ's per-worker counters, added to its worker hash with each heartbeat
         self.counts = {"successful_job_count": 0, "failed_job_count": 0}
         self._rq_worker: Any = None
@@ -139,10 +141,8 @@ class SessionWorker:
             extra["cores"] = str(self.cores)
         if self.ram:
             extra["ram"] = str(self.ram)
-        pipe = self.redis.pipeline()
-        pipe.hset(self.scripts.rq.worker(self.name), mapping=extra)
-        pipe.zadd(self.scripts.keys.workers(), {self.name: int(time.time() * 1000)})
-        pipe.execute()
+        self.redis.hset(self.scripts.rq.worker(self.name), mapping=extra)
+        self.scripts.heartbeat(self.name)  # on Redis's clock, as every heartbeat
 
     def install_signals(self) -> None:
         """SIGTERM: finish the current run, then exit. A second SIGTERM, or SIGINT: stop the
@@ -431,6 +431,8 @@ class SessionWorker:
         self.interrupter.reset()
         self.current_deadline = (time.monotonic() + timeout) if timeout else None
         self.current = run_id
+        if self.shared is not None:  # its supervisor enforces the deadline if we cannot
+            self.shared.share(run_id, self.current_deadline)
 
     def _outcome(
         self, run_id: str, sid: str, data: bytes, sq: bytes, timeout: float | None, attempt: int
@@ -478,6 +480,8 @@ class SessionWorker:
             return "failed", codec.encode(text)
         finally:
             with self.take_lock:  # a stop meant for this run does not reach the next one
+                if self.shared is not None:
+                    self.shared.share("", None)
                 self.current = None
                 self.current_command = None
                 self.current_deadline = None

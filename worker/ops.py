@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -84,29 +83,37 @@ def destroy_session(
         log.info("session %s destroyed", sid)
 
 
-def reap(scripts: Scripts, me: str = "") -> int:
-    """Recover the runs of workers whose heartbeat is older than heartbeat_ttl_s."""
-    r, k, ttl = scripts.redis, scripts.keys, scripts.settings.heartbeat_ttl_s
-    deadline = int((time.time() - ttl) * 1000)
-    dead = [codec.text(n) for n in r.zrangebyscore(k.workers(), "-inf", deadline)]
-    for name in dead:
-        if name != me:
-            recover_worker(scripts, name, f"worker {name} was lost (no heartbeat for {ttl:g}s)")
-    return len(dead)
+def reap(scripts: Scripts, me: str, *, steady_s: float, lock_s: float) -> int:
+    """Recover the runs of workers whose heartbeat is older than heartbeat_ttl_s by Redis's
+    clock - judged in Redis, and only once `me`'s own heartbeats have gone through steadily
+    for `steady_s` (reap.lua); each is judged again as its runs are given back."""
+    ttl = scripts.settings.heartbeat_ttl_s
+    lost = scripts.reap_candidates(me, steady_s=steady_s, lock_s=lock_s)
+    for name in lost:
+        recover_worker(scripts, name, f"worker {name} was lost (no heartbeat for {ttl:g}s)",
+                       stale_ms=int(ttl * 1000))  # fmt: skip
+    return len(lost)
 
 
-def recover_worker(scripts: Scripts, name: str, reason: str) -> None:
-    """Give back everything worker `name` held; finish destroys it was the last run of."""
+def recover_worker(scripts: Scripts, name: str, reason: str, *, stale_ms: int = 0) -> bool:
+    """Give back everything worker `name` held; finish destroys it was the last run of.
+    With `stale_ms` (the reaper), only if its heartbeat is that old by Redis's clock: False
+    when it was not (it is alive)."""
     r, k = scripts.redis, scripts.keys
     for _ in range(2):  # a run handed to it between the read and the script: once more
         run_ids = [codec.text(i) for i in r.lrange(k.worker_runs(name), 0, -1)]
         runs = scripts.with_queues(run_ids)
+        reply = scripts.recover(name, runs, reason, unregister=True, stale_ms=stale_ms)
+        if not reply.done:
+            log.info("worker %s beat again before its recovery: left alone", name)
+            return False
         if runs:
-            log.warning("recovering %d run(s) of %s: %s", len(runs), name, reason)
-        for sid in scripts.recover(name, runs, reason, unregister=True):
+            log.warning("recovered %d run(s) of %s: %s", len(runs), name, reason)
+        for sid in reply.destroying:
             destroy_session(scripts, sid)
         if not r.exists(k.worker_runs(name)):
-            return
+            break
+    return True
 
 
 def _stop_started(

@@ -1,5 +1,7 @@
 """`sessionq worker --concurrency N`: N worker processes under one supervisor, which
-replaces a process that dies (giving back its runs at once) and relays stop signals."""
+replaces a process that dies (giving back its runs at once), relays stop signals, vouches
+for its live children (heartbeats for them) and enforces their runs' deadlines by signal -
+a child whose own threads cannot run (a C call holding the GIL) is neither lost nor late."""
 
 from __future__ import annotations
 
@@ -8,11 +10,15 @@ import multiprocessing
 import os
 import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from redis.exceptions import RedisError
+
+from sessionq.common import codec
 from sessionq.common.connection import connect
 from sessionq.common.scripts import Scripts
 from sessionq.common.settings import Settings
@@ -20,6 +26,7 @@ from sessionq.common.settings import Settings
 log = logging.getLogger(__name__)
 POLL_S = 0.2
 RESTART_BACKOFF_MAX_S = 10.0
+RUN_ID_MAX_BYTES = 256  # a longer run id is not shared: its child alone enforces its deadline
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -33,13 +40,42 @@ class WorkerOptions:
     imports: list[str]
 
 
+class Shared:
+    """What one slot's child shares with its supervisor, in shared memory: the process group
+    of the command it runs (0: none), and its current run with that run's deadline
+    (time.monotonic(), the same clock in every process of the host; 0: none)."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.pgid = ctx.Value("i", 0, lock=False)
+        self.deadline = ctx.Value("d", 0.0, lock=False)
+        self.run = ctx.Array("c", RUN_ID_MAX_BYTES, lock=False)
+
+    def share(self, run_id: str, deadline: float | None) -> None:
+        """In the child: the run it begins (deadline last), or none ("", deadline first)."""
+        raw = run_id.encode()
+        if not raw or len(raw) >= RUN_ID_MAX_BYTES or deadline is None:
+            self.deadline.value = 0.0
+            self.run.value = b""
+            return
+        self.run.value = raw
+        self.deadline.value = deadline
+
+    def overdue(self, now: float, grace: float) -> str | None:
+        """In the supervisor: the run past its deadline by `grace`, if any. The deadline is
+        read on both sides of the run id: a run id read while the child changed runs is
+        never taken for another run's."""
+        first = self.deadline.value
+        run_id = self.run.value
+        if not first or first != self.deadline.value or now <= first + grace:
+            return None
+        return bytes(run_id).decode() or None
+
+
 def child_name(base: str, pid: int) -> str:
     return f"{base}.{pid}"
 
 
-def _child(
-    settings: Settings, opts: WorkerOptions, base: str, parent: int, command_pgid: Any
-) -> None:
+def _child(settings: Settings, opts: WorkerOptions, base: str, parent: int, shared: Shared) -> None:
     from sessionq.worker.loop import SessionWorker
     from sessionq.worker.registry import import_modules
 
@@ -49,7 +85,8 @@ def _child(
         name=child_name(base, os.getpid()), cores=opts.cores, ram=opts.ram, hard_kill=True,
     )  # fmt: skip
     w.parent_pid = parent
-    w.command_pgid = command_pgid
+    w.command_pgid = shared.pgid
+    w.shared = shared
     w.install_signals()
     raise SystemExit(w.work(burst=opts.burst))
 
@@ -62,19 +99,61 @@ class Supervisor:
         self.base = opts.name or f"{socket.gethostname()}.{os.getpid()}"
         self.ctx = multiprocessing.get_context("fork")
         self.children: dict[int, BaseProcess] = {}
-        # per slot: the process group of the command its child is running (0: none)
-        self.pgids = [self.ctx.Value("i", 0, lock=False) for _ in range(concurrency)]
+        # per slot: its child's command process group, current run and deadline
+        self.shared = [Shared(self.ctx) for _ in range(concurrency)]
+        # per slot: the name of its live child, for the voucher (the main thread keeps it)
+        self.live: dict[int, str] = {}
+        # per slot: the run its child was killed for overrunning, to record once it is gone
+        self.overran: dict[int, str] = {}
         self.signals = 0
         self._scripts: Scripts | None = None
+        self._voucher = Voucher(settings, self)
 
     def _start(self, slot: int) -> None:
+        self.shared[slot].share("", None)
         proc = self.ctx.Process(
             target=_child,
-            args=(self.settings, self.opts, self.base, os.getpid(), self.pgids[slot]),
+            args=(self.settings, self.opts, self.base, os.getpid(), self.shared[slot]),
             name=f"sessionq-worker-{slot}", daemon=False,
         )  # fmt: skip
         proc.start()
         self.children[slot] = proc
+        assert proc.pid is not None
+        self.live[slot] = child_name(self.base, proc.pid)
+
+    def _enforce(self) -> None:
+        """Kill a child whose run is past its deadline by the grace period and then some
+        (the child's own watcher ends it at deadline + grace when it can run): the run is
+        recorded failed by timeout once the child is gone (`_record_overrun`)."""
+        now, settings = time.monotonic(), self.settings
+        grace = settings.stop_grace_s + settings.heartbeat_interval_s
+        for slot, proc in self.children.items():
+            run_id = self.shared[slot].overdue(now, grace)
+            if run_id is None or slot in self.overran or proc.pid is None:
+                continue
+            log.error("run %s of worker process %s is %gs past its deadline; killing it",
+                      run_id, proc.pid, grace)  # fmt: skip
+            self.overran[slot] = run_id
+            try:
+                os.kill(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def _record_overrun(self, name: str, run_id: str) -> None:
+        """The run a killed child overran ends failed by timeout, as its own watcher would
+        have recorded it (a run already ended is left as it is: the step finds it stale)."""
+        scripts = self._connected()
+        origin = scripts.redis.hget(scripts.rq.job(run_id), "origin")
+        queue = codec.text(origin) if origin else next(
+            (q for q in self.opts.queues if q != "control"), "default")  # fmt: skip
+        reason = codec.encode("timeout: the run ignored its deadline (killed by its supervisor)")
+        scripts.step_now(scripts.worker_head(name, [queue]), name,
+                         [(run_id, queue, "failed", reason, 0)])  # fmt: skip
+
+    def _connected(self) -> Scripts:
+        if self._scripts is None:
+            self._scripts = Scripts(connect(self.settings), self.settings)
+        return self._scripts
 
     def _relay(self, signum: int, frame: object) -> None:
         self.signals += 1
@@ -88,40 +167,52 @@ class Supervisor:
         expiry (the same script the reaper uses)."""
         from sessionq.worker.ops import recover_worker
 
-        if self._scripts is None:
-            self._scripts = Scripts(connect(self.settings), self.settings)
         assert proc.pid is not None
         name = child_name(self.base, proc.pid)
-        recover_worker(self._scripts, name, f"worker {name} died (exit code {proc.exitcode})")
+        recover_worker(self._connected(), name, f"worker {name} died (exit code {proc.exitcode})")
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._relay)
         signal.signal(signal.SIGINT, self._relay)
         for slot in range(self.concurrency):
             self._start(slot)
+        self._voucher.start()
         log.info("supervisor %s: %d worker process(es)", self.base, self.concurrency)
+        try:
+            return self._watch()
+        finally:
+            self._voucher.stop()
+
+    def _watch(self) -> int:
         failures = 0
         status = 0
         while self.children:
             time.sleep(POLL_S)
+            self._enforce()
             for slot, proc in list(self.children.items()):
                 if proc.is_alive():
                     continue
                 proc.join()
                 del self.children[slot]
+                self.live.pop(slot, None)
                 code = proc.exitcode
                 if code == 0 and (self.signals or self.opts.burst):
                     continue
-                if self.pgids[slot].value:
+                pgid = self.shared[slot].pgid
+                if pgid.value:
                     # its command's process group must not outlive it
                     try:
-                        os.killpg(self.pgids[slot].value, signal.SIGKILL)
+                        os.killpg(pgid.value, signal.SIGKILL)
                     except (ProcessLookupError, PermissionError):
                         pass
-                    self.pgids[slot].value = 0
+                    pgid.value = 0
+                overran = self.overran.pop(slot, None)
                 if code != 0:
                     log.error("worker process %s exited with %s", proc.pid, code)
                     try:
+                        if overran is not None:
+                            assert proc.pid is not None
+                            self._record_overrun(child_name(self.base, proc.pid), overran)
                         self._recover(proc)
                     except Exception:  # noqa: BLE001 - the reaper will recover it later
                         log.exception("could not recover the runs of worker %s", proc.pid)
@@ -134,3 +225,35 @@ class Supervisor:
                     continue
                 self._start(slot)
         return status
+
+
+class Voucher(threading.Thread):
+    """The supervisor's heartbeats for its live children (heartbeat.lua `vouch`): a child
+    whose own watcher cannot run - a C call holding the GIL - is alive, and must not be
+    declared lost and its run started a second time. Only a registered child is kept: a
+    child that left or was recovered is never brought back."""
+
+    def __init__(self, settings: Settings, supervisor: Supervisor) -> None:
+        super().__init__(name="voucher", daemon=True)
+        self.settings = settings
+        self.supervisor = supervisor
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self.is_alive():
+            self.join(timeout=5)
+
+    def run(self) -> None:
+        scripts: Scripts | None = None
+        interval = self.settings.heartbeat_interval_s
+        while not self._stopping.wait(interval):
+            try:
+                if scripts is None:
+                    scripts = Scripts(connect(self.settings, check=False), self.settings)
+                for name in list(self.supervisor.live.values()):
+                    scripts.heartbeat(name, vouch=True)
+            except (RedisError, OSError) as exc:  # the children heartbeat on their own too
+                log.warning("supervisor: could not vouch for its workers (%s)", exc)
+        if scripts is not None:
+            scripts.redis.close()

@@ -15,7 +15,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sessionq.common import codec
 from sessionq.common.connection import RETRY_BACKOFF_CAP_S
-from sessionq.common.models import rq_time
 from sessionq.worker.ops import reap
 from sessionq.worker.schedule import Scheduler
 
@@ -33,10 +32,6 @@ class Watcher(threading.Thread):
         self._stopping = threading.Event()
         self._next_reap = 0.0
         self.beats = 0
-        # since when this watcher's heartbeats have gone through on time (None: they have
-        # not, lately); the reaper judges others only after a heartbeat TTL of that
-        self._steady_since: float | None = None
-        self._last_beat = 0.0
 
     def stop(self) -> None:
         self._stopping.set()
@@ -79,49 +74,30 @@ class Watcher(threading.Thread):
                     self.command(message["data"])
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 log.warning("watcher %s: Redis unreachable (%s)", w.name, exc)
-                self._steady_since = None
                 pubsub = None
                 self._stopping.wait(min(interval, 1.0))
         if pubsub is not None:
             pubsub.close()
 
     def heartbeat(self) -> None:
+        """One heartbeat, on Redis's clock (heartbeat.lua), with RQ's counters."""
         w = self.worker
-        now = time.time()
-        pipe = w.redis.pipeline(transaction=False)
-        pipe.zadd(w.scripts.keys.workers(), {w.name: int(now * 1000)})
-        pipe.hset(w.scripts.rq.worker(w.name), "last_heartbeat", rq_time(now))
-        pipe.expire(w.scripts.rq.worker(w.name), int(w.settings.heartbeat_ttl_s) + 60)
         counts = {name: n for name, n in w.counts.items() if n}
-        for name, n in counts.items():
-            pipe.hincrby(w.scripts.rq.worker(w.name), name, n)
-        pipe.execute()
+        w.scripts.heartbeat(w.name, counts)
         for name, n in counts.items():
             w.counts[name] -= n
         self.beats += 1
-        beat = time.monotonic()
-        if self._steady_since is None or beat - self._last_beat > w.settings.heartbeat_late_s:
-            self._steady_since = beat
-        self._last_beat = beat
 
     def reap(self) -> None:
-        """Recover the runs of workers whose heartbeat is a TTL old - but only once this
-        watcher's own heartbeats have gone through on time for that long. While Redis was
-        away (a restart, a network cut) nobody could heartbeat: every worker's heartbeat is
+        """Recover the runs of workers whose heartbeat is a TTL old - judged in Redis, by its
+        clock, and only once this worker's own heartbeats have landed steadily for that long
+        (reap.lua). While Redis was away or frozen nobody's heartbeat landed: every one is
         old when it comes back, and judging them at once would take the runs of live workers
-        (running them twice). A watcher that was cut off (or just started) waits a TTL, plus
-        the longest retry backoff a worker may still be sleeping in when Redis returns."""
+        (running them twice). So a reaper that was cut off (or just started) waits a TTL,
+        plus the longest retry backoff a worker may still be sleeping in when Redis returns."""
         w = self.worker
-        steady = self._steady_since
-        if (
-            steady is None
-            or time.monotonic() - steady < w.settings.heartbeat_ttl_s + RETRY_BACKOFF_CAP_S
-        ):
-            return
-        lock = w.scripts.keys.lock("reaper")
-        ttl_ms = int(w.settings.reap_interval_s * 1000)
-        if w.redis.set(lock, w.name, nx=True, px=ttl_ms):
-            reap(w.scripts, w.name)
+        steady_s = w.settings.heartbeat_ttl_s + RETRY_BACKOFF_CAP_S
+        reap(w.scripts, w.name, steady_s=steady_s, lock_s=w.settings.reap_interval_s)
 
     def command(self, raw: bytes) -> None:
         """RQ's worker commands (JSON, RQ's own format): stop-job, kill-horse, shutdown."""

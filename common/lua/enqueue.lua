@@ -317,21 +317,23 @@ end
 -- each run is started for its worker here, as that worker's claim would, and the worker's
 -- BLPOP takes it from its inbox - a round trip less for a run that finds a worker waiting.
 -- Only on an empty queue (runs queued before go first) and to a worker whose heartbeat is
--- fresh (a lost one's runs wait for the reaper). Returns how many of `ids` it dealt with.
+-- fresh by Redis's clock, as heartbeats are stamped (a lost one's runs wait for the
+-- reaper). Returns how many of `ids` it dealt with.
 local FRESH_MS = A.fresh_ms
 local function hand(qi, ids)
   local q = Q[qi]
   if redis.call('LLEN', q.list) > 0 then return 0 end
-  local done = 0
+  local done, fresh_since = 0, nil
   while done < #ids do
     local name = redis.call('LPOP', q.idle_line)
+    if name and not fresh_since then fresh_since = redis_now_ms() - FRESH_MS end
     if not name then break end
     -- an entry of a worker no longer waiting (it claimed, was handed a run, left or was
     -- lost), or one that does not serve the queue (a lost worker's name back), is dropped
     local serves = ',' .. (redis.call('HGET', key_rq_worker(name), 'queues') or '') .. ','
     if string.find(serves, ',' .. queue_names[qi] .. ',', 1, true)
         and redis.call('SREM', IDLE, name) == 1
-        and num(redis.call('ZSCORE', WORKERS, name)) >= G.now_ms - FRESH_MS then
+        and num(redis.call('ZSCORE', WORKERS, name)) >= fresh_since then
       done = done + 1
       local id, r = ids[done], runs[ids.r[done]]
       local B = S[r[1]]
@@ -363,6 +365,7 @@ for q, ids in ipairs(pushes) do
   if #ids > 0 then
     local i = hand(q, ids) + 1
     local line = {}
+    local fresh = 0  -- runs of new sessions queued here (counted in the queue's depth at once)
     while i <= #ids do
       local s_index = runs[ids.r[i]][1]
       local B = S[s_index]
@@ -371,6 +374,7 @@ for q, ids in ipairs(pushes) do
       local RB = {S = B, session = B.session, queue = Q[q].list, wake = Q[q].wake,
         squeue = key_session_queue(B.sid, queue_names[q]), throttled = key_session_throttled(B.sid)}
       if B.fresh then
+        fresh = fresh + j - i + 1
         line[#line + 1] = ids[i]
         redis.call('HINCRBY', B.session, line_field(RB), 1)
         for c = i + 1, j, 1000 do
@@ -381,6 +385,7 @@ for q, ids in ipairs(pushes) do
       end
       i = j + 1
     end
+    if fresh > 0 then redis.call('HINCRBY', G.depths, Q[q].list, fresh) end
     if #line > 0 then
       chunked('RPUSH', Q[q].list, line)
       redis.call('LPUSH', Q[q].wake, '1')

@@ -46,6 +46,12 @@ local function map(pairs)
 end
 
 local function num(v) return tonumber(v or '0') or 0 end
+-- Redis's own clock, epoch ms: what heartbeats are stamped and judged with, whatever the
+-- clocks of the processes that send them (and however late their calls arrive)
+local function redis_now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 
 -- The session table behind a run block (see run_block), or the session table itself.
 local function sess(B) return B.S or B end
@@ -69,6 +75,7 @@ local function load_globals()
   G.idx = {}
   for _, name in ipairs(STATUS) do G.idx[name] = K['idx_' .. name] end
   G.stats_key = K.counters
+  G.depths = K.depths
   set_clock(A.now_ms, A.now_iso, A.cap, A.worker)
 end
 
@@ -282,6 +289,7 @@ local function throttle_entry(B) return P({B.queue, B.wake, B.squeue}) end
 -- back, released in order, stepped); else it waits behind the session's other runs.
 local function push_run(B, id, front)
   local session = sess(B).session
+  redis.call('HINCRBY', G.depths, B.queue, 1)
   if front or (num(redis.call('HGET', session, line_field(B))) == 0
       and redis.call('SISMEMBER', B.throttled, throttle_entry(B)) == 0) then
     if front then redis.call('LPUSH', B.queue, id) else redis.call('RPUSH', B.queue, id) end
@@ -296,6 +304,7 @@ end
 local function push_runs(B, ids, from, to)
   if from > to then return end
   push_run(B, ids[from], false)
+  if to > from then redis.call('HINCRBY', G.depths, B.queue, to - from) end
   for c = from + 1, to, 1000 do
     redis.call('RPUSH', B.squeue, unpack(ids, c, math.min(c + 999, to)))
   end

@@ -4,8 +4,14 @@
 -- Its contract (common/scripts/recover.py RECOVER): the live workers zset, RQ's workers set,
 -- the worker's runs list, RQ worker hash, inbox and handed run, the idle workers set; a `run`
 -- key block and a `run` argument block (id, sid) per run; `worker` is the lost one, `reason`
--- (msgpack string), `unregister` (1: leave the registries too). Returns the ids of sessions
--- being destroyed whose last running run this canceled.
+-- (msgpack string), `unregister` (1: leave the registries too), `stale_ms` (> 0: the reaper's
+-- call - only if the worker's last heartbeat landed that long ago by Redis's clock: it may
+-- have beaten since the reaper judged it). Returns {recovered (0: it is alive, nothing done),
+-- the ids of sessions being destroyed whose last running run this canceled}.
+if A.stale_ms > 0 then
+  local beat = tonumber(redis.call('ZSCORE', K.workers, A.worker))
+  if beat and beat > redis_now_ms() - A.stale_ms then return {0, {}} end
+end
 load_globals()
 local reason, unregister = A.reason, A.unregister == 1
 local n = A.nruns
@@ -69,4 +75,4 @@ if unregister and redis.call('LLEN', K.runs) == 0 then
   redis.call('SREM', K.rq_workers, K.rq_worker)
   redis.call('DEL', K.rq_worker)
 end
-return out
+return {1, out}

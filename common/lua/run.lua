@@ -219,6 +219,7 @@ local function claim_from(qi, want)
         claim(qi, rid, i == 1 and B or nil)
         got = got + 1
       end
+      if #batch > 0 then redis.call('HINCRBY', G.depths, q.list, -#batch) end
     end
   end
   return got

@@ -11,7 +11,7 @@ from sessionq.common.scripts.contract import NUMBER, TEXT, Block, Contract
 
 # What every state-changing script takes (prelude.lua `load_globals`)
 STATUS_KEYS = tuple(f"idx_{status.value}" for status in Status)
-GLOBAL_KEYS = ("chan_all", *STATUS_KEYS, "counters")
+GLOBAL_KEYS = ("chan_all", *STATUS_KEYS, "counters", "depths")
 CLOCK_ARGS = (("now_ms", NUMBER), ("now_iso", TEXT), ("cap", NUMBER), ("worker", TEXT))
 # One run's keys (prelude.lua `run_block`)
 RUN_BLOCK = ("job", "session", "history", "chan", "running", "held", "started", "finished",
@@ -182,12 +182,46 @@ RECOVER = Contract(
         "schedule",
     ),  # fmt: skip
     key_blocks=(Block("run", RUN_BLOCK, ("nruns",)),),
-    args=(*CLOCK_ARGS, ("reason", TEXT), ("unregister", NUMBER), ("nruns", NUMBER)),
+    args=(
+        *CLOCK_ARGS,
+        ("reason", TEXT),
+        ("unregister", NUMBER),
+        ("stale_ms", NUMBER),
+        ("nruns", NUMBER),
+    ),  # fmt: skip
     arg_blocks=(Block("run", ("id", "sid"), ("nruns",)),),
     builders=QUEUEING,
 )
 
 RECOUNT = Contract("recount", keys=("counters", "sessions"), args=(), builders=("session",))
+
+# A worker's heartbeat, stamped with Redis's clock (TIME), and the reaper's decision
+HEARTBEAT = Contract(
+    "heartbeat",
+    keys=("workers", "rq_worker", "steady"),
+    args=(
+        ("worker", TEXT),
+        ("now_iso", TEXT),
+        ("late_ms", NUMBER),
+        ("keep_ms", NUMBER),
+        ("expire_s", NUMBER),
+        ("vouch", NUMBER),
+        ("ncounts", NUMBER),
+    ),  # fmt: skip
+    arg_blocks=(Block("count", ("name", "n"), ("ncounts",)),),
+)
+
+REAP = Contract(
+    "reap",
+    keys=("workers", "steady", "lock"),
+    args=(
+        ("worker", TEXT),
+        ("ttl_ms", NUMBER),
+        ("steady_ms", NUMBER),
+        ("late_ms", NUMBER),
+        ("lock_ms", NUMBER),
+    ),  # fmt: skip
+)
 
 # The event scripts: one session's channel, record and history
 EVENT_KEYS = ("chan_all", "session", "history", "chan")
@@ -238,4 +272,4 @@ REQUEST = Contract(
 )
 
 CONTRACTS = {c.name: c for c in (STEP, TOOK, ENQUEUE, CONTROL, DESTROY, RECOVER, EMIT, LOG, STATE,
-                                 REQUEST, RECOUNT)}  # fmt: skip
+                                 REQUEST, RECOUNT, HEARTBEAT, REAP)}  # fmt: skip

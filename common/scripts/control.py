@@ -6,16 +6,32 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 from sessionq.common import codec
 from sessionq.common.keys import CONTROL_QUEUE, session_of
 from sessionq.common.models import rq_time
 from sessionq.common.scripts.base import ScriptsBase, texts
-from sessionq.common.scripts.contracts import CONTROL, DESTROY, RECOUNT, RECOVER, REQUEST
+from sessionq.common.scripts.contracts import (
+    CONTROL,
+    DESTROY,
+    HEARTBEAT,
+    REAP,
+    RECOUNT,
+    RECOVER,
+    REQUEST,
+)
 
 OP_PREFIX = "sessionq.op:"  # func name prefix of control operations in RQ job data
+
+
+class Recovered(NamedTuple):
+    """recover.lua's reply: whether it gave the worker's runs back (not when the reaper's
+    call found the worker alive again), and the sessions whose destroy to finish."""
+
+    done: bool
+    destroying: list[str]
 
 
 class ControlCalls(ScriptsBase):
@@ -85,9 +101,11 @@ class ControlCalls(ScriptsBase):
         return texts(self.call("destroy", keys, args))
 
     def recover(
-        self, worker: str, runs: Sequence[tuple[str, str]], reason: str, *, unregister: bool
-    ) -> list[str]:
-        """Give back a worker's runs [(run id, queue)]; returns sessions to finish destroying."""
+        self, worker: str, runs: Sequence[tuple[str, str]], reason: str, *, unregister: bool,
+        stale_ms: int = 0,
+    ) -> Recovered:  # fmt: skip
+        """Give back a worker's runs [(run id, queue)] - with `stale_ms`, only if its last
+        heartbeat is that old by Redis's clock (recover.lua)."""
         k, rq = self.keys, self.rq
         fixed = {**self.globals, "workers": k.workers(), "rq_workers": rq.workers_set,
                  "runs": k.worker_runs(worker), "rq_worker": rq.worker(worker),
@@ -96,10 +114,45 @@ class ControlCalls(ScriptsBase):
         keys = RECOVER.pack_keys(fixed, {"run": [self.run_block(r, q) for r, q in runs]})
         args = RECOVER.pack_args(
             {**self.clock(time.time()), "worker": worker, "reason": codec.encode(reason),
-             "unregister": int(unregister), "nruns": len(runs)},
+             "unregister": int(unregister), "stale_ms": stale_ms, "nruns": len(runs)},
             {"run": [(run_id, session_of(run_id)) for run_id, _ in runs]},
         )  # fmt: skip
-        return [s.decode() for s in self.call("recover", keys, args)]
+        done, destroying = self.call("recover", keys, args)
+        return Recovered(bool(done), [s.decode() for s in destroying])
+
+    def heartbeat(
+        self, worker: str, counts: Mapping[str, int] | None = None, *, vouch: bool = False,
+        client: Any = None,
+    ) -> Any:  # fmt: skip
+        """One heartbeat of `worker` on Redis's clock (heartbeat.lua), adding `counts` to
+        RQ's counters of it; `vouch`: its supervisor's, for a child still registered. The
+        reply is {now, steady since} (ms), or a pipeline's when `client` is one."""
+        s, rq = self.settings, self.rq
+        keys = HEARTBEAT.pack_keys({"workers": self.keys.workers(), "rq_worker": rq.worker(worker),
+                                    "steady": self.keys.worker_steady(worker)})  # fmt: skip
+        pairs = list((counts or {}).items())
+        args = HEARTBEAT.pack_args(
+            {"worker": worker, "now_iso": rq_time(time.time()),
+             "late_ms": int(s.heartbeat_late_s * 1000),
+             "keep_ms": int(2 * s.heartbeat_ttl_s * 1000),
+             "expire_s": int(s.heartbeat_ttl_s) + 60, "vouch": int(vouch),
+             "ncounts": len(pairs)},
+            {"count": pairs},
+        )  # fmt: skip
+        return self.call("heartbeat", keys, args, client=client)
+
+    def reap_candidates(self, worker: str, *, steady_s: float, lock_s: float) -> list[str]:
+        """The workers lost by Redis's clock, if `worker` may judge now (reap.lua)."""
+        s = self.settings
+        keys = REAP.pack_keys({"workers": self.keys.workers(),
+                               "steady": self.keys.worker_steady(worker),
+                               "lock": self.keys.lock("reaper")})  # fmt: skip
+        args = REAP.pack_args(
+            {"worker": worker, "ttl_ms": int(s.heartbeat_ttl_s * 1000),
+             "steady_ms": int(steady_s * 1000), "late_ms": int(s.heartbeat_late_s * 1000),
+             "lock_ms": max(1, int(lock_s * 1000))}
+        )  # fmt: skip
+        return [n.decode() for n in self.call("reap", keys, args)]
 
     def recount(self) -> dict[str, int]:
         """Set the global run counters to the sum of the sessions'; the corrections made."""

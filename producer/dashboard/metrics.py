@@ -91,9 +91,11 @@ class RedisCollector(Collector):
         )  # fmt: skip
         redis = self.client.redis
         now = time.time()
+        # runs waiting: RQ's queue list is a line of one run per session (fair share)
+        depths = self.client.stats()["queues"]
         for queue in sorted(Queue.all(connection=redis, serializer=RQSerializer),
                             key=lambda q: q.name):  # fmt: skip
-            waiting = queue.count
+            waiting = depths.get(queue.name, queue.count)
             depth.add_metric([queue.name], waiting)
             by_state.add_metric([queue.name, "queued"], waiting)
             for state, attr in RQ_REGISTRIES.items():

@@ -22,10 +22,12 @@ from tests.conftest import ROOT, WorkerProcs, wait_for
 
 # The ACL rules of one tenant, as the README gives them: its keys and channels, the command
 # categories sessionq and RQ use, and nothing that reaches past the prefix (dangerous and
-# admin commands, SCAN/RANDOMKEY and PUBSUB listings, flushing scripts or functions).
+# admin commands, SCAN/RANDOMKEY/DBSIZE and PUBSUB listings, flushing scripts or functions,
+# calling functions, debugging scripts - which freezes the server - and other databases).
 TENANT_RULES = (
     "-@all +@read +@write +@scripting +@pubsub +@connection +@transaction -@dangerous "
-    "-scan -randomkey -pubsub -script|flush -script|kill -function -client|tracking"
+    "-scan -randomkey -pubsub -script|flush -script|kill -script|debug -function -fcall "
+    "-fcall_ro -select -move -swapdb -dbsize -client|tracking +time"
 )
 
 FLOW = """
@@ -57,6 +59,11 @@ with client.session("kept") as s:  # persistent: dependencies, a schedule, pause
     s.destroy()
 print(json.dumps(out))
 """
+
+
+def test_the_readme_gives_these_rules() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert f"resetkeys ~a:* resetchannels &a:* {TENANT_RULES}\n" in readme
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +140,13 @@ def test_a_tenant_does_everything_in_its_prefix_and_nothing_in_another(
 
         # and what no prefix rule covers: listing or flushing what is not hers
         for command in (["SCAN", "0"], ["KEYS", "*"], ["PUBSUB", "CHANNELS"], ["FLUSHALL"],
-                        ["SCRIPT", "FLUSH"], ["CONFIG", "GET", "*"], ["INFO"]):  # fmt: skip
+                        ["SCRIPT", "FLUSH"], ["CONFIG", "GET", "*"], ["INFO"],
+                        ["SCRIPT", "DEBUG", "SYNC"], ["SCRIPT", "DEBUG", "YES"], ["SELECT", "1"],
+                        ["MOVE", "a:mine", "1"], ["SWAPDB", "0", "1"], ["DBSIZE"],
+                        ["FCALL", "f", "0"], ["FCALL_RO", "f", "0"], ["FUNCTION", "LIST"],
+                        ["FUNCTION", "FLUSH"]):  # fmt: skip
             with Redis.from_url(alice) as r, pytest.raises(NoPermissionError):
                 r.execute_command(*command)
+        assert admin.ping(), "nothing froze the server"
     finally:
         admin.close()
