@@ -4,6 +4,8 @@ SessionqError
 ├── ConfigError            bad settings, or a second prefix in one process
 ├── ConnectionFailed       Redis cannot be reached (names the URL)
 ├── AccessDenied           Redis refused a command: the ACL user may not touch these keys
+├── RedisUnavailable       Redis answers "not now" (BUSY, LOADING, READONLY, MASTERDOWN, MISCONF)
+│   └── RedisFull              Redis is over its maxmemory (OOM): nothing more can be written
 ├── ValidationError        invalid argument (also a ValueError)
 │   └── ValidationTypeError    wrong type (also a TypeError)
 ├── CodecError             bytes that are not our msgpack (also a ValueError)
@@ -54,6 +56,28 @@ class AccessDenied(SessionqError):
 
     def __init__(self, url: str, reason: str) -> None:
         super().__init__(f"Redis at {redact_url(url)} refused access: {reason}")
+        self.url = url
+
+
+class RedisUnavailable(SessionqError):
+    """Redis answered but refused the command for now (a busy script, a dataset loading, a
+    replica or a master without replicas, a failed save), past the client's retries."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"Redis at {redact_url(url)} is not taking commands now: {reason}")
+        self.url = url
+
+
+class RedisFull(RedisUnavailable):
+    """Redis is over its maxmemory (an OOM reply): it takes no more writes until memory is
+    freed or the limit raised."""
+
+    def __init__(self, url: str, used: str, maxmemory: str) -> None:
+        SessionqError.__init__(
+            self,
+            f"Redis is full: Redis at {redact_url(url)} uses {used} of its maxmemory "
+            f"{maxmemory} and refuses writes (free memory, or raise maxmemory)",
+        )
         self.url = url
 
 

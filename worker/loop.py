@@ -22,12 +22,11 @@ import uuid
 from collections import deque
 from typing import Any
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
 from sessionq.common import codec
-from sessionq.common.connection import connect
+from sessionq.common.connection import Backoff, connect, redis_unavailable
 from sessionq.common.errors import CodecError, RunRejected
 from sessionq.common.keys import CONTROL_QUEUE, DEFAULT_QUEUE, command_queue_for, session_of
 from sessionq.common.models import COMMAND_FUNC, parse_job_data, parse_meta
@@ -122,7 +121,7 @@ class SessionWorker:
         self._watcher: Any = None
 
     # -- lifecycle -------------------------------------------------------------------------
-    def register(self) -> None:
+    def register(self) -> bool:
         """Appear in RQ's worker registry (so `rq info` sees us) and in our heartbeat set."""
         from rq.worker import Worker
 
@@ -141,6 +140,7 @@ class SessionWorker:
         pipe.hset(self.scripts.rq.worker(self.name), mapping=extra)
         pipe.zadd(self.scripts.keys.workers(), {self.name: int(time.time() * 1000)})
         pipe.execute()
+        return True
 
     def install_signals(self) -> None:
         """SIGTERM: finish the current run, then exit. A second SIGTERM, or SIGINT: stop the
@@ -183,29 +183,28 @@ class SessionWorker:
         from sessionq.worker.watch import Watcher
 
         self.waits = not burst  # a burst worker leaves when it finds nothing
-        self.register()
+        backoff = Backoff(log, f"worker {self.name}", first_s=0.1, cap_s=REDIS_BACKOFF_MAX_S)
+        while not backoff.attempt(self.register, False, self._lost) and not self.shutting_down:
+            pass
         self._watcher = Watcher(self)
         self._watcher.start()
         log.info("worker %s serving %s", self.name, ", ".join(self.queues))
-        backoff = 0.1
         try:
             while not self.shutting_down:
-                try:
-                    if self.lost_connection:
-                        self._resend()
-                    if not self._turn(burst):
-                        break
-                    backoff = 0.1
-                except (RedisConnectionError, RedisTimeoutError) as exc:
-                    self.lost_connection = True
-                    log.warning("worker %s: Redis unreachable (%s); retrying in %.1fs",
-                                self.name, exc, backoff)  # fmt: skip
-                    time.sleep(backoff)
-                    backoff = min(backoff * 2, REDIS_BACKOFF_MAX_S)
+                if self.lost_connection:
+                    backoff.attempt(self._resend, None, self._lost)
+                elif not backoff.attempt(lambda: self._turn(burst), True, self._lost):
+                    break
         finally:
             self._leave()
         log.info("worker %s stopped after %d runs", self.name, self.runs_done)
         return 0
+
+    def _lost(self) -> None:
+        """Redis was lost or said "try later" (BUSY, OOM, ...): send again what went unanswered
+        (_resend), a finish that got OOM too; forget the pipelined steps."""
+        self.lost_connection = True
+        self.scripts.close()
 
     def _leave(self) -> None:
         """Give back the runs started but not run (uncharged) and those only claimed, then
@@ -223,7 +222,9 @@ class SessionWorker:
             from sessionq.worker.ops import recover_worker
 
             recover_worker(self.scripts, self.name, "worker stopped")  # leftovers, then leave
-        except (RedisConnectionError, RedisTimeoutError) as exc:
+        except (RedisError, OSError) as exc:
+            if not redis_unavailable(exc):
+                raise
             log.error("worker %s: could not unregister (%s); the reaper will", self.name, exc)
         finally:
             RUN_ENVIRONMENT.restore()

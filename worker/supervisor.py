@@ -1,5 +1,6 @@
 """`sessionq worker --concurrency N`: N worker processes under one supervisor, which
-replaces a process that dies (giving back its runs at once) and relays stop signals."""
+replaces a process that dies (giving back its runs at once, or as soon as Redis takes it) and
+relays stop signals."""
 
 from __future__ import annotations
 
@@ -13,13 +14,21 @@ from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from sessionq.common.connection import connect
+from redis.exceptions import RedisError
+
+from sessionq.common.connection import (
+    Backoff,
+    check_eviction_policy,
+    connect,
+    redis_unavailable,
+)
 from sessionq.common.scripts import Scripts
 from sessionq.common.settings import Settings
 
 log = logging.getLogger(__name__)
 POLL_S = 0.2
 RESTART_BACKOFF_MAX_S = 10.0
+GIVE_UP_TRIES = 10  # a stopping supervisor's tries at giving back the runs of dead children
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,6 +75,11 @@ class Supervisor:
         self.pgids = [self.ctx.Value("i", 0, lock=False) for _ in range(concurrency)]
         self.signals = 0
         self._scripts: Scripts | None = None
+        # the runs of dead children still to give back (worker name -> reason), tried again
+        # after a backoff while Redis is away or says "try later"
+        self._lost: dict[str, str] = {}
+        self._backoff = Backoff(log, f"supervisor {self.base}", first_s=POLL_S)
+        self._next_recover = 0.0
 
     def _start(self, slot: int) -> None:
         proc = self.ctx.Process(
@@ -83,18 +97,30 @@ class Supervisor:
             if proc.pid and proc.is_alive():
                 os.kill(proc.pid, signal.SIGINT if hard else signal.SIGTERM)
 
-    def _recover(self, proc: BaseProcess) -> None:
-        """A child died without leaving cleanly: give its runs back now, not at heartbeat
-        expiry (the same script the reaper uses)."""
+    def _recover(self) -> None:
+        """Children died without leaving cleanly: give their runs back now, not at heartbeat
+        expiry (the same script the reaper uses); while Redis cannot take it, again later."""
         from sessionq.worker.ops import recover_worker
 
-        if self._scripts is None:
-            self._scripts = Scripts(connect(self.settings), self.settings)
-        assert proc.pid is not None
-        name = child_name(self.base, proc.pid)
-        recover_worker(self._scripts, name, f"worker {name} died (exit code {proc.exitcode})")
+        if not self._lost or time.monotonic() < self._next_recover:
+            return
+
+        try:
+            if self._scripts is None:
+                self._scripts = Scripts(connect(self.settings, check=False), self.settings)
+            for name, reason in list(self._lost.items()):
+                recover_worker(self._scripts, name, reason)
+                del self._lost[name]
+            self._backoff.succeeded()
+        except Exception as exc:  # noqa: BLE001 - the reaper will recover them later
+            if redis_unavailable(exc):  # not now: again after a backoff (no sleep here)
+                self._next_recover = time.monotonic() + self._backoff.failed(exc)
+                return
+            log.exception("could not recover the runs of %s", ", ".join(self._lost))
+            self._lost.clear()
 
     def run(self) -> int:
+        self.check_redis()
         signal.signal(signal.SIGTERM, self._relay)
         signal.signal(signal.SIGINT, self._relay)
         for slot in range(self.concurrency):
@@ -102,8 +128,11 @@ class Supervisor:
         log.info("supervisor %s: %d worker process(es)", self.base, self.concurrency)
         failures = 0
         status = 0
-        while self.children:
+        # when every child has ended, the runs of the dead ones are given back before leaving,
+        # but not for ever while Redis cannot take it: the reaper will, later
+        while self.children or (self._lost and self._backoff.failures < GIVE_UP_TRIES):
             time.sleep(POLL_S)
+            self._recover()
             for slot, proc in list(self.children.items()):
                 if proc.is_alive():
                     continue
@@ -121,10 +150,9 @@ class Supervisor:
                     self.pgids[slot].value = 0
                 if code != 0:
                     log.error("worker process %s exited with %s", proc.pid, code)
-                    try:
-                        self._recover(proc)
-                    except Exception:  # noqa: BLE001 - the reaper will recover it later
-                        log.exception("could not recover the runs of worker %s", proc.pid)
+                    name = child_name(self.base, proc.pid or 0)
+                    self._lost[name] = f"worker {name} died (exit code {code})"
+                    self._recover()
                 if self.signals:
                     status = status or (code if code and code > 0 else 0)
                     continue
@@ -133,4 +161,17 @@ class Supervisor:
                 if self.signals:  # told to stop while backing off: no new process
                     continue
                 self._start(slot)
+        if self._lost:
+            log.error("supervisor %s: left the runs of %s to the reaper", self.base,
+                      ", ".join(self._lost))  # fmt: skip
         return status
+
+    def check_redis(self) -> None:
+        """Warn unless Redis's maxmemory-policy is noeviction (where the ACL lets us see it)."""
+        client = connect(self.settings, check=False)
+        try:
+            check_eviction_policy(client, log)
+        except (RedisError, OSError) as exc:  # a warning only: the workers report Redis
+            log.debug("could not read Redis's maxmemory-policy: %s", exc)
+        finally:
+            client.close()
