@@ -3,6 +3,7 @@ on a redis-server the test starts itself (SPEC §9, issue 17)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 from redis import Redis
 from redis.exceptions import ResponseError
 
-from sessionq.common.errors import RedisFull
+from sessionq.common.errors import RedisFull, RedisUnavailable
 from sessionq.common.keys import Keys
 from sessionq.common.redisserver import RedisServer
 from sessionq.common.settings import Settings
@@ -110,28 +111,13 @@ def test_a_tenants_busy_script_does_not_stop_a_worker(fx: Fixture) -> None:
     wait_for(lambda: sum(r["status"] == "Completed" for r in fx.client.info(ids)) >= 2,
              what="the drain to be under way")  # fmt: skip
 
-    fx.redis.config_set("busy-reply-threshold", 100)  # lua-time-limit before Redis 7
-    tenant = Redis.from_url(fx.server.url, socket_timeout=300)  # another tenant's slow script
-    outcome: list[BaseException] = []
-
-    def busy() -> None:
-        try:
-            tenant.eval(BUSY_SCRIPT, 0)
-        except ResponseError as exc:
-            outcome.append(exc)
-
-    spinner = threading.Thread(target=busy, daemon=True)
-    spinner.start()
+    tenant = BusyTenant(fx.server.url).start()  # another tenant's slow script
     # both threads of the worker met BUSY and backed off, once per episode
     wait_for(lambda: logged(log, f"watcher {name}: Redis says try later (BUSY",
                             f"worker {name}: Redis says try later (BUSY"),
              timeout=60, what="the worker to meet BUSY")  # fmt: skip
-    killer = Redis.from_url(fx.server.url)
-    killer.script_kill()
-    killer.close()
-    spinner.join(timeout=10)
-    tenant.close()
-    assert outcome and "killed" in str(outcome[0]).lower(), outcome
+    tenant.kill()
+    assert tenant.outcome and "killed" in str(tenant.outcome[0]).lower(), tenant.outcome
 
     killed_at = fx.now_ms()
     wait_for(lambda: fx.beat_ms(name) > killed_at, what="a heartbeat after the busy script")
@@ -222,3 +208,70 @@ def test_an_evicting_policy_is_warned_about_at_start(fx: Fixture) -> None:
     fx.redis.config_set("maxmemory-policy", "allkeys-lru")
     _, log = fx.start_worker()
     assert logged(log, "maxmemory-policy is allkeys-lru", "evict")
+
+
+class BusyTenant:
+    """Another tenant's Lua busy loop on the server, until kill()."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.tenant = Redis.from_url(url, socket_timeout=300)
+        self.outcome: list[ResponseError] = []
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+
+    def _spin(self) -> None:
+        try:
+            self.tenant.eval(BUSY_SCRIPT, 0)
+        except ResponseError as exc:
+            self.outcome.append(exc)
+
+    def start(self) -> BusyTenant:
+        probe = Redis.from_url(self.url)
+        probe.config_set("busy-reply-threshold", 100)
+        self.thread.start()
+
+        def busy() -> bool:
+            try:
+                probe.ping()
+            except ResponseError as exc:
+                return str(exc).startswith("BUSY")
+            return False
+
+        wait_for(busy, what="Redis to answer BUSY")
+        probe.close()
+        return self
+
+    def kill(self) -> None:
+        killer = Redis.from_url(self.url)
+        killer.script_kill()
+        killer.close()
+        self.thread.join(timeout=10)
+        self.tenant.close()
+
+
+def test_a_producer_rides_out_a_short_busy_script(
+    fx: Fixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    tenant = BusyTenant(fx.server.url).start()
+    created: list[list[str]] = []
+    producer = threading.Thread(
+        target=lambda: created.append(fx.client.create("patient", task="tests.tasks:noop")),
+        daemon=True,
+    )
+    producer.start()
+    wait_for(lambda: "Redis says try later (BUSY" in caplog.text, what="the create to meet BUSY")
+    tenant.kill()
+    producer.join(timeout=30)
+    assert created and len(created[0]) == 1, "the create went through within its retries"
+    assert fx.client.info(created[0])[0]["status"] == "Pending"
+
+
+def test_a_producer_gets_a_clear_error_from_a_long_busy_script(fx: Fixture) -> None:
+    tenant = BusyTenant(fx.server.url).start()
+    try:
+        with pytest.raises(RedisUnavailable, match="not taking commands now: BUSY"):
+            fx.client.create("impatient", task="tests.tasks:noop")
+    finally:
+        tenant.kill()
+    assert tenant.outcome, "the tenant's script was killed"
