@@ -1,7 +1,10 @@
-"""Redis connections from Settings, with clear errors and retry on a dropped connection."""
+"""Redis connections from Settings, with clear errors and retry on a dropped connection or
+on a Redis that says "try later"."""
 
 from __future__ import annotations
 
+import logging
+import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -10,6 +13,7 @@ from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from redis import Redis
+from redis import exceptions as redis_exceptions
 from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
@@ -19,13 +23,27 @@ from redis.asyncio.sentinel import (
 )
 from redis.backoff import ExponentialBackoff
 from redis.connection import URL_QUERY_ARGUMENT_PARSERS
-from redis.exceptions import AuthenticationError, NoPermissionError
+from redis.exceptions import (
+    AuthenticationError,
+    BusyLoadingError,
+    NoPermissionError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelManagedConnection, SentinelManagedSSLConnection
 
-from sessionq.common.errors import AccessDenied, ConnectionFailed, ValidationError, redact_url
+from sessionq.common.codec import text
+from sessionq.common.errors import (
+    AccessDenied,
+    ConnectionFailed,
+    NotReplicated,
+    ValidationError,
+    redact_url,
+)
 from sessionq.common.keys import Keys
 from sessionq.common.settings import Settings
 
@@ -40,6 +58,102 @@ SENTINEL_PORT = 26379
 # query parameters of a Sentinel URL that are for the sentinels, not the master
 SENTINEL_QUERY = {"sentinel_username": "username", "sentinel_password": "password"}
 T = TypeVar("T")
+# the replies a client tries again within its retry budget: they pass by themselves (a slow
+# script ends, a dataset loads, a failover elects a master); OOM, MISCONF and NOPERM need
+# someone to act, so a producer reports them at once (a worker backs off from all of them)
+PASSING = frozenset({"BUSY", "LOADING", "READONLY", "MASTERDOWN"})
+# a reply code at the start of an error, or after redis-py's note on a pipeline's command
+_LATER_REPLY = re.compile(r"(?:^|of pipeline caused error: )(BUSY|MASTERDOWN|MISCONF|OOM)\b")
+# classes some redis-py versions raise for OOM and MASTERDOWN (the message then lacks the code)
+_LATER_CLASSES = {
+    code: getattr(redis_exceptions, name, ())
+    for code, name in (("OOM", "OutOfMemoryError"), ("MASTERDOWN", "MasterDownError"))
+}
+
+
+def redis_says_later(error: BaseException) -> str:
+    """The reply code when `error` is Redis saying "not now" rather than "no": BUSY (another
+    client's script runs), LOADING, READONLY (a demoted master), MASTERDOWN, MISCONF (it cannot
+    persist), NOPERM (an ACL being changed) or OOM (over maxmemory); "" for any other error.
+    The command was not carried out: sending it again later is safe."""
+    if isinstance(error, BusyLoadingError):
+        return "LOADING"
+    if isinstance(error, ReadOnlyError):
+        return "READONLY"
+    if isinstance(error, NoPermissionError):
+        return "NOPERM"
+    for code, cls in _LATER_CLASSES.items():
+        if isinstance(error, cls):
+            return code
+    if isinstance(error, ResponseError):
+        status = getattr(error, "status_code", None)  # redis-py 8 keeps the reply's code
+        if status in ("BUSY", "MASTERDOWN", "MISCONF", "OOM"):
+            return str(status)
+        found = _LATER_REPLY.search(str(error))
+        if found:
+            return found.group(1)
+    return ""
+
+
+def redis_unavailable(error: BaseException) -> bool:
+    """Is `error` Redis out of reach (a lost connection, a timeout), saying "try later"
+    (redis_says_later), or not yet replicating a write (NotReplicated: SESSIONQ_WAIT_REPLICAS)?
+    What a long-lived process backs off from, then carries on."""
+    lost = (RedisConnectionError, RedisTimeoutError, OSError, NotReplicated)
+    return isinstance(error, lost) or bool(redis_says_later(error))
+
+
+class Backoff:
+    """Capped exponential waits between tries while Redis is away or says "try later",
+    logged once per episode (its first failure, then its end), not once per try."""
+
+    def __init__(
+        self, logger: logging.Logger, what: str, *, first_s: float = 0.05, cap_s: float = 2.0
+    ) -> None:
+        self.log, self.what = logger, what
+        self.first_s, self.cap_s = first_s, cap_s
+        self.failures = 0
+
+    def failed(self, error: BaseException) -> float:
+        """Note a failed try; the seconds to wait before the next one."""
+        if not self.failures:
+            code = redis_says_later(error)
+            why = (f"Redis says try later ({code}: {error})" if code
+                   else str(error) if isinstance(error, NotReplicated)
+                   else f"Redis unreachable ({error})")  # fmt: skip
+            self.log.warning("%s: %s; backing off (up to %gs between tries)", self.what, why,
+                             self.cap_s)  # fmt: skip
+        self.failures += 1
+        return float(min(self.cap_s, self.first_s * 2 ** min(self.failures - 1, 30)))
+
+    def succeeded(self) -> None:
+        """Note a try that went through: ends the episode, if there was one."""
+        if self.failures:
+            self.log.warning("%s: Redis answers again (after %d failed tries)", self.what,
+                             self.failures)  # fmt: skip
+            self.failures = 0
+
+    def attempt(self, step: Callable[[], T], failed: T, on_failure: Callable[[], object]) -> T:
+        """`step()`; or, when Redis is unavailable (redis_unavailable), `on_failure()`, a
+        backoff, and `failed`. Any other error propagates."""
+        try:
+            value = step()
+        except (RedisError, OSError, NotReplicated) as exc:
+            if not redis_unavailable(exc):
+                raise
+            on_failure()
+            time.sleep(self.failed(exc))
+            return failed
+        self.succeeded()
+        return value
+
+
+class _Later(RedisConnectionError):
+    """A passing "try later" reply, dressed as a lost connection for redis-py's retry."""
+
+    def __init__(self, error: RedisError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class _Final(Exception):
@@ -72,6 +186,12 @@ class _Retry(Retry):
         def attempt() -> T:
             try:
                 return do()
+            except ResponseError as exc:
+                if redis_says_later(exc) not in PASSING:
+                    raise
+                if time.monotonic() >= deadline:
+                    raise _Final(exc) from exc
+                raise _Later(exc) from exc  # tried again, as a lost connection is
             except self._supported_errors as exc:
                 if lasting_refusal(exc) or time.monotonic() >= deadline:
                     raise _Final(exc) from exc
@@ -81,6 +201,8 @@ class _Retry(Retry):
             return super().call_with_retry(attempt, fail, *args, **kwargs)
         except _Final as final:
             raise final.error from None
+        except _Later as later:
+            raise later.error from None
 
 
 class _AsyncRetry(AsyncRetry):
@@ -98,6 +220,12 @@ class _AsyncRetry(AsyncRetry):
         async def attempt() -> T:
             try:
                 return await do()
+            except ResponseError as exc:
+                if redis_says_later(exc) not in PASSING:
+                    raise
+                if time.monotonic() >= deadline:
+                    raise _Final(exc) from exc
+                raise _Later(exc) from exc
             except self._supported_errors as exc:
                 if lasting_refusal(exc) or time.monotonic() >= deadline:
                     raise _Final(exc) from exc
@@ -107,6 +235,8 @@ class _AsyncRetry(AsyncRetry):
             return await super().call_with_retry(attempt, fail, *args, **kwargs)
         except _Final as final:
             raise final.error from None
+        except _Later as later:
+            raise later.error from None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -322,3 +452,19 @@ def ping(client: Redis, url: str) -> None:
         client.ping()
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
         raise ConnectionFailed(url, str(exc) or type(exc).__name__) from exc
+
+
+def check_eviction_policy(client: Redis, log: logging.Logger) -> str:
+    """Warn (on `log`) unless Redis's maxmemory-policy is noeviction: any other policy drops
+    sessionq's keys in silence when memory runs short. The policy, or "" where the ACL does not
+    allow CONFIG GET."""
+    try:
+        reply: Any = client.config_get("maxmemory-policy")
+    except NoPermissionError:
+        return ""
+    policy = text(reply.get("maxmemory-policy") or reply.get(b"maxmemory-policy") or b"")
+    if policy and policy != "noeviction":
+        log.warning("Redis's maxmemory-policy is %s: when memory runs short Redis will evict "
+                    "sessionq's keys in silence (runs, counters, histories); set it to "
+                    "noeviction", policy)  # fmt: skip
+    return policy

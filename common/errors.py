@@ -5,6 +5,8 @@ SessionqError
 ├── ConnectionFailed       Redis cannot be reached (names the URL)
 ├── AccessDenied           Redis refused a command: the ACL user may not touch these keys
 ├── NotReplicated          a write reached fewer replicas than SESSIONQ_WAIT_REPLICAS in time
+├── RedisUnavailable       Redis answers "not now" (BUSY, LOADING, READONLY, MASTERDOWN, MISCONF)
+│   └── RedisFull              Redis is over its maxmemory (OOM): nothing more can be written
 ├── ValidationError        invalid argument (also a ValueError)
 │   └── ValidationTypeError    wrong type (also a TypeError)
 ├── CodecError             bytes that are not our msgpack (also a ValueError)
@@ -83,6 +85,28 @@ class NotReplicated(SessionqError):
             f"{timeout_s:g}s: it may not survive a failover (SESSIONQ_WAIT_REPLICAS={wanted})"
         )
         self.wanted, self.got = wanted, got
+
+
+class RedisUnavailable(SessionqError):
+    """Redis answered but refused the command for now (a busy script, a dataset loading, a
+    replica or a master without replicas, a failed save), past the client's retries."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"Redis at {redact_url(url)} is not taking commands now: {reason}")
+        self.url = url
+
+
+class RedisFull(RedisUnavailable):
+    """Redis is over its maxmemory (an OOM reply): it takes no more writes until memory is
+    freed or the limit raised."""
+
+    def __init__(self, url: str, used: str, maxmemory: str) -> None:
+        SessionqError.__init__(
+            self,
+            f"Redis is full: Redis at {redact_url(url)} uses {used} of its maxmemory "
+            f"{maxmemory} and refuses writes (free memory, or raise maxmemory)",
+        )
+        self.url = url
 
 
 class ValidationError(SessionqError, ValueError):

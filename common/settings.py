@@ -157,6 +157,13 @@ class Settings:
         values.update(overrides)
         return cls(**values)
 
+    def for_worker(self) -> Settings:
+        """The settings a worker process's clients use: a call gives up within a heartbeat
+        interval (not SESSIONQ_RETRY_BUDGET_S), for the worker's own loops back off and carry
+        on - a heartbeat held up in a client's retries for a minute would look like a lost
+        worker."""
+        return replace(self, retry_budget_s=min(self.retry_budget_s, self.heartbeat_interval_s))
+
     def with_url(self, url: str) -> Settings:
         return replace(self, url=url, url_configured=True)
 

@@ -14,15 +14,12 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, TypeVar
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoPermissionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
-from sessionq.common.connection import connect_async
-from sessionq.common.errors import AccessDenied, ConnectionFailed
+from sessionq.common.connection import connect_async, redis_says_later
 from sessionq.common.settings import Settings
 from sessionq.producer import plans
-from sessionq.producer.client import Client, open_or_follow
+from sessionq.producer.client import Client, mapped_error, open_or_follow
 from sessionq.producer.listen import AsyncListener, access_checked_async
 from sessionq.producer.plans import Plan, ScriptCall, Step
 
@@ -54,9 +51,9 @@ class AsyncClient:
 
     # -- carrying out plans --------------------------------------------------------------------
     async def _run(self, plan: Plan[T]) -> T:
-        """Carry out a plan (producer.plans) on redis.asyncio; a lost Redis (after the
-        connection's own retries) is ConnectionFailed naming the URL, a command Redis refuses
-        to this ACL user AccessDenied, as for Client."""
+        """Carry out a plan (producer.plans) on redis.asyncio; a lost, refusing or full Redis
+        (after the connection's own retries) raises the SessionqError that says so, as for
+        Client (client.mapped_error)."""
         reply: Any = None
         try:
             while True:
@@ -66,10 +63,17 @@ class AsyncClient:
                     result: T = done.value
                     return result
                 reply = await self._execute(step)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise ConnectionFailed(self.settings.url, str(exc)) from exc
-        except NoPermissionError as exc:
-            raise AccessDenied(self.settings.url, str(exc)) from exc
+        except RedisError as exc:
+            memory = None
+            if redis_says_later(exc) == "OOM":
+                try:
+                    memory = await self.redis.info("memory")
+                except RedisError:
+                    pass
+            error = mapped_error(self.settings.url, exc, memory)
+            if error is None:
+                raise
+            raise error from exc
 
     async def _execute(self, step: Step) -> Any:
         if isinstance(step, ScriptCall):

@@ -13,15 +13,24 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoPermissionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sessionq.common import codec
-from sessionq.common.connection import connect
+from sessionq.common.connection import (
+    PASSING,
+    RETRY_BACKOFF_CAP_S,
+    Backoff,
+    connect,
+    redis_says_later,
+)
 from sessionq.common.errors import (
     AccessDenied,
     ConnectionFailed,
+    RedisFull,
+    RedisUnavailable,
     SessionNotFound,
+    SessionqError,
     ValidationTypeError,
 )
 from sessionq.common.keys import DEFAULT_QUEUE, Keys, command_queue_for, run_id
@@ -48,19 +57,47 @@ R = TypeVar("R")
 DEFAULT_SESSION_NAME = "default"
 
 
+def mapped_error(url: str, exc: RedisError, memory: dict[str, Any] | None) -> SessionqError | None:
+    """The SessionqError a producer raises for a Redis error (after the connection's own
+    retries), None for one it does not map: a lost Redis is ConnectionFailed, a command Redis
+    refuses to this ACL user AccessDenied, OOM RedisFull (with `memory`, INFO's memory
+    section, when it could be read), any other "try later" reply RedisUnavailable."""
+    code = redis_says_later(exc)
+    if code == "OOM":
+        memory = memory or {}
+        return RedisFull(url, str(memory.get("used_memory_human", "more")),
+                         str(memory.get("maxmemory_human", "")) or "limit")  # fmt: skip
+    if code == "NOPERM":  # an ACL user outside its prefix
+        return AccessDenied(url, str(exc))
+    if code:
+        return RedisUnavailable(url, f"{code} {exc}" if not str(exc).startswith(code) else str(exc))
+    if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
+        return ConnectionFailed(url, str(exc))
+    return None
+
+
+def _memory(client: Redis) -> dict[str, Any] | None:
+    """INFO's memory section, for RedisFull's message (None when it cannot be read)."""
+    try:
+        return client.info("memory")
+    except RedisError:
+        return None
+
+
 def redis_errors(method: Callable[P, R]) -> Callable[P, R]:
-    """Turn a lost Redis (after the connection's own retries) into ConnectionFailed, and a
-    command Redis refuses to this ACL user into AccessDenied."""
+    """Turn a lost, refusing or full Redis into the SessionqError that says so (mapped_error)."""
 
     @functools.wraps(method)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return method(*args, **kwargs)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            client = args[0]
-            raise ConnectionFailed(client.settings.url, str(exc)) from exc  # type: ignore[attr-defined]
-        except NoPermissionError as exc:  # an ACL user outside its prefix
-            raise AccessDenied(args[0].settings.url, str(exc)) from exc  # type: ignore[attr-defined]
+        except RedisError as exc:
+            client: Client = args[0]  # type: ignore[assignment]  # the decorated methods' self
+            full = redis_says_later(exc) == "OOM"
+            error = mapped_error(client.settings.url, exc, _memory(client.redis) if full else None)
+            if error is None:
+                raise
+            raise error from exc
 
     return wrapper
 
@@ -320,9 +357,24 @@ class Client(SessionControl):
                 result: R = done.value
                 return result
             if isinstance(step, ScriptCall):
-                reply = self.scripts.call(step.name, step.keys, step.args)
+                reply = self._script_call(step)
                 continue
             reply = step.queue_on(self.redis.pipeline(transaction=False)).execute()
+
+    def _script_call(self, step: ScriptCall) -> Any:
+        """A plan's script call, sent again (with backoff, within the connection's retry
+        budget) while Redis answers that it will take it soon (connection.PASSING): such a
+        reply means the script did not run."""
+        backoff = Backoff(log, f"producer {self.settings.user}", first_s=0.1,
+                          cap_s=RETRY_BACKOFF_CAP_S)  # fmt: skip
+        deadline = time.monotonic() + self.settings.retry_budget_s
+        while True:
+            try:
+                return self.scripts.call(step.name, step.keys, step.args)
+            except RedisError as exc:
+                if redis_says_later(exc) not in PASSING or time.monotonic() >= deadline:
+                    raise
+                time.sleep(backoff.failed(exc))
 
 
 def open_or_follow(client: Client, records: Sequence[dict[str, Any]]) -> None:

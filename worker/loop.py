@@ -22,13 +22,12 @@ import uuid
 from collections import deque
 from typing import Any
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
 from sessionq.common import codec
-from sessionq.common.connection import connect
-from sessionq.common.errors import CodecError, NotReplicated, RunRejected
+from sessionq.common.connection import Backoff, connect, redis_unavailable
+from sessionq.common.errors import CodecError, RunRejected
 from sessionq.common.keys import CONTROL_QUEUE, DEFAULT_QUEUE, command_queue_for, session_of
 from sessionq.common.models import COMMAND_FUNC, parse_job_data, parse_meta
 from sessionq.common.rqcompat import load_rq
@@ -79,7 +78,7 @@ class SessionWorker:
     ) -> None:
         self.settings = settings
         load_rq(settings.prefix)
-        self.redis = connect(settings)
+        self.redis = connect(settings.for_worker())
         self.scripts = Scripts(self.redis, settings)
         self.name = name or f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:4]}"
         user_queues = queues or [DEFAULT_QUEUE]
@@ -126,7 +125,7 @@ class SessionWorker:
         self._watcher: Any = None
 
     # -- lifecycle -------------------------------------------------------------------------
-    def register(self) -> None:
+    def register(self) -> bool:
         """Appear in RQ's worker registry (so `rq info` sees us) and in our heartbeat set."""
         from rq.worker import Worker
 
@@ -143,6 +142,7 @@ class SessionWorker:
             extra["ram"] = str(self.ram)
         self.redis.hset(self.scripts.rq.worker(self.name), mapping=extra)
         self.scripts.heartbeat(self.name)  # on Redis's clock, as every heartbeat
+        return True
 
     def install_signals(self) -> None:
         """SIGTERM: finish the current run, then exit. A second SIGTERM, or SIGINT: stop the
@@ -185,32 +185,28 @@ class SessionWorker:
         from sessionq.worker.watch import Watcher
 
         self.waits = not burst  # a burst worker leaves when it finds nothing
-        self.register()
+        backoff = Backoff(log, f"worker {self.name}", first_s=0.1, cap_s=REDIS_BACKOFF_MAX_S)
+        while not backoff.attempt(self.register, False, self._lost) and not self.shutting_down:
+            pass
         self._watcher = Watcher(self)
         self._watcher.start()
         log.info("worker %s serving %s", self.name, ", ".join(self.queues))
-        backoff = 0.1
         try:
             while not self.shutting_down:
-                try:
-                    if self.lost_connection:
-                        self._resend()
-                    if not self._turn(burst):
-                        break
-                    backoff = 0.1
-                except (RedisConnectionError, RedisTimeoutError, NotReplicated) as exc:
-                    # (NotReplicated: SESSIONQ_WAIT_REPLICAS replicas do not have a step yet:
-                    # its runs do not start, and it is sent again, as after a lost reply)
-                    self.lost_connection = True
-                    log.warning("worker %s: %s; retrying in %.1fs", self.name,
-                                exc if isinstance(exc, NotReplicated) else
-                                f"Redis unreachable ({exc})", backoff)  # fmt: skip
-                    time.sleep(backoff)
-                    backoff = min(backoff * 2, REDIS_BACKOFF_MAX_S)
+                if self.lost_connection:
+                    backoff.attempt(self._resend, None, self._lost)
+                elif not backoff.attempt(lambda: self._turn(burst), True, self._lost):
+                    break
         finally:
             self._leave()
         log.info("worker %s stopped after %d runs", self.name, self.runs_done)
         return 0
+
+    def _lost(self) -> None:
+        """Redis was lost or said "try later" (BUSY, OOM, ...): send again what went unanswered
+        (_resend), a finish that got OOM too; forget the pipelined steps."""
+        self.lost_connection = True
+        self.scripts.close()
 
     def _leave(self) -> None:
         """Give back the runs started but not run (uncharged) and those only claimed, then
@@ -228,7 +224,9 @@ class SessionWorker:
             from sessionq.worker.ops import recover_worker
 
             recover_worker(self.scripts, self.name, "worker stopped")  # leftovers, then leave
-        except (RedisConnectionError, RedisTimeoutError) as exc:
+        except (RedisError, OSError) as exc:
+            if not redis_unavailable(exc):
+                raise
             log.error("worker %s: could not unregister (%s); the reaper will", self.name, exc)
         finally:
             RUN_ENVIRONMENT.restore()

@@ -1,7 +1,8 @@
 """`sessionq worker --concurrency N`: N worker processes under one supervisor, which
 replaces a process that dies (giving back its runs at once), relays stop signals, vouches
 for its live children (heartbeats for them) and enforces their runs' deadlines by signal -
-a child whose own threads cannot run (a C call holding the GIL) is neither lost nor late."""
+a child whose own threads cannot run (a C call holding the GIL) is neither lost nor late. The
+runs of a dead child go back at once, or as soon as Redis takes them."""
 
 from __future__ import annotations
 
@@ -19,13 +20,19 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from sessionq.common import codec
-from sessionq.common.connection import connect
+from sessionq.common.connection import (
+    Backoff,
+    check_eviction_policy,
+    connect,
+    redis_unavailable,
+)
 from sessionq.common.scripts import Scripts
 from sessionq.common.settings import Settings
 
 log = logging.getLogger(__name__)
 POLL_S = 0.2
 RESTART_BACKOFF_MAX_S = 10.0
+GIVE_UP_TRIES = 10  # a stopping supervisor's tries at giving back the runs of dead children
 RUN_ID_MAX_BYTES = 256  # a longer run id is not shared: its child alone enforces its deadline
 
 
@@ -108,6 +115,11 @@ class Supervisor:
         self.signals = 0
         self._scripts: Scripts | None = None
         self._voucher = Voucher(settings, self)
+        # the runs of dead children still to give back (worker name -> reason), tried again
+        # after a backoff while Redis is away or says "try later"
+        self._lost: dict[str, str] = {}
+        self._backoff = Backoff(log, f"supervisor {self.base}", first_s=POLL_S)
+        self._next_recover = 0.0
 
     def _start(self, slot: int) -> None:
         self.shared[slot].share("", None)
@@ -152,7 +164,7 @@ class Supervisor:
 
     def _connected(self) -> Scripts:
         if self._scripts is None:
-            self._scripts = Scripts(connect(self.settings), self.settings)
+            self._scripts = Scripts(connect(self.settings.for_worker(), check=False), self.settings)
         return self._scripts
 
     def _relay(self, signum: int, frame: object) -> None:
@@ -162,18 +174,39 @@ class Supervisor:
             if proc.pid and proc.is_alive():
                 os.kill(proc.pid, signal.SIGINT if hard else signal.SIGTERM)
 
-    def _recover(self, proc: BaseProcess) -> None:
-        """A child died without leaving cleanly: give its runs back now, not at heartbeat
-        expiry (the same script the reaper uses)."""
+    def _recover(self) -> None:
+        """Children died without leaving cleanly: give their runs back now, not at heartbeat
+        expiry (the same script the reaper uses); while Redis cannot take it, again later."""
         from sessionq.worker.ops import recover_worker
 
-        assert proc.pid is not None
-        name = child_name(self.base, proc.pid)
-        recover_worker(self._connected(), name, f"worker {name} died (exit code {proc.exitcode})")
+        if not self._lost or time.monotonic() < self._next_recover:
+            return
+        try:
+            for name, reason in list(self._lost.items()):
+                recover_worker(self._connected(), name, reason)
+                del self._lost[name]
+            self._backoff.succeeded()
+        except Exception as exc:  # noqa: BLE001 - the reaper will recover them later
+            if redis_unavailable(exc):  # not now: again after a backoff (no sleep here)
+                self._next_recover = time.monotonic() + self._backoff.failed(exc)
+                return
+            log.exception("could not recover the runs of %s", ", ".join(self._lost))
+            self._lost.clear()
+
+    def check_redis(self) -> None:
+        """Warn unless Redis's maxmemory-policy is noeviction (where the ACL lets us see it)."""
+        client = connect(self.settings.for_worker(), check=False)
+        try:
+            check_eviction_policy(client, log)
+        except (RedisError, OSError) as exc:  # a warning only: the workers report Redis
+            log.debug("could not read Redis's maxmemory-policy: %s", exc)
+        finally:
+            client.close()
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._relay)
         signal.signal(signal.SIGINT, self._relay)
+        self.check_redis()
         for slot in range(self.concurrency):
             self._start(slot)
         self._voucher.start()
@@ -186,8 +219,11 @@ class Supervisor:
     def _watch(self) -> int:
         failures = 0
         status = 0
-        while self.children:
+        # when every child has ended, the runs of the dead ones are given back before leaving,
+        # but not for ever while Redis cannot take it: the reaper will, later
+        while self.children or (self._lost and self._backoff.failures < GIVE_UP_TRIES):
             time.sleep(POLL_S)
+            self._recover()
             self._enforce()
             for slot, proc in list(self.children.items()):
                 if proc.is_alive():
@@ -209,13 +245,14 @@ class Supervisor:
                 overran = self.overran.pop(slot, None)
                 if code != 0:
                     log.error("worker process %s exited with %s", proc.pid, code)
-                    try:
-                        if overran is not None:
-                            assert proc.pid is not None
-                            self._record_overrun(child_name(self.base, proc.pid), overran)
-                        self._recover(proc)
-                    except Exception:  # noqa: BLE001 - the reaper will recover it later
-                        log.exception("could not recover the runs of worker %s", proc.pid)
+                    name = child_name(self.base, proc.pid or 0)
+                    if overran is not None:
+                        try:
+                            self._record_overrun(name, overran)
+                        except Exception:  # noqa: BLE001 - recovered as lost instead
+                            log.exception("could not record run %s as timed out", overran)
+                    self._lost[name] = f"worker {name} died (exit code {code})"
+                    self._recover()
                 if self.signals:
                     status = status or (code if code and code > 0 else 0)
                     continue
@@ -224,6 +261,9 @@ class Supervisor:
                 if self.signals:  # told to stop while backing off: no new process
                     continue
                 self._start(slot)
+        if self._lost:
+            log.error("supervisor %s: left the runs of %s to the reaper", self.base,
+                      ", ".join(self._lost))  # fmt: skip
         return status
 
 
@@ -250,7 +290,9 @@ class Voucher(threading.Thread):
         while not self._stopping.wait(interval):
             try:
                 if scripts is None:
-                    scripts = Scripts(connect(self.settings, check=False), self.settings)
+                    scripts = Scripts(
+                        connect(self.settings.for_worker(), check=False), self.settings
+                    )
                 for name in list(self.supervisor.live.values()):
                     scripts.heartbeat(name, vouch=True)
             except (RedisError, OSError) as exc:  # the children heartbeat on their own too

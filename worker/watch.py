@@ -1,20 +1,22 @@
 """The watcher thread of a worker process: heartbeats, RQ's stop commands, the reaper, the
-scheduler's ticks, and the last resort for a run that ignores its stop."""
+scheduler's ticks, and the last resort for a run that ignores its stop. It backs off while
+Redis is away or says "try later"; if it ends for any other reason than its stop, it ends the
+process (never a half-alive worker: its supervisor replaces it and gives its runs back)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from sessionq.common import codec
-from sessionq.common.connection import RETRY_BACKOFF_CAP_S
+from sessionq.common.connection import RETRY_BACKOFF_CAP_S, Backoff, redis_unavailable
 from sessionq.worker.ops import reap
 from sessionq.worker.schedule import Scheduler
 
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 EXIT_HARD_KILLED = 70
+EXIT_WATCHER_DIED = 71
 
 
 class Watcher(threading.Thread):
@@ -38,12 +41,27 @@ class Watcher(threading.Thread):
         self.join(timeout=5)
 
     def run(self) -> None:
+        try:
+            self._watch()
+        finally:
+            if not self._stopping.is_set():
+                # an unexpected error (logged here: the excepthook would come too late) or an
+                # early return: without this thread nobody heartbeats, stops runs or enforces
+                # deadlines, and a reaper would run this worker's runs again elsewhere
+                log.critical("worker %s: its watcher thread ended; exiting the process",
+                             self.worker.name, exc_info=sys.exc_info()[0] is not None)  # fmt: skip
+                logging.shutdown()
+                os._exit(EXIT_WATCHER_DIED)
+
+    def _watch(self) -> None:
         w = self.worker
         channel = w.scripts.rq.worker_channel(w.name)
         pubsub = None
         interval = w.settings.heartbeat_interval_s
         next_beat = next_tick = 0.0
         scheduler = Scheduler(w.scripts, w.name)
+        # at most a heartbeat interval between tries: beats resume as soon as Redis does
+        backoff = Backoff(log, f"watcher {w.name}", cap_s=min(interval, RETRY_BACKOFF_CAP_S))
         while not self._stopping.is_set():
             try:
                 if pubsub is None:
@@ -60,9 +78,9 @@ class Watcher(threading.Thread):
                     next_tick = now + w.settings.scheduler_interval_s
                     try:
                         scheduler.tick()
-                    except (RedisConnectionError, RedisTimeoutError):
-                        raise
-                    except Exception:  # noqa: BLE001 - the scheduler must not stop heartbeats
+                    except Exception as exc:  # noqa: BLE001 - the scheduler must not stop heartbeats
+                        if redis_unavailable(exc):
+                            raise
                         log.exception("watcher %s: scheduler tick failed", w.name)
                 self.enforce()
                 if w.parent_pid and os.getppid() != w.parent_pid:
@@ -72,10 +90,14 @@ class Watcher(threading.Thread):
                 message = pubsub.get_message(timeout=wait)
                 if message and message.get("type") == "message":
                     self.command(message["data"])
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                log.warning("watcher %s: Redis unreachable (%s)", w.name, exc)
+                backoff.succeeded()
+            except (RedisError, OSError) as exc:
+                if not redis_unavailable(exc):
+                    raise
+                if pubsub is not None:
+                    pubsub.reset()
                 pubsub = None
-                self._stopping.wait(min(interval, 1.0))
+                self._stopping.wait(backoff.failed(exc))
         if pubsub is not None:
             pubsub.close()
 

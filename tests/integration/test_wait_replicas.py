@@ -99,9 +99,9 @@ def test_a_worker_starts_a_claimed_run_only_once_the_replica_has_the_claim(
         )  # fmt: skip
     try:
         job = Redis(port=master.port)
-        wait_for(lambda: job.hget(f"sq:rq:job:{sid}-1", "state") == b"started",
+        wait_for(lambda: job.hget(f"sq:rq:job:{sid}-1", "state") == b"started", timeout=60,
                  what="the run claimed")  # fmt: skip
-        wait_for(lambda: "may not survive a failover" in log.read_text(),
+        wait_for(lambda: "may not survive a failover" in log.read_text(), timeout=60,
                  what="the worker to find its claim not replicated")  # fmt: skip
         assert not marker.exists(), "the run did not begin before its claim was replicated"
         os.kill(replica.proc.pid, signal.SIGCONT)
