@@ -1,4 +1,4 @@
-"""Soak: `python -m bench.soak [--runs 100000] [--workers 4] [--kills K] [--seed S]`.
+"""Soak: `python -m bench.soak [--runs 100000] [--workers 4] [--kills K] [--seed S] [--fault F]`.
 
 Starts a throwaway redis-server, queues N runs of `bench.tasks:soak` (most no-ops, a few
 slower) in sessions of up to 1,000 - or with --trickle adds them one at a time while they
@@ -8,6 +8,11 @@ sometimes one worker process (its supervisor gives its runs back at once and sta
 one), sometimes a whole `sessionq worker` with its supervisor, like a lost host (another
 worker's reaper gives its runs back after the heartbeat TTL; a new one is started in its
 place).
+
+With --fault failover|freeze|oom it causes a Redis fault instead, --faults times through
+the drain (bench.faults): the master SIGKILLed with a lagging replica under three sentinels
+(--wait-replicas 0,1: one soak each, side by side), the server SIGSTOPped past the heartbeat
+TTL, or maxmemory below the memory in use; figures go to a JSON file too (--json).
 
 Every run writes its id to a ledger file as it begins. At the end the ledgers are set against
 what sessionq recorded - each run's final state, its task.started, task.retrying and
@@ -128,6 +133,14 @@ class Fleet:
             lines += [line.strip() for line in log.read_text(errors="replace").splitlines()
                       if line.startswith("Exception in thread")]  # fmt: skip
         return lines
+
+    def warnings(self, limit: int = 12) -> list[str]:
+        """The last WARNING and ERROR lines our workers logged (their stderr)."""
+        lines = []
+        for log in sorted(self.logs.glob("worker-*.log")) if self.logs else []:
+            lines += [line.strip() for line in log.read_text(errors="replace").splitlines()
+                      if " WARNING " in line or " ERROR " in line]  # fmt: skip
+        return lines[-limit:]
 
     def silent(self, redis: Redis, pids: set[int], ttl_s: float) -> list[str]:
         """Our live worker processes whose heartbeat is older than `ttl_s` by Redis's clock,
@@ -417,7 +430,7 @@ def soak(args: argparse.Namespace, wait_replicas: int = 0) -> tuple[dict[str, An
         # the ones we killed: a worker process its supervisor had to replace
         restarts = max(len(pids.seen) - sum(fleet.concurrency.values())
                        - fleet.killed_processes, 0)  # fmt: skip
-        dead_threads = fleet.dead_threads()
+        dead_threads, worker_log = fleet.dead_threads(), fleet.warnings()
         violations += [f"half-alive: {line}" for line in silent]
         violations += [f"a worker thread died: {line}" for line in dead_threads]
         if supervisors_died > 0:
@@ -435,6 +448,7 @@ def soak(args: argparse.Namespace, wait_replicas: int = 0) -> tuple[dict[str, An
         "faults": fault_log, "killed_processes": fleet.killed_processes,
         "killed_workers": fleet.killed_workers, "worker_restarts": restarts,
         "worker_threads_died": len(dead_threads), "half_alive_workers": len(silent),
+        "worker_log": worker_log,
         "drain_s": round(elapsed, 2), "runs_per_s": round(done / max(elapsed, 1e-9), 1),
         "began_once": began[1], "began_twice": began[2], "began_3_plus": began[3],
         "never_began": began[0],
@@ -532,6 +546,8 @@ def report(figures: dict[str, Any], violations: list[str]) -> None:
         print(f"  lost: {f['lost']}")
         for line in f.get("unpromised", []):
             print(f"  LOST (no SESSIONQ_WAIT_REPLICAS) {line}")
+    for line in f["worker_log"] if violations else []:
+        print(f"  worker log: {line}")
     for line in violations[:20]:
         print(f"  VIOLATION {line}")
     if len(violations) > 20:
