@@ -6,14 +6,21 @@ import json
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from bench.faults import listener_figures
+from bench.faults import Sentinels, listener_figures
 from bench.measure import ROOT, child_env
 from bench.soak import RunFacts, audit
+from sessionq.common.redisserver import RedisServer
+from tests.conftest import wait_for
 
 
 @pytest.mark.timeout(180)
@@ -99,3 +106,57 @@ def test_listener_figures_tell_silent_divergence_from_one_a_gap_owned_up_to() ->
     owned = listener_figures([*lost, gap, event("s", 2, "task.succeeded")], history)
     assert (owned["diverged_owned_by_a_gap"], owned["diverged_silently"]) == (2, 0)
     assert (owned["gaps"], owned["seqs_yielded_twice"], owned["missed"]) == (1, 1, 0)
+
+
+def test_a_paused_server_answers_nothing_until_resumed() -> None:
+    with RedisServer() as server:
+        server.pause()
+        frozen = Redis(port=server.port, socket_timeout=0.3)
+        try:
+            with pytest.raises(RedisTimeoutError):
+                frozen.ping()
+        finally:
+            server.resume()
+            frozen.close()
+        awake = Redis(port=server.port)
+        assert awake.ping()
+        awake.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_failover_with_a_lagging_replica_loses_what_the_master_acknowledged_meanwhile() -> None:
+    group = Sentinels.start()
+    acknowledged: list[int] = []
+    stop = threading.Event()
+
+    def write(port: int) -> None:  # straight to the master, until it dies
+        client = Redis(port=port, socket_timeout=5)
+        try:
+            while not stop.is_set():
+                client.set(f"k{len(acknowledged)}", 1)
+                acknowledged.append(len(acknowledged))
+        except (RedisConnectionError, RedisTimeoutError, ReadOnlyError):
+            pass  # dead, or back as a replica (redis-py reconnects once)
+        finally:
+            client.close()
+
+    try:
+        old, new = group.master, group.replica
+        writer = threading.Thread(target=write, args=(old.port,), daemon=True)
+        writer.start()
+        wait_for(lambda: len(acknowledged) > 10, what="writes under way")
+        figures = group.fail_over(1.0)
+        stop.set()
+        writer.join(timeout=30)
+        assert figures["lag_bytes"] > 0 and figures["promoted_after_s"] > 0
+        assert (group.master, group.replica) == (new, old)
+        promoted = Redis(port=new.port)
+        try:
+            kept = int(promoted.dbsize())
+            assert 0 < kept < len(acknowledged), "the writes of the lag went with the master"
+            assert promoted.info("replication")["connected_slaves"] == 1  # the old one, back
+        finally:
+            promoted.close()
+    finally:
+        stop.set()
+        group.close()
