@@ -1,4 +1,4 @@
-"""Soak: `python -m bench.soak [--runs 100000] [--workers 4] [--kills K] [--seed S]`.
+"""Soak: `python -m bench.soak [--runs 100000] [--workers 4] [--kills K] [--seed S] [--fault F]`.
 
 Starts a throwaway redis-server, queues N runs of `bench.tasks:soak` (most no-ops, a few
 slower) in sessions of up to 1,000 - or with --trickle adds them one at a time while they
@@ -8,6 +8,11 @@ sometimes one worker process (its supervisor gives its runs back at once and sta
 one), sometimes a whole `sessionq worker` with its supervisor, like a lost host (another
 worker's reaper gives its runs back after the heartbeat TTL; a new one is started in its
 place).
+
+With --fault failover|freeze|oom it causes a Redis fault instead, --faults times through
+the drain (bench.faults): the master SIGKILLed with a lagging replica under three sentinels
+(--wait-replicas 0,1: one soak each, side by side), the server SIGSTOPped past the heartbeat
+TTL, or maxmemory below the memory in use; figures go to a JSON file too (--json).
 
 Every run writes its id to a ledger file as it begins. At the end the ledgers are set against
 what sessionq recorded - each run's final state, its task.started, task.retrying and
@@ -19,6 +24,7 @@ and exits 1 on any violation.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import signal
@@ -34,6 +40,7 @@ from typing import Any
 
 from redis import Redis
 
+from bench import faults as faults_mod
 from bench.measure import ROOT, child_env
 from sessionq.common import codec
 from sessionq.common.keys import Keys
@@ -49,7 +56,6 @@ KNOBS: dict[str, Any] = {  # quick loss detection, as a deployment tuned for it 
     "reap_interval_s": 1.0,
     "stop_grace_s": 2.0,
 }
-ENV_KNOBS = {f"SESSIONQ_{name.upper()}": str(value) for name, value in KNOBS.items()}
 POLL_S = 0.05
 WHOLE_WORKER_SHARE = 0.3  # of kills: a whole `sessionq worker` (a lost host)
 
@@ -97,6 +103,8 @@ class Fleet:
 
     settings: Settings
     imports: str = "bench.tasks"
+    env: dict[str, str] = field(default_factory=dict)  # SESSIONQ_* knobs for the workers
+    logs: Path | None = None  # a folder: each `sessionq worker`'s stderr goes to a file there
     groups: list[subprocess.Popen[bytes]] = field(default_factory=list)
     concurrency: dict[int, int] = field(default_factory=dict)  # supervisor pid -> processes
     killed_processes: int = 0
@@ -106,10 +114,46 @@ class Fleet:
         cmd = [sys.executable, "-m", "sessionq", "--url", self.settings.url, "--prefix",
                self.settings.prefix, "--user", self.settings.user, "--log-level", "WARNING",
                "worker", "--import", self.imports, "--concurrency", str(concurrency)]  # fmt: skip
-        env = {**child_env(), **ENV_KNOBS}
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
+        env = {**child_env(), **self.env}
+        err = None
+        if self.logs is not None:
+            err = (self.logs / f"worker-{len(self.groups)}.log").open("ab")
+        try:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, stderr=err)
+        finally:
+            if err is not None:
+                err.close()
         self.groups.append(proc)
         self.concurrency[proc.pid] = concurrency
+
+    def dead_threads(self) -> list[str]:
+        """The threads that died in our worker processes, as their stderr says."""
+        lines = []
+        for log in sorted(self.logs.glob("worker-*.log")) if self.logs else []:
+            lines += [line.strip() for line in log.read_text(errors="replace").splitlines()
+                      if line.startswith("Exception in thread")]  # fmt: skip
+        return lines
+
+    def warnings(self, limit: int = 12) -> list[str]:
+        """The last WARNING and ERROR lines our workers logged (their stderr)."""
+        lines = []
+        for log in sorted(self.logs.glob("worker-*.log")) if self.logs else []:
+            lines += [line.strip() for line in log.read_text(errors="replace").splitlines()
+                      if " WARNING " in line or " ERROR " in line]  # fmt: skip
+        return lines[-limit:]
+
+    def silent(self, redis: Redis, pids: set[int], ttl_s: float) -> list[str]:
+        """Our live worker processes whose heartbeat is older than `ttl_s` by Redis's clock,
+        or that are not listed at all: alive, but no longer watched (half-alive)."""
+        now_s, now_us = redis.time()
+        now_ms = now_s * 1000 + now_us // 1000
+        listed: Any = redis.zrange(Keys(self.settings.prefix).workers(), 0, -1, withscores=True)
+        beats = {int(codec.text(name).rsplit(".", 1)[1]): float(score)
+                 for name, score in listed}  # fmt: skip
+        return [f"worker process {pid}: " + ("not listed" if pid not in beats else
+                f"last heartbeat {(now_ms - beats[pid]) / 1000:.1f}s ago")
+                for pid in sorted(pids)
+                if pid not in beats or now_ms - beats[pid] > ttl_s * 1000]  # fmt: skip
 
     def live_groups(self) -> list[subprocess.Popen[bytes]]:
         return [g for g in self.groups if g.poll() is None]
@@ -241,44 +285,111 @@ def leftovers(redis: Redis, keys: Keys, rq_queue: str) -> list[str]:
     return out
 
 
-def soak(args: argparse.Namespace) -> int:
+def knobs_for(args: argparse.Namespace, wait_replicas: int) -> dict[str, Any]:
+    """The workers' and producer's settings for a fault mode."""
+    if args.fault == "none":
+        return dict(KNOBS)
+    # the default heartbeats (a failover, a freeze or an OOM spell outlasts quick ones), with
+    # the freeze's reaper looking every 0.3 s, as issue 17 found live workers taken for lost
+    knobs = {"heartbeat_interval_s": 1.0, "heartbeat_ttl_s": 10.0, "stop_grace_s": 2.0,
+             "reap_interval_s": 0.3 if args.fault == "freeze" else 1.0}  # fmt: skip
+    if args.fault == "failover":
+        knobs |= {"wait_replicas": wait_replicas, "wait_timeout_s": args.wait_timeout_s}
+    return knobs
+
+
+def fault_seconds(args: argparse.Namespace) -> float:
+    if args.fault_s is not None:
+        return float(args.fault_s)
+    return {"failover": 1.0, "freeze": 12.0, "oom": 8.0}.get(args.fault, 0.0)
+
+
+def soak(args: argparse.Namespace, wait_replicas: int = 0) -> tuple[dict[str, Any], list[str]]:
+    """One soak: its figures and its violations (failover without WAIT: its losses are
+    figures, not violations)."""
     from sessionq.producer import Client
 
     rng = random.Random(args.seed)
-    kills = args.kills if args.kills is not None else max(4, args.runs // 2_000)
+    fault = args.fault
+    default_kills = 0 if fault != "none" else max(4, args.runs // 2_000)
+    kills = args.kills if args.kills is not None else default_kills
     kill_at = sorted(int(rng.uniform(0.05, 0.95) * args.runs) for _ in range(kills))
+    faults = args.faults if fault != "none" else 0
+    fault_at = [int(args.runs * (i + 1) / (faults + 1)) for i in range(faults)]
+    seconds = fault_seconds(args)
     history_cap = max(5_000, 5 * min(args.runs, SESSION_RUNS) + 1_000)
-    with RedisServer() as server, tempfile.TemporaryDirectory(prefix="sessionq-soak-") as tmp:
-        settings = Settings.from_env(server.url, environ={}, user="soak",
-                                     history_cap=history_cap, **KNOBS)  # fmt: skip
-        ENV_KNOBS["SESSIONQ_HISTORY_CAP"] = str(history_cap)
+    knobs = knobs_for(args, wait_replicas)
+    topology: faults_mod.Single | faults_mod.Sentinels = (
+        faults_mod.Sentinels.start() if fault == "failover"
+        else faults_mod.Single(RedisServer().start())
+    )  # fmt: skip
+    streaming = fault == "failover"  # runs added while they drain and the master dies
+    fault_log: list[dict[str, Any]] = []
+    try:
+        tmp = tempfile.TemporaryDirectory(prefix="sessionq-soak-")
+        settings = Settings.from_env(topology.url, environ={}, user="soak",
+                                     history_cap=history_cap, **knobs)  # fmt: skip
+        env = {f"SESSIONQ_{name.upper()}": str(value) for name, value in knobs.items()}
+        env["SESSIONQ_HISTORY_CAP"] = str(history_cap)
         client = Client(settings=settings)
         keys, redis = Keys(settings.prefix), client.redis
-        ledgers = Path(tmp)
+        ledgers = Path(tmp.name)
         sids, specs, slow_count = plan(client, args.runs, args.slow_share, args.slow_s,
                                        ledgers, rng)  # fmt: skip
-        pending = trickled(sids, specs) if args.trickle else iter(())
-        if not args.trickle:
-            log(f"queueing {args.runs} runs on {server.url}")
+        queue = client.scripts.rq.queue("default")
+        pending = trickled(sids, specs) if args.trickle and not streaming else iter(())
+        listener = faults_mod.ListenerLog(Client(settings=settings), sids) if streaming else None
+        stream = None
+        if streaming:
+            batches = [(sid, group[i : i + args.batch]) for sid, group in zip(sids, specs,
+                       strict=True) for i in range(0, len(group), args.batch)]  # fmt: skip
+            rng.shuffle(batches)
+            stream = faults_mod.Stream(client, batches, keys.run_counts())
+        elif not args.trickle:
+            log(f"queueing {args.runs} runs on {topology.url}")
             for sid, group in zip(sids, specs, strict=True):
                 client.add_runs(sid, group)
-        fleet = Fleet(settings)
+        fleet = Fleet(settings, env=env, logs=ledgers if args.fault != "none" else None)
         for start in range(0, args.workers, 2):
             fleet.start(min(2, args.workers - start))
-        how = "added one at a time as they drain" if args.trickle else "queued"
-        log(f"draining ({how}) with {args.workers} worker processes, {kills} kills planned")
+        pids = faults_mod.PidWatch(lambda: {g.pid for g in fleet.live_groups()})
+        how = ("added in batches while they drain" if streaming else
+               "added one at a time as they drain" if args.trickle else "queued")  # fmt: skip
+        log(f"draining ({how}) with {args.workers} worker processes, {kills} kills and "
+            f"{faults} {fault} faults planned")  # fmt: skip
+        if stream is not None:
+            stream.start()
         started = time.monotonic()
         deadline = started + args.deadline
-        queue = client.scripts.rq.queue("default")
-        done = 0
+        done, total, progress, stalled = 0, args.runs, started, False
         try:
-            while (done := ended(redis, keys)) < args.runs and time.monotonic() < deadline:
+            while time.monotonic() < deadline:
+                now_done = ended(redis, keys)
+                if stream is not None:
+                    total = sum(int(v) for v in redis.hgetall(keys.run_counts()).values())
+                    if stream.done.is_set() and now_done >= total:
+                        done = now_done
+                        break
+                elif now_done >= args.runs:
+                    done = now_done
+                    break
+                if now_done != done:
+                    done, progress = now_done, time.monotonic()
+                elif time.monotonic() - progress > args.stall_s:
+                    stalled = True
+                    break
                 while kill_at and done >= kill_at[0]:
                     kill_at.pop(0)
                     log(f"{done} runs done: killed {fleet.kill_one(redis, rng)}")
+                if fault_at and done >= fault_at[0]:
+                    fault_at.pop(0)
+                    fault_log.append(cause(topology, fault, seconds, client, sids, specs))
+                    log(f"{done} runs done: {fault_log[-1]}")
+                    progress = time.monotonic()
+                    continue
                 # trickling: a run at a time whenever none is queued - to a worker waiting
                 # idle, when one is
-                if args.trickle and not redis.llen(queue):
+                if args.trickle and not streaming and not redis.llen(queue):
                     if (run := next(pending, None)) is not None:
                         client.add_runs(run[0], [run[1]])
                     else:
@@ -287,38 +398,162 @@ def soak(args: argparse.Namespace) -> int:
                     time.sleep(POLL_S / 50 if args.trickle else POLL_S)
             elapsed = time.monotonic() - started
         finally:
+            if stream is not None:
+                stream.stop.set()
+            pids.stop.set()
+            # every worker process still alive must heartbeat again once the faults are over
+            ttl = float(knobs["heartbeat_ttl_s"])
+            silent: list[str] = []
+            if fault != "none":
+                try:
+                    faults_mod.wait_until(
+                        lambda: not fleet.silent(redis, pids.children(), ttl),
+                        "every live worker to heartbeat", timeout=2 * ttl,
+                    )  # fmt: skip
+                except RuntimeError:
+                    silent = fleet.silent(redis, pids.children(), ttl)
+            supervisors_died = sum(g.poll() is not None for g in fleet.groups) - (
+                fleet.killed_workers
+            )  # those we killed were waited for
             fleet.stop()
         facts = collect(client, sids, ledgers)
-        violations = audit(facts, RETRIES)
-        if done < args.runs:
-            violations.insert(0, f"only {done} of {args.runs} runs ended in {args.deadline:g}s")
-        if len(facts) != args.runs:
+        histories = {sid: client.history_after(sid, 0) for sid in sids} if listener else {}
+        violations, figures = judge(args, facts, stream, listener, histories, wait_replicas)
+        if stalled:
+            violations.insert(0, f"no run ended for {args.stall_s:g}s: {done} of {total} ended")
+        elif done < total:
+            violations.insert(0, f"only {done} of {total} runs ended in {args.deadline:g}s")
+        if stream is None and len(facts) != args.runs:
             violations.append(f"{len(facts)} runs seen, {args.runs} queued")
         violations += leftovers(redis, keys, queue)
+        # every pid past the processes each supervisor started with and those that replaced
+        # the ones we killed: a worker process its supervisor had to replace
+        restarts = max(len(pids.seen) - sum(fleet.concurrency.values())
+                       - fleet.killed_processes, 0)  # fmt: skip
+        dead_threads, worker_log = fleet.dead_threads(), fleet.warnings()
+        violations += [f"half-alive: {line}" for line in silent]
+        violations += [f"a worker thread died: {line}" for line in dead_threads]
+        if supervisors_died > 0:
+            violations.append(f"{supervisors_died} `sessionq worker` supervisor(s) exited")
+        if fault == "oom" and restarts > 2 * args.workers * max(faults, 1):
+            violations.append(f"worker processes crash-looped: {restarts} restarts")
         client.close()
+    finally:
+        topology.close()
     began = Counter(min(f.began, 3) for f in facts.values())
-    print(f"soak: {args.runs} runs ({slow_count} slow, {args.slow_s:g}s) in {len(sids)} "
-          f"sessions, {args.workers} worker processes, seed {args.seed}")  # fmt: skip
-    print(f"  killed: {fleet.killed_processes} worker processes and {fleet.killed_workers} "
+    figures |= {
+        "fault": fault, "seed": args.seed, "runs": args.runs, "runs_seen": len(facts),
+        "slow": slow_count, "sessions": len(sids), "workers": args.workers,
+        "wait_replicas": wait_replicas if fault == "failover" else None,
+        "faults": fault_log, "killed_processes": fleet.killed_processes,
+        "killed_workers": fleet.killed_workers, "worker_restarts": restarts,
+        "worker_threads_died": len(dead_threads), "half_alive_workers": len(silent),
+        "worker_log": worker_log,
+        "drain_s": round(elapsed, 2), "runs_per_s": round(done / max(elapsed, 1e-9), 1),
+        "began_once": began[1], "began_twice": began[2], "began_3_plus": began[3],
+        "never_began": began[0],
+        "retries": sum(f.retried for f in facts.values()),
+        "given_back_unrun": sum(f.requeued for f in facts.values()),
+        "failed": sum(f.state == "failed" for f in facts.values()),
+        "handed": sum(f.handed for f in facts.values()),
+        "succeeded_once": sum(f.succeeded == 1 for f in facts.values()),
+        "violations": len(violations),
+    }  # fmt: skip
+    return figures, violations
+
+
+def cause(topology: Any, fault: str, seconds: float, client: Any, sids: list[str],
+          specs: list[list[Any]]) -> dict[str, Any]:  # fmt: skip
+    """Cause one fault; what it was, in figures."""
+    if fault == "failover":
+        return dict(topology.fail_over(seconds))
+    if fault == "freeze":
+        return dict(topology.freeze(seconds))
+    # an add while Redis is full: it is refused with one clear error, and not counted
+    return dict(topology.oom(seconds, lambda: client.open_session("soak-oom-probe")))
+
+
+def judge(
+    args: argparse.Namespace,
+    facts: dict[str, RunFacts],
+    stream: faults_mod.Stream | None,
+    listener: faults_mod.ListenerLog | None,
+    histories: dict[str, list[dict[str, Any]]],
+    wait_replicas: int,
+) -> tuple[list[str], dict[str, Any]]:
+    """The violations of a soak and the figures of what it found."""
+    strict = args.fault in ("freeze", "oom") and not args.kills
+    if stream is None:
+        violations = audit(facts, RETRIES)
+        if strict:  # nothing died: nothing may begin twice, no retry may be recorded
+            violations += [f"{run_id}: began {f.began} times although no worker died"
+                           for run_id, f in sorted(facts.items()) if f.began > 1]  # fmt: skip
+            violations += [f"{run_id}: {f.retried} retries recorded although no worker died"
+                           for run_id, f in sorted(facts.items()) if f.retried]  # fmt: skip
+        return violations, {}
+    # failover: runs acknowledged to the producer must all be there; runs an unacknowledged
+    # add wrote are audited like the rest when they exist, and forgotten when they do not
+    lost = sorted(r for r in stream.acked if r not in facts or facts[r].state is None)
+    audited = {r: f for r, f in facts.items() if r in stream.acked or f.state is not None}
+    found = audit(audited, RETRIES)
+    twice = {v.split(":")[0] for v in found if " began " in v}  # runs, not lines
+    lines = [f"{r}: acknowledged to the producer, gone" for r in lost]
+    lines += [f"{r}: acknowledged to the producer {n} times" for r, n in stream.acked.items()
+              if n > 1]  # fmt: skip
+    lines += found
+    heard = faults_mod.listener_figures(listener.events if listener else [], histories)
+    if heard["diverged_silently"]:
+        lines.append(f"the listener yielded {heard['diverged_silently']} events the history "
+                     "does not hold, with no listener.gap for them")  # fmt: skip
+    if listener and listener.error:
+        lines.append(f"the listener died: {listener.error}")
+    figures: dict[str, Any] = {"producer": stream.figures(), "listener": heard,
+               "lost": {"acknowledged_runs_gone": len(lost),
+                        "began_again_without_a_recorded_retry": len(twice),
+                        "listener_events_diverged_silently": heard["diverged_silently"],
+                        "ids_acknowledged_twice": stream.figures()["acknowledged_twice"],
+                        "other": len({v.split(":")[0] for v in found} - twice)}}  # fmt: skip
+    if not wait_replicas:  # no promise without WAIT: what it cost is a figure
+        figures["unpromised"] = lines[:20]
+        return [], figures
+    return lines, figures
+
+
+def report(figures: dict[str, Any], violations: list[str]) -> None:
+    f = figures
+    print(f"soak: {f['runs']} runs ({f['slow']} slow) in {f['sessions']} sessions, "
+          f"{f['workers']} worker processes, fault {f['fault']}, seed {f['seed']}"
+          + (f", SESSIONQ_WAIT_REPLICAS={f['wait_replicas']}" if f["fault"] == "failover"
+             else ""))  # fmt: skip
+    print(f"  killed: {f['killed_processes']} worker processes and {f['killed_workers']} "
           f"whole workers (SIGKILL)")  # fmt: skip
-    print(f"  drained in {elapsed:.1f}s ({done / max(elapsed, 1e-9):,.0f} runs/s)")
-    print(f"  runs that began once: {began[1]}, twice: {began[2]}, 3+ times: {began[3]}, "
-          f"never: {began[0]}")  # fmt: skip
-    print(f"  recorded: {sum(f.retried for f in facts.values())} retries (a worker died under "
-          f"the run), {sum(f.requeued for f in facts.values())} runs given back unrun, "
-          f"{sum(f.state == 'failed' for f in facts.values())} failed")  # fmt: skip
-    print(
-        f"  started by the call that added them (handed to a waiting worker): "
-        f"{sum(f.handed for f in facts.values())}"
-    )
-    print(f"  succeeded exactly once: {sum(f.succeeded == 1 for f in facts.values())}")
+    for one in f["faults"]:
+        print(f"  fault: {one}")
+    if f["fault"] != "none":
+        print(f"  worker processes restarted by their supervisors: {f['worker_restarts']}, "
+              f"worker threads that died: {f['worker_threads_died']}, live worker processes "
+              f"no longer heartbeating: {f['half_alive_workers']}")  # fmt: skip
+    print(f"  drained in {f['drain_s']:.1f}s ({f['runs_per_s']:,.0f} runs/s)")
+    print(f"  runs that began once: {f['began_once']}, twice: {f['began_twice']}, 3+ times: "
+          f"{f['began_3_plus']}, never: {f['never_began']}")  # fmt: skip
+    print(f"  recorded: {f['retries']} retries (a worker died under the run), "
+          f"{f['given_back_unrun']} runs given back unrun, {f['failed']} failed")  # fmt: skip
+    print(f"  started by the call that added them (handed to a waiting worker): {f['handed']}")
+    print(f"  succeeded exactly once: {f['succeeded_once']}")
+    if "producer" in f:
+        print(f"  producer: {f['producer']}")
+        print(f"  listener: {f['listener']}")
+        print(f"  lost: {f['lost']}")
+        for line in f.get("unpromised", []):
+            print(f"  LOST (no SESSIONQ_WAIT_REPLICAS) {line}")
+    for line in f["worker_log"] if violations else []:
+        print(f"  worker log: {line}")
     for line in violations[:20]:
         print(f"  VIOLATION {line}")
     if len(violations) > 20:
         print(f"  ... and {len(violations) - 20} more")
     print("FAILED" if violations else "OK: every run finished exactly once; every extra "
           "beginning is a recorded retry")  # fmt: skip
-    return 1 if violations else 0
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -333,16 +568,70 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--trickle", action="store_true",
                    help="add the runs one at a time while they drain (idle workers are handed "
                         "them) instead of queuing them all first")  # fmt: skip
+    p.add_argument("--fault", choices=["none", "failover", "freeze", "oom"], default="none",
+                   help="a Redis fault caused --faults times mid-drain (see bench.faults): "
+                        "the master SIGKILLed with a lagging replica under 3 sentinels, the "
+                        "server SIGSTOPped, or maxmemory set below the memory in use")  # fmt: skip
+    p.add_argument("--faults", type=int, default=3, help="faults caused (default 3)")
+    p.add_argument("--fault-s", type=float, default=None,
+                   help="seconds a fault lasts: the replica's lag before the master dies "
+                        "(default 1), the freeze (12), the OOM spell (8)")  # fmt: skip
+    p.add_argument("--wait-replicas", default="1",
+                   help="failover: SESSIONQ_WAIT_REPLICAS, or a list (0,1) for one soak "
+                        "each, side by side (default 1)")  # fmt: skip
+    p.add_argument(
+        "--wait-timeout-s",
+        type=float,
+        default=1.0,
+        help="failover: SESSIONQ_WAIT_TIMEOUT_S (default 1)",
+    )
+    p.add_argument("--batch", type=int, default=10, help="failover: runs per producer call")
+    p.add_argument(
+        "--stall-s",
+        type=float,
+        default=120,
+        help="give up once no run has ended for this long (default 120)",
+    )
+    p.add_argument("--json", default=None,
+                   help="write the figures here (default: sessionq-soak-FAULT-SEED.json in "
+                        "the temp dir)")  # fmt: skip
     args = p.parse_args(argv)
     if args.runs < 1 or args.workers < 1:
         p.error("--runs and --workers must be at least 1")
+    if args.faults < 0 or args.batch < 1:
+        p.error("--faults must be at least 0 and --batch at least 1")
+    try:
+        args.wait_list = [int(n) for n in str(args.wait_replicas).split(",")]
+    except ValueError:
+        p.error(f"--wait-replicas: expected numbers like 0,1, got {args.wait_replicas!r}")
+    if args.fault != "failover":
+        args.wait_list = [0]
     if args.seed is None:
         args.seed = random.randrange(2**31)
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return soak(parse_args(argv))
+    args = parse_args(argv)
+    results = []
+    for wait_replicas in args.wait_list:
+        figures, violations = soak(args, wait_replicas)
+        report(figures, violations)
+        results.append(figures)
+    if len(results) > 1:
+        print("side by side (SESSIONQ_WAIT_REPLICAS: drain runs/s, producer add p50/p99 ms, "
+              "acknowledged runs gone, began again without a retry):")  # fmt: skip
+        for f in results:
+            lost = f["lost"]
+            print(f"  {f['wait_replicas']}: {f['runs_per_s']:,.0f} runs/s, "
+                  f"{f['producer']['add_p50_ms']}/{f['producer']['add_p99_ms']} ms, "
+                  f"{lost['acknowledged_runs_gone']} gone, "
+                  f"{lost['began_again_without_a_recorded_retry']} run twice")  # fmt: skip
+    path = Path(args.json or Path(tempfile.gettempdir()) /
+                f"sessionq-soak-{args.fault}-{args.seed}.json")  # fmt: skip
+    path.write_text(json.dumps(results if len(results) > 1 else results[0], indent=2) + "\n")
+    print(f"figures: {path}")
+    return 1 if any(f["violations"] for f in results) else 0
 
 
 if __name__ == "__main__":

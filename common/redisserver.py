@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -136,7 +137,31 @@ class RedisServer:
             self.proc.kill()
             self.proc.wait()
 
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): it holds its connections and answers nothing, as a
+        server stalled by its host would; resume() lets it carry on."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused server carry on (SIGCONT)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+
+    def restart_as_replica_of(self, master: RedisServer) -> RedisServer:
+        """Start this (ended) server again on its port as a replica of `master`: an old
+        master brought back after a failover, as Sentinel would reconfigure it."""
+        if self.proc is not None and self.proc.poll() is None:
+            raise ConfigError(f"redis-server on port {self.port} is still running")
+        cmd = list(self.cmd)
+        if "--replicaof" in cmd:
+            at = cmd.index("--replicaof")
+            del cmd[at : at + 3]
+        self.cmd = [*cmd, "--replicaof", "127.0.0.1", str(master.port)]
+        return self.start()
+
     def stop(self) -> None:
+        self.resume()  # a paused server cannot act on SIGTERM
         self.shutdown()
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)

@@ -44,7 +44,7 @@ local function finish(B, id, outcome, payload, duration_ms)
     return 'canceled', 0, 0
   end
   if j[1] ~= 'started' or j[2] ~= G.worker then
-    return 'stale', 0  -- recovered, canceled or destroyed while it ran: not ours to record
+    return 'stale', 0, 0  -- recovered, canceled or destroyed while it ran: not ours to record
   end
   local attempts = num(j[4])
   redis.call('ZREM', B.wip, id .. ':' .. attempts)

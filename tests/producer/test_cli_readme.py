@@ -36,6 +36,11 @@ NOT_RUN = {
     "python -m bench.profile": "a profile of 20,000 runs; tests/test_bench_smoke.py covers it",
     "python -m bench.soak --runs 100000 --workers 4": "takes minutes; test_bench_soak covers it",
     "python -m bench.soak --runs 30000 --trickle": "takes minutes; test_bench_soak covers it",
+    "python -m bench.soak --fault failover --runs 10000 --workers 2 --faults 3 --wait-replicas "
+    "0,1": "takes minutes",
+    "python -m bench.soak --fault freeze --runs 20000 --workers 4 --faults 3": "takes minutes",
+    "python -m bench.soak --fault oom --runs 20000 --workers 4 --faults 3": "takes minutes; "
+    "test_bench_soak runs a tiny one",
 }
 # long-running commands: checked by --help (their own tests run them)
 HELP_ONLY = {
