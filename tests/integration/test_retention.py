@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -73,7 +74,8 @@ def counters(redis: Redis, keys: Keys) -> dict[str, int]:
 
 
 def due(redis: Redis, keys: Keys) -> dict[str, float]:
-    return {m.decode(): s for m, s in redis.zrange(keys.retention(), 0, -1, withscores=True)}
+    pairs: list[Any] = redis.zrange(keys.retention(), 0, -1, withscores=True)
+    return {member.decode(): float(score) for member, score in pairs}
 
 
 def expired(scheduler: Scheduler, sid: str) -> bool:
