@@ -330,7 +330,6 @@ def prune_candidates(
     """The sessions `prune` removes: the caller's (every user's with view="all") ended
     sessions made by create() - with `older_than`, those ended at least that many seconds
     ago - from the index sets (the removal checks again that each has ended)."""
-    k = scripts.keys
     if view not in VIEWS:
         raise ValidationError("view", f"{view!r} must be None or 'all'")
     if older_than is not None and (
@@ -338,6 +337,7 @@ def prune_candidates(
         or not 0 <= older_than < float("inf")
     ):  # fmt: skip
         raise ValidationError("older_than", f"must be seconds >= 0 or None, got {older_than!r}")
+    k = scripts.keys
     owner = k.idx_owner(scripts.settings.user)
     ended = [k.idx_status(status) for status in sorted(ENDED_STATUSES)]
     queries = [Command.of("smembers", key) if view == "all" else Command.of("sinter", [owner, key])

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from redis import Redis
 
 import tests.tasks  # noqa: F401 - registers the @task functions
+from sessionq.common.errors import ConfigError, ValidationError
 from sessionq.common.keys import Keys
 from sessionq.common.models import Status
 from sessionq.common.scripts import Scripts
@@ -220,3 +221,37 @@ def test_the_prune_command(client: Client, settings: Settings, redis: Redis, key
     assert (code, json.loads(out)) == (0, [others])
     assert traces(redis, keys, mine) == [] and traces(redis, keys, others) == []
     assert run("prune", "--older-than", "-1")[0] == 2
+
+
+def test_a_stopped_session_is_due_too(
+    client: Client, settings: Settings, redis: Redis, keys: Keys
+) -> None:
+    [sid] = client.create("stopped", task=NOOP)
+    client.stop(sid)
+    assert client.info(sid)[0]["status"] == Status.STOPPED
+    assert list(due(redis, keys)) == [sid]
+    drain(settings)  # carries the stop out: its queued run canceled
+    assert counters(redis, keys) == {"canceled": 1}
+    assert client.prune() == [sid]
+    assert traces(redis, keys, sid) == [] and counters(redis, keys) == {}
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("inf"), True, "60"])
+def test_a_bad_retention_is_refused_naming_it(bad: object) -> None:
+    with pytest.raises(ValidationError, match="retention_s"):
+        SessionConfig(retention_s=bad)  # the wrong types on purpose
+
+
+@pytest.mark.parametrize("bad", [-1, float("inf"), True, "60"])
+def test_a_bad_older_than_is_refused_naming_it(client: Client, bad: object) -> None:
+    with pytest.raises(ValidationError, match="older_than"):
+        client.prune(older_than=bad)  # the wrong types on purpose
+    with pytest.raises(ValidationError, match="view"):
+        client.prune(view="everyone")
+
+
+def test_sessionq_retention_s_is_read_from_the_environment() -> None:
+    assert Settings.from_env(environ={"SESSIONQ_RETENTION_S": "90"}).retention_s == 90.0
+    assert Settings.from_env(environ={}).retention_s == 604800.0
+    with pytest.raises(ConfigError, match="retention_s"):
+        Settings.from_env(environ={"SESSIONQ_RETENTION_S": "0"})
