@@ -1,5 +1,6 @@
 """Functions the benchmarks run: `noop` for sessionq workers (`--import bench.tasks`),
-`rq_noop` for plain RQ workers (RQ runs any importable function), and `soak` for bench.soak."""
+`rq_noop` for plain RQ workers (RQ runs any importable function), `soak` for bench.soak and
+`chatty` for bench.retention."""
 
 from __future__ import annotations
 
@@ -37,3 +38,13 @@ def soak(ledger_dir: str, seconds: float = 0.0) -> None:
     ledger.write(f"{ctx.task_id} {ctx.attempt}\n")
     if seconds:
         time.sleep(seconds)
+
+
+@task
+def chatty(i: int = 0) -> dict[str, int]:
+    """A run that leaves what a real one does - a log line, a progress event, a result - for
+    bench.retention (registered as "bench.tasks:chatty")."""
+    ctx = current_task()
+    ctx.progress(0.5, "half way")
+    ctx.log(f"run {ctx.task_id} of input {i}")
+    return {"input": i, "pid": os.getpid()}

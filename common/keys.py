@@ -182,6 +182,13 @@ class Keys:
         and control scripts add; the scheduler's fire step removes (once, whoever wins)."""
         return f"{self.prefix}schedule"
 
+    def retention(self) -> str:
+        """ZSET session id -> when it is due for removal (epoch ms: its end + its retention,
+        the session hash's retention_ms); the scripts add a session as it ends (prelude
+        `set_status`) and take it out as it runs again or is destroyed; the workers'
+        scheduler removes the due ones (ControlCalls.remove_ended)."""
+        return f"{self.prefix}retention"
+
     def waiting(self) -> str:
         """SET of run ids deferred on dependencies; enqueue/control scripts; resolve removes."""
         return f"{self.prefix}waiting"

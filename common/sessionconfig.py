@@ -35,6 +35,10 @@ class SessionConfig:
       paused, and added tasks wait, held, for play()/run()/step().
     - max_running: at most this many runs of the session run at once, across all workers;
       the rest wait in the queue's line without a busy loop. None: no cap.
+    - retention_s: the session, with everything under it (runs, logs, history), is removed
+      this long after it ends (Completed, Failed or Stopped); running again (a task added)
+      makes it no longer due. None: kept until destroyed. (A session made by create()
+      follows SESSIONQ_RETENTION_S.)
     """
 
     task_pre_exist: str = "raise"
@@ -45,6 +49,7 @@ class SessionConfig:
     cycle_sleep: float | None = None
     autoplay: bool = True
     max_running: int | None = None
+    retention_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.task_pre_exist not in TASK_PRE_EXIST:
@@ -64,6 +69,16 @@ class SessionConfig:
         cap = self.max_running
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
             raise ValidationError("max_running", f"must be an integer >= 1 or None, got {cap!r}")
+        keep = self.retention_s
+        if keep is not None and (
+            isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 < keep < math.inf
+        ):  # fmt: skip
+            raise ValidationError("retention_s", f"must be seconds > 0 or None, got {keep!r}")
+
+    @property
+    def retention_ms(self) -> int | None:
+        """retention_s in ms, as the session hash keeps it (None: kept until destroyed)."""
+        return None if self.retention_s is None else max(1, int(self.retention_s * 1000))
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)

@@ -36,6 +36,7 @@ _FLOAT_KNOBS = {
     "reap_interval_s": "SESSIONQ_REAP_INTERVAL_S",
     "scheduler_interval_s": "SESSIONQ_SCHEDULER_INTERVAL_S",
     "retry_budget_s": "SESSIONQ_RETRY_BUDGET_S",
+    "retention_s": "SESSIONQ_RETENTION_S",
 }
 
 
@@ -85,6 +86,9 @@ class Settings:
     # raises ConnectionFailed: longer than a Sentinel failover with Sentinel's defaults
     # (down-after-milliseconds 30 s, then the election and the promotion).
     retry_budget_s: float = 60.0
+    # A session made by create() is removed, with everything under it (its history too),
+    # this long after it ended (SPEC §9 Retention); persistent ones: SessionConfig.retention_s.
+    retention_s: float = 604800.0
 
     def __post_init__(self) -> None:
         if not PREFIX_RE.fullmatch(self.prefix):

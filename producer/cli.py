@@ -526,6 +526,26 @@ def destroy_with(ctx: click.Context, prefix: str, kind: str, status: str, as_jso
     return 0 if all(result.values()) else 1
 
 
+@cli.command()
+@click.option(
+    "--older-than", type=click.FloatRange(min=0), default=None, metavar="S",
+    help="Only sessions that ended at least S seconds ago.",
+)  # fmt: skip
+@click.option("--all", "all_", is_flag=True, help="Every user's sessions, not only yours.")
+@click.option("--json", "as_json", is_flag=True, help="Print the ids removed as JSON.")
+@click.pass_context
+def prune(ctx: click.Context, older_than: float | None, all_: bool, as_json: bool) -> None:
+    """Remove your ended sessions made by create() now, with their runs, logs and history
+    (otherwise removed SESSIONQ_RETENTION_S after they end; persistent ones are left)."""
+    removed = _client(ctx).prune(older_than, view="all" if all_ else None)
+    if as_json:
+        _echo_json(removed)
+        return
+    for sid in removed:
+        click.echo(sid)
+    click.echo(f"{len(removed)} session(s) removed", err=True)
+
+
 # -- running it (SPEC §7) ----------------------------------------------------------------------
 @cli.command()
 @click.option(

@@ -34,7 +34,13 @@ from sessionq.common.errors import (
     ValidationTypeError,
 )
 from sessionq.common.keys import DEFAULT_QUEUE, Keys, command_queue_for, run_id
-from sessionq.common.models import RunSpec, SessionRecord, check_kind, check_name
+from sessionq.common.models import (
+    ENDED_STATUSES,
+    RunSpec,
+    SessionRecord,
+    check_kind,
+    check_name,
+)
 from sessionq.common.rqcompat import load_rq
 from sessionq.common.scripts import Scripts
 from sessionq.common.sessionconfig import SessionConfig
@@ -193,6 +199,7 @@ class Client(SessionControl):
         if wanted is not None and not created and record.config != wanted.to_wire():
             record = replace(record, config=wanted.to_wire())
             self.redis.hset(self.keys.sessions(), sid, codec.encode(record.to_wire()))
+            self._keep_for(sid, wanted.retention_ms)
         cfg = SessionConfig.from_wire(record.config)
         # the cap the claim script reads (run.lua, prelude `room`), kept with the session
         if cfg.max_running is not None:
@@ -202,6 +209,23 @@ class Client(SessionControl):
         if created and not cfg.autoplay:
             self.pause(sid)
         return Session(self, sid, record.name, cfg, record.created_at_ms)
+
+    def _keep_for(self, sid: str, retention_ms: int | None) -> None:
+        """A persistent session's new retention (SessionConfig.retention_s), kept in its hash
+        for the scripts that end it; if it has ended already, due that long after its end.
+        (The removal itself checks again that it has ended: remove_ended.)"""
+        k = self.keys
+        if retention_ms is None:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hdel(k.session(sid), "retention_ms")
+            pipe.zrem(k.retention(), sid)
+            pipe.execute()
+            return
+        self.redis.hset(k.session(sid), "retention_ms", retention_ms)
+        status, finished = self.redis.hmget(k.session(sid), "status", "finished_at")
+        if status is not None and codec.text(status) in ENDED_STATUSES:
+            due = int(finished or time.time() * 1000) + retention_ms
+            self.redis.zadd(k.retention(), {sid: due})
 
     def open_session(
         self, name: str, *, kind: str = "session", config: dict[str, Any] | None = None,
@@ -234,7 +258,7 @@ class Client(SessionControl):
         # the same time finds both or neither
         reply = self.scripts.enqueue(
             [(sid, True, codec.encode(record.to_wire()), name, kind, self.user)], [],
-            claim=field,
+            claim=field, retention_ms=(config or SessionConfig()).retention_ms,
         )  # fmt: skip
         if reply and reply[0] == "named":
             return str(reply[1]), False  # another process won
@@ -313,6 +337,16 @@ class Client(SessionControl):
     def destroy(self, ids: str | Sequence[str]) -> dict[str, bool]:
         """id -> accepted; workers cancel queued runs, stop running ones, then delete it all."""
         return self._run(plans.destroy(self.scripts, ids))
+
+    @redis_errors
+    def prune(self, older_than: float | None = None, *, view: str | None = None) -> list[str]:
+        """Remove the caller's (view="all": everyone's) ended sessions made by create() now,
+        with everything under them and their history (SPEC §9 Retention); with
+        `older_than`, only those ended at least that many seconds ago. The ids removed."""
+        candidates = self._run(plans.prune_candidates(self.scripts, older_than, view))
+        removed = self.scripts.remove_ended(candidates)
+        log.info("pruned %d ended session(s)", len(removed))
+        return removed
 
     def _stop_running(self, sid: str) -> None:
         """Send RQ's stop-job command to the workers running this session's runs."""

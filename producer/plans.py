@@ -24,6 +24,7 @@ from sessionq.common.errors import CodecError, ValidationError
 from sessionq.common.events import decode_event
 from sessionq.common.keys import DEFAULT_QUEUE, command_queue_for
 from sessionq.common.models import (
+    ENDED_STATUSES,
     MAX_REPLICAS,
     JobFields,
     SessionRecord,
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 REGEX_META = frozenset(".^$*+?{}[]()|")
 VIEWS = (None, "all")
+PRUNE_READ_BATCH = 1000  # session records read per HMGET (prune)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +148,9 @@ def create(
         runs.append((i, f"{sid}-1", replica_name, TaskState.QUEUED.value, run_queue, fields,
                      None))  # fmt: skip
         ids.append(sid)
-    yield ScriptCall("enqueue", *scripts.enqueue_call(sessions, runs, now=now))
+    retention_ms = max(1, int(scripts.settings.retention_s * 1000))
+    yield ScriptCall("enqueue", *scripts.enqueue_call(sessions, runs, now=now,
+                                                      retention_ms=retention_ms))  # fmt: skip
     log.debug("created %d %s session(s) %s", replicas, kind, ids[:3])
     return ids
 
@@ -318,6 +322,48 @@ def fetch(
     found = yield from records(scripts, ids, quiet=True)
     found.sort(key=lambda r: (r["created_at"] or "", r["name"]))
     return found
+
+
+def prune_candidates(
+    scripts: Scripts, older_than: float | None = None, view: str | None = None
+) -> Plan[list[str]]:
+    """The sessions `prune` removes: the caller's (every user's with view="all") ended
+    sessions made by create() - with `older_than`, those ended at least that many seconds
+    ago - from the index sets (the removal checks again that each has ended)."""
+    if view not in VIEWS:
+        raise ValidationError("view", f"{view!r} must be None or 'all'")
+    if older_than is not None and (
+        isinstance(older_than, bool) or not isinstance(older_than, (int, float))
+        or not 0 <= older_than < float("inf")
+    ):  # fmt: skip
+        raise ValidationError("older_than", f"must be seconds >= 0 or None, got {older_than!r}")
+    k = scripts.keys
+    owner = k.idx_owner(scripts.settings.user)
+    ended = [k.idx_status(status) for status in sorted(ENDED_STATUSES)]
+    queries = [Command.of("smembers", key) if view == "all" else Command.of("sinter", [owner, key])
+               for key in ended]  # fmt: skip
+    ids = sorted({codec.text(i) for found in (yield Batch(queries)) for i in found})
+    if not ids:
+        return []
+    commands = [Command.of("hmget", k.sessions(), ids[at : at + PRUNE_READ_BATCH])
+                for at in range(0, len(ids), PRUNE_READ_BATCH)]  # fmt: skip
+    commands += [Command.of("hget", k.session(sid), "finished_at") for sid in ids]
+    replies = yield Batch(commands)
+    raws = [raw for chunk in replies[: len(commands) - len(ids)] for raw in chunk]
+    finished = replies[len(commands) - len(ids) :]
+    before_ms = None if older_than is None else (time.time() - older_than) * 1000
+    out = []
+    for sid, raw, ended_ms in zip(ids, raws, finished, strict=True):
+        try:
+            if raw is None or parse_record(raw, sid).persistent:
+                continue
+        except CodecError as exc:
+            log.error("prune: %s", exc)
+            continue
+        if before_ms is not None and (ended_ms is None or int(ended_ms) > before_ms):
+            continue
+        out.append(sid)
+    return out
 
 
 def stats(scripts: Scripts) -> Plan[dict[str, Any]]:

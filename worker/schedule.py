@@ -11,6 +11,10 @@ did behind our back (`rq empty`, Job.delete, Job.cancel): a session whose live c
 runs whose RQ job is gone, or waiting runs RQ canceled, is settled (control.lua settle: those
 runs end canceled, and the session ends if nothing else is left); and every
 RECOUNT_EVERY_RECONCILES of those the global run counters are recounted from the sessions'.
+
+Every tick it also removes the ended sessions whose retention is over (keys.retention: the
+scripts add a session as it ends), up to EXPIRE_BATCH of them, each with everything under it
+(ControlCalls.remove_ended, destroy.lua's removal path, its history too).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ RECONCILE_BATCH = 500  # runs read per round trip
 RECOUNT_EVERY_RECONCILES = 10
 LIVE_STATES = ("queued", "deferred", "held", "started")
 LIVE_STATUSES = ("Pending", "Running", "Paused")
+EXPIRE_BATCH = 500  # ended sessions removed per tick, at most
 
 
 def _queues(scripts: Scripts, run_ids: list[str], *fields: str) -> list[list[Any]]:
@@ -121,6 +126,7 @@ class Scheduler:
         try:
             self.ticks += 1
             seen = self.fire_due()
+            seen += len(self.expire_due())
             if self.ticks % SWEEP_EVERY_TICKS == 0:
                 seen += self.sweep()
             if self.ticks % RECONCILE_EVERY_TICKS == 0:
@@ -196,6 +202,18 @@ class Scheduler:
             # destroyed since its record was cached: its runs must not stay due forever
             self.scripts.redis.zrem(self.scripts.keys.schedule(), *ids)
             self._sessions.pop(sid, None)
+
+    def expire_due(self) -> list[str]:
+        """Remove (a batch of) the ended sessions whose retention is over; their ids."""
+        r, k = self.scripts.redis, self.scripts.keys
+        now_ms = int(time.time() * 1000)
+        due = [codec.text(m) for m in r.zrangebyscore(k.retention(), "-inf", now_ms, 0,
+                                                      EXPIRE_BATCH)]  # fmt: skip
+        if not due:
+            return []
+        removed = self.scripts.remove_ended(due, worker=self.worker)
+        log.info("retention: removed %d ended session(s)", len(removed))
+        return removed
 
     def sweep(self) -> int:
         """Judge (a batch of) the runs waiting on dependencies."""

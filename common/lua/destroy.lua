@@ -4,11 +4,30 @@
 -- Its contract (common/scripts/destroy.py DESTROY): the session index, the persistent
 -- names, the session's keys, its kind and owner index sets, the schedule zset and the set of
 -- runs waiting on dependencies; a `run` key block (job, started, finished, failed) and a
--- `run` argument block (its id) per run; `sid`, `names_field` ('' if none), `history_ttl`.
+-- `run` argument block (its id) per run; `sid`, `names_field` ('' if none), `history_ttl`
+-- (0: the history goes now too); `ended_only` (retention and prune: remove the session only
+-- if it has ended, nothing of it is live and the runs given are all of it - else {'live'},
+-- {'busy'} (a stop still under way: due again a little later) or {'changed'}, nothing done).
 load_globals()
 local S = {sid = A.sid, session = K.session, history = K.history, chan = K.chan}
 local status = redis.call('HGET', S.session, 'status')
-if not status then return {'gone'} end
+if not status then
+  redis.call('ZREM', G.retention, A.sid)
+  return {'gone'}
+end
+if A.ended_only == 1 then
+  if not ENDED[status] then
+    redis.call('ZREM', G.retention, A.sid)
+    return {'live'}
+  end
+  local c = redis.call('HMGET', S.session, 'queued', 'deferred', 'held', 'started')
+  if num(c[1]) + num(c[2]) + num(c[3]) + num(c[4]) > 0 then
+    redis.call('ZADD', G.retention, 'XX', G.now_ms + 5000, A.sid)
+    return {'busy'}
+  end
+  if redis.call('HLEN', K.tasks) ~= A.nruns then return {'changed'} end
+end
+S.status = status
 set_status(S, 'Terminating')
 local nruns = A.nruns
 local waiting = {'waiting'}
@@ -54,5 +73,10 @@ if A.names_field ~= '' then redis.call('HDEL', K.names, A.names_field) end
 redis.call('SREM', G.idx['Terminating'], S.sid)
 redis.call('SREM', K.kind_index, S.sid)
 redis.call('SREM', K.owner_index, S.sid)
-redis.call('EXPIRE', S.history, A.history_ttl)
+redis.call('ZREM', G.retention, S.sid)
+if A.history_ttl > 0 then
+  redis.call('EXPIRE', S.history, A.history_ttl)
+else
+  redis.call('DEL', S.history)
+end
 return {'destroyed'}

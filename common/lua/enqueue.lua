@@ -7,9 +7,10 @@
 -- `queue` one per queue, a `job` one per run; then extra job keys (parents, replaced tasks)
 -- that the runs' options name by index (KX); `fresh_ms`: how old a worker's heartbeat may be
 -- for it to be handed a run; `plan` (msgpack):
---   plan = [sessions, queue names, runs, claim, shared]; claim: a persistent name
+--   plan = [sessions, queue names, runs, claim, shared, retention]; claim: a persistent name
 --   (owner/name) the one new session takes in the names hash, '' for none; shared: lists of
---   job fields (field, value, ...) that runs share
+--   job fields (field, value, ...) that runs share; retention: ms the new sessions are kept
+--   after they end (their hash's retention_ms, prelude `set_status`), nil: until destroyed
 --   session = [sid, is_new, record bytes, name]
 --   run = [session index, run id, name, state, queue index, options or nil, shared index,
 --          data, sq, extra job fields (field, value, ...) or nothing]
@@ -295,6 +296,10 @@ for _, B in ipairs(S) do
   if B.fresh then
     B.seq_preset = queued_events(B)
     fields = {'status', 'Pending', 'seq', B.seq_preset, 'next', B.top or 0}
+    if plan[6] then
+      fields[#fields + 1] = 'retention_ms'
+      fields[#fields + 1] = plan[6]
+    end
   elseif B.top and B.top > num(redis.call('HGET', B.session, 'next')) then
     -- ids are reserved ahead (HINCRBY next); a run written with a number past the counter
     -- (reserved before a failover lost the reservation) moves it on: a later reservation

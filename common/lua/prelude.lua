@@ -76,6 +76,7 @@ local function load_globals()
   for _, name in ipairs(STATUS) do G.idx[name] = K['idx_' .. name] end
   G.stats_key = K.counters
   G.depths = K.depths
+  G.retention = K.retention
   set_clock(A.now_ms, A.now_iso, A.cap, A.worker)
 end
 
@@ -170,6 +171,9 @@ local function flush()
   G.stats = {}
 end
 
+-- The statuses a session has ended in: it is due for removal its retention_ms after.
+local ENDED = {Completed = true, Failed = true, Stopped = true}
+
 local function set_status(S, new)
   S = sess(S)
   local old = S.status or redis.call('HGET', S.session, 'status')
@@ -178,6 +182,13 @@ local function set_status(S, new)
   redis.call('HSET', S.session, 'status', new)
   if old then redis.call('SREM', G.idx[old], S.sid) end
   redis.call('SADD', G.idx[new], S.sid)
+  -- retention (SPEC §9): due as it ends, no longer due as it runs again (or is destroyed)
+  if ENDED[new] then
+    local keep = redis.call('HGET', S.session, 'retention_ms')
+    if keep then redis.call('ZADD', G.retention, G.now_ms + tonumber(keep), S.sid) end
+  elseif ENDED[old] then
+    redis.call('ZREM', G.retention, S.sid)
+  end
   return old
 end
 

@@ -62,7 +62,8 @@ class ScriptsBase:
         status_keys = dict(zip(STATUS_KEYS, (k.idx_status(s[4:]) for s in STATUS_KEYS),
                                strict=True))  # fmt: skip
         self.globals = {"chan_all": k.events_all_channel(), **status_keys,
-                        "counters": k.run_counts(), "depths": k.queue_depths()}  # fmt: skip
+                        "counters": k.run_counts(), "depths": k.queue_depths(),
+                        "retention": k.retention()}  # fmt: skip
         self._global_keys = [self.globals[name] for name in GLOBAL_KEYS]
         self._blocks: dict[tuple[str, str], list[str]] = {}
         # SESSIONQ_WAIT_REPLICAS: writes acknowledged only once that many replicas have them

@@ -11,7 +11,7 @@ from sessionq.common.scripts.contract import NUMBER, TEXT, Block, Contract
 
 # What every state-changing script takes (prelude.lua `load_globals`)
 STATUS_KEYS = tuple(f"idx_{status.value}" for status in Status)
-GLOBAL_KEYS = ("chan_all", *STATUS_KEYS, "counters", "depths")
+GLOBAL_KEYS = ("chan_all", *STATUS_KEYS, "counters", "depths", "retention")
 CLOCK_ARGS = (("now_ms", NUMBER), ("now_iso", TEXT), ("cap", NUMBER), ("worker", TEXT))
 # One run's keys (prelude.lua `run_block`)
 RUN_BLOCK = ("job", "session", "history", "chan", "running", "held", "started", "finished",
@@ -163,6 +163,7 @@ DESTROY = Contract(
         ("sid", TEXT),
         ("names_field", TEXT),
         ("history_ttl", NUMBER),
+        ("ended_only", NUMBER),
         ("nruns", NUMBER),
     ),  # fmt: skip
     arg_blocks=(Block("run", ("id",), ("nruns",)),),

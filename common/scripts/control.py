@@ -4,14 +4,18 @@ and recount.lua (the global run counters from the sessions')."""
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
+from redis.exceptions import NoScriptError
+
 from sessionq.common import codec
+from sessionq.common.errors import CodecError
 from sessionq.common.keys import CONTROL_QUEUE, session_of
-from sessionq.common.models import rq_time
+from sessionq.common.models import SessionRecord, parse_record, rq_time
 from sessionq.common.scripts.base import ScriptsBase, texts
 from sessionq.common.scripts.contracts import (
     CONTROL,
@@ -24,6 +28,8 @@ from sessionq.common.scripts.contracts import (
 )
 
 OP_PREFIX = "sessionq.op:"  # func name prefix of control operations in RQ job data
+REMOVE_BATCH = 100  # sessions read, then removed, per pipeline (remove_ended)
+log = logging.getLogger(__name__)
 
 
 class Recovered(NamedTuple):
@@ -77,6 +83,16 @@ class ControlCalls(ScriptsBase):
         worker: str = "",
     ) -> list[Any]:
         """Destroy one session whose runs are [(run id, queue)]; see destroy.lua."""
+        keys, args = self.destroy_call(sid, runs, kind=kind, owner=owner,
+                                       names_field=names_field, worker=worker)  # fmt: skip
+        return texts(self.call("destroy", keys, args))
+
+    def destroy_call(
+        self, sid: str, runs: Sequence[tuple[str, str]], *, kind: str, owner: str,
+        names_field: str = "", worker: str = "", ended_only: bool = False,
+    ) -> tuple[list[str], list[Any]]:  # fmt: skip
+        """The keys and args of `destroy`, sent by no one; `ended_only`: the removal of an
+        ended session (retention, prune) - only if it has ended, its history with it."""
         k, rq = self.keys, self.rq
         fixed = {**self.globals, "sessions": k.sessions(), "names": k.names(),
                  "session": k.session(sid), "history": k.history(sid),
@@ -93,12 +109,79 @@ class ControlCalls(ScriptsBase):
             for run_id, queue in runs
         ]  # fmt: skip
         keys = DESTROY.pack_keys(fixed, {"run": blocks})
+        history_ttl = 0 if ended_only else self.settings.destroyed_history_ttl_s
         args = DESTROY.pack_args(
             {**self.clock(time.time()), "worker": worker, "sid": sid, "names_field": names_field,
-             "history_ttl": self.settings.destroyed_history_ttl_s, "nruns": len(runs)},
+             "history_ttl": history_ttl, "ended_only": int(ended_only), "nruns": len(runs)},
             {"run": [(run_id,) for run_id, _ in runs]},
         )  # fmt: skip
-        return texts(self.call("destroy", keys, args))
+        return keys, args
+
+    def remove_ended(self, sids: Sequence[str], *, worker: str = "") -> list[str]:
+        """Remove these sessions if they have ended (retention, prune): each with everything
+        under it - runs, RQ job hashes and registry entries, logs, history, index entries -
+        and its runs off the global counters, by destroy.lua's removal path in one call each.
+        A session that runs again, or whose stop is still under way, is left; the ids removed.
+        Three round trips and one pipeline of script calls per REMOVE_BATCH sessions."""
+        removed: list[str] = []
+        for at in range(0, len(sids), REMOVE_BATCH):
+            calls = self._removals(list(sids[at : at + REMOVE_BATCH]), worker)
+            if not calls:
+                continue
+            replies = self._pipelined("destroy", [(keys, args) for _, keys, args in calls])
+            self.ensure_replicated()
+            removed += [sid for (sid, _, _), reply in zip(calls, replies, strict=True)
+                        if texts(reply)[0] == "destroyed"]  # fmt: skip
+        return removed
+
+    def _removals(self, sids: list[str], worker: str) -> list[tuple[str, list[str], list[Any]]]:
+        """(sid, keys, args) of the destroy call removing each of these sessions."""
+        r, k = self.redis, self.keys
+        pipe = r.pipeline(transaction=False)
+        for sid in sids:
+            pipe.hget(k.sessions(), sid)
+            pipe.hkeys(k.session_tasks(sid))
+        read = pipe.execute()
+        found: list[tuple[str, SessionRecord, list[str]]] = []
+        for i, sid in enumerate(sids):
+            raw, run_ids = read[2 * i], [codec.text(t) for t in read[2 * i + 1]]
+            try:
+                if raw is None:
+                    raise CodecError("no record (destroyed meanwhile)")
+                found.append((sid, parse_record(raw, sid), run_ids))
+            except CodecError as exc:
+                log.warning("removal of session %s: left: %s", sid, exc)
+                r.zrem(k.retention(), sid)
+        queues = iter(self.with_queues([run for _, _, ids in found for run in ids]))
+        calls = []
+        for sid, record, run_ids in found:
+            runs = [next(queues) for _ in run_ids]
+            names_field = f"{record.owner}/{record.name}" if record.persistent else ""
+            keys, args = self.destroy_call(
+                sid, runs, kind=record.kind, owner=record.owner, names_field=names_field,
+                worker=worker, ended_only=True,
+            )  # fmt: skip
+            calls.append((sid, keys, args))
+        return calls
+
+    def _pipelined(self, name: str, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+        """Script `name` called once per (keys, args), in one pipeline; the scripts are
+        loaded and the calls sent again if the server did not have them."""
+
+        def send() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=False)
+            for keys, args in calls:
+                self.call(name, keys, args, client=pipe)
+            return list(pipe.execute(raise_on_error=False))
+
+        replies = send()
+        if any(isinstance(reply, NoScriptError) for reply in replies):
+            self.ensure_loaded()  # a restarted or another server: nothing was run
+            replies = send()
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
 
     def recover(
         self, worker: str, runs: Sequence[tuple[str, str]], reason: str, *, unregister: bool,

@@ -27,13 +27,16 @@ class EnqueueCalls(ScriptsBase):
         now: float | None = None,
         client: Any = None,
         claim: str = "",
+        retention_ms: int | None = None,
     ) -> list[Any]:
         """Create sessions (sid, is_new, record, name, kind, owner) and add runs to them
         (session index, run id, name, state, queue, job fields, options). One atomic call;
         see enqueue.lua for the options and the reply; `claim` is the persistent name
         (owner/name) the one new session takes. Given a pipeline as `client`, the call
-        is queued on it (the caller has loaded the scripts: ensure_loaded)."""
-        keys, args = self.enqueue_call(sessions, runs, worker=worker, now=now, claim=claim)
+        is queued on it (the caller has loaded the scripts: ensure_loaded). `retention_ms`:
+        the new sessions are removed that long after they end (None: kept)."""
+        keys, args = self.enqueue_call(sessions, runs, worker=worker, now=now, claim=claim,
+                                       retention_ms=retention_ms)  # fmt: skip
         return texts(self.call("enqueue", keys, args, client=client))
 
     def enqueue_call(
@@ -44,6 +47,7 @@ class EnqueueCalls(ScriptsBase):
         worker: str = "",
         now: float | None = None,
         claim: str = "",
+        retention_ms: int | None = None,
     ) -> tuple[list[str], list[Any]]:
         """The keys and args of `enqueue`, sent by no one: for a caller with its own client."""
         now = time.time() if now is None else now
@@ -102,7 +106,9 @@ class EnqueueCalls(ScriptsBase):
             if fields.extra:
                 flat.append([x for pair in fields.extra.items() for x in pair])
             plan_runs.append(flat)
-        plan = codec.encode_for_lua([plan_sessions, list(queues), plan_runs, claim, plan_shared])
+        plan = codec.encode_for_lua(
+            [plan_sessions, list(queues), plan_runs, claim, plan_shared, retention_ms]
+        )
         args = ENQUEUE.pack_args({
             **self.clock(now), "worker": worker, "nsessions": len(sessions),
             "nqueues": len(queues), "nruns": len(runs),
