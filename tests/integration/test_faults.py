@@ -32,7 +32,8 @@ class Fixture:
 
     def __init__(self, tmp_path: Path) -> None:
         self.server = RedisServer().start()
-        self.settings = Settings.from_env(self.server.url, environ={}, user="tester", **FAST)
+        self.settings = Settings.from_env(self.server.url, environ={}, user="tester",
+                                          retry_budget_s=5, **FAST)  # fmt: skip
         self.client = Client(settings=self.settings)
         self.redis = Redis.from_url(self.server.url)
         self.keys = Keys(self.settings.prefix)
