@@ -172,6 +172,10 @@ class AsyncClient:
     ) -> dict[str, bool]:
         return await self._run(plans.destroy_with(self.scripts, prefix, kind=kind, status=status))
 
+    async def seqs(self, ids: Sequence[str]) -> list[int]:
+        """The last event seq of each session (0 for none), in the order given."""
+        return await self._run(plans.seqs(self.scripts, ids))
+
     async def history_after(self, sid: str, after: int) -> list[dict[str, Any]]:
         return await self._run(plans.history_after(self.scripts, sid, after))
 

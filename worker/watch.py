@@ -8,26 +8,72 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sessionq.common import codec
 from sessionq.common.connection import RETRY_BACKOFF_CAP_S
 from sessionq.common.models import rq_time
+from sessionq.common.scripts import Scripts, WorkerHead
+from sessionq.common.settings import Settings
 from sessionq.worker.ops import reap
 from sessionq.worker.schedule import Scheduler
 
-if TYPE_CHECKING:
-    from sessionq.worker.loop import SessionWorker
+
+class WatchedWorker(Protocol):
+    """What the watcher reads and sets of its worker (SessionWorker is one)."""
+
+    shutting_down: bool
+    counts: dict[str, int]
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def redis(self) -> Redis: ...
+
+    @property
+    def scripts(self) -> Scripts: ...
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def queues(self) -> list[str]: ...
+
+    @property
+    def head(self) -> WorkerHead: ...
+
+    @property
+    def parent_pid(self) -> int: ...
+
+    @property
+    def hard_kill(self) -> bool: ...
+
+    @property
+    def current(self) -> str | None: ...
+
+    @property
+    def current_command(self) -> object | None: ...
+
+    @property
+    def current_deadline(self) -> float | None: ...
+
+    @property
+    def interrupt_at(self) -> float | None: ...
+
+    def stop_current(self, reason: str, run_id: str | None = None) -> None: ...
+
 
 log = logging.getLogger(__name__)
 EXIT_HARD_KILLED = 70
 
 
 class Watcher(threading.Thread):
-    def __init__(self, worker: SessionWorker) -> None:
+    def __init__(self, worker: WatchedWorker) -> None:
         super().__init__(name=f"watcher-{worker.name}", daemon=True)
         self.worker = worker
         self._stopping = threading.Event()
