@@ -7,7 +7,7 @@ import functools
 import logging
 import webbrowser
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -37,19 +37,20 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def redis_errors(method: Callable[P, R]) -> Callable[P, R]:
+def redis_errors(
+    method: Callable[Concatenate[Client, P], R],
+) -> Callable[Concatenate[Client, P], R]:
     """Turn a lost Redis (after the connection's own retries) into ConnectionFailed, and a
     command Redis refuses to this ACL user into AccessDenied."""
 
     @functools.wraps(method)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+    def wrapper(client: Client, /, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return method(*args, **kwargs)
+            return method(client, *args, **kwargs)
         except (RedisConnectionError, RedisTimeoutError) as exc:
-            client = args[0]
-            raise ConnectionFailed(client.settings.url, str(exc)) from exc  # type: ignore[attr-defined]
+            raise ConnectionFailed(client.settings.url, str(exc)) from exc
         except NoPermissionError as exc:  # an ACL user outside its prefix
-            raise AccessDenied(args[0].settings.url, str(exc)) from exc  # type: ignore[attr-defined]
+            raise AccessDenied(client.settings.url, str(exc)) from exc
 
     return wrapper
 

@@ -540,7 +540,7 @@ def _rq_send_command(sends: _Publishes, worker: str, command: str, **options: An
     from rq.command import send_command
 
     # send_command wants a Redis; it only calls .publish(channel, message) on it
-    send_command(sends, worker, command, **options)  # type: ignore[arg-type]
+    send_command(sends, worker, command, **options)  # type: ignore[arg-type]  # duck-typed Redis
 
 
 def destroy_with(
