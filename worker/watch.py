@@ -16,7 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sessionq.common import codec
 from sessionq.common.connection import RETRY_BACKOFF_CAP_S
-from sessionq.common.models import rq_time
+from sessionq.common.models import Outcome, rq_time
 from sessionq.common.scripts import Scripts, WorkerHead
 from sessionq.common.settings import Settings
 from sessionq.worker.ops import reap
@@ -199,7 +199,7 @@ class Watcher(threading.Thread):
         if not (overdue or ignored):
             return
         reason = "timeout: the run ignored its deadline" if overdue else "stopped (forced)"
-        outcome = "failed" if overdue else "canceled"
+        outcome = Outcome.FAILED if overdue else Outcome.CANCELED
         log.error("run %s did not end %gs after its %s; restarting the worker process",
                   run_id, grace, "deadline" if overdue else "stop")  # fmt: skip
         queue = next((q for q in w.queues if q != "control"), "default")
