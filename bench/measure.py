@@ -287,7 +287,6 @@ def sq_round_trip(args: argparse.Namespace) -> Figures:
 def sq_events(args: argparse.Namespace) -> Figures:
     """Emit events on one session, one every `interval_ms`, with `k` listeners in another
     process (threads, or with --async tasks of one event loop); their delay."""
-    from sessionq.common.events import emit
     from sessionq.common.keys import Keys
 
     c = sq_client(args.url)
@@ -307,11 +306,11 @@ def sq_events(args: argparse.Namespace) -> Figures:
         while not c.redis.exists(READY_KEY):
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise RuntimeError("the listeners did not get ready")
-            emit(c.scripts, sid, "task.progress", task=None, data={"warm": True})
+            c.scripts.emit(sid, [("task.progress", None, {"warm": True})])
             time.sleep(0.02)
         time.sleep(0.1)
         for _ in range(args.n):
-            emit(c.scripts, sid, "task.progress", task=None, data={"sent": time.monotonic()})
+            c.scripts.emit(sid, [("task.progress", None, {"sent": time.monotonic()})])
             time.sleep(args.interval_ms / 1000)
         out, _ = proc.communicate(timeout=WAIT_S * 3)
     finally:

@@ -12,7 +12,7 @@ from sessionq.common.errors import CodecError
 def encode(obj: Any) -> bytes:
     """msgpack bytes for dict, list, tuple, str, int, float, bool, None and bytes."""
     try:
-        return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+        return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]  # msgpack.packb returns Any
     except (TypeError, ValueError, OverflowError) as exc:
         raise CodecError(f"cannot encode as msgpack: {exc}") from exc
 
@@ -28,7 +28,7 @@ def encode_for_lua(obj: Any) -> bytes:
     """msgpack for a Lua script's cmsgpack.unpack, which knows no bin type: bytes travel as
     raw strings (Lua strings are bytes anyway). Never stored as is."""
     try:
-        return msgpack.packb(obj, use_bin_type=False)  # type: ignore[no-any-return]
+        return msgpack.packb(obj, use_bin_type=False)  # type: ignore[no-any-return]  # msgpack.packb returns Any
     except (TypeError, ValueError, OverflowError) as exc:
         raise CodecError(f"cannot encode as msgpack: {exc}") from exc
 

@@ -375,9 +375,9 @@ def client_from_url(url: str, options: dict[str, Any]) -> Redis:
     if target is None:
         return Redis.from_url(url, **options)
     # (untyped before redis-py 8)
-    sentinel = Sentinel(target.sentinels, sentinel_kwargs=_sentinel_options(target, options))  # type: ignore[no-untyped-call,unused-ignore]
+    sentinel = Sentinel(target.sentinels, sentinel_kwargs=_sentinel_options(target, options))  # type: ignore[no-untyped-call,unused-ignore]  # untyped before redis-py 8
     kind = _MasterSSLConnection if target.master.get("ssl") else _MasterConnection
-    client: _SentinelRedis = sentinel.master_for(  # type: ignore[no-untyped-call,unused-ignore]
+    client: _SentinelRedis = sentinel.master_for(  # type: ignore[no-untyped-call,unused-ignore]  # untyped before redis-py 8
         target.service, redis_class=_SentinelRedis, connection_class=kind,
         **{**options, **target.master},
     )  # fmt: skip
@@ -391,7 +391,7 @@ def async_client_from_url(url: str, options: dict[str, Any]) -> AsyncRedis:
     if target is None:
         return AsyncRedis.from_url(url, **options)
     # (untyped before redis-py 8)
-    sentinel = AsyncSentinel(target.sentinels, sentinel_kwargs=_sentinel_options(target, options))  # type: ignore[no-untyped-call,unused-ignore]
+    sentinel = AsyncSentinel(target.sentinels, sentinel_kwargs=_sentinel_options(target, options))  # type: ignore[no-untyped-call,unused-ignore]  # untyped before redis-py 8
     kind = _AsyncMasterSSLConnection if target.master.get("ssl") else _AsyncMasterConnection
     client: _AsyncSentinelRedis = sentinel.master_for(
         target.service, redis_class=_AsyncSentinelRedis, connection_class=kind,

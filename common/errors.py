@@ -12,7 +12,8 @@ SessionqError
 ├── CodecError             bytes that are not our msgpack (also a ValueError)
 ├── NotFound               unknown name where one is required (also a KeyError)
 │   ├── SessionNotFound
-│   └── TaskNotFound
+│   ├── TaskNotFound
+│   └── ObjectNotFound
 ├── RunRejected            a worker refuses a run (unregistered function, bad job)
 └── TaskFailed             a run failed; carries the remote traceback or exit status
 """
@@ -146,6 +147,14 @@ class TaskNotFound(NotFound):
     def __init__(self, task_id: str) -> None:
         super().__init__(f"no such task: {task_id}")
         self.task_id = task_id
+
+
+class ObjectNotFound(NotFound):
+    """No object with this id was saved in the session (Session.save / load)."""
+
+    def __init__(self, object_id: str) -> None:
+        super().__init__(f"no such object: {object_id}")
+        self.object_id = object_id
 
 
 class RunRejected(SessionqError):

@@ -1,22 +1,21 @@
-"""Event types and the wire schema of SPEC §5; `emit` is how Python code emits one.
+"""Event types and the wire schema of SPEC §5: `Event` is the one event format.
 
-Events are built and numbered inside the Lua scripts (common/lua/prelude.lua `emit`), so a
-state change and its events are one atomic step; Python emits the events that go with no
-state change (progress, logs, op.*, state.changed) through `emit` below, which runs the same
-Lua function.
+Events are built, numbered and packed inside the Lua scripts (common/lua/prelude.lua `emit`
+and `flush`), so a state change and its events are one atomic step; Python emits the events
+that go with no state change (progress, logs, op.*, state.changed) through the emit script
+(Scripts.emit), which runs the same Lua functions. The bytes Lua packs are exactly an
+Event's `to_wire()` encoded by common.codec (tests/common/test_event_format.py): a map of
+`v`, `seq`, `ts`, `type`, `session`, `task`, `worker`, `data`, in that order.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sessionq.common import codec
 from sessionq.common.errors import CodecError
-
-if TYPE_CHECKING:
-    from sessionq.common.scripts import Scripts
 
 EVENT_SCHEMA_VERSION = 1
 
@@ -71,6 +70,13 @@ class Event:
         return _wire(self.seq, self.ts, self.type, self.session, self.task, self.worker,
                      self.data)  # fmt: skip
 
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Event:
+        """The event that bytes from a channel or the history hold; CodecError if none."""
+        wire = decode_event(raw)
+        return cls(seq=wire["seq"], ts=wire["ts"], type=wire["type"], session=wire["session"],
+                   task=wire["task"], worker=wire["worker"], data=wire["data"])  # fmt: skip
+
 
 def _wire(
     seq: int, ts: float, type_: str, session: str, task: Any, worker: Any, data: dict[str, Any]
@@ -100,17 +106,3 @@ def matches(event_type: str, patterns: frozenset[str] | None) -> bool:
     if event_type in patterns:
         return True
     return any(p.endswith("*") and event_type.startswith(p[:-1]) for p in patterns)
-
-
-def emit(
-    scripts: Scripts,
-    session_id: str,
-    event_type: EventType | str,
-    *,
-    task: str | None = None,
-    data: dict[str, Any] | None = None,
-    worker: str = "",
-) -> int:
-    """Publish one event on the session's and the global channel and keep it in the capped
-    history, in one round trip; returns its seq (0 when the session no longer exists)."""
-    return scripts.emit(session_id, [(str(event_type), task, data)], worker=worker)

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 from sessionq.common import codec
 from sessionq.common.errors import CodecError, ValidationError, ValidationTypeError
+from sessionq.common.keys import COMMANDS_SUFFIX, CONTROL_QUEUE
 from sessionq.common.settings import MAX_PAYLOAD_BYTES
 
 SCHEMA_VERSION = 1
@@ -54,6 +55,27 @@ class TaskState(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELED = "canceled"
+
+
+class Outcome(StrEnum):
+    """How a run ended, as its worker reports it to run.lua's finish (Lua: OUTCOME)."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REJECTED = "rejected"  # never began: unregistered function, missing command, bad job
+    CANCELED = "canceled"
+    REQUEUE = "requeue"  # given back unrun (the worker shut down)
+
+
+class StepResult(StrEnum):
+    """What run.lua's finish made of an outcome (Lua: STEP_RESULT)."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    RETRYING = "retrying"  # failed, and queued again for its next attempt
+    REQUEUED = "requeued"
+    CANCELED = "canceled"
+    STALE = "stale"  # recovered, canceled or destroyed while it ran: not recorded
 
 
 # -- time ------------------------------------------------------------------------------------
@@ -104,7 +126,7 @@ def check_queue(value: object) -> str | None:
         return None
     if not isinstance(value, str):
         raise _type_error("queue", "a string", value)
-    if not QUEUE_RE.fullmatch(value) or value.endswith(".commands") or value == "control":
+    if not QUEUE_RE.fullmatch(value) or value.endswith(COMMANDS_SUFFIX) or value == CONTROL_QUEUE:
         raise ValidationError("queue", f"{value!r} is not a valid queue name")
     return value
 

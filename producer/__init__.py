@@ -5,6 +5,7 @@ from sessionq.common.errors import (
     ConfigError,
     ConnectionFailed,
     NotFound,
+    ObjectNotFound,
     RedisFull,
     RedisUnavailable,
     SessionNotFound,
@@ -16,16 +17,18 @@ from sessionq.common.errors import (
 from sessionq.common.sessionconfig import SessionConfig
 from sessionq.producer.aio import AsyncClient
 from sessionq.producer.client import Client
-from sessionq.producer.session import Session
+from sessionq.producer.session import AsyncSession, Session
 from sessionq.producer.task import Task, Workflow
 
 __all__ = [
     "AccessDenied",
     "AsyncClient",
+    "AsyncSession",
     "Client",
     "ConfigError",
     "ConnectionFailed",
     "NotFound",
+    "ObjectNotFound",
     "RedisFull",
     "RedisUnavailable",
     "Session",

@@ -1,33 +1,39 @@
-"""`AsyncClient`: the session calls of SPEC §2 as coroutines and `listen` as an async
-iterator, for producers that live in an event loop (SPEC §5).
+"""`AsyncClient`: the session calls of SPEC §2 and §3 (persistent sessions as `AsyncSession`,
+control) as coroutines and `listen` as an async iterator, for producers that live in an event
+loop (SPEC §5).
 
-Everything runs on redis.asyncio, in the loop, with no thread: each §2 call carries out the
-same plan (producer.plans) as `Client`'s call of that name, with pipelines and EVALSHA on
-redis.asyncio instead of redis-py. `listen` drives the same ordering as `Client.listen`. The one
-exception is the end of `connect`: opening a browser or following sessions in the terminal
-blocks by nature, so that part (and only that part) runs in a worker thread.
+Everything runs on redis.asyncio, in the loop, with no thread: each call carries out the
+same plan (producer.plans, .control, .persistent, .session) as `Client`'s call of that name,
+with pipelines and EVALSHA on redis.asyncio instead of redis-py. `listen` drives the same
+ordering as `Client.listen`. The one exception is the end of `connect`: opening a browser or
+following sessions in the terminal blocks by nature, so that part (and only that part) runs
+in a worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from sessionq.common.connection import connect_async, redis_says_later
+from sessionq.common.errors import ValidationTypeError
+from sessionq.common.models import RunSpec, TaskState
+from sessionq.common.sessionconfig import SessionConfig
 from sessionq.common.settings import Settings
-from sessionq.producer import plans
+from sessionq.producer import control, persistent, plans
 from sessionq.producer.client import Client, mapped_error, open_or_follow
 from sessionq.producer.listen import AsyncListener, access_checked_async
-from sessionq.producer.plans import Plan, ScriptCall, Step
+from sessionq.producer.plans import Plan, ScriptCall, Step, Transaction
+from sessionq.producer.session import AsyncSession
 
 T = TypeVar("T")
 
 
 class AsyncClient:
-    """`Client`'s §2 calls and `listen`, native on redis.asyncio."""
+    """`Client`'s calls (§2, §3) and `listen`, native on redis.asyncio."""
 
     def __init__(
         self,
@@ -78,13 +84,71 @@ class AsyncClient:
     async def _execute(self, step: Step) -> Any:
         if isinstance(step, ScriptCall):
             return await self.scripts.call_async(self.redis, step.name, step.keys, step.args)
+        if isinstance(step, Transaction):
+            return await self._transaction(step)
         async with self.redis.pipeline(transaction=False) as pipe:
             return await step.queue_on(pipe).execute()
 
+    async def _transaction(self, step: Transaction) -> list[Any]:
+        replies: list[Any] = []
+        for attempt in range(2):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for item in step.items:
+                    if isinstance(item, ScriptCall):
+                        sha = self.scripts.script(item.name).sha
+                        pipe.evalsha(sha, len(item.keys), *item.keys, *item.args)
+                    else:
+                        getattr(pipe, item.method)(*item.args, **item.kwargs)
+                replies = await pipe.execute(raise_on_error=False)
+            if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
+                for item in step.items:  # first use on this server, or it restarted
+                    if isinstance(item, ScriptCall):
+                        await self.redis.script_load(self.scripts.script(item.name).script)
+                continue
+            break
+        wait = self.scripts.durability
+        if (
+            wait is not None
+            and step.has_scripts
+            and not any(isinstance(r, Exception) for r in replies)
+        ):
+            # WAIT counts its own connection's writes: a PUBLISH goes first (ensure_replicated)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.publish(self.keys.replicated(), b"")
+                pipe.wait(wait.replicas, wait.timeout_ms)
+                wait.check((await pipe.execute())[-1])
+        return replies
+
     # -- SPEC §2 -------------------------------------------------------------------------------
-    async def create(self, name: str, *args: Any, **kwargs: Any) -> list[str]:
+    async def create(
+        self,
+        name: str,
+        image: str | None = None,
+        cores: float | None = None,
+        ram: float | None = None,
+        kind: str = "headless",
+        gpu: float | None = None,
+        cmd: str | Sequence[str] | None = None,
+        args: str | Sequence[Any] | None = None,
+        env: dict[str, Any] | None = None,
+        replicas: int = 1,
+        *,
+        task: str | Callable[..., Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        queue: str | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+    ) -> list[str]:
         """As Client.create (CANFAR's positional order); one script call writes it all."""
-        return await self._run(plans.create(self.scripts, name, *args, **kwargs))
+        return await self._run(
+            plans.create(
+                self.scripts, name, image, cores, ram, kind, gpu, cmd, args, env, replicas,
+                task=task, kwargs=kwargs, queue=queue, timeout=timeout, retries=retries,
+            )
+        )  # fmt: skip
+
+    async def resolve(self, refs: str | Sequence[str]) -> plans.Resolved:
+        return await self._run(plans.resolve(self.scripts, refs))
 
     async def fetch(
         self, kind: str | None = None, status: str | None = None, view: str | None = None
@@ -112,6 +176,66 @@ class AsyncClient:
         self, prefix: str, *, kind: str = "headless", status: str = "Completed"
     ) -> dict[str, bool]:
         return await self._run(plans.destroy_with(self.scripts, prefix, kind=kind, status=status))
+
+    async def seqs(self, ids: Sequence[str]) -> list[int]:
+        """The last event seq of each session (0 for none), in the order given."""
+        return await self._run(plans.seqs(self.scripts, ids))
+
+    async def history_after(self, sid: str, after: int) -> list[dict[str, Any]]:
+        return await self._run(plans.history_after(self.scripts, sid, after))
+
+    # -- SPEC §3 -------------------------------------------------------------------------------
+    async def session(
+        self,
+        name: str | None = None,
+        *,
+        create: bool = True,
+        config: SessionConfig | dict[str, Any] | None = None,
+    ) -> AsyncSession:
+        """As Client.session: an AsyncSession, whose operations are coroutines."""
+        if not isinstance(create, bool):
+            raise ValidationTypeError("create", f"expected True or False, got {create!r}")
+        wanted = SessionConfig.coerce(config) if config is not None else None
+        opened = await self._run(persistent.open_session(self.scripts, name, wanted, create))
+        return AsyncSession(self, opened)
+
+    async def open_session(
+        self, name: str, *, kind: str = "session", config: dict[str, Any] | None = None,
+        create: bool = True,
+    ) -> str:  # fmt: skip
+        wanted = SessionConfig.coerce(config) if config is not None else None
+        plan = persistent.open_id(self.scripts, name, wanted, create, kind=kind)
+        return (await self._run(plan))[0]
+
+    async def add_runs(
+        self, sid: str, specs: Sequence[RunSpec], *, state: str = TaskState.QUEUED
+    ) -> list[str]:
+        return await self._run(persistent.add_runs(self.scripts, sid, specs, state=state))
+
+    async def pause(self, ids: str | Sequence[str]) -> dict[str, bool]:
+        return await self._run(control.pause(self.scripts, ids))
+
+    async def play(self, ids: str | Sequence[str]) -> dict[str, bool]:
+        return await self._run(control.play(self.scripts, ids))
+
+    async def step(self, ids: str | Sequence[str]) -> dict[str, bool]:
+        return await self._run(control.step(self.scripts, ids))
+
+    async def stop(self, ids: str | Sequence[str]) -> dict[str, bool]:
+        return await self._run(control.stop(self.scripts, ids))
+
+    async def restart(
+        self, ids: str | Sequence[str], *, failed_only: bool = False
+    ) -> dict[str, bool]:
+        return await self._run(control.restart(self.scripts, ids, failed_only=failed_only))
+
+    async def tasks(self, sid: str) -> list[dict[str, Any]]:
+        return await self._run(control.tasks(self.scripts, sid))
+
+    async def task_records(
+        self, sid: str, task_ids: Sequence[str], names: dict[str, str]
+    ) -> list[dict[str, Any]]:
+        return await self._run(control.task_records(self.scripts, task_ids, names))
 
     async def connect(self, ids: str | Sequence[str]) -> None:
         """As Client.connect. The records are read here, in the loop; opening the browser and

@@ -5,19 +5,27 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import math
-import re
-import shlex
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
 import click
 
 from sessionq.common.errors import ConfigError, SessionqError, ValidationError
 from sessionq.common.settings import Settings
-from sessionq.producer.client import Client, format_event
-from sessionq.producer.plans import SessionRef
+from sessionq.producer import cli_session
+from sessionq.producer.cli_base import (
+    ARGS_HELP,
+    client_of,
+    control,
+    echo_json,
+    error,
+    parse_args,
+    parse_env,
+    parse_kwargs,
+    sessions_of,
+)
+from sessionq.producer.client import format_event
 
 log = logging.getLogger(__name__)
 EXIT_INTERRUPTED = 130
@@ -66,15 +74,6 @@ class SessionqGroup(click.Group):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
-def _client(ctx: click.Context) -> Client:
-    settings: Settings = ctx.obj
-    return ctx.with_resource(Client(settings=settings))
-
-
-def _echo_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, default=str))
-
-
 @click.group(cls=SessionqGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--url",
@@ -111,70 +110,6 @@ def main() -> None:
 
 
 # -- sessions (SPEC §2) ------------------------------------------------------------------------
-def _parse_env(pairs: Sequence[str]) -> dict[str, str]:
-    env = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise ValidationError("env", f"{pair!r} must be KEY=VALUE")
-        env[key] = value
-    return env
-
-
-ARGS_HELP = (
-    "Arguments, split as a shell would. With --task each word is typed: 7 is an int, 7.5 a "
-    "float, true/false/null what JSON says, s:7 or '\"7\"' (a JSON string) a string, anything "
-    "else a string. With --cmd every word stays a string."
-)
-JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
-JSON_WORDS = {"true": True, "false": False, "null": None}
-
-
-def typed_word(word: str) -> Any:
-    """One word of --args for a --task (SPEC §9): an int, a float, true/false/null, a JSON
-    string ('"7"') or `s:7` as a string; anything else stays the string it is."""
-    if word.startswith("s:"):
-        return word[2:]
-    if word in JSON_WORDS:
-        return JSON_WORDS[word]
-    if JSON_NUMBER.fullmatch(word):
-        value = json.loads(word)
-        if isinstance(value, int) or math.isfinite(value):
-            return value
-        return word
-    if len(word) >= 2 and word[0] == word[-1] == '"':
-        try:
-            value = json.loads(word)
-        except ValueError:
-            return word
-        return value if isinstance(value, str) else word
-    return word
-
-
-def parse_args(text: str | None, *, typed: bool) -> str | list[Any] | None:
-    """--args: for a --task a list of typed words; for a --cmd the string as given (the
-    library splits it, and a command's arguments are strings)."""
-    if text is None or not typed:
-        return text
-    try:
-        words = shlex.split(text)
-    except ValueError as exc:
-        raise ValidationError("args", f"cannot split {text!r}: {exc}") from exc
-    return [typed_word(word) for word in words]
-
-
-def _parse_kwargs(text: str | None) -> dict[str, Any] | None:
-    if text is None:
-        return None
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise ValidationError("kwargs", f"not JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise ValidationError("kwargs", "must be a JSON object")
-    return value
-
-
 @cli.command()
 @click.argument("name")
 @click.option("--image", default=None, help="Container image label (recorded).")
@@ -229,14 +164,14 @@ def create(
     timeout: float | None, retries: int, as_json: bool,
 ) -> None:  # fmt: skip
     """Create session(s) running a command or a registered function."""
-    kwargs = _parse_kwargs(kwargs_json)
-    ids = _client(ctx).create(
+    kwargs = parse_kwargs(kwargs_json)
+    ids = client_of(ctx).create(
         name, image, cores, ram, kind, gpu, cmd, parse_args(args_, typed=task is not None),
-        _parse_env(env), replicas,
+        parse_env(env), replicas,
         task=task, kwargs=kwargs, queue=queue, timeout=timeout, retries=retries,
     )  # fmt: skip
     if as_json:
-        _echo_json(ids)
+        echo_json(ids)
     else:
         click.echo("\n".join(ids))
 
@@ -269,9 +204,9 @@ def ls_command(
     ctx: click.Context, kind: str | None, status: str | None, all_: bool, as_json: bool
 ) -> None:
     """List sessions."""
-    records = _client(ctx).fetch(kind=kind, status=status, view="all" if all_ else None)
+    records = client_of(ctx).fetch(kind=kind, status=status, view="all" if all_ else None)
     if as_json:
-        _echo_json(records)
+        echo_json(records)
     else:
         _table(records)
 
@@ -281,9 +216,9 @@ def ls_command(
 @click.pass_context
 def stats(ctx: click.Context, as_json: bool) -> None:
     """Sessions by status, runs by state, queues, workers, cores and RAM."""
-    data = _client(ctx).stats()
+    data = client_of(ctx).stats()
     if as_json:
-        _echo_json(data)
+        echo_json(data)
         return
     for section, values in data.items():
         click.echo(f"{section:<9} {_pairs(values)}")
@@ -294,20 +229,6 @@ def _pairs(values: dict[str, Any], sep: str = "  ") -> str:
 
 
 # -- sessions by id or name: every command below resolves its references in one call ----------
-def _error(message: str) -> None:
-    click.echo(f"sessionq: error: {message}", err=True)
-
-
-def _sessions(client: Client, refs: Sequence[str]) -> tuple[list[SessionRef], bool]:
-    """The sessions that ids or the caller's session names name, each once; one error line
-    per reference that names none. The second value is False when one did not."""
-    resolved = client.resolve(list(refs))
-    for ref in resolved.missing:
-        _error(f"no such session: {ref}")
-    sessions = {s.id: s for s in resolved.found.values()}
-    return list(sessions.values()), not resolved.missing
-
-
 @cli.command()
 @click.argument("ids", nargs=-1, required=True)
 @click.option("--tasks", "with_tasks", is_flag=True, help="Also each session's task records.")
@@ -315,14 +236,14 @@ def _sessions(client: Client, refs: Sequence[str]) -> tuple[list[SessionRef], bo
 @click.pass_context
 def info(ctx: click.Context, ids: tuple[str, ...], with_tasks: bool, as_json: bool) -> int:
     """Show session records (IDS: session ids or names of your sessions)."""
-    client = _client(ctx)
-    sessions, ok = _sessions(client, ids)
+    client = client_of(ctx)
+    sessions, ok = sessions_of(client, ids)
     records = client.info([s.id for s in sessions]) if sessions else []
     if with_tasks:
         for r in records:
             r["task_records"] = client.tasks(r["id"])
     if as_json:
-        _echo_json(records)
+        echo_json(records)
     else:
         for r in records:
             click.echo(f"== {r['id']}")
@@ -346,8 +267,8 @@ def info(ctx: click.Context, ids: tuple[str, ...], with_tasks: bool, as_json: bo
 @click.pass_context
 def logs(ctx: click.Context, ids: tuple[str, ...], follow: bool, as_json: bool) -> int:
     """Print the sessions' captured output and log lines (IDS: ids or names)."""
-    client = _client(ctx)
-    sessions, ok = _sessions(client, ids)
+    client = client_of(ctx)
+    sessions, ok = sessions_of(client, ids)
     sids = [s.id for s in sessions]
     if not sids:
         return 1
@@ -358,7 +279,7 @@ def logs(ctx: click.Context, ids: tuple[str, ...], follow: bool, as_json: bool) 
         return 0 if ok else 1
     out = client.logs(sids) or {}
     if as_json:
-        _echo_json(out)
+        echo_json(out)
     else:
         for sid, text in out.items():
             if len(sids) > 1:
@@ -410,8 +331,8 @@ def events(
     """Print the sessions' events (IDS: ids or names)."""
     from sessionq.common.events import matches
 
-    client = _client(ctx)
-    sessions, ok = _sessions(client, ids)
+    client = client_of(ctx)
+    sessions, ok = sessions_of(client, ids)
     sids = [s.id for s in sessions]
     if not sids:
         return 1
@@ -432,8 +353,8 @@ def watch(ctx: click.Context, ids: tuple[str, ...]) -> int:
     """A progress bar per session until they end (plain lines when not a terminal)."""
     from sessionq.producer.follow import follow
 
-    client = _client(ctx)
-    sessions, ok = _sessions(client, ids)
+    client = client_of(ctx)
+    sessions, ok = sessions_of(client, ids)
     if not sessions:
         return 1
     tallies = follow(client, [s.id for s in sessions], logs=False)
@@ -444,62 +365,13 @@ def watch(ctx: click.Context, ids: tuple[str, ...]) -> int:
     return 0 if ok and done else 1
 
 
-def _refusal(client: Client, session: SessionRef, action: str) -> str | None:
-    """Why `action` on this session would be refused, known before asking; None if not."""
-    what = f"session {session.id} ({session.name})"
-    if session.owner != client.user:
-        return f"{what} is not yours (owner {session.owner}); {action} refused"
-    if session.status == "Terminating":
-        return f"{what} is being destroyed; {action} refused"
-    if action == "step" and session.status != "Paused":
-        return f"{what} is {session.status}, not paused; step refused"
-    return None
-
-
-def control(
-    client: Client, refs: Sequence[str], action: str,
-    call: Callable[[list[str]], dict[str, bool]], as_json: bool,
-) -> int:  # fmt: skip
-    """A control command (destroy, pause, play, step, stop, restart): resolve the references,
-    refuse with the reason what cannot be done, call the API with the rest, print."""
-    sessions, ok = _sessions(client, refs)
-    result: dict[str, bool] = {}
-    allowed = []
-    for session in sessions:
-        why = _refusal(client, session, action)
-        if why is None:
-            allowed.append(session)
-        else:
-            _error(why)
-            result[session.id] = False
-    if allowed:
-        result.update(call([s.id for s in allowed]))
-    refused = [s for s in allowed if not result.get(s.id)]
-    if refused:  # changed meanwhile: read the sessions again to say why
-        again = client.resolve([s.id for s in refused]).found
-        for session in refused:
-            now = again.get(session.id)
-            if now is None:
-                _error(f"no such session: {session.id}")
-            else:
-                why = _refusal(client, now, action)
-                _error(why or f"session {now.id} ({now.name}) is {now.status}; {action} refused")
-    if as_json:
-        _echo_json(result)
-    else:
-        for sid, accepted in result.items():
-            if accepted:
-                click.echo(f"{sid} accepted")
-    return 0 if ok and result and all(result.values()) else 1
-
-
 @cli.command()
 @click.argument("ids", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def destroy(ctx: click.Context, ids: tuple[str, ...], as_json: bool) -> int:
     """Destroy sessions (IDS: ids or names of yours; carried out by workers)."""
-    client = _client(ctx)
+    client = client_of(ctx)
     return control(client, ids, "destroy", client.destroy, as_json)
 
 
@@ -511,18 +383,18 @@ def destroy(ctx: click.Context, ids: tuple[str, ...], as_json: bool) -> int:
 @click.pass_context
 def destroy_with(ctx: click.Context, prefix: str, kind: str, status: str, as_json: bool) -> int:
     """Destroy sessions whose name starts with PREFIX (a regex if it has metacharacters)."""
-    result = _client(ctx).destroy_with(prefix, kind=kind, status=status)
+    result = client_of(ctx).destroy_with(prefix, kind=kind, status=status)
     if not result:
-        _error(f"no sessions matched {prefix!r} (kind {kind}, status {status})")
+        error(f"no sessions matched {prefix!r} (kind {kind}, status {status})")
         return 1
     if as_json:
-        _echo_json(result)
+        echo_json(result)
     else:
         for sid, accepted in result.items():
             if accepted:
                 click.echo(f"{sid} accepted")
             else:
-                _error(f"session {sid}: destroy refused (being destroyed meanwhile?)")
+                error(f"session {sid}: destroy refused (being destroyed meanwhile?)")
     return 0 if all(result.values()) else 1
 
 
@@ -537,9 +409,9 @@ def destroy_with(ctx: click.Context, prefix: str, kind: str, status: str, as_jso
 def prune(ctx: click.Context, older_than: float | None, all_: bool, as_json: bool) -> None:
     """Remove your ended sessions made by create() now, with their runs, logs and history
     (otherwise removed SESSIONQ_RETENTION_S after they end; persistent ones are left)."""
-    removed = _client(ctx).prune(older_than, view="all" if all_ else None)
+    removed = client_of(ctx).prune(older_than, view="all" if all_ else None)
     if as_json:
-        _echo_json(removed)
+        echo_json(removed)
         return
     for sid in removed:
         click.echo(sid)
@@ -656,4 +528,5 @@ def dashboard(
           echo=click.echo)  # fmt: skip
 
 
-from sessionq.producer import cli_session  # noqa: E402,F401  - registers add/pause/play/step/stop/restart
+for _command in cli_session.COMMANDS:  # add, pause, play, step, stop, restart
+    cli.add_command(_command)

@@ -1,5 +1,5 @@
 """The `sessionq` commands on persistent sessions (SPEC §6): add, pause, play, step, stop,
-restart. Registered on the group by producer.cli."""
+restart (COMMANDS, which producer.cli adds to the group)."""
 
 from __future__ import annotations
 
@@ -10,30 +10,31 @@ import click
 
 from sessionq.common.errors import ValidationError
 from sessionq.common.keys import session_of
-from sessionq.producer.cli import (
+from sessionq.producer.cli_base import (
     ARGS_HELP,
-    _client,
-    _error,
-    _parse_env,
-    _parse_kwargs,
-    cli,
+    client_of,
     control,
+    error,
     parse_args,
+    parse_env,
+    parse_kwargs,
 )
 from sessionq.producer.client import Client
 from sessionq.producer.task import RUN_IF, Task
 
+COMMANDS: list[click.Command] = []  # registered on the group by producer.cli
+
 
 def _control(name: str, call: Callable[[Client, list[str]], dict[str, bool]], doc: str) -> None:
-    @cli.command(name, help=f"{doc} IDS: session ids or names of your sessions.")
+    @click.command(name, help=f"{doc} IDS: session ids or names of your sessions.")
     @click.argument("ids", nargs=-1, required=True)
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     @click.pass_context
     def command(ctx: click.Context, ids: tuple[str, ...], as_json: bool) -> int:
-        client = _client(ctx)
+        client = client_of(ctx)
         return control(client, ids, name, lambda sids: call(client, sids), as_json)
 
-    del command
+    COMMANDS.append(command)
 
 
 _control("pause", Client.pause, "Pause sessions: no further run starts (running ones carry on).")
@@ -42,21 +43,21 @@ _control("step", Client.step, "Release exactly one run of each paused session.")
 _control("stop", Client.stop, "Stop sessions: cancel queued runs, stop running ones.")
 
 
-@cli.command()
+@click.command()
 @click.argument("ids", nargs=-1, required=True)
 @click.option("--failed-only", is_flag=True, help="Only the failed tasks.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def restart(ctx: click.Context, ids: tuple[str, ...], failed_only: bool, as_json: bool) -> int:
     """Run the sessions' ended tasks again (IDS: session ids or names of yours)."""
-    client = _client(ctx)
+    client = client_of(ctx)
     return control(
         client, ids, "restart", lambda sids: client.restart(sids, failed_only=failed_only),
         as_json,
     )  # fmt: skip
 
 
-@cli.command()
+@click.command()
 @click.argument("session")
 @click.option("--task", default=None, metavar="MODULE:FUNC", help="Registered function to run.")
 @click.option("--cmd", default=None, help="Command to run (split as a shell would).")
@@ -85,20 +86,20 @@ def add(
 ) -> int:  # fmt: skip
     """Add a task to your persistent session SESSION: its id or name; a name that names no
     session creates one (and says so on stderr)."""
-    kwargs = _parse_kwargs(kwargs_json)
+    kwargs = parse_kwargs(kwargs_json)
     new = Task(
         task, cmd=cmd, args=parse_args(args_, typed=task is not None), kwargs=kwargs,
-        env=_parse_env(env), name=name, key=key,
+        env=parse_env(env), name=name, key=key,
         depends_on=list(depends_on) or None, run_if=run_if, in_=in_, at=at, cron=cron,
         retries=retries, timeout=timeout, queue=queue,
     )  # fmt: skip
-    client = _client(ctx)
+    client = client_of(ctx)
     found = client.resolve([session]).found.get(session)
     if found is None:
         handle = client.session(session)
         click.echo(f"created session {handle.name} ({handle.id})", err=True)
     elif found.owner != client.user:
-        _error(f"session {found.id} ({found.name}) is not yours (owner {found.owner})")
+        error(f"session {found.id} ({found.name}) is not yours (owner {found.owner})")
         return 1
     elif not found.persistent:
         raise ValidationError(
@@ -113,3 +114,6 @@ def add(
     else:
         click.echo(tid)
     return 0
+
+
+COMMANDS += [restart, add]

@@ -8,15 +8,13 @@ import logging
 import time
 import webbrowser
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from sessionq.common import codec
 from sessionq.common.connection import (
     PASSING,
     RETRY_BACKOFF_CAP_S,
@@ -29,38 +27,28 @@ from sessionq.common.errors import (
     ConnectionFailed,
     RedisFull,
     RedisUnavailable,
-    SessionNotFound,
     SessionqError,
     ValidationTypeError,
 )
-from sessionq.common.keys import DEFAULT_QUEUE, Keys, command_queue_for, run_id
-from sessionq.common.models import (
-    ENDED_STATUSES,
-    RunSpec,
-    SessionRecord,
-    check_kind,
-    check_name,
-)
+from sessionq.common.keys import Keys
+from sessionq.common.models import RunSpec, TaskState
 from sessionq.common.rqcompat import load_rq
 from sessionq.common.scripts import Scripts
 from sessionq.common.sessionconfig import SessionConfig
 from sessionq.common.settings import Settings
-from sessionq.producer import plans
-from sessionq.producer.control import SessionControl
+from sessionq.producer import control, persistent, plans
+from sessionq.producer.follow import follow
+from sessionq.producer.listen import Listener, access_checked
 from sessionq.producer.plans import REGEX_META as REGEX_META
 from sessionq.producer.plans import VIEWS as VIEWS
-from sessionq.producer.plans import Plan, ScriptCall, new_session_id
-from sessionq.producer.plans import decode_events as _decode_events
+from sessionq.producer.plans import Plan, ScriptCall, Transaction
 from sessionq.producer.plans import format_event as format_event
 from sessionq.producer.plans import format_log_lines as format_log_lines
-
-if TYPE_CHECKING:
-    from sessionq.producer.session import Session
+from sessionq.producer.session import Session
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
-DEFAULT_SESSION_NAME = "default"
 
 
 def mapped_error(url: str, exc: RedisError, memory: dict[str, Any] | None) -> SessionqError | None:
@@ -90,15 +78,16 @@ def _memory(client: Redis) -> dict[str, Any] | None:
         return None
 
 
-def redis_errors(method: Callable[P, R]) -> Callable[P, R]:
+def redis_errors(
+    method: Callable[Concatenate[Client, P], R],
+) -> Callable[Concatenate[Client, P], R]:
     """Turn a lost, refusing or full Redis into the SessionqError that says so (mapped_error)."""
 
     @functools.wraps(method)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+    def wrapper(client: Client, /, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return method(*args, **kwargs)
+            return method(client, *args, **kwargs)
         except RedisError as exc:
-            client: Client = args[0]  # type: ignore[assignment]  # the decorated methods' self
             full = redis_says_later(exc) == "OOM"
             error = mapped_error(client.settings.url, exc, _memory(client.redis) if full else None)
             if error is None:
@@ -108,7 +97,7 @@ def redis_errors(method: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-class Client(SessionControl):
+class Client:
     """Create, list, inspect, log, follow and destroy sessions (CANFAR's Session API), open
     persistent ones (`session()`) and control them (pause, play, step, stop, restart)."""
 
@@ -186,115 +175,75 @@ class Client(SessionControl):
         """The caller's persistent session `name` (no name: the caller's default session),
         created when missing unless create=False (then NotFound). A config given here is
         stored with the session (replacing the stored one); else the stored one applies."""
-        from sessionq.producer.session import Session
-
         if not isinstance(create, bool):
             raise ValidationTypeError("create", f"expected True or False, got {create!r}")
         wanted = SessionConfig.coerce(config) if config is not None else None
-        sid, created = self._open(DEFAULT_SESSION_NAME if name is None else name, wanted, create)
-        raw = self.redis.hget(self.keys.sessions(), sid)
-        if raw is None:
-            raise SessionNotFound(sid)
-        record = SessionRecord.from_wire(codec.decode_map(raw, f"session {sid}"))
-        if wanted is not None and not created and record.config != wanted.to_wire():
-            record = replace(record, config=wanted.to_wire())
-            self.redis.hset(self.keys.sessions(), sid, codec.encode(record.to_wire()))
-            self._keep_for(sid, wanted.retention_ms)
-        cfg = SessionConfig.from_wire(record.config)
-        # the cap the claim script reads (run.lua, prelude `room`), kept with the session
-        if cfg.max_running is not None:
-            self.redis.hset(self.keys.session(sid), "max_running", cfg.max_running)
-        elif not created:
-            self.redis.hdel(self.keys.session(sid), "max_running")
-        if created and not cfg.autoplay:
-            self.pause(sid)
-        return Session(self, sid, record.name, cfg, record.created_at_ms)
+        return Session(self, self._run(persistent.open_session(self.scripts, name, wanted, create)))
 
-    def _keep_for(self, sid: str, retention_ms: int | None) -> None:
-        """A persistent session's new retention (SessionConfig.retention_s), kept in its hash
-        for the scripts that end it; if it has ended already, due that long after its end.
-        (The removal itself checks again that it has ended: remove_ended.)"""
-        k = self.keys
-        if retention_ms is None:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.hdel(k.session(sid), "retention_ms")
-            pipe.zrem(k.retention(), sid)
-            pipe.execute()
-            return
-        self.redis.hset(k.session(sid), "retention_ms", retention_ms)
-        status, finished = self.redis.hmget(k.session(sid), "status", "finished_at")
-        if status is not None and codec.text(status) in ENDED_STATUSES:
-            due = int(finished or time.time() * 1000) + retention_ms
-            self.redis.zadd(k.retention(), {sid: due})
-
+    @redis_errors
     def open_session(
         self, name: str, *, kind: str = "session", config: dict[str, Any] | None = None,
         create: bool = True,
     ) -> str:  # fmt: skip
-        """The id of the caller's persistent session `name`, created when missing."""
+        """The id of the caller's persistent session `name`, created when missing (no
+        handle: for adding runs with add_runs)."""
         wanted = SessionConfig.coerce(config) if config is not None else None
-        return self._open(name, wanted, create, kind=kind)[0]
+        return self._run(persistent.open_id(self.scripts, name, wanted, create, kind=kind))[0]
 
     @redis_errors
-    def _open(
-        self, name: str, config: SessionConfig | None, create: bool, *, kind: str = "session"
-    ) -> tuple[str, bool]:
-        """(id, created now) of the caller's persistent session `name`."""
-        check_name(name)
-        check_kind(kind)
-        field = f"{self.user}/{name}"
-        existing = self.redis.hget(self.keys.names(), field)
-        if existing is not None:
-            return codec.text(existing), False
-        if not create:
-            raise SessionNotFound(f"{name} (owner {self.user})")
-        sid = new_session_id()
-        record = SessionRecord(
-            id=sid, name=name, kind=kind, owner=self.user,
-            created_at_ms=int(time.time() * 1000), persistent=True,
-            config=(config or SessionConfig()).to_wire(),
-        )  # fmt: skip
-        # the name is claimed in the step that creates the session: a process opening it at
-        # the same time finds both or neither
-        reply = self.scripts.enqueue(
-            [(sid, True, codec.encode(record.to_wire()), name, kind, self.user)], [],
-            claim=field, retention_ms=(config or SessionConfig()).retention_ms,
-        )  # fmt: skip
-        if reply and reply[0] == "named":
-            return str(reply[1]), False  # another process won
-        return sid, True
+    def add_runs(
+        self, sid: str, specs: Sequence[RunSpec], *, state: str = TaskState.QUEUED
+    ) -> list[str]:
+        """Add validated runs (models.build_run) to an existing session in one atomic step;
+        their ids."""
+        return self._run(persistent.add_runs(self.scripts, sid, specs, state=state))
+
+    # -- control (SPEC §3): one id or a list; id -> accepted ---------------------------------
+    @redis_errors
+    def pause(self, ids: str | Sequence[str]) -> dict[str, bool]:
+        """After this returns no further run of the session starts (runs already started
+        carry on and see should_stop); runs dequeued meanwhile are parked, in order."""
+        return self._run(control.pause(self.scripts, ids))
 
     @redis_errors
-    def add_runs(self, sid: str, specs: Sequence[RunSpec], *, state: str = "queued") -> list[str]:
-        """Add validated runs to an existing session in one atomic step; their ids."""
-        if not specs:
-            return []
-        last = int(self.redis.hincrby(self.keys.session(sid), "next", len(specs)))
-        now = time.time()
-        runs = []
-        for n, spec in enumerate(specs, start=last - len(specs) + 1):
-            queue = command_queue_for(spec.queue) if spec.is_command else spec.queue
-            queue = queue or DEFAULT_QUEUE
-            runs.append((0, run_id(sid, n), spec.name, state, queue, spec.job_fields(queue, now),
-                         None))  # fmt: skip
-        reply = self.scripts.enqueue([(sid, False, b"", "", "session", self.user)], runs, now=now)
-        if reply and reply[0] == "gone":
-            raise SessionNotFound(sid)
-        return [run[1] for run in runs]
+    def play(self, ids: str | Sequence[str]) -> dict[str, bool]:
+        """Release the held runs, in order, and let the session run."""
+        return self._run(control.play(self.scripts, ids))
+
+    @redis_errors
+    def step(self, ids: str | Sequence[str]) -> dict[str, bool]:
+        """Release exactly one run - the oldest held, else the next one dequeued - and stay
+        paused; False for a session that is not paused."""
+        return self._run(control.step(self.scripts, ids))
+
+    @redis_errors
+    def stop(self, ids: str | Sequence[str]) -> dict[str, bool]:
+        """Cancel the queued runs and stop the running ones; the session ends Stopped."""
+        return self._run(control.stop(self.scripts, ids))
+
+    @redis_errors
+    def restart(self, ids: str | Sequence[str], *, failed_only: bool = False) -> dict[str, bool]:
+        """Run the sessions' ended tasks again (only the failed ones with failed_only)."""
+        return self._run(control.restart(self.scripts, ids, failed_only=failed_only))
+
+    @redis_errors
+    def tasks(self, sid: str) -> list[dict[str, Any]]:
+        """The task records of one session, in the order they were added; NotFound if the
+        session does not exist."""
+        return self._run(control.tasks(self.scripts, sid))
+
+    @redis_errors
+    def task_records(
+        self, sid: str, task_ids: Sequence[str], names: dict[str, str]
+    ) -> list[dict[str, Any]]:
+        """The records of runs of session `sid` by id (named from `names`, else by id)."""
+        return self._run(control.task_records(self.scripts, task_ids, names))
 
     # -- read ------------------------------------------------------------------------------
     @redis_errors
     def resolve(self, refs: str | Sequence[str]) -> plans.Resolved:
         """Session ids or the caller's session names, as sessions (producer.plans.resolve)."""
         return self._run(plans.resolve(self.scripts, refs))
-
-    def _connect_base(self) -> str | None:
-        raw = self.redis.get(self.keys.dashboard())
-        return codec.text(raw) if raw else None
-
-    def _records(self, ids: Sequence[str], *, quiet: bool = False) -> list[dict[str, Any]]:
-        """Public records of the ids that exist, in the given order; the rest are logged."""
-        return self._run(plans.records(self.scripts, ids, quiet=quiet))
 
     @redis_errors
     def info(self, ids: str | Sequence[str]) -> list[dict[str, Any]]:
@@ -329,8 +278,7 @@ class Client(SessionControl):
     @redis_errors
     def history_after(self, sid: str, after: int) -> list[dict[str, Any]]:
         """The kept events of one session with seq > after."""
-        raws = self.redis.zrangebyscore(self.keys.history(sid), f"({after}", "+inf")
-        return list(_decode_events(raws))
+        return self._run(plans.history_after(self.scripts, sid, after))
 
     # -- destroy ---------------------------------------------------------------------------
     @redis_errors
@@ -347,10 +295,6 @@ class Client(SessionControl):
         removed = self.scripts.remove_ended(candidates)
         log.info("pruned %d ended session(s)", len(removed))
         return removed
-
-    def _stop_running(self, sid: str) -> None:
-        """Send RQ's stop-job command to the workers running this session's runs."""
-        self._run(plans.stop_running(self.scripts, sid))
 
     @redis_errors
     def destroy_with(
@@ -370,8 +314,6 @@ class Client(SessionControl):
         timeout: float | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Events as they happen, with no gap and no duplicate per session (SPEC §5)."""
-        from sessionq.producer.listen import Listener, access_checked
-
         listener = Listener(self.redis, self.keys, ids, types=types, after=after, timeout=timeout)
         return access_checked(iter(listener), self.settings.url)
 
@@ -392,13 +334,15 @@ class Client(SessionControl):
                 return result
             if isinstance(step, ScriptCall):
                 reply = self._script_call(step)
-                continue
-            reply = step.queue_on(self.redis.pipeline(transaction=False)).execute()
+            elif isinstance(step, Transaction):
+                reply = self._transaction(step)
+            else:
+                reply = step.queue_on(self.redis.pipeline(transaction=False)).execute()
 
     def _script_call(self, step: ScriptCall) -> Any:
-        """A plan's script call, sent again (with backoff, within the connection's retry
-        budget) while Redis answers that it will take it soon (connection.PASSING): such a
-        reply means the script did not run."""
+        """A plan's script call, sent again (with backoff, within SESSIONQ_RETRY_BUDGET_S)
+        while Redis answers that it will take it soon (connection.PASSING): such a reply
+        means the script did not run."""
         backoff = Backoff(log, f"producer {self.settings.user}", first_s=0.1,
                           cap_s=RETRY_BACKOFF_CAP_S)  # fmt: skip
         deadline = time.monotonic() + self.settings.retry_budget_s
@@ -409,6 +353,24 @@ class Client(SessionControl):
                 if redis_says_later(exc) not in PASSING or time.monotonic() >= deadline:
                     raise
                 time.sleep(backoff.failed(exc))
+
+    def _transaction(self, step: Transaction) -> list[Any]:
+        replies: list[Any] = []
+        for attempt in range(2):
+            pipe = self.redis.pipeline(transaction=True)
+            for item in step.items:
+                if isinstance(item, ScriptCall):
+                    self.scripts.call(item.name, item.keys, item.args, client=pipe)
+                else:
+                    getattr(pipe, item.method)(*item.args, **item.kwargs)
+            replies = pipe.execute(raise_on_error=False)
+            if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
+                self.scripts.ensure_loaded()  # first use on this server, or it restarted
+                continue
+            break
+        if step.has_scripts and not any(isinstance(r, Exception) for r in replies):
+            self.scripts.ensure_replicated()  # SESSIONQ_WAIT_REPLICAS: acknowledged once replicated
+        return replies
 
 
 def open_or_follow(client: Client, records: Sequence[dict[str, Any]]) -> None:
@@ -421,6 +383,4 @@ def open_or_follow(client: Client, records: Sequence[dict[str, Any]]) -> None:
         webbrowser.open_new_tab(record["connect_url"])
     rest = [r["id"] for r in records if not r["connect_url"]]
     if rest:
-        from sessionq.producer.follow import follow
-
         follow(client, rest)

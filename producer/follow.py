@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, Protocol, TextIO, TypeVar
 
 from rich.console import Console
 from rich.progress import (
@@ -21,9 +21,32 @@ from rich.progress import (
 )
 
 from sessionq.common.events import EventType
+from sessionq.common.scripts import Scripts
+from sessionq.producer import plans
+from sessionq.producer.plans import Plan
 
-if TYPE_CHECKING:
-    from sessionq.producer.client import Client
+T = TypeVar("T")
+
+
+class Followed(Protocol):
+    """What `follow` needs of a client (Client is one)."""
+
+    @property
+    def scripts(self) -> Scripts: ...
+
+    def info(self, ids: str | Sequence[str]) -> list[dict[str, Any]]: ...
+
+    def listen(
+        self,
+        ids: str | Sequence[str] | None = None,
+        *,
+        types: Sequence[str] | None = None,
+        after: int | dict[str, int] | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[dict[str, Any]]: ...
+
+    def _run(self, plan: Plan[T]) -> T: ...
+
 
 PLAIN_EVERY_S = 1.0
 SESSION_STATUS = {
@@ -66,7 +89,7 @@ class Tally:
 
 
 def follow(
-    client: Client,
+    client: Followed,
     ids: Sequence[str],
     *,
     logs: bool = True,
@@ -77,12 +100,10 @@ def follow(
     or Ctrl-C; returns the final tallies."""
     stream = out or sys.stdout
     records = {r["id"]: r for r in client.info(list(ids))}
-    pipe = client.redis.pipeline(transaction=False)
-    for sid in records:
-        pipe.hget(client.keys.session(sid), "seq")
+    seqs = client._run(plans.seqs(client.scripts, list(records)))
     tallies: dict[str, Tally] = {}
     after: dict[str, int] = {}
-    for (sid, record), seq in zip(records.items(), pipe.execute(), strict=True):
+    for (sid, record), seq in zip(records.items(), seqs, strict=True):
         counts = record["tasks"]
         tallies[sid] = Tally(
             name=record["name"], status=record["status"], total=sum(counts.values()),

@@ -27,6 +27,7 @@ from sessionq.common.models import (
     ENDED_STATUSES,
     MAX_REPLICAS,
     JobFields,
+    RunSpec,
     SessionRecord,
     Status,
     TaskState,
@@ -85,12 +86,76 @@ class ScriptCall:
     args: list[Any]
 
 
-Step = Batch | ScriptCall
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """Commands and script calls sent in one MULTI/EXEC; the reply is the list of their
+    replies, an error among them as its exception (not raised). The carrier loads the scripts
+    and sends it again when the server did not have them, and, when a script call is among
+    them and nothing failed, waits for SESSIONQ_WAIT_REPLICAS replicas to have it."""
+
+    items: list[Command | ScriptCall]
+
+    @property
+    def has_scripts(self) -> bool:
+        return any(isinstance(item, ScriptCall) for item in self.items)
+
+
+Step = Batch | ScriptCall | Transaction
 Plan = Generator[Step, Any, T]
 
 
 def new_session_id() -> str:
     return secrets.token_hex(6)
+
+
+def run_queue(spec: RunSpec) -> str:
+    """The queue a run goes to: a command's to the command queue of its queue (only workers
+    that run commands take them), a function's to its own; the default queue when none."""
+    queue = command_queue_for(spec.queue) if spec.is_command else spec.queue
+    return queue or DEFAULT_QUEUE
+
+
+def texts(reply: Sequence[Any]) -> list[Any]:
+    """A script's reply with its bytes as text."""
+    return [r.decode() if isinstance(r, bytes) else r for r in reply]
+
+
+def with_queues(scripts: Scripts, run_ids: Sequence[str]) -> Plan[list[tuple[str, str]]]:
+    """[(run id, the queue it came from)] - what the scripts need to name its keys."""
+    if not run_ids:
+        return []
+    origins = yield Batch([Command.of("hget", scripts.rq.job(r), "origin") for r in run_ids])
+    return [
+        (run_id, codec.text(origin) if origin else DEFAULT_QUEUE)
+        for run_id, origin in zip(run_ids, origins, strict=True)
+    ]
+
+
+def owned(scripts: Scripts, ids: str | Sequence[str], what: str) -> Plan[dict[str, bool]]:
+    """The ownership check of every call that changes sessions by id: id -> True for the
+    caller's sessions; an unknown id, an unreadable record or another owner's session is
+    logged (naming `what` was asked) and False."""
+    user = scripts.settings.user
+    id_list = as_id_list(ids)
+    out: dict[str, bool] = {}
+    if not id_list:
+        return out
+    (raws,) = yield Batch([Command.of("hmget", scripts.keys.sessions(), id_list)])
+    for sid, raw in zip(id_list, raws, strict=True):
+        out[sid] = False
+        if raw is None:
+            log.warning("%s: no such session: %s", what, sid)
+            continue
+        try:
+            owner = parse_record(raw, sid).owner
+        except CodecError as exc:
+            log.error("%s: unreadable record: %s", what, exc)
+            continue
+        if owner != user:
+            log.warning("%s: session %s belongs to %s, not %s", what, sid, owner, user)
+            continue
+        out[sid] = True
+    return out
 
 
 # -- create ------------------------------------------------------------------------------------
@@ -126,15 +191,14 @@ def create(
         timeout=timeout, retries=retries, cores=cores, ram=ram, gpu=gpu,
         replica_count=replicas,
     )  # fmt: skip
-    run_queue = command_queue_for(base.queue) if base.is_command else base.queue
-    run_queue = run_queue or DEFAULT_QUEUE
+    queue = run_queue(base)
     now = time.time()
     # one template per create, varied per replica (10,000 replicas: no per-replica objects)
     record = SessionRecord(
         id="", name=name, kind=kind, owner=user, created_at_ms=int(now * 1000), image=image,
         cores=base.cores, ram=base.ram, gpu=base.gpu, replica_count=replicas,
     ).to_wire()  # fmt: skip
-    template = base.job_fields(run_queue, now)
+    template = base.job_fields(queue, now)
     meta = codec.decode_map(template.sq, "job meta")
     sessions, runs, ids = [], [], []
     for i, replica_name in enumerate(names):
@@ -145,7 +209,7 @@ def create(
             meta["replica_id"] = i + 1
         fields = JobFields(template.data, codec.encode(meta), template.shared)
         sessions.append((sid, True, codec.encode(record), replica_name, kind, user))
-        runs.append((i, f"{sid}-1", replica_name, TaskState.QUEUED.value, run_queue, fields,
+        runs.append((i, f"{sid}-1", replica_name, TaskState.QUEUED.value, queue, fields,
                      None))  # fmt: skip
         ids.append(sid)
     retention_ms = max(1, int(scripts.settings.retention_s * 1000))
@@ -470,27 +534,27 @@ def events(
     return out
 
 
+def seqs(scripts: Scripts, ids: Sequence[str]) -> Plan[list[int]]:
+    """The last event seq of each session (0 for none), in the order given."""
+    if not ids:
+        return []
+    replies = yield Batch([Command.of("hget", scripts.keys.session(sid), "seq") for sid in ids])
+    return [int(seq or 0) for seq in replies]
+
+
+def history_after(scripts: Scripts, sid: str, after: int) -> Plan[list[dict[str, Any]]]:
+    """The kept events of one session with seq > after, oldest first."""
+    (raws,) = yield Batch([Command.of("zrangebyscore", scripts.keys.history(sid), f"({after}",
+                                      "+inf")])  # fmt: skip
+    return list(decode_events(raws))
+
+
 # -- destroy -----------------------------------------------------------------------------------
 def destroy(scripts: Scripts, ids: str | Sequence[str]) -> Plan[dict[str, bool]]:
     """id -> accepted; workers cancel queued runs, stop running ones, then delete it all."""
-    user = scripts.settings.user
-    ids = as_id_list(ids)
-    out: dict[str, bool] = {}
-    raws = (yield Batch([Command.of("hmget", scripts.keys.sessions(), ids)]))[0] if ids else []
-    for sid, raw in zip(ids, raws, strict=True):
-        if raw is None:
-            log.warning("destroy: no such session: %s", sid)
-            out[sid] = False
-            continue
-        try:
-            owner = parse_record(raw, sid).owner
-        except CodecError as exc:
-            log.error("destroy: unreadable record: %s", exc)
-            out[sid] = False
-            continue
-        if owner != user:
-            log.warning("destroy: session %s belongs to %s, not %s", sid, owner, user)
-            out[sid] = False
+    out = yield from owned(scripts, ids, "destroy")
+    for sid, mine in out.items():
+        if not mine:
             continue
         call = scripts.request_call(sid, "destroy", [sid], status=Status.TERMINATING.value)
         out[sid] = bool((yield ScriptCall("request", *call)))
@@ -527,7 +591,7 @@ def _rq_send_command(sends: _Publishes, worker: str, command: str, **options: An
     from rq.command import send_command
 
     # send_command wants a Redis; it only calls .publish(channel, message) on it
-    send_command(sends, worker, command, **options)  # type: ignore[arg-type]
+    send_command(sends, worker, command, **options)  # type: ignore[arg-type]  # duck-typed Redis
 
 
 def destroy_with(

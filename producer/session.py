@@ -1,5 +1,9 @@
 """`Session`: one persistent session as a collection (SPEC §3) - gc3libs' add/remove/save,
-redengine's config and schedules, narupatools' play/pause/state, DPF's workflows and events."""
+redengine's config and schedules, narupatools' play/pause/state, DPF's workflows and events.
+
+Every operation is a plan (producer.plans): `_SessionCore` holds the handle's staged changes
+and makes the plans; `Session` carries them out on a `Client` (redis-py) and `AsyncSession`
+on an `AsyncClient` (redis.asyncio), so both handles share every rule here."""
 
 from __future__ import annotations
 
@@ -8,13 +12,12 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple, TextIO
-
-from redis.exceptions import NoScriptError
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple, Protocol, TextIO, TypeVar
 
 from sessionq.common import codec
 from sessionq.common.errors import (
+    ObjectNotFound,
     SessionNotFound,
     TaskFailed,
     TaskNotFound,
@@ -22,31 +25,62 @@ from sessionq.common.errors import (
     ValidationTypeError,
 )
 from sessionq.common.events import TERMINAL_EVENTS
-from sessionq.common.keys import DEFAULT_QUEUE, command_queue_for, run_id
+from sessionq.common.keys import DEFAULT_QUEUE, run_id
 from sessionq.common.models import (
     ENDED_STATUSES,
     JobFields,
     RunSpec,
+    Status,
     TaskState,
     build_run,
     check_encodable,
     check_payload,
     iso_from_ms,
 )
-from sessionq.common.scripts import Run
-from sessionq.common.sessionconfig import SessionConfig
+from sessionq.common.scripts import Run, Scripts
 from sessionq.common.state import SharedState
+from sessionq.producer import control, plans
 from sessionq.producer.control import task_order
+from sessionq.producer.follow import Followed, follow
+from sessionq.producer.persistent import PERSISTENT_KIND, Opened
+from sessionq.producer.plans import Batch, Command, Plan, ScriptCall, Transaction, texts
 from sessionq.producer.task import Task, Workflow, default_name, topological
 
-if TYPE_CHECKING:
-    from sessionq.producer.client import Client
-
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 ID_BLOCK_MAX = 1024  # task ids reserved per round trip, growing from 1 as a handle adds more
 QUEUED = TaskState.QUEUED.value
 LIFECYCLE = {"task.queued", "task.started", "task.succeeded", "task.failed", "task.retrying",
              "task.canceled", "state.changed"}  # fmt: skip
+ENDED_TASK_STATES = (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELED)
+
+
+class Carrier(Followed, Protocol):
+    """What a `Session` needs of its client (Client is one): plans carried out on redis-py."""
+
+    @property
+    def user(self) -> str: ...
+
+
+class AsyncCarrier(Protocol):
+    """What an `AsyncSession` needs of its client (AsyncClient is one)."""
+
+    @property
+    def scripts(self) -> Scripts: ...
+
+    @property
+    def user(self) -> str: ...
+
+    async def _run(self, plan: Plan[T]) -> T: ...
+
+    def listen(
+        self,
+        ids: str | Sequence[str] | None = None,
+        *,
+        types: Sequence[str] | None = None,
+        after: int | dict[str, int] | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[dict[str, Any]]: ...
 
 
 class _Pending(NamedTuple):
@@ -79,18 +113,17 @@ def _runs(staged: list[_Pending], now_s: float) -> list[Run]:
     return runs
 
 
-class Session:
-    """A handle on one persistent session; any number of handles, in any processes, share
-    it. Opened with `client.session(name)`."""
+class _SessionCore:
+    """A handle's identity, config and staged changes, and the plans of its operations; what
+    `Session` and `AsyncSession` share. A plan validates before it yields anything."""
 
-    def __init__(self, client: Client, sid: str, name: str, config: SessionConfig,
-                 created_at_ms: int) -> None:  # fmt: skip
-        self.client = client
-        self.id = sid
-        self.name = name
-        self.config = config
-        self._created_ms = created_at_ms
-        self._keys = client.keys
+    def __init__(self, scripts: Scripts, opened: Opened) -> None:
+        self.id = opened.id
+        self.name = opened.name
+        self.config = opened.config
+        self._created_ms = opened.created_at_ms
+        self._scripts = scripts
+        self._keys = scripts.keys
         self._ids: deque[str] = deque()  # reserved task ids not used yet
         # ids this handle removed or forgot: a Task object that had one is added anew
         self._dropped: set[str] = set()
@@ -102,109 +135,62 @@ class Session:
         self._pending_drops: list[tuple[list[str], bool, bool]] = []
         self._pending_objects: dict[str, bytes] = {}
         self._workflows: dict[str, list[str]] = {}
-        self._threads: list[tuple[threading.Thread, threading.Event]] = []
-        self._rpc_log = bool(client.redis.hget(self._keys.session(sid), "rpc_log"))
-        self.state = SharedState(client.scripts, sid)
+        self._rpc_log = opened.rpc_log
 
     # -- identity and timestamps -------------------------------------------------------------
     @property
     def created_at(self) -> str | None:
         return iso_from_ms(self._created_ms)
 
-    @property
-    def finished_at(self) -> str | None:
-        return iso_from_ms(self.client.redis.hget(self._keys.session(self.id), "finished_at"))
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(id={self.id!r}, name={self.name!r})"
 
-    @property
-    def started_at(self) -> str | None:
-        return iso_from_ms(self.client.redis.hget(self._keys.session(self.id), "started_at"))
+    def _hget(self, field: str) -> Plan[Any]:
+        (value,) = yield Batch([Command.of("hget", self._keys.session(self.id), field)])
+        return value
 
-    def set_start_timestamp(self, time_s: float | None = None) -> None:
-        """Record when the session started (now by default); seed 004."""
-        self._stamp("started_at", time_s)
-
-    def set_end_timestamp(self, time_s: float | None = None) -> None:
-        """Record when the session finished (now by default); seed 004."""
-        self._stamp("finished_at", time_s)
-
-    def _stamp(self, field: str, time_s: float | None) -> None:
+    def _stamp(self, field: str, time_s: float | None) -> Plan[None]:
         when = time.time() if time_s is None else time_s
         if isinstance(when, bool) or not isinstance(when, (int, float)):
             raise ValidationTypeError("time", f"expected epoch seconds, got {when!r}")
-        if not self._exists():
+        if not (yield from self._exists()):
             raise SessionNotFound(self.id)
-        self.client.redis.hset(self._keys.session(self.id), field, int(when * 1000))
-
-    @property
-    def status(self) -> str:
-        return str(self.progress()["status"])
-
-    def __repr__(self) -> str:
-        return f"Session(id={self.id!r}, name={self.name!r})"
+        yield Batch([Command.of("hset", self._keys.session(self.id), field, int(when * 1000))])
 
     # -- the collection ----------------------------------------------------------------------
-    def _reserve(self, n: int) -> None:
+    def _reserve(self, n: int) -> Plan[None]:
         """Have `n` new task ids reserved: one round trip for a block (growing as the handle
         adds more, so that adding one by one is rarely one), or none while some are left."""
         if len(self._ids) >= n:
             return
         block = max(self._id_block, n - len(self._ids))
         key = self._keys.session(self.id)
-        pipe = self.client.redis.pipeline(transaction=True)
-        pipe.hincrby(key, "next", block)
-        pipe.hexists(key, "status")
-        last, exists = pipe.execute()
+        last, exists = yield Transaction([Command.of("hincrby", key, "next", block),
+                                          Command.of("hexists", key, "status")])  # fmt: skip
+        for reply in (last, exists):
+            if isinstance(reply, Exception):
+                raise reply
         if not exists:
             # destroyed: HINCRBY made a stray hash of the gone session; take it away
-            self.client.redis.delete(key)
+            yield Batch([Command.of("delete", key)])
             raise SessionNotFound(self.id)
         self._ids.extend(run_id(self.id, i) for i in range(int(last) - block + 1, int(last) + 1))
         self._id_block = min(2 * self._id_block, ID_BLOCK_MAX)
 
-    def _new_id(self) -> str:
-        self._reserve(1)
+    def _new_id(self) -> Plan[str]:
+        yield from self._reserve(1)
         return self._ids.popleft()
 
-    def add(self, task: Task, flush: bool = True) -> str:
-        """Record the task (and, with autoplay, run it when ready); its id. The same Task
-        object, or another with the same key, gives the same id and is stored once; a task
-        it depends on that is not in the session yet is added first."""
+    def _add(self, task: Task, flush: bool) -> Plan[str]:
         if not isinstance(task, Task):
             raise ValidationTypeError("task", f"expected a Task, got {type(task).__name__}")
         _check_flag(flush, "flush")
         order = topological([task])  # its Task parents first; a cycle raises here
         for item in order:
-            self._stage(item)
+            yield from self._stage(item)
         if flush:
-            self.flush()
+            yield from self._flush()
         return task.ids[self.id]
-
-    def map(
-        self,
-        task: str | Callable[..., Any],
-        iterable: Iterable[Any],
-        *,
-        kwargs: dict[str, Any] | None = None,
-        flush: bool = True,
-    ) -> list[str]:
-        """Add one run of the function `task` ("module:function" or the decorated function)
-        per item, the item its one positional argument and `kwargs` its keyword arguments;
-        their ids, in input order, written in one round trip. The runs are unnamed: they
-        are named as the function (by their ids with use_instance_naming) but take no name
-        in the session's names, so they never clash with a task's name, whatever
-        task_pre_exist says. Nothing is staged if an item is refused."""
-        return self._fan_out(task, iterable, kwargs, flush, star=False)
-
-    def starmap(
-        self,
-        task: str | Callable[..., Any],
-        iterable: Iterable[Any],
-        *,
-        kwargs: dict[str, Any] | None = None,
-        flush: bool = True,
-    ) -> list[str]:
-        """As `map`, each item a sequence (list or tuple) of positional arguments."""
-        return self._fan_out(task, iterable, kwargs, flush, star=True)
 
     def _fan_out(
         self,
@@ -214,7 +200,7 @@ class Session:
         flush: bool,
         *,
         star: bool,
-    ) -> list[str]:
+    ) -> Plan[list[str]]:
         _check_flag(flush, "flush")
         if isinstance(task, Task) or task is None:
             want = "a 'module:function' string or a registered function (add() takes a Task)"
@@ -249,7 +235,7 @@ class Session:
             datas.append(data)
         if not datas:
             return []
-        self._reserve(len(datas))
+        yield from self._reserve(len(datas))
         ids = [self._ids.popleft() for _ in datas]
         pending = self._pending_runs
         if cfg.use_instance_naming:
@@ -259,42 +245,44 @@ class Session:
         else:
             for tid, data in zip(ids, datas, strict=True):
                 pending[tid] = _Pending(tid, name, queue, data, meta, spec, extra, None, None)
-        self._rpc("starmap" if star else "map", {"function": spec.func, "tasks": len(ids)})
+        yield from self._rpc("starmap" if star else "map",
+                             {"function": spec.func, "tasks": len(ids)})  # fmt: skip
         if flush:
-            self.flush()
+            yield from self._flush()
         return ids
 
-    def _stage(self, task: Task) -> None:
+    def _stage(self, task: Task) -> Plan[None]:
         """Give the task an id and queue its run for the next flush (once per session)."""
         known = task.ids.get(self.id)
         if known is not None:
             if known not in self._dropped:
                 return
             del task.ids[self.id]
-        k, cfg, redis = self._keys, self.config, self.client.redis
+        k, cfg = self._keys, self.config
         if task.key is not None:
             staged_id = self._pending_keys.get(task.key)
             if staged_id is not None:
                 task.ids[self.id] = staged_id
                 return
-            existing = redis.hget(k.session_task_keys(self.id), task.key)
+            (existing,) = yield Batch([Command.of("hget", k.session_task_keys(self.id),
+                                                  task.key)])  # fmt: skip
             if existing is not None:
                 task.ids[self.id] = codec.text(existing)
                 return
-        tid = self._new_id()
+        tid = yield from self._new_id()
         name = task.name or (tid if cfg.use_instance_naming else task.default_name)
         options: dict[str, Any] = {"policy": cfg.task_pre_exist}
         if cfg.task_pre_exist == "replace":
             self._unstage_name(name)
         if cfg.task_pre_exist in ("replace", "ignore"):
-            current = redis.hget(k.session_names(self.id), name)
+            (current,) = yield Batch([Command.of("hget", k.session_names(self.id), name)])
             if current is not None and cfg.task_pre_exist == "ignore":
                 task.ids[self.id] = codec.text(current)
                 return
             if current is not None:
                 options["old_id"] = codec.text(current)
                 # a replaced cron task stops firing: its next firing goes with it
-                pending = self._cron_pending([options["old_id"]])
+                pending = yield from self._cron_pending([options["old_id"]])
                 if pending:
                     self._pending_drops.append((pending, False, False))
         parents = []
@@ -307,8 +295,7 @@ class Session:
         spec = task.spec
         meta = spec.meta(name, not cfg.silence_task_prerun)
         spec.check_size(meta)
-        queue = command_queue_for(spec.queue) if spec.func is None else spec.queue
-        queue = queue or DEFAULT_QUEUE
+        queue = plans.run_queue(spec)
         extra = task.extra_fields(parents, due, cond_silent=cfg.silence_cond_check)
         if task.key is not None:
             options["key"] = task.key
@@ -323,7 +310,7 @@ class Session:
                                            extra or None, options, task)  # fmt: skip
         self._pending_names[name] = tid
         task.ids[self.id] = tid
-        self._rpc("add", {"task": tid, "name": name})
+        yield from self._rpc("add", {"task": tid, "name": name})
 
     def _unstage_name(self, name: str) -> None:
         """task_pre_exist="replace": a task of this name that this handle staged and has not
@@ -337,50 +324,34 @@ class Session:
         if key is not None and self._pending_keys.get(key) == tid:
             del self._pending_keys[key]
 
-    def remove(self, task_id: str, flush: bool = True) -> None:
-        """Remove the task from the session and delete its record and result; one that has
-        not started is canceled; a running one is refused (stop it first)."""
-        self._drop(task_id, delete=True, flush=flush)
-
-    def forget(self, task_id: str, flush: bool = True) -> None:
-        """Remove the task from the session only: its record stays readable by id."""
-        self._drop(task_id, delete=False, flush=flush)
-
-    def _drop(self, task_id: str, *, delete: bool, flush: bool) -> None:
+    def _drop(self, task_id: str, *, delete: bool, flush: bool) -> Plan[None]:
         if not isinstance(task_id, str):
             raise ValidationTypeError("task_id", f"expected a task id, got {task_id!r}")
         _check_flag(flush, "flush")
         self._pending_drops.append(([task_id], delete, True))
         self._dropped.add(task_id)  # adding its Task object again makes a new task
-        self._rpc("remove" if delete else "forget", {"task": task_id})
+        yield from self._rpc("remove" if delete else "forget", {"task": task_id})
         if flush:
-            self.flush()
+            yield from self._flush()
 
-    def save(self, obj: Any, flush: bool = True) -> str:
-        """Store any msgpack-encodable object in the session; its id (for `load`)."""
+    def _save(self, obj: Any, flush: bool) -> Plan[str]:
         data = check_encodable(obj, "obj")
         oid = secrets.token_hex(8)
         self._pending_objects[oid] = data
         if flush:
-            self.flush()
+            yield from self._flush()
         return oid
 
-    def load(self, oid: str) -> Any:
-        """An object stored with `save`; NotFound for an unknown id."""
+    def _load(self, oid: str) -> Plan[Any]:
         if oid in self._pending_objects:
             return codec.decode(self._pending_objects[oid])
-        raw = self.client.redis.hget(self._keys.session_objects(self.id), oid)
+        (raw,) = yield Batch([Command.of("hget", self._keys.session_objects(self.id), oid)])
         if raw is None:
-            raise TaskNotFound(oid)
+            raise ObjectNotFound(oid)
         return codec.decode(raw)
 
-    def save_all(self, flush: bool = True) -> None:
-        """gc3libs' save_all: write every change made with flush=False."""
-        if flush:
-            self.flush()
-
-    def flush(self) -> None:
-        """Write every change made with flush=False, in one round trip (one transaction)."""
+    def _flush(self) -> Plan[None]:
+        """Every change made with flush=False, in one round trip (one transaction)."""
         if not (self._pending_runs or self._pending_drops or self._pending_objects):
             return
         staged, drops = list(self._pending_runs.values()), self._pending_drops
@@ -389,7 +360,7 @@ class Session:
         self._pending_runs, self._pending_drops, self._pending_objects = {}, [], {}
         self._pending_keys, self._pending_names = {}, {}
         try:
-            replies = self._send(staged, drops, objects)
+            replies = yield from self._send(staged, drops, objects)
         except Exception:
             self._unstage(staged)
             raise
@@ -399,11 +370,10 @@ class Session:
                 raise reply
         replies = replies[1:] if objects else replies
         if staged:
-            self._apply_run_reply([_text(r) if isinstance(r, bytes) else r for r in replies[0]],
-                                  staged)  # fmt: skip
+            self._apply_run_reply(texts(replies[0]), staged)
             replies = replies[1:]
         for reply in replies:
-            reply = [_text(r) if isinstance(r, bytes) else r for r in reply]
+            reply = texts(reply)
             if reply[0] == "running":
                 raise ValidationError("task_id", f"{reply[1]} is running; stop it first")
             if reply[0] == "unknown":
@@ -416,53 +386,47 @@ class Session:
         staged: list[_Pending],
         drops: list[tuple[list[str], bool, bool]],
         objects: dict[str, bytes],
-    ) -> list[Any]:
+    ) -> Plan[list[Any]]:
         """The flush's one transaction; its replies (errors among them, not raised)."""
-        scripts = self.client.scripts
-        drop_runs = [
-            scripts.with_queues(ids + self._cron_pending(ids) if chains else ids)
-            for ids, _, chains in drops
-        ]
+        scripts = self._scripts
+        drop_runs = []
+        for ids, _, chains in drops:
+            chained = ids + (yield from self._cron_pending(ids)) if chains else ids
+            drop_runs.append((yield from plans.with_queues(scripts, chained)))
         now = time.time()  # the enqueue time of every run of the flush
         runs = _runs(staged, now)
-        replies: list[Any] = []
-        for attempt in range(2):
-            pipe = self.client.redis.pipeline(transaction=True)
-            if objects:
-                pipe.hset(self._keys.session_objects(self.id), mapping=dict(objects))  # type: ignore[arg-type]  # redis-py's Mapping is invariant in its key type
-            if runs:
-                scripts.enqueue([(self.id, False, b"", "", "session", self.client.user)], runs,
-                                now=now, client=pipe)  # fmt: skip
-            for (_ids, delete, _chains), dropped in zip(drops, drop_runs, strict=True):
-                scripts.control("drop", self.id, {"delete": delete}, dropped, client=pipe)
-            replies = pipe.execute(raise_on_error=False)
-            if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
-                scripts.ensure_loaded()  # first use on this server, or it restarted
-                continue
-            break
-        if not any(isinstance(r, Exception) for r in replies):
-            scripts.ensure_replicated()  # SESSIONQ_WAIT_REPLICAS: acknowledged once replicated
+        items: list[Command | ScriptCall] = []
+        if objects:
+            items.append(Command.of("hset", self._keys.session_objects(self.id),
+                                    mapping=dict(objects)))  # fmt: skip
+        if runs:
+            call = scripts.enqueue_call(
+                [(self.id, False, b"", "", PERSISTENT_KIND, scripts.settings.user)], runs, now=now
+            )
+            items.append(ScriptCall("enqueue", *call))
+        for (_ids, delete, _chains), dropped in zip(drops, drop_runs, strict=True):
+            call = scripts.control_call("drop", self.id, {"delete": delete}, dropped)
+            items.append(ScriptCall("control", *call))
+        replies: list[Any] = yield Transaction(items)
         return replies
 
-    def _cron_pending(self, ids: list[str]) -> list[str]:
+    def _cron_pending(self, ids: list[str]) -> Plan[list[str]]:
         """The scheduled next firings of the cron tasks among `ids`: each firing of a cron
         task is a run of its own, named as the task, and the next one waits in the
         schedule; removing the task removes that one too, which ends its schedule."""
-        redis, job = self.client.redis, self.client.scripts.rq.job
-        pipe = redis.pipeline(transaction=False)
-        for tid in ids:
-            pipe.hget(job(tid), "cron")
-        if not any(pipe.execute()):
+        job = self._scripts.rq.job
+        crons = yield Batch([Command.of("hget", job(tid), "cron") for tid in ids])
+        if not any(crons):
             return []
-        names = self._names()
+        names = yield from self._names()
         chains = {names[tid] for tid in ids if tid in names}
         candidates = [t for t, n in names.items() if n in chains and t not in ids]
-        pipe = redis.pipeline(transaction=False)
-        for tid in candidates:
-            pipe.hmget(job(tid), "state", "cron")
+        if not candidates:
+            return []
+        rows = yield Batch([Command.of("hmget", job(tid), "state", "cron") for tid in candidates])
         return [
-            tid for tid, (state, cron) in zip(candidates, pipe.execute(), strict=True)
-            if state == b"deferred" and cron
+            tid for tid, (state, cron) in zip(candidates, rows, strict=True)
+            if state == TaskState.DEFERRED.value.encode() and cron
         ]  # fmt: skip
 
     def _unstage(self, staged: list[_Pending]) -> None:
@@ -499,41 +463,128 @@ class Session:
                 task.ids[self.id] = final_id
 
     # -- reading -----------------------------------------------------------------------------
-    def _names(self) -> dict[str, str]:
-        raw = self.client.redis.hgetall(self._keys.session_tasks(self.id))
+    def _names(self) -> Plan[dict[str, str]]:
+        (raw,) = yield Batch([Command.of("hgetall", self._keys.session_tasks(self.id))])
         return {codec.text(k): codec.text(v) for k, v in raw.items()}
 
-    def list_ids(self) -> list[str]:
-        """The session's task ids, in the order they were added."""
-        return sorted(self._names(), key=task_order)
+    def _list_ids(self) -> Plan[list[str]]:
+        return sorted((yield from self._names()), key=task_order)
 
-    def list_names(self) -> list[str]:
-        """The session's task names, in the order they were added."""
-        names = self._names()
+    def _list_names(self) -> Plan[list[str]]:
+        names = yield from self._names()
         return [names[i] for i in sorted(names, key=task_order)]
 
-    def __len__(self) -> int:
-        return int(self.client.redis.hlen(self._keys.session_tasks(self.id)))
+    def _count(self) -> Plan[int]:
+        (n,) = yield Batch([Command.of("hlen", self._keys.session_tasks(self.id))])
+        return int(n)
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        names = self._names()
-        return iter(self.client.task_records(self.id, sorted(names, key=task_order), names))
+    def _records(self) -> Plan[list[dict[str, Any]]]:
+        names = yield from self._names()
+        ids = sorted(names, key=task_order)
+        return (yield from control.task_records(self._scripts, ids, names))
 
-    def __getitem__(self, task_id: str) -> dict[str, Any]:
-        name = self.client.redis.hget(self._keys.session_tasks(self.id), task_id)
+    def _record(self, task_id: str) -> Plan[dict[str, Any]]:
+        (name,) = yield Batch([Command.of("hget", self._keys.session_tasks(self.id), task_id)])
         if name is None:
             raise TaskNotFound(task_id)
-        return self.client.task_records(self.id, [task_id], {task_id: codec.text(name)})[0]
+        names = {task_id: codec.text(name)}
+        return (yield from control.task_records(self._scripts, [task_id], names))[0]
 
-    def __contains__(self, task_id: object) -> bool:
-        return isinstance(task_id, str) and bool(
-            self.client.redis.hexists(self._keys.session_tasks(self.id), task_id)
-        )
+    def _has(self, task_id: object) -> Plan[bool]:
+        if not isinstance(task_id, str):
+            return False
+        (found,) = yield Batch([Command.of("hexists", self._keys.session_tasks(self.id),
+                                           task_id)])  # fmt: skip
+        return bool(found)
+
+    def _exists(self) -> Plan[bool]:
+        (found,) = yield Batch([Command.of("hexists", self._keys.session(self.id), "status")])
+        return bool(found)
+
+    def _status_seq(self) -> Plan[tuple[str, int]]:
+        """wait's read: the status and the last event seq; NotFound when it is gone."""
+        (raw,) = yield Batch([Command.of("hmget", self._keys.session(self.id), "status", "seq")])
+        if raw[0] is None:
+            raise SessionNotFound(self.id)
+        return codec.text(raw[0]), int(raw[1] or 0)
+
+    def _progress(self) -> Plan[dict[str, Any]]:
+        (raw,) = yield Batch([Command.of("hgetall", self._keys.session(self.id))])
+        if not raw:
+            raise SessionNotFound(self.id)
+        state = {codec.text(k): codec.text(v) for k, v in raw.items()}
+        if self.config.force_status_from_logs:
+            counts = {s.value: 0 for s in TaskState}
+            for record in (yield from self._records()):
+                if record["state"] in counts:
+                    counts[record["state"]] += 1
+        else:
+            counts = {s.value: int(state.get(s.value) or 0) for s in TaskState}
+        total = sum(counts.values())
+        done = sum(counts[s] for s in ENDED_TASK_STATES)
+        status = state.get("status", Status.PENDING.value)
+        if self.config.force_status_from_logs and status in (Status.RUNNING, Status.PENDING) \
+                and total and done == total:  # fmt: skip
+            status = (Status.FAILED if counts[TaskState.FAILED] else Status.COMPLETED).value
+        return {"status": status, "tasks": counts, "total": total, "done": done,
+                "fraction": done / total if total else 0.0}  # fmt: skip
+
+    def _health_check(self) -> Plan[None]:
+        failed = yield from self._hget("failed")
+        if not self.config.force_status_from_logs and not int(failed or 0):
+            return
+        for record in (yield from self._records()):
+            if record["state"] == TaskState.FAILED:
+                raise TaskFailed(self.id, record["id"], record["error"] or "failed")
+
+    # -- control (narupatools) ---------------------------------------------------------------
+    def _control(self, name: str, plan: Plan[dict[str, bool]]) -> Plan[None]:
+        result = yield from plan
+        if not result.get(self.id):
+            if not (yield from self._exists()):
+                raise SessionNotFound(self.id)
+            status = (yield from self._progress())["status"]
+            raise ValidationError("session", f"{name} was not accepted (session is {status})")
+        yield from self._rpc(name, {})
+
+    def _pause(self) -> Plan[None]:
+        return (yield from self._control("pause", control.pause(self._scripts, self.id)))
+
+    def _play(self) -> Plan[None]:
+        return (yield from self._control("play", control.play(self._scripts, self.id)))
+
+    def _step(self) -> Plan[None]:
+        return (yield from self._control("step", control.step(self._scripts, self.id)))
+
+    def _stop(self) -> Plan[None]:
+        return (yield from self._control("stop", control.stop(self._scripts, self.id)))
+
+    def _restart(self, failed_only: bool) -> Plan[None]:
+        _check_flag(failed_only, "failed_only")
+        plan = control.restart(self._scripts, self.id, failed_only=failed_only)
+        return (yield from self._control("restart", plan))
+
+    def _start_emitting_rpc_log(self) -> Plan[None]:
+        if not (yield from self._exists()):
+            raise SessionNotFound(self.id)
+        yield Batch([Command.of("hset", self._keys.session(self.id), "rpc_log", 1)])
+        self._rpc_log = True
+        yield from self._rpc("start_emitting_rpc_log", {})
+
+    def _rpc(self, name: str, data: dict[str, Any]) -> Plan[None]:
+        """An op.<name> event, when the rpc log is on (as it was when this handle opened, or
+        since this handle turned it on)."""
+        if self._rpc_log:
+            call = self._scripts.emit_call(self.id, [(f"op.{name}", data.get("task"), data)])
+            yield ScriptCall("emit", *call)
+
+    def _destroy(self) -> Plan[None]:
+        yield from self._rpc("destroy", {})
+        if not (yield from plans.destroy(self._scripts, self.id)).get(self.id):
+            raise SessionNotFound(self.id)
 
     # -- workflows (DPF) ---------------------------------------------------------------------
-    def add_workflow(self, workflow: Workflow, identifier: str) -> list[str]:
-        """Add every task of the DAG (parents first; a cycle raises before anything is
-        written) in one round trip; their ids, also kept under `identifier`."""
+    def _add_workflow(self, workflow: Workflow, identifier: str) -> Plan[list[str]]:
         if not isinstance(workflow, Workflow):
             raise ValidationTypeError("workflow", f"expected a Workflow, got "
                                                   f"{type(workflow).__name__}")  # fmt: skip
@@ -541,16 +592,12 @@ class Session:
             raise ValidationError("identifier", "must be a non-empty string")
         tasks = workflow.tasks()
         for task in tasks:
-            self._stage(task)
-        self.flush()
+            yield from self._stage(task)
+        yield from self._flush()
         ids = [t.ids[self.id] for t in tasks]
         self._workflows[identifier] = ids
-        self._rpc("add_workflow", {"identifier": identifier, "tasks": len(ids)})
+        yield from self._rpc("add_workflow", {"identifier": identifier, "tasks": len(ids)})
         return ids
-
-    def add_operator(self, task: Task, identifier: str) -> list[str]:
-        """Add a task and all its ancestors as the workflow `identifier` (DPF)."""
-        return self.add_workflow(Workflow([task]), identifier)
 
     def workflow_ids(self, identifier: str) -> list[str]:
         return list(self._workflows.get(identifier, []))
@@ -559,41 +606,161 @@ class Session:
         """Drop this handle's workflow handles (the tasks stay in the session)."""
         self._workflows.clear()
 
+
+def _check_timeout(timeout: float | None) -> float | None:
+    """wait's deadline (monotonic) for `timeout` seconds, None for none."""
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0
+    ):
+        raise ValidationTypeError("timeout", f"expected seconds >= 0 or None, got {timeout!r}")
+    return None if timeout is None else time.monotonic() + timeout
+
+
+class Session(_SessionCore):
+    """A handle on one persistent session; any number of handles, in any processes, share
+    it. Opened with `client.session(name)`."""
+
+    def __init__(self, client: Carrier, opened: Opened) -> None:
+        super().__init__(client.scripts, opened)
+        self.client = client
+        self._threads: list[tuple[threading.Thread, threading.Event]] = []
+        self.state = SharedState(client.scripts, self.id)
+
+    def _run(self, plan: Plan[T]) -> T:
+        return self.client._run(plan)
+
+    # -- identity and timestamps -------------------------------------------------------------
+    @property
+    def finished_at(self) -> str | None:
+        return iso_from_ms(self._run(self._hget("finished_at")))
+
+    @property
+    def started_at(self) -> str | None:
+        return iso_from_ms(self._run(self._hget("started_at")))
+
+    def set_start_timestamp(self, time_s: float | None = None) -> None:
+        """Record when the session started (now by default); seed 004."""
+        self._run(self._stamp("started_at", time_s))
+
+    def set_end_timestamp(self, time_s: float | None = None) -> None:
+        """Record when the session finished (now by default); seed 004."""
+        self._run(self._stamp("finished_at", time_s))
+
+    @property
+    def status(self) -> str:
+        return str(self.progress()["status"])
+
+    # -- the collection ----------------------------------------------------------------------
+    def add(self, task: Task, flush: bool = True) -> str:
+        """Record the task (and, with autoplay, run it when ready); its id. The same Task
+        object, or another with the same key, gives the same id and is stored once; a task
+        it depends on that is not in the session yet is added first."""
+        return self._run(self._add(task, flush))
+
+    def map(
+        self,
+        task: str | Callable[..., Any],
+        iterable: Iterable[Any],
+        *,
+        kwargs: dict[str, Any] | None = None,
+        flush: bool = True,
+    ) -> list[str]:
+        """Add one run of the function `task` ("module:function" or the decorated function)
+        per item, the item its one positional argument and `kwargs` its keyword arguments;
+        their ids, in input order, written in one round trip. The runs are unnamed: they
+        are named as the function (by their ids with use_instance_naming) but take no name
+        in the session's names, so they never clash with a task's name, whatever
+        task_pre_exist says. Nothing is staged if an item is refused."""
+        return self._run(self._fan_out(task, iterable, kwargs, flush, star=False))
+
+    def starmap(
+        self,
+        task: str | Callable[..., Any],
+        iterable: Iterable[Any],
+        *,
+        kwargs: dict[str, Any] | None = None,
+        flush: bool = True,
+    ) -> list[str]:
+        """As `map`, each item a sequence (list or tuple) of positional arguments."""
+        return self._run(self._fan_out(task, iterable, kwargs, flush, star=True))
+
+    def remove(self, task_id: str, flush: bool = True) -> None:
+        """Remove the task from the session and delete its record and result; one that has
+        not started is canceled; a running one is refused (stop it first)."""
+        self._run(self._drop(task_id, delete=True, flush=flush))
+
+    def forget(self, task_id: str, flush: bool = True) -> None:
+        """Remove the task from the session only: its record stays readable by id."""
+        self._run(self._drop(task_id, delete=False, flush=flush))
+
+    def save(self, obj: Any, flush: bool = True) -> str:
+        """Store any msgpack-encodable object in the session; its id (for `load`)."""
+        return self._run(self._save(obj, flush))
+
+    def load(self, oid: str) -> Any:
+        """An object stored with `save`; ObjectNotFound (a NotFound) for an unknown id."""
+        return self._run(self._load(oid))
+
+    def save_all(self, flush: bool = True) -> None:
+        """gc3libs' save_all: write every change made with flush=False."""
+        if flush:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write every change made with flush=False, in one round trip (one transaction)."""
+        self._run(self._flush())
+
+    # -- reading -----------------------------------------------------------------------------
+    def list_ids(self) -> list[str]:
+        """The session's task ids, in the order they were added."""
+        return self._run(self._list_ids())
+
+    def list_names(self) -> list[str]:
+        """The session's task names, in the order they were added."""
+        return self._run(self._list_names())
+
+    def __len__(self) -> int:
+        return self._run(self._count())
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self._run(self._records()))
+
+    def __getitem__(self, task_id: str) -> dict[str, Any]:
+        return self._run(self._record(task_id))
+
+    def __contains__(self, task_id: object) -> bool:
+        return self._run(self._has(task_id))
+
+    # -- workflows (DPF) ---------------------------------------------------------------------
+    def add_workflow(self, workflow: Workflow, identifier: str) -> list[str]:
+        """Add every task of the DAG (parents first; a cycle raises before anything is
+        written) in one round trip; their ids, also kept under `identifier`."""
+        return self._run(self._add_workflow(workflow, identifier))
+
+    def add_operator(self, task: Task, identifier: str) -> list[str]:
+        """Add a task and all its ancestors as the workflow `identifier` (DPF)."""
+        return self.add_workflow(Workflow([task]), identifier)
+
     # -- control (narupatools) ---------------------------------------------------------------
-    def _control(self, name: str, result: dict[str, bool]) -> None:
-        if not result.get(self.id):
-            raise (
-                SessionNotFound(self.id)
-                if not self._exists()
-                else ValidationError(
-                    "session", f"{name} was not accepted (session is {self.status})"
-                )
-            )
-        self._rpc(name, {})
-
-    def _exists(self) -> bool:
-        return bool(self.client.redis.hexists(self._keys.session(self.id), "status"))
-
     def pause(self) -> None:
         """No further run starts after this returns; running ones see should_stop."""
-        self._control("pause", self.client.pause(self.id))
+        self._run(self._pause())
 
     def play(self) -> None:
         """Release the held runs in order and run."""
-        self._control("play", self.client.play(self.id))
+        self._run(self._play())
 
     def step(self) -> None:
         """Release exactly one run (the oldest held); the session stays paused."""
-        self._control("step", self.client.step(self.id))
+        self._run(self._step())
 
     def stop(self) -> None:
         """Cancel the queued runs and stop the running ones."""
-        self._control("stop", self.client.stop(self.id))
+        self._run(self._stop())
 
     def restart(self, failed_only: bool = False) -> None:
         """Run the ended tasks again (only the failed ones with failed_only)."""
-        _check_flag(failed_only, "failed_only")
-        self._control("restart", self.client.restart(self.id, failed_only=failed_only))
+        self._run(self._restart(failed_only))
 
     def run(self, block: bool = False, timeout: float | None = None) -> None:
         """Play; with block, wait for the end and raise TaskFailed if a run failed."""
@@ -604,54 +771,24 @@ class Session:
 
     def health_check(self) -> None:
         """Raise TaskFailed (with the remote traceback or exit status) if a run failed."""
-        failed = self.client.redis.hget(self._keys.session(self.id), "failed")
-        if not self.config.force_status_from_logs and not int(failed or 0):
-            return
-        for record in self:
-            if record["state"] == TaskState.FAILED:
-                raise TaskFailed(self.id, record["id"], record["error"] or "failed")
+        self._run(self._health_check())
 
     def progress(self) -> dict[str, Any]:
         """Counts by state, total, done, fraction done (0.0-1.0) and the status; recounted
         from the task records when the config says force_status_from_logs."""
-        raw = self.client.redis.hgetall(self._keys.session(self.id))
-        if not raw:
-            raise SessionNotFound(self.id)
-        state = {codec.text(k): codec.text(v) for k, v in raw.items()}
-        if self.config.force_status_from_logs:
-            counts = {s.value: 0 for s in TaskState}
-            for record in self:
-                if record["state"] in counts:
-                    counts[record["state"]] += 1
-        else:
-            counts = {s.value: int(state.get(s.value) or 0) for s in TaskState}
-        total = sum(counts.values())
-        done = counts["succeeded"] + counts["failed"] + counts["canceled"]
-        status = state.get("status", "Pending")
-        if self.config.force_status_from_logs and status in ("Running", "Pending") and total \
-                and done == total:  # fmt: skip
-            status = "Failed" if counts["failed"] else "Completed"
-        return {"status": status, "tasks": counts, "total": total, "done": done,
-                "fraction": done / total if total else 0.0}  # fmt: skip
+        return self._run(self._progress())
 
     def wait(self, timeout: float | None = None) -> str:
         """Block until the session ends (or `timeout` seconds pass); its status then."""
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0
-        ):
-            raise ValidationTypeError("timeout", f"expected seconds >= 0 or None, got {timeout!r}")
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = _check_timeout(timeout)
         while True:
-            raw = self.client.redis.hmget(self._keys.session(self.id), "status", "seq")
-            if raw[0] is None:
-                raise SessionNotFound(self.id)
-            status = codec.text(raw[0])
+            status, seq = self._run(self._status_seq())
             if status in ENDED_STATUSES:
                 return status
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return status
-            for event in self.client.listen(self.id, after=int(raw[1] or 0),
+            for event in self.client.listen(self.id, after=seq,
                                             timeout=min(left or 1.0, 1.0)):  # fmt: skip
                 if event["type"] in TERMINAL_EVENTS:
                     break
@@ -663,8 +800,6 @@ class Session:
 
     def listen_to_progress(self, out: TextIO | None = None) -> None:
         """A progress bar that moves as runs finish or report progress, until the end."""
-        from sessionq.producer.follow import follow
-
         follow(self.client, [self.id], logs=False, out=out)
 
     def add_progress_system(self) -> None:
@@ -685,9 +820,7 @@ class Session:
         2 also progress and log lines."""
         if verbosity_level not in (0, 1, 2):
             raise ValidationError("verbosity_level", f"must be 0, 1 or 2, got {verbosity_level!r}")
-        from sessionq.producer.client import format_event
-
-        after = int(self.client.redis.hget(self._keys.session(self.id), "seq") or 0)
+        after = int(self._run(self._hget("seq")) or 0)
         stop = threading.Event()
         stream = open(file_path, "a", encoding="utf-8")  # noqa: SIM115 - closed by the thread
 
@@ -703,7 +836,7 @@ class Session:
                     for event in self.client.listen(self.id, after=seq, timeout=0.2):
                         seq = max(seq, int(event.get("seq") or 0))
                         if wanted(event["type"]):
-                            stream.write(format_event(event) + "\n")
+                            stream.write(plans.format_event(event) + "\n")
                             stream.flush()
                         if stop.is_set():
                             break
@@ -715,24 +848,12 @@ class Session:
     def start_emitting_rpc_log(self) -> None:
         """From now on every operation on this session, from any handle, is also an
         `op.<name>` event."""
-        if not self._exists():
-            raise SessionNotFound(self.id)
-        self.client.redis.hset(self._keys.session(self.id), "rpc_log", 1)
-        self._rpc_log = True
-        self._rpc("start_emitting_rpc_log", {})
-
-    def _rpc(self, name: str, data: dict[str, Any]) -> None:
-        """An op.<name> event, when the rpc log is on (as it was when this handle opened, or
-        since this handle turned it on)."""
-        if self._rpc_log:
-            self.client.scripts.emit(self.id, [(f"op.{name}", data.get("task"), data)])
+        self._run(self._start_emitting_rpc_log())
 
     # -- end -----------------------------------------------------------------------------------
     def destroy(self) -> None:
         """Destroy the session: queued runs canceled, running ones stopped, data gone."""
-        self._rpc("destroy", {})
-        if not self.client.destroy(self.id).get(self.id):
-            raise SessionNotFound(self.id)
+        self._run(self._destroy())
         self.delete()
 
     def delete(self) -> None:
@@ -749,8 +870,162 @@ class Session:
         self.delete()
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+class AsyncSession(_SessionCore):
+    """`Session` on redis.asyncio: the same operations as coroutines, carried out by the same
+    plans. Opened with `await async_client.session(name)`. The collection's dunders become
+    `count()`, `records()`, `record(task_id)` and `has(task_id)`; `state`, the file logger,
+    the progress bar and start_loop are the sync handle's only."""
+
+    def __init__(self, client: AsyncCarrier, opened: Opened) -> None:
+        super().__init__(client.scripts, opened)
+        self.client = client
+
+    async def _run(self, plan: Plan[T]) -> T:
+        return await self.client._run(plan)
+
+    async def finished_at(self) -> str | None:
+        return iso_from_ms(await self._run(self._hget("finished_at")))
+
+    async def started_at(self) -> str | None:
+        return iso_from_ms(await self._run(self._hget("started_at")))
+
+    async def set_start_timestamp(self, time_s: float | None = None) -> None:
+        await self._run(self._stamp("started_at", time_s))
+
+    async def set_end_timestamp(self, time_s: float | None = None) -> None:
+        await self._run(self._stamp("finished_at", time_s))
+
+    async def status(self) -> str:
+        return str((await self.progress())["status"])
+
+    async def add(self, task: Task, flush: bool = True) -> str:
+        return await self._run(self._add(task, flush))
+
+    async def map(
+        self,
+        task: str | Callable[..., Any],
+        iterable: Iterable[Any],
+        *,
+        kwargs: dict[str, Any] | None = None,
+        flush: bool = True,
+    ) -> list[str]:
+        return await self._run(self._fan_out(task, iterable, kwargs, flush, star=False))
+
+    async def starmap(
+        self,
+        task: str | Callable[..., Any],
+        iterable: Iterable[Any],
+        *,
+        kwargs: dict[str, Any] | None = None,
+        flush: bool = True,
+    ) -> list[str]:
+        return await self._run(self._fan_out(task, iterable, kwargs, flush, star=True))
+
+    async def remove(self, task_id: str, flush: bool = True) -> None:
+        await self._run(self._drop(task_id, delete=True, flush=flush))
+
+    async def forget(self, task_id: str, flush: bool = True) -> None:
+        await self._run(self._drop(task_id, delete=False, flush=flush))
+
+    async def save(self, obj: Any, flush: bool = True) -> str:
+        return await self._run(self._save(obj, flush))
+
+    async def load(self, oid: str) -> Any:
+        return await self._run(self._load(oid))
+
+    async def save_all(self, flush: bool = True) -> None:
+        if flush:
+            await self.flush()
+
+    async def flush(self) -> None:
+        await self._run(self._flush())
+
+    async def list_ids(self) -> list[str]:
+        return await self._run(self._list_ids())
+
+    async def list_names(self) -> list[str]:
+        return await self._run(self._list_names())
+
+    async def count(self) -> int:
+        return await self._run(self._count())
+
+    async def records(self) -> list[dict[str, Any]]:
+        return await self._run(self._records())
+
+    async def record(self, task_id: str) -> dict[str, Any]:
+        return await self._run(self._record(task_id))
+
+    async def has(self, task_id: object) -> bool:
+        return await self._run(self._has(task_id))
+
+    async def add_workflow(self, workflow: Workflow, identifier: str) -> list[str]:
+        return await self._run(self._add_workflow(workflow, identifier))
+
+    async def add_operator(self, task: Task, identifier: str) -> list[str]:
+        return await self.add_workflow(Workflow([task]), identifier)
+
+    async def pause(self) -> None:
+        await self._run(self._pause())
+
+    async def play(self) -> None:
+        await self._run(self._play())
+
+    async def step(self) -> None:
+        await self._run(self._step())
+
+    async def stop(self) -> None:
+        await self._run(self._stop())
+
+    async def restart(self, failed_only: bool = False) -> None:
+        await self._run(self._restart(failed_only))
+
+    async def run(self, block: bool = False, timeout: float | None = None) -> None:
+        await self.play()
+        if block:
+            await self.wait(timeout)
+            await self.health_check()
+
+    async def health_check(self) -> None:
+        await self._run(self._health_check())
+
+    async def progress(self) -> dict[str, Any]:
+        return await self._run(self._progress())
+
+    async def wait(self, timeout: float | None = None) -> str:
+        deadline = _check_timeout(timeout)
+        while True:
+            status, seq = await self._run(self._status_seq())
+            if status in ENDED_STATUSES:
+                return status
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return status
+            events = self.client.listen(self.id, after=seq, timeout=min(left or 1.0, 1.0))
+            async for event in events:
+                if event["type"] in TERMINAL_EVENTS:
+                    break
+            await _aclose(events)
+
+    def listen(self, **options: Any) -> AsyncIterator[dict[str, Any]]:
+        return self.client.listen(self.id, **options)
+
+    async def start_emitting_rpc_log(self) -> None:
+        await self._run(self._start_emitting_rpc_log())
+
+    async def destroy(self) -> None:
+        await self._run(self._destroy())
+
+    async def __aenter__(self) -> AsyncSession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+async def _aclose(events: AsyncIterator[dict[str, Any]]) -> None:
+    close = getattr(events, "aclose", None)
+    if close is not None:
+        await close()
 
 
 def _check_flag(value: object, field: str) -> None:

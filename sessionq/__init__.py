@@ -10,6 +10,7 @@ from sessionq.common.errors import (
     ConfigError,
     ConnectionFailed,
     NotFound,
+    ObjectNotFound,
     RedisFull,
     RedisUnavailable,
     SessionNotFound,
@@ -21,7 +22,7 @@ from sessionq.common.errors import (
 from sessionq.common.sessionconfig import SessionConfig
 from sessionq.producer.aio import AsyncClient
 from sessionq.producer.client import Client
-from sessionq.producer.session import Session
+from sessionq.producer.session import AsyncSession, Session
 from sessionq.producer.task import Task, Workflow
 from sessionq.worker.context import TaskContext, current_task
 from sessionq.worker.registry import task
@@ -29,10 +30,12 @@ from sessionq.worker.registry import task
 __all__ = [
     "AccessDenied",
     "AsyncClient",
+    "AsyncSession",
     "Client",
     "ConfigError",
     "ConnectionFailed",
     "NotFound",
+    "ObjectNotFound",
     "RedisFull",
     "RedisUnavailable",
     "Session",

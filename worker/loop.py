@@ -29,7 +29,7 @@ from sessionq.common import codec
 from sessionq.common.connection import Backoff, connect, redis_unavailable
 from sessionq.common.errors import CodecError, RunRejected
 from sessionq.common.keys import CONTROL_QUEUE, DEFAULT_QUEUE, command_queue_for, session_of
-from sessionq.common.models import COMMAND_FUNC, parse_job_data, parse_meta
+from sessionq.common.models import COMMAND_FUNC, Outcome, StepResult, parse_job_data, parse_meta
 from sessionq.common.rqcompat import load_rq
 from sessionq.common.scripts import OP_PREFIX, Finish, Scripts, handed_run
 from sessionq.common.settings import Settings
@@ -214,8 +214,9 @@ class SessionWorker:
         self._watcher.stop()  # no heartbeat may bring us back after we unregister
         try:
             self._take_inbox(unlist=True, leaving=True)
-            giveback = [
-                (r[0], r[1], "requeue", codec.encode("worker shut down"), 0) for r in self.ready
+            giveback: list[tuple[str, str, str, bytes, int]] = [
+                (r[0], r[1], Outcome.REQUEUE, codec.encode("worker shut down"), 0)
+                for r in self.ready
             ]
             self.ready.clear()
             if giveback or self.unacked:
@@ -305,9 +306,9 @@ class SessionWorker:
             reply = self.scripts.step_receive()
             for run_id, _queue, result, terminating, waited_on in reply.finished:
                 self.unacked.popleft()
-                if result == "succeeded":
+                if result == StepResult.SUCCEEDED:
                     self.counts["successful_job_count"] += 1
-                elif result == "failed":
+                elif result == StepResult.FAILED:
                     self.counts["failed_job_count"] += 1
                 if waited_on:
                     # runs wait on this one, which ended: judge them now
@@ -404,12 +405,12 @@ class SessionWorker:
             if reason is None:
                 self._make_current(run_id, float(timeout) if timeout else None)
         if reason is not None:  # stopped before its turn came: it never runs
-            return (run_id, queue, "canceled", codec.encode(f"stopped: {reason}"), 0)
+            return (run_id, queue, Outcome.CANCELED, codec.encode(f"stopped: {reason}"), 0)
         started = time.perf_counter()
         outcome, payload = self._outcome(run_id, session_of(run_id), data, sq,
                                          float(timeout) if timeout else None, attempt)  # fmt: skip
         elapsed = time.perf_counter() - started
-        if outcome == "rejected" and _prerun_fatal(sq):
+        if outcome == Outcome.REJECTED and _prerun_fatal(sq):
             # failed before its body ran, and the session does not silence that: stop it
             sid = session_of(run_id)
             log.error("run %s failed before it started: stopping session %s", run_id, sid)
@@ -471,11 +472,11 @@ class SessionWorker:
             return self._interrupted(exc.reason, timeout)
         except (CodecError, RunRejected) as exc:
             log.error("run %s rejected: %s", run_id, exc)
-            return "rejected", codec.encode(f"{type(exc).__name__}: {exc}")
+            return Outcome.REJECTED, codec.encode(f"{type(exc).__name__}: {exc}")
         except Exception:  # the per-run boundary: record the failure, keep the worker alive
             text = traceback.format_exc()
             log.info("run %s failed: %s", run_id, text.strip().splitlines()[-1])
-            return "failed", codec.encode(text)
+            return Outcome.FAILED, codec.encode(text)
         finally:
             with self.take_lock:  # a stop meant for this run does not reach the next one
                 if self.shared is not None:
@@ -486,10 +487,10 @@ class SessionWorker:
 
     def _interrupted(self, reason: str, timeout: float | None) -> tuple[str, bytes]:
         if reason == "timeout":
-            return "failed", codec.encode(f"timeout: the run took longer than {timeout:g}s")
+            return Outcome.FAILED, codec.encode(f"timeout: the run took longer than {timeout:g}s")
         if reason == "shutdown":
-            return "requeue", codec.encode("worker shut down")
-        return "canceled", codec.encode(f"stopped: {reason}")
+            return Outcome.REQUEUE, codec.encode("worker shut down")
+        return Outcome.CANCELED, codec.encode(f"stopped: {reason}")
 
     def _run_command(
         self, run_id: str, sid: str, argv: list[Any], env: dict[str, str],
@@ -513,17 +514,17 @@ class SessionWorker:
         try:
             status = command.run(timeout, self.settings.stop_grace_s, self._note_pgid)
         except FileNotFoundError:
-            return "rejected", codec.encode(f"command not found: {argv[0]}")
+            return Outcome.REJECTED, codec.encode(f"command not found: {argv[0]}")
         except PermissionError:
-            return "rejected", codec.encode(f"command not executable: {argv[0]}")
+            return Outcome.REJECTED, codec.encode(f"command not executable: {argv[0]}")
         if command.stop_reason is not None:
             return self._interrupted(command.stop_reason, timeout)
         if status == 0:
-            return "succeeded", codec.encode(None)
+            return Outcome.SUCCEEDED, codec.encode(None)
         detail = describe_exit(status)
         if meta.get("ram"):
             detail += f" (memory was capped at ram={meta['ram']} GB)"
-        return "failed", codec.encode(detail)
+        return Outcome.FAILED, codec.encode(detail)
 
     def _note_pgid(self, pgid: int) -> None:
         if self.command_pgid is not None:

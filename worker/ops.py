@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+
+from redis import Redis
 
 from sessionq.common import codec
 from sessionq.common.errors import CodecError
@@ -12,16 +14,29 @@ from sessionq.common.keys import CONTROL_QUEUE, run_number
 from sessionq.common.models import parse_job_data, parse_record
 from sessionq.common.scripts import OP_PREFIX, Scripts
 
-if TYPE_CHECKING:
-    from sessionq.worker.loop import SessionWorker
-
 StopLocal = Callable[[str, str], None]
+
+
+class OpsWorker(Protocol):
+    """What a control operation needs of the worker carrying it out (SessionWorker is one)."""
+
+    @property
+    def redis(self) -> Redis: ...
+
+    @property
+    def scripts(self) -> Scripts: ...
+
+    @property
+    def name(self) -> str: ...
+
+    def stop_current(self, reason: str, run_id: str | None = None) -> None: ...
+
 
 log = logging.getLogger(__name__)
 OP_MAX_ATTEMPTS = 5
 
 
-def run_op(worker: SessionWorker, op_id: str) -> None:
+def run_op(worker: OpsWorker, op_id: str) -> None:
     """Carry out one control operation; a failing one is retried, then dropped with an error."""
     r, rq = worker.redis, worker.scripts.rq
     job_key = rq.job(op_id)

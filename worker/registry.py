@@ -35,7 +35,7 @@ def task(func: Any = None, /, *, name: str | None = None) -> Any:
             if not same_code:
                 log.warning("task %s registered again; the newer function wins", full)
         _REGISTRY[full] = fn
-        fn.__sessionq_name__ = full  # type: ignore[attr-defined]
+        fn.__sessionq_name__ = full  # type: ignore[attr-defined]  # a function takes any attribute
         return fn
 
     if func is not None:

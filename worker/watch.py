@@ -11,17 +11,64 @@ import os
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from redis import Redis
 from redis.exceptions import RedisError
 
 from sessionq.common import codec
 from sessionq.common.connection import RETRY_BACKOFF_CAP_S, Backoff, redis_unavailable
+from sessionq.common.models import Outcome
+from sessionq.common.scripts import Scripts, WorkerHead
+from sessionq.common.settings import Settings
 from sessionq.worker.ops import reap
 from sessionq.worker.schedule import Scheduler
 
-if TYPE_CHECKING:
-    from sessionq.worker.loop import SessionWorker
+
+class WatchedWorker(Protocol):
+    """What the watcher reads and sets of its worker (SessionWorker is one)."""
+
+    shutting_down: bool
+    counts: dict[str, int]
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def redis(self) -> Redis: ...
+
+    @property
+    def scripts(self) -> Scripts: ...
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def queues(self) -> list[str]: ...
+
+    @property
+    def head(self) -> WorkerHead: ...
+
+    @property
+    def parent_pid(self) -> int: ...
+
+    @property
+    def hard_kill(self) -> bool: ...
+
+    @property
+    def current(self) -> str | None: ...
+
+    @property
+    def current_command(self) -> object | None: ...
+
+    @property
+    def current_deadline(self) -> float | None: ...
+
+    @property
+    def interrupt_at(self) -> float | None: ...
+
+    def stop_current(self, reason: str, run_id: str | None = None) -> None: ...
+
 
 log = logging.getLogger(__name__)
 EXIT_HARD_KILLED = 70
@@ -29,7 +76,7 @@ EXIT_WATCHER_DIED = 71
 
 
 class Watcher(threading.Thread):
-    def __init__(self, worker: SessionWorker) -> None:
+    def __init__(self, worker: WatchedWorker) -> None:
         super().__init__(name=f"watcher-{worker.name}", daemon=True)
         self.worker = worker
         self._stopping = threading.Event()
@@ -151,7 +198,7 @@ class Watcher(threading.Thread):
         if not (overdue or ignored):
             return
         reason = "timeout: the run ignored its deadline" if overdue else "stopped (forced)"
-        outcome = "failed" if overdue else "canceled"
+        outcome = Outcome.FAILED if overdue else Outcome.CANCELED
         log.error("run %s did not end %gs after its %s; restarting the worker process",
                   run_id, grace, "deadline" if overdue else "stop")  # fmt: skip
         queue = next((q for q in w.queues if q != "control"), "default")

@@ -24,10 +24,11 @@ from enum import StrEnum
 from typing import Any
 
 from sessionq.common.keys import RUN_ID_SEPARATOR
-from sessionq.common.models import Status, TaskState
+from sessionq.common.models import Outcome, Status, StepResult, TaskState
 
 # the words every script shares with Python, as Lua lists in the enums' order
-VOCABULARY: dict[str, type[StrEnum]] = {"STATUS": Status, "TASK_STATE": TaskState}
+VOCABULARY: dict[str, type[StrEnum]] = {"STATUS": Status, "TASK_STATE": TaskState,
+                                         "OUTCOME": Outcome, "STEP_RESULT": StepResult}  # fmt: skip
 
 NUMBER = "n"  # an argument Lua receives as a number
 TEXT = "s"  # an argument Lua receives as a string

@@ -58,6 +58,14 @@ class ControlCalls(ScriptsBase):
     ) -> list[Any]:  # fmt: skip
         """One control.lua step on session `sid` over runs [(run id, queue)]; `extra` keys
         follow the run blocks (plan entries name them by control_extra_index + i)."""
+        keys, args = self.control_call(op, sid, plan, runs, extra, worker=worker)
+        return texts(self.call("control", keys, args, client=client))
+
+    def control_call(
+        self, op: str, sid: str, plan: dict[str, Any], runs: Sequence[tuple[str, str]] = (),
+        extra: Sequence[str] = (), *, worker: str = "",
+    ) -> tuple[list[str], list[Any]]:  # fmt: skip
+        """The keys and args of `control`, sent by no one: for a caller with its own client."""
         k = self.keys
         fixed = {**self.globals, "schedule": k.schedule(), "waiting": k.waiting(),
                  **self._session_keys(sid), "tasks": k.session_tasks(sid),
@@ -70,7 +78,7 @@ class ControlCalls(ScriptsBase):
         args = CONTROL.pack_args({**self.clock(time.time()), "worker": worker, "op": op,
                                   "sid": sid, "nruns": len(runs),
                                   "plan": codec.encode_for_lua(plan)})  # fmt: skip
-        return texts(self.call("control", keys, args, client=client))
+        return keys, args
 
     def destroy(
         self,

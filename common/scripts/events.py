@@ -29,11 +29,22 @@ class EventCalls(ScriptsBase):
         client: Any = None,
     ) -> int:
         """Emit (type, task id, data) events of one session; 1 if it exists, else 0."""
+        keys, args = self.emit_call(sid, events, worker=worker)
+        return int(self.call("emit", keys, args, client=client))
+
+    def emit_call(
+        self,
+        sid: str,
+        events: Iterable[tuple[str, str | None, dict[str, Any] | None]],
+        *,
+        worker: str = "",
+    ) -> tuple[list[str], list[Any]]:
+        """The keys and args of `emit`, sent by no one: for a caller with its own client."""
         blocks = [(etype, task or "", codec.encode(data or {})) for etype, task, data in events]
         keys = EMIT.pack_keys(self._event_keys(sid))
         args = EMIT.pack_args({**self._event_args(sid, worker), "nevents": len(blocks)},
                               {"event": blocks})  # fmt: skip
-        return int(self.call("emit", keys, args, client=client))
+        return keys, args
 
     def log(
         self, sid: str, task_id: str, lines: Sequence[tuple[str, str]], *, worker: str = ""

@@ -37,7 +37,7 @@ class Durability(NamedTuple):
 
     @property
     def command(self) -> bytes:
-        packed: bytes = hiredis.pack_command(("WAIT", self.replicas, self.timeout_ms))  # type: ignore[arg-type]
+        packed: bytes = hiredis.pack_command(("WAIT", self.replicas, self.timeout_ms))  # type: ignore[arg-type]  # hiredis stub: a 1-tuple
         return packed
 
     def check(self, got: Any) -> None:
@@ -208,7 +208,7 @@ class FastLane:
 
     def note(self, *command: str) -> None:
         """Send a plain command whose reply nobody waits for: receive drops it on the way."""
-        self._note(hiredis.pack_command(command), _NOTE)  # type: ignore[arg-type]
+        self._note(hiredis.pack_command(command), _NOTE)  # type: ignore[arg-type]  # hiredis stub: a 1-tuple
 
     def note_script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> None:
         """Send a script call whose reply nobody waits for (EVALSHA; EVAL if the server has
@@ -229,7 +229,7 @@ class FastLane:
         while self.sent and isinstance(self.sent[0][1], _Note):
             self.receive_note()
         assert not self.sent, "BLPOP while a script call awaits its reply"
-        self._write(hiredis.pack_command(("BLPOP", *keys, timeout)))  # type: ignore[arg-type]
+        self._write(hiredis.pack_command(("BLPOP", *keys, timeout)))  # type: ignore[arg-type]  # hiredis stub: a 1-tuple
         try:
             reply = self.conn.read_response()
         except LOST:
@@ -271,7 +271,7 @@ class FastLane:
             self.conn = conn
             for script in self.note_scripts:  # before any call that may use them
                 load = ("SCRIPT", "LOAD", script.script)
-                self._note(hiredis.pack_command(load), _NOTE)  # type: ignore[arg-type]
+                self._note(hiredis.pack_command(load), _NOTE)  # type: ignore[arg-type]  # hiredis stub: a 1-tuple
         try:
             self.conn.send_packed_command([command], check_health=False)
         except LOST:
@@ -333,7 +333,7 @@ class FastLane:
         self.notes = 0
         for script in (self.script, *self.note_scripts):
             load = ("SCRIPT", "LOAD", script.script)
-            self.conn.send_packed_command([hiredis.pack_command(load)], check_health=False)  # type: ignore[arg-type]
+            self.conn.send_packed_command([hiredis.pack_command(load)], check_health=False)  # type: ignore[arg-type]  # hiredis stub: a 1-tuple
             self.conn.read_response()
         for command, context in waiting:
             if not isinstance(context, _Note):

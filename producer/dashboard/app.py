@@ -12,7 +12,7 @@ import asyncio
 import logging
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,9 +136,9 @@ async def session_page(request: Request) -> Response:
     if not records:
         raise HTTPException(404, f"no such session: {sid}")
     record = records[0]
-    tasks = await asyncio.to_thread(dash.client.sync.tasks, sid)
-    raw_seq = await dash.client.redis.hget(dash.client.keys.session(sid), "seq")
-    after = max(0, int(raw_seq or 0) - TAIL_EVENTS)
+    tasks = await dash.client.tasks(sid)
+    (seq,) = await dash.client.seqs([sid])
+    after = max(0, seq - TAIL_EVENTS)
     authorized = guard.token_ok(dash.token, request.cookies.get(guard.TOKEN_COOKIE))
     return _page(request, "session.html", {
         "s": record, "pct": int(record["progress"] * 100), "tasks": tasks[:MAX_TASK_ROWS],
@@ -186,7 +186,7 @@ def _set_token_cookie(dash: Dashboard, response: Response) -> Response:
 # -- live and control --------------------------------------------------------------------------
 async def events_stream(request: Request) -> Response:
     dash, sid = _dash(request), request.path_params["sid"]
-    body = session_events(dash, sid, start_after(request))
+    body = session_events(dash.client, dash.closing, sid, start_after(request))
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(body, media_type="text/event-stream", headers=headers)
 
@@ -203,8 +203,8 @@ async def control(request: Request) -> Response:
     presented = guard.presented_token(request, form)
     if not guard.token_ok(dash.token, presented):
         raise HTTPException(401 if presented is None else 403, "a valid token is required")
-    call: Callable[[list[str]], dict[str, bool]] = getattr(dash.client.sync, action)
-    accepted = bool((await asyncio.to_thread(call, [sid])).get(sid))
+    call: Callable[[list[str]], Awaitable[dict[str, bool]]] = getattr(dash.client, action)
+    accepted = bool((await call([sid])).get(sid))
     log.info("dashboard: %s %s: %s", action, sid, "accepted" if accepted else "refused")
     response: Response
     if "application/json" in request.headers.get("accept", ""):

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
@@ -22,9 +23,7 @@ from starlette.requests import Request
 
 from sessionq.common.errors import SessionqError
 from sessionq.common.events import EventType
-
-if TYPE_CHECKING:
-    from sessionq.producer.dashboard.app import Dashboard
+from sessionq.producer.aio import AsyncClient
 
 log = logging.getLogger(__name__)
 SNAPSHOT_EVERY_S = 0.25
@@ -60,9 +59,9 @@ def event_id(event: dict[str, Any]) -> int:
     return int(event["seq"])
 
 
-async def record_message(dash: Dashboard, sid: str) -> str:
+async def record_message(client: AsyncClient, sid: str) -> str:
     try:
-        records = await dash.client.info(sid)
+        records = await client.info(sid)
     except SessionqError as exc:
         log.warning("session %s: no record for the stream: %s", sid, exc)
         records = []
@@ -71,14 +70,17 @@ async def record_message(dash: Dashboard, sid: str) -> str:
     return sse({k: records[0][k] for k in RECORD_FIELDS}, event="record")
 
 
-async def session_events(dash: Dashboard, sid: str, after: int) -> AsyncIterator[str]:
-    """The SSE body for one session, from the event after `after` on."""
+async def session_events(
+    client: AsyncClient, closing: threading.Event, sid: str, after: int
+) -> AsyncIterator[str]:
+    """The SSE body for one session, from the event after `after` on, until it ends or
+    `closing` is set (the server shuts down)."""
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_MAX_EVENTS)
     ended = asyncio.Event()
 
     async def pump() -> None:
         try:
-            async for event in dash.client.listen(sid, after=after):
+            async for event in client.listen(sid, after=after):
                 await queue.put(event)
         except (RedisError, OSError) as exc:
             log.warning("session %s: event stream stopped: %s", sid, exc)
@@ -88,10 +90,10 @@ async def session_events(dash: Dashboard, sid: str, after: int) -> AsyncIterator
     task = asyncio.create_task(pump(), name=f"sse-{sid}")
     try:
         yield f"retry: {RETRY_MS}\n\n"
-        yield await record_message(dash, sid)
+        yield await record_message(client, sid)
         dirty = False
         snapshot_at = sent_at = time.monotonic()
-        while not dash.closing.is_set():
+        while not closing.is_set():
             try:
                 event: dict[str, Any] | None = await asyncio.wait_for(queue.get(), SNAPSHOT_EVERY_S)
             except TimeoutError:
@@ -102,7 +104,7 @@ async def session_events(dash: Dashboard, sid: str, after: int) -> AsyncIterator
                 dirty, sent_at = True, now
             finished = ended.is_set() and queue.empty()
             if dirty and (event is None or finished or now - snapshot_at >= SNAPSHOT_EVERY_S):
-                yield await record_message(dash, sid)
+                yield await record_message(client, sid)
                 dirty, snapshot_at = False, now
             if finished:
                 yield sse({"session": sid}, event="end")

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from redis import Redis
 
-from sessionq.common.errors import SessionNotFound, TaskNotFound, ValidationError
+from sessionq.common.errors import ObjectNotFound, SessionNotFound, TaskNotFound, ValidationError
 from sessionq.common.keys import Keys
 from sessionq.common.rqcompat import rq_keys
 from sessionq.common.settings import Settings
@@ -146,8 +146,10 @@ def test_save_refuses_what_msgpack_cannot_hold(client: Client) -> None:
     s = client.session("objects")
     with pytest.raises(TypeError, match="obj"):
         s.save(object())
-    with pytest.raises(TaskNotFound):
+    with pytest.raises(ObjectNotFound, match="no such object: no-such-object") as caught:
         s.load("no-such-object")
+    assert caught.value.object_id == "no-such-object"
+    assert not isinstance(caught.value, TaskNotFound)
 
 
 def test_timestamps_and_destroy(client: Client, workers: WorkerProcs) -> None:

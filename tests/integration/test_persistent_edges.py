@@ -77,7 +77,7 @@ def test_session_name_and_create_are_validated(client: Client, redis: Redis) -> 
 def test_a_failed_add_leaves_the_handle_usable(client: Client, monkeypatch: Any) -> None:
     s = client.session("after-a-failure")
     bad = Task(NOOP, name="bad")
-    monkeypatch.setattr(client.scripts, "enqueue", _raise_codec_error)
+    monkeypatch.setattr(client.scripts, "enqueue_call", _raise_codec_error)
     with pytest.raises(ValueError, match="cannot encode"):
         s.add(bad)
     monkeypatch.undo()

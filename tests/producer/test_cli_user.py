@@ -19,7 +19,8 @@ from sessionq.common.models import parse_job_data, task_dict
 from sessionq.common.settings import Settings
 from sessionq.common.timing import in_seconds
 from sessionq.producer import Client
-from sessionq.producer.cli import cli, typed_word
+from sessionq.producer.cli import cli
+from sessionq.producer.cli_base import typed_word
 from tests.conftest import ENV_KNOBS, ROOT, wait_for
 
 

@@ -12,7 +12,6 @@ import pytest
 from redis import Redis
 from redis.exceptions import NoPermissionError
 
-from sessionq.common.events import emit
 from sessionq.common.keys import Keys
 from sessionq.common.redisserver import RedisServer
 from sessionq.common.settings import Settings
@@ -61,9 +60,9 @@ class Follower:
 
 def progress(client: Client, sid: str, n: int, *, last: bool = True) -> None:
     for i in range(n):
-        emit(client.scripts, sid, "task.progress", data={"i": i})
+        client.scripts.emit(sid, [("task.progress", None, {"i": i})])
     if last:
-        emit(client.scripts, sid, "task.progress", data={"last": True})
+        client.scripts.emit(sid, [("task.progress", None, {"last": True})])
 
 
 def pubsub_ids(redis: Redis) -> set[int]:
@@ -251,13 +250,13 @@ def test_events_a_listener_does_not_want_are_held_back_by_the_hub(
     monkeypatch.setattr(Listener, "_history", counted_history)
     logs = Follower(settings, a, after=0, types=["task.log"])
     everything = Follower(settings, a, after=0)
-    emit(client.scripts, a, "task.log", data={"hello": True})
+    client.scripts.emit(a, [("task.log", None, {"hello": True})])
     started([logs, everything])
     queued.clear()
     for burst in range(3):
         progress(client, a, 10, last=False)
-        emit(client.scripts, a, "task.log", data={"burst": burst})
-    emit(client.scripts, a, "task.log", data={"last": True})  # ends both followers
+        client.scripts.emit(a, [("task.log", None, {"burst": burst})])
+    client.scripts.emit(a, [("task.log", None, {"last": True})])  # ends both followers
     expected = client.history_after(a, 0)
     assert everything.join() == expected
     assert logs.join() == [e for e in expected if e["type"] == "task.log"]
