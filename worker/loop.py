@@ -131,10 +131,11 @@ class SessionWorker:
 
         from sessionq.common.codec import RQSerializer
 
-        self._rq_worker = Worker(
-            self.queues, name=self.name, connection=self.redis, serializer=RQSerializer
-        )
-        self._rq_worker.register_birth()
+        if self._rq_worker is None:  # (tried again after a Redis error: RQ's birth once)
+            self._rq_worker = Worker(
+                self.queues, name=self.name, connection=self.redis, serializer=RQSerializer
+            )
+            self._rq_worker.register_birth()
         extra: dict[FieldT, EncodableT] = {"state": "idle"}
         if self.cores:
             extra["cores"] = str(self.cores)

@@ -22,6 +22,11 @@ from sessionq.common.scripts.contracts import CONTRACTS, GLOBAL_KEYS, RUN_BLOCK,
 from sessionq.common.settings import Settings
 
 BLOCK_CACHE_MAX = 4096
+# the scripts whose writes are acknowledged to someone (a create, an add, an operation, a
+# change of state): with SESSIONQ_WAIT_REPLICAS they return once the replicas have them.
+# Heartbeats, reaping and events are bookkeeping that a failover may lose and redo. (A
+# worker's steps wait on its FastLane.)
+DURABLE = frozenset({"enqueue", "control", "request", "destroy", "state"})
 
 
 def now_ms() -> int:
@@ -110,10 +115,12 @@ class ScriptsBase:
     def call(
         self, name: str, keys: Sequence[str], args: Sequence[Any], *, client: Any = None
     ) -> Any:
-        """Run script `name` (transport.call: any thread; a pipeline as `client` queues it),
-        acknowledged once SESSIONQ_WAIT_REPLICAS replicas have it."""
-        return transport.call(self._script[name], keys, args, client or self.redis,
-                              self.durability, self.keys.replicated())  # fmt: skip
+        """Run script `name` (transport.call: any thread; a pipeline as `client` queues it);
+        a write someone is told of (DURABLE) is acknowledged once SESSIONQ_WAIT_REPLICAS
+        replicas have it."""
+        wait = self.durability if name in DURABLE else None
+        return transport.call(self._script[name], keys, args, client or self.redis, wait,
+                              self.keys.replicated())  # fmt: skip
 
     def ensure_replicated(self) -> None:
         """NotReplicated unless SESSIONQ_WAIT_REPLICAS replicas have every write made so far
