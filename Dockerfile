@@ -4,7 +4,8 @@ COPY pyproject.toml README.md ./
 COPY common ./common
 COPY producer ./producer
 COPY worker ./worker
+COPY sessionq ./sessionq
 RUN pip install --no-cache-dir .
 # Workers are stateless: scale them with `docker compose up --scale worker=N`.
 ENTRYPOINT ["sessionq"]
-CMD ["worker", "--allow-commands", "--import", "worker.demo"]
+CMD ["worker", "--allow-commands", "--import", "sessionq.worker.demo"]
