@@ -145,6 +145,11 @@ def test_a_failover_with_a_lagging_replica_loses_what_the_master_acknowledged_me
         writer = threading.Thread(target=write, args=(old.port,), daemon=True)
         writer.start()
         wait_for(lambda: len(acknowledged) > 10, what="writes under way")
+        follower = Redis(port=new.port)
+        try:  # some writes reached the replica before the lag (a loaded machine may be slow)
+            wait_for(lambda: int(follower.dbsize()) > 0, timeout=60, what="the replica to follow")
+        finally:
+            follower.close()
         figures = group.fail_over(1.0)
         stop.set()
         writer.join(timeout=30)
