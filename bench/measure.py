@@ -140,7 +140,7 @@ def sq_load_enqueue_script(client: Any) -> None:
 
 
 def sq_specs(n: int) -> list[Any]:
-    from sessionq.common.models import build_run
+    from sessionq.common.jobhash import build_run
 
     return [build_run(name="r", task=SQ_TASK) for _ in range(n)]
 

@@ -30,9 +30,9 @@ from redis import Redis
 
 from bench.soak import Fleet
 from sessionq.common.keys import Keys
-from sessionq.common.models import Status
 from sessionq.common.redisserver import RedisServer
 from sessionq.common.settings import Settings
+from sessionq.common.vocabulary import Status
 
 TASK = "bench.tasks:chatty"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

@@ -209,7 +209,7 @@ def plan(client: Any, runs: int, slow_share: float, slow_s: float, ledgers: Path
          rng: random.Random) -> tuple[list[str], list[list[Any]], int]:  # fmt: skip
     """Open sessions of up to SESSION_RUNS runs and choose each run (most fast, some slow):
     the session ids, the runs of each, and how many are slow."""
-    from sessionq.common.models import build_run
+    from sessionq.common.jobhash import build_run
 
     fast = build_run(name="fast", task=TASK, args=[str(ledgers)], retries=RETRIES)
     slow = build_run(name="slow", task=TASK, args=[str(ledgers), slow_s], retries=RETRIES)

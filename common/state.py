@@ -8,8 +8,8 @@ from typing import Any
 
 from sessionq.common import codec
 from sessionq.common.errors import SessionNotFound, ValidationTypeError
-from sessionq.common.models import check_encodable
 from sessionq.common.scripts import Scripts
+from sessionq.common.validation import check_encodable
 
 
 class SharedState(MutableMapping[str, Any]):

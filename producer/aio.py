@@ -20,9 +20,10 @@ from redis.exceptions import NoScriptError, RedisError
 
 from sessionq.common.connection import connect_async, redis_says_later
 from sessionq.common.errors import ValidationTypeError
-from sessionq.common.models import RunSpec, TaskState
+from sessionq.common.jobhash import RunSpec
 from sessionq.common.sessionconfig import SessionConfig
 from sessionq.common.settings import Settings
+from sessionq.common.vocabulary import TaskState
 from sessionq.producer import control, persistent, plans
 from sessionq.producer.client import Client, mapped_error, open_or_follow
 from sessionq.producer.listen import AsyncListener, access_checked_async

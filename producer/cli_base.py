@@ -15,8 +15,8 @@ from typing import Any
 import click
 
 from sessionq.common.errors import ValidationError
-from sessionq.common.models import Status
 from sessionq.common.settings import Settings
+from sessionq.common.vocabulary import Status
 from sessionq.producer.client import Client
 from sessionq.producer.plans import SessionRef
 

@@ -30,12 +30,13 @@ from sessionq.common.errors import (
     SessionqError,
     ValidationTypeError,
 )
+from sessionq.common.jobhash import RunSpec
 from sessionq.common.keys import Keys
-from sessionq.common.models import RunSpec, TaskState
 from sessionq.common.rqcompat import load_rq
 from sessionq.common.scripts import Scripts
 from sessionq.common.sessionconfig import SessionConfig
 from sessionq.common.settings import Settings
+from sessionq.common.vocabulary import TaskState
 from sessionq.producer import control, persistent, plans
 from sessionq.producer.follow import follow
 from sessionq.producer.listen import Listener, access_checked
@@ -194,7 +195,7 @@ class Client:
     def add_runs(
         self, sid: str, specs: Sequence[RunSpec], *, state: str = TaskState.QUEUED
     ) -> list[str]:
-        """Add validated runs (models.build_run) to an existing session in one atomic step;
+        """Add validated runs (sessionq.common.build_run) to an existing session in one atomic step;
         their ids."""
         return self._run(persistent.add_runs(self.scripts, sid, specs, state=state))
 

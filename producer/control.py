@@ -12,8 +12,9 @@ from typing import Any
 from sessionq.common import codec
 from sessionq.common.errors import SessionNotFound
 from sessionq.common.keys import run_number
-from sessionq.common.models import TASK_FIELDS, Status, task_dict
+from sessionq.common.records import TASK_FIELDS, task_dict
 from sessionq.common.scripts import Scripts
+from sessionq.common.vocabulary import Status
 from sessionq.producer.plans import (
     Batch,
     Command,

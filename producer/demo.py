@@ -7,7 +7,7 @@ import time
 
 import click
 
-from sessionq.common.models import build_run
+from sessionq.common.jobhash import build_run
 from sessionq.common.settings import Settings
 from sessionq.producer.client import Client
 from sessionq.producer.follow import follow

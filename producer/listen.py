@@ -28,11 +28,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoPermissionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from sessionq.common.canfarstyle import as_id_list
 from sessionq.common.connection import lasting_refusal
 from sessionq.common.errors import AccessDenied, CodecError, ConnectionFailed, ValidationError
 from sessionq.common.events import TERMINAL_EVENTS, EventType, decode_event, matches
 from sessionq.common.keys import Keys
-from sessionq.common.models import ENDED_STATUSES, as_id_list
+from sessionq.common.vocabulary import ENDED_STATUSES
 from sessionq.producer import aiohub
 from sessionq.producer.hub import Subscription, subscribe
 from sessionq.producer.routing import RESYNC, Passed

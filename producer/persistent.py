@@ -10,17 +10,13 @@ from dataclasses import dataclass, replace
 
 from sessionq.common import codec
 from sessionq.common.errors import SessionNotFound
+from sessionq.common.jobhash import RunSpec
 from sessionq.common.keys import run_id
-from sessionq.common.models import (
-    ENDED_STATUSES,
-    RunSpec,
-    SessionRecord,
-    TaskState,
-    check_kind,
-    check_name,
-)
+from sessionq.common.records import SessionRecord
 from sessionq.common.scripts import Scripts
 from sessionq.common.sessionconfig import SessionConfig
+from sessionq.common.validation import check_kind, check_name
+from sessionq.common.vocabulary import ENDED_STATUSES, TaskState
 from sessionq.producer import control
 from sessionq.producer.plans import (
     Batch,

@@ -20,29 +20,21 @@ from typing import Any, TypeVar
 import click
 
 from sessionq.common import codec
+from sessionq.common.canfarstyle import as_id_list, names_for_replicas
 from sessionq.common.errors import CodecError, ValidationError
 from sessionq.common.events import decode_event
+from sessionq.common.jobhash import JobFields, RunSpec, build_run
 from sessionq.common.keys import DEFAULT_QUEUE, command_queue_for
-from sessionq.common.models import (
-    ENDED_STATUSES,
-    MAX_REPLICAS,
-    JobFields,
-    RunSpec,
+from sessionq.common.records import (
     SessionRecord,
-    Status,
-    TaskState,
-    as_id_list,
-    build_run,
-    check_int_range,
-    check_kind,
-    check_name,
     decode_error,
     decode_result,
-    names_for_replicas,
     parse_record,
     session_dict,
 )
 from sessionq.common.scripts import Scripts
+from sessionq.common.validation import MAX_REPLICAS, check_int_range, check_kind, check_name
+from sessionq.common.vocabulary import ENDED_STATUSES, Status, TaskState
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -25,20 +25,13 @@ from sessionq.common.errors import (
     ValidationTypeError,
 )
 from sessionq.common.events import TERMINAL_EVENTS
+from sessionq.common.jobhash import JobFields, RunSpec, build_run, check_payload
 from sessionq.common.keys import DEFAULT_QUEUE, run_id
-from sessionq.common.models import (
-    ENDED_STATUSES,
-    JobFields,
-    RunSpec,
-    Status,
-    TaskState,
-    build_run,
-    check_encodable,
-    check_payload,
-    iso_from_ms,
-)
 from sessionq.common.scripts import Run, Scripts
 from sessionq.common.state import SharedState
+from sessionq.common.times import iso_from_ms
+from sessionq.common.validation import check_encodable
+from sessionq.common.vocabulary import ENDED_STATUSES, Status, TaskState
 from sessionq.producer import control, plans
 from sessionq.producer.control import task_order
 from sessionq.producer.follow import Followed, follow

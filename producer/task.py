@@ -8,8 +8,9 @@ from typing import Any
 
 from sessionq.common import codec
 from sessionq.common.errors import ValidationError, ValidationTypeError
-from sessionq.common.models import RunSpec, build_run, check_name
+from sessionq.common.jobhash import RunSpec, build_run
 from sessionq.common.timing import at_ms, check_cron, in_seconds, next_fire_ms
+from sessionq.common.validation import check_name
 
 RUN_IF = ("succeeded", "failed", "finished")
 MAX_KEY_CHARS = 256

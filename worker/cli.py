@@ -66,7 +66,7 @@ def worker_command(
 ) -> int:  # fmt: skip
     """Run workers: the control queue first, then the given queues."""
     from sessionq.common.connection import connect
-    from sessionq.common.models import check_queue
+    from sessionq.common.validation import check_queue
     from sessionq.worker.registry import extend_import_path, import_modules
     from sessionq.worker.supervisor import Supervisor, WorkerOptions
 

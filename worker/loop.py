@@ -28,12 +28,13 @@ from redis.typing import EncodableT, FieldT
 from sessionq.common import codec
 from sessionq.common.connection import Backoff, connect, redis_unavailable
 from sessionq.common.errors import CodecError, RunRejected
+from sessionq.common.jobhash import COMMAND_FUNC, parse_job_data, parse_meta
 from sessionq.common.keys import CONTROL_QUEUE, DEFAULT_QUEUE, command_queue_for, session_of
-from sessionq.common.models import COMMAND_FUNC, Outcome, StepResult, parse_job_data, parse_meta
 from sessionq.common.rqcompat import load_rq
 from sessionq.common.scripts import OP_PREFIX, Finish, Scripts, handed_run
 from sessionq.common.settings import Settings
 from sessionq.common.state import SharedState
+from sessionq.common.vocabulary import Outcome, StepResult
 from sessionq.worker.context import TaskContext, set_current
 from sessionq.worker.execute import (
     RUN_ENVIRONMENT,

@@ -10,8 +10,9 @@ from redis import Redis
 
 from sessionq.common import codec
 from sessionq.common.errors import CodecError
+from sessionq.common.jobhash import parse_job_data
 from sessionq.common.keys import CONTROL_QUEUE, run_number
-from sessionq.common.models import parse_job_data, parse_record
+from sessionq.common.records import parse_record
 from sessionq.common.scripts import OP_PREFIX, Scripts
 
 StopLocal = Callable[[str, str], None]

@@ -28,7 +28,7 @@ from typing import Any
 from sessionq.common import codec, keys
 from sessionq.common.errors import CodecError
 from sessionq.common.keys import session_of
-from sessionq.common.models import SessionRecord
+from sessionq.common.records import SessionRecord
 from sessionq.common.scripts import Scripts
 from sessionq.common.sessionconfig import SessionConfig
 from sessionq.common.timing import next_fire_ms

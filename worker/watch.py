@@ -18,9 +18,9 @@ from redis.exceptions import RedisError
 
 from sessionq.common import codec
 from sessionq.common.connection import RETRY_BACKOFF_CAP_S, Backoff, redis_unavailable
-from sessionq.common.models import Outcome
 from sessionq.common.scripts import Scripts, WorkerHead
 from sessionq.common.settings import Settings
+from sessionq.common.vocabulary import Outcome
 from sessionq.worker.ops import reap
 from sessionq.worker.schedule import Scheduler
 

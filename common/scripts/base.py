@@ -15,11 +15,11 @@ from redis.commands.core import Script
 
 from sessionq.common import codec
 from sessionq.common.keys import DEFAULT_QUEUE, Keys, session_of
-from sessionq.common.models import rq_time
 from sessionq.common.rqcompat import RQKeys, rq_keys
 from sessionq.common.scripts import transport
 from sessionq.common.scripts.contracts import CONTRACTS, GLOBAL_KEYS, RUN_BLOCK, STATUS_KEYS
 from sessionq.common.settings import Settings
+from sessionq.common.times import rq_time
 
 BLOCK_CACHE_MAX = 4096
 # the scripts whose writes are acknowledged to someone (a create, an add, an operation, a

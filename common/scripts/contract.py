@@ -24,7 +24,7 @@ from enum import StrEnum
 from typing import Any
 
 from sessionq.common.keys import RUN_ID_SEPARATOR
-from sessionq.common.models import Outcome, Status, StepResult, TaskState
+from sessionq.common.vocabulary import Outcome, Status, StepResult, TaskState
 
 # the words every script shares with Python, as Lua lists in the enums' order
 VOCABULARY: dict[str, type[StrEnum]] = {"STATUS": Status, "TASK_STATE": TaskState,

@@ -6,8 +6,8 @@ these; tests/common/test_contract.py checks each script's body against its contr
 
 from __future__ import annotations
 
-from sessionq.common.models import Status
 from sessionq.common.scripts.contract import NUMBER, TEXT, Block, Contract
+from sessionq.common.vocabulary import Status
 
 # What every state-changing script takes (prelude.lua `load_globals`)
 STATUS_KEYS = tuple(f"idx_{status.value}" for status in Status)

@@ -15,7 +15,7 @@ from redis.exceptions import NoScriptError
 from sessionq.common import codec
 from sessionq.common.errors import CodecError
 from sessionq.common.keys import CONTROL_QUEUE, session_of
-from sessionq.common.models import SessionRecord, parse_record, rq_time
+from sessionq.common.records import SessionRecord, parse_record
 from sessionq.common.scripts.base import ScriptsBase, texts
 from sessionq.common.scripts.contracts import (
     CONTROL,
@@ -26,6 +26,7 @@ from sessionq.common.scripts.contracts import (
     RECOVER,
     REQUEST,
 )
+from sessionq.common.times import rq_time
 
 OP_PREFIX = "sessionq.op:"  # func name prefix of control operations in RQ job data
 REMOVE_BATCH = 100  # sessions read, then removed, per pipeline (remove_ended)

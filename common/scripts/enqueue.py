@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sessionq.common import codec
-from sessionq.common.models import JobFields
+from sessionq.common.jobhash import JobFields
 from sessionq.common.scripts.base import ScriptsBase, texts
 from sessionq.common.scripts.contracts import ENQUEUE
 

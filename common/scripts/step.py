@@ -10,10 +10,10 @@ from typing import Any, NamedTuple
 from sessionq.common import codec
 from sessionq.common.errors import CodecError
 from sessionq.common.keys import CONTROL_QUEUE, session_of
-from sessionq.common.models import rq_time
 from sessionq.common.scripts.base import BLOCK_CACHE_MAX, ScriptsBase
 from sessionq.common.scripts.contracts import STEP, TOOK
 from sessionq.common.scripts.transport import FastLane, bulk
+from sessionq.common.times import rq_time
 
 Finish = tuple[str, str, str, bytes, int]  # run id, queue, outcome, payload, duration ms
 # started or claimed run: run id, queue, result ('run', 'op', ...), data, sq, timeout, attempt

@@ -37,8 +37,8 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sessionq.common.errors import NotFound, SessionqError, ValidationError
-from sessionq.common.models import Status
 from sessionq.common.settings import Settings
+from sessionq.common.vocabulary import Status
 from sessionq.producer.aio import AsyncClient
 from sessionq.producer.dashboard import guard
 from sessionq.producer.dashboard.announce import ANNOUNCE_TTL_S, Announcer

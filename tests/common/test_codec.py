@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from sessionq.common import codec
 from sessionq.common.errors import CodecError
 from sessionq.common.events import Event, decode_event
-from sessionq.common.models import SessionRecord
+from sessionq.common.records import SessionRecord
 
 scalars = (
     st.none()

@@ -12,11 +12,11 @@ from importlib import resources
 import pytest
 from redis import Redis
 
-from sessionq.common.models import Status, TaskState
 from sessionq.common.scripts import Scripts
 from sessionq.common.scripts.contract import NUMBER, Contract
 from sessionq.common.scripts.contracts import CONTRACTS, GLOBAL_KEYS
 from sessionq.common.settings import Settings
+from sessionq.common.vocabulary import Status, TaskState
 
 LUA = resources.files("sessionq.common") / "lua"
 PRELUDE = (LUA / "prelude.lua").read_text()

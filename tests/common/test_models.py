@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from sessionq.common.canfarstyle import names_for_replicas
 from sessionq.common.errors import ValidationError, ValidationTypeError
-from sessionq.common.models import build_run, check_env, check_name, names_for_replicas, split_args
+from sessionq.common.jobhash import build_run
+from sessionq.common.validation import check_env, check_name, split_args
 
 
 @pytest.mark.parametrize("name", ["a", "A1", "x" * 63, "run.1_b-c", "9lives"])
@@ -98,7 +100,7 @@ def test_retries_range() -> None:
 
 
 def test_meta_takes_a_name_and_prerun_fatal_without_a_new_spec() -> None:
-    from sessionq.common.models import parse_meta
+    from sessionq.common.jobhash import parse_meta
 
     spec = build_run(name="task", task="pkg.mod:fn", args=[1])
     assert parse_meta(spec.meta())["name"] == "task"
@@ -108,7 +110,7 @@ def test_meta_takes_a_name_and_prerun_fatal_without_a_new_spec() -> None:
 
 
 def test_with_args_encodes_the_same_call_with_other_arguments() -> None:
-    from sessionq.common.models import parse_job_data
+    from sessionq.common.jobhash import parse_job_data
 
     spec = build_run(name="t", task="pkg.mod:fn", args=[1], kwargs={"k": "v"})
     assert parse_job_data(spec.with_args(["other", 2], "iterable[0]")) == (

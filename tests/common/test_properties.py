@@ -14,17 +14,15 @@ from hypothesis import strategies as st
 from sessionq.common import codec
 from sessionq.common.errors import CodecError, ValidationError, ValidationTypeError
 from sessionq.common.events import decode_event
-from sessionq.common.models import (
+from sessionq.common.jobhash import build_run, parse_job_data, parse_meta
+from sessionq.common.records import SessionRecord
+from sessionq.common.validation import (
     MAX_REPLICAS,
     MAX_TIMEOUT_S,
-    SessionRecord,
-    build_run,
     check_int_range,
     check_kind,
     check_name,
     check_queue,
-    parse_job_data,
-    parse_meta,
 )
 
 NAME_START = string.ascii_letters + string.digits

@@ -1,4 +1,4 @@
-"""Run outcomes and step results are named once (models.Outcome, StepResult) and the Lua
+"""Run outcomes and step results are named once (vocabulary.Outcome, StepResult) and the Lua
 prologue carries them, as it carries the statuses and task states."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import re
 from importlib import resources
 
 from sessionq.common.keys import Keys
-from sessionq.common.models import Outcome, StepResult
 from sessionq.common.scripts.contract import VOCABULARY
 from sessionq.common.scripts.contracts import CONTRACTS
+from sessionq.common.vocabulary import Outcome, StepResult
 
 
 def test_every_prologue_carries_outcomes_and_step_results() -> None:

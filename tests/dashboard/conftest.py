@@ -13,8 +13,8 @@ import httpx
 import pytest
 from redis import Redis
 
+from sessionq.common.jobhash import build_run
 from sessionq.common.keys import Keys
-from sessionq.common.models import build_run
 from sessionq.common.settings import Settings
 from sessionq.producer import Client
 from sessionq.producer.dashboard import DashboardServer, build_server

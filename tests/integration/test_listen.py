@@ -9,7 +9,7 @@ from typing import Any
 from click.testing import CliRunner
 from redis import Redis
 
-from sessionq.common.models import build_run
+from sessionq.common.jobhash import build_run
 from sessionq.common.settings import Settings
 from sessionq.producer import Client
 from sessionq.producer.cli import cli

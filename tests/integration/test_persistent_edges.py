@@ -11,9 +11,9 @@ from redis import Redis
 
 from sessionq.common.errors import SessionNotFound, ValidationError
 from sessionq.common.keys import Keys
-from sessionq.common.models import TaskState
 from sessionq.common.rqcompat import rq_keys
 from sessionq.common.settings import Settings
+from sessionq.common.vocabulary import TaskState
 from sessionq.producer import Client, Session, SessionConfig, Task
 from tests.conftest import WorkerProcs, wait_for
 

@@ -17,9 +17,9 @@ from redis import Redis
 import tests.tasks  # noqa: F401 - registers the @task functions
 from sessionq.common.errors import ConfigError, ValidationError
 from sessionq.common.keys import Keys
-from sessionq.common.models import Status
 from sessionq.common.scripts import Scripts
 from sessionq.common.settings import Settings
+from sessionq.common.vocabulary import Status
 from sessionq.producer import Client, SessionConfig, Task
 from sessionq.producer.cli import cli
 from sessionq.worker.loop import SessionWorker

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from redis import Redis
 
+from sessionq.common.jobhash import build_run
 from sessionq.common.keys import Keys
-from sessionq.common.models import build_run
 from sessionq.common.settings import Settings
 from sessionq.producer import Client, Task
 

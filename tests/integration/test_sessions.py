@@ -186,7 +186,7 @@ def test_nothing_under_the_prefix_is_pickle(
 def test_two_workers_finishing_runs_of_one_session_keep_counts_right(
     client: Client, workers: WorkerProcs
 ) -> None:
-    from sessionq.common.models import build_run
+    from sessionq.common.jobhash import build_run
 
     sid = client.open_session("many")
     workers.start(2)  # both serving before the runs arrive: a busy machine may start one late

@@ -10,8 +10,8 @@ from typing import Any
 from redis import Redis
 
 from sessionq.common import codec
+from sessionq.common.jobhash import build_run
 from sessionq.common.keys import Keys
-from sessionq.common.models import build_run
 from sessionq.producer import Client
 
 RUNS = 20  # more events than a script publishes without asking who listens

@@ -15,7 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from sessionq.common.errors import ValidationError
-from sessionq.common.models import parse_job_data, task_dict
+from sessionq.common.jobhash import parse_job_data
+from sessionq.common.records import task_dict
 from sessionq.common.settings import Settings
 from sessionq.common.timing import in_seconds
 from sessionq.producer import Client

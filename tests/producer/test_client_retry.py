@@ -12,8 +12,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 import sessionq.common.scripts.transport
 import tests.tasks  # noqa: F401 - registers the @task functions
+from sessionq.common.jobhash import build_run
 from sessionq.common.keys import DEFAULT_QUEUE
-from sessionq.common.models import build_run
 from sessionq.common.scripts import transport
 from sessionq.common.settings import Settings
 from sessionq.producer import Client

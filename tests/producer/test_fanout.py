@@ -9,8 +9,8 @@ import pytest
 from redis import Redis
 
 from sessionq.common.errors import ValidationError, ValidationTypeError
+from sessionq.common.jobhash import parse_job_data, parse_meta
 from sessionq.common.keys import Keys
-from sessionq.common.models import parse_job_data, parse_meta
 from sessionq.common.rqcompat import rq_keys
 from sessionq.common.settings import Settings
 from sessionq.producer import Client, SessionConfig, Task
