@@ -158,17 +158,9 @@ def _socket_timeout(redis: Redis | AsyncRedis, timeout: float | None) -> None:
         redis.connection_pool.connection_kwargs["socket_timeout"] = timeout
 
 
-# -- the sessions ---------------------------------------------------------------------------
-class Session:
-    """CANFAR's Session API on sessionq (seed 002): create, fetch, stats, info, logs, events,
-    destroy, destroy_with and connect, with CANFAR's arguments and replies.
-
-    `timeout` is the Redis socket timeout (seconds) and `loglevel` the level of the `sessionq`
-    loggers; `concurrency` has no effect on the sync client (as in CANFAR). `url` is a Redis URL
-    (a CANFAR https address is ignored); with none, Redis is found as `Client` finds it
-    (SESSIONQ_URL, REDIS_URL, then localhost). `certificate`, `token`, `server`, `version` and
-    `registry` are accepted and ignored. The `Client` underneath is `self.client`.
-    """
+class _Options:
+    """CANFAR's constructor keywords, one signature for Session and AsyncSession: checked,
+    `loglevel` set, what has no meaning here logged; then the subclass opens its client."""
 
     def __init__(
         self,
@@ -188,10 +180,34 @@ class Session:
         ignored = dict(zip(IGNORED_OPTIONS, (certificate, token, server, version, registry),
                            strict=True))  # fmt: skip
         _options(timeout, concurrency, loglevel, ignored)
-        if concurrency is not None:
+        self.timeout = timeout
+        self.concurrency = concurrency
+        self._connect(_redis_url(url), prefix, user)
+
+    def _connect(self, url: str | None, prefix: str | None, user: str | None) -> None:
+        """Open `self.client` (Session's a Client, AsyncSession's an AsyncClient)."""
+        raise NotImplementedError
+
+
+# -- the sessions ---------------------------------------------------------------------------
+class Session(_Options):
+    """CANFAR's Session API on sessionq (seed 002): create, fetch, stats, info, logs, events,
+    destroy, destroy_with and connect, with CANFAR's arguments and replies.
+
+    `timeout` is the Redis socket timeout (seconds) and `loglevel` the level of the `sessionq`
+    loggers; `concurrency` has no effect on the sync client (as in CANFAR). `url` is a Redis URL
+    (a CANFAR https address is ignored); with none, Redis is found as `Client` finds it
+    (SESSIONQ_URL, REDIS_URL, then localhost). `certificate`, `token`, `server`, `version` and
+    `registry` are accepted and ignored. The `Client` underneath is `self.client`.
+    """
+
+    client: Client
+
+    def _connect(self, url: str | None, prefix: str | None, user: str | None) -> None:
+        if self.concurrency is not None:
             log.debug("concurrency has no effect on the sync client")
-        self.client = Client(_redis_url(url), prefix=prefix, user=user)
-        _socket_timeout(self.client.redis, timeout)
+        self.client = Client(url, prefix=prefix, user=user)
+        _socket_timeout(self.client.redis, self.timeout)
 
     def close(self) -> None:
         self.client.close()
@@ -274,35 +290,19 @@ class Session:
         self.client.connect(pick_ids(ids, id))
 
 
-class AsyncSession:
+class AsyncSession(_Options):
     """CANFAR's AsyncSession: Session's calls as coroutines, on an `AsyncClient`.
 
     `concurrency` caps the calls in flight at once (as CANFAR's caps its requests); the other
     options are Session's."""
 
-    def __init__(
-        self,
-        *,
-        timeout: float | None = None,
-        concurrency: int | None = None,
-        loglevel: int | str | None = None,
-        url: str | None = None,
-        prefix: str | None = None,
-        user: str | None = None,
-        certificate: object = None,
-        token: object = None,
-        server: object = None,
-        version: object = None,
-        registry: object = None,
-    ) -> None:
-        ignored = dict(zip(IGNORED_OPTIONS, (certificate, token, server, version, registry),
-                           strict=True))  # fmt: skip
-        _options(timeout, concurrency, loglevel, ignored)
-        self.client = AsyncClient(_redis_url(url), prefix=prefix, user=user)
-        _socket_timeout(self.client.redis, timeout)
-        _socket_timeout(self.client.sync.redis, timeout)
-        self.concurrency = concurrency
-        self._slots = asyncio.Semaphore(concurrency) if concurrency else None
+    client: AsyncClient
+
+    def _connect(self, url: str | None, prefix: str | None, user: str | None) -> None:
+        self.client = AsyncClient(url, prefix=prefix, user=user)
+        _socket_timeout(self.client.redis, self.timeout)
+        _socket_timeout(self.client.sync.redis, self.timeout)
+        self._slots = asyncio.Semaphore(self.concurrency) if self.concurrency else None
 
     async def _limited(self, call: Awaitable[T]) -> T:
         """Await one call, at most `concurrency` at once."""
