@@ -2,52 +2,12 @@
 
 The one import name (SPEC §9): the producer's API, the worker's `@task` and `current_task()`,
 and the errors. The card's folders are installed under it as `sessionq.common`,
-`sessionq.producer` and `sessionq.worker`.
+`sessionq.producer` and `sessionq.worker`; their `__all__` lists are the one source of what
+is public here.
 """
 
-from sessionq.common.errors import (
-    AccessDenied,
-    ConfigError,
-    ConnectionFailed,
-    NotFound,
-    ObjectNotFound,
-    RedisFull,
-    RedisUnavailable,
-    SessionNotFound,
-    SessionqError,
-    TaskFailed,
-    TaskNotFound,
-    ValidationError,
-)
-from sessionq.common.sessionconfig import SessionConfig
-from sessionq.producer.aio import AsyncClient
-from sessionq.producer.client import Client
-from sessionq.producer.session import AsyncSession, Session
-from sessionq.producer.task import Task, Workflow
-from sessionq.worker.context import TaskContext, current_task
-from sessionq.worker.registry import task
+from sessionq import producer, worker
+from sessionq.producer import *  # noqa: F403 (producer.__all__: the API and the errors)
+from sessionq.worker import *  # noqa: F403 (worker.__all__: task, current_task, TaskContext)
 
-__all__ = [
-    "AccessDenied",
-    "AsyncClient",
-    "AsyncSession",
-    "Client",
-    "ConfigError",
-    "ConnectionFailed",
-    "NotFound",
-    "ObjectNotFound",
-    "RedisFull",
-    "RedisUnavailable",
-    "Session",
-    "SessionConfig",
-    "SessionNotFound",
-    "SessionqError",
-    "Task",
-    "TaskContext",
-    "TaskFailed",
-    "TaskNotFound",
-    "ValidationError",
-    "Workflow",
-    "current_task",
-    "task",
-]
+__all__ = sorted([*producer.__all__, *worker.__all__])
