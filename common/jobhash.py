@@ -27,7 +27,7 @@ from sessionq.common.validation import (
     split_args,
     type_error,
 )
-from sessionq.common.vocabulary import TaskState
+from sessionq.common.vocabulary import RQ_STATUS, TaskState
 
 COMMAND_FUNC = "@command"  # the func name a command run carries in RQ's job data
 
@@ -182,7 +182,7 @@ def shared_job_fields(
     for them all (cached), so that a batch sends it once."""
     fields: dict[str, Any] = {
         "origin": queue,
-        "status": "queued",
+        "status": RQ_STATUS[TaskState.QUEUED],
         "state": TaskState.QUEUED.value,
         "enqueued_at": rq_time(now_s),
     }

@@ -10,7 +10,7 @@ from typing import Any
 from sessionq.common import codec
 from sessionq.common.errors import CodecError
 from sessionq.common.times import iso_from_ms, iso_from_rq_time
-from sessionq.common.vocabulary import Status, TaskState
+from sessionq.common.vocabulary import ENDED_TASK_STATES, Status, TaskState
 
 SCHEMA_VERSION = 1  # the "v" of every record and of a job hash's `sq` field
 
@@ -108,7 +108,7 @@ def session_dict(
     st = {k.decode() if isinstance(k, bytes) else k: v for k, v in state.items()}
     tasks = {state: _int(st.get(state)) for state in _TASK_STATES}
     total = sum(tasks.values())
-    done = tasks["succeeded"] + tasks["failed"] + tasks["canceled"]
+    done = sum(tasks[state] for state in ENDED_TASK_STATES)
     status = st.get("status", Status.PENDING)
     out: dict[str, Any] = {
         "id": record.id,

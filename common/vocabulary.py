@@ -3,7 +3,9 @@ and step results (the Lua side's vocabulary is generated from these, common/scri
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
+from types import MappingProxyType
 
 
 class Status(StrEnum):
@@ -31,6 +33,16 @@ class TaskState(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELED = "canceled"
+
+
+ENDED_TASK_STATES = (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELED)
+# RQ's job `status` that goes with each run state (what `rq info` and Job.fetch read; rq is not
+# imported here: it reads its key prefix when first imported); prelude.lua's RQ_STATUS is this
+RQ_STATUS: Mapping[TaskState, str] = MappingProxyType({
+    TaskState.QUEUED: "queued", TaskState.DEFERRED: "deferred", TaskState.HELD: "deferred",
+    TaskState.STARTED: "started", TaskState.SUCCEEDED: "finished", TaskState.FAILED: "failed",
+    TaskState.CANCELED: "canceled",
+})  # fmt: skip
 
 
 class Outcome(StrEnum):

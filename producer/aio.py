@@ -23,7 +23,7 @@ from sessionq.common.errors import ValidationTypeError
 from sessionq.common.jobhash import RunSpec
 from sessionq.common.sessionconfig import SessionConfig
 from sessionq.common.settings import Settings
-from sessionq.common.vocabulary import TaskState
+from sessionq.common.vocabulary import Status, TaskState
 from sessionq.producer import control, persistent, plans
 from sessionq.producer.client import Client, mapped_error, open_or_follow
 from sessionq.producer.listen import AsyncListener, access_checked_async
@@ -174,7 +174,7 @@ class AsyncClient:
         return await self._run(plans.destroy(self.scripts, ids))
 
     async def destroy_with(
-        self, prefix: str, *, kind: str = "headless", status: str = "Completed"
+        self, prefix: str, *, kind: str = "headless", status: str = Status.COMPLETED
     ) -> dict[str, bool]:
         return await self._run(plans.destroy_with(self.scripts, prefix, kind=kind, status=status))
 

@@ -12,7 +12,9 @@ from typing import Any, NoReturn
 import click
 
 from sessionq.common.errors import ConfigError, SessionqError, ValidationError
+from sessionq.common.events import EventType
 from sessionq.common.settings import Settings
+from sessionq.common.vocabulary import ENDED_TASK_STATES, Status
 from sessionq.producer import cli_session
 from sessionq.producer.cli_base import (
     ARGS_HELP,
@@ -189,7 +191,7 @@ def _table(records: list[dict[str, Any]]) -> None:
     click.echo(head)
     for r in records:
         t = r["tasks"]
-        done = f"{t['succeeded'] + t['failed'] + t['canceled']}/{sum(t.values())}"
+        done = f"{sum(t[state] for state in ENDED_TASK_STATES)}/{sum(t.values())}"
         click.echo(f"{r['id']:<13} {_cut(r['name'], NAME_WIDTH):<24} {r['kind']:<10} "
                    f"{r['status']:<12} {done:>11} {r['created_at'] or '':<24}")  # fmt: skip
 
@@ -273,7 +275,7 @@ def logs(ctx: click.Context, ids: tuple[str, ...], follow: bool, as_json: bool) 
     if not sids:
         return 1
     if follow:
-        for event in client.listen(sids, types=["task.log"], after=0):
+        for event in client.listen(sids, types=[EventType.TASK_LOG], after=0):
             line = event["data"].get("line", "")
             click.echo(line if len(sids) == 1 else f"{event['session']}: {line}")
         return 0 if ok else 1
@@ -361,7 +363,7 @@ def watch(ctx: click.Context, ids: tuple[str, ...]) -> int:
     for sid, tally in tallies.items():
         click.echo(f"{tally.name} {sid}: {tally.status} ({tally.done}/{tally.total} done, "
                    f"{tally.failed} failed)")  # fmt: skip
-    done = tallies and all(t.status == "Completed" for t in tallies.values())
+    done = tallies and all(t.status == Status.COMPLETED for t in tallies.values())
     return 0 if ok and done else 1
 
 
@@ -378,7 +380,9 @@ def destroy(ctx: click.Context, ids: tuple[str, ...], as_json: bool) -> int:
 @cli.command("destroy-with")
 @click.argument("prefix")
 @click.option("--kind", default="headless", show_default=True, help="Only this kind.")
-@click.option("--status", default="Completed", show_default=True, help="Only this status.")
+@click.option(
+    "--status", default=Status.COMPLETED.value, show_default=True, help="Only this status."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def destroy_with(ctx: click.Context, prefix: str, kind: str, status: str, as_json: bool) -> int:

@@ -68,7 +68,7 @@ def restart(ctx: click.Context, ids: tuple[str, ...], failed_only: bool, as_json
 @click.option("--key", default=None, help="Idempotency key: adding it again adds nothing.")
 @click.option("--depends-on", "depends_on", multiple=True, metavar="TASK_ID",
               help="A task it waits for (repeatable).")  # fmt: skip
-@click.option("--run-if", type=click.Choice(RUN_IF), default="succeeded", show_default=True,
+@click.option("--run-if", type=click.Choice(RUN_IF), default=RUN_IF[0], show_default=True,
               help="How the tasks it depends on must have ended.")  # fmt: skip
 @click.option("--in", "in_", type=float, default=None, help="Run after this many seconds.")
 @click.option("--at", default=None, help="Run at this ISO 8601 time (UTC unless it says).")

@@ -36,7 +36,7 @@ from sessionq.common.rqcompat import load_rq
 from sessionq.common.scripts import Scripts
 from sessionq.common.sessionconfig import SessionConfig
 from sessionq.common.settings import Settings
-from sessionq.common.vocabulary import TaskState
+from sessionq.common.vocabulary import Status, TaskState
 from sessionq.producer import control, persistent, plans
 from sessionq.producer.follow import follow
 from sessionq.producer.listen import Listener, access_checked
@@ -299,7 +299,7 @@ class Client:
 
     @redis_errors
     def destroy_with(
-        self, prefix: str, *, kind: str = "headless", status: str = "Completed"
+        self, prefix: str, *, kind: str = "headless", status: str = Status.COMPLETED
     ) -> dict[str, bool]:
         """Destroy sessions whose name starts with `prefix`, or matches it as a regex when it
         has regex metacharacters; a bad regex is a ValueError."""

@@ -11,6 +11,7 @@ from typing import Any
 
 from sessionq.common import codec
 from sessionq.common.errors import SessionNotFound
+from sessionq.common.events import EventType
 from sessionq.common.keys import run_number
 from sessionq.common.records import TASK_FIELDS, task_dict
 from sessionq.common.scripts import Scripts
@@ -108,7 +109,7 @@ def _stop_one(scripts: Scripts, sid: str) -> Plan[bool]:
     if status is not None and codec.text(status) == Status.TERMINATING:
         return False
     call = scripts.request_call(sid, "stop", [sid], status=Status.STOPPED.value,
-                                event="session.stopped")  # fmt: skip
+                                event=EventType.SESSION_STOPPED)  # fmt: skip
     accepted = bool((yield ScriptCall("request", *call)))
     if accepted:
         # the control queue may wait behind busy workers: tell those running it now

@@ -7,8 +7,10 @@ import time
 
 import click
 
+from sessionq.common.events import EventType
 from sessionq.common.jobhash import build_run
 from sessionq.common.settings import Settings
+from sessionq.common.vocabulary import Status
 from sessionq.producer.client import Client
 from sessionq.producer.follow import follow
 from sessionq.producer.stack import Stack
@@ -46,10 +48,10 @@ def run_demo(settings: Settings, *, runs: int, workers: int) -> int:
             f"({len(specs) / elapsed:.0f} runs/s end to end)"
         )
         click.echo("  runs: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
-        retried = sum(1 for e in client.events(sid) or [] if e["type"] == "task.retrying")
+        retried = sum(1 for e in client.events(sid) or [] if e["type"] == EventType.TASK_RETRYING)
         click.echo(f"  retried after a (simulated) failure: {retried}")
         click.echo("  command output: " + (client.logs(sid) or {}).get(sid, "").strip())
         click.echo(f"  workers seen: {client.stats()['workers']['count']}")
-        ok = record["status"] == "Completed" and tally.done == len(specs)
+        ok = record["status"] == Status.COMPLETED and tally.done == len(specs)
     click.echo("demo finished; every process it started has stopped" if ok else "demo FAILED")
     return 0 if ok else 1

@@ -22,6 +22,7 @@ from rich.progress import (
 
 from sessionq.common.events import EventType
 from sessionq.common.scripts import Scripts
+from sessionq.common.vocabulary import ENDED_TASK_STATES, Status, TaskState
 from sessionq.producer import plans
 from sessionq.producer.plans import Plan
 
@@ -50,10 +51,10 @@ class Followed(Protocol):
 
 PLAIN_EVERY_S = 1.0
 SESSION_STATUS = {
-    EventType.SESSION_CREATED: "Pending", EventType.SESSION_STARTED: "Running",
-    EventType.SESSION_RESUMED: "Running", EventType.SESSION_PAUSED: "Paused",
-    EventType.SESSION_COMPLETED: "Completed", EventType.SESSION_FAILED: "Failed",
-    EventType.SESSION_STOPPED: "Stopped", EventType.SESSION_DESTROYED: "Destroyed",
+    EventType.SESSION_CREATED: Status.PENDING, EventType.SESSION_STARTED: Status.RUNNING,
+    EventType.SESSION_RESUMED: Status.RUNNING, EventType.SESSION_PAUSED: Status.PAUSED,
+    EventType.SESSION_COMPLETED: Status.COMPLETED, EventType.SESSION_FAILED: Status.FAILED,
+    EventType.SESSION_STOPPED: Status.STOPPED, EventType.SESSION_DESTROYED: "Destroyed",
 }  # fmt: skip
 
 
@@ -65,7 +66,7 @@ class Tally:
     total: int = 0
     done: int = 0
     failed: int = 0
-    status: str = "Pending"
+    status: str = Status.PENDING
     partial: dict[str, float] = field(default_factory=dict)  # running task -> fraction
 
     @property
@@ -74,8 +75,8 @@ class Tally:
 
     def apply(self, event: dict[str, Any]) -> None:
         etype, task = event["type"], event.get("task")
-        if etype == EventType.TASK_STARTED and self.status == "Pending":
-            self.status = "Running"
+        if etype == EventType.TASK_STARTED and self.status == Status.PENDING:
+            self.status = Status.RUNNING
         if etype == EventType.TASK_QUEUED and event["data"].get("reason") is None:
             self.total += 1
         elif etype in (EventType.TASK_SUCCEEDED, EventType.TASK_FAILED, EventType.TASK_CANCELED):
@@ -107,8 +108,8 @@ def follow(
         counts = record["tasks"]
         tallies[sid] = Tally(
             name=record["name"], status=record["status"], total=sum(counts.values()),
-            done=counts["succeeded"] + counts["failed"] + counts["canceled"],
-            failed=counts["failed"],
+            done=sum(counts[state] for state in ENDED_TASK_STATES),
+            failed=counts[TaskState.FAILED],
         )  # fmt: skip
         after[sid] = int(seq or 0)
     if not tallies:
@@ -152,7 +153,7 @@ def _follow_plain(events: Any, tallies: dict[str, Tally], logs: bool, stream: Te
         tally.apply(event)
         if logs and event["type"] == EventType.TASK_LOG:
             print(f"{tally.name}: {event['data'].get('line', '')}", file=stream, flush=True)
-        ended = event["type"].startswith("session.") and event["type"] != "session.created"
+        ended = event["type"].startswith("session.") and event["type"] != EventType.SESSION_CREATED
         now = time.monotonic()
         if ended or now - last_print.get(sid, 0.0) >= PLAIN_EVERY_S:
             last_print[sid] = now

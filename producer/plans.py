@@ -587,7 +587,7 @@ def _rq_send_command(sends: _Publishes, worker: str, command: str, **options: An
 
 
 def destroy_with(
-    scripts: Scripts, prefix: str, *, kind: str = "headless", status: str = "Completed"
+    scripts: Scripts, prefix: str, *, kind: str = "headless", status: str = Status.COMPLETED
 ) -> Plan[dict[str, bool]]:
     """Destroy sessions whose name starts with `prefix`, or matches it as a regex when it
     has regex metacharacters; a bad regex is a ValueError."""

@@ -24,14 +24,14 @@ from sessionq.common.errors import (
     ValidationError,
     ValidationTypeError,
 )
-from sessionq.common.events import TERMINAL_EVENTS
+from sessionq.common.events import TERMINAL_EVENTS, EventType
 from sessionq.common.jobhash import JobFields, RunSpec, build_run, check_payload
 from sessionq.common.keys import DEFAULT_QUEUE, run_id
 from sessionq.common.scripts import Run, Scripts
 from sessionq.common.state import SharedState
 from sessionq.common.times import iso_from_ms
 from sessionq.common.validation import check_encodable
-from sessionq.common.vocabulary import ENDED_STATUSES, Status, TaskState
+from sessionq.common.vocabulary import ENDED_STATUSES, ENDED_TASK_STATES, Status, TaskState
 from sessionq.producer import control, plans
 from sessionq.producer.control import task_order
 from sessionq.producer.follow import Followed, follow
@@ -43,9 +43,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 ID_BLOCK_MAX = 1024  # task ids reserved per round trip, growing from 1 as a handle adds more
 QUEUED = TaskState.QUEUED.value
-LIFECYCLE = {"task.queued", "task.started", "task.succeeded", "task.failed", "task.retrying",
-             "task.canceled", "state.changed"}  # fmt: skip
-ENDED_TASK_STATES = (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELED)
+LIFECYCLE = {EventType.TASK_QUEUED, EventType.TASK_STARTED, EventType.TASK_SUCCEEDED,
+             EventType.TASK_FAILED, EventType.TASK_RETRYING, EventType.TASK_CANCELED,
+             EventType.STATE_CHANGED}  # fmt: skip
 
 
 class Carrier(Followed, Protocol):
@@ -523,12 +523,12 @@ class _SessionCore:
                 "fraction": done / total if total else 0.0}  # fmt: skip
 
     def _health_check(self) -> Plan[None]:
-        failed = yield from self._hget("failed")
+        failed = yield from self._hget(TaskState.FAILED)
         if not self.config.force_status_from_logs and not int(failed or 0):
             return
         for record in (yield from self._records()):
             if record["state"] == TaskState.FAILED:
-                raise TaskFailed(self.id, record["id"], record["error"] or "failed")
+                raise TaskFailed(self.id, record["id"], record["error"] or "no error recorded")
 
     # -- control (narupatools) ---------------------------------------------------------------
     def _control(self, name: str, plan: Plan[dict[str, bool]]) -> Plan[None]:

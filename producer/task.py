@@ -11,8 +11,10 @@ from sessionq.common.errors import ValidationError, ValidationTypeError
 from sessionq.common.jobhash import RunSpec, build_run
 from sessionq.common.timing import at_ms, check_cron, in_seconds, next_fire_ms
 from sessionq.common.validation import check_name
+from sessionq.common.vocabulary import TaskState
 
-RUN_IF = ("succeeded", "failed", "finished")
+# how the tasks a run depends on must have ended: in this state, or "finished" (in any)
+RUN_IF = (TaskState.SUCCEEDED.value, TaskState.FAILED.value, "finished")
 MAX_KEY_CHARS = 256
 
 
@@ -35,7 +37,7 @@ class Task:
         name: str | None = None,
         key: str | None = None,
         depends_on: Task | str | Iterable[Task | str] | None = None,
-        run_if: str = "succeeded",
+        run_if: str = RUN_IF[0],
         retries: int = 0,
         retry_delay: float | None = None,
         backoff: str = "exponential",

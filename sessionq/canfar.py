@@ -21,6 +21,7 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from sessionq.common.errors import ValidationError, ValidationTypeError
+from sessionq.common.vocabulary import Status
 from sessionq.producer.aio import AsyncClient
 from sessionq.producer.client import Client, format_event
 
@@ -279,7 +280,7 @@ class Session(_Options):
         return self.client.destroy(pick_ids(ids, id))
 
     def destroy_with(
-        self, prefix: str, *, kind: str = "headless", status: str = "Completed"
+        self, prefix: str, *, kind: str = "headless", status: str = Status.COMPLETED
     ) -> dict[str, bool]:
         """Destroy the sessions whose name starts with `prefix` (a regex when it has regex
         metacharacters; an invalid one is a ValueError)."""
@@ -378,7 +379,7 @@ class AsyncSession(_Options):
         return await self._limited(self.client.destroy(pick_ids(ids, id)))
 
     async def destroy_with(
-        self, prefix: str, *, kind: str = "headless", status: str = "Completed"
+        self, prefix: str, *, kind: str = "headless", status: str = Status.COMPLETED
     ) -> dict[str, bool]:
         return await self._limited(self.client.destroy_with(prefix, kind=kind, status=status))
 

@@ -27,11 +27,12 @@ from typing import Any
 
 from sessionq.common import codec, keys
 from sessionq.common.errors import CodecError
-from sessionq.common.keys import session_of
+from sessionq.common.keys import DEFAULT_QUEUE, session_of
 from sessionq.common.records import SessionRecord
 from sessionq.common.scripts import Scripts
 from sessionq.common.sessionconfig import SessionConfig
 from sessionq.common.timing import next_fire_ms
+from sessionq.common.vocabulary import RQ_STATUS, Status, TaskState
 
 log = logging.getLogger(__name__)
 DUE_BATCH = 500
@@ -41,8 +42,10 @@ RECONCILE_EVERY_TICKS = 20
 RECONCILE_RUNS = 20_000  # runs read per reconcile, about (a bigger session is read alone)
 RECONCILE_BATCH = 500  # runs read per round trip
 RECOUNT_EVERY_RECONCILES = 10
-LIVE_STATES = ("queued", "deferred", "held", "started")
-LIVE_STATUSES = ("Pending", "Running", "Paused")
+LIVE_STATES = tuple(s.value for s in (TaskState.QUEUED, TaskState.DEFERRED, TaskState.HELD,
+                                       TaskState.STARTED))  # fmt: skip
+LIVE_STATUSES = tuple(s.value for s in (Status.PENDING, Status.RUNNING, Status.PAUSED))
+RQ_CANCELED = RQ_STATUS[TaskState.CANCELED].encode()  # `rq cancel`'s mark on a waiting run
 EXPIRE_BATCH = 500  # ended sessions removed per tick, at most
 
 
@@ -195,7 +198,7 @@ class Scheduler:
                 nexts[i + 1] = [next_id, fire_at, first_extra + len(extra)]
                 extra.append(self.scripts.rq.job(next_id))
         for run_id, row in zip(ids, rows, strict=True):
-            runs.append((run_id, codec.text(row[0]) if row[0] else "default"))
+            runs.append((run_id, codec.text(row[0]) if row[0] else DEFAULT_QUEUE))
         reply = self.scripts.control("fire", sid, {"next": nexts}, runs, extra,
                                      worker=self.worker)  # fmt: skip
         if reply and reply[0] == "gone":
@@ -297,7 +300,7 @@ class Scheduler:
                 missing.append(run_id)
             elif st in found:
                 found[st] += 1
-                canceled += st != "started" and status == b"canceled"
+                canceled += st != TaskState.STARTED and status == RQ_CANCELED
         return canceled
 
     def _orphans(self, sid: str, missing: list[str]) -> list[str]:

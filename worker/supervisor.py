@@ -26,8 +26,10 @@ from sessionq.common.connection import (
     connect,
     redis_unavailable,
 )
+from sessionq.common.keys import CONTROL_QUEUE, DEFAULT_QUEUE
 from sessionq.common.scripts import Scripts
 from sessionq.common.settings import Settings
+from sessionq.common.vocabulary import Outcome
 
 log = logging.getLogger(__name__)
 POLL_S = 0.2
@@ -157,10 +159,10 @@ class Supervisor:
         scripts = self._connected()
         origin = scripts.redis.hget(scripts.rq.job(run_id), "origin")
         queue = codec.text(origin) if origin else next(
-            (q for q in self.opts.queues if q != "control"), "default")  # fmt: skip
+            (q for q in self.opts.queues if q != CONTROL_QUEUE), DEFAULT_QUEUE)  # fmt: skip
         reason = codec.encode("timeout: the run ignored its deadline (killed by its supervisor)")
         scripts.step_now(scripts.worker_head(name, [queue]), name,
-                         [(run_id, queue, "failed", reason, 0)])  # fmt: skip
+                         [(run_id, queue, Outcome.FAILED, reason, 0)])  # fmt: skip
 
     def _connected(self) -> Scripts:
         if self._scripts is None:

@@ -27,6 +27,7 @@ from sessionq.common.scripts.contracts import (
     REQUEST,
 )
 from sessionq.common.times import rq_time
+from sessionq.common.vocabulary import RQ_STATUS, TaskState
 
 OP_PREFIX = "sessionq.op:"  # func name prefix of control operations in RQ job data
 REMOVE_BATCH = 100  # sessions read, then removed, per pipeline (remove_ended)
@@ -279,8 +280,8 @@ class ControlCalls(ScriptsBase):
         fields = {
             "data": codec.encode([f"{OP_PREFIX}{op}", None, list(args), {}]),
             "origin": CONTROL_QUEUE,
-            "status": "queued",
-            "state": "queued",
+            "status": RQ_STATUS[TaskState.QUEUED],
+            "state": TaskState.QUEUED.value,
             "enqueued_at": rq_time(now),
         }
         argv = REQUEST.pack_args(

@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from sessionq.common.codec import RQSerializer, text
 from sessionq.common.events import EventType
+from sessionq.common.vocabulary import TaskState
 from sessionq.producer.client import Client
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ DURATION_BUCKETS_S = (
 )  # fmt: skip
 LAG_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 MAX_TRACKED_STARTS = 100_000
-ENDS = {EventType.TASK_SUCCEEDED: "succeeded", EventType.TASK_FAILED: "failed"}
+ENDS = {EventType.TASK_SUCCEEDED: TaskState.SUCCEEDED, EventType.TASK_FAILED: TaskState.FAILED}
 RQ_REGISTRIES = {
     "started": "started_job_registry",
     "finished": "finished_job_registry",
@@ -97,7 +98,7 @@ class RedisCollector(Collector):
                             key=lambda q: q.name):  # fmt: skip
             waiting = depths.get(queue.name, queue.count)
             depth.add_metric([queue.name], waiting)
-            by_state.add_metric([queue.name, "queued"], waiting)
+            by_state.add_metric([queue.name, TaskState.QUEUED], waiting)
             for state, attr in RQ_REGISTRIES.items():
                 registry = getattr(queue, attr)
                 by_state.add_metric([queue.name, state], registry.get_job_count(cleanup=False))
