@@ -389,7 +389,8 @@ def async_client_from_url(url: str, options: dict[str, Any]) -> AsyncRedis:
     """The same on redis.asyncio."""
     target = parse_sentinel_url(url)
     if target is None:
-        return AsyncRedis.from_url(url, **options)
+        plain: AsyncRedis = AsyncRedis.from_url(url, **options)  # (untyped in redis-py 5.3)
+        return plain
     # (untyped before redis-py 8)
     sentinel = AsyncSentinel(target.sentinels, sentinel_kwargs=_sentinel_options(target, options))  # type: ignore[no-untyped-call,unused-ignore]  # untyped before redis-py 8
     kind = _AsyncMasterSSLConnection if target.master.get("ssl") else _AsyncMasterConnection
@@ -432,6 +433,12 @@ def connect(settings: Settings, *, check: bool = True, **kwargs: object) -> Redi
         except NoPermissionError as exc:
             raise AccessDenied(settings.url, str(exc)) from exc
     return client
+
+
+def sync_reply(value: Awaitable[T] | T) -> T:
+    """A sync client's reply, typed as what it is: redis-py 5.3 types each command's reply as
+    `Awaitable[X] | X` (or `Awaitable[Any] | Any`) for both clients; 8.x has sync overloads."""
+    return cast(T, value)
 
 
 def connect_async(settings: Settings, **kwargs: object) -> AsyncRedis:
