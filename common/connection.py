@@ -409,7 +409,8 @@ def _options(
     for settings.retry_budget_s."""
     options: dict[str, Any] = {
         "retry": retry_class(settings.retry_budget_s),
-        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        # (and a refused or reset connect: redis-py 5.3 tries it again only with these)
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError, ConnectionError],
         "health_check_interval": 30,
         "socket_connect_timeout": 5,
         "max_connections": POOL_MAX_CONNECTIONS,
