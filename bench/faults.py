@@ -194,7 +194,7 @@ class Sentinels:
             # the master only.
             master = admin(old.port)
             try:
-                master.client_kill_filter(_type="replica")
+                master.client_kill_filter(_type="slave")  # ("replica" is refused by redis-py 5.3)
             finally:
                 master.close()
             time.sleep(lag_s)
