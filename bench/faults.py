@@ -23,10 +23,11 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 from redis import Redis
 
+from sessionq.common.connection import sync_reply
 from sessionq.common.errors import SessionqError
 from sessionq.common.redisserver import RedisServer, SentinelServer
 
@@ -49,6 +50,13 @@ def wait_until(predicate: Any, what: str, timeout: float = READY_TIMEOUT_S) -> f
         time.sleep(POLL_S)
 
 
+class _SentinelCommands(Protocol):
+    """A sentinel's replies as read here (redis-py 5.3 leaves these commands untyped)."""
+
+    def sentinel_master(self, service_name: str) -> dict[str, Any]: ...
+    def sentinel_slaves(self, service_name: str) -> list[dict[str, Any]]: ...
+
+
 def admin(port: int) -> Redis:
     return Redis(port=port, socket_timeout=5, decode_responses=True)
 
@@ -56,7 +64,7 @@ def admin(port: int) -> Redis:
 def info(port: int, section: str) -> dict[str, Any]:
     client = admin(port)
     try:
-        return dict(client.info(section))
+        return dict(sync_reply(client.info(section)))
     finally:
         client.close()
 
@@ -86,7 +94,7 @@ class Single:
         `attempt()` is called meanwhile (a producer call): its outcome is kept."""
         client = admin(self.server.port)
         try:
-            used = int(client.info("memory")["used_memory"])
+            used = int(sync_reply(client.info("memory"))["used_memory"])
             client.config_set("maxmemory-policy", "noeviction")
             client.config_set("maxmemory", str(max(used // 2, 1)))
             tried = ""
@@ -98,7 +106,7 @@ class Single:
                 except Exception as exc:  # the error a producer gets for OOM
                     tried = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
                 time.sleep(seconds / 2)
-                peak = int(client.info("memory")["used_memory"])
+                peak = int(sync_reply(client.info("memory"))["used_memory"])
             finally:
                 client.config_set("maxmemory", "0")
         finally:
@@ -154,8 +162,9 @@ class Sentinels:
         for sentinel in self.sentinels:
             client = admin(sentinel.port)
             try:
-                state: Any = client.sentinel_master(SERVICE)
-                replicas: Any = client.sentinel_slaves(SERVICE)
+                asked = cast(_SentinelCommands, client)
+                state = asked.sentinel_master(SERVICE)
+                replicas = asked.sentinel_slaves(SERVICE)
             finally:
                 client.close()
             if int(state["port"]) != self.master.port or state["num-other-sentinels"] < 2:
@@ -185,7 +194,7 @@ class Sentinels:
             # the master only.
             master = admin(old.port)
             try:
-                master.client_kill_filter(_type="replica")
+                master.client_kill_filter(_type="slave")  # ("replica" is refused by redis-py 5.3)
             finally:
                 master.close()
             time.sleep(lag_s)

@@ -27,6 +27,8 @@ from typing import Any, cast
 
 from redis import Redis
 
+from sessionq.common.connection import sync_reply
+
 ROOT = Path(__file__).resolve().parent.parent
 USER = "bench"
 SQ_TASK = "bench.tasks:noop"
@@ -107,7 +109,7 @@ def latency_figures(samples_s: Sequence[float]) -> Figures:
 def command_stats(r: Redis) -> dict[str, int]:
     """Calls per command since CONFIG RESETSTAT, less our own CONFIG and INFO. Redis 7
     counts the commands a Lua script runs as well as the EVALSHA that ran them."""
-    stats = r.info("commandstats")
+    stats = sync_reply(r.info("commandstats"))
     calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
     return {k: v for k, v in calls.items() if not k.startswith(("config", "info"))}
 
@@ -116,7 +118,7 @@ def used_memory(url: str) -> int:
     """used_memory read on a fresh connection (so no client buffer of ours is in it)."""
     r = Redis.from_url(url)
     try:
-        return int(r.info("memory")["used_memory"])
+        return int(sync_reply(r.info("memory"))["used_memory"])
     finally:
         r.close()
 

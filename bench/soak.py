@@ -36,13 +36,14 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from redis import Redis
 
 from bench import faults as faults_mod
 from bench.measure import ROOT, child_env
 from sessionq.common import codec
+from sessionq.common.connection import sync_reply
 from sessionq.common.keys import Keys
 from sessionq.common.redisserver import RedisServer
 from sessionq.common.settings import Settings
@@ -145,7 +146,7 @@ class Fleet:
     def silent(self, redis: Redis, pids: set[int], ttl_s: float) -> list[str]:
         """Our live worker processes whose heartbeat is older than `ttl_s` by Redis's clock,
         or that are not listed at all: alive, but no longer watched (half-alive)."""
-        now_s, now_us = redis.time()
+        now_s, now_us = sync_reply(redis.time())
         now_ms = now_s * 1000 + now_us // 1000
         listed: Any = redis.zrange(Keys(self.settings.prefix).workers(), 0, -1, withscores=True)
         beats = {int(codec.text(name).rsplit(".", 1)[1]): float(score)
@@ -162,7 +163,7 @@ class Fleet:
         """Pids of the worker processes under our supervisors (never anyone else's)."""
         ours = {g.pid for g in self.live_groups()}
         pids = []
-        for name in redis.zrange(Keys(self.settings.prefix).workers(), 0, -1):
+        for name in cast("list[bytes]", redis.zrange(Keys(self.settings.prefix).workers(), 0, -1)):
             pid = int(codec.text(name).rsplit(".", 1)[1])
             try:
                 stat = Path(f"/proc/{pid}/stat").read_text()
@@ -229,8 +230,13 @@ def trickled(sids: list[str], specs: list[list[Any]]) -> Iterator[tuple[str, Any
                 yield sid, group[i]
 
 
+def run_counts(redis: Redis, keys: Keys) -> dict[str, int]:
+    raw = sync_reply(redis.hgetall(keys.run_counts()))
+    return {codec.text(k): int(v) for k, v in raw.items()}
+
+
 def ended(redis: Redis, keys: Keys) -> int:
-    counts = {codec.text(k): int(v) for k, v in redis.hgetall(keys.run_counts()).items()}
+    counts = run_counts(redis, keys)
     return sum(counts.get(s, 0) for s in ("succeeded", "failed", "canceled"))
 
 
@@ -279,7 +285,7 @@ def leftovers(redis: Redis, keys: Keys, rq_queue: str) -> list[str]:
     out = []
     if redis.llen(rq_queue):
         out.append(f"{redis.llen(rq_queue)} run id(s) still queued")
-    for key in redis.keys(keys.worker_runs("*")):
+    for key in sync_reply(redis.keys(keys.worker_runs("*"))):
         if redis.llen(key):
             out.append(f"{codec.text(key)} still holds {redis.llen(key)} run(s)")
     return out
@@ -366,7 +372,7 @@ def soak(args: argparse.Namespace, wait_replicas: int = 0) -> tuple[dict[str, An
             while time.monotonic() < deadline:
                 now_done = ended(redis, keys)
                 if stream is not None:
-                    total = sum(int(v) for v in redis.hgetall(keys.run_counts()).values())
+                    total = sum(run_counts(redis, keys).values())
                     if stream.done.is_set() and now_done >= total:
                         done = now_done
                         break

@@ -389,7 +389,8 @@ def async_client_from_url(url: str, options: dict[str, Any]) -> AsyncRedis:
     """The same on redis.asyncio."""
     target = parse_sentinel_url(url)
     if target is None:
-        return AsyncRedis.from_url(url, **options)
+        plain: AsyncRedis = AsyncRedis.from_url(url, **options)  # (untyped in redis-py 5.3)
+        return plain
     # (untyped before redis-py 8)
     sentinel = AsyncSentinel(target.sentinels, sentinel_kwargs=_sentinel_options(target, options))  # type: ignore[no-untyped-call,unused-ignore]  # untyped before redis-py 8
     kind = _AsyncMasterSSLConnection if target.master.get("ssl") else _AsyncMasterConnection
@@ -408,7 +409,8 @@ def _options(
     for settings.retry_budget_s."""
     options: dict[str, Any] = {
         "retry": retry_class(settings.retry_budget_s),
-        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        # (and a refused or reset connect: redis-py 5.3 tries it again only with these)
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError, ConnectionError],
         "health_check_interval": 30,
         "socket_connect_timeout": 5,
         "max_connections": POOL_MAX_CONNECTIONS,
@@ -432,6 +434,12 @@ def connect(settings: Settings, *, check: bool = True, **kwargs: object) -> Redi
         except NoPermissionError as exc:
             raise AccessDenied(settings.url, str(exc)) from exc
     return client
+
+
+def sync_reply(value: Awaitable[T] | T) -> T:
+    """A sync client's reply, typed as what it is: redis-py 5.3 types each command's reply as
+    `Awaitable[X] | X` (or `Awaitable[Any] | Any`) for both clients; 8.x has sync overloads."""
+    return cast(T, value)
 
 
 def connect_async(settings: Settings, **kwargs: object) -> AsyncRedis:

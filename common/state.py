@@ -7,6 +7,7 @@ from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 from sessionq.common import codec
+from sessionq.common.connection import sync_reply
 from sessionq.common.errors import SessionNotFound, ValidationTypeError
 from sessionq.common.scripts import Scripts
 from sessionq.common.validation import check_encodable
@@ -47,14 +48,14 @@ class SharedState(MutableMapping[str, Any]):
         return isinstance(key, str) and bool(self._scripts.redis.hexists(self._key, key))
 
     def __iter__(self) -> Iterator[str]:
-        return iter(sorted(codec.text(k) for k in self._scripts.redis.hkeys(self._key)))
+        return iter(sorted(codec.text(k) for k in sync_reply(self._scripts.redis.hkeys(self._key))))
 
     def __len__(self) -> int:
-        return int(self._scripts.redis.hlen(self._key))
+        return sync_reply(self._scripts.redis.hlen(self._key))
 
     def to_dict(self) -> dict[str, Any]:
         """The whole state in one read."""
-        raw = self._scripts.redis.hgetall(self._key)
+        raw = sync_reply(self._scripts.redis.hgetall(self._key))
         return {codec.text(k): codec.decode(v) for k, v in sorted(raw.items())}
 
     def __repr__(self) -> str:

@@ -21,6 +21,7 @@ from sessionq.common.connection import (
     Backoff,
     connect,
     redis_says_later,
+    sync_reply,
 )
 from sessionq.common.errors import (
     AccessDenied,
@@ -74,7 +75,8 @@ def mapped_error(url: str, exc: RedisError, memory: dict[str, Any] | None) -> Se
 def _memory(client: Redis) -> dict[str, Any] | None:
     """INFO's memory section, for RedisFull's message (None when it cannot be read)."""
     try:
-        return client.info("memory")
+        memory: dict[str, Any] = sync_reply(client.info("memory"))
+        return memory
     except RedisError:
         return None
 

@@ -360,7 +360,7 @@ class Listener:
         if order.ids is not None:
             pipe = self.redis.pipeline(transaction=False)
             for sid in order.ids:
-                pipe.hmget(order.keys.session(sid), "seq", "status")
+                pipe.hmget(order.keys.session(sid), ["seq", "status"])
             state = {sid: tuple(v) for sid, v in zip(order.ids, pipe.execute(), strict=True)}
         kept = {sid: self._history(sid, n) for sid, n in order.replay_from().items()}
         return order.baseline(state, kept)
@@ -440,7 +440,7 @@ class AsyncListener:
         if order.ids is not None:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for sid in order.ids:
-                    pipe.hmget(order.keys.session(sid), "seq", "status")
+                    pipe.hmget(order.keys.session(sid), ["seq", "status"])
                 replies = await pipe.execute()
             state = {sid: tuple(v) for sid, v in zip(order.ids, replies, strict=True)}
         kept = {sid: await self._history(sid, n) for sid, n in order.replay_from().items()}

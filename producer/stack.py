@@ -16,7 +16,7 @@ from typing import Any
 
 from redis import Redis
 
-from sessionq.common.connection import connect
+from sessionq.common.connection import connect, sync_reply
 from sessionq.common.errors import ConfigError
 from sessionq.common.keys import Keys
 from sessionq.common.redisserver import RedisServer
@@ -83,7 +83,7 @@ class Stack:
         client: Redis = connect(s)
         try:
             deadline = time.monotonic() + READY_TIMEOUT_S
-            while client.zcard(Keys(s.prefix).workers()) < self.workers:
+            while sync_reply(client.zcard(Keys(s.prefix).workers())) < self.workers:
                 if self.proc.poll() is not None:
                     raise ConfigError(
                         f"the workers exited at start (status {self.proc.returncode})"

@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
 from sessionq.common import codec
-from sessionq.common.connection import Backoff, connect, redis_unavailable
+from sessionq.common.connection import Backoff, connect, redis_unavailable, sync_reply
 from sessionq.common.errors import CodecError, RunRejected
 from sessionq.common.jobhash import COMMAND_FUNC, parse_job_data, parse_meta
 from sessionq.common.keys import CONTROL_QUEUE, DEFAULT_QUEUE, command_queue_for, session_of
@@ -384,7 +384,7 @@ class SessionWorker:
         from sessionq.worker.ops import run_op
 
         known = {r[0] for r in self.ready}
-        held = self.redis.lrange(self.scripts.keys.worker_runs(self.name), 0, -1)
+        held = sync_reply(self.redis.lrange(self.scripts.keys.worker_runs(self.name), 0, -1))
         orphans = [codec.text(i) for i in held if codec.text(i) not in known]
         if orphans:
             log.warning("worker %s: %d run(s) held after a lost reply", self.name, len(orphans))

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 from redis import Redis
 
 from sessionq.common import codec
+from sessionq.common.connection import sync_reply
 from sessionq.common.errors import CodecError
 from sessionq.common.jobhash import parse_job_data
 from sessionq.common.keys import CONTROL_QUEUE, run_number
@@ -55,7 +56,7 @@ def run_op(worker: OpsWorker, op_id: str) -> None:
     except CodecError as exc:
         log.error("control operation %s dropped: %s", op_id, exc)
     except Exception:  # noqa: BLE001 - the per-job boundary for operations
-        attempts = int(r.hincrby(job_key, "attempts", 1))
+        attempts = sync_reply(r.hincrby(job_key, "attempts", 1))
         log.exception("control operation %s failed (attempt %d)", op_id, attempts)
         if attempts < OP_MAX_ATTEMPTS:
             pipe = r.pipeline()
@@ -78,7 +79,7 @@ def destroy_session(
     if raw is None:
         return
     record = parse_record(raw, sid)  # CodecError: logged and dropped by run_op
-    run_ids = [codec.text(i) for i in r.hkeys(k.session_tasks(sid))]
+    run_ids = [codec.text(i) for i in sync_reply(r.hkeys(k.session_tasks(sid)))]
     runs = scripts.with_queues(run_ids)
     names_field = f"{record.owner}/{record.name}" if record.persistent else ""
     reply = scripts.destroy(
@@ -117,7 +118,7 @@ def recover_worker(scripts: Scripts, name: str, reason: str, *, stale_ms: int = 
     when it was not (it is alive)."""
     r, k = scripts.redis, scripts.keys
     for _ in range(2):  # a run handed to it between the read and the script: once more
-        run_ids = [codec.text(i) for i in r.lrange(k.worker_runs(name), 0, -1)]
+        run_ids = [codec.text(i) for i in sync_reply(r.lrange(k.worker_runs(name), 0, -1))]
         runs = scripts.with_queues(run_ids)
         reply = scripts.recover(name, runs, reason, unregister=True, stale_ms=stale_ms)
         if not reply.done:
@@ -149,7 +150,7 @@ def _stop_started(
 
 def session_runs(scripts: Scripts, sid: str) -> list[tuple[str, str]]:
     """Every run of a session with its queue, in add order."""
-    ids = [codec.text(i) for i in scripts.redis.hkeys(scripts.keys.session_tasks(sid))]
+    ids = [codec.text(i) for i in sync_reply(scripts.redis.hkeys(scripts.keys.session_tasks(sid)))]
     ids.sort(key=run_number)
     return scripts.with_queues(ids)
 

@@ -23,9 +23,10 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from sessionq.common import codec, keys
+from sessionq.common.connection import sync_reply
 from sessionq.common.errors import CodecError
 from sessionq.common.keys import DEFAULT_QUEUE, session_of
 from sessionq.common.records import SessionRecord
@@ -49,10 +50,16 @@ RQ_CANCELED = RQ_STATUS[TaskState.CANCELED].encode()  # `rq cancel`'s mark on a 
 EXPIRE_BATCH = 500  # ended sessions removed per tick, at most
 
 
+def _texts(reply: object) -> list[str]:
+    """A sync client's reply of members (of a list, a set, a sorted set without scores) as text:
+    redis-py 5.3 types it `Awaitable[Any] | Any`, 8.x a sorted set's range by `withscores`."""
+    return [codec.text(m) for m in cast("Iterable[bytes]", reply)]
+
+
 def _queues(scripts: Scripts, run_ids: list[str], *fields: str) -> list[list[Any]]:
     pipe = scripts.redis.pipeline(transaction=False)
     for run_id in run_ids:
-        pipe.hmget(scripts.rq.job(run_id), "origin", *fields)
+        pipe.hmget(scripts.rq.job(run_id), ["origin", *fields])
     return [list(row) for row in pipe.execute()]
 
 
@@ -159,7 +166,7 @@ class Scheduler:
     def fire_due(self) -> int:
         r, k = self.scripts.redis, self.scripts.keys
         now_ms = int(time.time() * 1000)
-        due = [codec.text(m) for m in r.zrangebyscore(k.schedule(), "-inf", now_ms, 0, DUE_BATCH)]
+        due = _texts(r.zrangebyscore(k.schedule(), "-inf", now_ms, 0, DUE_BATCH))
         by_session: dict[str, list[str]] = defaultdict(list)
         for run_id in due:
             by_session[session_of(run_id)].append(run_id)
@@ -170,7 +177,7 @@ class Scheduler:
                 continue
             cycle_sleep, created_ms = cycle
             if cycle_sleep:
-                last = r.hget(k.session(sid), "cycle_at")
+                last = sync_reply(r.hget(k.session(sid), "cycle_at"))
                 if now_ms < int(last or created_ms) + cycle_sleep * 1000:
                     continue  # this session's next scheduler cycle is not yet
             self._fire(sid, ids, now_ms)
@@ -186,8 +193,8 @@ class Scheduler:
         crons = [(i, codec.text(row[1])) for i, row in enumerate(rows)
                  if row[1] and not int(row[2] or 0)]  # fmt: skip
         if crons:
-            last = int(self.scripts.redis.hincrby(self.scripts.keys.session(sid), "next",
-                                                  len(crons)))  # fmt: skip
+            last = sync_reply(self.scripts.redis.hincrby(self.scripts.keys.session(sid), "next",
+                                                         len(crons)))  # fmt: skip
             for n, (i, expr) in enumerate(crons, start=last - len(crons) + 1):
                 next_id = keys.run_id(sid, n)
                 try:
@@ -210,8 +217,7 @@ class Scheduler:
         """Remove (a batch of) the ended sessions whose retention is over; their ids."""
         r, k = self.scripts.redis, self.scripts.keys
         now_ms = int(time.time() * 1000)
-        due = [codec.text(m) for m in r.zrangebyscore(k.retention(), "-inf", now_ms, 0,
-                                                      EXPIRE_BATCH)]  # fmt: skip
+        due = _texts(r.zrangebyscore(k.retention(), "-inf", now_ms, 0, EXPIRE_BATCH))
         if not due:
             return []
         removed = self.scripts.remove_ended(due, worker=self.worker)
@@ -221,8 +227,9 @@ class Scheduler:
     def sweep(self) -> int:
         """Judge (a batch of) the runs waiting on dependencies."""
         r, k = self.scripts.redis, self.scripts.keys
-        self._sweep_cursor, members = r.sscan(k.waiting(), self._sweep_cursor, count=SWEEP_BATCH)
-        ids = [codec.text(m) for m in members]
+        waiting = r.sscan(k.waiting(), self._sweep_cursor, count=SWEEP_BATCH)
+        self._sweep_cursor, members = sync_reply(waiting)
+        ids = _texts(members)
         ended = resolve_runs(self.scripts, ids, self.worker)
         if ended:
             resolve_children(self.scripts, ended, self.worker)
@@ -256,7 +263,7 @@ class Scheduler:
 
     def _reconcile_session(self, sid: str) -> int:
         r, k = self.scripts.redis, self.scripts.keys
-        counters = [int(c or 0) for c in r.hmget(k.session(sid), *LIVE_STATES)]
+        counters = [int(c or 0) for c in sync_reply(r.hmget(k.session(sid), list(LIVE_STATES)))]
         if not any(counters):
             return 1
         found = dict.fromkeys(LIVE_STATES, 0)
@@ -292,7 +299,7 @@ class Scheduler:
             return 0
         pipe = self.scripts.redis.pipeline(transaction=False)
         for run_id in ids:
-            pipe.hmget(self.scripts.rq.job(run_id), "state", "status")
+            pipe.hmget(self.scripts.rq.job(run_id), ["state", "status"])
         canceled = 0
         for run_id, (state, status) in zip(ids, pipe.execute(), strict=True):
             st = codec.text(state) if state else None
@@ -308,19 +315,19 @@ class Scheduler:
         worker holds (a worker holding one settles it as it finishes it); their entries in
         RQ's started registries are removed here (their queue went with their job)."""
         r, k, rq = self.scripts.redis, self.scripts.keys, self.scripts.rq
-        running = {codec.text(i) for i in r.smembers(k.session_running(sid))}
+        running = set(_texts(r.smembers(k.session_running(sid))))
         candidates = [i for i in missing if i in running]
         if not candidates:
             return []
         held: set[str] = set()
-        for worker in r.zrange(k.workers(), 0, -1):
-            held |= {codec.text(i) for i in r.lrange(k.worker_runs(codec.text(worker)), 0, -1)}
+        for worker in _texts(r.zrange(k.workers(), 0, -1)):
+            held.update(_texts(r.lrange(k.worker_runs(worker), 0, -1)))
         orphans = [i for i in candidates if i not in held]
         prefixes = tuple(f"{i}:" for i in orphans)
-        for queue_key in r.smembers(rq.queues_set) if orphans else ():
-            name = codec.text(queue_key).removeprefix(rq.queue(""))
-            stale = [codec.text(m) for m in r.zrangebyscore(rq.started(name), "+inf", "+inf")
-                     if codec.text(m).startswith(prefixes)]  # fmt: skip
+        for queue_key in _texts(r.smembers(rq.queues_set)) if orphans else ():
+            name = queue_key.removeprefix(rq.queue(""))
+            started = _texts(r.zrangebyscore(rq.started(name), "+inf", "+inf"))
+            stale = [m for m in started if m.startswith(prefixes)]
             if stale:
                 r.zrem(rq.started(name), *stale)
         return orphans

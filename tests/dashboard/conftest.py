@@ -13,6 +13,7 @@ import httpx
 import pytest
 from redis import Redis
 
+from sessionq.common.connection import sync_reply
 from sessionq.common.jobhash import build_run
 from sessionq.common.keys import Keys
 from sessionq.common.settings import Settings
@@ -61,7 +62,7 @@ def start_dashboard(settings: Settings, redis: Redis) -> Iterator[Callable[..., 
         assert server.started, "the dashboard failed to start"
         # its metrics listener follows every session from here on
         channel = Keys(settings.prefix).events_all_channel()
-        wait_for(lambda: redis.pubsub_numsub(channel)[0][1] > len(running),
+        wait_for(lambda: sync_reply(redis.pubsub_numsub(channel))[0][1] > len(running),
                  what="the dashboard's listener to subscribe")  # fmt: skip
         host, port = sock.getsockname()[:2]
         dash = RunningDashboard(server, thread, f"http://{host}:{port}",

@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 from redis import Redis
 
+from sessionq.common.connection import sync_reply
 from sessionq.common.keys import Keys
 from sessionq.common.settings import Settings
 from sessionq.producer import Client
@@ -30,7 +31,7 @@ def test_records_carry_connect_url_while_the_dashboard_runs(
     assert client.info(sid)[0]["connect_url"] is None
     dashboard = start_dashboard()
     assert redis.get(keys.dashboard()) == dashboard.base.encode()
-    assert 0 < redis.pttl(keys.dashboard())
+    assert 0 < sync_reply(redis.pttl(keys.dashboard()))
     url = client.info(sid)[0]["connect_url"]
     assert url == f"{dashboard.base}/sessions/{sid}"
     assert httpx.get(url).status_code == 200
@@ -43,9 +44,9 @@ def test_registration_is_refreshed_before_its_ttl_runs_out(
     redis: Redis, keys: Keys, start_dashboard: Callable[..., RunningDashboard]
 ) -> None:
     start_dashboard(announce_ttl_s=1.5)
-    first = redis.pttl(keys.dashboard())
+    first = sync_reply(redis.pttl(keys.dashboard()))
     assert 0 < first <= 1500
-    wait_for(lambda: redis.pttl(keys.dashboard()) > first, what="a refresh of the TTL")
+    wait_for(lambda: sync_reply(redis.pttl(keys.dashboard())) > first, what="a refresh of the TTL")
     redis.delete(keys.dashboard())  # e.g. lost with a Redis restart: taken back
     wait_for(lambda: redis.exists(keys.dashboard()), what="the registration to come back")
 

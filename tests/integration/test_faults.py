@@ -16,6 +16,7 @@ import pytest
 from redis import Redis
 from redis.exceptions import ResponseError
 
+from sessionq.common.connection import sync_reply
 from sessionq.common.errors import RedisFull, RedisUnavailable
 from sessionq.common.keys import Keys
 from sessionq.common.redisserver import RedisServer
@@ -63,7 +64,7 @@ class Fixture:
         return float(self.redis.zscore(self.keys.workers(), name) or 0)
 
     def now_ms(self) -> int:
-        seconds, micros = self.redis.time()
+        seconds, micros = sync_reply(self.redis.time())
         return int(seconds) * 1000 + int(micros) // 1000
 
     def close(self) -> None:
@@ -144,7 +145,7 @@ def test_a_full_redis_holds_the_worker_and_refuses_the_producer_clearly(fx: Fixt
     wait_for(lambda: sum(r["status"] == "Completed" for r in fx.client.info(ids)) >= 2,
              what="the drain to be under way")  # fmt: skip
 
-    used = int(fx.redis.info("memory")["used_memory"])
+    used = int(sync_reply(fx.redis.info("memory"))["used_memory"])
     fx.redis.config_set("maxmemory", used // 2)
     # (its heartbeat's write is refused; a step whose script has begun writing is not - Redis
     # lets a script that wrote once go on - so the main loop may or may not meet OOM)

@@ -9,6 +9,7 @@ from typing import Any
 from click.testing import CliRunner
 from redis import Redis
 
+from sessionq.common.connection import sync_reply
 from sessionq.common.jobhash import build_run
 from sessionq.common.settings import Settings
 from sessionq.producer import Client
@@ -54,7 +55,7 @@ def test_a_killed_connection_loses_nothing(
     wait_for(lambda: len(got) > 100, what="the listener to be busy")
     killed = 0
     for info in redis.client_list(_type="pubsub"):
-        killed += redis.client_kill_filter(_id=info["id"])
+        killed += sync_reply(redis.client_kill_filter(_id=info["id"]))
     assert killed >= 1
     thread.join(timeout=120)
     assert not thread.is_alive()
@@ -118,7 +119,8 @@ def test_listen_to_every_session_ends_by_timeout(client: Client, workers: Worker
     got: list[dict[str, Any]] = []
     thread = threading.Thread(target=lambda: got.extend(client.listen(None, timeout=1.5)))
     thread.start()
-    wait_for(lambda: client.redis.pubsub_numsub(client.keys.events_all_channel())[0][1] == 1,
+    channel = client.keys.events_all_channel()
+    wait_for(lambda: sync_reply(client.redis.pubsub_numsub(channel))[0][1] == 1,
              what="the listener to subscribe")  # fmt: skip
     ids = client.create("a", task="tests.tasks:noop", replicas=3)
     thread.join(timeout=30)

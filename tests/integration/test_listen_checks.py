@@ -13,6 +13,7 @@ from typing import Any
 from redis import Redis
 
 from sessionq.common import codec
+from sessionq.common.connection import sync_reply
 from sessionq.common.keys import Keys
 from sessionq.common.scripts import Scripts
 from sessionq.common.settings import Settings
@@ -52,7 +53,7 @@ def test_a_terminal_event_published_by_hand_ends_no_listener(
     wait_for(lambda: got, what="the replay (the listener has subscribed)")
     forged = {"v": 1, "seq": 999, "ts": time.time(), "type": "session.completed",
               "session": sid, "task": None, "worker": None, "data": {}}  # fmt: skip
-    assert redis.publish(keys.events_channel(sid), codec.encode(forged)) >= 1
+    assert sync_reply(redis.publish(keys.events_channel(sid), codec.encode(forged))) >= 1
     workers.start(1)
     thread.join(timeout=60)
     assert not thread.is_alive()

@@ -15,6 +15,8 @@ from click.testing import CliRunner
 from redis import Redis
 
 import tests.tasks  # noqa: F401 - registers the @task functions
+from sessionq.common import codec
+from sessionq.common.connection import sync_reply
 from sessionq.common.errors import ConfigError, ValidationError
 from sessionq.common.keys import Keys
 from sessionq.common.scripts import Scripts
@@ -75,7 +77,7 @@ def counters(redis: Redis, keys: Keys) -> dict[str, int]:
 
 
 def due(redis: Redis, keys: Keys) -> dict[str, float]:
-    pairs: list[Any] = redis.zrange(keys.retention(), 0, -1, withscores=True)
+    pairs: list[Any] = sync_reply(redis.zrange(keys.retention(), 0, -1, withscores=True))
     return {member.decode(): float(score) for member, score in pairs}
 
 
@@ -88,7 +90,7 @@ def test_an_ended_session_is_due_its_retention_after_its_end(
     client: Client, settings: Settings, redis: Redis, keys: Keys
 ) -> None:
     [sid] = client.create("week", task=NOOP)
-    assert redis.hget(keys.session(sid), "retention_ms") == b"604800000"  # the default
+    assert codec.text(redis.hget(keys.session(sid), "retention_ms")) == "604800000"  # the default
     assert due(redis, keys) == {}
     drain(settings)
     assert ended(client, sid)

@@ -18,6 +18,7 @@ import pytest
 from redis import Redis
 
 import tests.tasks  # noqa: F401 - registers the @task functions
+from sessionq.common import codec
 from sessionq.common.codec import RQSerializer
 from sessionq.common.keys import Keys
 from sessionq.common.rqcompat import load_rq, rq_keys
@@ -162,8 +163,8 @@ def test_rq_suspend_pauses_claims_until_rq_resume(
     worker = SessionWorker(settings)
     thread = threading.Thread(target=worker.work, daemon=True)  # waits, not burst
     thread.start()
-    wait_for(lambda: redis.hget(rq_keys(settings.prefix).worker(worker.name), "state")
-             == b"suspended", what="the worker to say it is suspended")  # fmt: skip
+    wait_for(lambda: codec.text(redis.hget(rq_keys(settings.prefix).worker(worker.name), "state"))
+             == "suspended", what="the worker to say it is suspended")  # fmt: skip
     assert status(client, sid) == "Pending"
     rq_cli(settings, "resume")
     wait_for(lambda: status(client, sid) == "Completed", what="the run after rq resume")

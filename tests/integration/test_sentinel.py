@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 from redis import Redis
 
-from sessionq.common.connection import connect
+from sessionq.common.connection import connect, sync_reply
 from sessionq.common.redisserver import RedisServer, SentinelServer
 from sessionq.common.settings import Settings
 from sessionq.producer import AsyncClient, Client
@@ -46,7 +46,7 @@ class Group:
 def _in_sync(master: RedisServer) -> bool:
     admin = Redis(port=master.port, decode_responses=True)
     try:
-        info = admin.info("replication")
+        info = sync_reply(admin.info("replication"))
         return bool(info.get("connected_slaves") and info["slave0"]["state"] == "online")
     finally:
         admin.close()

@@ -80,7 +80,8 @@ def test_destroy_a_queued_session(client: Client, workers: WorkerProcs) -> None:
     assert client.info(sid)[0]["status"] == "Terminating"
     workers.start(1)
     wait_for(lambda: client.info(sid) == [], what="the session to be gone")
-    assert client.events(sid)[-1]["type"] == "session.destroyed"  # type: ignore[index]
+    events = client.events(sid)
+    assert events is not None and events[-1]["type"] == "session.destroyed"
     assert client.logs(sid) == {}
     assert client.destroy("no-such-id") == {"no-such-id": False}
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
+from sessionq.common import codec
 from sessionq.common.errors import NotReplicated
 from sessionq.common.keys import Keys
 from sessionq.common.redisserver import RedisServer
@@ -99,8 +100,8 @@ def test_a_worker_starts_a_claimed_run_only_once_the_replica_has_the_claim(
         )  # fmt: skip
     try:
         job = Redis(port=master.port)
-        wait_for(lambda: job.hget(f"sq:rq:job:{sid}-1", "state") == b"started", timeout=60,
-                 what="the run claimed")  # fmt: skip
+        wait_for(lambda: codec.text(job.hget(f"sq:rq:job:{sid}-1", "state")) == "started",
+                 timeout=60, what="the run claimed")  # fmt: skip
         wait_for(lambda: "may not survive a failover" in log.read_text(), timeout=60,
                  what="the worker to find its claim not replicated")  # fmt: skip
         assert not marker.exists(), "the run did not begin before its claim was replicated"

@@ -66,40 +66,26 @@ def test_a_user_project_with_common_worker_producer_files_runs(
     # only the installed copy and the project: not the checkout this test runs from
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SESSIONQ_URL")}
     env["PYTHONPATH"] = str(site)
-    run = {"cwd": project, "env": env, "capture_output": True, "text": True, "timeout": 120}
 
-    made = subprocess.run([sys.executable, "producer.py", settings.url], **run)  # type: ignore[call-overload]
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(args, cwd=project, env=env, capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
+
+    made = run(sys.executable, "producer.py", settings.url)
     assert made.returncode == 0, made.stderr
     sid, greeting = made.stdout.split(maxsplit=1)
     assert greeting.strip() == "hello from the user"
 
-    where = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sessionq, common; print(sessionq.__file__, common.__file__)",
-        ],
-        **run,
-    )  # type: ignore[call-overload]
+    where = run(
+        sys.executable, "-c", "import sessionq, common; print(sessionq.__file__, common.__file__)"
+    )
     ours, theirs = where.stdout.split()
     assert ours.startswith(str(site)) and theirs == str(project / "common.py")
 
-    worked = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sessionq",
-            "--url",
-            settings.url,
-            "--user",
-            "tester",
-            "worker",
-            "--import",
-            "worker",
-            "--burst",
-        ],
-        **run,
-    )  # type: ignore[call-overload]
+    worked = run(
+        sys.executable, "-m", "sessionq", "--url", settings.url,
+        "--user", "tester", "worker", "--import", "worker", "--burst"
+    )  # fmt: skip
     assert worked.returncode == 0, worked.stderr
     [record] = Client(settings=settings).info(sid)
     assert record["status"] == "Completed"

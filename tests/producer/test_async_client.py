@@ -76,14 +76,10 @@ def in_the_loop_only(client: AsyncClient) -> Iterator[None]:
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError(f"not in the event loop: {args[:2]!r}")
 
-    pool = client.sync.redis.connection_pool
-    loop.run_in_executor = refuse  # type: ignore[method-assign, assignment]  # a stand-in
-    pool.get_connection = refuse  # type: ignore[method-assign]  # a stand-in
-    try:
+    with pytest.MonkeyPatch.context() as stand_in:
+        stand_in.setattr(loop, "run_in_executor", refuse)
+        stand_in.setattr(client.sync.redis.connection_pool, "get_connection", refuse)
         yield
-    finally:
-        del loop.run_in_executor
-        del pool.get_connection
     assert threading.active_count() <= threads, "a thread was started"
 
 

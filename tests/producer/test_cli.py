@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 from click.testing import CliRunner
@@ -15,9 +16,12 @@ from sessionq.producer import Client
 from sessionq.producer.cli import cli
 from tests.conftest import ROOT, WorkerProcs, ended, wait_for
 
+# the `sessionq` command in-process: (exit code, stdout, stderr)
+Run = Callable[..., tuple[int, str, str]]
+
 
 @pytest.fixture
-def run(settings: Settings):  # type: ignore[no-untyped-def]
+def run(settings: Settings) -> Run:
     runner = CliRunner()
 
     def invoke(*args: str) -> tuple[int, str, str]:
@@ -27,7 +31,7 @@ def run(settings: Settings):  # type: ignore[no-untyped-def]
     return invoke
 
 
-def test_create_ls_info_stats_logs_events(run, client: Client, workers: WorkerProcs) -> None:  # type: ignore[no-untyped-def]
+def test_create_ls_info_stats_logs_events(run: Run, client: Client, workers: WorkerProcs) -> None:
     code, out, _ = run(
         "create", "hello", "--task", "tests.tasks:add", "--args", "2 3", "--replicas", "2"
     )
@@ -63,7 +67,7 @@ def test_create_ls_info_stats_logs_events(run, client: Client, workers: WorkerPr
     assert code == 0 and list(json.loads(out)) == [ids[1]]
 
 
-def test_command_session_logs_follow(run, client: Client, workers: WorkerProcs) -> None:  # type: ignore[no-untyped-def]
+def test_command_session_logs_follow(run: Run, client: Client, workers: WorkerProcs) -> None:
     workers.start(1, allow_commands=True)
     code, out, _ = run(
         "create", "echo", "--cmd", f"{sys.executable} -c", "--args", "'print(\"hi\")'"
@@ -91,7 +95,7 @@ def test_command_session_logs_follow(run, client: Client, workers: WorkerProcs) 
         (["create", "ok", "--replicas", "many"], "'many' is not a valid integer"),
     ],
 )
-def test_bad_input_is_exit_2_with_one_line(run, args: list[str], says: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_input_is_exit_2_with_one_line(run: Run, args: list[str], says: str) -> None:
     code, out, err = run(*args)
     assert code == 2
     assert err.count("\n") == 1 and says in err and "Traceback" not in err

@@ -41,10 +41,13 @@ NOT_RUN = {
     "python -m bench.soak --fault freeze --runs 20000 --workers 4 --faults 3": "takes minutes",
     "python -m bench.soak --fault oom --runs 20000 --workers 4 --faults 3": "takes minutes; "
     "test_bench_soak runs a tiny one",
-    "PIP_CONSTRAINT=$PWD/.ci/constraints.txt pip install -e '.[dev]' && pytest && ruff check . "
-    "&& mypy": "installs the package and runs this very suite (CI does)",
-    "pip install 'redis==5.3.0' && mypy && pytest": "replaces redis-py in the environment "
-    "running this suite",
+    "PIP_CONSTRAINT=$PWD/.ci/constraints.txt pip install -e '.[dev]'": "installs the package",
+    "pytest && ruff check . && ruff format --check . && mypy": "runs this very suite (CI does)",
+    "PIP_CONSTRAINT=$PWD/.ci/constraints-lowest.txt pip install redis": "replaces redis-py in "
+    "the environment running this suite (CI does)",
+    "mypy && pytest": "runs this very suite again (CI does, against redis-py 5.3.0)",
+    "PIP_CONSTRAINT=$PWD/.ci/constraints.txt pip install redis": "replaces redis-py in the "
+    "environment running this suite",
 }
 # long-running commands: checked by --help (their own tests run them)
 HELP_ONLY = {

@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,12 @@ from sessionq.producer.cli import cli
 from sessionq.producer.cli_base import typed_word
 from tests.conftest import ENV_KNOBS, ROOT, wait_for
 
+# the `sessionq` command in-process: (exit code, stdout, stderr)
+Run = Callable[..., tuple[int, str, str]]
+
 
 @pytest.fixture
-def run(settings: Settings, caplog: pytest.LogCaptureFixture):  # type: ignore[no-untyped-def]
+def run(settings: Settings, caplog: pytest.LogCaptureFixture) -> Run:
     runner = CliRunner()
 
     def invoke(*args: str, user: str | None = None) -> tuple[int, str, str]:
@@ -54,7 +58,7 @@ def test_typed_words(word: str, value: Any) -> None:
     assert typed_word(word) == value and type(typed_word(word)) is type(value)
 
 
-def test_task_args_are_typed_and_command_args_stay_strings(run, client: Client) -> None:  # type: ignore[no-untyped-def]
+def test_task_args_are_typed_and_command_args_stay_strings(run: Run, client: Client) -> None:
     code, out, _ = run("create", "sq", "--task", "tests.tasks:echo", "--args", "7")
     assert code == 0
     assert job_args(client, f"{out.strip()}-1") == [7]
@@ -88,7 +92,7 @@ def test_an_unknown_session_is_one_line_and_exit_1_without_log_records(
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
-def test_names_are_taken_wherever_ids_are(run, client: Client) -> None:  # type: ignore[no-untyped-def]
+def test_names_are_taken_wherever_ids_are(run: Run, client: Client) -> None:
     [sid] = client.create("fit", task="tests.tasks:noop")
     persistent = client.session("nightly")
     code, out, _ = run("info", "fit", "--json")
@@ -109,7 +113,7 @@ def test_names_are_taken_wherever_ids_are(run, client: Client) -> None:  # type:
     assert code == 2 and sid in err and sid2 in err and err.count("\n") == 1
 
 
-def test_add_says_when_it_creates_a_session(run, client: Client) -> None:  # type: ignore[no-untyped-def]
+def test_add_says_when_it_creates_a_session(run: Run, client: Client) -> None:
     code, out, err = run("add", "deadbeef0000", "--task", "tests.tasks:noop")
     [record] = client.fetch()
     assert code == 0 and err == f"created session deadbeef0000 ({record['id']})\n"
@@ -123,7 +127,7 @@ def test_add_says_when_it_creates_a_session(run, client: Client) -> None:  # typ
     assert code == 2 and "session: " in err and "persistent" in err
 
 
-def test_refusals_say_why(run, client: Client, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+def test_refusals_say_why(run: Run, client: Client, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     with Client(settings=Settings.from_env(client.settings.url, environ={}, user="bob")) as bob:
         [theirs] = bob.create("x", task="tests.tasks:noop")
@@ -138,7 +142,7 @@ def test_refusals_say_why(run, client: Client, caplog: pytest.LogCaptureFixture)
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
-def test_destroy_with_matching_nothing_and_unknown_event_types(run, client: Client) -> None:  # type: ignore[no-untyped-def]
+def test_destroy_with_matching_nothing_and_unknown_event_types(run: Run, client: Client) -> None:
     code, out, err = run("destroy-with", "nothing-here")
     assert (code, out) == (1, "") and "no sessions matched 'nothing-here'" in err
     [sid] = client.create("e", task="tests.tasks:noop")
@@ -159,7 +163,7 @@ def test_destroy_with_matching_nothing_and_unknown_event_types(run, client: Clie
         (["add", "s", "--task", "tests.tasks:noop", "--in", "-1"], "0 seconds or more"),
     ],
 )  # fmt: skip
-def test_messages_name_what_is_wrong(run, args: list[str], says: str) -> None:  # type: ignore[no-untyped-def]
+def test_messages_name_what_is_wrong(run: Run, args: list[str], says: str) -> None:
     code, _, err = run(*args)
     assert code == 2 and says in err and err.count("\n") == 1
 
@@ -181,7 +185,7 @@ def test_an_unparsable_url_is_bad_input_naming_url() -> None:
         Client("garbage")
 
 
-def test_ls_marks_a_cut_name_and_info_prints_counts(run, client: Client) -> None:  # type: ignore[no-untyped-def]
+def test_ls_marks_a_cut_name_and_info_prints_counts(run: Run, client: Client) -> None:
     [sid] = client.create("a-very-long-session-name-of-30", task="tests.tasks:noop")
     code, out, _ = run("ls")
     assert "a-very-long-session-nam… " in out
@@ -198,7 +202,7 @@ def test_task_times_are_in_milliseconds() -> None:
     assert record["finished_at"] == "2026-01-02T03:04:06.500Z"
 
 
-def test_dashboard_hint_names_both_installs(run, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_dashboard_hint_names_both_installs(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in [m for m in sys.modules if m.startswith("sessionq.producer.dashboard")]:
         monkeypatch.delitem(sys.modules, name)
     for name in [n for n in sys.modules if n.partition(".")[0] == "starlette"] + ["starlette"]:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from redis import Redis
 
+from sessionq.common import codec
 from sessionq.common.errors import ValidationError, ValidationTypeError
 from sessionq.common.jobhash import parse_job_data, parse_meta
 from sessionq.common.keys import Keys
@@ -144,7 +145,7 @@ def test_mapped_runs_share_one_set_of_job_fields(
     job = rq_keys(settings.prefix).job
     times = {redis.hget(job(t), "enqueued_at") for t in ids}
     assert len(times) == 1 and None not in times
-    assert {redis.hget(job(t), "state") for t in ids} == {b"queued"}
+    assert {codec.text(redis.hget(job(t), "state")) for t in ids} == {"queued"}
     assert redis.hlen(Keys(settings.prefix).session_names(s.id)) == 0
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from redis import Redis
 
 import tests.tasks  # noqa: F401 - registers the @task functions
+from sessionq.common.connection import sync_reply
 from sessionq.common.keys import Keys, run_number
 from sessionq.common.rqcompat import rq_keys
 from sessionq.common.settings import Settings
@@ -88,7 +89,7 @@ def test_a_retry_waits_in_the_schedule_with_backoff(
     tid = s.add(Task("tests.tasks:fails_before", args=[3], retries=2, retry_delay=0.4))
     keys, w = Keys(settings.prefix), SessionWorker(settings)
     w.work(burst=True)  # the first attempt fails; the retry waits in the schedule
-    job: dict[Any, Any] = redis.hgetall(rq_keys(settings.prefix).job(tid))
+    job: dict[Any, Any] = sync_reply(redis.hgetall(rq_keys(settings.prefix).job(tid)))
     assert job[b"state"] == b"deferred" and redis.zscore(keys.schedule(), tid) is not None
     assert redis.llen(rq_keys(settings.prefix).queue("default")) == 0, "not in a queue"
     worker = SessionWorker(settings)

@@ -248,7 +248,7 @@ def test_a_run_handed_while_the_worker_recovers_from_a_lost_connection_runs_once
         if not made:
             made.extend(client.create("h", task=f"{__name__}:count_me", args=["x"]))
 
-    w._take_inbox = take_inbox_then_enqueue  # type: ignore[method-assign]
+    w._take_inbox = take_inbox_then_enqueue  # type: ignore[method-assign]  # the race, timed
     w._resend()
     while w._turn(burst=True):
         pass

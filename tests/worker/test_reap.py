@@ -9,6 +9,7 @@ import dataclasses
 
 from redis import Redis
 
+from sessionq.common.connection import sync_reply
 from sessionq.common.keys import Keys
 from sessionq.common.scripts import Scripts
 from sessionq.common.settings import Settings
@@ -17,7 +18,7 @@ from tests.conftest import wait_for
 
 
 def redis_ms(redis: Redis) -> int:
-    seconds, micros = redis.time()
+    seconds, micros = sync_reply(redis.time())
     return int(seconds) * 1000 + int(micros) // 1000
 
 

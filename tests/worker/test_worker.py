@@ -367,7 +367,7 @@ def test_sigint_as_the_run_is_taken_up_gives_it_back_unrun(
         w.stop_now("shutdown")  # as the SIGINT handler, on the main thread
         real_reset()
 
-    w.interrupter.reset = sigint_then_reset  # type: ignore[method-assign]
+    w.interrupter.reset = sigint_then_reset  # type: ignore[method-assign]  # the SIGINT, timed
     w.work(burst=True)
     [record] = client.info(sid)
     assert record["tasks"]["queued"] == 1 and record["tasks"]["succeeded"] == 0
