@@ -323,6 +323,7 @@ class Client:
         open_or_follow(self, self.info(ids))
 
     # -- carrying out plans ----------------------------------------------------------------
+    @redis_errors  # (a Session's calls come here without a Client method around them)
     def _run(self, plan: Plan[R]) -> R:
         """Carry out a plan (producer.plans) on redis-py, one step at a time."""
         reply: Any = None

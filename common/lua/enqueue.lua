@@ -147,7 +147,7 @@ for i, s in ipairs(sessions) do
     index[#index + 1] = s[3]
     B.status = 'Pending'
     B.fresh = true
-    add_to(sets, G.idx['Pending'], B.sid)
+    add_to(sets, idx('Pending'), B.sid)
     add_to(sets, B.kind, B.sid)
     add_to(sets, B.owner, B.sid)
     emit(B, 'session.created', nil, map({'name', P(s[4])}))
