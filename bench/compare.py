@@ -97,6 +97,7 @@ def steps(sizes: dict[str, int]) -> list[Step]:
                          Variant(RQ, "rq_drain", (*drain, "--workers", "1", "--stats")))),
         Step("drain_2", (Variant(SQ, "sq_drain", (*drain, "--workers", "2")),
                          Variant(RQ, "rq_drain", (*drain, "--workers", "2")))),
+        Step("redis_cpu", (Variant(SQ, "sq_redis_cpu", ("--n", n("drain"))),)),
         Step("drain_sessions", (Variant(SQ, "sq_drain",
                                         (*drain, "--workers", "1", "--mode", "replicas")),)),
         Step("round_trip", (Variant(SQ, "sq_round_trip", ("--n", n("round_trips"))),
@@ -199,6 +200,8 @@ METRICS = [
            ("drain_1", "commands_per_run"), ("drain_1", "commands_per_run")),
     Metric("evalsha_per_run", "EVALSHA (round trips) per run, 1-worker drain", "calls",
            "lower", ("drain_1", "evalsha_per_run")),
+    Metric("redis_cpu_per_run", "Redis CPU per run: add_runs + 1-worker drain", "us",
+           "lower", ("redis_cpu", "redis_cpu_us_per_run")),
 ]  # fmt: skip
 
 
@@ -372,7 +375,10 @@ def table(
         "costs CPython about that much (futex, GIL hand-off), one thread at a time.",
         "Commands per run: INFO commandstats over the 1-worker drain (CONFIG RESETSTAT before), "
         "divided by runs; Redis 7 counts the commands a Lua script runs as well as the EVALSHA. "
-        "Memory: INFO used_memory before/after queuing, divided by runs.",
+        "Memory: INFO used_memory before/after queuing, divided by runs. Redis CPU: INFO "
+        "cpu (user + sys) before and after queuing the drain's runs in one session and "
+        "draining them with one worker, divided by runs (python -m bench.measure sq_redis_cpu "
+        "also gives each phase's EVALSHA time, and --mode single for create() calls).",
     ]
     wrap = textwrap.TextWrapper(width=100, subsequent_indent="  ")
     out = [*intro, "", line(header), "  ".join("-" * w for w in widths)]

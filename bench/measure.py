@@ -519,6 +519,62 @@ def sq_memory(args: argparse.Namespace) -> Figures:
     return {"bytes_per_run": (after - before) / args.n, "job_hash_bytes": job_bytes}
 
 
+def redis_cpu_s(r: Redis) -> float:
+    """Redis's CPU seconds so far (INFO cpu: user + system, every thread)."""
+    cpu = sync_reply(r.info("cpu"))
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
+def evalsha_usec(r: Redis) -> int:
+    """Microseconds Redis spent in EVALSHA since CONFIG RESETSTAT (the commands a script
+    runs included)."""
+    stats = sync_reply(r.info("commandstats")).get("cmdstat_evalsha")
+    return int(stats["usec"]) if stats else 0
+
+
+def sq_redis_cpu(args: argparse.Namespace) -> Figures:
+    """Redis's CPU per run: INFO cpu before and after queuing n no-op runs (one session of n
+    runs by add_runs, or --mode single: n create() calls of one run each) and draining them
+    with args.workers burst worker processes, divided by n; with the EVALSHA time of each
+    phase (INFO commandstats) and Redis's CPU seconds spent idle over as long, subtracted
+    from nothing but reported."""
+    c = sq_client(args.url)
+    sq_load_enqueue_script(c)
+    for _ in range(5):  # connect, load the scripts; then forget it all
+        c.create("warm", task=SQ_TASK)
+    r = Redis.from_url(args.url)
+    r.config_resetstat()
+    cpu0 = redis_cpu_s(r)
+    if args.mode == "single":
+        for _ in range(args.n):
+            c.create("one", task=SQ_TASK)
+    else:
+        c.add_runs(c.open_session("batch"), sq_specs(args.n))
+    enqueue_usec = evalsha_usec(r)
+    cpu1 = redis_cpu_s(r)
+    elapsed = run_workers("sq_worker", args)
+    cpu2 = redis_cpu_s(r)
+    drain_usec = evalsha_usec(r) - enqueue_usec
+    done = int(sync_reply(r.hget(c.keys.run_counts(), "succeeded")) or 0)
+    idle0 = redis_cpu_s(r)
+    time.sleep(1.0)
+    idle_per_s = redis_cpu_s(r) - idle0
+    c.close()
+    r.close()
+    if done < args.n:
+        raise RuntimeError(f"sessionq redis_cpu: {done} of {args.n} runs succeeded")
+    n = args.n
+    return {
+        "redis_cpu_us_per_run": (cpu2 - cpu0) / n * 1e6,
+        "enqueue_cpu_us_per_run": (cpu1 - cpu0) / n * 1e6,
+        "drain_cpu_us_per_run": (cpu2 - cpu1) / n * 1e6,
+        "enqueue_evalsha_us_per_run": enqueue_usec / n,
+        "drain_evalsha_us_per_run": drain_usec / n,
+        "idle_cpu_us_per_s": idle_per_s * 1e6,
+        "drain_seconds": elapsed,
+    }
+
+
 # -- plain RQ --------------------------------------------------------------------------------
 def rq_setup(url: str) -> tuple[Redis, Any]:
     """A connection and RQ's default queue with our msgpack serializer, under prefix "rq"."""
@@ -644,6 +700,7 @@ MEASUREMENTS: dict[str, Callable[[argparse.Namespace], Figures]] = {
     "py_fanout": py_fanout,
     "sq_fetch": sq_fetch,
     "sq_memory": sq_memory,
+    "sq_redis_cpu": sq_redis_cpu,
     "rq_enqueue_single": rq_enqueue_single,
     "rq_enqueue_batch": rq_enqueue_batch,
     "rq_drain": rq_drain,
@@ -665,9 +722,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=1000, help="runs, samples or sessions")
     parser.add_argument(
         "--mode",
-        choices=["add_runs", "replicas", "map", "add"],
+        choices=["add_runs", "replicas", "map", "add", "single"],
         default="add_runs",
-        help="how runs are queued (enqueue_batch)",
+        help="how runs are queued (enqueue_batch, drain; redis_cpu: add_runs or single)",
     )
     parser.add_argument("--workers", type=int, default=1, help="worker processes (drain)")
     parser.add_argument("--stats", action="store_true", help="count Redis commands (drain)")

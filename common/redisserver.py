@@ -62,7 +62,8 @@ class RedisServer:
     """A throwaway redis-server process; stop() (or the context manager) ends it and removes
     its data dir (unless the caller gave the dir). shutdown() ends only the process: start()
     again serves the same port and data dir (a restart); kill() ends it as a crash would.
-    With `replica_of`, it replicates that server."""
+    With `replica_of`, it replicates that server; `binary`: a redis-server other than
+    find_redis_server()'s."""
 
     def __init__(
         self,
@@ -72,11 +73,12 @@ class RedisServer:
         extra: list[str] | None = None,
         data_dir: str | None = None,
         replica_of: RedisServer | None = None,
+        binary: str | None = None,
     ) -> None:
         self.port = port or free_port()
         self._own_dir = data_dir is None
         self.dir = data_dir or tempfile.mkdtemp(prefix="sessionq-redis-")
-        self.binary = find_redis_server()
+        self.binary = binary or find_redis_server()
         cmd = [self.binary, *self._config(), "--port", str(self.port), "--bind", "127.0.0.1",
                "--dir", self.dir]  # fmt: skip
         if not isinstance(self, SentinelServer):

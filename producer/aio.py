@@ -92,6 +92,7 @@ class AsyncClient:
 
     async def _transaction(self, step: Transaction) -> list[Any]:
         replies: list[Any] = []
+        await self.scripts.ensure_version_async(self.redis)
         for attempt in range(2):
             async with self.redis.pipeline(transaction=True) as pipe:
                 for item in step.items:

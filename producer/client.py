@@ -12,7 +12,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sessionq.common.connection import (
@@ -326,6 +326,7 @@ class Client:
         open_or_follow(self, self.info(ids))
 
     # -- carrying out plans ----------------------------------------------------------------
+    @redis_errors  # (a Session's calls come here without a Client method around them)
     def _run(self, plan: Plan[R]) -> R:
         """Carry out a plan (producer.plans) on redis-py, one step at a time."""
         reply: Any = None
@@ -359,6 +360,13 @@ class Client:
 
     def _transaction(self, step: Transaction) -> list[Any]:
         replies: list[Any] = []
+        if len(step.items) == 1 and isinstance(step.items[0], ScriptCall):
+            # one script is atomic by itself: sent as any script call (no MULTI/EXEC, packed
+            # by hiredis), its error given back as the transaction would give it
+            try:
+                return [self._script_call(step.items[0])]
+            except ResponseError as exc:
+                return [exc]
         for attempt in range(2):
             pipe = self.redis.pipeline(transaction=True)
             for item in step.items:

@@ -262,7 +262,7 @@ class _SessionCore:
             if existing is not None:
                 task.ids[self.id] = codec.text(existing)
                 return
-        tid = yield from self._new_id()
+        tid = self._ids.popleft() if self._ids else (yield from self._new_id())
         name = task.name or (tid if cfg.use_instance_naming else task.default_name)
         options: dict[str, Any] = {"policy": cfg.task_pre_exist}
         if cfg.task_pre_exist == "replace":
@@ -284,7 +284,7 @@ class _SessionCore:
                 parents.append(parent.ids[self.id])  # staged before it (topological)
             else:
                 parents.append(parent)
-        due = task.due_ms(time.time())
+        due = task.due_ms(time.time()) if task.scheduled else None
         spec = task.spec
         meta = spec.meta(name, not cfg.silence_task_prerun)
         spec.check_size(meta)
@@ -303,7 +303,8 @@ class _SessionCore:
                                            extra or None, options, task)  # fmt: skip
         self._pending_names[name] = tid
         task.ids[self.id] = tid
-        yield from self._rpc("add", {"task": tid, "name": name})
+        if self._rpc_log:
+            yield from self._rpc("add", {"task": tid, "name": name})
 
     def _unstage_name(self, name: str) -> None:
         """task_pre_exist="replace": a task of this name that this handle staged and has not

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -52,11 +53,18 @@ class Task:
     ) -> None:
         if name is not None:
             check_name(name)
-        self.spec: RunSpec = build_run(
-            name=name or "task", cmd=cmd, task=func, args=args, kwargs=kwargs, env=env,
-            queue=queue, timeout=timeout, retries=retries, retry_delay=retry_delay,
-            backoff=backoff, cores=cores, ram=ram, gpu=gpu,
-        )  # fmt: skip
+        # (a session names a run as it adds it, RunSpec.meta(name): the spec's own name is
+        # not the task's, so that tasks alike share one spec)
+        scalars = (queue, timeout, retries, retry_delay, backoff, cores, ram, gpu)
+        if (isinstance(func, str) and cmd is None and args is None and kwargs is None
+                and env is None and all(type(v) in _SCALAR for v in scalars)):  # fmt: skip
+            self.spec: RunSpec = _plain_spec(func, *scalars)
+        else:
+            self.spec = build_run(
+                name="task", cmd=cmd, task=func, args=args, kwargs=kwargs, env=env,
+                queue=queue, timeout=timeout, retries=retries, retry_delay=retry_delay,
+                backoff=backoff, cores=cores, ram=ram, gpu=gpu,
+            )  # fmt: skip
         self.name = name
         if key is not None and (not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_CHARS):
             raise ValidationError("key", f"must be a string of 1-{MAX_KEY_CHARS} characters")
@@ -77,6 +85,11 @@ class Task:
     def default_name(self) -> str:
         """The function's name, or the command's program name."""
         return default_name(self.spec)
+
+    @property
+    def scheduled(self) -> bool:
+        """Has it a time to wait for (at, in_ or cron)?"""
+        return self.at_ms is not None or self.in_s is not None or self.cron is not None
 
     def due_ms(self, now_s: float) -> int | None:
         """When it may first run (epoch ms), or None for "when ready"."""
@@ -109,6 +122,20 @@ class Task:
     def __repr__(self) -> str:
         what = self.spec.func or " ".join(self.spec.argv)
         return f"Task({what!r}, name={self.name!r})"
+
+
+# exact types: a bool (an int to isinstance) is refused every time, by build_run
+_SCALAR = (str, int, float, type(None))
+
+
+@functools.lru_cache(maxsize=256, typed=True)  # (typed: retries=1.0 is refused every time)
+def _plain_spec(func: str, *scalars: Any) -> RunSpec:
+    """The spec of a function run without arguments: validated once for all tasks alike
+    (a RunSpec is frozen; a batch of such tasks then shares its job fields too)."""
+    queue, timeout, retries, retry_delay, backoff, cores, ram, gpu = scalars
+    return build_run(name="task", task=func, queue=queue, timeout=timeout, retries=retries,
+                     retry_delay=retry_delay, backoff=backoff, cores=cores, ram=ram,
+                     gpu=gpu)  # fmt: skip
 
 
 def default_name(spec: RunSpec) -> str:

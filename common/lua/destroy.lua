@@ -70,7 +70,7 @@ redis.call('DEL', K.tasks, K.task_names, K.task_keys, K.held, K.running, K.objec
   K.logs, K.session)
 redis.call('HDEL', K.sessions, S.sid)
 if A.names_field ~= '' then redis.call('HDEL', K.names, A.names_field) end
-redis.call('SREM', G.idx['Terminating'], S.sid)
+redis.call('SREM', idx('Terminating'), S.sid)
 redis.call('SREM', K.kind_index, S.sid)
 redis.call('SREM', K.owner_index, S.sid)
 redis.call('ZREM', G.retention, S.sid)

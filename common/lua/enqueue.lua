@@ -100,13 +100,48 @@ local Q = {}
 for q = 1, nq do Q[q] = KB.queue(q) end
 local function job_key(r) return KB.job(r).job end
 
+-- The names of each session: read in bulk before the checks (HMGET), looked up in `name_of`
+-- then, and those this call gives written in bulk at the end (`given`, one HSET a session).
+for _, B in ipairs(S) do
+  B.name_of, B.given = {}, {}
+end
+do
+  local wanted = {}
+  for _, run in ipairs(runs) do
+    local o = run[6]
+    if o and o.policy then
+      local B = S[run[1]]
+      if B.name_of[run[3]] == nil then
+        B.name_of[run[3]] = false
+        add_to(wanted, run[1], run[3])
+      end
+    end
+  end
+  for si, names in pairs(wanted) do
+    local B = S[si]
+    for c = 1, #names, CHUNK do
+      local got = redis.call('HMGET', B.names, unpack(names, c, math.min(c + CHUNK - 1, #names)))
+      for i, v in ipairs(got) do B.name_of[names[c + i - 1]] = v end
+    end
+  end
+end
+-- The id name `name` of session B stands for, false for none.
+local function named(B, name)
+  local v = B.name_of[name]
+  if v == nil then
+    v = redis.call('HGET', B.names, name)
+    B.name_of[name] = v
+  end
+  return v
+end
+
 -- Before anything is written: names that must not exist yet, replaced names still in place.
 local seen = {}
 for _, run in ipairs(runs) do
   local o = run[6]
   if o and o.policy then
     local B = S[run[1]]
-    local existing = redis.call('HGET', B.names, run[3])
+    local existing = named(B, run[3])
     if existing == run[2] then
       -- the name is this very run's: the call was carried out before, its reply lost
     elseif o.policy == 'raise' and (existing or seen[run[3]]) then
@@ -147,7 +182,7 @@ for i, s in ipairs(sessions) do
     index[#index + 1] = s[3]
     B.status = 'Pending'
     B.fresh = true
-    add_to(sets, G.idx['Pending'], B.sid)
+    add_to(sets, idx('Pending'), B.sid)
     add_to(sets, B.kind, B.sid)
     add_to(sets, B.owner, B.sid)
     emit(B, 'session.created', nil, map({'name', P(s[4])}))
@@ -168,7 +203,7 @@ for key, members in pairs(sets) do chunked('SADD', key, members) end
 -- The name a run gets under its policy, or nil when it is not added ("ignore").
 local function settle_name(B, o, id, name, out)
   if not o.policy then return name end
-  local existing = redis.call('HGET', B.names, name)
+  local existing = named(B, name)
   if existing and o.policy == 'ignore' then
     out[#out + 1] = id
     out[#out + 1] = existing
@@ -176,7 +211,7 @@ local function settle_name(B, o, id, name, out)
     return nil
   elseif existing and o.policy == 'rename' then
     local n = 1
-    while redis.call('HEXISTS', B.names, name .. '-' .. n) == 1 do n = n + 1 end
+    while named(B, name .. '-' .. n) do n = n + 1 end
     name = name .. '-' .. n
     out[#out + 1] = id
     out[#out + 1] = id
@@ -200,7 +235,9 @@ local function settle_name(B, o, id, name, out)
     if st then move(ob, st, nil) end
     redis.call('HDEL', B.tasks, existing)
   end
-  redis.call('HSET', B.names, name, id)
+  B.name_of[name] = id
+  B.given[#B.given + 1] = name
+  B.given[#B.given + 1] = id
   return name
 end
 
@@ -292,6 +329,7 @@ for r, run in ipairs(runs) do
 end
 for _, B in ipairs(S) do
   chunked('HSET', B.tasks, B.task_names)
+  chunked('HSET', B.names, B.given)
   local fields = {}
   if B.fresh then
     B.seq_preset = queued_events(B)

@@ -68,17 +68,18 @@ local function set_clock(now_ms, now_iso, cap, worker)
 end
 
 -- The keys and arguments every state-changing script has (contract.py GLOBAL_KEYS and
--- CLOCK_ARGS): the all-sessions channel, a status index set per STATUS, the global run
--- counters; now_ms, now_iso, cap, worker.
+-- CLOCK_ARGS): the all-sessions channel, a status index set per STATUS (`idx`), the global
+-- run counters; now_ms, now_iso, cap, worker.
 local function load_globals()
   G.chan_all = K.chan_all
-  G.idx = {}
-  for _, name in ipairs(STATUS) do G.idx[name] = K['idx_' .. name] end
   G.stats_key = K.counters
   G.depths = K.depths
   G.retention = K.retention
   set_clock(A.now_ms, A.now_iso, A.cap, A.worker)
 end
+
+-- The index set of the sessions in `status` (a STATUS word).
+local function idx(status) return K['idx_' .. status] end
 
 -- S = {sid, session, history, chan}: queue an event of session S (numbered at flush). The
 -- queue is flat, three slots an event (type, task or false, data or false), not a table
@@ -180,8 +181,8 @@ local function set_status(S, new)
   S.status = new
   if old == new then return old end
   redis.call('HSET', S.session, 'status', new)
-  if old then redis.call('SREM', G.idx[old], S.sid) end
-  redis.call('SADD', G.idx[new], S.sid)
+  if old then redis.call('SREM', idx(old), S.sid) end
+  redis.call('SADD', idx(new), S.sid)
   -- retention (SPEC §9): due as it ends, no longer due as it runs again (or is destroyed)
   if ENDED[new] then
     local keep = redis.call('HGET', S.session, 'retention_ms')

@@ -38,10 +38,13 @@ def _lua_file(name: str) -> str:
     return (resources.files("sessionq.common") / "lua" / f"{name}.lua").read_text()
 
 
-def lua_source(name: str, builders: dict[str, Callable[..., str]]) -> str:
-    """A script's source: its contract's prologue, the shared prelude, then its body."""
-    prologue = CONTRACTS[name].prologue(builders)
-    return prologue + _lua_file("prelude") + "\n" + _lua_file(name)
+def lua_source(name: str, builders: dict[str, Callable[..., str]], legacy: bool = False) -> str:
+    """A script's source: its shebang, what its body uses of its contract's prologue and of
+    the shared prelude, then its body (Contract.source). `legacy`: for Redis < 7, which
+    cannot read a shebang - the line becomes a comment (Redis 6 checks maxmemory at a
+    script's first write, not before it runs)."""
+    source = CONTRACTS[name].source(_lua_file(name), _lua_file("prelude"), builders)
+    return "--" + source if legacy else source
 
 
 class ScriptsBase:
@@ -61,9 +64,10 @@ class ScriptsBase:
             "worker_handed": k.worker_handed, "queue": self.rq.queue, "wake": k.wake,
             "session_queue": k.session_queue, "session_throttled": k.session_throttled,
         }  # fmt: skip
-        self._script: dict[str, Script] = {
-            name: redis.register_script(lua_source(name, self.builders)) for name in CONTRACTS
-        }
+        # Redis 7 reads each script's flags from its shebang, Redis 6 refuses the line: which
+        # one this is, is asked before the first script is sent (transport.refuses_shebang)
+        self.legacy: bool | None = None
+        self._scripts: dict[str, Script] = {}
         status_keys = dict(zip(STATUS_KEYS, (k.idx_status(s[4:]) for s in STATUS_KEYS),
                                strict=True))  # fmt: skip
         self.globals = {"chan_all": k.events_all_channel(), **status_keys,
@@ -76,6 +80,26 @@ class ScriptsBase:
             transport.Durability(settings.wait_replicas, int(settings.wait_timeout_s * 1000))
             if settings.wait_replicas else None
         )  # fmt: skip
+
+    @property
+    def _script(self) -> dict[str, Script]:
+        """The scripts, registered for this server's version (asked once, on first use)."""
+        if not self._scripts:
+            if self.legacy is None:
+                self.legacy = transport.refuses_shebang(self.redis)
+            self._register()
+        return self._scripts
+
+    def _register(self) -> None:
+        self._scripts = {name: self.redis.register_script(
+            lua_source(name, self.builders, bool(self.legacy))) for name in CONTRACTS}  # fmt: skip
+
+    async def ensure_version_async(self, redis: AsyncRedis) -> None:
+        """Ask `redis` (asyncio) whether it reads shebangs, unless known (see _script)."""
+        if not self._scripts:
+            if self.legacy is None:
+                self.legacy = await transport.refuses_shebang_async(redis)
+            self._register()
 
     def script(self, name: str) -> Script:
         return self._script[name]
@@ -130,6 +154,7 @@ class ScriptsBase:
     async def call_async(
         self, redis: AsyncRedis, name: str, keys: Sequence[str], args: Sequence[Any]
     ) -> Any:
+        await self.ensure_version_async(redis)
         return await transport.call_async(redis, self._script[name], keys, args, self.durability)
 
     def ensure_loaded(self) -> None:

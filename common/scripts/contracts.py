@@ -18,6 +18,11 @@ RUN_BLOCK = ("job", "session", "history", "chan", "running", "held", "started", 
              "failed", "queue", "wake", "squeue", "throttled")  # fmt: skip
 # the key builders a script needs to queue a run of a session it finds itself (fair share)
 QUEUEING = ("queue", "wake", "session_queue", "session_throttled")
+# The Redis 7 flags (Contract.flags) of a script that must run even when Redis is full
+# (maxmemory, noeviction): it frees memory (destroy) or keeps workers alive and accounted
+# for (heartbeat, reap, recover, took: a handed run's start, sent as a note nobody awaits),
+# writing little. Every other script is refused whole, before it runs, when Redis is full.
+RUNS_WHEN_FULL = ("allow-oom",)
 # A session's own keys, as the control scripts take them
 SESSION_KEYS = ("session", "history", "chan", "running", "held")
 
@@ -72,6 +77,7 @@ TOOK = Contract(
     keys=(*GLOBAL_KEYS, "session", "history", "chan", "handed"),
     args=(*CLOCK_ARGS, ("sid", TEXT), ("id", TEXT), ("attempt", NUMBER)),
     builders=("job",),
+    flags=RUNS_WHEN_FULL,
 )
 
 ENQUEUE = Contract(
@@ -167,6 +173,7 @@ DESTROY = Contract(
         ("nruns", NUMBER),
     ),  # fmt: skip
     arg_blocks=(Block("run", ("id",), ("nruns",)),),
+    flags=RUNS_WHEN_FULL,
 )
 
 RECOVER = Contract(
@@ -192,6 +199,7 @@ RECOVER = Contract(
     ),  # fmt: skip
     arg_blocks=(Block("run", ("id", "sid"), ("nruns",)),),
     builders=QUEUEING,
+    flags=RUNS_WHEN_FULL,
 )
 
 RECOUNT = Contract("recount", keys=("counters", "sessions"), args=(), builders=("session",))
@@ -210,6 +218,7 @@ HEARTBEAT = Contract(
         ("ncounts", NUMBER),
     ),  # fmt: skip
     arg_blocks=(Block("count", ("name", "n"), ("ncounts",)),),
+    flags=RUNS_WHEN_FULL,
 )
 
 REAP = Contract(
@@ -222,6 +231,7 @@ REAP = Contract(
         ("late_ms", NUMBER),
         ("lock_ms", NUMBER),
     ),  # fmt: skip
+    flags=RUNS_WHEN_FULL,
 )
 
 # The event scripts: one session's channel, record and history

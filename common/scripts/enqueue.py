@@ -91,8 +91,8 @@ class EnqueueCalls(ScriptsBase):
         plan_shared: list[list[Any]] = []
         shared_index: dict[int, int] = {}  # by id(): the runs hold each shared mapping alive
         for s_index, run_id, name, state, queue, fields, opts in runs:
-            if opts:
-                opts = dict(opts)
+            if opts and (opts.get("deps") or opts.get("old_id")):
+                opts = dict(opts)  # (the caller's stays as it was)
                 if opts.get("deps"):
                     opts["dep_keys"] = [key_index(p) for p in opts["deps"]]
                 if opts.get("old_id"):

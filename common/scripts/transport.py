@@ -46,6 +46,37 @@ class Durability(NamedTuple):
             raise NotReplicated(self.replicas, int(got), self.timeout_ms / 1000)
 
 
+# a script Redis 7 reads (its shebang line flags it read-only) and Redis 6 cannot compile
+SHEBANG_PROBE = "#!lua flags=no-writes\nreturn 1"
+
+
+def _refused_shebang(exc: ResponseError) -> bool:
+    return "near '#'" in str(exc)
+
+
+def refuses_shebang(redis: Redis) -> bool:
+    """Does this server (Redis < 7) refuse a script's shebang line? Loads a two-line
+    script to see (SCRIPT LOAD: allowed wherever scripts are, unlike INFO)."""
+    try:
+        redis.script_load(SHEBANG_PROBE)
+    except ResponseError as exc:
+        if _refused_shebang(exc):
+            return True
+        raise
+    return False
+
+
+async def refuses_shebang_async(redis: AsyncRedis) -> bool:
+    """refuses_shebang on redis.asyncio."""
+    try:
+        await redis.script_load(SHEBANG_PROBE)
+    except ResponseError as exc:
+        if _refused_shebang(exc):
+            return True
+        raise
+    return False
+
+
 def bulk(value: bytes) -> bytes:
     """One RESP bulk string."""
     return b"$%d\r\n%b\r\n" % (len(value), value)

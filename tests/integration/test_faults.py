@@ -147,10 +147,12 @@ def test_a_full_redis_holds_the_worker_and_refuses_the_producer_clearly(fx: Fixt
 
     used = int(sync_reply(fx.redis.info("memory"))["used_memory"])
     fx.redis.config_set("maxmemory", used // 2)
-    # (its heartbeat's write is refused; a step whose script has begun writing is not - Redis
-    # lets a script that wrote once go on - so the main loop may or may not meet OOM)
-    wait_for(lambda: logged(log, f"watcher {name}: Redis says try later (OOM"),
+    # its steps are refused whole (run.lua's shebang flags say it may write), its heartbeats
+    # are not (heartbeat.lua's allow-oom): it stays alive and accounted for, not reaped
+    wait_for(lambda: logged(log, f"worker {name}: Redis says try later (OOM"),
              timeout=60, what="the worker to meet OOM")  # fmt: skip
+    full_at = fx.now_ms()
+    wait_for(lambda: fx.beat_ms(name) > full_at, what="a heartbeat while Redis is full")
 
     with pytest.raises(RedisFull, match="Redis is full: .* uses .* of its maxmemory"):
         fx.client.create("refused", task="tests.tasks:add", args=[1, 2])
