@@ -46,6 +46,7 @@ from sessionq.worker.execute import (
     stored_result,
 )
 from sessionq.worker.inflight import InFlight
+from sessionq.worker.ops import Op
 from sessionq.worker.prepare import Ended, encoded, judge, prepare, run_command
 
 log = logging.getLogger(__name__)
@@ -470,7 +471,7 @@ class SessionWorker:
         if outcome == Outcome.REJECTED and _prerun_fatal(sq):
             sid = session_of(run_id)
             log.error("run %s failed before it started: stopping session %s", run_id, sid)
-            self.scripts.request(sid, "stop", [sid], status=Status.FAILED,
+            self.scripts.request(sid, Op.STOP, [sid], status=Status.FAILED,
                                  event=EventType.SESSION_FAILED, worker=self.name)  # fmt: skip
 
     def _outcome(
