@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import contextvars
-import threading
 import time
 from collections.abc import Callable, Mapping, MutableMapping
-from typing import Any
+from typing import Any, Protocol
 
 from sessionq.common.errors import SessionqError, ValidationError
 from sessionq.common.events import EventType
@@ -21,6 +20,12 @@ STATUS_CHECK_INTERVAL_S = 0.1
 HALTED_STATUSES = frozenset(
     {None, Status.PAUSED, Status.STOPPED, Status.TERMINATING, Status.FAILED}
 )
+
+
+class StopFlag(Protocol):
+    """Says whether the run was told to stop (a threading.Event is one; so is CurrentRun)."""
+
+    def is_set(self) -> bool: ...
 
 
 class TaskContext:
@@ -38,7 +43,7 @@ class TaskContext:
         attempt: int,
         emit: Callable[[str, dict[str, Any]], None],
         log_line: Callable[[str, str], None],
-        stop_flag: threading.Event,
+        stop_flag: StopFlag,
         state: Callable[[], MutableMapping[str, Any]] | None = None,
         session_status: Callable[[], Any] | None = None,
         env: Mapping[str, str] | None = None,

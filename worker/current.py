@@ -36,9 +36,9 @@ class Overdue(NamedTuple):
 class CurrentRun:
     """One run in flight: `interrupt` is how its runner ends it (SIGUSR1 to the main thread,
     cancelling its asyncio task; None for a plain function on a pool thread, which only sees
-    `stop_flag` through current_task().should_stop)."""
+    `is_set()` - told to stop - through current_task().should_stop)."""
 
-    __slots__ = ("run_id", "queue", "timeout", "deadline", "stop_flag", "interrupt", "_lock",
+    __slots__ = ("run_id", "queue", "timeout", "deadline", "interrupt", "_lock",
                  "_reason", "_stop_at", "_command")  # fmt: skip
 
     def __init__(
@@ -52,12 +52,15 @@ class CurrentRun:
         self.queue = queue
         self.timeout = timeout
         self.deadline = (time.monotonic() + timeout) if timeout else None
-        self.stop_flag = threading.Event()
         self.interrupt = interrupt
         self._lock = threading.Lock()
         self._reason: str | None = None
         self._stop_at: float | None = None
         self._command: Any = None
+
+    def is_set(self) -> bool:
+        """Was it told to stop? (What current_task().should_stop reads first.)"""
+        return self._reason is not None
 
     @property
     def reason(self) -> str | None:
@@ -72,7 +75,6 @@ class CurrentRun:
             if first:
                 self._reason = reason
                 self._stop_at = time.monotonic()
-            self.stop_flag.set()
             command, interrupt = self._command, self.interrupt
         if command is not None:
             command.request_stop(reason)

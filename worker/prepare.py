@@ -103,7 +103,7 @@ def prepare(
         session_id=sid, task_id=run_id, name=str(meta.get("name", run_id)), attempt=attempt,
         emit=emit,
         log_line=lambda stream, line: scripts.log(sid, run_id, [(stream, line)], worker=worker),
-        stop_flag=run.stop_flag,
+        stop_flag=run,
         state=lambda: SharedState(scripts, sid, worker=worker, task=run_id),
         session_status=lambda: host.redis.hget(scripts.keys.session(sid), "status"),
         env=env,
