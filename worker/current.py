@@ -39,7 +39,7 @@ class CurrentRun:
     `is_set()` - told to stop - through current_task().should_stop)."""
 
     __slots__ = ("run_id", "queue", "timeout", "deadline", "interrupt", "_lock",
-                 "_reason", "_stop_at", "_command")  # fmt: skip
+                 "_reason", "_stop_at", "_command", "finish")  # fmt: skip
 
     def __init__(
         self,
@@ -57,6 +57,9 @@ class CurrentRun:
         self._reason: str | None = None
         self._stop_at: float | None = None
         self._command: Any = None
+        # how it ended (run id, queue, outcome, payload, ms), once its body is done; the main
+        # thread has yet to send it
+        self.finish: tuple[str, str, str, bytes, int] | None = None
 
     def is_set(self) -> bool:
         """Was it told to stop? (What current_task().should_stop reads first.)"""
@@ -71,6 +74,8 @@ class CurrentRun:
         """From any thread: end the run - its command's process group, or its function by
         its `interrupt`; in any case `should_stop` says so from now on."""
         with self._lock:
+            if self.finish is not None:  # its body is done: nothing to stop
+                return
             first = self._reason is None
             if first:
                 self._reason = reason
@@ -88,6 +93,11 @@ class CurrentRun:
             self._command = command
             return self._reason
 
+    def end(self, finish: tuple[str, str, str, bytes, int]) -> None:
+        """Its body is done (any thread): no stop reaches it now; `finish` says how it ended."""
+        with self._lock:
+            self.finish = finish
+
     def attach_interrupt(self, interrupt: Callable[[str], None]) -> str | None:
         """The run's body can be interrupted now (its asyncio task exists). The reason of a
         stop that came before (the caller ends it itself), or None."""
@@ -99,7 +109,7 @@ class CurrentRun:
         """Has the function outlived its deadline or its stop by `grace`? (A command is never
         overdue: it is ended by its process group.) How to record it, if so."""
         with self._lock:
-            if self._command is not None:
+            if self._command is not None or self.finish is not None:
                 return None
             if self.deadline is not None and now > self.deadline + grace:
                 return Overdue(self.run_id, self.queue, Outcome.FAILED,

@@ -132,15 +132,21 @@ class InFlight:
             item = self.done.get(timeout=timeout) if timeout else self.done.get_nowait()
         except queue.Empty:
             return out
+        items = [item]
         while True:
-            finish, sq = item
-            self.running -= 1
-            self.host.ended(finish[0], finish[2], sq)
-            out.append(finish)
             try:
-                item = self.done.get_nowait()
+                items.append(self.done.get_nowait())
             except queue.Empty:
-                return out
+                break
+        h = self.host
+        with h.take_lock:
+            for finish, _sq in items:
+                h.inflight.pop(finish[0], None)
+        for finish, sq in items:
+            self.running -= 1
+            h.ended(finish[0], finish[2], sq)
+            out.append(finish)
+        return out
 
     # -- beginning a run --------------------------------------------------------------------
     def begin(self, entry: Ready) -> None:
@@ -174,12 +180,13 @@ class InFlight:
         self, run: CurrentRun | None, run_id: str, queue_name: str, sq: Any, started: float,
         ended: Ended,
     ) -> None:  # fmt: skip
-        """A run ended (any thread): out of flight, its finish to the main thread."""
-        if run is not None:
-            with self.host.take_lock:
-                self.host.inflight.pop(run_id, None)
+        """A run ended (any thread): its finish to the main thread, which takes it out of
+        flight (until then it is on the worker's runs list and in `inflight`, ended)."""
         ms = int((time.perf_counter() - started) * 1000) if started else 0
-        self.done.put(((run_id, queue_name, ended[0], ended[1], ms), sq))
+        finish = (run_id, queue_name, ended[0], ended[1], ms)
+        if run is not None:
+            run.end(finish)
+        self.done.put((finish, sq))
 
     # -- a pool thread ------------------------------------------------------------------------
     def _thread_pool(self) -> ThreadPoolExecutor:

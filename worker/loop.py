@@ -407,13 +407,16 @@ class SessionWorker:
         lost track of (a claim or start whose reply was lost; starting them again is safe)."""
         pending = list(self.unacked)
         self.unacked.clear()
+        if self.runner is not None:  # ended runs whose finish was not sent yet
+            pending += self.runner.collect(0)
         if pending:
             self._finish(pending)
         self._collect(0)
         self._take_inbox(unlist=True)  # no run is handed to us until our next claim
         from sessionq.worker.ops import run_op
 
-        known = {r[0] for r in self.ready}
+        with self.take_lock:  # (runs in flight, ended or not, are known until collected)
+            known = {r[0] for r in self.ready} | set(self.inflight)
         held = self.redis.lrange(self.scripts.keys.worker_runs(self.name), 0, -1)
         orphans = [codec.text(i) for i in held if codec.text(i) not in known]
         if orphans:

@@ -201,7 +201,11 @@ class Watcher(threading.Thread):
         late = {o.run_id for o in overdue}
         finishes: list[Finish] = [(o.run_id, o.queue, o.outcome, codec.encode(o.reason), 0)
                                   for o in overdue]  # fmt: skip
-        finishes += [(run.run_id, run.queue, Outcome.REQUEUE, codec.encode("worker restarted"),
-                      0) for run in runs if run.run_id not in late]  # fmt: skip
+        for run in runs:  # the others: as they ended, or back unrun
+            if run.run_id in late:
+                continue
+            ended = run.finish
+            finishes.append(ended or (run.run_id, run.queue, Outcome.REQUEUE,
+                                      codec.encode("worker restarted"), 0))  # fmt: skip
         w.scripts.step_now(w.head, w.name, finishes)
         os._exit(EXIT_HARD_KILLED)
