@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, Protocol
 
 from sessionq.common import codec
@@ -86,9 +87,12 @@ class InFlight:
         """One step; False when a burst worker has nothing left (or a stopping one nothing in
         flight)."""
         h = self.host
-        if not h.shutting_down:
+        if not h.shutting_down and h.ready and self.running < self.max_jobs:
+            spawn: list[tuple[Prepared, Any, float]] = []  # for the loop, in one wake of it
             while h.ready and self.running < self.max_jobs:
-                self.begin(h.ready.popleft())
+                self.begin(h.ready.popleft(), spawn)
+            if spawn:
+                self._event_loop().call_soon_threadsafe(self._spawn_all, spawn)
         finishes = self.collect(0)
         if h.shutting_down:  # warm: finish what runs, begin and claim nothing
             if finishes:
@@ -149,9 +153,9 @@ class InFlight:
         return out
 
     # -- beginning a run --------------------------------------------------------------------
-    def begin(self, entry: Ready) -> None:
-        """Begin a ready run: on the event loop, a pool thread, or (cancelled or rejected
-        before it began) ended at once."""
+    def begin(self, entry: Ready, spawn: list[tuple[Prepared, Any, float]]) -> None:
+        """Begin a ready run: on a pool thread, on the event loop (added to `spawn`, for the
+        caller to hand over), or (cancelled or rejected before it began) ended at once."""
         h = self.host
         run_id, queue_name, data, sq, timeout, attempt = entry
         self.running += 1
@@ -172,7 +176,7 @@ class InFlight:
             self._end(run, run_id, queue_name, sq, started, judge(run_id, exc, run, run.timeout))
             return
         if p.is_async:
-            self._event_loop().call_soon_threadsafe(self._spawn, p, sq, started)
+            spawn.append((p, sq, started))
         else:
             self._thread_pool().submit(self._call, p, sq, started)
 
@@ -223,16 +227,13 @@ class InFlight:
             self._loop_thread.start()
         return self._loop
 
-    def _spawn(self, p: Prepared, sq: Any, started: float) -> None:
-        """(On the loop) start an async run as a task of its own; a stop cancels it."""
+    def _spawn_all(self, spawn: list[tuple[Prepared, Any, float]]) -> None:
+        """(On the loop) start each async run as a task of its own; a stop cancels it."""
         loop = self._event_loop()
-        task = loop.create_task(self._run_async(p, sq, started))
-
-        def cancel(reason: str) -> None:
-            loop.call_soon_threadsafe(task.cancel)
-
-        if p.run.attach_interrupt(cancel) is not None:  # stopped before it was spawned
-            task.cancel()
+        for p, sq, started in spawn:
+            task = loop.create_task(self._run_async(p, sq, started))
+            if p.run.attach_interrupt(partial(_cancel, loop, task)) is not None:
+                task.cancel()  # stopped before it was spawned
 
     async def _run_async(self, p: Prepared, sq: Any, started: float) -> None:
         run = p.run
@@ -266,6 +267,10 @@ class InFlight:
                 self._loop_thread.join(timeout=5)
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _cancel(loop: asyncio.AbstractEventLoop, task: asyncio.Task[None], reason: str) -> None:
+    loop.call_soon_threadsafe(task.cancel)
 
 
 def raise_shutdown() -> None:
