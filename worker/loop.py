@@ -6,7 +6,9 @@ a list that names this worker, so a run is never lost between dequeue and start.
 are pipelined: their replies are read before the next claim. Functions run in
 this process - no fork per run - and an Interrupter or a process-group kill ends them on a
 timeout or a stop. The watcher thread (worker.watch) heartbeats, takes stop commands and
-recovers lost workers.
+recovers lost workers. Each run in flight is a CurrentRun (worker.current), the one thing of
+it that other threads reach; with `max_jobs` > 1 the runs go to worker.inflight's event loop
+and thread pool while this loop steps as above.
 """
 
 from __future__ import annotations

@@ -5,10 +5,14 @@ progress and logs, a timeout, a stop, a destroy."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import pytest
 
+from sessionq.common.errors import ConfigError
+from sessionq.common.settings import Settings
 from sessionq.producer import Client
 from tests.conftest import WorkerProcs, ended, wait_for
 
@@ -100,3 +104,16 @@ def test_a_stopped_or_destroyed_session_ends_its_run_in_flight_only(
     assert client.info(other)[0]["status"] == "Running"
     client.stop(other)
     wait_for(lambda: ended(client, other), timeout=WAIT_S, what="the other stop")
+
+
+def test_max_jobs_comes_from_sessionq_max_jobs_and_is_checked() -> None:
+    assert Settings.from_env(environ={"SESSIONQ_MAX_JOBS": "8"}).max_jobs == 8
+    assert Settings.from_env(environ={}).max_jobs == 1
+    with pytest.raises(ConfigError, match="max_jobs"):
+        Settings.from_env(environ={"SESSIONQ_MAX_JOBS": "0"})
+
+
+def test_a_bad_max_jobs_is_refused_naming_the_option() -> None:
+    proc = subprocess.run([sys.executable, "-m", "sessionq", "worker", "--max-jobs", "0"],
+                          capture_output=True, text=True, timeout=WAIT_S)  # fmt: skip
+    assert proc.returncode == 2 and "--max-jobs" in proc.stderr
