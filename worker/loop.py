@@ -123,13 +123,12 @@ class SessionWorker:
         self.inflight: dict[str, CurrentRun] = {}
         # --max-jobs N > 1: the pool and event loop running them (None: the main thread)
         self.runner = InFlight(self, max_jobs) if max_jobs > 1 else None
-        self.max_jobs = max_jobs
         self.runs_done = 0
         self.runs_claimed = 0  # runs and operations claimed (or started after a lost reply)
         self.parents_ended = 0  # finishes whose waiting runs were judged (some may be queued)
         self.parent_pid = 0  # set when a supervisor started this process
-        self.command_pgid: Any = None  # shared with the supervisor: the running command's group
-        # shared with the supervisor: the current run and its deadline (supervisor.Shared)
+        # shared with the supervisor: the current run, its deadline and its command's process
+        # group (supervisor.Shared)
         self.shared: Any = None
         # RQ's per-worker counters, added to its worker hash with each heartbeat
         self.counts = {"successful_job_count": 0, "failed_job_count": 0}
@@ -150,8 +149,8 @@ class SessionWorker:
             )
             self._rq_worker.register_birth()
         extra: dict[FieldT, EncodableT] = {"state": RQ_IDLE}
-        if self.max_jobs > 1:  # recovery charges this many of its started runs (recover.lua)
-            extra["max_jobs"] = self.max_jobs
+        if self.runner is not None:  # recovery charges this many started runs (recover.lua)
+            extra["max_jobs"] = self.runner.max_jobs
         if self.cores:
             extra["cores"] = str(self.cores)
         if self.ram:
@@ -501,5 +500,5 @@ class SessionWorker:
             return judge(run.run_id, exc, None, timeout)
 
     def _note_pgid(self, pgid: int) -> None:
-        if self.command_pgid is not None:
-            self.command_pgid.value = pgid
+        if self.shared is not None:  # (its supervisor kills the group if this process dies)
+            self.shared.pgid.value = pgid

@@ -94,7 +94,6 @@ def _child(settings: Settings, opts: WorkerOptions, base: str, parent: int, shar
         max_jobs=opts.max_jobs,
     )  # fmt: skip
     w.parent_pid = parent
-    w.command_pgid = shared.pgid
     w.shared = shared
     w.install_signals()
     raise SystemExit(w.work(burst=opts.burst))
