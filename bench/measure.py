@@ -690,6 +690,57 @@ def rq_memory(args: argparse.Namespace) -> Figures:
     return {"bytes_per_run": (after - before) / args.n, "job_hash_bytes": job_bytes}
 
 
+# -- in-flight runs per worker process (--max-jobs) --------------------------------------------
+IO_TASKS = {"async": "bench.tasks:async_sleep", "thread": "bench.tasks:sleep",
+            "noop": "bench.tasks:noop"}  # fmt: skip
+
+
+def sq_worker_jobs(args: argparse.Namespace) -> None:
+    """A sessionq worker process (no supervisor) with args.max_jobs runs in flight."""
+    import bench.tasks  # noqa: F401 - registers the bench tasks
+    from sessionq.worker.loop import SessionWorker
+
+    w = SessionWorker(sq_settings(args.url), max_jobs=args.max_jobs)
+    w.install_signals()
+    raise SystemExit(w.work(burst=args.burst))
+
+
+def sq_io_drain(args: argparse.Namespace) -> Figures:
+    """args.n runs of one session drained by one burst worker process with --max-jobs
+    args.max_jobs: `--kind async` (an async function awaiting asyncio.sleep(args.sleep)),
+    `thread` (a plain function in time.sleep), `noop`."""
+    from sessionq.common.jobhash import build_run
+
+    c = sq_client(args.url)
+    task_name = IO_TASKS[args.kind]
+    run_args = [] if args.kind == "noop" else [args.sleep]
+    sid = c.open_session("io")
+    for start in range(0, args.n, 10_000):
+        specs = [build_run(name="r", task=task_name, args=run_args)
+                 for _ in range(min(10_000, args.n - start))]  # fmt: skip
+        c.add_runs(sid, specs)
+    started = time.perf_counter()
+    proc = spawn("sq_worker_jobs", args.url, "--burst", "--max-jobs", str(args.max_jobs))
+    try:
+        wait_exit([proc])
+    finally:
+        stop(proc)
+    elapsed = time.perf_counter() - started
+    done = int(c.redis.hget(c.keys.run_counts(), "succeeded") or 0)
+    c.close()
+    if done != args.n:
+        raise RuntimeError(f"sessionq io drain: {done} of {args.n} runs succeeded")
+    return {"runs_per_s": args.n / elapsed, "seconds": elapsed}
+
+
+def add_io_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of sq_io_drain and sq_worker_jobs."""
+    parser.add_argument("--max-jobs", type=int, default=1, help="runs in flight per worker")
+    parser.add_argument("--kind", choices=sorted(IO_TASKS), default="async",
+                        help="what each run does (io_drain)")  # fmt: skip
+    parser.add_argument("--sleep", type=float, default=0.1, help="seconds each run waits")
+
+
 # -- entry point -----------------------------------------------------------------------------
 MEASUREMENTS: dict[str, Callable[[argparse.Namespace], Figures]] = {
     "sq_enqueue_single": sq_enqueue_single,
@@ -706,12 +757,14 @@ MEASUREMENTS: dict[str, Callable[[argparse.Namespace], Figures]] = {
     "rq_drain": rq_drain,
     "rq_round_trip": rq_round_trip,
     "rq_memory": rq_memory,
+    "sq_io_drain": sq_io_drain,
 }
 PROCESSES: dict[str, Callable[[argparse.Namespace], None]] = {
     "sq_worker": sq_worker,
     "sq_listeners": sq_listeners,
     "sq_listeners_async": sq_listeners_async,
     "rq_worker": rq_worker,
+    "sq_worker_jobs": sq_worker_jobs,
 }
 
 
@@ -737,6 +790,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="time between two events (events, fanout)")  # fmt: skip
     parser.add_argument("--destroy", type=int, default=100, help="sessions to destroy (fetch)")
     parser.add_argument("--calls", type=int, default=20, help="fetch calls timed (fetch)")
+    add_io_arguments(parser)
     return parser.parse_args(argv)
 
 

@@ -1,9 +1,11 @@
 """Functions the benchmarks run: `noop` for sessionq workers (`--import bench.tasks`),
+`async_sleep`/`sleep` for the I/O-bound drains (bench.measure sq_io_drain),
 `rq_noop` for plain RQ workers (RQ runs any importable function), `soak` for bench.soak and
 `chatty` for bench.retention."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
@@ -48,3 +50,15 @@ def chatty(i: int = 0) -> dict[str, int]:
     ctx.progress(0.5, "half way")
     ctx.log(f"run {ctx.task_id} of input {i}")
     return {"input": i, "pid": os.getpid()}
+
+
+@task
+async def async_sleep(seconds: float) -> None:
+    """An I/O-bound run on the worker's event loop (registered as "bench.tasks:async_sleep")."""
+    await asyncio.sleep(seconds)
+
+
+@task
+def sleep(seconds: float) -> None:
+    """An I/O-bound plain function, on a pool thread with --max-jobs > 1 ("bench.tasks:sleep")."""
+    time.sleep(seconds)

@@ -25,6 +25,7 @@ _INT_KNOBS = {
     "claim_batch_max": "SESSIONQ_CLAIM_BATCH_MAX",
     "destroyed_history_ttl_s": "SESSIONQ_DESTROYED_HISTORY_TTL_S",
     "result_max_bytes": "SESSIONQ_RESULT_MAX_BYTES",
+    "max_jobs": "SESSIONQ_MAX_JOBS",
 }
 _ZERO_KNOBS = {"wait_replicas": "SESSIONQ_WAIT_REPLICAS"}  # 0 allowed: off
 MAX_WAIT_REPLICAS = 64
@@ -72,6 +73,9 @@ class Settings:
     scheduler_interval_s: float = 0.5
     # Most runs a worker claims in one round trip (adaptive, see worker.loop).
     claim_batch_max: int = 32
+    # Runs in flight per worker process (`sessionq worker --max-jobs`): async functions on
+    # its event loop, plain functions and commands in a pool of this many threads.
+    max_jobs: int = 1
     # A destroyed session's event history stays this long for late listeners.
     destroyed_history_ttl_s: int = 3600
     # A run's return value, msgpack-encoded, may be this big; a bigger one fails the run.

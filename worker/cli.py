@@ -45,6 +45,15 @@ log = logging.getLogger(__name__)
     show_default=True,
     help="Worker processes under this command.",
 )
+@click.option(
+    "--max-jobs",
+    "-j",
+    type=click.IntRange(1, 10000),
+    default=None,
+    help="Runs in flight per worker process: async functions on its event loop, plain "
+    "functions and commands in a pool of this many threads (default: SESSIONQ_MAX_JOBS, "
+    "else 1).",
+)
 @click.option("--name", type=str, default=None, help="Base name of the worker processes.")
 @click.option(
     "--cores",
@@ -62,7 +71,8 @@ log = logging.getLogger(__name__)
 def worker_command(
     settings: Settings, queues: tuple[str, ...], imports: tuple[str, ...], paths: tuple[str, ...],
     allow_commands: bool,
-    burst: bool, concurrency: int, name: str | None, cores: float | None, ram: float | None,
+    burst: bool, concurrency: int, max_jobs: int | None, name: str | None, cores: float | None,
+    ram: float | None,
 ) -> int:  # fmt: skip
     """Run workers: the control queue first, then the given queues."""
     from sessionq.common.connection import connect
@@ -78,6 +88,6 @@ def worker_command(
     connect(settings).close()  # a clear error now if Redis is unreachable
     opts = WorkerOptions(
         queues=list(queues), allow_commands=allow_commands, burst=burst, name=name,
-        cores=cores, ram=ram, imports=list(imports),
+        cores=cores, ram=ram, imports=list(imports), max_jobs=max_jobs or settings.max_jobs,
     )  # fmt: skip
     return Supervisor(settings, opts, concurrency).run()

@@ -2,22 +2,37 @@
 
 from __future__ import annotations
 
-import threading
+import contextvars
 import time
-from collections.abc import Callable, MutableMapping
-from typing import Any
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import Any, Protocol
 
 from sessionq.common.errors import SessionqError, ValidationError
 from sessionq.common.events import EventType
+from sessionq.common.vocabulary import Status
 
-_local = threading.local()
+# per thread and per asyncio task: concurrent runs of one worker each see their own
+_current: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar(
+    "sessionq_current_task", default=None
+)
 PROGRESS_MIN_INTERVAL_S = 0.05
 STATUS_CHECK_INTERVAL_S = 0.1
-HALTED_STATUSES = frozenset({None, "Paused", "Stopped", "Terminating", "Failed"})
+HALTED_STATUSES = frozenset(
+    {None, Status.PAUSED, Status.STOPPED, Status.TERMINATING, Status.FAILED}
+)
+
+
+class StopFlag(Protocol):
+    """Says whether the run was told to stop (a threading.Event is one; so is CurrentRun)."""
+
+    def is_set(self) -> bool: ...
 
 
 class TaskContext:
-    """The run in progress on this thread (SPEC §4)."""
+    """The run in progress on this thread or asyncio task (SPEC §4). `env` holds the run's
+    variables (REPLICA_*, SESSIONQ_SESSION_ID, SESSIONQ_TASK_ID and its own `env`): with
+    `--max-jobs 1` they are in os.environ too while it runs; with more runs in flight they
+    are here only (os.environ is one for the whole process)."""
 
     def __init__(
         self,
@@ -28,10 +43,12 @@ class TaskContext:
         attempt: int,
         emit: Callable[[str, dict[str, Any]], None],
         log_line: Callable[[str, str], None],
-        stop_flag: threading.Event,
+        stop_flag: StopFlag,
         state: Callable[[], MutableMapping[str, Any]] | None = None,
         session_status: Callable[[], Any] | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        self.env: Mapping[str, str] = env or {}
         self.session_id = session_id
         self.task_id = task_id
         self.name = name
@@ -94,11 +111,12 @@ class TaskContext:
 
 def current_task() -> TaskContext:
     """The run this code is part of; SessionqError outside a run."""
-    ctx: TaskContext | None = getattr(_local, "ctx", None)
+    ctx = _current.get()
     if ctx is None:
         raise SessionqError("current_task() called outside a sessionq run")
     return ctx
 
 
 def set_current(ctx: TaskContext | None) -> None:
-    _local.ctx = ctx
+    """Make `ctx` the run of this thread (or asyncio task), None: no run."""
+    _current.set(ctx)

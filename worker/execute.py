@@ -16,6 +16,7 @@ from typing import Any
 
 from sessionq.common import codec
 from sessionq.common.errors import CodecError
+from sessionq.common.vocabulary import Outcome
 
 log = logging.getLogger(__name__)
 LOG_FLUSH_S = 0.05
@@ -240,12 +241,12 @@ def stored_result(run_id: str, func: str, result: Any, max_bytes: int) -> tuple[
         reason = f"return value of {func} cannot be stored: {exc}"
     else:
         if len(payload) <= max_bytes:
-            return "succeeded", payload
+            return Outcome.SUCCEEDED, payload
         reason = (
             f"return value is {len(payload)} bytes, more than SESSIONQ_RESULT_MAX_BYTES={max_bytes}"
         )
     log.info("run %s failed: %s", run_id, reason)
-    return "failed", codec.encode(reason)
+    return Outcome.FAILED, codec.encode(reason)
 
 
 def _child_setup(ram_bytes: int | None) -> Callable[[], None]:

@@ -6,20 +6,24 @@ a list that names this worker, so a run is never lost between dequeue and start.
 are pipelined: their replies are read before the next claim. Functions run in
 this process - no fork per run - and an Interrupter or a process-group kill ends them on a
 timeout or a stop. The watcher thread (worker.watch) heartbeats, takes stop commands and
-recovers lost workers.
+recovers lost workers. Each run in flight is a CurrentRun (worker.current), the one thing of
+it that other threads reach; with `max_jobs` > 1 the runs go to worker.inflight's event loop
+and thread pool while this loop steps as above.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
 import socket
 import threading
 import time
-import traceback
 import uuid
 from collections import deque
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -27,32 +31,38 @@ from redis.typing import EncodableT, FieldT
 
 from sessionq.common import codec
 from sessionq.common.connection import Backoff, connect, redis_unavailable, sync_reply
-from sessionq.common.errors import CodecError, RunRejected
-from sessionq.common.jobhash import COMMAND_FUNC, parse_job_data, parse_meta
+from sessionq.common.errors import CodecError
+from sessionq.common.events import EventType
+from sessionq.common.jobhash import parse_meta
 from sessionq.common.keys import CONTROL_QUEUE, DEFAULT_QUEUE, command_queue_for, session_of
 from sessionq.common.rqcompat import load_rq
-from sessionq.common.scripts import OP_PREFIX, Finish, Scripts, handed_run
+from sessionq.common.scripts import Finish, Scripts, StartResult, handed_run
 from sessionq.common.settings import Settings
-from sessionq.common.state import SharedState
-from sessionq.common.vocabulary import Outcome, StepResult
-from sessionq.worker.context import TaskContext, set_current
+from sessionq.common.vocabulary import Outcome, Status, StepResult
+from sessionq.worker.context import set_current
+from sessionq.worker.current import CurrentRun, StopReason, interrupted
 from sessionq.worker.execute import (
     RUN_ENVIRONMENT,
-    Command,
     Interrupter,
     RunInterrupted,
     call_function,
-    describe_exit,
     stored_result,
 )
-from sessionq.worker.registry import resolve
+from sessionq.worker.inflight import InFlight
+from sessionq.worker.ops import Op
+from sessionq.worker.prepare import Ended, encoded, judge, prepare, run_command
 
 log = logging.getLogger(__name__)
 BATCH_WINDOW_S = 0.02  # claim about this much work at once (fewer round trips, no hoarding)
 IDLE_WAIT_S = 1
 REDIS_BACKOFF_MAX_S = 5.0
 MAX_UNANSWERED = 64
+RQ_IDLE, RQ_SUSPENDED = "idle", "suspended"  # RQ's worker states (rq info), not a run's
 Ready = tuple[str, str, Any, Any, Any, int]  # run id, queue, data, sq, timeout, attempt
+
+
+def _run_coroutine(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return asyncio.run(fn(*args, **kwargs))
 
 
 def _prerun_fatal(sq: Any) -> bool:
@@ -76,7 +86,10 @@ class SessionWorker:
         cores: float | None = None,
         ram: float | None = None,
         hard_kill: bool = False,
+        max_jobs: int = 1,
     ) -> None:
+        if max_jobs < 1:
+            raise ValueError(f"max_jobs must be at least 1, got {max_jobs!r}")
         self.settings = settings
         load_rq(settings.prefix)
         self.redis = connect(settings.for_worker())
@@ -96,7 +109,7 @@ class SessionWorker:
         self.waits = True  # lists itself as waiting idle when a claim finds nothing
         self.ready: deque[Ready] = deque()  # started for us, to run in this order
         # held by a stop (any thread) and by the main thread as it takes a run up or lets it
-        # go, so that a stop finds its run either waiting in `ready` or `current`; reentrant:
+        # go, so that a stop finds its run either waiting in `ready` or in flight; reentrant:
         # the SIGINT handler runs on the main thread, maybe inside the held section
         self.take_lock = threading.RLock()
         self.unacked: deque[Finish] = deque()  # finishes sent, reply not read yet
@@ -104,20 +117,19 @@ class SessionWorker:
         self.lost_connection = False  # started runs to finish unrun: id -> reason
         self.batch = 1
         self.avg_run_s = 0.01
-        self.interrupter = Interrupter()
-        self.stop_flag = threading.Event()
+        self.interrupter = Interrupter()  # ends a function on the main thread (--max-jobs 1)
         self.shutting_down = False
         self.hard_stop = False
-        self.current: str | None = None
-        self.current_command: Command | None = None
-        self.current_deadline: float | None = None
-        self.interrupt_at: float | None = None
+        # the runs in flight, by id (under take_lock): what stops and the watcher reach
+        self.inflight: dict[str, CurrentRun] = {}
+        # --max-jobs N > 1: the pool and event loop running them (None: the main thread)
+        self.runner = InFlight(self, max_jobs) if max_jobs > 1 else None
         self.runs_done = 0
         self.runs_claimed = 0  # runs and operations claimed (or started after a lost reply)
         self.parents_ended = 0  # finishes whose waiting runs were judged (some may be queued)
         self.parent_pid = 0  # set when a supervisor started this process
-        self.command_pgid: Any = None  # shared with the supervisor: the running command's group
-        # shared with the supervisor: the current run and its deadline (supervisor.Shared)
+        # shared with the supervisor: the current run, its deadline and its command's process
+        # group (supervisor.Shared)
         self.shared: Any = None
         # RQ's per-worker counters, added to its worker hash with each heartbeat
         self.counts = {"successful_job_count": 0, "failed_job_count": 0}
@@ -137,7 +149,9 @@ class SessionWorker:
                 self.queues, name=self.name, connection=self.redis, serializer=RQSerializer
             )
             self._rq_worker.register_birth()
-        extra: dict[FieldT, EncodableT] = {"state": "idle"}
+        extra: dict[FieldT, EncodableT] = {"state": RQ_IDLE}
+        if self.runner is not None:  # recovery charges this many started runs (recover.lua)
+            extra["max_jobs"] = self.runner.max_jobs
         if self.cores:
             extra["cores"] = str(self.cores)
         if self.ram:
@@ -147,14 +161,14 @@ class SessionWorker:
         return True
 
     def install_signals(self) -> None:
-        """SIGTERM: finish the current run, then exit. A second SIGTERM, or SIGINT: stop the
-        current run and requeue it."""
+        """SIGTERM: finish the runs in flight, claim no more, then exit. A second SIGTERM, or
+        SIGINT: stop the runs in flight and requeue them."""
 
         def on_term(signum: int, frame: object) -> None:
             if self.shutting_down or signum == signal.SIGINT:
-                self.stop_now("shutdown")
+                self.stop_now(StopReason.SHUTDOWN)
             else:
-                log.info("worker %s: finishing the current run, then stopping", self.name)
+                log.info("worker %s: finishing the runs in flight, then stopping", self.name)
                 self.shutting_down = True
 
         signal.signal(signal.SIGTERM, on_term)
@@ -166,20 +180,29 @@ class SessionWorker:
         self.stop_current(reason)
 
     def stop_current(self, reason: str, run_id: str | None = None) -> None:
-        """End the running run (if it is `run_id`, when given); a run started for us but
-        not begun yet is finished unrun when its turn comes."""
+        """End the runs in flight (only `run_id`, when given); a run started for us but not
+        begun yet is finished unrun when its turn comes."""
         with self.take_lock:
-            if run_id is not None and any(r[0] == run_id for r in tuple(self.ready)):
-                self.cancel_ids[run_id] = reason
+            if run_id is None:
+                runs = list(self.inflight.values())
+            elif run_id in self.inflight:
+                runs = [self.inflight[run_id]]
+            else:
+                if any(r[0] == run_id for r in tuple(self.ready)):
+                    self.cancel_ids[run_id] = reason
                 return
-            if self.current is None or (run_id is not None and run_id != self.current):
-                return
-            self.stop_flag.set()
-            self.interrupt_at = self.interrupt_at or time.monotonic()
-            if self.current_command is not None:
-                self.current_command.request_stop(reason)
-            else:  # a function, or a command not set up yet: _run_command reads the request
-                self.interrupter.request(reason)
+            # (under take_lock: the main thread's interrupter serves no other run meanwhile)
+            for run in runs:
+                run.request_stop(reason)
+
+    def in_flight(self) -> list[CurrentRun]:
+        """The runs in flight now (for the watcher)."""
+        with self.take_lock:
+            return list(self.inflight.values())
+
+    def shut_down(self) -> None:
+        """Finish the runs in flight, claim no more, then exit (any thread)."""
+        self.shutting_down = True
 
     # -- the loop --------------------------------------------------------------------------
     def work(self, burst: bool = False) -> int:
@@ -194,7 +217,7 @@ class SessionWorker:
         self._watcher.start()
         log.info("worker %s serving %s", self.name, ", ".join(self.queues))
         try:
-            while not self.shutting_down:
+            while not self.shutting_down or (self.runner is not None and self.runner.running):
                 if self.lost_connection:
                     backoff.attempt(self._resend, None, self._lost)
                 elif not backoff.attempt(lambda: self._turn(burst), True, self._lost):
@@ -232,12 +255,16 @@ class SessionWorker:
                 raise
             log.error("worker %s: could not unregister (%s); the reaper will", self.name, exc)
         finally:
+            if self.runner is not None:
+                self.runner.close()
             RUN_ENVIRONMENT.restore()
             self.scripts.close()
             self.redis.close()
 
     def _turn(self, burst: bool) -> bool:
         """One step of the loop; False when a burst worker has nothing left."""
+        if self.runner is not None:
+            return self.runner.turn(burst)
         finishes = []
         if self.ready:
             finishes.append(self._execute())
@@ -251,18 +278,21 @@ class SessionWorker:
             if burst:
                 log.info("worker %s: suspended (rq suspend), leaving (burst)", self.name)
                 return False
-            self.stop_flag.wait(IDLE_WAIT_S)  # (set by a stop: this worker runs nothing now)
+            time.sleep(IDLE_WAIT_S)
             return True
         if burst:
             return False
-        # waiting idle: an enqueue may start a run for us (our inbox), or wake us to claim
+        self.wait_idle()
+        return True
+
+    def wait_idle(self) -> None:
+        """Wait idle: an enqueue may start a run for us (our inbox), or wake us to claim."""
         popped = self.scripts.wait(self.wait_keys, IDLE_WAIT_S)
         if popped and codec.text(popped[0]) == self.inbox:
             handed = handed_run(popped[1])
-            if handed[2] == "run":
+            if handed[2] == StartResult.RUN:
                 self.scripts.took_handed(self.name, handed[0], handed[6])
             self._take([handed])
-        return True
 
     def _suspended(self) -> bool:
         """Has `rq suspend` paused the workers? (Asked only when a claim found nothing: a
@@ -271,19 +301,19 @@ class SessionWorker:
         suspended = bool(self.redis.exists(self.scripts.rq.suspended))
         if suspended != self._was_suspended:
             self._was_suspended = suspended
-            state = "suspended" if suspended else "idle"
+            state = RQ_SUSPENDED if suspended else RQ_IDLE
             self.redis.hset(self.scripts.rq.worker(self.name), "state", state)
             log.info("worker %s: %s", self.name, "suspended by rq suspend" if suspended
                      else "resumed")  # fmt: skip
         return suspended
 
-    def _claim(self, finishes: list[Finish]) -> bool:
-        """Send `finishes` with a claim of the next batch; whether there may be more to do:
-        something was claimed, or a finish released runs that waited on it (queued after
-        this call's claim looked)."""
+    def _claim(self, finishes: list[Finish], claim: int = 0, waits: bool | None = None) -> bool:
+        """Send `finishes` with a claim of the next batch (`claim` runs; 0: the adaptive
+        batch); whether there may be more to do: something was claimed, or a finish released
+        runs that waited on it (queued after this call's claim looked)."""
         self.unacked.extend(finishes)
-        self.scripts.step_send(self.head, self.name, finishes, [], "", claim=self.batch,
-                               waits=self.waits)  # fmt: skip
+        self.scripts.step_send(self.head, self.name, finishes, [], "", claim=claim or self.batch,
+                               waits=self.waits if waits is None else waits)  # fmt: skip
         before = (self.runs_claimed, self.parents_ended)
         self._collect(0)
         return (self.runs_claimed, self.parents_ended) != before
@@ -293,9 +323,11 @@ class SessionWorker:
         self.scripts.step_send(self.head, self.name, [], runs, runs[0][0])
         self._collect(0)
 
-    def _finish(self, finishes: list[Finish]) -> None:
-        """Send finishes without waiting; their replies are read before the next claim."""
-        current = self.ready[0][0] if self.ready else ""
+    def _finish(self, finishes: list[Finish], current: str | None = None) -> None:
+        """Send finishes without waiting; their replies are read before the next claim.
+        `current`: the run RQ's view shows this worker on (default: the next ready one)."""
+        if current is None:
+            current = self.ready[0][0] if self.ready else ""
         self.unacked.extend(finishes)
         self.scripts.step_send(self.head, self.name, finishes, [], current)
         if self.scripts.steps_unanswered > MAX_UNANSWERED:
@@ -331,19 +363,19 @@ class SessionWorker:
         order; control operations are carried out at once."""
         for run_id, queue, status, data, sq, timeout, attempt in started:
             self.runs_claimed += 1
-            if status == "run":
+            if status == StartResult.RUN:
                 self.ready.append((run_id, queue, data, sq, timeout, attempt))
-            elif status == "op":
+            elif status == StartResult.OP:
                 from sessionq.worker.ops import run_op
 
                 run_op(self, run_id)
-            elif status in ("gone", "foreign"):
+            elif status in (StartResult.GONE, StartResult.FOREIGN):
                 # popped from a queue, and no sessionq run: said, never dropped in silence
                 # (one RQ's own API enqueued is marked failed where RQ's readers look)
                 log.error("worker %s: %s from queue %s is not a sessionq run (%s)%s", self.name,
                           run_id, queue, data,
-                          "; marked failed" if status == "foreign" else "")  # fmt: skip
-            elif status == "bad":
+                          "; marked failed" if status == StartResult.FOREIGN else "")  # fmt: skip
+            elif status == StartResult.BAD:
                 # its run is on our runs list, started: _resend takes it up from there
                 log.error("worker %s: %s", self.name, data)
                 self.lost_connection = True
@@ -367,7 +399,7 @@ class SessionWorker:
         handed = [handed_run(e) for e in entries]
         if not leaving:
             for run in handed:
-                if run[2] == "run":
+                if run[2] == StartResult.RUN:
                     self.scripts.took_handed(self.name, run[0], run[6])
         self._take(handed)
 
@@ -377,13 +409,16 @@ class SessionWorker:
         lost track of (a claim or start whose reply was lost; starting them again is safe)."""
         pending = list(self.unacked)
         self.unacked.clear()
+        if self.runner is not None:  # ended runs whose finish was not sent yet
+            pending += self.runner.collect(0)
         if pending:
             self._finish(pending)
         self._collect(0)
         self._take_inbox(unlist=True)  # no run is handed to us until our next claim
         from sessionq.worker.ops import run_op
 
-        known = {r[0] for r in self.ready}
+        with self.take_lock:  # (runs in flight, ended or not, are known until collected)
+            known = {r[0] for r in self.ready} | set(self.inflight)
         held = sync_reply(self.redis.lrange(self.scripts.keys.worker_runs(self.name), 0, -1))
         orphans = [codec.text(i) for i in held if codec.text(i) not in known]
         if orphans:
@@ -397,7 +432,7 @@ class SessionWorker:
                 self._start(runs)
         self.lost_connection = False
 
-    # -- one run ---------------------------------------------------------------------------
+    # -- one run (--max-jobs 1: on the main thread) ------------------------------------------
     def _execute(self) -> Finish:
         """Run the next ready run and say how it ended: (run id, queue, outcome, payload,
         duration ms)."""
@@ -405,135 +440,66 @@ class SessionWorker:
             run_id, queue, data, sq, timeout, attempt = self.ready.popleft()
             reason = self.cancel_ids.pop(run_id, None)
             if reason is None:
-                self._make_current(run_id, float(timeout) if timeout else None)
+                self.interrupter.reset()
+                run = self._begin(run_id, queue, timeout, self.interrupter.request)
+                if self.shared is not None:  # its supervisor enforces the deadline if we cannot
+                    self.shared.share(run_id, run.deadline)
         if reason is not None:  # stopped before its turn came: it never runs
             return (run_id, queue, Outcome.CANCELED, codec.encode(f"stopped: {reason}"), 0)
         started = time.perf_counter()
-        outcome, payload = self._outcome(run_id, session_of(run_id), data, sq,
-                                         float(timeout) if timeout else None, attempt)  # fmt: skip
-        elapsed = time.perf_counter() - started
-        if outcome == Outcome.REJECTED and _prerun_fatal(sq):
-            # failed before its body ran, and the session does not silence that: stop it
-            sid = session_of(run_id)
-            log.error("run %s failed before it started: stopping session %s", run_id, sid)
-            self.scripts.request(sid, "stop", [sid], status="Failed", event="session.failed",
-                                 worker=self.name)  # fmt: skip
-        self.avg_run_s = 0.8 * self.avg_run_s + 0.2 * elapsed
-        fits = int(BATCH_WINDOW_S / max(self.avg_run_s, 1e-6))
-        self.batch = max(1, min(self.settings.claim_batch_max, fits))
-        self.runs_done += 1
-        return (run_id, queue, outcome, payload, int(elapsed * 1000))
-
-    def _make_current(self, run_id: str, timeout: float | None) -> None:
-        """Make `run_id` current (under take_lock). A stop that sees it current must stick:
-        the last run's stop is cleared first."""
-        self.interrupt_at = None
-        self.stop_flag.clear()
-        self.interrupter.reset()
-        self.current_deadline = (time.monotonic() + timeout) if timeout else None
-        self.current = run_id
-        if self.shared is not None:  # its supervisor enforces the deadline if we cannot
-            self.shared.share(run_id, self.current_deadline)
-
-    def _outcome(
-        self, run_id: str, sid: str, data: bytes, sq: bytes, timeout: float | None, attempt: int
-    ) -> tuple[str, bytes]:
         try:
-            if self.hard_stop:  # SIGINT came as the run was taken up: it does not begin
-                return self._interrupted("shutdown", timeout)
-            func, args, kwargs = parse_job_data(data)
-            meta = parse_meta(sq)
-            env = dict(meta.get("env") or {})
-            env.update(
-                REPLICA_ID=str(meta.get("replica_id", 1)),
-                REPLICA_COUNT=str(meta.get("replica_count", 1)),
-                SESSIONQ_SESSION_ID=sid,
-                SESSIONQ_TASK_ID=run_id,
-            )
-            if func == COMMAND_FUNC:
-                return self._run_command(run_id, sid, args, env, meta, timeout)
-            if func.startswith(OP_PREFIX):
-                raise RunRejected(f"{func!r} is a control operation, not a task")
-            fn = resolve(func)
-            ctx = TaskContext(
-                session_id=sid, task_id=run_id, name=str(meta.get("name", run_id)),
-                attempt=attempt, emit=self._emitter(sid, run_id),
-                log_line=lambda stream, line: self.scripts.log(sid, run_id, [(stream, line)],
-                                                               worker=self.name),
-                stop_flag=self.stop_flag,
-                state=lambda: SharedState(self.scripts, sid, worker=self.name, task=run_id),
-                session_status=lambda: self.redis.hget(self.scripts.keys.session(sid), "status"),
-            )  # fmt: skip
-            set_current(ctx)
-            try:
-                result = call_function(fn, args, kwargs, env, timeout, self.interrupter)
-            finally:
-                set_current(None)
-            return stored_result(run_id, func, result, self.settings.result_max_bytes)
-        except RunInterrupted as exc:
-            return self._interrupted(exc.reason, timeout)
-        except (CodecError, RunRejected) as exc:
-            log.error("run %s rejected: %s", run_id, exc)
-            return Outcome.REJECTED, codec.encode(f"{type(exc).__name__}: {exc}")
-        except Exception:  # the per-run boundary: record the failure, keep the worker alive
-            text = traceback.format_exc()
-            log.info("run %s failed: %s", run_id, text.strip().splitlines()[-1])
-            return Outcome.FAILED, codec.encode(text)
+            outcome, payload = self._outcome(run, data, sq, run.timeout, attempt)
         finally:
             with self.take_lock:  # a stop meant for this run does not reach the next one
                 if self.shared is not None:
                     self.shared.share("", None)
-                self.current = None
-                self.current_command = None
-                self.current_deadline = None
+                del self.inflight[run_id]
+        elapsed = time.perf_counter() - started
+        self.ended(run_id, outcome, sq)
+        self.avg_run_s = 0.8 * self.avg_run_s + 0.2 * elapsed
+        fits = int(BATCH_WINDOW_S / max(self.avg_run_s, 1e-6))
+        self.batch = max(1, min(self.settings.claim_batch_max, fits))
+        return (run_id, queue, outcome, payload, int(elapsed * 1000))
 
-    def _interrupted(self, reason: str, timeout: float | None) -> tuple[str, bytes]:
-        if reason == "timeout":
-            return Outcome.FAILED, codec.encode(f"timeout: the run took longer than {timeout:g}s")
-        if reason == "shutdown":
-            return Outcome.REQUEUE, codec.encode("worker shut down")
-        return Outcome.CANCELED, codec.encode(f"stopped: {reason}")
+    def _begin(
+        self, run_id: str, queue: str, timeout: Any, interrupt: Callable[[str], None] | None
+    ) -> CurrentRun:
+        """Make `run_id` in flight (under take_lock): from now on a stop reaches it."""
+        run = CurrentRun(run_id, queue, float(timeout) if timeout else None, interrupt)
+        self.inflight[run_id] = run
+        return run
 
-    def _run_command(
-        self, run_id: str, sid: str, argv: list[Any], env: dict[str, str],
-        meta: dict[str, Any], timeout: float | None,
-    ) -> tuple[str, bytes]:  # fmt: skip
-        if not self.allow_commands:
-            raise RunRejected("commands run only on workers started with --allow-commands")
-        if not argv or not all(isinstance(a, str) for a in argv):
-            raise RunRejected("job field 'data': a command needs a list of string arguments")
-        # the worker's environment without what reaches Redis (SPEC §9), then the run's
-        environ = self.settings.command_environ(RUN_ENVIRONMENT.base())
-        command = Command(
-            argv, {**environ, **env}, ram_gb=meta.get("ram"),
-            on_lines=lambda lines: self.scripts.log(sid, run_id, lines, worker=self.name),
-        )  # fmt: skip
-        with self.take_lock:
-            self.current_command = command
-            pending = self.interrupter.pending
-        if pending:  # stopped while the run was being set up
-            command.request_stop(pending)
+    def ended(self, run_id: str, outcome: str, sq: Any) -> None:
+        """A run ended (on the main thread): count it; one that failed before its body ran
+        stops its session, unless the session silences that."""
+        self.runs_done += 1
+        if outcome == Outcome.REJECTED and _prerun_fatal(sq):
+            sid = session_of(run_id)
+            log.error("run %s failed before it started: stopping session %s", run_id, sid)
+            self.scripts.request(sid, Op.STOP, [sid], status=Status.FAILED,
+                                 event=EventType.SESSION_FAILED, worker=self.name)  # fmt: skip
+
+    def _outcome(
+        self, run: CurrentRun, data: bytes, sq: bytes, timeout: float | None, attempt: int
+    ) -> Ended:
         try:
-            status = command.run(timeout, self.settings.stop_grace_s, self._note_pgid)
-        except FileNotFoundError:
-            return Outcome.REJECTED, codec.encode(f"command not found: {argv[0]}")
-        except PermissionError:
-            return Outcome.REJECTED, codec.encode(f"command not executable: {argv[0]}")
-        if command.stop_reason is not None:
-            return self._interrupted(command.stop_reason, timeout)
-        if status == 0:
-            return Outcome.SUCCEEDED, codec.encode(None)
-        detail = describe_exit(status)
-        if meta.get("ram"):
-            detail += f" (memory was capped at ram={meta['ram']} GB)"
-        return Outcome.FAILED, codec.encode(detail)
+            if self.hard_stop:  # SIGINT came as the run was taken up: it does not begin
+                return encoded(interrupted(StopReason.SHUTDOWN, timeout))
+            p = prepare(self, run, data, sq, timeout, attempt)
+            if p.fn is None:
+                return run_command(self, p, self._note_pgid)
+            fn = p.fn
+            if p.is_async:  # one async run at a time: on a loop of its own, to its end
+                fn = partial(_run_coroutine, p.fn)
+            set_current(p.ctx)
+            try:
+                result = call_function(fn, p.args, p.kwargs, p.env, timeout, self.interrupter)
+            finally:
+                set_current(None)
+            return stored_result(run.run_id, p.func, result, self.settings.result_max_bytes)
+        except (RunInterrupted, Exception) as exc:  # the per-run boundary: the worker lives on
+            return judge(run.run_id, exc, None, timeout)
 
     def _note_pgid(self, pgid: int) -> None:
-        if self.command_pgid is not None:
-            self.command_pgid.value = pgid
-
-    def _emitter(self, sid: str, run_id: str) -> Any:
-        def emit(event_type: str, data: dict[str, Any]) -> None:
-            self.scripts.emit(sid, [(event_type, run_id, data)], worker=self.name)
-
-        return emit
+        if self.shared is not None:  # (its supervisor kills the group if this process dies)
+            self.shared.pgid.value = pgid

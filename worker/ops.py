@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from enum import StrEnum
 from typing import Any, Protocol
 
 from redis import Redis
@@ -17,6 +18,22 @@ from sessionq.common.records import parse_record
 from sessionq.common.scripts import OP_PREFIX, Scripts
 
 StopLocal = Callable[[str, str], None]
+
+
+class Op(StrEnum):
+    """The control queue's operations."""
+
+    DESTROY = "destroy"
+    STOP = "stop"
+    RESTART = "restart"
+
+
+class Verdict(StrEnum):
+    """The first word of control.lua's and destroy.lua's replies."""
+
+    OK = "ok"
+    WAITING = "waiting"  # (destroy) runs still run: stopped, the destroy ends with the last
+    DESTROYED = "destroyed"
 
 
 class OpsWorker(Protocol):
@@ -86,7 +103,7 @@ def destroy_session(
         sid, runs, kind=record.kind, owner=record.owner, names_field=names_field,
         worker=worker_name,
     )  # fmt: skip
-    if reply[0] == "waiting":
+    if reply[0] == Verdict.WAITING:
         from rq.command import send_command
 
         for i in range(1, len(reply), 2):
@@ -96,7 +113,7 @@ def destroy_session(
             elif holder:
                 send_command(r, holder, "stop-job", job_id=run_id)
         log.info("destroy %s: waiting for %d running run(s) to stop", sid, (len(reply) - 1) // 2)
-    elif reply[0] == "destroyed":
+    elif reply[0] == Verdict.DESTROYED:
         log.info("session %s destroyed", sid)
 
 
@@ -160,8 +177,8 @@ def stop_session(
     stop_local: StopLocal | None = None,
 ) -> None:  # fmt: skip
     """Cancel what waits and stop what runs (the status was set when the stop was accepted)."""
-    reply = scripts.control("stop", sid, {}, session_runs(scripts, sid), worker=worker_name)
-    if reply and reply[0] == "ok":
+    reply = scripts.control(Op.STOP, sid, {}, session_runs(scripts, sid), worker=worker_name)
+    if reply and reply[0] == Verdict.OK:
         _stop_started(scripts, reply[1:], worker_name, stop_local, "session stopped")
         log.info("session %s stopped", sid)
 
@@ -174,8 +191,9 @@ def restart_session(
     from sessionq.worker.schedule import resolve_runs
 
     plan = {"failed_only": bool(failed_only)}
-    reply = scripts.control("restart", sid, plan, session_runs(scripts, sid), worker=worker_name)
-    if reply and reply[0] == "ok" and len(reply) > 1:
+    reply = scripts.control(Op.RESTART, sid, plan, session_runs(scripts, sid),
+                            worker=worker_name)  # fmt: skip
+    if reply and reply[0] == Verdict.OK and len(reply) > 1:
         resolve_runs(scripts, [str(r) for r in reply[1:]], worker_name)
 
 
@@ -186,8 +204,9 @@ def _args_fit(args: list[Any], arity: tuple[type, ...]) -> bool:
 
 
 OPS: dict[str, Callable[..., None]] = {
-    "destroy": destroy_session,
-    "stop": stop_session,
-    "restart": restart_session,
+    Op.DESTROY: destroy_session,
+    Op.STOP: stop_session,
+    Op.RESTART: restart_session,
 }
-OP_ARGS: dict[str, tuple[type, ...]] = {"destroy": (str,), "stop": (str,), "restart": (str, bool)}
+OP_ARGS: dict[str, tuple[type, ...]] = {Op.DESTROY: (str,), Op.STOP: (str,),
+                                        Op.RESTART: (str, bool)}  # fmt: skip

@@ -47,6 +47,7 @@ class WorkerOptions:
     cores: float | None
     ram: float | None
     imports: list[str]
+    max_jobs: int = 1
 
 
 class Shared:
@@ -92,9 +93,9 @@ def _child(settings: Settings, opts: WorkerOptions, base: str, parent: int, shar
     w = SessionWorker(
         settings, queues=opts.queues, allow_commands=opts.allow_commands,
         name=child_name(base, os.getpid()), cores=opts.cores, ram=opts.ram, hard_kill=True,
+        max_jobs=opts.max_jobs,
     )  # fmt: skip
     w.parent_pid = parent
-    w.command_pgid = shared.pgid
     w.shared = shared
     w.install_signals()
     raise SystemExit(w.work(burst=opts.burst))

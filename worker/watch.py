@@ -18,17 +18,18 @@ from redis.exceptions import RedisError
 
 from sessionq.common import codec
 from sessionq.common.connection import RETRY_BACKOFF_CAP_S, Backoff, redis_unavailable
-from sessionq.common.scripts import Scripts, WorkerHead
+from sessionq.common.scripts import Finish, Scripts, WorkerHead
 from sessionq.common.settings import Settings
 from sessionq.common.vocabulary import Outcome
+from sessionq.worker.current import CurrentRun, StopReason
 from sessionq.worker.ops import reap
 from sessionq.worker.schedule import Scheduler
 
 
 class WatchedWorker(Protocol):
-    """What the watcher reads and sets of its worker (SessionWorker is one)."""
+    """What the watcher reads of its worker (SessionWorker is one): who it is, its runs in
+    flight (each a CurrentRun, asked whether it is overdue), and how to stop them or it."""
 
-    shutting_down: bool
     counts: dict[str, int]
 
     @property
@@ -44,9 +45,6 @@ class WatchedWorker(Protocol):
     def settings(self) -> Settings: ...
 
     @property
-    def queues(self) -> list[str]: ...
-
-    @property
     def head(self) -> WorkerHead: ...
 
     @property
@@ -55,19 +53,11 @@ class WatchedWorker(Protocol):
     @property
     def hard_kill(self) -> bool: ...
 
-    @property
-    def current(self) -> str | None: ...
-
-    @property
-    def current_command(self) -> object | None: ...
-
-    @property
-    def current_deadline(self) -> float | None: ...
-
-    @property
-    def interrupt_at(self) -> float | None: ...
+    def in_flight(self) -> list[CurrentRun]: ...
 
     def stop_current(self, reason: str, run_id: str | None = None) -> None: ...
+
+    def shut_down(self) -> None: ...
 
 
 log = logging.getLogger(__name__)
@@ -132,7 +122,7 @@ class Watcher(threading.Thread):
                 self.enforce()
                 if w.parent_pid and os.getppid() != w.parent_pid:
                     log.warning("worker %s: supervisor gone; stopping", w.name)
-                    w.shutting_down = True
+                    w.shut_down()
                 wait = min(interval, 0.25, max(0.0, next_tick - time.monotonic()))
                 message = pubsub.get_message(timeout=wait)
                 if message and message.get("type") == "message":
@@ -181,29 +171,41 @@ class Watcher(threading.Thread):
         elif name == "kill-horse":
             w.stop_current("stopped")
         elif name == "shutdown":
-            w.shutting_down = True
+            w.shut_down()
         else:
             log.warning("watcher: unknown command %r", name)
 
     def enforce(self) -> None:
-        """A run that outlives its deadline or its stop by the grace period: record how it
-        ended and end this process (its supervisor starts a fresh one)."""
+        """Tell a run on a pool thread that its deadline passed (only `should_stop` reaches
+        it); a run that outlives its deadline or its stop by the grace period: record how it
+        ended (the others in flight go back unrun) and end this process (its supervisor
+        starts a fresh one)."""
         w = self.worker
-        run_id, grace = w.current, w.settings.stop_grace_s
-        if run_id is None or not w.hard_kill or w.current_command is not None:
+        runs = w.in_flight()
+        if not runs:
             return
-        now = time.monotonic()
-        overdue = w.current_deadline is not None and now > w.current_deadline + grace
-        ignored = w.interrupt_at is not None and now > w.interrupt_at + grace
-        if not (overdue or ignored):
+        now, grace = time.monotonic(), w.settings.stop_grace_s
+        for run in runs:
+            if run.interrupt is None and run.deadline is not None and now > run.deadline:
+                if run.reason is None:
+                    w.stop_current(StopReason.TIMEOUT, run.run_id)
+        if not w.hard_kill:
             return
-        reason = "timeout: the run ignored its deadline" if overdue else "stopped (forced)"
-        outcome = Outcome.FAILED if overdue else Outcome.CANCELED
-        log.error("run %s did not end %gs after its %s; restarting the worker process",
-                  run_id, grace, "deadline" if overdue else "stop")  # fmt: skip
-        queue = next((q for q in w.queues if q != "control"), "default")
-        origin = w.redis.hget(w.scripts.rq.job(run_id), "origin")
-        if origin:
-            queue = codec.text(origin)
-        w.scripts.step_now(w.head, w.name, [(run_id, queue, outcome, codec.encode(reason), 0)])
+        overdue = [o for o in (run.overdue(now, grace) for run in runs) if o is not None]
+        if not overdue:
+            return
+        for o in overdue:
+            log.error("run %s did not end %gs after its %s; restarting the worker process",
+                      o.run_id, grace,
+                      "deadline" if o.outcome == Outcome.FAILED else "stop")  # fmt: skip
+        late = {o.run_id for o in overdue}
+        finishes: list[Finish] = [(o.run_id, o.queue, o.outcome, codec.encode(o.reason), 0)
+                                  for o in overdue]  # fmt: skip
+        for run in runs:  # the others: as they ended, or back unrun
+            if run.run_id in late:
+                continue
+            ended = run.finish
+            finishes.append(ended or (run.run_id, run.queue, Outcome.REQUEUE,
+                                      codec.encode("worker restarted"), 0))  # fmt: skip
+        w.scripts.step_now(w.head, w.name, finishes)
         os._exit(EXIT_HARD_KILLED)

@@ -18,7 +18,7 @@ local n = A.nruns
 local out = {}
 redis.call('SREM', K.idle_workers, G.worker)  -- no more runs are handed to it
 -- The worker ran its runs in list order: the first started one is the one it was running
--- (it used up an attempt); started ones behind it never began and go back uncharged, as do
+-- (it used up an attempt; see below for a worker with more in flight); started ones behind it never began and go back uncharged, as do
 -- one handed to it while it waited that it did not say it took (still in its inbox, or
 -- taken by the BLPOP of a frozen process).
 local unbegun = {}
@@ -28,13 +28,19 @@ for _, entry in ipairs(redis.call('LRANGE', K.inbox, 0, -1)) do
   local ok, e = pcall(cmsgpack.unpack, entry)
   if ok and type(e) == 'table' and e[1] then unbegun[e[1]] = true end
 end
-local blocks, charged = {}, nil
+-- A worker with N runs in flight (`--max-jobs N`, its RQ worker hash says) began them in list
+-- order too: its first N started runs are charged.
+local blocks, charged = {}, {}
+local inflight = tonumber(redis.call('HGET', K.rq_worker, 'max_jobs')) or 1
 for r = 1, n do
   local id, sid = AB.run(r).id, AB.run(r).sid
   blocks[r] = run_block(KB.run(r), sid)
-  if not charged and not unbegun[id] then
+  if inflight > 0 and not unbegun[id] then
     local j = redis.call('HMGET', blocks[r].job, 'state', 'worker_name')
-    if j[1] == 'started' and j[2] == G.worker then charged = id end
+    if j[1] == 'started' and j[2] == G.worker then
+      charged[id] = true
+      inflight = inflight - 1
+    end
   end
 end
 for r = n, 1, -1 do
@@ -51,7 +57,7 @@ for r = n, 1, -1 do
       if status == 'Terminating' or status == 'Stopped' then
         cancel_run(B, id, 'started', 'worker lost while stopping')
         if status == 'Terminating' then out[#out + 1] = sid end
-      elseif id == charged then
+      elseif charged[id] then
         fail_or_retry(B, id, reason, attempts, num(j[3]), true, K.schedule)
         maybe_end(B)
       else

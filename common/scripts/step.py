@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from enum import StrEnum
 from typing import Any, NamedTuple
 
 from sessionq.common import codec
@@ -19,6 +20,18 @@ Finish = tuple[str, str, str, bytes, int]  # run id, queue, outcome, payload, du
 # started or claimed run: run id, queue, result ('run', 'op', ...), data, sq, timeout, attempt
 Started = tuple[str, str, str, Any, Any, Any, int]
 _RUN_BLOCK_KEYS = STEP.key_blocks[1].size
+
+
+class StartResult(StrEnum):
+    """What a step (or a hand-over) says of a run it started or claimed for the worker."""
+
+    RUN = "run"  # begin it
+    OP = "op"  # an operation of the control queue: the worker carries it out
+    HELD = "held"  # it waits on runs not ended yet
+    SKIP = "skip"  # canceled, or not queued: nothing to do
+    GONE = "gone"  # popped from a queue, and no such job
+    FOREIGN = "foreign"  # popped from a queue, and no sessionq run (marked failed)
+    BAD = "bad"  # an inbox entry that is not one (its run is started again from our list)
 
 
 class Finished(NamedTuple):
@@ -48,7 +61,7 @@ class WorkerHead(NamedTuple):
 def _started(run_id: str, queue: str, r: Sequence[Any]) -> Started:
     status, data, sq, timeout, attempt = r
     status = status.decode()
-    if status != "run" and data:
+    if status != StartResult.RUN and data:
         data = data.decode()
     return (run_id, queue, status, data, sq, timeout, int(attempt))
 
@@ -59,10 +72,11 @@ def handed_run(entry: bytes) -> Started:
     is not one - its run stays on the worker's runs list, to be started again from there."""
     try:
         run_id, queue, data, sq, timeout, attempt = codec.decode_raw(entry)
-        return (run_id.decode(), queue.decode(), "run", data, sq or None, timeout or None,
+        return (run_id.decode(), queue.decode(), StartResult.RUN, data, sq or None, timeout or None,
                 int(attempt))  # fmt: skip
     except (CodecError, ValueError, TypeError, AttributeError) as exc:
-        return ("", "", "bad", f"worker inbox entry {bytes(entry[:80])!r}: {exc}", None, None, 0)
+        why = f"worker inbox entry {bytes(entry[:80])!r}: {exc}"
+        return ("", "", StartResult.BAD, why, None, None, 0)
 
 
 class StepCalls(ScriptsBase):

@@ -12,6 +12,7 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 import sessionq.worker.loop
+import sessionq.worker.prepare
 import tests.tasks  # noqa: F401 - registers the @task functions
 from sessionq.common import codec
 from sessionq.common.keys import Keys
@@ -336,7 +337,7 @@ def test_a_stop_that_comes_while_the_run_is_set_up_is_not_lost(
 
     [sid] = client.create("late-stop", **spec)
     w = SessionWorker(settings, allow_commands=True)
-    real = sessionq.worker.loop.parse_meta  # type: ignore[attr-defined]  # its import, patched
+    real = sessionq.worker.prepare.parse_meta  # type: ignore[attr-defined]  # its import, patched
 
     def parse_meta_then_stop(raw: bytes) -> dict[str, Any]:
         if how == "stop":
@@ -345,7 +346,7 @@ def test_a_stop_that_comes_while_the_run_is_set_up_is_not_lost(
             w.stop_now("shutdown")  # as the SIGINT handler
         return real(raw)
 
-    monkeypatch.setattr(sessionq.worker.loop, "parse_meta", parse_meta_then_stop)
+    monkeypatch.setattr(sessionq.worker.prepare, "parse_meta", parse_meta_then_stop)
     w.work(burst=True)
     [record] = client.info(sid)
     assert record["tasks"][outcome] == 1 and record["tasks"]["succeeded"] == 0

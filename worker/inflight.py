@@ -1,0 +1,280 @@
+"""`--max-jobs N`: up to N runs in flight in one worker process - `async def` functions on the
+worker's event loop (a thread of its own), plain functions and commands in a pool of N
+threads - while the main thread steps as with one: each run.lua call finishes what ended and
+claims what there is room for.
+
+A run ends (a timeout, a stop, a cold shutdown) by its CurrentRun: an async run's task is
+cancelled; a command's process group is ended; a plain function on a pool thread sees its
+stop only through current_task().should_stop, and one that does not end within the grace
+period is the watcher's (worker.watch enforce: it records the run and ends the process, for
+its supervisor to start a fresh one). Runs begin in the order of the worker's runs list, so
+the first N started runs there are those in flight (what recover.lua charges if the worker is
+lost)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any, Protocol
+
+from sessionq.common import codec
+from sessionq.common.scripts import Finish, Scripts, WorkerHead
+from sessionq.common.settings import Settings
+from sessionq.common.vocabulary import Outcome
+from sessionq.worker.context import set_current
+from sessionq.worker.current import CurrentRun, StopReason, interrupted
+from sessionq.worker.execute import stored_result
+from sessionq.worker.prepare import Ended, Prepared, encoded, judge, prepare, run_command
+
+log = logging.getLogger(__name__)
+POLL_S = 0.05  # with runs in flight and nothing to claim: look again this often
+Ready = tuple[str, str, Any, Any, Any, int]  # run id, queue, data, sq, timeout, attempt
+
+
+class Host(Protocol):
+    """What the runner needs of its worker (SessionWorker is one)."""
+
+    name: str
+    redis: Any
+    scripts: Scripts
+    settings: Settings
+    allow_commands: bool
+    head: WorkerHead
+    shutting_down: bool
+    hard_stop: bool
+    ready: deque[Ready]
+    take_lock: threading.RLock
+    cancel_ids: dict[str, str]
+    inflight: dict[str, CurrentRun]
+
+    def _claim(self, finishes: list[Finish], claim: int = 0, waits: bool | None = None) -> bool: ...
+
+    def _finish(self, finishes: list[Finish], current: str | None = None) -> None: ...
+
+    def _suspended(self) -> bool: ...
+
+    def wait_idle(self) -> None: ...
+
+    def ended(self, run_id: str, outcome: str, sq: Any) -> None: ...
+
+    def _begin(
+        self, run_id: str, queue: str, timeout: Any, interrupt: Callable[[str], None] | None
+    ) -> CurrentRun: ...
+
+
+class InFlight:
+    """The runs in flight of one worker process, and its main thread's steps."""
+
+    def __init__(self, host: Host, max_jobs: int) -> None:
+        self.host = host
+        self.max_jobs = max_jobs
+        self.running = 0
+        # (finish, sq) of ended runs, put by pool threads and the event loop
+        self.done: queue.SimpleQueue[tuple[Finish, Any]] = queue.SimpleQueue()
+        self._pool: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
+
+    # -- the main thread's step -------------------------------------------------------------
+    def turn(self, burst: bool) -> bool:
+        """One step; False when a burst worker has nothing left (or a stopping one nothing in
+        flight)."""
+        h = self.host
+        if not h.shutting_down and h.ready and self.running < self.max_jobs:
+            spawn: list[tuple[Prepared, Any, float]] = []  # for the loop, in one wake of it
+            while h.ready and self.running < self.max_jobs:
+                self.begin(h.ready.popleft(), spawn)
+            if spawn:
+                self._event_loop().call_soon_threadsafe(self._spawn_all, spawn)
+        finishes = self.collect(0)
+        if h.shutting_down:  # warm: finish what runs, begin and claim nothing
+            if finishes:
+                h._finish(finishes, "")
+            if not self.running:
+                return False
+            finishes = self.collect(POLL_S)
+            if finishes:
+                h._finish(finishes, "")
+            return True
+        room = self.max_jobs - self.running - len(h.ready)
+        if room <= 0:  # full: wait for a run to end, then finish it (and claim, if room)
+            if not finishes:
+                finishes = self.collect(POLL_S)
+            if finishes and h.ready:
+                h._finish(finishes)
+            elif finishes:
+                h._claim(finishes, self.max_jobs - self.running, waits=False)
+            return True
+        if h._claim(finishes, room, waits=not self.running):
+            return True
+        if self.running:  # nothing to claim now: the next end (or a while) brings a look
+            finishes = self.collect(POLL_S)
+            if finishes:
+                h._finish(finishes)  # (claimed with the next step's claim)
+            return True
+        if h._suspended():
+            if burst:
+                return False
+            time.sleep(1)
+            return True
+        if burst:
+            return False
+        h.wait_idle()
+        return True
+
+    def collect(self, timeout: float) -> list[Finish]:
+        """The finishes of runs that ended; waiting up to `timeout` for the first."""
+        out: list[Finish] = []
+        try:
+            item = self.done.get(timeout=timeout) if timeout else self.done.get_nowait()
+        except queue.Empty:
+            return out
+        items = [item]
+        while True:
+            try:
+                items.append(self.done.get_nowait())
+            except queue.Empty:
+                break
+        h = self.host
+        with h.take_lock:
+            for finish, _sq in items:
+                h.inflight.pop(finish[0], None)
+        for finish, sq in items:
+            self.running -= 1
+            h.ended(finish[0], finish[2], sq)
+            out.append(finish)
+        return out
+
+    # -- beginning a run --------------------------------------------------------------------
+    def begin(self, entry: Ready, spawn: list[tuple[Prepared, Any, float]]) -> None:
+        """Begin a ready run: on a pool thread, on the event loop (added to `spawn`, for the
+        caller to hand over), or (cancelled or rejected before it began) ended at once."""
+        h = self.host
+        run_id, queue_name, data, sq, timeout, attempt = entry
+        self.running += 1
+        with h.take_lock:
+            reason = h.cancel_ids.pop(run_id, None)
+            if reason is None:
+                run = h._begin(run_id, queue_name, timeout, None)
+        if reason is not None:  # stopped before its turn came: it never runs
+            self._end(None, run_id, queue_name, sq, 0.0,
+                      (Outcome.CANCELED, codec.encode(f"stopped: {reason}")))  # fmt: skip
+            return
+        started = time.perf_counter()
+        try:
+            if h.hard_stop:
+                raise_shutdown()
+            p = prepare(h, run, data, sq, run.timeout, attempt)
+        except BaseException as exc:  # noqa: BLE001 - the per-run boundary
+            self._end(run, run_id, queue_name, sq, started, judge(run_id, exc, run, run.timeout))
+            return
+        if p.is_async:
+            spawn.append((p, sq, started))
+        else:
+            self._thread_pool().submit(self._call, p, sq, started)
+
+    def _end(
+        self, run: CurrentRun | None, run_id: str, queue_name: str, sq: Any, started: float,
+        ended: Ended,
+    ) -> None:  # fmt: skip
+        """A run ended (any thread): its finish to the main thread, which takes it out of
+        flight (until then it is on the worker's runs list and in `inflight`, ended)."""
+        ms = int((time.perf_counter() - started) * 1000) if started else 0
+        finish = (run_id, queue_name, ended[0], ended[1], ms)
+        if run is not None:
+            run.end(finish)
+        self.done.put((finish, sq))
+
+    # -- a pool thread ------------------------------------------------------------------------
+    def _thread_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.max_jobs, thread_name_prefix="sessionq-run")
+        return self._pool
+
+    def _call(self, p: Prepared, sq: Any, started: float) -> None:
+        run = p.run
+        try:
+            if p.fn is None:
+                ended = run_command(self.host, p, None)
+            else:
+                set_current(p.ctx)
+                try:
+                    result = p.fn(*p.args, **p.kwargs)
+                finally:
+                    set_current(None)
+                if run.reason is not None:  # it returned after its stop or deadline
+                    ended = encoded(interrupted(run.reason, run.timeout))
+                else:
+                    ended = stored_result(run.run_id, p.func, result,
+                                          self.host.settings.result_max_bytes)  # fmt: skip
+        except BaseException as exc:  # noqa: BLE001 - the per-run boundary
+            ended = judge(run.run_id, exc, run, run.timeout)
+        self._end(run, run.run_id, run.queue, sq, started, ended)
+
+    # -- the event loop -----------------------------------------------------------------------
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+            self._loop_thread = threading.Thread(target=self._loop.run_forever,
+                                                 name="sessionq-loop", daemon=True)  # fmt: skip
+            self._loop_thread.start()
+        return self._loop
+
+    def _spawn_all(self, spawn: list[tuple[Prepared, Any, float]]) -> None:
+        """(On the loop) start each async run as a task of its own; a stop cancels it."""
+        loop = self._event_loop()
+        for p, sq, started in spawn:
+            task = loop.create_task(self._run_async(p, sq, started))
+            if p.run.attach_interrupt(partial(_cancel, loop, task)) is not None:
+                task.cancel()  # stopped before it was spawned
+
+    async def _run_async(self, p: Prepared, sq: Any, started: float) -> None:
+        run = p.run
+        assert p.fn is not None
+        timer = None
+        if run.timeout:
+            timer = asyncio.get_running_loop().call_later(run.timeout, run.request_stop,
+                                                          StopReason.TIMEOUT)  # fmt: skip
+        set_current(p.ctx)  # (this task's own context)
+        try:
+            result = await p.fn(*p.args, **p.kwargs)
+            if run.reason is not None:
+                ended = encoded(interrupted(run.reason, run.timeout))
+            else:
+                ended = stored_result(run.run_id, p.func, result,
+                                      self.host.settings.result_max_bytes)  # fmt: skip
+        except asyncio.CancelledError:
+            ended = encoded(interrupted(run.reason or StopReason.SHUTDOWN, run.timeout))
+        except BaseException as exc:  # noqa: BLE001 - the per-run boundary
+            ended = judge(run.run_id, exc, run, run.timeout)
+        finally:
+            if timer is not None:
+                timer.cancel()
+        self._end(run, run.run_id, run.queue, sq, started, ended)
+
+    def close(self) -> None:
+        """After the last run ended: stop the loop and the pool."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            if self._loop_thread is not None:
+                self._loop_thread.join(timeout=5)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _cancel(loop: asyncio.AbstractEventLoop, task: asyncio.Task[None], reason: str) -> None:
+    loop.call_soon_threadsafe(task.cancel)
+
+
+def raise_shutdown() -> None:
+    """SIGINT came as the run was taken up: it does not begin."""
+    from sessionq.worker.execute import RunInterrupted
+
+    raise RunInterrupted(StopReason.SHUTDOWN)
