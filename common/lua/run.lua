@@ -90,16 +90,27 @@ end
 local QK = {}
 for qi = 1, nq do QK[qi] = KB.queue(qi) end
 
--- The run block of a run claimed from queue qi: its keys made by the key builders.
+-- The run block of a run claimed from queue qi: its keys made by the key builders, those of
+-- its session once per session and queue (a batch claims many runs of one session).
+local CB = {}
 local function claimed_block(id, qi)
   local sid = session_of(id)
   local q = QK[qi]
-  return run_block({job = key_job(id), session = key_session(sid), history = key_history(sid),
-    chan = key_events_channel(sid), running = key_session_running(sid),
-    held = key_session_held(sid), started = q.started, finished = q.finished,
-    failed = q.failed, queue = q.list, wake = q.wake,
-    squeue = key_session_queue(sid, AB.queue(qi).name), throttled = key_session_throttled(sid)},
-    sid)
+  CB[qi] = CB[qi] or {}
+  local base = CB[qi][sid]
+  if not base then
+    base = run_block({job = false, session = key_session(sid), history = key_history(sid),
+      chan = key_events_channel(sid), running = key_session_running(sid),
+      held = key_session_held(sid), started = q.started, finished = q.finished,
+      failed = q.failed, queue = q.list, wake = q.wake,
+      squeue = key_session_queue(sid, AB.queue(qi).name),
+      throttled = key_session_throttled(sid)}, sid)
+    CB[qi][sid] = base
+  end
+  local B = {}
+  for name, v in pairs(base) do B[name] = v end
+  B.job = key_job(id)
+  return B
 end
 
 for i = 1, nfin do
