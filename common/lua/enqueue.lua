@@ -353,7 +353,10 @@ for _, B in ipairs(S) do
       redis.call('HINCRBY', B.session, state, n)
     end
   end
-  if #fields > 0 then redis.call('HSET', B.session, unpack(fields)) end
+  if #fields > 0 then
+    redis.call('HSET', B.session, unpack(fields))
+    forget_counts(B)
+  end
 end
 
 -- Hand the first runs queued on queue q to workers waiting idle on it (run.lua lists them):

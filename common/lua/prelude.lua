@@ -209,6 +209,21 @@ end
 -- The states of a run that has not ended: one leaving them may end its session.
 local LIVE = {queued = true, deferred = true, held = true, started = true}
 
+-- The live counts of each session (by its key) as the script's last HINCRBY of each left
+-- them: a count above zero means the session has not ended (end_if_done). Every change of
+-- a live count goes through `move`, but for enqueue's increments and its HSET of a new
+-- session's counts, which forgets them (`forget_counts`).
+G.live = {}
+local function live_count(S, state, n)
+  local known = G.live[S.session]
+  if not known then
+    known = {}
+    G.live[S.session] = known
+  end
+  known[state] = n
+end
+local function forget_counts(S) G.live[S.session] = nil end
+
 -- Move n runs of session S from one state to another (either may be nil). A run leaving
 -- the live states (ended, or dropped from the session) marks its session for maybe_end:
 -- every path a run ends by - a finish, a refusal, a cancel, a recovery - judges its
@@ -218,17 +233,26 @@ local function move(S, from, to, n)
   n = n or 1
   if LIVE[from] and not LIVE[to] then maybe_end(S) end
   if from then
-    redis.call('HINCRBY', S.session, from, -n)
+    local left = redis.call('HINCRBY', S.session, from, -n)
+    if LIVE[from] then live_count(S, from, left) end
     stat(from, -n)
   end
   if to then
-    redis.call('HINCRBY', S.session, to, n)
+    local now = redis.call('HINCRBY', S.session, to, n)
+    if LIVE[to] then live_count(S, to, now) end
     stat(to, n)
   end
 end
 
--- A Running/Pending session with nothing queued, deferred, held or started has ended.
+-- A Running/Pending session with nothing queued, deferred, held or started has ended. A
+-- live count known above zero (see live_count) settles it without reading the session.
 local function end_if_done(S)
+  local known = G.live[S.session]
+  if known then
+    for _, n in pairs(known) do
+      if n > 0 then return nil end
+    end
+  end
   local v = redis.call('HMGET', S.session, 'status', 'queued', 'deferred', 'held', 'started',
     'failed', 'cron')
   S.status = v[1]

@@ -90,18 +90,6 @@ end
 local QK = {}
 for qi = 1, nq do QK[qi] = KB.queue(qi) end
 
--- The run block of a run claimed from queue qi: its keys made by the key builders.
-local function claimed_block(id, qi)
-  local sid = session_of(id)
-  local q = QK[qi]
-  return run_block({job = key_job(id), session = key_session(sid), history = key_history(sid),
-    chan = key_events_channel(sid), running = key_session_running(sid),
-    held = key_session_held(sid), started = q.started, finished = q.finished,
-    failed = q.failed, queue = q.list, wake = q.wake,
-    squeue = key_session_queue(sid, AB.queue(qi).name), throttled = key_session_throttled(sid)},
-    sid)
-end
-
 for i = 1, nfin do
   local f = AB.finish(i)
   local result, terminating, waited_on = finish(run_block(KB.run(i), f.sid), f.id, f.outcome,
@@ -155,86 +143,113 @@ if want > 0 then
     want = 0  -- `rq suspend`: no new run is claimed (nor handed: not listed idle) until resumed
   end
 end
--- Take run `id` from queue qi's line onto our runs list and start it (an operation of the
--- control queue is carried out by the worker itself).
-local function claim(qi, id, B)
-  redis.call('RPUSH', runs, id)
-  reply[#reply + 1] = qi
-  reply[#reply + 1] = id
-  local r = {'op', false, false, false, 0}
-  if qi ~= control then r = start(B or claimed_block(id, qi), id, ME) end
-  if r[1] == 'run' then first = first or id end
-  for _, v in ipairs(r) do reply[#reply + 1] = v end
-end
+-- Claims (only a call that claims, or was handed runs, makes their functions: each closure
+-- costs Redis at every call that makes it)
+if want > 0 or #handed > 0 then
+  -- The run block of a run claimed from queue qi: its keys made by the key builders, those of
+  -- its session once per session and queue (a batch claims many runs of one session).
+  local CB = {}
+  local function claimed_block(id, qi)
+    local sid = session_of(id)
+    local q = QK[qi]
+    CB[qi] = CB[qi] or {}
+    local base = CB[qi][sid]
+    if not base then
+      base = run_block({job = false, session = key_session(sid), history = key_history(sid),
+        chan = key_events_channel(sid), running = key_session_running(sid),
+        held = key_session_held(sid), started = q.started, finished = q.finished,
+        failed = q.failed, queue = q.list, wake = q.wake,
+        squeue = key_session_queue(sid, AB.queue(qi).name),
+        throttled = key_session_throttled(sid)}, sid)
+      CB[qi][sid] = base
+    end
+    local B = {}
+    for name, v in pairs(base) do B[name] = v end
+    B.job = key_job(id)
+    return B
+  end
 
--- Claim up to `want` runs from queue qi's line, sessions in turn (fair share, prelude): the
--- session of each run taken puts its next waiting run at the back of the line; a session
--- alone in the line gives a batch at once - at most a quarter of what it has waiting (at
--- least one), so that the last runs of a queue spread over idle workers. A session at its
--- max_running leaves the line until one of its runs ends. Returns how many were taken.
-local function claim_from(qi, want)
-  local q = QK[qi]
-  local got = 0
-  while got < want do
-    local id = redis.call('LPOP', q.list)
-    if not id then break end
-    if qi == control then
-      claim(qi, id, nil)
-      got = got + 1
-    else
-      local B = claimed_block(id, qi)
-      local S = sess(B)
-      S.status = S.status or redis.call('HGET', S.session, 'status')
-      local batch = {id}
-      if S.status then  -- (a destroyed session's leftover entry is taken, and skipped)
-        local left = room(S)
-        local inline = redis.call('HINCRBY', S.session, line_field(B), -1)
-        if inline < 0 then
-          -- put in the line by someone else (`rq requeue` pushes a job id there itself)
-          redis.call('HSET', S.session, line_field(B), 0)
-          inline = 0
-        end
-        if left ~= nil and left <= 0 then
-          redis.call('LPUSH', B.squeue, id)
-          if inline <= 0 then redis.call('SADD', B.throttled, throttle_entry(B)) end
-          batch = {}
-        elseif inline <= 0 then
-          local more = want - got - 1
-          if left ~= nil then more = math.min(more, left - 1) end
-          if more > 0 and redis.call('LLEN', q.list) == 0 then
-            local waiting = redis.call('LLEN', B.squeue)
-            more = math.min(more, math.floor((waiting + 1) / 4) - 1)
-            if more > 0 then
-              for _, x in ipairs(redis.call('LPOP', B.squeue, more)) do batch[#batch + 1] = x end
+  -- Take run `id` from queue qi's line onto our runs list and start it (an operation of the
+  -- control queue is carried out by the worker itself).
+  local function claim(qi, id, B)
+    redis.call('RPUSH', runs, id)
+    reply[#reply + 1] = qi
+    reply[#reply + 1] = id
+    local r = {'op', false, false, false, 0}
+    if qi ~= control then r = start(B or claimed_block(id, qi), id, ME) end
+    if r[1] == 'run' then first = first or id end
+    for _, v in ipairs(r) do reply[#reply + 1] = v end
+  end
+
+  -- Claim up to `want` runs from queue qi's line, sessions in turn (fair share, prelude): the
+  -- session of each run taken puts its next waiting run at the back of the line; a session
+  -- alone in the line gives a batch at once - at most a quarter of what it has waiting (at
+  -- least one), so that the last runs of a queue spread over idle workers. A session at its
+  -- max_running leaves the line until one of its runs ends. Returns how many were taken.
+  local function claim_from(qi, want)
+    local q = QK[qi]
+    local got = 0
+    while got < want do
+      local id = redis.call('LPOP', q.list)
+      if not id then break end
+      if qi == control then
+        claim(qi, id, nil)
+        got = got + 1
+      else
+        local B = claimed_block(id, qi)
+        local S = sess(B)
+        S.status = S.status or redis.call('HGET', S.session, 'status')
+        local batch = {id}
+        if S.status then  -- (a destroyed session's leftover entry is taken, and skipped)
+          local left = room(S)
+          local inline = redis.call('HINCRBY', S.session, line_field(B), -1)
+          if inline < 0 then
+            -- put in the line by someone else (`rq requeue` pushes a job id there itself)
+            redis.call('HSET', S.session, line_field(B), 0)
+            inline = 0
+          end
+          if left ~= nil and left <= 0 then
+            redis.call('LPUSH', B.squeue, id)
+            if inline <= 0 then redis.call('SADD', B.throttled, throttle_entry(B)) end
+            batch = {}
+          elseif inline <= 0 then
+            local more = want - got - 1
+            if left ~= nil then more = math.min(more, left - 1) end
+            if more > 0 and redis.call('LLEN', q.list) == 0 then
+              local waiting = redis.call('LLEN', B.squeue)
+              more = math.min(more, math.floor((waiting + 1) / 4) - 1)
+              if more > 0 then
+                for _, x in ipairs(redis.call('LPOP', B.squeue, more)) do batch[#batch + 1] = x end
+              end
+            end
+            local nxt = redis.call('LPOP', B.squeue)
+            if nxt then
+              redis.call('RPUSH', q.list, nxt)
+              redis.call('HINCRBY', S.session, line_field(B), 1)
             end
           end
-          local nxt = redis.call('LPOP', B.squeue)
-          if nxt then
-            redis.call('RPUSH', q.list, nxt)
-            redis.call('HINCRBY', S.session, line_field(B), 1)
-          end
         end
+        for i, rid in ipairs(batch) do
+          claim(qi, rid, i == 1 and B or nil)
+          got = got + 1
+        end
+        if #batch > 0 then redis.call('HINCRBY', G.depths, q.list, -#batch) end
       end
-      for i, rid in ipairs(batch) do
-        claim(qi, rid, i == 1 and B or nil)
-        got = got + 1
-      end
-      if #batch > 0 then redis.call('HINCRBY', G.depths, q.list, -#batch) end
     end
+    return got
   end
-  return got
-end
 
-for qi = 1, nq do
-  local q = QK[qi]
-  if want <= 0 and #handed == 0 then break end
-  -- (when the inbox filled the batch, queues are only looked at: a wake this worker took
-  -- is passed on)
-  if want > 0 then want = want - claim_from(qi, want) end
-  if redis.call('LLEN', q.list) > 0 then
-    -- more is waiting: wake the next idle worker too
-    redis.call('LPUSH', q.wake, '1')
-    redis.call('LTRIM', q.wake, 0, 0)
+  for qi = 1, nq do
+    local q = QK[qi]
+    if want <= 0 and #handed == 0 then break end
+    -- (when the inbox filled the batch, queues are only looked at: a wake this worker took
+    -- is passed on)
+    if want > 0 then want = want - claim_from(qi, want) end
+    if redis.call('LLEN', q.list) > 0 then
+      -- more is waiting: wake the next idle worker too
+      redis.call('LPUSH', q.wake, '1')
+      redis.call('LTRIM', q.wake, 0, 0)
+    end
   end
 end
 if waits and want == nclaim then
