@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import platform
 import statistics
@@ -29,11 +30,12 @@ from typing import Any
 
 from redis import Redis
 
+from bench import field
 from bench.measure import ROOT, child_env
+from bench.plan import RQ, SQ, Step, Variant
 from sessionq.common.redisserver import RedisServer
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SQ, RQ = "sessionq", "rq"
 FULL_SIZES = {
     "single": 2_000,  # create / enqueue calls, one run each
     "batch": 10_000,  # runs enqueued in one call
@@ -62,21 +64,6 @@ CHILD_TIMEOUT_S = 900
 
 
 # -- what to run -----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Variant:
-    system: str  # SQ or RQ
-    measurement: str  # a bench.measure name
-    args: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Step:
-    """One measurement of each system, run back to back (sessionq first) in every round."""
-
-    name: str
-    variants: tuple[Variant, ...]
-
-
 def steps(sizes: dict[str, int]) -> list[Step]:
     def n(key: str) -> str:
         return str(sizes[key])
@@ -210,10 +197,11 @@ class MeasurementFailed(RuntimeError):
     pass
 
 
-def run_child(variant: Variant, url: str) -> dict[str, Any]:
-    """Run one measurement process; its {"figures": ..., "detail": ...}."""
-    cmd = [sys.executable, "-m", "bench.measure", variant.measurement, "--url", url,
-           *variant.args]  # fmt: skip
+def run_child(variant: Variant, url: str, python: Path | None = None) -> dict[str, Any]:
+    """Run one measurement process (in `python`, default this one); its {"figures": ...,
+    "detail": ...}."""
+    cmd = [str(python or sys.executable), "-m", variant.module, variant.measurement, "--url",
+           url, *variant.args]  # fmt: skip
     try:
         proc = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True,
                               timeout=CHILD_TIMEOUT_S)  # fmt: skip
@@ -230,10 +218,17 @@ def run_child(variant: Variant, url: str) -> dict[str, Any]:
     return result
 
 
+def redis_cpu_s(redis: Redis) -> float:
+    info = redis.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
 def run_rounds(
-    url: str, plan: list[Step], rounds: int
+    url: str, plan: list[Step], rounds: int, pythons: dict[str, Path] | None = None
 ) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """raw[step][system] = one result per round; FLUSHALL before every measurement."""
+    """raw[step][system] = one result per round; FLUSHALL before every measurement. A failed
+    measurement of another queue (not sessionq's or RQ's) is recorded as {"failed": why}."""
+    pythons = pythons or {}
     raw: dict[str, dict[str, list[dict[str, Any]]]] = {
         step.name: {v.system: [] for v in step.variants} for step in plan
     }
@@ -244,7 +239,19 @@ def run_rounds(
                 for variant in step.variants:
                     redis.flushall()
                     started = time.perf_counter()
-                    result = run_child(variant, url)
+                    cpu = redis_cpu_s(redis)
+                    try:
+                        result = run_child(variant, url, pythons.get(variant.system))
+                    except MeasurementFailed as exc:
+                        if variant.system in (SQ, RQ):
+                            raise
+                        log(f"round {number}/{rounds} {step.name:<17} {variant.system:<8} "
+                            f"failed: {exc}")  # fmt: skip
+                        raw[step.name][variant.system].append({"failed": str(exc)})
+                        continue
+                    if step.cpu_runs:
+                        used = redis_cpu_s(redis) - cpu
+                        result["figures"]["redis_cpu_us_per_run"] = used / step.cpu_runs * 1e6
                     raw[step.name][variant.system].append(result)
                     took = time.perf_counter() - started
                     log(f"round {number}/{rounds} {step.name:<17} {variant.system:<8} "
@@ -266,10 +273,10 @@ def log(message: str) -> None:
 # -- summarising -----------------------------------------------------------------------------
 def series(
     raw: dict[str, dict[str, list[dict[str, Any]]]], where: tuple[str, str], system: str
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     step, figure = where
-    values = [float(r["figures"][figure]) for r in raw[step][system]]
-    return {"median": statistics.median(values), "rounds": values}
+    values = [float(r["figures"][figure]) for r in raw.get(step, {}).get(system, [])]
+    return {"median": statistics.median(values), "rounds": values} if values else None
 
 
 def summarise(
@@ -278,6 +285,8 @@ def summarise(
     out: dict[str, dict[str, Any]] = {}
     for m in METRICS:
         sq = series(raw, m.sq, SQ)
+        if sq is None:  # sessionq not among --systems
+            continue
         rq = series(raw, m.rq, RQ) if m.rq else None
         ratio = sq["median"] / rq["median"] if rq and rq["median"] else None
         out[m.name] = {
@@ -293,6 +302,11 @@ def number(value: float, unit: str) -> str:
     if unit == "ms":
         return f"{value:.2f}" if value < 100 else f"{value:,.0f}"
     return f"{value:.2f}"
+
+
+def sq_median(raw: dict[str, dict[str, list[dict[str, Any]]]], step: str, figure: str) -> float:
+    values = [r["figures"][figure] for r in raw.get(step, {}).get(SQ, [])]
+    return statistics.median(values) if values else math.nan
 
 
 def table(
@@ -321,15 +335,9 @@ def table(
         return "  ".join([first, *rest]).rstrip()
 
     sizes = meta["sizes"]
-    cpu = statistics.median(
-        r["figures"]["listener_cpu_us_per_delivery"] for r in raw["events_many"][SQ]
-    )
-    async_cpu = statistics.median(
-        r["figures"]["listener_cpu_us_per_delivery"] for r in raw["events_many_async"][SQ]
-    )
-    floor_cpu = statistics.median(
-        r["figures"]["cpu_us_per_delivery"] for r in raw["fanout_floor"][SQ]
-    )
+    cpu = sq_median(raw, "events_many", "listener_cpu_us_per_delivery")
+    async_cpu = sq_median(raw, "events_many_async", "listener_cpu_us_per_delivery")
+    floor_cpu = sq_median(raw, "fanout_floor", "cpu_us_per_delivery")
     intro = [
         f"nproc {machine['nproc']}, Python {machine['python']}, redis-server "
         f"{machine['redis_server']}, redis-py {machine['redis_py']}, rq {machine['rq']}; "
@@ -425,41 +433,64 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="PATH",
         help="where to write all figures (default bench/results/<UTC>.json)",
     )
+    parser.add_argument(
+        "--systems",
+        default=",".join(field.ALL_SYSTEMS),
+        help="comma-separated rows to measure, of " + ",".join(field.ALL_SYSTEMS) + " (default: "
+        "all; Huey, SAQ and arq each run in a venv of their own, bench/.venvs/, made on first "
+        "use with pip)",
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    args.systems = tuple(s.strip().lower() for s in args.systems.split(",") if s.strip())
+    unknown = sorted(set(args.systems) - set(field.ALL_SYSTEMS))
+    if unknown or not args.systems:
+        parser.error(f"--systems: unknown {', '.join(unknown) or 'empty list'}; "
+                     f"choose from {','.join(field.ALL_SYSTEMS)}")  # fmt: skip
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    sizes = QUICK_SIZES if args.quick else FULL_SIZES
+    sizes = (
+        {**QUICK_SIZES, **field.QUICK_SIZES} if args.quick else {**FULL_SIZES, **field.FULL_SIZES}
+    )
     now = dt.datetime.now(dt.UTC)
     path = args.json or RESULTS_DIR / f"{now.strftime('%Y%m%dT%H%M%SZ')}.json"
     started = time.perf_counter()
+    pythons, missing = field.prepare(args.systems, log)
+    plan = field.extend(steps(sizes), sizes, args.systems, missing)
     server = RedisServer().start()
     try:
         machine = machine_info(server.url)
-        raw = run_rounds(server.url, steps(sizes), args.rounds)
+        raw = run_rounds(server.url, plan, args.rounds, pythons)
     except MeasurementFailed as exc:
         log(f"bench.compare: a measurement failed: {exc}")
         return 1
     finally:
         server.stop()
     machine["loadavg_end"] = list(os.getloadavg())
-    meta = {"quick": args.quick, "rounds": args.rounds, "sizes": sizes}
+    meta = {"quick": args.quick, "rounds": args.rounds, "sizes": sizes,
+            "systems": list(args.systems)}  # fmt: skip
     metrics = summarise(raw, sizes)
+    rows = field.summarise(raw, sizes, missing)
+    versions = field.versions(args.systems)
     report = {
         "created_utc": now.isoformat(timespec="seconds"),
         **meta,
         "machine": machine,
         "elapsed_s": time.perf_counter() - started,
         "metrics": metrics,
+        "field": rows,
+        "versions": versions,
         "raw": raw,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(table(metrics, machine, meta, raw))
+    print()
+    print(field.table(rows, args.systems, versions, sizes))
     print(f"\nAll figures: {path} ({report['elapsed_s']:.0f}s)")
     return 0
 

@@ -125,9 +125,11 @@ def used_memory(url: str) -> int:
 
 # -- sessionq ----------------------------------------------------------------------------------
 def sq_settings(url: str) -> Any:
+    """Only SESSIONQ_WAIT_REPLICAS is taken from the environment (bench.waitcost sets it)."""
     from sessionq.common.settings import Settings
 
-    return Settings.from_env(url, environ={}, user=USER)
+    environ = {k: v for k, v in os.environ.items() if k == "SESSIONQ_WAIT_REPLICAS"}
+    return Settings.from_env(url, environ=environ, user=USER)
 
 
 def sq_client(url: str) -> Any:

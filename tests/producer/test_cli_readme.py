@@ -48,6 +48,20 @@ NOT_RUN = {
     "mypy && pytest": "runs this very suite again (CI does, against redis-py 5.3.0)",
     "PIP_CONSTRAINT=$PWD/.ci/constraints.txt pip install redis": "replaces redis-py in the "
     "environment running this suite",
+    "python -m bench.compare --systems sessionq,rq": "tests/test_bench_smoke.py runs it with "
+    "--quick",
+    "python -m bench.waitcost": "takes minutes (a master, a replica, 60,000 runs)",
+    # the exact commands of the fault figures: minutes each; test_bench_soak runs tiny ones
+    "python -m bench.soak --fault failover --runs 10000 --workers 2 --faults 3 --wait-replicas "
+    "0,1 --seed 17": "takes minutes",
+    "python -m bench.soak --fault failover --runs 10000 --workers 2 --faults 0 --wait-replicas "
+    "0,1 --seed 17": "takes minutes",
+    "python -m bench.soak --fault freeze --runs 20000 --workers 4 --faults 3 --seed 5": "takes "
+    "minutes",
+    "python -m bench.soak --fault oom --runs 20000 --workers 4 --faults 3 --seed 9": "takes "
+    "minutes",
+    "python -m bench.soak --fault freeze --runs 5000 --workers 4 --faults 3 --fault-s 20 "
+    "--slow-share 0.3 --slow-s 0.5 --seed 23": "takes minutes",
 }
 # long-running commands: checked by --help (their own tests run them)
 HELP_ONLY = {
