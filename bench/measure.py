@@ -27,8 +27,6 @@ from typing import Any, cast
 
 from redis import Redis
 
-from sessionq.common.connection import sync_reply
-
 ROOT = Path(__file__).resolve().parent.parent
 USER = "bench"
 SQ_TASK = "bench.tasks:noop"
@@ -106,10 +104,17 @@ def latency_figures(samples_s: Sequence[float]) -> Figures:
     }
 
 
+def info(r: Redis, section: str) -> dict[str, Any]:
+    """One INFO section. (sessionq.common.connection.sync_reply types such replies for the
+    package; the other queues' drivers import this module in venvs without sessionq.)"""
+    reply: dict[str, Any] | Any = r.info(section)  # redis-py 5.3: Awaitable | Any
+    return dict(reply)
+
+
 def command_stats(r: Redis) -> dict[str, int]:
     """Calls per command since CONFIG RESETSTAT, less our own CONFIG and INFO. Redis 7
     counts the commands a Lua script runs as well as the EVALSHA that ran them."""
-    stats = sync_reply(r.info("commandstats"))
+    stats = info(r, "commandstats")
     calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
     return {k: v for k, v in calls.items() if not k.startswith(("config", "info"))}
 
@@ -118,7 +123,7 @@ def used_memory(url: str) -> int:
     """used_memory read on a fresh connection (so no client buffer of ours is in it)."""
     r = Redis.from_url(url)
     try:
-        return int(sync_reply(r.info("memory"))["used_memory"])
+        return int(info(r, "memory")["used_memory"])
     finally:
         r.close()
 
@@ -523,14 +528,14 @@ def sq_memory(args: argparse.Namespace) -> Figures:
 
 def redis_cpu_s(r: Redis) -> float:
     """Redis's CPU seconds so far (INFO cpu: user + system, every thread)."""
-    cpu = sync_reply(r.info("cpu"))
+    cpu = info(r, "cpu")
     return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
 
 
 def evalsha_usec(r: Redis) -> int:
     """Microseconds Redis spent in EVALSHA since CONFIG RESETSTAT (the commands a script
     runs included)."""
-    stats = sync_reply(r.info("commandstats")).get("cmdstat_evalsha")
+    stats = info(r, "commandstats").get("cmdstat_evalsha")
     return int(stats["usec"]) if stats else 0
 
 
@@ -557,7 +562,7 @@ def sq_redis_cpu(args: argparse.Namespace) -> Figures:
     elapsed = run_workers("sq_worker", args)
     cpu2 = redis_cpu_s(r)
     drain_usec = evalsha_usec(r) - enqueue_usec
-    done = int(sync_reply(r.hget(c.keys.run_counts(), "succeeded")) or 0)
+    done = int(c.redis.hget(c.keys.run_counts(), "succeeded") or 0)
     idle0 = redis_cpu_s(r)
     time.sleep(1.0)
     idle_per_s = redis_cpu_s(r) - idle0

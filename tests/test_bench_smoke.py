@@ -97,3 +97,14 @@ def test_the_profile_command_drains_its_runs_and_prints_the_worker_s_call_tree()
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("drained 300 runs in ")
     assert "SessionWorker.work" in proc.stdout and "SessionWorker._execute" in proc.stdout
+
+
+def test_the_other_queues_drivers_import_without_sessionq() -> None:
+    """Huey's, SAQ's and arq's drivers run in venvs where sessionq is not installed: what they
+    import of bench must not need it."""
+    code = ("import sys; sys.modules['sessionq'] = None; "
+            "import bench.foreign.common")  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_REDIS_URL": "redis://127.0.0.1:1/0"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
