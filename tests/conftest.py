@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from redis import Redis
 
+from sessionq.common.clusterserver import RedisClusterServer
 from sessionq.common.keys import Keys
 from sessionq.common.redisserver import RedisServer
 from sessionq.common.settings import Settings
@@ -59,6 +60,17 @@ def redis_url() -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServer]:
+    """A 3-master Redis Cluster on loopback, started the first time a test asks for it (the
+    `cluster` marker names such tests) and ended with the session."""
+    cluster = RedisClusterServer(masters=3).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture
