@@ -36,6 +36,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from sessionq.common.scripts.transport import pool_of
 from sessionq.producer.routing import Heartbeat, Member, Routes, again, identity
 
 log = logging.getLogger(__name__)
@@ -106,10 +107,11 @@ async def subscribe(
     """A subscription to `channels` on this loop's hub of `redis`'s server, once Redis
     confirmed it; raises the connection error when the hub cannot connect."""
     sub = Subscription(channels, wants)
-    slot = (asyncio.get_running_loop(), identity(redis.connection_pool))
+    pool = await pool_of(redis, channels[0] if channels else "")
+    slot = (asyncio.get_running_loop(), identity(pool))
     hub = _hubs.get(slot)
     if hub is None:
-        hub = _hubs[slot] = _Hub(slot, redis.connection_pool)
+        hub = _hubs[slot] = _Hub(slot, pool)
     hub.attach(sub)
     try:
         await sub.ready.wait()

@@ -45,6 +45,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from sessionq.common.scripts.transport import server_of
 from sessionq.producer.routing import Heartbeat, Member, Routes, again, identity
 
 log = logging.getLogger(__name__)
@@ -97,11 +98,12 @@ def subscribe(
     """A subscription to `channels` on the hub of `redis`'s server, once Redis confirmed it;
     raises the connection error when the hub cannot connect."""
     sub = Subscription(channels, wants)
-    key = identity(redis.connection_pool)
+    pool = server_of(redis, channels[0] if channels else None).connection_pool
+    key = identity(pool)
     with _registry_lock:
         hub = _hubs.get(key)
         if hub is None:
-            hub = _Hub(key, redis.connection_pool)
+            hub = _Hub(key, pool)
             _hubs[key] = hub
             hub.start()
         hub.attached += 1
