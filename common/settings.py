@@ -26,7 +26,14 @@ _INT_KNOBS = {
     "destroyed_history_ttl_s": "SESSIONQ_DESTROYED_HISTORY_TTL_S",
     "result_max_bytes": "SESSIONQ_RESULT_MAX_BYTES",
 }
-_ZERO_KNOBS = {"wait_replicas": "SESSIONQ_WAIT_REPLICAS"}  # 0 allowed: off
+_ZERO_KNOBS = {  # 0 allowed: off, or the default
+    "wait_replicas": "SESSIONQ_WAIT_REPLICAS",
+    "partitions": "SESSIONQ_PARTITIONS",
+}
+# partitions of a namespace on a Redis Cluster unless SESSIONQ_PARTITIONS says (SPEC §9)
+CLUSTER_PARTITIONS = 64
+MAX_PARTITIONS = 256  # a session id's first byte names its partition (keys.Layout)
+CLUSTER_URL_SUFFIX = "+cluster"  # redis+cluster://, rediss+cluster://
 MAX_WAIT_REPLICAS = 64
 _FLOAT_KNOBS = {
     "wait_timeout_s": "SESSIONQ_WAIT_TIMEOUT_S",
@@ -89,6 +96,10 @@ class Settings:
     # A session made by create() is removed, with everything under it (its history too),
     # this long after it ended (SPEC §9 Retention); persistent ones: SessionConfig.retention_s.
     retention_s: float = 604800.0
+    # The namespace's partitions (SESSIONQ_PARTITIONS, a power of two up to 256): each a hash
+    # tag, so that a session and everything of it live in one cluster slot (keys.Layout).
+    # 0: CLUSTER_PARTITIONS on a Redis Cluster, 1 (today's key names, no tag) on one Redis.
+    partitions: int = 0
 
     def __post_init__(self) -> None:
         if not PREFIX_RE.fullmatch(self.prefix):
@@ -103,6 +114,23 @@ class Settings:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
         if self.heartbeat_ttl_s <= 2 * self.heartbeat_interval_s:
             raise ConfigError("heartbeat_ttl_s must exceed twice heartbeat_interval_s")
+        count = self.partitions
+        if not 0 <= count <= MAX_PARTITIONS or count & (count - 1):
+            raise ConfigError(f"partitions must be a power of two up to {MAX_PARTITIONS} "
+                              f"(or 0: the default), got {count!r}")  # fmt: skip
+        if self.partition_count > 1 and ("{" in self.prefix or "}" in self.prefix):
+            raise ConfigError(f"prefix {self.prefix!r}: no {{ }} with partitions: each "
+                              "partition is a hash tag of its own")  # fmt: skip
+
+    @property
+    def clustered(self) -> bool:
+        """Is the URL a Redis Cluster's (redis+cluster://, rediss+cluster://)?"""
+        return self.url.partition("://")[0].lower().endswith(CLUSTER_URL_SUFFIX)
+
+    @property
+    def partition_count(self) -> int:
+        """How many partitions the namespace has (see `partitions`)."""
+        return self.partitions or (CLUSTER_PARTITIONS if self.clustered else 1)
 
     @property
     def heartbeat_late_s(self) -> float:
