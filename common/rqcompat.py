@@ -46,9 +46,10 @@ class RQKeys:
         self._job_prefix = Job.redis_job_namespace_prefix
         self._queue_prefix = Queue.redis_queue_namespace_prefix
         self.queues_set = Queue.redis_queues_keys
-        self._started = StartedJobRegistry.key_template
-        self._finished = FinishedJobRegistry.key_template
-        self._failed = FailedJobRegistry.key_template
+        # a registry's key around its queue's name (RQ's templates escape a prefix's braces)
+        self._started = StartedJobRegistry.key_template.format("\0")
+        self._finished = FinishedJobRegistry.key_template.format("\0")
+        self._failed = FailedJobRegistry.key_template.format("\0")
         self._worker_prefix = Worker.redis_worker_namespace_prefix
         self.workers_set = Worker.redis_workers_keys
         from rq.command import PUBSUB_CHANNEL_TEMPLATE
@@ -75,13 +76,13 @@ class RQKeys:
         return f"{self._queue_prefix}{name}"
 
     def started(self, queue: str) -> str:
-        return str(self._started).replace("{0}", queue)  # (a partition's prefix has braces)
+        return self._started.replace("\0", queue)
 
     def finished(self, queue: str) -> str:
-        return str(self._finished).replace("{0}", queue)  # (a partition's prefix has braces)
+        return self._finished.replace("\0", queue)
 
     def failed(self, queue: str) -> str:
-        return str(self._failed).replace("{0}", queue)  # (a partition's prefix has braces)
+        return self._failed.replace("\0", queue)
 
     def worker(self, name: str) -> str:
         return f"{self._worker_prefix}{name}"

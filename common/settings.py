@@ -30,8 +30,13 @@ _ZERO_KNOBS = {  # 0 allowed: off, or the default
     "wait_replicas": "SESSIONQ_WAIT_REPLICAS",
     "partitions": "SESSIONQ_PARTITIONS",
 }
-# partitions of a namespace on a Redis Cluster unless SESSIONQ_PARTITIONS says (SPEC §9)
-CLUSTER_PARTITIONS = 64
+# partitions of a namespace on a Redis Cluster unless SESSIONQ_PARTITIONS says (SPEC §9):
+# one for now - the namespace in one slot, under a hash-tagged prefix - until the operations
+# run partitioned (issue 19: the layout, keys.Layout, is ready)
+CLUSTER_PARTITIONS = 1
+# the default prefix on a Redis Cluster with one partition: a hash tag keeps it in one slot
+ONE_SLOT_PREFIX = "{sq}:"
+HASH_TAG_RE = re.compile(r"[^{]*\{[^}]+\}")
 MAX_PARTITIONS = 256  # a session id's first byte names its partition (keys.Layout)
 CLUSTER_URL_SUFFIX = "+cluster"  # redis+cluster://, rediss+cluster://
 MAX_WAIT_REPLICAS = 64
@@ -45,6 +50,11 @@ _FLOAT_KNOBS = {
     "retry_budget_s": "SESSIONQ_RETRY_BUDGET_S",
     "retention_s": "SESSIONQ_RETENTION_S",
 }
+
+
+def is_cluster_url(url: str) -> bool:
+    """Is `url` a Redis Cluster's (redis+cluster://, rediss+cluster://)?"""
+    return url.partition("://")[0].lower().endswith(CLUSTER_URL_SUFFIX)
 
 
 def _os_user() -> str:
@@ -121,11 +131,14 @@ class Settings:
         if self.partition_count > 1 and ("{" in self.prefix or "}" in self.prefix):
             raise ConfigError(f"prefix {self.prefix!r}: no {{ }} with partitions: each "
                               "partition is a hash tag of its own")  # fmt: skip
+        if self.clustered and self.partition_count == 1 and not HASH_TAG_RE.match(self.prefix):
+            raise ConfigError(f"prefix {self.prefix!r}: on a Redis Cluster with one partition "
+                              f"the prefix needs a hash tag, e.g. {ONE_SLOT_PREFIX!r}")  # fmt: skip
 
     @property
     def clustered(self) -> bool:
         """Is the URL a Redis Cluster's (redis+cluster://, rediss+cluster://)?"""
-        return self.url.partition("://")[0].lower().endswith(CLUSTER_URL_SUFFIX)
+        return is_cluster_url(self.url)
 
     @property
     def partition_count(self) -> int:
@@ -187,6 +200,10 @@ class Settings:
                     except ValueError as exc:
                         raise ConfigError(f"{var}={env[var]!r} is not a number") from exc
         values.update(overrides)
+        chosen = prefix or env.get("SESSIONQ_PREFIX") or overrides.get("prefix")
+        one_slot = (values.get("partitions") or CLUSTER_PARTITIONS) == 1
+        if not chosen and one_slot and is_cluster_url(values["url"]):
+            values["prefix"] = ONE_SLOT_PREFIX
         return cls(**values)
 
     def for_worker(self) -> Settings:

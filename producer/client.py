@@ -34,6 +34,7 @@ from sessionq.common.keys import Keys
 from sessionq.common.models import RunSpec, TaskState
 from sessionq.common.rqcompat import load_rq
 from sessionq.common.scripts import Scripts
+from sessionq.common.scripts.transport import server_of
 from sessionq.common.sessionconfig import SessionConfig
 from sessionq.common.settings import Settings
 from sessionq.producer import control, persistent, plans
@@ -337,7 +338,8 @@ class Client:
             elif isinstance(step, Transaction):
                 reply = self._transaction(step)
             else:
-                reply = step.queue_on(self.redis.pipeline(transaction=False)).execute()
+                pipe = server_of(self.redis, step.route).pipeline(transaction=False)
+                reply = step.queue_on(pipe).execute()
 
     def _script_call(self, step: ScriptCall) -> Any:
         """A plan's script call, sent again (with backoff, within SESSIONQ_RETRY_BUDGET_S)
@@ -357,7 +359,7 @@ class Client:
     def _transaction(self, step: Transaction) -> list[Any]:
         replies: list[Any] = []
         for attempt in range(2):
-            pipe = self.redis.pipeline(transaction=True)
+            pipe = server_of(self.redis, step.route).pipeline(transaction=True)
             for item in step.items:
                 if isinstance(item, ScriptCall):
                     self.scripts.call(item.name, item.keys, item.args, client=pipe)

@@ -9,14 +9,16 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from redis import Redis
+from redis.cluster import RedisCluster
 
 from sessionq.common.clusterserver import RedisClusterServer
 from sessionq.common.keys import Keys
 from sessionq.common.redisserver import RedisServer
+from sessionq.common.scripts.transport import server_of
 from sessionq.common.settings import Settings
 from sessionq.producer import Client
 
@@ -49,13 +51,19 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "c
         time.sleep(0.02)
 
 
+# SESSIONQ_TEST_TARGET=cluster: the suite against a 3-master Redis Cluster (redis+cluster://;
+# its namespace in one slot for now: settings.ONE_SLOT_PREFIX) - its second target
+ON_CLUSTER = os.environ.get("SESSIONQ_TEST_TARGET", "redis") == "cluster"
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     url = os.environ.get("SESSIONQ_TEST_URL")
     if url:
         yield url
         return
-    server = RedisServer().start()
+    server: RedisServer | RedisClusterServer = RedisClusterServer() if ON_CLUSTER else RedisServer()
+    server.start()
     try:
         yield server.url
     finally:
@@ -73,10 +81,34 @@ def redis_cluster() -> Iterator[RedisClusterServer]:
         cluster.stop()
 
 
+def plain_client(url: str) -> Redis:
+    """A redis-py client of `url` (for a cluster URL a RedisCluster, typed as a Redis)."""
+    if ON_CLUSTER and url.startswith("redis+cluster://"):
+        first = url.removeprefix("redis+cluster://").split(",")[0]
+        return cast("Redis", RedisCluster.from_url(f"redis://{first}"))
+    return Redis.from_url(url)
+
+
+def home(redis: Redis, key: str) -> Redis:
+    """The client of the one server holding `key` (on a cluster: its slot's master; every key
+    of the namespace is in one slot there for now), for what asks one server (CLIENT LIST,
+    PUBSUB NUMSUB, its connection class)."""
+    return server_of(redis, key)
+
+
+def home_url(redis: Redis, key: str) -> str:
+    """A redis:// URL of home(redis, key), for tools that take one server (rq info)."""
+    options = home(redis, key).connection_pool.connection_kwargs
+    return f"redis://{options['host']}:{options['port']}/0"
+
+
 @pytest.fixture
 def redis(redis_url: str) -> Iterator[Redis]:
-    client = Redis.from_url(redis_url)
-    client.flushdb()
+    client = plain_client(redis_url)
+    if isinstance(client, RedisCluster):
+        client.flushdb(target_nodes=RedisCluster.PRIMARIES)
+    else:
+        client.flushdb()
     yield client
     client.close()
 

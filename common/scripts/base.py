@@ -151,7 +151,12 @@ class ScriptsBase:
         return await transport.call_async(redis, self._script[name], keys, args, self.durability)
 
     def ensure_loaded(self) -> None:
-        """Load every script now (one round trip), for pipelines that call EVALSHA."""
+        """Load every script now (one round trip; on a cluster, one per master), for
+        pipelines that call EVALSHA."""
+        if transport.clustered(self.redis):
+            for script in self._script.values():
+                self.redis.script_load(script.script)  # (redis-py sends it to every master)
+            return
         pipe = self.redis.pipeline(transaction=False)
         for script in self._script.values():
             pipe.script_load(script.script)

@@ -34,6 +34,11 @@ LOST = (RedisConnectionError, RedisTimeoutError, OSError)
 ELSEWHERE = (AskError, ClusterDownError, TryAgainError)
 
 
+def clustered(redis: Any) -> bool:
+    """Is `redis` a Redis Cluster's client (sync or asyncio)?"""
+    return isinstance(redis, (RedisCluster, AsyncRedisCluster))
+
+
 def server_of(redis: Any, key: str | None) -> Redis:
     """The client of the one server holding `key`: `redis` itself, or, for a RedisCluster,
     the client of the master that serves the key's slot (any master for None)."""

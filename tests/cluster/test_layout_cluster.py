@@ -27,7 +27,7 @@ WRITE = Contract(name="write", keys=("first",), args=(), builders=(
 def test_a_partitions_script_writes_its_built_keys_and_partitions_cover_every_master(
     redis_cluster: RedisClusterServer,
 ) -> None:
-    settings = Settings.from_env(redis_cluster.url, environ={})
+    settings = Settings.from_env(redis_cluster.url, environ={"SESSIONQ_PARTITIONS": "64"})
     layout = Layout.of(settings)
     redis = connect(settings)
     try:
@@ -55,7 +55,7 @@ def test_a_partitions_script_writes_its_built_keys_and_partitions_cover_every_ma
 def test_the_operations_say_they_are_not_partitioned_yet(
     redis_cluster: RedisClusterServer,
 ) -> None:
-    settings = Settings.from_env(redis_cluster.url, environ={})
+    settings = Settings.from_env(redis_cluster.url, environ={"SESSIONQ_PARTITIONS": "64"})
     redis = connect(settings)
     try:
         with pytest.raises(ConfigError, match="do not run partitioned yet"):

@@ -18,7 +18,7 @@ from sessionq.common.keys import Keys, Layout, run_id
 from sessionq.common.rqcompat import rq_keys
 from sessionq.common.scripts.base import key_builders
 from sessionq.common.scripts.contract import Contract
-from sessionq.common.settings import CLUSTER_PARTITIONS, Settings
+from sessionq.common.settings import CLUSTER_PARTITIONS, ONE_SLOT_PREFIX, Settings
 
 ARGS = ("ab12cd34ef56", "default")  # a session id, a queue/worker/name: what builders take
 
@@ -88,16 +88,22 @@ def test_new_sessions_spread_over_every_partition_and_names_have_one() -> None:
     assert layout.partition_of(layout.new_session_id(named)) == named
 
 
-def test_the_partition_count_is_a_setting() -> None:
+def test_the_partition_count_is_a_setting_and_one_slot_on_a_cluster_has_a_tagged_prefix() -> None:
     cluster = "redis+cluster://127.0.0.1:7000"
-    assert Settings.from_env(cluster, environ={}).partition_count == CLUSTER_PARTITIONS
+    one_slot = Settings.from_env(cluster, environ={})
+    assert one_slot.partition_count == CLUSTER_PARTITIONS == 1
+    assert one_slot.prefix == ONE_SLOT_PREFIX == "{sq}:"
+    with pytest.raises(ConfigError, match="prefix 'sq:': on a Redis Cluster .* needs a hash tag"):
+        Settings.from_env(cluster, prefix="sq:", environ={})
     env = {"SESSIONQ_PARTITIONS": "8"}
     assert Settings.from_env(cluster, environ=env).partition_count == 8
+    assert Settings.from_env(cluster, environ=env).prefix == "sq:"
     assert Settings.from_env("redis://h:1/0", environ=env).partition_count == 8
+    assert Settings.from_env("redis://h:1/0", environ={}).prefix == "sq:"
     with pytest.raises(ConfigError, match="partitions must be a power of two"):
         Settings.from_env(cluster, environ={"SESSIONQ_PARTITIONS": "12"})
     with pytest.raises(ConfigError, match="prefix '{sq}:': no { } with partitions"):
-        Settings.from_env(cluster, prefix="{sq}:", environ={})
+        Settings.from_env(cluster, prefix="{sq}:", environ=env)
     assert Settings.from_env("redis://h:1/0", prefix="{sq}:", environ={}).partition_count == 1
 
 
