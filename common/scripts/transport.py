@@ -128,7 +128,7 @@ def ensure_replicated(redis: Redis, wait: Durability | None, marker: str) -> Non
     listens to) goes first - replication keeps order, so once it is there, all before it is."""
     if wait is None:
         return
-    pipe = redis.pipeline(transaction=False)
+    pipe = server_of(redis, marker).pipeline(transaction=False)  # (on a cluster: its slot's)
     pipe.publish(marker, b"")
     pipe.wait(wait.replicas, wait.timeout_ms)
     wait.check(pipe.execute()[-1])
@@ -307,8 +307,10 @@ class FastLane:
             conn: Any = server_of(self.redis, self.route).connection_pool.make_connection()
             try:
                 conn.connect()  # to the server the pool names (a Sentinel's current master)
-            except BaseException:
+            except BaseException as exc:
                 conn.disconnect()
+                if isinstance(exc, LOST):
+                    relayout(self.redis)  # a cluster's master lost: its replica may take over
                 raise
             self.conn = conn
             for script in self.note_scripts:  # before any call that may use them

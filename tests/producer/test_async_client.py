@@ -18,7 +18,7 @@ from redis import Redis
 from sessionq.common.keys import Keys
 from sessionq.common.settings import Settings
 from sessionq.producer import AsyncClient, Client, ConnectionFailed, ValidationError
-from tests.conftest import WorkerProcs, ended, wait_for
+from tests.conftest import WorkerProcs, ended, home, wait_for
 
 
 def test_calls_and_listen_under_asyncio(
@@ -76,7 +76,7 @@ def in_the_loop_only(client: AsyncClient) -> Iterator[None]:
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError(f"not in the event loop: {args[:2]!r}")
 
-    pool = client.sync.redis.connection_pool
+    pool = home(client.sync.redis, client.keys.sessions()).connection_pool
     loop.run_in_executor = refuse  # type: ignore[method-assign, assignment]  # a stand-in
     pool.get_connection = refuse  # type: ignore[method-assign]  # a stand-in
     try:
