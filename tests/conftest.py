@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +22,7 @@ from sessionq.common.keys import Keys
 from sessionq.common.redisserver import RedisServer
 from sessionq.common.scripts.transport import server_of
 from sessionq.common.settings import Settings
-from sessionq.producer import Client
+from sessionq.producer import AsyncClient, Client
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = {  # short heartbeats so that loss is noticed within a test's patience
@@ -184,3 +186,33 @@ def workers(settings: Settings, redis: Redis) -> Iterator[WorkerProcs]:
 def ended(client: Client, sid: str) -> bool:
     records = client.info(sid)
     return bool(records) and records[0]["status"] in ("Completed", "Failed", "Stopped")
+
+
+class Listeners:
+    """A redis-py and a redis.asyncio listener of `ids` from their first event, each in a
+    thread of its own (for failover tests: both must follow the new master)."""
+
+    def __init__(self, settings: Settings, client: Client, ids: list[str]) -> None:
+        self.heard: list[dict[str, Any]] = []
+        self.heard_async: list[dict[str, Any]] = []
+
+        async def listen_async() -> None:
+            async with AsyncClient(settings=settings) as aio:
+                async for event in aio.listen(ids, after=0, timeout=150):
+                    self.heard_async.append(event)
+
+        self.threads = [
+            threading.Thread(target=lambda: self.heard.extend(
+                client.listen(ids, after=0, timeout=150)), daemon=True),
+            threading.Thread(target=lambda: asyncio.run(listen_async()), daemon=True),
+        ]  # fmt: skip
+        for thread in self.threads:
+            thread.start()
+
+    def assert_heard_all(self, client: Client, ids: list[str]) -> None:
+        """Both ended and heard exactly the history of `ids`."""
+        history = sorted((e["session"], e["seq"]) for s in ids for e in client.events(s) or [])
+        for thread, heard in zip(self.threads, (self.heard, self.heard_async), strict=True):
+            thread.join(timeout=60)
+            assert not thread.is_alive(), "the listener followed the failover to the end"
+            assert sorted((e["session"], e["seq"]) for e in heard) == history

@@ -1,5 +1,6 @@
 """A Redis Cluster master killed mid-drain, its replica promoted: the producer and the workers
-carry on against the new master and every run is accounted for - begun once, ended once.
+carry on against the new master and every run is accounted for - begun once, ended once - and
+listeners (redis-py's and redis.asyncio's) follow it, missing nothing.
 (The master's writes are paused and WAITed for first, so that its replica has everything it
 acknowledged: what is tested is the clients following the failover, as in the Sentinel
 test; after it the new master has no replica, so SESSIONQ_WAIT_REPLICAS is not used.)"""
@@ -17,7 +18,7 @@ from sessionq.common.connection import connect
 from sessionq.common.scripts.transport import server_of
 from sessionq.common.settings import Settings
 from sessionq.producer import Client
-from tests.conftest import WorkerProcs, ended, wait_for
+from tests.conftest import Listeners, WorkerProcs, ended, wait_for
 
 pytestmark = pytest.mark.cluster
 # workers that outlast the failover without being declared lost meanwhile
@@ -37,6 +38,7 @@ def test_a_master_killed_mid_drain_loses_no_run(replicated: RedisClusterServer) 
     workers = WorkerProcs(settings, probe)
     try:
         before = client.create("before", task="tests.tasks:sleeper", args=[0.05], replicas=60)
+        listeners = Listeners(settings, client, before)
         workers.start(2, env=PATIENT)
         wait_for(lambda: sum(ended(client, s) for s in before) >= 10,
                  what="the drain to be under way")  # fmt: skip
@@ -59,6 +61,8 @@ def test_a_master_killed_mid_drain_loses_no_run(replicated: RedisClusterServer) 
             types = Counter(e["type"] for e in client.events(sid) or [])
             assert types["task.started"] == 1, f"{sid}: its run began exactly once"
             assert types["task.succeeded"] == 1, f"{sid}: and ended once"
+        # the listeners followed the failover to the new master and missed nothing
+        listeners.assert_heard_all(client, before)
     finally:
         workers.stop_all()
         client.close()
