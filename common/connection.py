@@ -10,11 +10,13 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 from redis import Redis
 from redis import exceptions as redis_exceptions
 from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.asyncio.sentinel import SentinelManagedConnection as AsyncSentinelManagedConnection
@@ -22,6 +24,7 @@ from redis.asyncio.sentinel import (
     SentinelManagedSSLConnection as AsyncSentinelManagedSSLConnection,
 )
 from redis.backoff import ExponentialBackoff
+from redis.cluster import ClusterNode, RedisCluster
 from redis.connection import URL_QUERY_ARGUMENT_PARSERS
 from redis.exceptions import (
     AuthenticationError,
@@ -55,6 +58,8 @@ RETRY_BACKOFF_BASE_S = 0.05
 POOL_MAX_CONNECTIONS = 4096
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 SENTINEL_PORT = 26379
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+REDIS_PORT = 6379
 # query parameters of a Sentinel URL that are for the sentinels, not the master
 SENTINEL_QUERY = {"sentinel_username": "username", "sentinel_password": "password"}
 T = TypeVar("T")
@@ -255,12 +260,10 @@ class SentinelURL:
 def parse_sentinel_url(url: str) -> SentinelURL | None:
     """The parts of a Sentinel URL; None for any other URL (redis-py parses those);
     ValueError saying what is wrong with a Sentinel URL that does not parse."""
-    scheme, sep, _ = url.partition("://")
-    if not sep or scheme.lower() not in SENTINEL_SCHEMES:
+    split = _split_hosts(url, SENTINEL_SCHEMES, "sentinel", SENTINEL_PORT)
+    if split is None:
         return None
-    parts = urlsplit(url)
-    hosts = parts.netloc.rpartition("@")[2]
-    sentinels = [_host_port(item) for item in hosts.split(",")]
+    scheme, parts, sentinels = split
     path = [unquote(p) for p in parts.path.split("/") if p]
     if not path or len(path) > 2:
         raise ValueError("a Sentinel URL ends in /SERVICE or /SERVICE/DB (the master's name)")
@@ -268,12 +271,8 @@ def parse_sentinel_url(url: str) -> SentinelURL | None:
     sentinel: dict[str, Any] = {}
     if len(path) == 2:
         master["db"] = _number(int, "db", path[1])
-    if parts.username:
-        master["username"] = unquote(parts.username)
-    if parts.password:
-        master["password"] = unquote(parts.password)
-    if scheme.lower() == "rediss+sentinel":
-        master["ssl"] = True
+    master |= _credentials(parts, scheme)
+    if scheme == "rediss+sentinel":
         sentinel["ssl"] = True
     for name, value in parse_qsl(parts.query):
         if name in SENTINEL_QUERY:
@@ -286,7 +285,30 @@ def parse_sentinel_url(url: str) -> SentinelURL | None:
     return SentinelURL(sentinels=sentinels, service=path[0], master=master, sentinel=sentinel)
 
 
-def _host_port(item: str) -> tuple[str, int]:
+def _split_hosts(
+    url: str, schemes: tuple[str, str], what: str, default_port: int
+) -> tuple[str, SplitResult, list[tuple[str, int]]] | None:
+    """A URL of one of `schemes` (lower-cased), its parts and its list of hosts; None for a
+    URL of another scheme."""
+    scheme, sep, _ = url.partition("://")
+    if not sep or scheme.lower() not in schemes:
+        return None
+    parts = urlsplit(url)
+    hosts = parts.netloc.rpartition("@")[2]
+    return scheme.lower(), parts, [_host_port(h, what, default_port) for h in hosts.split(",")]
+
+
+def _credentials(parts: SplitResult, scheme: str) -> dict[str, Any]:
+    """The user, password and TLS (an `rediss+` scheme) a URL gives its Redis servers."""
+    found: dict[str, Any] = {"ssl": True} if scheme.startswith("rediss+") else {}
+    if parts.username:
+        found["username"] = unquote(parts.username)
+    if parts.password:
+        found["password"] = unquote(parts.password)
+    return found
+
+
+def _host_port(item: str, what: str, default_port: int) -> tuple[str, int]:
     host, port = item, ""
     if item.startswith("["):  # [IPv6]:port
         host, _, rest = item[1:].partition("]")
@@ -294,8 +316,8 @@ def _host_port(item: str) -> tuple[str, int]:
     elif ":" in item:
         host, _, port = item.rpartition(":")
     if not host:
-        raise ValueError(f"sentinel {item!r}: host:port expected")
-    number = _number(int, f"port of sentinel {item!r}", port) if port else SENTINEL_PORT
+        raise ValueError(f"{what} {item!r}: host:port expected")
+    number = _number(int, f"port of {what} {item!r}", port) if port else default_port
     return unquote(host), number
 
 
@@ -304,6 +326,32 @@ def _number(parser: Callable[[str], Any], name: str, value: str) -> Any:
         return parser(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name}: invalid value {value!r} in the URL") from None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterURL:
+    """What a `redis+cluster://[user:pass@]host:port[,host:port...][?option=...]` URL says
+    (`rediss+cluster://`: TLS): the nodes to start from (the others are found) and the
+    options of every node's connections."""
+
+    nodes: list[tuple[str, int]]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_cluster_url(url: str) -> ClusterURL | None:
+    """The parts of a Redis Cluster URL; None for any other URL; ValueError saying what is
+    wrong with a cluster URL that does not parse (a cluster has one database: no /DB)."""
+    split = _split_hosts(url, CLUSTER_SCHEMES, "node", REDIS_PORT)
+    if split is None:
+        return None
+    scheme, parts, nodes = split
+    if parts.path.strip("/") not in ("", "0"):
+        raise ValueError("a Redis Cluster has one database (0): no /DB in a cluster URL")
+    options = _credentials(parts, scheme)
+    for name, value in parse_qsl(parts.query):
+        parser = cast("Callable[[str], Any] | None", URL_QUERY_ARGUMENT_PARSERS.get(name))
+        options[name] = value if parser is None else _number(parser, name, value)
+    return ClusterURL(nodes=nodes, options=options)
 
 
 class _MasterConnection(SentinelManagedConnection):
@@ -361,6 +409,19 @@ class _AsyncSentinelRedis(AsyncRedis):
                 await sentinel.aclose()
 
 
+def _cluster_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The client options a RedisCluster takes: its retry covers the whole cluster's answer
+    (a lost node, a MOVED, a failover's CLUSTERDOWN), its nodes' clients do not retry by
+    themselves (redis-py's rule). redis-py's cluster client counts attempts itself, so the
+    retry budget becomes a count of capped backoffs."""
+    budget = options["retry"]
+    tries = int(budget.budget_s / RETRY_BACKOFF_CAP_S) + 6  # the first few waits are short
+    kind = AsyncRetry if isinstance(budget, _AsyncRetry) else Retry
+    retry = kind(ExponentialBackoff(cap=RETRY_BACKOFF_CAP_S, base=RETRY_BACKOFF_BASE_S), tries)
+    kept = {k: v for k, v in options.items() if k not in ("retry", "retry_on_error")}
+    return {**kept, "retry": retry}
+
+
 def _sentinel_options(target: SentinelURL, options: dict[str, Any]) -> dict[str, Any]:
     """How to reach the sentinels: the socket options of the master (as redis-py's Sentinel
     takes them when given none), then the URL's for the sentinels."""
@@ -370,7 +431,15 @@ def _sentinel_options(target: SentinelURL, options: dict[str, Any]) -> dict[str,
 def client_from_url(url: str, options: dict[str, Any]) -> Redis:
     """A client for `url` with `options` (the URL's own query parameters win, as in
     redis-py's from_url): redis-py's for its URLs, the master elected by the sentinels for
-    a Sentinel URL; ValueError saying what is wrong with the URL."""
+    a Sentinel URL, a RedisCluster for a cluster URL; ValueError saying what is wrong with
+    the URL. (A RedisCluster has Redis's command methods - both take them from
+    redis.commands - and is typed as a Redis here; what needs one server's connections asks
+    scripts.transport.server_of.)"""
+    cluster = parse_cluster_url(url)
+    if cluster is not None:
+        nodes = [ClusterNode(host, port) for host, port in cluster.nodes]  # type: ignore[no-untyped-call]  # redis-py's ClusterNode is unannotated
+        return cast("Redis", RedisCluster(
+            startup_nodes=nodes, **_cluster_options(options), **cluster.options))  # fmt: skip
     target = parse_sentinel_url(url)
     if target is None:
         return Redis.from_url(url, **options)
@@ -387,6 +456,12 @@ def client_from_url(url: str, options: dict[str, Any]) -> Redis:
 
 def async_client_from_url(url: str, options: dict[str, Any]) -> AsyncRedis:
     """The same on redis.asyncio."""
+    cluster = parse_cluster_url(url)
+    if cluster is not None:
+        return cast("AsyncRedis", AsyncRedisCluster(
+            startup_nodes=[AsyncClusterNode(host, port) for host, port in cluster.nodes],
+            **_cluster_options(options), **cluster.options,
+        ))  # fmt: skip
     target = parse_sentinel_url(url)
     if target is None:
         plain: AsyncRedis = AsyncRedis.from_url(url, **options)  # (untyped in redis-py 5.3)

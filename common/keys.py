@@ -6,7 +6,12 @@ from RQ's classes, so they stay exactly what RQ's tools read.
 
 from __future__ import annotations
 
-from sessionq.common.settings import DEFAULT_PREFIX
+import secrets
+from functools import cache
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
+from sessionq.common.settings import DEFAULT_PREFIX, Settings
 
 CONTROL_QUEUE = "control"
 DEFAULT_QUEUE = "default"
@@ -214,3 +219,91 @@ class Keys:
     def events_all_channel(self) -> str:
         """CHANNEL every session's live events."""
         return f"{self.prefix}events"
+
+
+# -- partitions (SPEC §9, Redis Cluster) ------------------------------------------------------
+SESSION_ID_BYTES = 6  # a session id is 12 hex digits; with partitions its first byte says which
+
+
+def _tag(partition: int, partitions: int) -> str:
+    """The hash tag of a partition: the first `p<n>.<k>` whose slot lies in the n-th of
+    `partitions` equal slices of the slots - a cluster whose masters hold equal slot ranges
+    (as `redis-cli --cluster create` makes them) then holds equal numbers of partitions."""
+    low = partition * REDIS_CLUSTER_HASH_SLOTS // partitions
+    high = (partition + 1) * REDIS_CLUSTER_HASH_SLOTS // partitions
+    k = 0
+    while not low <= key_slot(f"p{partition}.{k}".encode()) < high:
+        k += 1
+    return f"p{partition}.{k}"
+
+
+@cache
+def tags(partitions: int) -> tuple[str, ...]:
+    return tuple(_tag(n, partitions) for n in range(partitions))
+
+
+class Layout:
+    """Where a namespace's keys live. One partition (one Redis, the default): every key under
+    the prefix, with today's names. P partitions (a Redis Cluster): partition n's keys - its
+    sessions and everything of them, its indexes and counters, its RQ queues, job hashes and
+    registries, its workers' run lists - under `<prefix>{<tag n>}:`, so they share one slot;
+    the keys of the whole namespace (worker heartbeats, locks, the dashboard) under
+    `<prefix>{g}:`. A session id's first byte names its partition, so that run id -> session
+    -> partition needs no lookup."""
+
+    __slots__ = ("count", "glob", "prefix", "_parts")
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX, partitions: int = 1) -> None:
+        self.prefix, self.count = prefix, partitions
+        self._parts: tuple[Keys, ...]
+        if partitions == 1:
+            self._parts = (Keys(prefix),)
+            self.glob = self._parts[0]
+        else:
+            self._parts = tuple(Keys(f"{prefix}{{{tag}}}:") for tag in tags(partitions))
+            self.glob = Keys(f"{prefix}{{g}}:")
+
+    @classmethod
+    def of(cls, settings: Settings) -> Layout:
+        return cls(settings.prefix, settings.partition_count)
+
+    @property
+    def partitioned(self) -> bool:
+        return self.count > 1
+
+    def part(self, partition: int) -> Keys:
+        """The keys of one partition."""
+        return self._parts[partition]
+
+    def parts(self) -> tuple[Keys, ...]:
+        """The keys of every partition, in partition order."""
+        return self._parts
+
+    def partition_of(self, sid: str) -> int:
+        """The partition of a session id (or of a run id: its session's)."""
+        if self.count == 1:
+            return 0
+        head = sid[:2]
+        try:
+            return int(head, 16) % self.count
+        except ValueError:  # not an id this layout made: still one fixed partition
+            return key_slot(sid.encode()) % self.count
+
+    def of_session(self, sid: str) -> Keys:
+        """The keys of the partition a session (or a run: session_of first) lives in."""
+        return self._parts[self.partition_of(sid)]
+
+    def partition_of_name(self, owner: str, name: str) -> int:
+        """The partition of a persistent session, from its owner and name alone: its name's
+        claim and its record live there, so that claiming the name and making the session
+        are one atomic step."""
+        return key_slot(f"{owner}/{name}".encode()) % self.count if self.count > 1 else 0
+
+    def new_session_id(self, partition: int | None = None) -> str:
+        """A new session id: random, in `partition` (None: a random one, spreading the
+        sessions over every partition)."""
+        sid = secrets.token_hex(SESSION_ID_BYTES)
+        if partition is None or self.count == 1:
+            return sid
+        spread = secrets.randbelow(256 // self.count) * self.count
+        return f"{partition + spread:02x}{sid[2:]}"

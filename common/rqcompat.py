@@ -6,6 +6,7 @@ asking for a second one is a ConfigError (SPEC §1).
 
 from __future__ import annotations
 
+import copy
 import sys
 from functools import lru_cache
 from types import ModuleType
@@ -36,6 +37,7 @@ class RQKeys:
 
     def __init__(self, prefix: str) -> None:
         load_rq(prefix)
+        self.rq_prefix = f"{prefix}rq"
         from rq.job import Job
         from rq.queue import Queue
         from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
@@ -44,9 +46,10 @@ class RQKeys:
         self._job_prefix = Job.redis_job_namespace_prefix
         self._queue_prefix = Queue.redis_queue_namespace_prefix
         self.queues_set = Queue.redis_queues_keys
-        self._started = StartedJobRegistry.key_template
-        self._finished = FinishedJobRegistry.key_template
-        self._failed = FailedJobRegistry.key_template
+        # a registry's key around its queue's name (RQ's templates escape a prefix's braces)
+        self._started = StartedJobRegistry.key_template.format("\0")
+        self._finished = FinishedJobRegistry.key_template.format("\0")
+        self._failed = FailedJobRegistry.key_template.format("\0")
         self._worker_prefix = Worker.redis_worker_namespace_prefix
         self.workers_set = Worker.redis_workers_keys
         from rq.command import PUBSUB_CHANNEL_TEMPLATE
@@ -56,6 +59,16 @@ class RQKeys:
 
         self._pubsub = PUBSUB_CHANNEL_TEMPLATE
 
+    def under(self, prefix: str) -> RQKeys:
+        """RQ's key names under another prefix - a partition's (keys.Layout): `rq info`
+        with RQ_KEY_PREFIX=`<that prefix>rq` reads that partition."""
+        moved = copy.copy(self)
+        want = f"{prefix}rq"
+        for name, value in vars(self).items():
+            if isinstance(value, str) and value.startswith(self.rq_prefix):
+                setattr(moved, name, want + value[len(self.rq_prefix) :])
+        return moved
+
     def job(self, job_id: str) -> str:
         return f"{self._job_prefix}{job_id}"
 
@@ -63,13 +76,13 @@ class RQKeys:
         return f"{self._queue_prefix}{name}"
 
     def started(self, queue: str) -> str:
-        return str(self._started.format(queue))
+        return self._started.replace("\0", queue)
 
     def finished(self, queue: str) -> str:
-        return str(self._finished.format(queue))
+        return self._finished.replace("\0", queue)
 
     def failed(self, queue: str) -> str:
-        return str(self._failed.format(queue))
+        return self._failed.replace("\0", queue)
 
     def worker(self, name: str) -> str:
         return f"{self._worker_prefix}{name}"

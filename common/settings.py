@@ -27,7 +27,19 @@ _INT_KNOBS = {
     "result_max_bytes": "SESSIONQ_RESULT_MAX_BYTES",
     "max_jobs": "SESSIONQ_MAX_JOBS",
 }
-_ZERO_KNOBS = {"wait_replicas": "SESSIONQ_WAIT_REPLICAS"}  # 0 allowed: off
+_ZERO_KNOBS = {  # 0 allowed: off, or the default
+    "wait_replicas": "SESSIONQ_WAIT_REPLICAS",
+    "partitions": "SESSIONQ_PARTITIONS",
+}
+# partitions of a namespace on a Redis Cluster unless SESSIONQ_PARTITIONS says (SPEC §9):
+# one for now - the namespace in one slot, under a hash-tagged prefix - until the operations
+# run partitioned (issue 19: the layout, keys.Layout, is ready)
+CLUSTER_PARTITIONS = 1
+# the default prefix on a Redis Cluster with one partition: a hash tag keeps it in one slot
+ONE_SLOT_PREFIX = "{sq}:"
+HASH_TAG_RE = re.compile(r"[^{]*\{[^}]+\}")
+MAX_PARTITIONS = 256  # a session id's first byte names its partition (keys.Layout)
+CLUSTER_URL_SUFFIX = "+cluster"  # redis+cluster://, rediss+cluster://
 MAX_WAIT_REPLICAS = 64
 _FLOAT_KNOBS = {
     "wait_timeout_s": "SESSIONQ_WAIT_TIMEOUT_S",
@@ -39,6 +51,11 @@ _FLOAT_KNOBS = {
     "retry_budget_s": "SESSIONQ_RETRY_BUDGET_S",
     "retention_s": "SESSIONQ_RETENTION_S",
 }
+
+
+def is_cluster_url(url: str) -> bool:
+    """Is `url` a Redis Cluster's (redis+cluster://, rediss+cluster://)?"""
+    return url.partition("://")[0].lower().endswith(CLUSTER_URL_SUFFIX)
 
 
 def _os_user() -> str:
@@ -93,6 +110,10 @@ class Settings:
     # A session made by create() is removed, with everything under it (its history too),
     # this long after it ended (SPEC §9 Retention); persistent ones: SessionConfig.retention_s.
     retention_s: float = 604800.0
+    # The namespace's partitions (SESSIONQ_PARTITIONS, a power of two up to 256): each a hash
+    # tag, so that a session and everything of it live in one cluster slot (keys.Layout).
+    # 0: CLUSTER_PARTITIONS on a Redis Cluster, 1 (today's key names, no tag) on one Redis.
+    partitions: int = 0
 
     def __post_init__(self) -> None:
         if not PREFIX_RE.fullmatch(self.prefix):
@@ -107,6 +128,26 @@ class Settings:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
         if self.heartbeat_ttl_s <= 2 * self.heartbeat_interval_s:
             raise ConfigError("heartbeat_ttl_s must exceed twice heartbeat_interval_s")
+        count = self.partitions
+        if not 0 <= count <= MAX_PARTITIONS or count & (count - 1):
+            raise ConfigError(f"partitions must be a power of two up to {MAX_PARTITIONS} "
+                              f"(or 0: the default), got {count!r}")  # fmt: skip
+        if self.partition_count > 1 and ("{" in self.prefix or "}" in self.prefix):
+            raise ConfigError(f"prefix {self.prefix!r}: no {{ }} with partitions: each "
+                              "partition is a hash tag of its own")  # fmt: skip
+        if self.clustered and self.partition_count == 1 and not HASH_TAG_RE.match(self.prefix):
+            raise ConfigError(f"prefix {self.prefix!r}: on a Redis Cluster with one partition "
+                              f"the prefix needs a hash tag, e.g. {ONE_SLOT_PREFIX!r}")  # fmt: skip
+
+    @property
+    def clustered(self) -> bool:
+        """Is the URL a Redis Cluster's (redis+cluster://, rediss+cluster://)?"""
+        return is_cluster_url(self.url)
+
+    @property
+    def partition_count(self) -> int:
+        """How many partitions the namespace has (see `partitions`)."""
+        return self.partitions or (CLUSTER_PARTITIONS if self.clustered else 1)
 
     @property
     def heartbeat_late_s(self) -> float:
@@ -163,6 +204,10 @@ class Settings:
                     except ValueError as exc:
                         raise ConfigError(f"{var}={env[var]!r} is not a number") from exc
         values.update(overrides)
+        chosen = prefix or env.get("SESSIONQ_PREFIX") or overrides.get("prefix")
+        one_slot = (values.get("partitions") or CLUSTER_PARTITIONS) == 1
+        if not chosen and one_slot and is_cluster_url(values["url"]):
+            values["prefix"] = ONE_SLOT_PREFIX
         return cls(**values)
 
     def for_worker(self) -> Settings:

@@ -21,6 +21,7 @@ from redis.exceptions import NoScriptError, RedisError
 from sessionq.common.connection import connect_async, redis_says_later
 from sessionq.common.errors import ValidationTypeError
 from sessionq.common.jobhash import RunSpec
+from sessionq.common.scripts.transport import clustered
 from sessionq.common.sessionconfig import SessionConfig
 from sessionq.common.settings import Settings
 from sessionq.common.vocabulary import Status, TaskState
@@ -87,6 +88,10 @@ class AsyncClient:
             return await self.scripts.call_async(self.redis, step.name, step.keys, step.args)
         if isinstance(step, Transaction):
             return await self._transaction(step)
+        if clustered(self.redis):
+            # redis.asyncio's cluster pipeline refuses multi-key reads (SINTER): one by one
+            return [await getattr(self.redis, c.method)(*c.args, **c.kwargs)
+                    for c in step.commands]  # fmt: skip
         async with self.redis.pipeline(transaction=False) as pipe:
             return await step.queue_on(pipe).execute()
 

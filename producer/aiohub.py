@@ -29,13 +29,14 @@ import asyncio
 import logging
 import os
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from sessionq.common.scripts.transport import clustered, pool_of
 from sessionq.producer.routing import Heartbeat, Member, Routes, again, identity
 
 log = logging.getLogger(__name__)
@@ -106,10 +107,12 @@ async def subscribe(
     """A subscription to `channels` on this loop's hub of `redis`'s server, once Redis
     confirmed it; raises the connection error when the hub cannot connect."""
     sub = Subscription(channels, wants)
-    slot = (asyncio.get_running_loop(), identity(redis.connection_pool))
+    route = channels[0] if channels else ""
+    pool = await pool_of(redis, route)
+    slot = (asyncio.get_running_loop(), identity(pool))
     hub = _hubs.get(slot)
     if hub is None:
-        hub = _hubs[slot] = _Hub(slot, redis.connection_pool)
+        hub = _hubs[slot] = _Hub(slot, pool, _locator(redis, route))
     hub.attach(sub)
     try:
         await sub.ready.wait()
@@ -120,6 +123,19 @@ async def subscribe(
         await sub.close()
         raise again(sub.error) from sub.error
     return sub
+
+
+def _locator(redis: Any, route: str) -> Callable[[], Awaitable[Any]] | None:
+    """On a Redis Cluster: what finds the node now serving the hub's slot (the cluster
+    client relearns the slots first), for a hub whose master went away."""
+    if not clustered(redis):
+        return None
+
+    async def locate() -> Any:
+        await redis.nodes_manager.initialize()
+        return await pool_of(redis, route)
+
+    return locate
 
 
 def hubs() -> int:
@@ -133,8 +149,11 @@ os.register_at_fork(after_in_child=_hubs.clear)
 class _Hub:
     """One pub/sub connection and the task that reads it, for one loop and server identity."""
 
-    def __init__(self, slot: _Slot, pool: Any) -> None:
+    def __init__(
+        self, slot: _Slot, pool: Any, locate: Callable[[], Awaitable[Any]] | None = None
+    ) -> None:
         self.slot = slot
+        self._locate = locate  # (a cluster's: see _locator)
         self._attached: set[Subscription] = set()  # subscriptions not yet closed
         # a connection of its own, made as the pool makes them, always with raw replies
         self._options = {**pool.connection_kwargs, "decode_responses": False}
@@ -225,11 +244,24 @@ class _Hub:
         except (*LOST, ResponseError) as exc:  # ResponseError: a bad database number
             await _close(conn)
             self._routes.cannot_connect(exc)
+            await self._relocate()
             return False
         self._conn = conn
         self._heartbeat.heard()
         self._routes.connect()
         return True
+
+    async def _relocate(self) -> None:
+        """On a cluster, after a failed connect: the next one goes to the node now serving
+        the slot (a replica promoted in the old master's place)."""
+        if self._locate is None:
+            return
+        try:
+            pool = await self._locate()
+        except (*LOST, RedisError, RedisClusterException):
+            return  # no node answers yet: tried again at the next connect
+        self._options = {**pool.connection_kwargs, "decode_responses": False}
+        self._connection_class = pool.connection_class
 
     async def _disconnect(self) -> None:
         conn, self._conn = self._conn, None

@@ -35,6 +35,7 @@ from sessionq.common.jobhash import RunSpec
 from sessionq.common.keys import Keys
 from sessionq.common.rqcompat import load_rq
 from sessionq.common.scripts import Scripts
+from sessionq.common.scripts.transport import server_of
 from sessionq.common.sessionconfig import SessionConfig
 from sessionq.common.settings import Settings
 from sessionq.common.vocabulary import Status, TaskState
@@ -341,7 +342,8 @@ class Client:
             elif isinstance(step, Transaction):
                 reply = self._transaction(step)
             else:
-                reply = step.queue_on(self.redis.pipeline(transaction=False)).execute()
+                pipe = server_of(self.redis, step.route).pipeline(transaction=False)
+                reply = step.queue_on(pipe).execute()
 
     def _script_call(self, step: ScriptCall) -> Any:
         """A plan's script call, sent again (with backoff, within SESSIONQ_RETRY_BUDGET_S)
@@ -368,7 +370,7 @@ class Client:
             except ResponseError as exc:
                 return [exc]
         for attempt in range(2):
-            pipe = self.redis.pipeline(transaction=True)
+            pipe = server_of(self.redis, step.route).pipeline(transaction=True)
             for item in step.items:
                 if isinstance(item, ScriptCall):
                     self.scripts.call(item.name, item.keys, item.args, client=pipe)

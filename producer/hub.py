@@ -42,9 +42,10 @@ from typing import Any
 import hiredis
 from redis._parsers import BaseParser
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse, ResponseError
+from redis.exceptions import InvalidResponse, RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from sessionq.common.scripts.transport import clustered, relayout, server_of
 from sessionq.producer.routing import Heartbeat, Member, Routes, again, identity
 
 log = logging.getLogger(__name__)
@@ -97,11 +98,13 @@ def subscribe(
     """A subscription to `channels` on the hub of `redis`'s server, once Redis confirmed it;
     raises the connection error when the hub cannot connect."""
     sub = Subscription(channels, wants)
-    key = identity(redis.connection_pool)
+    route = channels[0] if channels else None
+    pool = server_of(redis, route).connection_pool
+    key = identity(pool)
     with _registry_lock:
         hub = _hubs.get(key)
         if hub is None:
-            hub = _Hub(key, redis.connection_pool)
+            hub = _Hub(key, pool, _locator(redis, route))
             _hubs[key] = hub
             hub.start()
         hub.attached += 1
@@ -112,6 +115,19 @@ def subscribe(
         sub.close()
         raise again(sub.error) from sub.error
     return sub
+
+
+def _locator(redis: Any, route: str | None) -> Callable[[], Any] | None:
+    """On a Redis Cluster: what finds the pool of the master now serving the hub's slot (the
+    cluster client relearns the slots first), for a hub whose master went away."""
+    if not clustered(redis):
+        return None
+
+    def locate() -> Any:
+        relayout(redis)
+        return server_of(redis, route).connection_pool
+
+    return locate
 
 
 def hubs() -> int:
@@ -139,8 +155,11 @@ os.register_at_fork(after_in_child=_forget_hubs_after_fork)
 class _Hub:
     """One pub/sub connection and the thread that reads it, for one server identity."""
 
-    def __init__(self, key: tuple[Any, ...], pool: Any) -> None:
+    def __init__(
+        self, key: tuple[Any, ...], pool: Any, locate: Callable[[], Any] | None = None
+    ) -> None:
         self.key = key
+        self._locate = locate  # (a cluster's: see _locator)
         # under _registry_lock: subscriptions not yet closed; whether the thread has ended
         self.attached = 0
         self.stopped = False
@@ -279,6 +298,7 @@ class _Hub:
         except (*LOST, ResponseError) as exc:  # ResponseError: a bad database number
             conn.disconnect()
             self._routes.cannot_connect(exc)
+            self._relocate()
             return False
         self._conn = conn
         # Replies are read here, not by redis-py's read_response: one recv takes whatever
@@ -294,6 +314,18 @@ class _Hub:
         self._heartbeat.heard()
         self._routes.connect()
         return True
+
+    def _relocate(self) -> None:
+        """On a cluster, after a failed connect: the next one goes to the master now serving
+        the slot (a replica promoted in the old one's place)."""
+        if self._locate is None:
+            return
+        try:
+            pool = self._locate()
+        except (*LOST, RedisError, RedisClusterException):
+            return  # no node answers yet: tried again at the next connect
+        self._options = {**pool.connection_kwargs, "decode_responses": False}
+        self._connection_class = pool.connection_class
 
     def _disconnect(self) -> None:
         conn, self._conn = self._conn, None

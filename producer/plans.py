@@ -56,11 +56,33 @@ class Command:
         return cls(method, args, kwargs)
 
 
+def route_of(items: Sequence[Command | ScriptCall]) -> str | None:
+    """The first key among a step's items (a command's first argument: a key, or a list of
+    keys)."""
+    for item in items:
+        if isinstance(item, ScriptCall):
+            if item.keys:
+                return item.keys[0]
+            continue
+        first = item.args[0] if item.args else None
+        if isinstance(first, (list, tuple)):
+            first = first[0] if first else None
+        if isinstance(first, str):
+            return first
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Batch:
     """Commands sent in one pipeline (no MULTI); the reply is the list of their replies."""
 
     commands: list[Command]
+
+    @property
+    def route(self) -> str | None:
+        """The key that says which server takes the step (on a Redis Cluster, the master of
+        its slot: the keys of one step share a slot)."""
+        return route_of(self.commands)
 
     def queue_on(self, pipe: Any) -> Any:
         """Queue the commands on a pipeline (redis-py's or redis.asyncio's); the pipeline."""
@@ -86,6 +108,11 @@ class Transaction:
     them and nothing failed, waits for SESSIONQ_WAIT_REPLICAS replicas to have it."""
 
     items: list[Command | ScriptCall]
+
+    @property
+    def route(self) -> str | None:
+        """As Batch.route."""
+        return route_of(self.items)
 
     @property
     def has_scripts(self) -> bool:

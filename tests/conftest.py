@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from redis import Redis
+from redis.cluster import RedisCluster
 
+from sessionq.common.clusterserver import RedisClusterServer
 from sessionq.common.keys import Keys
 from sessionq.common.redisserver import RedisServer
+from sessionq.common.scripts.transport import server_of
 from sessionq.common.settings import Settings
-from sessionq.producer import Client
+from sessionq.producer import AsyncClient, Client
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = {  # short heartbeats so that loss is noticed within a test's patience
@@ -48,23 +53,64 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "c
         time.sleep(0.02)
 
 
+# SESSIONQ_TEST_TARGET=cluster: the suite against a 3-master Redis Cluster (redis+cluster://;
+# its namespace in one slot for now: settings.ONE_SLOT_PREFIX) - its second target
+ON_CLUSTER = os.environ.get("SESSIONQ_TEST_TARGET", "redis") == "cluster"
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     url = os.environ.get("SESSIONQ_TEST_URL")
     if url:
         yield url
         return
-    server = RedisServer().start()
+    server: RedisServer | RedisClusterServer = RedisClusterServer() if ON_CLUSTER else RedisServer()
+    server.start()
     try:
         yield server.url
     finally:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServer]:
+    """A 3-master Redis Cluster on loopback, started the first time a test asks for it (the
+    `cluster` marker names such tests) and ended with the session."""
+    cluster = RedisClusterServer(masters=3).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def plain_client(url: str) -> Redis:
+    """A redis-py client of `url` (for a cluster URL a RedisCluster, typed as a Redis)."""
+    if ON_CLUSTER and url.startswith("redis+cluster://"):
+        first = url.removeprefix("redis+cluster://").split(",")[0]
+        return cast("Redis", RedisCluster.from_url(f"redis://{first}"))
+    return Redis.from_url(url)
+
+
+def home(redis: Redis, key: str) -> Redis:
+    """The client of the one server holding `key` (on a cluster: its slot's master; every key
+    of the namespace is in one slot there for now), for what asks one server (CLIENT LIST,
+    PUBSUB NUMSUB, its connection class)."""
+    return server_of(redis, key)
+
+
+def home_url(redis: Redis, key: str) -> str:
+    """A redis:// URL of home(redis, key), for tools that take one server (rq info)."""
+    options = home(redis, key).connection_pool.connection_kwargs
+    return f"redis://{options['host']}:{options['port']}/0"
+
+
 @pytest.fixture
 def redis(redis_url: str) -> Iterator[Redis]:
-    client = Redis.from_url(redis_url)
-    client.flushdb()
+    client = plain_client(redis_url)
+    if isinstance(client, RedisCluster):
+        client.flushdb(target_nodes=RedisCluster.PRIMARIES)
+    else:
+        client.flushdb()
     yield client
     client.close()
 
@@ -140,3 +186,33 @@ def workers(settings: Settings, redis: Redis) -> Iterator[WorkerProcs]:
 def ended(client: Client, sid: str) -> bool:
     records = client.info(sid)
     return bool(records) and records[0]["status"] in ("Completed", "Failed", "Stopped")
+
+
+class Listeners:
+    """A redis-py and a redis.asyncio listener of `ids` from their first event, each in a
+    thread of its own (for failover tests: both must follow the new master)."""
+
+    def __init__(self, settings: Settings, client: Client, ids: list[str]) -> None:
+        self.heard: list[dict[str, Any]] = []
+        self.heard_async: list[dict[str, Any]] = []
+
+        async def listen_async() -> None:
+            async with AsyncClient(settings=settings) as aio:
+                async for event in aio.listen(ids, after=0, timeout=150):
+                    self.heard_async.append(event)
+
+        self.threads = [
+            threading.Thread(target=lambda: self.heard.extend(
+                client.listen(ids, after=0, timeout=150)), daemon=True),
+            threading.Thread(target=lambda: asyncio.run(listen_async()), daemon=True),
+        ]  # fmt: skip
+        for thread in self.threads:
+            thread.start()
+
+    def assert_heard_all(self, client: Client, ids: list[str]) -> None:
+        """Both ended and heard exactly the history of `ids`."""
+        history = sorted((e["session"], e["seq"]) for s in ids for e in client.events(s) or [])
+        for thread, heard in zip(self.threads, (self.heard, self.heard_async), strict=True):
+            thread.join(timeout=60)
+            assert not thread.is_alive(), "the listener followed the failover to the end"
+            assert sorted((e["session"], e["seq"]) for e in heard) == history

@@ -143,10 +143,13 @@ class SessionWorker:
         from rq.worker import Worker
 
         from sessionq.common.codec import RQSerializer
+        from sessionq.common.scripts.transport import server_of
 
         if self._rq_worker is None:  # (tried again after a Redis error: RQ's birth once)
+            # (RQ takes one server's client: on a cluster, that of its worker hash's slot)
+            home = server_of(self.redis, self.scripts.rq.worker(self.name))
             self._rq_worker = Worker(
-                self.queues, name=self.name, connection=self.redis, serializer=RQSerializer
+                self.queues, name=self.name, connection=home, serializer=RQSerializer
             )
             self._rq_worker.register_birth()
         extra: dict[FieldT, EncodableT] = {"state": RQ_IDLE}

@@ -14,9 +14,11 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.commands.core import Script
 
 from sessionq.common import codec
-from sessionq.common.keys import DEFAULT_QUEUE, Keys, session_of
+from sessionq.common.errors import ConfigError
+from sessionq.common.keys import DEFAULT_QUEUE, Keys, Layout, session_of
 from sessionq.common.rqcompat import RQKeys, rq_keys
 from sessionq.common.scripts import transport
+from sessionq.common.scripts.contract import PREFIX_MARK
 from sessionq.common.scripts.contracts import CONTRACTS, GLOBAL_KEYS, RUN_BLOCK, STATUS_KEYS
 from sessionq.common.settings import Settings
 from sessionq.common.times import rq_time
@@ -47,6 +49,22 @@ def lua_source(name: str, builders: dict[str, Callable[..., str]], legacy: bool 
     return "--" + source if legacy else source
 
 
+def key_builders(layout: Layout, rq: RQKeys) -> dict[str, Callable[..., str]]:
+    """The keys.py functions a script may build keys with (contract.py turns them into Lua):
+    with one partition, the namespace's own; with several, the same under
+    contract.PREFIX_MARK - the Lua takes the partition from the call's first key."""
+    k = layout.glob if not layout.partitioned else Keys(PREFIX_MARK)
+    rq = rq if not layout.partitioned else rq.under(PREFIX_MARK)
+    return {
+        "job": rq.job, "session": k.session, "history": k.history,
+        "events_channel": k.events_channel, "session_running": k.session_running,
+        "session_held": k.session_held, "worker_runs": k.worker_runs,
+        "worker_inbox": k.worker_inbox, "rq_worker": rq.worker,
+        "worker_handed": k.worker_handed, "queue": rq.queue, "wake": k.wake,
+        "session_queue": k.session_queue, "session_throttled": k.session_throttled,
+    }  # fmt: skip
+
+
 class ScriptsBase:
     """The scripts registered on one connection (sources per prefix: the key builders hold
     it), and the pieces their packers share."""
@@ -54,16 +72,16 @@ class ScriptsBase:
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
+        self.layout = Layout.of(settings)
+        if self.layout.partitioned:
+            raise ConfigError(
+                f"{settings.partition_count} partitions (a Redis Cluster, or "
+                "SESSIONQ_PARTITIONS): sessionq's operations do not run partitioned yet (issue "
+                "19: the key layout is ready, the operations are not); use one Redis"
+            )
         self.keys = k = Keys(settings.prefix)
         self.rq: RQKeys = rq_keys(settings.prefix)
-        self.builders: dict[str, Callable[..., str]] = {
-            "job": self.rq.job, "session": k.session, "history": k.history,
-            "events_channel": k.events_channel, "session_running": k.session_running,
-            "session_held": k.session_held, "worker_runs": k.worker_runs,
-            "worker_inbox": k.worker_inbox, "rq_worker": self.rq.worker,
-            "worker_handed": k.worker_handed, "queue": self.rq.queue, "wake": k.wake,
-            "session_queue": k.session_queue, "session_throttled": k.session_throttled,
-        }  # fmt: skip
+        self.builders = key_builders(self.layout, self.rq)
         # Redis 7 reads each script's flags from its shebang, Redis 6 refuses the line: which
         # one this is, is asked before the first script is sent (transport.refuses_shebang)
         self.legacy: bool | None = None
@@ -158,7 +176,12 @@ class ScriptsBase:
         return await transport.call_async(redis, self._script[name], keys, args, self.durability)
 
     def ensure_loaded(self) -> None:
-        """Load every script now (one round trip), for pipelines that call EVALSHA."""
+        """Load every script now (one round trip; on a cluster, one per master), for
+        pipelines that call EVALSHA."""
+        if transport.clustered(self.redis):
+            for script in self._script.values():
+                self.redis.script_load(script.script)  # (redis-py sends it to every master)
+            return
         pipe = self.redis.pipeline(transaction=False)
         for script in self._script.values():
             pipe.script_load(script.script)

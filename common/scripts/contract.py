@@ -185,6 +185,8 @@ class Contract:
             offset = _offset_expr(len(self.keys), self.key_blocks)
             out.append(lean.piece(["KX"], f"local function KX(i) return KEYS[i] end  "
                                           f"-- extra keys: from {offset} + 1\n"))  # fmt: skip
+        if any(PREFIX_MARK in builders[n](*MARKS[: _arity(builders[n])]) for n in self.builders):
+            out.append(lean.piece(["PFX"], PARTITION_PREFIX_LUA + "\n"))
         for name in self.builders:
             out.append(lean.piece([f"key_{name}"], _builder(name, builders[name]) + "\n"))
         sep = "".join(c if c.isalnum() else f"%{c}" for c in RUN_ID_SEPARATOR)  # a Lua pattern
@@ -201,15 +203,24 @@ class Contract:
 
 
 MARKS = ("\0", "\1")  # stand-ins for a key builder's arguments
+# Partitioned (keys.Layout): the builders are made from keys.Keys(PREFIX_MARK), and the Lua
+# takes the partition's prefix from the call's first key (every key of a call is of one
+# partition: `<prefix>{<tag>}:`); with one partition the prefix is spelled in the builders.
+PREFIX_MARK = "\2"
+PARTITION_PREFIX_LUA = "local PFX = string.match(KEYS[1] or '', '^(.-%b{}:)') or ''"
+
+
+def _arity(build: Callable[..., str]) -> int:
+    return len(inspect.signature(build).parameters)
 
 
 def _builder(name: str, build: Callable[..., str]) -> str:
     """A Lua function making keys as keys.py's `build` does (one or two string arguments)."""
-    nargs = len(inspect.signature(build).parameters)
+    nargs = _arity(build)
     params = ("a", "b")[:nargs]
-    named = dict(zip(MARKS, params, strict=False))
+    named = dict(zip(MARKS, params, strict=False)) | {PREFIX_MARK: "PFX"}
     exprs = [named.get(part) or _lua_str(part)
-             for part in re.split("([\0\1])", build(*MARKS[:nargs])) if part]  # fmt: skip
+             for part in re.split("([\0\1\2])", build(*MARKS[:nargs])) if part]  # fmt: skip
     return f"local function key_{name}({', '.join(params)}) return {' .. '.join(exprs)} end"
 
 

@@ -4,7 +4,9 @@ Two ways, one rule each: `call` (any thread; a connection of the client's pool, 
 hiredis, falling back to redis-py's Script on NOSCRIPT or a lost connection, or queued on a
 pipeline) and `FastLane` (a worker's own connection, commands packed by hand from cached
 pieces and pipelined). Both load a script on the connection that reported NOSCRIPT, and try
-a bounded number of times.
+a bounded number of times. On a Redis Cluster both go to the master of the slot of the
+call's first key (`server_of`); a MOVED (the slot went elsewhere) is handled as a lost
+connection: the cluster client learns the new layout and the call is sent again.
 """
 
 from __future__ import annotations
@@ -16,16 +18,53 @@ from typing import Any, NamedTuple, cast
 import hiredis
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.client import Pipeline
+from redis.cluster import ClusterPipeline, RedisCluster
 from redis.commands.core import Script
+from redis.exceptions import AskError, ClusterDownError, NoScriptError, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sessionq.common.errors import NotReplicated
 
 NOSCRIPT_RETRIES = 3  # a server that keeps forgetting scripts is not tried for ever
 LOST = (RedisConnectionError, RedisTimeoutError, OSError)
+# a cluster's "not here" (MOVED, ASK: the slot moved) and "not now" (a failover under way)
+ELSEWHERE = (AskError, ClusterDownError, TryAgainError)
+
+
+def clustered(redis: Any) -> bool:
+    """Is `redis` a Redis Cluster's client (sync or asyncio)?"""
+    return isinstance(redis, (RedisCluster, AsyncRedisCluster))
+
+
+def server_of(redis: Any, key: str | None) -> Redis:
+    """The client of the one server holding `key`: `redis` itself, or, for a RedisCluster,
+    the client of the master that serves the key's slot (any master for None)."""
+    if isinstance(redis, RedisCluster):
+        cluster: Any = redis  # (redis-py's slot lookups are unannotated)
+        node = cluster.get_node_from_key(key) if key is not None else cluster.get_default_node()
+        node_client: Redis = cluster.get_redis_connection(node)
+        return node_client
+    return cast("Redis", redis)
+
+
+async def pool_of(redis: Any, key: str) -> Any:
+    """What makes connections to the one server holding `key`, on redis.asyncio: the
+    client's pool, or, for a RedisCluster, the node of the key's slot (it has a pool's
+    `connection_kwargs` and `connection_class`)."""
+    if isinstance(redis, AsyncRedisCluster):
+        await redis.initialize()  # (a no-op once it knows the slots)
+        return redis.get_node_from_key(key)
+    return redis.connection_pool
+
+
+def relayout(redis: Any) -> None:
+    """After a MOVED or ASK on a connection of our own: have the cluster client read the
+    slots' layout again before its next command."""
+    if isinstance(redis, RedisCluster):
+        redis.nodes_manager.initialize()
 
 
 class Durability(NamedTuple):
@@ -93,7 +132,7 @@ def _evalsha_once(
     command = [hiredis.pack_command(("EVALSHA", sha, len(keys), *keys, *args))]
     if wait is not None:
         command.append(wait.command)
-    pool = redis.connection_pool
+    pool = server_of(redis, keys[0] if keys else None).connection_pool
     conn: Any = pool.get_connection()
     try:
         conn.send_packed_command(command)
@@ -120,7 +159,7 @@ def ensure_replicated(redis: Redis, wait: Durability | None, marker: str) -> Non
     listens to) goes first - replication keeps order, so once it is there, all before it is."""
     if wait is None:
         return
-    pipe = redis.pipeline(transaction=False)
+    pipe = server_of(redis, marker).pipeline(transaction=False)  # (on a cluster: its slot's)
     pipe.publish(marker, b"")
     pipe.wait(wait.replicas, wait.timeout_ms)
     wait.check(pipe.execute()[-1])
@@ -135,7 +174,7 @@ def call(
     pipeline's, [] here). On NOSCRIPT or a lost connection, through redis-py's Script, which
     loads it and retries with backoff. With `wait`, NotReplicated unless enough replicas
     have the call's writes in time (`marker`: see ensure_replicated)."""
-    if isinstance(client, Pipeline):
+    if isinstance(client, (Pipeline, ClusterPipeline)):
         client.evalsha(script.sha, len(keys), *keys, *args)
         return []
     redis: Redis = client
@@ -145,6 +184,8 @@ def call(
         pass  # a restarted or another server: redis-py's Script loads it
     except LOST:
         pass  # redis-py's retry (with backoff) sends it again: the scripts take a resend
+    except ELSEWHERE:
+        relayout(redis)  # the slot moved: the cluster client finds where
     reply = script(keys=keys, args=args, client=redis)
     ensure_replicated(redis, wait, marker)
     return reply
@@ -202,6 +243,7 @@ class FastLane:
         fixed_after: int = 0, notes: Sequence[Script] = (), wait: Durability | None = None,
     ) -> None:  # fmt: skip
         self.redis = redis
+        self.route = head[0] if head else None  # on a cluster: the slot's master serves it
         self.script = script
         # with a Durability, each script call is followed by WAIT: its reply counts only
         # once enough replicas have its writes (NotReplicated otherwise, after both replies)
@@ -293,11 +335,13 @@ class FastLane:
 
     def _write(self, command: bytes) -> None:
         if self.conn is None:
-            conn: Any = self.redis.connection_pool.make_connection()
+            conn: Any = server_of(self.redis, self.route).connection_pool.make_connection()
             try:
                 conn.connect()  # to the server the pool names (a Sentinel's current master)
-            except BaseException:
+            except BaseException as exc:
                 conn.disconnect()
+                if isinstance(exc, LOST):
+                    relayout(self.redis)  # a cluster's master lost: its replica may take over
                 raise
             self.conn = conn
             for script in self.note_scripts:  # before any call that may use them
@@ -337,6 +381,12 @@ class FastLane:
             except LOST:
                 self.reset()
                 raise
+            except ELSEWHERE as exc:
+                # the slot moved (a failover, a resharding): as after a lost connection, the
+                # caller sends again what was not answered - to the slot's new master
+                self.reset()
+                relayout(self.redis)
+                raise RedisConnectionError(f"the cluster moved this lane's slot: {exc}") from exc
             except ResponseError:
                 self.sent.popleft()  # the script failed: its reply has been read
                 raise

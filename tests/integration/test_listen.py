@@ -14,7 +14,7 @@ from sessionq.common.jobhash import build_run
 from sessionq.common.settings import Settings
 from sessionq.producer import Client
 from sessionq.producer.cli import cli
-from tests.conftest import WorkerProcs, ended, wait_for
+from tests.conftest import WorkerProcs, ended, home, wait_for
 
 
 def many_runs(client: Client, n: int, task: str = "tests.tasks:noop", args: Any = None) -> str:
@@ -54,8 +54,9 @@ def test_a_killed_connection_loses_nothing(
     workers.start(2)
     wait_for(lambda: len(got) > 100, what="the listener to be busy")
     killed = 0
-    for info in redis.client_list(_type="pubsub"):
-        killed += sync_reply(redis.client_kill_filter(_id=info["id"]))
+    server = home(redis, client.keys.events_channel(sid))
+    for info in server.client_list(_type="pubsub"):
+        killed += sync_reply(server.client_kill_filter(_id=info["id"]))
     assert killed >= 1
     thread.join(timeout=120)
     assert not thread.is_alive()
@@ -120,7 +121,7 @@ def test_listen_to_every_session_ends_by_timeout(client: Client, workers: Worker
     thread = threading.Thread(target=lambda: got.extend(client.listen(None, timeout=1.5)))
     thread.start()
     channel = client.keys.events_all_channel()
-    wait_for(lambda: sync_reply(client.redis.pubsub_numsub(channel))[0][1] == 1,
+    wait_for(lambda: sync_reply(home(client.redis, channel).pubsub_numsub(channel))[0][1] == 1,
              what="the listener to subscribe")  # fmt: skip
     ids = client.create("a", task="tests.tasks:noop", replicas=3)
     thread.join(timeout=30)

@@ -16,7 +16,7 @@ from sessionq.common.keys import Keys
 from sessionq.common.rqcompat import rq_keys
 from sessionq.common.settings import Settings
 from sessionq.producer import Client, Session, SessionConfig, Task, Workflow
-from tests.conftest import ROOT, WorkerProcs, wait_for
+from tests.conftest import ROOT, WorkerProcs, home, wait_for
 
 NOOP = "tests.tasks:noop"
 
@@ -97,7 +97,7 @@ def test_flush_false_batches_many_changes_into_one_round_trip(
     assert len(other) == 1  # nothing written yet
     staged += [s.add(t, flush=False) for t in tasks[5:]]
     sent: list[int] = []
-    conn_type = client.redis.connection_pool.connection_class
+    conn_type = home(client.redis, client.keys.sessions()).connection_pool.connection_class
     original = conn_type.send_packed_command
 
     def counting(self: Any, command: Any, check_health: bool = True) -> None:

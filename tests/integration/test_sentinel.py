@@ -24,7 +24,7 @@ from sessionq.common.settings import Settings
 from sessionq.producer import AsyncClient, Client
 from sessionq.producer.cli import cli
 from sessionq.producer.dashboard import build_server
-from tests.conftest import FAST, WorkerProcs, ended, wait_for
+from tests.conftest import FAST, Listeners, WorkerProcs, ended, wait_for
 
 SERVICE = "sq-master"
 # a failover with the test's sentinels takes a few seconds: heartbeats must outlast it, or
@@ -172,20 +172,7 @@ def test_a_failover_costs_nothing_acknowledged_with_the_replica_in_sync(
     workers = WorkerProcs(settings, probe)
     try:
         before = client.create("before", task="tests.tasks:sleeper", args=[0.05], replicas=80)
-        seen: list[dict[str, Any]] = []
-        listener = threading.Thread(
-            target=lambda: seen.extend(client.listen(before, after=0, timeout=150)), daemon=True
-        )
-        listener.start()
-        seen_async: list[dict[str, Any]] = []
-
-        async def listen_async() -> None:
-            async with AsyncClient(settings=settings) as aio:
-                async for event in aio.listen(before, after=0, timeout=150):
-                    seen_async.append(event)
-
-        async_listener = threading.Thread(target=lambda: asyncio.run(listen_async()), daemon=True)
-        async_listener.start()
+        listeners = Listeners(settings, client, before)
         workers.start(2, env=PATIENT_WORKERS)
         wait_for(lambda: sum(ended(client, s) for s in before) >= 10,
                  what="the drain to be under way")  # fmt: skip
@@ -226,11 +213,7 @@ def test_a_failover_costs_nothing_acknowledged_with_the_replica_in_sync(
             assert types["task.started"] == 1, f"{sid}: its run began exactly once"
             assert types["task.succeeded"] == 1, f"{sid}: and ended once"
 
-        history = sorted((e["session"], e["seq"]) for s in before for e in client.events(s) or [])
-        for thread, heard in ((listener, seen), (async_listener, seen_async)):
-            thread.join(timeout=60)
-            assert not thread.is_alive(), "the listener followed the failover to the end"
-            assert sorted((e["session"], e["seq"]) for e in heard) == history
+        listeners.assert_heard_all(client, before)
     finally:
         workers.stop_all()
         client.close()

@@ -12,7 +12,7 @@ from redis import Redis
 from sessionq.common.errors import ValidationError
 from sessionq.common.settings import Settings
 from sessionq.producer import Client
-from tests.conftest import ROOT, WorkerProcs, ended, wait_for
+from tests.conftest import ROOT, WorkerProcs, ended, home_url, wait_for
 
 PRINT_ENV = (
     "import os, time; time.sleep(0.4); "
@@ -149,7 +149,8 @@ def test_rq_info_sees_our_queues_and_workers(
     workers.start(1, extra=["--queue", "elsewhere"])
     wait_for(lambda: client.info(ids[0])[0]["status"] == "Running", what="the first run to start")
     env = {**os.environ, "RQ_KEY_PREFIX": f"{settings.prefix}rq", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "rq.cli", "info", "--url", settings.url]
+    url = home_url(client.redis, client.keys.workers())  # (rq takes one server)
+    cmd = [sys.executable, "-m", "rq.cli", "info", "--url", url]
     cmd += ["-S", "sessionq.common.codec.RQSerializer"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, check=True)
     assert out.returncode == 0

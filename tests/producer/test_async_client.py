@@ -18,7 +18,7 @@ from redis import Redis
 from sessionq.common.keys import Keys
 from sessionq.common.settings import Settings
 from sessionq.producer import AsyncClient, Client, ConnectionFailed, ValidationError
-from tests.conftest import WorkerProcs, ended, wait_for
+from tests.conftest import WorkerProcs, ended, home, wait_for
 
 
 def test_calls_and_listen_under_asyncio(
@@ -76,9 +76,10 @@ def in_the_loop_only(client: AsyncClient) -> Iterator[None]:
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError(f"not in the event loop: {args[:2]!r}")
 
+    pool = home(client.sync.redis, client.keys.sessions()).connection_pool
     with pytest.MonkeyPatch.context() as stand_in:
         stand_in.setattr(loop, "run_in_executor", refuse)
-        stand_in.setattr(client.sync.redis.connection_pool, "get_connection", refuse)
+        stand_in.setattr(pool, "get_connection", refuse)
         yield
     assert threading.active_count() <= threads, "a thread was started"
 
