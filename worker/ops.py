@@ -7,8 +7,6 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Any, Protocol
 
-from redis import Redis
-
 from sessionq.common import codec
 from sessionq.common.connection import sync_reply
 from sessionq.common.errors import CodecError
@@ -16,6 +14,7 @@ from sessionq.common.jobhash import parse_job_data
 from sessionq.common.keys import CONTROL_QUEUE, run_number
 from sessionq.common.records import parse_record
 from sessionq.common.scripts import OP_PREFIX, Scripts
+from sessionq.worker.host import WorkerHost
 
 StopLocal = Callable[[str, str], None]
 
@@ -36,17 +35,8 @@ class Verdict(StrEnum):
     DESTROYED = "destroyed"
 
 
-class OpsWorker(Protocol):
+class OpsWorker(WorkerHost, Protocol):
     """What a control operation needs of the worker carrying it out (SessionWorker is one)."""
-
-    @property
-    def redis(self) -> Redis: ...
-
-    @property
-    def scripts(self) -> Scripts: ...
-
-    @property
-    def name(self) -> str: ...
 
     def stop_current(self, reason: str, run_id: str | None = None) -> None: ...
 

@@ -11,39 +11,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from redis import Redis
-
 from sessionq.common import codec
 from sessionq.common.errors import CodecError, RunRejected
 from sessionq.common.jobhash import COMMAND_FUNC, parse_job_data, parse_meta
 from sessionq.common.keys import session_of
-from sessionq.common.scripts import OP_PREFIX, Scripts
-from sessionq.common.settings import Settings
+from sessionq.common.scripts import OP_PREFIX
 from sessionq.common.state import SharedState
 from sessionq.common.vocabulary import Outcome
 from sessionq.worker.context import TaskContext
 from sessionq.worker.current import CurrentRun, interrupted
 from sessionq.worker.execute import RUN_ENVIRONMENT, Command, RunInterrupted, describe_exit
+from sessionq.worker.host import WorkerHost
 from sessionq.worker.registry import resolve
 
 log = logging.getLogger(__name__)
 Ended = tuple[str, bytes]  # outcome, payload
 
 
-class RunHost(Protocol):
+class RunHost(WorkerHost, Protocol):
     """What preparing a run needs of its worker (SessionWorker is one)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def redis(self) -> Redis: ...
-
-    @property
-    def scripts(self) -> Scripts: ...
-
-    @property
-    def settings(self) -> Settings: ...
 
     @property
     def allow_commands(self) -> bool: ...

@@ -13,36 +13,23 @@ import threading
 import time
 from typing import Any, Protocol
 
-from redis import Redis
 from redis.exceptions import RedisError
 
 from sessionq.common import codec
 from sessionq.common.connection import RETRY_BACKOFF_CAP_S, Backoff, redis_unavailable
-from sessionq.common.scripts import Finish, Scripts, WorkerHead
-from sessionq.common.settings import Settings
+from sessionq.common.scripts import Finish, WorkerHead
 from sessionq.common.vocabulary import Outcome
 from sessionq.worker.current import CurrentRun, StopReason
+from sessionq.worker.host import WorkerHost
 from sessionq.worker.ops import reap
 from sessionq.worker.schedule import Scheduler
 
 
-class WatchedWorker(Protocol):
+class WatchedWorker(WorkerHost, Protocol):
     """What the watcher reads of its worker (SessionWorker is one): who it is, its runs in
     flight (each a CurrentRun, asked whether it is overdue), and how to stop them or it."""
 
     counts: dict[str, int]
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def redis(self) -> Redis: ...
-
-    @property
-    def scripts(self) -> Scripts: ...
-
-    @property
-    def settings(self) -> Settings: ...
 
     @property
     def head(self) -> WorkerHead: ...
