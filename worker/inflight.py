@@ -30,8 +30,15 @@ from sessionq.common.settings import Settings
 from sessionq.common.vocabulary import Outcome
 from sessionq.worker.context import set_current
 from sessionq.worker.current import CurrentRun, StopReason, interrupted
-from sessionq.worker.execute import stored_result
-from sessionq.worker.prepare import Ended, Prepared, encoded, judge, prepare, run_command
+from sessionq.worker.prepare import (
+    Ended,
+    Prepared,
+    encoded,
+    judge,
+    prepare,
+    returned,
+    run_command,
+)
 
 log = logging.getLogger(__name__)
 POLL_S = 0.05  # with runs in flight and nothing to claim: look again this often
@@ -209,11 +216,7 @@ class InFlight:
                     result = p.fn(*p.args, **p.kwargs)
                 finally:
                     set_current(None)
-                if run.reason is not None:  # it returned after its stop or deadline
-                    ended = encoded(interrupted(run.reason, run.timeout))
-                else:
-                    ended = stored_result(run.run_id, p.func, result,
-                                          self.host.settings.result_max_bytes)  # fmt: skip
+                ended = returned(p, result, self.host.settings.result_max_bytes)
         except BaseException as exc:  # noqa: BLE001 - the per-run boundary
             ended = judge(run.run_id, exc, run, run.timeout)
         self._end(run, run.run_id, run.queue, sq, started, ended)
@@ -245,11 +248,7 @@ class InFlight:
         set_current(p.ctx)  # (this task's own context)
         try:
             result = await p.fn(*p.args, **p.kwargs)
-            if run.reason is not None:
-                ended = encoded(interrupted(run.reason, run.timeout))
-            else:
-                ended = stored_result(run.run_id, p.func, result,
-                                      self.host.settings.result_max_bytes)  # fmt: skip
+            ended = returned(p, result, self.host.settings.result_max_bytes)
         except asyncio.CancelledError:
             ended = encoded(interrupted(run.reason or StopReason.SHUTDOWN, run.timeout))
         except BaseException as exc:  # noqa: BLE001 - the per-run boundary

@@ -20,7 +20,13 @@ from sessionq.common.state import SharedState
 from sessionq.common.vocabulary import Outcome
 from sessionq.worker.context import TaskContext
 from sessionq.worker.current import CurrentRun, interrupted
-from sessionq.worker.execute import RUN_ENVIRONMENT, Command, RunInterrupted, describe_exit
+from sessionq.worker.execute import (
+    RUN_ENVIRONMENT,
+    Command,
+    RunInterrupted,
+    describe_exit,
+    stored_result,
+)
 from sessionq.worker.host import WorkerHost
 from sessionq.worker.registry import resolve
 
@@ -115,6 +121,16 @@ def judge(run_id: str, exc: BaseException, run: CurrentRun | None, timeout: floa
 
 def encoded(ended: tuple[str, str]) -> Ended:
     return ended[0], codec.encode(ended[1])
+
+
+def returned(p: Prepared, result: Any, max_bytes: int) -> Ended:
+    """How a run whose body returned `result` ended: as its stop says, if it returned after
+    its stop or deadline (a pool thread or the event loop cannot interrupt it), else its
+    result, stored."""
+    run = p.run
+    if run.reason is not None:
+        return encoded(interrupted(run.reason, run.timeout))
+    return stored_result(run.run_id, p.func, result, max_bytes)
 
 
 def run_command(host: RunHost, p: Prepared, note_pgid: Callable[[int], None] | None) -> Ended:
