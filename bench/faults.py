@@ -33,6 +33,7 @@ from sessionq.common.redisserver import RedisServer, SentinelServer
 
 SERVICE = "sq-soak"
 READY_TIMEOUT_S = 60.0
+RESYNC_PATIENCE_S = 20.0
 POLL_S = 0.05
 
 
@@ -128,6 +129,7 @@ class Sentinels:
     replica: RedisServer
     sentinels: list[SentinelServer]
     failovers: int = 0
+    resync_restarts: int = 0
 
     @classmethod
     def start(cls) -> Sentinels:
@@ -177,9 +179,33 @@ class Sentinels:
         return True
 
     def wait_ready(self) -> float:
-        """Seconds until the replica is in sync and every sentinel could fail over to it."""
-        took = wait_until(self._in_sync, "the replica to be in sync")
-        return took + wait_until(self._sentinels_agree, "the sentinels to see the replica")
+        """Seconds until the replica is in sync and every sentinel could fail over to it.
+        A replica still not in sync after RESYNC_PATIENCE_S is restarted once (as an operator
+        would), and `resync_restarts` counts it; a timeout names both servers' state."""
+        started = time.monotonic()
+        try:
+            try:
+                wait_until(self._in_sync, "the replica to be in sync", RESYNC_PATIENCE_S)
+            except RuntimeError:
+                self.resync_restarts += 1
+                self.replica.shutdown()
+                self.replica.restart_as_replica_of(self.master)
+                wait_until(self._in_sync, "the replica to be in sync after a restart")
+            wait_until(self._sentinels_agree, "the sentinels to see the replica")
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}\n{self.describe()}") from None
+        return time.monotonic() - started
+
+    def describe(self) -> str:
+        """Both servers' replication state and the last lines of their logs."""
+        parts = []
+        for role, server in (("master", self.master), ("replica", self.replica)):
+            try:
+                state = info(server.port, "replication")
+            except Exception as exc:  # down, frozen or loading: say so
+                state = {"error": f"{type(exc).__name__}: {exc}"}
+            parts.append(f"-- {role} on port {server.port}: {state}\n{server.log_tail()}")
+        return "\n".join(parts)
 
     def fail_over(self, lag_s: float) -> dict[str, Any]:
         """Freeze and cut off the replica for `lag_s` (writes pile up on the master only),
@@ -213,7 +239,7 @@ class Sentinels:
         return {"fault": "failover", "lag_s": lag_s, "lag_bytes": max(offset - got, 0),
                 "promoted_after_s": round(promoted, 2),
                 "ready_again_after_s": round(time.monotonic() - killed, 2),
-                "resync_s": round(ready, 2)}  # fmt: skip
+                "resync_s": round(ready, 2), "resync_restarts": self.resync_restarts}  # fmt: skip
 
     def close(self) -> None:
         for server in [*self.sentinels, self.replica, self.master]:

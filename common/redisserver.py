@@ -80,7 +80,7 @@ class RedisServer:
         self.dir = data_dir or tempfile.mkdtemp(prefix="sessionq-redis-")
         self.binary = binary or find_redis_server()
         cmd = [self.binary, *self._config(), "--port", str(self.port), "--bind", "127.0.0.1",
-               "--dir", self.dir]  # fmt: skip
+               "--dir", self.dir, "--logfile", str(self.log_path)]  # fmt: skip
         if not isinstance(self, SentinelServer):
             cmd += ["--save", "", "--appendonly", "yes" if appendonly else "no"]
         if appendonly:
@@ -97,6 +97,19 @@ class RedisServer:
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def log_path(self) -> Path:
+        """The server's own log (kept in its data dir, across restarts)."""
+        return Path(self.dir) / "redis.log"
+
+    def log_tail(self, lines: int = 15) -> str:
+        """The last `lines` lines of the server's log ("" if it wrote none yet)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
 
     def start(self) -> RedisServer:
         # its own session: a terminal's Ctrl-C (SIGINT to the foreground process group) or
