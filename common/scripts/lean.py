@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _LONG_OPEN = re.compile(r"\[(=*)\[")
@@ -89,11 +90,20 @@ class Piece:
 
 
 def piece(defines: Iterable[str], text: str) -> Piece:
-    return Piece(tuple(defines), text, frozenset(names_in(text)))
+    return Piece(tuple(defines), text, _uses(text))
 
 
-def split(lua: str) -> list[Piece]:
-    """`lua` (the prelude) as its top-level statements, in order."""
+@lru_cache(maxsize=1024)
+def _uses(text: str) -> frozenset[str]:
+    """names_in, once per text: every script's prologue has the same key builders, tables
+    and id helpers."""
+    return frozenset(names_in(text))
+
+
+@lru_cache(maxsize=8)
+def split(lua: str) -> tuple[Piece, ...]:
+    """`lua` (the prelude) as its top-level statements, in order. Cached: every script of a
+    process splits the same prelude (lexing it is most of the cost of loading the scripts)."""
     pieces: list[Piece] = []
     comments: list[str] = []
     current: list[str] = []
@@ -118,7 +128,7 @@ def split(lua: str) -> list[Piece]:
             comments.clear()
             current.append(line)
     close()
-    return pieces
+    return tuple(pieces)
 
 
 def _first_code(lines: Sequence[str]) -> str:
