@@ -50,6 +50,7 @@ class WatchedWorker(WorkerHost, Protocol):
 log = logging.getLogger(__name__)
 EXIT_HARD_KILLED = 70
 EXIT_WATCHER_DIED = 71
+WAKE = b'{"command": "wake"}'  # what stop() sends the thread's own channel
 
 
 class Watcher(threading.Thread):
@@ -61,7 +62,15 @@ class Watcher(threading.Thread):
         self.beats = 0
 
     def stop(self) -> None:
+        """End the thread and wait for it; a message on its channel wakes it at once (it
+        may be waiting up to a quarter of a second for one)."""
         self._stopping.set()
+        if self.is_alive():
+            try:
+                w = self.worker
+                w.redis.publish(w.scripts.rq.worker_channel(w.name), WAKE)
+            except (RedisError, OSError):
+                pass  # Redis is gone: it notices within its wait
         self.join(timeout=5)
 
     def run(self) -> None:
@@ -112,6 +121,8 @@ class Watcher(threading.Thread):
                     w.shut_down()
                 wait = min(interval, 0.25, max(0.0, next_tick - time.monotonic()))
                 message = pubsub.get_message(timeout=wait)
+                if self._stopping.is_set():
+                    break
                 if message and message.get("type") == "message":
                     self.command(message["data"])
                 backoff.succeeded()
