@@ -1,7 +1,10 @@
 """`--max-jobs N`: up to N runs in flight in one worker process - `async def` functions on the
 worker's event loop (a thread of its own), plain functions and commands in a pool of N
 threads - while the main thread steps as with one: each run.lua call finishes what ended and
-claims what there is room for.
+claims what there is room for, in steps of at most claim_batch_max runs (runs that end
+together are replaced a few at a time, while Redis works on the rest). A few runs are claimed
+ahead (about 20 ms of work, at most claim_batch_max): they begin the moment Redis has the
+ends of those they replace.
 
 A run ends (a timeout, a stop, a cold shutdown) by its CurrentRun: an async run's task is
 cancelled; a command's process group is ended; a plain function on a pool thread sees its
@@ -42,6 +45,7 @@ from sessionq.worker.prepare import (
 
 log = logging.getLogger(__name__)
 POLL_S = 0.05  # with runs in flight and nothing to claim: look again this often
+BATCH_WINDOW_S = 0.02  # claim about this much work at once (fewer round trips, no hoarding)
 Ready = tuple[str, str, Any, Any, Any, int]  # run id, queue, data, sq, timeout, attempt
 
 
@@ -61,7 +65,12 @@ class Host(Protocol):
     cancel_ids: dict[str, str]
     inflight: dict[str, CurrentRun]
 
-    def _claim(self, finishes: list[Finish], claim: int = 0, waits: bool | None = None) -> bool: ...
+    def _claim(
+        self, finishes: list[Finish], claim: int = 0, waits: bool | None = None,
+        meanwhile: Callable[[], None] | None = None,
+    ) -> bool: ...  # fmt: skip
+
+    def _collect(self, keep: int) -> None: ...
 
     def _finish(self, finishes: list[Finish], current: str | None = None) -> None: ...
 
@@ -83,6 +92,13 @@ class InFlight:
         self.host = host
         self.max_jobs = max_jobs
         self.running = 0
+        # runs claimed beyond max_jobs, in hand to begin the moment others end: about
+        # BATCH_WINDOW_S of work at the rate runs end (none until the first has ended)
+        self.ahead = 0
+        self.avg_run_s = 0.0
+        # runs finished and claimed per step: a wave of runs that end together is carried in
+        # small steps, so the first are replaced while Redis still works on the rest
+        self.step_max = host.settings.claim_batch_max
         # (finish, sq) of ended runs, put by pool threads and the event loop
         self.done: queue.SimpleQueue[tuple[Finish, Any]] = queue.SimpleQueue()
         self._pool: ThreadPoolExecutor | None = None
@@ -94,12 +110,7 @@ class InFlight:
         """One step; False when a burst worker has nothing left (or a stopping one nothing in
         flight)."""
         h = self.host
-        if not h.shutting_down and h.ready and self.running < self.max_jobs:
-            spawn: list[tuple[Prepared, Any, float]] = []  # for the loop, in one wake of it
-            while h.ready and self.running < self.max_jobs:
-                self.begin(h.ready.popleft(), spawn)
-            if spawn:
-                self._event_loop().call_soon_threadsafe(self._spawn_all, spawn)
+        self._begin_ready()
         finishes = self.collect(0)
         if h.shutting_down:  # warm: finish what runs, begin and claim nothing
             if finishes:
@@ -110,14 +121,17 @@ class InFlight:
             if finishes:
                 h._finish(finishes, "")
             return True
-        room = self.max_jobs - self.running - len(h.ready)
-        if room <= 0:  # full: wait for a run to end, then finish it (and claim, if room)
+        if finishes and h.ready:
+            self._replace(finishes)
+            return True
+        room = self.room()
+        if room <= 0:  # full: wait for a run to end, then finish it and fill its place
             if not finishes:
                 finishes = self.collect(POLL_S)
             if finishes and h.ready:
-                h._finish(finishes)
+                self._replace(finishes)
             elif finishes:
-                h._claim(finishes, self.max_jobs - self.running, waits=False)
+                h._claim(finishes, self.room(), waits=False)
             return True
         if h._claim(finishes, room, waits=not self.running):
             return True
@@ -136,6 +150,37 @@ class InFlight:
         h.wait_idle()
         return True
 
+    def room(self) -> int:
+        """How many runs to claim now: up to max_jobs in flight and `ahead` more in hand, at
+        most step_max."""
+        return min(self.step_max, self.max_jobs + self.ahead - self.running - len(self.host.ready))
+
+    def _replace(self, finishes: list[Finish]) -> None:
+        """Finish runs that ended and begin runs in hand in their places - once Redis has
+        the ends, so that the runs of ours in flight stay the first max_jobs on our list
+        (what recover.lua charges if we are lost) - claiming what there is room for in the
+        same round trip."""
+        h = self.host
+        h._finish(finishes)
+        room = self.room()
+        if room > 0:
+            h._claim([], room, waits=False, meanwhile=self._begin_ready)
+        else:
+            h._collect(0)
+            self._begin_ready()
+
+    def _begin_ready(self) -> None:
+        """Begin runs in hand while there is room in flight (async ones in one wake of the
+        event loop)."""
+        h = self.host
+        if h.shutting_down or not h.ready or self.running >= self.max_jobs:
+            return
+        spawn: list[tuple[Prepared, Any, float]] = []
+        while h.ready and self.running < self.max_jobs:
+            self.begin(h.ready.popleft(), spawn)
+        if spawn:
+            self._event_loop().call_soon_threadsafe(self._spawn_all, spawn)
+
     def collect(self, timeout: float) -> list[Finish]:
         """The finishes of runs that ended; waiting up to `timeout` for the first."""
         out: list[Finish] = []
@@ -144,7 +189,7 @@ class InFlight:
         except queue.Empty:
             return out
         items = [item]
-        while True:
+        while len(items) < self.step_max:
             try:
                 items.append(self.done.get_nowait())
             except queue.Empty:
@@ -155,8 +200,11 @@ class InFlight:
                 h.inflight.pop(finish[0], None)
         for finish, sq in items:
             self.running -= 1
+            self.avg_run_s = 0.8 * self.avg_run_s + 0.2 * finish[4] / 1000
             h.ended(finish[0], finish[2], sq)
             out.append(finish)
+        fits = int(BATCH_WINDOW_S * self.max_jobs / max(self.avg_run_s, 1e-4))
+        self.ahead = min(self.step_max, fits)
         return out
 
     # -- beginning a run --------------------------------------------------------------------

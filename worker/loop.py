@@ -48,12 +48,11 @@ from sessionq.worker.execute import (
     call_function,
     stored_result,
 )
-from sessionq.worker.inflight import InFlight
+from sessionq.worker.inflight import BATCH_WINDOW_S, InFlight
 from sessionq.worker.ops import Op
 from sessionq.worker.prepare import Ended, encoded, judge, prepare, run_command
 
 log = logging.getLogger(__name__)
-BATCH_WINDOW_S = 0.02  # claim about this much work at once (fewer round trips, no hoarding)
 IDLE_WAIT_S = 1
 REDIS_BACKOFF_MAX_S = 5.0
 MAX_UNANSWERED = 64
@@ -310,14 +309,22 @@ class SessionWorker:
                      else "resumed")  # fmt: skip
         return suspended
 
-    def _claim(self, finishes: list[Finish], claim: int = 0, waits: bool | None = None) -> bool:
+    def _claim(
+        self, finishes: list[Finish], claim: int = 0, waits: bool | None = None,
+        meanwhile: Callable[[], None] | None = None,
+    ) -> bool:  # fmt: skip
         """Send `finishes` with a claim of the next batch (`claim` runs; 0: the adaptive
         batch); whether there may be more to do: something was claimed, or a finish released
-        runs that waited on it (queued after this call's claim looked)."""
+        runs that waited on it (queued after this call's claim looked). `meanwhile` is
+        called once every step sent before this one is answered, before this one's reply is
+        read."""
         self.unacked.extend(finishes)
         self.scripts.step_send(self.head, self.name, finishes, [], "", claim=claim or self.batch,
                                waits=self.waits if waits is None else waits)  # fmt: skip
         before = (self.runs_claimed, self.parents_ended)
+        if meanwhile is not None:
+            self._collect(1)
+            meanwhile()
         self._collect(0)
         return (self.runs_claimed, self.parents_ended) != before
 
