@@ -284,7 +284,9 @@ class InFlight:
         for p, sq, started in spawn:
             task = loop.create_task(self._run_async(p, sq, started))
             if p.run.attach_interrupt(partial(_cancel, loop, task)) is not None:
-                task.cancel()  # stopped before it was spawned
+                # stopped before it was spawned: cancelled after its first step, inside its
+                # body (a task cancelled before that never enters it, and never ends the run)
+                loop.call_soon(task.cancel)
 
     async def _run_async(self, p: Prepared, sq: Any, started: float) -> None:
         run = p.run
@@ -312,6 +314,8 @@ class InFlight:
             self._loop.call_soon_threadsafe(self._loop.stop)
             if self._loop_thread is not None:
                 self._loop_thread.join(timeout=5)
+            if not self._loop.is_running():
+                self._loop.close()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
 

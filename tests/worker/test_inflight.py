@@ -117,3 +117,36 @@ def test_a_bad_max_jobs_is_refused_naming_the_option() -> None:
     proc = subprocess.run([sys.executable, "-m", "sessionq", "worker", "--max-jobs", "0"],
                           capture_output=True, text=True, timeout=WAIT_S)  # fmt: skip
     assert proc.returncode == 2 and "--max-jobs" in proc.stderr
+
+
+def test_an_async_run_stopped_before_the_loop_took_it_up_ends_stopped(
+    client: Client, settings: Settings
+) -> None:
+    """A stop that comes after a run began but before the event loop made its task (the loop
+    busy meanwhile) still ends it: cancelled before its first step, a task would never enter
+    its body, and the run would stay in flight until the grace period killed the process."""
+    import dataclasses
+    import threading
+
+    import tests.inflight_tasks  # noqa: F401 - registers the tasks
+    from sessionq.worker.current import StopReason
+    from sessionq.worker.loop import SessionWorker
+
+    ids = client.create("early", task="tests.inflight_tasks:async_sleep", args=[600], replicas=2)
+    # a grace period far past the test's patience: a run that never ends fails the test
+    # instead of ending the test process
+    w = SessionWorker(dataclasses.replace(settings, stop_grace_s=600), max_jobs=2)
+    assert w.runner is not None
+    gate = threading.Event()
+    w.runner._event_loop().call_soon_threadsafe(gate.wait)  # the loop busy until the gate
+    worker = threading.Thread(target=w.work, daemon=True)
+    worker.start()
+    try:
+        wait_for(lambda: len(w.in_flight()) == 2, timeout=WAIT_S, what="both runs begun")
+        w.stop_now(StopReason.SHUTDOWN)  # (a second SIGTERM)
+    finally:
+        gate.set()
+    worker.join(timeout=WAIT_S)
+    assert not worker.is_alive(), "the stopped runs never ended"
+    for record in client.info(ids):
+        assert record["tasks"]["queued"] == 1 and record["tasks"]["succeeded"] == 0
