@@ -234,12 +234,14 @@ class Sentinels:
                               "the sentinels to promote the replica")  # fmt: skip
         self.master, self.replica = new, old
         old.restart_as_replica_of(new)
+        restarts = self.resync_restarts
         ready = self.wait_ready()
         self.failovers += 1
         return {"fault": "failover", "lag_s": lag_s, "lag_bytes": max(offset - got, 0),
                 "promoted_after_s": round(promoted, 2),
                 "ready_again_after_s": round(time.monotonic() - killed, 2),
-                "resync_s": round(ready, 2), "resync_restarts": self.resync_restarts}  # fmt: skip
+                "resync_s": round(ready, 2),
+                "resync_restarts": self.resync_restarts - restarts}  # fmt: skip
 
     def close(self) -> None:
         for server in [*self.sentinels, self.replica, self.master]:

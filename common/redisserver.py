@@ -77,7 +77,12 @@ class RedisServer:
     ) -> None:
         self.port = port or free_port()
         self._own_dir = data_dir is None
-        self.dir = data_dir or tempfile.mkdtemp(prefix="sessionq-redis-")
+        # absolute: Redis enters --dir before it opens --logfile
+        self.dir = (
+            str(Path(data_dir).resolve())
+            if data_dir
+            else tempfile.mkdtemp(prefix="sessionq-redis-")
+        )
         self.binary = binary or find_redis_server()
         cmd = [self.binary, *self._config(), "--port", str(self.port), "--bind", "127.0.0.1",
                "--dir", self.dir, "--logfile", str(self.log_path)]  # fmt: skip

@@ -11,6 +11,7 @@ asyncio API.
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -21,14 +22,19 @@ if TYPE_CHECKING:
     __all__ = producer.__all__ + worker.__all__  # (at run time: sorted, made when asked for)
 
 _HOMES = ("sessionq.worker", "sessionq.producer")  # the lighter first
+_PACKAGES = ("common", "producer", "worker")
 
 if not TYPE_CHECKING:  # (a type checker sees the names above, and flags a misspelt one)
 
     def __getattr__(name: str) -> Any:
         if name == "__all__":
             return sorted(n for home in _HOMES for n in importlib.import_module(home).__all__)
+        if name in _PACKAGES:  # sessionq.producer etc. before anything imported them
+            return importlib.import_module(f"sessionq.{name}")
         if not name.startswith("__"):
-            for home in _HOMES:
+            # the homes already imported first: an unknown name imports nothing new
+            homes = sorted(_HOMES, key=lambda home: home not in sys.modules)
+            for home in homes:
                 module = importlib.import_module(home)
                 if name in module.__all__:
                     value = getattr(module, name)

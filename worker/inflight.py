@@ -45,6 +45,7 @@ from sessionq.worker.prepare import (
 
 log = logging.getLogger(__name__)
 POLL_S = 0.05  # with runs in flight and nothing to claim: look again this often
+HOLD_S = 0.5  # runs held in hand this long while no slot frees up go back
 BATCH_WINDOW_S = 0.02  # claim about this much work at once (fewer round trips, no hoarding)
 Ready = tuple[str, str, Any, Any, Any, int]  # run id, queue, data, sq, timeout, attempt
 
@@ -80,6 +81,8 @@ class Host(Protocol):
 
     def ended(self, run_id: str, outcome: str, sq: Any) -> None: ...
 
+    def give_back(self, why: str) -> list[Finish]: ...
+
     def _begin(
         self, run_id: str, queue: str, timeout: Any, interrupt: Callable[[str], None] | None
     ) -> CurrentRun: ...
@@ -95,7 +98,8 @@ class InFlight:
         # runs claimed beyond max_jobs, in hand to begin the moment others end: about
         # BATCH_WINDOW_S of work at the rate runs end (none until the first has ended)
         self.ahead = 0
-        self.avg_run_s = 0.0
+        self.avg_run_s: float | None = None
+        self._began_at = 0.0  # when runs last began (runs held in hand longer go back)
         # runs finished and claimed per step: a wave of runs that end together is carried in
         # small steps, so the first are replaced while Redis still works on the rest
         self.step_max = host.settings.claim_batch_max
@@ -132,13 +136,19 @@ class InFlight:
                 self._replace(finishes)
             elif finishes:
                 h._claim(finishes, self.room(), waits=False)
+            else:
+                self._hold_no_longer()
             return True
         if h._claim(finishes, room, waits=not self.running):
             return True
         if self.running:  # nothing to claim now: the next end (or a while) brings a look
             finishes = self.collect(POLL_S)
-            if finishes:
+            if finishes and h.ready:
+                self._replace(finishes)
+            elif finishes:
                 h._finish(finishes)  # (claimed with the next step's claim)
+            else:
+                self._hold_no_longer()
             return True
         if h._suspended():
             if burst:
@@ -149,6 +159,15 @@ class InFlight:
             return False
         h.wait_idle()
         return True
+
+    def _hold_no_longer(self) -> None:
+        """No run has ended for HOLD_S: the runs in flight outlast what the past made us
+        expect, so the runs in hand go back (uncharged, to the front of their queues) for
+        idle workers to take, and none are claimed ahead until a run ends."""
+        h = self.host
+        if h.ready and time.monotonic() - self._began_at > HOLD_S:
+            self.ahead = 0
+            h._finish(h.give_back("held back: the worker's slots are busy"))
 
     def room(self) -> int:
         """How many runs to claim now: up to max_jobs in flight and `ahead` more in hand, at
@@ -164,22 +183,26 @@ class InFlight:
         h._finish(finishes)
         room = self.room()
         if room > 0:
-            h._claim([], room, waits=False, meanwhile=self._begin_ready)
+            h._claim([], room, waits=False, meanwhile=partial(self._begin_ready, 1))
         else:
             h._collect(0)
             self._begin_ready()
 
-    def _begin_ready(self) -> None:
+    def _begin_ready(self, pending: int = 0) -> None:
         """Begin runs in hand while there is room in flight (async ones in one wake of the
-        event loop)."""
+        event loop) - only when no step but the `pending` last ones (claims) is unanswered:
+        a finish sent must be applied before a run begins in its place."""
         h = self.host
         if h.shutting_down or not h.ready or self.running >= self.max_jobs:
             return
+        if h.scripts.steps_unanswered > pending:
+            return
         spawn: list[tuple[Prepared, Any, float]] = []
         while h.ready and self.running < self.max_jobs:
-            self.begin(h.ready.popleft(), spawn)
+            self.begin(spawn)
         if spawn:
             self._event_loop().call_soon_threadsafe(self._spawn_all, spawn)
+        self._began_at = time.monotonic()
 
     def collect(self, timeout: float) -> list[Finish]:
         """The finishes of runs that ended; waiting up to `timeout` for the first."""
@@ -200,21 +223,26 @@ class InFlight:
                 h.inflight.pop(finish[0], None)
         for finish, sq in items:
             self.running -= 1
-            self.avg_run_s = 0.8 * self.avg_run_s + 0.2 * finish[4] / 1000
+            if finish[2] != Outcome.CANCELED:  # (one stopped before it began took 0 ms)
+                ran_s = finish[4] / 1000
+                self.avg_run_s = ran_s if self.avg_run_s is None else (
+                    0.8 * self.avg_run_s + 0.2 * ran_s)  # fmt: skip
             h.ended(finish[0], finish[2], sq)
             out.append(finish)
-        fits = int(BATCH_WINDOW_S * self.max_jobs / max(self.avg_run_s, 1e-4))
-        self.ahead = min(self.step_max, fits)
+        if self.avg_run_s is not None:
+            fits = int(BATCH_WINDOW_S * self.max_jobs / max(self.avg_run_s, 1e-4))
+            self.ahead = min(self.step_max, fits)
         return out
 
     # -- beginning a run --------------------------------------------------------------------
-    def begin(self, entry: Ready, spawn: list[tuple[Prepared, Any, float]]) -> None:
-        """Begin a ready run: on a pool thread, on the event loop (added to `spawn`, for the
-        caller to hand over), or (cancelled or rejected before it began) ended at once."""
+    def begin(self, spawn: list[tuple[Prepared, Any, float]]) -> None:
+        """Begin the next run in hand: on a pool thread, on the event loop (added to `spawn`,
+        for the caller to hand over), or (cancelled or rejected before it began) ended at
+        once. Taken from `ready` under take_lock, as a stop looks for it there or in flight."""
         h = self.host
-        run_id, queue_name, data, sq, timeout, attempt = entry
         self.running += 1
         with h.take_lock:
+            run_id, queue_name, data, sq, timeout, attempt = h.ready.popleft()
             reason = h.cancel_ids.pop(run_id, None)
             if reason is None:
                 run = h._begin(run_id, queue_name, timeout, None)

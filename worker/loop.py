@@ -241,11 +241,8 @@ class SessionWorker:
         self._watcher.stop()  # no heartbeat may bring us back after we unregister
         try:
             self._take_inbox(unlist=True, leaving=True)
-            giveback: list[tuple[str, str, str, bytes, int]] = [
-                (r[0], r[1], Outcome.REQUEUE, codec.encode("worker shut down"), 0)
-                for r in self.ready
-            ]
-            self.ready.clear()
+            self._collect(0)  # (a claim still unanswered adds its runs to those in hand)
+            giveback = self.give_back("worker shut down")
             if giveback or self.unacked:
                 self._finish(giveback)
             self._collect(0)
@@ -262,6 +259,23 @@ class SessionWorker:
             RUN_ENVIRONMENT.restore()
             self.scripts.close()
             self.redis.close()
+
+    def give_back(self, why: str) -> list[Finish]:
+        """Take the runs in hand (started for us, not begun) out of `ready`: the finishes
+        that give them back uncharged (`why`), or end one canceled that a stop meant for
+        (any thread)."""
+        with self.take_lock:
+            held = list(self.ready)
+            self.ready.clear()
+            out: list[Finish] = []
+            for r in held:
+                reason = self.cancel_ids.pop(r[0], None)
+                if reason is None:
+                    out.append((r[0], r[1], Outcome.REQUEUE, codec.encode(why), 0))
+                else:
+                    out.append((r[0], r[1], Outcome.CANCELED,
+                                codec.encode(f"stopped: {reason}"), 0))  # fmt: skip
+        return out
 
     def _turn(self, burst: bool) -> bool:
         """One step of the loop; False when a burst worker has nothing left."""

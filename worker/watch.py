@@ -46,6 +46,8 @@ class WatchedWorker(WorkerHost, Protocol):
 
     def shut_down(self) -> None: ...
 
+    def give_back(self, why: str) -> list[Finish]: ...
+
 
 log = logging.getLogger(__name__)
 EXIT_HARD_KILLED = 70
@@ -205,5 +207,8 @@ class Watcher(threading.Thread):
             ended = run.finish
             finishes.append(ended or (run.run_id, run.queue, Outcome.REQUEUE,
                                       codec.encode("worker restarted"), 0))  # fmt: skip
+        # and those in hand, not begun: off our list, or recovery would charge them (the
+        # first max_jobs started runs on it once the ones above are off)
+        finishes.extend(w.give_back("worker restarted"))
         w.scripts.step_now(w.head, w.name, finishes)
         os._exit(EXIT_HARD_KILLED)

@@ -35,3 +35,10 @@ def test_every_public_name_is_there_and_is_its_homes() -> None:
 def test_an_unknown_name_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="no attribute 'Clinet'"):
         _ = sessionq.Clinet  # type: ignore[attr-defined]  # the misspelling is the point
+
+
+def test_the_card_packages_are_attributes_before_anything_imported_them() -> None:
+    code = ("import sessionq; print(sessionq.producer.__name__, sessionq.worker.__name__, "
+            "sessionq.common.__name__)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["sessionq.producer", "sessionq.worker", "sessionq.common"]

@@ -128,3 +128,33 @@ def test_a_thread_run_that_ignores_its_deadline_ends_its_process(
     assert done["status"] == "Completed" and done["result"] == 3
     workers_seen = {e["worker"] for e in events_of(client, beside, "task.started")}
     assert len(workers_seen) == 2, "given back, it ran again in the fresh process"
+
+
+def test_runs_claimed_ahead_go_back_while_the_slots_stay_busy(
+    client: Client, workers: WorkerProcs, tmp_path: Path
+) -> None:
+    """After a short run, a worker claims a few runs ahead of its slots; when the runs in
+    its slots then outlast that, the runs in hand go back uncharged (not begun, no retry)
+    and another worker takes them: each run begins exactly once."""
+    ledger = tmp_path / "ledger"
+    first = start(workers, max_jobs=2)
+    [quick] = client.create("quick", task="tests.inflight_tasks:async_sleep", args=[0])
+    wait_for(lambda: ended(client, quick), timeout=WAIT_S, what="the quick run to end")
+    ids = client.create("long", task="tests.inflight_tasks:async_sleep", args=[600, str(ledger)],
+                        replicas=N + 2)  # fmt: skip
+    wait_for(lambda: len(beginnings(ledger)) == 2, timeout=WAIT_S, what="2 runs to begin")
+
+    def held_back() -> list[str]:
+        return [sid for sid in ids if any(
+            e["data"] == {"reason": "held back: the worker's slots are busy"}
+            for e in events_of(client, sid, "task.queued"))]  # fmt: skip
+
+    wait_for(lambda: len(held_back()) == N, timeout=WAIT_S, what=f"{N} runs given back")
+    start(workers, max_jobs=N)
+    wait_for(lambda: len(beginnings(ledger)) == N + 2, timeout=WAIT_S, what="every run begun")
+    began = beginnings(ledger)
+    assert sorted(a for _, a in began) == [1] * (N + 2), "each began once, as attempt 1"
+    assert len({run for run, _ in began}) == N + 2
+    assert first.poll() is None
+    for sid in ids:
+        assert events_of(client, sid, "task.retrying") == []
