@@ -162,3 +162,26 @@ def test_staged_adds_keep_their_own_job_fields_beside_mapped_runs(
         b"2", b"5000", b"30",
     ]  # fmt: skip
     assert redis.hmget(job(plain), "retries_left", "retry_delay_ms", "timeout") == [None] * 3
+
+
+def test_adds_staged_without_a_round_trip_keep_add_rules(
+    client: Client, redis: Redis, settings: Settings
+) -> None:
+    s = client.session("staged")
+    s.add(Task(NOOP, name="warm"))  # ids reserved
+    t = Task(ADD, args=[1, 2], name="same")
+    first = s.add(t, flush=False)
+    assert s.add(t, flush=False) == first  # the same object: the same id, staged once
+    with pytest.raises(ValidationError, match="^args: "):
+        s.add(Task(ADD, args=["x" * 600_000], name="huge"), flush=False)
+    plain = s.add(Task(NOOP), flush=False)  # unnamed: named as its function
+    s.add(Task(NOOP, name="same"), flush=False)  # a second "same" under "raise"
+    with pytest.raises(ValidationError, match="same"):
+        s.flush()
+    assert len(s) == 1  # nothing of the refused flush was written
+    ids = [s.add(t, flush=False), s.add(Task(NOOP), flush=False)]
+    s.flush()
+    assert s.add(t, flush=False) == ids[0] and ids[0] != first  # (a new flush, a new id)
+    job = rq_keys(settings.prefix).job
+    assert [parse_meta(redis.hget(job(i), "sq"))["name"] for i in ids] == ["same", "noop"]
+    assert s.list_names() == ["warm", "same", "noop"] and plain not in s
