@@ -77,17 +77,22 @@ for i, s in ipairs(sessions) do
   end
 end
 -- A parent must name a task: one written before, or a run of this call added before it.
-local this_call = {}
-for _, run in ipairs(runs) do
+-- (the runs of this call are listed once one has parents: most calls have none)
+local this_call = nil
+for r, run in ipairs(runs) do
   local o = run[6]
   if o and o.deps then
+    if not this_call then
+      this_call = {}
+      for j = 1, r - 1 do this_call[runs[j][2]] = true end
+    end
     for i, pid in ipairs(o.deps) do
       if not this_call[pid] and redis.call('EXISTS', KX(o.dep_keys[i])) == 0 then
         return {'nodep', run[2], pid}
       end
     end
   end
-  this_call[run[2]] = true
+  if this_call then this_call[run[2]] = true end
 end
 local claim = plan[4]
 if claim and claim ~= '' then
@@ -244,7 +249,7 @@ end
 local out = {'ok'}
 local pushes = {}
 for q = 1, nq do pushes[q] = {r = {}} end
-local queued_data = {}  -- the packed data of task.queued events, by state and name
+local queued_data = {}  -- the packed data of task.queued events, by state (by_name)
 for r, run in ipairs(runs) do
   local B, id, name, state, o = S[run[1]], run[2], run[3], run[4], run[6]
   local job = job_key(r)
@@ -289,15 +294,16 @@ for r, run in ipairs(runs) do
         end
         if state ~= 'queued' then redis.call('HSET', job, 'state', state, 'status', RQ_STATUS[state]) end
         B.counts[state] = (B.counts[state] or 0) + 1  -- counted in the totals after the loop
-        local by_name = queued_data[state]
-        if not by_name then
-          by_name = {}
-          queued_data[state] = by_name
+        local qd = queued_data[state]
+        if not qd then
+          -- map({'name', P(name), 'state', P(state)}): all of it but the name made once
+          qd = {by_name = {}, head = '\130' .. PK.name, tail = PK.state .. P(state)}
+          queued_data[state] = qd
         end
-        local data = by_name[name]
+        local data = qd.by_name[name]
         if not data then
-          data = map({'name', P(name), 'state', P(state)})
-          by_name[name] = data
+          data = qd.head .. P(name) .. qd.tail
+          qd.by_name[name] = data
         end
         emit(B, 'task.queued', id, data)
       else

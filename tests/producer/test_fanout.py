@@ -185,3 +185,23 @@ def test_adds_staged_without_a_round_trip_keep_add_rules(
     job = rq_keys(settings.prefix).job
     assert [parse_meta(redis.hget(job(i), "sq"))["name"] for i in ids] == ["same", "noop"]
     assert s.list_names() == ["warm", "same", "noop"] and plain not in s
+
+
+def test_a_flush_takes_a_parent_added_before_in_it_and_names_each_queued_event(
+    client: Client,
+) -> None:
+    s = client.session("parents")
+    first, parent = Task(NOOP, name="head"), Task(NOOP, name="tail")
+    child = Task(NOOP, name="child", depends_on=parent)
+    ids = [s.add(t, flush=False) for t in (first, parent, child)]
+    s.flush()
+    assert s.list_ids() == ids
+    assert states(s) == {"head": "queued", "tail": "queued", "child": "deferred"}
+    queued = [e for e in client.events(s.id) or [] if e["type"] == "task.queued"]
+    assert [(e["task"], e["data"]["name"], e["data"]["state"]) for e in queued] == [
+        (ids[0], "head", "queued"), (ids[1], "tail", "queued"), (ids[2], "child", "deferred"),
+    ]  # fmt: skip
+
+
+def states(session: Any) -> dict[str, str]:
+    return {r["name"]: r["state"] for r in session}
