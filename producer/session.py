@@ -114,12 +114,12 @@ def _runs(staged: list[_Pending], now_s: float) -> list[Run]:
     shared: dict[tuple[str, int], Mapping[str, Any]] = {}
     runs: list[Run] = []
     for p, meta in zip(staged, _metas(staged), strict=True):
-        alike = (p.queue, id(p.spec))  # the specs stay alive while `staged` holds them
+        tid, name, queue, data, _, spec, extra, options, _, _ = p
+        alike = (queue, id(spec))  # the specs stay alive while `staged` holds them
         fields = shared.get(alike)
         if fields is None:
-            fields = shared[alike] = p.spec.shared_fields(p.queue, now_s)
-        job = JobFields(p.data, meta, fields, p.extra)
-        runs.append((0, p.tid, p.name, QUEUED, p.queue, job, p.options))
+            fields = shared[alike] = spec.shared_fields(queue, now_s)
+        runs.append((0, tid, name, QUEUED, queue, JobFields(data, meta, fields, extra), options))
     return runs
 
 
