@@ -84,7 +84,12 @@ class RunSpec:
     def metas(self, names: Sequence[str], prerun_fatal: bool) -> list[bytes]:
         """meta(name, prerun_fatal) of each name, packed together (a batch of named runs)."""
         wire = _meta_wire("", self._meta_key(prerun_fatal))
-        return codec.encode_each({**wire, "name": name} for name in names)
+
+        def named(name: str) -> dict[str, Any]:
+            wire["name"] = name  # (one map for them all, packed before the next is named)
+            return wire
+
+        return codec.encode_each(map(named, names))
 
     def surely_fits(self, name: str, prerun_fatal: bool) -> bool:
         """Does the run named `name` surely pass check_size, without packing its meta? (Its

@@ -113,12 +113,14 @@ def _runs(staged: list[_Pending], now_s: float) -> list[Run]:
     of job fields without asking for it again."""
     shared: dict[tuple[str, int], Mapping[str, Any]] = {}
     runs: list[Run] = []
+    last: tuple[str, RunSpec | None] = ("", None)
+    fields: Mapping[str, Any] = {}
     for p, meta in zip(staged, _metas(staged), strict=True):
         tid, name, queue, data, _, spec, extra, options, _, _ = p
-        alike = (queue, id(spec))  # the specs stay alive while `staged` holds them
-        fields = shared.get(alike)
-        if fields is None:
-            fields = shared[alike] = spec.shared_fields(queue, now_s)
+        if spec is not last[1] or queue != last[0]:  # (runs alike mostly come together)
+            last = (queue, spec)
+            alike = (queue, id(spec))  # the specs stay alive while `staged` holds them
+            fields = shared.get(alike) or shared.setdefault(alike, spec.shared_fields(queue, now_s))
         runs.append((0, tid, name, QUEUED, queue, JobFields(data, meta, fields, extra), options))
     return runs
 
@@ -145,6 +147,8 @@ class _SessionCore:
         self._pending_drops: list[tuple[list[str], bool, bool]] = []
         self._pending_objects: dict[str, bytes] = {}
         self._workflows: dict[str, list[str]] = {}
+        # (policy, silence_cond_check) -> a plain run's options and extra fields (_alike)
+        self._alike_runs: dict[tuple[str, bool], tuple[dict[str, Any], dict[str, Any] | None]] = {}
         self._rpc_log = opened.rpc_log
 
     # -- identity and timestamps -------------------------------------------------------------
@@ -282,7 +286,7 @@ class _SessionCore:
                 return
         tid = self._ids.popleft() if self._ids else (yield from self._new_id())
         name = task.name or (tid if cfg.use_instance_naming else task.default_name)
-        options: dict[str, Any] = {"policy": cfg.task_pre_exist}
+        old_id = None
         if cfg.task_pre_exist == "replace":
             self._unstage_name(name)
         if cfg.task_pre_exist in ("replace", "ignore"):
@@ -291,9 +295,9 @@ class _SessionCore:
                 task.ids[self.id] = codec.text(current)
                 return
             if current is not None:
-                options["old_id"] = codec.text(current)
+                old_id = codec.text(current)
                 # a replaced cron task stops firing: its next firing goes with it
-                pending = yield from self._cron_pending([options["old_id"]])
+                pending = yield from self._cron_pending([old_id])
                 if pending:
                     self._pending_drops.append((pending, False, False))
         parents = []
@@ -303,7 +307,7 @@ class _SessionCore:
             else:
                 parents.append(parent)
         due = task.due_ms(time.time()) if task.scheduled else None
-        self._put(task, tid, name, options, parents, due)
+        self._put(task, tid, name, cfg.task_pre_exist, parents, due, old_id)
         if self._rpc_log:
             yield from self._rpc("add", {"task": tid, "name": name})
 
@@ -321,7 +325,7 @@ class _SessionCore:
             return None
         tid = self._ids.popleft()
         name = task.name or (tid if self.config.use_instance_naming else task.default_name)
-        self._put(task, tid, name, {"policy": self.config.task_pre_exist}, [], None)
+        self._put(task, tid, name, self.config.task_pre_exist, [], None, None)
         return tid
 
     def _put(
@@ -329,12 +333,14 @@ class _SessionCore:
         task: Task,
         tid: str,
         name: str,
-        options: dict[str, Any],
+        policy: str,
         parents: list[str],
         due: int | None,
+        old_id: str | None,
     ) -> None:
-        """Stage the task's run as `tid` named `name` (what `_stage` settled) for the next
-        flush; ValidationError, nothing staged, when its payload is too big."""
+        """Stage the task's run as `tid` named `name` (what `_stage` settled: `old_id` is the
+        task a "replace" removes) for the next flush; ValidationError, nothing staged, when
+        its payload is too big."""
         cfg, spec = self.config, task.spec
         fatal = not cfg.silence_task_prerun
         meta = None  # packed at the flush (_metas) unless it must be now, to check its size
@@ -342,20 +348,40 @@ class _SessionCore:
             meta = spec.meta(name, fatal)
             spec.check_size(meta)
         queue = plans.run_queue(spec)
-        extra = task.extra_fields(parents, due, cond_silent=cfg.silence_cond_check)
-        if task.key is not None:
-            options["key"] = task.key
-            self._pending_keys[task.key] = tid
-        if parents:
-            options.update(deps=parents, run_if=task.run_if, silent=cfg.silence_cond_check)
-        if due is not None:
-            options["due"] = due
-        if task.cron is not None:
-            options["cron"] = task.cron
-        self._pending_runs[tid] = _Pending(tid, name, queue, spec.data, meta, spec,
-                                           extra or None, options, task, fatal)  # fmt: skip
+        options: dict[str, Any]
+        extra: dict[str, Any] | None
+        if task.key is None and not parents and due is None and old_id is None and not task.cron:
+            # runs alike share their options and extra fields, as a map's runs do: read only,
+            # one object each for them all
+            options, extra = self._alike(policy)
+        else:
+            options = {"policy": policy}
+            extra = task.extra_fields(parents, due, cond_silent=cfg.silence_cond_check) or None
+            if old_id is not None:
+                options["old_id"] = old_id
+            if task.key is not None:
+                options["key"] = task.key
+                self._pending_keys[task.key] = tid
+            if parents:
+                options.update(deps=parents, run_if=task.run_if, silent=cfg.silence_cond_check)
+            if due is not None:
+                options["due"] = due
+            if task.cron is not None:
+                options["cron"] = task.cron
+        self._pending_runs[tid] = _Pending(tid, name, queue, spec.data, meta, spec, extra,
+                                           options, task, fatal)  # fmt: skip
         self._pending_names[name] = tid
         task.ids[self.id] = tid
+
+    def _alike(self, policy: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """The options and extra job fields of a plain run (no key, parent, schedule or
+        replaced task) under `policy` and this handle's config: one pair for all of them."""
+        silent = self.config.silence_cond_check
+        pair = self._alike_runs.get((policy, silent))
+        if pair is None:
+            extra = {"cond_silent": "1"} if silent else None
+            pair = self._alike_runs[(policy, silent)] = ({"policy": policy}, extra)
+        return pair
 
     def _unstage_name(self, name: str) -> None:
         """task_pre_exist="replace": a task of this name that this handle staged and has not

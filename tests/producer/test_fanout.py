@@ -205,3 +205,23 @@ def test_a_flush_takes_a_parent_added_before_in_it_and_names_each_queued_event(
 
 def states(session: Any) -> dict[str, str]:
     return {r["name"]: r["state"] for r in session}
+
+
+@pytest.mark.parametrize("silence", [True, False])
+def test_plain_runs_staged_together_keep_their_own_fields(
+    client: Client, redis: Redis, settings: Settings, silence: bool
+) -> None:
+    s = client.session(f"alike-{silence}", config=SessionConfig(silence_cond_check=silence))
+    ids = [
+        s.add(Task(NOOP, name="p1"), flush=False),
+        s.add(Task(NOOP, name="keyed", key="k-1"), flush=False),
+        s.add(Task(NOOP, name="p2"), flush=False),
+    ]
+    s.flush()
+    job = rq_keys(settings.prefix).job
+    silent = b"1" if silence else None
+    assert [redis.hmget(job(t), "key", "cond_silent") for t in ids] == [
+        [None, silent], [b"k-1", silent], [None, silent],
+    ]  # fmt: skip
+    assert s.add(Task(NOOP, name="other", key="k-1")) == ids[1]
+    assert s.list_names() == ["p1", "keyed", "p2"]
