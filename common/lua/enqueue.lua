@@ -218,7 +218,7 @@ for key, members in pairs(sets) do chunked('SADD', key, members) end
 -- The name a run gets under its policy, or nil when it is not added ("ignore").
 local function settle_name(B, o, id, name, out)
   if not o.policy then return name end
-  local existing = named(B, name)
+  local existing = B.name_of[name]  -- (read for every run with a policy, above)
   if existing and o.policy == 'ignore' then
     out[#out + 1] = id
     out[#out + 1] = existing
@@ -261,7 +261,7 @@ end
 local out = {'ok'}
 local pushes = {}
 for q = 1, nq do pushes[q] = {r = {}, n = 0} end
-local queued_data = {}  -- the packed data of task.queued events, by state (by_name)
+local queued_data = {}  -- the packed data of task.queued events, by state: the last one
 for r, run in ipairs(runs) do
   local B, id, name, state, o = S[run[1]], run[2], run[3], run[4], run[6]
   local job = job_key(r)
@@ -312,14 +312,13 @@ for r, run in ipairs(runs) do
         local qd = queued_data[state]
         if not qd then
           -- map({'name', P(name), 'state', P(state)}): all of it but the name made once
-          qd = {by_name = {}, head = '\130' .. PK.name, tail = PK.state .. P(state)}
+          qd = {head = '\130' .. PK.name, tail = PK.state .. P(state)}
           queued_data[state] = qd
         end
-        local data = qd.by_name[name]
-        if not data then
-          data = qd.head .. P(name) .. qd.tail
-          qd.by_name[name] = data
+        if qd.name ~= name then  -- (runs alike, a map's, come together: made once for them)
+          qd.name, qd.data = name, qd.head .. P(name) .. qd.tail
         end
+        local data = qd.data
         emit(B, 'task.queued', id, data)
       else
         -- deferred first (counted), then judged like any waiting run
