@@ -120,7 +120,9 @@ def _runs(staged: list[_Pending], now_s: float) -> list[Run]:
         if spec is not last[1] or queue != last[0]:  # (runs alike mostly come together)
             last = (queue, spec)
             alike = (queue, id(spec))  # the specs stay alive while `staged` holds them
-            fields = shared.get(alike) or shared.setdefault(alike, spec.shared_fields(queue, now_s))
+            if alike not in shared:
+                shared[alike] = spec.shared_fields(queue, now_s)
+            fields = shared[alike]
         runs.append((0, tid, name, QUEUED, queue, JobFields(data, meta, fields, extra), options))
     return runs
 
@@ -350,7 +352,8 @@ class _SessionCore:
         queue = plans.run_queue(spec)
         options: dict[str, Any]
         extra: dict[str, Any] | None
-        if task.key is None and not parents and due is None and old_id is None and not task.cron:
+        plain = task.key is None and task.cron is None and due is None and old_id is None
+        if plain and not parents:
             # runs alike share their options and extra fields, as a map's runs do: read only,
             # one object each for them all
             options, extra = self._alike(policy)
