@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -79,12 +79,34 @@ class RunSpec:
         """Our part of the job hash (`sq` field): what RQ's fields do not say; `name` and
         `prerun_fatal` given replace the spec's own (a session names its runs as it adds
         them: no new spec, so the payload is not encoded again)."""
+        return _meta(self.name if name is None else name, self._meta_key(prerun_fatal))
+
+    def metas(self, names: Sequence[str], prerun_fatal: bool) -> list[bytes]:
+        """meta(name, prerun_fatal) of each name, packed together (a batch of named runs)."""
+        wire = _meta_wire("", self._meta_key(prerun_fatal))
+
+        def named(name: str) -> dict[str, Any]:
+            wire["name"] = name  # (one map for them all, packed before the next is named)
+            return wire
+
+        return codec.encode_each(map(named, names))
+
+    def surely_fits(self, name: str, prerun_fatal: bool) -> bool:
+        """Does the run named `name` surely pass check_size, without packing its meta? (Its
+        meta is the one of an empty name and the name's UTF-8, at most 4 bytes a character,
+        with a longer header, at most 4 bytes more.) False: check_size must say."""
+        numbers = (self.cores or 0, self.ram or 0, self.gpu or 0, self.replica_count)
+        if self.env or max(numbers) >= 2**64:  # (one that msgpack refuses: meta raises here)
+            base = len(self.meta("", prerun_fatal))
+        else:
+            base = _META_ROOM
+        return len(self.data) + base + 4 * len(name) + 4 <= MAX_PAYLOAD_BYTES
+
+    def _meta_key(self, prerun_fatal: bool | None) -> _MetaKey:
         replica = (self.replica_id, self.replica_count) if self.replica_count != 1 else None
         env = tuple(self.env.items()) if self.env else ()
-        return _meta(
-            self.name if name is None else name, env, replica, self.cores, self.ram, self.gpu,
-            self.prerun_fatal if prerun_fatal is None else prerun_fatal,
-        )  # fmt: skip
+        fatal = self.prerun_fatal if prerun_fatal is None else prerun_fatal
+        return _MetaKey(env, replica, self.cores, self.ram, self.gpu, fatal)
 
     def with_args(self, args: list[Any], field_name: str) -> bytes:
         """RQ's job `data` of this function run with other positional `args` (a fan-out's
@@ -139,28 +161,40 @@ def check_payload(data: bytes, meta: bytes, field_name: str) -> None:
         )  # fmt: skip
 
 
+class _MetaKey(NamedTuple):
+    """What a run's meta says but its name: hashable, so that _meta can cache by it."""
+
+    env: tuple[tuple[str, str], ...]
+    replica: tuple[int, int] | None
+    cores: float | None
+    ram: float | None
+    gpu: float | None
+    prerun_fatal: bool
+
+
 @functools.lru_cache(maxsize=1024)
-def _meta(
-    name: str,
-    env: tuple[tuple[str, str], ...],
-    replica: tuple[int, int] | None,
-    cores: float | None,
-    ram: float | None,
-    gpu: float | None,
-    prerun_fatal: bool,
-) -> bytes:
+def _meta(name: str, key: _MetaKey) -> bytes:
     """RunSpec.meta's bytes, cached: the runs of a batch mostly share theirs."""
+    return codec.encode(_meta_wire(name, key))
+
+
+def _meta_wire(name: str, key: _MetaKey) -> dict[str, Any]:
+    """The `sq` field's map (see _meta)."""
     wire: dict[str, Any] = {"v": SCHEMA_VERSION, "name": name}
-    if env:
-        wire["env"] = dict(env)
-    if replica is not None:
-        wire["replica_id"], wire["replica_count"] = replica
-    for key, value in (("cores", cores), ("ram", ram), ("gpu", gpu)):
+    if key.env:
+        wire["env"] = dict(key.env)
+    if key.replica is not None:
+        wire["replica_id"], wire["replica_count"] = key.replica
+    for field_name, value in (("cores", key.cores), ("ram", key.ram), ("gpu", key.gpu)):
         if value is not None:
-            wire[key] = value
-    if prerun_fatal:
+            wire[field_name] = value
+    if key.prerun_fatal:
         wire["prerun_fatal"] = True
-    return codec.encode(wire)
+    return wire
+
+
+# the longest meta of an empty name and no env: numbers are packed in at most 9 bytes
+_META_ROOM = len(codec.encode(_meta_wire("", _MetaKey((), (2**64 - 1,) * 2, 0.5, 0.5, 0.5, True))))
 
 
 class JobFields(NamedTuple):

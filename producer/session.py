@@ -41,6 +41,8 @@ from sessionq.producer.task import Task, Workflow, default_name, topological
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# task_pre_exist policies that stage a run without reading the session's names first
+_NO_READ_POLICIES = frozenset({"raise", "rename"})
 ID_BLOCK_MAX = 1024  # task ids reserved per round trip, growing from 1 as a handle adds more
 QUEUED = TaskState.QUEUED.value
 LIFECYCLE = {EventType.TASK_QUEUED, EventType.TASK_STARTED, EventType.TASK_SUCCEEDED,
@@ -84,11 +86,26 @@ class _Pending(NamedTuple):
     name: str
     queue: str
     data: bytes
-    meta: bytes
+    meta: bytes | None  # None: packed at the flush, with the others of its spec (_metas)
     spec: RunSpec  # its timeout and retries: job fields runs alike share
     extra: dict[str, Any] | None
     options: dict[str, Any] | None
     task: Task | None
+    prerun_fatal: bool = False  # (for a meta packed at the flush)
+
+
+def _metas(staged: list[_Pending]) -> list[bytes]:
+    """Each staged run's meta: those left to the flush packed together, a spec at a time."""
+    groups: dict[tuple[int, bool], list[int]] = {}  # the specs stay alive while `staged` does
+    for i, p in enumerate(staged):
+        if p.meta is None:
+            groups.setdefault((id(p.spec), p.prerun_fatal), []).append(i)
+    packed: dict[int, bytes] = {}
+    for (_, fatal), where in groups.items():
+        spec = staged[where[0]].spec
+        packed.update(zip(where, spec.metas([staged[i].name for i in where], fatal),
+                          strict=True))  # fmt: skip
+    return [packed[i] if p.meta is None else p.meta for i, p in enumerate(staged)]
 
 
 def _runs(staged: list[_Pending], now_s: float) -> list[Run]:
@@ -96,13 +113,17 @@ def _runs(staged: list[_Pending], now_s: float) -> list[Run]:
     of job fields without asking for it again."""
     shared: dict[tuple[str, int], Mapping[str, Any]] = {}
     runs: list[Run] = []
-    for p in staged:
-        alike = (p.queue, id(p.spec))  # the specs stay alive while `staged` holds them
-        fields = shared.get(alike)
-        if fields is None:
-            fields = shared[alike] = p.spec.shared_fields(p.queue, now_s)
-        job = JobFields(p.data, p.meta, fields, p.extra)
-        runs.append((0, p.tid, p.name, QUEUED, p.queue, job, p.options))
+    last: tuple[str, RunSpec | None] = ("", None)
+    fields: Mapping[str, Any] = {}
+    for p, meta in zip(staged, _metas(staged), strict=True):
+        tid, name, queue, data, _, spec, extra, options, _, _ = p
+        if spec is not last[1] or queue != last[0]:  # (runs alike mostly come together)
+            last = (queue, spec)
+            alike = (queue, id(spec))  # the specs stay alive while `staged` holds them
+            if alike not in shared:
+                shared[alike] = spec.shared_fields(queue, now_s)
+            fields = shared[alike]
+        runs.append((0, tid, name, QUEUED, queue, JobFields(data, meta, fields, extra), options))
     return runs
 
 
@@ -128,6 +149,8 @@ class _SessionCore:
         self._pending_drops: list[tuple[list[str], bool, bool]] = []
         self._pending_objects: dict[str, bytes] = {}
         self._workflows: dict[str, list[str]] = {}
+        # (policy, silence_cond_check) -> a plain run's options and extra fields (_alike)
+        self._alike_runs: dict[tuple[str, bool], tuple[dict[str, Any], dict[str, Any] | None]] = {}
         self._rpc_log = opened.rpc_log
 
     # -- identity and timestamps -------------------------------------------------------------
@@ -233,8 +256,9 @@ class _SessionCore:
         pending = self._pending_runs
         if cfg.use_instance_naming:
             for tid, data in zip(ids, datas, strict=True):
-                pending[tid] = _Pending(tid, tid, queue, data, spec.meta(tid, prerun_fatal),
-                                        spec, extra, None, None)  # fmt: skip
+                # its meta, named as its id, is packed at the flush with the others (_metas)
+                pending[tid] = _Pending(tid, tid, queue, data, None, spec, extra, None, None,
+                                        prerun_fatal)  # fmt: skip
         else:
             for tid, data in zip(ids, datas, strict=True):
                 pending[tid] = _Pending(tid, name, queue, data, meta, spec, extra, None, None)
@@ -264,7 +288,7 @@ class _SessionCore:
                 return
         tid = self._ids.popleft() if self._ids else (yield from self._new_id())
         name = task.name or (tid if cfg.use_instance_naming else task.default_name)
-        options: dict[str, Any] = {"policy": cfg.task_pre_exist}
+        old_id = None
         if cfg.task_pre_exist == "replace":
             self._unstage_name(name)
         if cfg.task_pre_exist in ("replace", "ignore"):
@@ -273,9 +297,9 @@ class _SessionCore:
                 task.ids[self.id] = codec.text(current)
                 return
             if current is not None:
-                options["old_id"] = codec.text(current)
+                old_id = codec.text(current)
                 # a replaced cron task stops firing: its next firing goes with it
-                pending = yield from self._cron_pending([options["old_id"]])
+                pending = yield from self._cron_pending([old_id])
                 if pending:
                     self._pending_drops.append((pending, False, False))
         parents = []
@@ -285,26 +309,82 @@ class _SessionCore:
             else:
                 parents.append(parent)
         due = task.due_ms(time.time()) if task.scheduled else None
-        spec = task.spec
-        meta = spec.meta(name, not cfg.silence_task_prerun)
-        spec.check_size(meta)
-        queue = plans.run_queue(spec)
-        extra = task.extra_fields(parents, due, cond_silent=cfg.silence_cond_check)
-        if task.key is not None:
-            options["key"] = task.key
-            self._pending_keys[task.key] = tid
-        if parents:
-            options.update(deps=parents, run_if=task.run_if, silent=cfg.silence_cond_check)
-        if due is not None:
-            options["due"] = due
-        if task.cron is not None:
-            options["cron"] = task.cron
-        self._pending_runs[tid] = _Pending(tid, name, queue, spec.data, meta, spec,
-                                           extra or None, options, task)  # fmt: skip
-        self._pending_names[name] = tid
-        task.ids[self.id] = tid
+        self._put(task, tid, name, cfg.task_pre_exist, parents, due, old_id)
         if self._rpc_log:
             yield from self._rpc("add", {"task": tid, "name": name})
+
+    def _staged_at_once(self, task: Task, flush: bool) -> str | None:
+        """add(task, flush=False) of a task that asks nothing of Redis (no key, parent or
+        schedule; ids reserved; a policy that reads no names; no rpc log): staged here, with
+        no plan, as `_stage` would; its id. None: the plan must add it."""
+        if flush is not False or type(task) is not Task or self._rpc_log or task.depends_on:
+            return None
+        known = task.ids.get(self.id)
+        if known is not None:
+            return known if known not in self._dropped else None
+        if (not self._ids or task.key is not None or task.scheduled
+                or self.config.task_pre_exist not in _NO_READ_POLICIES):  # fmt: skip
+            return None
+        tid = self._ids.popleft()
+        name = task.name or (tid if self.config.use_instance_naming else task.default_name)
+        self._put(task, tid, name, self.config.task_pre_exist, [], None, None)
+        return tid
+
+    def _put(
+        self,
+        task: Task,
+        tid: str,
+        name: str,
+        policy: str,
+        parents: list[str],
+        due: int | None,
+        old_id: str | None,
+    ) -> None:
+        """Stage the task's run as `tid` named `name` (what `_stage` settled: `old_id` is the
+        task a "replace" removes) for the next flush; ValidationError, nothing staged, when
+        its payload is too big."""
+        cfg, spec = self.config, task.spec
+        fatal = not cfg.silence_task_prerun
+        meta = None  # packed at the flush (_metas) unless it must be now, to check its size
+        if not spec.surely_fits(name, fatal):
+            meta = spec.meta(name, fatal)
+            spec.check_size(meta)
+        queue = plans.run_queue(spec)
+        options: dict[str, Any]
+        extra: dict[str, Any] | None
+        plain = task.key is None and task.cron is None and due is None and old_id is None
+        if plain and not parents:
+            # runs alike share their options and extra fields, as a map's runs do: read only,
+            # one object each for them all
+            options, extra = self._alike(policy)
+        else:
+            options = {"policy": policy}
+            extra = task.extra_fields(parents, due, cond_silent=cfg.silence_cond_check) or None
+            if old_id is not None:
+                options["old_id"] = old_id
+            if task.key is not None:
+                options["key"] = task.key
+                self._pending_keys[task.key] = tid
+            if parents:
+                options.update(deps=parents, run_if=task.run_if, silent=cfg.silence_cond_check)
+            if due is not None:
+                options["due"] = due
+            if task.cron is not None:
+                options["cron"] = task.cron
+        self._pending_runs[tid] = _Pending(tid, name, queue, spec.data, meta, spec, extra,
+                                           options, task, fatal)  # fmt: skip
+        self._pending_names[name] = tid
+        task.ids[self.id] = tid
+
+    def _alike(self, policy: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """The options and extra job fields of a plain run (no key, parent, schedule or
+        replaced task) under `policy` and this handle's config: one pair for all of them."""
+        silent = self.config.silence_cond_check
+        pair = self._alike_runs.get((policy, silent))
+        if pair is None:
+            extra = {"cond_silent": "1"} if silent else None
+            pair = self._alike_runs[(policy, silent)] = ({"policy": policy}, extra)
+        return pair
 
     def _unstage_name(self, name: str) -> None:
         """task_pre_exist="replace": a task of this name that this handle staged and has not
@@ -649,7 +729,8 @@ class Session(_SessionCore):
         """Record the task (and, with autoplay, run it when ready); its id. The same Task
         object, or another with the same key, gives the same id and is stored once; a task
         it depends on that is not in the session yet is added first."""
-        return self._run(self._add(task, flush))
+        tid = self._staged_at_once(task, flush)
+        return tid if tid is not None else self._run(self._add(task, flush))
 
     def map(
         self,
@@ -893,7 +974,8 @@ class AsyncSession(_SessionCore):
         return str((await self.progress())["status"])
 
     async def add(self, task: Task, flush: bool = True) -> str:
-        return await self._run(self._add(task, flush))
+        tid = self._staged_at_once(task, flush)
+        return tid if tid is not None else await self._run(self._add(task, flush))
 
     async def map(
         self,

@@ -56,8 +56,8 @@ class Task:
         # (a session names a run as it adds it, RunSpec.meta(name): the spec's own name is
         # not the task's, so that tasks alike share one spec)
         scalars = (queue, timeout, retries, retry_delay, backoff, cores, ram, gpu)
-        if (isinstance(func, str) and cmd is None and args is None and kwargs is None
-                and env is None and all(type(v) in _SCALAR for v in scalars)):  # fmt: skip
+        if (type(func) is str and cmd is None and args is None and kwargs is None
+                and env is None and _SCALAR.issuperset(map(type, scalars))):  # fmt: skip
             self.spec: RunSpec = _plain_spec(func, *scalars)
         else:
             self.spec = build_run(
@@ -72,13 +72,17 @@ class Task:
         if run_if not in RUN_IF:
             raise ValidationError("run_if", f"{run_if!r} is not one of {RUN_IF}")
         self.run_if = run_if
-        self.depends_on: list[Task | str] = _parents(depends_on)
-        given = [n for n, v in (("at", at), ("in_", in_), ("cron", cron)) if v is not None]
-        if len(given) > 1:
-            raise ValidationError(given[1], f"give at most one of at, in_, cron (got {given})")
-        self.at_ms = at_ms(at) if at is not None else None
-        self.in_s = in_seconds(in_) if in_ is not None else None
-        self.cron = check_cron(cron) if cron is not None else None
+        self.depends_on: list[Task | str] = [] if depends_on is None else _parents(depends_on)
+        self.at_ms: int | None = None
+        self.in_s: float | None = None
+        self.cron: str | None = None
+        if at is not None or in_ is not None or cron is not None:
+            given = [n for n, v in (("at", at), ("in_", in_), ("cron", cron)) if v is not None]
+            if len(given) > 1:
+                raise ValidationError(given[1], f"give at most one of at, in_, cron (got {given})")
+            self.at_ms = at_ms(at) if at is not None else None
+            self.in_s = in_seconds(in_) if in_ is not None else None
+            self.cron = check_cron(cron) if cron is not None else None
         self.ids: dict[str, str] = {}  # session id -> this task's id there
 
     @property
@@ -125,7 +129,7 @@ class Task:
 
 
 # exact types: a bool (an int to isinstance) is refused every time, by build_run
-_SCALAR = (str, int, float, type(None))
+_SCALAR = frozenset((str, int, float, type(None)))
 
 
 @functools.lru_cache(maxsize=256, typed=True)  # (typed: retries=1.0 is refused every time)

@@ -63,7 +63,7 @@ for i, s in ipairs(sessions) do
   S[i] = {sid = s[1], session = k.session, history = k.history, chan = k.chan,
     tasks = k.tasks, held = k.held, kind = k.kind, owner = k.owner,
     names = k.names, keys = k.task_keys, running = k.running, counts = {},
-    task_names = {}}
+    task_names = {}, ntask_names = 0}
   if not s[2] then
     -- a session being destroyed takes no more work (its destroy would miss it)
     local status = redis.call('HGET', S[i].session, 'status')
@@ -77,17 +77,22 @@ for i, s in ipairs(sessions) do
   end
 end
 -- A parent must name a task: one written before, or a run of this call added before it.
-local this_call = {}
-for _, run in ipairs(runs) do
+-- (the runs of this call are listed once one has parents: most calls have none)
+local this_call = nil
+for r, run in ipairs(runs) do
   local o = run[6]
   if o and o.deps then
+    if not this_call then
+      this_call = {}
+      for j = 1, r - 1 do this_call[runs[j][2]] = true end
+    end
     for i, pid in ipairs(o.deps) do
       if not this_call[pid] and redis.call('EXISTS', KX(o.dep_keys[i])) == 0 then
         return {'nodep', run[2], pid}
       end
     end
   end
-  this_call[run[2]] = true
+  if this_call then this_call[run[2]] = true end
 end
 local claim = plan[4]
 if claim and claim ~= '' then
@@ -101,27 +106,39 @@ for q = 1, nq do Q[q] = KB.queue(q) end
 local function job_key(r) return KB.job(r).job end
 
 -- The names of each session: read in bulk before the checks (HMGET), looked up in `name_of`
--- then, and those this call gives written in bulk at the end (`given`, one HSET a session).
+-- then, and those this call gives written in bulk at the end (`given`, one HSET a session,
+-- `ngiven` long). `again`: the runs (by index) named as a run of theirs before them.
 for _, B in ipairs(S) do
-  B.name_of, B.given = {}, {}
+  B.name_of, B.given, B.ngiven = {}, {}, 0
 end
+local again = {}
 do
-  local wanted = {}
-  for _, run in ipairs(runs) do
+  local wanted, nwanted = {}, {}
+  for r, run in ipairs(runs) do
     local o = run[6]
     if o and o.policy then
-      local B = S[run[1]]
-      if B.name_of[run[3]] == nil then
-        B.name_of[run[3]] = false
-        add_to(wanted, run[1], run[3])
+      local si, name = run[1], run[3]
+      local name_of = S[si].name_of
+      if name_of[name] == nil then
+        name_of[name] = false
+        local w, n = wanted[si], (nwanted[si] or 0) + 1
+        if not w then
+          w = {}
+          wanted[si] = w
+        end
+        w[n] = name
+        nwanted[si] = n
+      else
+        again[r] = true
       end
     end
   end
   for si, names in pairs(wanted) do
     local B = S[si]
-    for c = 1, #names, CHUNK do
-      local got = redis.call('HMGET', B.names, unpack(names, c, math.min(c + CHUNK - 1, #names)))
-      for i, v in ipairs(got) do B.name_of[names[c + i - 1]] = v end
+    local name_of = B.name_of
+    for c = 1, nwanted[si], CHUNK do
+      local got = redis.call('HMGET', B.names, unpack(names, c, math.min(c + CHUNK - 1, nwanted[si])))
+      for i, v in ipairs(got) do name_of[names[c + i - 1]] = v end
     end
   end
 end
@@ -136,15 +153,14 @@ local function named(B, name)
 end
 
 -- Before anything is written: names that must not exist yet, replaced names still in place.
-local seen = {}
-for _, run in ipairs(runs) do
+for r, run in ipairs(runs) do
   local o = run[6]
   if o and o.policy then
     local B = S[run[1]]
-    local existing = named(B, run[3])
+    local existing = B.name_of[run[3]]  -- (read above)
     if existing == run[2] then
       -- the name is this very run's: the call was carried out before, its reply lost
-    elseif o.policy == 'raise' and (existing or seen[run[3]]) then
+    elseif o.policy == 'raise' and (existing or again[r]) then
       if not (o.key and redis.call('HEXISTS', B.keys, o.key) == 1) then
         return {'exists', run[3]}
       end
@@ -153,7 +169,6 @@ for _, run in ipairs(runs) do
     elseif o.policy == 'replace' and existing and redis.call('HGET', KX(o.old), 'state') == 'started' then
       return {'running', existing}  -- as for remove: stop it first
     end
-    seen[run[3]] = true
   end
 end
 
@@ -203,7 +218,7 @@ for key, members in pairs(sets) do chunked('SADD', key, members) end
 -- The name a run gets under its policy, or nil when it is not added ("ignore").
 local function settle_name(B, o, id, name, out)
   if not o.policy then return name end
-  local existing = named(B, name)
+  local existing = B.name_of[name]  -- (read for every run with a policy, above)
   if existing and o.policy == 'ignore' then
     out[#out + 1] = id
     out[#out + 1] = existing
@@ -236,15 +251,17 @@ local function settle_name(B, o, id, name, out)
     redis.call('HDEL', B.tasks, existing)
   end
   B.name_of[name] = id
-  B.given[#B.given + 1] = name
-  B.given[#B.given + 1] = id
+  local n = B.ngiven
+  B.given[n + 1] = name
+  B.given[n + 2] = id
+  B.ngiven = n + 2
   return name
 end
 
 local out = {'ok'}
 local pushes = {}
-for q = 1, nq do pushes[q] = {r = {}} end
-local queued_data = {}  -- the packed data of task.queued events, by state and name
+for q = 1, nq do pushes[q] = {r = {}, n = 0} end
+local queued_data = {}  -- the packed data of task.queued events, by state: the last one
 for r, run in ipairs(runs) do
   local B, id, name, state, o = S[run[1]], run[2], run[3], run[4], run[6]
   local job = job_key(r)
@@ -267,9 +284,10 @@ for r, run in ipairs(runs) do
         redis.call('HSET', job, 'sq', cmsgpack.pack(
           (function(m) m.name = name return m end)(cmsgpack.unpack(redis.call('HGET', job, 'sq')))))
       end
-      local tn = B.task_names
-      tn[#tn + 1] = id
-      tn[#tn + 1] = name
+      local tn, ntn = B.task_names, B.ntask_names
+      tn[ntn + 1] = id
+      tn[ntn + 2] = name
+      B.ntask_names = ntn + 2
       B.top = math.max(B.top or 0, run_number(id))
       if o and o.key then redis.call('HSET', B.keys, o.key, id) end
       if state == 'queued' and B.status == 'Paused' then state = 'held' end
@@ -284,21 +302,23 @@ for r, run in ipairs(runs) do
         if state == 'held' then hold(B, id)
         elseif state == 'queued' then
           local p = pushes[run[5]]
-          p[#p + 1] = id
-          p.r[#p] = r
+          local n = p.n + 1
+          p[n] = id
+          p.r[n] = r
+          p.n = n
         end
         if state ~= 'queued' then redis.call('HSET', job, 'state', state, 'status', RQ_STATUS[state]) end
         B.counts[state] = (B.counts[state] or 0) + 1  -- counted in the totals after the loop
-        local by_name = queued_data[state]
-        if not by_name then
-          by_name = {}
-          queued_data[state] = by_name
+        local qd = queued_data[state]
+        if not qd then
+          -- map({'name', P(name), 'state', P(state)}): all of it but the name made once
+          qd = {head = '\130' .. PK.name, tail = PK.state .. P(state)}
+          queued_data[state] = qd
         end
-        local data = by_name[name]
-        if not data then
-          data = map({'name', P(name), 'state', P(state)})
-          by_name[name] = data
+        if qd.name ~= name then  -- (runs alike, a map's, come together: made once for them)
+          qd.name, qd.data = name, qd.head .. P(name) .. qd.tail
         end
+        local data = qd.data
         emit(B, 'task.queued', id, data)
       else
         -- deferred first (counted), then judged like any waiting run
@@ -408,15 +428,16 @@ end
 -- The runs not handed join queue q's line (fair share, prelude `push_run`): a new session's
 -- first run goes straight to the back of the line, the rest of a session's runs behind it.
 for q, ids in ipairs(pushes) do
-  if #ids > 0 then
+  local nids = ids.n
+  if nids > 0 then
     local i = hand(q, ids) + 1
     local line = {}
     local fresh = 0  -- runs of new sessions queued here (counted in the queue's depth at once)
-    while i <= #ids do
+    while i <= nids do
       local s_index = runs[ids.r[i]][1]
       local B = S[s_index]
       local j = i
-      while j < #ids and runs[ids.r[j + 1]][1] == s_index do j = j + 1 end
+      while j < nids and runs[ids.r[j + 1]][1] == s_index do j = j + 1 end
       local RB = {S = B, session = B.session, queue = Q[q].list, wake = Q[q].wake,
         squeue = key_session_queue(B.sid, queue_names[q]), throttled = key_session_throttled(B.sid)}
       if B.fresh then

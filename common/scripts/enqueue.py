@@ -97,14 +97,15 @@ class EnqueueCalls(ScriptsBase):
                     opts["dep_keys"] = [key_index(p) for p in opts["deps"]]
                 if opts.get("old_id"):
                     opts["old"] = key_index(opts["old_id"])
-            shared = shared_index.get(id(fields.shared))
+            data, sq, alike, extra_fields = fields
+            shared = shared_index.get(id(alike))
             if shared is None:
-                plan_shared.append([x for pair in fields.shared.items() for x in pair])
-                shared = shared_index[id(fields.shared)] = len(plan_shared)  # Lua counts from 1
+                plan_shared.append([x for pair in alike.items() for x in pair])
+                shared = shared_index[id(alike)] = len(plan_shared)  # Lua counts from 1
             flat = [s_index + 1, run_id, name, state, queues[queue], opts or None, shared,
-                    fields.data, fields.sq]  # fmt: skip
-            if fields.extra:
-                flat.append([x for pair in fields.extra.items() for x in pair])
+                    data, sq]  # fmt: skip
+            if extra_fields:
+                flat.append([x for pair in extra_fields.items() for x in pair])
             plan_runs.append(flat)
         plan = codec.encode_for_lua(
             [plan_sessions, list(queues), plan_runs, claim, plan_shared, retention_ms]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from sessionq.common.canfarstyle import names_for_replicas
-from sessionq.common.errors import ValidationError, ValidationTypeError
-from sessionq.common.jobhash import build_run
+from sessionq.common.errors import CodecError, ValidationError, ValidationTypeError
+from sessionq.common.jobhash import RunSpec, build_run
 from sessionq.common.validation import check_env, check_name, split_args
 
 
@@ -118,3 +120,47 @@ def test_with_args_encodes_the_same_call_with_other_arguments() -> None:
     )  # fmt: skip
     with pytest.raises(ValidationTypeError, match=r"^iterable\[3\]: "):
         spec.with_args([object()], "iterable[3]")
+
+
+def _batch_specs() -> list[RunSpec]:
+    return [
+        build_run(name="n", task="tests.tasks:add"),
+        build_run(name="n", cmd=["echo", "hi"], env={"A": "1", "B": "é"}, cores=2, ram=1.5),
+        build_run(name="n", task="tests.tasks:add", gpu=1, replica_id=3, replica_count=4),
+    ]
+
+
+@pytest.mark.parametrize("fatal", [True, False])
+def test_metas_of_a_batch_are_the_meta_of_each_name(fatal: bool) -> None:
+    names = ["a", "x" * 31, "x" * 32, "x" * 63, "ünï", "r-1.b_2"]
+    for spec in _batch_specs():
+        assert spec.metas(names, fatal) == [spec.meta(n, fatal) for n in names]
+    assert _batch_specs()[0].metas([], fatal) == []
+
+
+def test_surely_fits_only_a_payload_that_check_size_takes() -> None:
+    limit = 512 * 1024
+    names = ["a", "x" * 31, "x" * 32, "x" * 63, "é" * 40]
+    said_yes = 0
+    for spec in _batch_specs():
+        for name in names:
+            meta = spec.meta(name, True)
+            for room in range(-300, 301, 7):  # the args' size around the limit
+                size = limit - len(spec.data) - len(meta) + room
+                pad = "x" * max(size, 0)
+                big = (
+                    replace(spec, argv=[*spec.argv, pad])
+                    if spec.is_command
+                    else replace(spec, args=[pad])
+                )
+                if big.surely_fits(name, True):
+                    said_yes += 1
+                    big.check_size(big.meta(name, True))  # must not raise
+        assert spec.surely_fits(names[-1], False)  # far from the limit: no need to pack
+    assert said_yes > 0
+
+
+def test_surely_fits_packs_a_meta_msgpack_refuses_and_raises() -> None:
+    spec = build_run(name="n", task="tests.tasks:add", cores=2**70)
+    with pytest.raises(CodecError):
+        spec.surely_fits("a", True)

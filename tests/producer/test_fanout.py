@@ -162,3 +162,66 @@ def test_staged_adds_keep_their_own_job_fields_beside_mapped_runs(
         b"2", b"5000", b"30",
     ]  # fmt: skip
     assert redis.hmget(job(plain), "retries_left", "retry_delay_ms", "timeout") == [None] * 3
+
+
+def test_adds_staged_without_a_round_trip_keep_add_rules(
+    client: Client, redis: Redis, settings: Settings
+) -> None:
+    s = client.session("staged")
+    s.add(Task(NOOP, name="warm"))  # ids reserved
+    t = Task(ADD, args=[1, 2], name="same")
+    first = s.add(t, flush=False)
+    assert s.add(t, flush=False) == first  # the same object: the same id, staged once
+    with pytest.raises(ValidationError, match="^args: "):
+        s.add(Task(ADD, args=["x" * 600_000], name="huge"), flush=False)
+    plain = s.add(Task(NOOP), flush=False)  # unnamed: named as its function
+    s.add(Task(NOOP, name="same"), flush=False)  # a second "same" under "raise"
+    with pytest.raises(ValidationError, match="same"):
+        s.flush()
+    assert len(s) == 1  # nothing of the refused flush was written
+    ids = [s.add(t, flush=False), s.add(Task(NOOP), flush=False)]
+    s.flush()
+    assert s.add(t, flush=False) == ids[0] and ids[0] != first  # (a new flush, a new id)
+    job = rq_keys(settings.prefix).job
+    assert [parse_meta(redis.hget(job(i), "sq"))["name"] for i in ids] == ["same", "noop"]
+    assert s.list_names() == ["warm", "same", "noop"] and plain not in s
+
+
+def test_a_flush_takes_a_parent_added_before_in_it_and_names_each_queued_event(
+    client: Client,
+) -> None:
+    s = client.session("parents")
+    first, parent = Task(NOOP, name="head"), Task(NOOP, name="tail")
+    child = Task(NOOP, name="child", depends_on=parent)
+    ids = [s.add(t, flush=False) for t in (first, parent, child)]
+    s.flush()
+    assert s.list_ids() == ids
+    assert states(s) == {"head": "queued", "tail": "queued", "child": "deferred"}
+    queued = [e for e in client.events(s.id) or [] if e["type"] == "task.queued"]
+    assert [(e["task"], e["data"]["name"], e["data"]["state"]) for e in queued] == [
+        (ids[0], "head", "queued"), (ids[1], "tail", "queued"), (ids[2], "child", "deferred"),
+    ]  # fmt: skip
+
+
+def states(session: Any) -> dict[str, str]:
+    return {r["name"]: r["state"] for r in session}
+
+
+@pytest.mark.parametrize("silence", [True, False])
+def test_plain_runs_staged_together_keep_their_own_fields(
+    client: Client, redis: Redis, settings: Settings, silence: bool
+) -> None:
+    s = client.session(f"alike-{silence}", config=SessionConfig(silence_cond_check=silence))
+    ids = [
+        s.add(Task(NOOP, name="p1"), flush=False),
+        s.add(Task(NOOP, name="keyed", key="k-1"), flush=False),
+        s.add(Task(NOOP, name="p2"), flush=False),
+    ]
+    s.flush()
+    job = rq_keys(settings.prefix).job
+    silent = b"1" if silence else None
+    assert [redis.hmget(job(t), "key", "cond_silent") for t in ids] == [
+        [None, silent], [b"k-1", silent], [None, silent],
+    ]  # fmt: skip
+    assert s.add(Task(NOOP, name="other", key="k-1")) == ids[1]
+    assert s.list_names() == ["p1", "keyed", "p2"]
