@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cache
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _LONG_OPEN = re.compile(r"\[(=*)\[")
@@ -94,6 +95,13 @@ def piece(defines: Iterable[str], text: str) -> Piece:
 
 def split(lua: str) -> list[Piece]:
     """`lua` (the prelude) as its top-level statements, in order."""
+    return list(_split(lua))
+
+
+@cache
+def _split(lua: str) -> tuple[Piece, ...]:
+    """(split, once per process: every script's source splits the same prelude, and lexing
+    it is most of the time a worker takes to register its scripts)"""
     pieces: list[Piece] = []
     comments: list[str] = []
     current: list[str] = []
@@ -118,7 +126,7 @@ def split(lua: str) -> list[Piece]:
             comments.clear()
             current.append(line)
     close()
-    return pieces
+    return tuple(pieces)
 
 
 def _first_code(lines: Sequence[str]) -> str:
