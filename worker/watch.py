@@ -59,9 +59,19 @@ class Watcher(threading.Thread):
         self._stopping = threading.Event()
         self._next_reap = 0.0
         self.beats = 0
+        self._listening = False  # waiting for a command (stop wakes it)
 
     def stop(self) -> None:
         self._stopping.set()
+        if self._listening:
+            # wake its wait for a command now (up to 0.25 s otherwise, at every worker's
+            # exit); the message itself is never read as a command
+            try:
+                self.worker.redis.publish(
+                    self.worker.scripts.rq.worker_channel(self.worker.name), b""
+                )
+            except (RedisError, OSError):
+                pass  # (then the wait ends by its timeout)
         self.join(timeout=5)
 
     def run(self) -> None:
@@ -111,7 +121,11 @@ class Watcher(threading.Thread):
                     log.warning("worker %s: supervisor gone; stopping", w.name)
                     w.shut_down()
                 wait = min(interval, 0.25, max(0.0, next_tick - time.monotonic()))
+                self._listening = True
                 message = pubsub.get_message(timeout=wait)
+                self._listening = False
+                if self._stopping.is_set():
+                    break
                 if message and message.get("type") == "message":
                     self.command(message["data"])
                 backoff.succeeded()
