@@ -47,6 +47,7 @@ class Finished(NamedTuple):
 class StepReply(NamedTuple):
     finished: list[Finished]
     started: list[Started]  # started for this worker, claimed, or handed to it
+    suspended: bool = False  # `rq suspend` refused its claim
 
 
 class WorkerHead(NamedTuple):
@@ -156,7 +157,12 @@ class StepCalls(ScriptsBase):
         for run_id, queue in starts:
             started.append(_started(run_id, queue, reply[i : i + 5]))
             i += 5
+        suspended = False
         while i < len(reply):  # claimed: queue index, run id, then as a start; or handed
+            if reply[i] == -1:  # last: the claim was refused (rq suspend)
+                suspended = True
+                i += 1
+                continue
             if reply[i] == 0:  # 0, an inbox entry
                 started.append(handed_run(reply[i + 1]))
                 i += 2
@@ -164,7 +170,7 @@ class StepCalls(ScriptsBase):
             queue, run_id = queues[int(reply[i]) - 1], reply[i + 1].decode()
             started.append(_started(run_id, queue, reply[i + 2 : i + 7]))
             i += 7
-        return StepReply(fin, started)
+        return StepReply(fin, started, suspended)
 
     def step_now(
         self, head: WorkerHead, worker: str, finishes: Sequence[Finish], current: str = ""
