@@ -83,6 +83,7 @@ def handed_run(entry: bytes) -> Started:
 class StepCalls(ScriptsBase):
     _lane: FastLane | None = None
     _packed: dict[tuple[str, str], bytes]
+    _took_keys: tuple[str, dict[str, str]] | None = None  # worker, took.lua's fixed keys
 
     def worker_head(self, worker: str, queues: Sequence[str]) -> WorkerHead:
         """The head of `worker`'s steps, serving `queues` in priority order."""
@@ -200,9 +201,11 @@ class StepCalls(ScriptsBase):
         up an attempt (took.lua, recover.lua)."""
         assert self._lane is not None, "a worker steps before it waits"
         sid, k = session_of(run_id), self.keys
-        keys = TOOK.pack_keys({**self.globals, "session": k.session(sid),
-                               "history": k.history(sid), "chan": k.events_channel(sid),
-                               "handed": k.worker_handed(worker)})  # fmt: skip
+        if self._took_keys is None or self._took_keys[0] != worker:  # (the same every call)
+            self._took_keys = (worker, {**self.globals, "handed": k.worker_handed(worker)})
+        keys = TOOK.pack_keys({**self._took_keys[1], "session": k.session(sid),
+                               "history": k.history(sid),
+                               "chan": k.events_channel(sid)})  # fmt: skip
         args = TOOK.pack_args({**self.clock(time.time()), "worker": worker, "sid": sid,
                                "id": run_id, "attempt": attempt})  # fmt: skip
         self._lane.note_script(self.script("took"), keys, args)
