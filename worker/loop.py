@@ -134,6 +134,7 @@ class SessionWorker:
         self.counts = {"successful_job_count": 0, "failed_job_count": 0}
         self._rq_worker: Any = None
         self._was_suspended = False
+        self._claim_refused = False  # the last step's claim was refused by `rq suspend`
         self._watcher: Any = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -312,9 +313,9 @@ class SessionWorker:
 
     def _suspended(self) -> bool:
         """Has `rq suspend` paused the workers? (Asked only when a claim found nothing: a
-        suspended step claims nothing and does not wait idle, see run.lua.) RQ's view of this
-        worker says so while it lasts."""
-        suspended = bool(self.redis.exists(self.scripts.rq.suspended))
+        suspended step claims nothing, does not wait idle and says so in its reply, see
+        run.lua.) RQ's view of this worker says so while it lasts."""
+        suspended = self._claim_refused  # (told by the claim's step: no EXISTS of our own)
         if suspended != self._was_suspended:
             self._was_suspended = suspended
             state = RQ_SUSPENDED if suspended else RQ_IDLE
@@ -381,6 +382,7 @@ class SessionWorker:
                     destroy_session(self.scripts, session_of(run_id), worker_name=self.name,
                                     stop_local=self.stop_current)  # fmt: skip
             self._take(reply.started)
+            self._claim_refused = reply.suspended
 
     def _take(self, started: list[tuple[str, str, str, Any, Any, Any, int]]) -> None:
         """Take up runs started for us (claimed, or handed to us while we waited): to run in

@@ -14,7 +14,8 @@
 -- (1: it ended and runs wait on it - see control.lua resolve); per start: result, data, sq,
 -- timeout, attempt; per claimed run: queue index, run id, then as a start ('op' for a
 -- control operation, which the worker carries out itself); per run an enqueue started for
--- the worker (its inbox): 0, the inbox entry.
+-- the worker (its inbox): 0, the inbox entry; last, -1 if `rq suspend` refused the claim (the
+-- worker needs no call of its own to know it).
 -- A run the worker holds stays on its runs list until it is finished: the list, in the order
 -- the worker runs them, is what recovery gives back if the worker is lost (recover.lua).
 -- A worker claims at most a quarter of what a queue holds (at least one), so that the last
@@ -113,6 +114,7 @@ for i = 1, nstart do
 end
 local want = nclaim
 local handed = {}
+local suspended = false
 if want > 0 then
   -- runs an enqueue started for us while we waited, not taken by our BLPOP yet
   handed = redis.call('LRANGE', inbox, 0, -1)
@@ -141,6 +143,7 @@ if want > 0 then
   end
   if want > 0 and redis.call('EXISTS', K.suspended) == 1 then
     want = 0  -- `rq suspend`: no new run is claimed (nor handed: not listed idle) until resumed
+    suspended = true
   end
 end
 -- Claims (only a call that claims, or was handed runs, makes their functions: each closure
@@ -277,5 +280,6 @@ else
   redis.call('HDEL', rqworker, 'current_job')
   redis.call('HSET', rqworker, 'state', RQ_WORKER.idle)
 end
+if suspended then reply[#reply + 1] = -1 end
 flush()
 return reply

@@ -47,6 +47,7 @@ class Finished(NamedTuple):
 class StepReply(NamedTuple):
     finished: list[Finished]
     started: list[Started]  # started for this worker, claimed, or handed to it
+    suspended: bool = False  # `rq suspend` refused its claim
 
 
 class WorkerHead(NamedTuple):
@@ -82,6 +83,7 @@ def handed_run(entry: bytes) -> Started:
 class StepCalls(ScriptsBase):
     _lane: FastLane | None = None
     _packed: dict[tuple[str, str], bytes]
+    _took_keys: tuple[str, dict[str, str]] | None = None  # worker, took.lua's fixed keys
 
     def worker_head(self, worker: str, queues: Sequence[str]) -> WorkerHead:
         """The head of `worker`'s steps, serving `queues` in priority order."""
@@ -156,7 +158,12 @@ class StepCalls(ScriptsBase):
         for run_id, queue in starts:
             started.append(_started(run_id, queue, reply[i : i + 5]))
             i += 5
+        suspended = False
         while i < len(reply):  # claimed: queue index, run id, then as a start; or handed
+            if reply[i] == -1:  # last: the claim was refused (rq suspend)
+                suspended = True
+                i += 1
+                continue
             if reply[i] == 0:  # 0, an inbox entry
                 started.append(handed_run(reply[i + 1]))
                 i += 2
@@ -164,7 +171,7 @@ class StepCalls(ScriptsBase):
             queue, run_id = queues[int(reply[i]) - 1], reply[i + 1].decode()
             started.append(_started(run_id, queue, reply[i + 2 : i + 7]))
             i += 7
-        return StepReply(fin, started)
+        return StepReply(fin, started, suspended)
 
     def step_now(
         self, head: WorkerHead, worker: str, finishes: Sequence[Finish], current: str = ""
@@ -194,9 +201,11 @@ class StepCalls(ScriptsBase):
         up an attempt (took.lua, recover.lua)."""
         assert self._lane is not None, "a worker steps before it waits"
         sid, k = session_of(run_id), self.keys
-        keys = TOOK.pack_keys({**self.globals, "session": k.session(sid),
-                               "history": k.history(sid), "chan": k.events_channel(sid),
-                               "handed": k.worker_handed(worker)})  # fmt: skip
+        if self._took_keys is None or self._took_keys[0] != worker:  # (the same every call)
+            self._took_keys = (worker, {**self.globals, "handed": k.worker_handed(worker)})
+        keys = TOOK.pack_keys({**self._took_keys[1], "session": k.session(sid),
+                               "history": k.history(sid),
+                               "chan": k.events_channel(sid)})  # fmt: skip
         args = TOOK.pack_args({**self.clock(time.time()), "worker": worker, "sid": sid,
                                "id": run_id, "attempt": attempt})  # fmt: skip
         self._lane.note_script(self.script("took"), keys, args)

@@ -216,12 +216,21 @@ async def call_async(
 
 class _Note:
     """The context of a command sent by FastLane.note: its reply is read and dropped. A
-    script note that meets NOSCRIPT is sent again with the script's source (EVAL)."""
+    script note that meets NOSCRIPT is sent again with the script's source (EVAL), packed
+    only then (a source is kilobytes: packing it for every note cost more than the call)."""
 
-    __slots__ = ("eval_command",)
+    __slots__ = ("script", "call")
 
-    def __init__(self, eval_command: bytes | None = None) -> None:
-        self.eval_command = eval_command
+    def __init__(self, script: Script | None = None, call: tuple[Any, ...] = ()) -> None:
+        self.script = script
+        self.call = call  # (nkeys, *keys, *args)
+
+    @property
+    def eval_command(self) -> bytes | None:
+        if self.script is None:
+            return None
+        packed: bytes = hiredis.pack_command(("EVAL", self.script.script, *self.call))
+        return packed
 
 
 _NOTE = _Note()
@@ -286,10 +295,8 @@ class FastLane:
     def note_script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> None:
         """Send a script call whose reply nobody waits for (EVALSHA; EVAL if the server has
         lost the script)."""
-        command = (*keys, *args)
-        evalsha = hiredis.pack_command(("EVALSHA", script.sha, len(keys), *command))
-        source = hiredis.pack_command(("EVAL", script.script, len(keys), *command))
-        self._note(evalsha, _Note(source))
+        call = (len(keys), *keys, *args)
+        self._note(hiredis.pack_command(("EVALSHA", script.sha, *call)), _Note(script, call))
 
     def _note(self, packed: bytes, context: _Note) -> None:
         self._write(packed)
