@@ -48,6 +48,9 @@ class WatchedWorker(WorkerHost, Protocol):
 
     def give_back(self, why: str) -> list[Finish]: ...
 
+    @property
+    def take_lock(self) -> threading.RLock: ...
+
 
 log = logging.getLogger(__name__)
 EXIT_HARD_KILLED = 70
@@ -201,14 +204,21 @@ class Watcher(threading.Thread):
         late = {o.run_id for o in overdue}
         finishes: list[Finish] = [(o.run_id, o.queue, o.outcome, codec.encode(o.reason), 0)
                                   for o in overdue]  # fmt: skip
+        # from here on the main thread claims and begins nothing; the runs in flight and
+        # those in hand are taken in one go (a run begun after the look above is in flight
+        # now, and would be on our list but in neither - and recovery would charge it)
+        w.shut_down()
+        with w.take_lock:
+            runs = w.in_flight()
+            # those in hand, not begun: off our list, or recovery would charge them (the
+            # first max_jobs started runs on it once the ones below are off)
+            held = w.give_back("worker restarted")
         for run in runs:  # the others: as they ended, or back unrun
             if run.run_id in late:
                 continue
             ended = run.finish
             finishes.append(ended or (run.run_id, run.queue, Outcome.REQUEUE,
                                       codec.encode("worker restarted"), 0))  # fmt: skip
-        # and those in hand, not begun: off our list, or recovery would charge them (the
-        # first max_jobs started runs on it once the ones above are off)
-        finishes.extend(w.give_back("worker restarted"))
+        finishes.extend(held)
         w.scripts.step_now(w.head, w.name, finishes)
         os._exit(EXIT_HARD_KILLED)
