@@ -27,7 +27,6 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, Protocol
 
-from sessionq.common import codec
 from sessionq.common.scripts import Finish, Scripts, WorkerHead
 from sessionq.common.settings import Settings
 from sessionq.common.vocabulary import Outcome
@@ -41,6 +40,7 @@ from sessionq.worker.prepare import (
     prepare,
     returned,
     run_command,
+    stopped_unrun,
 )
 
 log = logging.getLogger(__name__)
@@ -130,25 +130,12 @@ class InFlight:
             return True
         room = self.room()
         if room <= 0:  # full: wait for a run to end, then finish it and fill its place
-            if not finishes:
-                finishes = self.collect(POLL_S)
-            if finishes and h.ready:
-                self._replace(finishes)
-            elif finishes:
-                h._claim(finishes, self.room(), waits=False)
-            else:
-                self._hold_no_longer()
+            self._settle(finishes or self.collect(POLL_S), claim=True)
             return True
         if h._claim(finishes, room, waits=not self.running):
             return True
         if self.running:  # nothing to claim now: the next end (or a while) brings a look
-            finishes = self.collect(POLL_S)
-            if finishes and h.ready:
-                self._replace(finishes)
-            elif finishes:
-                h._finish(finishes)  # (claimed with the next step's claim)
-            else:
-                self._hold_no_longer()
+            self._settle(self.collect(POLL_S), claim=False)  # (claimed with the next step's)
             return True
         if h._suspended():
             if burst:
@@ -159,6 +146,20 @@ class InFlight:
             return False
         h.wait_idle()
         return True
+
+    def _settle(self, finishes: list[Finish], claim: bool) -> None:
+        """After a wait for runs to end: runs in hand take the places of those that ended
+        (_replace); else their finishes go (with a claim of the room they left, if `claim`);
+        none ended: the runs in hand may have been held long enough."""
+        h = self.host
+        if finishes and h.ready:
+            self._replace(finishes)
+        elif finishes and claim:
+            h._claim(finishes, self.room(), waits=False)
+        elif finishes:
+            h._finish(finishes)
+        else:
+            self._hold_no_longer()
 
     def _hold_no_longer(self) -> None:
         """No run has ended for HOLD_S: the runs in flight outlast what the past made us
@@ -247,8 +248,7 @@ class InFlight:
             if reason is None:
                 run = h._begin(run_id, queue_name, timeout, None)
         if reason is not None:  # stopped before its turn came: it never runs
-            self._end(None, run_id, queue_name, sq, 0.0,
-                      (Outcome.CANCELED, codec.encode(f"stopped: {reason}")))  # fmt: skip
+            self._end(None, run_id, queue_name, sq, 0.0, stopped_unrun(reason))
             return
         started = time.perf_counter()
         try:

@@ -50,7 +50,14 @@ from sessionq.worker.execute import (
 )
 from sessionq.worker.inflight import BATCH_WINDOW_S, InFlight
 from sessionq.worker.ops import Op
-from sessionq.worker.prepare import Ended, encoded, judge, prepare, run_command
+from sessionq.worker.prepare import (
+    Ended,
+    encoded,
+    judge,
+    prepare,
+    run_command,
+    stopped_unrun,
+)
 
 log = logging.getLogger(__name__)
 IDLE_WAIT_S = 1
@@ -274,8 +281,7 @@ class SessionWorker:
                 if reason is None:
                     out.append((r[0], r[1], Outcome.REQUEUE, codec.encode(why), 0))
                 else:
-                    out.append((r[0], r[1], Outcome.CANCELED,
-                                codec.encode(f"stopped: {reason}"), 0))  # fmt: skip
+                    out.append((r[0], r[1], *stopped_unrun(reason), 0))
         return out
 
     def _turn(self, burst: bool) -> bool:
@@ -471,7 +477,7 @@ class SessionWorker:
                 if self.shared is not None:  # its supervisor enforces the deadline if we cannot
                     self.shared.share(run_id, run.deadline)
         if reason is not None:  # stopped before its turn came: it never runs
-            return (run_id, queue, Outcome.CANCELED, codec.encode(f"stopped: {reason}"), 0)
+            return (run_id, queue, *stopped_unrun(reason), 0)
         started = time.perf_counter()
         try:
             outcome, payload = self._outcome(run, data, sq, run.timeout, attempt)

@@ -123,6 +123,11 @@ def encoded(ended: tuple[str, str]) -> Ended:
     return ended[0], codec.encode(ended[1])
 
 
+def stopped_unrun(reason: str) -> Ended:
+    """How a run that a stop (`reason`) reached before it began ended: canceled, never run."""
+    return Outcome.CANCELED, codec.encode(f"stopped: {reason}")
+
+
 def returned(p: Prepared, result: Any, max_bytes: int) -> Ended:
     """How a run whose body returned `result` ended: as its stop says, if it returned after
     its stop or deadline (a pool thread or the event loop cannot interrupt it), else its
