@@ -202,6 +202,12 @@ class Keys:
         """STRING held with PX by one worker at a time (reaper, scheduler); expires."""
         return f"{self.prefix}lock:{name}"
 
+    def data_epoch(self) -> str:
+        """HASH server (the Redis process and replication history that last wrote here: INFO's
+        run_id and master_replid), gen (a number new with each of them): the scripts' rule
+        that task ids are never handed out twice (reserve.lua, prelude `data_gen`)."""
+        return f"{self.prefix}epoch"
+
     def replicated(self) -> str:
         """CHANNEL nobody listens to: a PUBLISH on it marks a point in the replication stream
         that WAIT counts from (scripts.transport.ensure_replicated)."""

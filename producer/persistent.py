@@ -11,7 +11,6 @@ from dataclasses import dataclass, replace
 from sessionq.common import codec
 from sessionq.common.errors import SessionNotFound
 from sessionq.common.jobhash import RunSpec
-from sessionq.common.keys import run_id
 from sessionq.common.records import SessionRecord
 from sessionq.common.scripts import Scripts
 from sessionq.common.sessionconfig import SessionConfig
@@ -24,6 +23,7 @@ from sessionq.producer.plans import (
     Plan,
     ScriptCall,
     new_session_id,
+    reserve,
     run_queue,
     texts,
 )
@@ -130,12 +130,12 @@ def add_runs(
     """Add validated runs to an existing session in one atomic step; their ids."""
     if not specs:
         return []
-    (last,) = yield Batch([Command.of("hincrby", scripts.keys.session(sid), "next", len(specs))])
+    ids = yield from reserve(scripts, sid, len(specs))
     now = time.time()
     runs = []
-    for n, spec in enumerate(specs, start=int(last) - len(specs) + 1):
+    for tid, spec in zip(ids, specs, strict=True):
         queue = run_queue(spec)
-        runs.append((0, run_id(sid, n), spec.name, str(state), queue,
+        runs.append((0, tid, spec.name, str(state), queue,
                      spec.job_fields(queue, now), None))  # fmt: skip
     call = scripts.enqueue_call([(sid, False, b"", "", PERSISTENT_KIND, scripts.settings.user)],
                                 runs, now=now)  # fmt: skip

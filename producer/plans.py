@@ -32,7 +32,7 @@ from sessionq.common.records import (
     parse_record,
     session_dict,
 )
-from sessionq.common.scripts import Scripts
+from sessionq.common.scripts import Scripts, reserved
 from sessionq.common.validation import MAX_REPLICAS, check_int_range, check_kind, check_name
 from sessionq.common.vocabulary import ENDED_STATUSES, Status, TaskState
 
@@ -137,6 +137,12 @@ def run_queue(spec: RunSpec) -> str:
 def texts(reply: Sequence[Any]) -> list[Any]:
     """A script's reply with its bytes as text."""
     return [r.decode() if isinstance(r, bytes) else r for r in reply]
+
+
+def reserve(scripts: Scripts, sid: str, count: int) -> Plan[list[str]]:
+    """`count` new task ids of session `sid` (reserve.lua: never handed out twice)."""
+    last = yield ScriptCall("reserve", *scripts.reserve_call(sid, count))
+    return reserved(sid, count, last)
 
 
 def with_queues(scripts: Scripts, run_ids: Sequence[str]) -> Plan[list[tuple[str, str]]]:

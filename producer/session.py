@@ -26,7 +26,7 @@ from sessionq.common.errors import (
 )
 from sessionq.common.events import TERMINAL_EVENTS, EventType
 from sessionq.common.jobhash import JobFields, RunSpec, build_run, check_payload
-from sessionq.common.keys import DEFAULT_QUEUE, run_id
+from sessionq.common.keys import DEFAULT_QUEUE
 from sessionq.common.scripts import Run, Scripts
 from sessionq.common.state import SharedState
 from sessionq.common.times import iso_from_ms
@@ -180,17 +180,7 @@ class _SessionCore:
         if len(self._ids) >= n:
             return
         block = max(self._id_block, n - len(self._ids))
-        key = self._keys.session(self.id)
-        last, exists = yield Transaction([Command.of("hincrby", key, "next", block),
-                                          Command.of("hexists", key, "status")])  # fmt: skip
-        for reply in (last, exists):
-            if isinstance(reply, Exception):
-                raise reply
-        if not exists:
-            # destroyed: HINCRBY made a stray hash of the gone session; take it away
-            yield Batch([Command.of("delete", key)])
-            raise SessionNotFound(self.id)
-        self._ids.extend(run_id(self.id, i) for i in range(int(last) - block + 1, int(last) + 1))
+        self._ids.extend((yield from plans.reserve(self._scripts, self.id, block)))
         self._id_block = min(2 * self._id_block, ID_BLOCK_MAX)
 
     def _new_id(self) -> Plan[str]:

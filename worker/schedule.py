@@ -25,7 +25,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any, cast
 
-from sessionq.common import codec, keys
+from sessionq.common import codec
 from sessionq.common.connection import sync_reply
 from sessionq.common.errors import CodecError
 from sessionq.common.keys import DEFAULT_QUEUE, session_of
@@ -193,10 +193,8 @@ class Scheduler:
         crons = [(i, codec.text(row[1])) for i, row in enumerate(rows)
                  if row[1] and not int(row[2] or 0)]  # fmt: skip
         if crons:
-            last = sync_reply(self.scripts.redis.hincrby(self.scripts.keys.session(sid), "next",
-                                                         len(crons)))  # fmt: skip
-            for n, (i, expr) in enumerate(crons, start=last - len(crons) + 1):
-                next_id = keys.run_id(sid, n)
+            next_ids = self.scripts.reserve(sid, len(crons))
+            for next_id, (i, expr) in zip(next_ids, crons, strict=True):
                 try:
                     fire_at = next_fire_ms(expr, now_ms)
                 except (ValueError, KeyError) as exc:

@@ -347,13 +347,15 @@ for r, run in ipairs(runs) do
     end
   end
 end
+local gen  -- the data's generation, which a session's id counter starts in (reserve.lua)
 for _, B in ipairs(S) do
   chunked('HSET', B.tasks, B.task_names)
   chunked('HSET', B.names, B.given)
   local fields = {}
   if B.fresh then
     B.seq_preset = queued_events(B)
-    fields = {'status', 'Pending', 'seq', B.seq_preset, 'next', B.top or 0}
+    gen = gen or data_gen(false)
+    fields = {'status', 'Pending', 'seq', B.seq_preset, 'next', B.top or 0, 'gen', gen}
     if plan[6] then
       fields[#fields + 1] = 'retention_ms'
       fields[#fields + 1] = plan[6]

@@ -53,6 +53,31 @@ local function redis_now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- What INFO says of `field` in `section`; nil where the ACL does not allow INFO.
+local function info_field(section, field)
+  local r = redis.pcall('INFO', section)
+  if type(r) ~= 'string' then return nil end
+  return string.match(r, field .. ':(%w+)')
+end
+
+-- The generation of the data this server holds (K.epoch), so that task ids are never handed
+-- out twice: a new one, Redis's clock in µs, whenever the process serving the data or its
+-- replication history is not the one that last wrote here - a restart (INFO's run_id) or a
+-- promotion (master_replid) may have lost writes, such as a reservation of ids. `check`: ask
+-- the server (two INFO sections, ~3 µs); else trust the last generation written (a create).
+-- Where the ACL does not allow INFO the generation stays the first one: no check.
+local function data_gen(check)
+  local g = redis.call('HMGET', K.epoch, 'server', 'gen')
+  if g[2] and not check then return g[2] end
+  local run, replid = info_field('server', 'run_id'), info_field('replication', 'master_replid')
+  local server = run and replid and (run:sub(1, 12) .. replid:sub(1, 12)) or ''
+  if g[2] and (server == '' or server == g[1]) then return g[2] end
+  local t = redis.call('TIME')
+  local gen = t[1] .. string.format('%06d', tonumber(t[2]))
+  redis.call('HSET', K.epoch, 'server', server, 'gen', gen)
+  return gen
+end
+
 -- The session table behind a run block (see run_block), or the session table itself.
 local function sess(B) return B.S or B end
 

@@ -10,7 +10,7 @@ that writes RQ's structures.
   recover), events.py (emit, log, state): the packers and reply readers, one per purpose.
 """
 
-from sessionq.common.scripts.base import lua_source, now_ms
+from sessionq.common.scripts.base import lua_source, now_ms, reserved
 from sessionq.common.scripts.control import OP_PREFIX, ControlCalls
 from sessionq.common.scripts.enqueue import EnqueueCalls, NewSession, Run
 from sessionq.common.scripts.events import EventCalls
@@ -46,4 +46,5 @@ __all__ = [
     "handed_run",
     "lua_source",
     "now_ms",
+    "reserved",
 ]

@@ -14,12 +14,18 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.commands.core import Script
 
 from sessionq.common import codec
-from sessionq.common.errors import ConfigError
-from sessionq.common.keys import DEFAULT_QUEUE, Keys, Layout, session_of
+from sessionq.common.errors import ConfigError, SessionNotFound
+from sessionq.common.keys import DEFAULT_QUEUE, Keys, Layout, run_id, session_of
 from sessionq.common.rqcompat import RQKeys, rq_keys
 from sessionq.common.scripts import transport
 from sessionq.common.scripts.contract import PREFIX_MARK
-from sessionq.common.scripts.contracts import CONTRACTS, GLOBAL_KEYS, RUN_BLOCK, STATUS_KEYS
+from sessionq.common.scripts.contracts import (
+    CONTRACTS,
+    GLOBAL_KEYS,
+    RESERVE,
+    RUN_BLOCK,
+    STATUS_KEYS,
+)
 from sessionq.common.settings import Settings
 from sessionq.common.times import rq_time
 
@@ -28,7 +34,7 @@ BLOCK_CACHE_MAX = 4096
 # change of state): with SESSIONQ_WAIT_REPLICAS they return once the replicas have them.
 # Heartbeats, reaping and events are bookkeeping that a failover may lose and redo. (A
 # worker's steps wait on its FastLane.)
-DURABLE = frozenset({"enqueue", "control", "request", "destroy", "state"})
+DURABLE = frozenset({"enqueue", "control", "request", "destroy", "state", "reserve"})
 
 
 def now_ms() -> int:
@@ -63,6 +69,14 @@ def key_builders(layout: Layout, rq: RQKeys) -> dict[str, Callable[..., str]]:
         "worker_handed": k.worker_handed, "queue": rq.queue, "wake": k.wake,
         "session_queue": k.session_queue, "session_throttled": k.session_throttled,
     }  # fmt: skip
+
+
+def reserved(sid: str, count: int, last: Any) -> list[str]:
+    """The task ids of reserve.lua's reply `last` to a reservation of `count`."""
+    last = int(last)
+    if last < 0:
+        raise SessionNotFound(sid)
+    return [run_id(sid, n) for n in range(last - count + 1, last + 1)]
 
 
 class ScriptsBase:
@@ -153,6 +167,18 @@ class ScriptsBase:
         block[0] = self.rq.job(run_id)
         return block
 
+    # -- task ids --------------------------------------------------------------------------
+    def reserve_call(self, sid: str, count: int) -> tuple[list[str], list[Any]]:
+        """The keys and args of reserve.lua: `count` new task ids of session `sid` (see
+        reserved), never handed out before, even across a failover."""
+        k = self.keys
+        return (RESERVE.pack_keys({"session": k.session(sid), "epoch": k.data_epoch()}),
+                RESERVE.pack_args({"count": count}))  # fmt: skip
+
+    def reserve(self, sid: str, count: int) -> list[str]:
+        """`count` new task ids of session `sid`, in one call (reserve_call)."""
+        return reserved(sid, count, self.call("reserve", *self.reserve_call(sid, count)))
+
     # -- sending ---------------------------------------------------------------------------
     def call(
         self, name: str, keys: Sequence[str], args: Sequence[Any], *, client: Any = None
@@ -190,12 +216,12 @@ class ScriptsBase:
     def with_queues(self, run_ids: Sequence[str]) -> list[tuple[str, str]]:
         """[(run id, the queue it came from)] - what the scripts need to name its keys."""
         pipe = self.redis.pipeline(transaction=False)
-        for run_id in run_ids:
-            pipe.hget(self.rq.job(run_id), "origin")
+        for rid in run_ids:
+            pipe.hget(self.rq.job(rid), "origin")
         origins = pipe.execute()
         return [
-            (run_id, codec.text(origin) if origin else DEFAULT_QUEUE)
-            for run_id, origin in zip(run_ids, origins, strict=True)
+            (rid, codec.text(origin) if origin else DEFAULT_QUEUE)
+            for rid, origin in zip(run_ids, origins, strict=True)
         ]
 
 

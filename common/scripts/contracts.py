@@ -91,6 +91,7 @@ ENQUEUE = Contract(
         "names",
         "idle_workers",
         "workers",
+        "epoch",
     ),  # fmt: skip
     key_blocks=(
         Block(
@@ -202,6 +203,9 @@ RECOVER = Contract(
     flags=RUNS_WHEN_FULL,
 )
 
+# Task ids for runs added to a session later; never handed out twice (reserve.lua)
+RESERVE = Contract("reserve", keys=("session", "epoch"), args=(("count", NUMBER),))
+
 RECOUNT = Contract("recount", keys=("counters", "sessions"), args=(), builders=("session",))
 
 # A worker's heartbeat, stamped with Redis's clock (TIME), and the reaper's decision
@@ -283,4 +287,4 @@ REQUEST = Contract(
 )
 
 CONTRACTS = {c.name: c for c in (STEP, TOOK, ENQUEUE, CONTROL, DESTROY, RECOVER, EMIT, LOG, STATE,
-                                 REQUEST, RECOUNT, HEARTBEAT, REAP)}  # fmt: skip
+                                 REQUEST, RECOUNT, HEARTBEAT, REAP, RESERVE)}  # fmt: skip

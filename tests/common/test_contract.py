@@ -12,7 +12,7 @@ from importlib import resources
 import pytest
 from redis import Redis
 
-from sessionq.common.scripts import Scripts
+from sessionq.common.scripts import Scripts, lean
 from sessionq.common.scripts.contract import NUMBER, Contract
 from sessionq.common.scripts.contracts import CONTRACTS, GLOBAL_KEYS
 from sessionq.common.settings import Settings
@@ -35,7 +35,9 @@ def code(text: str) -> str:
 def test_the_body_reads_only_declared_names(name: str) -> None:
     contract, text = CONTRACTS[name], code(body(name))
     assert "KEYS[" not in text and "ARGV[" not in text, "read by name, not position"
-    used_keys = set(re.findall(r"\bK\.(\w+)", text))
+    # the keys its body reads, itself or through the prelude's functions it reaches
+    reached = code("".join(p.text for p in lean.needed(lean.split(PRELUDE), text)))
+    used_keys = set(re.findall(r"\bK\.(\w+)", text + reached))
     used_args = set(re.findall(r"\bA\.(\w+)", text))
     assert used_keys <= set(contract.keys), used_keys - set(contract.keys)
     declared_args = {n for n, _ in contract.args} | {n for n, _ in contract.tail}

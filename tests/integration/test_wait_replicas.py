@@ -21,7 +21,7 @@ from sessionq.common.errors import NotReplicated
 from sessionq.common.keys import Keys
 from sessionq.common.redisserver import RedisServer
 from sessionq.common.settings import Settings
-from sessionq.producer import Client
+from sessionq.producer import Client, Task
 from tests.conftest import ENV_KNOBS, FAST, ROOT, wait_for
 
 
@@ -54,7 +54,7 @@ def test_an_acknowledged_create_is_on_the_replica(pair: tuple[RedisServer, Redis
     on_replica = Redis(port=replica.port)
     assert on_replica.hexists(Keys().sessions(), sid), "there as create returned"
     s = client.session("kept")
-    tid = s.add(__import__("sessionq").Task("tests.tasks:add", args=[3, 4], name="a"))
+    tid = s.add(Task("tests.tasks:add", args=[3, 4], name="a"))
     assert on_replica.exists(f"sq:rq:job:{tid}")
     on_replica.close()
     client.close()
@@ -76,6 +76,22 @@ def test_a_frozen_replica_makes_create_say_so(pair: tuple[RedisServer, RedisServ
     assert cli.returncode == 1
     assert cli.stderr.strip().splitlines() == [cli.stderr.strip()], "one line"
     assert "SESSIONQ_WAIT_REPLICAS=1" in cli.stderr
+    client.close()
+
+
+def test_ids_are_handed_out_only_once_the_replica_has_their_reservation(
+    pair: tuple[RedisServer, RedisServer],
+) -> None:
+    """Where the ACL does not allow INFO (reserve.lua's generation check), ids handed out
+    but lost in a failover could be handed out again: WAIT keeps that from happening."""
+    master, replica = pair
+    client = Client(settings=settings_for(master))
+    s = client.session("ids")
+    s.add(Task("tests.tasks:add", args=[1, 1], name="first"))
+    replica.pause()
+    with pytest.raises(NotReplicated, match="may not survive a failover"):
+        # flush=False: nothing is written but the ids' reservation
+        s.add(Task("tests.tasks:add", args=[2, 2], name="b"), flush=False)
     client.close()
 
 
