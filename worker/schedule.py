@@ -27,7 +27,7 @@ from typing import Any, cast
 
 from sessionq.common import codec
 from sessionq.common.connection import sync_reply
-from sessionq.common.errors import CodecError
+from sessionq.common.errors import CodecError, SessionNotFound
 from sessionq.common.keys import DEFAULT_QUEUE, session_of
 from sessionq.common.records import SessionRecord
 from sessionq.common.scripts import Scripts
@@ -193,7 +193,10 @@ class Scheduler:
         crons = [(i, codec.text(row[1])) for i, row in enumerate(rows)
                  if row[1] and not int(row[2] or 0)]  # fmt: skip
         if crons:
-            next_ids = self.scripts.reserve(sid, len(crons))
+            try:
+                next_ids = self.scripts.reserve(sid, len(crons))
+            except SessionNotFound:
+                return self._gone(sid, ids)
             for next_id, (i, expr) in zip(next_ids, crons, strict=True):
                 try:
                     fire_at = next_fire_ms(expr, now_ms)
@@ -207,9 +210,13 @@ class Scheduler:
         reply = self.scripts.control("fire", sid, {"next": nexts}, runs, extra,
                                      worker=self.worker)  # fmt: skip
         if reply and reply[0] == "gone":
-            # destroyed since its record was cached: its runs must not stay due forever
-            self.scripts.redis.zrem(self.scripts.keys.schedule(), *ids)
-            self._sessions.pop(sid, None)
+            self._gone(sid, ids)
+
+    def _gone(self, sid: str, ids: list[str]) -> None:
+        """Session `sid` was destroyed since its record was cached: its runs `ids` must not
+        stay due forever."""
+        self.scripts.redis.zrem(self.scripts.keys.schedule(), *ids)
+        self._sessions.pop(sid, None)
 
     def expire_due(self) -> list[str]:
         """Remove (a batch of) the ended sessions whose retention is over; their ids."""

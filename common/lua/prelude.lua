@@ -63,14 +63,17 @@ end
 -- The generation of the data this server holds (K.epoch), so that task ids are never handed
 -- out twice: a new one, Redis's clock in µs, whenever the process serving the data or its
 -- replication history is not the one that last wrote here - a restart (INFO's run_id) or a
--- promotion (master_replid) may have lost writes, such as a reservation of ids. `check`: ask
--- the server (two INFO sections, ~3 µs); else trust the last generation written (a create).
--- Where the ACL does not allow INFO the generation stays the first one: no check.
+-- promotion (master_replid) may have lost writes, such as a reservation of ids. (The replid
+-- also changes with no write lost - a first replica attaching, the backlog freed after
+-- repl-backlog-ttl: ids then jump for nothing, harmlessly.) `check`: ask the server (two INFO
+-- sections, ~3 µs); else trust the last generation written (a create). Where the ACL does not
+-- allow INFO the generation stays the first one: no check (SESSIONQ_WAIT_REPLICAS then).
 local function data_gen(check)
   local g = redis.call('HMGET', K.epoch, 'server', 'gen')
   if g[2] and not check then return g[2] end
-  local run, replid = info_field('server', 'run_id'), info_field('replication', 'master_replid')
-  local server = run and replid and (run:sub(1, 12) .. replid:sub(1, 12)) or ''
+  local run = info_field('server', 'run_id')  -- (denied: asked no further, one ACL LOG line)
+  local replid = run and info_field('replication', 'master_replid')
+  local server = replid and (run:sub(1, 12) .. replid:sub(1, 12)) or ''
   if g[2] and (server == '' or server == g[1]) then return g[2] end
   local t = redis.call('TIME')
   local gen = t[1] .. string.format('%06d', tonumber(t[2]))

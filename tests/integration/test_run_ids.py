@@ -89,6 +89,39 @@ def test_a_failover_to_a_lagging_replica_hands_out_no_id_again(
     after.close()
 
 
+def test_two_generations_from_one_old_counter_hand_out_different_ids() -> None:
+    """The master's data starts a new generation with nothing lost (its first replica
+    attaching changes its replication id), so its next ids jump; the replica, frozen before
+    them, is promoted and jumps from the same old counter: not to the same ids."""
+    master = RedisServer().start()
+    replica: RedisServer | None = None
+    try:
+        before = _client(master)
+        kept = _adds(before, ["a", "b"])  # no replica yet
+        replica = RedisServer(replica_of=master).start()
+        link = Redis(port=replica.port)
+        wait_for(lambda: link.info("replication").get("master_link_status") == "up",
+                 what="the replica to follow its master")  # fmt: skip
+        link.close()
+        wait_for(lambda: Redis(port=master.port).wait(1, 1000) >= 1, what="the replica in sync")
+        replica.pause()
+        Redis(port=master.port).client_kill_filter(_type="replica")
+        lost = _adds(before, [f"lost-{i}" for i in range(3)])  # a new generation's jump, lost
+        master.kill()
+        before.close()
+        replica.resume()
+        Redis(port=replica.port).replicaof("NO", "ONE")
+        after = _client(replica)
+        new = _adds(after, [f"new-{i}" for i in range(3)])
+        assert not set(new) & set(lost), f"ids handed out again: {sorted(set(new) & set(lost))}"
+        assert after.session("ids").list_ids() == [*kept, *new]
+        after.close()
+    finally:
+        for server in (replica, master):
+            if server is not None:
+                server.stop()
+
+
 def test_a_restart_from_an_older_snapshot_hands_out_no_id_again() -> None:
     server = RedisServer().start()
     try:

@@ -3,6 +3,7 @@ clash under any task_pre_exist, one EVALSHA per flush. No worker: the runs stay 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,9 +27,19 @@ def job_args(redis: Redis, settings: Settings, tid: str) -> tuple[list[Any], dic
     return args, kwargs
 
 
-def watch_calls(redis: Redis) -> None:
-    """From here on, the server logs every command it runs (SLOWLOG, threshold 0)."""
+@pytest.fixture
+def logged(redis: Redis) -> Iterator[Redis]:
+    """The test's server, logging every command it runs (SLOWLOG, threshold 0) while the
+    test runs; watch_calls starts the log afresh."""
+    before = redis.config_get("slowlog-log-slower-than")["slowlog-log-slower-than"]
     redis.config_set("slowlog-log-slower-than", 0)
+    yield redis
+    redis.config_set("slowlog-log-slower-than", before)
+    redis.slowlog_reset()
+
+
+def watch_calls(redis: Redis) -> None:
+    """The calls logged from here on (see `logged`)."""
     redis.slowlog_reset()
 
 
@@ -106,7 +117,8 @@ def test_use_instance_naming_names_mapped_runs_by_their_ids(
     assert parse_meta(sq)["name"] == ids[1]
 
 
-def test_one_evalsha_per_flush(client: Client, redis: Redis) -> None:
+def test_one_evalsha_per_flush(client: Client, logged: Redis) -> None:
+    redis = logged
     s = client.session("trips")
     s.map(NOOP, [1])  # scripts loaded, the first ids reserved
     watch_calls(redis)
