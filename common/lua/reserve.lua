@@ -4,11 +4,12 @@
 -- by a server whose data is older than what it handed out - a failover to a lagging replica,
 -- or a restart that lost its last writes (prelude `data_gen`): a session whose counter last
 -- moved under another generation jumps ahead first, to a round ID_ROUND at least ID_JUMP on,
--- plus one for every µs between that generation and this one. The last part keeps apart two
--- generations that both start from the same old counter (two failovers in a row, the first
--- one's writes lost too): the later one lands past all the earlier one handed out, unless it
--- handed out more than one id of the session a µs (with clocks in step between the servers;
--- a clock behind counts as no time). SESSIONQ_WAIT_REPLICAS covers what is beyond this rule.
+-- plus one for every µs between the beginnings of that generation and this one. The last
+-- part keeps apart two generations that both start from the same old counter (two failovers
+-- in a row, the first one's writes lost too): the later one lands past all the earlier one
+-- handed out, unless it handed out more than one id of the session a µs (with clocks in step
+-- between the servers; a clock behind counts as no time). SESSIONQ_WAIT_REPLICAS covers what
+-- is beyond this rule.
 -- Its contract: common/scripts/contracts.py RESERVE.
 local ID_JUMP, ID_ROUND = 10000000, 1000000
 local gen = data_gen(true)
