@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -219,13 +220,22 @@ class Supervisor:
         finally:
             self._voucher.stop()
 
+    def _pause(self) -> None:
+        """Wait POLL_S, or less: until a child ends (a burst drain ends as its last worker
+        does, not up to POLL_S later)."""
+        sentinels = [proc.sentinel for proc in self.children.values()]
+        if sentinels:
+            wait(sentinels, timeout=POLL_S)
+        else:
+            time.sleep(POLL_S)
+
     def _watch(self) -> int:
         failures = 0
         status = 0
         # when every child has ended, the runs of the dead ones are given back before leaving,
         # but not for ever while Redis cannot take it: the reaper will, later
         while self.children or (self._lost and self._backoff.failures < GIVE_UP_TRIES):
-            time.sleep(POLL_S)
+            self._pause()
             self._recover()
             self._enforce()
             for slot, proc in list(self.children.items()):
