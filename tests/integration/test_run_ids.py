@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 from redis import Redis
 
+from sessionq.common.connection import sync_reply
 from sessionq.common.jobhash import build_run
 from sessionq.common.keys import Keys, run_number
 from sessionq.common.redisserver import RedisServer
@@ -51,18 +52,31 @@ def _adds(client: Client, names: list[str]) -> list[str]:
     return [s.add(Task("tests.tasks:add", args=[1, 1], name=name)) for name in names]
 
 
+def _in_sync(master: RedisServer, replica: RedisServer) -> None:
+    """Wait until `replica` follows `master` and has everything it wrote."""
+    link = Redis(port=replica.port)
+    wait_for(lambda: link.info("replication").get("master_link_status") == "up",
+             what="the replica to follow its master")  # fmt: skip
+    link.close()
+    wait_for(lambda: sync_reply(Redis(port=master.port).wait(1, 1000)) >= 1,
+             what="the replica to catch up")  # fmt: skip
+
+
+def _cut_off(master: RedisServer, replica: RedisServer) -> None:
+    """The replica hears nothing more: frozen, and its link closed by the master (what the
+    master would still send would otherwise wait in the frozen replica's socket)."""
+    replica.pause()
+    Redis(port=master.port).execute_command("CLIENT", "KILL", "TYPE", "replica")
+
+
 @pytest.fixture
 def lagging() -> Iterator[tuple[RedisServer, RedisServer]]:
-    """A master and its replica, in sync."""
+    """A master and its replica."""
     master = RedisServer().start()
     replica = RedisServer(replica_of=master).start()
-    link = Redis(port=replica.port)
     try:
-        wait_for(lambda: link.info("replication").get("master_link_status") == "up",
-                 what="the replica to follow its master")  # fmt: skip
         yield master, replica
     finally:
-        link.close()
         replica.stop()
         master.stop()
 
@@ -73,10 +87,8 @@ def test_a_failover_to_a_lagging_replica_hands_out_no_id_again(
     master, replica = lagging
     before = _client(master)
     kept = _adds(before, ["kept"])
-    wait_for(lambda: Redis(port=master.port).wait(1, 1000) >= 1, what="the replica to catch up")
-    replica.pause()  # from here on the replica hears nothing: it lags
-    # (and what the master would still send would wait in the frozen replica's socket)
-    Redis(port=master.port).client_kill_filter(_type="replica")
+    _in_sync(master, replica)
+    _cut_off(master, replica)  # from here on the replica lags
     lost = _adds(before, [f"lost-{i}" for i in range(4)])  # acknowledged by the master only
     master.kill()
     before.close()
@@ -99,13 +111,8 @@ def test_two_generations_from_one_old_counter_hand_out_different_ids() -> None:
         before = _client(master)
         kept = _adds(before, ["a", "b"])  # no replica yet
         replica = RedisServer(replica_of=master).start()
-        link = Redis(port=replica.port)
-        wait_for(lambda: link.info("replication").get("master_link_status") == "up",
-                 what="the replica to follow its master")  # fmt: skip
-        link.close()
-        wait_for(lambda: Redis(port=master.port).wait(1, 1000) >= 1, what="the replica in sync")
-        replica.pause()
-        Redis(port=master.port).client_kill_filter(_type="replica")
+        _in_sync(master, replica)
+        _cut_off(master, replica)
         lost = _adds(before, [f"lost-{i}" for i in range(3)])  # a new generation's jump, lost
         master.kill()
         before.close()

@@ -10,6 +10,7 @@ import pytest
 from redis import Redis
 
 from sessionq.common import codec
+from sessionq.common.connection import sync_reply
 from sessionq.common.errors import ValidationError, ValidationTypeError
 from sessionq.common.jobhash import parse_job_data, parse_meta
 from sessionq.common.keys import Keys
@@ -31,7 +32,7 @@ def job_args(redis: Redis, settings: Settings, tid: str) -> tuple[list[Any], dic
 def logged(redis: Redis) -> Iterator[Redis]:
     """The test's server, logging every command it runs (SLOWLOG, threshold 0) while the
     test runs; watch_calls starts the log afresh."""
-    before = redis.config_get("slowlog-log-slower-than")["slowlog-log-slower-than"]
+    before = sync_reply(redis.config_get("slowlog-log-slower-than"))["slowlog-log-slower-than"]
     redis.config_set("slowlog-log-slower-than", 0)
     yield redis
     redis.config_set("slowlog-log-slower-than", before)
@@ -46,9 +47,9 @@ def watch_calls(redis: Redis) -> None:
 def enqueue_calls(redis: Redis, client: Client) -> int:
     """The calls of the enqueue script (the one that writes runs) since watch_calls."""
     sha = client.scripts.script("enqueue").sha
-    entries = redis.slowlog_get(1000)
-    return sum(1 for e in entries if [codec.text(a) for a in e["command"].split()[:2]]
-               == ["EVALSHA", sha])  # fmt: skip
+    called = [[codec.text(a) for a in e["command"].split()[:2]]
+              for e in sync_reply(redis.slowlog_get(1000))]  # fmt: skip
+    return called.count(["EVALSHA", sha])
 
 
 def test_map_adds_one_run_per_item_with_ids_in_input_order(
