@@ -25,9 +25,9 @@ from sessionq.common.errors import (
     ValidationTypeError,
 )
 from sessionq.common.events import TERMINAL_EVENTS, EventType
-from sessionq.common.jobhash import JobFields, RunSpec, build_run, check_payload
+from sessionq.common.jobhash import RunSpec, build_run, check_payload
 from sessionq.common.keys import DEFAULT_QUEUE, run_id
-from sessionq.common.scripts import Run, Scripts
+from sessionq.common.scripts import RunColumns, Scripts
 from sessionq.common.state import SharedState
 from sessionq.common.times import iso_from_ms
 from sessionq.common.validation import check_encodable
@@ -108,23 +108,25 @@ def _metas(staged: list[_Pending]) -> list[bytes]:
     return [packed[i] if p.meta is None else p.meta for i, p in enumerate(staged)]
 
 
-def _runs(staged: list[_Pending], now_s: float) -> list[Run]:
-    """The enqueue script's runs of a flush; runs of one spec (a map's) share one mapping
-    of job fields without asking for it again."""
-    shared: dict[tuple[str, int], Mapping[str, Any]] = {}
-    runs: list[Run] = []
+def _runs(staged: list[_Pending], now_s: float) -> RunColumns:
+    """The enqueue script's runs of a flush, a list per field (no tuple per run); runs of
+    one spec (a map's) share one mapping of job fields without asking for it again."""
+    tids, names, queues, datas, _, specs, extras, options, _, _ = zip(*staged, strict=True)
+    cache: dict[tuple[str, int], Mapping[str, Any]] = {}
+    shared: list[Mapping[str, Any]] = []
     last: tuple[str, RunSpec | None] = ("", None)
     fields: Mapping[str, Any] = {}
-    for p, meta in zip(staged, _metas(staged), strict=True):
-        tid, name, queue, data, _, spec, extra, options, _, _ = p
+    for queue, spec in zip(queues, specs, strict=True):
         if spec is not last[1] or queue != last[0]:  # (runs alike mostly come together)
             last = (queue, spec)
             alike = (queue, id(spec))  # the specs stay alive while `staged` holds them
-            if alike not in shared:
-                shared[alike] = spec.shared_fields(queue, now_s)
-            fields = shared[alike]
-        runs.append((0, tid, name, QUEUED, queue, JobFields(data, meta, fields, extra), options))
-    return runs
+            if alike not in cache:
+                cache[alike] = spec.shared_fields(queue, now_s)
+            fields = cache[alike]
+        shared.append(fields)
+    n = len(tids)
+    return RunColumns([0] * n, tids, names, [QUEUED] * n, queues, datas, _metas(staged), shared,
+                      extras, options)  # fmt: skip
 
 
 class _SessionCore:
@@ -468,12 +470,12 @@ class _SessionCore:
             chained = ids + (yield from self._cron_pending(ids)) if chains else ids
             drop_runs.append((yield from plans.with_queues(scripts, chained)))
         now = time.time()  # the enqueue time of every run of the flush
-        runs = _runs(staged, now)
+        runs = _runs(staged, now) if staged else None
         items: list[Command | ScriptCall] = []
         if objects:
             items.append(Command.of("hset", self._keys.session_objects(self.id),
                                     mapping=dict(objects)))  # fmt: skip
-        if runs:
+        if runs is not None:
             call = scripts.enqueue_call(
                 [(self.id, False, b"", "", PERSISTENT_KIND, scripts.settings.user)], runs, now=now
             )

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 from sessionq.common import codec
 from sessionq.common.jobhash import JobFields
@@ -17,11 +17,35 @@ Run = tuple[int, str, str, str, str, JobFields, dict[str, Any] | None]
 NewSession = tuple[str, bool, bytes, str, str, str]
 
 
+class RunColumns(NamedTuple):
+    """Runs as a sequence per field, a value per run: what a list of `Run`s says (`of`),
+    for a caller that has its runs so (a session's flush makes no tuple per run)."""
+
+    session: Sequence[int]  # the index of its session in the call's sessions, 0 on
+    id: Sequence[str]
+    name: Sequence[str]
+    state: Sequence[str]
+    queue: Sequence[str]
+    data: Sequence[bytes]  # its JobFields, a field each
+    sq: Sequence[bytes]
+    shared: Sequence[Mapping[str, Any]]
+    extra: Sequence[dict[str, Any] | None]
+    options: Sequence[dict[str, Any] | None]
+
+    @classmethod
+    def of(cls, runs: Sequence[Run]) -> RunColumns:
+        if not runs:
+            return cls((), (), (), (), (), (), (), (), (), ())
+        session, ids, names, states, queues, fields, options = zip(*runs, strict=True)
+        data, sq, shared, extra = zip(*fields, strict=True)
+        return cls(session, ids, names, states, queues, data, sq, shared, extra, options)
+
+
 class EnqueueCalls(ScriptsBase):
     def enqueue(
         self,
         sessions: Sequence[NewSession],
-        runs: Sequence[Run],
+        runs: Sequence[Run] | RunColumns,
         *,
         worker: str = "",
         now: float | None = None,
@@ -42,15 +66,17 @@ class EnqueueCalls(ScriptsBase):
     def enqueue_call(
         self,
         sessions: Sequence[NewSession],
-        runs: Sequence[Run],
+        runs: Sequence[Run] | RunColumns,
         *,
         worker: str = "",
         now: float | None = None,
         claim: str = "",
         retention_ms: int | None = None,
     ) -> tuple[list[str], list[Any]]:
-        """The keys and args of `enqueue`, sent by no one: for a caller with its own client."""
+        """The keys and args of `enqueue`, sent by no one: for a caller with its own client
+        (`runs` as Run tuples, or as RunColumns)."""
         now = time.time() if now is None else now
+        cols = runs if isinstance(runs, RunColumns) else RunColumns.of(runs)
         k, rq = self.keys, self.rq
         fixed = {**self.globals, "sessions": k.sessions(), "rq_queues": rq.queues_set,
                  "schedule": k.schedule(), "waiting": k.waiting(), "names": k.names(),
@@ -65,16 +91,14 @@ class EnqueueCalls(ScriptsBase):
                 "task_keys": k.session_task_keys(sid), "running": k.session_running(sid),
             }))  # fmt: skip
             plan_sessions.append([sid, is_new, record, name])
-        queues: dict[str, int] = {}
-        for run in runs:
-            queues.setdefault(run[4], len(queues) + 1)
+        queues = {q: i for i, q in enumerate(dict.fromkeys(cols.queue), start=1)}
         queue_blocks = [
             ENQUEUE.block("queue", {"list": rq.queue(q), "wake": k.wake(q),
                                     "failed": rq.failed(q), "started": rq.started(q),
                                     "idle_line": k.idle(q)})
             for q in queues
         ]  # fmt: skip
-        job_blocks = [[rq.job(run[1])] for run in runs]
+        job_blocks = [rq.job(run_id) for run_id in cols.id]  # (a one-key block: flat)
         keys = ENQUEUE.pack_keys(
             fixed, {"session": session_blocks, "queue": queue_blocks, "job": job_blocks}
         )
@@ -87,32 +111,59 @@ class EnqueueCalls(ScriptsBase):
                 extra[run_id] = len(keys)  # Lua counts from 1
             return extra[run_id]
 
-        plan_runs = []
-        plan_shared: list[list[Any]] = []
-        shared_index: dict[int, int] = {}  # by id(): the runs hold each shared mapping alive
-        for s_index, run_id, name, state, queue, fields, opts in runs:
-            if opts and (opts.get("deps") or opts.get("old_id")):
-                opts = dict(opts)  # (the caller's stays as it was)
-                if opts.get("deps"):
-                    opts["dep_keys"] = [key_index(p) for p in opts["deps"]]
-                if opts.get("old_id"):
-                    opts["old"] = key_index(opts["old_id"])
-            data, sq, alike, extra_fields = fields
-            shared = shared_index.get(id(alike))
-            if shared is None:
-                plan_shared.append([x for pair in alike.items() for x in pair])
-                shared = shared_index[id(alike)] = len(plan_shared)  # Lua counts from 1
-            flat = [s_index + 1, run_id, name, state, queues[queue], opts or None, shared,
-                    data, sq]  # fmt: skip
-            if extra_fields:
-                flat.append([x for pair in extra_fields.items() for x in pair])
-            plan_runs.append(flat)
+        columns, shared, options = _run_columns(cols, queues, key_index)
         plan = codec.encode_for_lua(
-            [plan_sessions, list(queues), plan_runs, claim, plan_shared, retention_ms]
+            [plan_sessions, list(queues), columns, claim, shared, retention_ms, options]
         )
         args = ENQUEUE.pack_args({
             **self.clock(now), "worker": worker, "nsessions": len(sessions),
-            "nqueues": len(queues), "nruns": len(runs),
+            "nqueues": len(queues), "nruns": len(cols.id),
             "fresh_ms": int(self.settings.heartbeat_late_s * 1000), "plan": plan,
         })  # fmt: skip
         return keys, args
+
+
+def _run_columns(
+    runs: RunColumns, queues: dict[str, int], key_index: Callable[[str], int]
+) -> tuple[list[Any], list[list[Any]], list[dict[str, Any]]]:
+    """The plan's runs, a list per field (enqueue.lua's `runs`): a batch of 10,000 runs is a
+    dozen lists, not 10,000 of each (for the packer here and for cmsgpack.unpack there).
+    Job fields and options that runs share (one object for them: a map's, or add's plain
+    runs) are sent once each and named by their index (1 on, 0 for no options)."""
+    shared: list[list[Any]] = []
+    by_id: dict[int, int] = {}  # by id(): the runs hold each mapping alive meanwhile
+
+    def index_of(alike: Mapping[str, Any]) -> int:
+        n = by_id.get(id(alike))
+        if n is None:
+            shared.append([x for pair in alike.items() for x in pair])
+            n = by_id[id(alike)] = len(shared)  # Lua counts from 1
+        return n
+
+    opts: list[dict[str, Any]] = []
+    opts_by_id: dict[int, int] = {}
+
+    def opts_index(o: dict[str, Any] | None) -> int:
+        if not o:
+            return 0
+        if o.get("deps") or o.get("old_id"):
+            o = dict(o)  # (the caller's stays as it was); its own, never shared
+            if o.get("deps"):
+                o["dep_keys"] = [key_index(p) for p in o["deps"]]
+            if o.get("old_id"):
+                o["old"] = key_index(o["old_id"])
+            opts.append(o)
+            return len(opts)
+        n = opts_by_id.get(id(o))
+        if n is None:
+            opts.append(o)
+            n = opts_by_id[id(o)] = len(opts)
+        return n
+
+    columns = [
+        [i + 1 for i in runs.session], runs.id, runs.name, runs.state,
+        [queues[q] for q in runs.queue], [opts_index(o) for o in runs.options],
+        [index_of(a) for a in runs.shared], runs.data, runs.sq,
+        [[x for pair in e.items() for x in pair] if e else None for e in runs.extra],
+    ]  # fmt: skip
+    return columns, shared, opts
