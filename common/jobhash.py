@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -113,6 +113,14 @@ class RunSpec:
         one item): encoded, not validated again; ValidationTypeError naming `field_name`."""
         try:
             return codec.encode([self.func, None, args, self.kwargs])
+        except CodecError as exc:
+            raise ValidationTypeError(field_name, f"not msgpack-serialisable: {exc}") from exc
+
+    def with_each_args(self, arg_lists: Iterable[list[Any]], field_name: str) -> list[bytes]:
+        """with_args of each of `arg_lists`, packed with one packer (a fan-out's items);
+        ValidationTypeError naming `field_name` (not which one) when one cannot be."""
+        try:
+            return codec.encode_each([self.func, None, args, self.kwargs] for args in arg_lists)
         except CodecError as exc:
             raise ValidationTypeError(field_name, f"not msgpack-serialisable: {exc}") from exc
 

@@ -28,6 +28,7 @@ from sessionq.common.events import TERMINAL_EVENTS, EventType
 from sessionq.common.jobhash import RunSpec, build_run, check_payload
 from sessionq.common.keys import DEFAULT_QUEUE, run_id
 from sessionq.common.scripts import RunColumns, Scripts
+from sessionq.common.settings import MAX_PAYLOAD_BYTES
 from sessionq.common.state import SharedState
 from sessionq.common.times import iso_from_ms
 from sessionq.common.validation import check_encodable
@@ -94,7 +95,24 @@ class _Pending(NamedTuple):
     prerun_fatal: bool = False  # (for a meta packed at the flush)
 
 
-def _metas(staged: list[_Pending]) -> list[bytes]:
+class _Fanned(NamedTuple):
+    """The runs of one map/starmap staged for the next flush: runs of one function alike
+    but for their arguments, with no object per run."""
+
+    tids: list[str]
+    name: str | None  # None: each named as its id (use_instance_naming)
+    queue: str
+    datas: list[bytes]
+    meta: bytes | None  # None: packed at the flush, named as its id
+    spec: RunSpec
+    extra: dict[str, Any] | None
+    prerun_fatal: bool
+
+
+_Staged = _Pending | _Fanned
+
+
+def _metas(staged: Sequence[_Pending]) -> list[bytes]:
     """Each staged run's meta: those left to the flush packed together, a spec at a time."""
     groups: dict[tuple[int, bool], list[int]] = {}  # the specs stay alive while `staged` does
     for i, p in enumerate(staged):
@@ -108,25 +126,97 @@ def _metas(staged: list[_Pending]) -> list[bytes]:
     return [packed[i] if p.meta is None else p.meta for i, p in enumerate(staged)]
 
 
-def _runs(staged: list[_Pending], now_s: float) -> RunColumns:
+def _runs(staged: list[_Staged], now_s: float) -> RunColumns:
     """The enqueue script's runs of a flush, a list per field (no tuple per run); runs of
     one spec (a map's) share one mapping of job fields without asking for it again."""
-    tids, names, queues, datas, _, specs, extras, options, _, _ = zip(*staged, strict=True)
-    cache: dict[tuple[str, int], Mapping[str, Any]] = {}
+    cache: dict[tuple[str, int], Mapping[str, Any]] = {}  # the specs outlive the flush call
+    ids: list[str] = []
+    names: list[str] = []
+    queues: list[str] = []
+    datas: list[bytes] = []
+    metas: list[bytes] = []
     shared: list[Mapping[str, Any]] = []
-    last: tuple[str, RunSpec | None] = ("", None)
-    fields: Mapping[str, Any] = {}
-    for queue, spec in zip(queues, specs, strict=True):
-        if spec is not last[1] or queue != last[0]:  # (runs alike mostly come together)
-            last = (queue, spec)
-            alike = (queue, id(spec))  # the specs stay alive while `staged` holds them
-            if alike not in cache:
-                cache[alike] = spec.shared_fields(queue, now_s)
-            fields = cache[alike]
-        shared.append(fields)
-    n = len(tids)
-    return RunColumns([0] * n, tids, names, [QUEUED] * n, queues, datas, _metas(staged), shared,
-                      extras, options)  # fmt: skip
+    extras: list[dict[str, Any] | None] = []
+    options: list[dict[str, Any] | None] = []
+
+    def fields_of(queue: str, spec: RunSpec) -> Mapping[str, Any]:
+        alike = (queue, id(spec))
+        if alike not in cache:
+            cache[alike] = spec.shared_fields(queue, now_s)
+        return cache[alike]
+
+    def put(singles: list[_Pending]) -> None:
+        if not singles:
+            return
+        tids, named, queued, data, _, specs, extra, opts, _, _ = zip(*singles, strict=True)
+        last: tuple[str, RunSpec | None] = ("", None)
+        fields: Mapping[str, Any] = {}
+        for queue, spec in zip(queued, specs, strict=True):
+            if spec is not last[1] or queue != last[0]:  # (runs alike mostly come together)
+                last, fields = (queue, spec), fields_of(queue, spec)
+            shared.append(fields)
+        ids.extend(tids)
+        names.extend(named)
+        queues.extend(queued)
+        datas.extend(data)
+        metas.extend(_metas(singles))
+        extras.extend(extra)
+        options.extend(opts)
+        singles.clear()
+
+    singles: list[_Pending] = []
+    for entry in staged:
+        if isinstance(entry, _Pending):
+            singles.append(entry)
+            continue
+        put(singles)
+        n, spec = len(entry.tids), entry.spec
+        ids.extend(entry.tids)
+        names.extend(entry.tids if entry.name is None else [entry.name] * n)
+        queues.extend([entry.queue] * n)
+        datas.extend(entry.datas)
+        if entry.meta is None:
+            metas.extend(spec.metas(entry.tids, entry.prerun_fatal))
+        else:
+            metas.extend([entry.meta] * n)
+        shared.extend([fields_of(entry.queue, spec)] * n)
+        extras.extend([entry.extra] * n)
+        options.extend([None] * n)
+    put(singles)
+    n = len(ids)
+    return RunColumns([0] * n, ids, names, [QUEUED] * n, queues, datas, metas, shared, extras,
+                      options)  # fmt: skip
+
+
+def _payloads(spec: RunSpec, items: list[Any], meta: bytes, star: bool) -> list[bytes]:
+    """RQ's data of the run of each of a fan-out's `items` (its one argument, or with `star`
+    its arguments), packed together; a ValidationError names the first item refused
+    (`iterable[i]`), as item by item."""
+    what = "iterable"
+    if not star or all(isinstance(item, (list, tuple)) for item in items):
+        arg_lists = (list(item) for item in items) if star else ([item] for item in items)
+        try:
+            datas = spec.with_each_args(arg_lists, what)
+        except ValidationError:
+            pass  # which one: item by item, below
+        else:
+            if not datas or max(map(len, datas)) + len(meta) <= MAX_PAYLOAD_BYTES:
+                return datas
+    datas = []
+    for i, item in enumerate(items):
+        if star:
+            if not isinstance(item, (list, tuple)):
+                raise ValidationTypeError(
+                    f"{what}[{i}]",
+                    f"expected a list or tuple of arguments, got {type(item).__name__}",
+                )
+            args = list(item)
+        else:
+            args = [item]
+        data = spec.with_args(args, f"{what}[{i}]")
+        check_payload(data, meta, f"{what}[{i}]")
+        datas.append(data)
+    return datas
 
 
 class _SessionCore:
@@ -144,7 +234,8 @@ class _SessionCore:
         # ids this handle removed or forgot: a Task object that had one is added anew
         self._dropped: set[str] = set()
         self._id_block = 1
-        self._pending_runs: dict[str, _Pending] = {}  # by task id, in add order
+        # by task id, in add order (a map's runs by the first one's)
+        self._pending_runs: dict[str, _Staged] = {}
         self._pending_keys: dict[str, str] = {}  # idempotency key -> staged task id
         self._pending_names: dict[str, str] = {}  # name -> staged task id (named runs only)
         # (task ids, delete, also their cron chains' next firings)
@@ -236,34 +327,17 @@ class _SessionCore:
         queue = spec.queue or DEFAULT_QUEUE
         meta = spec.meta(name, prerun_fatal)
         extra = {"cond_silent": "1"} if cfg.silence_cond_check else None
-        what = "iterable"
-        datas = []
-        for i, item in enumerate(iterable):
-            if star:
-                if not isinstance(item, (list, tuple)):
-                    raise ValidationTypeError(
-                        f"{what}[{i}]",
-                        f"expected a list or tuple of arguments, got {type(item).__name__}",
-                    )
-                args = list(item)
-            else:
-                args = [item]
-            data = spec.with_args(args, f"{what}[{i}]")
-            check_payload(data, meta, f"{what}[{i}]")
-            datas.append(data)
+        datas = _payloads(spec, list(iterable), meta, star)
         if not datas:
             return []
         yield from self._reserve(len(datas))
         ids = [self._ids.popleft() for _ in datas]
-        pending = self._pending_runs
+        # named as the function, or each as its id with its meta packed at the flush
         if cfg.use_instance_naming:
-            for tid, data in zip(ids, datas, strict=True):
-                # its meta, named as its id, is packed at the flush with the others (_metas)
-                pending[tid] = _Pending(tid, tid, queue, data, None, spec, extra, None, None,
-                                        prerun_fatal)  # fmt: skip
+            fanned = _Fanned(ids, None, queue, datas, None, spec, extra, prerun_fatal)
         else:
-            for tid, data in zip(ids, datas, strict=True):
-                pending[tid] = _Pending(tid, name, queue, data, meta, spec, extra, None, None)
+            fanned = _Fanned(ids, name, queue, datas, meta, spec, extra, prerun_fatal)
+        self._pending_runs[ids[0]] = fanned  # (by its first id: it holds no named run)
         yield from self._rpc("starmap" if star else "map",
                              {"function": spec.func, "tasks": len(ids)})  # fmt: skip
         if flush:
@@ -393,8 +467,8 @@ class _SessionCore:
         written yet is replaced by never writing it."""
         tid = self._pending_names.pop(name, None)
         staged = self._pending_runs.pop(tid, None) if tid is not None else None
-        if staged is None or staged.task is None:
-            return
+        if not isinstance(staged, _Pending) or staged.task is None:
+            return  # (a named run's: never a map's)
         staged.task.ids.pop(self.id, None)
         key = staged.task.key
         if key is not None and self._pending_keys.get(key) == tid:
@@ -459,7 +533,7 @@ class _SessionCore:
 
     def _send(
         self,
-        staged: list[_Pending],
+        staged: list[_Staged],
         drops: list[tuple[list[str], bool, bool]],
         objects: dict[str, bytes],
     ) -> Plan[list[Any]]:
@@ -505,16 +579,17 @@ class _SessionCore:
             if state == TaskState.DEFERRED.value.encode() and cron
         ]  # fmt: skip
 
-    def _unstage(self, staged: list[_Pending]) -> None:
+    def _unstage(self, staged: list[_Staged]) -> None:
         """Forget the ids given to tasks whose add was not written."""
         for p in staged:
-            if p.task is not None and p.task.ids.get(self.id) == p.tid:
+            if isinstance(p, _Pending) and p.task is not None and p.task.ids.get(self.id) == p.tid:
                 del p.task.ids[self.id]
 
-    def _apply_run_reply(self, reply: list[Any], staged: list[_Pending]) -> None:
+    def _apply_run_reply(self, reply: list[Any], staged: list[_Staged]) -> None:
         if len(reply) == 1 and reply[0] == "ok":
             return  # every run written under the id and name it was staged with
-        by_id = {p.tid: p.task for p in staged}
+        singles = [p for p in staged if isinstance(p, _Pending)]  # (a map's have no Task)
+        by_id = {p.tid: p.task for p in singles}
         refused = {
             "exists": f"the session already has a task named {reply[-1]!r} "
                       "(task_pre_exist='raise')",
@@ -527,7 +602,7 @@ class _SessionCore:
             if reply[0] == "gone":
                 raise SessionNotFound(self.id)
             if reply[0] == "nodep":
-                name = next((p.name for p in staged if p.tid == reply[1]), reply[1])
+                name = next((p.name for p in singles if p.tid == reply[1]), reply[1])
                 raise ValidationError(
                     "depends_on", f"task {name!r} depends on {reply[2]!r}, which names no task"
                 )
