@@ -114,6 +114,12 @@ _Staged = _Pending | _Fanned
 
 def _metas(staged: Sequence[_Pending]) -> list[bytes]:
     """Each staged run's meta: those left to the flush packed together, a spec at a time."""
+    first = staged[0]
+    if first.meta is None and all(
+        p.spec is first.spec and p.meta is None and p.prerun_fatal == first.prerun_fatal
+        for p in staged
+    ):  # tasks alike, as a loop of add(Task(f, name=...)) makes them: all in one go
+        return first.spec.metas([p.name for p in staged], first.prerun_fatal)
     groups: dict[tuple[int, bool], list[int]] = {}  # the specs stay alive while `staged` does
     for i, p in enumerate(staged):
         if p.meta is None:

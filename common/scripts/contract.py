@@ -100,7 +100,7 @@ class Contract:
         blocks = blocks or {}
         for block in self.key_blocks:
             given = blocks.get(block.name, ())
-            if block.size == 1 and all(isinstance(one, str) for one in given):
+            if block.size == 1 and set(map(type, given)) <= {str}:
                 out.extend(given)  # type: ignore[arg-type]  # str keys, checked just above
                 continue
             for one in given:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from sessionq.common import codec
 from sessionq.common.jobhash import JobFields
 from sessionq.common.scripts.base import ScriptsBase, texts
 from sessionq.common.scripts.contracts import ENQUEUE
 
+T = TypeVar("T")
 # session index, run id, name, state, queue, job fields, options (enqueue.lua)
 Run = tuple[int, str, str, str, str, JobFields, dict[str, Any] | None]
 # sid, is new, record bytes, name, kind, owner
@@ -98,7 +99,7 @@ class EnqueueCalls(ScriptsBase):
                                     "idle_line": k.idle(q)})
             for q in queues
         ]  # fmt: skip
-        job_blocks = [rq.job(run_id) for run_id in cols.id]  # (a one-key block: flat)
+        job_blocks = list(map(rq.job, cols.id))  # (a one-key block: flat)
         keys = ENQUEUE.pack_keys(
             fixed, {"session": session_blocks, "queue": queue_blocks, "job": job_blocks}
         )
@@ -130,40 +131,37 @@ def _run_columns(
     dozen lists, not 10,000 of each (for the packer here and for cmsgpack.unpack there).
     Job fields and options that runs share (one object for them: a map's, or add's plain
     runs) are sent once each and named by their index (1 on, 0 for no options)."""
-    shared: list[list[Any]] = []
-    by_id: dict[int, int] = {}  # by id(): the runs hold each mapping alive meanwhile
 
-    def index_of(alike: Mapping[str, Any]) -> int:
-        n = by_id.get(id(alike))
-        if n is None:
-            shared.append([x for pair in alike.items() for x in pair])
-            n = by_id[id(alike)] = len(shared)  # Lua counts from 1
-        return n
+    def flat(mapping: Mapping[str, Any]) -> list[Any]:
+        return [x for pair in mapping.items() for x in pair]
 
-    opts: list[dict[str, Any]] = []
-    opts_by_id: dict[int, int] = {}
+    def lua_options(o: dict[str, Any]) -> dict[str, Any]:
+        if not (o.get("deps") or o.get("old_id")):
+            return o
+        o = dict(o)  # (the caller's stays as it was)
+        if o.get("deps"):
+            o["dep_keys"] = [key_index(p) for p in o["deps"]]
+        if o.get("old_id"):
+            o["old"] = key_index(o["old_id"])
+        return o
 
-    def opts_index(o: dict[str, Any] | None) -> int:
-        if not o:
-            return 0
-        if o.get("deps") or o.get("old_id"):
-            o = dict(o)  # (the caller's stays as it was); its own, never shared
-            if o.get("deps"):
-                o["dep_keys"] = [key_index(p) for p in o["deps"]]
-            if o.get("old_id"):
-                o["old"] = key_index(o["old_id"])
-            opts.append(o)
-            return len(opts)
-        n = opts_by_id.get(id(o))
-        if n is None:
-            opts.append(o)
-            n = opts_by_id[id(o)] = len(opts)
-        return n
-
+    shared_index, shared = _once_each(runs.shared, flat)
+    options_index, options = _once_each(runs.options, lua_options)
     columns = [
         [i + 1 for i in runs.session], runs.id, runs.name, runs.state,
-        [queues[q] for q in runs.queue], [opts_index(o) for o in runs.options],
-        [index_of(a) for a in runs.shared], runs.data, runs.sq,
-        [[x for pair in e.items() for x in pair] if e else None for e in runs.extra],
+        [queues[q] for q in runs.queue], options_index, shared_index, runs.data, runs.sq,
+        [flat(e) if e else None for e in runs.extra],
     ]  # fmt: skip
-    return columns, shared, opts
+    return columns, shared, options
+
+
+def _once_each(objects: Sequence[Any], make: Callable[[Any], T]) -> tuple[list[int], list[T]]:
+    """Each object's index (1 on; 0 for None or an empty one) among the distinct ones, by
+    identity (the caller holds them all alive meanwhile), and `make` of each distinct one."""
+    ids = list(map(id, objects))
+    index, distinct = {}, []
+    for key, o in dict(zip(ids, objects, strict=True)).items():
+        if o:
+            distinct.append(o)
+        index[key] = len(distinct) if o else 0
+    return list(map(index.__getitem__, ids)), [make(o) for o in distinct]
