@@ -56,6 +56,9 @@ class RunSpec:
     # RQ's job `data`, encoded once as the spec is made: that checks the arguments, and a
     # batch of runs then encodes each payload once (replace() makes it anew)
     data: bytes = field(init=False, repr=False, compare=False)
+    # the longest name (characters) a run of it surely takes without packing its meta
+    # (surely_fits), -1 when its meta must be packed to say (an env, or huge numbers)
+    name_room: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         payload: list[Any]
@@ -70,6 +73,12 @@ class RunSpec:
             check_encodable(self.kwargs, "kwargs")
             raise ValidationTypeError("args", f"not msgpack-serialisable: {exc}") from exc
         object.__setattr__(self, "data", data)  # frozen: set once, here
+        numbers = (self.cores or 0, self.ram or 0, self.gpu or 0, self.replica_count)
+        if self.env or max(numbers) >= 2**64:  # (one that msgpack refuses: meta raises)
+            room = -1
+        else:  # (the meta of an empty name is at most _META_ROOM bytes: see surely_fits)
+            room = max(-1, (MAX_PAYLOAD_BYTES - len(data) - _META_ROOM - 4) // 4)
+        object.__setattr__(self, "name_room", room)
 
     @property
     def is_command(self) -> bool:
@@ -94,11 +103,9 @@ class RunSpec:
         """Does the run named `name` surely pass check_size, without packing its meta? (Its
         meta is the one of an empty name and the name's UTF-8, at most 4 bytes a character,
         with a longer header, at most 4 bytes more.) False: check_size must say."""
-        numbers = (self.cores or 0, self.ram or 0, self.gpu or 0, self.replica_count)
-        if self.env or max(numbers) >= 2**64:  # (one that msgpack refuses: meta raises here)
-            base = len(self.meta("", prerun_fatal))
-        else:
-            base = _META_ROOM
+        if len(name) <= self.name_room or self.name_room >= 0:
+            return len(name) <= self.name_room
+        base = len(self.meta("", prerun_fatal))  # (an env, or a number msgpack refuses)
         return len(self.data) + base + 4 * len(name) + 4 <= MAX_PAYLOAD_BYTES
 
     def _meta_key(self, prerun_fatal: bool | None) -> _MetaKey:

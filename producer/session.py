@@ -428,7 +428,7 @@ class _SessionCore:
         cfg, spec = self.config, task.spec
         fatal = not cfg.silence_task_prerun
         meta = None  # packed at the flush (_metas) unless it must be now, to check its size
-        if not spec.surely_fits(name, fatal):
+        if len(name) > spec.name_room and not spec.surely_fits(name, fatal):
             meta = spec.meta(name, fatal)
             spec.check_size(meta)
         queue = plans.run_queue(spec)
