@@ -271,7 +271,8 @@ local pushes = {}
 for q = 1, nq do pushes[q] = {r = {}, n = 0} end
 local queued_data = {}  -- the packed data of task.queued events, by state: the last one
 for r = 1, NR do
-  local B, id, name, state, o = S[R_SESSION[r]], R_ID[r], R_NAME[r], R_STATE[r], opts(r)
+  local B, id, name, state = S[R_SESSION[r]], R_ID[r], R_NAME[r], R_STATE[r]
+  local o = OPTIONS[R_OPTS[r]]  -- (opts(r), without the call: once per run)
   local job = job_key(r)
   local existing_key = o and o.key and redis.call('HGET', B.keys, o.key)
   if resent ~= false and not B.fresh and redis.call('EXISTS', job) == 1 then
@@ -296,7 +297,8 @@ for r = 1, NR do
       tn[ntn + 1] = id
       tn[ntn + 2] = name
       B.ntask_names = ntn + 2
-      B.top = math.max(B.top or 0, run_number(id))
+      local number = run_number(id)
+      if number > (B.top or 0) then B.top = number end
       if o and o.key then redis.call('HSET', B.keys, o.key, id) end
       if state == 'queued' and B.status == 'Paused' then state = 'held' end
       local verdict, reason = 'ready', nil

@@ -142,7 +142,8 @@ local function flush()
       -- what events of one type share, made once: from ts to the task, and from the worker
       -- to the data (the call's worker's; another's, an enqueue's handed run, made each time)
       local heads, tail = {}, EV_WORKER .. G.worker_packed .. EV_DATA
-      for i = 1, n do
+      -- an event neither kept (past the history cap) nor published is not made at all
+      for i = (chan or to_all) and 1 or keep_from - first + 1, n do
         local seq = first + i - 1
         local etype, task, data = ev[3 * i - 2], ev[3 * i - 1], ev[3 * i]
         local after = tail
