@@ -38,7 +38,7 @@ from sessionq.producer.control import task_order
 from sessionq.producer.follow import Followed, follow
 from sessionq.producer.persistent import PERSISTENT_KIND, Opened
 from sessionq.producer.plans import Batch, Command, Plan, ScriptCall, Transaction, texts
-from sessionq.producer.task import Task, Workflow, default_name, topological
+from sessionq.producer.task import Task, Workflow, default_name, parents, topological
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -109,7 +109,46 @@ class _Fanned(NamedTuple):
     prerun_fatal: bool
 
 
-_Staged = _Pending | _Fanned
+class _Alike:
+    """Runs of plain tasks alike (one spec, queue and options: no key, parent, schedule or
+    replaced task), staged one after another for the next flush - a loop of
+    add(Task(f, name=...), flush=False) - as a list per field, with no object per run."""
+
+    __slots__ = ("tids", "names", "tasks", "spec", "queue", "options", "extra", "prerun_fatal")
+
+    def __init__(
+        self,
+        spec: RunSpec,
+        queue: str,
+        options: dict[str, Any],
+        extra: dict[str, Any] | None,
+        prerun_fatal: bool,
+    ) -> None:
+        self.tids: list[str] = []
+        self.names: list[str] = []
+        self.tasks: list[Task] = []
+        self.spec, self.queue, self.options, self.extra = spec, queue, options, extra
+        self.prerun_fatal = prerun_fatal
+
+    def takes(self, spec: RunSpec, queue: str, options: dict[str, Any], prerun_fatal: bool) -> bool:
+        """Is a run of these alike the ones staged here? (Its extra fields come with its
+        options: one pair, _SessionCore._alike.)"""
+        return (spec is self.spec and options is self.options and queue == self.queue
+                and prerun_fatal == self.prerun_fatal)  # fmt: skip
+
+    def add(self, tid: str, name: str, task: Task) -> None:
+        self.tids.append(tid)
+        self.names.append(name)
+        self.tasks.append(task)
+
+    def drop(self, tid: str) -> Task:
+        """Take the run `tid` out (task_pre_exist="replace"); its task."""
+        i = self.tids.index(tid)
+        del self.tids[i], self.names[i]
+        return self.tasks.pop(i)
+
+
+_Staged = _Pending | _Fanned | _Alike
 
 
 def _metas(staged: Sequence[_Pending]) -> list[bytes]:
@@ -177,6 +216,16 @@ def _runs(staged: list[_Staged], now_s: float) -> RunColumns:
             continue
         put(singles)
         n, spec = len(entry.tids), entry.spec
+        if isinstance(entry, _Alike):
+            ids.extend(entry.tids)
+            names.extend(entry.names)
+            queues.extend([entry.queue] * n)
+            datas.extend([spec.data] * n)
+            metas.extend(spec.metas(entry.names, entry.prerun_fatal))
+            shared.extend([fields_of(entry.queue, spec)] * n)
+            extras.extend([entry.extra] * n)
+            options.extend([entry.options] * n)
+            continue
         ids.extend(entry.tids)
         names.extend(entry.tids if entry.name is None else [entry.name] * n)
         queues.extend([entry.queue] * n)
@@ -242,6 +291,7 @@ class _SessionCore:
         self._id_block = 1
         # by task id, in add order (a map's runs by the first one's)
         self._pending_runs: dict[str, _Staged] = {}
+        self._open: _Alike | None = None  # the last staged, while more alike may join it
         self._pending_keys: dict[str, str] = {}  # idempotency key -> staged task id
         self._pending_names: dict[str, str] = {}  # name -> staged task id (named runs only)
         # (task ids, delete, also their cron chains' next firings)
@@ -344,6 +394,7 @@ class _SessionCore:
         else:
             fanned = _Fanned(ids, name, queue, datas, meta, spec, extra, prerun_fatal)
         self._pending_runs[ids[0]] = fanned  # (by its first id: it holds no named run)
+        self._open = None
         yield from self._rpc("starmap" if star else "map",
                              {"function": spec.func, "tasks": len(ids)})  # fmt: skip
         if flush:
@@ -384,14 +435,14 @@ class _SessionCore:
                 pending = yield from self._cron_pending([old_id])
                 if pending:
                     self._pending_drops.append((pending, False, False))
-        parents = []
-        for parent in task.depends_on:
+        parent_ids = []
+        for parent in parents(task):
             if isinstance(parent, Task):
-                parents.append(parent.ids[self.id])  # staged before it (topological)
+                parent_ids.append(parent.ids[self.id])  # staged before it (topological)
             else:
-                parents.append(parent)
+                parent_ids.append(parent)
         due = task.due_ms(time.time()) if task.scheduled else None
-        self._put(task, tid, name, cfg.task_pre_exist, parents, due, old_id)
+        self._put(task, tid, name, cfg.task_pre_exist, parent_ids, due, old_id)
         if self._rpc_log:
             yield from self._rpc("add", {"task": tid, "name": name})
 
@@ -399,7 +450,7 @@ class _SessionCore:
         """add(task, flush=False) of a task that asks nothing of Redis (no key, parent or
         schedule; ids reserved; a policy that reads no names; no rpc log): staged here, with
         no plan, as `_stage` would; its id. None: the plan must add it."""
-        if flush is not False or type(task) is not Task or self._rpc_log or task.depends_on:
+        if flush is not False or type(task) is not Task or self._rpc_log or parents(task):
             return None
         known = task.ids.get(self.id)
         if known is not None:
@@ -437,8 +488,14 @@ class _SessionCore:
         plain = task.key is None and task.cron is None and due is None and old_id is None
         if plain and not parents:
             # runs alike share their options and extra fields, as a map's runs do: read only,
-            # one object each for them all
+            # one object each for them all; those staged one after another, their block
+            # (its meta packed again at the flush: it surely fits, or was checked above)
             options, extra = self._alike(policy)
+            block = self._open
+            if block is None or not block.takes(spec, queue, options, fatal):
+                block = self._open = _Alike(spec, queue, options, extra, fatal)
+            block.add(tid, name, task)
+            self._pending_runs[tid] = block  # (under each of its ids: `_staged` takes it once)
         else:
             options = {"policy": policy}
             extra = task.extra_fields(parents, due, cond_silent=cfg.silence_cond_check) or None
@@ -453,8 +510,9 @@ class _SessionCore:
                 options["due"] = due
             if task.cron is not None:
                 options["cron"] = task.cron
-        self._pending_runs[tid] = _Pending(tid, name, queue, spec.data, meta, spec, extra,
-                                           options, task, fatal)  # fmt: skip
+            self._pending_runs[tid] = _Pending(tid, name, queue, spec.data, meta, spec, extra,
+                                               options, task, fatal)  # fmt: skip
+            self._open = None
         self._pending_names[name] = tid
         task.ids[self.id] = tid
 
@@ -473,10 +531,13 @@ class _SessionCore:
         written yet is replaced by never writing it."""
         tid = self._pending_names.pop(name, None)
         staged = self._pending_runs.pop(tid, None) if tid is not None else None
-        if not isinstance(staged, _Pending) or staged.task is None:
+        if tid is None or staged is None or isinstance(staged, _Fanned):
             return  # (a named run's: never a map's)
-        staged.task.ids.pop(self.id, None)
-        key = staged.task.key
+        task = staged.drop(tid) if isinstance(staged, _Alike) else staged.task
+        if task is None:
+            return
+        task.ids.pop(self.id, None)
+        key = task.key
         if key is not None and self._pending_keys.get(key) == tid:
             del self._pending_keys[key]
 
@@ -510,10 +571,12 @@ class _SessionCore:
         """Every change made with flush=False, in one round trip (one transaction)."""
         if not (self._pending_runs or self._pending_drops or self._pending_objects):
             return
-        staged, drops = list(self._pending_runs.values()), self._pending_drops
-        objects = self._pending_objects
+        entries = self._pending_runs.values()  # (a block of runs alike under each of its ids)
+        staged = list(dict(zip(map(id, entries), entries, strict=True)).values())
+        drops, objects = self._pending_drops, self._pending_objects
         # taken out first: a flush that fails leaves nothing behind to fail the next one
         self._pending_runs, self._pending_drops, self._pending_objects = {}, [], {}
+        self._open = None
         self._pending_keys, self._pending_names = {}, {}
         try:
             replies = yield from self._send(staged, drops, objects)
@@ -588,14 +651,23 @@ class _SessionCore:
     def _unstage(self, staged: list[_Staged]) -> None:
         """Forget the ids given to tasks whose add was not written."""
         for p in staged:
-            if isinstance(p, _Pending) and p.task is not None and p.task.ids.get(self.id) == p.tid:
+            if isinstance(p, _Alike):
+                for tid, task in zip(p.tids, p.tasks, strict=True):
+                    if task.ids.get(self.id) == tid:
+                        del task.ids[self.id]
+            elif (
+                isinstance(p, _Pending) and p.task is not None and p.task.ids.get(self.id) == p.tid
+            ):
                 del p.task.ids[self.id]
 
     def _apply_run_reply(self, reply: list[Any], staged: list[_Staged]) -> None:
         if len(reply) == 1 and reply[0] == "ok":
             return  # every run written under the id and name it was staged with
         singles = [p for p in staged if isinstance(p, _Pending)]  # (a map's have no Task)
-        by_id = {p.tid: p.task for p in singles}
+        by_id: dict[str, Task | None] = {p.tid: p.task for p in singles}
+        for block in staged:
+            if isinstance(block, _Alike):
+                by_id.update(zip(block.tids, block.tasks, strict=True))
         refused = {
             "exists": f"the session already has a task named {reply[-1]!r} "
                       "(task_pre_exist='raise')",
