@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -56,6 +56,9 @@ class RunSpec:
     # RQ's job `data`, encoded once as the spec is made: that checks the arguments, and a
     # batch of runs then encodes each payload once (replace() makes it anew)
     data: bytes = field(init=False, repr=False, compare=False)
+    # the longest name (characters) a run of it surely takes without packing its meta
+    # (surely_fits), -1 when its meta must be packed to say (an env, or huge numbers)
+    name_room: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         payload: list[Any]
@@ -70,6 +73,12 @@ class RunSpec:
             check_encodable(self.kwargs, "kwargs")
             raise ValidationTypeError("args", f"not msgpack-serialisable: {exc}") from exc
         object.__setattr__(self, "data", data)  # frozen: set once, here
+        numbers = (self.cores or 0, self.ram or 0, self.gpu or 0, self.replica_count)
+        if self.env or max(numbers) >= 2**64:  # (one that msgpack refuses: meta raises)
+            room = -1
+        else:  # (the meta of an empty name is at most _META_ROOM bytes: see surely_fits)
+            room = max(-1, (MAX_PAYLOAD_BYTES - len(data) - _META_ROOM - 4) // 4)
+        object.__setattr__(self, "name_room", room)
 
     @property
     def is_command(self) -> bool:
@@ -83,23 +92,20 @@ class RunSpec:
 
     def metas(self, names: Sequence[str], prerun_fatal: bool) -> list[bytes]:
         """meta(name, prerun_fatal) of each name, packed together (a batch of named runs)."""
-        wire = _meta_wire("", self._meta_key(prerun_fatal))
-
-        def named(name: str) -> dict[str, Any]:
-            wire["name"] = name  # (one map for them all, packed before the next is named)
-            return wire
-
-        return codec.encode_each(map(named, names))
+        # the meta of an empty name around where the name goes: the map's "name" key (its
+        # first such bytes: an env key "name" comes after it), then "" (0xa0)
+        blank = codec.encode(_meta_wire("", self._meta_key(prerun_fatal)))
+        at = blank.index(b"\xa4name\xa0") + 5
+        head, tail = blank[:at], blank[at + 1 :]
+        return [head + name + tail for name in codec.encode_each(names)]
 
     def surely_fits(self, name: str, prerun_fatal: bool) -> bool:
         """Does the run named `name` surely pass check_size, without packing its meta? (Its
         meta is the one of an empty name and the name's UTF-8, at most 4 bytes a character,
         with a longer header, at most 4 bytes more.) False: check_size must say."""
-        numbers = (self.cores or 0, self.ram or 0, self.gpu or 0, self.replica_count)
-        if self.env or max(numbers) >= 2**64:  # (one that msgpack refuses: meta raises here)
-            base = len(self.meta("", prerun_fatal))
-        else:
-            base = _META_ROOM
+        if len(name) <= self.name_room or self.name_room >= 0:
+            return len(name) <= self.name_room
+        base = len(self.meta("", prerun_fatal))  # (an env, or a number msgpack refuses)
         return len(self.data) + base + 4 * len(name) + 4 <= MAX_PAYLOAD_BYTES
 
     def _meta_key(self, prerun_fatal: bool | None) -> _MetaKey:
@@ -113,6 +119,14 @@ class RunSpec:
         one item): encoded, not validated again; ValidationTypeError naming `field_name`."""
         try:
             return codec.encode([self.func, None, args, self.kwargs])
+        except CodecError as exc:
+            raise ValidationTypeError(field_name, f"not msgpack-serialisable: {exc}") from exc
+
+    def with_each_args(self, arg_lists: Iterable[list[Any]], field_name: str) -> list[bytes]:
+        """with_args of each of `arg_lists`, packed with one packer (a fan-out's items);
+        ValidationTypeError naming `field_name` (not which one) when one cannot be."""
+        try:
+            return codec.encode_each([self.func, None, args, self.kwargs] for args in arg_lists)
         except CodecError as exc:
             raise ValidationTypeError(field_name, f"not msgpack-serialisable: {exc}") from exc
 

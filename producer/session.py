@@ -25,9 +25,10 @@ from sessionq.common.errors import (
     ValidationTypeError,
 )
 from sessionq.common.events import TERMINAL_EVENTS, EventType
-from sessionq.common.jobhash import JobFields, RunSpec, build_run, check_payload
+from sessionq.common.jobhash import RunSpec, build_run, check_payload
 from sessionq.common.keys import DEFAULT_QUEUE
-from sessionq.common.scripts import Run, Scripts
+from sessionq.common.scripts import RunColumns, Scripts
+from sessionq.common.settings import MAX_PAYLOAD_BYTES
 from sessionq.common.state import SharedState
 from sessionq.common.times import iso_from_ms
 from sessionq.common.validation import check_encodable
@@ -37,7 +38,7 @@ from sessionq.producer.control import task_order
 from sessionq.producer.follow import Followed, follow
 from sessionq.producer.persistent import PERSISTENT_KIND, Opened
 from sessionq.producer.plans import Batch, Command, Plan, ScriptCall, Transaction, texts
-from sessionq.producer.task import Task, Workflow, default_name, topological
+from sessionq.producer.task import Task, Workflow, default_name, parents, topological
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -94,8 +95,70 @@ class _Pending(NamedTuple):
     prerun_fatal: bool = False  # (for a meta packed at the flush)
 
 
-def _metas(staged: list[_Pending]) -> list[bytes]:
+class _Fanned(NamedTuple):
+    """The runs of one map/starmap staged for the next flush: runs of one function alike
+    but for their arguments, with no object per run."""
+
+    tids: list[str]
+    name: str | None  # None: each named as its id (use_instance_naming)
+    queue: str
+    datas: list[bytes]
+    meta: bytes | None  # None: packed at the flush, named as its id
+    spec: RunSpec
+    extra: dict[str, Any] | None
+    prerun_fatal: bool
+
+
+class _Alike:
+    """Runs of plain tasks alike (one spec, queue and options: no key, parent, schedule or
+    replaced task), staged one after another for the next flush - a loop of
+    add(Task(f, name=...), flush=False) - as a list per field, with no object per run."""
+
+    __slots__ = ("tids", "names", "tasks", "spec", "queue", "options", "extra", "prerun_fatal")
+
+    def __init__(
+        self,
+        spec: RunSpec,
+        queue: str,
+        options: dict[str, Any],
+        extra: dict[str, Any] | None,
+        prerun_fatal: bool,
+    ) -> None:
+        self.tids: list[str] = []
+        self.names: list[str] = []
+        self.tasks: list[Task] = []
+        self.spec, self.queue, self.options, self.extra = spec, queue, options, extra
+        self.prerun_fatal = prerun_fatal
+
+    def takes(self, spec: RunSpec, queue: str, options: dict[str, Any], prerun_fatal: bool) -> bool:
+        """Is a run of these alike the ones staged here? (Its extra fields come with its
+        options: one pair, _SessionCore._alike.)"""
+        return (spec is self.spec and options is self.options and queue == self.queue
+                and prerun_fatal == self.prerun_fatal)  # fmt: skip
+
+    def add(self, tid: str, name: str, task: Task) -> None:
+        self.tids.append(tid)
+        self.names.append(name)
+        self.tasks.append(task)
+
+    def drop(self, tid: str) -> Task:
+        """Take the run `tid` out (task_pre_exist="replace"); its task."""
+        i = self.tids.index(tid)
+        del self.tids[i], self.names[i]
+        return self.tasks.pop(i)
+
+
+_Staged = _Pending | _Fanned | _Alike
+
+
+def _metas(staged: Sequence[_Pending]) -> list[bytes]:
     """Each staged run's meta: those left to the flush packed together, a spec at a time."""
+    first = staged[0]
+    if first.meta is None and all(
+        p.spec is first.spec and p.meta is None and p.prerun_fatal == first.prerun_fatal
+        for p in staged
+    ):  # tasks alike, as a loop of add(Task(f, name=...)) makes them: all in one go
+        return first.spec.metas([p.name for p in staged], first.prerun_fatal)
     groups: dict[tuple[int, bool], list[int]] = {}  # the specs stay alive while `staged` does
     for i, p in enumerate(staged):
         if p.meta is None:
@@ -108,23 +171,107 @@ def _metas(staged: list[_Pending]) -> list[bytes]:
     return [packed[i] if p.meta is None else p.meta for i, p in enumerate(staged)]
 
 
-def _runs(staged: list[_Pending], now_s: float) -> list[Run]:
-    """The enqueue script's runs of a flush; runs of one spec (a map's) share one mapping
-    of job fields without asking for it again."""
-    shared: dict[tuple[str, int], Mapping[str, Any]] = {}
-    runs: list[Run] = []
-    last: tuple[str, RunSpec | None] = ("", None)
-    fields: Mapping[str, Any] = {}
-    for p, meta in zip(staged, _metas(staged), strict=True):
-        tid, name, queue, data, _, spec, extra, options, _, _ = p
-        if spec is not last[1] or queue != last[0]:  # (runs alike mostly come together)
-            last = (queue, spec)
-            alike = (queue, id(spec))  # the specs stay alive while `staged` holds them
-            if alike not in shared:
-                shared[alike] = spec.shared_fields(queue, now_s)
-            fields = shared[alike]
-        runs.append((0, tid, name, QUEUED, queue, JobFields(data, meta, fields, extra), options))
-    return runs
+def _runs(staged: list[_Staged], now_s: float) -> RunColumns:
+    """The enqueue script's runs of a flush, a list per field (no tuple per run); runs of
+    one spec (a map's) share one mapping of job fields without asking for it again."""
+    cache: dict[tuple[str, int], Mapping[str, Any]] = {}  # the specs outlive the flush call
+    ids: list[str] = []
+    names: list[str] = []
+    queues: list[str] = []
+    datas: list[bytes] = []
+    metas: list[bytes] = []
+    shared: list[Mapping[str, Any]] = []
+    extras: list[dict[str, Any] | None] = []
+    options: list[dict[str, Any] | None] = []
+
+    def fields_of(queue: str, spec: RunSpec) -> Mapping[str, Any]:
+        alike = (queue, id(spec))
+        if alike not in cache:
+            cache[alike] = spec.shared_fields(queue, now_s)
+        return cache[alike]
+
+    def put(singles: list[_Pending]) -> None:
+        if not singles:
+            return
+        tids, named, queued, data, _, specs, extra, opts, _, _ = zip(*singles, strict=True)
+        last: tuple[str, RunSpec | None] = ("", None)
+        fields: Mapping[str, Any] = {}
+        for queue, spec in zip(queued, specs, strict=True):
+            if spec is not last[1] or queue != last[0]:  # (runs alike mostly come together)
+                last, fields = (queue, spec), fields_of(queue, spec)
+            shared.append(fields)
+        ids.extend(tids)
+        names.extend(named)
+        queues.extend(queued)
+        datas.extend(data)
+        metas.extend(_metas(singles))
+        extras.extend(extra)
+        options.extend(opts)
+        singles.clear()
+
+    singles: list[_Pending] = []
+    for entry in staged:
+        if isinstance(entry, _Pending):
+            singles.append(entry)
+            continue
+        put(singles)
+        n, spec = len(entry.tids), entry.spec
+        if isinstance(entry, _Alike):
+            ids.extend(entry.tids)
+            names.extend(entry.names)
+            queues.extend([entry.queue] * n)
+            datas.extend([spec.data] * n)
+            metas.extend(spec.metas(entry.names, entry.prerun_fatal))
+            shared.extend([fields_of(entry.queue, spec)] * n)
+            extras.extend([entry.extra] * n)
+            options.extend([entry.options] * n)
+            continue
+        ids.extend(entry.tids)
+        names.extend(entry.tids if entry.name is None else [entry.name] * n)
+        queues.extend([entry.queue] * n)
+        datas.extend(entry.datas)
+        if entry.meta is None:
+            metas.extend(spec.metas(entry.tids, entry.prerun_fatal))
+        else:
+            metas.extend([entry.meta] * n)
+        shared.extend([fields_of(entry.queue, spec)] * n)
+        extras.extend([entry.extra] * n)
+        options.extend([None] * n)
+    put(singles)
+    n = len(ids)
+    return RunColumns([0] * n, ids, names, [QUEUED] * n, queues, datas, metas, shared, extras,
+                      options)  # fmt: skip
+
+
+def _payloads(spec: RunSpec, items: list[Any], meta: bytes, star: bool) -> list[bytes]:
+    """RQ's data of the run of each of a fan-out's `items` (its one argument, or with `star`
+    its arguments), packed together; a ValidationError names the first item refused
+    (`iterable[i]`), as item by item."""
+    what = "iterable"
+    if not star or all(isinstance(item, (list, tuple)) for item in items):
+        arg_lists = (list(item) for item in items) if star else ([item] for item in items)
+        try:
+            datas = spec.with_each_args(arg_lists, what)
+        except ValidationError:
+            pass  # which one: item by item, below
+        else:
+            if not datas or max(map(len, datas)) + len(meta) <= MAX_PAYLOAD_BYTES:
+                return datas
+    datas = []
+    for i, item in enumerate(items):
+        if star:
+            if not isinstance(item, (list, tuple)):
+                raise ValidationTypeError(
+                    f"{what}[{i}]",
+                    f"expected a list or tuple of arguments, got {type(item).__name__}",
+                )
+            args = list(item)
+        else:
+            args = [item]
+        data = spec.with_args(args, f"{what}[{i}]")
+        check_payload(data, meta, f"{what}[{i}]")
+        datas.append(data)
+    return datas
 
 
 class _SessionCore:
@@ -142,7 +289,9 @@ class _SessionCore:
         # ids this handle removed or forgot: a Task object that had one is added anew
         self._dropped: set[str] = set()
         self._id_block = 1
-        self._pending_runs: dict[str, _Pending] = {}  # by task id, in add order
+        # by task id, in add order (a map's runs by the first one's)
+        self._pending_runs: dict[str, _Staged] = {}
+        self._open: _Alike | None = None  # the last staged, while more alike may join it
         self._pending_keys: dict[str, str] = {}  # idempotency key -> staged task id
         self._pending_names: dict[str, str] = {}  # name -> staged task id (named runs only)
         # (task ids, delete, also their cron chains' next firings)
@@ -224,34 +373,18 @@ class _SessionCore:
         queue = spec.queue or DEFAULT_QUEUE
         meta = spec.meta(name, prerun_fatal)
         extra = {"cond_silent": "1"} if cfg.silence_cond_check else None
-        what = "iterable"
-        datas = []
-        for i, item in enumerate(iterable):
-            if star:
-                if not isinstance(item, (list, tuple)):
-                    raise ValidationTypeError(
-                        f"{what}[{i}]",
-                        f"expected a list or tuple of arguments, got {type(item).__name__}",
-                    )
-                args = list(item)
-            else:
-                args = [item]
-            data = spec.with_args(args, f"{what}[{i}]")
-            check_payload(data, meta, f"{what}[{i}]")
-            datas.append(data)
+        datas = _payloads(spec, list(iterable), meta, star)
         if not datas:
             return []
         yield from self._reserve(len(datas))
         ids = [self._ids.popleft() for _ in datas]
-        pending = self._pending_runs
+        # named as the function, or each as its id with its meta packed at the flush
         if cfg.use_instance_naming:
-            for tid, data in zip(ids, datas, strict=True):
-                # its meta, named as its id, is packed at the flush with the others (_metas)
-                pending[tid] = _Pending(tid, tid, queue, data, None, spec, extra, None, None,
-                                        prerun_fatal)  # fmt: skip
+            fanned = _Fanned(ids, None, queue, datas, None, spec, extra, prerun_fatal)
         else:
-            for tid, data in zip(ids, datas, strict=True):
-                pending[tid] = _Pending(tid, name, queue, data, meta, spec, extra, None, None)
+            fanned = _Fanned(ids, name, queue, datas, meta, spec, extra, prerun_fatal)
+        self._pending_runs[ids[0]] = fanned  # (by its first id: it holds no named run)
+        self._open = None
         yield from self._rpc("starmap" if star else "map",
                              {"function": spec.func, "tasks": len(ids)})  # fmt: skip
         if flush:
@@ -292,14 +425,14 @@ class _SessionCore:
                 pending = yield from self._cron_pending([old_id])
                 if pending:
                     self._pending_drops.append((pending, False, False))
-        parents = []
-        for parent in task.depends_on:
+        parent_ids = []
+        for parent in parents(task):
             if isinstance(parent, Task):
-                parents.append(parent.ids[self.id])  # staged before it (topological)
+                parent_ids.append(parent.ids[self.id])  # staged before it (topological)
             else:
-                parents.append(parent)
+                parent_ids.append(parent)
         due = task.due_ms(time.time()) if task.scheduled else None
-        self._put(task, tid, name, cfg.task_pre_exist, parents, due, old_id)
+        self._put(task, tid, name, cfg.task_pre_exist, parent_ids, due, old_id)
         if self._rpc_log:
             yield from self._rpc("add", {"task": tid, "name": name})
 
@@ -307,7 +440,7 @@ class _SessionCore:
         """add(task, flush=False) of a task that asks nothing of Redis (no key, parent or
         schedule; ids reserved; a policy that reads no names; no rpc log): staged here, with
         no plan, as `_stage` would; its id. None: the plan must add it."""
-        if flush is not False or type(task) is not Task or self._rpc_log or task.depends_on:
+        if flush is not False or type(task) is not Task or self._rpc_log or parents(task):
             return None
         known = task.ids.get(self.id)
         if known is not None:
@@ -336,7 +469,7 @@ class _SessionCore:
         cfg, spec = self.config, task.spec
         fatal = not cfg.silence_task_prerun
         meta = None  # packed at the flush (_metas) unless it must be now, to check its size
-        if not spec.surely_fits(name, fatal):
+        if len(name) > spec.name_room and not spec.surely_fits(name, fatal):
             meta = spec.meta(name, fatal)
             spec.check_size(meta)
         queue = plans.run_queue(spec)
@@ -345,8 +478,14 @@ class _SessionCore:
         plain = task.key is None and task.cron is None and due is None and old_id is None
         if plain and not parents:
             # runs alike share their options and extra fields, as a map's runs do: read only,
-            # one object each for them all
+            # one object each for them all; those staged one after another, their block
+            # (its meta packed again at the flush: it surely fits, or was checked above)
             options, extra = self._alike(policy)
+            block = self._open
+            if block is None or not block.takes(spec, queue, options, fatal):
+                block = self._open = _Alike(spec, queue, options, extra, fatal)
+            block.add(tid, name, task)
+            self._pending_runs[tid] = block  # (under each of its ids: `_staged` takes it once)
         else:
             options = {"policy": policy}
             extra = task.extra_fields(parents, due, cond_silent=cfg.silence_cond_check) or None
@@ -361,8 +500,9 @@ class _SessionCore:
                 options["due"] = due
             if task.cron is not None:
                 options["cron"] = task.cron
-        self._pending_runs[tid] = _Pending(tid, name, queue, spec.data, meta, spec, extra,
-                                           options, task, fatal)  # fmt: skip
+            self._pending_runs[tid] = _Pending(tid, name, queue, spec.data, meta, spec, extra,
+                                               options, task, fatal)  # fmt: skip
+            self._open = None
         self._pending_names[name] = tid
         task.ids[self.id] = tid
 
@@ -381,10 +521,13 @@ class _SessionCore:
         written yet is replaced by never writing it."""
         tid = self._pending_names.pop(name, None)
         staged = self._pending_runs.pop(tid, None) if tid is not None else None
-        if staged is None or staged.task is None:
+        if tid is None or staged is None or isinstance(staged, _Fanned):
+            return  # (a named run's: never a map's)
+        task = staged.drop(tid) if isinstance(staged, _Alike) else staged.task
+        if task is None:
             return
-        staged.task.ids.pop(self.id, None)
-        key = staged.task.key
+        task.ids.pop(self.id, None)
+        key = task.key
         if key is not None and self._pending_keys.get(key) == tid:
             del self._pending_keys[key]
 
@@ -418,10 +561,12 @@ class _SessionCore:
         """Every change made with flush=False, in one round trip (one transaction)."""
         if not (self._pending_runs or self._pending_drops or self._pending_objects):
             return
-        staged, drops = list(self._pending_runs.values()), self._pending_drops
-        objects = self._pending_objects
+        entries = self._pending_runs.values()  # (a block of runs alike under each of its ids)
+        staged = list(dict(zip(map(id, entries), entries, strict=True)).values())
+        drops, objects = self._pending_drops, self._pending_objects
         # taken out first: a flush that fails leaves nothing behind to fail the next one
         self._pending_runs, self._pending_drops, self._pending_objects = {}, [], {}
+        self._open = None
         self._pending_keys, self._pending_names = {}, {}
         try:
             replies = yield from self._send(staged, drops, objects)
@@ -447,7 +592,7 @@ class _SessionCore:
 
     def _send(
         self,
-        staged: list[_Pending],
+        staged: list[_Staged],
         drops: list[tuple[list[str], bool, bool]],
         objects: dict[str, bytes],
     ) -> Plan[list[Any]]:
@@ -458,12 +603,12 @@ class _SessionCore:
             chained = ids + (yield from self._cron_pending(ids)) if chains else ids
             drop_runs.append((yield from plans.with_queues(scripts, chained)))
         now = time.time()  # the enqueue time of every run of the flush
-        runs = _runs(staged, now)
+        runs = _runs(staged, now) if staged else None
         items: list[Command | ScriptCall] = []
         if objects:
             items.append(Command.of("hset", self._keys.session_objects(self.id),
                                     mapping=dict(objects)))  # fmt: skip
-        if runs:
+        if runs is not None:
             call = scripts.enqueue_call(
                 [(self.id, False, b"", "", PERSISTENT_KIND, scripts.settings.user)], runs, now=now
             )
@@ -493,16 +638,26 @@ class _SessionCore:
             if state == TaskState.DEFERRED.value.encode() and cron
         ]  # fmt: skip
 
-    def _unstage(self, staged: list[_Pending]) -> None:
+    def _unstage(self, staged: list[_Staged]) -> None:
         """Forget the ids given to tasks whose add was not written."""
         for p in staged:
-            if p.task is not None and p.task.ids.get(self.id) == p.tid:
+            if isinstance(p, _Alike):
+                for tid, task in zip(p.tids, p.tasks, strict=True):
+                    if task.ids.get(self.id) == tid:
+                        del task.ids[self.id]
+            elif (
+                isinstance(p, _Pending) and p.task is not None and p.task.ids.get(self.id) == p.tid
+            ):
                 del p.task.ids[self.id]
 
-    def _apply_run_reply(self, reply: list[Any], staged: list[_Pending]) -> None:
+    def _apply_run_reply(self, reply: list[Any], staged: list[_Staged]) -> None:
         if len(reply) == 1 and reply[0] == "ok":
             return  # every run written under the id and name it was staged with
-        by_id = {p.tid: p.task for p in staged}
+        singles = [p for p in staged if isinstance(p, _Pending)]  # (a map's have no Task)
+        by_id: dict[str, Task | None] = {p.tid: p.task for p in singles}
+        for block in staged:
+            if isinstance(block, _Alike):
+                by_id.update(zip(block.tids, block.tasks, strict=True))
         refused = {
             "exists": f"the session already has a task named {reply[-1]!r} "
                       "(task_pre_exist='raise')",
@@ -515,7 +670,7 @@ class _SessionCore:
             if reply[0] == "gone":
                 raise SessionNotFound(self.id)
             if reply[0] == "nodep":
-                name = next((p.name for p in staged if p.tid == reply[1]), reply[1])
+                name = next((p.name for p in singles if p.tid == reply[1]), reply[1])
                 raise ValidationError(
                     "depends_on", f"task {name!r} depends on {reply[2]!r}, which names no task"
                 )

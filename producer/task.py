@@ -72,7 +72,10 @@ class Task:
         if run_if not in RUN_IF:
             raise ValidationError("run_if", f"{run_if!r} is not one of {RUN_IF}")
         self.run_if = run_if
-        self.depends_on: list[Task | str] = [] if depends_on is None else _parents(depends_on)
+        # its list made on first use of `depends_on` (most tasks have none: one object less)
+        self._depends_on: list[Task | str] | None = (
+            None if depends_on is None else _parents(depends_on)
+        )
         self.at_ms: int | None = None
         self.in_s: float | None = None
         self.cron: str | None = None
@@ -84,6 +87,17 @@ class Task:
             self.in_s = in_seconds(in_) if in_ is not None else None
             self.cron = check_cron(cron) if cron is not None else None
         self.ids: dict[str, str] = {}  # session id -> this task's id there
+
+    @property
+    def depends_on(self) -> list[Task | str]:
+        """The tasks (Task objects or task ids) it runs after: a list of its own to change."""
+        if self._depends_on is None:
+            self._depends_on = []
+        return self._depends_on
+
+    @depends_on.setter
+    def depends_on(self, value: list[Task | str]) -> None:
+        self._depends_on = value
 
     @property
     def default_name(self) -> str:
@@ -140,6 +154,11 @@ def _plain_spec(func: str, *scalars: Any) -> RunSpec:
     return build_run(name="task", task=func, queue=queue, timeout=timeout, retries=retries,
                      retry_delay=retry_delay, backoff=backoff, cores=cores, ram=ram,
                      gpu=gpu)  # fmt: skip
+
+
+def parents(task: Task) -> Sequence[Task | str]:
+    """task.depends_on, without making its list when it has none."""
+    return task._depends_on or ()
 
 
 def default_name(spec: RunSpec) -> str:
@@ -200,7 +219,7 @@ class Workflow:
 def topological(roots: Iterable[Task]) -> list[Task]:
     """`roots` and their ancestors (depends_on Task objects), parents first; a cycle is a
     ValidationError naming it, raised before anything is written."""
-    if isinstance(roots, list) and len(roots) == 1 and not roots[0].depends_on:
+    if isinstance(roots, list) and len(roots) == 1 and not parents(roots[0]):
         return list(roots)  # one task, no parents: what add() of a plain task asks
     order: list[Task] = []
     done: set[int] = set()
@@ -214,7 +233,7 @@ def topological(roots: Iterable[Task]) -> list[Task]:
             names = " -> ".join(t.name or t.default_name for t in cycle)
             raise ValidationError("depends_on", f"the tasks form a cycle: {names}")
         path.append(task)
-        for parent in task.depends_on:
+        for parent in parents(task):
             if isinstance(parent, Task):
                 visit(parent)
         path.pop()

@@ -7,13 +7,15 @@
 -- `queue` one per queue, a `job` one per run; then extra job keys (parents, replaced tasks)
 -- that the runs' options name by index (KX); `fresh_ms`: how old a worker's heartbeat may be
 -- for it to be handed a run; `plan` (msgpack):
---   plan = [sessions, queue names, runs, claim, shared, retention]; claim: a persistent name
---   (owner/name) the one new session takes in the names hash, '' for none; shared: lists of
---   job fields (field, value, ...) that runs share; retention: ms the new sessions are kept
---   after they end (their hash's retention_ms, prelude `set_status`), nil: until destroyed
+--   plan = [sessions, queue names, runs, claim, shared, retention, options]; claim: a
+--   persistent name (owner/name) the one new session takes in the names hash, '' for none;
+--   shared: lists of job fields (field, value, ...) that runs share; retention: ms the new
+--   sessions are kept after they end (their hash's retention_ms, prelude `set_status`), nil:
+--   until destroyed; options: the runs' options, each sent once (runs alike share theirs)
 --   session = [sid, is_new, record bytes, name]
---   run = [session index, run id, name, state, queue index, options or nil, shared index,
---          data, sq, extra job fields (field, value, ...) or nothing]
+--   runs = a list per field, a value per run (enqueue.py _run_columns): [session index, run
+--          id, name, state, queue index, options index (0: none), shared index, data, sq,
+--          extra job fields (field, value, ...) or nil]
 --   options = {key, policy, deps (ids), dep_keys (KEYS indexes), run_if, due (ms), cron,
 --              silent, old (KEYS index of the task a "replace" removes), old_id}
 -- Returns {'ok', run id, final id, final name, ...} (one triple per run whose id or name
@@ -25,8 +27,14 @@
 -- written unless ok.
 load_globals()
 local plan = cmsgpack.unpack(A.plan)
-local sessions, queue_names, runs = plan[1], plan[2], plan[3]
-local nq = #queue_names
+local sessions, queue_names = plan[1], plan[2]
+local nq, NR = #queue_names, A.nruns
+-- the runs' fields, a list each (run r's name is R_NAME[r])
+local R_SESSION, R_ID, R_NAME, R_STATE, R_QUEUE, R_OPTS, R_SHARED, R_DATA, R_SQ, R_EXTRA =
+  unpack(plan[3], 1, 10)
+local OPTIONS = plan[7]
+-- run r's options, nil for none
+local function opts(r) return OPTIONS[R_OPTS[r]] end
 local CHUNK = 1000
 local SCHEDULE, WAITING, NAMES, IDLE, WORKERS = K.schedule, K.waiting, K.names, K.idle_workers,
   K.workers
@@ -79,20 +87,20 @@ end
 -- A parent must name a task: one written before, or a run of this call added before it.
 -- (the runs of this call are listed once one has parents: most calls have none)
 local this_call = nil
-for r, run in ipairs(runs) do
-  local o = run[6]
+for r = 1, NR do
+  local o = opts(r)
   if o and o.deps then
     if not this_call then
       this_call = {}
-      for j = 1, r - 1 do this_call[runs[j][2]] = true end
+      for j = 1, r - 1 do this_call[R_ID[j]] = true end
     end
     for i, pid in ipairs(o.deps) do
       if not this_call[pid] and redis.call('EXISTS', KX(o.dep_keys[i])) == 0 then
-        return {'nodep', run[2], pid}
+        return {'nodep', R_ID[r], pid}
       end
     end
   end
-  if this_call then this_call[run[2]] = true end
+  if this_call then this_call[R_ID[r]] = true end
 end
 local claim = plan[4]
 if claim and claim ~= '' then
@@ -103,7 +111,7 @@ if claim and claim ~= '' then
 end
 local Q = {}
 for q = 1, nq do Q[q] = KB.queue(q) end
-local function job_key(r) return KB.job(r).job end
+local job_key = KB.job_job
 
 -- The names of each session: read in bulk before the checks (HMGET), looked up in `name_of`
 -- then, and those this call gives written in bulk at the end (`given`, one HSET a session,
@@ -114,10 +122,10 @@ end
 local again = {}
 do
   local wanted, nwanted = {}, {}
-  for r, run in ipairs(runs) do
-    local o = run[6]
+  for r = 1, NR do
+    local o = opts(r)
     if o and o.policy then
-      local si, name = run[1], run[3]
+      local si, name = R_SESSION[r], R_NAME[r]
       local name_of = S[si].name_of
       if name_of[name] == nil then
         name_of[name] = false
@@ -153,16 +161,16 @@ local function named(B, name)
 end
 
 -- Before anything is written: names that must not exist yet, replaced names still in place.
-for r, run in ipairs(runs) do
-  local o = run[6]
+for r = 1, NR do
+  local o = opts(r)
   if o and o.policy then
-    local B = S[run[1]]
-    local existing = B.name_of[run[3]]  -- (read above)
-    if existing == run[2] then
+    local B = S[R_SESSION[r]]
+    local existing = B.name_of[R_NAME[r]]  -- (read above)
+    if existing == R_ID[r] then
       -- the name is this very run's: the call was carried out before, its reply lost
     elseif o.policy == 'raise' and (existing or again[r]) then
       if not (o.key and redis.call('HEXISTS', B.keys, o.key) == 1) then
-        return {'exists', run[3]}
+        return {'exists', R_NAME[r]}
       end
     elseif o.policy == 'replace' and existing ~= (o.old_id or false) then
       return {'retry'}
@@ -180,8 +188,8 @@ end
 local resent = false
 if not any_new then
   resent = nil
-  for r, run in ipairs(runs) do
-    local o = run[6]
+  for r = 1, NR do
+    local o = opts(r)
     if not (o and (o.key or o.policy == 'ignore')) then
       resent = redis.call('EXISTS', job_key(r)) == 1
       break
@@ -262,8 +270,9 @@ local out = {'ok'}
 local pushes = {}
 for q = 1, nq do pushes[q] = {r = {}, n = 0} end
 local queued_data = {}  -- the packed data of task.queued events, by state: the last one
-for r, run in ipairs(runs) do
-  local B, id, name, state, o = S[run[1]], run[2], run[3], run[4], run[6]
+for r = 1, NR do
+  local B, id, name, state = S[R_SESSION[r]], R_ID[r], R_NAME[r], R_STATE[r]
+  local o = OPTIONS[R_OPTS[r]]  -- (opts(r), without the call: once per run)
   local job = job_key(r)
   local existing_key = o and o.key and redis.call('HGET', B.keys, o.key)
   if resent ~= false and not B.fresh and redis.call('EXISTS', job) == 1 then
@@ -275,12 +284,12 @@ for r, run in ipairs(runs) do
   else
     if o then name = settle_name(B, o, id, name, out) end
     if name then
-      local a = job_args[run[7]]
-      a[2], a[4] = run[8], run[9]
+      local a = job_args[R_SHARED[r]]
+      a[2], a[4] = R_DATA[r], R_SQ[r]
       redis.call('HSET', job, unpack(a))
-      if run[10] then redis.call('HSET', job, unpack(run[10])) end
+      if R_EXTRA[r] then redis.call('HSET', job, unpack(R_EXTRA[r])) end
       if B.stops then redis.call('HSET', job, 'epoch', B.stops) end
-      if name ~= run[3] then
+      if name ~= R_NAME[r] then
         redis.call('HSET', job, 'sq', cmsgpack.pack(
           (function(m) m.name = name return m end)(cmsgpack.unpack(redis.call('HGET', job, 'sq')))))
       end
@@ -288,7 +297,8 @@ for r, run in ipairs(runs) do
       tn[ntn + 1] = id
       tn[ntn + 2] = name
       B.ntask_names = ntn + 2
-      B.top = math.max(B.top or 0, run_number(id))
+      local number = run_number(id)
+      if number > (B.top or 0) then B.top = number end
       if o and o.key then redis.call('HSET', B.keys, o.key, id) end
       if state == 'queued' and B.status == 'Paused' then state = 'held' end
       local verdict, reason = 'ready', nil
@@ -301,7 +311,7 @@ for r, run in ipairs(runs) do
       if verdict == 'ready' and not (o and o.due) then
         if state == 'held' then hold(B, id)
         elseif state == 'queued' then
-          local p = pushes[run[5]]
+          local p = pushes[R_QUEUE[r]]
           local n = p.n + 1
           p[n] = id
           p.r[n] = r
@@ -338,7 +348,7 @@ for r, run in ipairs(runs) do
           redis.call('SADD', WAITING, id)
         else
           if o.cron then redis.call('HINCRBY', B.session, 'cron', -1) end
-          local q = Q[run[5]]
+          local q = Q[R_QUEUE[r]]
           local RB = {job = job, S = B, session = B.session, held = B.held,
             queue = q.list, wake = q.wake, failed = q.failed}
           refuse(RB, id, 'deferred', verdict, reason, o.silent)
@@ -361,7 +371,7 @@ for _, B in ipairs(S) do
       fields[#fields + 1] = plan[6]
     end
   elseif B.top and B.top > num(redis.call('HGET', B.session, 'next')) then
-    -- ids are reserved ahead (HINCRBY next); a run written with a number past the counter
+    -- ids are reserved ahead (reserve.lua); a run written with a number past the counter
     -- (reserved before a failover lost the reservation) moves it on: a later reservation
     -- does not hand that id out again
     redis.call('HSET', B.session, 'next', B.top)
@@ -403,8 +413,8 @@ local function hand(qi, ids)
         and redis.call('SREM', IDLE, name) == 1
         and num(redis.call('ZSCORE', WORKERS, name)) >= fresh_since then
       done = done + 1
-      local id, r = ids[done], runs[ids.r[done]]
-      local B = S[r[1]]
+      local id = ids[done]
+      local B = S[R_SESSION[ids.r[done]]]
       local W = {name = name, packed = P(name), runs = key_worker_runs(name), defer = true}
       redis.call('RPUSH', W.runs, id)
       local st = start({job = job_key(ids.r[done]), S = B, session = B.session, sid = B.sid,
@@ -436,10 +446,10 @@ for q, ids in ipairs(pushes) do
     local line = {}
     local fresh = 0  -- runs of new sessions queued here (counted in the queue's depth at once)
     while i <= nids do
-      local s_index = runs[ids.r[i]][1]
+      local s_index = R_SESSION[ids.r[i]]
       local B = S[s_index]
       local j = i
-      while j < nids and runs[ids.r[j + 1]][1] == s_index do j = j + 1 end
+      while j < nids and R_SESSION[ids.r[j + 1]] == s_index do j = j + 1 end
       local RB = {S = B, session = B.session, queue = Q[q].list, wake = Q[q].wake,
         squeue = key_session_queue(B.sid, queue_names[q]), throttled = key_session_throttled(B.sid)}
       if B.fresh then

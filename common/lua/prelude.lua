@@ -167,14 +167,22 @@ local function flush()
       -- nobody can be subscribed to the channel of a session this script creates (its
       -- random id is not known outside yet); its listeners replay the history
       local chan = not S.seq_preset and (n < ASK_FROM or heard(S.chan)) and S.chan
-      for i = 1, n do
+      -- what events of one type share, made once: from ts to the task, and from the worker
+      -- to the data (the call's worker's; another's, an enqueue's handed run, made each time)
+      local heads, tail = {}, EV_WORKER .. G.worker_packed .. EV_DATA
+      -- an event neither kept (past the history cap) nor published is not made at all
+      for i = (chan or to_all) and 1 or keep_from - first + 1, n do
         local seq = first + i - 1
         local etype, task, data = ev[3 * i - 2], ev[3 * i - 1], ev[3 * i]
-        local worker = G.worker_packed
-        if type(etype) == 'table' then etype, worker = etype[1], etype[2] end
-        local packed = EV_HEAD .. P(seq) .. EV_TS .. G.ts_packed .. EV_TYPE .. PK[etype]
-          .. EV_SESSION .. sid .. EV_TASK .. (task and P(task) or NIL) .. EV_WORKER
-          .. worker .. EV_DATA .. (data or EMPTY_MAP)
+        local after = tail
+        if type(etype) == 'table' then etype, after = etype[1], EV_WORKER .. etype[2] .. EV_DATA end
+        local head = heads[etype]
+        if not head then
+          head = EV_TS .. G.ts_packed .. EV_TYPE .. PK[etype] .. EV_SESSION .. sid .. EV_TASK
+          heads[etype] = head
+        end
+        local packed = EV_HEAD .. P(seq) .. head .. (task and P(task) or NIL) .. after
+          .. (data or EMPTY_MAP)
         if seq >= keep_from then
           zargs[#zargs + 1] = seq
           zargs[#zargs + 1] = packed

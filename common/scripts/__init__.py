@@ -12,7 +12,7 @@ that writes RQ's structures.
 
 from sessionq.common.scripts.base import lua_source, now_ms, reserved
 from sessionq.common.scripts.control import OP_PREFIX, ControlCalls
-from sessionq.common.scripts.enqueue import EnqueueCalls, NewSession, Run
+from sessionq.common.scripts.enqueue import EnqueueCalls, NewSession, Run, RunColumns
 from sessionq.common.scripts.events import EventCalls
 from sessionq.common.scripts.step import (
     Finish,
@@ -38,6 +38,7 @@ __all__ = [
     "Finished",
     "NewSession",
     "Run",
+    "RunColumns",
     "Scripts",
     "StartResult",
     "Started",

@@ -8,7 +8,8 @@ it may use for keys it finds itself (a claimed run's job key). From it come both
   shared prelude, only what the body uses, after the Redis 7 shebang with the script's
   `flags`): named locals `K.<key>` and `A.<arg>`
   (numbers already `tonumber`ed), a function per block that returns the block's keys or
-  arguments by name (`KB.run(i)`, `AB.finish(i)`), key builders made from keys.py's own
+  arguments by name (`KB.run(i)`, `AB.finish(i)`; a one-field block's value also as
+  `KB.job_job(i)`, no table made), key builders made from keys.py's own
   names (`key_session(sid)`), the run-id rule, and the vocabulary of the enums;
 - the Python packer (`pack_keys`, `pack_args`), which lays a call out by the same names.
 
@@ -87,18 +88,23 @@ class Contract:
     def pack_keys(
         self,
         fixed: Mapping[str, str],
-        blocks: Mapping[str, Sequence[Sequence[str]]] | None = None,
+        blocks: Mapping[str, Sequence[Sequence[str] | str]] | None = None,
         extra: Sequence[str] = (),
     ) -> list[str]:
-        """The KEYS of a call: the fixed keys by name, each block's keys in its field order,
-        then `extra` keys (see `extra_index`)."""
+        """The KEYS of a call: the fixed keys by name, each block's keys in its field order
+        (a one-field block's may come flat, a key each), then `extra` keys (see
+        `extra_index`)."""
         if fixed.keys() != set(self.keys):
             raise ValueError(f"{self.name}: keys {sorted(set(self.keys) ^ fixed.keys())}")
         out = [fixed[name] for name in self.keys]
         blocks = blocks or {}
         for block in self.key_blocks:
-            for one in blocks.get(block.name, ()):
-                if len(one) != block.size:
+            given = blocks.get(block.name, ())
+            if block.size == 1 and set(map(type, given)) <= {str}:
+                out.extend(given)  # type: ignore[arg-type]  # str keys, checked just above
+                continue
+            for one in given:
+                if isinstance(one, str) or len(one) != block.size:
                     raise ValueError(f"{self.name}: a {block.name} block holds {block.size}")
                 out.extend(one)
         if extra and not self.extra_keys:
@@ -248,6 +254,11 @@ def _blocks(table: str, array: str, blocks: Sequence[Block], fixed: int) -> list
         base = _offset_expr(fixed, done)
         fields = ", ".join(f"{name} = {array}[o + {j}]" for j, name in enumerate(block.fields, 1))
         body = f"local o = base + (i - 1) * {block.size} return {{{fields}}}"
-        lines.append(f"do local base = {base} {table}.{block.name} = function(i) {body} end end")
+        line = f"do local base = {base} {table}.{block.name} = function(i) {body} end"
+        if block.size == 1:
+            # a one-field block's value, with no table made for it (one per run, in a batch)
+            one = f"{table}.{block.name}_{block.fields[0]}"
+            line += f" {one} = function(i) return {array}[base + i] end"
+        lines.append(line + " end")
         done.append(block)
     return lines

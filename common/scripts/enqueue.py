@@ -3,25 +3,50 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 from sessionq.common import codec
 from sessionq.common.jobhash import JobFields
 from sessionq.common.scripts.base import ScriptsBase, texts
 from sessionq.common.scripts.contracts import ENQUEUE
 
+T = TypeVar("T")
 # session index, run id, name, state, queue, job fields, options (enqueue.lua)
 Run = tuple[int, str, str, str, str, JobFields, dict[str, Any] | None]
 # sid, is new, record bytes, name, kind, owner
 NewSession = tuple[str, bool, bytes, str, str, str]
 
 
+class RunColumns(NamedTuple):
+    """Runs as a sequence per field, a value per run: what a list of `Run`s says (`of`),
+    for a caller that has its runs so (a session's flush makes no tuple per run)."""
+
+    session: Sequence[int]  # the index of its session in the call's sessions, 0 on
+    id: Sequence[str]
+    name: Sequence[str]
+    state: Sequence[str]
+    queue: Sequence[str]
+    data: Sequence[bytes]  # its JobFields, a field each
+    sq: Sequence[bytes]
+    shared: Sequence[Mapping[str, Any]]
+    extra: Sequence[dict[str, Any] | None]
+    options: Sequence[dict[str, Any] | None]
+
+    @classmethod
+    def of(cls, runs: Sequence[Run]) -> RunColumns:
+        if not runs:
+            return cls((), (), (), (), (), (), (), (), (), ())
+        session, ids, names, states, queues, fields, options = zip(*runs, strict=True)
+        data, sq, shared, extra = zip(*fields, strict=True)
+        return cls(session, ids, names, states, queues, data, sq, shared, extra, options)
+
+
 class EnqueueCalls(ScriptsBase):
     def enqueue(
         self,
         sessions: Sequence[NewSession],
-        runs: Sequence[Run],
+        runs: Sequence[Run] | RunColumns,
         *,
         worker: str = "",
         now: float | None = None,
@@ -42,15 +67,17 @@ class EnqueueCalls(ScriptsBase):
     def enqueue_call(
         self,
         sessions: Sequence[NewSession],
-        runs: Sequence[Run],
+        runs: Sequence[Run] | RunColumns,
         *,
         worker: str = "",
         now: float | None = None,
         claim: str = "",
         retention_ms: int | None = None,
     ) -> tuple[list[str], list[Any]]:
-        """The keys and args of `enqueue`, sent by no one: for a caller with its own client."""
+        """The keys and args of `enqueue`, sent by no one: for a caller with its own client
+        (`runs` as Run tuples, or as RunColumns)."""
         now = time.time() if now is None else now
+        cols = runs if isinstance(runs, RunColumns) else RunColumns.of(runs)
         k, rq = self.keys, self.rq
         fixed = {**self.globals, "sessions": k.sessions(), "rq_queues": rq.queues_set,
                  "schedule": k.schedule(), "waiting": k.waiting(), "names": k.names(),
@@ -66,16 +93,14 @@ class EnqueueCalls(ScriptsBase):
                 "task_keys": k.session_task_keys(sid), "running": k.session_running(sid),
             }))  # fmt: skip
             plan_sessions.append([sid, is_new, record, name])
-        queues: dict[str, int] = {}
-        for run in runs:
-            queues.setdefault(run[4], len(queues) + 1)
+        queues = {q: i for i, q in enumerate(dict.fromkeys(cols.queue), start=1)}
         queue_blocks = [
             ENQUEUE.block("queue", {"list": rq.queue(q), "wake": k.wake(q),
                                     "failed": rq.failed(q), "started": rq.started(q),
                                     "idle_line": k.idle(q)})
             for q in queues
         ]  # fmt: skip
-        job_blocks = [[rq.job(run[1])] for run in runs]
+        job_blocks = list(map(rq.job, cols.id))  # (a one-key block: flat)
         keys = ENQUEUE.pack_keys(
             fixed, {"session": session_blocks, "queue": queue_blocks, "job": job_blocks}
         )
@@ -88,32 +113,56 @@ class EnqueueCalls(ScriptsBase):
                 extra[run_id] = len(keys)  # Lua counts from 1
             return extra[run_id]
 
-        plan_runs = []
-        plan_shared: list[list[Any]] = []
-        shared_index: dict[int, int] = {}  # by id(): the runs hold each shared mapping alive
-        for s_index, run_id, name, state, queue, fields, opts in runs:
-            if opts and (opts.get("deps") or opts.get("old_id")):
-                opts = dict(opts)  # (the caller's stays as it was)
-                if opts.get("deps"):
-                    opts["dep_keys"] = [key_index(p) for p in opts["deps"]]
-                if opts.get("old_id"):
-                    opts["old"] = key_index(opts["old_id"])
-            data, sq, alike, extra_fields = fields
-            shared = shared_index.get(id(alike))
-            if shared is None:
-                plan_shared.append([x for pair in alike.items() for x in pair])
-                shared = shared_index[id(alike)] = len(plan_shared)  # Lua counts from 1
-            flat = [s_index + 1, run_id, name, state, queues[queue], opts or None, shared,
-                    data, sq]  # fmt: skip
-            if extra_fields:
-                flat.append([x for pair in extra_fields.items() for x in pair])
-            plan_runs.append(flat)
+        columns, shared, options = _run_columns(cols, queues, key_index)
         plan = codec.encode_for_lua(
-            [plan_sessions, list(queues), plan_runs, claim, plan_shared, retention_ms]
+            [plan_sessions, list(queues), columns, claim, shared, retention_ms, options]
         )
         args = ENQUEUE.pack_args({
             **self.clock(now), "worker": worker, "nsessions": len(sessions),
-            "nqueues": len(queues), "nruns": len(runs),
+            "nqueues": len(queues), "nruns": len(cols.id),
             "fresh_ms": int(self.settings.heartbeat_late_s * 1000), "plan": plan,
         })  # fmt: skip
         return keys, args
+
+
+def _run_columns(
+    runs: RunColumns, queues: dict[str, int], key_index: Callable[[str], int]
+) -> tuple[list[Any], list[list[Any]], list[dict[str, Any]]]:
+    """The plan's runs, a list per field (enqueue.lua's `runs`): a batch of 10,000 runs is a
+    dozen lists, not 10,000 of each (for the packer here and for cmsgpack.unpack there).
+    Job fields and options that runs share (one object for them: a map's, or add's plain
+    runs) are sent once each and named by their index (1 on, 0 for no options)."""
+
+    def flat(mapping: Mapping[str, Any]) -> list[Any]:
+        return [x for pair in mapping.items() for x in pair]
+
+    def lua_options(o: dict[str, Any]) -> dict[str, Any]:
+        if not (o.get("deps") or o.get("old_id")):
+            return o
+        o = dict(o)  # (the caller's stays as it was)
+        if o.get("deps"):
+            o["dep_keys"] = [key_index(p) for p in o["deps"]]
+        if o.get("old_id"):
+            o["old"] = key_index(o["old_id"])
+        return o
+
+    shared_index, shared = _once_each(runs.shared, flat)
+    options_index, options = _once_each(runs.options, lua_options)
+    columns = [
+        [i + 1 for i in runs.session], runs.id, runs.name, runs.state,
+        [queues[q] for q in runs.queue], options_index, shared_index, runs.data, runs.sq,
+        [flat(e) if e else None for e in runs.extra],
+    ]  # fmt: skip
+    return columns, shared, options
+
+
+def _once_each(objects: Sequence[Any], make: Callable[[Any], T]) -> tuple[list[int], list[T]]:
+    """Each object's index (1 on; 0 for None or an empty one) among the distinct ones, by
+    identity (the caller holds them all alive meanwhile), and `make` of each distinct one."""
+    ids = list(map(id, objects))
+    index, distinct = {}, []
+    for key, o in dict(zip(ids, objects, strict=True)).items():
+        if o:
+            distinct.append(o)
+        index[key] = len(distinct) if o else 0
+    return list(map(index.__getitem__, ids)), [make(o) for o in distinct]

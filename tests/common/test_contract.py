@@ -42,7 +42,10 @@ def test_the_body_reads_only_declared_names(name: str) -> None:
     assert used_keys <= set(contract.keys), used_keys - set(contract.keys)
     declared_args = {n for n, _ in contract.args} | {n for n, _ in contract.tail}
     assert used_args <= declared_args, used_args - declared_args
-    assert set(re.findall(r"\bKB\.(\w+)", text)) <= {b.name for b in contract.key_blocks}
+    one_field = {f"{b.name}_{b.fields[0]}" for b in contract.key_blocks if b.size == 1}
+    assert (
+        set(re.findall(r"\bKB\.(\w+)", text)) <= {b.name for b in contract.key_blocks} | one_field
+    )
     assert set(re.findall(r"\bAB\.(\w+)", text)) <= {b.name for b in contract.arg_blocks}
     assert set(re.findall(r"\bkey_(\w+)\(", text)) <= set(contract.builders)
     # and nothing declared goes unused (the global keys are read by prelude's load_globals)
@@ -91,6 +94,9 @@ def _layout(contract: Contract) -> tuple[list[str], list[str], list[str], list[s
         for i in (1, 2):
             exprs += [f"KB.{b.name}({i}).{f}" for f in b.fields]
             expected += key_blocks[b.name][i - 1]
+            if b.size == 1:  # its value, with no table made
+                exprs.append(f"KB.{b.name}_{b.fields[0]}({i})")
+                expected += key_blocks[b.name][i - 1]
     for b in contract.arg_blocks:
         for i in (1, 2):
             exprs += [f"AB.{b.name}({i}).{f}" for f in b.fields]

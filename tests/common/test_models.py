@@ -127,6 +127,7 @@ def _batch_specs() -> list[RunSpec]:
         build_run(name="n", task="tests.tasks:add"),
         build_run(name="n", cmd=["echo", "hi"], env={"A": "1", "B": "é"}, cores=2, ram=1.5),
         build_run(name="n", task="tests.tasks:add", gpu=1, replica_id=3, replica_count=4),
+        build_run(name="n", cmd="ls", env={"name": ""}),  # the bytes of an empty name, again
     ]
 
 

@@ -198,6 +198,33 @@ def test_replace_twice_in_one_flush_keeps_the_last(client: Client) -> None:
     assert_counts_match(client, s)
 
 
+def test_replace_in_one_flush_takes_one_run_out_of_runs_alike(client: Client) -> None:
+    s = client.session("replace-alike", config={"task_pre_exist": "replace"})
+    a, k, b = (Task(NOOP, name=n) for n in ("a", "k", "b"))
+    for t in (a, k, b):
+        s.add(t, flush=False)
+    newer = Task(NOOP, name="k")
+    s.add(newer, flush=False)
+    s.flush()
+    assert s.id not in k.ids
+    assert s.list_ids() == [a.ids[s.id], b.ids[s.id], newer.ids[s.id]]
+    assert s.list_names() == ["a", "b", "k"]
+    assert_counts_match(client, s)
+
+
+def test_a_refused_flush_of_runs_alike_gives_none_of_their_tasks_an_id(client: Client) -> None:
+    s = client.session("refused-alike")
+    s.add(Task(NOOP, name="taken"))
+    tasks = [Task(NOOP, name=n) for n in ("x", "taken", "y")]
+    for t in tasks:
+        s.add(t, flush=False)
+    with pytest.raises(ValidationError, match="^name: "):
+        s.flush()
+    assert all(s.id not in t.ids for t in tasks)
+    assert s.list_names() == ["taken"]
+    assert s.add(tasks[0]) != "" and s.list_names() == ["taken", "x"]
+
+
 def test_removing_a_held_task_then_step_releases_the_next_one(
     client: Client, workers: WorkerProcs, settings: Settings, redis: Redis
 ) -> None:
