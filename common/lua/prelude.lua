@@ -195,7 +195,10 @@ local function flush()
         if to_all then redis.call('PUBLISH', G.chan_all, packed) end
       end
       if #zargs > 0 then redis.call('ZADD', S.history, unpack(zargs)) end
-      if last > G.cap and (n >= TRIM_EVERY or math.floor(last / TRIM_EVERY) ~= math.floor((first - 1) / TRIM_EVERY)) then
+      -- trimmed every TRIM_EVERY events, and always when this call kept only its last ones:
+      -- older events left before them would hide the hole from a late listener (listen.fill)
+      if last > G.cap and (keep_from > first or n >= TRIM_EVERY
+          or math.floor(last / TRIM_EVERY) ~= math.floor((first - 1) / TRIM_EVERY)) then
         redis.call('ZREMRANGEBYSCORE', S.history, '-inf', last - G.cap)
       end
     end

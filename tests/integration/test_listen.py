@@ -12,7 +12,7 @@ from redis import Redis
 from sessionq.common.connection import sync_reply
 from sessionq.common.jobhash import build_run
 from sessionq.common.settings import Settings
-from sessionq.producer import Client
+from sessionq.producer import Client, Task
 from sessionq.producer.cli import cli
 from tests.conftest import WorkerProcs, ended, home, wait_for
 
@@ -73,6 +73,21 @@ def test_a_capped_history_is_reported_as_a_gap(settings: Settings, workers: Work
         assert events[0]["type"] == "listener.gap"
         assert events[0]["data"] == {"from_seq": 1, "to_seq": 51}
         assert [e["seq"] for e in events[1:]] == list(range(52, 102))
+
+
+def test_a_batch_past_a_small_cap_leaves_no_unreported_hole(settings: Settings) -> None:
+    """A cap under the trim period (64 events): a later batch writing past it must not leave
+    the first events kept beside its last ones, a hole a late listener would skip silently."""
+    small = Settings.from_env(settings.url, environ={}, user="tester", history_cap=10)
+    with Client(settings=small) as client:
+        s = client.session("small-cap")
+        s.add(Task("tests.tasks:add", args=[1, 1], name="first"))  # seq 1 and 2, both kept
+        s.map("tests.tasks:add", range(30), kwargs={"b": 1})  # 30 more: 10 kept
+        events = list(client.listen([s.id], after=0, timeout=1))
+        seqs = [e["seq"] for e in events if e["type"] != "listener.gap"]
+        gaps = [e["data"] for e in events if e["type"] == "listener.gap"]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"a hole: {seqs}"
+        assert gaps == [{"from_seq": 1, "to_seq": seqs[0] - 1}]
 
 
 def test_two_hundred_listeners_see_the_same_sequence(client: Client, workers: WorkerProcs) -> None:
