@@ -9,7 +9,7 @@
 local P = cmsgpack.pack
 local NIL = '\192'
 local EMPTY_MAP = '\128'
-local G = {touched = {}, stats = {}, ending = {}}
+local G = {touched = {}, stats = {}, ending = {}, deferred = {}}
 -- the packed keys of an event map (fixmap of 8, in SPEC §5's order)
 local EV_HEAD = '\136\161v\1\163seq'
 local EV_TS, EV_TYPE, EV_SESSION = '\162ts', '\164type', '\167session'
@@ -120,8 +120,9 @@ end
 
 -- Number, keep and publish every queued event; call before a script returns. Late
 -- listeners replay the history, so a channel nobody listens to is not published on.
-local judge_ends
+local judge_ends, settle_all
 local function flush()
+  settle_all()
   judge_ends()
   local total = 0
   for _, S in ipairs(G.touched) do total = total + #S.events / 3 end
@@ -232,6 +233,23 @@ local function move(S, from, to, n)
   S = sess(S)
   n = n or 1
   if LIVE[from] and not LIVE[to] then maybe_end(S) end
+  if G.defer then  -- written by `settle`
+    local d = S.delta
+    if not d then
+      d = {}
+      S.delta = d
+      G.deferred[#G.deferred + 1] = S
+    end
+    if from then
+      d[from] = (d[from] or 0) - n
+      stat(from, -n)
+    end
+    if to then
+      d[to] = (d[to] or 0) + n
+      stat(to, n)
+    end
+    return
+  end
   if from then
     local left = redis.call('HINCRBY', S.session, from, -n)
     if LIVE[from] then live_count(S, from, left) end
@@ -242,6 +260,26 @@ local function move(S, from, to, n)
     if LIVE[to] then live_count(S, to, now) end
     stat(to, n)
   end
+end
+
+-- With G.defer (a worker's step, run.lua), `move` keeps the changes of a session's counts
+-- in S.delta, and they are written here, one HINCRBY a count and session for the whole call
+-- (a step starts or finishes many runs of one session): before the session's counts are
+-- read (`room`), and at flush, before sessions' ends are judged.
+local function settle(S)
+  local d = S.delta
+  if not d then return end
+  S.delta = nil
+  for state, n in pairs(d) do
+    if n ~= 0 then
+      local now = redis.call('HINCRBY', S.session, state, n)
+      if LIVE[state] then live_count(S, state, now) end
+    end
+  end
+end
+settle_all = function()
+  for _, S in ipairs(G.deferred) do settle(S) end
+  G.deferred = {}
 end
 
 -- A Running/Pending session with nothing queued, deferred, held or started has ended. A
@@ -348,6 +386,7 @@ end
 
 -- How many more runs of the session may start now (nil: no cap).
 local function room(S)
+  settle(S)
   if S.cap == nil then S.cap = tonumber(redis.call('HGET', S.session, 'max_running')) or false end
   if not S.cap then return nil end
   return S.cap - num(redis.call('HGET', S.session, 'started'))

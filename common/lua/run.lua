@@ -21,6 +21,7 @@
 -- A worker claims at most a quarter of what a queue holds (at least one), so that the last
 -- runs of a queue - often long ones that wait on a dependency - spread over idle workers.
 load_globals()
+G.defer = true  -- the moves of a session's runs written once per count (prelude `settle`)
 local runs, rqworker, inbox, idle = K.runs, K.rq_worker, K.inbox, K.idle_workers
 local ME = {name = G.worker, packed = G.worker_packed, runs = runs}
 local nq, control = A.nqueues, A.control
