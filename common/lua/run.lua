@@ -173,10 +173,10 @@ if want > 0 or #handed > 0 then
     return B
   end
 
-  -- Take run `id` from queue qi's line onto our runs list and start it (an operation of the
-  -- control queue is carried out by the worker itself).
-  local function claim(qi, id, B)
-    redis.call('RPUSH', runs, id)
+  -- Take run `id` from queue qi's line onto our runs list (`listed`: it is there already) and
+  -- start it (an operation of the control queue is carried out by the worker itself).
+  local function claim(qi, id, B, listed)
+    if not listed then redis.call('RPUSH', runs, id) end
     reply[#reply + 1] = qi
     reply[#reply + 1] = id
     local r = {'op', false, false, false, 0}
@@ -189,37 +189,47 @@ if want > 0 or #handed > 0 then
   -- session of each run taken puts its next waiting run at the back of the line; a session
   -- alone in the line gives a batch at once - at most a quarter of what it has waiting (at
   -- least one), so that the last runs of a queue spread over idle workers. A session at its
-  -- max_running leaves the line until one of its runs ends. Returns how many were taken.
+  -- max_running leaves the line until one of its runs ends. Returns how many were taken, and
+  -- how many runs the line holds after (nil: not known).
   local function claim_from(qi, want)
     local q = QK[qi]
     local got = 0
+    local inline = nil  -- the line's length, once read: kept up to date by what we pop and push
     while got < want do
       local id = redis.call('LPOP', q.list)
-      if not id then break end
+      if not id then
+        inline = 0
+        break
+      end
+      if inline then inline = inline - 1 end
       if qi == control then
         claim(qi, id, nil)
         got = got + 1
       else
         local B = claimed_block(id, qi)
         local S = sess(B)
-        S.status = S.status or redis.call('HGET', S.session, 'status')
+        if not S.status and S.cap == nil then  -- its status and cap in one read (see room)
+          local v = redis.call('HMGET', S.session, 'status', 'max_running')
+          S.status, S.cap = v[1], tonumber(v[2]) or false
+        end
         local batch = {id}
         if S.status then  -- (a destroyed session's leftover entry is taken, and skipped)
           local left = room(S)
-          local inline = redis.call('HINCRBY', S.session, line_field(B), -1)
-          if inline < 0 then
+          local mine = redis.call('HINCRBY', S.session, line_field(B), -1)
+          if mine < 0 then
             -- put in the line by someone else (`rq requeue` pushes a job id there itself)
             redis.call('HSET', S.session, line_field(B), 0)
-            inline = 0
+            mine = 0
           end
           if left ~= nil and left <= 0 then
             redis.call('LPUSH', B.squeue, id)
-            if inline <= 0 then redis.call('SADD', B.throttled, throttle_entry(B)) end
+            if mine <= 0 then redis.call('SADD', B.throttled, throttle_entry(B)) end
             batch = {}
-          elseif inline <= 0 then
+          elseif mine <= 0 then
             local more = want - got - 1
             if left ~= nil then more = math.min(more, left - 1) end
-            if more > 0 and redis.call('LLEN', q.list) == 0 then
+            if more > 0 and not inline then inline = redis.call('LLEN', q.list) end
+            if more > 0 and inline == 0 then
               local waiting = redis.call('LLEN', B.squeue)
               more = math.min(more, math.floor((waiting + 1) / 4) - 1)
               if more > 0 then
@@ -229,18 +239,23 @@ if want > 0 or #handed > 0 then
             local nxt = redis.call('LPOP', B.squeue)
             if nxt then
               redis.call('RPUSH', q.list, nxt)
+              if inline then inline = inline + 1 end
               redis.call('HINCRBY', S.session, line_field(B), 1)
             end
           end
         end
+        for c = 1, #batch, 1000 do
+          redis.call('RPUSH', runs, unpack(batch, c, math.min(c + 999, #batch)))
+        end
         for i, rid in ipairs(batch) do
-          claim(qi, rid, i == 1 and B or nil)
+          claim(qi, rid, i == 1 and B or nil, true)
           got = got + 1
         end
-        if #batch > 0 then redis.call('HINCRBY', G.depths, q.list, -#batch) end
       end
     end
-    return got
+    -- (RQ's queue depth, as `rq info` shows it: see enqueue.lua)
+    if got > 0 and qi ~= control then redis.call('HINCRBY', G.depths, q.list, -got) end
+    return got, inline
   end
 
   for qi = 1, nq do
@@ -248,8 +263,13 @@ if want > 0 or #handed > 0 then
     if want <= 0 and #handed == 0 then break end
     -- (when the inbox filled the batch, queues are only looked at: a wake this worker took
     -- is passed on)
-    if want > 0 then want = want - claim_from(qi, want) end
-    if redis.call('LLEN', q.list) > 0 then
+    local inline = nil
+    if want > 0 then
+      local got
+      got, inline = claim_from(qi, want)
+      want = want - got
+    end
+    if (inline or redis.call('LLEN', q.list)) > 0 then
       -- more is waiting: wake the next idle worker too
       redis.call('LPUSH', q.wake, '1')
       redis.call('LTRIM', q.wake, 0, 0)
