@@ -176,17 +176,26 @@ end
 -- The statuses a session has ended in: it is due for removal its retention_ms after.
 local ENDED = {Completed = true, Failed = true, Stopped = true}
 
-local function set_status(S, new)
+-- Session S's status becomes `new`; `also`: more fields written with it ({name, value, ...});
+-- `keep`: its retention_ms if the caller read it (false: none; nil: read here if needed).
+local function set_status(S, new, also, keep)
   S = sess(S)
   local old = S.status or redis.call('HGET', S.session, 'status')
   S.status = new
-  if old == new then return old end
-  redis.call('HSET', S.session, 'status', new)
+  if old == new then
+    if also then redis.call('HSET', S.session, unpack(also)) end
+    return old
+  end
+  if also then
+    redis.call('HSET', S.session, 'status', new, unpack(also))
+  else
+    redis.call('HSET', S.session, 'status', new)
+  end
   if old then redis.call('SREM', idx(old), S.sid) end
   redis.call('SADD', idx(new), S.sid)
   -- retention (SPEC §9): due as it ends, no longer due as it runs again (or is destroyed)
   if ENDED[new] then
-    local keep = redis.call('HGET', S.session, 'retention_ms')
+    if keep == nil then keep = redis.call('HGET', S.session, 'retention_ms') end
     if keep then redis.call('ZADD', G.retention, G.now_ms + tonumber(keep), S.sid) end
   elseif ENDED[old] then
     redis.call('ZREM', G.retention, S.sid)
@@ -292,14 +301,13 @@ local function end_if_done(S)
     end
   end
   local v = redis.call('HMGET', S.session, 'status', 'queued', 'deferred', 'held', 'started',
-    'failed', 'cron')
+    'failed', 'cron', 'retention_ms')
   S.status = v[1]
   if v[1] ~= 'Running' and v[1] ~= 'Pending' then return nil end
   if num(v[2]) + num(v[3]) + num(v[4]) + num(v[5]) + num(v[7]) > 0 then return nil end
   local final = 'Completed'
   if num(v[6]) > 0 then final = 'Failed' end
-  set_status(S, final)
-  redis.call('HSET', S.session, 'finished_at', G.now_ms)
+  set_status(S, final, {'finished_at', G.now_ms}, v[8])
   local etype = 'session.completed'
   if final == 'Failed' then etype = 'session.failed' end
   emit(S, etype, nil, map({'status', P(final)}))
@@ -424,14 +432,20 @@ end
 
 -- What a start shows: a Pending session becomes Running (its first start), task.started.
 local function show_start(B, id, W, attempts, status)
+  local S = sess(B)
   if status == 'Pending' then
-    set_status(B, 'Running')
-    if redis.call('HSETNX', sess(B).session, 'started_at', G.now_ms) == 0 then
-      redis.call('HDEL', sess(B).session, 'finished_at')
+    if S.started_at == false then  -- (known not to have started before: one write)
+      set_status(S, 'Running', {'started_at', G.now_ms})
+      S.started_at = G.now_ms
+    else
+      set_status(S, 'Running')
+      if redis.call('HSETNX', S.session, 'started_at', G.now_ms) == 0 then
+        redis.call('HDEL', S.session, 'finished_at')
+      end
     end
-    emit(B, as_of(W, 'session.started'), nil, nil)
+    emit(S, as_of(W, 'session.started'), nil, nil)
   end
-  emit(B, as_of(W, 'task.started'), id, '\129\167attempt' .. P(attempts))
+  emit(S, as_of(W, 'task.started'), id, '\129\167attempt' .. P(attempts))
 end
 
 -- A failed run RQ put back on its queue: queued again, its session (if it had ended) Running.

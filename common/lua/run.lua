@@ -208,9 +208,10 @@ if want > 0 or #handed > 0 then
       else
         local B = claimed_block(id, qi)
         local S = sess(B)
-        if not S.status and S.cap == nil then  -- its status and cap in one read (see room)
-          local v = redis.call('HMGET', S.session, 'status', 'max_running')
-          S.status, S.cap = v[1], tonumber(v[2]) or false
+        if not S.status and S.cap == nil then
+          -- its status, cap (see room) and first start (prelude show_start) in one read
+          local v = redis.call('HMGET', S.session, 'status', 'max_running', 'started_at')
+          S.status, S.cap, S.started_at = v[1], tonumber(v[2]) or false, v[3]
         end
         local batch = {id}
         if S.status then  -- (a destroyed session's leftover entry is taken, and skipped)
