@@ -46,6 +46,13 @@ local function map(pairs)
 end
 
 local function num(v) return tonumber(v or '0') or 0 end
+-- Numbers as strings, each made once per call: a number joined to a string (`..`) is
+-- formatted by sprintf every time.
+local NUMSTR = setmetatable({}, {__index = function(t, n)
+  local v = tostring(n)
+  t[n] = v
+  return v
+end})
 -- Redis's own clock, epoch ms: what heartbeats are stamped and judged with, whatever the
 -- clocks of the processes that send them (and however late their calls arrive)
 local function redis_now_ms()
@@ -329,9 +336,10 @@ judge_ends = function()
   G.ending = {}
 end
 
--- A run's keys (contract.py RUN_BLOCK, by name: `k`) as the table the functions below take.
--- Runs of one session share their session's table (events, status), so that one flush
--- numbers them all.
+-- A run's keys (contract.py RUN_BLOCK, by name: `k`, a table of its own) made the table the
+-- functions below take, in place (a table made costs Redis more than a command does): its
+-- session's table S, sid, and RQ's started registry as `wip`. Runs of one session share
+-- their session's table (events, status), so that one flush numbers them all.
 G.sessions = {}
 local function run_block(k, sid)
   local S = G.sessions[sid]
@@ -340,9 +348,9 @@ local function run_block(k, sid)
       running = k.running, held = k.held}
     G.sessions[sid] = S
   end
-  return {job = k.job, S = S, session = S.session, sid = sid, running = S.running,
-    held = S.held, wip = k.started, finished = k.finished, failed = k.failed,
-    queue = k.queue, wake = k.wake, squeue = k.squeue, throttled = k.throttled}
+  k.S, k.sid, k.session, k.running, k.held, k.wip = S, sid, S.session, S.running, S.held,
+    k.started
+  return k
 end
 
 
@@ -524,7 +532,7 @@ local function start(B, id, W)
   local attempts = num(j[5]) + 1
   redis.call('HSET', B.job, 'state', 'started', 'status', 'started', 'started_at', G.now_iso,
     'worker_name', W.name, 'attempts', attempts)
-  redis.call('ZADD', B.wip, '+inf', id .. ':' .. attempts)
+  redis.call('ZADD', B.wip, '+inf', id .. ':' .. NUMSTR[attempts])
   redis.call('SADD', B.running, id)
   move(B, 'queued', 'started')
   -- a run handed to an idle worker (enqueue.lua `hand`) shows its start when the worker

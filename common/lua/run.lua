@@ -49,7 +49,7 @@ local function finish(B, id, outcome, payload, duration_ms)
     return 'stale', 0, 0  -- recovered, canceled or destroyed while it ran: not ours to record
   end
   local attempts = num(j[4])
-  redis.call('ZREM', B.wip, id .. ':' .. attempts)
+  redis.call('ZREM', B.wip, id .. ':' .. (j[4] or '0'))  -- (see prelude NUMSTR)
   redis.call('SREM', B.running, id)
   local status = sess(B).status or redis.call('HGET', B.session, 'status')
   sess(B).status = status
@@ -150,27 +150,25 @@ end
 -- Claims (only a call that claims, or was handed runs, makes their functions: each closure
 -- costs Redis at every call that makes it)
 if want > 0 or #handed > 0 then
-  -- The run block of a run claimed from queue qi: its keys made by the key builders, those of
-  -- its session once per session and queue (a batch claims many runs of one session).
+  -- The run block of a run claimed from queue qi (`sid`: its session, if known): its keys
+  -- made by the key builders, those of its session once per session and queue (a batch
+  -- claims many runs of one session) and reached through a metatable, not copied.
   local CB = {}
-  local function claimed_block(id, qi)
-    local sid = session_of(id)
+  local function claimed_block(id, qi, sid)
+    sid = sid or session_of(id)
     local q = QK[qi]
     CB[qi] = CB[qi] or {}
     local base = CB[qi][sid]
     if not base then
-      base = run_block({job = false, session = key_session(sid), history = key_history(sid),
+      base = {__index = run_block({job = false, session = key_session(sid), history = key_history(sid),
         chan = key_events_channel(sid), running = key_session_running(sid),
         held = key_session_held(sid), started = q.started, finished = q.finished,
         failed = q.failed, queue = q.list, wake = q.wake,
         squeue = key_session_queue(sid, AB.queue(qi).name),
-        throttled = key_session_throttled(sid)}, sid)
+        throttled = key_session_throttled(sid)}, sid)}
       CB[qi][sid] = base
     end
-    local B = {}
-    for name, v in pairs(base) do B[name] = v end
-    B.job = key_job(id)
-    return B
+    return setmetatable({job = key_job(id)}, base)
   end
 
   -- Take run `id` from queue qi's line onto our runs list (`listed`: it is there already) and
@@ -249,7 +247,7 @@ if want > 0 or #handed > 0 then
           redis.call('RPUSH', runs, unpack(batch, c, math.min(c + 999, #batch)))
         end
         for i, rid in ipairs(batch) do
-          claim(qi, rid, i == 1 and B or nil, true)
+          claim(qi, rid, i == 1 and B or claimed_block(rid, qi, S.sid), true)
           got = got + 1
         end
       end
