@@ -412,7 +412,12 @@ end
 -- gets the session's next run again.
 local function unthrottle(B)
   local S = sess(B)
-  if redis.call('SCARD', B.throttled) == 0 then return end
+  -- (known empty: a step finishing many runs of one session asks once)
+  if S.unthrottled then return end
+  if redis.call('SCARD', B.throttled) == 0 then
+    S.unthrottled = true
+    return
+  end
   local left = room(S)
   if left ~= nil and left <= 0 then return end
   local entry = redis.call('SPOP', B.throttled)

@@ -28,6 +28,28 @@ local nq, control = A.nqueues, A.control
 local nfin, nstart, nclaim = A.nfinish, A.nstart, A.nclaim
 local waits = A.waits == 1
 local reply = {}
+-- A step that finishes many runs takes them off RQ's started registries and their sessions'
+-- running sets, and adds the succeeded to RQ's finished registries, in one command per key
+-- after them all (`later`, in the order first used; before any start: a run given back may
+-- start again in this very step). One finish writes at once.
+local later, later_keys = nil, nil
+if nfin > 1 then later, later_keys = {}, {} end
+local function after_finishes(cmd, key, a, b)
+  if not later then
+    if b then redis.call(cmd, key, a, b) else redis.call(cmd, key, a) end
+    return
+  end
+  local lk = cmd .. ' ' .. key
+  local args = later[lk]
+  if not args then
+    args = {}
+    later[lk] = args
+    later_keys[#later_keys + 1] = {cmd, key, lk}
+  end
+  args[#args + 1] = a
+  if b then args[#args + 1] = b end
+end
+
 local function finish(B, id, outcome, payload, duration_ms)
   local j = redis.call('HMGET', B.job, 'state', 'worker_name', 'retries_left', 'attempts',
     'children', 'status')
@@ -49,8 +71,8 @@ local function finish(B, id, outcome, payload, duration_ms)
     return 'stale', 0, 0  -- recovered, canceled or destroyed while it ran: not ours to record
   end
   local attempts = num(j[4])
-  redis.call('ZREM', B.wip, id .. ':' .. (j[4] or '0'))  -- (see prelude NUMSTR)
-  redis.call('SREM', B.running, id)
+  after_finishes('ZREM', B.wip, id .. ':' .. (j[4] or '0'))  -- (see prelude NUMSTR)
+  after_finishes('SREM', B.running, id)
   local status = sess(B).status or redis.call('HGET', B.session, 'status')
   sess(B).status = status
   local result
@@ -61,7 +83,7 @@ local function finish(B, id, outcome, payload, duration_ms)
   elseif outcome == 'succeeded' then
     redis.call('HSET', B.job, 'state', 'succeeded', 'status', 'finished', 'ended_at',
       G.now_iso, 'result', payload)
-    redis.call('ZADD', B.finished, '+inf', id)
+    after_finishes('ZADD', B.finished, '+inf', id)
     move(B, 'started', 'succeeded')
     emit(B, 'task.succeeded', id, '\129\171duration_ms' .. P(tonumber(duration_ms)))
     result = 'succeeded'
@@ -88,9 +110,13 @@ local function finish(B, id, outcome, payload, duration_ms)
   return result, 0, waited_on
 end
 
--- The keys of queue qi's block, once each.
-local QK = {}
-for qi = 1, nq do QK[qi] = KB.queue(qi) end
+-- The keys of queue qi's block, made once each when first used (a step that only finishes
+-- runs uses none).
+local QK = setmetatable({}, {__index = function(t, qi)
+  local q = KB.queue(qi)
+  t[qi] = q
+  return q
+end})
 
 for i = 1, nfin do
   local f = AB.finish(i)
@@ -99,6 +125,12 @@ for i = 1, nfin do
   reply[#reply + 1] = result
   reply[#reply + 1] = terminating
   reply[#reply + 1] = waited_on
+end
+for _, ck in ipairs(later_keys or {}) do
+  local args = later[ck[3]]
+  for c = 1, #args, 1000 do
+    redis.call(ck[1], ck[2], unpack(args, c, math.min(c + 999, #args)))
+  end
 end
 local first = nil  -- the first run this call starts
 for i = 1, nstart do
@@ -222,7 +254,10 @@ if want > 0 or #handed > 0 then
           end
           if left ~= nil and left <= 0 then
             redis.call('LPUSH', B.squeue, id)
-            if mine <= 0 then redis.call('SADD', B.throttled, throttle_entry(B)) end
+            if mine <= 0 then
+              redis.call('SADD', B.throttled, throttle_entry(B))
+              S.unthrottled = nil  -- (see prelude unthrottle)
+            end
             batch = {}
           elseif mine <= 0 then
             local more = want - got - 1
