@@ -9,7 +9,7 @@
 local P = cmsgpack.pack
 local NIL = '\192'
 local EMPTY_MAP = '\128'
-local G = {touched = {}, stats = {}, ending = {}, deferred = {}}
+local G = {touched = {}, stats = {}, ending = {}, deferred = {}, reindexed = {}}
 -- the packed keys of an event map (fixmap of 8, in SPEC §5's order)
 local EV_HEAD = '\136\161v\1\163seq'
 local EV_TS, EV_TYPE, EV_SESSION = '\162ts', '\164type', '\167session'
@@ -127,10 +127,11 @@ end
 
 -- Number, keep and publish every queued event; call before a script returns. Late
 -- listeners replay the history, so a channel nobody listens to is not published on.
-local judge_ends, settle_all
+local judge_ends, settle_all, reindex_all
 local function flush()
   settle_all()
   judge_ends()
+  reindex_all()
   local total = 0
   for _, S in ipairs(G.touched) do total = total + #S.events / 3 end
   local to_all = total < ASK_FROM or heard(G.chan_all)
@@ -198,8 +199,15 @@ local function set_status(S, new, also, keep)
   else
     redis.call('HSET', S.session, 'status', new)
   end
-  if old then redis.call('SREM', idx(old), S.sid) end
-  redis.call('SADD', idx(new), S.sid)
+  if G.defer then  -- (see reindex_all)
+    if S.indexed_as == nil then
+      S.indexed_as = old or false
+      G.reindexed[#G.reindexed + 1] = S
+    end
+  else
+    if old then redis.call('SREM', idx(old), S.sid) end
+    redis.call('SADD', idx(new), S.sid)
+  end
   -- retention (SPEC §9): due as it ends, no longer due as it runs again (or is destroyed)
   if ENDED[new] then
     if keep == nil then keep = redis.call('HGET', S.session, 'retention_ms') end
@@ -208,6 +216,42 @@ local function set_status(S, new, also, keep)
     redis.call('ZREM', G.retention, S.sid)
   end
   return old
+end
+
+-- With G.defer (a worker's step), the status index sets are written at flush, one SREM and
+-- one SADD per status for all the sessions whose status changed (a claim starts many
+-- sessions): each session leaves the set of the status it had when the call began and joins
+-- that of the status it has now.
+reindex_all = function()
+  local leave, join, order = {}, {}, {}
+  local function add(sets, status, sid)
+    if not sets[status] then
+      sets[status] = {}
+      order[#order + 1] = status
+    end
+    local list = sets[status]
+    list[#list + 1] = sid
+  end
+  for _, S in ipairs(G.reindexed) do
+    local from, to = S.indexed_as, S.status
+    S.indexed_as = nil
+    if from ~= to then
+      if from then add(leave, from, S.sid) end
+      if to then add(join, to, S.sid) end
+    end
+  end
+  G.reindexed = {}
+  for _, pass in ipairs({{'SREM', leave}, {'SADD', join}}) do
+    local cmd, sets = pass[1], pass[2]
+    for _, status in ipairs(order) do
+      local sids = sets[status]
+      if sids then
+        for c = 1, #sids, 1000 do
+          redis.call(cmd, idx(status), unpack(sids, c, math.min(c + 999, #sids)))
+        end
+      end
+    end
+  end
 end
 
 local function stat(state, n)
