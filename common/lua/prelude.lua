@@ -9,7 +9,7 @@
 local P = cmsgpack.pack
 local NIL = '\192'
 local EMPTY_MAP = '\128'
-local G = {touched = {}, stats = {}, ending = {}}
+local G = {touched = {}, stats = {}, ending = {}, deferred = {}, reindexed = {}}
 -- the packed keys of an event map (fixmap of 8, in SPEC §5's order)
 local EV_HEAD = '\136\161v\1\163seq'
 local EV_TS, EV_TYPE, EV_SESSION = '\162ts', '\164type', '\167session'
@@ -46,6 +46,13 @@ local function map(pairs)
 end
 
 local function num(v) return tonumber(v or '0') or 0 end
+-- Numbers as strings, each made once per call: a number joined to a string (`..`) is
+-- formatted by sprintf every time.
+local NUMSTR = setmetatable({}, {__index = function(t, n)
+  local v = tostring(n)
+  t[n] = v
+  return v
+end})
 -- Redis's own clock, epoch ms: what heartbeats are stamped and judged with, whatever the
 -- clocks of the processes that send them (and however late their calls arrive)
 local function redis_now_ms()
@@ -148,9 +155,11 @@ end
 
 -- Number, keep and publish every queued event; call before a script returns. Late
 -- listeners replay the history, so a channel nobody listens to is not published on.
-local judge_ends
+local judge_ends, settle_all, reindex_all
 local function flush()
+  settle_all()
   judge_ends()
+  reindex_all()
   local total = 0
   for _, S in ipairs(G.touched) do total = total + #S.events / 3 end
   local to_all = total < ASK_FROM or heard(G.chan_all)
@@ -214,22 +223,74 @@ end
 -- The statuses a session has ended in: it is due for removal its retention_ms after.
 local ENDED = {Completed = true, Failed = true, Stopped = true}
 
-local function set_status(S, new)
+-- Session S's status becomes `new`; `also`: more fields written with it ({name, value, ...});
+-- `keep`: its retention_ms if the caller read it (false: none; nil: read here if needed).
+local function set_status(S, new, also, keep)
   S = sess(S)
   local old = S.status or redis.call('HGET', S.session, 'status')
   S.status = new
-  if old == new then return old end
-  redis.call('HSET', S.session, 'status', new)
-  if old then redis.call('SREM', idx(old), S.sid) end
-  redis.call('SADD', idx(new), S.sid)
+  if old == new then
+    if also then redis.call('HSET', S.session, unpack(also)) end
+    return old
+  end
+  if also then
+    redis.call('HSET', S.session, 'status', new, unpack(also))
+  else
+    redis.call('HSET', S.session, 'status', new)
+  end
+  if G.defer then  -- (see reindex_all)
+    if S.indexed_as == nil then
+      S.indexed_as = old or false
+      G.reindexed[#G.reindexed + 1] = S
+    end
+  else
+    if old then redis.call('SREM', idx(old), S.sid) end
+    redis.call('SADD', idx(new), S.sid)
+  end
   -- retention (SPEC §9): due as it ends, no longer due as it runs again (or is destroyed)
   if ENDED[new] then
-    local keep = redis.call('HGET', S.session, 'retention_ms')
+    if keep == nil then keep = redis.call('HGET', S.session, 'retention_ms') end
     if keep then redis.call('ZADD', G.retention, G.now_ms + tonumber(keep), S.sid) end
   elseif ENDED[old] then
     redis.call('ZREM', G.retention, S.sid)
   end
   return old
+end
+
+-- With G.defer (a worker's step), the status index sets are written at flush, one SREM and
+-- one SADD per status for all the sessions whose status changed (a claim starts many
+-- sessions): each session leaves the set of the status it had when the call began and joins
+-- that of the status it has now.
+reindex_all = function()
+  local leave, join, order = {}, {}, {}
+  local function add(sets, status, sid)
+    if not sets[status] then
+      sets[status] = {}
+      order[#order + 1] = status
+    end
+    local list = sets[status]
+    list[#list + 1] = sid
+  end
+  for _, S in ipairs(G.reindexed) do
+    local from, to = S.indexed_as, S.status
+    S.indexed_as = nil
+    if from ~= to then
+      if from then add(leave, from, S.sid) end
+      if to then add(join, to, S.sid) end
+    end
+  end
+  G.reindexed = {}
+  for _, pass in ipairs({{'SREM', leave}, {'SADD', join}}) do
+    local cmd, sets = pass[1], pass[2]
+    for _, status in ipairs(order) do
+      local sids = sets[status]
+      if sids then
+        for c = 1, #sids, 1000 do
+          redis.call(cmd, idx(status), unpack(sids, c, math.min(c + 999, #sids)))
+        end
+      end
+    end
+  end
 end
 
 local function stat(state, n)
@@ -271,6 +332,23 @@ local function move(S, from, to, n)
   S = sess(S)
   n = n or 1
   if LIVE[from] and not LIVE[to] then maybe_end(S) end
+  if G.defer then  -- written by `settle`
+    local d = S.delta
+    if not d then
+      d = {}
+      S.delta = d
+      G.deferred[#G.deferred + 1] = S
+    end
+    if from then
+      d[from] = (d[from] or 0) - n
+      stat(from, -n)
+    end
+    if to then
+      d[to] = (d[to] or 0) + n
+      stat(to, n)
+    end
+    return
+  end
   if from then
     local left = redis.call('HINCRBY', S.session, from, -n)
     if LIVE[from] then live_count(S, from, left) end
@@ -283,6 +361,26 @@ local function move(S, from, to, n)
   end
 end
 
+-- With G.defer (a worker's step, run.lua), `move` keeps the changes of a session's counts
+-- in S.delta, and they are written here, one HINCRBY a count and session for the whole call
+-- (a step starts or finishes many runs of one session): before the session's counts are
+-- read (`room`), and at flush, before sessions' ends are judged.
+local function settle(S)
+  local d = S.delta
+  if not d then return end
+  S.delta = nil
+  for state, n in pairs(d) do
+    if n ~= 0 then
+      local now = redis.call('HINCRBY', S.session, state, n)
+      if LIVE[state] then live_count(S, state, now) end
+    end
+  end
+end
+settle_all = function()
+  for _, S in ipairs(G.deferred) do settle(S) end
+  G.deferred = {}
+end
+
 -- A Running/Pending session with nothing queued, deferred, held or started has ended. A
 -- live count known above zero (see live_count) settles it without reading the session.
 local function end_if_done(S)
@@ -293,14 +391,13 @@ local function end_if_done(S)
     end
   end
   local v = redis.call('HMGET', S.session, 'status', 'queued', 'deferred', 'held', 'started',
-    'failed', 'cron')
+    'failed', 'cron', 'retention_ms')
   S.status = v[1]
   if v[1] ~= 'Running' and v[1] ~= 'Pending' then return nil end
   if num(v[2]) + num(v[3]) + num(v[4]) + num(v[5]) + num(v[7]) > 0 then return nil end
   local final = 'Completed'
   if num(v[6]) > 0 then final = 'Failed' end
-  set_status(S, final)
-  redis.call('HSET', S.session, 'finished_at', G.now_ms)
+  set_status(S, final, {'finished_at', G.now_ms}, v[8])
   local etype = 'session.completed'
   if final == 'Failed' then etype = 'session.failed' end
   emit(S, etype, nil, map({'status', P(final)}))
@@ -322,9 +419,10 @@ judge_ends = function()
   G.ending = {}
 end
 
--- A run's keys (contract.py RUN_BLOCK, by name: `k`) as the table the functions below take.
--- Runs of one session share their session's table (events, status), so that one flush
--- numbers them all.
+-- A run's keys (contract.py RUN_BLOCK, by name: `k`, a table of its own) made the table the
+-- functions below take, in place (a table made costs Redis more than a command does): its
+-- session's table S, sid, and RQ's started registry as `wip`. Runs of one session share
+-- their session's table (events, status), so that one flush numbers them all.
 G.sessions = {}
 local function run_block(k, sid)
   local S = G.sessions[sid]
@@ -333,9 +431,9 @@ local function run_block(k, sid)
       running = k.running, held = k.held}
     G.sessions[sid] = S
   end
-  return {job = k.job, S = S, session = S.session, sid = sid, running = S.running,
-    held = S.held, wip = k.started, finished = k.finished, failed = k.failed,
-    queue = k.queue, wake = k.wake, squeue = k.squeue, throttled = k.throttled}
+  k.S, k.sid, k.session, k.running, k.held, k.wip = S, sid, S.session, S.running, S.held,
+    k.started
+  return k
 end
 
 
@@ -387,6 +485,7 @@ end
 
 -- How many more runs of the session may start now (nil: no cap).
 local function room(S)
+  settle(S)
   if S.cap == nil then S.cap = tonumber(redis.call('HGET', S.session, 'max_running')) or false end
   if not S.cap then return nil end
   return S.cap - num(redis.call('HGET', S.session, 'started'))
@@ -396,7 +495,12 @@ end
 -- gets the session's next run again.
 local function unthrottle(B)
   local S = sess(B)
-  if redis.call('SCARD', B.throttled) == 0 then return end
+  -- (known empty: a step finishing many runs of one session asks once)
+  if S.unthrottled then return end
+  if redis.call('SCARD', B.throttled) == 0 then
+    S.unthrottled = true
+    return
+  end
   local left = room(S)
   if left ~= nil and left <= 0 then return end
   local entry = redis.call('SPOP', B.throttled)
@@ -424,14 +528,20 @@ end
 
 -- What a start shows: a Pending session becomes Running (its first start), task.started.
 local function show_start(B, id, W, attempts, status)
+  local S = sess(B)
   if status == 'Pending' then
-    set_status(B, 'Running')
-    if redis.call('HSETNX', sess(B).session, 'started_at', G.now_ms) == 0 then
-      redis.call('HDEL', sess(B).session, 'finished_at')
+    if S.started_at == false then  -- (known not to have started before: one write)
+      set_status(S, 'Running', {'started_at', G.now_ms})
+      S.started_at = G.now_ms
+    else
+      set_status(S, 'Running')
+      if redis.call('HSETNX', S.session, 'started_at', G.now_ms) == 0 then
+        redis.call('HDEL', S.session, 'finished_at')
+      end
     end
-    emit(B, as_of(W, 'session.started'), nil, nil)
+    emit(S, as_of(W, 'session.started'), nil, nil)
   end
-  emit(B, as_of(W, 'task.started'), id, '\129\167attempt' .. P(attempts))
+  emit(S, as_of(W, 'task.started'), id, '\129\167attempt' .. P(attempts))
 end
 
 -- A failed run RQ put back on its queue: queued again, its session (if it had ended) Running.
@@ -510,7 +620,7 @@ local function start(B, id, W)
   local attempts = num(j[5]) + 1
   redis.call('HSET', B.job, 'state', 'started', 'status', 'started', 'started_at', G.now_iso,
     'worker_name', W.name, 'attempts', attempts)
-  redis.call('ZADD', B.wip, '+inf', id .. ':' .. attempts)
+  redis.call('ZADD', B.wip, '+inf', id .. ':' .. NUMSTR[attempts])
   redis.call('SADD', B.running, id)
   move(B, 'queued', 'started')
   -- a run handed to an idle worker (enqueue.lua `hand`) shows its start when the worker

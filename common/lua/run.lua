@@ -21,12 +21,35 @@
 -- A worker claims at most a quarter of what a queue holds (at least one), so that the last
 -- runs of a queue - often long ones that wait on a dependency - spread over idle workers.
 load_globals()
+G.defer = true  -- the moves of a session's runs written once per count (prelude `settle`)
 local runs, rqworker, inbox, idle = K.runs, K.rq_worker, K.inbox, K.idle_workers
 local ME = {name = G.worker, packed = G.worker_packed, runs = runs}
 local nq, control = A.nqueues, A.control
 local nfin, nstart, nclaim = A.nfinish, A.nstart, A.nclaim
 local waits = A.waits == 1
 local reply = {}
+-- A step that finishes many runs takes them off RQ's started registries and their sessions'
+-- running sets, and adds the succeeded to RQ's finished registries, in one command per key
+-- after them all (`later`, in the order first used; before any start: a run given back may
+-- start again in this very step). One finish writes at once.
+local later, later_keys = nil, nil
+if nfin > 1 then later, later_keys = {}, {} end
+local function after_finishes(cmd, key, a, b)
+  if not later then
+    if b then redis.call(cmd, key, a, b) else redis.call(cmd, key, a) end
+    return
+  end
+  local lk = cmd .. ' ' .. key
+  local args = later[lk]
+  if not args then
+    args = {}
+    later[lk] = args
+    later_keys[#later_keys + 1] = {cmd, key, lk}
+  end
+  args[#args + 1] = a
+  if b then args[#args + 1] = b end
+end
+
 local function finish(B, id, outcome, payload, duration_ms)
   local j = redis.call('HMGET', B.job, 'state', 'worker_name', 'retries_left', 'attempts',
     'children', 'status')
@@ -48,8 +71,8 @@ local function finish(B, id, outcome, payload, duration_ms)
     return 'stale', 0, 0  -- recovered, canceled or destroyed while it ran: not ours to record
   end
   local attempts = num(j[4])
-  redis.call('ZREM', B.wip, id .. ':' .. attempts)
-  redis.call('SREM', B.running, id)
+  after_finishes('ZREM', B.wip, id .. ':' .. (j[4] or '0'))  -- (see prelude NUMSTR)
+  after_finishes('SREM', B.running, id)
   local status = sess(B).status or redis.call('HGET', B.session, 'status')
   sess(B).status = status
   local result
@@ -60,7 +83,7 @@ local function finish(B, id, outcome, payload, duration_ms)
   elseif outcome == 'succeeded' then
     redis.call('HSET', B.job, 'state', 'succeeded', 'status', 'finished', 'ended_at',
       G.now_iso, 'result', payload)
-    redis.call('ZADD', B.finished, '+inf', id)
+    after_finishes('ZADD', B.finished, '+inf', id)
     move(B, 'started', 'succeeded')
     emit(B, 'task.succeeded', id, '\129\171duration_ms' .. P(tonumber(duration_ms)))
     result = 'succeeded'
@@ -87,9 +110,13 @@ local function finish(B, id, outcome, payload, duration_ms)
   return result, 0, waited_on
 end
 
--- The keys of queue qi's block, once each.
-local QK = {}
-for qi = 1, nq do QK[qi] = KB.queue(qi) end
+-- The keys of queue qi's block, made once each when first used (a step that only finishes
+-- runs uses none).
+local QK = setmetatable({}, {__index = function(t, qi)
+  local q = KB.queue(qi)
+  t[qi] = q
+  return q
+end})
 
 for i = 1, nfin do
   local f = AB.finish(i)
@@ -98,6 +125,12 @@ for i = 1, nfin do
   reply[#reply + 1] = result
   reply[#reply + 1] = terminating
   reply[#reply + 1] = waited_on
+end
+for _, ck in ipairs(later_keys or {}) do
+  local args = later[ck[3]]
+  for c = 1, #args, 1000 do
+    redis.call(ck[1], ck[2], unpack(args, c, math.min(c + 999, #args)))
+  end
 end
 local first = nil  -- the first run this call starts
 for i = 1, nstart do
@@ -149,33 +182,31 @@ end
 -- Claims (only a call that claims, or was handed runs, makes their functions: each closure
 -- costs Redis at every call that makes it)
 if want > 0 or #handed > 0 then
-  -- The run block of a run claimed from queue qi: its keys made by the key builders, those of
-  -- its session once per session and queue (a batch claims many runs of one session).
+  -- The run block of a run claimed from queue qi (`sid`: its session, if known): its keys
+  -- made by the key builders, those of its session once per session and queue (a batch
+  -- claims many runs of one session) and reached through a metatable, not copied.
   local CB = {}
-  local function claimed_block(id, qi)
-    local sid = session_of(id)
+  local function claimed_block(id, qi, sid)
+    sid = sid or session_of(id)
     local q = QK[qi]
     CB[qi] = CB[qi] or {}
     local base = CB[qi][sid]
     if not base then
-      base = run_block({job = false, session = key_session(sid), history = key_history(sid),
+      base = {__index = run_block({job = false, session = key_session(sid), history = key_history(sid),
         chan = key_events_channel(sid), running = key_session_running(sid),
         held = key_session_held(sid), started = q.started, finished = q.finished,
         failed = q.failed, queue = q.list, wake = q.wake,
         squeue = key_session_queue(sid, AB.queue(qi).name),
-        throttled = key_session_throttled(sid)}, sid)
+        throttled = key_session_throttled(sid)}, sid)}
       CB[qi][sid] = base
     end
-    local B = {}
-    for name, v in pairs(base) do B[name] = v end
-    B.job = key_job(id)
-    return B
+    return setmetatable({job = key_job(id)}, base)
   end
 
-  -- Take run `id` from queue qi's line onto our runs list and start it (an operation of the
-  -- control queue is carried out by the worker itself).
-  local function claim(qi, id, B)
-    redis.call('RPUSH', runs, id)
+  -- Take run `id` from queue qi's line onto our runs list (`listed`: it is there already) and
+  -- start it (an operation of the control queue is carried out by the worker itself).
+  local function claim(qi, id, B, listed)
+    if not listed then redis.call('RPUSH', runs, id) end
     reply[#reply + 1] = qi
     reply[#reply + 1] = id
     local r = {'op', false, false, false, 0}
@@ -188,37 +219,51 @@ if want > 0 or #handed > 0 then
   -- session of each run taken puts its next waiting run at the back of the line; a session
   -- alone in the line gives a batch at once - at most a quarter of what it has waiting (at
   -- least one), so that the last runs of a queue spread over idle workers. A session at its
-  -- max_running leaves the line until one of its runs ends. Returns how many were taken.
+  -- max_running leaves the line until one of its runs ends. Returns how many were taken, and
+  -- how many runs the line holds after (nil: not known).
   local function claim_from(qi, want)
     local q = QK[qi]
     local got = 0
+    local inline = nil  -- the line's length, once read: kept up to date by what we pop and push
     while got < want do
       local id = redis.call('LPOP', q.list)
-      if not id then break end
+      if not id then
+        inline = 0
+        break
+      end
+      if inline then inline = inline - 1 end
       if qi == control then
         claim(qi, id, nil)
         got = got + 1
       else
         local B = claimed_block(id, qi)
         local S = sess(B)
-        S.status = S.status or redis.call('HGET', S.session, 'status')
+        if not S.status and S.cap == nil then
+          -- its status, cap (see room) and first start (prelude show_start) in one read
+          local v = redis.call('HMGET', S.session, 'status', 'max_running', 'started_at')
+          S.status, S.cap, S.started_at = v[1], tonumber(v[2]) or false, v[3]
+        end
         local batch = {id}
         if S.status then  -- (a destroyed session's leftover entry is taken, and skipped)
           local left = room(S)
-          local inline = redis.call('HINCRBY', S.session, line_field(B), -1)
-          if inline < 0 then
+          local mine = redis.call('HINCRBY', S.session, line_field(B), -1)
+          if mine < 0 then
             -- put in the line by someone else (`rq requeue` pushes a job id there itself)
             redis.call('HSET', S.session, line_field(B), 0)
-            inline = 0
+            mine = 0
           end
           if left ~= nil and left <= 0 then
             redis.call('LPUSH', B.squeue, id)
-            if inline <= 0 then redis.call('SADD', B.throttled, throttle_entry(B)) end
+            if mine <= 0 then
+              redis.call('SADD', B.throttled, throttle_entry(B))
+              S.unthrottled = nil  -- (see prelude unthrottle)
+            end
             batch = {}
-          elseif inline <= 0 then
+          elseif mine <= 0 then
             local more = want - got - 1
             if left ~= nil then more = math.min(more, left - 1) end
-            if more > 0 and redis.call('LLEN', q.list) == 0 then
+            if more > 0 and not inline then inline = redis.call('LLEN', q.list) end
+            if more > 0 and inline == 0 then
               local waiting = redis.call('LLEN', B.squeue)
               more = math.min(more, math.floor((waiting + 1) / 4) - 1)
               if more > 0 then
@@ -228,18 +273,23 @@ if want > 0 or #handed > 0 then
             local nxt = redis.call('LPOP', B.squeue)
             if nxt then
               redis.call('RPUSH', q.list, nxt)
+              if inline then inline = inline + 1 end
               redis.call('HINCRBY', S.session, line_field(B), 1)
             end
           end
         end
+        for c = 1, #batch, 1000 do
+          redis.call('RPUSH', runs, unpack(batch, c, math.min(c + 999, #batch)))
+        end
         for i, rid in ipairs(batch) do
-          claim(qi, rid, i == 1 and B or nil)
+          claim(qi, rid, i == 1 and B or claimed_block(rid, qi, S.sid), true)
           got = got + 1
         end
-        if #batch > 0 then redis.call('HINCRBY', G.depths, q.list, -#batch) end
       end
     end
-    return got
+    -- (RQ's queue depth, as `rq info` shows it: see enqueue.lua)
+    if got > 0 and qi ~= control then redis.call('HINCRBY', G.depths, q.list, -got) end
+    return got, inline
   end
 
   for qi = 1, nq do
@@ -247,8 +297,13 @@ if want > 0 or #handed > 0 then
     if want <= 0 and #handed == 0 then break end
     -- (when the inbox filled the batch, queues are only looked at: a wake this worker took
     -- is passed on)
-    if want > 0 then want = want - claim_from(qi, want) end
-    if redis.call('LLEN', q.list) > 0 then
+    local inline = nil
+    if want > 0 then
+      local got
+      got, inline = claim_from(qi, want)
+      want = want - got
+    end
+    if (inline or redis.call('LLEN', q.list)) > 0 then
       -- more is waiting: wake the next idle worker too
       redis.call('LPUSH', q.wake, '1')
       redis.call('LTRIM', q.wake, 0, 0)
