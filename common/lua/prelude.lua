@@ -91,6 +91,18 @@ end
 -- The session table behind a run block (see run_block), or the session table itself.
 local function sess(B) return B.S or B end
 
+-- Session S's table `field` for the script's flush, made on first use, S then listed once in
+-- G[list] (the sessions the flush goes over: events, deferred count changes).
+local function own(S, field, list)
+  local t = S[field]
+  if not t then
+    t = {}
+    S[field] = t
+    G[list][#G[list] + 1] = S
+  end
+  return t
+end
+
 local function set_clock(now_ms, now_iso, cap, worker)
   G.now_ms = tonumber(now_ms)
   G.ts = G.now_ms / 1000.0
@@ -122,12 +134,7 @@ local function idx(status) return K['idx_' .. status] end
 -- call's (a run an enqueue starts for an idle worker) gives its type as {type, worker packed}.
 local function emit(S, etype, task, data)
   S = sess(S)
-  local ev = S.events
-  if not ev then
-    ev = {}
-    S.events = ev
-    G.touched[#G.touched + 1] = S
-  end
+  local ev = own(S, 'events', 'touched')
   local n = #ev
   ev[n + 1] = etype
   ev[n + 2] = task or false
@@ -333,12 +340,7 @@ local function move(S, from, to, n)
   n = n or 1
   if LIVE[from] and not LIVE[to] then maybe_end(S) end
   if G.defer then  -- written by `settle`
-    local d = S.delta
-    if not d then
-      d = {}
-      S.delta = d
-      G.deferred[#G.deferred + 1] = S
-    end
+    local d = own(S, 'delta', 'deferred')
     if from then
       d[from] = (d[from] or 0) - n
       stat(from, -n)
