@@ -106,7 +106,8 @@ class ScriptsBase:
                         "counters": k.run_counts(), "depths": k.queue_depths(),
                         "retention": k.retention()}  # fmt: skip
         self._global_keys = [self.globals[name] for name in GLOBAL_KEYS]
-        self._blocks: dict[tuple[str, str], list[str]] = {}
+        self._blocks: dict[tuple[str, str], list[str]] = {}  # run blocks (run_block)
+        self._queue_blocks: dict[str, list[str]] = {}  # enqueue.lua's, by queue name
         # SESSIONQ_WAIT_REPLICAS: writes acknowledged only once that many replicas have them
         self.durability = (
             transport.Durability(settings.wait_replicas, int(settings.wait_timeout_s * 1000))

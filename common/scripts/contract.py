@@ -71,10 +71,12 @@ class Contract:
     builders: tuple[str, ...] = ()
     flags: tuple[str, ...] = ()
     _arg_index: dict[str, int] = field(init=False, repr=False, compare=False)
+    _key_names: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         index = {name: i for i, (name, _) in enumerate(self.args)}
         object.__setattr__(self, "_arg_index", index)
+        object.__setattr__(self, "_key_names", frozenset(self.keys))
         for block in (*self.key_blocks, *self.arg_blocks):
             for count in block.count:
                 if count not in index:
@@ -94,23 +96,28 @@ class Contract:
         """The KEYS of a call: the fixed keys by name, each block's keys in its field order
         (a one-field block's may come flat, a key each), then `extra` keys (see
         `extra_index`)."""
-        if fixed.keys() != set(self.keys):
-            raise ValueError(f"{self.name}: keys {sorted(set(self.keys) ^ fixed.keys())}")
-        out = [fixed[name] for name in self.keys]
+        out = self.fixed_keys(fixed)
         blocks = blocks or {}
         for block in self.key_blocks:
             given = blocks.get(block.name, ())
-            if block.size == 1 and set(map(type, given)) <= {str}:
+            size = len(block.fields)
+            if size == 1 and all(type(one) is str for one in given):
                 out.extend(given)  # type: ignore[arg-type]  # str keys, checked just above
                 continue
             for one in given:
-                if isinstance(one, str) or len(one) != block.size:
-                    raise ValueError(f"{self.name}: a {block.name} block holds {block.size}")
+                if isinstance(one, str) or len(one) != size:
+                    raise ValueError(f"{self.name}: a {block.name} block holds {size}")
                 out.extend(one)
         if extra and not self.extra_keys:
             raise ValueError(f"{self.name} takes no extra keys")
         out.extend(extra)
         return out
+
+    def fixed_keys(self, fixed: Mapping[str, str]) -> list[str]:
+        """The fixed KEYS of a call, by name (the head of `pack_keys`)."""
+        if fixed.keys() != self._key_names:
+            raise ValueError(f"{self.name}: keys {sorted(set(self.keys) ^ fixed.keys())}")
+        return [fixed[name] for name in self.keys]
 
     def block(self, name: str, values: Mapping[str, Any]) -> list[Any]:
         """One key or argument block of `name`, laid out from its fields by name."""

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import cached_property
 from typing import Any, NamedTuple, TypeVar
 
 from sessionq.common import codec
 from sessionq.common.jobhash import JobFields
-from sessionq.common.scripts.base import ScriptsBase, texts
+from sessionq.common.scripts.base import BLOCK_CACHE_MAX, ScriptsBase, texts
 from sessionq.common.scripts.contracts import ENQUEUE
 
 T = TypeVar("T")
@@ -79,10 +80,6 @@ class EnqueueCalls(ScriptsBase):
         now = time.time() if now is None else now
         cols = runs if isinstance(runs, RunColumns) else RunColumns.of(runs)
         k, rq = self.keys, self.rq
-        fixed = {**self.globals, "sessions": k.sessions(), "rq_queues": rq.queues_set,
-                 "schedule": k.schedule(), "waiting": k.waiting(), "names": k.names(),
-                 "idle_workers": k.idle_workers(), "workers": k.workers(),
-                 "epoch": k.data_epoch()}  # fmt: skip
         session_blocks, plan_sessions = [], []
         for sid, is_new, record, name, kind, owner in sessions:
             session_blocks.append(ENQUEUE.block("session", {
@@ -94,15 +91,11 @@ class EnqueueCalls(ScriptsBase):
             }))  # fmt: skip
             plan_sessions.append([sid, is_new, record, name])
         queues = {q: i for i, q in enumerate(dict.fromkeys(cols.queue), start=1)}
-        queue_blocks = [
-            ENQUEUE.block("queue", {"list": rq.queue(q), "wake": k.wake(q),
-                                    "failed": rq.failed(q), "started": rq.started(q),
-                                    "idle_line": k.idle(q)})
-            for q in queues
-        ]  # fmt: skip
+        queue_blocks = list(map(self._enqueue_queue_block, queues))
         job_blocks = list(map(rq.job, cols.id))  # (a one-key block: flat)
         keys = ENQUEUE.pack_keys(
-            fixed, {"session": session_blocks, "queue": queue_blocks, "job": job_blocks}
+            self._enqueue_fixed,
+            {"session": session_blocks, "queue": queue_blocks, "job": job_blocks},
         )
         extra: dict[str, int] = {}
 
@@ -123,6 +116,29 @@ class EnqueueCalls(ScriptsBase):
             "fresh_ms": int(self.settings.heartbeat_late_s * 1000), "plan": plan,
         })  # fmt: skip
         return keys, args
+
+    @cached_property
+    def _enqueue_fixed(self) -> dict[str, str]:
+        """enqueue.lua's fixed keys by name: the same on every call."""
+        k, rq = self.keys, self.rq
+        return {**self.globals, "sessions": k.sessions(), "rq_queues": rq.queues_set,
+                "schedule": k.schedule(), "waiting": k.waiting(), "names": k.names(),
+                "idle_workers": k.idle_workers(), "workers": k.workers(),
+                "epoch": k.data_epoch()}  # fmt: skip
+
+    def _enqueue_queue_block(self, queue: str) -> list[str]:
+        """enqueue.lua's key block of one queue (made once per queue name)."""
+        block = self._queue_blocks.get(queue)
+        if block is None:
+            k, rq = self.keys, self.rq
+            block = ENQUEUE.block("queue", {"list": rq.queue(queue), "wake": k.wake(queue),
+                                            "failed": rq.failed(queue),
+                                            "started": rq.started(queue),
+                                            "idle_line": k.idle(queue)})  # fmt: skip
+            if len(self._queue_blocks) > BLOCK_CACHE_MAX:
+                self._queue_blocks.clear()
+            self._queue_blocks[queue] = block
+        return block
 
 
 def _run_columns(
@@ -159,6 +175,8 @@ def _run_columns(
 def _once_each(objects: Sequence[Any], make: Callable[[Any], T]) -> tuple[list[int], list[T]]:
     """Each object's index (1 on; 0 for None or an empty one) among the distinct ones, by
     identity (the caller holds them all alive meanwhile), and `make` of each distinct one."""
+    if len(objects) == 1:  # (a create's, an add's one run)
+        return ([1], [make(objects[0])]) if objects[0] else ([0], [])
     ids = list(map(id, objects))
     index, distinct = {}, []
     for key, o in dict(zip(ids, objects, strict=True)).items():
