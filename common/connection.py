@@ -50,6 +50,7 @@ from sessionq.common.errors import (
 from sessionq.common.keys import Keys
 from sessionq.common.settings import Settings
 
+log = logging.getLogger(__name__)
 # a call sleeps 0.1, 0.2, 0.4 ... s between tries, at most this long: a client may hear of
 # Redis's return this late
 RETRY_BACKOFF_CAP_S = 2.0
@@ -176,6 +177,15 @@ def lasting_refusal(error: Exception) -> bool:
     )
 
 
+def _waiting(retry: _Retry | _AsyncRetry, error: BaseException) -> None:
+    """A call failed and is tried again: said at the first failure of an episode (until a
+    call goes through), so that a wrong host or a Redis away is not a silent wait."""
+    if not retry.waiting:
+        retry.waiting = True
+        log.warning("Redis unavailable (%s): trying again for up to %gs "
+                    "(SESSIONQ_RETRY_BUDGET_S)", error, retry.budget_s)  # fmt: skip
+
+
 class _Retry(Retry):
     """redis-py's Retry, with backoff, for at most `budget_s` seconds a call (a Sentinel
     failover takes tens of seconds), except that a lasting refusal is reported at once
@@ -184,23 +194,28 @@ class _Retry(Retry):
     def __init__(self, budget_s: float) -> None:
         super().__init__(ExponentialBackoff(cap=RETRY_BACKOFF_CAP_S, base=RETRY_BACKOFF_BASE_S), -1)
         self.budget_s = budget_s
+        self.waiting = False  # a call is being tried again (said once: _waiting)
 
     def call_with_retry(self, do: Callable[[], T], fail: Any, *args: Any, **kwargs: Any) -> T:
         deadline = time.monotonic() + self.budget_s
 
         def attempt() -> T:
             try:
-                return do()
+                value = do()
             except ResponseError as exc:
                 if redis_says_later(exc) not in PASSING:
                     raise
                 if time.monotonic() >= deadline:
                     raise _Final(exc) from exc
+                _waiting(self, exc)
                 raise _Later(exc) from exc  # tried again, as a lost connection is
             except self._supported_errors as exc:
                 if lasting_refusal(exc) or time.monotonic() >= deadline:
                     raise _Final(exc) from exc
+                _waiting(self, exc)
                 raise
+            self.waiting = False
+            return value
 
         try:
             return super().call_with_retry(attempt, fail, *args, **kwargs)
@@ -216,6 +231,7 @@ class _AsyncRetry(AsyncRetry):
     def __init__(self, budget_s: float) -> None:
         super().__init__(ExponentialBackoff(cap=RETRY_BACKOFF_CAP_S, base=RETRY_BACKOFF_BASE_S), -1)
         self.budget_s = budget_s
+        self.waiting = False  # a call is being tried again (said once: _waiting)
 
     async def call_with_retry(
         self, do: Callable[[], Awaitable[T]], fail: Any, *args: Any, **kwargs: Any
@@ -224,17 +240,21 @@ class _AsyncRetry(AsyncRetry):
 
         async def attempt() -> T:
             try:
-                return await do()
+                value = await do()
             except ResponseError as exc:
                 if redis_says_later(exc) not in PASSING:
                     raise
                 if time.monotonic() >= deadline:
                     raise _Final(exc) from exc
+                _waiting(self, exc)
                 raise _Later(exc) from exc
             except self._supported_errors as exc:
                 if lasting_refusal(exc) or time.monotonic() >= deadline:
                     raise _Final(exc) from exc
+                _waiting(self, exc)
                 raise
+            self.waiting = False
+            return value
 
         try:
             return await super().call_with_retry(attempt, fail, *args, **kwargs)
@@ -442,6 +462,7 @@ def client_from_url(url: str, options: dict[str, Any]) -> Redis:
             startup_nodes=nodes, **_cluster_options(options), **cluster.options))  # fmt: skip
     target = parse_sentinel_url(url)
     if target is None:
+        _check_database(url)
         return Redis.from_url(url, **options)
     # (untyped before redis-py 8)
     sentinel = Sentinel(target.sentinels, sentinel_kwargs=_sentinel_options(target, options))  # type: ignore[no-untyped-call,unused-ignore]  # untyped before redis-py 8
@@ -454,6 +475,16 @@ def client_from_url(url: str, options: dict[str, Any]) -> Redis:
     return client
 
 
+def _check_database(url: str) -> None:
+    """ValueError unless a plain redis:// or rediss:// URL's path is empty or a database
+    number (redis-py would take `/abc` as database 0)."""
+    if url.partition("://")[0].lower() not in ("redis", "rediss"):
+        return
+    path = urlsplit(url).path.strip("/")
+    if path and not path.isdigit():
+        raise ValueError(f"the path {path!r} must be a database number")
+
+
 def async_client_from_url(url: str, options: dict[str, Any]) -> AsyncRedis:
     """The same on redis.asyncio."""
     cluster = parse_cluster_url(url)
@@ -464,6 +495,7 @@ def async_client_from_url(url: str, options: dict[str, Any]) -> AsyncRedis:
         ))  # fmt: skip
     target = parse_sentinel_url(url)
     if target is None:
+        _check_database(url)
         plain: AsyncRedis = AsyncRedis.from_url(url, **options)  # (untyped in redis-py 5.3)
         return plain
     # (untyped before redis-py 8)
@@ -535,6 +567,18 @@ def ping(client: Redis, url: str) -> None:
         client.ping()
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
         raise ConnectionFailed(url, str(exc) or type(exc).__name__) from exc
+    except ResponseError as exc:
+        raise bad_database(url, exc) or exc from exc
+
+
+def bad_database(url: str, exc: RedisError) -> ValidationError | None:
+    """The URL's database number is one the server does not have (SELECT refused as the
+    connection opened): bad input naming url. None for any other error."""
+    if not (isinstance(exc, ResponseError) and str(exc).startswith("DB index is out of range")):
+        return None
+    db = urlsplit(url).path.lstrip("/") or "0"
+    return ValidationError("url", f"{redact_url(url)!r}: this Redis has no database {db} "
+                                  "(its `databases` setting)")  # fmt: skip
 
 
 def check_eviction_policy(client: Redis, log: logging.Logger) -> str:

@@ -77,6 +77,7 @@ class SessionqGroup(click.Group):
 
 
 @click.group(cls=SessionqGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="sessionq", prog_name="sessionq")
 @click.option(
     "--url",
     envvar="SESSIONQ_URL",
@@ -104,7 +105,10 @@ def cli(
     servers = ("worker", "up", "dashboard")
     level = (log_level or ("INFO" if ctx.invoked_subcommand in servers else "WARNING")).upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    ctx.obj = Settings.from_env(url, prefix=prefix, user=user)
+    try:
+        ctx.obj = Settings.from_env(url, prefix=prefix, user=user)
+    except ConfigError as exc:  # a bad --prefix, --user or SESSIONQ_* setting: bad input
+        raise click.UsageError(str(exc)) from exc
 
 
 def main() -> None:
@@ -517,7 +521,7 @@ def dashboard(
     ctx: click.Context, host: str, port: int, token: str | None, root_path: str,
     public_url: str | None,
 ) -> None:  # fmt: skip
-    """The live web dashboard and /metrics (SPEC §8), until Ctrl-C."""
+    """The live web dashboard and /metrics, until Ctrl-C."""
     try:
         from sessionq.producer.dashboard import serve
     except ModuleNotFoundError as exc:

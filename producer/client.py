@@ -19,6 +19,7 @@ from sessionq.common.connection import (
     PASSING,
     RETRY_BACKOFF_CAP_S,
     Backoff,
+    bad_database,
     connect,
     redis_says_later,
     sync_reply,
@@ -60,6 +61,9 @@ def mapped_error(url: str, exc: RedisError, memory: dict[str, Any] | None) -> Se
     refuses to this ACL user AccessDenied, OOM RedisFull (with `memory`, INFO's memory
     section, when it could be read), any other "try later" reply RedisUnavailable."""
     code = redis_says_later(exc)
+    wrong_database = bad_database(url, exc)
+    if wrong_database is not None:
+        return wrong_database
     if code == "OOM":
         memory = memory or {}
         return RedisFull(url, str(memory.get("used_memory_human", "more")),

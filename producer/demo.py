@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import sys
 import time
 
@@ -21,9 +22,16 @@ DEMO_FUNC = "sessionq.worker.demo:simulate"
 def run_demo(settings: Settings, *, runs: int, workers: int) -> int:
     where = settings.url if settings.url_configured else "an embedded Redis"
     click.echo(f"sessionq demo: {runs} runs on {workers} worker processes, on {where}")
+    # a queue of its own: workers already serving a Redis it is pointed at (which know
+    # nothing of the demo's function) take none of its runs
+    queue = f"demo-{secrets.token_hex(4)}"
     with (
         Stack(
-            settings, workers=workers, imports=["sessionq.worker.demo"], log_level="ERROR"
+            settings,
+            workers=workers,
+            imports=["sessionq.worker.demo"],
+            queues=[queue],
+            log_level="ERROR",
         ) as stack,
         Client(settings=stack.settings) as client,
     ):
@@ -31,11 +39,12 @@ def run_demo(settings: Settings, *, runs: int, workers: int) -> int:
         click.echo(f"Redis at {stack.settings.url}")
         sid = client.open_session(f"demo-{int(time.time())}", kind="demo")
         specs = [
-            build_run(name=f"simulate-{i}", task=DEMO_FUNC, args=[i], retries=1)
+            build_run(name=f"simulate-{i}", task=DEMO_FUNC, args=[i], retries=1, queue=queue)
             for i in range(runs)
         ]
         hello = "print('hello from a command run, no shell involved')"
-        specs.append(build_run(name="hello-command", cmd=[sys.executable, "-c", hello]))
+        specs.append(build_run(name="hello-command", cmd=[sys.executable, "-c", hello],
+                               queue=queue))  # fmt: skip
         client.add_runs(sid, specs)
         click.echo(f"session {sid}: {len(specs)} runs queued; following it live")
         tally = follow(client, [sid], logs=False)[sid]

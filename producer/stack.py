@@ -44,9 +44,11 @@ class Stack:
         workers: int,
         allow_commands: bool = True,
         imports: list[str] | None = None,
+        queues: list[str] | None = None,
         log_level: str = "INFO",
     ) -> None:
         self.log_level = log_level
+        self.queues = queues or []  # none: the workers' default
         self.settings = settings
         self.workers = workers
         self.allow_commands = allow_commands
@@ -78,6 +80,8 @@ class Stack:
             cmd.append("--allow-commands")
         for module in self.imports:
             cmd += ["--import", module]
+        for queue in self.queues:
+            cmd += ["--queue", queue]
         # the URL (maybe with a password) in the environment: a command line is public (ps)
         self.proc = subprocess.Popen(cmd, env={**os.environ, "SESSIONQ_URL": s.url})
         client: Redis = connect(s)

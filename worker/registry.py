@@ -48,8 +48,8 @@ def resolve(name: str) -> Callable[..., Any]:
     fn = _REGISTRY.get(name)
     if fn is None:
         raise RunRejected(
-            f"function {name!r} is not a registered @task on this worker "
-            "(register it with @worker.task and start the worker with --import MODULE)"
+            f"function {name!r} is not a registered @task on this worker (register it with "
+            "@task, from sessionq.worker, and start the worker with --import MODULE)"
         )
     return fn
 

@@ -13,7 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from sessionq.common.settings import Settings
 from sessionq.producer import Client
-from tests.conftest import ROOT, ended, wait_for
+from tests.conftest import ROOT, WorkerProcs, ended, wait_for
 
 
 def test_demo_runs_on_an_embedded_redis_and_cleans_up() -> None:
@@ -29,6 +29,22 @@ def test_demo_runs_on_an_embedded_redis_and_cleans_up() -> None:
     url = proc.stdout.split("Redis at ", 1)[1].split()[0]
     with pytest.raises(RedisConnectionError):
         Redis.from_url(url, socket_connect_timeout=1).ping()  # the embedded Redis is gone
+
+
+def test_demo_on_a_redis_whose_workers_do_not_know_its_function(
+    settings: Settings, workers: WorkerProcs
+) -> None:
+    """Pointed at a Redis that has workers already (serving the default queues, with other
+    tasks imported), the demo's runs go only to the workers it starts."""
+    workers.start(allow_commands=True)
+    env = {**os.environ, "SESSIONQ_URL": settings.url}
+    proc = subprocess.run(
+        [sys.executable, "-m", "sessionq", "--prefix", settings.prefix, "demo", "--runs", "20",
+         "--workers", "1"],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "  runs: succeeded 21\n" in proc.stdout  # (and no other count: none failed)
 
 
 def test_up_serves_until_interrupted() -> None:

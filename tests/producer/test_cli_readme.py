@@ -21,8 +21,8 @@ import pytest
 from sessionq.common.settings import Settings
 from sessionq.producer import Client
 from tests.conftest import ENV_KNOBS, ROOT, WorkerProcs, ended, wait_for
+from tests.producer.conftest import README
 
-README = (ROOT / "README.md").read_text()
 BIN = Path(sys.executable).parent
 
 # lines not run, each with its reason; every other shell line of the README is run below
@@ -101,19 +101,6 @@ def variants(command: str) -> list[str]:
         alternatives = [" ".join(c) for c in itertools.product(*words)]
         out = alternatives + out[1:]
     return list(dict.fromkeys(out))
-
-
-def readme_tasks_py() -> str:
-    [code] = re.findall(r"```python\n# myapp/tasks.py\n(.*?)```", README, re.S)
-    return code
-
-
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    (tmp_path / "myapp").mkdir()
-    (tmp_path / "myapp" / "__init__.py").write_text("")
-    (tmp_path / "myapp" / "tasks.py").write_text(readme_tasks_py())
-    return tmp_path
 
 
 class Shell:

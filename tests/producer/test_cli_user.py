@@ -185,6 +185,44 @@ def test_an_unparsable_url_is_bad_input_naming_url() -> None:
         Client("garbage")
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--prefix", "bad prefix", "ls"], "prefix 'bad prefix': "),
+        (["--user", "u" * 65, "ls"], "user 'uuu"),
+        (["--url", "redis://127.0.0.1:1/abc", "ls"], "the path 'abc' must be a database number"),
+    ],
+)
+def test_a_bad_setting_is_bad_input_naming_it(args: list[str], says: str) -> None:
+    code, _, err = _sessionq(*args)
+    assert code == 2
+    assert err.count("\n") == 1 and says in err and "Traceback" not in err
+
+
+def test_a_database_the_server_does_not_have_is_bad_input_naming_url(settings: Settings) -> None:
+    url = settings.url.rsplit("/", 1)[0] + "/99999"  # (the server has 16: redis.conf's default)
+    code, _, err = _sessionq("--url", url, "ls")
+    assert code == 2
+    assert err.startswith("sessionq: error: --url: ") and "has no database 99999" in err
+    assert err.count("\n") == 1
+    with pytest.raises(ValidationError, match="^url: .*has no database 99999"):
+        Client(url).stats()
+    worker = _sessionq("--url", url, "worker", "--burst")
+    assert worker[0] == 2 and "has no database 99999" in worker[2]
+
+
+def test_version_says_the_installed_one() -> None:
+    code, out, _ = _sessionq("--version")
+    assert code == 0 and out.startswith("sessionq, version ")
+
+
+def _sessionq(*args: str) -> tuple[int, str, str]:
+    """`sessionq ARGS` as a process: (exit status, stdout, stderr)."""
+    proc = subprocess.run([sys.executable, "-m", "sessionq", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)  # fmt: skip
+    return proc.returncode, proc.stdout, proc.stderr
+
+
 def test_ls_marks_a_cut_name_and_info_prints_counts(run: Run, client: Client) -> None:
     [sid] = client.create("a-very-long-session-name-of-30", task="tests.tasks:noop")
     code, out, _ = run("ls")
