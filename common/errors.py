@@ -115,7 +115,7 @@ class ValidationError(SessionqError, ValueError):
 
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field}: {problem}")
-        self.field = field
+        self.field, self.problem = field, problem
 
 
 class ValidationTypeError(ValidationError, TypeError):

@@ -10,12 +10,13 @@ Event's `to_wire()` encoded by common.codec (tests/common/test_event_format.py):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from sessionq.common import codec
-from sessionq.common.errors import CodecError
+from sessionq.common.errors import CodecError, ValidationError
 
 EVENT_SCHEMA_VERSION = 1
 
@@ -97,6 +98,24 @@ def decode_event(raw: bytes) -> dict[str, Any]:
                      data if isinstance(data, dict) else {})  # fmt: skip
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise CodecError(f"event: missing or bad field {exc}") from exc
+
+
+def check_event_types(types: Sequence[str]) -> None:
+    """ValidationError naming `types` unless each is an event type of SPEC §5, `op.NAME`, or
+    a prefix of them ending in `*` ("task.*")."""
+    known = [t.value for t in EventType]
+    for value in types:
+        stem = value[:-1] if value.endswith("*") else None
+        if stem is None and (value in known or (value.startswith("op.") and len(value) > 3)):
+            continue
+        if stem is not None and (
+            any(k.startswith(stem) for k in [*known, "op."]) or stem.startswith("op.")
+        ):
+            continue
+        raise ValidationError(
+            "types", f"{value!r} is not an event type ({', '.join(known)}, op.NAME; a "
+            "trailing * matches a prefix, e.g. 'task.*')",
+        )  # fmt: skip
 
 
 def matches(event_type: str, patterns: frozenset[str] | None) -> bool:

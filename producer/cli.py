@@ -26,6 +26,7 @@ from sessionq.producer.cli_base import (
     parse_env,
     parse_kwargs,
     sessions_of,
+    warn_unserved,
 )
 from sessionq.producer.client import format_event
 
@@ -171,7 +172,8 @@ def create(
 ) -> None:  # fmt: skip
     """Create session(s) running a command or a registered function."""
     kwargs = parse_kwargs(kwargs_json)
-    ids = client_of(ctx).create(
+    client = client_of(ctx)
+    ids = client.create(
         name, image, cores, ram, kind, gpu, cmd, parse_args(args_, typed=task is not None),
         parse_env(env), replicas,
         task=task, kwargs=kwargs, queue=queue, timeout=timeout, retries=retries,
@@ -180,6 +182,7 @@ def create(
         echo_json(ids)
     else:
         click.echo("\n".join(ids))
+    warn_unserved(client, queue, command=task is None)
 
 
 NAME_WIDTH = 24
@@ -298,22 +301,12 @@ def _check_types(
     ctx: click.Context, param: click.Parameter, types: tuple[str, ...]
 ) -> tuple[str, ...]:
     """--type: event types of SPEC §5 (or `op.NAME`), or a prefix of them ending in `*`."""
-    from sessionq.common.events import EventType
+    from sessionq.common.events import check_event_types
 
-    known = [t.value for t in EventType]
-    for value in types:
-        stem = value[:-1] if value.endswith("*") else None
-        if stem is None and (value in known or (value.startswith("op.") and len(value) > 3)):
-            continue
-        if stem is not None and (
-            any(k.startswith(stem) for k in [*known, "op."]) or stem.startswith("op.")
-        ):
-            continue
-        raise click.BadParameter(
-            f"{value!r} is not an event type ({', '.join(known)}, op.NAME; "
-            "a trailing * matches a prefix, e.g. 'task.*')",
-            ctx=ctx, param=param,
-        )  # fmt: skip
+    try:
+        check_event_types(types)
+    except ValidationError as exc:
+        raise click.BadParameter(exc.problem, ctx=ctx, param=param) from exc
     return types
 
 

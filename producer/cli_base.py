@@ -17,6 +17,7 @@ import click
 from sessionq.common.errors import ValidationError
 from sessionq.common.settings import Settings
 from sessionq.common.vocabulary import Status
+from sessionq.producer import plans
 from sessionq.producer.client import Client
 from sessionq.producer.plans import SessionRef
 
@@ -155,3 +156,15 @@ def control(
             if accepted:
                 click.echo(f"{sid} accepted")
     return 0 if ok and result and all(result.values()) else 1
+
+
+def warn_unserved(client: Client, queue: str | None, *, command: bool) -> None:
+    """Say on stderr when no live worker serves the queue a new run waits in: it waits
+    until one starts (a command run, for one started with --allow-commands)."""
+    waits_in = plans.run_queue_of(queue, command=command)
+    if waits_in in client._run(plans.served_queues(client.scripts)):
+        return
+    start = f"sessionq worker{f' --queue {queue}' if queue else ''}"
+    start += " --allow-commands" if command else " --import MODULE"
+    click.echo(f"warning: no live worker serves queue {waits_in!r}: the run waits until one "
+               f"does ({start})", err=True)  # fmt: skip

@@ -18,6 +18,7 @@ from sessionq.producer.cli_base import (
     parse_args,
     parse_env,
     parse_kwargs,
+    warn_unserved,
 )
 from sessionq.producer.client import Client
 from sessionq.producer.task import RUN_IF, Task
@@ -113,6 +114,7 @@ def add(
         click.echo(json.dumps({"session": session_of(tid), "task": tid}))
     else:
         click.echo(tid)
+    warn_unserved(client, queue, command=task is None)
     return 0
 
 

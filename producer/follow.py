@@ -146,7 +146,20 @@ def _follow_rich(events: Any, tallies: dict[str, Tally], logs: bool, stream: Tex
 
 
 def _follow_plain(events: Any, tallies: dict[str, Tally], logs: bool, stream: TextIO) -> None:
+    """A line per session as it starts to be followed, then at most one per PLAIN_EVERY_S
+    while it changes, and one as it ends."""
     last_print: dict[str, float] = {}
+    last_line: dict[str, str] = {}
+
+    def show(sid: str, tally: Tally) -> None:
+        line = (f"{tally.name} {sid}: {tally.done}/{tally.total} done, {tally.failed} failed, "
+                f"{tally.status}")  # fmt: skip
+        if line != last_line.get(sid):
+            last_line[sid], last_print[sid] = line, time.monotonic()
+            print(line, file=stream, flush=True)
+
+    for sid, tally in tallies.items():
+        show(sid, tally)
     for event in events:
         sid = event["session"]
         tally = tallies[sid]
@@ -154,8 +167,5 @@ def _follow_plain(events: Any, tallies: dict[str, Tally], logs: bool, stream: Te
         if logs and event["type"] == EventType.TASK_LOG:
             print(f"{tally.name}: {event['data'].get('line', '')}", file=stream, flush=True)
         ended = event["type"].startswith("session.") and event["type"] != EventType.SESSION_CREATED
-        now = time.monotonic()
-        if ended or now - last_print.get(sid, 0.0) >= PLAIN_EVERY_S:
-            last_print[sid] = now
-            print(f"{tally.name} {sid}: {tally.done}/{tally.total} done, {tally.failed} failed, "
-                  f"{tally.status}", file=stream, flush=True)  # fmt: skip
+        if ended or time.monotonic() - last_print.get(sid, 0.0) >= PLAIN_EVERY_S:
+            show(sid, tally)

@@ -31,7 +31,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sessionq.common.canfarstyle import as_id_list
 from sessionq.common.connection import lasting_refusal
 from sessionq.common.errors import AccessDenied, CodecError, ConnectionFailed, ValidationError
-from sessionq.common.events import TERMINAL_EVENTS, EventType, decode_event, matches
+from sessionq.common.events import (
+    TERMINAL_EVENTS,
+    EventType,
+    check_event_types,
+    decode_event,
+    matches,
+)
 from sessionq.common.keys import Keys
 from sessionq.common.vocabulary import ENDED_STATUSES
 from sessionq.producer import aiohub
@@ -76,6 +82,8 @@ class Ordering:
             isinstance(types, str) or not all(isinstance(t, str) for t in types)
         ):
             raise ValidationError("types", "expected a list of event type names")
+        if types:
+            check_event_types(types)
         self.types = frozenset(types) if types else None
         if isinstance(after, bool) or (after is not None and not isinstance(after, (int, dict))):
             raise ValidationError("after", "expected a seq (int) or a dict session -> seq")

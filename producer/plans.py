@@ -130,8 +130,12 @@ def new_session_id() -> str:
 def run_queue(spec: RunSpec) -> str:
     """The queue a run goes to: a command's to the command queue of its queue (only workers
     that run commands take them), a function's to its own; the default queue when none."""
-    queue = command_queue_for(spec.queue) if spec.is_command else spec.queue
-    return queue or DEFAULT_QUEUE
+    return run_queue_of(spec.queue, command=spec.is_command)
+
+
+def run_queue_of(queue: str | None, *, command: bool) -> str:
+    """run_queue of a run asking for `queue` (None: the default)."""
+    return (command_queue_for(queue) if command else queue) or DEFAULT_QUEUE
 
 
 def texts(reply: Sequence[Any]) -> list[Any]:
@@ -453,6 +457,14 @@ def prune_candidates(
             continue
         out.append(sid)
     return out
+
+
+def served_queues(scripts: Scripts) -> Plan[set[str]]:
+    """The queues the live workers serve (their RQ worker records' `queues`)."""
+    deadline_ms = (time.time() - scripts.settings.heartbeat_ttl_s) * 1000
+    [live] = yield Batch([Command.of("zrangebyscore", scripts.keys.workers(), deadline_ms, "+inf")])
+    rows = yield Batch([Command.of("hget", scripts.rq.worker(w.decode()), "queues") for w in live])
+    return {q for row in rows if row for q in codec.text(row).split(",") if q}
 
 
 def stats(scripts: Scripts) -> Plan[dict[str, Any]]:

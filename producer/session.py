@@ -660,7 +660,8 @@ class _SessionCore:
                 by_id.update(zip(block.tids, block.tasks, strict=True))
         refused = {
             "exists": f"the session already has a task named {reply[-1]!r} "
-                      "(task_pre_exist='raise')",
+                      "(task_pre_exist='raise'): give this one another name (Task's name=, "
+                      "the CLI's --name)",
             "retry": "a task being replaced changed meanwhile; add again",
             "running": f"the task it would replace, {reply[-1]}, is running; stop it first "
                        "(task_pre_exist='replace')",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import threading
 from typing import Any
@@ -15,6 +17,8 @@ from sessionq.common.settings import Settings
 from sessionq.producer import Client, Task
 from sessionq.producer.cli import cli
 from tests.conftest import WorkerProcs, ended, home, wait_for
+
+WATCH_END_S = 90  # generous: the machine may be loaded
 
 
 def many_runs(client: Client, n: int, task: str = "tests.tasks:noop", args: Any = None) -> str:
@@ -155,6 +159,26 @@ def test_cli_follow_ends_when_the_sessions_end(
     assert out.count("session.completed") == 2
     out = runner.invoke(cli, [*base, "logs", a, b, "--follow"]).stdout
     assert out.splitlines() == [f"{a}: one", f"{a}: two", f"{b}: all steps done"]
+
+
+def test_watch_says_where_a_session_stands_at_once_and_each_change_once(
+    settings: Settings, client: Client, workers: WorkerProcs
+) -> None:
+    sid = many_runs(client, 3, task="tests.tasks:noop")
+    env = {**os.environ, "SESSIONQ_URL": settings.url, "SESSIONQ_USER": settings.user}
+    proc = subprocess.Popen([sys.executable, "-m", "sessionq", "watch", sid], env=env,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        # no worker yet: nothing changes, and still the session's state comes first
+        assert proc.stdout.readline() == f"s3 {sid}: 0/3 done, 0 failed, Pending\n"
+        workers.start(1)
+        rest, _ = proc.communicate(timeout=WATCH_END_S)
+    finally:
+        proc.kill()
+    lines = rest.splitlines()
+    assert lines[-1] == f"s3 {sid}: Completed (3/3 done, 0 failed)"
+    assert len(set(lines)) == len(lines), "a line said twice"
 
 
 def test_watch_prints_plain_lines_when_not_a_terminal(

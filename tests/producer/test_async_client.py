@@ -62,8 +62,17 @@ def test_validation_errors_raise_from_coroutines(settings: Settings) -> None:
             else:
                 raise AssertionError("expected a ValueError")
             assert [e async for e in client.listen("nosuch", after=0, timeout=0.5)] == []
+            with pytest.raises(ValidationError, match="^types: 'task.done' is not an event"):
+                client.listen("nosuch", types=["task.done"])
 
     asyncio.run(main())
+
+
+def test_listen_refuses_an_unknown_event_type_as_the_cli_does(client: Client) -> None:
+    with pytest.raises(ValidationError, match="^types: 'bogus' is not an event type"):
+        client.listen(None, types=["bogus"])
+    for fine in (["task.*"], ["op.pause"], ["session.completed", "listener.gap"]):
+        client.listen(None, types=fine, timeout=0.1).close()
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ from sessionq.common.timing import in_seconds
 from sessionq.producer import Client
 from sessionq.producer.cli import cli
 from sessionq.producer.cli_base import typed_word
-from tests.conftest import ENV_KNOBS, ROOT, wait_for
+from tests.conftest import ENV_KNOBS, ROOT, WorkerProcs, wait_for
 
 # the `sessionq` command in-process: (exit code, stdout, stderr)
 Run = Callable[..., tuple[int, str, str]]
@@ -113,7 +113,8 @@ def test_names_are_taken_wherever_ids_are(run: Run, client: Client) -> None:
     assert code == 2 and sid in err and sid2 in err and err.count("\n") == 1
 
 
-def test_add_says_when_it_creates_a_session(run: Run, client: Client) -> None:
+def test_add_says_when_it_creates_a_session(run: Run, client: Client, workers: WorkerProcs) -> None:
+    workers.start(1)  # (none: each add would warn that no worker serves the queue)
     code, out, err = run("add", "deadbeef0000", "--task", "tests.tasks:noop")
     [record] = client.fetch()
     assert code == 0 and err == f"created session deadbeef0000 ({record['id']})\n"
@@ -209,6 +210,21 @@ def test_a_database_the_server_does_not_have_is_bad_input_naming_url(settings: S
         Client(url).stats()
     worker = _sessionq("--url", url, "worker", "--burst")
     assert worker[0] == 2 and "has no database 99999" in worker[2]
+
+
+def test_create_and_add_warn_when_no_live_worker_serves_the_queue(
+    run: Run, workers: WorkerProcs
+) -> None:
+    code, _, err = run("create", "lonely", "--task", "tests.tasks:noop", "--queue", "nobody")
+    assert code == 0
+    assert "warning: no live worker serves queue 'nobody'" in err and "--queue nobody" in err
+    code, _, err = run("create", "cmd", "--cmd", "true")
+    assert "no live worker serves queue 'commands'" in err and "--allow-commands" in err
+    workers.start(1)  # serves the default queue (no commands)
+    code, _, err = run("create", "served", "--task", "tests.tasks:noop")
+    assert code == 0 and err == ""
+    code, _, err = run("add", "kept", "--task", "tests.tasks:noop", "--queue", "elsewhere")
+    assert code == 0 and "no live worker serves queue 'elsewhere'" in err
 
 
 def test_version_says_the_installed_one() -> None:
