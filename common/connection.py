@@ -4,6 +4,7 @@ on a Redis that says "try later"."""
 from __future__ import annotations
 
 import logging
+import math
 import re
 import ssl
 import time
@@ -25,7 +26,7 @@ from redis.asyncio.sentinel import (
 )
 from redis.backoff import ExponentialBackoff
 from redis.cluster import ClusterNode, RedisCluster
-from redis.connection import URL_QUERY_ARGUMENT_PARSERS
+from redis.connection import URL_QUERY_ARGUMENT_PARSERS, parse_url
 from redis.exceptions import (
     AuthenticationError,
     BusyLoadingError,
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 # Redis's return this late
 RETRY_BACKOFF_CAP_S = 2.0
 RETRY_BACKOFF_BASE_S = 0.05
+# a client says its calls wait for Redis at their first failure, then at most this often
+WAITING_SAID_EVERY_S = 30.0
 # redis-py 8 caps a pool at 100 connections; each listener holds one, so allow many
 POOL_MAX_CONNECTIONS = 4096
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
@@ -109,6 +112,15 @@ def redis_unavailable(error: BaseException) -> bool:
     return isinstance(error, lost) or bool(redis_says_later(error))
 
 
+def why_waiting(error: BaseException) -> str:
+    """What a retry waits out, in words: Redis's "try later" reply (its code), too few
+    replicas, or Redis out of reach."""
+    code = redis_says_later(error)
+    return (f"Redis says try later ({code}: {error})" if code
+            else str(error) if isinstance(error, NotReplicated)
+            else f"Redis unreachable ({error})")  # fmt: skip
+
+
 class Backoff:
     """Capped exponential waits between tries while Redis is away or says "try later",
     logged once per episode (its first failure, then its end), not once per try."""
@@ -123,12 +135,8 @@ class Backoff:
     def failed(self, error: BaseException) -> float:
         """Note a failed try; the seconds to wait before the next one."""
         if not self.failures:
-            code = redis_says_later(error)
-            why = (f"Redis says try later ({code}: {error})" if code
-                   else str(error) if isinstance(error, NotReplicated)
-                   else f"Redis unreachable ({error})")  # fmt: skip
-            self.log.warning("%s: %s; backing off (up to %gs between tries)", self.what, why,
-                             self.cap_s)  # fmt: skip
+            self.log.warning("%s: %s; backing off (up to %gs between tries)", self.what,
+                             why_waiting(error), self.cap_s)  # fmt: skip
         self.failures += 1
         return float(min(self.cap_s, self.first_s * 2 ** min(self.failures - 1, 30)))
 
@@ -177,13 +185,29 @@ def lasting_refusal(error: Exception) -> bool:
     )
 
 
+class _Said:
+    """When a client last said that its calls wait for Redis: one object for all of the
+    client's connections (redis-py copies the Retry into each; copies of this are itself)."""
+
+    def __init__(self) -> None:
+        self.at = -math.inf
+
+    def __copy__(self) -> _Said:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Said:
+        return self
+
+
 def _waiting(retry: _Retry | _AsyncRetry, error: BaseException) -> None:
-    """A call failed and is tried again: said at the first failure of an episode (until a
-    call goes through), so that a wrong host or a Redis away is not a silent wait."""
-    if not retry.waiting:
-        retry.waiting = True
-        log.warning("Redis unavailable (%s): trying again for up to %gs "
-                    "(SESSIONQ_RETRY_BUDGET_S)", error, retry.budget_s)  # fmt: skip
+    """A call failed and is tried again: said at once (a wrong host or a Redis away is not a
+    silent wait), then at most once per WAITING_SAID_EVERY_S per client - a failover makes
+    every call of every connection fail for seconds."""
+    now = time.monotonic()
+    if now - retry.said.at >= WAITING_SAID_EVERY_S:
+        retry.said.at = now
+        log.warning("%s: trying again for up to %gs (SESSIONQ_RETRY_BUDGET_S)",
+                    why_waiting(error), retry.budget_s)  # fmt: skip
 
 
 class _Retry(Retry):
@@ -194,14 +218,14 @@ class _Retry(Retry):
     def __init__(self, budget_s: float) -> None:
         super().__init__(ExponentialBackoff(cap=RETRY_BACKOFF_CAP_S, base=RETRY_BACKOFF_BASE_S), -1)
         self.budget_s = budget_s
-        self.waiting = False  # a call is being tried again (said once: _waiting)
+        self.said = _Said()  # (see _waiting)
 
     def call_with_retry(self, do: Callable[[], T], fail: Any, *args: Any, **kwargs: Any) -> T:
         deadline = time.monotonic() + self.budget_s
 
         def attempt() -> T:
             try:
-                value = do()
+                return do()
             except ResponseError as exc:
                 if redis_says_later(exc) not in PASSING:
                     raise
@@ -214,8 +238,6 @@ class _Retry(Retry):
                     raise _Final(exc) from exc
                 _waiting(self, exc)
                 raise
-            self.waiting = False
-            return value
 
         try:
             return super().call_with_retry(attempt, fail, *args, **kwargs)
@@ -231,7 +253,7 @@ class _AsyncRetry(AsyncRetry):
     def __init__(self, budget_s: float) -> None:
         super().__init__(ExponentialBackoff(cap=RETRY_BACKOFF_CAP_S, base=RETRY_BACKOFF_BASE_S), -1)
         self.budget_s = budget_s
-        self.waiting = False  # a call is being tried again (said once: _waiting)
+        self.said = _Said()  # (see _waiting)
 
     async def call_with_retry(
         self, do: Callable[[], Awaitable[T]], fail: Any, *args: Any, **kwargs: Any
@@ -240,7 +262,7 @@ class _AsyncRetry(AsyncRetry):
 
         async def attempt() -> T:
             try:
-                value = await do()
+                return await do()
             except ResponseError as exc:
                 if redis_says_later(exc) not in PASSING:
                     raise
@@ -253,8 +275,6 @@ class _AsyncRetry(AsyncRetry):
                     raise _Final(exc) from exc
                 _waiting(self, exc)
                 raise
-            self.waiting = False
-            return value
 
         try:
             return await super().call_with_retry(attempt, fail, *args, **kwargs)
@@ -477,12 +497,15 @@ def client_from_url(url: str, options: dict[str, Any]) -> Redis:
 
 def _check_database(url: str) -> None:
     """ValueError unless a plain redis:// or rediss:// URL's path is empty or a database
-    number (redis-py would take `/abc` as database 0)."""
+    number, or its query gives db= (redis-py would take `/abc` as database 0)."""
     if url.partition("://")[0].lower() not in ("redis", "rediss"):
         return
-    path = urlsplit(url).path.strip("/")
-    if path and not path.isdigit():
-        raise ValueError(f"the path {path!r} must be a database number")
+    parts = urlsplit(url)
+    if any(name == "db" for name, _ in parse_qsl(parts.query)):
+        return  # (redis-py reads the query's db, not the path)
+    path = unquote(parts.path).strip("/")
+    if path and not (path.isascii() and path.isdigit()):
+        raise ValueError("its path must be a database number (/0, /1 ...) or nothing")
 
 
 def async_client_from_url(url: str, options: dict[str, Any]) -> AsyncRedis:
@@ -576,9 +599,19 @@ def bad_database(url: str, exc: RedisError) -> ValidationError | None:
     connection opened): bad input naming url. None for any other error."""
     if not (isinstance(exc, ResponseError) and str(exc).startswith("DB index is out of range")):
         return None
-    db = urlsplit(url).path.lstrip("/") or "0"
-    return ValidationError("url", f"{redact_url(url)!r}: this Redis has no database {db} "
-                                  "(its `databases` setting)")  # fmt: skip
+    return ValidationError("url", f"{redact_url(url)!r}: this Redis has no database "
+                                  f"{_database_of(url)} (its `databases` setting)")  # fmt: skip
+
+
+def _database_of(url: str) -> int | str:
+    """The database number a URL names (a Sentinel URL's master's), as redis-py reads it."""
+    try:
+        target = parse_sentinel_url(url)
+        if target is not None:
+            return int(target.master.get("db", 0))
+        return int(parse_url(url).get("db", 0))  # type: ignore[no-untyped-call,unused-ignore]  # untyped before redis-py 8
+    except ValueError:
+        return "?"
 
 
 def check_eviction_policy(client: Redis, log: logging.Logger) -> str:

@@ -77,8 +77,29 @@ class SessionqGroup(click.Group):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """--version: the installed distribution's (a checkout run without installing has none)."""
+    if not value or ctx.resilient_parsing:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = version("sessionq")
+    except PackageNotFoundError:
+        found = "unknown (not installed: pip install .)"
+    click.echo(f"sessionq, version {found}")
+    ctx.exit()
+
+
 @click.group(cls=SessionqGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="sessionq", prog_name="sessionq")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show the version and exit.",
+)
 @click.option(
     "--url",
     envvar="SESSIONQ_URL",

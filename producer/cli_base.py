@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from sessionq.common.errors import ValidationError
+from sessionq.common.errors import SessionqError, ValidationError
 from sessionq.common.settings import Settings
 from sessionq.common.vocabulary import Status
 from sessionq.producer import plans
@@ -160,9 +160,13 @@ def control(
 
 def warn_unserved(client: Client, queue: str | None, *, command: bool) -> None:
     """Say on stderr when no live worker serves the queue a new run waits in: it waits
-    until one starts (a command run, for one started with --allow-commands)."""
+    until one starts (a command run, for one started with --allow-commands). Advice only:
+    the runs are written already, so a failure to look is not the command's."""
     waits_in = plans.run_queue_of(queue, command=command)
-    if waits_in in client._run(plans.served_queues(client.scripts)):
+    try:
+        if waits_in in client._run(plans.served_queues(client.scripts)):
+            return
+    except SessionqError:
         return
     start = f"sessionq worker{f' --queue {queue}' if queue else ''}"
     start += " --allow-commands" if command else " --import MODULE"

@@ -114,7 +114,8 @@ def add(
         click.echo(json.dumps({"session": session_of(tid), "task": tid}))
     else:
         click.echo(tid)
-    warn_unserved(client, queue, command=task is None)
+    if not (in_ is not None or at or cron):  # (a scheduled run waits in the schedule first)
+        warn_unserved(client, queue, command=task is None)
     return 0
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import sys
 import time
 
@@ -17,14 +16,16 @@ from sessionq.producer.follow import follow
 from sessionq.producer.stack import Stack
 
 DEMO_FUNC = "sessionq.worker.demo:simulate"
+DEMO_QUEUE = "sessionq-demo"
 
 
 def run_demo(settings: Settings, *, runs: int, workers: int) -> int:
     where = settings.url if settings.url_configured else "an embedded Redis"
     click.echo(f"sessionq demo: {runs} runs on {workers} worker processes, on {where}")
     # a queue of its own: workers already serving a Redis it is pointed at (which know
-    # nothing of the demo's function) take none of its runs
-    queue = f"demo-{secrets.token_hex(4)}"
+    # nothing of the demo's function) take none of its runs; one name for every demo (its
+    # workers all run the same function), so demos leave no queue per run behind
+    queue = DEMO_QUEUE
     with (
         Stack(
             settings,

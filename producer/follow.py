@@ -151,15 +151,17 @@ def _follow_plain(events: Any, tallies: dict[str, Tally], logs: bool, stream: Te
     last_print: dict[str, float] = {}
     last_line: dict[str, str] = {}
 
-    def show(sid: str, tally: Tally) -> None:
+    def show(sid: str, tally: Tally, *, change: bool = True) -> None:
         line = (f"{tally.name} {sid}: {tally.done}/{tally.total} done, {tally.failed} failed, "
                 f"{tally.status}")  # fmt: skip
         if line != last_line.get(sid):
-            last_line[sid], last_print[sid] = line, time.monotonic()
+            last_line[sid] = line
+            if change:  # (the first line starts no wait: the first change shows at once)
+                last_print[sid] = time.monotonic()
             print(line, file=stream, flush=True)
 
     for sid, tally in tallies.items():
-        show(sid, tally)
+        show(sid, tally, change=False)
     for event in events:
         sid = event["session"]
         tally = tallies[sid]

@@ -461,10 +461,18 @@ def prune_candidates(
 
 def served_queues(scripts: Scripts) -> Plan[set[str]]:
     """The queues the live workers serve (their RQ worker records' `queues`)."""
-    deadline_ms = (time.time() - scripts.settings.heartbeat_ttl_s) * 1000
-    [live] = yield Batch([Command.of("zrangebyscore", scripts.keys.workers(), deadline_ms, "+inf")])
-    rows = yield Batch([Command.of("hget", scripts.rq.worker(w.decode()), "queues") for w in live])
+    ask = Command.of("zrange", scripts.keys.workers(), 0, -1, withscores=True)
+    now, workers = yield Batch([Command.of("time"), ask])
+    live = live_workers(scripts, now, workers)
+    rows = yield Batch([Command.of("hget", scripts.rq.worker(w), "queues") for w in live])
     return {q for row in rows if row for q in codec.text(row).split(",") if q}
+
+
+def live_workers(scripts: Scripts, now: Any, workers: list[tuple[bytes, float]]) -> list[str]:
+    """The workers (a ZRANGE WITHSCORES of the workers zset) whose heartbeat is fresh by
+    Redis's clock (`now`, TIME's reply), as the heartbeats are stamped."""
+    deadline_ms = (int(now[0]) + int(now[1]) / 1e6 - scripts.settings.heartbeat_ttl_s) * 1000
+    return [name.decode() for name, score in workers if score >= deadline_ms]
 
 
 def stats(scripts: Scripts) -> Plan[dict[str, Any]]:
@@ -478,6 +486,7 @@ def stats(scripts: Scripts) -> Plan[dict[str, Any]]:
         Command.of("zrange", k.workers(), 0, -1, withscores=True),
         Command.of("smembers", k.idx_status(Status.RUNNING.value)),
         Command.of("hgetall", k.queue_depths()),
+        Command.of("time"),
     ]
     replies = yield Batch(commands)
     depths = {key.decode(): max(0, int(n)) for key, n in replies[len(Status) + 4].items()}
@@ -486,8 +495,7 @@ def stats(scripts: Scripts) -> Plan[dict[str, Any]]:
     queue_keys = sorted(q.decode() for q in replies[len(Status) + 1])
     workers = replies[len(Status) + 2]
     running_ids = [i.decode() for i in replies[len(Status) + 3]]
-    deadline_ms = (time.time() - scripts.settings.heartbeat_ttl_s) * 1000
-    live = [name.decode() for name, score in workers if score >= deadline_ms]
+    live = live_workers(scripts, replies[len(Status) + 5], workers)
     commands = [Command.of("llen", qk) for qk in queue_keys]
     commands += [Command.of("hmget", rq.worker(w), "current_job", "cores", "ram") for w in live]
     commands += [Command.of("hget", k.sessions(), sid) for sid in running_ids]

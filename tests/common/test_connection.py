@@ -3,10 +3,12 @@ setting; a call outlasts an outage shorter than the budget."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
 import pytest
+from redis import Redis
 from redis.sentinel import SentinelConnectionPool
 
 from sessionq.common.connection import connect, connect_async, parse_sentinel_url
@@ -115,5 +117,29 @@ def test_a_call_outlasts_an_outage_longer_than_the_old_fixed_budget() -> None:
         caller.join(timeout=30)
         assert done == [1], "the call went through once Redis was back (a fresh, empty one)"
         client.close()
+    finally:
+        server.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_call_waiting_out_a_failover_says_so_once(caplog: pytest.LogCaptureFixture) -> None:
+    """A failover refuses writes (READONLY) for seconds while the connections come and go:
+    the client says once that its call waits, not at every try (nor per connection)."""
+    server = RedisServer().start()
+    try:
+        admin = Redis(port=server.port)
+        admin.replicaof("127.0.0.1", "1")  # a replica of nothing: writes refused, READONLY
+        client = connect(Settings.from_env(server.url, environ={}, retry_budget_s=30.0))
+        promote = threading.Timer(4.0, lambda: admin.replicaof("NO", "ONE"))
+        promote.start()
+        with caplog.at_level(logging.WARNING, logger="sessionq.common.connection"):
+            client.set("k", 1)  # tried again (reconnecting between tries) until promoted
+            assert client.get("k") == b"1"
+        promote.join()
+        said = [r for r in caplog.records if "trying again for up to 30s" in r.getMessage()]
+        assert len(said) == 1, [r.getMessage() for r in said]
+        assert "READONLY" in said[0].getMessage()
+        client.close()
+        admin.close()
     finally:
         server.stop()

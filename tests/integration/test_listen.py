@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import sys
 import threading
@@ -171,6 +172,8 @@ def test_watch_says_where_a_session_stands_at_once_and_each_change_once(
     try:
         assert proc.stdout is not None
         # no worker yet: nothing changes, and still the session's state comes first
+        said, _, _ = select.select([proc.stdout], [], [], WATCH_END_S)
+        assert said, "watch said nothing of a session that does not change"
         assert proc.stdout.readline() == f"s3 {sid}: 0/3 done, 0 failed, Pending\n"
         workers.start(1)
         rest, _ = proc.communicate(timeout=WATCH_END_S)

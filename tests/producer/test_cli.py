@@ -108,7 +108,7 @@ def test_unreachable_redis_is_exit_1_naming_the_url() -> None:
                           capture_output=True, text=True, cwd=ROOT, timeout=120)  # fmt: skip
     assert proc.returncode == 1
     said, error = proc.stderr.splitlines()  # what it waits for, as it starts to; then the error
-    assert "Redis unavailable" in said and "trying again for up to 1s" in said
+    assert "Redis unreachable" in said and "trying again for up to 1s" in said
     assert error.startswith("sessionq: error: ") and url in error
     assert "Traceback" not in proc.stderr
 

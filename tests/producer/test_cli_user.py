@@ -191,7 +191,8 @@ def test_an_unparsable_url_is_bad_input_naming_url() -> None:
     [
         (["--prefix", "bad prefix", "ls"], "prefix 'bad prefix': "),
         (["--user", "u" * 65, "ls"], "user 'uuu"),
-        (["--url", "redis://127.0.0.1:1/abc", "ls"], "the path 'abc' must be a database number"),
+        (["--url", "redis://127.0.0.1:1/abc", "ls"], "its path must be a database number"),
+        (["--url", "redis://127.0.0.1:1/²", "ls"], "its path must be a database number"),
     ],
 )
 def test_a_bad_setting_is_bad_input_naming_it(args: list[str], says: str) -> None:
@@ -210,6 +211,10 @@ def test_a_database_the_server_does_not_have_is_bad_input_naming_url(settings: S
         Client(url).stats()
     worker = _sessionq("--url", url, "worker", "--burst")
     assert worker[0] == 2 and "has no database 99999" in worker[2]
+    # the query's db wins over the path, as redis-py reads it
+    in_query = settings.url.rsplit("/", 1)[0] + "/0?db=99998"
+    with pytest.raises(ValidationError, match="has no database 99998"):
+        Client(in_query).stats()
 
 
 def test_create_and_add_warn_when_no_live_worker_serves_the_queue(
@@ -225,6 +230,10 @@ def test_create_and_add_warn_when_no_live_worker_serves_the_queue(
     assert code == 0 and err == ""
     code, _, err = run("add", "kept", "--task", "tests.tasks:noop", "--queue", "elsewhere")
     assert code == 0 and "no live worker serves queue 'elsewhere'" in err
+    # a scheduled run waits in the schedule first: nothing to say yet
+    code, _, err = run("add", "kept", "--task", "tests.tasks:noop", "--queue", "elsewhere",
+                       "--name", "later", "--in", "600")  # fmt: skip
+    assert code == 0 and err == ""
 
 
 def test_version_says_the_installed_one() -> None:
