@@ -269,6 +269,7 @@ end
 -- sessions): each session leaves the set of the status it had when the call began and joins
 -- that of the status it has now.
 reindex_all = function()
+  if #G.reindexed == 0 then return end
   local leave, join, order = {}, {}, {}
   local function add(sets, status, sid)
     if not sets[status] then
