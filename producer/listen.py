@@ -32,7 +32,7 @@ from sessionq.common.canfarstyle import as_id_list
 from sessionq.common.connection import lasting_refusal
 from sessionq.common.errors import AccessDenied, CodecError, ConnectionFailed, ValidationError
 from sessionq.common.events import TERMINAL_EVENTS, EventType, decode_event, matches
-from sessionq.common.keys import Keys
+from sessionq.common.keys import Keys, RoutedKeys
 from sessionq.common.vocabulary import ENDED_STATUSES
 from sessionq.producer import aiohub
 from sessionq.producer.hub import Subscription, subscribe
@@ -56,6 +56,13 @@ def _print(event: dict[str, Any] | None) -> Print | None:
 
 
 LOST = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def all_sessions_channels(keys: Keys) -> list[str]:
+    """The channels of every session's events: one, or one per partition (keys.RoutedKeys)."""
+    if isinstance(keys, RoutedKeys):
+        return keys.all_channels()
+    return [keys.events_all_channel()]
 
 
 class Ordering:
@@ -89,7 +96,7 @@ class Ordering:
 
     def channels(self) -> list[str]:
         if self.ids is None:
-            return [self.keys.events_all_channel()]
+            return all_sessions_channels(self.keys)
         return [self.keys.events_channel(sid) for sid in self.ids]
 
     def start_after(self, sid: str) -> int | None:
