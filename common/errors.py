@@ -88,6 +88,18 @@ class NotReplicated(SessionqError):
         self.wanted, self.got = wanted, got
 
 
+class PartlyWritten(SessionqError):
+    """A create() over several partitions (SPEC §9: atomic per slot) wrote the sessions of
+    some partitions, then failed: `ids` are written, `error` stopped the rest."""
+
+    def __init__(self, ids: list[str], error: BaseException) -> None:
+        super().__init__(
+            f"create() failed after writing {len(ids)} session(s) "
+            f"({', '.join(ids[:10])}{', ...' if len(ids) > 10 else ''}): {error}"
+        )
+        self.ids, self.error = ids, error
+
+
 class RedisUnavailable(SessionqError):
     """Redis answered but refused the command for now (a busy script, a dataset loading, a
     replica or a master without replicas, a failed save), past the client's retries."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 from functools import cache
+from typing import Any
 
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
@@ -313,3 +314,55 @@ class Layout:
             return sid
         spread = secrets.randbelow(256 // self.count) * self.count
         return f"{partition + spread:02x}{sid[2:]}"
+
+
+# a session's own keys (Keys methods whose first argument is a session id): found from the id
+SESSION_KEY_METHODS = ("session", "session_tasks", "session_names", "session_task_keys",
+                       "session_queue", "session_throttled", "session_held", "session_running",
+                       "session_objects", "session_state", "history", "logs",
+                       "events_channel")  # fmt: skip
+# a partition's own globals: with several partitions, there is one of each per partition
+PARTITION_KEY_METHODS = ("sessions", "names", "idx_status", "run_counts", "queue_depths",
+                         "idx_kind", "idx_owner", "worker_runs", "worker_inbox", "worker_handed",
+                         "idle_workers", "idle", "wake", "schedule", "retention", "waiting",
+                         "data_epoch", "events_all_channel")  # fmt: skip
+
+
+class RoutedKeys(Keys):
+    """The keys of a partitioned namespace seen whole (keys.Layout with P > 1): a session's
+    own keys from its id (its partition's), the namespace's own (worker heartbeats, locks,
+    the dashboard) from Layout.glob; a partition's globals are asked of that partition
+    (Layout.part) - here they raise, so that no caller reads one partition for all."""
+
+    __slots__ = ("layout",)
+
+    def __init__(self, layout: Layout) -> None:
+        super().__init__(layout.glob.prefix)
+        self.layout = layout
+
+    def all_channels(self) -> list[str]:
+        """Every partition's channel of all its sessions' events."""
+        return [part.events_all_channel() for part in self.layout.parts()]
+
+
+def _routed(name: str) -> Any:
+    def key(self: RoutedKeys, sid: str, *rest: str) -> str:
+        made: str = getattr(self.layout.of_session(sid), name)(sid, *rest)
+        return made
+
+    key.__name__ = key.__qualname__ = name
+    return key
+
+
+def _per_partition(name: str) -> Any:
+    def key(self: RoutedKeys, *_: str) -> str:
+        raise TypeError(f"keys.{name}: one per partition - ask Layout.part(n)")
+
+    key.__name__ = key.__qualname__ = name
+    return key
+
+
+for _name in SESSION_KEY_METHODS:
+    setattr(RoutedKeys, _name, _routed(_name))
+for _name in PARTITION_KEY_METHODS:
+    setattr(RoutedKeys, _name, _per_partition(_name))

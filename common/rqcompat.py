@@ -12,6 +12,7 @@ from functools import lru_cache
 from types import ModuleType
 
 from sessionq.common.errors import ConfigError
+from sessionq.common.keys import Layout
 from sessionq.common.settings import export_rq_prefix, exported_rq_prefix
 
 
@@ -94,3 +95,26 @@ class RQKeys:
 @lru_cache(maxsize=4)
 def rq_keys(prefix: str) -> RQKeys:
     return RQKeys(prefix)
+
+
+class RoutedRQKeys(RQKeys):
+    """RQ's keys of a partitioned namespace seen whole: a job's from its id (its session's
+    partition), the worker registry's and `rq suspend`'s RQ's own (`home`);
+    queues and registries are a partition's own (ScriptsBase.parts) - here they raise."""
+
+    def __init__(self, home: RQKeys, layout: Layout) -> None:  # (no super: copies `home`)
+        self.__dict__.update(vars(home))
+        del self.queues_set  # (one per partition)
+        self.layout = layout
+        self.parts = tuple(home.under(part.prefix) for part in layout.parts())
+
+    def job(self, job_id: str) -> str:
+        return self.parts[self.layout.partition_of(job_id)].job(job_id)
+
+    def queue(self, name: str) -> str:
+        raise TypeError("RQ queues are per partition")
+
+    def started(self, queue: str) -> str:
+        raise TypeError("RQ registries are per partition")
+
+    finished = failed = started

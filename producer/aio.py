@@ -146,13 +146,17 @@ class AsyncClient:
         timeout: float | None = None,
         retries: int = 0,
     ) -> list[str]:
-        """As Client.create (CANFAR's positional order); one script call writes it all."""
-        return await self._run(
-            plans.create(
-                self.scripts, name, image, cores, ram, kind, gpu, cmd, args, env, replicas,
-                task=task, kwargs=kwargs, queue=queue, timeout=timeout, retries=retries,
-            )
-        )  # fmt: skip
+        """As Client.create (CANFAR's positional order); one script call writes it all (one
+        per partition: see Client.create)."""
+        written: list[str] = []
+        with plans.partly_written(written):
+            return await self._run(
+                plans.create(
+                    self.scripts, name, image, cores, ram, kind, gpu, cmd, args, env, replicas,
+                    task=task, kwargs=kwargs, queue=queue, timeout=timeout, retries=retries,
+                    written=written,
+                )
+            )  # fmt: skip
 
     async def resolve(self, refs: str | Sequence[str]) -> plans.Resolved:
         return await self._run(plans.resolve(self.scripts, refs))

@@ -33,7 +33,7 @@ from sessionq.common.errors import (
     ValidationTypeError,
 )
 from sessionq.common.jobhash import RunSpec
-from sessionq.common.keys import Keys
+from sessionq.common.keys import Keys, Layout, RoutedKeys
 from sessionq.common.rqcompat import load_rq
 from sessionq.common.scripts import Scripts
 from sessionq.common.scripts.transport import server_of
@@ -120,7 +120,9 @@ class Client:
         self.settings = settings or Settings.from_env(url, prefix=prefix, user=user)
         load_rq(self.settings.prefix)
         self.redis: Redis = connect(self.settings, check=False)
-        self.keys = Keys(self.settings.prefix)
+        layout = Layout.of(self.settings)
+        # (several partitions: a session's keys found from its id, see keys.RoutedKeys)
+        self.keys = RoutedKeys(layout) if layout.partitioned else Keys(self.settings.prefix)
         self._scripts: Scripts | None = None
 
     @property
@@ -163,13 +165,17 @@ class Client:
         timeout: float | None = None,
         retries: int = 0,
     ) -> list[str]:
-        """Launch `replicas` sessions of one run each; returns their ids (SPEC §2)."""
-        return self._run(
-            plans.create(
-                self.scripts, name, image, cores, ram, kind, gpu, cmd, args, env, replicas,
-                task=task, kwargs=kwargs, queue=queue, timeout=timeout, retries=retries,
-            )
-        )  # fmt: skip
+        """Launch `replicas` sessions of one run each; returns their ids (SPEC §2). With
+        several partitions, a failure after some were written raises PartlyWritten."""
+        written: list[str] = []
+        with plans.partly_written(written):
+            return self._run(
+                plans.create(
+                    self.scripts, name, image, cores, ram, kind, gpu, cmd, args, env, replicas,
+                    task=task, kwargs=kwargs, queue=queue, timeout=timeout, retries=retries,
+                    written=written,
+                )
+            )  # fmt: skip
 
     # -- persistent sessions (SPEC §3) ----------------------------------------------------------
     @redis_errors

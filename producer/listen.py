@@ -38,7 +38,7 @@ from sessionq.common.events import (
     decode_event,
     matches,
 )
-from sessionq.common.keys import Keys
+from sessionq.common.keys import Keys, RoutedKeys
 from sessionq.common.vocabulary import ENDED_STATUSES
 from sessionq.producer import aiohub
 from sessionq.producer.hub import Subscription, subscribe
@@ -62,6 +62,13 @@ def _print(event: dict[str, Any] | None) -> Print | None:
 
 
 LOST = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def all_sessions_channels(keys: Keys) -> list[str]:
+    """The channels of every session's events: one, or one per partition (keys.RoutedKeys)."""
+    if isinstance(keys, RoutedKeys):
+        return keys.all_channels()
+    return [keys.events_all_channel()]
 
 
 class Ordering:
@@ -97,7 +104,7 @@ class Ordering:
 
     def channels(self) -> list[str]:
         if self.ids is None:
-            return [self.keys.events_all_channel()]
+            return all_sessions_channels(self.keys)
         return [self.keys.events_channel(sid) for sid in self.ids]
 
     def start_after(self, sid: str) -> int | None:

@@ -53,19 +53,22 @@ def open_id(
     check_name(name)
     check_kind(kind)
     field = f"{user}/{name}"
-    (existing,) = yield Batch([Command.of("hget", scripts.keys.names(), field)])
+    # its name is claimed in the partition its owner and name say (one with one partition)
+    partition = scripts.layout.partition_of_name(user, name)
+    home = scripts.parts[partition]
+    (existing,) = yield Batch([Command.of("hget", home.keys.names(), field)])
     if existing is not None:
         return codec.text(existing), False
     if not create:
         raise SessionNotFound(f"{name} (owner {user})")
-    sid = new_session_id()
+    sid = new_session_id() if len(scripts.parts) == 1 else scripts.layout.new_session_id(partition)
     record = SessionRecord(
         id=sid, name=name, kind=kind, owner=user, created_at_ms=int(time.time() * 1000),
         persistent=True, config=(config or SessionConfig()).to_wire(),
     )  # fmt: skip
     # the name is claimed in the step that creates the session: a process opening it at
     # the same time finds both or neither
-    call = scripts.enqueue_call([(sid, True, codec.encode(record.to_wire()), name, kind, user)],
+    call = home.enqueue_call([(sid, True, codec.encode(record.to_wire()), name, kind, user)],
                                 [], claim=field,
                                 retention_ms=(config or SessionConfig()).retention_ms)  # fmt: skip
     reply = texts((yield ScriptCall("enqueue", *call)))
@@ -81,9 +84,9 @@ def open_session(
     unless not `create` (then NotFound). A config given is stored with the session (replacing
     the stored one); else the stored one applies. A session created paused-by-config
     (autoplay False) is paused before this returns."""
-    k = scripts.keys
     sid, created = yield from open_id(scripts, DEFAULT_SESSION_NAME if name is None else name,
                                       config, create)  # fmt: skip
+    k = scripts.of(sid).keys
     raw, rpc_log = yield Batch([Command.of("hget", k.sessions(), sid),
                                 Command.of("hget", k.session(sid), "rpc_log")])  # fmt: skip
     if raw is None:
@@ -111,7 +114,7 @@ def keep_for(scripts: Scripts, sid: str, retention_ms: int | None) -> Plan[list[
     """The writes of a persistent session's new retention (SessionConfig.retention_s), kept in
     its hash for the scripts that end it; if it has ended already, due that long after its
     end. (The removal itself checks again that it has ended: remove_ended.)"""
-    k = scripts.keys
+    k = scripts.of(sid).keys
     if retention_ms is None:
         return [Command.of("hdel", k.session(sid), "retention_ms"),
                 Command.of("zrem", k.retention(), sid)]  # fmt: skip

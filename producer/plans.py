@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import click
+from redis.exceptions import RedisError
 
 from sessionq.common import codec
 from sessionq.common.canfarstyle import as_id_list, names_for_replicas
-from sessionq.common.errors import CodecError, ValidationError
+from sessionq.common.errors import CodecError, PartlyWritten, SessionqError, ValidationError
 from sessionq.common.events import decode_event
 from sessionq.common.jobhash import JobFields, RunSpec, build_run
 from sessionq.common.keys import DEFAULT_QUEUE, command_queue_for
@@ -143,6 +144,39 @@ def texts(reply: Sequence[Any]) -> list[Any]:
     return [r.decode() if isinstance(r, bytes) else r for r in reply]
 
 
+Gather = Callable[[Sequence[Any]], list[Any]]
+
+
+def _read_by_partition(
+    scripts: Scripts, method: str, key: Callable[[Scripts], str], items: Sequence[str],
+    partition_of: Callable[[str], Scripts] | None = None,
+) -> tuple[list[Command], Gather]:  # fmt: skip
+    """One `method` (HMGET) of `items` per partition, on `key` of that partition (its sessions
+    hash, its names hash), and what gives their replies back in the order of `items`. With
+    one partition: the one command, its reply as it is."""
+    if len(scripts.parts) == 1:
+        return [Command.of(method, key(scripts), list(items))], lambda replies: replies[0]
+    groups: dict[Scripts, list[str]] = {}
+    for item in items:
+        part = scripts.of(item) if partition_of is None else partition_of(item)
+        groups.setdefault(part, []).append(item)
+    commands = [Command.of(method, key(part), members) for part, members in groups.items()]
+
+    def gather(replies: Sequence[Any]) -> list[Any]:
+        found: dict[str, Any] = {}
+        for members, reply in zip(groups.values(), replies, strict=True):
+            found.update(zip(members, reply, strict=True))
+        return [found[item] for item in items]
+
+    return commands, gather
+
+
+def session_records(scripts: Scripts, ids: Sequence[str]) -> tuple[list[Command], Gather]:
+    """The HMGETs of the records of sessions `ids` (sessions hash), one per partition; what
+    gives them back in the order of `ids`."""
+    return _read_by_partition(scripts, "hmget", lambda part: part.keys.sessions(), ids)
+
+
 def reserve(scripts: Scripts, sid: str, count: int) -> Plan[list[str]]:
     """`count` new task ids of session `sid` (reserve.lua: never handed out twice)."""
     last = yield ScriptCall("reserve", *scripts.reserve_call(sid, count))
@@ -169,7 +203,8 @@ def owned(scripts: Scripts, ids: str | Sequence[str], what: str) -> Plan[dict[st
     out: dict[str, bool] = {}
     if not id_list:
         return out
-    (raws,) = yield Batch([Command.of("hmget", scripts.keys.sessions(), id_list)])
+    commands, gather = session_records(scripts, id_list)
+    raws = gather((yield Batch(commands)))
     for sid, raw in zip(id_list, raws, strict=True):
         out[sid] = False
         if raw is None:
@@ -206,8 +241,11 @@ def create(
     queue: str | None = None,
     timeout: float | None = None,
     retries: int = 0,
+    written: list[str] | None = None,
 ) -> Plan[list[str]]:
-    """`replicas` sessions of one run each, written by one enqueue script call; their ids."""
+    """`replicas` sessions of one run each, written by one enqueue script call; their ids.
+    With several partitions, one call per partition: `written` gets the ids of each as it
+    is written (for the error of a call that fails midway: see PartlyWritten)."""
     user = scripts.settings.user
     check_name(name)
     check_kind(kind)
@@ -230,8 +268,9 @@ def create(
     template = base.job_fields(queue, now)
     meta = codec.decode_map(template.sq, "job meta")
     sessions, runs, ids = [], [], []
+    new_id = new_session_id if len(scripts.parts) == 1 else scripts.layout.new_session_id
     for i, replica_name in enumerate(names):
-        sid = new_session_id()
+        sid = new_id()
         record.update(id=sid, name=replica_name, replica_id=i + 1)
         meta["name"] = replica_name
         if "replica_count" in meta:
@@ -242,10 +281,50 @@ def create(
                      None))  # fmt: skip
         ids.append(sid)
     retention_ms = max(1, int(scripts.settings.retention_s * 1000))
-    yield ScriptCall("enqueue", *scripts.enqueue_call(sessions, runs, now=now,
-                                                      retention_ms=retention_ms))  # fmt: skip
+    if len(scripts.parts) == 1:
+        yield ScriptCall("enqueue", *scripts.enqueue_call(sessions, runs, now=now,
+                                                          retention_ms=retention_ms))  # fmt: skip
+    else:
+        yield from _create_by_partition(scripts, sessions, runs, now, retention_ms,
+                                        [] if written is None else written)  # fmt: skip
     log.debug("created %d %s session(s) %s", replicas, kind, ids[:3])
     return ids
+
+
+class partly_written:  # noqa: N801 - a context manager, named as one is used
+    """Around a create(): an error after `written` got ids (several partitions, one call
+    each) is raised as PartlyWritten naming them. (A class: cheaper than contextmanager's
+    generator on the path of every create.)"""
+
+    __slots__ = ("written",)
+
+    def __init__(self, written: list[str]) -> None:
+        self.written = written
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        if self.written and isinstance(exc, (RedisError, SessionqError)):
+            raise PartlyWritten(self.written, exc) from exc
+
+
+def _create_by_partition(
+    scripts: Scripts, sessions: list[Any], runs: list[Any], now: float, retention_ms: int,
+    written: list[str],
+) -> Plan[None]:  # fmt: skip
+    """create()'s sessions written partition by partition, one enqueue call each: atomic per
+    partition (a slot of a cluster, SPEC §9); `written` gets each partition's ids once they
+    are written."""
+    for part, sids in scripts.grouped([s[0] for s in sessions]):
+        mine = set(sids)
+        index = [i for i, s in enumerate(sessions) if s[0] in mine]
+        renumber = {old: new for new, old in enumerate(index)}
+        part_runs = [(renumber[r[0]], *r[1:]) for r in runs if r[0] in renumber]
+        call = part.enqueue_call([sessions[i] for i in index], part_runs, now=now,
+                                 retention_ms=retention_ms)  # fmt: skip
+        yield ScriptCall("enqueue", *call)
+        written += sids
 
 
 # -- names and ids ------------------------------------------------------------------------------
@@ -282,10 +361,14 @@ def resolve(scripts: Scripts, refs: str | Sequence[str]) -> Plan[Resolved]:
     refs = list(dict.fromkeys(as_id_list(refs)))
     if not refs:
         return Resolved({}, [])
-    by_id, by_name = yield Batch([
-        Command.of("hmget", k.sessions(), refs),
-        Command.of("hmget", k.names(), [f"{user}/{ref}" for ref in refs]),
-    ])  # fmt: skip
+    by_ids, gather_ids = session_records(scripts, refs)
+    # a persistent session's name is claimed in its partition (keys.Layout.partition_of_name)
+    by_names, gather_names = _read_by_partition(
+        scripts, "hmget", lambda part: part.keys.names(), [f"{user}/{ref}" for ref in refs],
+        lambda field: scripts.parts[scripts.layout.partition_of_name(*field.split("/", 1))],
+    )  # fmt: skip
+    replies = yield Batch(by_ids + by_names)
+    by_id, by_name = gather_ids(replies[: len(by_ids)]), gather_names(replies[len(by_ids) :])
     ids: dict[str, str] = {}
     for ref, raw, named in zip(refs, by_id, by_name, strict=True):
         if raw is not None:
@@ -306,12 +389,11 @@ def resolve(scripts: Scripts, refs: str | Sequence[str]) -> Plan[Resolved]:
     wanted = list(dict.fromkeys(ids.values()))
     if not wanted:
         return Resolved({}, refs)
-    replies = yield Batch(
-        [Command.of("hmget", k.sessions(), wanted)]
-        + [Command.of("hget", k.session(sid), "status") for sid in wanted]
-    )
+    reads, gather = session_records(scripts, wanted)
+    replies = yield Batch(reads + [Command.of("hget", k.session(sid), "status") for sid in wanted])
     refs_by_id: dict[str, SessionRef] = {}
-    for sid, raw, status in zip(wanted, replies[0], replies[1:], strict=True):
+    statuses = replies[len(reads) :]
+    for sid, raw, status in zip(wanted, gather(replies[: len(reads)]), statuses, strict=True):
         if raw is None:  # destroyed meanwhile
             continue
         try:
@@ -329,11 +411,12 @@ def resolve(scripts: Scripts, refs: str | Sequence[str]) -> Plan[Resolved]:
 
 def _owned_by_name(scripts: Scripts, user: str) -> Plan[dict[str, list[str]]]:
     """name -> ids of the caller's sessions (oldest first), read from the owner index."""
-    (members,) = yield Batch([Command.of("smembers", scripts.keys.idx_owner(user))])
-    owned = sorted(codec.text(m) for m in members)
+    found = yield Batch([Command.of("smembers", p.keys.idx_owner(user)) for p in scripts.parts])
+    owned = sorted(codec.text(m) for members in found for m in members)
     if not owned:
         return {}
-    (raws,) = yield Batch([Command.of("hmget", scripts.keys.sessions(), owned)])
+    reads, gather = session_records(scripts, owned)
+    raws = gather((yield Batch(reads)))
     records = []
     for sid, raw in zip(owned, raws, strict=True):
         if raw is None:
@@ -357,7 +440,8 @@ def records(
         return []
     k, rq = scripts.keys, scripts.rq
     # the records in one HMGET: a command less per session (fetch returns many)
-    commands = [Command.of("get", k.dashboard()), Command.of("hmget", k.sessions(), list(ids))]
+    reads, gather = session_records(scripts, ids)
+    commands = [Command.of("get", k.dashboard()), *reads]
     for sid in ids:
         commands += [
             Command.of("hgetall", k.session(sid)),
@@ -366,8 +450,9 @@ def records(
     replies = yield Batch(commands)
     base = replies[0].decode() if replies[0] else None
     out = []
-    for n, (sid, raw) in enumerate(zip(ids, replies[1], strict=True)):
-        state, (result, error) = replies[2 + 2 * n : 4 + 2 * n]
+    first = 1 + len(reads)
+    for n, (sid, raw) in enumerate(zip(ids, gather(replies[1:first]), strict=True)):
+        state, (result, error) = replies[first + 2 * n : first + 2 + 2 * n]
         if raw is None:
             if not quiet:
                 log.warning("no such session: %s", sid)
@@ -395,23 +480,25 @@ def fetch(
 ) -> Plan[list[dict[str, Any]]]:
     """The caller's sessions (every user's with view="all"), filtered by kind and status;
     answered from the index sets, not a scan."""
-    k = scripts.keys
     if view not in VIEWS:
         raise ValidationError("view", f"{view!r} must be None or 'all'")
-    sets = []
-    if view != "all":
-        sets.append(k.idx_owner(scripts.settings.user))
     if kind is not None:
-        sets.append(k.idx_kind(check_kind(kind)))
-    if status is not None:
-        if status not in Status.__members__.values():
-            raise ValidationError(
-                "status", f"{status!r} is not one of {', '.join(s.value for s in Status)}"
-            )
-        sets.append(k.idx_status(status))
-    query = Command.of("sinter", sets) if sets else Command.of("hkeys", k.sessions())
-    (raw_ids,) = yield Batch([query])
-    ids = sorted(codec.text(i) for i in raw_ids)
+        kind = check_kind(kind)
+    if status is not None and status not in Status.__members__.values():
+        raise ValidationError(
+            "status", f"{status!r} is not one of {', '.join(s.value for s in Status)}"
+        )
+    queries = []
+    for part in scripts.parts:  # (one partition's index sets at a time)
+        k, sets = part.keys, []
+        if view != "all":
+            sets.append(k.idx_owner(scripts.settings.user))
+        if kind is not None:
+            sets.append(k.idx_kind(kind))
+        if status is not None:
+            sets.append(k.idx_status(status))
+        queries.append(Command.of("sinter", sets) if sets else Command.of("hkeys", k.sessions()))
+    ids = sorted(codec.text(i) for raw_ids in (yield Batch(queries)) for i in raw_ids)
     found = yield from records(scripts, ids, quiet=True)
     found.sort(key=lambda r: (r["created_at"] or "", r["name"]))
     return found
@@ -430,20 +517,26 @@ def prune_candidates(
         or not 0 <= older_than < float("inf")
     ):  # fmt: skip
         raise ValidationError("older_than", f"must be seconds >= 0 or None, got {older_than!r}")
-    k = scripts.keys
-    owner = k.idx_owner(scripts.settings.user)
-    ended = [k.idx_status(status) for status in sorted(ENDED_STATUSES)]
-    queries = [Command.of("smembers", key) if view == "all" else Command.of("sinter", [owner, key])
-               for key in ended]  # fmt: skip
+    queries = []
+    for part in scripts.parts:
+        owner = part.keys.idx_owner(scripts.settings.user)
+        ended = [part.keys.idx_status(status) for status in sorted(ENDED_STATUSES)]
+        queries += [Command.of("smembers", key) if view == "all"
+                    else Command.of("sinter", [owner, key]) for key in ended]  # fmt: skip
     ids = sorted({codec.text(i) for found in (yield Batch(queries)) for i in found})
     if not ids:
         return []
-    commands = [Command.of("hmget", k.sessions(), ids[at : at + PRUNE_READ_BATCH])
-                for at in range(0, len(ids), PRUNE_READ_BATCH)]  # fmt: skip
-    commands += [Command.of("hget", k.session(sid), "finished_at") for sid in ids]
+    chunks = [session_records(scripts, ids[at : at + PRUNE_READ_BATCH])
+              for at in range(0, len(ids), PRUNE_READ_BATCH)]  # fmt: skip
+    commands = [command for reads, _ in chunks for command in reads]
+    nreads = len(commands)
+    commands += [Command.of("hget", scripts.keys.session(sid), "finished_at") for sid in ids]
     replies = yield Batch(commands)
-    raws = [raw for chunk in replies[: len(commands) - len(ids)] for raw in chunk]
-    finished = replies[len(commands) - len(ids) :]
+    raws, at = [], 0
+    for reads, gather in chunks:
+        raws += gather(replies[at : at + len(reads)])
+        at += len(reads)
+    finished = replies[nreads:]
     before_ms = None if older_than is None else (time.time() - older_than) * 1000
     out = []
     for sid, raw, ended_ms in zip(ids, raws, finished, strict=True):
@@ -461,10 +554,10 @@ def prune_candidates(
 
 def served_queues(scripts: Scripts) -> Plan[set[str]]:
     """The queues the live workers serve (their RQ worker records' `queues`)."""
-    ask = Command.of("zrange", scripts.keys.workers(), 0, -1, withscores=True)
+    ask = Command.of("zrange", scripts.gkeys.workers(), 0, -1, withscores=True)
     now, workers = yield Batch([Command.of("time"), ask])
     live = live_workers(scripts, now, workers)
-    rows = yield Batch([Command.of("hget", scripts.rq.worker(w), "queues") for w in live])
+    rows = yield Batch([Command.of("hget", scripts.grq.worker(w), "queues") for w in live])
     return {q for row in rows if row for q in codec.text(row).split(",") if q}
 
 
@@ -478,33 +571,48 @@ def live_workers(scripts: Scripts, now: Any, workers: list[tuple[bytes, float]])
 def stats(scripts: Scripts) -> Plan[dict[str, Any]]:
     """Sessions by status, runs by state, queue depths, workers, cores and ram, and the largest
     live worker by cores and by ram (what CANFAR's stats() calls maxCores and maxRAM)."""
-    k, rq = scripts.keys, scripts.rq
-    commands = [Command.of("scard", k.idx_status(status.value)) for status in Status]
-    commands += [
-        Command.of("hgetall", k.run_counts()),
-        Command.of("smembers", rq.queues_set),
-        Command.of("zrange", k.workers(), 0, -1, withscores=True),
-        Command.of("smembers", k.idx_status(Status.RUNNING.value)),
-        Command.of("hgetall", k.queue_depths()),
-        Command.of("time"),
-    ]
+    # each partition's counters and indexes (one of each with one partition), summed
+    commands = [Command.of("zrange", scripts.gkeys.workers(), 0, -1, withscores=True)]
+    for part in scripts.parts:
+        k = part.keys
+        commands += [Command.of("scard", k.idx_status(status.value)) for status in Status]
+        commands += [
+            Command.of("hgetall", k.run_counts()),
+            Command.of("smembers", part.rq.queues_set),
+            Command.of("smembers", k.idx_status(Status.RUNNING.value)),
+            Command.of("hgetall", k.queue_depths()),
+        ]
+    commands.append(Command.of("time"))  # (live workers are judged by Redis's clock)
     replies = yield Batch(commands)
-    depths = {key.decode(): max(0, int(n)) for key, n in replies[len(Status) + 4].items()}
-    sessions = {s.value: int(n) for s, n in zip(Status, replies[: len(Status)], strict=True)}
-    counts = {key.decode(): int(v) for key, v in replies[len(Status)].items()}
-    queue_keys = sorted(q.decode() for q in replies[len(Status) + 1])
-    workers = replies[len(Status) + 2]
-    running_ids = [i.decode() for i in replies[len(Status) + 3]]
-    live = live_workers(scripts, replies[len(Status) + 5], workers)
-    commands = [Command.of("llen", qk) for qk in queue_keys]
-    commands += [Command.of("hmget", rq.worker(w), "current_job", "cores", "ram") for w in live]
-    commands += [Command.of("hget", k.sessions(), sid) for sid in running_ids]
+    workers = replies[0]
+    sessions = dict.fromkeys((s.value for s in Status), 0)
+    counts: dict[str, int] = {}
+    depths: dict[str, int] = {}
+    queue_keys: list[tuple[str, str]] = []  # (queue name, its key in a partition)
+    running: list[tuple[Scripts, str]] = []
+    at = 1
+    for part in scripts.parts:
+        for s, n in zip(Status, replies[at : at + len(Status)], strict=True):
+            sessions[s.value] += int(n)
+        at += len(Status)
+        for key, v in replies[at].items():
+            counts[key.decode()] = counts.get(key.decode(), 0) + int(v)
+        prefix = part.rq.queue("")
+        queue_keys += sorted((q.decode()[len(prefix) :], q.decode()) for q in replies[at + 1])
+        running += [(part, i.decode()) for i in replies[at + 2]]
+        depths.update({key.decode(): max(0, int(n)) for key, n in replies[at + 3].items()})
+        at += 4
+    live = live_workers(scripts, replies[-1], workers)
+    commands = [Command.of("llen", qk) for _, qk in queue_keys]
+    commands += [Command.of("hmget", scripts.grq.worker(w), "current_job", "cores", "ram")
+                 for w in live]  # fmt: skip
+    commands += [Command.of("hget", part.keys.sessions(), sid) for part, sid in running]
     replies = yield Batch(commands)
-    prefix = rq.queue("")
     # runs waiting: a queue's line holds one per session (fair share), its depth counts all;
     # the control queue's operations are in its list
-    queues = {qk[len(prefix) :]: depths.get(qk, int(n))
-              for qk, n in zip(queue_keys, replies, strict=False)}  # fmt: skip
+    queues: dict[str, int] = {}
+    for (name, qk), n in zip(queue_keys, replies, strict=False):
+        queues[name] = queues.get(name, 0) + depths.get(qk, int(n))
     worker_rows = replies[len(queue_keys) : len(queue_keys) + len(live)]
     busy = sum(1 for row in worker_rows if row[0])
     offers = [(float(row[1] or 0), float(row[2] or 0)) for row in worker_rows]
@@ -543,7 +651,7 @@ def logs(
     ids = as_id_list(ids)
     commands = []
     for sid in ids:
-        commands.append(Command.of("hexists", k.sessions(), sid))
+        commands.append(Command.of("hexists", scripts.of(sid).keys.sessions(), sid))
         commands.append(Command.of("lrange", k.logs(sid), 0, -1))
     replies = yield Batch(commands)
     out: dict[str, str] = {}

@@ -283,7 +283,8 @@ class _SessionCore:
         self.name = opened.name
         self.config = opened.config
         self._created_ms = opened.created_at_ms
-        self._scripts = scripts
+        # (with several partitions: the scripts of this session's, keys.Layout)
+        self._scripts = scripts = scripts.of(opened.id)
         self._keys = scripts.keys
         self._ids: deque[str] = deque()  # reserved task ids not used yet
         # ids this handle removed or forgot: a Task object that had one is added anew

@@ -18,7 +18,7 @@ from redis import Redis
 
 from sessionq.common.connection import connect, sync_reply
 from sessionq.common.errors import ConfigError
-from sessionq.common.keys import Keys
+from sessionq.common.keys import Layout
 from sessionq.common.redisserver import RedisServer
 from sessionq.common.settings import Settings
 
@@ -87,7 +87,7 @@ class Stack:
         client: Redis = connect(s)
         try:
             deadline = time.monotonic() + READY_TIMEOUT_S
-            while sync_reply(client.zcard(Keys(s.prefix).workers())) < self.workers:
+            while sync_reply(client.zcard(Layout.of(s).glob.workers())) < self.workers:
                 if self.proc.poll() is not None:
                     raise ConfigError(
                         f"the workers exited at start (status {self.proc.returncode})"

@@ -18,7 +18,7 @@ from redis import Redis
 from redis.cluster import RedisCluster
 
 from sessionq.common.clusterserver import RedisClusterServer
-from sessionq.common.keys import Keys
+from sessionq.common.keys import Keys, Layout, RoutedKeys
 from sessionq.common.redisserver import RedisServer
 from sessionq.common.scripts.transport import server_of
 from sessionq.common.settings import Settings
@@ -54,8 +54,14 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "c
 
 
 # SESSIONQ_TEST_TARGET=cluster: the suite against a 3-master Redis Cluster (redis+cluster://;
-# its namespace in one slot for now: settings.ONE_SLOT_PREFIX) - its second target
-ON_CLUSTER = os.environ.get("SESSIONQ_TEST_TARGET", "redis") == "cluster"
+# its namespace in one slot for now: settings.ONE_SLOT_PREFIX) - its second target;
+# SESSIONQ_TEST_TARGET=partitions: against one Redis, the namespace in PARTITIONS partitions
+# (SESSIONQ_PARTITIONS, keys.Layout) - its third
+TARGET = os.environ.get("SESSIONQ_TEST_TARGET", "redis")
+ON_CLUSTER = TARGET == "cluster"
+PARTITIONS = 4 if TARGET == "partitions" else 0
+if PARTITIONS:  # (for the workers started, and the CLI's settings from the environment)
+    ENV_KNOBS["SESSIONQ_PARTITIONS"] = os.environ["SESSIONQ_PARTITIONS"] = str(PARTITIONS)
 
 
 @pytest.fixture(scope="session")
@@ -117,12 +123,13 @@ def redis(redis_url: str) -> Iterator[Redis]:
 
 @pytest.fixture
 def settings(redis_url: str, redis: Redis) -> Settings:
-    return Settings.from_env(redis_url, environ={}, user="tester", **FAST)
+    return Settings.from_env(redis_url, environ={}, user="tester", partitions=PARTITIONS, **FAST)
 
 
 @pytest.fixture
 def keys(settings: Settings) -> Keys:
-    return Keys(settings.prefix)
+    layout = Layout.of(settings)
+    return RoutedKeys(layout) if layout.partitioned else Keys(settings.prefix)
 
 
 @pytest.fixture
@@ -159,10 +166,11 @@ class WorkerProcs:
         return proc
 
     def live(self) -> int:
-        return int(self.redis.zcard(Keys(self.settings.prefix).workers()))
+        return int(self.redis.zcard(Layout.of(self.settings).glob.workers()))
 
     def names(self) -> list[str]:
-        return [n.decode() for n in self.redis.zrange(Keys(self.settings.prefix).workers(), 0, -1)]
+        workers = Layout.of(self.settings).glob.workers()
+        return [n.decode() for n in self.redis.zrange(workers, 0, -1)]
 
     def stop_all(self) -> None:
         for proc in self.procs:

@@ -80,7 +80,8 @@ def _prerun_fatal(sq: Any) -> bool:
 
 
 class SessionWorker:
-    """A worker process: serves the control queue first, then its queues."""
+    """A worker process: serves the control queue first, then its queues (of a namespace of
+    several partitions, keys.Layout: worker.partitioned.PartitionedWorker)."""
 
     def __init__(
         self,
@@ -110,8 +111,7 @@ class SessionWorker:
         self.hard_kill = hard_kill
         self.head = self.scripts.worker_head(self.name, self.queues)
         # an idle worker waits on its inbox (runs an enqueue started for it) and the wakes
-        self.inbox = self.scripts.keys.worker_inbox(self.name)
-        self.wait_keys = [self.inbox, *(self.scripts.keys.wake(q) for q in self.queues)]
+        self.inbox, self.wait_keys = self._wait_keys()
         self.waits = True  # lists itself as waiting idle when a claim finds nothing
         self.ready: deque[Ready] = deque()  # started for us, to run in this order
         # held by a stop (any thread) and by the main thread as it takes a run up or lets it
@@ -143,6 +143,16 @@ class SessionWorker:
         self._was_suspended = False
         self._claim_refused = False  # the last step's claim was refused by `rq suspend`
         self._watcher: Any = None
+
+    def _wait_keys(self) -> tuple[str, list[str]]:
+        """Its inbox, and what it waits on idle: the inbox and its queues' wake lists."""
+        inbox = self.scripts.keys.worker_inbox(self.name)
+        return inbox, [inbox, *(self.scripts.keys.wake(q) for q in self.queues)]
+
+    def held_runs(self) -> list[str]:
+        """The runs its runs list holds (claimed or started for it)."""
+        held = sync_reply(self.redis.lrange(self.scripts.keys.worker_runs(self.name), 0, -1))
+        return [codec.text(i) for i in held]
 
     # -- lifecycle -------------------------------------------------------------------------
     def register(self) -> bool:
@@ -451,8 +461,7 @@ class SessionWorker:
 
         with self.take_lock:  # (runs in flight, ended or not, are known until collected)
             known = {r[0] for r in self.ready} | set(self.inflight)
-        held = sync_reply(self.redis.lrange(self.scripts.keys.worker_runs(self.name), 0, -1))
-        orphans = [codec.text(i) for i in held if codec.text(i) not in known]
+        orphans = [i for i in self.held_runs() if i not in known]
         if orphans:
             log.warning("worker %s: %d run(s) held after a lost reply", self.name, len(orphans))
             runs = self.scripts.with_queues(orphans)

@@ -47,7 +47,8 @@ OP_MAX_ATTEMPTS = 5
 
 def run_op(worker: OpsWorker, op_id: str) -> None:
     """Carry out one control operation; a failing one is retried, then dropped with an error."""
-    r, rq = worker.redis, worker.scripts.rq
+    r, part = worker.redis, worker.scripts.of(op_id)  # (its session's partition: op_tag)
+    rq = part.rq
     job_key = rq.job(op_id)
     raw = r.hget(job_key, "data")
     try:
@@ -67,12 +68,12 @@ def run_op(worker: OpsWorker, op_id: str) -> None:
         log.exception("control operation %s failed (attempt %d)", op_id, attempts)
         if attempts < OP_MAX_ATTEMPTS:
             pipe = r.pipeline()
-            pipe.lrem(worker.scripts.keys.worker_runs(worker.name), 1, op_id)
+            pipe.lrem(part.keys.worker_runs(worker.name), 1, op_id)
             pipe.rpush(rq.queue(CONTROL_QUEUE), op_id)
             pipe.execute()
             return
     pipe = r.pipeline()
-    pipe.lrem(worker.scripts.keys.worker_runs(worker.name), 1, op_id)
+    pipe.lrem(part.keys.worker_runs(worker.name), 1, op_id)
     pipe.delete(job_key)
     pipe.execute()
 
@@ -81,6 +82,7 @@ def destroy_session(
     scripts: Scripts, sid: str, *, worker_name: str = "", stop_local: StopLocal | None = None
 ) -> None:
     """Cancel what waits, stop what runs, and - once nothing runs - delete the session."""
+    scripts = scripts.of(sid)
     r, k = scripts.redis, scripts.keys
     raw = r.hget(k.sessions(), sid)
     if raw is None:
@@ -122,12 +124,22 @@ def reap(scripts: Scripts, me: str, *, steady_s: float, lock_s: float) -> int:
 def recover_worker(scripts: Scripts, name: str, reason: str, *, stale_ms: int = 0) -> bool:
     """Give back everything worker `name` held; finish destroys it was the last run of.
     With `stale_ms` (the reaper), only if its heartbeat is that old by Redis's clock: False
-    when it was not (it is alive)."""
+    when it was not (it is alive). With several partitions, partition by partition: it
+    leaves the registries with the last."""
+    last = len(scripts.parts) - 1
+    return all(_recover_in(part, name, reason, stale_ms=stale_ms, unregister=n == last)
+               for n, part in enumerate(scripts.parts))  # fmt: skip
+
+
+def _recover_in(
+    scripts: Scripts, name: str, reason: str, *, stale_ms: int, unregister: bool
+) -> bool:
+    """recover_worker in one partition."""
     r, k = scripts.redis, scripts.keys
     for _ in range(2):  # a run handed to it between the read and the script: once more
         run_ids = [codec.text(i) for i in sync_reply(r.lrange(k.worker_runs(name), 0, -1))]
         runs = scripts.with_queues(run_ids)
-        reply = scripts.recover(name, runs, reason, unregister=True, stale_ms=stale_ms)
+        reply = scripts.recover(name, runs, reason, unregister=unregister, stale_ms=stale_ms)
         if not reply.done:
             log.info("worker %s beat again before its recovery: left alone", name)
             return False

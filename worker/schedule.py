@@ -73,7 +73,8 @@ def resolve_runs(scripts: Scripts, run_ids: Iterable[str], worker: str = "") -> 
     by_session: dict[str, list[tuple[str, str, list[str]]]] = defaultdict(list)
     for run_id, (origin, deps_raw) in zip(ids, rows, strict=True):
         if origin is None or deps_raw is None:
-            scripts.redis.srem(scripts.keys.waiting(), run_id)  # gone, or waits on nothing
+            # gone, or waits on nothing
+            scripts.redis.srem(scripts.of(run_id).keys.waiting(), run_id)
             continue
         try:
             deps = [str(d) for d in codec.decode(deps_raw)]
@@ -325,7 +326,7 @@ class Scheduler:
         if not candidates:
             return []
         held: set[str] = set()
-        for worker in _texts(r.zrange(k.workers(), 0, -1)):
+        for worker in _texts(r.zrange(self.scripts.gkeys.workers(), 0, -1)):
             held.update(_texts(r.lrange(k.worker_runs(worker), 0, -1)))
         orphans = [i for i in candidates if i not in held]
         prefixes = tuple(f"{i}:" for i in orphans)

@@ -87,11 +87,11 @@ def child_name(base: str, pid: int) -> str:
 
 
 def _child(settings: Settings, opts: WorkerOptions, base: str, parent: int, shared: Shared) -> None:
-    from sessionq.worker.loop import SessionWorker
+    from sessionq.worker.partitioned import worker_class
     from sessionq.worker.registry import import_modules
 
     import_modules(opts.imports)
-    w = SessionWorker(
+    w = worker_class(settings)(
         settings, queues=opts.queues, allow_commands=opts.allow_commands,
         name=child_name(base, os.getpid()), cores=opts.cores, ram=opts.ram, hard_kill=True,
         max_jobs=opts.max_jobs,

@@ -97,7 +97,8 @@ class Watcher(threading.Thread):
         pubsub = None
         interval = w.settings.heartbeat_interval_s
         next_beat = next_tick = 0.0
-        scheduler = Scheduler(w.scripts, w.name)
+        # (one per partition, keys.Layout: each its own lock, schedule and waiting runs)
+        schedulers = [Scheduler(part, w.name) for part in w.scripts.parts]
         # at most a heartbeat interval between tries: beats resume as soon as Redis does
         backoff = Backoff(log, f"watcher {w.name}", cap_s=min(interval, RETRY_BACKOFF_CAP_S))
         while not self._stopping.is_set():
@@ -115,7 +116,8 @@ class Watcher(threading.Thread):
                 if now >= next_tick:
                     next_tick = now + w.settings.scheduler_interval_s
                     try:
-                        scheduler.tick()
+                        for scheduler in schedulers:
+                            scheduler.tick()
                     except Exception as exc:  # noqa: BLE001 - the scheduler must not stop heartbeats
                         if redis_unavailable(exc):
                             raise

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
@@ -30,6 +30,7 @@ from sessionq.common.settings import Settings
 from sessionq.common.times import rq_time
 
 BLOCK_CACHE_MAX = 4096
+_S = TypeVar("_S", bound="ScriptsBase")
 # the scripts whose writes are acknowledged to someone (a create, an add, an operation, a
 # change of state): with SESSIONQ_WAIT_REPLICAS they return once the replicas have them.
 # Heartbeats, reaping and events are bookkeeping that a failover may lose and redo. (A
@@ -83,36 +84,66 @@ class ScriptsBase:
     """The scripts registered on one connection (sources per prefix: the key builders hold
     it), and the pieces their packers share."""
 
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(
+        self, redis: Redis, settings: Settings, partition: int | None = None,
+        registered: dict[str, Script] | None = None,
+    ) -> None:  # fmt: skip
         self.redis = redis
         self.settings = settings
         self.layout = Layout.of(settings)
-        if self.layout.partitioned:
+        if self.layout.partitioned and settings.clustered:
             raise ConfigError(
-                f"{settings.partition_count} partitions (a Redis Cluster, or "
-                "SESSIONQ_PARTITIONS): sessionq's operations do not run partitioned yet (issue "
-                "19: the key layout is ready, the operations are not); use one Redis"
+                f"{settings.partition_count} partitions on a Redis Cluster: sessionq's "
+                "operations run partitioned on one Redis only, not yet on a cluster (issue 19); "
+                "leave SESSIONQ_PARTITIONS unset there"
             )
-        self.keys = k = Keys(settings.prefix)
-        self.rq: RQKeys = rq_keys(settings.prefix)
-        self.builders = key_builders(self.layout, self.rq)
+        # the scripts, registered once for every partition (a dict they share)
+        self._scripts: dict[str, Script] = {} if registered is None else registered
+        self._blocks: dict[tuple[str, str], list[str]] = {}  # run blocks (run_block)
+        self._queue_blocks: dict[str, list[str]] = {}  # enqueue.lua's, by queue name
         # Redis 7 reads each script's flags from its shebang, Redis 6 refuses the line: which
         # one this is, is asked before the first script is sent (transport.refuses_shebang)
         self.legacy: bool | None = None
-        self._scripts: dict[str, Script] = {}
+        # SESSIONQ_WAIT_REPLICAS: writes acknowledged only once that many replicas have them
+        self.durability = (
+            transport.Durability(settings.wait_replicas, int(settings.wait_timeout_s * 1000))
+            if settings.wait_replicas else None
+        )  # fmt: skip
+        # the namespace's own keys (worker heartbeats, locks) and RQ's own (its worker
+        # registry, `rq suspend`: under the prefix RQ's classes serve in this process)
+        self.gkeys: Keys = self.layout.glob
+        self.grq: RQKeys = rq_keys(settings.prefix)
+        self.partition = partition or 0
+        # this one's partitions (see `of`): itself, unless it is the whole of a partitioned
+        # namespace (scripts.partitioned.PartitionedScripts)
+        self.parts: tuple[Any, ...] = (self,)
+        if self.layout.partitioned:
+            self.keys = k = self.layout.part(self.partition)
+            self.rq = self.grq.under(k.prefix)
+        else:
+            self.keys = k = Keys(settings.prefix)
+            self.rq = rq_keys(settings.prefix)
+        self.builders = key_builders(self.layout, self.rq)
         status_keys = dict(zip(STATUS_KEYS, (k.idx_status(s[4:]) for s in STATUS_KEYS),
                                strict=True))  # fmt: skip
         self.globals = {"chan_all": k.events_all_channel(), **status_keys,
                         "counters": k.run_counts(), "depths": k.queue_depths(),
                         "retention": k.retention()}  # fmt: skip
         self._global_keys = [self.globals[name] for name in GLOBAL_KEYS]
-        self._blocks: dict[tuple[str, str], list[str]] = {}  # run blocks (run_block)
-        self._queue_blocks: dict[str, list[str]] = {}  # enqueue.lua's, by queue name
-        # SESSIONQ_WAIT_REPLICAS: writes acknowledged only once that many replicas have them
-        self.durability = (
-            transport.Durability(settings.wait_replicas, int(settings.wait_timeout_s * 1000))
-            if settings.wait_replicas else None
-        )  # fmt: skip
+
+    def of(self: _S, sid: str) -> _S:
+        """The scripts of the partition a session (or a run, or an operation) is in."""
+        return self
+
+    def op_tag(self, sid: str) -> str:
+        """What an operation's id on session `sid` starts with: its partition's mark (the
+        session id's first byte, keys.Layout), so that `of` finds it; none with one."""
+        return sid[:2] if self.layout.partitioned else ""
+
+    def grouped(self: _S, ids: Sequence[str]) -> list[tuple[_S, list[str]]]:
+        """Session (or run) ids by partition, in the order given within each: (the scripts
+        of the partition, its ids)."""
+        return [(self, list(ids))]
 
     @property
     def _script(self) -> dict[str, Script]:
@@ -124,8 +155,8 @@ class ScriptsBase:
         return self._scripts
 
     def _register(self) -> None:
-        self._scripts = {name: self.redis.register_script(
-            lua_source(name, self.builders, bool(self.legacy))) for name in CONTRACTS}  # fmt: skip
+        self._scripts.update({name: self.redis.register_script(
+            lua_source(name, self.builders, bool(self.legacy))) for name in CONTRACTS})  # fmt: skip
 
     async def ensure_version_async(self, redis: AsyncRedis) -> None:
         """Ask `redis` (asyncio) whether it reads shebangs, unless known (see _script)."""

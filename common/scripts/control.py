@@ -199,9 +199,10 @@ class ControlCalls(ScriptsBase):
     ) -> Recovered:  # fmt: skip
         """Give back a worker's runs [(run id, queue)] - with `stale_ms`, only if its last
         heartbeat is that old by Redis's clock (recover.lua)."""
-        k, rq = self.keys, self.rq
-        fixed = {**self.globals, "workers": k.workers(), "rq_workers": rq.workers_set,
-                 "runs": k.worker_runs(worker), "rq_worker": rq.worker(worker),
+        k = self.keys
+        g, grq = self.gkeys, self.grq  # (the namespace's: heartbeats, RQ's worker registry)
+        fixed = {**self.globals, "workers": g.workers(), "rq_workers": grq.workers_set,
+                 "runs": k.worker_runs(worker), "rq_worker": grq.worker(worker),
                  "inbox": k.worker_inbox(worker), "idle_workers": k.idle_workers(),
                  "handed": k.worker_handed(worker), "schedule": k.schedule()}  # fmt: skip
         keys = RECOVER.pack_keys(fixed, {"run": [self.run_block(r, q) for r, q in runs]})
@@ -220,9 +221,9 @@ class ControlCalls(ScriptsBase):
         """One heartbeat of `worker` on Redis's clock (heartbeat.lua), adding `counts` to
         RQ's counters of it; `vouch`: its supervisor's, for a child still registered. The
         reply is {now, steady since} (ms), or a pipeline's when `client` is one."""
-        s, rq = self.settings, self.rq
-        keys = HEARTBEAT.pack_keys({"workers": self.keys.workers(), "rq_worker": rq.worker(worker),
-                                    "steady": self.keys.worker_steady(worker)})  # fmt: skip
+        s, g = self.settings, self.gkeys
+        keys = HEARTBEAT.pack_keys({"workers": g.workers(), "rq_worker": self.grq.worker(worker),
+                                    "steady": g.worker_steady(worker)})  # fmt: skip
         pairs = list((counts or {}).items())
         args = HEARTBEAT.pack_args(
             {"worker": worker, "now_iso": rq_time(time.time()),
@@ -237,9 +238,9 @@ class ControlCalls(ScriptsBase):
     def reap_candidates(self, worker: str, *, steady_s: float, lock_s: float) -> list[str]:
         """The workers lost by Redis's clock, if `worker` may judge now (reap.lua)."""
         s = self.settings
-        keys = REAP.pack_keys({"workers": self.keys.workers(),
-                               "steady": self.keys.worker_steady(worker),
-                               "lock": self.keys.lock("reaper")})  # fmt: skip
+        g = self.gkeys
+        keys = REAP.pack_keys({"workers": g.workers(), "steady": g.worker_steady(worker),
+                               "lock": g.lock("reaper")})  # fmt: skip
         args = REAP.pack_args(
             {"worker": worker, "ttl_ms": int(s.heartbeat_ttl_s * 1000),
              "steady_ms": int(steady_s * 1000), "late_ms": int(s.heartbeat_late_s * 1000),
@@ -269,7 +270,7 @@ class ControlCalls(ScriptsBase):
     ) -> tuple[list[str], list[Any]]:  # fmt: skip
         """The keys and args of `request`, sent by no one: for a caller with its own client."""
         now = time.time()
-        op_id = f"op-{uuid.uuid4().hex[:16]}"
+        op_id = f"{self.op_tag(sid)}op-{uuid.uuid4().hex[:16]}"
         k, rq = self.keys, self.rq
         keys = REQUEST.pack_keys(
             {**self.globals, "control_queue": rq.queue(CONTROL_QUEUE),

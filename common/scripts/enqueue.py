@@ -123,7 +123,7 @@ class EnqueueCalls(ScriptsBase):
         k, rq = self.keys, self.rq
         return {**self.globals, "sessions": k.sessions(), "rq_queues": rq.queues_set,
                 "schedule": k.schedule(), "waiting": k.waiting(), "names": k.names(),
-                "idle_workers": k.idle_workers(), "workers": k.workers(),
+                "idle_workers": k.idle_workers(), "workers": self.gkeys.workers(),
                 "epoch": k.data_epoch()}  # fmt: skip
 
     def _enqueue_queue_block(self, queue: str) -> list[str]:

@@ -52,13 +52,13 @@ def test_a_partitions_script_writes_its_built_keys_and_partitions_cover_every_ma
         redis.close()
 
 
-def test_the_operations_say_they_are_not_partitioned_yet(
+def test_the_operations_say_they_are_not_partitioned_on_a_cluster_yet(
     redis_cluster: RedisClusterServer,
 ) -> None:
     settings = Settings.from_env(redis_cluster.url, environ={"SESSIONQ_PARTITIONS": "64"})
     redis = connect(settings)
     try:
-        with pytest.raises(ConfigError, match="do not run partitioned yet"):
+        with pytest.raises(ConfigError, match="not yet on a cluster"):
             ScriptsBase(redis, settings)
     finally:
         redis.close()

@@ -7,6 +7,8 @@ import select
 import subprocess
 import sys
 import threading
+from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from click.testing import CliRunner
@@ -17,6 +19,7 @@ from sessionq.common.jobhash import build_run
 from sessionq.common.settings import Settings
 from sessionq.producer import Client, Task
 from sessionq.producer.cli import cli
+from sessionq.producer.listen import all_sessions_channels
 from tests.conftest import WorkerProcs, ended, home, wait_for
 
 WATCH_END_S = 90  # generous: the machine may be loaded
@@ -71,7 +74,7 @@ def test_a_killed_connection_loses_nothing(
 
 
 def test_a_capped_history_is_reported_as_a_gap(settings: Settings, workers: WorkerProcs) -> None:
-    small = Settings.from_env(settings.url, environ={}, user="tester", history_cap=50)
+    small = replace(settings, history_cap=50)
     with Client(settings=small) as client:
         sid = many_runs(client, 100)  # 1 + 100 events, 50 kept
         events = list(client.listen(sid, after=0, timeout=2))
@@ -83,7 +86,7 @@ def test_a_capped_history_is_reported_as_a_gap(settings: Settings, workers: Work
 def test_a_batch_past_a_small_cap_leaves_no_unreported_hole(settings: Settings) -> None:
     """A cap under the trim period (64 events): a later batch writing past it must not leave
     the first events kept beside its last ones, a hole a late listener would skip silently."""
-    small = Settings.from_env(settings.url, environ={}, user="tester", history_cap=10)
+    small = replace(settings, history_cap=10)
     with Client(settings=small) as client:
         s = client.session("small-cap")
         s.add(Task("tests.tasks:add", args=[1, 1], name="first"))  # seq 1 and 2, both kept
@@ -140,9 +143,12 @@ def test_listen_to_every_session_ends_by_timeout(client: Client, workers: Worker
     got: list[dict[str, Any]] = []
     thread = threading.Thread(target=lambda: got.extend(client.listen(None, timeout=1.5)))
     thread.start()
-    channel = client.keys.events_all_channel()
-    wait_for(lambda: sync_reply(home(client.redis, channel).pubsub_numsub(channel))[0][1] == 1,
-             what="the listener to subscribe")  # fmt: skip
+
+    def subscribed(channel: str) -> bool:
+        return bool(sync_reply(home(client.redis, channel).pubsub_numsub(channel))[0][1] == 1)
+
+    for channel in all_sessions_channels(client.keys):
+        wait_for(partial(subscribed, channel), what="the listener to subscribe")
     ids = client.create("a", task="tests.tasks:noop", replicas=3)
     thread.join(timeout=30)
     assert {e["session"] for e in got} == set(ids)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -13,7 +14,6 @@ from redis import Redis
 
 from sessionq.common.errors import ObjectNotFound, SessionNotFound, TaskNotFound, ValidationError
 from sessionq.common.keys import Keys
-from sessionq.common.rqcompat import rq_keys
 from sessionq.common.settings import Settings
 from sessionq.producer import Client, Session, SessionConfig, Task, Workflow
 from tests.conftest import ROOT, WorkerProcs, home, wait_for
@@ -67,7 +67,7 @@ def test_remove_deletes_the_record_forget_keeps_it(
     a, b = s.add(Task(NOOP, name="a")), s.add(Task(NOOP, name="b"))
     workers.start()
     wait_for(lambda: ended(s), what="session end")
-    job = rq_keys(settings.prefix).job
+    job = client.scripts.rq.job  # (its session's partition's, with several)
     s.forget(a)
     assert a not in s and redis.exists(job(a)) == 1
     s.remove(b)
@@ -97,7 +97,7 @@ def test_flush_false_batches_many_changes_into_one_round_trip(
     assert len(other) == 1  # nothing written yet
     staged += [s.add(t, flush=False) for t in tasks[5:]]
     sent: list[int] = []
-    conn_type = home(client.redis, client.keys.sessions()).connection_pool.connection_class
+    conn_type = home(client.redis, client.keys.session(s.id)).connection_pool.connection_class
     original = conn_type.send_packed_command
 
     def counting(self: Any, command: Any, check_health: bool = True) -> None:
@@ -122,7 +122,8 @@ def test_reopening_by_name_from_another_process_gives_the_same_session(
     code = (
         "import json; from sessionq.common.settings import Settings;"
         "from sessionq.producer import Client;"
-        f"c = Client(settings=Settings.from_env({settings.url!r}, environ={{}}, user='tester'));"
+        f"c = Client(settings=Settings.from_env({settings.url!r}, environ={{}}, user='tester', "
+        f"partitions={settings.partitions}));"
         "s = c.session('shared', create=False);"
         f"print(json.dumps([s.id, s.list_ids(), s.list_names(), s.load({oid!r})]))"
     )
@@ -136,7 +137,7 @@ def test_no_name_is_the_callers_default_session_and_create_false_is_not_found(
 ) -> None:
     mine = client.session()
     assert mine.name == "default" and client.session().id == mine.id
-    other_user = Client(settings=Settings.from_env(settings.url, environ={}, user="someone"))
+    other_user = Client(settings=replace(settings, user="someone"))
     assert other_user.session().id != mine.id
     with pytest.raises(SessionNotFound):
         client.session("never-made", create=False)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 from redis import Redis
 
 from sessionq.common.errors import ValidationError
+from sessionq.common.keys import Layout
 from sessionq.common.settings import Settings
 from sessionq.producer import Client
 from tests.conftest import ROOT, WorkerProcs, ended, home_url, wait_for
@@ -101,7 +104,7 @@ def test_destroy_a_running_session(client: Client, workers: WorkerProcs) -> None
 
 def test_destroy_of_another_users_session_is_refused(settings: Settings, client: Client) -> None:
     [sid] = client.create("mine", task="tests.tasks:add", args=[1, 2])
-    with Client(settings=Settings.from_env(settings.url, environ={}, user="mallory")) as other:
+    with Client(settings=replace(settings, user="mallory")) as other:
         assert other.destroy(sid) == {sid: False}
         assert other.fetch() == []
         assert [r["id"] for r in other.fetch(view="all")] == [sid]
@@ -147,16 +150,30 @@ def test_rq_info_sees_our_queues_and_workers(
 ) -> None:
     ids = client.create("seen", task="tests.tasks:sleeper", args=[4], queue="elsewhere", replicas=3)
     workers.start(1, extra=["--queue", "elsewhere"])
-    wait_for(lambda: client.info(ids[0])[0]["status"] == "Running", what="the first run to start")
-    env = {**os.environ, "RQ_KEY_PREFIX": f"{settings.prefix}rq", "PYTHONPATH": str(ROOT)}
+    wait_for(lambda: any(r["status"] == "Running" for r in client.info(ids)),
+             what="the first run to start")  # fmt: skip
     url = home_url(client.redis, client.keys.workers())  # (rq takes one server)
     cmd = [sys.executable, "-m", "rq.cli", "info", "--url", url]
     cmd += ["-S", "sessionq.common.codec.RQSerializer"]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, check=True)
-    assert out.returncode == 0
-    text = out.stdout
-    assert "elsewhere" in text and "2, 1 executing" in text
-    assert f"{workers.names()[0]} (" in text
+    # RQ's worker registry under the prefix; with partitions, each one's queues under its own
+    prefixes = dict.fromkeys([settings.prefix, *(k.prefix for k in Layout.of(settings).parts())])
+    asked = [
+        subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "RQ_KEY_PREFIX": f"{prefix}rq", "PYTHONPATH": str(ROOT)},
+        )
+        for prefix in prefixes
+    ]  # fmt: skip  (at once: within the first run's 4 s)
+    texts = [rq_info.communicate(timeout=60)[0] for rq_info in asked]
+    assert all(rq_info.returncode == 0 for rq_info in asked)
+    counts = [re.search(r"^elsewhere\s+\|\S*\s+(\d+)(?:, (\d+) executing)?", text, re.M)
+              for text in texts]  # fmt: skip
+    waiting = sum(int(found[1]) for found in counts if found)
+    executing = sum(int(found[2] or 0) for found in counts if found)
+    assert (waiting, executing) == (2, 1), texts
+    assert f"{workers.names()[0]} (" in texts[0]
 
 
 def test_nothing_under_the_prefix_is_pickle(

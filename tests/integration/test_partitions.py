@@ -1,0 +1,141 @@
+"""One namespace in several partitions on one Redis (SESSIONQ_PARTITIONS, keys.Layout, SPEC
+§9): new sessions spread over the partitions, each session's keys in its own; reads see them
+all; a worker drains the runs of every partition; listeners hear every partition's sessions.
+(The §2-§5 suites run partitioned too: SESSIONQ_TEST_TARGET=partitions.)"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from redis import Redis
+from redis.exceptions import ResponseError
+
+from sessionq.common.errors import PartlyWritten
+from sessionq.common.keys import Layout
+from sessionq.common.settings import Settings
+from sessionq.producer import Client, Task
+from tests.conftest import WorkerProcs, wait_for
+
+PARTITIONS = 4
+
+
+@pytest.fixture
+def pclient(settings: Settings) -> Iterator[Client]:
+    """A client of the namespace in PARTITIONS partitions (whatever the target)."""
+    with Client(settings=replace(settings, partitions=PARTITIONS)) as client:
+        yield client
+
+
+@pytest.fixture
+def spread(pclient: Client) -> Settings:
+    return pclient.settings
+
+
+@pytest.fixture
+def pworkers(spread: Settings, redis: Redis) -> Iterator[WorkerProcs]:
+    """Workers of that namespace (SESSIONQ_PARTITIONS in their environment)."""
+    procs = WorkerProcs(spread, redis)
+    yield procs
+    procs.stop_all()
+
+
+def start(procs: WorkerProcs, n: int = 1) -> None:
+    procs.start(n, env={"SESSIONQ_PARTITIONS": str(PARTITIONS)})
+
+
+def test_new_sessions_spread_over_the_partitions_each_in_its_own(
+    pclient: Client, spread: Settings, redis: Redis
+) -> None:
+    layout = Layout.of(spread)
+    ids = pclient.create("spread", task="tests.tasks:noop", replicas=40)
+    by_partition = Counter(layout.partition_of(sid) for sid in ids)
+    assert len(by_partition) > 1, "every session landed in one partition"
+    for n, count in by_partition.items():
+        part = layout.part(n)
+        assert redis.hlen(part.sessions()) == count
+        assert redis.scard(part.idx_status("Pending")) == count
+    assert not redis.exists("sq:sessions"), "nothing under the one-partition names"
+    assert sorted(r["id"] for r in pclient.info(ids)) == sorted(ids)
+    assert sorted(r["id"] for r in pclient.fetch()) == sorted(ids)
+    stats = pclient.stats()
+    assert stats["sessions"]["Pending"] == 40 and stats["queues"]["default"] == 40
+
+
+def test_a_worker_drains_the_runs_of_every_partition(
+    pclient: Client, spread: Settings, redis: Redis, pworkers: WorkerProcs
+) -> None:
+    layout = Layout.of(spread)
+    ids = pclient.create("drain", task="tests.tasks:noop", replicas=30)
+    s = pclient.session("many")  # a persistent session: its name's partition
+    assert layout.partition_of(s.id) == layout.partition_of_name(spread.user, "many")
+    s.map("tests.tasks:echo", range(20))
+    start(pworkers)
+    wait_for(lambda: all(r["status"] == "Completed" for r in pclient.info([*ids, s.id])),
+             timeout=60, what="every session to complete")  # fmt: skip
+    used = {layout.partition_of(sid) for sid in [*ids, s.id]}
+    done = {n for n in range(PARTITIONS)
+            if int(redis.hget(layout.part(n).run_counts(), "succeeded") or 0) > 0}  # fmt: skip
+    assert done == used and len(done) > 1
+    assert pclient.stats()["tasks"]["succeeded"] == 50
+
+
+def test_control_and_destroy_reach_a_session_in_any_partition(
+    pclient: Client, pworkers: WorkerProcs, spread: Settings
+) -> None:
+    layout = Layout.of(spread)
+    sessions = [pclient.session(f"ctl-{i}") for i in range(8)]
+    assert len({layout.partition_of(s.id) for s in sessions}) > 1
+    for s in sessions:
+        s.pause()
+        s.add(Task("tests.tasks:noop", name="held"))
+    start(pworkers)
+    for s in sessions:
+        s.play()
+        assert s.wait(timeout=30) == "Completed"
+    accepted = pclient.destroy([s.id for s in sessions])
+    assert all(accepted.values())
+    wait_for(lambda: pclient.info([s.id for s in sessions]) == [], what="the destroys")
+
+
+def test_listening_to_every_session_hears_every_partition(
+    pclient: Client, pworkers: WorkerProcs, spread: Settings
+) -> None:
+    start(pworkers)
+    heard: list[dict[str, Any]] = []
+    listening = threading.Thread(
+        target=lambda: heard.extend(pclient.listen(None, types=["session.completed"], timeout=4))
+    )
+    listening.start()
+    channels = [part.events_all_channel() for part in Layout.of(spread).parts()]
+    wait_for(lambda: all(n == 1 for _, n in pclient.redis.pubsub_numsub(*channels)),
+             what="the listener to subscribe to every partition")  # fmt: skip
+    ids = pclient.create("heard", task="tests.tasks:noop", replicas=12)
+    listening.join(timeout=60)
+    assert {e["session"] for e in heard} == set(ids)
+    assert len({Layout.of(spread).partition_of(sid) for sid in ids}) > 1
+
+
+def test_a_create_that_fails_midway_names_the_sessions_it_wrote(
+    pclient: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[Any] = []
+    send = pclient._script_call
+
+    def second_fails(step: Any) -> Any:  # the second partition's call is refused
+        calls.append(step)
+        if len(calls) == 2:
+            raise ResponseError("refused")
+        return send(step)
+
+    monkeypatch.setattr(pclient, "_script_call", second_fails)
+    with pytest.raises(PartlyWritten, match="refused") as caught:
+        pclient.create("partly", task="tests.tasks:noop", replicas=40)
+    monkeypatch.undo()
+    written = caught.value.ids
+    assert 0 < len(written) < 40
+    assert sorted(r["id"] for r in pclient.fetch()) == sorted(written)

@@ -1,0 +1,93 @@
+"""A worker of a namespace of several partitions (keys.Layout, SPEC §9): the loop of
+worker.loop, its steps sent per partition (scripts.partitioned.PartitionedScripts: the runs
+it finishes and starts go to their own partition's step, its claim to one partition at a
+time, in turn). When the partition of its turn has nothing, it asks the next ones, in turn,
+before it waits idle; it waits on every partition's wake lists, and its next claim goes to
+the partition that woke it. It never lists itself as waiting idle in a partition (an enqueue
+hands no run to it): enqueues wake it instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sessionq.common import codec
+from sessionq.common.connection import sync_reply
+from sessionq.common.scripts import Finish, StartResult, handed_run
+from sessionq.common.settings import Settings
+from sessionq.worker.loop import IDLE_WAIT_S, SessionWorker
+
+
+def worker_class(settings: Settings) -> type[SessionWorker]:
+    """The worker of the namespace `settings` name: PartitionedWorker with several
+    partitions, else SessionWorker."""
+    return PartitionedWorker if settings.partition_count > 1 else SessionWorker
+
+
+class PartitionedWorker(SessionWorker):
+    """SessionWorker over every partition of its namespace."""
+
+    def _wait_keys(self) -> tuple[str, list[str]]:
+        parts = self.scripts.parts
+        self.spread: Any = self.scripts  # (a PartitionedScripts)
+        self.inboxes = {p.keys.worker_inbox(self.name) for p in parts}
+        # a wake list's partition: the next claim goes there
+        self.woken_by = {p.keys.wake(q): n for n, p in enumerate(parts) for q in self.queues}
+        waits = []
+        for p in parts:
+            waits += [p.keys.worker_inbox(self.name), *(p.keys.wake(q) for q in self.queues)]
+        return "", waits
+
+    def held_runs(self) -> list[str]:
+        pipe = self.redis.pipeline(transaction=False)
+        for part in self.scripts.parts:
+            pipe.lrange(part.keys.worker_runs(self.name), 0, -1)
+        return [codec.text(i) for held in pipe.execute() for i in held]
+
+    def _claim(
+        self, finishes: list[Finish], claim: int = 0, waits: bool | None = None,
+        meanwhile: Callable[[], None] | None = None,
+    ) -> bool:  # fmt: skip
+        """As SessionWorker's, its claim to the partition of its turn; if that has nothing,
+        to the next partitions in turn, until one has (a worker holds the runs of one
+        partition's claim at a time, as it would with one partition)."""
+        if super()._claim(finishes, claim, False, meanwhile):
+            return True
+        return any(super(PartitionedWorker, self)._claim([], claim, False)
+                   for _ in range(len(self.scripts.parts) - 1))  # fmt: skip
+
+    def wait_idle(self) -> None:
+        popped = self.scripts.wait(self.wait_keys, IDLE_WAIT_S)
+        if not popped:
+            return
+        key = codec.text(popped[0])
+        if key in self.inboxes:
+            handed = handed_run(popped[1])
+            if handed[2] == StartResult.RUN:
+                self.scripts.took_handed(self.name, handed[0], handed[6])
+            self._take([handed])
+        elif key in self.woken_by:
+            self.spread.claim_at = self.woken_by[key]
+
+    def _take_inbox(self, unlist: bool = False, *, leaving: bool = False) -> None:
+        """SessionWorker's, in every partition (one transaction each)."""
+        handed: list[Any] = []
+        for part in self.scripts.parts:
+            k = part.keys
+            pipe = self.redis.pipeline(transaction=True)
+            if unlist:
+                pipe.srem(k.idle_workers(), self.name)
+                for q in self.queues[1:]:
+                    pipe.lrem(k.idle(q), 0, self.name)
+            pipe.lrange(k.worker_inbox(self.name), 0, -1)
+            pipe.delete(k.worker_inbox(self.name))
+            if leaving:
+                pipe.delete(k.worker_handed(self.name))
+            entries = sync_reply(pipe.execute())[-3 if leaving else -2]
+            handed += [handed_run(e) for e in entries]
+        if not leaving:
+            for run in handed:
+                if run[2] == StartResult.RUN:
+                    self.scripts.took_handed(self.name, run[0], run[6])
+        self._take(handed)
