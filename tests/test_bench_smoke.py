@@ -99,6 +99,16 @@ def test_the_profile_command_drains_its_runs_and_prints_the_worker_s_call_tree()
     assert "SessionWorker.work" in proc.stdout and "SessionWorker._execute" in proc.stdout
 
 
+def test_luacost_prints_each_scripts_setup_time() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "bench.luacost", "--calls", "200", "run", "reserve"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=100)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {line.split()[0]: line.split()[1:] for line in proc.stdout.splitlines()[1:]}
+    assert set(rows) == {"run", "reserve"}
+    assert all(float(x) > 0 for x in rows["run"][:2])
+
+
 def test_the_other_queues_drivers_import_without_sessionq() -> None:
     """Huey's, SAQ's and arq's drivers run in venvs where sessionq is not installed: what they
     import of bench must not need it."""
