@@ -1,0 +1,65 @@
+"""Control of sessions at their edges, as a new user met them: a destroy of a session whose runs
+wait on a queue no worker serves, a restart of a stopped cron task, pause/play/stop of a
+session that has ended, an add to a destroyed session - with real worker processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from redis import Redis
+
+from sessionq.common.keys import Keys
+from sessionq.common.settings import Settings
+from sessionq.producer import Client, Task
+from tests.conftest import ENV_KNOBS, ROOT, WorkerProcs, wait_for
+
+NOOP = "tests.tasks:noop"
+
+
+def _ids(redis: Redis, key: str) -> list[str]:
+    return [m.decode() for m in redis.lrange(key, 0, -1)]
+
+
+def test_destroy_takes_the_sessions_waiting_runs_out_of_their_queue(
+    client: Client, workers: WorkerProcs, redis: Redis, keys: Keys
+) -> None:
+    line = client.scripts.rq.queue("nobody")  # a queue no worker serves
+    stays = client.session("stays").add(Task(NOOP, name="x", queue="nobody"))
+    s = client.session("pend")
+    ids = [s.add(Task(NOOP, name=f"t{i}", queue="nobody")) for i in range(3)]
+    [made] = client.create("pend", task=NOOP, queue="nobody")
+    # fair share: each session's next run in the queue's line, the rest in its own list
+    assert _ids(redis, line) == [stays, ids[0], f"{made}-1"]
+    assert _ids(redis, keys.session_queue(s.id, "nobody")) == ids[1:]
+    assert client.stats()["queues"]["nobody"] == 5
+    workers.start()  # carries out the destroys (the control queue), serves no "nobody"
+    assert client.destroy([s.id, made]) == {s.id: True, made: True}
+    wait_for(lambda: not client.info([s.id, made]), what="both destroyed")
+    assert _ids(redis, line) == [stays]
+    assert not redis.exists(keys.session_queue(s.id, "nobody"))
+    stats = client.stats()
+    assert stats["queues"]["nobody"] == 1 and stats["tasks"]["queued"] == 1
+
+
+def test_a_worker_skips_a_run_whose_session_is_gone_quietly(
+    client: Client, settings: Settings, redis: Redis, keys: Keys
+) -> None:
+    # what a destroy racing a claim leaves: an id in a queue's line whose job hash is gone
+    line = client.scripts.rq.queue("default")
+    gone = "0123456789ab-1"
+    redis.rpush(line, gone)
+    redis.hincrby(keys.queue_depths(), line, 1)
+    [sid] = client.create("after-gone", task="tests.tasks:add", args=[1, 2])
+    proc = subprocess.run(
+        [sys.executable, "-m", "sessionq", "--url", settings.url, "--prefix", settings.prefix,
+         "--user", settings.user, "worker", "--import", "tests.tasks", "--burst"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+        env={**ENV_KNOBS, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = [line for line in proc.stderr.splitlines() if gone in line]
+    assert said and all(" INFO " in line and "skipped" in line for line in said), said
+    assert " ERROR " not in proc.stderr
+    assert client.info(sid)[0]["result"] == 3
+    assert client.stats()["queues"]["default"] == 0
