@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+from typing import Any
 
 from redis import Redis
 
@@ -63,3 +65,34 @@ def test_a_worker_skips_a_run_whose_session_is_gone_quietly(
     assert " ERROR " not in proc.stderr
     assert client.info(sid)[0]["result"] == 3
     assert client.stats()["queues"]["default"] == 0
+
+
+def test_restart_after_stop_schedules_the_cron_task_again_and_reruns_no_firing(
+    client: Client, workers: WorkerProcs, redis: Redis, keys: Keys
+) -> None:
+    s = client.session("crontest")
+    first = s.add(Task("tests.tasks:add", args=[2, 2], cron="0 0 1 1 *", name="every"))
+    assert s[first]["state"] == "deferred"
+    workers.start()
+    redis.zadd(keys.schedule(), {first: 0}, xx=True)  # its firing time has come
+    wait_for(lambda: s[first]["state"] == "succeeded", what="the first firing")
+    [nxt] = [t for t in s.list_ids() if t != first]  # the next firing, made as it fired
+    assert s[nxt]["state"] == "deferred"
+    s.stop()
+    assert s.wait(timeout=20) == "Stopped"
+    wait_for(lambda: s[nxt]["state"] == "canceled", what="the next firing canceled")
+    s.restart()
+
+    def restarted() -> list[dict[str, Any]]:
+        return [e for e in client.events(s.id) or []
+                if e["type"] == "task.queued" and e["data"].get("reason") == "restart"]  # fmt: skip
+
+    wait_for(restarted, what="the restart carried out")
+    assert [e["task"] for e in restarted()] == [nxt]  # the ended firing is not run again
+    record = s[nxt]
+    assert record["state"] == "deferred" and record["attempts"] == 0
+    due = redis.zscore(keys.schedule(), nxt)
+    assert due is not None and due > time.time() * 1000  # waits for its next firing time
+    assert s.progress()["status"] == "Running"
+    assert s[first]["attempts"] == 1 and s[first]["result"] == 4
+    assert s.list_ids() == [first, nxt]
