@@ -50,7 +50,8 @@ end
 local reply = {'ok'}
 
 if op == 'pause' then
-  if S.status == 'Terminating' then return {'no', S.status} end
+  -- an ended session has nothing left to hold (an add makes it run again, SPEC §2)
+  if S.status == 'Terminating' or ENDED[S.status] then return {'no', S.status} end
   if S.status ~= 'Paused' then
     set_status(S, 'Paused')
     -- runs numbered up to here were added before the pause (see step)
@@ -59,6 +60,7 @@ if op == 'pause' then
   end
 
 elseif op == 'play' then
+  if ENDED[S.status] then return {'no', S.status} end  -- (as pause)
   if S.status ~= 'Paused' then return {'ok'} end  -- nothing is held: nothing to do
   local held = redis.call('ZRANGE', S.held, 0, -1)
   if #held ~= #ids then return {'retry'} end

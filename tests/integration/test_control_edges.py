@@ -9,11 +9,15 @@ import sys
 import time
 from typing import Any
 
+import pytest
+from click.testing import CliRunner
 from redis import Redis
 
+from sessionq.common.errors import ValidationError
 from sessionq.common.keys import Keys
 from sessionq.common.settings import Settings
 from sessionq.producer import Client, Task
+from sessionq.producer.cli import cli
 from tests.conftest import ENV_KNOBS, ROOT, WorkerProcs, wait_for
 
 NOOP = "tests.tasks:noop"
@@ -96,3 +100,33 @@ def test_restart_after_stop_schedules_the_cron_task_again_and_reruns_no_firing(
     assert s.progress()["status"] == "Running"
     assert s[first]["attempts"] == 1 and s[first]["result"] == 4
     assert s.list_ids() == [first, nxt]
+
+
+def test_pause_and_play_refuse_an_ended_session_and_stop_leaves_it_as_it_ended(
+    client: Client, workers: WorkerProcs
+) -> None:
+    s = client.session("ended")
+    s.add(Task("tests.tasks:boom", name="bad"))
+    workers.start()
+    assert s.wait(timeout=20) == "Failed"
+    runner = CliRunner()
+    base = ["--url", client.settings.url, "--prefix", client.settings.prefix, "--user", client.user]
+
+    def failed() -> list[str]:
+        return [r["id"] for r in client.fetch(status="Failed")]
+
+    for action in ("pause", "play"):
+        out = runner.invoke(cli, [*base, action, s.id])
+        assert out.exit_code == 1 and f"is Failed, ended; {action} refused" in out.output
+        # the API, past the CLI's own check: refused in Redis, atomically
+        assert getattr(client, action)(s.id) == {s.id: False}
+        with pytest.raises(ValidationError, match="session is Failed"):
+            getattr(s, action)()
+        assert failed() == [s.id]
+    # nothing waits or runs: a stop has nothing to do, and the session stays as it ended
+    assert client.stop(s.id) == {s.id: True}
+    out = runner.invoke(cli, [*base, "stop", s.id])
+    assert out.exit_code == 0 and out.output.strip() == f"{s.id} accepted"
+    s.stop()
+    assert failed() == [s.id]
+    assert "session.stopped" not in [e["type"] for e in client.events(s.id) or []]
