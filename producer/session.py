@@ -344,8 +344,18 @@ class _SessionCore:
         for item in order:
             yield from self._stage(item)
         if flush:
+            if not self._pending_runs:
+                # all of it was in the session already: it must still be there (an add to a
+                # destroyed session is refused, as enqueue.lua refuses one with a new run)
+                yield from self._still_open()
             yield from self._flush()
         return task.ids[self.id]
+
+    def _still_open(self) -> Plan[None]:
+        """SessionNotFound if the session is gone or being destroyed."""
+        status = yield from self._hget("status")
+        if status is None or codec.text(status) == Status.TERMINATING:
+            raise SessionNotFound(self.id)
 
     def _fan_out(
         self,

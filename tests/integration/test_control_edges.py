@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from redis import Redis
 
-from sessionq.common.errors import ValidationError
+from sessionq.common.errors import SessionNotFound, ValidationError
 from sessionq.common.keys import Keys
 from sessionq.common.settings import Settings
 from sessionq.producer import Client, Task
@@ -130,3 +130,20 @@ def test_pause_and_play_refuse_an_ended_session_and_stop_leaves_it_as_it_ended(
     s.stop()
     assert failed() == [s.id]
     assert "session.stopped" not in [e["type"] for e in client.events(s.id) or []]
+
+
+def test_adding_a_task_again_to_a_destroyed_session_is_not_found(
+    client: Client, workers: WorkerProcs
+) -> None:
+    s = client.session("gone-again")
+    task = Task(NOOP, name="x")
+    tid = s.add(task)
+    s.delete()  # releases the handle's listeners and threads; the session stays (SPEC §3)
+    assert s.add(task) == tid and len(s) == 1
+    assert client.destroy(s.id) == {s.id: True}  # no worker yet: being destroyed
+    with pytest.raises(SessionNotFound):
+        s.add(task)
+    workers.start()
+    wait_for(lambda: not client.info(s.id), what="destroyed")
+    with pytest.raises(SessionNotFound):
+        s.add(task)
