@@ -16,7 +16,7 @@ import click
 
 from sessionq.common.errors import SessionqError, ValidationError
 from sessionq.common.settings import Settings
-from sessionq.common.vocabulary import Status
+from sessionq.common.vocabulary import ENDED_STATUSES, Status
 from sessionq.producer import plans
 from sessionq.producer.client import Client
 from sessionq.producer.plans import SessionRef
@@ -118,6 +118,8 @@ def refusal(client: Client, session: SessionRef, action: str) -> str | None:
         return f"{what} is being destroyed; {action} refused"
     if action == "step" and session.status != Status.PAUSED:
         return f"{what} is {session.status}, not paused; step refused"
+    if action in ("pause", "play") and session.status in ENDED_STATUSES:
+        return f"{what} is {session.status}, ended; {action} refused"
     return None
 
 

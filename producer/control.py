@@ -30,6 +30,7 @@ from sessionq.producer.plans import (
 log = logging.getLogger(__name__)
 MAX_TRIES = 50  # optimistic steps (play, step) retried when a worker moved a run meanwhile
 OK, NO, RETRY = "ok", "no", "retry"  # control.lua's first reply word
+STOP_QUEUED = 1  # request.lua's reply to a stop it put on the control queue (2: ended already)
 
 
 task_order = run_number  # the order a session's tasks were added in
@@ -61,7 +62,18 @@ def pause(scripts: Scripts, ids: str | Sequence[str]) -> Plan[dict[str, bool]]:
 
 
 def _pause_one(scripts: Scripts, sid: str) -> Plan[bool]:
-    return bool((yield from _control(scripts, "pause", sid))[0] == OK)
+    reply = yield from _control(scripts, "pause", sid)
+    if reply[0] == NO:
+        _refused("pause", sid, reply[1])
+    return bool(reply[0] == OK)
+
+
+def _refused(what: str, sid: str, status: str) -> None:
+    """Say why control.lua refused `what` (a session ended, or being destroyed)."""
+    if what == "step" and status != Status.PAUSED:
+        log.warning("step: session %s is %s, not paused", sid, status)
+    else:
+        log.warning("%s: session %s is %s; refused", what, sid, status)
 
 
 def play(scripts: Scripts, ids: str | Sequence[str]) -> Plan[dict[str, bool]]:
@@ -75,6 +87,8 @@ def _play_one(scripts: Scripts, sid: str) -> Plan[bool]:
         runs = yield from with_queues(scripts, [codec.text(i) for i in held])
         reply = yield from _control(scripts, "play", sid, runs)
         if reply[0] != RETRY:
+            if reply[0] == NO:
+                _refused("play", sid, reply[1])
             return bool(reply[0] == OK)
     log.error("play %s: the held runs kept changing; try again", sid)
     return False
@@ -93,14 +107,16 @@ def _step_one(scripts: Scripts, sid: str) -> Plan[bool]:
         reply = yield from _control(scripts, "step", sid, runs)
         if reply[0] != RETRY:
             if reply[0] == NO:
-                log.warning("step: session %s is %s, not paused", sid, reply[1])
+                _refused("step", sid, reply[1])
             return bool(reply[0] == OK)
     log.error("step %s: the held runs kept changing; try again", sid)
     return False
 
 
 def stop(scripts: Scripts, ids: str | Sequence[str]) -> Plan[dict[str, bool]]:
-    """Cancel the queued runs and stop the running ones; the session ends Stopped."""
+    """Cancel the queued runs and stop the running ones; the session ends Stopped. A session
+    that has ended already (Completed, Failed, Stopped) is left as it is: accepted, nothing to
+    do (request.lua)."""
     return (yield from _each(scripts, ids, _stop_one, "stop"))
 
 
@@ -110,11 +126,11 @@ def _stop_one(scripts: Scripts, sid: str) -> Plan[bool]:
         return False
     call = scripts.request_call(sid, "stop", [sid], status=Status.STOPPED.value,
                                 event=EventType.SESSION_STOPPED)  # fmt: skip
-    accepted = bool((yield ScriptCall("request", *call)))
-    if accepted:
+    reply = yield ScriptCall("request", *call)
+    if reply == STOP_QUEUED:
         # the control queue may wait behind busy workers: tell those running it now
         yield from stop_running(scripts, sid)
-    return accepted
+    return bool(reply)
 
 
 def restart(

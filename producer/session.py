@@ -345,8 +345,18 @@ class _SessionCore:
         for item in order:
             yield from self._stage(item)
         if flush:
+            if not self._pending_runs:
+                # all of it was in the session already: it must still be there (an add to a
+                # destroyed session is refused, as enqueue.lua refuses one with a new run)
+                yield from self._still_open()
             yield from self._flush()
         return task.ids[self.id]
+
+    def _still_open(self) -> Plan[None]:
+        """SessionNotFound if the session is gone or being destroyed."""
+        status = yield from self._hget("status")
+        if status is None or codec.text(status) == Status.TERMINATING:
+            raise SessionNotFound(self.id)
 
     def _fan_out(
         self,
@@ -759,14 +769,27 @@ class _SessionCore:
                 raise TaskFailed(self.id, record["id"], record["error"] or "no error recorded")
 
     # -- control (narupatools) ---------------------------------------------------------------
-    def _control(self, name: str, plan: Plan[dict[str, bool]]) -> Plan[None]:
+    def _control(
+        self, name: str, plan: Plan[dict[str, bool]], ended_ok: bool = False
+    ) -> Plan[None]:
         result = yield from plan
         if not result.get(self.id):
             if not (yield from self._exists()):
                 raise SessionNotFound(self.id)
             status = (yield from self._progress())["status"]
+            if ended_ok and status in ENDED_STATUSES:
+                return
             raise ValidationError("session", f"{name} was not accepted (session is {status})")
         yield from self._rpc(name, {})
+
+    def _run_play(self) -> Plan[None]:
+        """run()'s play: a session that has ended has nothing to play (run goes on to wait)."""
+        status = yield from self._hget("status")
+        if status is None:
+            raise SessionNotFound(self.id)
+        if codec.text(status) not in ENDED_STATUSES:
+            plan = control.play(self._scripts, self.id)
+            yield from self._control("play", plan, ended_ok=True)  # (ended meanwhile: as above)
 
     def _pause(self) -> Plan[None]:
         return (yield from self._control("pause", control.pause(self._scripts, self.id)))
@@ -986,7 +1009,7 @@ class Session(_SessionCore):
 
     def run(self, block: bool = False, timeout: float | None = None) -> None:
         """Play; with block, wait for the end and raise TaskFailed if a run failed."""
-        self.play()
+        self._run(self._run_play())
         if block:
             self.wait(timeout)
             self.health_check()
@@ -1203,7 +1226,7 @@ class AsyncSession(_SessionCore):
         await self._run(self._restart(failed_only))
 
     async def run(self, block: bool = False, timeout: float | None = None) -> None:
-        await self.play()
+        await self._run(self._run_play())
         if block:
             await self.wait(timeout)
             await self.health_check()

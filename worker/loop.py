@@ -411,12 +411,16 @@ class SessionWorker:
                 from sessionq.worker.ops import run_op
 
                 run_op(self, run_id)
-            elif status in (StartResult.GONE, StartResult.FOREIGN):
+            elif status == StartResult.GONE:
+                # popped from a queue, and no such job: a run whose session was destroyed (or
+                # whose RQ job was deleted) as it was claimed - nothing to run, nothing wrong
+                log.info("worker %s: %s from queue %s skipped: no such run (%s)", self.name,
+                         run_id, queue, data)  # fmt: skip
+            elif status == StartResult.FOREIGN:
                 # popped from a queue, and no sessionq run: said, never dropped in silence
                 # (one RQ's own API enqueued is marked failed where RQ's readers look)
-                log.error("worker %s: %s from queue %s is not a sessionq run (%s)%s", self.name,
-                          run_id, queue, data,
-                          "; marked failed" if status == StartResult.FOREIGN else "")  # fmt: skip
+                log.error("worker %s: %s from queue %s is not a sessionq run (%s); marked failed",
+                          self.name, run_id, queue, data)  # fmt: skip
             elif status == StartResult.BAD:
                 # its run is on our runs list, started: _resend takes it up from there
                 log.error("worker %s: %s", self.name, data)

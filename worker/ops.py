@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from enum import StrEnum
 from typing import Any, Protocol
@@ -14,6 +15,7 @@ from sessionq.common.jobhash import parse_job_data
 from sessionq.common.keys import CONTROL_QUEUE, run_number
 from sessionq.common.records import parse_record
 from sessionq.common.scripts import OP_PREFIX, Scripts
+from sessionq.common.timing import next_fire_ms
 from sessionq.worker.host import WorkerHost
 
 StopLocal = Callable[[str, str], None]
@@ -189,14 +191,33 @@ def restart_session(
     scripts: Scripts, sid: str, failed_only: bool = False, *, worker_name: str = "",
     stop_local: StopLocal | None = None,
 ) -> None:  # fmt: skip
-    """Run the session's ended tasks again (only the failed ones with failed_only)."""
+    """Run the session's ended tasks again (only the failed ones with failed_only); a cron
+    task's schedule starts again from its next firing time (control.lua restart)."""
     from sessionq.worker.schedule import resolve_runs
 
-    plan = {"failed_only": bool(failed_only)}
-    reply = scripts.control(Op.RESTART, sid, plan, session_runs(scripts, sid),
-                            worker=worker_name)  # fmt: skip
+    runs = session_runs(scripts, sid)
+    plan = {"failed_only": bool(failed_only), "due": _next_firings(scripts, runs)}
+    reply = scripts.control(Op.RESTART, sid, plan, runs, worker=worker_name)
     if reply and reply[0] == Verdict.OK and len(reply) > 1:
         resolve_runs(scripts, [str(r) for r in reply[1:]], worker_name)
+
+
+def _next_firings(scripts: Scripts, runs: list[tuple[str, str]]) -> dict[str, int]:
+    """Cron expression -> its next firing time from now (epoch ms), for the cron tasks among
+    these runs."""
+    pipe = scripts.redis.pipeline(transaction=False)
+    for run_id, _queue in runs:
+        pipe.hget(scripts.rq.job(run_id), "cron")
+    now_ms = int(time.time() * 1000)
+    due: dict[str, int] = {}
+    for raw in pipe.execute():
+        expr = codec.text(raw) if raw else None
+        if expr is not None and expr not in due:
+            try:
+                due[expr] = next_fire_ms(expr, now_ms)
+            except (ValueError, KeyError) as exc:
+                log.error("bad cron expression %r: %s", expr, exc)
+    return due
 
 
 def _args_fit(args: list[Any], arity: tuple[type, ...]) -> bool:

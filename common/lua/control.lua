@@ -50,7 +50,8 @@ end
 local reply = {'ok'}
 
 if op == 'pause' then
-  if S.status == 'Terminating' then return {'no', S.status} end
+  -- an ended session has nothing left to hold (an add makes it run again, SPEC §2)
+  if S.status == 'Terminating' or ENDED[S.status] then return {'no', S.status} end
   if S.status ~= 'Paused' then
     set_status(S, 'Paused')
     -- runs numbered up to here were added before the pause (see step)
@@ -59,6 +60,7 @@ if op == 'pause' then
   end
 
 elseif op == 'play' then
+  if ENDED[S.status] then return {'no', S.status} end  -- (as pause)
   if S.status ~= 'Paused' then return {'ok'} end  -- nothing is held: nothing to do
   local held = redis.call('ZRANGE', S.held, 0, -1)
   if #held ~= #ids then return {'retry'} end
@@ -121,23 +123,49 @@ elseif op == 'stop' then
 elseif op == 'restart' then
   local ok = {succeeded = not plan.failed_only, canceled = not plan.failed_only, failed = true}
   local again = {}
+  -- A cron task fires as runs of its own, named as the task (see fire): the firings that
+  -- ended are its schedule's past, not run again; its schedule starts again - its last
+  -- firing, canceled by a stop, waits for the task's next firing time (plan.due: cron
+  -- expression -> ms) - unless a firing of it still waits or runs.
+  local chains, rearm = {}, {}
   for r, id in ipairs(ids) do
     local B = blocks[r]
-    local j = redis.call('HMGET', B.job, 'state', 'deps', 'origin')
-    -- with failed_only, runs canceled because a dependency failed are judged again too
-    if ok[j[1] or ''] or (j[1] == 'canceled' and j[2]) then
+    local j = redis.call('HMGET', B.job, 'state', 'deps', 'origin', 'cron')
+    if j[4] then
+      local name = redis.call('HGET', TASKS, id) or id
+      local c = chains[name]
+      if not c then
+        c = {}
+        chains[name] = c
+        rearm[#rearm + 1] = c
+      end
+      c.live = c.live or LIVE[j[1] or ''] or false
+      c.r, c.state, c.due = r, j[1], plan.due and plan.due[j[4]]
+    elseif ok[j[1] or ''] or (j[1] == 'canceled' and j[2]) then
+      -- with failed_only, runs canceled because a dependency failed are judged again too
       again[#again + 1] = {B, id, j[1], j[2]}
     end
   end
-  if #again > 0 then
+  for i = #rearm, 1, -1 do
+    local c = rearm[i]
+    if c.live or c.state ~= 'canceled' or plan.failed_only or not c.due then
+      table.remove(rearm, i)
+    end
+  end
+  if #again > 0 or #rearm > 0 then
     if S.status ~= 'Running' and S.status ~= 'Pending' and S.status ~= 'Paused' then resume() end
-    for _, a in ipairs(again) do
-      local B, id, st, deps = a[1], a[2], a[3], a[4]
-      redis.call('HDEL', B.job, 'result', 'error', 'ended_at', 'started_at', 'worker_name')
+    -- run `id` afresh: its last attempt's outcome (and the fields named) gone, its retries
+    -- given back
+    local function afresh(B, id, ...)
+      redis.call('HDEL', B.job, 'result', 'error', 'ended_at', 'started_at', 'worker_name', ...)
       local retries = redis.call('HGET', B.job, 'retries')
       if retries then redis.call('HSET', B.job, 'retries_left', retries) end
       redis.call('ZREM', B.finished, id)
       redis.call('ZREM', B.failed, id)
+    end
+    for _, a in ipairs(again) do
+      local B, id, st, deps = a[1], a[2], a[3], a[4]
+      afresh(B, id)
       emit(B, 'task.queued', id, map({'reason', P('restart')}))
       if deps then
         -- waits on its dependencies again (resolve decides)
@@ -149,6 +177,16 @@ elseif op == 'restart' then
         redis.call('HSET', B.job, 'state', st)
         release(B, id, st, nil, SCHEDULE, false)
       end
+    end
+    for _, c in ipairs(rearm) do
+      -- a firing as fire makes one: no attempt yet (its firing makes the next one)
+      local B, id = blocks[c.r], ids[c.r]
+      afresh(B, id, 'attempts', 'number_of_retries')
+      redis.call('HSET', B.job, 'due', c.due)
+      redis.call('HINCRBY', S.session, 'cron', 1)
+      emit(B, 'task.queued', id, map({'reason', P('restart'), 'state', P('deferred'),
+        'due', P(c.due / 1000.0)}))
+      release(B, id, 'canceled', c.due, SCHEDULE, false)
     end
   end
 

@@ -1,11 +1,11 @@
 -- Carry out a destroy (SPEC §2): cancel the session's waiting runs; if none is running, delete
 -- the session and everything it owns and emit session.destroyed; else report the running ones
 -- (the caller stops them, and calls this again when they have ended).
--- Its contract (common/scripts/destroy.py DESTROY): the session index, the persistent
--- names, the session's keys, its kind and owner index sets, the schedule zset and the set of
--- runs waiting on dependencies; a `run` key block (job, started, finished, failed) and a
--- `run` argument block (its id) per run; `sid`, `names_field` ('' if none), `history_ttl`
--- (0: the history goes now too); `ended_only` (retention and prune: remove the session only
+-- Its contract (common/scripts/contracts.py DESTROY): the session index, the persistent
+-- names, the session's keys, its kind and owner index sets, the schedule zset, the set of
+-- runs waiting on dependencies and the session's throttled set; a `run` key block (job,
+-- started, finished, failed, queue, squeue) and a `run` argument block (its id) per run;
+-- `sid`, `names_field` ('' if none), `history_ttl` (0: the history goes now too); `ended_only` (retention and prune: remove the session only
 -- if it has ended, nothing of it is live and the runs given are all of it - else {'live'},
 -- {'busy'} (a stop still under way: due again a little later) or {'changed'}, nothing done).
 load_globals()
@@ -53,8 +53,26 @@ if #waiting > 1 then
 end
 emit(S, 'session.destroyed', nil, nil)
 flush()
+-- The session leaves every queue its runs wait on (fair share, prelude push_run): its own
+-- list for the queue, and its entries in the queue's line (RQ's queue list: workers would
+-- pop ids of runs that are gone); the queue's depth counted them all.
+local function leave_line(k)
+  local gone = redis.call('LLEN', k.squeue)
+  redis.call('DEL', k.squeue)
+  if num(redis.call('HGET', S.session, line_field(k))) > 0 then
+    for _, id in ipairs(redis.call('LRANGE', k.queue, 0, -1)) do
+      if session_of(id) == S.sid then gone = gone + redis.call('LREM', k.queue, 1, id) end
+    end
+  end
+  if gone > 0 then redis.call('HINCRBY', G.depths, k.queue, -gone) end
+end
+local left = {}
 for r = 1, nruns do
   local k, id = KB.run(r), AB.run(r).id
+  if not left[k.queue] then
+    left[k.queue] = true
+    leave_line(k)
+  end
   redis.call('DEL', k.job)
   redis.call('ZREM', k.finished, id)
   redis.call('ZREM', k.failed, id)
@@ -67,7 +85,7 @@ for _, state in ipairs({'queued', 'deferred', 'held', 'started', 'succeeded', 'f
   if n > 0 then redis.call('HINCRBY', G.stats_key, state, -n) end
 end
 redis.call('DEL', K.tasks, K.task_names, K.task_keys, K.held, K.running, K.objects, K.state,
-  K.logs, K.session)
+  K.logs, K.throttled, K.session)
 redis.call('HDEL', K.sessions, S.sid)
 if A.names_field ~= '' then redis.call('HDEL', K.names, A.names_field) end
 redis.call('SREM', idx('Terminating'), S.sid)

@@ -6,9 +6,14 @@
 -- per field of the operation's job hash.
 -- A stop starts a new stop epoch (the session's `stops`): its operation cancels only the runs
 -- added before it (enqueue.lua marks runs added later with the epoch they were added in).
+-- Returns 1 (accepted), 0 (no such session) or 2: a stop of a session that has ended
+-- (Completed, Failed, Stopped), accepted with nothing to do - nothing waits or runs, and its
+-- status stays what it ended as.
 load_globals()
 local S = {sid = A.sid, session = K.session, history = K.history, chan = K.chan}
-if redis.call('EXISTS', S.session) == 0 then return 0 end
+S.status = redis.call('HGET', S.session, 'status')
+if not S.status then return 0 end
+if A.op == 'stop' and ENDED[S.status] then return 2 end
 if A.status ~= '' then set_status(S, A.status) end
 if A.op == 'stop' then redis.call('HINCRBY', S.session, 'stops', 1) end
 if A.event ~= '' then emit(S, A.event, nil, nil) end

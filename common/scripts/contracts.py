@@ -142,6 +142,10 @@ CONTROL = Contract(
     builders=("job", *QUEUEING),  # (job: settle reads every run of the session)
 )
 
+# One run's keys in a destroy: a subset of RUN_BLOCK (its queue's line and the session's own
+# list for that queue: the session leaves them)
+DESTROY_RUN = ("job", "started", "finished", "failed", "queue", "squeue")
+
 DESTROY = Contract(
     "destroy",
     keys=(
@@ -163,8 +167,9 @@ DESTROY = Contract(
         "owner_index",
         "schedule",
         "waiting",
+        "throttled",
     ),  # fmt: skip
-    key_blocks=(Block("run", ("job", "started", "finished", "failed"), ("nruns",)),),
+    key_blocks=(Block("run", DESTROY_RUN, ("nruns",)),),
     args=(
         *CLOCK_ARGS,
         ("sid", TEXT),

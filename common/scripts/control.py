@@ -20,11 +20,13 @@ from sessionq.common.scripts.base import ScriptsBase, texts
 from sessionq.common.scripts.contracts import (
     CONTROL,
     DESTROY,
+    DESTROY_RUN,
     HEARTBEAT,
     REAP,
     RECOUNT,
     RECOVER,
     REQUEST,
+    RUN_BLOCK,
 )
 from sessionq.common.times import rq_time
 from sessionq.common.vocabulary import RQ_STATUS, TaskState
@@ -32,6 +34,7 @@ from sessionq.common.vocabulary import RQ_STATUS, TaskState
 OP_PREFIX = "sessionq.op:"  # func name prefix of control operations in RQ job data
 REMOVE_BATCH = 100  # sessions read, then removed, per pipeline (remove_ended)
 log = logging.getLogger(__name__)
+_DESTROY_AT = [RUN_BLOCK.index(name) for name in DESTROY_RUN]  # (run_block's cached layout)
 
 
 class Recovered(NamedTuple):
@@ -103,7 +106,7 @@ class ControlCalls(ScriptsBase):
     ) -> tuple[list[str], list[Any]]:  # fmt: skip
         """The keys and args of `destroy`, sent by no one; `ended_only`: the removal of an
         ended session (retention, prune) - only if it has ended, its history with it."""
-        k, rq = self.keys, self.rq
+        k = self.keys
         fixed = {**self.globals, "sessions": k.sessions(), "names": k.names(),
                  "session": k.session(sid), "history": k.history(sid),
                  "chan": k.events_channel(sid), "tasks": k.session_tasks(sid),
@@ -112,12 +115,9 @@ class ControlCalls(ScriptsBase):
                  "objects": k.session_objects(sid), "state": k.session_state(sid),
                  "logs": k.logs(sid), "kind_index": k.idx_kind(kind),
                  "owner_index": k.idx_owner(owner), "schedule": k.schedule(),
-                 "waiting": k.waiting()}  # fmt: skip
-        blocks = [
-            DESTROY.block("run", {"job": rq.job(run_id), "started": rq.started(queue),
-                                  "finished": rq.finished(queue), "failed": rq.failed(queue)})
-            for run_id, queue in runs
-        ]  # fmt: skip
+                 "waiting": k.waiting(), "throttled": k.session_throttled(sid)}  # fmt: skip
+        blocks = [[block[i] for i in _DESTROY_AT] for block in
+                  (self.run_block(run_id, queue) for run_id, queue in runs)]  # fmt: skip
         keys = DESTROY.pack_keys(fixed, {"run": blocks})
         history_ttl = 0 if ended_only else self.settings.destroyed_history_ttl_s
         args = DESTROY.pack_args(

@@ -179,11 +179,12 @@ def test_file_logger_verbosity_levels_and_rpc_log(
             s.handle_events_with_file_logger(str(tmp_path / f"v{level}.log"), level)
         s.start_emitting_rpc_log()
         s.add(Task("tests.tasks:with_progress", kwargs={"steps": 2}, name="p"))
+        s.pause()  # (an ended session refuses a pause: paused while it has a run to hold)
         workers.start()
+        wait_for(lambda: "op.pause" in (tmp_path / "v1.log").read_text(), what="op.pause")
+        s.play()
         assert s.wait(timeout=15) == "Completed"
         wait_for(lambda: "session.completed" in (tmp_path / "v0.log").read_text(), what="log")
-        s.pause()
-        wait_for(lambda: "op.pause" in (tmp_path / "v1.log").read_text(), what="op.pause")
     text = {level: (tmp_path / f"v{level}.log").read_text() for level in (0, 1, 2)}
     assert "session.started" in text[0] and "task." not in text[0] and "op." not in text[0]
     assert "task.succeeded" in text[1] and "op.add" in text[1] and "task.progress" not in text[1]

@@ -205,11 +205,16 @@ NAMES = itertools.count(1)
 
 def run_variant(shell: Shell, client: Client, command: str) -> None:
     """One variant, its placeholders given real values: ID a fresh session of square(7) that
-    has ended (paused first for `step`), NAME a new persistent session, PREFIX their name."""
-    [sid] = client.create("readme", task="myapp.tasks:square", args=[7])
-    wait_for(lambda: ended(client, sid), what=f"session {sid} to end")
+    has ended - for pause, play and step (which an ended session refuses) one that waits on a
+    queue no worker serves, paused first for `step` -, NAME a new persistent session, PREFIX
+    their name."""
+    if command.split()[1] in ("pause", "play", "step"):
+        [sid] = client.create("readme", task="myapp.tasks:square", args=[7], queue="nobody")
+    else:
+        [sid] = client.create("readme", task="myapp.tasks:square", args=[7])
+        wait_for(lambda: ended(client, sid), what=f"session {sid} to end")
     if command.split()[1] == "step":
-        client.pause(sid)
+        assert client.pause(sid) == {sid: True}
     line = command.replace("ID...", f"{sid} {sid}").replace("ID", sid)
     line = line.replace("NAME", f"nightly{next(NAMES)}").replace("PREFIX", "readme")
     line = re.sub(r"--kind K\b", "--kind headless", line)
