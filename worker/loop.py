@@ -31,7 +31,7 @@ from redis.typing import EncodableT, FieldT
 
 from sessionq.common import codec
 from sessionq.common.connection import Backoff, connect, redis_unavailable, sync_reply
-from sessionq.common.errors import CodecError
+from sessionq.common.errors import CodecError, ConfigError
 from sessionq.common.events import EventType
 from sessionq.common.jobhash import parse_meta
 from sessionq.common.keys import CONTROL_QUEUE, DEFAULT_QUEUE, command_queue_for, session_of
@@ -83,6 +83,8 @@ class SessionWorker:
     """A worker process: serves the control queue first, then its queues (of a namespace of
     several partitions, keys.Layout: worker.partitioned.PartitionedWorker)."""
 
+    partitioned = False  # serves every partition of a partitioned namespace (PartitionedWorker)
+
     def __init__(
         self,
         settings: Settings,
@@ -97,6 +99,12 @@ class SessionWorker:
     ) -> None:
         if max_jobs < 1:
             raise ValueError(f"max_jobs must be at least 1, got {max_jobs!r}")
+        if settings.partition_count > 1 and not self.partitioned:
+            raise ConfigError(
+                f"{settings.partition_count} partitions: a SessionWorker serves one; make the "
+                "worker with sessionq.worker.partitioned.worker_class(settings) (as `sessionq "
+                "worker` does)"
+            )
         self.settings = settings
         load_rq(settings.prefix)
         self.redis = connect(settings.for_worker())

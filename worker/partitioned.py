@@ -28,6 +28,8 @@ def worker_class(settings: Settings) -> type[SessionWorker]:
 class PartitionedWorker(SessionWorker):
     """SessionWorker over every partition of its namespace."""
 
+    partitioned = True
+
     def _wait_keys(self) -> tuple[str, list[str]]:
         parts = self.scripts.parts
         self.spread: Any = self.scripts  # (a PartitionedScripts)

@@ -15,10 +15,12 @@ import pytest
 from redis import Redis
 from redis.exceptions import ResponseError
 
-from sessionq.common.errors import PartlyWritten
+from sessionq.common.errors import ConfigError, PartlyWritten
 from sessionq.common.keys import Layout
 from sessionq.common.settings import Settings
 from sessionq.producer import Client, Task
+from sessionq.worker.loop import SessionWorker
+from sessionq.worker.partitioned import worker_class
 from tests.conftest import WorkerProcs, wait_for
 
 PARTITIONS = 4
@@ -139,3 +141,9 @@ def test_a_create_that_fails_midway_names_the_sessions_it_wrote(
     written = caught.value.ids
     assert 0 < len(written) < 40
     assert sorted(r["id"] for r in pclient.fetch()) == sorted(written)
+
+
+def test_a_plain_session_worker_refuses_a_partitioned_namespace_by_name(spread: Settings) -> None:
+    with pytest.raises(ConfigError, match="worker_class"):
+        SessionWorker(spread)
+    assert worker_class(spread).partitioned
