@@ -81,7 +81,7 @@ class EnqueueCalls(ScriptsBase):
         k, rq = self.keys, self.rq
         fixed = {**self.globals, "sessions": k.sessions(), "rq_queues": rq.queues_set,
                  "schedule": k.schedule(), "waiting": k.waiting(), "names": k.names(),
-                 "idle_workers": k.idle_workers(), "workers": self.gkeys.workers(),
+                 "idle_workers": k.idle_workers(), "workers": k.workers(),
                  "epoch": k.data_epoch()}  # fmt: skip
         session_blocks, plan_sessions = [], []
         for sid, is_new, record, name, kind, owner in sessions:

@@ -59,7 +59,7 @@ def test_new_sessions_spread_over_the_partitions_each_in_its_own(
         part = layout.part(n)
         assert redis.hlen(part.sessions()) == count
         assert redis.scard(part.idx_status("Pending")) == count
-    assert not redis.exists("sq:sessions"), "nothing under the one-partition names"
+    assert not redis.exists(Layout(spread.prefix).glob.sessions()), "no one-partition names"
     assert sorted(r["id"] for r in pclient.info(ids)) == sorted(ids)
     assert sorted(r["id"] for r in pclient.fetch()) == sorted(ids)
     stats = pclient.stats()
