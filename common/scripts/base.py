@@ -14,7 +14,7 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.commands.core import Script
 
 from sessionq.common import codec
-from sessionq.common.errors import SessionNotFound
+from sessionq.common.errors import SessionNotFound, ValidationError
 from sessionq.common.keys import DEFAULT_QUEUE, Keys, Layout, run_id, session_of
 from sessionq.common.rqcompat import RQKeys, rq_home, rq_keys
 from sessionq.common.scripts import transport
@@ -133,6 +133,17 @@ class ScriptsBase:
         """What an operation's id on session `sid` starts with: its partition's mark (the
         session id's first byte, keys.Layout), so that `of` finds it; none with one."""
         return sid[:2] if self.layout.partitioned else ""
+
+    def check_local(self, run_id: str) -> None:
+        """ValidationError unless run `run_id` is of this partition: a script call stays in
+        its partition (a slot of a Redis Cluster), so with several partitions a run depends
+        only on runs of its own partition - its own session's, or those of a session of the
+        same partition (issue 19: not yet across partitions)."""
+        if self.layout.partition_of(run_id) != self.partition:
+            raise ValidationError(
+                "depends_on", f"{run_id} is a run of another partition of the namespace: "
+                "with partitions a run depends only on runs of its own (issue 19)",
+            )  # fmt: skip
 
     def grouped(self: _S, ids: Sequence[str]) -> list[tuple[_S, list[str]]]:
         """Session (or run) ids by partition, in the order given within each: (the scripts

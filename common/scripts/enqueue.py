@@ -109,6 +109,8 @@ class EnqueueCalls(ScriptsBase):
         def key_index(run_id: str) -> int:
             """The KEYS index (KX) of an extra job key: a parent's, or a replaced task's."""
             if run_id not in extra:
+                if self.layout.partitioned:
+                    self.check_local(run_id)
                 keys.append(rq.job(run_id))
                 extra[run_id] = len(keys)  # Lua counts from 1
             return extra[run_id]

@@ -15,7 +15,7 @@ import pytest
 from redis import Redis
 from redis.exceptions import ResponseError
 
-from sessionq.common.errors import PartlyWritten
+from sessionq.common.errors import PartlyWritten, ValidationError
 from sessionq.common.keys import Layout
 from sessionq.common.settings import Settings
 from sessionq.producer import Client, Task
@@ -139,3 +139,20 @@ def test_a_create_that_fails_midway_names_the_sessions_it_wrote(
     written = caught.value.ids
     assert 0 < len(written) < 40
     assert sorted(r["id"] for r in pclient.fetch()) == sorted(written)
+
+
+def test_a_dependency_on_a_run_of_another_partition_is_refused(
+    pclient: Client, spread: Settings
+) -> None:
+    layout = Layout.of(spread)
+    parents = pclient.session("parents")
+    pid = parents.add(Task("tests.tasks:noop", name="later", in_=3600))
+    home = layout.partition_of(pid)
+    other = next(name for name in (f"child-{i}" for i in range(100))
+                 if layout.partition_of_name(spread.user, name) != home)  # fmt: skip
+    s = pclient.session(other)
+    with pytest.raises(ValidationError, match="depends_on"):
+        s.add(Task("tests.tasks:noop", name="child", depends_on=pid))
+    assert len(s) == 0
+    same = parents.add(Task("tests.tasks:noop", name="after", depends_on=pid))  # one partition
+    assert parents[same]["state"] == "deferred"
