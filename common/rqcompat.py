@@ -13,7 +13,7 @@ from types import ModuleType
 
 from sessionq.common.errors import ConfigError
 from sessionq.common.keys import Layout
-from sessionq.common.settings import export_rq_prefix, exported_rq_prefix
+from sessionq.common.settings import Settings, export_rq_prefix, exported_rq_prefix
 
 
 def load_rq(prefix: str) -> ModuleType:
@@ -95,6 +95,15 @@ class RQKeys:
 @lru_cache(maxsize=4)
 def rq_keys(prefix: str) -> RQKeys:
     return RQKeys(prefix)
+
+
+def rq_home(settings: Settings) -> str:
+    """The prefix RQ's own classes serve (RQ_KEY_PREFIX is `<it>rq`): the namespace's; on a
+    Redis Cluster with partitions that of its global keys (keys.Layout.glob), so that RQ's
+    worker registry shares a slot with the heartbeats. Each partition's queues, jobs and
+    registries are RQKeys.under it."""
+    layout = Layout.of(settings)
+    return layout.glob.prefix if layout.partitioned and settings.clustered else settings.prefix
 
 
 class RoutedRQKeys(RQKeys):

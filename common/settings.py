@@ -32,9 +32,9 @@ _ZERO_KNOBS = {  # 0 allowed: off, or the default
     "partitions": "SESSIONQ_PARTITIONS",
 }
 # partitions of a namespace on a Redis Cluster unless SESSIONQ_PARTITIONS says (SPEC §9):
-# one for now - the namespace in one slot, under a hash-tagged prefix - until the operations
-# run partitioned (issue 19: the layout, keys.Layout, is ready)
-CLUSTER_PARTITIONS = 1
+# enough for every master of a small cluster to hold several (keys.Layout spreads them evenly
+# over the slots), few enough that a worker's connection per partition stays cheap
+CLUSTER_PARTITIONS = 16
 # the default prefix on a Redis Cluster with one partition: a hash tag keeps it in one slot
 ONE_SLOT_PREFIX = "{sq}:"
 HASH_TAG_RE = re.compile(r"[^{]*\{[^}]+\}")

@@ -34,7 +34,7 @@ from sessionq.common.errors import (
 )
 from sessionq.common.jobhash import RunSpec
 from sessionq.common.keys import Keys, Layout, RoutedKeys
-from sessionq.common.rqcompat import load_rq
+from sessionq.common.rqcompat import load_rq, rq_home
 from sessionq.common.scripts import Scripts
 from sessionq.common.scripts.transport import server_of
 from sessionq.common.sessionconfig import SessionConfig
@@ -118,12 +118,14 @@ class Client:
         settings: Settings | None = None,
     ) -> None:
         self.settings = settings or Settings.from_env(url, prefix=prefix, user=user)
-        load_rq(self.settings.prefix)
+        load_rq(rq_home(self.settings))
         self.redis: Redis = connect(self.settings, check=False)
         layout = Layout.of(self.settings)
         # (several partitions: a session's keys found from its id, see keys.RoutedKeys)
         self.keys = RoutedKeys(layout) if layout.partitioned else Keys(self.settings.prefix)
         self._scripts: Scripts | None = None
+        # a Redis Cluster with partitions: a plan's batch spans masters (a pipeline each)
+        self._per_master = layout.partitioned and self.settings.clustered
 
     @property
     def scripts(self) -> Scripts:
@@ -351,9 +353,26 @@ class Client:
                 reply = self._script_call(step)
             elif isinstance(step, Transaction):
                 reply = self._transaction(step)
+            elif self._per_master:
+                reply = self._batch_per_master(step)
             else:
                 pipe = server_of(self.redis, step.route).pipeline(transaction=False)
                 reply = step.queue_on(pipe).execute()
+
+    def _batch_per_master(self, step: plans.Batch) -> list[Any]:
+        """A batch whose commands' keys live on several masters: a pipeline per master, the
+        replies back in the batch's order."""
+        pipes: dict[int, tuple[Any, list[int]]] = {}
+        for i, command in enumerate(step.commands):
+            server = server_of(self.redis, plans.route_of([command]))
+            pipe, at = pipes.setdefault(id(server), (server.pipeline(transaction=False), []))
+            getattr(pipe, command.method)(*command.args, **command.kwargs)
+            at.append(i)
+        replies: list[Any] = [None] * len(step.commands)
+        for pipe, at in pipes.values():
+            for i, reply in zip(at, pipe.execute(), strict=True):
+                replies[i] = reply
+        return replies
 
     def _script_call(self, step: ScriptCall) -> Any:
         """A plan's script call, sent again (with backoff, within SESSIONQ_RETRY_BUDGET_S)

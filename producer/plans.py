@@ -607,14 +607,21 @@ def stats(scripts: Scripts) -> Plan[dict[str, Any]]:
     commands += [Command.of("hmget", scripts.grq.worker(w), "current_job", "cores", "ram")
                  for w in live]  # fmt: skip
     commands += [Command.of("hget", part.keys.sessions(), sid) for part, sid in running]
-    replies = yield Batch(commands)
+    spread = len(scripts.parts) > 1  # (a worker's current run: in its partition's RQ hash)
+    currents = [Command.of("hget", part.rq.worker(w), "current_job")
+                for w in live for part in scripts.parts] if spread else []  # fmt: skip
+    replies = yield Batch(commands + currents)
+    if spread:
+        replies, found = replies[: len(commands)], replies[len(commands) :]
+        current = [any(found[i * len(scripts.parts) : (i + 1) * len(scripts.parts)])
+                   for i in range(len(live))]  # fmt: skip
     # runs waiting: a queue's line holds one per session (fair share), its depth counts all;
     # the control queue's operations are in its list
     queues: dict[str, int] = {}
     for (name, qk), n in zip(queue_keys, replies, strict=False):
         queues[name] = queues.get(name, 0) + depths.get(qk, int(n))
     worker_rows = replies[len(queue_keys) : len(queue_keys) + len(live)]
-    busy = sum(1 for row in worker_rows if row[0])
+    busy = sum(1 for row in worker_rows if row[0]) if not spread else sum(current)
     offers = [(float(row[1] or 0), float(row[2] or 0)) for row in worker_rows]
     offered_cores = sum(cores for cores, _ in offers)
     offered_ram = sum(ram for _, ram in offers)

@@ -54,7 +54,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "c
 
 
 # SESSIONQ_TEST_TARGET=cluster: the suite against a 3-master Redis Cluster (redis+cluster://;
-# its namespace in one slot for now: settings.ONE_SLOT_PREFIX) - its second target;
+# its namespace in settings.CLUSTER_PARTITIONS partitions, on every master) - its second target;
 # SESSIONQ_TEST_TARGET=partitions: against one Redis, the namespace in PARTITIONS partitions
 # (SESSIONQ_PARTITIONS, keys.Layout) - its third
 TARGET = os.environ.get("SESSIONQ_TEST_TARGET", "redis")
@@ -98,9 +98,8 @@ def plain_client(url: str) -> Redis:
 
 
 def home(redis: Redis, key: str) -> Redis:
-    """The client of the one server holding `key` (on a cluster: its slot's master; every key
-    of the namespace is in one slot there for now), for what asks one server (CLIENT LIST,
-    PUBSUB NUMSUB, its connection class)."""
+    """The client of the one server holding `key` (on a cluster: its slot's master), for what
+    asks one server (CLIENT LIST, PUBSUB NUMSUB, its connection class)."""
     return server_of(redis, key)
 
 

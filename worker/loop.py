@@ -35,7 +35,7 @@ from sessionq.common.errors import CodecError, ConfigError
 from sessionq.common.events import EventType
 from sessionq.common.jobhash import parse_meta
 from sessionq.common.keys import CONTROL_QUEUE, DEFAULT_QUEUE, command_queue_for, session_of
-from sessionq.common.rqcompat import load_rq
+from sessionq.common.rqcompat import load_rq, rq_home
 from sessionq.common.scripts import Finish, Scripts, StartResult, handed_run
 from sessionq.common.settings import Settings
 from sessionq.common.vocabulary import Outcome, Status, StepResult
@@ -106,7 +106,7 @@ class SessionWorker:
                 "worker` does)"
             )
         self.settings = settings
-        load_rq(settings.prefix)
+        load_rq(rq_home(settings))
         self.redis = connect(settings.for_worker())
         self.scripts = Scripts(self.redis, settings)
         self.name = name or f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:4]}"
@@ -177,6 +177,12 @@ class SessionWorker:
                 self.queues, name=self.name, connection=home, serializer=RQSerializer
             )
             self._rq_worker.register_birth()
+        self.redis.hset(self.scripts.rq.worker(self.name), mapping=self.rq_fields())
+        self.scripts.heartbeat(self.name)  # on Redis's clock, as every heartbeat
+        return True
+
+    def rq_fields(self) -> dict[FieldT, EncodableT]:
+        """What its RQ worker hash says of it beyond RQ's own fields."""
         extra: dict[FieldT, EncodableT] = {"state": RQ_IDLE}
         if self.runner is not None:  # recovery charges this many started runs (recover.lua)
             extra["max_jobs"] = self.runner.max_jobs
@@ -184,9 +190,7 @@ class SessionWorker:
             extra["cores"] = str(self.cores)
         if self.ram:
             extra["ram"] = str(self.ram)
-        self.redis.hset(self.scripts.rq.worker(self.name), mapping=extra)
-        self.scripts.heartbeat(self.name)  # on Redis's clock, as every heartbeat
-        return True
+        return extra
 
     def install_signals(self) -> None:
         """SIGTERM: finish the runs in flight, claim no more, then exit. A second SIGTERM, or

@@ -128,9 +128,37 @@ def recover_worker(scripts: Scripts, name: str, reason: str, *, stale_ms: int = 
     With `stale_ms` (the reaper), only if its heartbeat is that old by Redis's clock: False
     when it was not (it is alive). With several partitions, partition by partition: it
     leaves the registries with the last."""
-    last = len(scripts.parts) - 1
-    return all(_recover_in(part, name, reason, stale_ms=stale_ms, unregister=n == last)
-               for n, part in enumerate(scripts.parts))  # fmt: skip
+    if len(scripts.parts) == 1:
+        return _recover_in(scripts, name, reason, stale_ms=stale_ms, unregister=True)
+    # each partition's call stays in its slot: the heartbeat is judged here, before each
+    # (the reaper judged it in reap.lua), and the worker leaves the registries after all
+    for part in scripts.parts:
+        if stale_ms and not _stale(scripts, name, stale_ms):
+            log.info("worker %s beat again before its recovery: left alone", name)
+            return False
+        if not _recover_in(part, name, reason, stale_ms=0, unregister=True):
+            return False
+    _unregister(scripts, name)
+    return True
+
+
+def _stale(scripts: Scripts, name: str, stale_ms: int) -> bool:
+    """Is worker `name`'s last heartbeat at least `stale_ms` old by Redis's clock (or gone)?"""
+    g = scripts.gkeys
+    beat = sync_reply(scripts.redis.zscore(g.workers(), name))
+    seconds, micros = sync_reply(scripts.redis.time())
+    return beat is None or float(beat) <= seconds * 1000 + micros // 1000 - stale_ms
+
+
+def _unregister(scripts: Scripts, name: str) -> None:
+    """Worker `name` leaves the namespace's registries (recover.lua's last lines, for a
+    namespace of several partitions) once no partition holds a run of it."""
+    r = scripts.redis
+    if any(sync_reply(r.llen(part.keys.worker_runs(name))) for part in scripts.parts):
+        return
+    r.zrem(scripts.gkeys.workers(), name)
+    r.srem(scripts.grq.workers_set, scripts.grq.worker(name))
+    r.delete(scripts.grq.worker(name))
 
 
 def _recover_in(

@@ -2,9 +2,10 @@
 worker.loop, its steps sent per partition (scripts.partitioned.PartitionedScripts: the runs
 it finishes and starts go to their own partition's step, its claim to one partition at a
 time, in turn). When the partition of its turn has nothing, it asks the next ones, in turn,
-before it waits idle; it waits on every partition's wake lists, and its next claim goes to
-the partition that woke it. It never lists itself as waiting idle in a partition (an enqueue
-hands no run to it): enqueues wake it instead.
+before it waits idle; it waits on every partition's wake lists (on a Redis Cluster on one
+partition's at a time, PartitionedScripts.wait), and its next claim goes to the partition
+that woke it. It never lists itself as waiting idle in a partition (an enqueue hands no run
+to it): enqueues wake it instead.
 """
 
 from __future__ import annotations
@@ -40,6 +41,15 @@ class PartitionedWorker(SessionWorker):
         for p in parts:
             waits += [p.keys.worker_inbox(self.name), *(p.keys.wake(q) for q in self.queues)]
         return "", waits
+
+    def register(self) -> bool:
+        """SessionWorker's; its fields also in each partition's RQ worker hash (recover.lua
+        reads max_jobs there; run.lua writes its current run there)."""
+        super().register()
+        fields = self.rq_fields()
+        for part in self.scripts.parts:
+            self.redis.hset(part.rq.worker(self.name), mapping=fields)
+        return True
 
     def held_runs(self) -> list[str]:
         pipe = self.redis.pipeline(transaction=False)

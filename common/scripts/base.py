@@ -14,9 +14,9 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.commands.core import Script
 
 from sessionq.common import codec
-from sessionq.common.errors import ConfigError, SessionNotFound
+from sessionq.common.errors import SessionNotFound, ValidationError
 from sessionq.common.keys import DEFAULT_QUEUE, Keys, Layout, run_id, session_of
-from sessionq.common.rqcompat import RQKeys, rq_keys
+from sessionq.common.rqcompat import RQKeys, rq_home, rq_keys
 from sessionq.common.scripts import transport
 from sessionq.common.scripts.contract import PREFIX_MARK
 from sessionq.common.scripts.contracts import (
@@ -30,6 +30,7 @@ from sessionq.common.settings import Settings
 from sessionq.common.times import rq_time
 
 BLOCK_CACHE_MAX = 4096
+ASK_FROM_LUA = "local ASK_FROM = 8"  # (prelude.lua: from how many events it asks PUBSUB NUMSUB)
 _S = TypeVar("_S", bound="ScriptsBase")
 # the scripts whose writes are acknowledged to someone (a create, an add, an operation, a
 # change of state): with SESSIONQ_WAIT_REPLICAS they return once the replicas have them.
@@ -91,12 +92,6 @@ class ScriptsBase:
         self.redis = redis
         self.settings = settings
         self.layout = Layout.of(settings)
-        if self.layout.partitioned and settings.clustered:
-            raise ConfigError(
-                f"{settings.partition_count} partitions on a Redis Cluster: sessionq's "
-                "operations run partitioned on one Redis only, not yet on a cluster (issue 19); "
-                "leave SESSIONQ_PARTITIONS unset there"
-            )
         # the scripts, registered once for every partition (a dict they share)
         self._scripts: dict[str, Script] = {} if registered is None else registered
         self._blocks: dict[tuple[str, str], list[str]] = {}  # run blocks (run_block)
@@ -110,9 +105,9 @@ class ScriptsBase:
             if settings.wait_replicas else None
         )  # fmt: skip
         # the namespace's own keys (worker heartbeats, locks) and RQ's own (its worker
-        # registry, `rq suspend`: under the prefix RQ's classes serve in this process)
+        # registry, `rq suspend`: under the prefix RQ's classes serve in this process, rq_home)
         self.gkeys: Keys = self.layout.glob
-        self.grq: RQKeys = rq_keys(settings.prefix)
+        self.grq: RQKeys = rq_keys(rq_home(settings))
         self.partition = partition or 0
         # this one's partitions (see `of`): itself, unless it is the whole of a partitioned
         # namespace (scripts.partitioned.PartitionedScripts)
@@ -140,6 +135,17 @@ class ScriptsBase:
         session id's first byte, keys.Layout), so that `of` finds it; none with one."""
         return sid[:2] if self.layout.partitioned else ""
 
+    def check_local(self, run_id: str) -> None:
+        """ValidationError unless run `run_id` is of this partition: a script call stays in
+        its partition (a slot of a Redis Cluster), so with several partitions a run depends
+        only on runs of its own partition - its own session's, or those of a session of the
+        same partition (issue 19: not yet across partitions)."""
+        if self.layout.partition_of(run_id) != self.partition:
+            raise ValidationError(
+                "depends_on", f"{run_id} is a run of another partition of the namespace: "
+                "with partitions a run depends only on runs of its own (issue 19)",
+            )  # fmt: skip
+
     def grouped(self: _S, ids: Sequence[str]) -> list[tuple[_S, list[str]]]:
         """Session (or run) ids by partition, in the order given within each: (the scripts
         of the partition, its ids)."""
@@ -155,8 +161,17 @@ class ScriptsBase:
         return self._scripts
 
     def _register(self) -> None:
-        self._scripts.update({name: self.redis.register_script(
-            lua_source(name, self.builders, bool(self.legacy))) for name in CONTRACTS})  # fmt: skip
+        self._scripts.update({name: self.redis.register_script(self._source(name))
+                              for name in CONTRACTS})  # fmt: skip
+
+    def _source(self, name: str) -> str:
+        source = lua_source(name, self.builders, bool(self.legacy))
+        assert ASK_FROM_LUA in _lua_file("prelude"), "prelude.lua's ASK_FROM moved"
+        if self.layout.partitioned and self.settings.clustered:
+            # a listener's subscription is on one master, and PUBSUB NUMSUB counts only the
+            # master it runs on: every event is published (prelude `heard` is never asked)
+            source = source.replace(ASK_FROM_LUA, "local ASK_FROM = math.huge")
+        return source
 
     async def ensure_version_async(self, redis: AsyncRedis) -> None:
         """Ask `redis` (asyncio) whether it reads shebangs, unless known (see _script)."""

@@ -199,10 +199,9 @@ class ControlCalls(ScriptsBase):
     ) -> Recovered:  # fmt: skip
         """Give back a worker's runs [(run id, queue)] - with `stale_ms`, only if its last
         heartbeat is that old by Redis's clock (recover.lua)."""
-        k = self.keys
-        g, grq = self.gkeys, self.grq  # (the namespace's: heartbeats, RQ's worker registry)
-        fixed = {**self.globals, "workers": g.workers(), "rq_workers": grq.workers_set,
-                 "runs": k.worker_runs(worker), "rq_worker": grq.worker(worker),
+        k, rq = self.keys, self.rq
+        fixed = {**self.globals, "workers": k.workers(), "rq_workers": rq.workers_set,
+                 "runs": k.worker_runs(worker), "rq_worker": rq.worker(worker),
                  "inbox": k.worker_inbox(worker), "idle_workers": k.idle_workers(),
                  "handed": k.worker_handed(worker), "schedule": k.schedule()}  # fmt: skip
         keys = RECOVER.pack_keys(fixed, {"run": [self.run_block(r, q) for r, q in runs]})

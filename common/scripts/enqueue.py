@@ -102,6 +102,8 @@ class EnqueueCalls(ScriptsBase):
         def key_index(run_id: str) -> int:
             """The KEYS index (KX) of an extra job key: a parent's, or a replaced task's."""
             if run_id not in extra:
+                if self.layout.partitioned:
+                    self.check_local(run_id)
                 keys.append(rq.job(run_id))
                 extra[run_id] = len(keys)  # Lua counts from 1
             return extra[run_id]
@@ -123,7 +125,7 @@ class EnqueueCalls(ScriptsBase):
         k, rq = self.keys, self.rq
         return {**self.globals, "sessions": k.sessions(), "rq_queues": rq.queues_set,
                 "schedule": k.schedule(), "waiting": k.waiting(), "names": k.names(),
-                "idle_workers": k.idle_workers(), "workers": self.gkeys.workers(),
+                "idle_workers": k.idle_workers(), "workers": k.workers(),
                 "epoch": k.data_epoch()}  # fmt: skip
 
     def _enqueue_queue_block(self, queue: str) -> list[str]:

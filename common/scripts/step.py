@@ -88,11 +88,10 @@ class StepCalls(ScriptsBase):
     def worker_head(self, worker: str, queues: Sequence[str]) -> WorkerHead:
         """The head of `worker`'s steps, serving `queues` in priority order."""
         k, rq = self.keys, self.rq
-        fixed = {**self.globals, "runs": k.worker_runs(worker),
-                 "rq_worker": self.grq.worker(worker),
+        fixed = {**self.globals, "runs": k.worker_runs(worker), "rq_worker": rq.worker(worker),
                  "inbox": k.worker_inbox(worker), "idle_workers": k.idle_workers(),
                  "handed": k.worker_handed(worker), "schedule": k.schedule(),
-                 "suspended": self.grq.suspended}  # fmt: skip
+                 "suspended": rq.suspended}  # fmt: skip
         blocks = [
             STEP.block("queue", {"list": rq.queue(q), "wake": k.wake(q), "started": rq.started(q),
                                  "finished": rq.finished(q), "failed": rq.failed(q),

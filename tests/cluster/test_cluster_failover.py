@@ -42,7 +42,7 @@ def test_a_master_killed_mid_drain_loses_no_run(replicated: RedisClusterServer) 
         workers.start(2, env=PATIENT)
         wait_for(lambda: sum(ended(client, s) for s in before) >= 10,
                  what="the drain to be under way")  # fmt: skip
-        home = server_of(probe, client.keys.sessions())
+        home = server_of(probe, client.keys.session(before[0]))  # (a master with sessions)
         port = int(home.connection_pool.connection_kwargs["port"])
         # what the master acknowledged has reached its replica (WAIT) before it dies
         admin = Redis(port=port)

@@ -10,11 +10,10 @@ import pytest
 
 from sessionq.common.clusterserver import RedisClusterServer
 from sessionq.common.connection import connect
-from sessionq.common.errors import ConfigError
 from sessionq.common.keys import Layout, run_id
 from sessionq.common.rqcompat import rq_keys
 from sessionq.common.scripts import transport
-from sessionq.common.scripts.base import ScriptsBase, key_builders
+from sessionq.common.scripts.base import key_builders
 from sessionq.common.scripts.contract import Contract
 from sessionq.common.settings import Settings
 
@@ -49,16 +48,4 @@ def test_a_partitions_script_writes_its_built_keys_and_partitions_cover_every_ma
         assert max(masters.values()) - min(masters.values()) <= 1
     finally:
         redis.flushall()
-        redis.close()
-
-
-def test_the_operations_say_they_are_not_partitioned_on_a_cluster_yet(
-    redis_cluster: RedisClusterServer,
-) -> None:
-    settings = Settings.from_env(redis_cluster.url, environ={"SESSIONQ_PARTITIONS": "64"})
-    redis = connect(settings)
-    try:
-        with pytest.raises(ConfigError, match="not yet on a cluster"):
-            ScriptsBase(redis, settings)
-    finally:
         redis.close()

@@ -90,11 +90,13 @@ def test_new_sessions_spread_over_every_partition_and_names_have_one() -> None:
 
 def test_the_partition_count_is_a_setting_and_one_slot_on_a_cluster_has_a_tagged_prefix() -> None:
     cluster = "redis+cluster://127.0.0.1:7000"
-    one_slot = Settings.from_env(cluster, environ={})
-    assert one_slot.partition_count == CLUSTER_PARTITIONS == 1
+    spread = Settings.from_env(cluster, environ={})
+    assert spread.partition_count == CLUSTER_PARTITIONS == 16 and spread.prefix == "sq:"
+    one_slot = Settings.from_env(cluster, environ={"SESSIONQ_PARTITIONS": "1"})
+    assert one_slot.partition_count == 1
     assert one_slot.prefix == ONE_SLOT_PREFIX == "{sq}:"
     with pytest.raises(ConfigError, match="prefix 'sq:': on a Redis Cluster .* needs a hash tag"):
-        Settings.from_env(cluster, prefix="sq:", environ={})
+        Settings.from_env(cluster, prefix="sq:", environ={"SESSIONQ_PARTITIONS": "1"})
     env = {"SESSIONQ_PARTITIONS": "8"}
     assert Settings.from_env(cluster, environ=env).partition_count == 8
     assert Settings.from_env(cluster, environ=env).prefix == "sq:"

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from redis import Redis
 
+from sessionq.common.connection import sync_reply
 from sessionq.common.errors import SessionNotFound, ValidationError
 from sessionq.common.keys import Keys
 from sessionq.common.settings import Settings
@@ -95,7 +96,7 @@ def test_restart_after_stop_schedules_the_cron_task_again_and_reruns_no_firing(
     assert [e["task"] for e in restarted()] == [nxt]  # the ended firing is not run again
     record = s[nxt]
     assert record["state"] == "deferred" and record["attempts"] == 0
-    due = redis.zscore(keys.schedule(), nxt)
+    due = sync_reply(redis.zscore(keys.schedule(), nxt))
     assert due is not None and due > time.time() * 1000  # waits for its next firing time
     assert s.progress()["status"] == "Running"
     assert s[first]["attempts"] == 1 and s[first]["result"] == 4

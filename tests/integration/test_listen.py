@@ -144,10 +144,13 @@ def test_listen_to_every_session_ends_by_timeout(client: Client, workers: Worker
     thread = threading.Thread(target=lambda: got.extend(client.listen(None, timeout=1.5)))
     thread.start()
 
-    def subscribed(channel: str) -> bool:
-        return bool(sync_reply(home(client.redis, channel).pubsub_numsub(channel))[0][1] == 1)
+    channels = all_sessions_channels(client.keys)
+    hub = home(client.redis, channels[0])  # (where the listener's subscription is)
 
-    for channel in all_sessions_channels(client.keys):
+    def subscribed(channel: str) -> bool:
+        return bool(sync_reply(hub.pubsub_numsub(channel))[0][1] == 1)
+
+    for channel in channels:
         wait_for(partial(subscribed, channel), what="the listener to subscribe")
     ids = client.create("a", task="tests.tasks:noop", replicas=3)
     thread.join(timeout=30)

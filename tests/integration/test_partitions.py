@@ -15,7 +15,7 @@ import pytest
 from redis import Redis
 from redis.exceptions import ResponseError
 
-from sessionq.common.errors import ConfigError, PartlyWritten
+from sessionq.common.errors import ConfigError, PartlyWritten, ValidationError
 from sessionq.common.keys import Layout
 from sessionq.common.settings import Settings
 from sessionq.producer import Client, Task
@@ -61,7 +61,7 @@ def test_new_sessions_spread_over_the_partitions_each_in_its_own(
         part = layout.part(n)
         assert redis.hlen(part.sessions()) == count
         assert redis.scard(part.idx_status("Pending")) == count
-    assert not redis.exists("sq:sessions"), "nothing under the one-partition names"
+    assert not redis.exists(Layout(spread.prefix).glob.sessions()), "no one-partition names"
     assert sorted(r["id"] for r in pclient.info(ids)) == sorted(ids)
     assert sorted(r["id"] for r in pclient.fetch()) == sorted(ids)
     stats = pclient.stats()
@@ -147,3 +147,20 @@ def test_a_plain_session_worker_refuses_a_partitioned_namespace_by_name(spread: 
     with pytest.raises(ConfigError, match="worker_class"):
         SessionWorker(spread)
     assert worker_class(spread).partitioned
+
+
+def test_a_dependency_on_a_run_of_another_partition_is_refused(
+    pclient: Client, spread: Settings
+) -> None:
+    layout = Layout.of(spread)
+    parents = pclient.session("parents")
+    pid = parents.add(Task("tests.tasks:noop", name="later", in_=3600))
+    home = layout.partition_of(pid)
+    other = next(name for name in (f"child-{i}" for i in range(100))
+                 if layout.partition_of_name(spread.user, name) != home)  # fmt: skip
+    s = pclient.session(other)
+    with pytest.raises(ValidationError, match="depends_on"):
+        s.add(Task("tests.tasks:noop", name="child", depends_on=pid))
+    assert len(s) == 0
+    same = parents.add(Task("tests.tasks:noop", name="after", depends_on=pid))  # one partition
+    assert parents[same]["state"] == "deferred"

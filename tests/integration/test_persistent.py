@@ -219,6 +219,9 @@ def test_silence_task_prerun(client: Client, workers: WorkerProcs, silence: bool
     workers.start()
     s.step()  # exactly the bad one runs first
     wait_for(lambda: states(s)["bad"] == "failed", what="bad task failed")
+    if not silence:  # a worker carries out the stop it asked for (the control queue)
+        wait_for(lambda: [states(s)[f"ok{i}"] for i in range(3)] == ["canceled"] * 3,
+                 what="the stop to cancel the rest")  # fmt: skip
     # (refused when the failure has ended the session already: nothing is left to play)
     client.play(s.id)
     wait_for(lambda: ended(s), what="session end")

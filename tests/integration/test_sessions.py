@@ -152,20 +152,16 @@ def test_rq_info_sees_our_queues_and_workers(
     workers.start(1, extra=["--queue", "elsewhere"])
     wait_for(lambda: any(r["status"] == "Running" for r in client.info(ids)),
              what="the first run to start")  # fmt: skip
-    url = home_url(client.redis, client.keys.workers())  # (rq takes one server)
-    cmd = [sys.executable, "-m", "rq.cli", "info", "--url", url]
-    cmd += ["-S", "sessionq.common.codec.RQSerializer"]
     # RQ's worker registry under the prefix; with partitions, each one's queues under its own
-    prefixes = dict.fromkeys([settings.prefix, *(k.prefix for k in Layout.of(settings).parts())])
-    asked = [
-        subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "RQ_KEY_PREFIX": f"{prefix}rq", "PYTHONPATH": str(ROOT)},
-        )
-        for prefix in prefixes
-    ]  # fmt: skip  (at once: within the first run's 4 s)
+    # (rq takes one server: the one holding them)
+    where = {client.scripts.grq.rq_prefix[: -len("rq")]: client.scripts.grq.workers_set}
+    where.update({part.prefix: part.sessions() for part in Layout.of(settings).parts()})
+    asked = []
+    for prefix, key in where.items():  # (all at once: within the first run's 4 s)
+        cmd = [sys.executable, "-m", "rq.cli", "info", "--url", home_url(client.redis, key),
+               "-S", "sessionq.common.codec.RQSerializer"]  # fmt: skip
+        env = {**os.environ, "RQ_KEY_PREFIX": f"{prefix}rq", "PYTHONPATH": str(ROOT)}
+        asked.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env))
     texts = [rq_info.communicate(timeout=60)[0] for rq_info in asked]
     assert all(rq_info.returncode == 0 for rq_info in asked)
     counts = [re.search(r"^elsewhere\s+\|\S*\s+(\d+)(?:, (\d+) executing)?", text, re.M)
