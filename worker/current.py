@@ -97,6 +97,9 @@ class CurrentRun:
         """Its body is done (any thread): no stop reaches it now; `finish` says how it ended."""
         with self._lock:
             self.finish = finish
+            # what would interrupt it goes: an async run's asyncio task holds its context,
+            # whose current_task() holds this run - a cycle left for the GC to find, per run
+            self.interrupt = None
 
     def attach_interrupt(self, interrupt: Callable[[str], None]) -> str | None:
         """The run's body can be interrupted now (its asyncio task exists). The reason of a

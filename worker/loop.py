@@ -14,6 +14,7 @@ and thread pool while this loop steps as above.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -247,6 +248,12 @@ class SessionWorker:
             pass
         self._watcher = Watcher(self)
         self._watcher.start()
+        # What the process holds now (modules, the task modules, its connections) lives as
+        # long as it does: out of the collector's full passes, which would walk it all again
+        # every few thousand runs (gc.freeze's documentation; collected first, so that no
+        # garbage of the start, a test's or an embedding program's, is kept for ever)
+        gc.collect()
+        gc.freeze()
         log.info("worker %s serving %s", self.name, ", ".join(self.queues))
         try:
             while not self.shutting_down or (self.runner is not None and self.runner.running):
