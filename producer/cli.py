@@ -55,6 +55,18 @@ class SessionqGroup(click.Group):
             return command
         return super().get_command(ctx, cmd_name)
 
+    def invoke(self, ctx: click.Context) -> Any:
+        """A field a subcommand's option fills is named as typed: `--in`, not `in_`."""
+        try:
+            return super().invoke(ctx)
+        except ValidationError as exc:
+            command = self.commands.get(ctx.invoked_subcommand or "")
+            for param in command.params if command is not None else ():
+                spelt = {o.lstrip("-").replace("-", "_") for o in param.opts}
+                if isinstance(param, click.Option) and exc.field in {param.name, *spelt}:
+                    raise ValidationError(max(param.opts, key=len), exc.problem) from exc
+            raise
+
     def main(
         self, args: Sequence[str] | None = None, prog_name: str | None = None,
         complete_var: str | None = None, standalone_mode: bool = True, **extra: Any,
