@@ -56,10 +56,14 @@ class SessionqGroup(click.Group):
         return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
-        """A field a subcommand's option fills is named as typed: `--in`, not `in_`."""
+        """A field spelt for Python only (`in_`: `in` is a keyword) is named as the option
+        that fills it was typed (`--in`); other fields keep the API's names, as SPEC's
+        messages spell them (`depends_on`)."""
         try:
             return super().invoke(ctx)
         except ValidationError as exc:
+            if not exc.field.endswith("_"):
+                raise
             command = self.commands.get(ctx.invoked_subcommand or "")
             for param in command.params if command is not None else ():
                 spelt = {o.lstrip("-").replace("-", "_") for o in param.opts}

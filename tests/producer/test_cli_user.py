@@ -156,10 +156,10 @@ def test_destroy_with_matching_nothing_and_unknown_event_types(run: Run, client:
 @pytest.mark.parametrize(
     ("args", "says"),
     [
-        (["create", "big", "--cmd", "true", "-e", f"K={'x' * 600 * 1024}"], "--env: "),
-        (["create", "big", "--task", "tests.tasks:echo", "--args", "x" * 600 * 1024], "--args: "),
+        (["create", "big", "--cmd", "true", "-e", f"K={'x' * 600 * 1024}"], "env: "),
+        (["create", "big", "--task", "tests.tasks:echo", "--args", "x" * 600 * 1024], "args: "),
         (["create", "big", "--task", "tests.tasks:echo", "--kwargs",
-          json.dumps({"value": "x" * 600 * 1024})], "--kwargs: "),
+          json.dumps({"value": "x" * 600 * 1024})], "kwargs: "),
         (["add", "s", "--task", "tests.tasks:noop", "--in", "1e12"],
          "--in: must be less than 3153600000"),
         (["add", "s", "--task", "tests.tasks:noop", "--in", "-1"],
@@ -167,7 +167,7 @@ def test_destroy_with_matching_nothing_and_unknown_event_types(run: Run, client:
     ],
 )  # fmt: skip
 def test_messages_name_what_is_wrong(run: Run, args: list[str], says: str) -> None:
-    """Each names the option as it was typed (`--in`, not the API's `in_`)."""
+    """Each names its field; `--in` as typed, not as the API spells it (`in_`)."""
     code, _, err = run(*args)
     assert code == 2 and says in err and err.count("\n") == 1
 
