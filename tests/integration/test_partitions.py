@@ -16,10 +16,11 @@ from redis import Redis
 from redis.exceptions import ResponseError
 
 from sessionq.common.errors import ConfigError, PartlyWritten, ValidationError
-from sessionq.common.keys import Layout
+from sessionq.common.keys import CONTROL_QUEUE, DEFAULT_QUEUE, Layout
 from sessionq.common.settings import Settings
 from sessionq.producer import Client, Task
 from sessionq.worker.loop import SessionWorker
+from sessionq.worker.ops import recover_worker
 from sessionq.worker.partitioned import worker_class
 from tests.conftest import WorkerProcs, wait_for
 
@@ -164,3 +165,29 @@ def test_a_dependency_on_a_run_of_another_partition_is_refused(
     assert len(s) == 0
     same = parents.add(Task("tests.tasks:noop", name="after", depends_on=pid))  # one partition
     assert parents[same]["state"] == "deferred"
+
+
+def test_a_lost_worker_is_charged_at_most_its_runs_in_flight_over_every_partition(
+    pclient: Client, spread: Settings
+) -> None:
+    """Recovery is one call per partition: a worker lost with `--max-jobs 2` and a started
+    run in each of three partitions has two of them charged (they used their one attempt),
+    not one per partition; the third goes back unrun."""
+    layout = Layout.of(spread)
+    ids = pclient.create("lost", task="tests.tasks:noop", replicas=60)
+    parts = sorted({layout.partition_of(sid) for sid in ids})[:3]
+    assert len(parts) == 3
+    scripts: Any = pclient.scripts  # (a PartitionedScripts: it steps as a worker would)
+    head = scripts.worker_head("lost-worker", [CONTROL_QUEUE, DEFAULT_QUEUE])
+    for n in parts:  # its RQ worker hash says --max-jobs 2 in every partition (register)
+        pclient.redis.hset(scripts.parts[n].rq.worker("lost-worker"), "max_jobs", 2)
+        scripts.claim_at = n
+        scripts.step_send(head, "lost-worker", [], [], "", claim=1)
+        assert len(scripts.step_receive().started) == 1
+    assert pclient.stats()["tasks"]["started"] == 3
+
+    assert recover_worker(scripts, "lost-worker", "lost in a test")
+    tasks = pclient.stats()["tasks"]
+    assert tasks["failed"] == 2, "charged: no retries left"
+    assert tasks["queued"] == len(ids) - 2 and tasks["started"] == 0
+
