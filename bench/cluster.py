@@ -35,6 +35,9 @@ CLUSTER_PARTITIONS = 16  # (settings.CLUSTER_PARTITIONS: not imported, see the d
 EVEN_TOLERANCE = 0.15  # a master's share within +-15% of 1/MASTERS counts as even
 REPLICAS_PER_CALL = 10_000
 IDLE_SAMPLE_S = 1.0
+EVENT_BYTES = 200  # about one event's size (msgpack)
+FULL_SIZES = {"publishes": 30_000}  # (bench.compare adds its drain and round_trips)
+QUICK_SIZES = {"publishes": 2_000}
 # one Redis as everyone runs it; the same with the cluster's partitions (what partitioning
 # costs without a cluster); the cluster
 TARGETS = ("one", "one_parts", "cluster")
@@ -126,7 +129,38 @@ def cl_drain(args: argparse.Namespace) -> dict[str, Any]:
     return {"figures": figures, "detail": detail}
 
 
-MEASUREMENTS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {"cl_drain": cl_drain}
+def cl_publish(args: argparse.Namespace) -> dict[str, Any]:
+    """args.n PUBLISH of an event-sized message (EVENT_BYTES) on the channel of partition 0's
+    events, pipelined, nobody subscribed: Redis CPU per message on the master that takes it
+    and on each other master (a cluster's bus carries every PUBLISH to every node)."""
+    from sessionq.common.keys import Layout
+    from sessionq.common.scripts.transport import server_of
+
+    c = sq_client(args.url)
+    masters = masters_of(c)
+    channel = Layout.of(c.settings).part(0).events_all_channel()
+    home = server_of(c.redis, channel)
+    kwargs = home.connection_pool.connection_kwargs
+    sender = f"{kwargs.get('host')}:{kwargs.get('port')}"
+    message = b"e" * EVENT_BYTES
+    cpu0 = {m: redis_cpu_s(r) for m, r in masters.items()}
+    pipe = home.pipeline(transaction=False)
+    for i in range(args.n):
+        pipe.publish(channel, message)
+        if i % 1000 == 999:
+            pipe.execute()
+    pipe.execute()
+    cpu = {m: (redis_cpu_s(r) - cpu0[m]) / args.n * 1e6 for m, r in masters.items()}
+    c.close()
+    others = [v for m, v in cpu.items() if m != sender]
+    figures = {"sender_cpu_us_per_publish": cpu[sender]}
+    if others:
+        figures["other_cpu_us_per_publish"] = statistics.mean(others)
+    return {"figures": figures, "detail": {"cpu_us_per_publish": cpu, "sender": sender}}
+
+
+MEASUREMENTS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "cl_drain": cl_drain, "cl_publish": cl_publish}  # fmt: skip
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -148,6 +182,7 @@ def variants(sizes: dict[str, int]) -> dict[str, Variant]:
     return {
         "drain": Variant(SQ, "cl_drain", ("--n", str(sizes["drain"])), "bench.cluster"),
         "round_trip": Variant(SQ, "sq_round_trip", ("--n", str(sizes["round_trips"]))),
+        "publish": Variant(SQ, "cl_publish", ("--n", str(sizes["publishes"])), "bench.cluster"),
     }
 
 
@@ -196,10 +231,10 @@ def _median(raw: Raw, name: str, target: str, figure: str) -> float | None:
     return statistics.median(values) if values else None
 
 
-def _per_master(raw: Raw, field: str) -> dict[str, float]:
-    """A detail field of the cluster's drain, per master: the median over the rounds (the
+def _per_master(raw: Raw, field: str, target: str = "cluster") -> dict[str, float]:
+    """A detail field of a target's drain, per master: the median over the rounds (the
     masters' ports are the same in every round)."""
-    rounds = [r["detail"][field] for r in raw["drain"]["cluster"]]
+    rounds = [r["detail"][field] for r in raw["drain"][target]]
     return {m: statistics.median(float(r[m]) for r in rounds if m in r) for m in rounds[0]}
 
 
@@ -213,6 +248,8 @@ SUMMARY = (  # name, measurement, figure
     ("evalsha_per_run", "drain", "evalsha_per_run"),
     ("publish_per_run", "drain", "publish_per_run"),
     ("commands_per_run", "drain", "commands_per_run"),
+    ("sender_cpu_us_per_publish", "publish", "sender_cpu_us_per_publish"),
+    ("other_cpu_us_per_publish", "publish", "other_cpu_us_per_publish"),
 )
 
 
@@ -231,6 +268,8 @@ def summarise(raw: Raw) -> dict[str, Any]:
     out["spread"] = spread
     out["cpu_us_per_run_per_master"] = _per_master(raw, "cpu_us_per_run")
     out["idle_cpu_us_per_s_per_master"] = _per_master(raw, "idle_cpu_us_per_s")
+    out["idle_cpu_us_per_s"] = {t: max(_per_master(raw, "idle_cpu_us_per_s", t).values())
+                                for t in TARGETS}  # fmt: skip
     return out
 
 
@@ -262,7 +301,12 @@ def table(section: dict[str, Any], sizes: dict[str, int]) -> str:
         ("EVALSHA per run (all masters)", *each("evalsha_per_run")),
         ("PUBLISH per run (all masters)", *each("publish_per_run")),
         ("Redis commands per run, incl. in scripts (all masters)", *each("commands_per_run")),
-        ("idle Redis CPU per master [us/s]", "-", "-", idle),
+        (f"PUBLISH of {EVENT_BYTES} bytes, CPU on the master it is sent to [us]",
+         *each("sender_cpu_us_per_publish")),
+        ("  and on each other master (the cluster bus) [us]",
+         *each("other_cpu_us_per_publish")),
+        ("Redis CPU idle after the drain, per master [us/s]",
+         *(f"{s['idle_cpu_us_per_s'][t]:,.0f}" for t in TARGETS[:2]), idle),
     ]  # fmt: skip
     header = ("cluster section", *(COLUMNS[t] for t in TARGETS))
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -282,11 +326,13 @@ def table(section: dict[str, Any], sizes: dict[str, int]) -> str:
         "sq_round_trip (one worker running, a kept listener).",
         "Redis CPU per run per shard: INFO cpu (used_cpu_sys + used_cpu_user) of each master "
         "before queuing and after the drain, divided by the runs of the sessions that master "
-        "holds; it includes the cluster's own upkeep (the idle row: cluster bus, cron), on "
+        "holds; it includes Redis's upkeep (the idle row: cron, on the cluster its bus), on "
         "the master of the {g} slot the worker's heartbeats, and on every master the cluster "
         "bus carrying each PUBLISH to the other masters. Commands: INFO commandstats of every "
-        "master (CONFIG RESETSTAT before queuing). The cluster cannot be faster on a machine "
-        "of few cores; what it buys is every master's CPU and memory.",
+        f"master (CONFIG RESETSTAT before queuing). PUBLISH: {sizes['publishes']:,} messages "
+        "pipelined on the channel of partition 0's events, nobody subscribed. The cluster "
+        "cannot be faster on a machine of few cores; what it buys is every master's CPU and "
+        "memory.",
     ]
     wrap = textwrap.TextWrapper(width=100, subsequent_indent="  ")
     out = [line(header), "  ".join("-" * w for w in widths), *(line(r) for r in rows), ""]

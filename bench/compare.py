@@ -468,7 +468,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     sizes = (
-        {**QUICK_SIZES, **field.QUICK_SIZES} if args.quick else {**FULL_SIZES, **field.FULL_SIZES}
+        {**QUICK_SIZES, **field.QUICK_SIZES, **cluster.QUICK_SIZES}
+        if args.quick
+        else {**FULL_SIZES, **field.FULL_SIZES, **cluster.FULL_SIZES}
     )
     now = dt.datetime.now(dt.UTC)
     path = args.json or RESULTS_DIR / f"{now.strftime('%Y%m%dT%H%M%SZ')}.json"

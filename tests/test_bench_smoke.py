@@ -108,8 +108,10 @@ def test_the_cluster_section_alone_gives_its_figures(tmp_path: Path) -> None:
     summary = report["cluster"]["summary"]
     for name in ("drain_runs_per_s", "round_trip_p50_ms", "round_trip_p99_ms",
                  "redis_cpu_us_per_run", "shard_cpu_us_per_run_max", "evalsha_per_run",
-                 "commands_per_run"):  # fmt: skip
+                 "commands_per_run", "sender_cpu_us_per_publish"):  # fmt: skip
         assert all(positive(summary[name][t]) for t in ("one", "one_parts", "cluster")), name
+    assert positive(summary["other_cpu_us_per_publish"]["cluster"])
+    assert summary["other_cpu_us_per_publish"]["one"] is None, "one Redis: no other master"
     for what in ("sessions", "keys"):
         share = summary["spread"][what]["share"]
         assert len(share) == 3 and all(positive(v) for v in share.values()), what
