@@ -1,5 +1,5 @@
 """sessionq and plain RQ side by side: `python -m bench.compare [--quick] [--rounds 3]
-[--json PATH]`.
+[--json PATH] [--only queues|cluster]`.
 
 One throwaway redis-server (no persistence) serves every measurement. Each round runs every
 measurement once, sessionq first and then RQ, each in a fresh process (bench.measure) after
@@ -8,6 +8,10 @@ figure of every round goes to a JSON file (default bench/results/<UTC timestamp>
 
 This process imports neither sessionq's client nor RQ: RQ fixes its key prefix when first
 imported, and sessionq's ("sq:rq") must not leak into the plain RQ processes.
+
+Then the cluster section (bench.cluster, issue 19): sessionq on a 3-master Redis Cluster
+beside one Redis, both started for it; `--only cluster` runs that alone, `--only queues`
+everything but it.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import Any
 
 from redis import Redis
 
-from bench import field
+from bench import cluster, field
 from bench.measure import ROOT, child_env
 from bench.plan import RQ, SQ, Step, Variant
 from sessionq.common.redisserver import RedisServer
@@ -61,6 +65,7 @@ QUICK_SIZES = {
     "memory": 500,
 }
 CHILD_TIMEOUT_S = 900
+SECTIONS = ("queues", "cluster")
 
 
 # -- what to run -----------------------------------------------------------------------------
@@ -197,14 +202,16 @@ class MeasurementFailed(RuntimeError):
     pass
 
 
-def run_child(variant: Variant, url: str, python: Path | None = None) -> dict[str, Any]:
-    """Run one measurement process (in `python`, default this one); its {"figures": ...,
-    "detail": ...}."""
+def run_child(
+    variant: Variant, url: str, python: Path | None = None, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Run one measurement process (in `python`, default this one; `env` added to its
+    environment); its {"figures": ..., "detail": ...}."""
     cmd = [str(python or sys.executable), "-m", variant.module, variant.measurement, "--url",
            url, *variant.args]  # fmt: skip
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True,
-                              timeout=CHILD_TIMEOUT_S)  # fmt: skip
+        proc = subprocess.run(cmd, cwd=ROOT, env={**child_env(), **(env or {})},
+                              capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)  # fmt: skip
     except subprocess.TimeoutExpired as exc:
         raise MeasurementFailed(f"{' '.join(cmd[2:])}: no answer in {CHILD_TIMEOUT_S}s") from exc
     lines = proc.stdout.strip().splitlines()
@@ -440,6 +447,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "all; Huey, SAQ and arq each run in a venv of their own, bench/.venvs/, made on first "
         "use with pip)",
     )
+    parser.add_argument(
+        "--only",
+        choices=SECTIONS,
+        default=None,
+        help="run one section: queues (sessionq, RQ and the other queues on one Redis) or "
+        "cluster (sessionq on a 3-master Redis Cluster beside one Redis); default both",
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
@@ -454,13 +468,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     sizes = (
-        {**QUICK_SIZES, **field.QUICK_SIZES} if args.quick else {**FULL_SIZES, **field.FULL_SIZES}
+        {**QUICK_SIZES, **field.QUICK_SIZES, **cluster.QUICK_SIZES}
+        if args.quick
+        else {**FULL_SIZES, **field.FULL_SIZES, **cluster.FULL_SIZES}
     )
     now = dt.datetime.now(dt.UTC)
     path = args.json or RESULTS_DIR / f"{now.strftime('%Y%m%dT%H%M%SZ')}.json"
     started = time.perf_counter()
-    pythons, missing = field.prepare(args.systems, log)
-    plan = field.extend(steps(sizes), sizes, args.systems, missing)
+    queues = args.only in (None, "queues")
+    on_cluster = args.only in (None, "cluster") and SQ in args.systems
+    pythons, missing = field.prepare(args.systems, log) if queues else ({}, {})
+    plan = field.extend(steps(sizes), sizes, args.systems, missing) if queues else []
     server = RedisServer().start()
     try:
         machine = machine_info(server.url)
@@ -470,9 +488,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         server.stop()
+    try:
+        section = cluster.run_section(args.rounds, sizes, run_child, log) if on_cluster else None
+    except MeasurementFailed as exc:
+        log(f"bench.compare: a measurement of the cluster section failed: {exc}")
+        return 1
     machine["loadavg_end"] = list(os.getloadavg())
     meta = {"quick": args.quick, "rounds": args.rounds, "sizes": sizes,
-            "systems": list(args.systems)}  # fmt: skip
+            "systems": list(args.systems), "only": args.only}  # fmt: skip
     metrics = summarise(raw, sizes)
     rows = field.summarise(raw, sizes, missing)
     versions = field.versions(args.systems)
@@ -485,12 +508,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "field": rows,
         "versions": versions,
         "raw": raw,
+        "cluster": section,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
-    print(table(metrics, machine, meta, raw))
-    print()
-    print(field.table(rows, args.systems, versions, sizes))
+    if queues:
+        print(table(metrics, machine, meta, raw))
+        print()
+        print(field.table(rows, args.systems, versions, sizes))
+    if section is not None:
+        print()
+        print(cluster.table(section, sizes))
     print(f"\nAll figures: {path} ({report['elapsed_s']:.0f}s)")
     return 0
 

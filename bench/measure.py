@@ -130,10 +130,12 @@ def used_memory(url: str) -> int:
 
 # -- sessionq ----------------------------------------------------------------------------------
 def sq_settings(url: str) -> Any:
-    """Only SESSIONQ_WAIT_REPLICAS is taken from the environment (bench.waitcost sets it)."""
+    """Only SESSIONQ_WAIT_REPLICAS (bench.waitcost sets it) and SESSIONQ_PARTITIONS
+    (bench.cluster) are taken from the environment."""
     from sessionq.common.settings import Settings
 
-    environ = {k: v for k, v in os.environ.items() if k == "SESSIONQ_WAIT_REPLICAS"}
+    taken = ("SESSIONQ_WAIT_REPLICAS", "SESSIONQ_PARTITIONS")
+    environ = {k: v for k, v in os.environ.items() if k in taken}
     return Settings.from_env(url, environ=environ, user=USER)
 
 
@@ -169,9 +171,10 @@ def sq_fill(client: Any, mode: str, n: int) -> str:
 def sq_worker(args: argparse.Namespace) -> None:
     """A sessionq worker process (no supervisor), like RQ's SimpleWorker below."""
     import bench.tasks  # noqa: F401 - registers bench.tasks:noop
-    from sessionq.worker.loop import SessionWorker
+    from sessionq.worker.partitioned import worker_class
 
-    w = SessionWorker(sq_settings(args.url))
+    settings = sq_settings(args.url)  # (a cluster's URL: its partitions, bench.cluster)
+    w = worker_class(settings)(settings)
     w.install_signals()
     raise SystemExit(w.work(burst=args.burst))
 

@@ -274,6 +274,13 @@ class Layout:
     def of(cls, settings: Settings) -> Layout:
         return cls(settings.prefix, settings.partition_count)
 
+    def partitions_key(self) -> str:
+        """STRING the namespace's partition count, the same name whatever the count (under
+        the bare prefix, no hash tag): set (NX) at a process's first script call
+        (common.namespace), so that a process with another count is refused; never deleted.
+        Absent on a namespace whose one-partition keys exist: 1 (made before it was kept)."""
+        return f"{self.prefix}partitions"
+
     @property
     def partitioned(self) -> bool:
         return self.count > 1

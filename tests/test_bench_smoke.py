@@ -89,6 +89,38 @@ def test_quick_benchmark_writes_every_metric(tmp_path: Path) -> None:
     assert "beside other queues" in proc.stdout
 
 
+@pytest.mark.timeout(300)
+def test_the_cluster_section_alone_gives_its_figures(tmp_path: Path) -> None:
+    """`--only cluster`: one Redis (with one partition and with the cluster's 16) beside a
+    3-master Redis Cluster the bench starts: drain, round trip, the spread of sessions and
+    keys over the masters, Redis CPU per run per shard."""
+    out = tmp_path / "out.json"
+    env = {k: v for k, v in os.environ.items() if k != "RQ_KEY_PREFIX"}
+    env["PYTHONPATH"] = str(ROOT)
+    cmd = [sys.executable, "-m", "bench.compare", "--only", "cluster", "--quick", "--rounds",
+           "1", "--json", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "cluster section" in proc.stdout and "sessionq/RQ" not in proc.stdout
+
+    report = json.loads(out.read_text())
+    assert report["metrics"] == {}, "the queues section did not run"
+    summary = report["cluster"]["summary"]
+    for name in ("drain_runs_per_s", "round_trip_p50_ms", "round_trip_p99_ms",
+                 "redis_cpu_us_per_run", "shard_cpu_us_per_run_max", "evalsha_per_run",
+                 "commands_per_run", "sender_cpu_us_per_publish"):  # fmt: skip
+        assert all(positive(summary[name][t]) for t in ("one", "one_parts", "cluster")), name
+    assert positive(summary["other_cpu_us_per_publish"]["cluster"])
+    assert summary["other_cpu_us_per_publish"]["one"] is None, "one Redis: no other master"
+    for what in ("sessions", "keys"):
+        share = summary["spread"][what]["share"]
+        assert len(share) == 3 and all(positive(v) for v in share.values()), what
+        assert math.isclose(sum(share.values()), 1.0), what
+        assert isinstance(summary["spread"][what]["even"], bool)
+    per_shard = summary["cpu_us_per_run_per_master"]
+    assert list(per_shard) == list(share) and all(positive(v) for v in per_shard.values())
+
+
 @pytest.mark.timeout(120)
 def test_the_profile_command_drains_its_runs_and_prints_the_worker_s_call_tree() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -76,6 +76,7 @@ def worker_command(
 ) -> int:  # fmt: skip
     """Run workers: the control queue first, then the given queues."""
     from sessionq.common.connection import connect
+    from sessionq.common.scripts import Scripts
     from sessionq.common.validation import check_queue
     from sessionq.worker.registry import extend_import_path, import_modules
     from sessionq.worker.supervisor import Supervisor, WorkerOptions
@@ -85,7 +86,11 @@ def worker_command(
     # the worker processes are forked from this one: they inherit the path
     extend_import_path([os.getcwd(), *paths])
     import_modules(list(imports))  # fail early, before any process starts
-    connect(settings).close()  # a clear error now if Redis is unreachable
+    redis = connect(settings)  # a clear error now if Redis is unreachable
+    try:  # or if the namespace has another SESSIONQ_PARTITIONS
+        Scripts(redis, settings).check_namespace()
+    finally:
+        redis.close()
     opts = WorkerOptions(
         queues=list(queues), allow_commands=allow_commands, burst=burst, name=name,
         cores=cores, ram=ram, imports=list(imports), max_jobs=max_jobs or settings.max_jobs,

@@ -171,6 +171,7 @@ class SessionWorker:
         from sessionq.common.codec import RQSerializer
         from sessionq.common.scripts.transport import server_of
 
+        self.scripts.check_namespace()  # ConfigError: another SESSIONQ_PARTITIONS
         if self._rq_worker is None:  # (tried again after a Redis error: RQ's birth once)
             # (RQ takes one server's client: on a cluster, that of its worker hash's slot)
             home = server_of(self.redis, self.scripts.rq.worker(self.name))

@@ -129,14 +129,18 @@ def recover_worker(scripts: Scripts, name: str, reason: str, *, stale_ms: int = 
     when it was not (it is alive). With several partitions, partition by partition: it
     leaves the registries with the last."""
     if len(scripts.parts) == 1:
-        return _recover_in(scripts, name, reason, stale_ms=stale_ms, unregister=True)
+        return _recover_in(scripts, name, reason, stale_ms=stale_ms, unregister=True)[0]
     # each partition's call stays in its slot: the heartbeat is judged here, before each
-    # (the reaper judged it in reap.lua), and the worker leaves the registries after all
+    # (the reaper judged it in reap.lua), and the worker leaves the registries after all; a
+    # worker with N runs in flight has at most N started runs charged over all partitions
+    charged = 0
     for part in scripts.parts:
         if stale_ms and not _stale(scripts, name, stale_ms):
             log.info("worker %s beat again before its recovery: left alone", name)
             return False
-        if not _recover_in(part, name, reason, stale_ms=0, unregister=True):
+        done, charged = _recover_in(part, name, reason, stale_ms=0, unregister=True,
+                                    charged=charged)  # fmt: skip
+        if not done:
             return False
     _unregister(scripts, name)
     return True
@@ -162,24 +166,28 @@ def _unregister(scripts: Scripts, name: str) -> None:
 
 
 def _recover_in(
-    scripts: Scripts, name: str, reason: str, *, stale_ms: int, unregister: bool
-) -> bool:
-    """recover_worker in one partition."""
+    scripts: Scripts, name: str, reason: str, *, stale_ms: int, unregister: bool,
+    charged: int = 0,
+) -> tuple[bool, int]:  # fmt: skip
+    """recover_worker in one partition, `charged` of the worker's started runs charged
+    before: whether it was done (not: the worker is alive), and the runs charged by then."""
     r, k = scripts.redis, scripts.keys
     for _ in range(2):  # a run handed to it between the read and the script: once more
         run_ids = [codec.text(i) for i in sync_reply(r.lrange(k.worker_runs(name), 0, -1))]
         runs = scripts.with_queues(run_ids)
-        reply = scripts.recover(name, runs, reason, unregister=unregister, stale_ms=stale_ms)
+        reply = scripts.recover(name, runs, reason, unregister=unregister, stale_ms=stale_ms,
+                                charged=charged)  # fmt: skip
         if not reply.done:
             log.info("worker %s beat again before its recovery: left alone", name)
-            return False
+            return False, charged
+        charged += reply.charged
         if runs:
             log.warning("recovered %d run(s) of %s: %s", len(runs), name, reason)
         for sid in reply.destroying:
             destroy_session(scripts, sid)
         if not r.exists(k.worker_runs(name)):
             break
-    return True
+    return True, charged
 
 
 def _stop_started(

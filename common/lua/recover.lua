@@ -6,11 +6,13 @@
 -- key block and a `run` argument block (id, sid) per run; `worker` is the lost one, `reason`
 -- (msgpack string), `unregister` (1: leave the registries too), `stale_ms` (> 0: the reaper's
 -- call - only if the worker's last heartbeat landed that long ago by Redis's clock: it may
--- have beaten since the reaper judged it). Returns {recovered (0: it is alive, nothing done),
--- the ids of sessions being destroyed whose last running run this canceled}.
+-- have beaten since the reaper judged it), `charged` (started runs of this worker already
+-- charged by the calls before this one: a namespace of several partitions is recovered one
+-- partition at a time). Returns {recovered (0: it is alive, nothing done), the ids of
+-- sessions being destroyed whose last running run this canceled, the runs this call charged}.
 if A.stale_ms > 0 then
   local beat = tonumber(redis.call('ZSCORE', K.workers, A.worker))
-  if beat and beat > redis_now_ms() - A.stale_ms then return {0, {}} end
+  if beat and beat > redis_now_ms() - A.stale_ms then return {0, {}, 0} end
 end
 load_globals()
 local reason, unregister = A.reason, A.unregister == 1
@@ -29,9 +31,10 @@ for _, entry in ipairs(redis.call('LRANGE', K.inbox, 0, -1)) do
   if ok and type(e) == 'table' and e[1] then unbegun[e[1]] = true end
 end
 -- A worker with N runs in flight (`--max-jobs N`, its RQ worker hash says) began them in list
--- order too: its first N started runs are charged.
+-- order too: its first N started runs are charged, less those charged before (`charged`).
 local blocks, charged = {}, {}
-local inflight = tonumber(redis.call('HGET', K.rq_worker, 'max_jobs')) or 1
+local inflight = (tonumber(redis.call('HGET', K.rq_worker, 'max_jobs')) or 1) - A.charged
+local ncharged = 0
 for r = 1, n do
   local id, sid = AB.run(r).id, AB.run(r).sid
   blocks[r] = run_block(KB.run(r), sid)
@@ -40,6 +43,7 @@ for r = 1, n do
     if j[1] == 'started' and j[2] == G.worker then
       charged[id] = true
       inflight = inflight - 1
+      ncharged = ncharged + 1
     end
   end
 end
@@ -81,4 +85,4 @@ if unregister and redis.call('LLEN', K.runs) == 0 then
   redis.call('SREM', K.rq_workers, K.rq_worker)
   redis.call('DEL', K.rq_worker)
 end
-return {1, out}
+return {1, out, ncharged}

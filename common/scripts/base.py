@@ -13,7 +13,7 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from redis.commands.core import Script
 
-from sessionq.common import codec
+from sessionq.common import codec, namespace
 from sessionq.common.errors import SessionNotFound, ValidationError
 from sessionq.common.keys import DEFAULT_QUEUE, Keys, Layout, run_id, session_of
 from sessionq.common.rqcompat import RQKeys, rq_home, rq_keys
@@ -153,12 +153,33 @@ class ScriptsBase:
 
     @property
     def _script(self) -> dict[str, Script]:
-        """The scripts, registered for this server's version (asked once, on first use)."""
+        """The scripts, registered for this server's version (asked once, on first use, with
+        the namespace's partition count checked: common.namespace)."""
         if not self._scripts:
             if self.legacy is None:
-                self.legacy = transport.refuses_shebang(self.redis)
+                self.legacy = self._first_contact()
             self._register()
         return self._scripts
+
+    def _first_contact(self) -> bool:
+        """Whether the server refuses a shebang (transport.refuses_shebang), and the partition
+        count checked (ConfigError naming SESSIONQ_PARTITIONS): in one round trip with one
+        partition on one Redis, else the check on its own."""
+        if self.layout.partitioned or transport.clustered(self.redis):
+            namespace.check(self.redis, self.layout)
+            return transport.refuses_shebang(self.redis)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.script_load(transport.SHEBANG_PROBE)
+        namespace.queue_record(pipe, self.layout)
+        replies = pipe.execute(raise_on_error=False)
+        namespace.judge(self.layout, replies)
+        # a refused probe: asked again on its own, to tell a Redis 6 from another error
+        return isinstance(replies[0], Exception) and transport.refuses_shebang(self.redis)
+
+    def check_namespace(self) -> None:
+        """Register the scripts now, and with them check the namespace's partition count
+        (ConfigError naming SESSIONQ_PARTITIONS), as a script's first call would."""
+        self._script  # noqa: B018 - the property does it
 
     def _register(self) -> None:
         self._scripts.update({name: self.redis.register_script(self._source(name))
@@ -174,11 +195,24 @@ class ScriptsBase:
         return source
 
     async def ensure_version_async(self, redis: AsyncRedis) -> None:
-        """Ask `redis` (asyncio) whether it reads shebangs, unless known (see _script)."""
+        """Ask `redis` (asyncio) whether it reads shebangs, unless known (see _script), and
+        check the namespace's partition count (common.namespace)."""
         if not self._scripts:
             if self.legacy is None:
-                self.legacy = await transport.refuses_shebang_async(redis)
+                self.legacy = await self._first_contact_async(redis)
             self._register()
+
+    async def _first_contact_async(self, redis: AsyncRedis) -> bool:
+        """_first_contact on redis.asyncio."""
+        if self.layout.partitioned or transport.clustered(redis):
+            await namespace.check_async(redis, self.layout)
+            return await transport.refuses_shebang_async(redis)
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.script_load(transport.SHEBANG_PROBE)
+            namespace.queue_record(pipe, self.layout)
+            replies = await pipe.execute(raise_on_error=False)
+        namespace.judge(self.layout, replies)
+        return isinstance(replies[0], Exception) and await transport.refuses_shebang_async(redis)
 
     def script(self, name: str) -> Script:
         return self._script[name]

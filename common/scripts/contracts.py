@@ -201,6 +201,7 @@ RECOVER = Contract(
         ("reason", TEXT),
         ("unregister", NUMBER),
         ("stale_ms", NUMBER),
+        ("charged", NUMBER),
         ("nruns", NUMBER),
     ),  # fmt: skip
     arg_blocks=(Block("run", ("id", "sid"), ("nruns",)),),

@@ -39,10 +39,12 @@ _DESTROY_AT = [RUN_BLOCK.index(name) for name in DESTROY_RUN]  # (run_block's ca
 
 class Recovered(NamedTuple):
     """recover.lua's reply: whether it gave the worker's runs back (not when the reaper's
-    call found the worker alive again), and the sessions whose destroy to finish."""
+    call found the worker alive again), the sessions whose destroy to finish, and how many
+    started runs it charged an attempt."""
 
     done: bool
     destroying: list[str]
+    charged: int = 0
 
 
 class ControlCalls(ScriptsBase):
@@ -195,10 +197,11 @@ class ControlCalls(ScriptsBase):
 
     def recover(
         self, worker: str, runs: Sequence[tuple[str, str]], reason: str, *, unregister: bool,
-        stale_ms: int = 0,
+        stale_ms: int = 0, charged: int = 0,
     ) -> Recovered:  # fmt: skip
         """Give back a worker's runs [(run id, queue)] - with `stale_ms`, only if its last
-        heartbeat is that old by Redis's clock (recover.lua)."""
+        heartbeat is that old by Redis's clock; `charged` of its started runs were charged by
+        calls before (recover.lua)."""
         k, rq = self.keys, self.rq
         fixed = {**self.globals, "workers": k.workers(), "rq_workers": rq.workers_set,
                  "runs": k.worker_runs(worker), "rq_worker": rq.worker(worker),
@@ -207,11 +210,12 @@ class ControlCalls(ScriptsBase):
         keys = RECOVER.pack_keys(fixed, {"run": [self.run_block(r, q) for r, q in runs]})
         args = RECOVER.pack_args(
             {**self.clock(time.time()), "worker": worker, "reason": codec.encode(reason),
-             "unregister": int(unregister), "stale_ms": stale_ms, "nruns": len(runs)},
+             "unregister": int(unregister), "stale_ms": stale_ms, "charged": charged,
+             "nruns": len(runs)},
             {"run": [(run_id, session_of(run_id)) for run_id, _ in runs]},
         )  # fmt: skip
-        done, destroying = self.call("recover", keys, args)
-        return Recovered(bool(done), [s.decode() for s in destroying])
+        done, destroying, ncharged = self.call("recover", keys, args)
+        return Recovered(bool(done), [s.decode() for s in destroying], int(ncharged))
 
     def heartbeat(
         self, worker: str, counts: Mapping[str, int] | None = None, *, vouch: bool = False,

@@ -16,10 +16,11 @@ from redis import Redis
 from redis.exceptions import ResponseError
 
 from sessionq.common.errors import ConfigError, PartlyWritten, ValidationError
-from sessionq.common.keys import Layout
+from sessionq.common.keys import CONTROL_QUEUE, DEFAULT_QUEUE, Layout
 from sessionq.common.settings import Settings
 from sessionq.producer import Client, Task
 from sessionq.worker.loop import SessionWorker
+from sessionq.worker.ops import recover_worker
 from sessionq.worker.partitioned import worker_class
 from tests.conftest import WorkerProcs, wait_for
 
@@ -164,3 +165,72 @@ def test_a_dependency_on_a_run_of_another_partition_is_refused(
     assert len(s) == 0
     same = parents.add(Task("tests.tasks:noop", name="after", depends_on=pid))  # one partition
     assert parents[same]["state"] == "deferred"
+
+
+def test_a_lost_worker_is_charged_at_most_its_runs_in_flight_over_every_partition(
+    pclient: Client, spread: Settings
+) -> None:
+    """Recovery is one call per partition: a worker lost with `--max-jobs 2` and a started
+    run in each of three partitions has two of them charged (they used their one attempt),
+    not one per partition; the third goes back unrun."""
+    layout = Layout.of(spread)
+    ids = pclient.create("lost", task="tests.tasks:noop", replicas=60)
+    parts = sorted({layout.partition_of(sid) for sid in ids})[:3]
+    assert len(parts) == 3
+    scripts: Any = pclient.scripts  # (a PartitionedScripts: it steps as a worker would)
+    head = scripts.worker_head("lost-worker", [CONTROL_QUEUE, DEFAULT_QUEUE])
+    for n in parts:  # its RQ worker hash says --max-jobs 2 in every partition (register)
+        pclient.redis.hset(scripts.parts[n].rq.worker("lost-worker"), "max_jobs", 2)
+        scripts.claim_at = n
+        scripts.step_send(head, "lost-worker", [], [], "", claim=1)
+        assert len(scripts.step_receive().started) == 1
+    assert pclient.stats()["tasks"]["started"] == 3
+
+    assert recover_worker(scripts, "lost-worker", "lost in a test")
+    tasks = pclient.stats()["tasks"]
+    assert tasks["failed"] == 2, "charged: no retries left"
+    assert tasks["queued"] == len(ids) - 2 and tasks["started"] == 0
+
+
+def test_a_process_with_another_partition_count_is_refused_by_name(
+    pclient: Client, spread: Settings, pworkers: WorkerProcs
+) -> None:
+    """The namespace keeps the count it was made with: a producer or a worker of another
+    SESSIONQ_PARTITIONS stops with a ConfigError naming it (it would see none of the
+    namespace's sessions), before it writes anything."""
+    [sid] = pclient.create("first", task="tests.tasks:noop")
+    counts = [2] if spread.clustered else [1, 2]  # (one partition on a cluster: a hash-tag prefix)
+    for count in counts:
+        other = replace(spread, partitions=count)
+        with (
+            Client(settings=other) as client,
+            pytest.raises(ConfigError, match="SESSIONQ_PARTITIONS"),
+        ):
+            client.create("second", task="tests.tasks:noop")
+        worker = worker_class(other)(other)
+        with pytest.raises(ConfigError, match="SESSIONQ_PARTITIONS"):
+            worker.register()
+        worker.redis.close()
+    proc = pworkers.start(wait=False, env={"SESSIONQ_PARTITIONS": "2"})
+    assert proc.wait(timeout=60) == 1
+    assert [r["id"] for r in pclient.fetch()] == [sid], "nothing written by the others"
+
+
+def test_a_partitioned_process_refuses_a_namespace_of_one_partition(
+    settings: Settings, redis: Redis
+) -> None:
+    """A namespace of one partition made before the count was kept (no count in Redis) counts
+    as one: a partitioned process refuses it."""
+    if settings.clustered:
+        pytest.skip("one partition on a Redis Cluster has a prefix of its own (a hash tag)")
+    one = replace(settings, partitions=1)
+    with Client(settings=one) as client:
+        client.create("old", task="tests.tasks:noop")
+    redis.delete(Layout.of(one).partitions_key())  # as a namespace made before it was kept
+    with Client(settings=replace(settings, partitions=PARTITIONS)) as client:
+        with pytest.raises(ConfigError, match="SESSIONQ_PARTITIONS=4.* with 1 partition"):
+            client.create("new", task="tests.tasks:noop")
+        with pytest.raises(ConfigError, match="SESSIONQ_PARTITIONS"):
+            client.session("mine")
+    with Client(settings=one) as client:  # and one partition goes on as before
+        assert len(client.create("again", task="tests.tasks:noop")) == 1
