@@ -33,7 +33,7 @@ from sessionq.common.state import SharedState
 from sessionq.common.times import iso_from_ms
 from sessionq.common.validation import check_encodable
 from sessionq.common.vocabulary import ENDED_STATUSES, ENDED_TASK_STATES, Status, TaskState
-from sessionq.producer import control, plans
+from sessionq.producer import control, links, plans
 from sessionq.producer.control import task_order
 from sessionq.producer.follow import Followed, follow
 from sessionq.producer.persistent import PERSISTENT_KIND, Opened
@@ -149,6 +149,20 @@ class _Alike:
 
 
 _Staged = _Pending | _Fanned | _Alike
+
+
+def _parents_of(staged: _Staged) -> list[str]:
+    """The parents a staged run waits on (a named run's; none for runs alike, a map's)."""
+    options = staged.options if isinstance(staged, _Pending) else None
+    return (options.get("deps") or []) if options else []
+
+
+def _with_parents(staged: list[_Staged], reply: list[Any]) -> list[links.Waiting]:
+    """The runs of a flush written with parents (enqueue.lua's `reply` names those an
+    existing key or name stood for, not written): (run id, queue, parent ids)."""
+    stood_for = {reply[i] for i in range(1, len(reply), 3) if reply[i] != reply[i + 1]}
+    return [(p.tid, p.queue, _parents_of(p)) for p in staged
+            if isinstance(p, _Pending) and _parents_of(p) and p.tid not in stood_for]  # fmt: skip
 
 
 def _metas(staged: Sequence[_Pending]) -> list[bytes]:
@@ -283,7 +297,9 @@ class _SessionCore:
         self.name = opened.name
         self.config = opened.config
         self._created_ms = opened.created_at_ms
-        # (with several partitions: the scripts of this session's, keys.Layout)
+        # (with several partitions: the scripts of this session's, keys.Layout; and those of
+        # the whole namespace, for the parents of other partitions its runs wait on)
+        self._namespace = scripts
         self._scripts = scripts = scripts.of(opened.id)
         self._keys = scripts.keys
         self._ids: deque[str] = deque()  # reserved task ids not used yet
@@ -579,8 +595,13 @@ class _SessionCore:
         self._pending_runs, self._pending_drops, self._pending_objects = {}, [], {}
         self._open = None
         self._pending_keys, self._pending_names = {}, {}
+        remote: dict[str, str] = {}
         try:
-            replies = yield from self._send(staged, drops, objects)
+            if self._namespace.layout.partitioned:  # (parents of other partitions: links)
+                remote = yield from links.parent_states(self._namespace, self.id, [
+                    (p.name, _parents_of(p)) for p in staged
+                    if isinstance(p, _Pending) and _parents_of(p)])  # fmt: skip
+            replies = yield from self._send(staged, drops, objects, remote)
         except Exception:
             self._unstage(staged)
             raise
@@ -590,8 +611,12 @@ class _SessionCore:
                 raise reply
         replies = replies[1:] if objects else replies
         if staged:
-            self._apply_run_reply(texts(replies[0]), staged)
+            written = texts(replies[0])
+            self._apply_run_reply(written, staged)
             replies = replies[1:]
+            if remote:
+                yield from links.link(self._namespace, self.id,
+                                      _with_parents(staged, written), remote)  # fmt: skip
         for reply in replies:
             reply = texts(reply)
             if reply[0] == "running":
@@ -606,8 +631,10 @@ class _SessionCore:
         staged: list[_Staged],
         drops: list[tuple[list[str], bool, bool]],
         objects: dict[str, bytes],
+        remote: dict[str, str],
     ) -> Plan[list[Any]]:
-        """The flush's one transaction; its replies (errors among them, not raised)."""
+        """The flush's one transaction; its replies (errors among them, not raised).
+        `remote`: the states of the parents of other partitions (links.parent_states)."""
         scripts = self._scripts
         drop_runs = []
         for ids, _, chains in drops:
@@ -621,8 +648,9 @@ class _SessionCore:
                                     mapping=dict(objects)))  # fmt: skip
         if runs is not None:
             call = scripts.enqueue_call(
-                [(self.id, False, b"", "", PERSISTENT_KIND, scripts.settings.user)], runs, now=now
-            )
+                [(self.id, False, b"", "", PERSISTENT_KIND, scripts.settings.user)], runs, now=now,
+                remote=remote,
+            )  # fmt: skip
             items.append(ScriptCall("enqueue", *call))
         for (_ids, delete, _chains), dropped in zip(drops, drop_runs, strict=True):
             call = scripts.control_call("drop", self.id, {"delete": delete}, dropped)

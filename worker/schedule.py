@@ -4,7 +4,11 @@ Any number of workers run it; a lock lets one at a time scan, and the fire step 
 due run from the schedule atomically (ZREM), so a due run is released once whoever scans.
 A cron run, when fired, leaves its next firing in the schedule in the same step. Runs waiting
 on dependencies are judged when a parent ends (the worker that ran it calls `resolve_children`
-right after), and again by a periodic sweep in case that worker died in between.
+right after), and again by a periodic sweep in case that worker died in between. A parent
+of another partition than its child (keys.Layout; SPEC §9: depends_on names a task of
+another session) is read in its own partition and judged by that state in the child's - no
+call spans two partitions - so the sweep delivers its end too, whenever the worker that
+ended it died before telling its children.
 
 Every RECONCILE_EVERY_TICKS ticks the holder of the lock also reconciles what RQ's own tools
 did behind our back (`rq empty`, Job.delete, Job.cancel): a session whose live counters hold
@@ -65,7 +69,8 @@ def _queues(scripts: Scripts, run_ids: list[str], *fields: str) -> list[list[Any
 
 def resolve_runs(scripts: Scripts, run_ids: Iterable[str], worker: str = "") -> list[str]:
     """Judge runs waiting on dependencies; returns those that ended (canceled or failed) and
-    so may have waiting runs of their own."""
+    so may have waiting runs of their own. `scripts`: the whole namespace's (a run may wait
+    on runs of other partitions, whose states are read there first)."""
     ids = list(dict.fromkeys(run_ids))
     if not ids:
         return []
@@ -82,20 +87,31 @@ def resolve_runs(scripts: Scripts, run_ids: Iterable[str], worker: str = "") -> 
             log.error("run %s: unreadable dependencies: %s", run_id, exc)
             deps = []
         by_session[session_of(run_id)].append((run_id, codec.text(origin), deps))
+    states = _foreign_states(scripts, by_session) if scripts.layout.partitioned else {}
     ended: list[str] = []
     for sid, runs in by_session.items():
-        first_extra = scripts.control_extra_index(len(runs))
-        extra: dict[str, int] = {}
-        parents = []
-        for _run_id, _queue, deps in runs:
-            parents.append([extra.setdefault(p, first_extra + len(extra)) for p in deps])
-        extra_keys = [scripts.rq.job(p) for p in extra]
-        reply = scripts.control(
-            "resolve", sid, {"parents": parents}, [(r[0], r[1]) for r in runs], extra_keys,
-            worker=worker,
-        )  # fmt: skip
+        reply = scripts.resolve(sid, runs, states, worker=worker)
         ended += [str(r) for r in reply[1:]]
     return ended
+
+
+def _foreign_states(
+    scripts: Scripts, by_session: dict[str, list[tuple[str, str, list[str]]]]
+) -> dict[str, str | None]:
+    """The states of the parents of another partition than their child's (keys.Layout), read
+    in their own (one pipeline): what control.lua's resolve judges them by (resolve_call)."""
+    layout = scripts.layout
+    foreign = list(dict.fromkeys(
+        p for sid, runs in by_session.items() for _, _, deps in runs for p in deps
+        if layout.partition_of(p) != layout.partition_of(sid)
+    ))  # fmt: skip
+    if not foreign:
+        return {}
+    pipe = scripts.redis.pipeline(transaction=False)
+    for parent in foreign:
+        pipe.hget(scripts.rq.job(parent), "state")
+    read = pipe.execute()
+    return {p: codec.text(st) if st else None for p, st in zip(foreign, read, strict=True)}
 
 
 def resolve_children(scripts: Scripts, parent_ids: Iterable[str], worker: str = "") -> None:
@@ -118,8 +134,11 @@ def resolve_children(scripts: Scripts, parent_ids: Iterable[str], worker: str = 
 class Scheduler:
     """One worker's share of the scheduling: call `tick()` every scheduler_interval_s."""
 
-    def __init__(self, scripts: Scripts, worker: str) -> None:
+    def __init__(self, scripts: Scripts, worker: str, whole: Scripts | None = None) -> None:
         self.scripts = scripts
+        # the namespace's (with several partitions, `scripts` are one partition's): a run
+        # waiting here may wait on runs of other partitions, and runs there on it
+        self.whole = whole or scripts
         self.worker = worker
         self.ticks = 0
         self._sweep_cursor = 0  # SSCAN position: each sweep goes on where the last stopped
@@ -236,9 +255,9 @@ class Scheduler:
         waiting = r.sscan(k.waiting(), self._sweep_cursor, count=SWEEP_BATCH)
         self._sweep_cursor, members = sync_reply(waiting)
         ids = _texts(members)
-        ended = resolve_runs(self.scripts, ids, self.worker)
+        ended = resolve_runs(self.whole, ids, self.worker)
         if ended:
-            resolve_children(self.scripts, ended, self.worker)
+            resolve_children(self.whole, ended, self.worker)
         return len(ids)
 
     # -- what RQ's own tools did ---------------------------------------------------------

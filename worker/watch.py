@@ -98,7 +98,7 @@ class Watcher(threading.Thread):
         interval = w.settings.heartbeat_interval_s
         next_beat = next_tick = 0.0
         # (one per partition, keys.Layout: each its own lock, schedule and waiting runs)
-        schedulers = [Scheduler(part, w.name) for part in w.scripts.parts]
+        schedulers = [Scheduler(part, w.name, w.scripts) for part in w.scripts.parts]
         # at most a heartbeat interval between tries: beats resume as soon as Redis does
         backoff = Backoff(log, f"watcher {w.name}", cap_s=min(interval, RETRY_BACKOFF_CAP_S))
         while not self._stopping.is_set():

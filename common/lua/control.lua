@@ -191,14 +191,15 @@ elseif op == 'restart' then
   end
 
 elseif op == 'resolve' then
-  -- runs waiting on dependencies whose parents may have ended; plan.parents[r] = KEYS indexes
+  -- runs waiting on dependencies whose parents may have ended; plan.parents[r]: per parent
+  -- of run r, its job's KEYS index, or its state when it is of another partition (dep_state)
   for r, id in ipairs(ids) do
     local B = blocks[r]
     local j = redis.call('HMGET', B.job, 'state', 'deps', 'run_if', 'due', 'cond_silent', 'cron')
     if j[1] == 'deferred' and j[2] and not redis.call('ZSCORE', SCHEDULE, id) then
       local deps = cmsgpack.unpack(j[2])
       local states = {}
-      for i, ki in ipairs(plan.parents[r]) do states[i] = redis.call('HGET', KX(ki), 'state') end
+      for i, ref in ipairs(plan.parents[r]) do states[i] = dep_state(ref) end
       local verdict, reason = judge(j[3] or 'succeeded', deps, states)
       if verdict == 'ready' then
         redis.call('SREM', WAITING, id)

@@ -16,8 +16,10 @@
 --   runs = a list per field, a value per run (enqueue.py _run_columns): [session index, run
 --          id, name, state, queue index, options index (0: none), shared index, data, sq,
 --          extra job fields (field, value, ...) or nil]
---   options = {key, policy, deps (ids), dep_keys (KEYS indexes), run_if, due (ms), cron,
---              silent, old (KEYS index of the task a "replace" removes), old_id}
+--   options = {key, policy, deps (ids), dep_keys (per parent: its job's KEYS index; for a
+--              parent of another partition, its state as read there before the call - prelude
+--              `dep_state`), run_if, due (ms), cron, silent, old (KEYS index of the task a
+--              "replace" removes), old_id}
 -- Returns {'ok', run id, final id, final name, ...} (one triple per run whose id or name
 -- changed: an existing key or an ignored/renamed name), or {'exists', name} ("raise": nothing
 -- written), {'retry'} (a replaced name moved meanwhile), {'running', id} (the task a
@@ -95,7 +97,8 @@ for r = 1, NR do
       for j = 1, r - 1 do this_call[R_ID[j]] = true end
     end
     for i, pid in ipairs(o.deps) do
-      if not this_call[pid] and redis.call('EXISTS', KX(o.dep_keys[i])) == 0 then
+      local ref = o.dep_keys[i]  -- (a parent of another partition: checked before the call)
+      if not this_call[pid] and type(ref) == 'number' and redis.call('EXISTS', KX(ref)) == 0 then
         return {'nodep', R_ID[r], pid}
       end
     end
@@ -304,7 +307,7 @@ for r = 1, NR do
       local verdict, reason = 'ready', nil
       if o and o.deps and #o.deps > 0 then
         local states = {}
-        for i, ki in ipairs(o.dep_keys) do states[i] = redis.call('HGET', KX(ki), 'state') end
+        for i, ref in ipairs(o.dep_keys) do states[i] = dep_state(ref) end
         verdict, reason = judge(o.run_if or 'succeeded', o.deps, states)
       end
       if o and o.cron then redis.call('HINCRBY', B.session, 'cron', 1) end
@@ -344,7 +347,10 @@ for r = 1, NR do
           -- a scheduled run waits for a scheduler cycle, even when already due (cycle_sleep)
           redis.call('ZADD', SCHEDULE, o.due, id)
         elseif verdict == 'wait' then
-          for i, ki in ipairs(o.dep_keys) do add_child(KX(ki), id) end
+          -- (a parent of another partition learns of it after this call: link.lua)
+          for _, ref in ipairs(o.dep_keys) do
+            if type(ref) == 'number' then add_child(KX(ref), id) end
+          end
           redis.call('SADD', WAITING, id)
         else
           if o.cron then redis.call('HINCRBY', B.session, 'cron', -1) end

@@ -698,6 +698,16 @@ local function judge(run_if, parent_ids, states)
   return 'ready', nil
 end
 
+-- The state of a run's parent as a plan names it (`ref`): by the KEYS index (KX) of its job
+-- hash when it is of the call's partition - read now, in the same atomic step; by the state
+-- it had when read in its own partition, just before the call, when it is of another one
+-- (keys.Layout: no call spans two partitions) - '' when it named no task then.
+local function dep_state(ref)
+  if type(ref) == 'number' then return redis.call('HGET', KX(ref), 'state') end
+  if ref == '' then return nil end
+  return ref
+end
+
 -- The RQ `status` field that goes with each of our run states.
 local RQ_STATUS = {queued = 'queued', deferred = 'deferred', held = 'deferred',
   started = 'started', succeeded = 'finished', failed = 'failed', canceled = 'canceled'}

@@ -14,7 +14,7 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.commands.core import Script
 
 from sessionq.common import codec, namespace
-from sessionq.common.errors import SessionNotFound, ValidationError
+from sessionq.common.errors import SessionNotFound
 from sessionq.common.keys import DEFAULT_QUEUE, Keys, Layout, run_id, session_of
 from sessionq.common.rqcompat import RQKeys, rq_home, rq_keys
 from sessionq.common.scripts import transport
@@ -36,7 +36,7 @@ _S = TypeVar("_S", bound="ScriptsBase")
 # change of state): with SESSIONQ_WAIT_REPLICAS they return once the replicas have them.
 # Heartbeats, reaping and events are bookkeeping that a failover may lose and redo. (A
 # worker's steps wait on its FastLane.)
-DURABLE = frozenset({"enqueue", "control", "request", "destroy", "state", "reserve"})
+DURABLE = frozenset({"enqueue", "control", "request", "destroy", "state", "reserve", "link"})
 
 
 def now_ms() -> int:
@@ -135,16 +135,11 @@ class ScriptsBase:
         session id's first byte, keys.Layout), so that `of` finds it; none with one."""
         return sid[:2] if self.layout.partitioned else ""
 
-    def check_local(self, run_id: str) -> None:
-        """ValidationError unless run `run_id` is of this partition: a script call stays in
-        its partition (a slot of a Redis Cluster), so with several partitions a run depends
-        only on runs of its own partition - its own session's, or those of a session of the
-        same partition (issue 19: not yet across partitions)."""
-        if self.layout.partition_of(run_id) != self.partition:
-            raise ValidationError(
-                "depends_on", f"{run_id} is a run of another partition of the namespace: "
-                "with partitions a run depends only on runs of its own (issue 19)",
-            )  # fmt: skip
+    def foreign(self, run_id: str) -> bool:
+        """Is run `run_id` of another partition than this one? A script call stays in its
+        partition (a slot of a Redis Cluster): a parent of another partition is read and
+        told of its children by calls of its own (SPEC §9, producer.links)."""
+        return self.layout.partitioned and self.layout.partition_of(run_id) != self.partition
 
     def grouped(self: _S, ids: Sequence[str]) -> list[tuple[_S, list[str]]]:
         """Session (or run) ids by partition, in the order given within each: (the scripts

@@ -209,6 +209,15 @@ RECOVER = Contract(
     flags=RUNS_WHEN_FULL,
 )
 
+# Children of another partition listed with their parents (link.lua, SPEC §9)
+LINK = Contract(
+    "link",
+    keys=(),
+    key_blocks=(Block("parent", ("job",), ("nlinks",)),),
+    args=(("nlinks", NUMBER),),
+    arg_blocks=(Block("link", ("child",), ("nlinks",)),),
+)
+
 # Task ids for runs added to a session later; never handed out twice (reserve.lua)
 RESERVE = Contract("reserve", keys=("session", "epoch"), args=(("count", NUMBER),))
 
@@ -293,4 +302,4 @@ REQUEST = Contract(
 )
 
 CONTRACTS = {c.name: c for c in (STEP, TOOK, ENQUEUE, CONTROL, DESTROY, RECOVER, EMIT, LOG, STATE,
-                                 REQUEST, RECOUNT, HEARTBEAT, REAP, RESERVE)}  # fmt: skip
+                                 REQUEST, RECOUNT, HEARTBEAT, REAP, RESERVE, LINK)}  # fmt: skip

@@ -87,6 +87,34 @@ class ControlCalls(ScriptsBase):
                                   "plan": codec.encode_for_lua(plan)})  # fmt: skip
         return keys, args
 
+    def resolve(
+        self, sid: str, runs: Sequence[tuple[str, str, Sequence[str]]],
+        states: Mapping[str, str | None], *, worker: str = "",
+    ) -> list[Any]:  # fmt: skip
+        """control.lua resolve: judge runs of session `sid` waiting on their parents
+        (resolve_call); the reply names the runs that ended."""
+        return texts(self.call("control", *self.resolve_call(sid, runs, states, worker=worker)))
+
+    def resolve_call(
+        self, sid: str, runs: Sequence[tuple[str, str, Sequence[str]]],
+        states: Mapping[str, str | None], *, worker: str = "",
+    ) -> tuple[list[str], list[Any]]:  # fmt: skip
+        """The keys and args of control.lua resolve over runs (run id, queue, parent ids) of
+        session `sid`: a parent of this partition by its job key (read in the call), one of
+        another by its state in `states`, read there just before (None: no such task; keys.
+        Layout: no call spans two partitions)."""
+        first_extra = self.control_extra_index(len(runs))
+        extra: dict[str, int] = {}
+        parents = []
+        for _run_id, _queue, deps in runs:
+            parents.append([(states[p] or "") if self.foreign(p)
+                            else extra.setdefault(p, first_extra + len(extra))
+                            for p in deps])  # fmt: skip
+        return self.control_call(
+            "resolve", sid, {"parents": parents}, [(r[0], r[1]) for r in runs],
+            [self.rq.job(p) for p in extra], worker=worker,
+        )  # fmt: skip
+
     def destroy(
         self,
         sid: str,

@@ -10,7 +10,7 @@ from typing import Any, NamedTuple, TypeVar
 from sessionq.common import codec
 from sessionq.common.jobhash import JobFields
 from sessionq.common.scripts.base import BLOCK_CACHE_MAX, ScriptsBase, texts
-from sessionq.common.scripts.contracts import ENQUEUE
+from sessionq.common.scripts.contracts import ENQUEUE, LINK
 
 T = TypeVar("T")
 # session index, run id, name, state, queue, job fields, options (enqueue.lua)
@@ -54,15 +54,18 @@ class EnqueueCalls(ScriptsBase):
         client: Any = None,
         claim: str = "",
         retention_ms: int | None = None,
+        remote: Mapping[str, str] | None = None,
     ) -> list[Any]:
         """Create sessions (sid, is_new, record, name, kind, owner) and add runs to them
         (session index, run id, name, state, queue, job fields, options). One atomic call;
         see enqueue.lua for the options and the reply; `claim` is the persistent name
         (owner/name) the one new session takes. Given a pipeline as `client`, the call
         is queued on it (the caller has loaded the scripts: ensure_loaded). `retention_ms`:
-        the new sessions are removed that long after they end (None: kept)."""
+        the new sessions are removed that long after they end (None: kept). `remote`: the
+        state of each parent of another partition the runs wait on, read there just before
+        (producer.links)."""
         keys, args = self.enqueue_call(sessions, runs, worker=worker, now=now, claim=claim,
-                                       retention_ms=retention_ms)  # fmt: skip
+                                       retention_ms=retention_ms, remote=remote)  # fmt: skip
         return texts(self.call("enqueue", keys, args, client=client))
 
     def enqueue_call(
@@ -74,6 +77,7 @@ class EnqueueCalls(ScriptsBase):
         now: float | None = None,
         claim: str = "",
         retention_ms: int | None = None,
+        remote: Mapping[str, str] | None = None,
     ) -> tuple[list[str], list[Any]]:
         """The keys and args of `enqueue`, sent by no one: for a caller with its own client
         (`runs` as Run tuples, or as RunColumns)."""
@@ -102,13 +106,20 @@ class EnqueueCalls(ScriptsBase):
         def key_index(run_id: str) -> int:
             """The KEYS index (KX) of an extra job key: a parent's, or a replaced task's."""
             if run_id not in extra:
-                if self.layout.partitioned:
-                    self.check_local(run_id)
                 keys.append(rq.job(run_id))
                 extra[run_id] = len(keys)  # Lua counts from 1
             return extra[run_id]
 
-        columns, shared, options = _run_columns(cols, queues, key_index)
+        def parent_ref(run_id: str) -> int | str:
+            """A parent as enqueue.lua's dep_keys name it (prelude `dep_state`): its job's
+            KEYS index, or its state when it is of another partition (read there)."""
+            if not self.foreign(run_id):
+                return key_index(run_id)
+            if remote is None or run_id not in remote:
+                raise ValueError(f"parent {run_id} is of another partition: its state is needed")
+            return remote[run_id]
+
+        columns, shared, options = _run_columns(cols, queues, key_index, parent_ref)
         plan = codec.encode_for_lua(
             [plan_sessions, list(queues), columns, claim, shared, retention_ms, options]
         )
@@ -118,6 +129,23 @@ class EnqueueCalls(ScriptsBase):
             "fresh_ms": int(self.settings.heartbeat_late_s * 1000), "plan": plan,
         })  # fmt: skip
         return keys, args
+
+    def link_calls(
+        self, links: Sequence[tuple[str, str]]
+    ) -> list[tuple[list[tuple[str, str]], list[str], list[Any]]]:
+        """link.lua's calls listing children with parents of other partitions (SPEC §9):
+        `links` (parent id, child id), one call per partition of the parents - (its links,
+        keys, args). Its reply: each parent's state (None: no such task)."""
+        children: dict[str, list[str]] = {}
+        for parent, child in links:
+            children.setdefault(parent, []).append(child)
+        calls = []
+        for part, parents in self.grouped(list(children)):
+            pairs = [(p, c) for p in parents for c in children[p]]
+            keys = LINK.pack_keys({}, {"parent": [part.rq.job(p) for p, _ in pairs]})
+            args = LINK.pack_args({"nlinks": len(pairs)}, {"link": [(c,) for _, c in pairs]})
+            calls.append((pairs, keys, args))
+        return calls
 
     @cached_property
     def _enqueue_fixed(self) -> dict[str, str]:
@@ -144,8 +172,9 @@ class EnqueueCalls(ScriptsBase):
 
 
 def _run_columns(
-    runs: RunColumns, queues: dict[str, int], key_index: Callable[[str], int]
-) -> tuple[list[Any], list[list[Any]], list[dict[str, Any]]]:
+    runs: RunColumns, queues: dict[str, int], key_index: Callable[[str], int],
+    parent_ref: Callable[[str], int | str],
+) -> tuple[list[Any], list[list[Any]], list[dict[str, Any]]]:  # fmt: skip
     """The plan's runs, a list per field (enqueue.lua's `runs`): a batch of 10,000 runs is a
     dozen lists, not 10,000 of each (for the packer here and for cmsgpack.unpack there).
     Job fields and options that runs share (one object for them: a map's, or add's plain
@@ -159,7 +188,7 @@ def _run_columns(
             return o
         o = dict(o)  # (the caller's stays as it was)
         if o.get("deps"):
-            o["dep_keys"] = [key_index(p) for p in o["deps"]]
+            o["dep_keys"] = [parent_ref(p) for p in o["deps"]]
         if o.get("old_id"):
             o["old"] = key_index(o["old_id"])
         return o

@@ -47,7 +47,7 @@ def _by_op_session(name: str) -> Callable[..., Any]:
 
 # the calls about one session (or run) whose first argument is its id; then (control.lua's)
 # those whose second is
-SESSION_CALLS = ("destroy", "destroy_call", "request",
+SESSION_CALLS = ("destroy", "destroy_call", "request", "resolve", "resolve_call",
                  "request_call", "reserve", "reserve_call", "emit", "emit_call", "log",
                  "state_change", "run_keys", "run_block")  # fmt: skip
 

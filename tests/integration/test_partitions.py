@@ -5,6 +5,7 @@ all; a worker drains the runs of every partition; listeners hear every partition
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from redis.exceptions import ResponseError
 from sessionq.common.errors import ConfigError, PartlyWritten, ValidationError
 from sessionq.common.keys import CONTROL_QUEUE, DEFAULT_QUEUE, Layout
 from sessionq.common.settings import Settings
-from sessionq.producer import Client, Task
+from sessionq.producer import AsyncClient, Client, Session, Task, links
 from sessionq.worker.loop import SessionWorker
 from sessionq.worker.ops import recover_worker
 from sessionq.worker.partitioned import worker_class
@@ -47,8 +48,13 @@ def pworkers(spread: Settings, redis: Redis) -> Iterator[WorkerProcs]:
     procs.stop_all()
 
 
-def start(procs: WorkerProcs, n: int = 1) -> None:
-    procs.start(n, env={"SESSIONQ_PARTITIONS": str(PARTITIONS)})
+# the workers' sweep of the runs waiting on dependencies (worker.schedule) never comes within
+# a test: a waiting run goes on only when it is told that its parent ended
+NO_SWEEP = {"SESSIONQ_SCHEDULER_INTERVAL_S": "600"}
+
+
+def start(procs: WorkerProcs, n: int = 1, env: dict[str, str] | None = None) -> None:
+    procs.start(n, env={"SESSIONQ_PARTITIONS": str(PARTITIONS), **(env or {})})
 
 
 def test_new_sessions_spread_over_the_partitions_each_in_its_own(
@@ -150,21 +156,95 @@ def test_a_plain_session_worker_refuses_a_partitioned_namespace_by_name(spread: 
     assert worker_class(spread).partitioned
 
 
-def test_a_dependency_on_a_run_of_another_partition_is_refused(
+def elsewhere_name(settings: Settings, sid: str, name: str) -> str:
+    """The name `name`-<n> of a persistent session of another partition than session `sid`'s."""
+    layout = Layout.of(settings)
+    home = layout.partition_of(sid)
+    return next(f"{name}-{i}" for i in range(100)
+                if layout.partition_of_name(settings.user, f"{name}-{i}") != home)  # fmt: skip
+
+
+def elsewhere(client: Client, settings: Settings, sid: str, name: str) -> Session:
+    """A persistent session of another partition than session `sid`'s (elsewhere_name)."""
+    return client.session(elsewhere_name(settings, sid, name))
+
+
+def test_a_run_waits_on_a_run_of_another_partition(
+    pclient: Client, spread: Settings, pworkers: WorkerProcs
+) -> None:
+    parents = pclient.session("xp-parents")
+    pid = parents.add(Task("tests.tasks:noop", name="parent"))
+    s = elsewhere(pclient, spread, parents.id, "xp-children")
+    after = s.add(Task("tests.tasks:noop", name="after", depends_on=pid))
+    unless = s.add(Task("tests.tasks:noop", name="unless", depends_on=pid, run_if="failed"))
+    assert s[after]["state"] == s[unless]["state"] == "deferred"
+    start(pworkers, env=NO_SWEEP)  # the parent's end is told to its children by its worker
+    assert s.wait(timeout=60) == "Completed"
+    parent = parents[pid]
+    assert parent["state"] == "succeeded"
+    assert s[after]["state"] == "succeeded" and s[after]["started_at"] >= parent["finished_at"]
+    assert s[unless]["state"] == "canceled"
+    assert s[unless]["error"] == f"dependency {pid} succeeded (run_if=failed)"
+
+
+def test_a_run_added_after_its_parent_of_another_partition_ended(
+    pclient: Client, spread: Settings, pworkers: WorkerProcs
+) -> None:
+    parents = pclient.session("xp-ended")
+    ok = parents.add(Task("tests.tasks:noop", name="ok"))
+    bad = parents.add(Task("tests.tasks:boom", name="bad"))
+    start(pworkers)
+    assert parents.wait(timeout=60) == "Failed"
+    s = elsewhere(pclient, spread, parents.id, "xp-late")
+    never = s.add(Task("tests.tasks:noop", name="never", depends_on=[ok, bad]))
+    assert s[never]["state"] == "canceled"  # judged as it was written
+    assert s[never]["error"] == f"dependency {bad} failed (run_if=succeeded)"
+    then = s.add(Task("tests.tasks:add", args=[2, 3], name="then", depends_on=[ok, bad],
+                      run_if="finished"))  # fmt: skip
+    assert s.wait(timeout=60) == "Completed"
+    assert s[then]["state"] == "succeeded" and s[then]["result"] == 5
+
+
+def test_a_parent_that_ends_before_its_child_is_linked_is_judged_by_the_add(
+    pclient: Client, spread: Settings, pworkers: WorkerProcs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parent ends after the add read its state and before the add listed the child with
+    it (its worker found no child to tell): the add judges the child itself."""
+    parents = pclient.session("xp-race")
+    pid = parents.add(Task("tests.tasks:noop", name="parent"))
+    start(pworkers, env=NO_SWEEP)
+    assert parents.wait(timeout=60) == "Completed"
+    read = links.parent_states
+
+    def before_it_ended(*args: Any) -> Any:  # (a plan: the states as read before the end)
+        states = yield from read(*args)
+        return dict.fromkeys(states, "started")
+
+    monkeypatch.setattr(links, "parent_states", before_it_ended)
+    s = elsewhere(pclient, spread, parents.id, "xp-raced")
+    unless = Task("tests.tasks:noop", name="unless", depends_on=pid, run_if="failed")
+    s.add(unless, flush=False)
+    after = s.add(Task("tests.tasks:noop", name="after", depends_on=pid), flush=False)
+    then = s.add(Task("tests.tasks:noop", name="then", depends_on=unless), flush=False)
+    s.flush()
+    assert s[unless.ids[s.id]]["state"] == "canceled"
+    assert s[then]["state"] == "canceled"  # waited on a run of the same add that ended so
+    assert s.wait(timeout=60) == "Completed" and s[after]["state"] == "succeeded"
+
+
+def test_a_dependency_on_no_task_of_another_partition_is_refused(
     pclient: Client, spread: Settings
 ) -> None:
     layout = Layout.of(spread)
-    parents = pclient.session("parents")
+    parents = pclient.session("xp-none")
     pid = parents.add(Task("tests.tasks:noop", name="later", in_=3600))
-    home = layout.partition_of(pid)
-    other = next(name for name in (f"child-{i}" for i in range(100))
-                 if layout.partition_of_name(spread.user, name) != home)  # fmt: skip
-    s = pclient.session(other)
-    with pytest.raises(ValidationError, match="depends_on"):
-        s.add(Task("tests.tasks:noop", name="child", depends_on=pid))
+    s = elsewhere(pclient, spread, parents.id, "xp-orphan")
+    unknown = f"{parents.id}-999"  # a run id of that partition that names no task
+    assert layout.partition_of(unknown) != layout.partition_of(s.id)
+    with pytest.raises(ValidationError, match=f"depends_on.*{unknown}.*names no task"):
+        s.add(Task("tests.tasks:noop", name="child", depends_on=[pid, unknown]))
     assert len(s) == 0
-    same = parents.add(Task("tests.tasks:noop", name="after", depends_on=pid))  # one partition
-    assert parents[same]["state"] == "deferred"
+    assert s.add(Task("tests.tasks:noop", name="child", depends_on=pid)) in s
 
 
 def test_a_lost_worker_is_charged_at_most_its_runs_in_flight_over_every_partition(
@@ -234,3 +314,64 @@ def test_a_partitioned_process_refuses_a_namespace_of_one_partition(
             client.session("mine")
     with Client(settings=one) as client:  # and one partition goes on as before
         assert len(client.create("again", task="tests.tasks:noop")) == 1
+
+
+def test_an_async_session_waits_on_a_run_of_another_partition(
+    pclient: Client, spread: Settings, pworkers: WorkerProcs
+) -> None:
+    parents = pclient.session("xp-aio")
+    pid = parents.add(Task("tests.tasks:noop", name="parent"))
+    name = elsewhere_name(spread, parents.id, "xp-aio-child")
+
+    async def main() -> tuple[str, str]:
+        async with AsyncClient(settings=spread) as aclient:
+            s = await aclient.session(name)
+            with pytest.raises(ValidationError, match="depends_on"):
+                await s.add(Task("tests.tasks:noop", name="orphan", depends_on=f"{pid}9"))
+            child = await s.add(Task("tests.tasks:noop", name="child", depends_on=pid))
+            await asyncio.to_thread(start, pworkers, 1, NO_SWEEP)
+            return child, await s.wait(60)
+
+    child, status = asyncio.run(main())
+    assert status == "Completed" and pclient.session(name)[child]["state"] == "succeeded"
+
+
+def test_retries_and_restarts_across_partitions_as_within_one(
+    pclient: Client, spread: Settings, pworkers: WorkerProcs
+) -> None:
+    parents = pclient.session("xp-retry")
+    retried = parents.add(Task("tests.tasks:fails_before", args=[2], name="retried", retries=1))
+    once = parents.add(Task("tests.tasks:fails_before", args=[2], name="once"))
+    s = elsewhere(pclient, spread, parents.id, "xp-rejudged")
+    # judged on its parent's last attempt, not on the failed one retried
+    kept = s.add(Task("tests.tasks:noop", name="kept", depends_on=retried))
+    later = s.add(Task("tests.tasks:noop", name="later", depends_on=once))
+    start(pworkers)
+    assert parents.wait(timeout=60) == "Failed"
+    wait_for(lambda: s.progress()["status"] == "Completed", what="the children judged")
+    assert parents[retried]["attempts"] == 2 and s[kept]["state"] == "succeeded"
+    assert s[later]["state"] == "canceled"
+    parents.restart(failed_only=True)  # `once` succeeds on its second attempt
+    wait_for(lambda: parents[once]["state"] == "succeeded", what="the parent's second attempt")
+    s.restart(failed_only=True)  # the run canceled by its parent's failure is judged again
+    wait_for(lambda: s[later]["state"] == "succeeded", what="the child judged again")
+    assert s.wait(timeout=60) == "Completed" and s[kept]["attempts"] == 1
+
+
+def test_a_worker_lost_between_a_parent_s_end_and_telling_its_children(
+    pclient: Client, spread: Settings, pworkers: WorkerProcs
+) -> None:
+    """The worker that ends the parent is killed (SIGKILL) right after the end is written,
+    before it judges the child of another partition: the workers' sweep does (its
+    supervisor's new process, here)."""
+    parents = pclient.session("xp-lost")
+    pid = parents.add(Task("tests.silent_end:die_before_telling", name="parent"))
+    s = elsewhere(pclient, spread, parents.id, "xp-told")
+    child = s.add(Task("tests.tasks:noop", name="child", depends_on=pid))
+    pworkers.start(1, extra=["--import", "tests.silent_end"],
+                   env={"SESSIONQ_PARTITIONS": str(PARTITIONS)})  # fmt: skip
+    assert parents.wait(timeout=60) == "Completed"
+    lost = parents[pid]["worker"]
+    wait_for(lambda: lost not in pworkers.names(), what="the worker that ended it to be lost")
+    assert s.wait(timeout=60) == "Completed"
+    assert s[child]["state"] == "succeeded" and s[child]["worker"] != lost
