@@ -14,7 +14,7 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.commands.core import Script
 
 from sessionq.common import codec, namespace
-from sessionq.common.errors import SessionNotFound, ValidationError
+from sessionq.common.errors import ConfigError, SessionNotFound, ValidationError
 from sessionq.common.keys import DEFAULT_QUEUE, Keys, Layout, run_id, session_of
 from sessionq.common.rqcompat import RQKeys, rq_home, rq_keys
 from sessionq.common.scripts import transport
@@ -191,6 +191,8 @@ class ScriptsBase:
         source = lua_source(name, self.builders, bool(self.legacy))
         assert PUBLISH_LUA in _lua_file("prelude"), "prelude.lua's pub/sub verbs moved"
         if self.settings.clustered:
+            if self.legacy:
+                raise ConfigError("a Redis Cluster needs Redis 7 or newer (sharded pub/sub)")
             # sharded pub/sub (the hubs SSUBSCRIBE on a cluster, producer.routing): the cluster
             # bus carries a SPUBLISH to no other master, and SHARDNUMSUB counts the listeners
             source = source.replace(PUBLISH_LUA, SHARDED_PUBLISH_LUA)
