@@ -33,6 +33,8 @@ NOT_RUN = {
     "pip install '.[dashboard]'": "installs the dashboard extra (its tests need it already)",
     "python -m bench.compare": "takes ~10 minutes; tests/test_bench_smoke.py covers it",
     "python -m bench.compare --quick": "tests/test_bench_smoke.py runs it",
+    "python -m bench.compare --only cluster": "takes ~2-3 min; tests/test_bench_smoke.py runs "
+    "it with --quick",
     "python -m bench.profile": "a profile of 20,000 runs; tests/test_bench_smoke.py covers it",
     "python -m bench.soak --runs 100000 --workers 4": "takes minutes; test_bench_soak covers it",
     "python -m bench.soak --runs 30000 --trickle": "takes minutes; test_bench_soak covers it",
