@@ -121,6 +121,8 @@ def cl_drain(args: argparse.Namespace) -> dict[str, Any]:
         "commands_per_run": sum(sum(c.values()) for c in calls.values()) / args.n,
         "evalsha_per_run": sum(c.get("evalsha", 0) for c in calls.values()) / args.n,
         "publish_per_run": sum(c.get("publish", 0) for c in calls.values()) / args.n,
+        # (on a cluster events are sharded: SPUBLISH)
+        "spublish_per_run": sum(c.get("spublish", 0) for c in calls.values()) / args.n,
     }
     detail = {"sessions": {m: sessions[m] for m in masters}, "keys": keys,
               "cpu_s": cpu, "cpu_us_per_run": per_run, "idle_cpu_us_per_s":
@@ -130,9 +132,10 @@ def cl_drain(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cl_publish(args: argparse.Namespace) -> dict[str, Any]:
-    """args.n PUBLISH of an event-sized message (EVENT_BYTES) on the channel of partition 0's
-    events, pipelined, nobody subscribed: Redis CPU per message on the master that takes it
-    and on each other master (a cluster's bus carries every PUBLISH to every node)."""
+    """args.n PUBLISH, then args.n SPUBLISH, of an event-sized message (EVENT_BYTES) on the
+    channel of partition 0's events, pipelined, nobody subscribed: Redis CPU per message on
+    the master that takes it and on each other master (a cluster's bus carries every PUBLISH
+    to every node, a SPUBLISH to none: sessionq's scripts SPUBLISH on a cluster)."""
     from sessionq.common.keys import Layout
     from sessionq.common.scripts.transport import server_of
 
@@ -143,20 +146,25 @@ def cl_publish(args: argparse.Namespace) -> dict[str, Any]:
     kwargs = home.connection_pool.connection_kwargs
     sender = f"{kwargs.get('host')}:{kwargs.get('port')}"
     message = b"e" * EVENT_BYTES
-    cpu0 = {m: redis_cpu_s(r) for m, r in masters.items()}
-    pipe = home.pipeline(transaction=False)
-    for i in range(args.n):
-        pipe.publish(channel, message)
-        if i % 1000 == 999:
-            pipe.execute()
-    pipe.execute()
-    cpu = {m: (redis_cpu_s(r) - cpu0[m]) / args.n * 1e6 for m, r in masters.items()}
+    figures: dict[str, float] = {}
+    detail: dict[str, Any] = {"sender": sender}
+    for command in ("PUBLISH", "SPUBLISH"):
+        cpu0 = {m: redis_cpu_s(r) for m, r in masters.items()}
+        pipe = home.pipeline(transaction=False)
+        for i in range(args.n):
+            pipe.execute_command(command, channel, message)
+            if i % 1000 == 999:
+                pipe.execute()
+        pipe.execute()
+        cpu = {m: (redis_cpu_s(r) - cpu0[m]) / args.n * 1e6 for m, r in masters.items()}
+        verb = command.lower()
+        detail[f"cpu_us_per_{verb}"] = cpu
+        figures[f"sender_cpu_us_per_{verb}"] = cpu[sender]
+        others = [v for m, v in cpu.items() if m != sender]
+        if others:
+            figures[f"other_cpu_us_per_{verb}"] = statistics.mean(others)
     c.close()
-    others = [v for m, v in cpu.items() if m != sender]
-    figures = {"sender_cpu_us_per_publish": cpu[sender]}
-    if others:
-        figures["other_cpu_us_per_publish"] = statistics.mean(others)
-    return {"figures": figures, "detail": {"cpu_us_per_publish": cpu, "sender": sender}}
+    return {"figures": figures, "detail": detail}
 
 
 MEASUREMENTS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
@@ -247,9 +255,12 @@ SUMMARY = (  # name, measurement, figure
     ("shard_cpu_us_per_run_mean", "drain", "shard_cpu_us_per_run_mean"),
     ("evalsha_per_run", "drain", "evalsha_per_run"),
     ("publish_per_run", "drain", "publish_per_run"),
+    ("spublish_per_run", "drain", "spublish_per_run"),
     ("commands_per_run", "drain", "commands_per_run"),
     ("sender_cpu_us_per_publish", "publish", "sender_cpu_us_per_publish"),
     ("other_cpu_us_per_publish", "publish", "other_cpu_us_per_publish"),
+    ("sender_cpu_us_per_spublish", "publish", "sender_cpu_us_per_spublish"),
+    ("other_cpu_us_per_spublish", "publish", "other_cpu_us_per_spublish"),
 )
 
 
@@ -300,11 +311,15 @@ def table(section: dict[str, Any], sizes: dict[str, int]) -> str:
         ("Redis CPU per run, all masters together [us]", *each("redis_cpu_us_per_run")),
         ("EVALSHA per run (all masters)", *each("evalsha_per_run")),
         ("PUBLISH per run (all masters)", *each("publish_per_run")),
+        ("SPUBLISH per run (all masters)", *each("spublish_per_run")),
         ("Redis commands per run, incl. in scripts (all masters)", *each("commands_per_run")),
         (f"PUBLISH of {EVENT_BYTES} bytes, CPU on the master it is sent to [us]",
          *each("sender_cpu_us_per_publish")),
         ("  and on each other master (the cluster bus) [us]",
          *each("other_cpu_us_per_publish")),
+        (f"SPUBLISH of {EVENT_BYTES} bytes, CPU on the master it is sent to [us]",
+         *each("sender_cpu_us_per_spublish")),
+        ("  and on each other master [us]", *each("other_cpu_us_per_spublish")),
         ("Redis CPU idle after the drain, per master [us/s]",
          *(f"{s['idle_cpu_us_per_s'][t]:,.0f}" for t in TARGETS[:2]), idle),
     ]  # fmt: skip
@@ -328,9 +343,10 @@ def table(section: dict[str, Any], sizes: dict[str, int]) -> str:
         "before queuing and after the drain, divided by the runs of the sessions that master "
         "holds; it includes Redis's upkeep (the idle row: cron, on the cluster its bus), on "
         "the master of the {g} slot the worker's heartbeats, and on every master the cluster "
-        "bus carrying each PUBLISH to the other masters. Commands: INFO commandstats of every "
-        f"master (CONFIG RESETSTAT before queuing). PUBLISH: {sizes['publishes']:,} messages "
-        "pipelined on the channel of partition 0's events, nobody subscribed. The cluster "
+        "bus (events are SPUBLISHed on a cluster: the bus carries none of them). Commands: "
+        "INFO commandstats of every master (CONFIG RESETSTAT before queuing). PUBLISH, then "
+        f"SPUBLISH: {sizes['publishes']:,} messages each, pipelined on the channel of "
+        "partition 0's events, nobody subscribed. The cluster "
         "cannot be faster on a machine of few cores; what it buys is every master's CPU and "
         "memory.",
     ]

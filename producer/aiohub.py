@@ -37,7 +37,19 @@ from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sessionq.common.scripts.transport import clustered, pool_of
-from sessionq.producer.routing import Heartbeat, Member, Routes, again, identity
+from sessionq.producer.routing import (
+    PLAIN,
+    SHARDED,
+    Heartbeat,
+    Member,
+    Part,
+    Routes,
+    SlotMoved,
+    Verbs,
+    again,
+    by_server,
+    identity,
+)
 
 log = logging.getLogger(__name__)
 LOST = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -58,7 +70,7 @@ class Subscription(Member):
         self._items: deque[Any] = deque()
         self._waiter: asyncio.Future[None] | None = None  # a get() waits on it
         self._deadline = 0.0  # (loop time) when that get() times out
-        self._hub: _Hub | None = None
+        self._hubs: list[tuple[_Hub, _Listening]] = []  # where it listens: itself, or its parts
 
     async def get(self, timeout: float) -> Any:
         """The next event dict (shared with the other listeners: copy before handing it
@@ -96,32 +108,57 @@ class Subscription(Member):
 
     async def close(self) -> None:
         """Leave the hub (it unsubscribes from channels no other listener wants)."""
-        hub, self._hub = self._hub, None
-        if hub is not None:
-            await hub.detach(self)
+        hubs, self._hubs = self._hubs, []
+        for hub, member in hubs:
+            await hub.detach(member)
+
+
+class _Part(Part):
+    """A Subscription's channels on one master's hub (routing.Part)."""
+
+    owner: Subscription
+
+    def expire(self, now: float) -> None:
+        self.owner.expire(now)
+
+
+_Listening = Subscription | _Part  # what a hub holds
 
 
 async def subscribe(
     redis: Any, channels: Sequence[str], wants: Callable[[str], bool] | None = None
 ) -> Subscription:
     """A subscription to `channels` on this loop's hub of `redis`'s server, once Redis
-    confirmed it; raises the connection error when the hub cannot connect."""
+    confirmed it; raises the connection error when the hub cannot connect. On a Redis
+    Cluster, sharded, as producer.hub's: a Part on the hub of each master of its channels."""
     sub = Subscription(channels, wants)
-    route = channels[0] if channels else ""
-    pool = await pool_of(redis, route)
-    slot = (asyncio.get_running_loop(), identity(pool))
-    hub = _hubs.get(slot)
-    if hub is None:
-        hub = _hubs[slot] = _Hub(slot, pool, _locator(redis, route))
-    hub.attach(sub)
+    verbs = SHARDED if clustered(redis) else PLAIN
+    if verbs is SHARDED and len(channels) > 1:
+        groups = by_server([(c, await pool_of(redis, c)) for c in channels])
+    else:
+        route = channels[0] if channels else ""
+        groups = [(await pool_of(redis, route), list(channels))]
+    if len(groups) > 1:
+        sub.parts = [_Part(sub, chans, asyncio.Event()) for _, chans in groups]
+    members: list[Any] = sub.parts or [sub]
+    loop = asyncio.get_running_loop()
+    for (pool, chans), member in zip(groups, members, strict=True):
+        slot = (loop, (*identity(pool), verbs))
+        hub = _hubs.get(slot)
+        if hub is None:
+            hub = _hubs[slot] = _Hub(slot, pool, _locator(redis, chans[0] if chans else ""), verbs)
+        sub._hubs.append((hub, member))
+        hub.attach(member)
     try:
-        await sub.ready.wait()
+        for member in members:
+            await member.ready.wait()
     except BaseException:  # cancelled while waiting for Redis
         await sub.close()
         raise
-    if sub.error is not None:
+    error = next((member.error for member in members if member.error is not None), None)
+    if error is not None:
         await sub.close()
-        raise again(sub.error) from sub.error
+        raise again(error) from error
     return sub
 
 
@@ -150,24 +187,27 @@ class _Hub:
     """One pub/sub connection and the task that reads it, for one loop and server identity."""
 
     def __init__(
-        self, slot: _Slot, pool: Any, locate: Callable[[], Awaitable[Any]] | None = None
+        self,
+        slot: _Slot,
+        pool: Any,
+        locate: Callable[[], Awaitable[Any]] | None = None,
+        verbs: Verbs = PLAIN,
     ) -> None:
         self.slot = slot
         self._locate = locate  # (a cluster's: see _locator)
-        self._attached: set[Subscription] = set()  # subscriptions not yet closed
+        self._attached: set[_Listening] = set()  # subscriptions not yet closed
         # a connection of its own, made as the pool makes them, always with raw replies
         self._options = {**pool.connection_kwargs, "decode_responses": False}
         self._connection_class = pool.connection_class
         self._conn: Any = None
-        self._routes = Routes(self._write)
+        self._routes = Routes(self._write, verbs)
         self._heartbeat = Heartbeat()
         self._wake = asyncio.Event()  # a listener arrived: cut a reconnect backoff short
         loop = asyncio.get_running_loop()
         self._task = loop.create_task(self._run(), name="sessionq-pubsub-hub")
         self._ticker = loop.call_later(TICK_S, self._tick)
 
-    def attach(self, sub: Subscription) -> None:
-        sub._hub = self
+    def attach(self, sub: _Listening) -> None:
         if self._task.done():  # it broke: nothing will confirm the subscription
             sub.fail(RedisConnectionError("the pub/sub hub stopped"))
             return
@@ -175,7 +215,7 @@ class _Hub:
         self._routes.add(sub)
         self._wake.set()
 
-    async def detach(self, sub: Subscription) -> None:
+    async def detach(self, sub: _Listening) -> None:
         self._attached.discard(sub)
         self._routes.drop(sub)
         if self._attached or _hubs.get(self.slot) is not self:
@@ -233,6 +273,8 @@ class _Hub:
             except LOST as exc:
                 log.warning("the pub/sub hub lost its connection (%s); reconnecting", exc)
                 await self._disconnect()
+                if isinstance(exc, SlotMoved):
+                    await self._relocate()
                 backoff = RECONNECT_FIRST_S
 
     async def _connect(self) -> bool:

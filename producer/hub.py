@@ -46,7 +46,19 @@ from redis.exceptions import InvalidResponse, RedisClusterException, RedisError,
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sessionq.common.scripts.transport import clustered, relayout, server_of
-from sessionq.producer.routing import Heartbeat, Member, Routes, again, identity
+from sessionq.producer.routing import (
+    PLAIN,
+    SHARDED,
+    Heartbeat,
+    Member,
+    Part,
+    Routes,
+    SlotMoved,
+    Verbs,
+    again,
+    by_server,
+    identity,
+)
 
 log = logging.getLogger(__name__)
 LOST = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -67,7 +79,7 @@ class Subscription(Member):
         self.ready: threading.Event  # (Member's, here a threading.Event: subscribe waits on it)
         super().__init__(channels, threading.Event(), wants)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._hub: _Hub | None = None
+        self._hubs: list[tuple[_Hub, Member]] = []  # where it listens: itself, or its parts
 
     def get(self, timeout: float) -> Any:
         """The next event dict (shared with the other listeners: copy before handing it
@@ -87,33 +99,46 @@ class Subscription(Member):
 
     def close(self) -> None:
         """Leave the hub (it unsubscribes from channels no other listener wants)."""
-        hub, self._hub = self._hub, None
-        if hub is not None:
-            _detach(hub, self)
+        hubs, self._hubs = self._hubs, []
+        for hub, member in hubs:
+            _detach(hub, member)
 
 
 def subscribe(
     redis: Any, channels: Sequence[str], wants: Callable[[str], bool] | None = None
 ) -> Subscription:
     """A subscription to `channels` on the hub of `redis`'s server, once Redis confirmed it;
-    raises the connection error when the hub cannot connect."""
+    raises the connection error when the hub cannot connect. On a Redis Cluster the hubs
+    subscribe with SSUBSCRIBE, each channel on the master of its slot: a listener whose
+    channels several masters serve has a Part on the hub of each."""
     sub = Subscription(channels, wants)
-    route = channels[0] if channels else None
-    pool = server_of(redis, route).connection_pool
-    key = identity(pool)
-    with _registry_lock:
-        hub = _hubs.get(key)
-        if hub is None:
-            hub = _Hub(key, pool, _locator(redis, route))
-            _hubs[key] = hub
-            hub.start()
-        hub.attached += 1
-        sub._hub = hub
-        hub.post("add", sub)
-    sub.ready.wait()
-    if sub.error is not None:
+    verbs = SHARDED if clustered(redis) else PLAIN
+    if verbs is SHARDED and len(channels) > 1:
+        located = [(c, server_of(redis, c).connection_pool) for c in channels]
+        groups = by_server(located)
+    else:
+        groups = [(server_of(redis, channels[0] if channels else None).connection_pool,
+                   list(channels))]  # fmt: skip
+    if len(groups) > 1:
+        sub.parts = [Part(sub, chans, threading.Event()) for _, chans in groups]
+    members: list[Any] = sub.parts or [sub]  # (their ready: threading.Events)
+    for (pool, chans), member in zip(groups, members, strict=True):
+        key = (*identity(pool), verbs)
+        with _registry_lock:
+            hub = _hubs.get(key)
+            if hub is None:
+                hub = _Hub(key, pool, _locator(redis, chans[0] if chans else None), verbs)
+                _hubs[key] = hub
+                hub.start()
+            hub.attached += 1
+            sub._hubs.append((hub, member))
+            hub.post("add", member)
+    for member in members:
+        member.ready.wait()
+    error = next((member.error for member in members if member.error is not None), None)
+    if error is not None:
         sub.close()
-        raise again(sub.error) from sub.error
+        raise again(error) from error
     return sub
 
 
@@ -136,7 +161,7 @@ def hubs() -> int:
         return len(_hubs)
 
 
-def _detach(hub: _Hub, sub: Subscription) -> None:
+def _detach(hub: _Hub, sub: Member) -> None:
     with _registry_lock:
         hub.attached -= 1
         hub.post("remove", sub)
@@ -156,7 +181,11 @@ class _Hub:
     """One pub/sub connection and the thread that reads it, for one server identity."""
 
     def __init__(
-        self, key: tuple[Any, ...], pool: Any, locate: Callable[[], Any] | None = None
+        self,
+        key: tuple[Any, ...],
+        pool: Any,
+        locate: Callable[[], Any] | None = None,
+        verbs: Verbs = PLAIN,
     ) -> None:
         self.key = key
         self._locate = locate  # (a cluster's: see _locator)
@@ -166,7 +195,7 @@ class _Hub:
         # a connection of its own, made as the pool makes them, always with raw replies
         self._options = {**pool.connection_kwargs, "decode_responses": False}
         self._connection_class = pool.connection_class
-        self._requests: deque[tuple[str, Subscription]] = deque()
+        self._requests: deque[tuple[str, Member]] = deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._thread = threading.Thread(target=self._run, name="sessionq-pubsub-hub", daemon=True)
@@ -178,14 +207,14 @@ class _Hub:
         self._poll = select.poll()
         self._poll.register(self._wake_r, select.POLLIN)
         self._woken = False  # the wake pipe has bytes to drain
-        self._routes = Routes(self._write)
+        self._routes = Routes(self._write, verbs)
         self._heartbeat = Heartbeat()
         self._idle_since: float | None = None  # when the last listener left
 
     def start(self) -> None:
         self._thread.start()
 
-    def post(self, what: str, sub: Subscription) -> None:
+    def post(self, what: str, sub: Member) -> None:
         """(under _registry_lock) Hand a request to the hub thread and wake it."""
         if self.stopped:
             return
@@ -237,6 +266,8 @@ class _Hub:
                 else:  # lingering: nobody to tell (often Redis is just shutting down)
                     log.debug("the idle pub/sub hub lost its connection (%s)", exc)
                 self._disconnect()
+                if isinstance(exc, SlotMoved):
+                    self._relocate()
                 backoff = RECONNECT_FIRST_S
 
     def _wait(self, timeout: float | None) -> bool:

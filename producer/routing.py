@@ -18,8 +18,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
+from redis.exceptions import AskError, ClusterDownError, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sessionq.common.connection import lasting_refusal
@@ -51,7 +51,28 @@ _BEHAVIOUR_OPTIONS = frozenset(
     }
 )  # fmt: skip
 _PLAIN = (str, bytes, int, float, bool, type(None))
-_REPLY_KINDS = frozenset({b"subscribe", b"unsubscribe", b"pong"})
+# a refusal that says the channel's slot is served elsewhere now (or soon): reconnect there
+_ELSEWHERE = (AskError, ClusterDownError, TryAgainError)
+
+
+class Verbs(NamedTuple):
+    """The pub/sub commands of a hub and the kinds of their replies: plain, or (on a Redis
+    Cluster) sharded, where a channel is heard only on the master of its slot."""
+
+    subscribe: str
+    unsubscribe: str
+    message: bytes
+    subscribed: bytes
+    unsubscribed: bytes
+
+
+PLAIN = Verbs("SUBSCRIBE", "UNSUBSCRIBE", b"message", b"subscribe", b"unsubscribe")
+SHARDED = Verbs("SSUBSCRIBE", "SUNSUBSCRIBE", b"smessage", b"ssubscribe", b"sunsubscribe")
+
+
+class SlotMoved(RedisConnectionError):
+    """A sharded subscription's master no longer serves its slot (a failover, a slot
+    migrated): the hub connects again, to the master that serves it now."""
 
 
 def identity(pool: Any) -> tuple[Any, ...]:
@@ -72,6 +93,15 @@ def again(error: BaseException) -> BaseException:
         return type(error)(*error.args)
     except TypeError:
         return RedisConnectionError(str(error))
+
+
+def by_server(located: Sequence[tuple[str, Any]]) -> list[tuple[Any, list[str]]]:
+    """Channels, each with the pool of the server it is heard on, grouped by server (the
+    pool of each group's first channel): a sharded listener subscribes on each."""
+    groups: dict[tuple[Any, ...], tuple[Any, list[str]]] = {}
+    for channel, pool in located:
+        groups.setdefault(identity(pool), (pool, []))[1].append(channel)
+    return list(groups.values())
 
 
 class Flag(Protocol):
@@ -99,6 +129,9 @@ class Member(ABC):
         # it held back. (hub side) session -> (first, last) seq held back
         self.wants = wants
         self._passed: dict[str, tuple[int, int]] = {}
+        # on a Redis Cluster, a listener whose channels are on several masters: its Part on
+        # each master's hub (it is then on no hub itself)
+        self.parts: list[Member] = []
 
     @abstractmethod
     def put(self, item: Any) -> None:
@@ -113,6 +146,8 @@ class Member(ABC):
         queues events again from here on); raises the exception that ended it."""
         if item is RESYNC:
             self.overflowed = False
+            for part in self.parts:
+                part.overflowed = False
         elif isinstance(item, BaseException):
             raise again(item) from item
         return item
@@ -157,6 +192,21 @@ class Member(ABC):
         self.put(event if held is None else Passed(event, *held))
 
 
+class Part(Member):
+    """A listener's channels that one master serves (Member.parts): its events go to the
+    listener's queue."""
+
+    def __init__(self, owner: Member, channels: Sequence[str], ready: Flag) -> None:
+        super().__init__(channels, ready, owner.wants)
+        self.owner = owner
+
+    def put(self, item: Any) -> None:
+        self.owner.put(item)
+
+    def backlog(self) -> int:
+        return self.owner.backlog()
+
+
 class _Sent:
     """A command sent whose replies are not all in."""
 
@@ -177,8 +227,10 @@ class _Sent:
 class Routes:
     """The listeners of one hub, the channels they want, the commands in flight."""
 
-    def __init__(self, write: Callable[[str, Sequence[bytes]], None]) -> None:
+    def __init__(self, write: Callable[[str, Sequence[bytes]], None], verbs: Verbs = PLAIN) -> None:
         self._write = write  # sends a command and its channels on the hub's connection
+        self.verbs = verbs
+        self._kinds = frozenset({verbs.subscribed, verbs.unsubscribed, b"pong"})
         self.members: set[Member] = set()
         self.connected = False
         self._receivers: dict[bytes, list[Member]] = {}  # subscribed channels
@@ -204,8 +256,7 @@ class Routes:
             receivers.append(sub)
         self._unconfirmed[sub] = unconfirmed
         if new:
-            sent = self._send(b"subscribe", "SUBSCRIBE", list(new), new)
-            self._subscribing.update(dict.fromkeys(new, sent))
+            self._subscribe(new)
         elif self.connected and unconfirmed == 0:
             sub.start()
         # else: the SUBSCRIBE replies confirm it, or the next connection subscribes it
@@ -228,7 +279,8 @@ class Routes:
                 if channel not in unsubscribed:
                     left.append(channel)
         if left and self.connected:
-            self._send(b"unsubscribe", "UNSUBSCRIBE", left)
+            for batch in self._batches(left):
+                self._send(self.verbs.unsubscribed, self.verbs.unsubscribe, batch)
 
     def connect(self) -> None:
         """The hub has a new connection: SUBSCRIBE to every channel (a listener already
@@ -239,9 +291,8 @@ class Routes:
             if sub.started():
                 self._resync.add(sub)
         if self._receivers:
-            waiters = {channel: list(subs) for channel, subs in self._receivers.items()}
-            sent = self._send(b"subscribe", "SUBSCRIBE", list(waiters), waiters)
-            self._subscribing = dict.fromkeys(waiters, sent)
+            self._subscribing = {}
+            self._subscribe({channel: list(subs) for channel, subs in self._receivers.items()})
 
     def disconnect(self) -> None:
         """The connection is gone, and the replies it owed."""
@@ -269,7 +320,7 @@ class Routes:
             kind = reply[0]
         else:
             kind = b"pong" if reply in (b"PONG", "PONG") else None
-        if kind == b"message":
+        if kind == self.verbs.message:
             receivers = self._receivers.get(reply[1])
             if not receivers:
                 return
@@ -281,16 +332,23 @@ class Routes:
             for sub in receivers:
                 sub.deliver(event)
             return
-        if kind not in _REPLY_KINDS:
+        if kind not in self._kinds:
             log.debug("the pub/sub hub ignored %r", reply)
             return
         sent = self._sent[0] if self._sent else None
+        if self.verbs is SHARDED and kind == SHARDED.unsubscribed and (
+            sent is None or sent.kind != kind
+            or (reply[1] in self._receivers and reply[1] not in self._subscribing)
+        ):  # fmt: skip
+            # not an answer: the master gave up the channel's slot (demoted by a failover,
+            # or the slot migrated) and dropped its subscribers
+            raise SlotMoved(f"the master stopped serving {reply[1]!r}")
         if sent is None or sent.kind != kind:
             raise RedisConnectionError(f"pub/sub reply out of step: {reply!r:.80}")
         sent.left -= 1
         if not sent.left:
             self._sent.popleft()
-        if kind == b"subscribe":
+        if kind == self.verbs.subscribed:
             channel = reply[1]
             if self._subscribing.get(channel) is sent:
                 del self._subscribing[channel]
@@ -302,6 +360,8 @@ class Routes:
         listeners that waited for it."""
         if not self._sent:
             raise RedisConnectionError(f"pub/sub reply out of step: {error}")
+        if self.verbs is SHARDED and isinstance(error, _ELSEWHERE):
+            raise SlotMoved(f"the master refused a sharded subscription: {error}")
         sent = self._sent.popleft()
         log.debug("Redis refused the pub/sub hub's %s: %s", sent.kind.decode(), error)
         channels = list(sent.waiters)
@@ -312,6 +372,18 @@ class Routes:
             if sub in self.members:
                 sub.fail(error)
                 self.drop(sub, unsubscribed=channels)
+
+    def _subscribe(self, waiters: dict[bytes, list[Member]]) -> None:
+        """Subscribe to the channels of `waiters` (their listeners wait for the replies)."""
+        for batch in self._batches(list(waiters)):
+            part = {channel: waiters[channel] for channel in batch}
+            sent = self._send(self.verbs.subscribed, self.verbs.subscribe, batch, part)
+            self._subscribing.update(dict.fromkeys(batch, sent))
+
+    def _batches(self, channels: list[bytes]) -> list[list[bytes]]:
+        """One command for all the channels, or, sharded, one per channel (the channels of
+        one command must share a slot)."""
+        return [[channel] for channel in channels] if self.verbs is SHARDED else [channels]
 
     def _send(
         self,

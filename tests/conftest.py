@@ -103,6 +103,16 @@ def home(redis: Redis, key: str) -> Redis:
     return server_of(redis, key)
 
 
+def subscribers(redis: Redis, channel: str) -> int:
+    """How many listen on one of our channels: on a cluster (`redis` a RedisCluster) sharded
+    (SSUBSCRIBE), so counted by PUBSUB SHARDNUMSUB on the master of its slot; else PUBSUB
+    NUMSUB."""
+    if isinstance(redis, RedisCluster):
+        reply = home(redis, channel).execute_command("PUBSUB", "SHARDNUMSUB", channel)
+        return int(reply[1])
+    return int(dict(redis.pubsub_numsub(channel)).get(channel.encode(), 0))
+
+
 def home_url(redis: Redis, key: str) -> str:
     """A redis:// URL of home(redis, key), for tools that take one server (rq info)."""
     options = home(redis, key).connection_pool.connection_kwargs

@@ -112,6 +112,12 @@ def test_the_cluster_section_alone_gives_its_figures(tmp_path: Path) -> None:
         assert all(positive(summary[name][t]) for t in ("one", "one_parts", "cluster")), name
     assert positive(summary["other_cpu_us_per_publish"]["cluster"])
     assert summary["other_cpu_us_per_publish"]["one"] is None, "one Redis: no other master"
+    # on the cluster events are sharded: SPUBLISH, no PUBLISH (a worker's exit PUBLISHes one
+    # stop on RQ's command channel: none per run)
+    assert positive(summary["spublish_per_run"]["cluster"])
+    assert summary["publish_per_run"]["cluster"] < 0.01
+    assert positive(summary["publish_per_run"]["one"]) and not summary["spublish_per_run"]["one"]
+    assert positive(summary["sender_cpu_us_per_spublish"]["cluster"])
     for what in ("sessions", "keys"):
         share = summary["spread"][what]["share"]
         assert len(share) == 3 and all(positive(v) for v in share.values()), what

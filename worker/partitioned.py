@@ -16,6 +16,7 @@ from typing import Any
 from sessionq.common import codec
 from sessionq.common.connection import sync_reply
 from sessionq.common.scripts import Finish, StartResult, handed_run
+from sessionq.common.scripts.transport import server_of
 from sessionq.common.settings import Settings
 from sessionq.worker.loop import IDLE_WAIT_S, SessionWorker
 
@@ -87,7 +88,9 @@ class PartitionedWorker(SessionWorker):
         handed: list[Any] = []
         for part in self.scripts.parts:
             k = part.keys
-            pipe = self.redis.pipeline(transaction=True)
+            # (on a cluster, on the partition's master, as producer.client's steps: redis-py
+            # before 6 refuses a cluster pipeline's transaction)
+            pipe = server_of(self.redis, k.worker_inbox(self.name)).pipeline(transaction=True)
             if unlist:
                 pipe.srem(k.idle_workers(), self.name)
                 for q in self.queues[1:]:

@@ -150,11 +150,15 @@ end
 -- costs about two PUBLISHes, and the script is atomic, so no one subscribes meanwhile.
 -- Pattern subscribers count for every channel. Under an ACL that denies PUBSUB (the tenant
 -- rules in the README) the ask is refused and everything is published.
+-- On a Redis Cluster, sharded: SPUBLISH reaches only the master of the channel's slot, where
+-- its listeners SSUBSCRIBE, and SHARDNUMSUB counts them there (no patterns: scripts.base swaps
+-- this line).
+local PUBLISH, NUMSUB, NUMPAT = 'PUBLISH', 'NUMSUB', 'NUMPAT'
 local function heard(chan)
-  local subs = redis.pcall('PUBSUB', 'NUMSUB', chan)
+  local subs = redis.pcall('PUBSUB', NUMSUB, chan)
   if type(subs) ~= 'table' or subs[2] ~= 0 then return true end
   if G.patterns == nil then
-    local n = redis.pcall('PUBSUB', 'NUMPAT')
+    local n = NUMPAT and redis.pcall('PUBSUB', NUMPAT) or 0
     G.patterns = type(n) ~= 'number' or n > 0
   end
   return G.patterns
@@ -207,8 +211,8 @@ local function flush()
             zargs = {}
           end
         end
-        if chan then redis.call('PUBLISH', chan, packed) end
-        if to_all then redis.call('PUBLISH', G.chan_all, packed) end
+        if chan then redis.call(PUBLISH, chan, packed) end
+        if to_all then redis.call(PUBLISH, G.chan_all, packed) end
       end
       if #zargs > 0 then redis.call('ZADD', S.history, unpack(zargs)) end
       -- trimmed every TRIM_EVERY events, and always when this call kept only its last ones:

@@ -14,7 +14,7 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.commands.core import Script
 
 from sessionq.common import codec, namespace
-from sessionq.common.errors import SessionNotFound
+from sessionq.common.errors import ConfigError, SessionNotFound
 from sessionq.common.keys import DEFAULT_QUEUE, Keys, Layout, run_id, session_of
 from sessionq.common.rqcompat import RQKeys, rq_home, rq_keys
 from sessionq.common.scripts import transport
@@ -30,7 +30,9 @@ from sessionq.common.settings import Settings
 from sessionq.common.times import rq_time
 
 BLOCK_CACHE_MAX = 4096
-ASK_FROM_LUA = "local ASK_FROM = 8"  # (prelude.lua: from how many events it asks PUBSUB NUMSUB)
+# prelude.lua's pub/sub verbs, and on a Redis Cluster the sharded ones in their place
+PUBLISH_LUA = "local PUBLISH, NUMSUB, NUMPAT = 'PUBLISH', 'NUMSUB', 'NUMPAT'"
+SHARDED_PUBLISH_LUA = "local PUBLISH, NUMSUB, NUMPAT = 'SPUBLISH', 'SHARDNUMSUB', false"
 _S = TypeVar("_S", bound="ScriptsBase")
 # the scripts whose writes are acknowledged to someone (a create, an add, an operation, a
 # change of state): with SESSIONQ_WAIT_REPLICAS they return once the replicas have them.
@@ -182,11 +184,13 @@ class ScriptsBase:
 
     def _source(self, name: str) -> str:
         source = lua_source(name, self.builders, bool(self.legacy))
-        assert ASK_FROM_LUA in _lua_file("prelude"), "prelude.lua's ASK_FROM moved"
-        if self.layout.partitioned and self.settings.clustered:
-            # a listener's subscription is on one master, and PUBSUB NUMSUB counts only the
-            # master it runs on: every event is published (prelude `heard` is never asked)
-            source = source.replace(ASK_FROM_LUA, "local ASK_FROM = math.huge")
+        assert PUBLISH_LUA in _lua_file("prelude"), "prelude.lua's pub/sub verbs moved"
+        if self.settings.clustered:
+            if self.legacy:
+                raise ConfigError("a Redis Cluster needs Redis 7 or newer (sharded pub/sub)")
+            # sharded pub/sub (the hubs SSUBSCRIBE on a cluster, producer.routing): the cluster
+            # bus carries a SPUBLISH to no other master, and SHARDNUMSUB counts the listeners
+            source = source.replace(PUBLISH_LUA, SHARDED_PUBLISH_LUA)
         return source
 
     async def ensure_version_async(self, redis: AsyncRedis) -> None:

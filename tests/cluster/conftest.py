@@ -8,4 +8,5 @@ from __future__ import annotations
 from tests.conftest import ON_CLUSTER
 
 collect_ignore = (["test_layout_cluster.py"] if ON_CLUSTER
-                  else ["test_cluster_failover.py", "test_cluster_spread.py"])  # fmt: skip
+                  else ["test_cluster_failover.py", "test_cluster_spread.py",
+                        "test_sharded_events.py"])  # fmt: skip

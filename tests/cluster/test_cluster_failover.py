@@ -15,10 +15,10 @@ from redis import Redis
 
 from sessionq.common.clusterserver import RedisClusterServer
 from sessionq.common.connection import connect
-from sessionq.common.scripts.transport import server_of
+from sessionq.common.scripts.transport import relayout, server_of
 from sessionq.common.settings import Settings
 from sessionq.producer import Client
-from tests.conftest import Listeners, WorkerProcs, ended, wait_for
+from tests.conftest import Listeners, WorkerProcs, ended, subscribers, wait_for
 
 pytestmark = pytest.mark.cluster
 # workers that outlast the failover without being declared lost meanwhile
@@ -63,6 +63,55 @@ def test_a_master_killed_mid_drain_loses_no_run(replicated: RedisClusterServer) 
             assert types["task.succeeded"] == 1, f"{sid}: and ended once"
         # the listeners followed the failover to the new master and missed nothing
         listeners.assert_heard_all(client, before)
+    finally:
+        workers.stop_all()
+        client.close()
+        probe.close()
+
+
+def replica_of(cluster: RedisClusterServer, port: int) -> int:
+    """The port of the replica of the master on `port`."""
+    for node in cluster.running():
+        with Redis(port=node.port) as r:
+            if r.info("replication").get("master_port") == port:
+                return node.port
+    raise AssertionError(f"no replica of {port}")
+
+
+def test_a_graceful_failover_moves_the_sharded_subscriptions(
+    replicated: RedisClusterServer,
+) -> None:
+    """CLUSTER FAILOVER TAKEOVER: the old master, now a replica, drops its sharded subscribers (an
+    unasked SUNSUBSCRIBE) and refuses theirs (MOVED); the hubs move to the new master and
+    the listeners, resynced from the history, miss nothing."""
+    settings = Settings.from_env(replicated.url, environ={}, user="tester")
+    client = Client(settings=settings)
+    probe = connect(settings)
+    workers = WorkerProcs(settings, probe)
+    try:
+        ids = client.create("moved", task="tests.tasks:noop", replicas=12)
+        listeners = Listeners(settings, client, ids)
+        channels = [client.keys.events_channel(sid) for sid in ids]
+        wait_for(lambda: all(subscribers(probe, c) == 2 for c in channels),
+                 what="both listeners to subscribe")  # fmt: skip
+        port = int(server_of(probe, client.keys.session(ids[0])).connection_pool
+                   .connection_kwargs["port"])  # fmt: skip
+        with Redis(port=port) as master:  # (its replica has all it wrote, then takes over)
+            assert master.wait(1, 10_000) == 1
+        with Redis(port=replica_of(replicated, port)) as replica:
+            # TAKEOVER: at once, even on a loaded machine (no handshake, no election)
+            assert replica.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
+        wait_for(lambda: port not in replicated.master_ports(), timeout=30,
+                 what="the replica to take over")  # fmt: skip
+        relayout(probe)
+        # the hubs subscribe on the new master (a replica would hear the shard's messages too,
+        # but a listener belongs with the master: the hub follows the slot)
+        wait_for(lambda: all(subscribers(probe, c) == 2 for c in channels),
+                 what="both listeners to subscribe on the new master")  # fmt: skip
+        workers.start(1)
+        wait_for(lambda: all(ended(client, s) for s in ids), timeout=60,
+                 what="every session to end")  # fmt: skip
+        listeners.assert_heard_all(client, ids)
     finally:
         workers.stop_all()
         client.close()

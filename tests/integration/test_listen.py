@@ -20,7 +20,7 @@ from sessionq.common.settings import Settings
 from sessionq.producer import Client, Task
 from sessionq.producer.cli import cli
 from sessionq.producer.listen import all_sessions_channels
-from tests.conftest import WorkerProcs, ended, home, wait_for
+from tests.conftest import WorkerProcs, ended, home, subscribers, wait_for
 
 WATCH_END_S = 90  # generous: the machine may be loaded
 
@@ -144,14 +144,8 @@ def test_listen_to_every_session_ends_by_timeout(client: Client, workers: Worker
     thread = threading.Thread(target=lambda: got.extend(client.listen(None, timeout=1.5)))
     thread.start()
 
-    channels = all_sessions_channels(client.keys)
-    hub = home(client.redis, channels[0])  # (where the listener's subscription is)
-
-    def subscribed(channel: str) -> bool:
-        return bool(sync_reply(hub.pubsub_numsub(channel))[0][1] == 1)
-
-    for channel in channels:
-        wait_for(partial(subscribed, channel), what="the listener to subscribe")
+    for channel in all_sessions_channels(client.keys):
+        wait_for(partial(subscribers, client.redis, channel), what="the listener to subscribe")
     ids = client.create("a", task="tests.tasks:noop", replicas=3)
     thread.join(timeout=30)
     assert {e["session"] for e in got} == set(ids)

@@ -23,7 +23,7 @@ from sessionq.producer import AsyncClient, Client, Session, Task, links
 from sessionq.worker.loop import SessionWorker
 from sessionq.worker.ops import recover_worker
 from sessionq.worker.partitioned import worker_class
-from tests.conftest import WorkerProcs, wait_for
+from tests.conftest import WorkerProcs, subscribers, wait_for
 
 PARTITIONS = 4
 
@@ -121,7 +121,7 @@ def test_listening_to_every_session_hears_every_partition(
     )
     listening.start()
     channels = [part.events_all_channel() for part in Layout.of(spread).parts()]
-    wait_for(lambda: all(n == 1 for _, n in pclient.redis.pubsub_numsub(*channels)),
+    wait_for(lambda: all(subscribers(pclient.redis, c) == 1 for c in channels),
              what="the listener to subscribe to every partition")  # fmt: skip
     ids = pclient.create("heard", task="tests.tasks:noop", replicas=12)
     listening.join(timeout=60)
