@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from sessionq.common.errors import ConfigError, PartlyWritten, ValidationError
@@ -244,6 +245,62 @@ def test_a_dependency_on_no_task_of_another_partition_is_refused(
         s.add(Task("tests.tasks:noop", name="child", depends_on=[pid, unknown]))
     assert len(s) == 0
     assert s.add(Task("tests.tasks:noop", name="child", depends_on=pid)) in s
+
+
+def test_a_link_that_fails_leaves_the_add_written_for_the_sweep(
+    pclient: Client,
+    spread: Settings,
+    pworkers: WorkerProcs,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The parents' partition refuses the link (its master lost, say): the child is written,
+    waiting, so the add returns it (raising, it would be added again: twice), logs that it is
+    not linked, and the workers' sweep judges it."""
+    parents = pclient.session("xp-unlinked")
+    pid = parents.add(Task("tests.tasks:noop", name="parent"))
+    s = elsewhere(pclient, spread, parents.id, "xp-unlinked-child")
+    call = pclient.scripts.call
+
+    def unreachable(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "link":
+            raise RedisConnectionError("the parents' master is unreachable")
+        return call(name, *args, **kwargs)
+
+    monkeypatch.setattr(pclient.scripts, "call", unreachable)
+    oid = s.save({"b": 2}, flush=False)
+    child = s.add(Task("tests.tasks:noop", name="child", depends_on=pid))
+    assert s[child]["state"] == "deferred" and s.load(oid) == {"b": 2}
+    assert any(child in r.getMessage() and "not linked" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
+    monkeypatch.undo()
+    start(pworkers)  # (the sweep on)
+    assert parents.wait(timeout=60) == "Completed"
+    assert s.wait(timeout=60) == "Completed" and s[child]["state"] == "succeeded"
+
+
+def test_an_async_add_whose_link_fails_is_written_too(
+    pclient: Client, spread: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parents = pclient.session("xp-aio-unlinked")
+    pid = parents.add(Task("tests.tasks:noop", name="parent"))
+    name = elsewhere_name(spread, parents.id, "xp-aio-unlinked-child")
+
+    async def main() -> str:
+        async with AsyncClient(settings=spread) as aclient:
+            call = aclient.scripts.call_async
+
+            async def unreachable(redis: Any, name: str, *args: Any) -> Any:
+                if name == "link":
+                    raise RedisConnectionError("the parents' master is unreachable")
+                return await call(redis, name, *args)
+
+            monkeypatch.setattr(aclient.scripts, "call_async", unreachable)
+            s = await aclient.session(name)
+            return await s.add(Task("tests.tasks:noop", name="child", depends_on=pid))
+
+    child = asyncio.run(main())
+    assert pclient.session(name)[child]["state"] == "deferred"
 
 
 def test_an_async_session_waits_on_a_run_of_another_partition(
