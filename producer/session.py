@@ -602,8 +602,7 @@ class _SessionCore:
         try:
             if self._namespace.layout.partitioned:  # (parents of other partitions: links)
                 remote = yield from links.parent_states(self._namespace, self.id, [
-                    (p.name, _parents_of(p)) for p in staged
-                    if isinstance(p, _Pending) and _parents_of(p)])  # fmt: skip
+                    _parents_of(p) for p in staged if isinstance(p, _Pending)])  # fmt: skip
             replies = yield from self._send(staged, drops, objects, remote)
         except Exception:
             self._unstage(staged)

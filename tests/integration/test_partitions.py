@@ -247,6 +247,49 @@ def test_a_dependency_on_no_task_of_another_partition_is_refused(
     assert s.add(Task("tests.tasks:noop", name="child", depends_on=pid)) in s
 
 
+def test_a_refused_dependency_of_another_partition_keeps_the_flush_s_other_changes(
+    pclient: Client, spread: Settings
+) -> None:
+    """As within one partition: the add is refused in the flush's transaction (enqueue.lua
+    'nodep'), whose saved objects and drops are written."""
+    parents = pclient.session("xp-kept")
+    s = elsewhere(pclient, spread, parents.id, "xp-kept-objects")
+    gone = s.add(Task("tests.tasks:noop", name="gone", in_=3600))
+    oid = s.save({"a": 1}, flush=False)
+    s.remove(gone, flush=False)
+    with pytest.raises(ValidationError, match="depends_on.*names no task"):
+        s.add(Task("tests.tasks:noop", name="orphan", depends_on=f"{parents.id}-999"))
+    assert s.load(oid) == {"a": 1}
+    assert gone not in s and len(s) == 0
+
+
+def test_a_child_hears_a_parent_of_another_partition_end_again_once_restarted(
+    pclient: Client, spread: Settings, pworkers: WorkerProcs
+) -> None:
+    """The child waits on a parent of another partition that had ended when it was added and
+    on one of its own that had not: it is listed with both, so the end of the first,
+    restarted after the second ended, is told to it (as within one partition)."""
+    parents = pclient.session("xp-again")
+    pid = parents.add(Task("tests.tasks:noop", name="parent"))
+    parents.add(Task("tests.tasks:noop", name="later", in_=3600))  # (the session goes on)
+    start(pworkers, env=NO_SWEEP)
+    wait_for(lambda: parents[pid]["state"] == "succeeded", what="the parent to end")
+    s = elsewhere(pclient, spread, parents.id, "xp-again-child")
+    s.pause()
+    own = s.add(Task("tests.tasks:noop", name="own"), flush=False)
+    child = s.add(Task("tests.tasks:noop", name="child", depends_on=[pid, own]))
+    assert s[child]["state"] == "deferred"
+    parents.pause()
+    parents.restart()  # the parent waits (held) until the child's own parent has ended
+    wait_for(lambda: parents[pid]["state"] == "held", what="the parent restarted, held")
+    s.play()
+    wait_for(lambda: s[own]["state"] == "succeeded", what="the child's own parent to end")
+    assert s[child]["state"] == "deferred"  # (the parent of another partition runs again)
+    parents.play()
+    assert s.wait(timeout=60) == "Completed" and s[child]["state"] == "succeeded"
+    assert parents[pid]["attempts"] == 2
+
+
 def test_a_link_that_fails_leaves_the_add_written_for_the_sweep(
     pclient: Client,
     spread: Settings,
