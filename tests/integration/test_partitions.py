@@ -19,10 +19,12 @@ from redis.exceptions import ResponseError
 
 from sessionq.common.errors import ConfigError, PartlyWritten, ValidationError
 from sessionq.common.keys import Layout
+from sessionq.common.scripts import Scripts
 from sessionq.common.settings import Settings
 from sessionq.producer import AsyncClient, Client, Session, Task, links
 from sessionq.worker.loop import SessionWorker
 from sessionq.worker.partitioned import worker_class
+from sessionq.worker.schedule import Scheduler
 from tests.conftest import WorkerProcs, wait_for
 
 PARTITIONS = 4
@@ -344,6 +346,16 @@ def test_an_async_add_whose_link_fails_is_written_too(
 
     child = asyncio.run(main())
     assert pclient.session(name)[child]["state"] == "deferred"
+
+
+def test_a_partition_s_scheduler_judges_with_the_namespace_s_scripts(
+    spread: Settings, redis: Redis
+) -> None:
+    """A run of its partition may wait on runs of others, read under their own prefixes."""
+    whole = Scripts(redis, spread)
+    with pytest.raises(ValueError, match="whole="):
+        Scheduler(whole.parts[1], "tester")
+    assert Scheduler(whole.parts[1], "tester", whole).whole is whole
 
 
 def test_an_async_session_waits_on_a_run_of_another_partition(
