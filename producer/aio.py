@@ -63,14 +63,19 @@ class AsyncClient:
         (after the connection's own retries) raises the SessionqError that says so, as for
         Client (client.mapped_error)."""
         reply: Any = None
+        error: RedisError | None = None  # (the last step's: raised in the plan)
         try:
             while True:
                 try:
-                    step = plan.send(reply)
+                    step = plan.send(reply) if error is None else plan.throw(error)
                 except StopIteration as done:
                     result: T = done.value
                     return result
-                reply = await self._execute(step)
+                error = None
+                try:
+                    reply = await self._execute(step)
+                except RedisError as exc:
+                    error = exc
         except RedisError as exc:
             memory = None
             if redis_says_later(exc) == "OOM":
@@ -78,10 +83,10 @@ class AsyncClient:
                     memory = await self.redis.info("memory")
                 except RedisError:
                     pass
-            error = mapped_error(self.settings.url, exc, memory)
-            if error is None:
+            mapped = mapped_error(self.settings.url, exc, memory)
+            if mapped is None:
                 raise
-            raise error from exc
+            raise mapped from exc
 
     async def _execute(self, step: Step) -> Any:
         if isinstance(step, ScriptCall):

@@ -45,7 +45,7 @@ from sessionq.producer.follow import follow
 from sessionq.producer.listen import Listener, access_checked
 from sessionq.producer.plans import REGEX_META as REGEX_META
 from sessionq.producer.plans import VIEWS as VIEWS
-from sessionq.producer.plans import Plan, ScriptCall, Transaction
+from sessionq.producer.plans import Plan, ScriptCall, Step, Transaction
 from sessionq.producer.plans import format_event as format_event
 from sessionq.producer.plans import format_log_lines as format_log_lines
 from sessionq.producer.session import Session
@@ -343,21 +343,28 @@ class Client:
     def _run(self, plan: Plan[R]) -> R:
         """Carry out a plan (producer.plans) on redis-py, one step at a time."""
         reply: Any = None
+        error: RedisError | None = None  # (the last step's: raised in the plan)
         while True:
             try:
-                step = plan.send(reply)
+                step = plan.send(reply) if error is None else plan.throw(error)
             except StopIteration as done:
                 result: R = done.value
                 return result
-            if isinstance(step, ScriptCall):
-                reply = self._script_call(step)
-            elif isinstance(step, Transaction):
-                reply = self._transaction(step)
-            elif self._per_master:
-                reply = self._batch_per_master(step)
-            else:
-                pipe = server_of(self.redis, step.route).pipeline(transaction=False)
-                reply = step.queue_on(pipe).execute()
+            error = None
+            try:
+                reply = self._step(step)
+            except RedisError as exc:
+                error = exc
+
+    def _step(self, step: Step) -> Any:
+        if isinstance(step, ScriptCall):
+            return self._script_call(step)
+        if isinstance(step, Transaction):
+            return self._transaction(step)
+        if self._per_master:
+            return self._batch_per_master(step)
+        pipe = server_of(self.redis, step.route).pipeline(transaction=False)
+        return step.queue_on(pipe).execute()
 
     def _batch_per_master(self, step: plans.Batch) -> list[Any]:
         """A batch whose commands' keys live on several masters: a pipeline per master, the

@@ -2,7 +2,9 @@
 
 A plan is a generator. It validates its arguments, then yields steps - a `Batch` of commands
 for one non-transactional pipeline, or a `ScriptCall` for one EVALSHA - and is sent each step's
-reply; what it returns is the call's result. `Client` carries plans out on redis-py and
+reply, or has the step's RedisError raised where it yielded it (a lost or refusing Redis:
+what the plan does not catch is the call's error); what it returns is the call's result.
+`Client` carries plans out on redis-py and
 `AsyncClient` on redis.asyncio, so both clients share every rule here: validation before
 anything is written, the per-id logging, the shape of the records.
 """

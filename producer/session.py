@@ -15,10 +15,13 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol, TextIO, TypeVar
 
+from redis.exceptions import RedisError
+
 from sessionq.common import codec
 from sessionq.common.errors import (
     ObjectNotFound,
     SessionNotFound,
+    SessionqError,
     TaskFailed,
     TaskNotFound,
     ValidationError,
@@ -599,8 +602,7 @@ class _SessionCore:
         try:
             if self._namespace.layout.partitioned:  # (parents of other partitions: links)
                 remote = yield from links.parent_states(self._namespace, self.id, [
-                    (p.name, _parents_of(p)) for p in staged
-                    if isinstance(p, _Pending) and _parents_of(p)])  # fmt: skip
+                    _parents_of(p) for p in staged if isinstance(p, _Pending)])  # fmt: skip
             replies = yield from self._send(staged, drops, objects, remote)
         except Exception:
             self._unstage(staged)
@@ -615,8 +617,7 @@ class _SessionCore:
             self._apply_run_reply(written, staged)
             replies = replies[1:]
             if remote:
-                yield from links.link(self._namespace, self.id,
-                                      _with_parents(staged, written), remote)  # fmt: skip
+                yield from self._link(_with_parents(staged, written), remote)
         for reply in replies:
             reply = texts(reply)
             if reply[0] == "running":
@@ -625,6 +626,20 @@ class _SessionCore:
                 raise TaskNotFound(reply[1])
             if reply[0] == "gone":
                 raise SessionNotFound(self.id)
+
+    def _link(self, runs: list[links.Waiting], remote: dict[str, str]) -> Plan[None]:
+        """The flush's runs written waiting on parents of other partitions, listed with them
+        there (links.link). The runs are written: a link that fails (the parents' master
+        lost, refusing, full) leaves them in their partition's waiting set, which the workers'
+        sweep judges - logged, not raised (an add raising would be sent again: twice)."""
+        try:
+            yield from links.link(self._namespace, self.id, runs, remote)
+        except (RedisError, SessionqError) as exc:
+            log.warning(
+                "session %s: runs %s written but not linked with their parents of other "
+                "partitions (%s: %s); the workers' sweep judges them",
+                self.id, ", ".join(r[0] for r in runs), type(exc).__name__, exc,
+            )  # fmt: skip
 
     def _send(
         self,

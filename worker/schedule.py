@@ -67,10 +67,16 @@ def _queues(scripts: Scripts, run_ids: list[str], *fields: str) -> list[list[Any
     return [list(row) for row in pipe.execute()]
 
 
+def _one_of_several(scripts: Scripts) -> bool:
+    """Are these one partition's scripts of several (keys.Layout), not the namespace's?"""
+    return scripts.layout.partitioned and len(scripts.parts) == 1
+
+
 def resolve_runs(scripts: Scripts, run_ids: Iterable[str], worker: str = "") -> list[str]:
     """Judge runs waiting on dependencies; returns those that ended (canceled or failed) and
     so may have waiting runs of their own. `scripts`: the whole namespace's (a run may wait
     on runs of other partitions, whose states are read there first)."""
+    assert not _one_of_several(scripts), "resolve_runs: the namespace's scripts, not a partition's"
     ids = list(dict.fromkeys(run_ids))
     if not ids:
         return []
@@ -135,9 +141,15 @@ class Scheduler:
     """One worker's share of the scheduling: call `tick()` every scheduler_interval_s."""
 
     def __init__(self, scripts: Scripts, worker: str, whole: Scripts | None = None) -> None:
+        """`scripts`: the namespace's, or one partition's of several with `whole`, the
+        namespace's: a run waiting there may wait on runs of other partitions, and runs there
+        on it - judged with their parents' states read under their own prefixes."""
+        if whole is None and _one_of_several(scripts):
+            raise ValueError(
+                f"the scheduler of partition {scripts.partition} needs the namespace's "
+                "scripts too (whole=)"
+            )
         self.scripts = scripts
-        # the namespace's (with several partitions, `scripts` are one partition's): a run
-        # waiting here may wait on runs of other partitions, and runs there on it
         self.whole = whole or scripts
         self.worker = worker
         self.ticks = 0

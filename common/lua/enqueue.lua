@@ -18,8 +18,8 @@
 --          extra job fields (field, value, ...) or nil]
 --   options = {key, policy, deps (ids), dep_keys (per parent: its job's KEYS index; for a
 --              parent of another partition, its state as read there before the call - prelude
---              `dep_state`), run_if, due (ms), cron, silent, old (KEYS index of the task a
---              "replace" removes), old_id}
+--              `dep_state` - or '' for no task: 'nodep'), run_if, due (ms), cron, silent, old
+--              (KEYS index of the task a "replace" removes), old_id}
 -- Returns {'ok', run id, final id, final name, ...} (one triple per run whose id or name
 -- changed: an existing key or an ignored/renamed name), or {'exists', name} ("raise": nothing
 -- written), {'retry'} (a replaced name moved meanwhile), {'running', id} (the task a
@@ -97,8 +97,10 @@ for r = 1, NR do
       for j = 1, r - 1 do this_call[R_ID[j]] = true end
     end
     for i, pid in ipairs(o.deps) do
-      local ref = o.dep_keys[i]  -- (a parent of another partition: checked before the call)
-      if not this_call[pid] and type(ref) == 'number' and redis.call('EXISTS', KX(ref)) == 0 then
+      -- (a parent of another partition: its state, read before the call; '' for no task)
+      local ref = o.dep_keys[i]
+      if not this_call[pid] and (ref == ''
+          or type(ref) == 'number' and redis.call('EXISTS', KX(ref)) == 0) then
         return {'nodep', R_ID[r], pid}
       end
     end

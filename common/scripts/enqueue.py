@@ -63,7 +63,7 @@ class EnqueueCalls(ScriptsBase):
         is queued on it (the caller has loaded the scripts: ensure_loaded). `retention_ms`:
         the new sessions are removed that long after they end (None: kept). `remote`: the
         state of each parent of another partition the runs wait on, read there just before
-        (producer.links)."""
+        ('': no such task, refused as 'nodep'; producer.links)."""
         keys, args = self.enqueue_call(sessions, runs, worker=worker, now=now, claim=claim,
                                        retention_ms=retention_ms, remote=remote)  # fmt: skip
         return texts(self.call("enqueue", keys, args, client=client))

@@ -14,15 +14,18 @@ from typing import Any
 
 import pytest
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from sessionq.common.errors import ConfigError, PartlyWritten, ValidationError
 from sessionq.common.keys import CONTROL_QUEUE, DEFAULT_QUEUE, Layout
+from sessionq.common.scripts import Scripts
 from sessionq.common.settings import Settings
 from sessionq.producer import AsyncClient, Client, Session, Task, links
 from sessionq.worker.loop import SessionWorker
 from sessionq.worker.ops import recover_worker
 from sessionq.worker.partitioned import worker_class
+from sessionq.worker.schedule import Scheduler
 from tests.conftest import WorkerProcs, subscribers, wait_for
 
 PARTITIONS = 4
@@ -314,6 +317,115 @@ def test_a_partitioned_process_refuses_a_namespace_of_one_partition(
             client.session("mine")
     with Client(settings=one) as client:  # and one partition goes on as before
         assert len(client.create("again", task="tests.tasks:noop")) == 1
+
+
+def test_a_refused_dependency_of_another_partition_keeps_the_flush_s_other_changes(
+    pclient: Client, spread: Settings
+) -> None:
+    """As within one partition: the add is refused in the flush's transaction (enqueue.lua
+    'nodep'), whose saved objects and drops are written."""
+    parents = pclient.session("xp-kept")
+    s = elsewhere(pclient, spread, parents.id, "xp-kept-objects")
+    gone = s.add(Task("tests.tasks:noop", name="gone", in_=3600))
+    oid = s.save({"a": 1}, flush=False)
+    s.remove(gone, flush=False)
+    with pytest.raises(ValidationError, match="depends_on.*names no task"):
+        s.add(Task("tests.tasks:noop", name="orphan", depends_on=f"{parents.id}-999"))
+    assert s.load(oid) == {"a": 1}
+    assert gone not in s and len(s) == 0
+
+
+def test_a_child_hears_a_parent_of_another_partition_end_again_once_restarted(
+    pclient: Client, spread: Settings, pworkers: WorkerProcs
+) -> None:
+    """The child waits on a parent of another partition that had ended when it was added and
+    on one of its own that had not: it is listed with both, so the end of the first,
+    restarted after the second ended, is told to it (as within one partition)."""
+    parents = pclient.session("xp-again")
+    pid = parents.add(Task("tests.tasks:noop", name="parent"))
+    parents.add(Task("tests.tasks:noop", name="later", in_=3600))  # (the session goes on)
+    start(pworkers, env=NO_SWEEP)
+    wait_for(lambda: parents[pid]["state"] == "succeeded", what="the parent to end")
+    s = elsewhere(pclient, spread, parents.id, "xp-again-child")
+    s.pause()
+    own = s.add(Task("tests.tasks:noop", name="own"), flush=False)
+    child = s.add(Task("tests.tasks:noop", name="child", depends_on=[pid, own]))
+    assert s[child]["state"] == "deferred"
+    parents.pause()
+    parents.restart()  # the parent waits (held) until the child's own parent has ended
+    wait_for(lambda: parents[pid]["state"] == "held", what="the parent restarted, held")
+    s.play()
+    wait_for(lambda: s[own]["state"] == "succeeded", what="the child's own parent to end")
+    assert s[child]["state"] == "deferred"  # (the parent of another partition runs again)
+    parents.play()
+    assert s.wait(timeout=60) == "Completed" and s[child]["state"] == "succeeded"
+    assert parents[pid]["attempts"] == 2
+
+
+def test_a_link_that_fails_leaves_the_add_written_for_the_sweep(
+    pclient: Client,
+    spread: Settings,
+    pworkers: WorkerProcs,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The parents' partition refuses the link (its master lost, say): the child is written,
+    waiting, so the add returns it (raising, it would be added again: twice), logs that it is
+    not linked, and the workers' sweep judges it."""
+    parents = pclient.session("xp-unlinked")
+    pid = parents.add(Task("tests.tasks:noop", name="parent"))
+    s = elsewhere(pclient, spread, parents.id, "xp-unlinked-child")
+    call = pclient.scripts.call
+
+    def unreachable(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "link":
+            raise RedisConnectionError("the parents' master is unreachable")
+        return call(name, *args, **kwargs)
+
+    monkeypatch.setattr(pclient.scripts, "call", unreachable)
+    oid = s.save({"b": 2}, flush=False)
+    child = s.add(Task("tests.tasks:noop", name="child", depends_on=pid))
+    assert s[child]["state"] == "deferred" and s.load(oid) == {"b": 2}
+    assert any(child in r.getMessage() and "not linked" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
+    monkeypatch.undo()
+    start(pworkers)  # (the sweep on)
+    assert parents.wait(timeout=60) == "Completed"
+    assert s.wait(timeout=60) == "Completed" and s[child]["state"] == "succeeded"
+
+
+def test_an_async_add_whose_link_fails_is_written_too(
+    pclient: Client, spread: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parents = pclient.session("xp-aio-unlinked")
+    pid = parents.add(Task("tests.tasks:noop", name="parent"))
+    name = elsewhere_name(spread, parents.id, "xp-aio-unlinked-child")
+
+    async def main() -> str:
+        async with AsyncClient(settings=spread) as aclient:
+            call = aclient.scripts.call_async
+
+            async def unreachable(redis: Any, name: str, *args: Any) -> Any:
+                if name == "link":
+                    raise RedisConnectionError("the parents' master is unreachable")
+                return await call(redis, name, *args)
+
+            monkeypatch.setattr(aclient.scripts, "call_async", unreachable)
+            s = await aclient.session(name)
+            return await s.add(Task("tests.tasks:noop", name="child", depends_on=pid))
+
+    child = asyncio.run(main())
+    assert pclient.session(name)[child]["state"] == "deferred"
+
+
+def test_a_partition_s_scheduler_judges_with_the_namespace_s_scripts(
+    spread: Settings, redis: Redis
+) -> None:
+    """A run of its partition may wait on runs of others, read under their own prefixes."""
+    whole = Scripts(redis, spread)
+    with pytest.raises(ValueError, match="whole="):
+        Scheduler(whole.parts[1], "tester")
+    assert Scheduler(whole.parts[1], "tester", whole).whole is whole
 
 
 def test_an_async_session_waits_on_a_run_of_another_partition(
