@@ -11,13 +11,12 @@ from typing import Any, TypeVar
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
-from redis.commands.core import Script
 
 from sessionq.common import codec
 from sessionq.common.errors import SessionNotFound, ValidationError
 from sessionq.common.keys import DEFAULT_QUEUE, Keys, Layout, run_id, session_of
 from sessionq.common.rqcompat import RQKeys, rq_home, rq_keys
-from sessionq.common.scripts import transport
+from sessionq.common.scripts import library, transport
 from sessionq.common.scripts.contract import PREFIX_MARK
 from sessionq.common.scripts.contracts import (
     CONTRACTS,
@@ -48,12 +47,16 @@ def _lua_file(name: str) -> str:
     return (resources.files("sessionq.common") / "lua" / f"{name}.lua").read_text()
 
 
-def lua_source(name: str, builders: dict[str, Callable[..., str]], legacy: bool = False) -> str:
+def lua_source(
+    name: str, builders: dict[str, Callable[..., str]], legacy: bool = False,
+    prelude: str | None = None,
+) -> str:  # fmt: skip
     """A script's source: its shebang, what its body uses of its contract's prologue and of
-    the shared prelude, then its body (Contract.source). `legacy`: for Redis < 7, which
-    cannot read a shebang - the line becomes a comment (Redis 6 checks maxmemory at a
-    script's first write, not before it runs)."""
-    source = CONTRACTS[name].source(_lua_file(name), _lua_file("prelude"), builders)
+    the shared prelude (prelude.lua, or `prelude`), then its body (Contract.source).
+    `legacy`: for Redis < 7, which cannot read a shebang - the line becomes a comment (Redis
+    6 checks maxmemory at a script's first write, not before it runs)."""
+    prelude = _lua_file("prelude") if prelude is None else prelude
+    source = CONTRACTS[name].source(_lua_file(name), prelude, builders)
     return "--" + source if legacy else source
 
 
@@ -85,15 +88,18 @@ class ScriptsBase:
     """The scripts registered on one connection (sources per prefix: the key builders hold
     it), and the pieces their packers share."""
 
+    # Redis 7: the scripts as one function library (library.py) where the server takes it
+    use_functions = True
+
     def __init__(
         self, redis: Redis, settings: Settings, partition: int | None = None,
-        registered: dict[str, Script] | None = None,
+        registered: dict[str, transport.AnyScript] | None = None,
     ) -> None:  # fmt: skip
         self.redis = redis
         self.settings = settings
         self.layout = Layout.of(settings)
         # the scripts, registered once for every partition (a dict they share)
-        self._scripts: dict[str, Script] = {} if registered is None else registered
+        self._scripts: dict[str, transport.AnyScript] = {} if registered is None else registered
         self._blocks: dict[tuple[str, str], list[str]] = {}  # run blocks (run_block)
         self._queue_blocks: dict[str, list[str]] = {}  # enqueue.lua's, by queue name
         # Redis 7 reads each script's flags from its shebang, Redis 6 refuses the line: which
@@ -152,35 +158,59 @@ class ScriptsBase:
         return [(self, list(ids))]
 
     @property
-    def _script(self) -> dict[str, Script]:
-        """The scripts, registered for this server's version (asked once, on first use)."""
+    def _script(self) -> dict[str, transport.AnyScript]:
+        """The scripts, registered for this server's version (asked once, on first use): the
+        function library where the server loads it (Redis 7, an ACL allowing FUNCTION LOAD
+        and FCALL), else the scripts by EVALSHA."""
         if not self._scripts:
             if self.legacy is None:
                 self.legacy = transport.refuses_shebang(self.redis)
-            self._register()
+            functions = self._functions()
+            if functions and not transport.has_functions(self.redis, functions["run"]):
+                functions = {}
+            self._register(functions)
         return self._scripts
 
-    def _register(self) -> None:
-        self._scripts.update({name: self.redis.register_script(self._source(name))
-                              for name in CONTRACTS})  # fmt: skip
+    def _functions(self) -> dict[str, transport.Function]:
+        """Every script as a function of the library (library.py), or {} where the scripts
+        go by EVALSHA (Redis 6, or use_functions off)."""
+        if self.legacy or not self.use_functions:
+            return {}
+        bodies = {name: _lua_file(name) for name in CONTRACTS}
+        source, names = library.library(CONTRACTS, bodies, self._prelude(), self.builders)
+        return {name: transport.Function(names[name], source) for name in CONTRACTS}
 
-    def _source(self, name: str) -> str:
-        source = lua_source(name, self.builders, bool(self.legacy))
-        assert ASK_FROM_LUA in _lua_file("prelude"), "prelude.lua's ASK_FROM moved"
+    def _register(self, functions: dict[str, transport.Function]) -> None:
+        if functions:
+            self._scripts.update(functions)
+        else:
+            self._scripts.update({name: self.redis.register_script(self._source(name))
+                                  for name in CONTRACTS})  # fmt: skip
+
+    def _prelude(self) -> str:
+        prelude = _lua_file("prelude")
+        assert ASK_FROM_LUA in prelude, "prelude.lua's ASK_FROM moved"
         if self.layout.partitioned and self.settings.clustered:
             # a listener's subscription is on one master, and PUBSUB NUMSUB counts only the
             # master it runs on: every event is published (prelude `heard` is never asked)
-            source = source.replace(ASK_FROM_LUA, "local ASK_FROM = math.huge")
-        return source
+            prelude = prelude.replace(ASK_FROM_LUA, "local ASK_FROM = math.huge")
+        return prelude
+
+    def _source(self, name: str) -> str:
+        return lua_source(name, self.builders, bool(self.legacy), self._prelude())
 
     async def ensure_version_async(self, redis: AsyncRedis) -> None:
-        """Ask `redis` (asyncio) whether it reads shebangs, unless known (see _script)."""
+        """Ask `redis` (asyncio) whether it reads shebangs, and load the function library,
+        unless known (see _script)."""
         if not self._scripts:
             if self.legacy is None:
                 self.legacy = await transport.refuses_shebang_async(redis)
-            self._register()
+            functions = self._functions()
+            if functions and not await transport.has_functions_async(redis, functions["run"]):
+                functions = {}
+            self._register(functions)
 
-    def script(self, name: str) -> Script:
+    def script(self, name: str) -> transport.AnyScript:
         return self._script[name]
 
     def clock(self, now: float) -> dict[str, Any]:
@@ -250,15 +280,8 @@ class ScriptsBase:
 
     def ensure_loaded(self) -> None:
         """Load every script now (one round trip; on a cluster, one per master), for
-        pipelines that call EVALSHA."""
-        if transport.clustered(self.redis):
-            for script in self._script.values():
-                self.redis.script_load(script.script)  # (redis-py sends it to every master)
-            return
-        pipe = self.redis.pipeline(transaction=False)
-        for script in self._script.values():
-            pipe.script_load(script.script)
-        pipe.execute()
+        pipelines that call them."""
+        transport.load(self.redis, list(self._script.values()))
 
     def with_queues(self, run_ids: Sequence[str]) -> list[tuple[str, str]]:
         """[(run id, the queue it came from)] - what the scripts need to name its keys."""

@@ -1,12 +1,16 @@
-"""How a script call reaches Redis: the one module that sends EVALSHA.
+"""How a script call reaches Redis: the one module that sends EVALSHA and FCALL.
 
-Two ways, one rule each: `call` (any thread; a connection of the client's pool, packed by
-hiredis, falling back to redis-py's Script on NOSCRIPT or a lost connection, or queued on a
-pipeline) and `FastLane` (a worker's own connection, commands packed by hand from cached
-pieces and pipelined). Both load a script on the connection that reported NOSCRIPT, and try
-a bounded number of times. On a Redis Cluster both go to the master of the slot of the
-call's first key (`server_of`); a MOVED (the slot went elsewhere) is handled as a lost
-connection: the cluster client learns the new layout and the call is sent again.
+A script is a redis-py `Script` (EVALSHA of its source) or, on a Redis 7 that allows it, a
+`Function` of sessionq's function library (FCALL; library.py): `verb`, `handle`,
+`load_command` and `missing` say how each is called, loaded, and found lacking. Two ways,
+one rule each: `call` (any thread; a connection of the client's pool, packed by hiredis,
+falling back to redis-py's command layer on a missing script or a lost connection, or queued
+on a pipeline) and `FastLane` (a worker's own connection, commands packed by hand from
+cached pieces and pipelined). Both load a script on the connection that reported NOSCRIPT
+(or "Function not found": a restarted server, FUNCTION FLUSH), and try a bounded number of
+times. On a Redis Cluster both go to the master of the slot of the call's first key
+(`server_of`); a MOVED (the slot went elsewhere) is handled as a lost connection: the
+cluster client learns the new layout and the call is sent again.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any, NamedTuple, cast
 import hiredis
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.client import Pipeline as AsyncPipeline
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.client import Pipeline
 from redis.cluster import ClusterPipeline, RedisCluster
@@ -32,6 +37,128 @@ NOSCRIPT_RETRIES = 3  # a server that keeps forgetting scripts is not tried for 
 LOST = (RedisConnectionError, RedisTimeoutError, OSError)
 # a cluster's "not here" (MOVED, ASK: the slot moved) and "not now" (a failover under way)
 ELSEWHERE = (AskError, ClusterDownError, TryAgainError)
+
+
+class Function:
+    """A script of sessionq's function library (library.py), called by FCALL: its
+    function's `name`, and the `library` source, loaded (FUNCTION LOAD REPLACE) wherever
+    the server lacks it."""
+
+    __slots__ = ("name", "library")
+
+    def __init__(self, name: str, library: str) -> None:
+        self.name = name
+        self.library = library
+
+
+AnyScript = Script | Function  # what the scripts' registry holds
+
+
+def verb(script: AnyScript) -> str:
+    return "FCALL" if isinstance(script, Function) else "EVALSHA"
+
+
+def handle(script: AnyScript) -> str:
+    """What `verb` names the script by: the function's name, or the source's SHA1."""
+    return script.name if isinstance(script, Function) else script.sha
+
+
+def load_command(script: AnyScript) -> tuple[Any, ...]:
+    """The command that defines `script` on a server (the whole library, for a Function)."""
+    if isinstance(script, Function):
+        return ("FUNCTION", "LOAD", "REPLACE", script.library)
+    return ("SCRIPT", "LOAD", script.script)
+
+
+def missing(reply: Any) -> bool:
+    """Is `reply` (an exception, or a pipeline's reply) a server's "I have no such script":
+    NOSCRIPT, or FCALL's "Function not found"?"""
+    if isinstance(reply, NoScriptError):
+        return True
+    return isinstance(reply, ResponseError) and str(reply).startswith("Function not found")
+
+
+def command(script: AnyScript, keys: Sequence[str], args: Sequence[Any]) -> tuple[Any, ...]:
+    """The call of `script` with `keys` and `args`, as a command's words."""
+    return (verb(script), handle(script), len(keys), *keys, *args)
+
+
+def queue(pipe: Any, script: AnyScript, keys: Sequence[str], args: Sequence[Any]) -> None:
+    """Queue a call of `script` on a pipeline (sync or asyncio, a cluster's too): the caller
+    has loaded the scripts (load_all), and looks for `missing` among the replies."""
+    if isinstance(script, Function):
+        pipe.fcall(script.name, len(keys), *keys, *args)
+    else:
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+
+def load(redis: Any, scripts: Sequence[AnyScript]) -> None:
+    """Define `scripts` on `redis` (on a cluster, on every master: redis-py sends SCRIPT LOAD
+    and FUNCTION LOAD to each), the library once for all its functions."""
+    commands = list(dict.fromkeys(load_command(s) for s in scripts))
+    if clustered(redis):
+        for words in commands:
+            if words[0] == "FUNCTION":
+                redis.function_load(words[3], replace=True)
+            else:
+                redis.script_load(words[2])
+        return
+    pipe = redis.pipeline(transaction=False)
+    for words in commands:
+        pipe.execute_command(*words)
+    pipe.execute()
+
+
+async def load_async(redis: AsyncRedis, scripts: Sequence[AnyScript]) -> None:
+    """load, on redis.asyncio."""
+    for words in dict.fromkeys(load_command(s) for s in scripts):
+        if words[0] == "FUNCTION":
+            await redis.function_load(words[3], replace=True)
+        else:
+            await redis.script_load(words[2])
+
+
+def library_of(function: Function) -> str:
+    """The name of `function`'s library (its source's shebang: `#!lua name=...`)."""
+    return function.library.split("\n", 1)[0].split("name=", 1)[1]
+
+
+def has_functions(redis: Any, function: Function) -> bool:
+    """Does the server define `function`'s library, or take it now (FUNCTION LOAD)? False
+    where it refuses - an ACL without FUNCTION and FCALL (README: Security), a full Redis:
+    the scripts then go by EVALSHA. On a cluster it is loaded on every master."""
+    try:
+        if not clustered(redis) and redis.function_list(library=library_of(function)):
+            return True
+        load(redis, [function])
+    except ResponseError:
+        return False
+    return True
+
+
+async def has_functions_async(redis: AsyncRedis, function: Function) -> bool:
+    """has_functions, on redis.asyncio."""
+    try:
+        if not clustered(redis) and await redis.function_list(library=library_of(function)):
+            return True
+        await load_async(redis, [function])
+    except ResponseError:
+        return False
+    return True
+
+
+def _call_slow(script: AnyScript, keys: Sequence[str], args: Sequence[Any], redis: Redis) -> Any:
+    """A call through redis-py's command layer (its retry with backoff, a cluster's
+    routing), the script loaded first if the server lacks it."""
+    if not isinstance(script, Function):
+        return script(keys=keys, args=args, client=redis)
+    try:
+        return redis.fcall(script.name, len(keys), *keys, *args)
+    except ResponseError as exc:
+        if not missing(exc):
+            raise
+    load(server_of(redis, keys[0] if keys else None), [script])
+    return redis.fcall(script.name, len(keys), *keys, *args)
 
 
 def clustered(redis: Any) -> bool:
@@ -122,20 +249,20 @@ def bulk(value: bytes) -> bytes:
 
 
 def _evalsha_once(
-    redis: Redis, sha: str, keys: Sequence[str], args: Sequence[Any],
+    redis: Redis, script: AnyScript, keys: Sequence[str], args: Sequence[Any],
     wait: Durability | None = None,
 ) -> Any:  # fmt: skip
-    """EVALSHA on a connection of redis's pool, packed by hiredis in one call: redis-py's
+    """EVALSHA (or FCALL) on a connection of redis's pool, packed by hiredis in one call: redis-py's
     command layer (argument encoding, retry, observability) cost more than a loopback round
     trip; with `wait`, WAIT goes with it. No retry here: the caller falls back to redis-py's
     path."""
-    command = [hiredis.pack_command(("EVALSHA", sha, len(keys), *keys, *args))]
+    packed = [hiredis.pack_command(command(script, keys, args))]
     if wait is not None:
-        command.append(wait.command)
+        packed.append(wait.command)
     pool = server_of(redis, keys[0] if keys else None).connection_pool
     conn: Any = pool.get_connection()
     try:
-        conn.send_packed_command(command)
+        conn.send_packed_command(packed)
         try:
             reply = conn.read_response()
         finally:
@@ -166,45 +293,46 @@ def ensure_replicated(redis: Redis, wait: Durability | None, marker: str) -> Non
 
 
 def call(
-    script: Script, keys: Sequence[str], args: Sequence[Any], client: Any,
+    script: AnyScript, keys: Sequence[str], args: Sequence[Any], client: Any,
     wait: Durability | None = None, marker: str = "",
 ) -> Any:  # fmt: skip
-    """Run `script` by EVALSHA on `client` (a Redis, or a Pipeline to queue it on - the caller
-    has loaded the scripts, and waits for replicas itself - whose reply comes with the
-    pipeline's, [] here). On NOSCRIPT or a lost connection, through redis-py's Script, which
-    loads it and retries with backoff. With `wait`, NotReplicated unless enough replicas
-    have the call's writes in time (`marker`: see ensure_replicated)."""
+    """Run `script` (EVALSHA or FCALL) on `client` (a Redis, or a Pipeline to queue it on - the
+    caller has loaded the scripts, and waits for replicas itself - whose reply comes with the
+    pipeline's, [] here). On NOSCRIPT or a lost connection, through redis-py's command layer
+    (_call_slow), which loads it and retries with backoff. With `wait`, NotReplicated unless
+    enough replicas have the call's writes in time (`marker`: see ensure_replicated)."""
     if isinstance(client, (Pipeline, ClusterPipeline)):
-        client.evalsha(script.sha, len(keys), *keys, *args)
+        queue(client, script, keys, args)
         return []
     redis: Redis = client
     try:
-        return _evalsha_once(redis, script.sha, keys, args, wait)
-    except NoScriptError:
-        pass  # a restarted or another server: redis-py's Script loads it
+        return _evalsha_once(redis, script, keys, args, wait)
     except LOST:
         pass  # redis-py's retry (with backoff) sends it again: the scripts take a resend
     except ELSEWHERE:
         relayout(redis)  # the slot moved: the cluster client finds where
-    reply = script(keys=keys, args=args, client=redis)
+    except ResponseError as exc:
+        if not missing(exc):
+            raise  # (a restarted or another server lacks it: _call_slow loads it)
+    reply = _call_slow(script, keys, args, redis)
     ensure_replicated(redis, wait, marker)
     return reply
 
 
 async def call_async(
-    redis: AsyncRedis, script: Script, keys: Sequence[str], args: Sequence[Any],
+    redis: AsyncRedis, script: AnyScript, keys: Sequence[str], args: Sequence[Any],
     wait: Durability | None = None,
 ) -> Any:  # fmt: skip
-    """Run `script` by EVALSHA on redis.asyncio; on NOSCRIPT (a restarted or another server)
+    """Run `script` (EVALSHA or FCALL) on redis.asyncio; on NOSCRIPT (a restarted or another server)
     load it and send it again; with `wait`, WAIT on the same connection after it."""
     for attempt in range(NOSCRIPT_RETRIES + 1):
-        pipe = redis.pipeline(transaction=False)
-        pipe.evalsha(script.sha, len(keys), *keys, *args)
+        pipe: AsyncPipeline = redis.pipeline(transaction=False)
+        queue(pipe, script, keys, args)
         if wait is not None:
             pipe.wait(wait.replicas, wait.timeout_ms)
         replies = await pipe.execute(raise_on_error=False)
-        if isinstance(replies[0], NoScriptError) and attempt < NOSCRIPT_RETRIES:
-            await redis.script_load(script.script)
+        if missing(replies[0]) and attempt < NOSCRIPT_RETRIES:
+            await load_async(redis, [script])
             continue
         if isinstance(replies[0], Exception):
             raise replies[0]
@@ -216,21 +344,24 @@ async def call_async(
 
 class _Note:
     """The context of a command sent by FastLane.note: its reply is read and dropped. A
-    script note that meets NOSCRIPT is sent again with the script's source (EVAL), packed
-    only then (a source is kilobytes: packing it for every note cost more than the call)."""
+    script note that meets NOSCRIPT is sent again after its script is loaded (SCRIPT or
+    FUNCTION LOAD), packed only then (a source is kilobytes: packing it for every note cost
+    more than the call)."""
 
     __slots__ = ("script", "call")
 
-    def __init__(self, script: Script | None = None, call: tuple[Any, ...] = ()) -> None:
+    def __init__(self, script: AnyScript | None = None, call: tuple[Any, ...] = ()) -> None:
         self.script = script
         self.call = call  # (nkeys, *keys, *args)
 
     @property
-    def eval_command(self) -> bytes | None:
+    def again(self) -> list[bytes]:
+        """What to send when the server lacked the script: its load, then the call."""
         if self.script is None:
-            return None
-        packed: bytes = hiredis.pack_command(("EVAL", self.script.script, *self.call))
-        return packed
+            return []
+        words = (verb(self.script), handle(self.script), *self.call)
+        return [hiredis.pack_command(load_command(self.script)),
+                hiredis.pack_command(words)]  # fmt: skip
 
 
 _NOTE = _Note()
@@ -248,8 +379,8 @@ class FastLane:
     (note_script), loaded on each new connection ahead of them."""
 
     def __init__(
-        self, redis: Redis, script: Script, head: list[str], fixed: Sequence[Any] = (),
-        fixed_after: int = 0, notes: Sequence[Script] = (), wait: Durability | None = None,
+        self, redis: Redis, script: AnyScript, head: list[str], fixed: Sequence[Any] = (),
+        fixed_after: int = 0, notes: Sequence[AnyScript] = (), wait: Durability | None = None,
     ) -> None:  # fmt: skip
         self.redis = redis
         self.route = head[0] if head else None  # on a cluster: the slot's master serves it
@@ -260,6 +391,8 @@ class FastLane:
         self.waited = wait.command if wait is not None else b""
         self.note_scripts = tuple(notes)
         self.conn: Any = None
+        self.verb = b"$%d\r\n%b\r\n" % (len(verb(script)), verb(script).encode())
+        self.handle = bulk(handle(script).encode())
         self.head = b"".join(bulk(k.encode()) for k in head)
         self.nhead = len(head)
         self.fixed = b"".join(bulk(str(a).encode()) for a in fixed)
@@ -270,13 +403,14 @@ class FastLane:
         self.noscript = 0  # NOSCRIPT replies since the last good one
 
     def send(self, nkeys: int, keys: bytes, args: list[bytes], context: Any) -> None:
-        """Send EVALSHA: the head keys, `keys` (packed), then `args` with the fixed arguments
-        spliced in after the first `fixed_after` of them."""
+        """Send the script's call (EVALSHA or FCALL): the head keys, `keys` (packed), then
+        `args` with the fixed arguments spliced in after the first `fixed_after` of them."""
         total = self.nhead + nkeys
         cut = self.fixed_after
         command = (
-            b"*%d\r\n$7\r\nEVALSHA\r\n" % (3 + total + len(args) + self.nfixed)
-            + bulk(self.script.sha.encode())
+            b"*%d\r\n" % (3 + total + len(args) + self.nfixed)
+            + self.verb
+            + self.handle
             + bulk(b"%d" % total)
             + self.head
             + keys
@@ -292,11 +426,11 @@ class FastLane:
         """Send a plain command whose reply nobody waits for: receive drops it on the way."""
         self._note(hiredis.pack_command(command), _NOTE)  # type: ignore[arg-type]  # hiredis stub: a 1-tuple
 
-    def note_script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> None:
-        """Send a script call whose reply nobody waits for (EVALSHA; EVAL if the server has
-        lost the script)."""
+    def note_script(self, script: AnyScript, keys: Sequence[str], args: Sequence[Any]) -> None:
+        """Send a script call whose reply nobody waits for (loaded and sent again if the
+        server has lost the script)."""
         call = (len(keys), *keys, *args)
-        self._note(hiredis.pack_command(("EVALSHA", script.sha, *call)), _Note(script, call))
+        self._note(hiredis.pack_command(command(script, keys, args)), _Note(script, call))
 
     def _note(self, packed: bytes, context: _Note) -> None:
         self._write(packed)
@@ -320,20 +454,19 @@ class FastLane:
     def receive_note(self) -> None:
         """Read and drop the reply of the oldest command sent, a note."""
         context = self.sent[0][1]
-        again = None
+        again: list[bytes] = []
         try:
             self.conn.read_response()
-        except NoScriptError:
-            again = context.eval_command
-        except ResponseError:
-            pass
+        except ResponseError as exc:
+            if missing(exc):
+                again = context.again
         except LOST:
             self.reset()
             raise
         self.sent.popleft()
         self.notes -= 1
-        if again is not None:
-            self._note(again, _NOTE)
+        for packed in again:
+            self._note(packed, _NOTE)
 
     @property
     def unanswered(self) -> int:
@@ -352,8 +485,8 @@ class FastLane:
                 raise
             self.conn = conn
             for script in self.note_scripts:  # before any call that may use them
-                load = ("SCRIPT", "LOAD", script.script)
-                self._note(hiredis.pack_command(load), _NOTE)  # type: ignore[arg-type]  # hiredis stub: a 1-tuple
+                if not isinstance(script, Function):  # (a library is loaded once a server)
+                    self._note(hiredis.pack_command(load_command(script)), _NOTE)
         try:
             self.conn.send_packed_command([command], check_health=False)
         except LOST:
@@ -373,7 +506,19 @@ class FastLane:
                     reply = self.conn.read_response()
                 finally:
                     replicated = self.conn.read_response() if self.wait is not None else None
-            except NoScriptError:
+            except LOST:
+                self.reset()
+                raise
+            except ELSEWHERE as exc:
+                # the slot moved (a failover, a resharding): as after a lost connection, the
+                # caller sends again what was not answered - to the slot's new master
+                self.reset()
+                relayout(self.redis)
+                raise RedisConnectionError(f"the cluster moved this lane's slot: {exc}") from exc
+            except ResponseError as exc:
+                if not missing(exc):
+                    self.sent.popleft()  # the script failed: its reply has been read
+                    raise
                 # this server lost its script cache (a restart, a failover): load the script
                 # on this very connection and send the call again - a few times at most
                 self.sent.popleft()
@@ -385,18 +530,6 @@ class FastLane:
                 self._write(command)
                 self.sent.append((command, context))
                 continue
-            except LOST:
-                self.reset()
-                raise
-            except ELSEWHERE as exc:
-                # the slot moved (a failover, a resharding): as after a lost connection, the
-                # caller sends again what was not answered - to the slot's new master
-                self.reset()
-                relayout(self.redis)
-                raise RedisConnectionError(f"the cluster moved this lane's slot: {exc}") from exc
-            except ResponseError:
-                self.sent.popleft()  # the script failed: its reply has been read
-                raise
             self.noscript = 0
             self.sent.popleft()
             if self.wait is not None:
@@ -419,9 +552,8 @@ class FastLane:
                     pass
         self.sent.clear()
         self.notes = 0
-        for script in (self.script, *self.note_scripts):
-            load = ("SCRIPT", "LOAD", script.script)
-            self.conn.send_packed_command([hiredis.pack_command(load)], check_health=False)  # type: ignore[arg-type]  # hiredis stub: a 1-tuple
+        for words in dict.fromkeys(load_command(s) for s in (self.script, *self.note_scripts)):
+            self.conn.send_packed_command([hiredis.pack_command(words)], check_health=False)
             self.conn.read_response()
         for command, context in waiting:
             if not isinstance(context, _Note):

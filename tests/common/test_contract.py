@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import inspect
 import re
+from dataclasses import replace
 from importlib import resources
 
 import pytest
 from redis import Redis
+from redis.commands.core import Script
 
-from sessionq.common.scripts import Scripts, lean
+from sessionq.common import codec
+from sessionq.common.scripts import Scripts, lean, transport
+from sessionq.common.scripts.base import ScriptsBase
 from sessionq.common.scripts.contract import NUMBER, Contract
 from sessionq.common.scripts.contracts import CONTRACTS, GLOBAL_KEYS
 from sessionq.common.settings import Settings
@@ -120,9 +124,32 @@ def test_the_packer_and_the_prologue_agree_in_redis(
 
 
 @pytest.mark.parametrize("name", sorted(CONTRACTS))
-def test_every_script_compiles(name: str, redis: Redis, settings: Settings) -> None:
-    sha = redis.script_load(Scripts(redis, settings).script(name).script)
+def test_every_script_compiles(
+    name: str, redis: Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ScriptsBase, "use_functions", False)  # (the EVALSHA path)
+    script = Scripts(redis, settings).script(name)
+    assert isinstance(script, Script)
+    sha = redis.script_load(script.script)
     assert redis.script_exists(sha) == [True]
+
+
+def test_the_library_defines_every_script_with_its_flags(redis: Redis, settings: Settings) -> None:
+    libraries = set()
+    for partitions in (0, 4):
+        scripts = Scripts(redis, replace(settings, partitions=partitions)).parts[0]
+        functions = {name: scripts.script(name) for name in CONTRACTS}
+        assert all(isinstance(f, transport.Function) for f in functions.values())
+        library = transport.library_of(functions["run"])
+        [listed] = redis.function_list(library=library)
+        got = {codec.text(f[1]): [codec.text(flag) for flag in f[5]] for f in listed[5]}
+        assert got == {transport.handle(f): list(CONTRACTS[name].flags)
+                       for name, f in functions.items()}  # fmt: skip
+        libraries.add(library)
+    # named by a hash of the source: each layout (and prefix) makes another library, and
+    # both live on one server side by side
+    assert len(libraries) == 2
+    assert all(redis.function_list(library=library) for library in libraries)
 
 
 def test_key_builders_and_run_ids_are_keys_py_s(redis: Redis, settings: Settings) -> None:
