@@ -109,11 +109,12 @@ def load(redis: Any, scripts: Sequence[AnyScript]) -> None:
     pipe.execute()
 
 
-async def load_async(redis: AsyncRedis, scripts: Sequence[AnyScript]) -> None:
-    """load, on redis.asyncio."""
+async def load_async(redis: Any, scripts: Sequence[AnyScript]) -> None:
+    """load, on redis.asyncio (`redis`: Any, as redis-py 5.3's execute_command is
+    unannotated)."""
     for words in dict.fromkeys(load_command(s) for s in scripts):
-        if words[0] == "FUNCTION":
-            await redis.function_load(words[3], replace=True)
+        if words[0] == "FUNCTION":  # ("FUNCTION LOAD": what a cluster sends to every master)
+            await redis.execute_command("FUNCTION LOAD", "REPLACE", words[3])
         else:
             await redis.script_load(words[2])
 
@@ -136,10 +137,12 @@ def has_functions(redis: Any, function: Function) -> bool:
     return True
 
 
-async def has_functions_async(redis: AsyncRedis, function: Function) -> bool:
+async def has_functions_async(redis: Any, function: Function) -> bool:
     """has_functions, on redis.asyncio."""
     try:
-        if not clustered(redis) and await redis.function_list(library=library_of(function)):
+        listed = not clustered(redis) and await redis.execute_command(
+            "FUNCTION LIST", "LIBRARYNAME", library_of(function))  # fmt: skip
+        if listed:
             return True
         await load_async(redis, [function])
     except ResponseError:
@@ -147,18 +150,19 @@ async def has_functions_async(redis: AsyncRedis, function: Function) -> bool:
     return True
 
 
-def _call_slow(script: AnyScript, keys: Sequence[str], args: Sequence[Any], redis: Redis) -> Any:
+def _call_slow(script: AnyScript, keys: Sequence[str], args: Sequence[Any], redis: Any) -> Any:
     """A call through redis-py's command layer (its retry with backoff, a cluster's
-    routing), the script loaded first if the server lacks it."""
+    routing), the script loaded first if the server lacks it (`redis`: Any, as redis-py
+    5.3's execute_command is unannotated)."""
     if not isinstance(script, Function):
         return script(keys=keys, args=args, client=redis)
     try:
-        return redis.fcall(script.name, len(keys), *keys, *args)
+        return redis.execute_command(*command(script, keys, args))
     except ResponseError as exc:
         if not missing(exc):
             raise
     load(server_of(redis, keys[0] if keys else None), [script])
-    return redis.fcall(script.name, len(keys), *keys, *args)
+    return redis.execute_command(*command(script, keys, args))
 
 
 def clustered(redis: Any) -> bool:

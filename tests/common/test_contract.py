@@ -15,6 +15,7 @@ from redis import Redis
 from redis.commands.core import Script
 
 from sessionq.common import codec
+from sessionq.common.connection import sync_reply
 from sessionq.common.scripts import Scripts, lean, transport
 from sessionq.common.scripts.base import ScriptsBase
 from sessionq.common.scripts.contract import NUMBER, Contract
@@ -141,7 +142,7 @@ def test_the_library_defines_every_script_with_its_flags(redis: Redis, settings:
         functions = {name: scripts.script(name) for name in CONTRACTS}
         assert all(isinstance(f, transport.Function) for f in functions.values())
         library = transport.library_of(functions["run"])
-        [listed] = redis.function_list(library=library)
+        [listed] = sync_reply(redis.function_list(library=library))
         got = {codec.text(f[1]): [codec.text(flag) for flag in f[5]] for f in listed[5]}
         assert got == {transport.handle(f): list(CONTRACTS[name].flags)
                        for name, f in functions.items()}  # fmt: skip
@@ -149,7 +150,7 @@ def test_the_library_defines_every_script_with_its_flags(redis: Redis, settings:
     # named by a hash of the source: each layout (and prefix) makes another library, and
     # both live on one server side by side
     assert len(libraries) == 2
-    assert all(redis.function_list(library=library) for library in libraries)
+    assert all(sync_reply(redis.function_list(library=library)) for library in libraries)
 
 
 def test_key_builders_and_run_ids_are_keys_py_s(redis: Redis, settings: Settings) -> None:
