@@ -163,22 +163,25 @@ class ScriptsBase:
         function library where the server loads it (Redis 7, an ACL allowing FUNCTION LOAD
         and FCALL), else the scripts by EVALSHA."""
         if not self._scripts:
-            if self.legacy is None:
-                self.legacy = transport.refuses_shebang(self.redis)
             functions = self._functions()
-            if functions and not transport.has_functions(self.redis, functions["run"]):
-                functions = {}
-            self._register(functions)
+            run = functions.get("run")
+            if self.legacy is None:
+                self.legacy, took = transport.first_use(self.redis, run)
+            else:
+                took = run is not None and transport.has_functions(self.redis, run)
+            self._register(functions if took else {})
         return self._scripts
 
     def _functions(self) -> dict[str, transport.Function]:
         """Every script as a function of the library (library.py), or {} where the scripts
         go by EVALSHA (Redis 6, or use_functions off)."""
-        if self.legacy or not self.use_functions:
+        if self.legacy or not self.use_functions:  # (None: not known yet - first_use asks)
             return {}
         bodies = {name: _lua_file(name) for name in CONTRACTS}
         source, names = library.library(CONTRACTS, bodies, self._prelude(), self.builders)
-        return {name: transport.Function(names[name], source) for name in CONTRACTS}
+        return {name: transport.Function(names[name], source,
+                                         self.redis.register_script(self._source(name)))
+                for name in CONTRACTS}  # fmt: skip
 
     def _register(self, functions: dict[str, transport.Function]) -> None:
         if functions:
@@ -203,12 +206,13 @@ class ScriptsBase:
         """Ask `redis` (asyncio) whether it reads shebangs, and load the function library,
         unless known (see _script)."""
         if not self._scripts:
-            if self.legacy is None:
-                self.legacy = await transport.refuses_shebang_async(redis)
             functions = self._functions()
-            if functions and not await transport.has_functions_async(redis, functions["run"]):
-                functions = {}
-            self._register(functions)
+            run = functions.get("run")
+            if self.legacy is None:
+                self.legacy, took = await transport.first_use_async(redis, run)
+            else:
+                took = run is not None and await transport.has_functions_async(redis, run)
+            self._register(functions if took else {})
 
     def script(self, name: str) -> transport.AnyScript:
         return self._script[name]
@@ -280,8 +284,12 @@ class ScriptsBase:
 
     def ensure_loaded(self) -> None:
         """Load every script now (one round trip; on a cluster, one per master), for
-        pipelines that call them."""
-        transport.load(self.redis, list(self._script.values()))
+        pipelines that call them. Where the server refuses the function library (an ACL
+        without FUNCTION LOAD, a full Redis: transport.refused), the scripts go by EVALSHA
+        from now on."""
+        if not transport.load(self.redis, list(self._script.values())):
+            self._scripts.update({name: transport.fallback(script)
+                                  for name, script in self._scripts.items()})  # fmt: skip
 
     def with_queues(self, run_ids: Sequence[str]) -> list[tuple[str, str]]:
         """[(run id, the queue it came from)] - what the scripts need to name its keys."""

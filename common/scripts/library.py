@@ -39,6 +39,8 @@ _LOCAL_SET = re.compile(r"local\s+([\w\s,]+?)\s*=")
 RUNTIME = frozenset({"cmsgpack", "cjson", "struct", "bit", "redis"})
 # the per-call pieces of a contract's prologue: its named keys, arguments and blocks
 PER_CALL = ("K", "A", "KB", "AB", "PFX")
+# each call starts with all of them unset: a script never reads the blocks of the call before
+RESET = ", ".join(PER_CALL) + " = " + ", ".join("nil" for _ in PER_CALL) + "\n"
 
 
 def names(lib_hash: str, script: str) -> str:
@@ -88,16 +90,21 @@ def _library(
                                  if p.defines and p.defines[0] in PER_CALL)  # fmt: skip
         calls.append((name, contract.flags and ", ".join(f"'{f}'" for f in contract.flags) or ""))
         lines.append(
-            f"local function call_{name}(keys, args)\nKEYS, ARGV = keys, args\n{per_call}"
+            f"local function call_{name}(keys, args)\nKEYS, ARGV = keys, args\n{RESET}{per_call}"
             f"fresh()\n{bodies[name]}\nend\n"
         )
-    digest = hashlib.sha1("".join(lines).encode()).hexdigest()[:12]
-    register = [
-        f"redis.register_function{{function_name = '{names(digest, name)}', "
+    # the names carry a hash of the whole source but the names themselves: the flags too
+    register = "".join(
+        f"redis.register_function{{function_name = '{names('@', name)}', "
         f"callback = call_{name}, flags = {{{flags}}}}}\n"
         for name, flags in calls
-    ]
-    source = f"#!lua name=sq_{digest}\n" + "".join(lines) + "".join(register)
+    )
+    digest = hashlib.sha1(("".join(lines) + register).encode()).hexdigest()[:12]
+    source = (
+        f"#!lua name=sq_{digest}\n"
+        + "".join(lines)
+        + register.replace(names("@", ""), names(digest, ""))
+    )
     return source, {name: names(digest, name) for name in contracts}
 
 

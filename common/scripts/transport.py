@@ -27,7 +27,16 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.client import Pipeline
 from redis.cluster import ClusterPipeline, RedisCluster
 from redis.commands.core import Script
-from redis.exceptions import AskError, ClusterDownError, NoScriptError, ResponseError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    NoPermissionError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -41,14 +50,16 @@ ELSEWHERE = (AskError, ClusterDownError, TryAgainError)
 
 class Function:
     """A script of sessionq's function library (library.py), called by FCALL: its
-    function's `name`, and the `library` source, loaded (FUNCTION LOAD REPLACE) wherever
-    the server lacks it."""
+    function's `name`, and the `library` source, loaded (FUNCTION LOAD) wherever the server
+    lacks it; `fallback`, the same script sent by EVALSHA, where the server refuses to load
+    the library again (`refused`: an ACL without FUNCTION LOAD, a full Redis)."""
 
-    __slots__ = ("name", "library")
+    __slots__ = ("name", "library", "fallback")
 
-    def __init__(self, name: str, library: str) -> None:
+    def __init__(self, name: str, library: str, fallback: Script) -> None:
         self.name = name
         self.library = library
+        self.fallback = fallback
 
 
 AnyScript = Script | Function  # what the scripts' registry holds
@@ -65,9 +76,30 @@ def handle(script: AnyScript) -> str:
 
 def load_command(script: AnyScript) -> tuple[Any, ...]:
     """The command that defines `script` on a server (the whole library, for a Function)."""
-    if isinstance(script, Function):
-        return ("FUNCTION", "LOAD", "REPLACE", script.library)
+    if isinstance(script, Function):  # (no REPLACE: the name is a hash of the source)
+        return ("FUNCTION", "LOAD", script.library)
     return ("SCRIPT", "LOAD", script.script)
+
+
+def refused(error: BaseException) -> bool:
+    """Is `error` a server refusing FUNCTION LOAD where SCRIPT LOAD may pass: NOPERM (an ACL
+    that allows FCALL, not FUNCTION LOAD), OOM (a full Redis: SCRIPT LOAD is not refused),
+    READONLY? The call then goes by EVALSHA (Function.fallback)."""
+    return isinstance(error, (NoPermissionError, OutOfMemoryError, ReadOnlyError)) or (
+        isinstance(error, ResponseError) and str(error).startswith(("NOPERM", "OOM", "READONLY"))
+    )
+
+
+def _loaded(reply: Any) -> Any:
+    """A load's reply, its error raised - but "Library ... already exists": the server has
+    the very source (its name is a hash of it)."""
+    if isinstance(reply, ResponseError) and not _exists(reply):
+        raise reply
+    return reply
+
+
+def _exists(error: ResponseError) -> bool:
+    return str(error).startswith("Library ") and "already exists" in str(error)
 
 
 def missing(reply: Any) -> bool:
@@ -92,31 +124,61 @@ def queue(pipe: Any, script: AnyScript, keys: Sequence[str], args: Sequence[Any]
         pipe.evalsha(script.sha, len(keys), *keys, *args)
 
 
-def load(redis: Any, scripts: Sequence[AnyScript]) -> None:
-    """Define `scripts` on `redis` (on a cluster, on every master: redis-py sends SCRIPT LOAD
-    and FUNCTION LOAD to each), the library once for all its functions."""
-    commands = list(dict.fromkeys(load_command(s) for s in scripts))
-    if clustered(redis):
+def load(redis: Any, scripts: Sequence[AnyScript]) -> bool:
+    """Define `scripts` on `redis` (on a cluster, on every master), the library once for all
+    its functions. False where the server refused the library (`refused`): the Functions'
+    fallbacks were loaded instead, for the caller to send them by EVALSHA."""
+    try:
+        _load_commands(redis, [load_command(s) for s in scripts])
+    except ResponseError as exc:
+        if not refused(exc):
+            raise
+        _load_commands(redis, [load_command(fallback(s)) for s in scripts])
+        return False
+    return True
+
+
+def fallback(script: AnyScript) -> Script:
+    """`script` as sent by EVALSHA."""
+    return script.fallback if isinstance(script, Function) else script
+
+
+def _load_commands(redis: Any, commands: Sequence[tuple[Any, ...]]) -> None:
+    commands = list(dict.fromkeys(commands))
+    servers = (
+        [redis.get_redis_connection(node) for node in redis.get_primaries()]
+        if clustered(redis) else [redis]
+    )  # fmt: skip
+    for server in servers:
+        pipe = server.pipeline(transaction=False)
         for words in commands:
-            if words[0] == "FUNCTION":
-                redis.function_load(words[3], replace=True)
-            else:
-                redis.script_load(words[2])
-        return
-    pipe = redis.pipeline(transaction=False)
-    for words in commands:
-        pipe.execute_command(*words)
-    pipe.execute()
+            pipe.execute_command(*words)
+        for reply in pipe.execute(raise_on_error=False):
+            _loaded(reply)
 
 
-async def load_async(redis: Any, scripts: Sequence[AnyScript]) -> None:
+async def load_async(redis: Any, scripts: Sequence[AnyScript]) -> bool:
     """load, on redis.asyncio (`redis`: Any, as redis-py 5.3's execute_command is
     unannotated)."""
-    for words in dict.fromkeys(load_command(s) for s in scripts):
-        if words[0] == "FUNCTION":  # ("FUNCTION LOAD": what a cluster sends to every master)
-            await redis.execute_command("FUNCTION LOAD", "REPLACE", words[3])
-        else:
-            await redis.script_load(words[2])
+    try:
+        await _load_commands_async(redis, [load_command(s) for s in scripts])
+    except ResponseError as exc:
+        if not refused(exc):
+            raise
+        await _load_commands_async(redis, [load_command(fallback(s)) for s in scripts])
+        return False
+    return True
+
+
+async def _load_commands_async(redis: Any, commands: Sequence[tuple[Any, ...]]) -> None:
+    nodes = redis.get_primaries() if clustered(redis) else [None]
+    for words in dict.fromkeys(commands):
+        for node in nodes:
+            target = {} if node is None else {"target_nodes": node}
+            try:  # ("FUNCTION LOAD": one word, as a cluster's client knows the command)
+                await redis.execute_command(f"{words[0]} {words[1]}", *words[2:], **target)
+            except ResponseError as exc:
+                _loaded(exc)
 
 
 def library_of(function: Function) -> str:
@@ -124,30 +186,78 @@ def library_of(function: Function) -> str:
     return function.library.split("\n", 1)[0].split("name=", 1)[1]
 
 
+def first_use(redis: Any, function: Function | None) -> tuple[bool, bool]:
+    """What a server is, asked before the first script is sent: does it refuse a script's
+    shebang (Redis 6: `refuses_shebang`), and does it take `function`'s library
+    (`has_functions`; None: the scripts go by EVALSHA)? On one server in one round trip
+    (the probe and FUNCTION LOAD pipelined: as many as the probe alone); on a cluster, the
+    probe, then the library on every master."""
+    if function is None or clustered(redis):
+        legacy = refuses_shebang(redis)
+        return legacy, function is not None and not legacy and has_functions(redis, function)
+    pipe = redis.pipeline(transaction=False)
+    pipe.execute_command("SCRIPT", "LOAD", SHEBANG_PROBE)
+    pipe.execute_command(*load_command(function))
+    return _first_use(*pipe.execute(raise_on_error=False))
+
+
+async def first_use_async(redis: Any, function: Function | None) -> tuple[bool, bool]:
+    """first_use, on redis.asyncio."""
+    if function is None or clustered(redis):
+        legacy = await refuses_shebang_async(redis)
+        took = function is not None and not legacy and await has_functions_async(redis, function)
+        return legacy, took
+    pipe = redis.pipeline(transaction=False)
+    pipe.execute_command("SCRIPT", "LOAD", SHEBANG_PROBE)
+    pipe.execute_command(*load_command(function))
+    return _first_use(*await pipe.execute(raise_on_error=False))
+
+
+def _first_use(probe: Any, loaded: Any) -> tuple[bool, bool]:
+    if isinstance(probe, ResponseError):
+        if _refused_shebang(probe):
+            return True, False
+        raise probe
+    return False, _took(loaded)
+
+
 def has_functions(redis: Any, function: Function) -> bool:
-    """Does the server define `function`'s library, or take it now (FUNCTION LOAD)? False
-    where it refuses - an ACL without FUNCTION and FCALL (README: Security), a full Redis:
-    the scripts then go by EVALSHA. On a cluster it is loaded on every master."""
+    """Does the server take `function`'s library (FUNCTION LOAD; "already exists" too - no
+    FUNCTION LIST: a library another user loaded says nothing of this one's rights)? False
+    where it refuses for good - no such command (Redis 6), an ACL without FUNCTION and FCALL
+    (README: Security), a full Redis: the scripts then go by EVALSHA; any other refusal
+    (BUSY, READONLY, ...: not now) is raised, for the caller's retry. On a cluster it is
+    loaded on every master."""
     try:
-        if not clustered(redis) and redis.function_list(library=library_of(function)):
-            return True
-        load(redis, [function])
-    except ResponseError:
-        return False
+        _load_commands(redis, [load_command(function)])
+    except ResponseError as exc:
+        return _took(exc)
     return True
 
 
 async def has_functions_async(redis: Any, function: Function) -> bool:
     """has_functions, on redis.asyncio."""
     try:
-        listed = not clustered(redis) and await redis.execute_command(
-            "FUNCTION LIST", "LIBRARYNAME", library_of(function))  # fmt: skip
-        if listed:
-            return True
-        await load_async(redis, [function])
-    except ResponseError:
-        return False
+        await _load_commands_async(redis, [load_command(function)])
+    except ResponseError as exc:
+        return _took(exc)
     return True
+
+
+def _took(reply: Any) -> bool:
+    """Is `reply` to FUNCTION LOAD the library's being there (False: refused for good)?"""
+    if isinstance(reply, ResponseError) and not _exists(reply):
+        if _for_good(reply):
+            return False
+        raise reply
+    return True
+
+
+def _for_good(error: ResponseError) -> bool:
+    """Does `error` say the server will not take the library in this process's life?"""
+    return isinstance(error, (NoPermissionError, OutOfMemoryError)) or str(error).startswith(
+        ("NOPERM", "OOM", "ERR unknown command", "unknown command")
+    )
 
 
 def _call_slow(script: AnyScript, keys: Sequence[str], args: Sequence[Any], redis: Any) -> Any:
@@ -161,7 +271,8 @@ def _call_slow(script: AnyScript, keys: Sequence[str], args: Sequence[Any], redi
     except ResponseError as exc:
         if not missing(exc):
             raise
-    load(server_of(redis, keys[0] if keys else None), [script])
+    if not load(server_of(redis, keys[0] if keys else None), [script]):
+        return script.fallback(keys=keys, args=args, client=redis)  # (refused: EVALSHA)
     return redis.execute_command(*command(script, keys, args))
 
 
@@ -336,7 +447,8 @@ async def call_async(
             pipe.wait(wait.replicas, wait.timeout_ms)
         replies = await pipe.execute(raise_on_error=False)
         if missing(replies[0]) and attempt < NOSCRIPT_RETRIES:
-            await load_async(redis, [script])
+            if not await load_async(redis, [script]):
+                script = fallback(script)  # (the library refused: this call by EVALSHA)
             continue
         if isinstance(replies[0], Exception):
             raise replies[0]
@@ -360,12 +472,17 @@ class _Note:
 
     @property
     def again(self) -> list[bytes]:
-        """What to send when the server lacked the script: its load, then the call."""
+        """What to send when the server lacked the script: its load, then the call - a
+        Function's by EVALSHA this once, as its library's load may be refused (`refused`);
+        the calls after it find the library, if loaded."""
         if self.script is None:
             return []
-        words = (verb(self.script), handle(self.script), *self.call)
-        return [hiredis.pack_command(load_command(self.script)),
-                hiredis.pack_command(words)]  # fmt: skip
+        loads = [load_command(self.script)]
+        if isinstance(self.script, Function):
+            loads.append(load_command(self.script.fallback))
+        plain = fallback(self.script)
+        words = (verb(plain), handle(plain), *self.call)
+        return [hiredis.pack_command(w) for w in (*loads, words)]
 
 
 _NOTE = _Note()
@@ -530,7 +647,7 @@ class FastLane:
                 if self.noscript > NOSCRIPT_RETRIES:
                     self.reset()
                     raise
-                self._load()
+                command = self._load(command)
                 self._write(command)
                 self.sent.append((command, context))
                 continue
@@ -544,9 +661,10 @@ class FastLane:
                     raise
             return list(reply), context
 
-    def _load(self) -> None:
+    def _load(self, refused_call: bytes) -> bytes:
         """SCRIPT LOAD on the lane's own connection (not the pool's: that may be another
-        server), its reply read ahead of the calls sent after the one refused."""
+        server), its reply read ahead of the calls sent after the one refused; the calls
+        sent again (and `refused_call`, returned) by EVALSHA if the library was refused."""
         waiting = list(self.sent)
         for _, context in waiting:  # their replies (NOSCRIPT too: sent before the load)
             for _ in range(1 if isinstance(context, _Note) or self.wait is None else 2):
@@ -556,13 +674,35 @@ class FastLane:
                     pass
         self.sent.clear()
         self.notes = 0
-        for words in dict.fromkeys(load_command(s) for s in (self.script, *self.note_scripts)):
-            self.conn.send_packed_command([hiredis.pack_command(words)], check_health=False)
-            self.conn.read_response()
+        try:
+            self._send_loads(self.script, *self.note_scripts)
+        except ResponseError as exc:
+            if not refused(exc):
+                raise
+            # the library refused (an ACL without FUNCTION LOAD, a full Redis): this lane
+            # goes by EVALSHA from now on (SCRIPT LOAD is allowed when full)
+            was = self.verb + self.handle
+            self.script = fallback(self.script)
+            self.note_scripts = tuple(fallback(s) for s in self.note_scripts)
+            self._send_loads(self.script, *self.note_scripts)
+            self.verb = bulk(verb(self.script).encode())
+            self.handle = bulk(handle(self.script).encode())
+            waiting = [(c.replace(was, self.verb + self.handle, 1), x) for c, x in waiting]
+            refused_call = refused_call.replace(was, self.verb + self.handle, 1)
         for command, context in waiting:
             if not isinstance(context, _Note):
                 self._write(command)
                 self.sent.append((command, context))
+        return refused_call
+
+    def _send_loads(self, *scripts: AnyScript) -> None:
+        """Load `scripts` on the lane's connection, each reply read (an error raised)."""
+        for words in dict.fromkeys(load_command(s) for s in scripts):
+            self.conn.send_packed_command([hiredis.pack_command(words)], check_health=False)
+            try:
+                self.conn.read_response()
+            except ResponseError as exc:
+                _loaded(exc)
 
     def reset(self) -> None:
         """Drop the connection and forget what was sent (the caller knows what to resend)."""

@@ -16,8 +16,8 @@ from redis.commands.core import Script
 
 from sessionq.common import codec
 from sessionq.common.connection import sync_reply
-from sessionq.common.scripts import Scripts, lean, transport
-from sessionq.common.scripts.base import ScriptsBase
+from sessionq.common.scripts import Scripts, lean, library, transport
+from sessionq.common.scripts.base import ScriptsBase, _lua_file
 from sessionq.common.scripts.contract import NUMBER, Contract
 from sessionq.common.scripts.contracts import CONTRACTS, GLOBAL_KEYS
 from sessionq.common.settings import Settings
@@ -151,6 +151,41 @@ def test_the_library_defines_every_script_with_its_flags(redis: Redis, settings:
     # both live on one server side by side
     assert len(libraries) == 2
     assert all(sync_reply(redis.function_list(library=library)) for library in libraries)
+
+
+def _library(redis: Redis, settings: Settings, contracts: dict[str, Contract]) -> str:
+    bodies = {name: _lua_file(name) for name in CONTRACTS}
+    builders = Scripts(redis, settings).builders
+    return library.library(contracts, bodies, _lua_file("prelude"), builders)[0]
+
+
+def test_a_change_of_flags_alone_names_another_library(redis: Redis, settings: Settings) -> None:
+    source = _library(redis, settings, CONTRACTS)
+    flagged = dict(CONTRACTS, took=replace(CONTRACTS["took"], flags=()))
+    other = _library(redis, settings, flagged)
+    assert source.split("\n", 1)[0] != other.split("\n", 1)[0], "another library's name"
+
+
+# the prelude's tables made once, for every call: constants no code writes to
+PRELUDE_CONSTANTS = {"ENDED", "LIVE", "TERMINAL", "RQ_STATUS"}
+
+
+def test_every_prelude_table_is_made_anew_for_each_call_but_the_constants(
+    redis: Redis, settings: Settings
+) -> None:
+    """What a call writes into a prelude table is not seen by the next: each table is made
+    per call (the library's `fresh`), unless named here as a constant - a new one is
+    classified on purpose. And each call starts with no contract blocks of the last."""
+    source = _library(redis, settings, CONTRACTS)
+    fresh = source.split("local function fresh()\n", 1)[1].split("\nlocal function call_", 1)[0]
+    tables = re.findall(r"^local (\w+)\s*=\s*(?:\{|setmetatable)", _lua_file("prelude"), re.M)
+    assert PRELUDE_CONSTANTS <= set(tables)
+    for name in tables:
+        made_per_call = re.search(rf"^{name}\s*=", fresh, re.M) is not None
+        assert made_per_call == (name not in PRELUDE_CONSTANTS), name
+    calls = re.findall(r"^local function call_\w+\(keys, args\)\n.*\n(.*)\n", source, re.M)
+    assert calls and all(c == "K, A, KB, AB, PFX = nil, nil, nil, nil, nil" for c in calls)
+    assert len(calls) == len(CONTRACTS)
 
 
 def test_key_builders_and_run_ids_are_keys_py_s(redis: Redis, settings: Settings) -> None:

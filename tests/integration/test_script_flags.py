@@ -68,6 +68,9 @@ def test_a_full_redis_refuses_a_script_before_it_writes_anything(
     session.map("tests.tasks:add", [(i, i) for i in range(50)])
     SessionWorker(client.settings).work(burst=True)
     assert not client.scripts.legacy, "a Redis 7 reads the shebang"
+    # (made before Redis is full: a full Redis refuses FUNCTION LOAD - EVALSHA then)
+    scripts = Scripts(redis, client.settings)
+    enqueue = scripts.script("enqueue")
     fill_up(redis)
     before = dump(redis)
 
@@ -77,8 +80,6 @@ def test_a_full_redis_refuses_a_script_before_it_writes_anything(
         session.map("tests.tasks:add", [(i, i) for i in range(50)])
     # a script sent by hand, as a function (FCALL) and as a script (EVALSHA): refused with
     # OOM before its first command ran
-    scripts = Scripts(redis, client.settings)
-    enqueue = scripts.script("enqueue")
     assert isinstance(enqueue, transport.Function)
     eval_scripts = Scripts(redis, client.settings)
     eval_scripts.use_functions = False
