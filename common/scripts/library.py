@@ -36,7 +36,7 @@ from sessionq.common.scripts.contract import Contract, builder_lua
 _ONCE = re.compile(r"(local\s+function\b|[A-Za-z_]\w*\s*=\s*function\b|local\s+[\w\s,]+$)")
 _LOCAL_SET = re.compile(r"local\s+([\w\s,]+?)\s*=")
 # what a library cannot reach while it loads, only when its functions run
-RUNTIME = frozenset({"cmsgpack", "cjson", "struct", "bit", "redis"})
+RUNTIME = frozenset({"cmsgpack", "cjson", "struct", "bit", "redis", "math"})
 # the per-call pieces of a contract's prologue: its named keys, arguments and blocks
 PER_CALL = ("K", "A", "KB", "AB", "PFX")
 # each call starts with all of them unset: a script never reads the blocks of the call before

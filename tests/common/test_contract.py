@@ -17,7 +17,7 @@ from redis.commands.core import Script
 from sessionq.common import codec
 from sessionq.common.connection import sync_reply
 from sessionq.common.scripts import Scripts, lean, library, transport
-from sessionq.common.scripts.base import ScriptsBase, _lua_file
+from sessionq.common.scripts.base import ASK_FROM_LUA, ScriptsBase, _lua_file
 from sessionq.common.scripts.contract import NUMBER, Contract
 from sessionq.common.scripts.contracts import CONTRACTS, GLOBAL_KEYS
 from sessionq.common.settings import Settings
@@ -164,6 +164,19 @@ def test_a_change_of_flags_alone_names_another_library(redis: Redis, settings: S
     flagged = dict(CONTRACTS, took=replace(CONTRACTS["took"], flags=()))
     other = _library(redis, settings, flagged)
     assert source.split("\n", 1)[0] != other.split("\n", 1)[0], "another library's name"
+
+
+def test_the_library_of_a_clustered_namespace_loads(redis: Redis, settings: Settings) -> None:
+    """Its prelude's ASK_FROM is math.huge (ScriptsBase._prelude): `math` is not reached
+    while a library loads."""
+    prelude = _lua_file("prelude").replace(ASK_FROM_LUA, "local ASK_FROM = math.huge")
+    bodies = {name: _lua_file(name) for name in CONTRACTS}
+    source, _ = library.library(CONTRACTS, bodies, prelude, Scripts(redis, settings).builders)
+    name = source.split("\n", 1)[0].split("name=", 1)[1]
+    try:
+        assert redis.execute_command("FUNCTION", "LOAD", source) == name.encode()
+    finally:
+        redis.execute_command("FUNCTION", "DELETE", name)
 
 
 # the prelude's tables made once, for every call: constants no code writes to
