@@ -18,6 +18,7 @@ from redis.commands.core import Script
 from redis.exceptions import ReadOnlyError
 
 import tests.tasks  # noqa: F401 - registers the tasks the in-process workers run
+from sessionq.common.connection import sync_reply
 from sessionq.common.keys import Keys
 from sessionq.common.redisserver import RedisServer
 from sessionq.common.scripts import Scripts, transport
@@ -95,7 +96,7 @@ def test_a_user_who_may_not_load_the_library_goes_by_evalsha_once_it_is_gone(
         assert isinstance(client.scripts.script("heartbeat"), Script)
         worker.work(burst=True)  # the lane meets "Function not found", may not load it
         assert statuses(client, ids) == ["Completed"] * len(ids)
-        assert not admin.function_list()
+        assert not sync_reply(admin.function_list())
     finally:
         client.close()
         late.close()
@@ -187,8 +188,8 @@ def test_a_new_client_finds_the_library_there_and_replaces_nothing(server: Redis
         for _ in range(2):
             with Client(settings=settings) as client:
                 client.create("again", task="tests.tasks:noop")
-        loads = redis.info("commandstats")["cmdstat_function|load"]
+        loads = sync_reply(redis.info("commandstats"))["cmdstat_function|load"]
         assert loads["calls"] == loads["failed_calls"] == 2, "each found it there"
-        assert len(redis.function_list()) == 1
+        assert len(sync_reply(redis.function_list())) == 1
     finally:
         redis.close()
