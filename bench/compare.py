@@ -190,8 +190,8 @@ METRICS = [
            ("memory_add_runs", "job_hash_bytes"), rq_shared=True),
     Metric("commands_per_run", "Redis commands per run, 1-worker drain", "calls", "lower",
            ("drain_1", "commands_per_run"), ("drain_1", "commands_per_run")),
-    Metric("evalsha_per_run", "EVALSHA (round trips) per run, 1-worker drain", "calls",
-           "lower", ("drain_1", "evalsha_per_run")),
+    Metric("evalsha_per_run", "script calls (EVALSHA, FCALL: round trips) per run, 1-worker "
+           "drain", "calls", "lower", ("drain_1", "evalsha_per_run")),
     Metric("redis_cpu_per_run", "Redis CPU per run: add_runs + 1-worker drain", "us",
            "lower", ("redis_cpu", "redis_cpu_us_per_run")),
 ]  # fmt: skip

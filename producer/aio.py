@@ -16,11 +16,12 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from sessionq.common.connection import connect_async, redis_says_later
 from sessionq.common.errors import ValidationTypeError
 from sessionq.common.jobhash import RunSpec
+from sessionq.common.scripts import transport
 from sessionq.common.scripts.transport import clustered
 from sessionq.common.sessionconfig import SessionConfig
 from sessionq.common.settings import Settings
@@ -107,15 +108,15 @@ class AsyncClient:
             async with self.redis.pipeline(transaction=True) as pipe:
                 for item in step.items:
                     if isinstance(item, ScriptCall):
-                        sha = self.scripts.script(item.name).sha
-                        pipe.evalsha(sha, len(item.keys), *item.keys, *item.args)
+                        transport.queue(pipe, self.scripts.script(item.name), item.keys, item.args)
                     else:
                         getattr(pipe, item.method)(*item.args, **item.kwargs)
                 replies = await pipe.execute(raise_on_error=False)
-            if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
-                for item in step.items:  # first use on this server, or it restarted
-                    if isinstance(item, ScriptCall):
-                        await self.redis.script_load(self.scripts.script(item.name).script)
+            if attempt == 0 and any(transport.missing(r) for r in replies):
+                # first use on this server, or it restarted
+                await transport.load_async(self.redis, [
+                    self.scripts.script(item.name) for item in step.items
+                    if isinstance(item, ScriptCall)])  # fmt: skip
                 continue
             break
         wait = self.scripts.durability

@@ -12,7 +12,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sessionq.common.connection import (
@@ -35,7 +35,7 @@ from sessionq.common.errors import (
 from sessionq.common.jobhash import RunSpec
 from sessionq.common.keys import Keys, Layout, RoutedKeys
 from sessionq.common.rqcompat import load_rq, rq_home
-from sessionq.common.scripts import Scripts
+from sessionq.common.scripts import Scripts, transport
 from sessionq.common.scripts.transport import server_of
 from sessionq.common.sessionconfig import SessionConfig
 from sessionq.common.settings import Settings
@@ -413,7 +413,7 @@ class Client:
                 else:
                     getattr(pipe, item.method)(*item.args, **item.kwargs)
             replies = pipe.execute(raise_on_error=False)
-            if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
+            if attempt == 0 and any(transport.missing(r) for r in replies):
                 self.scripts.ensure_loaded()  # first use on this server, or it restarted
                 continue
             break

@@ -8,6 +8,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -145,6 +148,19 @@ def test_luacost_prints_each_scripts_setup_time() -> None:
     rows = {line.split()[0]: line.split()[1:] for line in proc.stdout.splitlines()[1:]}
     assert set(rows) == {"run", "reserve"}
     assert all(float(x) > 0 for x in rows["run"][:2])
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_instructions_counts_what_redis_runs_per_run() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with socket.socket() as probe:  # a free port for its server
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cmd = [sys.executable, "-m", "bench.instructions", "--n", "20", "--port", str(port)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = re.search(r"enqueue ([\d.]+)  drain ([\d.]+)", proc.stdout)
+    assert found and float(found[1]) > 0 and float(found[2]) > 0, proc.stdout
 
 
 def test_the_other_queues_drivers_import_without_sessionq() -> None:

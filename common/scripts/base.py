@@ -11,13 +11,12 @@ from typing import Any, TypeVar
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
-from redis.commands.core import Script
 
 from sessionq.common import codec, namespace
 from sessionq.common.errors import ConfigError, SessionNotFound
 from sessionq.common.keys import DEFAULT_QUEUE, Keys, Layout, run_id, session_of
 from sessionq.common.rqcompat import RQKeys, rq_home, rq_keys
-from sessionq.common.scripts import transport
+from sessionq.common.scripts import library, transport
 from sessionq.common.scripts.contract import PREFIX_MARK
 from sessionq.common.scripts.contracts import (
     CONTRACTS,
@@ -50,12 +49,16 @@ def _lua_file(name: str) -> str:
     return (resources.files("sessionq.common") / "lua" / f"{name}.lua").read_text()
 
 
-def lua_source(name: str, builders: dict[str, Callable[..., str]], legacy: bool = False) -> str:
+def lua_source(
+    name: str, builders: dict[str, Callable[..., str]], legacy: bool = False,
+    prelude: str | None = None,
+) -> str:  # fmt: skip
     """A script's source: its shebang, what its body uses of its contract's prologue and of
-    the shared prelude, then its body (Contract.source). `legacy`: for Redis < 7, which
-    cannot read a shebang - the line becomes a comment (Redis 6 checks maxmemory at a
-    script's first write, not before it runs)."""
-    source = CONTRACTS[name].source(_lua_file(name), _lua_file("prelude"), builders)
+    the shared prelude (prelude.lua, or `prelude`), then its body (Contract.source).
+    `legacy`: for Redis < 7, which cannot read a shebang - the line becomes a comment (Redis
+    6 checks maxmemory at a script's first write, not before it runs)."""
+    prelude = _lua_file("prelude") if prelude is None else prelude
+    source = CONTRACTS[name].source(_lua_file(name), prelude, builders)
     return "--" + source if legacy else source
 
 
@@ -87,15 +90,18 @@ class ScriptsBase:
     """The scripts registered on one connection (sources per prefix: the key builders hold
     it), and the pieces their packers share."""
 
+    # Redis 7: the scripts as one function library (library.py) where the server takes it
+    use_functions = True
+
     def __init__(
         self, redis: Redis, settings: Settings, partition: int | None = None,
-        registered: dict[str, Script] | None = None,
+        registered: dict[str, transport.AnyScript] | None = None,
     ) -> None:  # fmt: skip
         self.redis = redis
         self.settings = settings
         self.layout = Layout.of(settings)
         # the scripts, registered once for every partition (a dict they share)
-        self._scripts: dict[str, Script] = {} if registered is None else registered
+        self._scripts: dict[str, transport.AnyScript] = {} if registered is None else registered
         self._blocks: dict[tuple[str, str], list[str]] = {}  # run blocks (run_block)
         self._queue_blocks: dict[str, list[str]] = {}  # enqueue.lua's, by queue name
         # Redis 7 reads each script's flags from its shebang, Redis 6 refuses the line: which
@@ -149,71 +155,101 @@ class ScriptsBase:
         return [(self, list(ids))]
 
     @property
-    def _script(self) -> dict[str, Script]:
+    def _script(self) -> dict[str, transport.AnyScript]:
         """The scripts, registered for this server's version (asked once, on first use, with
-        the namespace's partition count checked: common.namespace)."""
+        the namespace's partition count checked: common.namespace): the function library
+        where the server loads it (Redis 7, an ACL allowing FUNCTION LOAD and FCALL), else
+        the scripts by EVALSHA."""
         if not self._scripts:
+            functions = self._functions()
+            run = functions.get("run")
             if self.legacy is None:
-                self.legacy = self._first_contact()
-            self._register()
+                self.legacy, took = self._first_contact(run)
+            else:
+                took = run is not None and transport.has_functions(self.redis, run)
+            self._register(functions if took else {})
         return self._scripts
 
-    def _first_contact(self) -> bool:
-        """Whether the server refuses a shebang (transport.refuses_shebang), and the partition
-        count checked (ConfigError naming SESSIONQ_PARTITIONS): in one round trip with one
-        partition on one Redis, else the check on its own."""
+    def _first_contact(self, run: transport.Function | None) -> tuple[bool, bool]:
+        """Whether the server refuses a shebang and whether it takes the function library
+        (transport.first_use), and the partition count checked (ConfigError naming
+        SESSIONQ_PARTITIONS): in one round trip with one partition on one Redis, else the
+        check on its own."""
         if self.layout.partitioned or transport.clustered(self.redis):
             namespace.check(self.redis, self.layout)
-            return transport.refuses_shebang(self.redis)
+            return transport.first_use(self.redis, run)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.script_load(transport.SHEBANG_PROBE)
+        transport.queue_first_use(pipe, run)
         namespace.queue_record(pipe, self.layout)
         replies = pipe.execute(raise_on_error=False)
         namespace.judge(self.layout, replies)
-        # a refused probe: asked again on its own, to tell a Redis 6 from another error
-        return isinstance(replies[0], Exception) and transport.refuses_shebang(self.redis)
+        return transport.first_use_replies(replies[0], replies[1] if run else None)
 
     def check_namespace(self) -> None:
         """Register the scripts now, and with them check the namespace's partition count
         (ConfigError naming SESSIONQ_PARTITIONS), as a script's first call would."""
         self._script  # noqa: B018 - the property does it
 
-    def _register(self) -> None:
-        self._scripts.update({name: self.redis.register_script(self._source(name))
-                              for name in CONTRACTS})  # fmt: skip
+    def _functions(self) -> dict[str, transport.Function]:
+        """Every script as a function of the library (library.py), or {} where the scripts
+        go by EVALSHA (Redis 6, or use_functions off)."""
+        if self.legacy or not self.use_functions:  # (None: not known yet - first_use asks)
+            return {}
+        bodies = {name: _lua_file(name) for name in CONTRACTS}
+        source, names = library.library(CONTRACTS, bodies, self._prelude(), self.builders)
+        return {name: transport.Function(names[name], source,
+                                         self.redis.register_script(self._source(name)))
+                for name in CONTRACTS}  # fmt: skip
 
-    def _source(self, name: str) -> str:
-        source = lua_source(name, self.builders, bool(self.legacy))
-        assert PUBLISH_LUA in _lua_file("prelude"), "prelude.lua's pub/sub verbs moved"
+    def _register(self, functions: dict[str, transport.Function]) -> None:
+        if functions:
+            self._scripts.update(functions)
+        else:
+            self._scripts.update({name: self.redis.register_script(self._source(name))
+                                  for name in CONTRACTS})  # fmt: skip
+
+    def _prelude(self) -> str:
+        prelude = _lua_file("prelude")
+        assert PUBLISH_LUA in prelude, "prelude.lua's pub/sub verbs moved"
         if self.settings.clustered:
             if self.legacy:
                 raise ConfigError("a Redis Cluster needs Redis 7 or newer (sharded pub/sub)")
             # sharded pub/sub (the hubs SSUBSCRIBE on a cluster, producer.routing): the cluster
             # bus carries a SPUBLISH to no other master, and SHARDNUMSUB counts the listeners
-            source = source.replace(PUBLISH_LUA, SHARDED_PUBLISH_LUA)
-        return source
+            prelude = prelude.replace(PUBLISH_LUA, SHARDED_PUBLISH_LUA)
+        return prelude
+
+    def _source(self, name: str) -> str:
+        return lua_source(name, self.builders, bool(self.legacy), self._prelude())
 
     async def ensure_version_async(self, redis: AsyncRedis) -> None:
-        """Ask `redis` (asyncio) whether it reads shebangs, unless known (see _script), and
-        check the namespace's partition count (common.namespace)."""
+        """Ask `redis` (asyncio) whether it reads shebangs, and load the function library,
+        unless known (see _script), and check the namespace's partition count
+        (common.namespace)."""
         if not self._scripts:
+            functions = self._functions()
+            run = functions.get("run")
             if self.legacy is None:
-                self.legacy = await self._first_contact_async(redis)
-            self._register()
+                self.legacy, took = await self._first_contact_async(redis, run)
+            else:
+                took = run is not None and await transport.has_functions_async(redis, run)
+            self._register(functions if took else {})
 
-    async def _first_contact_async(self, redis: AsyncRedis) -> bool:
+    async def _first_contact_async(
+        self, redis: AsyncRedis, run: transport.Function | None
+    ) -> tuple[bool, bool]:
         """_first_contact on redis.asyncio."""
         if self.layout.partitioned or transport.clustered(redis):
             await namespace.check_async(redis, self.layout)
-            return await transport.refuses_shebang_async(redis)
+            return await transport.first_use_async(redis, run)
         async with redis.pipeline(transaction=False) as pipe:
-            pipe.script_load(transport.SHEBANG_PROBE)
+            transport.queue_first_use(pipe, run)
             namespace.queue_record(pipe, self.layout)
             replies = await pipe.execute(raise_on_error=False)
         namespace.judge(self.layout, replies)
-        return isinstance(replies[0], Exception) and await transport.refuses_shebang_async(redis)
+        return transport.first_use_replies(replies[0], replies[1] if run else None)
 
-    def script(self, name: str) -> Script:
+    def script(self, name: str) -> transport.AnyScript:
         return self._script[name]
 
     def clock(self, now: float) -> dict[str, Any]:
@@ -283,15 +319,12 @@ class ScriptsBase:
 
     def ensure_loaded(self) -> None:
         """Load every script now (one round trip; on a cluster, one per master), for
-        pipelines that call EVALSHA."""
-        if transport.clustered(self.redis):
-            for script in self._script.values():
-                self.redis.script_load(script.script)  # (redis-py sends it to every master)
-            return
-        pipe = self.redis.pipeline(transaction=False)
-        for script in self._script.values():
-            pipe.script_load(script.script)
-        pipe.execute()
+        pipelines that call them. Where the server refuses the function library (an ACL
+        without FUNCTION LOAD, a full Redis: transport.refused), the scripts go by EVALSHA
+        from now on."""
+        if not transport.load(self.redis, list(self._script.values())):
+            self._scripts.update({name: transport.fallback(script)
+                                  for name, script in self._scripts.items()})  # fmt: skip
 
     def with_queues(self, run_ids: Sequence[str]) -> list[tuple[str, str]]:
         """[(run id, the queue it came from)] - what the scripts need to name its keys."""

@@ -201,7 +201,7 @@ class Contract:
         if any(PREFIX_MARK in builders[n](*MARKS[: _arity(builders[n])]) for n in self.builders):
             out.append(lean.piece(["PFX"], PARTITION_PREFIX_LUA + "\n"))
         for name in self.builders:
-            out.append(lean.piece([f"key_{name}"], _builder(name, builders[name]) + "\n"))
+            out.append(lean.piece([f"key_{name}"], builder_lua(name, builders[name]) + "\n"))
         sep = "".join(c if c.isalnum() else f"%{c}" for c in RUN_ID_SEPARATOR)  # a Lua pattern
         out.append(lean.piece(["session_of"], (
             f"-- a run id is <session id>{RUN_ID_SEPARATOR}<n> (keys.run_id)\n"
@@ -227,7 +227,7 @@ def _arity(build: Callable[..., str]) -> int:
     return len(inspect.signature(build).parameters)
 
 
-def _builder(name: str, build: Callable[..., str]) -> str:
+def builder_lua(name: str, build: Callable[..., str]) -> str:
     """A Lua function making keys as keys.py's `build` does (one or two string arguments)."""
     nargs = _arity(build)
     params = ("a", "b")[:nargs]

@@ -10,12 +10,11 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-from redis.exceptions import NoScriptError
-
 from sessionq.common import codec
 from sessionq.common.errors import CodecError
 from sessionq.common.keys import CONTROL_QUEUE, session_of
 from sessionq.common.records import SessionRecord, parse_record
+from sessionq.common.scripts import transport
 from sessionq.common.scripts.base import ScriptsBase, texts
 from sessionq.common.scripts.contracts import (
     CONTROL,
@@ -215,7 +214,7 @@ class ControlCalls(ScriptsBase):
             return list(pipe.execute(raise_on_error=False))
 
         replies = send()
-        if any(isinstance(reply, NoScriptError) for reply in replies):
+        if any(transport.missing(reply) for reply in replies):
             self.ensure_loaded()  # a restarted or another server: nothing was run
             replies = send()
         for reply in replies:

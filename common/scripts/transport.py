@@ -1,12 +1,16 @@
-"""How a script call reaches Redis: the one module that sends EVALSHA.
+"""How a script call reaches Redis: the one module that sends EVALSHA and FCALL.
 
-Two ways, one rule each: `call` (any thread; a connection of the client's pool, packed by
-hiredis, falling back to redis-py's Script on NOSCRIPT or a lost connection, or queued on a
-pipeline) and `FastLane` (a worker's own connection, commands packed by hand from cached
-pieces and pipelined). Both load a script on the connection that reported NOSCRIPT, and try
-a bounded number of times. On a Redis Cluster both go to the master of the slot of the
-call's first key (`server_of`); a MOVED (the slot went elsewhere) is handled as a lost
-connection: the cluster client learns the new layout and the call is sent again.
+A script is a redis-py `Script` (EVALSHA of its source) or, on a Redis 7 that allows it, a
+`Function` of sessionq's function library (FCALL; library.py): `verb`, `handle`,
+`load_command` and `missing` say how each is called, loaded, and found lacking. Two ways,
+one rule each: `call` (any thread; a connection of the client's pool, packed by hiredis,
+falling back to redis-py's command layer on a missing script or a lost connection, or queued
+on a pipeline) and `FastLane` (a worker's own connection, commands packed by hand from
+cached pieces and pipelined). Both load a script on the connection that reported NOSCRIPT
+(or "Function not found": a restarted server, FUNCTION FLUSH), and try a bounded number of
+times. On a Redis Cluster both go to the master of the slot of the call's first key
+(`server_of`); a MOVED (the slot went elsewhere) is handled as a lost connection: the
+cluster client learns the new layout and the call is sent again.
 """
 
 from __future__ import annotations
@@ -18,11 +22,21 @@ from typing import Any, NamedTuple, cast
 import hiredis
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.client import Pipeline as AsyncPipeline
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.client import Pipeline
 from redis.cluster import ClusterPipeline, RedisCluster
 from redis.commands.core import Script
-from redis.exceptions import AskError, ClusterDownError, NoScriptError, ResponseError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    NoPermissionError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -32,6 +46,243 @@ NOSCRIPT_RETRIES = 3  # a server that keeps forgetting scripts is not tried for 
 LOST = (RedisConnectionError, RedisTimeoutError, OSError)
 # a cluster's "not here" (MOVED, ASK: the slot moved) and "not now" (a failover under way)
 ELSEWHERE = (AskError, ClusterDownError, TryAgainError)
+
+
+class Function:
+    """A script of sessionq's function library (library.py), called by FCALL: its
+    function's `name`, and the `library` source, loaded (FUNCTION LOAD) wherever the server
+    lacks it; `fallback`, the same script sent by EVALSHA, where the server refuses to load
+    the library again (`refused`: an ACL without FUNCTION LOAD, a full Redis)."""
+
+    __slots__ = ("name", "library", "fallback")
+
+    def __init__(self, name: str, library: str, fallback: Script) -> None:
+        self.name = name
+        self.library = library
+        self.fallback = fallback
+
+
+AnyScript = Script | Function  # what the scripts' registry holds
+
+
+def verb(script: AnyScript) -> str:
+    return "FCALL" if isinstance(script, Function) else "EVALSHA"
+
+
+def handle(script: AnyScript) -> str:
+    """What `verb` names the script by: the function's name, or the source's SHA1."""
+    return script.name if isinstance(script, Function) else script.sha
+
+
+def load_command(script: AnyScript) -> tuple[Any, ...]:
+    """The command that defines `script` on a server (the whole library, for a Function)."""
+    if isinstance(script, Function):  # (no REPLACE: the name is a hash of the source)
+        return ("FUNCTION", "LOAD", script.library)
+    return ("SCRIPT", "LOAD", script.script)
+
+
+def refused(error: BaseException) -> bool:
+    """Is `error` a server refusing FUNCTION LOAD where SCRIPT LOAD may pass: NOPERM (an ACL
+    that allows FCALL, not FUNCTION LOAD), OOM (a full Redis: SCRIPT LOAD is not refused),
+    READONLY? The call then goes by EVALSHA (Function.fallback)."""
+    return isinstance(error, (NoPermissionError, OutOfMemoryError, ReadOnlyError)) or (
+        isinstance(error, ResponseError) and str(error).startswith(("NOPERM", "OOM", "READONLY"))
+    )
+
+
+def _loaded(reply: Any) -> Any:
+    """A load's reply, its error raised - but "Library ... already exists": the server has
+    the very source (its name is a hash of it)."""
+    if isinstance(reply, ResponseError) and not _exists(reply):
+        raise reply
+    return reply
+
+
+def _exists(error: ResponseError) -> bool:
+    return str(error).startswith("Library ") and "already exists" in str(error)
+
+
+def missing(reply: Any) -> bool:
+    """Is `reply` (an exception, or a pipeline's reply) a server's "I have no such script":
+    NOSCRIPT, or FCALL's "Function not found"?"""
+    if isinstance(reply, NoScriptError):
+        return True
+    return isinstance(reply, ResponseError) and str(reply).startswith("Function not found")
+
+
+def command(script: AnyScript, keys: Sequence[str], args: Sequence[Any]) -> tuple[Any, ...]:
+    """The call of `script` with `keys` and `args`, as a command's words."""
+    return (verb(script), handle(script), len(keys), *keys, *args)
+
+
+def queue(pipe: Any, script: AnyScript, keys: Sequence[str], args: Sequence[Any]) -> None:
+    """Queue a call of `script` on a pipeline (sync or asyncio, a cluster's too): the caller
+    has loaded the scripts (load_all), and looks for `missing` among the replies."""
+    if isinstance(script, Function):
+        pipe.fcall(script.name, len(keys), *keys, *args)
+    else:
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+
+def load(redis: Any, scripts: Sequence[AnyScript]) -> bool:
+    """Define `scripts` on `redis` (on a cluster, on every master), the library once for all
+    its functions. False where the server refused the library (`refused`): the Functions'
+    fallbacks were loaded instead, for the caller to send them by EVALSHA."""
+    try:
+        _load_commands(redis, [load_command(s) for s in scripts])
+    except ResponseError as exc:
+        if not refused(exc):
+            raise
+        _load_commands(redis, [load_command(fallback(s)) for s in scripts])
+        return False
+    return True
+
+
+def fallback(script: AnyScript) -> Script:
+    """`script` as sent by EVALSHA."""
+    return script.fallback if isinstance(script, Function) else script
+
+
+def _load_commands(redis: Any, commands: Sequence[tuple[Any, ...]]) -> None:
+    commands = list(dict.fromkeys(commands))
+    servers = (
+        [redis.get_redis_connection(node) for node in redis.get_primaries()]
+        if clustered(redis) else [redis]
+    )  # fmt: skip
+    for server in servers:
+        pipe = server.pipeline(transaction=False)
+        for words in commands:
+            pipe.execute_command(*words)
+        for reply in pipe.execute(raise_on_error=False):
+            _loaded(reply)
+
+
+async def load_async(redis: Any, scripts: Sequence[AnyScript]) -> bool:
+    """load, on redis.asyncio (`redis`: Any, as redis-py 5.3's execute_command is
+    unannotated)."""
+    try:
+        await _load_commands_async(redis, [load_command(s) for s in scripts])
+    except ResponseError as exc:
+        if not refused(exc):
+            raise
+        await _load_commands_async(redis, [load_command(fallback(s)) for s in scripts])
+        return False
+    return True
+
+
+async def _load_commands_async(redis: Any, commands: Sequence[tuple[Any, ...]]) -> None:
+    nodes = redis.get_primaries() if clustered(redis) else [None]
+    for words in dict.fromkeys(commands):
+        for node in nodes:
+            target = {} if node is None else {"target_nodes": node}
+            try:  # ("FUNCTION LOAD": one word, as a cluster's client knows the command)
+                await redis.execute_command(f"{words[0]} {words[1]}", *words[2:], **target)
+            except ResponseError as exc:
+                _loaded(exc)
+
+
+def library_of(function: Function) -> str:
+    """The name of `function`'s library (its source's shebang: `#!lua name=...`)."""
+    return function.library.split("\n", 1)[0].split("name=", 1)[1]
+
+
+def first_use(redis: Any, function: Function | None) -> tuple[bool, bool]:
+    """What a server is, asked before the first script is sent: does it refuse a script's
+    shebang (Redis 6: `refuses_shebang`), and does it take `function`'s library
+    (`has_functions`; None: the scripts go by EVALSHA)? On one server in one round trip
+    (queue_first_use: as many as the probe alone); on a cluster, the probe, then the library
+    on every master."""
+    if function is None or clustered(redis):
+        legacy = refuses_shebang(redis)
+        return legacy, function is not None and not legacy and has_functions(redis, function)
+    pipe = redis.pipeline(transaction=False)
+    queue_first_use(pipe, function)
+    return first_use_replies(*pipe.execute(raise_on_error=False))
+
+
+async def first_use_async(redis: Any, function: Function | None) -> tuple[bool, bool]:
+    """first_use, on redis.asyncio."""
+    if function is None or clustered(redis):
+        legacy = await refuses_shebang_async(redis)
+        took = function is not None and not legacy and await has_functions_async(redis, function)
+        return legacy, took
+    pipe = redis.pipeline(transaction=False)
+    queue_first_use(pipe, function)
+    return first_use_replies(*await pipe.execute(raise_on_error=False))
+
+
+def queue_first_use(pipe: Any, function: Function | None) -> None:
+    """Queue first_use's questions on `pipe` (a pipeline of one server, raise_on_error=False):
+    the shebang probe, and FUNCTION LOAD of `function`'s library unless None; their replies
+    go to first_use_replies."""
+    pipe.execute_command("SCRIPT", "LOAD", SHEBANG_PROBE)
+    if function is not None:
+        pipe.execute_command(*load_command(function))
+
+
+def first_use_replies(probe: Any, loaded: Any = None) -> tuple[bool, bool]:
+    """(refuses a shebang, takes the library) from queue_first_use's replies (`loaded`: None
+    when no library was offered)."""
+    if isinstance(probe, ResponseError):
+        if _refused_shebang(probe):
+            return True, False
+        raise probe
+    return False, loaded is not None and _took(loaded)
+
+
+def has_functions(redis: Any, function: Function) -> bool:
+    """Does the server take `function`'s library (FUNCTION LOAD; "already exists" too - no
+    FUNCTION LIST: a library another user loaded says nothing of this one's rights)? False
+    where it refuses for good - no such command (Redis 6), an ACL without FUNCTION and FCALL
+    (README: Security), a full Redis: the scripts then go by EVALSHA; any other refusal
+    (BUSY, READONLY, ...: not now) is raised, for the caller's retry. On a cluster it is
+    loaded on every master."""
+    try:
+        _load_commands(redis, [load_command(function)])
+    except ResponseError as exc:
+        return _took(exc)
+    return True
+
+
+async def has_functions_async(redis: Any, function: Function) -> bool:
+    """has_functions, on redis.asyncio."""
+    try:
+        await _load_commands_async(redis, [load_command(function)])
+    except ResponseError as exc:
+        return _took(exc)
+    return True
+
+
+def _took(reply: Any) -> bool:
+    """Is `reply` to FUNCTION LOAD the library's being there (False: refused for good)?"""
+    if isinstance(reply, ResponseError) and not _exists(reply):
+        if _for_good(reply):
+            return False
+        raise reply
+    return True
+
+
+def _for_good(error: ResponseError) -> bool:
+    """Does `error` say the server will not take the library in this process's life?"""
+    return isinstance(error, (NoPermissionError, OutOfMemoryError)) or str(error).startswith(
+        ("NOPERM", "OOM", "ERR unknown command", "unknown command")
+    )
+
+
+def _call_slow(script: AnyScript, keys: Sequence[str], args: Sequence[Any], redis: Any) -> Any:
+    """A call through redis-py's command layer (its retry with backoff, a cluster's
+    routing), the script loaded first if the server lacks it (`redis`: Any, as redis-py
+    5.3's execute_command is unannotated)."""
+    if not isinstance(script, Function):
+        return script(keys=keys, args=args, client=redis)
+    try:
+        return redis.execute_command(*command(script, keys, args))
+    except ResponseError as exc:
+        if not missing(exc):
+            raise
+    if not load(server_of(redis, keys[0] if keys else None), [script]):
+        return script.fallback(keys=keys, args=args, client=redis)  # (refused: EVALSHA)
+    return redis.execute_command(*command(script, keys, args))
 
 
 def clustered(redis: Any) -> bool:
@@ -122,20 +373,20 @@ def bulk(value: bytes) -> bytes:
 
 
 def _evalsha_once(
-    redis: Redis, sha: str, keys: Sequence[str], args: Sequence[Any],
+    redis: Redis, script: AnyScript, keys: Sequence[str], args: Sequence[Any],
     wait: Durability | None = None,
 ) -> Any:  # fmt: skip
-    """EVALSHA on a connection of redis's pool, packed by hiredis in one call: redis-py's
+    """EVALSHA (or FCALL) on a connection of redis's pool, packed by hiredis in one call: redis-py's
     command layer (argument encoding, retry, observability) cost more than a loopback round
     trip; with `wait`, WAIT goes with it. No retry here: the caller falls back to redis-py's
     path."""
-    command = [hiredis.pack_command(("EVALSHA", sha, len(keys), *keys, *args))]
+    packed = [hiredis.pack_command(command(script, keys, args))]
     if wait is not None:
-        command.append(wait.command)
+        packed.append(wait.command)
     pool = server_of(redis, keys[0] if keys else None).connection_pool
     conn: Any = pool.get_connection()
     try:
-        conn.send_packed_command(command)
+        conn.send_packed_command(packed)
         try:
             reply = conn.read_response()
         finally:
@@ -166,45 +417,47 @@ def ensure_replicated(redis: Redis, wait: Durability | None, marker: str) -> Non
 
 
 def call(
-    script: Script, keys: Sequence[str], args: Sequence[Any], client: Any,
+    script: AnyScript, keys: Sequence[str], args: Sequence[Any], client: Any,
     wait: Durability | None = None, marker: str = "",
 ) -> Any:  # fmt: skip
-    """Run `script` by EVALSHA on `client` (a Redis, or a Pipeline to queue it on - the caller
-    has loaded the scripts, and waits for replicas itself - whose reply comes with the
-    pipeline's, [] here). On NOSCRIPT or a lost connection, through redis-py's Script, which
-    loads it and retries with backoff. With `wait`, NotReplicated unless enough replicas
-    have the call's writes in time (`marker`: see ensure_replicated)."""
+    """Run `script` (EVALSHA or FCALL) on `client` (a Redis, or a Pipeline to queue it on - the
+    caller has loaded the scripts, and waits for replicas itself - whose reply comes with the
+    pipeline's, [] here). On NOSCRIPT or a lost connection, through redis-py's command layer
+    (_call_slow), which loads it and retries with backoff. With `wait`, NotReplicated unless
+    enough replicas have the call's writes in time (`marker`: see ensure_replicated)."""
     if isinstance(client, (Pipeline, ClusterPipeline)):
-        client.evalsha(script.sha, len(keys), *keys, *args)
+        queue(client, script, keys, args)
         return []
     redis: Redis = client
     try:
-        return _evalsha_once(redis, script.sha, keys, args, wait)
-    except NoScriptError:
-        pass  # a restarted or another server: redis-py's Script loads it
+        return _evalsha_once(redis, script, keys, args, wait)
     except LOST:
         pass  # redis-py's retry (with backoff) sends it again: the scripts take a resend
     except ELSEWHERE:
         relayout(redis)  # the slot moved: the cluster client finds where
-    reply = script(keys=keys, args=args, client=redis)
+    except ResponseError as exc:
+        if not missing(exc):
+            raise  # (a restarted or another server lacks it: _call_slow loads it)
+    reply = _call_slow(script, keys, args, redis)
     ensure_replicated(redis, wait, marker)
     return reply
 
 
 async def call_async(
-    redis: AsyncRedis, script: Script, keys: Sequence[str], args: Sequence[Any],
+    redis: AsyncRedis, script: AnyScript, keys: Sequence[str], args: Sequence[Any],
     wait: Durability | None = None,
 ) -> Any:  # fmt: skip
-    """Run `script` by EVALSHA on redis.asyncio; on NOSCRIPT (a restarted or another server)
+    """Run `script` (EVALSHA or FCALL) on redis.asyncio; on NOSCRIPT (a restarted or another server)
     load it and send it again; with `wait`, WAIT on the same connection after it."""
     for attempt in range(NOSCRIPT_RETRIES + 1):
-        pipe = redis.pipeline(transaction=False)
-        pipe.evalsha(script.sha, len(keys), *keys, *args)
+        pipe: AsyncPipeline = redis.pipeline(transaction=False)
+        queue(pipe, script, keys, args)
         if wait is not None:
             pipe.wait(wait.replicas, wait.timeout_ms)
         replies = await pipe.execute(raise_on_error=False)
-        if isinstance(replies[0], NoScriptError) and attempt < NOSCRIPT_RETRIES:
-            await redis.script_load(script.script)
+        if missing(replies[0]) and attempt < NOSCRIPT_RETRIES:
+            if not await load_async(redis, [script]):
+                script = fallback(script)  # (the library refused: this call by EVALSHA)
             continue
         if isinstance(replies[0], Exception):
             raise replies[0]
@@ -216,21 +469,29 @@ async def call_async(
 
 class _Note:
     """The context of a command sent by FastLane.note: its reply is read and dropped. A
-    script note that meets NOSCRIPT is sent again with the script's source (EVAL), packed
-    only then (a source is kilobytes: packing it for every note cost more than the call)."""
+    script note that meets NOSCRIPT is sent again after its script is loaded (SCRIPT or
+    FUNCTION LOAD), packed only then (a source is kilobytes: packing it for every note cost
+    more than the call)."""
 
     __slots__ = ("script", "call")
 
-    def __init__(self, script: Script | None = None, call: tuple[Any, ...] = ()) -> None:
+    def __init__(self, script: AnyScript | None = None, call: tuple[Any, ...] = ()) -> None:
         self.script = script
         self.call = call  # (nkeys, *keys, *args)
 
     @property
-    def eval_command(self) -> bytes | None:
+    def again(self) -> list[bytes]:
+        """What to send when the server lacked the script: its load, then the call - a
+        Function's by EVALSHA this once, as its library's load may be refused (`refused`);
+        the calls after it find the library, if loaded."""
         if self.script is None:
-            return None
-        packed: bytes = hiredis.pack_command(("EVAL", self.script.script, *self.call))
-        return packed
+            return []
+        loads = [load_command(self.script)]
+        if isinstance(self.script, Function):
+            loads.append(load_command(self.script.fallback))
+        plain = fallback(self.script)
+        words = (verb(plain), handle(plain), *self.call)
+        return [hiredis.pack_command(w) for w in (*loads, words)]
 
 
 _NOTE = _Note()
@@ -248,8 +509,8 @@ class FastLane:
     (note_script), loaded on each new connection ahead of them."""
 
     def __init__(
-        self, redis: Redis, script: Script, head: list[str], fixed: Sequence[Any] = (),
-        fixed_after: int = 0, notes: Sequence[Script] = (), wait: Durability | None = None,
+        self, redis: Redis, script: AnyScript, head: list[str], fixed: Sequence[Any] = (),
+        fixed_after: int = 0, notes: Sequence[AnyScript] = (), wait: Durability | None = None,
     ) -> None:  # fmt: skip
         self.redis = redis
         self.route = head[0] if head else None  # on a cluster: the slot's master serves it
@@ -260,6 +521,8 @@ class FastLane:
         self.waited = wait.command if wait is not None else b""
         self.note_scripts = tuple(notes)
         self.conn: Any = None
+        self.verb = b"$%d\r\n%b\r\n" % (len(verb(script)), verb(script).encode())
+        self.handle = bulk(handle(script).encode())
         self.head = b"".join(bulk(k.encode()) for k in head)
         self.nhead = len(head)
         self.fixed = b"".join(bulk(str(a).encode()) for a in fixed)
@@ -270,13 +533,14 @@ class FastLane:
         self.noscript = 0  # NOSCRIPT replies since the last good one
 
     def send(self, nkeys: int, keys: bytes, args: list[bytes], context: Any) -> None:
-        """Send EVALSHA: the head keys, `keys` (packed), then `args` with the fixed arguments
-        spliced in after the first `fixed_after` of them."""
+        """Send the script's call (EVALSHA or FCALL): the head keys, `keys` (packed), then
+        `args` with the fixed arguments spliced in after the first `fixed_after` of them."""
         total = self.nhead + nkeys
         cut = self.fixed_after
         command = (
-            b"*%d\r\n$7\r\nEVALSHA\r\n" % (3 + total + len(args) + self.nfixed)
-            + bulk(self.script.sha.encode())
+            b"*%d\r\n" % (3 + total + len(args) + self.nfixed)
+            + self.verb
+            + self.handle
             + bulk(b"%d" % total)
             + self.head
             + keys
@@ -292,11 +556,11 @@ class FastLane:
         """Send a plain command whose reply nobody waits for: receive drops it on the way."""
         self._note(hiredis.pack_command(command), _NOTE)  # type: ignore[arg-type]  # hiredis stub: a 1-tuple
 
-    def note_script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> None:
-        """Send a script call whose reply nobody waits for (EVALSHA; EVAL if the server has
-        lost the script)."""
+    def note_script(self, script: AnyScript, keys: Sequence[str], args: Sequence[Any]) -> None:
+        """Send a script call whose reply nobody waits for (loaded and sent again if the
+        server has lost the script)."""
         call = (len(keys), *keys, *args)
-        self._note(hiredis.pack_command(("EVALSHA", script.sha, *call)), _Note(script, call))
+        self._note(hiredis.pack_command(command(script, keys, args)), _Note(script, call))
 
     def _note(self, packed: bytes, context: _Note) -> None:
         self._write(packed)
@@ -320,20 +584,19 @@ class FastLane:
     def receive_note(self) -> None:
         """Read and drop the reply of the oldest command sent, a note."""
         context = self.sent[0][1]
-        again = None
+        again: list[bytes] = []
         try:
             self.conn.read_response()
-        except NoScriptError:
-            again = context.eval_command
-        except ResponseError:
-            pass
+        except ResponseError as exc:
+            if missing(exc):
+                again = context.again
         except LOST:
             self.reset()
             raise
         self.sent.popleft()
         self.notes -= 1
-        if again is not None:
-            self._note(again, _NOTE)
+        for packed in again:
+            self._note(packed, _NOTE)
 
     @property
     def unanswered(self) -> int:
@@ -352,8 +615,8 @@ class FastLane:
                 raise
             self.conn = conn
             for script in self.note_scripts:  # before any call that may use them
-                load = ("SCRIPT", "LOAD", script.script)
-                self._note(hiredis.pack_command(load), _NOTE)  # type: ignore[arg-type]  # hiredis stub: a 1-tuple
+                if not isinstance(script, Function):  # (a library is loaded once a server)
+                    self._note(hiredis.pack_command(load_command(script)), _NOTE)
         try:
             self.conn.send_packed_command([command], check_health=False)
         except LOST:
@@ -373,18 +636,6 @@ class FastLane:
                     reply = self.conn.read_response()
                 finally:
                     replicated = self.conn.read_response() if self.wait is not None else None
-            except NoScriptError:
-                # this server lost its script cache (a restart, a failover): load the script
-                # on this very connection and send the call again - a few times at most
-                self.sent.popleft()
-                self.noscript += 1
-                if self.noscript > NOSCRIPT_RETRIES:
-                    self.reset()
-                    raise
-                self._load()
-                self._write(command)
-                self.sent.append((command, context))
-                continue
             except LOST:
                 self.reset()
                 raise
@@ -394,9 +645,21 @@ class FastLane:
                 self.reset()
                 relayout(self.redis)
                 raise RedisConnectionError(f"the cluster moved this lane's slot: {exc}") from exc
-            except ResponseError:
-                self.sent.popleft()  # the script failed: its reply has been read
-                raise
+            except ResponseError as exc:
+                if not missing(exc):
+                    self.sent.popleft()  # the script failed: its reply has been read
+                    raise
+                # this server lost its script cache (a restart, a failover): load the script
+                # on this very connection and send the call again - a few times at most
+                self.sent.popleft()
+                self.noscript += 1
+                if self.noscript > NOSCRIPT_RETRIES:
+                    self.reset()
+                    raise
+                command = self._load(command)
+                self._write(command)
+                self.sent.append((command, context))
+                continue
             self.noscript = 0
             self.sent.popleft()
             if self.wait is not None:
@@ -407,9 +670,10 @@ class FastLane:
                     raise
             return list(reply), context
 
-    def _load(self) -> None:
+    def _load(self, refused_call: bytes) -> bytes:
         """SCRIPT LOAD on the lane's own connection (not the pool's: that may be another
-        server), its reply read ahead of the calls sent after the one refused."""
+        server), its reply read ahead of the calls sent after the one refused; the calls
+        sent again (and `refused_call`, returned) by EVALSHA if the library was refused."""
         waiting = list(self.sent)
         for _, context in waiting:  # their replies (NOSCRIPT too: sent before the load)
             for _ in range(1 if isinstance(context, _Note) or self.wait is None else 2):
@@ -419,14 +683,35 @@ class FastLane:
                     pass
         self.sent.clear()
         self.notes = 0
-        for script in (self.script, *self.note_scripts):
-            load = ("SCRIPT", "LOAD", script.script)
-            self.conn.send_packed_command([hiredis.pack_command(load)], check_health=False)  # type: ignore[arg-type]  # hiredis stub: a 1-tuple
-            self.conn.read_response()
+        try:
+            self._send_loads(self.script, *self.note_scripts)
+        except ResponseError as exc:
+            if not refused(exc):
+                raise
+            # the library refused (an ACL without FUNCTION LOAD, a full Redis): this lane
+            # goes by EVALSHA from now on (SCRIPT LOAD is allowed when full)
+            was = self.verb + self.handle
+            self.script = fallback(self.script)
+            self.note_scripts = tuple(fallback(s) for s in self.note_scripts)
+            self._send_loads(self.script, *self.note_scripts)
+            self.verb = bulk(verb(self.script).encode())
+            self.handle = bulk(handle(self.script).encode())
+            waiting = [(c.replace(was, self.verb + self.handle, 1), x) for c, x in waiting]
+            refused_call = refused_call.replace(was, self.verb + self.handle, 1)
         for command, context in waiting:
             if not isinstance(context, _Note):
                 self._write(command)
                 self.sent.append((command, context))
+        return refused_call
+
+    def _send_loads(self, *scripts: AnyScript) -> None:
+        """Load `scripts` on the lane's connection, each reply read (an error raised)."""
+        for words in dict.fromkeys(load_command(s) for s in scripts):
+            self.conn.send_packed_command([hiredis.pack_command(words)], check_health=False)
+            try:
+                self.conn.read_response()
+            except ResponseError as exc:
+                _loaded(exc)
 
     def reset(self) -> None:
         """Drop the connection and forget what was sent (the caller knows what to resend)."""

@@ -7,12 +7,23 @@ from __future__ import annotations
 
 import inspect
 import re
+from dataclasses import replace
 from importlib import resources
 
 import pytest
 from redis import Redis
+from redis.commands.core import Script
 
-from sessionq.common.scripts import Scripts, lean
+from sessionq.common import codec
+from sessionq.common.connection import sync_reply
+from sessionq.common.keys import Layout
+from sessionq.common.scripts import Scripts, lean, library, transport
+from sessionq.common.scripts.base import (
+    PUBLISH_LUA,
+    SHARDED_PUBLISH_LUA,
+    ScriptsBase,
+    _lua_file,
+)
 from sessionq.common.scripts.contract import NUMBER, Contract
 from sessionq.common.scripts.contracts import CONTRACTS, GLOBAL_KEYS
 from sessionq.common.settings import Settings
@@ -120,9 +131,82 @@ def test_the_packer_and_the_prologue_agree_in_redis(
 
 
 @pytest.mark.parametrize("name", sorted(CONTRACTS))
-def test_every_script_compiles(name: str, redis: Redis, settings: Settings) -> None:
-    sha = redis.script_load(Scripts(redis, settings).script(name).script)
+def test_every_script_compiles(
+    name: str, redis: Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ScriptsBase, "use_functions", False)  # (the EVALSHA path)
+    script = Scripts(redis, settings).script(name)
+    assert isinstance(script, Script)
+    sha = redis.script_load(script.script)
     assert redis.script_exists(sha) == [True]
+
+
+def test_the_library_defines_every_script_with_its_flags(redis: Redis, settings: Settings) -> None:
+    libraries = set()
+    for partitions in (0, 4):
+        layout = replace(settings, partitions=partitions)
+        redis.delete(Layout.of(layout).partitions_key())  # (a namespace keeps one count)
+        scripts = Scripts(redis, layout).parts[0]
+        functions = {name: scripts.script(name) for name in CONTRACTS}
+        assert all(isinstance(f, transport.Function) for f in functions.values())
+        library = transport.library_of(functions["run"])
+        [listed] = sync_reply(redis.function_list(library=library))
+        got = {codec.text(f[1]): [codec.text(flag) for flag in f[5]] for f in listed[5]}
+        assert got == {transport.handle(f): list(CONTRACTS[name].flags)
+                       for name, f in functions.items()}  # fmt: skip
+        libraries.add(library)
+    # named by a hash of the source: each layout (and prefix) makes another library, and
+    # both live on one server side by side
+    assert len(libraries) == 2
+    assert all(sync_reply(redis.function_list(library=library)) for library in libraries)
+
+
+def _library(redis: Redis, settings: Settings, contracts: dict[str, Contract]) -> str:
+    bodies = {name: _lua_file(name) for name in CONTRACTS}
+    builders = Scripts(redis, settings).builders
+    return library.library(contracts, bodies, _lua_file("prelude"), builders)[0]
+
+
+def test_a_change_of_flags_alone_names_another_library(redis: Redis, settings: Settings) -> None:
+    source = _library(redis, settings, CONTRACTS)
+    flagged = dict(CONTRACTS, took=replace(CONTRACTS["took"], flags=()))
+    other = _library(redis, settings, flagged)
+    assert source.split("\n", 1)[0] != other.split("\n", 1)[0], "another library's name"
+
+
+def test_the_library_of_a_clustered_namespace_loads(redis: Redis, settings: Settings) -> None:
+    """Its prelude's pub/sub verbs are the sharded ones (ScriptsBase._prelude)."""
+    prelude = _lua_file("prelude").replace(PUBLISH_LUA, SHARDED_PUBLISH_LUA)
+    assert prelude != _lua_file("prelude")
+    bodies = {name: _lua_file(name) for name in CONTRACTS}
+    source, _ = library.library(CONTRACTS, bodies, prelude, Scripts(redis, settings).builders)
+    name = source.split("\n", 1)[0].split("name=", 1)[1]
+    try:
+        assert redis.execute_command("FUNCTION", "LOAD", source) == name.encode()
+    finally:
+        redis.execute_command("FUNCTION", "DELETE", name)
+
+
+# the prelude's tables made once, for every call: constants no code writes to
+PRELUDE_CONSTANTS = {"ENDED", "LIVE", "TERMINAL", "RQ_STATUS"}
+
+
+def test_every_prelude_table_is_made_anew_for_each_call_but_the_constants(
+    redis: Redis, settings: Settings
+) -> None:
+    """What a call writes into a prelude table is not seen by the next: each table is made
+    per call (the library's `fresh`), unless named here as a constant - a new one is
+    classified on purpose. And each call starts with no contract blocks of the last."""
+    source = _library(redis, settings, CONTRACTS)
+    fresh = source.split("local function fresh()\n", 1)[1].split("\nlocal function call_", 1)[0]
+    tables = re.findall(r"^local (\w+)\s*=\s*(?:\{|setmetatable)", _lua_file("prelude"), re.M)
+    assert PRELUDE_CONSTANTS <= set(tables)
+    for name in tables:
+        made_per_call = re.search(rf"^{name}\s*=", fresh, re.M) is not None
+        assert made_per_call == (name not in PRELUDE_CONSTANTS), name
+    calls = re.findall(r"^local function call_\w+\(keys, args\)\n.*\n(.*)\n", source, re.M)
+    assert calls and all(c == "K, A, KB, AB, PFX = nil, nil, nil, nil, nil" for c in calls)
+    assert len(calls) == len(CONTRACTS)
 
 
 def test_key_builders_and_run_ids_are_keys_py_s(redis: Redis, settings: Settings) -> None:

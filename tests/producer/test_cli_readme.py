@@ -54,6 +54,8 @@ NOT_RUN = {
     "--quick",
     "python -m bench.waitcost": "takes minutes (a master, a replica, 60,000 runs)",
     "python -m bench.luacost": "a minute; tests/test_bench_smoke.py runs a tiny one",
+    "python -m bench.instructions": "a minute under valgrind; tests/test_bench_smoke.py runs a "
+    "tiny one where valgrind is installed",
     # the exact commands of the fault figures: minutes each; test_bench_soak runs tiny ones
     "python -m bench.soak --fault failover --runs 10000 --workers 2 --faults 3 --wait-replicas "
     "0,1 --seed 17": "takes minutes",

@@ -15,6 +15,7 @@ from sessionq.common.errors import ValidationError, ValidationTypeError
 from sessionq.common.jobhash import parse_job_data, parse_meta
 from sessionq.common.keys import Keys
 from sessionq.common.rqcompat import rq_keys
+from sessionq.common.scripts import transport
 from sessionq.common.settings import Settings
 from sessionq.producer import Client, SessionConfig, Task
 
@@ -46,10 +47,10 @@ def watch_calls(redis: Redis) -> None:
 
 def enqueue_calls(redis: Redis, client: Client) -> int:
     """The calls of the enqueue script (the one that writes runs) since watch_calls."""
-    sha = client.scripts.script("enqueue").sha
+    enqueue = client.scripts.script("enqueue")
     called = [[codec.text(a) for a in e["command"].split()[:2]]
               for e in sync_reply(redis.slowlog_get(1000))]  # fmt: skip
-    return called.count(["EVALSHA", sha])
+    return called.count([transport.verb(enqueue), transport.handle(enqueue)])
 
 
 def test_map_adds_one_run_per_item_with_ids_in_input_order(

@@ -204,6 +204,28 @@ def test_runs_claimed_by_a_call_whose_reply_was_lost_are_run(
         assert types_of(client, sid).count("task.started") == 1, "started once"
 
 
+def test_a_worker_whose_server_lost_its_scripts_loads_them_again(
+    client: Client, settings: Settings, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server forgets every script and function between a worker's steps (a restart
+    without persistence, FUNCTION FLUSH): the step meets "Function not found" (NOSCRIPT by
+    EVALSHA), and the worker's own connection loads them and sends the step again."""
+    ids = client.create("forgot", task="tests.tasks:add", args=[1, 2], replicas=3)
+    original, sends = FastLane.send, list[int]()
+
+    def send_after_a_flush(self: FastLane, *args: Any) -> None:
+        sends.append(1)
+        if len(sends) == 2:
+            redis.function_flush()
+            redis.script_flush()
+        original(self, *args)
+
+    monkeypatch.setattr(FastLane, "send", send_after_a_flush)
+    drain(settings)
+    assert len(sends) > 2
+    assert [r["status"] for r in client.info(ids)] == ["Completed"] * 3
+
+
 def test_ram_caps_a_commands_memory(client: Client, settings: Settings) -> None:
     hog = [sys.executable, "-c", "bytearray(500_000_000); print('allocated')"]
     [capped] = client.create("hog", cmd=hog, ram=0.05)  # 50 MB of address space
