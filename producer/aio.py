@@ -16,6 +16,8 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
+from redis.asyncio import ConnectionPool as AsyncConnectionPool
+from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 
 from sessionq.common.connection import connect_async, redis_says_later
@@ -53,6 +55,7 @@ class AsyncClient:
         self.keys = self.sync.keys
         self.scripts = self.sync.scripts
         self.redis = connect_async(self.settings)
+        self._homes: dict[str, AsyncRedis] = {}  # (a Redis Cluster's masters: _home)
 
     @property
     def user(self) -> str:
@@ -104,8 +107,9 @@ class AsyncClient:
     async def _transaction(self, step: Transaction) -> list[Any]:
         replies: list[Any] = []
         await self.scripts.ensure_version_async(self.redis)
+        home = await self._home(step.route)
         for attempt in range(2):
-            async with self.redis.pipeline(transaction=True) as pipe:
+            async with home.pipeline(transaction=True) as pipe:
                 for item in step.items:
                     if isinstance(item, ScriptCall):
                         transport.queue(pipe, self.scripts.script(item.name), item.keys, item.args)
@@ -275,8 +279,24 @@ class AsyncClient:
                                  timeout=timeout)  # fmt: skip
         return access_checked_async(listener.__aiter__(), self.settings.url)
 
+    async def _home(self, route: str | None) -> Any:
+        """Where a transaction goes: the client, or on a Redis Cluster a client of the master
+        of the route's slot (as Client's server_of: a MULTI stays on one server, and redis-py
+        5.3.0's cluster pipeline refuses transactions), one kept per master."""
+        if route is None or not clustered(self.redis):
+            return self.redis
+        node = await transport.pool_of(self.redis, route)
+        home = self._homes.get(node.name)
+        if home is None:
+            pool = AsyncConnectionPool(connection_class=node.connection_class,
+                                       **node.connection_kwargs)  # fmt: skip
+            home = self._homes[node.name] = AsyncRedis.from_pool(pool)  # (it closes the pool)
+        return home
+
     async def aclose(self) -> None:
         await self.redis.aclose()
+        for home in self._homes.values():
+            await home.aclose()
         self.sync.close()
 
     async def __aenter__(self) -> AsyncClient:
