@@ -19,6 +19,7 @@ from redis.exceptions import ResponseError
 
 from sessionq.common.errors import ConfigError, PartlyWritten, ValidationError
 from sessionq.common.keys import CONTROL_QUEUE, DEFAULT_QUEUE, Layout
+from sessionq.common.redisserver import RedisServer
 from sessionq.common.scripts import Scripts
 from sessionq.common.settings import Settings
 from sessionq.producer import AsyncClient, Client, Session, Task, links
@@ -299,18 +300,25 @@ def test_a_process_with_another_partition_count_is_refused_by_name(
     assert [r["id"] for r in pclient.fetch()] == [sid], "nothing written by the others"
 
 
-def test_a_partitioned_process_refuses_a_namespace_of_one_partition(
-    settings: Settings, redis: Redis
-) -> None:
+def test_a_partitioned_process_refuses_a_namespace_of_one_partition(settings: Settings) -> None:
     """A namespace of one partition made before the count was kept (no count in Redis) counts
-    as one: a partitioned process refuses it."""
-    if settings.clustered:
-        pytest.skip("one partition on a Redis Cluster has a prefix of its own (a hash tag)")
-    one = replace(settings, partitions=1)
+    as one: a partitioned process refuses it. On a Redis of its own, whatever the target (on
+    a cluster one partition has a prefix of its own, a hash tag: there is no such namespace)."""
+    server = RedisServer().start()
+    try:
+        _refuses_a_namespace_of_one_partition(settings, server)
+    finally:
+        server.stop()
+
+
+def _refuses_a_namespace_of_one_partition(settings: Settings, server: RedisServer) -> None:
+    redis = Redis.from_url(server.url)
+    one = Settings.from_env(server.url, environ={}, prefix=settings.prefix, user=settings.user,
+                            partitions=1)  # fmt: skip
     with Client(settings=one) as client:
         client.create("old", task="tests.tasks:noop")
     redis.delete(Layout.of(one).partitions_key())  # as a namespace made before it was kept
-    with Client(settings=replace(settings, partitions=PARTITIONS)) as client:
+    with Client(settings=replace(one, partitions=PARTITIONS)) as client:
         with pytest.raises(ConfigError, match="SESSIONQ_PARTITIONS=4.* with 1 partition"):
             client.create("new", task="tests.tasks:noop")
         with pytest.raises(ConfigError, match="SESSIONQ_PARTITIONS"):
