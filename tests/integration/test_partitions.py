@@ -6,6 +6,8 @@ all; a worker drains the runs of every partition; listeners hear every partition
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -27,7 +29,7 @@ from sessionq.worker.loop import SessionWorker
 from sessionq.worker.ops import recover_worker
 from sessionq.worker.partitioned import worker_class
 from sessionq.worker.schedule import Scheduler
-from tests.conftest import WorkerProcs, subscribers, wait_for
+from tests.conftest import ROOT, WorkerProcs, subscribers, wait_for
 
 PARTITIONS = 4
 
@@ -303,18 +305,22 @@ def test_a_process_with_another_partition_count_is_refused_by_name(
 def test_a_partitioned_process_refuses_a_namespace_of_one_partition(settings: Settings) -> None:
     """A namespace of one partition made before the count was kept (no count in Redis) counts
     as one: a partitioned process refuses it. On a Redis of its own, whatever the target (on
-    a cluster one partition has a prefix of its own, a hash tag: there is no such namespace)."""
+    a cluster one partition has a prefix of its own, a hash tag: there is no such namespace),
+    and in a process of its own: RQ serves one prefix per process (rqcompat.load_rq), and on
+    the cluster target this one serves the cluster's."""
     server = RedisServer().start()
     try:
-        _refuses_a_namespace_of_one_partition(settings, server)
+        args = (server.url, settings.prefix, settings.user)
+        body = f"import {__name__} as t; t.refuses_one_partition(*{args!r})"
+        subprocess.run([sys.executable, "-c", body], check=True, cwd=ROOT, timeout=120)
     finally:
         server.stop()
 
 
-def _refuses_a_namespace_of_one_partition(settings: Settings, server: RedisServer) -> None:
-    redis = Redis.from_url(server.url)
-    one = Settings.from_env(server.url, environ={}, prefix=settings.prefix, user=settings.user,
-                            partitions=1)  # fmt: skip
+def refuses_one_partition(url: str, prefix: str, user: str) -> None:
+    """The body of the test above, run in its own process."""
+    redis = Redis.from_url(url)
+    one = Settings.from_env(url, environ={}, prefix=prefix, user=user, partitions=1)
     with Client(settings=one) as client:
         client.create("old", task="tests.tasks:noop")
     redis.delete(Layout.of(one).partitions_key())  # as a namespace made before it was kept
