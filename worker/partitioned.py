@@ -5,11 +5,14 @@ time, in turn). When the partition of its turn has nothing, it asks the next one
 before it waits idle; it waits on every partition's wake lists (on a Redis Cluster on one
 partition's at a time, PartitionedScripts.wait), and its next claim goes to the partition
 that woke it. It never lists itself as waiting idle in a partition (an enqueue hands no run
-to it): enqueues wake it instead.
+to it): enqueues wake it instead. `rq suspend` sets RQ's key outside the partitions, which a
+partition's step cannot read: the worker reads it itself before it claims, at most once a
+second while it is not set (SUSPEND_CHECK_S), and claims nothing while it is.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +22,8 @@ from sessionq.common.scripts import Finish, StartResult, handed_run
 from sessionq.common.scripts.transport import server_of
 from sessionq.common.settings import Settings
 from sessionq.worker.loop import IDLE_WAIT_S, SessionWorker
+
+SUSPEND_CHECK_S = 1.0  # how long a claim may go on after `rq suspend` (RQ's own key, read here)
 
 
 def worker_class(settings: Settings) -> type[SessionWorker]:
@@ -64,11 +69,32 @@ class PartitionedWorker(SessionWorker):
     ) -> bool:  # fmt: skip
         """As SessionWorker's, its claim to the partition of its turn; if that has nothing,
         to the next partitions in turn, until one has (a worker holds the runs of one
-        partition's claim at a time, as it would with one partition)."""
+        partition's claim at a time, as it would with one partition). While `rq suspend`
+        holds, `finishes` are sent without a claim."""
+        if self._rq_suspended():
+            if finishes:
+                self._finish(finishes)
+            self._collect(0)
+            if meanwhile is not None:
+                meanwhile()
+            self._claim_refused = True  # (as a suspended step's reply says: see _suspended)
+            return False
         if super()._claim(finishes, claim, False, meanwhile):
             return True
         return any(super(PartitionedWorker, self)._claim([], claim, False)
                    for _ in range(len(self.scripts.parts) - 1))  # fmt: skip
+
+    def _rq_suspended(self) -> bool:
+        """Is RQ's `rq suspend` key set? Read when the last read said so (a suspended worker
+        claims nothing and sleeps between its reads), else at most every SUSPEND_CHECK_S."""
+        now = time.monotonic()
+        if self._claim_refused or now >= self._suspend_checked + SUSPEND_CHECK_S:
+            self._suspend_checked = now
+            self._suspend_set = bool(self.redis.exists(self.scripts.grq.suspended))
+        return self._suspend_set
+
+    _suspend_checked = float("-inf")
+    _suspend_set = False
 
     def wait_idle(self) -> None:
         popped = self.scripts.wait(self.wait_keys, IDLE_WAIT_S)

@@ -6,6 +6,7 @@ all; a worker drains the runs of every partition; listeners hear every partition
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import threading
@@ -19,10 +20,14 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+import tests.tasks  # noqa: F401 - registers the @task functions (in-process workers)
+from sessionq.common import codec
 from sessionq.common.errors import ConfigError, PartlyWritten, ValidationError
 from sessionq.common.keys import CONTROL_QUEUE, DEFAULT_QUEUE, Layout
 from sessionq.common.redisserver import RedisServer
+from sessionq.common.rqcompat import rq_home, rq_keys
 from sessionq.common.scripts import Scripts
+from sessionq.common.scripts.transport import server_of
 from sessionq.common.settings import Settings
 from sessionq.producer import AsyncClient, Client, Session, Task, links
 from sessionq.worker.loop import SessionWorker
@@ -501,3 +506,39 @@ def test_a_worker_lost_between_a_parent_s_end_and_telling_its_children(
     wait_for(lambda: lost not in pworkers.names(), what="the worker that ended it to be lost")
     assert s.wait(timeout=60) == "Completed"
     assert s[child]["state"] == "succeeded" and s[child]["worker"] != lost
+
+
+def test_rq_suspend_pauses_a_partitioned_worker_s_claims_until_rq_resume(
+    pclient: Client, spread: Settings, redis: Redis
+) -> None:
+    """`rq suspend` sets RQ's key outside the partitions (rq_home): a partitioned worker reads
+    it before it claims. A burst worker leaves at once; a waiting one says it is suspended,
+    claims nothing in any partition, and drains them all after `rq resume`."""
+    home = rq_keys(rq_home(spread))
+    node = server_of(redis, home.suspended).connection_pool.connection_kwargs
+    url = f"redis://{node['host']}:{node['port']}"  # (on a cluster: the master of RQ's key)
+
+    def rq_cli(command: str) -> None:
+        env = {**os.environ, "RQ_KEY_PREFIX": f"{rq_home(spread)}rq", "PYTHONPATH": str(ROOT)}
+        subprocess.run([sys.executable, "-m", "rq.cli", command, "-u", url], env=env, cwd=ROOT,
+                       check=True, capture_output=True, timeout=60)  # fmt: skip
+
+    rq_cli("suspend")
+    layout = Layout.of(spread)
+    ids = pclient.create("suspended", task="tests.tasks:noop", replicas=12)
+    assert len({layout.partition_of(sid) for sid in ids}) > 1
+    worker_class(spread)(spread).work(burst=True)  # leaves at once, as RQ's burst workers do
+    assert {r["status"] for r in pclient.info(ids)} == {"Pending"}
+    worker = worker_class(spread)(spread)
+    thread = threading.Thread(target=worker.work, daemon=True)  # waits, not burst
+    thread.start()
+    try:
+        wait_for(lambda: codec.text(redis.hget(home.worker(worker.name), "state")) == "suspended",
+                 what="the worker to say it is suspended")  # fmt: skip
+        assert {r["status"] for r in pclient.info(ids)} == {"Pending"}
+        rq_cli("resume")
+        wait_for(lambda: {r["status"] for r in pclient.info(ids)} == {"Completed"},
+                 timeout=60, what="every partition's runs after rq resume")  # fmt: skip
+    finally:
+        worker.shutting_down = True
+        thread.join(timeout=30)
