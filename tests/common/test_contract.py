@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections.abc import Iterator
 from dataclasses import replace
 from importlib import resources
 
@@ -17,6 +18,7 @@ from redis.commands.core import Script
 from sessionq.common import codec
 from sessionq.common.connection import sync_reply
 from sessionq.common.keys import Layout
+from sessionq.common.redisserver import RedisServer
 from sessionq.common.scripts import Scripts, lean, library, transport
 from sessionq.common.scripts.base import (
     PUBLISH_LUA,
@@ -24,13 +26,30 @@ from sessionq.common.scripts.base import (
     ScriptsBase,
     _lua_file,
 )
-from sessionq.common.scripts.contract import NUMBER, Contract
+from sessionq.common.scripts.contract import NUMBER, PREFIX_MARK, Contract
 from sessionq.common.scripts.contracts import CONTRACTS, GLOBAL_KEYS
 from sessionq.common.settings import Settings
 from sessionq.common.vocabulary import Status, TaskState
+from tests.conftest import ON_CLUSTER
 
 LUA = resources.files("sessionq.common") / "lua"
 PRELUDE = (LUA / "prelude.lua").read_text()
+
+
+@pytest.fixture(scope="module")
+def redis_url(redis_url: str) -> Iterator[str]:
+    """The target's Redis; on the cluster target a plain Redis of this module's own: the
+    contract is the same on every target, and its probes send keys named after what they
+    are, of many slots (the partitions target still has the builders of a partitioned
+    namespace checked)."""
+    if not ON_CLUSTER:
+        yield redis_url
+        return
+    server = RedisServer().start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
 def body(name: str) -> str:
@@ -218,5 +237,8 @@ def test_key_builders_and_run_ids_are_keys_py_s(redis: Redis, settings: Settings
     exprs += ["session_of('ab-12-7')", "tostring(run_number('ab-12-7'))"]
     probe = contract.prologue(scripts.builders) + "return {" + ", ".join(exprs) + "}"
     keys, argv, _, _ = _layout(contract)
-    got = [v.decode() for v in redis.eval(probe, len(keys), *keys, *argv)]
-    assert got == [scripts.builders[b](*args) for b, args in given.items()] + ["ab-12", "7"]
+    # partitioned, the builders' prefix is the partition's, taken from the call's first key
+    pfx = scripts.keys.prefix if scripts.layout.partitioned else ""
+    got = [v.decode() for v in redis.eval(probe, len(keys), pfx + keys[0], *keys[1:], *argv)]
+    want = [scripts.builders[b](*args).replace(PREFIX_MARK, pfx) for b, args in given.items()]
+    assert got == [*want, "ab-12", "7"]

@@ -27,14 +27,13 @@ from sessionq.common.keys import CONTROL_QUEUE, DEFAULT_QUEUE, Layout
 from sessionq.common.redisserver import RedisServer
 from sessionq.common.rqcompat import rq_home, rq_keys
 from sessionq.common.scripts import Scripts
-from sessionq.common.scripts.transport import server_of
 from sessionq.common.settings import Settings
 from sessionq.producer import AsyncClient, Client, Session, Task, links
 from sessionq.worker.loop import SessionWorker
 from sessionq.worker.ops import recover_worker
 from sessionq.worker.partitioned import worker_class
 from sessionq.worker.schedule import Scheduler
-from tests.conftest import ROOT, WorkerProcs, subscribers, wait_for
+from tests.conftest import ROOT, WorkerProcs, home_url, subscribers, wait_for
 
 PARTITIONS = 4
 
@@ -515,8 +514,7 @@ def test_rq_suspend_pauses_a_partitioned_worker_s_claims_until_rq_resume(
     it before it claims. A burst worker leaves at once; a waiting one says it is suspended,
     claims nothing in any partition, and drains them all after `rq resume`."""
     home = rq_keys(rq_home(spread))
-    node = server_of(redis, home.suspended).connection_pool.connection_kwargs
-    url = f"redis://{node['host']}:{node['port']}"  # (on a cluster: the master of RQ's key)
+    url = home_url(redis, home.suspended)  # (on a cluster: the master of RQ's key)
 
     def rq_cli(command: str) -> None:
         env = {**os.environ, "RQ_KEY_PREFIX": f"{rq_home(spread)}rq", "PYTHONPATH": str(ROOT)}
