@@ -72,11 +72,11 @@ def _library(
     fresh: list[str] = []
     shared, pfx = _shared_prologue(builders)
     lines.extend(shared)
-    everything = prelude + "".join(bodies.values())
+    written = _written(prelude + "".join(bodies.values()))
     for p in lean.split(prelude):
         code = _code(p.text)
         local = _LOCAL_SET.match(code)
-        if _ONCE.match(code) or (local and not _state(p.text, local.group(1), everything)):
+        if _ONCE.match(code) or (local and not _state(p.text, local.group(1), written)):
             lines.append(p.text)
         elif local:
             lines.append(f"local {local.group(1)}\n")
@@ -127,15 +127,23 @@ def _per_call(text: str) -> str:
     return re.sub(r"^local (K|A|KB|AB|PFX) =", r"\1 =", text, flags=re.M)
 
 
-def _state(text: str, names: str, code: str) -> bool:
+def _state(text: str, names: str, written: set[str]) -> bool:
     """Is what the statement `text` makes (`names`) made per call: a cache (setmetatable), a
-    table some code writes to by its name (`G.x = `, `T[k] = `), or a value of a library
-    the loading library cannot reach (cmsgpack.pack)? Constants (strings, the lookup tables)
-    are made once."""
+    table some code writes to by its name (`written`: `G.x = `, `T[k] = `), or a value of a
+    library the loading library cannot reach (cmsgpack.pack)? Constants (strings, the lookup
+    tables) are made once."""
     if "setmetatable" in text or lean.names_in(text) & RUNTIME:
         return True
-    return any(re.search(rf"\b{re.escape(n.strip())}\s*(\.\w+|\[[^]]*\])\s*=[^=]", code)
-               for n in names.split(","))  # fmt: skip
+    return any(n.strip() in written for n in names.split(","))
+
+
+# a field or an index of a name assigned: `G.x = `, `T[k] = ` (not `==`)
+_WRITTEN = re.compile(r"\b([A-Za-z_]\w*)\s*(?:\.\w+|\[[^]]*\])\s*=(?=[^=])")
+
+
+def _written(code: str) -> set[str]:
+    """The names whose fields or indexes `code` assigns (one pass over all of it)."""
+    return set(_WRITTEN.findall(code))
 
 
 def _code(text: str) -> str:
