@@ -40,8 +40,12 @@ Figures = dict[str, Any]
 # -- helpers ---------------------------------------------------------------------------------
 def child_env() -> dict[str, str]:
     """The environment for processes we start: this tree importable, no RQ prefix inherited
-    (each process picks its own: sessionq exports "sq:rq", plain RQ keeps "rq")."""
-    env = {k: v for k, v in os.environ.items() if k != "RQ_KEY_PREFIX"}
+    (each process picks its own: sessionq exports "sq:rq", plain RQ keeps "rq"), and bytecode
+    cached as a deployment has it (PYTHONDONTWRITEBYTECODE, set in some shells, would have
+    every process started compile this tree again; pip compiles the other systems' at
+    install)."""
+    dropped = ("RQ_KEY_PREFIX", "PYTHONDONTWRITEBYTECODE")
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     env["PYTHONPATH"] = str(ROOT)
     return env
 
