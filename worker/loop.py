@@ -64,6 +64,7 @@ log = logging.getLogger(__name__)
 IDLE_WAIT_S = 1
 REDIS_BACKOFF_MAX_S = 5.0
 MAX_UNANSWERED = 64
+CANCEL_IDS_MAX = 10_000  # stops kept for runs not begun (stop_current), oldest dropped past it
 RQ_IDLE, RQ_SUSPENDED = "idle", "suspended"  # RQ's worker states (rq info), not a run's
 Ready = tuple[str, str, Any, Any, Any, int]  # run id, queue, data, sq, timeout, attempt
 
@@ -128,8 +129,10 @@ class SessionWorker:
         # the SIGINT handler runs on the main thread, maybe inside the held section
         self.take_lock = threading.RLock()
         self.unacked: deque[Finish] = deque()  # finishes sent, reply not read yet
+        # runs stopped before they began: id -> reason; each ends unrun when its turn comes
+        # (in `ready`, or still on its way: handed to our inbox, in a step reply not read)
         self.cancel_ids: dict[str, str] = {}
-        self.lost_connection = False  # started runs to finish unrun: id -> reason
+        self.lost_connection = False
         self.batch = 1
         self.avg_run_s = 0.01
         self.interrupter = Interrupter()  # ends a function on the main thread (--max-jobs 1)
@@ -215,15 +218,17 @@ class SessionWorker:
 
     def stop_current(self, reason: str, run_id: str | None = None) -> None:
         """End the runs in flight (only `run_id`, when given); a run started for us but not
-        begun yet is finished unrun when its turn comes."""
+        begun yet - in hand, or not even that: handed to our inbox, or started by a step
+        whose reply comes after the stop's - is finished unrun when its turn comes."""
         with self.take_lock:
             if run_id is None:
                 runs = list(self.inflight.values())
             elif run_id in self.inflight:
                 runs = [self.inflight[run_id]]
             else:
-                if any(r[0] == run_id for r in tuple(self.ready)):
-                    self.cancel_ids[run_id] = reason
+                if len(self.cancel_ids) >= CANCEL_IDS_MAX:  # (ids of runs that never came)
+                    del self.cancel_ids[next(iter(self.cancel_ids))]
+                self.cancel_ids[run_id] = reason
                 return
             # (under take_lock: the main thread's interrupter serves no other run meanwhile)
             for run in runs:
@@ -401,6 +406,9 @@ class SessionWorker:
             reply = self.scripts.step_receive()
             for run_id, _queue, result, terminating, waited_on in reply.finished:
                 self.unacked.popleft()
+                if self.cancel_ids:  # a stop that came as it ended
+                    with self.take_lock:
+                        self.cancel_ids.pop(run_id, None)
                 if result == StepResult.SUCCEEDED:
                     self.counts["successful_job_count"] += 1
                 elif result == StepResult.FAILED:

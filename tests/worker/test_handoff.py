@@ -103,6 +103,27 @@ def test_a_worker_that_leaves_gives_back_a_handed_run_it_did_not_take_uncharged(
     assert job(redis, settings, run_id)["attempts"] == "1"
 
 
+@pytest.mark.parametrize("max_jobs", [1, 2])
+def test_a_handed_run_stopped_before_its_worker_took_it_from_the_inbox_never_runs(
+    client: Client, settings: Settings, redis: Redis, waiting: list[SessionWorker],
+    max_jobs: int,
+) -> None:  # fmt: skip
+    """A stop of a run handed to this worker (its holder, so stopped here: ops._stop_started)
+    that comes while the run still waits in the worker's inbox - the step that carried the
+    stop was read first - is kept for the run: it ends canceled when taken, never run."""
+    w = make_waiting(waiting, settings, max_jobs=max_jobs)
+    [sid] = client.create("handed", task="tests.worker.test_handoff:count_me", args=["late"])
+    run_id = f"{sid}-1"
+    assert redis.llen(Keys(settings.prefix).worker_inbox(w.name)) == 1
+    w.stop_current("session stopped", run_id)  # as the stop operation's ops.stop_session
+    while w._turn(burst=True):  # takes the handed run from the inbox
+        pass
+    assert "late" not in RAN
+    [record] = client.info(sid)
+    assert record["tasks"]["canceled"] == 1 and record["tasks"]["succeeded"] == 0
+    assert not w.cancel_ids, "nothing kept once the run ended"
+
+
 def test_a_lost_workers_handed_run_it_never_took_goes_back_uncharged(
     client: Client, settings: Settings, redis: Redis, workers: WorkerProcs
 ) -> None:
