@@ -53,6 +53,9 @@ class RQKeys:
         self._failed = FailedJobRegistry.key_template.format("\0")
         self._worker_prefix = Worker.redis_worker_namespace_prefix
         self.workers_set = Worker.redis_workers_keys
+        from rq.worker_registration import WORKERS_BY_QUEUE_KEY
+
+        self._queue_workers = WORKERS_BY_QUEUE_KEY  # (a %s template)
         from rq.command import PUBSUB_CHANNEL_TEMPLATE
         from rq.suspension import WORKERS_SUSPENDED
 
@@ -87,6 +90,10 @@ class RQKeys:
 
     def worker(self, name: str) -> str:
         return f"{self._worker_prefix}{name}"
+
+    def queue_workers(self, queue: str) -> str:
+        """SET of the RQ worker keys serving `queue` (RQ's register_birth adds a worker)."""
+        return self._queue_workers % queue
 
     def worker_channel(self, name: str) -> str:
         return str(self._pubsub % name)

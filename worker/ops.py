@@ -128,8 +128,12 @@ def recover_worker(scripts: Scripts, name: str, reason: str, *, stale_ms: int = 
     With `stale_ms` (the reaper), only if its heartbeat is that old by Redis's clock: False
     when it was not (it is alive). With several partitions, partition by partition: it
     leaves the registries with the last."""
+    queues = _rq_queues(scripts, name)
     if len(scripts.parts) == 1:
-        return _recover_in(scripts, name, reason, stale_ms=stale_ms, unregister=True)[0]
+        done = _recover_in(scripts, name, reason, stale_ms=stale_ms, unregister=True)[0]
+        if done:
+            _leave_queue_sets(scripts, name, queues)
+        return done
     # each partition's call stays in its slot: the heartbeat is judged here, before each
     # (the reaper judged it in reap.lua), and the worker leaves the registries after all; a
     # worker with N runs in flight has at most N started runs charged over all partitions
@@ -143,7 +147,24 @@ def recover_worker(scripts: Scripts, name: str, reason: str, *, stale_ms: int = 
         if not done:
             return False
     _unregister(scripts, name)
+    _leave_queue_sets(scripts, name, queues)
     return True
+
+
+def _rq_queues(scripts: Scripts, name: str) -> list[str]:
+    """The queues RQ's worker hash of `name` says it serves (RQ's `queues` field)."""
+    raw = sync_reply(scripts.redis.hget(scripts.grq.worker(name), "queues"))
+    return [q for q in codec.text(raw).split(",") if q] if raw else []
+
+
+def _leave_queue_sets(scripts: Scripts, name: str, queues: list[str]) -> None:
+    """Worker `name`, unregistered, leaves RQ's set of workers of each of its queues too (as
+    RQ's register_death does): they would hold it for ever."""
+    g = scripts.grq
+    if not queues or sync_reply(scripts.redis.exists(g.worker(name))):
+        return  # (still registered: a run was handed to it meanwhile)
+    for queue in queues:
+        scripts.redis.srem(g.queue_workers(queue), g.worker(name))
 
 
 def _stale(scripts: Scripts, name: str, stale_ms: int) -> bool:

@@ -39,6 +39,14 @@ def job(redis: Redis, settings: Settings, run_id: str) -> dict[str, str]:
     return {k.decode(): v.decode(errors="replace") for k, v in raw.items()}
 
 
+def in_rq_queue_sets(redis: Redis, settings: Settings, name: str) -> list[str]:
+    """The queues whose RQ set of workers (rq info's per-queue view) lists worker `name`."""
+    rq = rq_keys(settings.prefix)
+    return [
+        q for q in ("control", "default") if redis.sismember(rq.queue_workers(q), rq.worker(name))
+    ]
+
+
 def started_by(client: Client, sid: str) -> list[str | None]:
     """The worker of each task.started event of a session, in order."""
     return [e["worker"] for e in client.events(sid) or [] if e["type"] == "task.started"]
@@ -98,6 +106,7 @@ def test_a_worker_that_leaves_gives_back_a_handed_run_it_did_not_take_uncharged(
     assert not redis.sismember(keys.idle_workers(), w.name)
     assert not redis.exists(keys.worker_inbox(w.name), keys.worker_runs(w.name))
     assert redis.zscore(keys.workers(), w.name) is None, "unregistered"
+    assert not in_rq_queue_sets(redis, settings, w.name)
     SessionWorker(settings).work(burst=True)
     assert client.info(sid)[0]["status"] == "Completed"
     assert job(redis, settings, run_id)["attempts"] == "1"
@@ -170,6 +179,7 @@ def test_a_lost_worker_s_handed_run_is_recovered_by_the_reaper_too(
     assert job(redis, settings, f"{sid}-1")["attempts"] == "0"
     assert not redis.exists(keys.worker_inbox(w.name))
     assert not redis.sismember(keys.idle_workers(), w.name)
+    assert not in_rq_queue_sets(redis, settings, w.name), "unregistered from RQ's as RQ does"
     SessionWorker(settings).work(burst=True)
     assert client.info(sid)[0]["status"] == "Completed"
 
