@@ -390,7 +390,7 @@ for _, B in ipairs(S) do
       fields[#fields + 1] = state
       fields[#fields + 1] = n
     else
-      redis.call('HINCRBY', B.session, state, n)
+      redis.call('HINCRBY', B.session, state, int(n))
     end
   end
   if #fields > 0 then
@@ -463,7 +463,7 @@ for q, ids in ipairs(pushes) do
       if B.fresh then
         fresh = fresh + j - i + 1
         line[#line + 1] = ids[i]
-        redis.call('HINCRBY', B.session, line_field(RB), 1)
+        redis.call('HINCRBY', B.session, line_field(RB), '1')
         for c = i + 1, j, 1000 do
           redis.call('RPUSH', RB.squeue, unpack(ids, c, math.min(c + 999, j)))
         end
@@ -472,7 +472,7 @@ for q, ids in ipairs(pushes) do
       end
       i = j + 1
     end
-    if fresh > 0 then redis.call('HINCRBY', G.depths, Q[q].list, fresh) end
+    if fresh > 0 then redis.call('HINCRBY', G.depths, Q[q].list, int(fresh)) end
     if #line > 0 then
       chunked('RPUSH', Q[q].list, line)
       redis.call('LPUSH', Q[q].wake, '1')

@@ -9,7 +9,12 @@
 local P = cmsgpack.pack
 local NIL = '\192'
 local EMPTY_MAP = '\128'
-local G = {touched = {}, stats = {}, ending = {}, deferred = {}, reindexed = {}}
+-- (every field a call may set is named, nil until set: the table is made at its full size,
+-- not grown - rehashed - twice by each call's first writes)
+local G = {touched = {}, stats = {}, ending = {}, deferred = {}, reindexed = {}, live = nil,
+  sessions = nil, now_ms = nil, ts = nil, ts_packed = nil, now_iso = nil, cap = nil,
+  worker = nil, worker_packed = nil, chan_all = nil, stats_key = nil, depths = nil,
+  retention = nil, defer = nil, patterns = nil}
 -- the packed keys of an event map (fixmap of 8, in SPEC §5's order)
 local EV_HEAD = '\136\161v\1\163seq'
 local EV_TS, EV_TYPE, EV_SESSION = '\162ts', '\164type', '\167session'
@@ -25,11 +30,13 @@ end
 
 -- Packed strings by value, each packed once per script call: the keys of event data and the
 -- event types come back for every run of a batch.
-local PK = setmetatable({}, {__index = function(t, k)
+-- (the metatable made once: a table made per call costs more than a lookup)
+local PK_MT = {__index = function(t, k)
   local v = P(k)
   t[k] = v
   return v
-end})
+end}
+local PK = setmetatable({}, PK_MT)
 
 -- A msgpack map from ordered (key, already-encoded value) pairs.
 local function map(pairs)
@@ -46,13 +53,19 @@ local function map(pairs)
 end
 
 local function num(v) return tonumber(v or '0') or 0 end
+-- Small integers as strings, made once: a number given to redis.call is formatted by Redis
+-- with sprintf (~2,000 instructions); the counts a call moves are mostly a few either way.
+local INTSTR = {'1', '2', '3', '4', '5', '6', '7', '8', [0] = '0', [-1] = '-1', [-2] = '-2',
+  [-3] = '-3', [-4] = '-4', [-5] = '-5', [-6] = '-6', [-7] = '-7', [-8] = '-8'}
+local function int(n) return INTSTR[n] or n end
 -- Numbers as strings, each made once per call: a number joined to a string (`..`) is
 -- formatted by sprintf every time.
-local NUMSTR = setmetatable({}, {__index = function(t, n)
+local NUMSTR_MT = {__index = function(t, n)
   local v = tostring(n)
   t[n] = v
   return v
-end})
+end}
+local NUMSTR = setmetatable({}, NUMSTR_MT)
 -- Redis's own clock, epoch ms: what heartbeats are stamped and judged with, whatever the
 -- clocks of the processes that send them (and however late their calls arrive)
 local function redis_now_ms()
@@ -179,7 +192,7 @@ local function flush()
     local n = #ev / 3
     if n > 0 then
       -- a session created by this very script has had its seq written with its record
-      local last = S.seq_preset or redis.call('HINCRBY', S.session, 'seq', n)
+      local last = S.seq_preset or redis.call('HINCRBY', S.session, 'seq', int(n))
       local first = last - n + 1
       local keep_from = math.max(first, last - G.cap + 1)
       local zargs = {}
@@ -226,7 +239,7 @@ local function flush()
   end
   G.touched = {}
   for state, delta in pairs(G.stats) do
-    if delta ~= 0 then redis.call('HINCRBY', G.stats_key, state, delta) end
+    if delta ~= 0 then redis.call('HINCRBY', G.stats_key, state, int(delta)) end
   end
   G.stats = {}
 end
@@ -357,12 +370,12 @@ local function move(S, from, to, n)
     return
   end
   if from then
-    local left = redis.call('HINCRBY', S.session, from, -n)
+    local left = redis.call('HINCRBY', S.session, from, int(-n))
     if LIVE[from] then live_count(S, from, left) end
     stat(from, -n)
   end
   if to then
-    local now = redis.call('HINCRBY', S.session, to, n)
+    local now = redis.call('HINCRBY', S.session, to, int(n))
     if LIVE[to] then live_count(S, to, now) end
     stat(to, n)
   end
@@ -378,7 +391,7 @@ local function settle(S)
   S.delta = nil
   for state, n in pairs(d) do
     if n ~= 0 then
-      local now = redis.call('HINCRBY', S.session, state, n)
+      local now = redis.call('HINCRBY', S.session, state, int(n))
       if LIVE[state] then live_count(S, state, now) end
     end
   end
@@ -469,11 +482,11 @@ local function throttle_entry(B) return P({B.queue, B.wake, B.squeue}) end
 -- back, released in order, stepped); else it waits behind the session's other runs.
 local function push_run(B, id, front)
   local session = sess(B).session
-  redis.call('HINCRBY', G.depths, B.queue, 1)
+  redis.call('HINCRBY', G.depths, B.queue, '1')
   if front or (num(redis.call('HGET', session, line_field(B))) == 0
       and redis.call('SISMEMBER', B.throttled, throttle_entry(B)) == 0) then
     if front then redis.call('LPUSH', B.queue, id) else redis.call('RPUSH', B.queue, id) end
-    redis.call('HINCRBY', session, line_field(B), 1)
+    redis.call('HINCRBY', session, line_field(B), '1')
   else
     redis.call('RPUSH', B.squeue, id)
   end
@@ -515,7 +528,7 @@ local function unthrottle(B)
   local nxt = redis.call('LPOP', line[3])
   if nxt then
     redis.call('RPUSH', line[1], nxt)
-    redis.call('HINCRBY', S.session, 'line:' .. line[1], 1)
+    redis.call('HINCRBY', S.session, 'line:' .. line[1], '1')
     redis.call('LPUSH', line[2], '1')
     redis.call('LTRIM', line[2], 0, 0)
   end
@@ -626,7 +639,7 @@ local function start(B, id, W)
   end
   local attempts = num(j[5]) + 1
   redis.call('HSET', B.job, 'state', 'started', 'status', 'started', 'started_at', G.now_iso,
-    'worker_name', W.name, 'attempts', attempts)
+    'worker_name', W.name, 'attempts', int(attempts))
   redis.call('ZADD', B.wip, '+inf', id .. ':' .. NUMSTR[attempts])
   redis.call('SADD', B.running, id)
   move(B, 'queued', 'started')

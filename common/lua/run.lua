@@ -246,7 +246,7 @@ if want > 0 or #handed > 0 then
         local batch = {id}
         if S.status then  -- (a destroyed session's leftover entry is taken, and skipped)
           local left = room(S)
-          local mine = redis.call('HINCRBY', S.session, line_field(B), -1)
+          local mine = redis.call('HINCRBY', S.session, line_field(B), '-1')
           if mine < 0 then
             -- put in the line by someone else (`rq requeue` pushes a job id there itself)
             redis.call('HSET', S.session, line_field(B), 0)
@@ -274,7 +274,7 @@ if want > 0 or #handed > 0 then
             if nxt then
               redis.call('RPUSH', q.list, nxt)
               if inline then inline = inline + 1 end
-              redis.call('HINCRBY', S.session, line_field(B), 1)
+              redis.call('HINCRBY', S.session, line_field(B), '1')
             end
           end
         end
@@ -288,7 +288,7 @@ if want > 0 or #handed > 0 then
       end
     end
     -- (RQ's queue depth, as `rq info` shows it: see enqueue.lua)
-    if got > 0 and qi ~= control then redis.call('HINCRBY', G.depths, q.list, -got) end
+    if got > 0 and qi ~= control then redis.call('HINCRBY', G.depths, q.list, int(-got)) end
     return got, inline
   end
 

@@ -214,6 +214,46 @@ class Contract:
                 _lua_str(member.value) for member in enum) + "}\n"))  # fmt: skip
         return out
 
+    def bound(self, number: str = "tonumber({0})") -> tuple[str, str]:
+        """The named keys, arguments and blocks (K, A, KB, AB) as a function library's call
+        binds them: Lua made once (`local k, a, kb, ab, base`: the tables, and the block
+        functions reading their offsets from `base`), and Lua run per call (each named key
+        and argument written into the same tables - every one of them, so that nothing of
+        the last call is left - and the blocks' offsets into `base`). A table and a
+        closure made per call cost Redis more than the writes do. `number`: the Lua
+        expression that makes a NUMBER argument ({0}) a number."""
+        once = ["local k, a, kb, ab, base = {}, {}, {}, {}, {}"]
+        per = [f"k.{name} = KEYS[{i}]" for i, name in enumerate(self.keys, start=1)]
+        per += [f"a.{name} = {_lua_arg(f'ARGV[{i}]', kind, number)}"
+                for i, (name, kind) in enumerate(self.args, start=1)]  # fmt: skip
+        if self.tail:
+            offset = _offset_expr(len(self.args), self.arg_blocks).replace("A.", "a.")
+            per += [f"a.{name} = {_lua_arg(f'ARGV[{offset} + {i}]', kind, number)}"
+                    for i, (name, kind) in enumerate(self.tail, start=1)]  # fmt: skip
+        slot = 0
+        for table, array, blocks, fixed in (
+            ("kb", "KEYS", self.key_blocks, len(self.keys)),
+            ("ab", "ARGV", self.arg_blocks, len(self.args)),
+        ):
+            done: list[Block] = []
+            for block in blocks:
+                slot += 1
+                per.append(f"base[{slot}] = {_offset_expr(fixed, done).replace('A.', 'a.')}")
+                fields = ", ".join(f"{name} = {array}[o + {j}]"
+                                   for j, name in enumerate(block.fields, 1))  # fmt: skip
+                once.append(f"{table}.{block.name} = function(i) local o = base[{slot}] + "
+                            f"(i - 1) * {block.size} return {{{fields}}} end")  # fmt: skip
+                if block.size == 1:
+                    once.append(f"{table}.{block.name}_{block.fields[0]} = function(i) "
+                                f"return {array}[base[{slot}] + i] end")  # fmt: skip
+                done.append(block)
+        per.append("K, A = k, a")
+        if self.key_blocks:
+            per.append("KB = kb")
+        if self.arg_blocks:
+            per.append("AB = ab")
+        return "\n".join(once) + "\n", "\n".join(per) + "\n"
+
 
 MARKS = ("\0", "\1")  # stand-ins for a key builder's arguments
 # Partitioned (keys.Layout): the builders are made from keys.Keys(PREFIX_MARK), and the Lua
@@ -241,8 +281,8 @@ def _lua_str(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _lua_arg(expr: str, kind: str) -> str:
-    return f"tonumber({expr})" if kind == NUMBER else expr
+def _lua_arg(expr: str, kind: str, number: str = "tonumber({0})") -> str:
+    return number.format(expr) if kind == NUMBER else expr
 
 
 def _offset_expr(fixed: int, blocks: Sequence[Block]) -> str:

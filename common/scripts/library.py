@@ -9,7 +9,9 @@ The library holds, once: the key builders, the run-id helpers and the vocabulary
 contracts' prologues, and every prelude function; then one registered function per script,
 named `sq_<hash>_<script>`. Per call a function binds KEYS and ARGV, its contract's named
 keys and arguments (K, A, KB, AB: upvalues of the prelude's functions, as they are of a
-script's), and makes the prelude's state anew (`fresh`: G and what is written into it, the
+script's: tables and block functions made once per script, every name written anew each
+call - Contract.bound; a NUMBER argument up to 64 read by a lookup, not tonumber's strtod),
+and makes the prelude's state anew (`fresh`: G and what is written into it, the
 caches PK and NUMSTR - every prelude table that some code writes to by its name, or that
 fills itself through a metatable), so that nothing of one call is seen by the next; the
 functions and the constants (strings, lookup tables no code writes to) are made once. A
@@ -41,6 +43,10 @@ RUNTIME = frozenset({"cmsgpack", "cjson", "struct", "bit", "redis", "math"})
 PER_CALL = ("K", "A", "KB", "AB", "PFX")
 # each call starts with all of them unset: a script never reads the blocks of the call before
 RESET = ", ".join(PER_CALL) + " = " + ", ".join("nil" for _ in PER_CALL) + "\n"
+# a NUMBER argument of a call: the small counts (how many finishes, starts, queues...) by a
+# lookup made once, not by tonumber's strtod (~2,000 instructions each, 7 a worker's step)
+NUMBERS = "local NUMARG = {" + ", ".join(f"['{i}'] = {i}" for i in range(65)) + "}\n"
+NUMBER_ARG = "(NUMARG[{0}] or tonumber({0}))"
 
 
 def names(lib_hash: str, script: str) -> str:
@@ -85,13 +91,13 @@ def _library(
             fresh.append(p.text)
     lines.append("local function fresh()\n" + "".join(fresh) + "end\n")
     calls: list[tuple[str, str]] = []
+    lines.append(NUMBERS)
     for name, contract in contracts.items():
-        per_call = pfx + "".join(_per_call(p.text) for p in contract.pieces(builders)
-                                 if p.defines and p.defines[0] in PER_CALL)  # fmt: skip
+        once, per_call = contract.bound(NUMBER_ARG)
         calls.append((name, contract.flags and ", ".join(f"'{f}'" for f in contract.flags) or ""))
         lines.append(
-            f"local function call_{name}(keys, args)\nKEYS, ARGV = keys, args\n{RESET}{per_call}"
-            f"fresh()\n{bodies[name]}\nend\n"
+            f"local call_{name}\ndo\n{once}call_{name} = function(keys, args)\n"
+            f"KEYS, ARGV = keys, args\n{RESET}{pfx}{per_call}fresh()\n{bodies[name]}\nend\nend\n"
         )
     # the names carry a hash of the whole source but the names themselves: the flags too
     register = "".join(

@@ -105,9 +105,13 @@ class StepCalls(ScriptsBase):
     def _lane_for(self, head: WorkerHead) -> FastLane:
         if self._lane is None:
             self._packed = {}
+            # a step that neither claims nor waits (the most, one finish a run) reads no queue:
+            # it is sent without the queue blocks (nqueues 0, control 0), 14 strings fewer
+            # for Redis to take in per call
             self._lane = FastLane(self.redis, self.script("run"), head.keys, head.args,
                                   fixed_after=STEP.arg_position("nqueues"),
-                                  notes=[self.script("took")], wait=self.durability)  # fmt: skip
+                                  notes=[self.script("took")], wait=self.durability,
+                                  short=(len(STEP.keys), [0, 0]))  # fmt: skip
         return self._lane
 
     def step_send(
@@ -141,7 +145,8 @@ class StepCalls(ScriptsBase):
             args += [run_id.encode(), session_of(run_id).encode()]
         args.append(current.encode())
         context = (finishes, starts, head.queues)
-        lane.send(len(blocks) * _RUN_BLOCK_KEYS, b"".join(blocks), args, context)
+        short = claim == 0 and not waits
+        lane.send(len(blocks) * _RUN_BLOCK_KEYS, b"".join(blocks), args, context, short)
 
     def step_receive(self) -> StepReply:
         """The oldest step's outcome (see run.lua for its layout)."""

@@ -505,12 +505,15 @@ class FastLane:
     skips it. Connection errors propagate: the caller sends again what was not answered.
 
     `fixed_after`: per call, the first that many arguments vary; `fixed` come next and are
-    the same in every call (packed once); the rest vary again. `notes`: scripts sent as notes
+    the same in every call (packed once); the rest vary again. `short`: a shorter head and
+    fixed arguments for the calls that need no more (send's `short`): the first that many
+    keys of `head`, and those arguments instead of `fixed`. `notes`: scripts sent as notes
     (note_script), loaded on each new connection ahead of them."""
 
     def __init__(
         self, redis: Redis, script: AnyScript, head: list[str], fixed: Sequence[Any] = (),
         fixed_after: int = 0, notes: Sequence[AnyScript] = (), wait: Durability | None = None,
+        short: tuple[int, Sequence[Any]] | None = None,
     ) -> None:  # fmt: skip
         self.redis = redis
         self.route = head[0] if head else None  # on a cluster: the slot's master serves it
@@ -527,25 +530,37 @@ class FastLane:
         self.nhead = len(head)
         self.fixed = b"".join(bulk(str(a).encode()) for a in fixed)
         self.nfixed = len(fixed)
+        nshort, short_fixed = short if short is not None else (len(head), fixed)
+        # (the head and fixed arguments of a short call, and their counts)
+        short_head = b"".join(bulk(k.encode()) for k in head[:nshort])
+        packed = b"".join(bulk(str(a).encode()) for a in short_fixed)
+        self.short = (short_head, nshort, packed, len(short_fixed))
         self.fixed_after = fixed_after
         self.sent: deque[tuple[bytes, Any]] = deque()  # commands awaiting a reply, with context
         self.notes = 0  # of them, plain commands whose reply is read and dropped (see note)
         self.noscript = 0  # NOSCRIPT replies since the last good one
 
-    def send(self, nkeys: int, keys: bytes, args: list[bytes], context: Any) -> None:
+    def send(
+        self, nkeys: int, keys: bytes, args: list[bytes], context: Any, short: bool = False
+    ) -> None:
         """Send the script's call (EVALSHA or FCALL): the head keys, `keys` (packed), then
-        `args` with the fixed arguments spliced in after the first `fixed_after` of them."""
-        total = self.nhead + nkeys
+        `args` with the fixed arguments spliced in after the first `fixed_after` of them
+        (`short`: the short head and fixed arguments, see the class)."""
+        if short:
+            head, nhead, fixed, nfixed = self.short
+        else:
+            head, nhead, fixed, nfixed = self.head, self.nhead, self.fixed, self.nfixed
+        total = nhead + nkeys
         cut = self.fixed_after
         command = (
-            b"*%d\r\n" % (3 + total + len(args) + self.nfixed)
+            b"*%d\r\n" % (3 + total + len(args) + nfixed)
             + self.verb
             + self.handle
             + bulk(b"%d" % total)
-            + self.head
+            + head
             + keys
             + b"".join(bulk(a) for a in args[:cut])
-            + self.fixed
+            + fixed
             + b"".join(bulk(a) for a in args[cut:])
             + self.waited
         )

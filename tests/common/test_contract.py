@@ -207,7 +207,7 @@ def test_the_library_of_a_clustered_namespace_loads(redis: Redis, settings: Sett
 
 
 # the prelude's tables made once, for every call: constants no code writes to
-PRELUDE_CONSTANTS = {"ENDED", "LIVE", "TERMINAL", "RQ_STATUS"}
+PRELUDE_CONSTANTS = {"ENDED", "LIVE", "TERMINAL", "RQ_STATUS", "INTSTR", "PK_MT", "NUMSTR_MT"}
 
 
 def test_every_prelude_table_is_made_anew_for_each_call_but_the_constants(
@@ -217,15 +217,22 @@ def test_every_prelude_table_is_made_anew_for_each_call_but_the_constants(
     per call (the library's `fresh`), unless named here as a constant - a new one is
     classified on purpose. And each call starts with no contract blocks of the last."""
     source = _library(redis, settings, CONTRACTS)
-    fresh = source.split("local function fresh()\n", 1)[1].split("\nlocal function call_", 1)[0]
+    fresh = re.split(
+        r"^end$", source.split("local function fresh()\n", 1)[1], maxsplit=1, flags=re.M
+    )[0]
     tables = re.findall(r"^local (\w+)\s*=\s*(?:\{|setmetatable)", _lua_file("prelude"), re.M)
     assert PRELUDE_CONSTANTS <= set(tables)
     for name in tables:
         made_per_call = re.search(rf"^{name}\s*=", fresh, re.M) is not None
         assert made_per_call == (name not in PRELUDE_CONSTANTS), name
-    calls = re.findall(r"^local function call_\w+\(keys, args\)\n.*\n(.*)\n", source, re.M)
+    calls = re.findall(r"^call_\w+ = function\(keys, args\)\n.*\n(.*)\n", source, re.M)
     assert calls and all(c == "K, A, KB, AB, PFX = nil, nil, nil, nil, nil" for c in calls)
     assert len(calls) == len(CONTRACTS)
+    # the tables of K and A are made once per script: every call writes each of their names
+    for contract in CONTRACTS.values():
+        per_call = contract.bound()[1]
+        for name in (*contract.keys, *(a for a, _ in (*contract.args, *contract.tail))):
+            assert re.search(rf"^[ka]\.{name} = ", per_call, re.M), (contract.name, name)
 
 
 def test_key_builders_and_run_ids_are_keys_py_s(redis: Redis, settings: Settings) -> None:
