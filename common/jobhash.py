@@ -300,6 +300,22 @@ def build_run(
     return RunSpec(func=func_name_of(task), args=spec_args, kwargs=kw, **common_fields)
 
 
+# the types of a plain_spec's arguments (a spec of other ones is built each time: build_run)
+SCALAR_TYPES = frozenset((str, int, float, type(None)))
+
+
+@functools.lru_cache(maxsize=256, typed=True)  # (typed: retries=1.0 is refused every time)
+def plain_spec(func: str, *scalars: Any) -> RunSpec:
+    """The spec of a function run without arguments, named "task" (a run's name is given
+    with its meta: RunSpec.meta(name)), from (queue, timeout, retries, retry_delay, backoff,
+    cores, ram, gpu) of SCALAR_TYPES: validated once for all runs alike (a RunSpec is
+    frozen; a batch of them then shares its job fields too)."""
+    queue, timeout, retries, retry_delay, backoff, cores, ram, gpu = scalars
+    return build_run(name="task", task=func, queue=queue, timeout=timeout, retries=retries,
+                     retry_delay=retry_delay, backoff=backoff, cores=cores, ram=ram,
+                     gpu=gpu)  # fmt: skip
+
+
 def parse_meta(raw: object) -> dict[str, Any]:
     """The `sq` field of a job hash; CodecError names the field when it is broken."""
     if not raw:

@@ -9,14 +9,28 @@ from typing import Any, NamedTuple, TypeVar
 
 from sessionq.common import codec
 from sessionq.common.jobhash import JobFields
+from sessionq.common.keys import run_id
 from sessionq.common.scripts.base import BLOCK_CACHE_MAX, ScriptsBase, texts
 from sessionq.common.scripts.contracts import ENQUEUE, LINK
+from sessionq.common.times import rq_time
+from sessionq.common.vocabulary import TaskState
 
 T = TypeVar("T")
 # session index, run id, name, state, queue, job fields, options (enqueue.lua)
 Run = tuple[int, str, str, str, str, JobFields, dict[str, Any] | None]
 # sid, is new, record bytes, name, kind, owner
 NewSession = tuple[str, bool, bytes, str, str, str]
+QUEUED = TaskState.QUEUED.value
+_SID = "\x00"  # a session id no session has: where the id goes in enqueue_one_call's keys
+_NOW_MS, _NOW_ISO, _PLAN = map(ENQUEUE.arg_position, ("now_ms", "now_iso", "plan"))
+
+
+class _OneCall(NamedTuple):
+    """enqueue_one_call's pieces (_one_call): each key split where the session id goes, and
+    the args of a call at time 0 (the time and the plan set per call)."""
+
+    keys: list[list[str]]
+    args: list[Any]
 
 
 class RunColumns(NamedTuple):
@@ -130,6 +144,43 @@ class EnqueueCalls(ScriptsBase):
         })  # fmt: skip
         return keys, args
 
+    def enqueue_one_call(
+        self, sid: str, record: bytes, name: str, kind: str, owner: str, queue: str,
+        fields: JobFields, now: float, retention_ms: int | None,
+    ) -> tuple[list[str], list[Any]]:  # fmt: skip
+        """enqueue_call of one new session `sid` with one queued run `<sid>-1` (a create of
+        one replica) - the same keys and args (tests/common/test_enqueue_one.py), laid out
+        from pieces made once per kind, owner and queue: a create one at a time is sent
+        thousands of times, and its packing was most of its cost in Python."""
+        if self.layout.partitioned or fields.extra or not fields.shared:
+            run = (0, run_id(sid, 1), name, TaskState.QUEUED.value, queue, fields, None)
+            return self.enqueue_call([(sid, True, record, name, kind, owner)], [run], now=now,
+                                     retention_ms=retention_ms)  # fmt: skip
+        one = self._one_calls.get((kind, owner, queue))
+        if one is None:
+            one = self._one_call(kind, owner, queue)
+        plan = codec.encode_for_lua([
+            [[sid, True, record, name]], [queue],
+            [[1], [run_id(sid, 1)], [name], [QUEUED], [1], [0], [1], [fields.data],
+             [fields.sq], [None]],
+            "", [_flat(fields.shared)], retention_ms, [],
+        ])  # fmt: skip
+        args = one.args.copy()
+        args[_NOW_MS], args[_NOW_ISO], args[_PLAN] = int(now * 1000), rq_time(now), plan
+        return [sid.join(parts) for parts in one.keys], args
+
+    def _one_call(self, kind: str, owner: str, queue: str) -> _OneCall:
+        """enqueue_one_call's pieces for sessions of `kind` and `owner` queued on `queue`:
+        the call of a session whose id is the marker _SID, its keys split where the id goes
+        (the args whose values vary are set by position)."""
+        run = (0, run_id(_SID, 1), "", QUEUED, queue, JobFields(b"", b"", {}), None)
+        keys, args = self.enqueue_call([(_SID, True, b"", "", kind, owner)], [run], now=0.0)
+        one = _OneCall([key.split(_SID) for key in keys], args)
+        if len(self._one_calls) > BLOCK_CACHE_MAX:
+            self._one_calls.clear()
+        self._one_calls[(kind, owner, queue)] = one
+        return one
+
     def link_calls(
         self, links: Sequence[tuple[str, str]]
     ) -> list[tuple[list[tuple[str, str]], list[str], list[Any]]]:
@@ -171,6 +222,11 @@ class EnqueueCalls(ScriptsBase):
         return block
 
 
+def _flat(mapping: Mapping[str, Any]) -> list[Any]:
+    """A map as enqueue.lua takes shared job fields: key, value, key, value..."""
+    return [x for pair in mapping.items() for x in pair]
+
+
 def _run_columns(
     runs: RunColumns, queues: dict[str, int], key_index: Callable[[str], int],
     parent_ref: Callable[[str], int | str],
@@ -179,9 +235,6 @@ def _run_columns(
     dozen lists, not 10,000 of each (for the packer here and for cmsgpack.unpack there).
     Job fields and options that runs share (one object for them: a map's, or add's plain
     runs) are sent once each and named by their index (1 on, 0 for no options)."""
-
-    def flat(mapping: Mapping[str, Any]) -> list[Any]:
-        return [x for pair in mapping.items() for x in pair]
 
     def lua_options(o: dict[str, Any]) -> dict[str, Any]:
         if not (o.get("deps") or o.get("old_id")):
@@ -193,12 +246,12 @@ def _run_columns(
             o["old"] = key_index(o["old_id"])
         return o
 
-    shared_index, shared = _once_each(runs.shared, flat)
+    shared_index, shared = _once_each(runs.shared, _flat)
     options_index, options = _once_each(runs.options, lua_options)
     columns = [
         [i + 1 for i in runs.session], runs.id, runs.name, runs.state,
         [queues[q] for q in runs.queue], options_index, shared_index, runs.data, runs.sq,
-        [flat(e) if e else None for e in runs.extra],
+        [_flat(e) if e else None for e in runs.extra],
     ]  # fmt: skip
     return columns, shared, options
 
