@@ -304,7 +304,7 @@ def _create_one(
     """create() of one session of one run on one partition (its arguments but these checked):
     the commonest call, one at a time, with what is the same from call to call made once - a
     function run without arguments validated once (plain_spec), the script call laid out from
-    pieces (enqueue_one_call)."""
+    pieces (scripts.enqueue: one session of one run)."""
     scalars = (queue, timeout, retries, None, "exponential", cores, ram, gpu)
     if (type(task) is str and cmd is None and args is None and kwargs is None and env is None
             and SCALAR_TYPES.issuperset(map(type, scalars))):  # fmt: skip
@@ -324,10 +324,11 @@ def _create_one(
         cores=spec.cores, ram=spec.ram, gpu=spec.gpu,
     ).to_wire()  # fmt: skip
     fields = JobFields(spec.data, meta, spec.shared_fields(run_queue_name, now))
+    run = (0, f"{sid}-1", name, TaskState.QUEUED.value, run_queue_name, fields, None)
     retention_ms = max(1, int(scripts.settings.retention_s * 1000))
-    yield ScriptCall("enqueue", *scripts.enqueue_one_call(
-        sid, codec.encode(record), name, kind, user, run_queue_name, fields, now, retention_ms,
-    ))  # fmt: skip
+    call = scripts.enqueue_call([(sid, True, codec.encode(record), name, kind, user)], [run],
+                                now=now, retention_ms=retention_ms)  # fmt: skip
+    yield ScriptCall("enqueue", *call)
     log.debug("created 1 %s session %s", kind, sid)
     return [sid]
 

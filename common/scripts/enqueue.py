@@ -9,7 +9,6 @@ from typing import Any, NamedTuple, TypeVar
 
 from sessionq.common import codec
 from sessionq.common.jobhash import JobFields
-from sessionq.common.keys import run_id
 from sessionq.common.scripts.base import BLOCK_CACHE_MAX, ScriptsBase, texts
 from sessionq.common.scripts.contracts import ENQUEUE, LINK
 from sessionq.common.times import rq_time
@@ -21,13 +20,14 @@ Run = tuple[int, str, str, str, str, JobFields, dict[str, Any] | None]
 # sid, is new, record bytes, name, kind, owner
 NewSession = tuple[str, bool, bytes, str, str, str]
 QUEUED = TaskState.QUEUED.value
-_SID = "\x00"  # a session id no session has: where the id goes in enqueue_one_call's keys
-_NOW_MS, _NOW_ISO, _PLAN = map(ENQUEUE.arg_position, ("now_ms", "now_iso", "plan"))
+_SID = "\x00"  # a session id no session has: where the id goes in _one_call's keys
+_NOW_MS, _NOW_ISO, _WORKER, _PLAN = map(ENQUEUE.arg_position,
+                                         ("now_ms", "now_iso", "worker", "plan"))  # fmt: skip
 
 
 class _OneCall(NamedTuple):
-    """enqueue_one_call's pieces (_one_call): each key split where the session id goes, and
-    the args of a call at time 0 (the time and the plan set per call)."""
+    """_one_run_call's pieces (_one_call): each key but the run's split where the session id
+    goes, and the args of a call at time 0 (the time, the worker and the plan set per call)."""
 
     keys: list[list[str]]
     args: list[Any]
@@ -97,6 +97,17 @@ class EnqueueCalls(ScriptsBase):
         (`runs` as Run tuples, or as RunColumns)."""
         now = time.time() if now is None else now
         cols = runs if isinstance(runs, RunColumns) else RunColumns.of(runs)
+        if len(sessions) == 1 and len(cols.id) == 1 and not self.layout.partitioned:
+            options = cols.options[0]
+            if not (options and (options.get("deps") or options.get("old_id"))):
+                return self._one_run_call(sessions[0], cols, worker, now, claim, retention_ms)
+        return self._enqueue_call(sessions, cols, worker, now, claim, retention_ms, remote)
+
+    def _enqueue_call(
+        self, sessions: Sequence[NewSession], cols: RunColumns, worker: str, now: float,
+        claim: str, retention_ms: int | None, remote: Mapping[str, str] | None,
+    ) -> tuple[list[str], list[Any]]:  # fmt: skip
+        """enqueue_call of any sessions and runs."""
         k, rq = self.keys, self.rq
         session_blocks, plan_sessions = [], []
         for sid, is_new, record, name, kind, owner in sessions:
@@ -144,38 +155,43 @@ class EnqueueCalls(ScriptsBase):
         })  # fmt: skip
         return keys, args
 
-    def enqueue_one_call(
-        self, sid: str, record: bytes, name: str, kind: str, owner: str, queue: str,
-        fields: JobFields, now: float, retention_ms: int | None,
+    def _one_run_call(
+        self, session: NewSession, cols: RunColumns, worker: str, now: float, claim: str,
+        retention_ms: int | None,
     ) -> tuple[list[str], list[Any]]:  # fmt: skip
-        """enqueue_call of one new session `sid` with one queued run `<sid>-1` (a create of
-        one replica) - the same keys and args (tests/common/test_enqueue_one.py), laid out
-        from pieces made once per kind, owner and queue: a create one at a time is sent
-        thousands of times, and its packing was most of its cost in Python."""
-        if self.layout.partitioned or fields.extra or not fields.shared:
-            run = (0, run_id(sid, 1), name, TaskState.QUEUED.value, queue, fields, None)
-            return self.enqueue_call([(sid, True, record, name, kind, owner)], [run], now=now,
-                                     retention_ms=retention_ms)  # fmt: skip
+        """_enqueue_call of one session and one run with no parent and no task it replaces
+        (a create of one replica, a session's add of one run) - the same keys and args
+        (tests/common/test_enqueue_one.py), laid out from pieces made once per kind, owner
+        and queue: such calls come one at a time, thousands of them, and packing them was
+        most of their cost in Python."""
+        sid, is_new, record, name, kind, owner = session
+        queue = cols.queue[0]
         one = self._one_calls.get((kind, owner, queue))
         if one is None:
             one = self._one_call(kind, owner, queue)
+        keys = [sid.join(parts) for parts in one.keys]
+        keys.append(self.rq.job(cols.id[0]))
+        shared, extra, options = cols.shared[0], cols.extra[0], cols.options[0]
         plan = codec.encode_for_lua([
-            [[sid, True, record, name]], [queue],
-            [[1], [run_id(sid, 1)], [name], [QUEUED], [1], [0], [1], [fields.data],
-             [fields.sq], [None]],
-            "", [_flat(fields.shared)], retention_ms, [],
+            [[sid, is_new, record, name]], [queue],
+            [[cols.session[0] + 1], [cols.id[0]], [cols.name[0]], [cols.state[0]], [1],
+             [1 if options else 0], [1 if shared else 0], [cols.data[0]], [cols.sq[0]],
+             [_flat(extra) if extra else None]],
+            claim, [_flat(shared)] if shared else [], retention_ms, [options] if options else [],
         ])  # fmt: skip
         args = one.args.copy()
-        args[_NOW_MS], args[_NOW_ISO], args[_PLAN] = int(now * 1000), rq_time(now), plan
-        return [sid.join(parts) for parts in one.keys], args
+        args[_NOW_MS], args[_NOW_ISO], args[_WORKER] = int(now * 1000), rq_time(now), worker
+        args[_PLAN] = plan
+        return keys, args
 
     def _one_call(self, kind: str, owner: str, queue: str) -> _OneCall:
-        """enqueue_one_call's pieces for sessions of `kind` and `owner` queued on `queue`:
-        the call of a session whose id is the marker _SID, its keys split where the id goes
-        (the args whose values vary are set by position)."""
-        run = (0, run_id(_SID, 1), "", QUEUED, queue, JobFields(b"", b"", {}), None)
-        keys, args = self.enqueue_call([(_SID, True, b"", "", kind, owner)], [run], now=0.0)
-        one = _OneCall([key.split(_SID) for key in keys], args)
+        """_one_run_call's pieces for a session of `kind` and `owner` with a run queued on
+        `queue`: the keys of such a call for a session whose id is the marker _SID, split
+        where the id goes, its run's job key left out; the args of a call at time 0."""
+        run = (0, "", "", QUEUED, queue, JobFields(b"", b"", {}), None)
+        keys, args = self._enqueue_call([(_SID, True, b"", "", kind, owner)],
+                                        RunColumns.of([run]), "", 0.0, "", None, None)  # fmt: skip
+        one = _OneCall([key.split(_SID) for key in keys[:-1]], args)
         if len(self._one_calls) > BLOCK_CACHE_MAX:
             self._one_calls.clear()
         self._one_calls[(kind, owner, queue)] = one

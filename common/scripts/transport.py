@@ -287,15 +287,32 @@ def _call_slow(script: AnyScript, keys: Sequence[str], args: Sequence[Any], redi
     return redis.execute_command(*command(script, keys, args))
 
 
+_KINDS: dict[tuple[type, tuple[type, ...]], bool] = {}
+
+
+def _is(kind: type, kinds: tuple[type, ...]) -> bool:
+    """issubclass, cached by type: redis-py's clients are Protocols, whose isinstance costs
+    microseconds - several on the path of every call."""
+    found = _KINDS.get((kind, kinds))
+    if found is None:
+        found = _KINDS[(kind, kinds)] = issubclass(kind, kinds)
+    return found
+
+
+_SYNC_CLUSTER = (RedisCluster,)
+_CLUSTERS = (RedisCluster, AsyncRedisCluster)
+_PIPELINES = (Pipeline, ClusterPipeline)
+
+
 def clustered(redis: Any) -> bool:
     """Is `redis` a Redis Cluster's client (sync or asyncio)?"""
-    return isinstance(redis, (RedisCluster, AsyncRedisCluster))
+    return _is(type(redis), _CLUSTERS)
 
 
 def server_of(redis: Any, key: str | None) -> Redis:
     """The client of the one server holding `key`: `redis` itself, or, for a RedisCluster,
     the client of the master that serves the key's slot (any master for None)."""
-    if isinstance(redis, RedisCluster):
+    if _is(type(redis), _SYNC_CLUSTER):
         cluster: Any = redis  # (redis-py's slot lookups are unannotated)
         node = cluster.get_node_from_key(key) if key is not None else cluster.get_default_node()
         node_client: Redis = cluster.get_redis_connection(node)
@@ -316,7 +333,7 @@ async def pool_of(redis: Any, key: str) -> Any:
 def relayout(redis: Any) -> None:
     """After a MOVED or ASK on a connection of our own: have the cluster client read the
     slots' layout again before its next command."""
-    if isinstance(redis, RedisCluster):
+    if _is(type(redis), _SYNC_CLUSTER):
         redis.nodes_manager.initialize()
 
 
@@ -465,13 +482,13 @@ def call(
     (_call_slow), which loads it and retries with backoff. With `wait`, NotReplicated unless
     enough replicas have the call's writes in time (`marker`: see ensure_replicated).
     `lane`: a connection kept for such calls on one server (not on a cluster's)."""
-    if isinstance(client, (Pipeline, ClusterPipeline)):
+    if _is(type(client), _PIPELINES):
         queue(client, script, keys, args)
         return []
     redis: Redis = client
     try:
         return _evalsha_once(redis, script, keys, args, wait,
-                             lane if not isinstance(redis, RedisCluster) else None)  # fmt: skip
+                             lane if not _is(type(redis), _SYNC_CLUSTER) else None)  # fmt: skip
     except LOST:
         pass  # redis-py's retry (with backoff) sends it again: the scripts take a resend
     except ELSEWHERE:
