@@ -26,10 +26,13 @@ _NOW_MS, _NOW_ISO, _WORKER, _PLAN = map(ENQUEUE.arg_position,
 
 
 class _OneCall(NamedTuple):
-    """_one_run_call's pieces (_one_call): each key but the run's split where the session id
-    goes, and the args of a call at time 0 (the time, the worker and the plan set per call)."""
+    """_one_run_call's pieces (_one_call): the keys but the run's - those before and after
+    the session's as they are, the session's split where its id goes - and the args of a
+    call at time 0 (the time, the worker and the plan set per call)."""
 
-    keys: list[list[str]]
+    head: list[str]
+    split: list[list[str]]
+    tail: list[str]
     args: list[Any]
 
 
@@ -169,8 +172,8 @@ class EnqueueCalls(ScriptsBase):
         one = self._one_calls.get((kind, owner, queue))
         if one is None:
             one = self._one_call(kind, owner, queue)
-        keys = [sid.join(parts) for parts in one.keys]
-        keys.append(self.rq.job(cols.id[0]))
+        keys = [*one.head, *[sid.join(parts) for parts in one.split], *one.tail,
+                self.rq.job(cols.id[0])]  # fmt: skip
         shared, extra, options = cols.shared[0], cols.extra[0], cols.options[0]
         plan = codec.encode_for_lua([
             [[sid, is_new, record, name]], [queue],
@@ -191,7 +194,10 @@ class EnqueueCalls(ScriptsBase):
         run = (0, "", "", QUEUED, queue, JobFields(b"", b"", {}), None)
         keys, args = self._enqueue_call([(_SID, True, b"", "", kind, owner)],
                                         RunColumns.of([run]), "", 0.0, "", None, None)  # fmt: skip
-        one = _OneCall([key.split(_SID) for key in keys[:-1]], args)
+        split = [key.split(_SID) for key in keys[:-1]]
+        varying = [i for i, parts in enumerate(split) if len(parts) > 1]
+        first, last = (varying[0], varying[-1] + 1) if varying else (len(split), len(split))
+        one = _OneCall(keys[:first], split[first:last], keys[last:-1], args)
         if len(self._one_calls) > BLOCK_CACHE_MAX:
             self._one_calls.clear()
         self._one_calls[(kind, owner, queue)] = one
