@@ -11,6 +11,7 @@ anything is written, the per-id logging, the shape of the records.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import secrets
@@ -319,10 +320,8 @@ def _create_one(
     now = time.time()
     sid = new_session_id()
     user = scripts.settings.user
-    record = SessionRecord(
-        id=sid, name=name, kind=kind, owner=user, created_at_ms=int(now * 1000), image=image,
-        cores=spec.cores, ram=spec.ram, gpu=spec.gpu,
-    ).to_wire()  # fmt: skip
+    record = {**_record_of(kind, user, image, spec.cores, spec.ram, spec.gpu), "id": sid,
+              "name": name, "created_at": int(now * 1000)}  # fmt: skip
     fields = JobFields(spec.data, meta, spec.shared_fields(run_queue_name, now))
     run = (0, f"{sid}-1", name, TaskState.QUEUED.value, run_queue_name, fields, None)
     retention_ms = max(1, int(scripts.settings.retention_s * 1000))
@@ -331,6 +330,17 @@ def _create_one(
     yield ScriptCall("enqueue", *call)
     log.debug("created 1 %s session %s", kind, sid)
     return [sid]
+
+
+@functools.lru_cache(maxsize=256, typed=True)  # (typed: cores=1 and 1.0 are packed apart)
+def _record_of(
+    kind: str, owner: str, image: str | None, cores: float | None, ram: float | None,
+    gpu: float | None,
+) -> dict[str, Any]:  # fmt: skip
+    """The wire record of a session of one replica made by create() but its id, name and
+    creation time (_create_one sets them in a copy): one per kind, owner and resources."""
+    return SessionRecord(id="", name="", kind=kind, owner=owner, created_at_ms=0, image=image,
+                         cores=cores, ram=ram, gpu=gpu).to_wire()  # fmt: skip
 
 
 class partly_written:  # noqa: N801 - a context manager, named as one is used

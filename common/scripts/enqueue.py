@@ -99,11 +99,12 @@ class EnqueueCalls(ScriptsBase):
         """The keys and args of `enqueue`, sent by no one: for a caller with its own client
         (`runs` as Run tuples, or as RunColumns)."""
         now = time.time() if now is None else now
-        cols = runs if isinstance(runs, RunColumns) else RunColumns.of(runs)
-        if len(sessions) == 1 and len(cols.id) == 1 and not self.layout.partitioned:
-            options = cols.options[0]
+        if len(sessions) == 1 and len(runs) == 1 and not self.layout.partitioned:
+            run = runs[0] if not isinstance(runs, RunColumns) else _first(runs)
+            options = run[6]
             if not (options and (options.get("deps") or options.get("old_id"))):
-                return self._one_run_call(sessions[0], cols, worker, now, claim, retention_ms)
+                return self._one_run_call(sessions[0], run, worker, now, claim, retention_ms)
+        cols = runs if isinstance(runs, RunColumns) else RunColumns.of(runs)
         return self._enqueue_call(sessions, cols, worker, now, claim, retention_ms, remote)
 
     def _enqueue_call(
@@ -159,7 +160,7 @@ class EnqueueCalls(ScriptsBase):
         return keys, args
 
     def _one_run_call(
-        self, session: NewSession, cols: RunColumns, worker: str, now: float, claim: str,
+        self, session: NewSession, run: Run, worker: str, now: float, claim: str,
         retention_ms: int | None,
     ) -> tuple[list[str], list[Any]]:  # fmt: skip
         """_enqueue_call of one session and one run with no parent and no task it replaces
@@ -168,18 +169,16 @@ class EnqueueCalls(ScriptsBase):
         and queue: such calls come one at a time, thousands of them, and packing them was
         most of their cost in Python."""
         sid, is_new, record, name, kind, owner = session
-        queue = cols.queue[0]
+        index, rid, run_name, state, queue, (data, sq, shared, extra), options = run
         one = self._one_calls.get((kind, owner, queue))
         if one is None:
             one = self._one_call(kind, owner, queue)
         keys = [*one.head, *[sid.join(parts) for parts in one.split], *one.tail,
-                self.rq.job(cols.id[0])]  # fmt: skip
-        shared, extra, options = cols.shared[0], cols.extra[0], cols.options[0]
+                self.rq.job(rid)]  # fmt: skip
         plan = codec.encode_for_lua([
             [[sid, is_new, record, name]], [queue],
-            [[cols.session[0] + 1], [cols.id[0]], [cols.name[0]], [cols.state[0]], [1],
-             [1 if options else 0], [1 if shared else 0], [cols.data[0]], [cols.sq[0]],
-             [_flat(extra) if extra else None]],
+            [[index + 1], [rid], [run_name], [state], [1], [1 if options else 0],
+             [1 if shared else 0], [data], [sq], [_flat(extra) if extra else None]],
             claim, [_flat(shared)] if shared else [], retention_ms, [options] if options else [],
         ])  # fmt: skip
         args = one.args.copy()
@@ -242,6 +241,13 @@ class EnqueueCalls(ScriptsBase):
                 self._queue_blocks.clear()
             self._queue_blocks[queue] = block
         return block
+
+
+def _first(cols: RunColumns) -> Run:
+    """The first run of `cols`, as a Run."""
+    fields = JobFields(cols.data[0], cols.sq[0], cols.shared[0], cols.extra[0])
+    return (cols.session[0], cols.id[0], cols.name[0], cols.state[0], cols.queue[0], fields,
+            cols.options[0])  # fmt: skip
 
 
 def _flat(mapping: Mapping[str, Any]) -> list[Any]:

@@ -48,6 +48,9 @@ def test_one_run_call_is_the_general_call(
         run = (0, run_id(sid, number), "n", TaskState.QUEUED.value, queue, fields, options)
         one = scripts.enqueue_call([session], [run], now=now, retention_ms=5000, claim=claim,
                                    worker=worker)  # fmt: skip
+        columns = scripts.enqueue_call([session], RunColumns.of([run]), now=now,
+                                       retention_ms=5000, claim=claim, worker=worker)  # fmt: skip
         general = scripts._enqueue_call([session], RunColumns.of([run]), worker, now, claim,
                                         5000, None)  # fmt: skip
         assert one == general
+        assert columns == general
