@@ -99,8 +99,11 @@ class EnqueueCalls(ScriptsBase):
         """The keys and args of `enqueue`, sent by no one: for a caller with its own client
         (`runs` as Run tuples, or as RunColumns)."""
         now = time.time() if now is None else now
-        if len(sessions) == 1 and len(runs) == 1 and not self.layout.partitioned:
-            run = runs[0] if not isinstance(runs, RunColumns) else _first(runs)
+        if isinstance(runs, RunColumns):
+            run = _first(runs) if len(runs.id) == 1 else None
+        else:
+            run = runs[0] if len(runs) == 1 else None
+        if run is not None and len(sessions) == 1 and not self.layout.partitioned:
             options = run[6]
             if not (options and (options.get("deps") or options.get("old_id"))):
                 return self._one_run_call(sessions[0], run, worker, now, claim, retention_ms)

@@ -46,10 +46,11 @@ def test_one_run_call_is_the_general_call(
         record = codec.encode({"id": sid}) if is_new else b""
         session = (sid, is_new, record, "n" if is_new else "", kind, owner)
         run = (0, run_id(sid, number), "n", TaskState.QUEUED.value, queue, fields, options)
-        one = scripts.enqueue_call([session], [run], now=now, retention_ms=5000, claim=claim,
-                                   worker=worker)  # fmt: skip
         columns = scripts.enqueue_call([session], RunColumns.of([run]), now=now,
                                        retention_ms=5000, claim=claim, worker=worker)  # fmt: skip
+        assert scripts._one_calls, "laid out from the pieces"
+        one = scripts.enqueue_call([session], [run], now=now, retention_ms=5000, claim=claim,
+                                   worker=worker)  # fmt: skip
         general = scripts._enqueue_call([session], RunColumns.of([run]), worker, now, claim,
                                         5000, None)  # fmt: skip
         assert one == general
