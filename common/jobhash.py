@@ -30,6 +30,7 @@ from sessionq.common.validation import (
 from sessionq.common.vocabulary import RQ_STATUS, TaskState
 
 COMMAND_FUNC = "@command"  # the func name a command run carries in RQ's job data
+_QUEUED, _QUEUED_STATUS = TaskState.QUEUED.value, RQ_STATUS[TaskState.QUEUED]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -230,8 +231,8 @@ def shared_job_fields(
     for them all (cached), so that a batch sends it once."""
     fields: dict[str, Any] = {
         "origin": queue,
-        "status": RQ_STATUS[TaskState.QUEUED],
-        "state": TaskState.QUEUED.value,
+        "status": _QUEUED_STATUS,
+        "state": _QUEUED,
         "enqueued_at": rq_time(now_s),
     }
     if timeout is not None:

@@ -45,6 +45,7 @@ T = TypeVar("T")
 REGEX_META = frozenset(".^$*+?{}[]()|")
 VIEWS = (None, "all")
 PRUNE_READ_BATCH = 1000  # session records read per HMGET (prune)
+_QUEUED = TaskState.QUEUED.value  # (an enum member's value is a lookup of its own)
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,7 +324,7 @@ def _create_one(
     record = {**_record_of(kind, user, image, spec.cores, spec.ram, spec.gpu), "id": sid,
               "name": name, "created_at": int(now * 1000)}  # fmt: skip
     fields = JobFields(spec.data, meta, spec.shared_fields(run_queue_name, now))
-    run = (0, f"{sid}-1", name, TaskState.QUEUED.value, run_queue_name, fields, None)
+    run = (0, f"{sid}-1", name, _QUEUED, run_queue_name, fields, None)
     retention_ms = max(1, int(scripts.settings.retention_s * 1000))
     call = scripts.enqueue_call([(sid, True, codec.encode(record), name, kind, user)], [run],
                                 now=now, retention_ms=retention_ms)  # fmt: skip
