@@ -30,6 +30,7 @@ from sessionq.common.validation import (
 from sessionq.common.vocabulary import RQ_STATUS, TaskState
 
 COMMAND_FUNC = "@command"  # the func name a command run carries in RQ's job data
+_QUEUED, _QUEUED_STATUS = TaskState.QUEUED.value, RQ_STATUS[TaskState.QUEUED]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -230,8 +231,8 @@ def shared_job_fields(
     for them all (cached), so that a batch sends it once."""
     fields: dict[str, Any] = {
         "origin": queue,
-        "status": RQ_STATUS[TaskState.QUEUED],
-        "state": TaskState.QUEUED.value,
+        "status": _QUEUED_STATUS,
+        "state": _QUEUED,
         "enqueued_at": rq_time(now_s),
     }
     if timeout is not None:
@@ -298,6 +299,22 @@ def build_run(
     if not all(isinstance(k, str) for k in kw):
         raise ValidationTypeError("kwargs", "keys must be strings")
     return RunSpec(func=func_name_of(task), args=spec_args, kwargs=kw, **common_fields)
+
+
+# the types of a plain_spec's arguments (a spec of other ones is built each time: build_run)
+SCALAR_TYPES = frozenset((str, int, float, type(None)))
+
+
+@functools.lru_cache(maxsize=256, typed=True)  # (typed: retries=1.0 is refused every time)
+def plain_spec(func: str, *scalars: Any) -> RunSpec:
+    """The spec of a function run without arguments, named "task" (a run's name is given
+    with its meta: RunSpec.meta(name)), from (queue, timeout, retries, retry_delay, backoff,
+    cores, ram, gpu) of SCALAR_TYPES: validated once for all runs alike (a RunSpec is
+    frozen; a batch of them then shares its job fields too)."""
+    queue, timeout, retries, retry_delay, backoff, cores, ram, gpu = scalars
+    return build_run(name="task", task=func, queue=queue, timeout=timeout, retries=retries,
+                     retry_delay=retry_delay, backoff=backoff, cores=cores, ram=ram,
+                     gpu=gpu)  # fmt: skip
 
 
 def parse_meta(raw: object) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import math
 
 from sessionq.common import codec
 
@@ -21,9 +22,22 @@ def iso_from_ms(ms: int | str | bytes | None) -> str | None:
 
 @functools.lru_cache(maxsize=16)
 def rq_time(epoch_s: float) -> str:
-    """RQ's own timestamp format for the fields of its job hash (cached: a batch of runs
-    shares one time, and strftime was a tenth of adding a run)."""
-    return dt.datetime.fromtimestamp(epoch_s, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """RQ's own timestamp format for the fields of its job hash, as
+    datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ") writes it (cached:
+    a batch of runs shares one time; the date and time of day once a second: strftime was a
+    tenth of adding a run)."""
+    fraction, whole = math.modf(epoch_s)
+    micros = round(fraction * 1e6)  # (as fromtimestamp: half to even)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    elif micros < 0:
+        whole, micros = whole - 1, micros + 1_000_000
+    return f"{_rq_second(int(whole))}.{micros:06d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _rq_second(epoch_s: int) -> str:
+    return dt.datetime.fromtimestamp(epoch_s, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def iso_from_rq_time(raw: bytes | str | None) -> str | None:

@@ -385,16 +385,28 @@ class Client:
         """A plan's script call, sent again (with backoff, within SESSIONQ_RETRY_BUDGET_S)
         while Redis answers that it will take it soon (connection.PASSING): such a reply
         means the script did not run."""
+        started = time.monotonic()
+        try:
+            return self.scripts.call(step.name, step.keys, step.args)
+        except RedisError as exc:
+            if redis_says_later(exc) not in PASSING:
+                raise
+            return self._script_call_again(step, exc, started + self.settings.retry_budget_s)
+
+    def _script_call_again(self, step: ScriptCall, error: RedisError, deadline: float) -> Any:
+        """_script_call's tries after Redis said "later" (`error`), until `deadline`."""
         backoff = Backoff(log, f"producer {self.settings.user}", first_s=0.1,
                           cap_s=RETRY_BACKOFF_CAP_S)  # fmt: skip
-        deadline = time.monotonic() + self.settings.retry_budget_s
         while True:
+            if time.monotonic() >= deadline:
+                raise error
+            time.sleep(backoff.failed(error))
             try:
                 return self.scripts.call(step.name, step.keys, step.args)
             except RedisError as exc:
-                if redis_says_later(exc) not in PASSING or time.monotonic() >= deadline:
+                if redis_says_later(exc) not in PASSING:
                     raise
-                time.sleep(backoff.failed(exc))
+                error = exc
 
     def _transaction(self, step: Transaction) -> list[Any]:
         replies: list[Any] = []

@@ -11,6 +11,7 @@ anything is written, the per-id logging, the shape of the records.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import secrets
@@ -26,7 +27,7 @@ from sessionq.common import codec
 from sessionq.common.canfarstyle import as_id_list, names_for_replicas
 from sessionq.common.errors import CodecError, PartlyWritten, SessionqError, ValidationError
 from sessionq.common.events import decode_event
-from sessionq.common.jobhash import JobFields, RunSpec, build_run
+from sessionq.common.jobhash import SCALAR_TYPES, JobFields, RunSpec, build_run, plain_spec
 from sessionq.common.keys import DEFAULT_QUEUE, command_queue_for
 from sessionq.common.records import (
     SessionRecord,
@@ -44,6 +45,7 @@ T = TypeVar("T")
 REGEX_META = frozenset(".^$*+?{}[]()|")
 VIEWS = (None, "all")
 PRUNE_READ_BATCH = 1000  # session records read per HMGET (prune)
+_QUEUED = TaskState.QUEUED.value  # (an enum member's value is a lookup of its own)
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +256,9 @@ def create(
     check_int_range(replicas, "replicas", 1, MAX_REPLICAS)
     if image is not None and not isinstance(image, str):
         raise ValidationError("image", f"expected a string, got {type(image).__name__}")
+    if replicas == 1 and len(scripts.parts) == 1:
+        return (yield from _create_one(scripts, name, image, cores, ram, kind, gpu, cmd, args,
+                                       env, task, kwargs, queue, timeout, retries))  # fmt: skip
     names = [check_name(n) for n in names_for_replicas(name, replicas)]
     base = build_run(
         name=name, cmd=cmd, task=task, args=args, kwargs=kwargs, env=env, queue=queue,
@@ -291,6 +296,52 @@ def create(
                                         [] if written is None else written)  # fmt: skip
     log.debug("created %d %s session(s) %s", replicas, kind, ids[:3])
     return ids
+
+
+def _create_one(
+    scripts: Scripts, name: str, image: str | None, cores: Any, ram: Any, kind: str, gpu: Any,
+    cmd: Any, args: Any, env: Any, task: Any, kwargs: Any, queue: Any, timeout: Any,
+    retries: Any,
+) -> Plan[list[str]]:  # fmt: skip
+    """create() of one session of one run on one partition (its arguments but these checked):
+    the commonest call, one at a time, with what is the same from call to call made once - a
+    function run without arguments validated once (plain_spec), the script call laid out from
+    pieces (scripts.enqueue: one session of one run)."""
+    scalars = (queue, timeout, retries, None, "exponential", cores, ram, gpu)
+    if (type(task) is str and cmd is None and args is None and kwargs is None and env is None
+            and SCALAR_TYPES.issuperset(map(type, scalars))):  # fmt: skip
+        spec = plain_spec(task, *scalars)
+    else:
+        spec = build_run(name=name, cmd=cmd, task=task, args=args, kwargs=kwargs, env=env,
+                         queue=queue, timeout=timeout, retries=retries, cores=cores, ram=ram,
+                         gpu=gpu)  # fmt: skip
+    meta = spec.meta(name)
+    spec.check_size(meta)
+    run_queue_name = run_queue(spec)
+    now = time.time()
+    sid = new_session_id()
+    user = scripts.settings.user
+    record = {**_record_of(kind, user, image, spec.cores, spec.ram, spec.gpu), "id": sid,
+              "name": name, "created_at": int(now * 1000)}  # fmt: skip
+    fields = JobFields(spec.data, meta, spec.shared_fields(run_queue_name, now))
+    run = (0, f"{sid}-1", name, _QUEUED, run_queue_name, fields, None)
+    retention_ms = max(1, int(scripts.settings.retention_s * 1000))
+    call = scripts.enqueue_call([(sid, True, codec.encode(record), name, kind, user)], [run],
+                                now=now, retention_ms=retention_ms)  # fmt: skip
+    yield ScriptCall("enqueue", *call)
+    log.debug("created 1 %s session %s", kind, sid)
+    return [sid]
+
+
+@functools.lru_cache(maxsize=256, typed=True)  # (typed: cores=1 and 1.0 are packed apart)
+def _record_of(
+    kind: str, owner: str, image: str | None, cores: float | None, ram: float | None,
+    gpu: float | None,
+) -> dict[str, Any]:  # fmt: skip
+    """The wire record of a session of one replica made by create() but its id, name and
+    creation time (_create_one sets them in a copy): one per kind, owner and resources."""
+    return SessionRecord(id="", name="", kind=kind, owner=owner, created_at_ms=0, image=image,
+                         cores=cores, ram=ram, gpu=gpu).to_wire()  # fmt: skip
 
 
 class partly_written:  # noqa: N801 - a context manager, named as one is used

@@ -191,6 +191,13 @@ def _metas(staged: Sequence[_Pending]) -> list[bytes]:
 def _runs(staged: list[_Staged], now_s: float) -> RunColumns:
     """The enqueue script's runs of a flush, a list per field (no tuple per run); runs of
     one spec (a map's) share one mapping of job fields without asking for it again."""
+    if len(staged) == 1 and isinstance(staged[0], _Alike) and len(staged[0].tids) == 1:
+        one = staged[0]  # (an add of one run, flushed)
+        spec = one.spec
+        meta = spec.meta(one.names[0], one.prerun_fatal)
+        fields = spec.shared_fields(one.queue, now_s)
+        return RunColumns([0], one.tids, one.names, [QUEUED], [one.queue], [spec.data], [meta],
+                          [fields], [one.extra], [one.options])  # fmt: skip
     cache: dict[tuple[str, int], Mapping[str, Any]] = {}  # the specs outlive the flush call
     ids: list[str] = []
     names: list[str] = []

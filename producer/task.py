@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sessionq.common import codec
 from sessionq.common.errors import ValidationError, ValidationTypeError
-from sessionq.common.jobhash import RunSpec, build_run
+from sessionq.common.jobhash import SCALAR_TYPES, RunSpec, build_run, plain_spec
 from sessionq.common.timing import at_ms, check_cron, in_seconds, next_fire_ms
 from sessionq.common.validation import check_name
 from sessionq.common.vocabulary import TaskState
@@ -57,8 +56,8 @@ class Task:
         # not the task's, so that tasks alike share one spec)
         scalars = (queue, timeout, retries, retry_delay, backoff, cores, ram, gpu)
         if (type(func) is str and cmd is None and args is None and kwargs is None
-                and env is None and _SCALAR.issuperset(map(type, scalars))):  # fmt: skip
-            self.spec: RunSpec = _plain_spec(func, *scalars)
+                and env is None and SCALAR_TYPES.issuperset(map(type, scalars))):  # fmt: skip
+            self.spec: RunSpec = plain_spec(func, *scalars)
         else:
             self.spec = build_run(
                 name="task", cmd=cmd, task=func, args=args, kwargs=kwargs, env=env,
@@ -143,19 +142,6 @@ class Task:
 
 
 # exact types: a bool (an int to isinstance) is refused every time, by build_run
-_SCALAR = frozenset((str, int, float, type(None)))
-
-
-@functools.lru_cache(maxsize=256, typed=True)  # (typed: retries=1.0 is refused every time)
-def _plain_spec(func: str, *scalars: Any) -> RunSpec:
-    """The spec of a function run without arguments: validated once for all tasks alike
-    (a RunSpec is frozen; a batch of such tasks then shares its job fields too)."""
-    queue, timeout, retries, retry_delay, backoff, cores, ram, gpu = scalars
-    return build_run(name="task", task=func, queue=queue, timeout=timeout, retries=retries,
-                     retry_delay=retry_delay, backoff=backoff, cores=cores, ram=ram,
-                     gpu=gpu)  # fmt: skip
-
-
 def parents(task: Task) -> Sequence[Task | str]:
     """task.depends_on, without making its list when it has none."""
     return task._depends_on or ()

@@ -104,6 +104,7 @@ class ScriptsBase:
         self._scripts: dict[str, transport.AnyScript] = {} if registered is None else registered
         self._blocks: dict[tuple[str, str], list[str]] = {}  # run blocks (run_block)
         self._queue_blocks: dict[str, list[str]] = {}  # enqueue.lua's, by queue name
+        self._one_calls: dict[tuple[str, str, str], Any] = {}  # (enqueue_one_call)
         # Redis 7 reads each script's flags from its shebang, Redis 6 refuses the line: which
         # one this is, is asked before the first script is sent (transport.refuses_shebang)
         self.legacy: bool | None = None
@@ -133,6 +134,7 @@ class ScriptsBase:
                         "counters": k.run_counts(), "depths": k.queue_depths(),
                         "retention": k.retention()}  # fmt: skip
         self._global_keys = [self.globals[name] for name in GLOBAL_KEYS]
+        self._call_lane = transport.Lane()  # `call`'s connection (transport.Lane)
 
     def of(self: _S, sid: str) -> _S:
         """The scripts of the partition a session (or a run, or an operation) is in."""
@@ -303,8 +305,11 @@ class ScriptsBase:
         a write someone is told of (DURABLE) is acknowledged once SESSIONQ_WAIT_REPLICAS
         replicas have it."""
         wait = self.durability if name in DURABLE else None
-        return transport.call(self._script[name], keys, args, client or self.redis, wait,
-                              self.keys.replicated())  # fmt: skip
+        if client is not None:
+            return transport.call(self._script[name], keys, args, client, wait,
+                                  self.keys.replicated())  # fmt: skip
+        return transport.call(self._script[name], keys, args, self.redis, wait,
+                              self.keys.replicated(), self._call_lane)  # fmt: skip
 
     def ensure_replicated(self) -> None:
         """NotReplicated unless SESSIONQ_WAIT_REPLICAS replicas have every write made so far

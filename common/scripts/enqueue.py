@@ -11,12 +11,29 @@ from sessionq.common import codec
 from sessionq.common.jobhash import JobFields
 from sessionq.common.scripts.base import BLOCK_CACHE_MAX, ScriptsBase, texts
 from sessionq.common.scripts.contracts import ENQUEUE, LINK
+from sessionq.common.times import rq_time
+from sessionq.common.vocabulary import TaskState
 
 T = TypeVar("T")
 # session index, run id, name, state, queue, job fields, options (enqueue.lua)
 Run = tuple[int, str, str, str, str, JobFields, dict[str, Any] | None]
 # sid, is new, record bytes, name, kind, owner
 NewSession = tuple[str, bool, bytes, str, str, str]
+QUEUED = TaskState.QUEUED.value
+_SID = "\x00"  # a session id no session has: where the id goes in _one_call's keys
+_NOW_MS, _NOW_ISO, _WORKER, _PLAN = map(ENQUEUE.arg_position,
+                                         ("now_ms", "now_iso", "worker", "plan"))  # fmt: skip
+
+
+class _OneCall(NamedTuple):
+    """_one_run_call's pieces (_one_call): the keys but the run's - those before and after
+    the session's as they are, the session's split where its id goes - and the args of a
+    call at time 0 (the time, the worker and the plan set per call)."""
+
+    head: list[str]
+    split: list[list[str]]
+    tail: list[str]
+    args: list[Any]
 
 
 class RunColumns(NamedTuple):
@@ -82,7 +99,22 @@ class EnqueueCalls(ScriptsBase):
         """The keys and args of `enqueue`, sent by no one: for a caller with its own client
         (`runs` as Run tuples, or as RunColumns)."""
         now = time.time() if now is None else now
+        if isinstance(runs, RunColumns):
+            run = _first(runs) if len(runs.id) == 1 else None
+        else:
+            run = runs[0] if len(runs) == 1 else None
+        if run is not None and len(sessions) == 1 and not self.layout.partitioned:
+            options = run[6]
+            if not (options and (options.get("deps") or options.get("old_id"))):
+                return self._one_run_call(sessions[0], run, worker, now, claim, retention_ms)
         cols = runs if isinstance(runs, RunColumns) else RunColumns.of(runs)
+        return self._enqueue_call(sessions, cols, worker, now, claim, retention_ms, remote)
+
+    def _enqueue_call(
+        self, sessions: Sequence[NewSession], cols: RunColumns, worker: str, now: float,
+        claim: str, retention_ms: int | None, remote: Mapping[str, str] | None,
+    ) -> tuple[list[str], list[Any]]:  # fmt: skip
+        """enqueue_call of any sessions and runs."""
         k, rq = self.keys, self.rq
         session_blocks, plan_sessions = [], []
         for sid, is_new, record, name, kind, owner in sessions:
@@ -130,6 +162,49 @@ class EnqueueCalls(ScriptsBase):
         })  # fmt: skip
         return keys, args
 
+    def _one_run_call(
+        self, session: NewSession, run: Run, worker: str, now: float, claim: str,
+        retention_ms: int | None,
+    ) -> tuple[list[str], list[Any]]:  # fmt: skip
+        """_enqueue_call of one session and one run with no parent and no task it replaces
+        (a create of one replica, a session's add of one run) - the same keys and args
+        (tests/common/test_enqueue_one.py), laid out from pieces made once per kind, owner
+        and queue: such calls come one at a time, thousands of them, and packing them was
+        most of their cost in Python."""
+        sid, is_new, record, name, kind, owner = session
+        index, rid, run_name, state, queue, (data, sq, shared, extra), options = run
+        one = self._one_calls.get((kind, owner, queue))
+        if one is None:
+            one = self._one_call(kind, owner, queue)
+        keys = [*one.head, *[sid.join(parts) for parts in one.split], *one.tail,
+                self.rq.job(rid)]  # fmt: skip
+        plan = codec.encode_for_lua([
+            [[sid, is_new, record, name]], [queue],
+            [[index + 1], [rid], [run_name], [state], [1], [1 if options else 0],
+             [1 if shared else 0], [data], [sq], [_flat(extra) if extra else None]],
+            claim, [_flat(shared)] if shared else [], retention_ms, [options] if options else [],
+        ])  # fmt: skip
+        args = one.args.copy()
+        args[_NOW_MS], args[_NOW_ISO], args[_WORKER] = int(now * 1000), rq_time(now), worker
+        args[_PLAN] = plan
+        return keys, args
+
+    def _one_call(self, kind: str, owner: str, queue: str) -> _OneCall:
+        """_one_run_call's pieces for a session of `kind` and `owner` with a run queued on
+        `queue`: the keys of such a call for a session whose id is the marker _SID, split
+        where the id goes, its run's job key left out; the args of a call at time 0."""
+        run = (0, "", "", QUEUED, queue, JobFields(b"", b"", {}), None)
+        keys, args = self._enqueue_call([(_SID, True, b"", "", kind, owner)],
+                                        RunColumns.of([run]), "", 0.0, "", None, None)  # fmt: skip
+        split = [key.split(_SID) for key in keys[:-1]]
+        varying = [i for i, parts in enumerate(split) if len(parts) > 1]
+        first, last = (varying[0], varying[-1] + 1) if varying else (len(split), len(split))
+        one = _OneCall(keys[:first], split[first:last], keys[last:-1], args)
+        if len(self._one_calls) > BLOCK_CACHE_MAX:
+            self._one_calls.clear()
+        self._one_calls[(kind, owner, queue)] = one
+        return one
+
     def link_calls(
         self, links: Sequence[tuple[str, str]]
     ) -> list[tuple[list[tuple[str, str]], list[str], list[Any]]]:
@@ -171,6 +246,18 @@ class EnqueueCalls(ScriptsBase):
         return block
 
 
+def _first(cols: RunColumns) -> Run:
+    """The first run of `cols`, as a Run."""
+    fields = JobFields(cols.data[0], cols.sq[0], cols.shared[0], cols.extra[0])
+    return (cols.session[0], cols.id[0], cols.name[0], cols.state[0], cols.queue[0], fields,
+            cols.options[0])  # fmt: skip
+
+
+def _flat(mapping: Mapping[str, Any]) -> list[Any]:
+    """A map as enqueue.lua takes shared job fields: key, value, key, value..."""
+    return [x for pair in mapping.items() for x in pair]
+
+
 def _run_columns(
     runs: RunColumns, queues: dict[str, int], key_index: Callable[[str], int],
     parent_ref: Callable[[str], int | str],
@@ -179,9 +266,6 @@ def _run_columns(
     dozen lists, not 10,000 of each (for the packer here and for cmsgpack.unpack there).
     Job fields and options that runs share (one object for them: a map's, or add's plain
     runs) are sent once each and named by their index (1 on, 0 for no options)."""
-
-    def flat(mapping: Mapping[str, Any]) -> list[Any]:
-        return [x for pair in mapping.items() for x in pair]
 
     def lua_options(o: dict[str, Any]) -> dict[str, Any]:
         if not (o.get("deps") or o.get("old_id")):
@@ -193,12 +277,12 @@ def _run_columns(
             o["old"] = key_index(o["old_id"])
         return o
 
-    shared_index, shared = _once_each(runs.shared, flat)
+    shared_index, shared = _once_each(runs.shared, _flat)
     options_index, options = _once_each(runs.options, lua_options)
     columns = [
         [i + 1 for i in runs.session], runs.id, runs.name, runs.state,
         [queues[q] for q in runs.queue], options_index, shared_index, runs.data, runs.sq,
-        [flat(e) if e else None for e in runs.extra],
+        [_flat(e) if e else None for e in runs.extra],
     ]  # fmt: skip
     return columns, shared, options
 

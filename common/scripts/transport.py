@@ -15,6 +15,8 @@ cluster client learns the new layout and the call is sent again.
 
 from __future__ import annotations
 
+import os
+import threading
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, NamedTuple, cast
@@ -285,15 +287,32 @@ def _call_slow(script: AnyScript, keys: Sequence[str], args: Sequence[Any], redi
     return redis.execute_command(*command(script, keys, args))
 
 
+_KINDS: dict[tuple[type, tuple[type, ...]], bool] = {}
+
+
+def _is(kind: type, kinds: tuple[type, ...]) -> bool:
+    """issubclass, cached by type: redis-py's clients are Protocols, whose isinstance costs
+    microseconds - several on the path of every call."""
+    found = _KINDS.get((kind, kinds))
+    if found is None:
+        found = _KINDS[(kind, kinds)] = issubclass(kind, kinds)
+    return found
+
+
+_SYNC_CLUSTER = (RedisCluster,)
+_CLUSTERS = (RedisCluster, AsyncRedisCluster)
+_PIPELINES = (Pipeline, ClusterPipeline)
+
+
 def clustered(redis: Any) -> bool:
     """Is `redis` a Redis Cluster's client (sync or asyncio)?"""
-    return isinstance(redis, (RedisCluster, AsyncRedisCluster))
+    return _is(type(redis), _CLUSTERS)
 
 
 def server_of(redis: Any, key: str | None) -> Redis:
     """The client of the one server holding `key`: `redis` itself, or, for a RedisCluster,
     the client of the master that serves the key's slot (any master for None)."""
-    if isinstance(redis, RedisCluster):
+    if _is(type(redis), _SYNC_CLUSTER):
         cluster: Any = redis  # (redis-py's slot lookups are unannotated)
         node = cluster.get_node_from_key(key) if key is not None else cluster.get_default_node()
         node_client: Redis = cluster.get_redis_connection(node)
@@ -314,7 +333,7 @@ async def pool_of(redis: Any, key: str) -> Any:
 def relayout(redis: Any) -> None:
     """After a MOVED or ASK on a connection of our own: have the cluster client read the
     slots' layout again before its next command."""
-    if isinstance(redis, RedisCluster):
+    if _is(type(redis), _SYNC_CLUSTER):
         redis.nodes_manager.initialize()
 
 
@@ -372,19 +391,59 @@ def bulk(value: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(value), value)
 
 
+class Lane:
+    """One connection of a client's pool kept out of it for the script calls of `call`, taken
+    by one thread at a time (another meanwhile goes through the pool): redis-py's pool
+    (its lock, a readiness poll, its observability records) cost about a third of a call
+    of one run. Taken anew in a forked child; disconnected with the pool (the client's
+    close: it is one of the pool's connections in use), and after any error but a reply's."""
+
+    __slots__ = ("lock", "conn", "pool", "pid")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.conn: Any = None
+        self.pool: Any = None
+        self.pid = 0
+
+    def connection(self, pool: Any) -> Any:
+        """The lane's connection to `pool`'s server (the caller holds `lock`)."""
+        if self.conn is None or self.pool is not pool or self.pid != os.getpid():
+            if self.conn is not None and self.pid == os.getpid():
+                self.pool.release(self.conn)  # (another pool's: given back)
+            self.conn = pool.get_connection()  # (connected and checked by the pool)
+            self.pool, self.pid = pool, os.getpid()
+        return self.conn
+
+
 def _evalsha_once(
     redis: Redis, script: AnyScript, keys: Sequence[str], args: Sequence[Any],
-    wait: Durability | None = None,
+    wait: Durability | None = None, lane: Lane | None = None,
 ) -> Any:  # fmt: skip
-    """EVALSHA (or FCALL) on a connection of redis's pool, packed by hiredis in one call: redis-py's
-    command layer (argument encoding, retry, observability) cost more than a loopback round
-    trip; with `wait`, WAIT goes with it. No retry here: the caller falls back to redis-py's
-    path."""
+    """EVALSHA (or FCALL) on `lane`'s connection, or one of redis's pool while another thread
+    has it, packed by hiredis in one call: redis-py's command layer (argument encoding,
+    retry, observability) cost more than a loopback round trip; with `wait`, WAIT goes with
+    it. No retry here: the caller falls back to redis-py's path."""
     packed = [hiredis.pack_command(command(script, keys, args))]
     if wait is not None:
         packed.append(wait.command)
     pool = server_of(redis, keys[0] if keys else None).connection_pool
+    if lane is not None and lane.lock.acquire(blocking=False):
+        try:
+            return _send(lane.connection(pool), packed, wait)
+        finally:
+            lane.lock.release()
     conn: Any = pool.get_connection()
+    try:
+        reply = _send(conn, packed, wait)
+    finally:
+        pool.release(conn)
+    return reply
+
+
+def _send(conn: Any, packed: list[bytes], wait: Durability | None) -> Any:
+    """Send `packed` on `conn` and read the reply (and WAIT's, checked); the connection is
+    dropped after any error but a reply's (a reply half read, a lost server)."""
     try:
         conn.send_packed_command(packed)
         try:
@@ -392,13 +451,10 @@ def _evalsha_once(
         finally:
             replicated = conn.read_response() if wait is not None else None
     except ResponseError:
-        pool.release(conn)
         raise
     except BaseException:
         conn.disconnect()
-        pool.release(conn)
         raise
-    pool.release(conn)
     if wait is not None:
         wait.check(replicated)
     return reply
@@ -418,19 +474,21 @@ def ensure_replicated(redis: Redis, wait: Durability | None, marker: str) -> Non
 
 def call(
     script: AnyScript, keys: Sequence[str], args: Sequence[Any], client: Any,
-    wait: Durability | None = None, marker: str = "",
+    wait: Durability | None = None, marker: str = "", lane: Lane | None = None,
 ) -> Any:  # fmt: skip
     """Run `script` (EVALSHA or FCALL) on `client` (a Redis, or a Pipeline to queue it on - the
     caller has loaded the scripts, and waits for replicas itself - whose reply comes with the
     pipeline's, [] here). On NOSCRIPT or a lost connection, through redis-py's command layer
     (_call_slow), which loads it and retries with backoff. With `wait`, NotReplicated unless
-    enough replicas have the call's writes in time (`marker`: see ensure_replicated)."""
-    if isinstance(client, (Pipeline, ClusterPipeline)):
+    enough replicas have the call's writes in time (`marker`: see ensure_replicated).
+    `lane`: a connection kept for such calls on one server (not on a cluster's)."""
+    if _is(type(client), _PIPELINES):
         queue(client, script, keys, args)
         return []
     redis: Redis = client
     try:
-        return _evalsha_once(redis, script, keys, args, wait)
+        return _evalsha_once(redis, script, keys, args, wait,
+                             lane if not _is(type(redis), _SYNC_CLUSTER) else None)  # fmt: skip
     except LOST:
         pass  # redis-py's retry (with backoff) sends it again: the scripts take a resend
     except ELSEWHERE:
