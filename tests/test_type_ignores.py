@@ -16,9 +16,14 @@ ROOT = Path(__file__).resolve().parent.parent
 IGNORE = re.compile(r"#\s*type:\s*ignore(?P<codes>\[[a-z0-9,\- ]+\])?(?P<rest>.*)$")
 
 
+# not ours: the other queues' venvs bench.compare makes (bench/.venvs), caches
+FOREIGN = {".venvs", ".venv", "__pycache__", "results"}
+
+
 def bare_ignores(top: Path) -> list[str]:
     bare = []
-    for folder, _, files in os.walk(top, followlinks=True):
+    for folder, dirs, files in os.walk(top, followlinks=True):
+        dirs[:] = [d for d in dirs if d not in FOREIGN]
         for file in files:
             if not file.endswith(".py"):
                 continue
