@@ -216,23 +216,33 @@ class SessionWorker:
         self.hard_stop = True
         self.stop_current(reason)
 
-    def stop_current(self, reason: str, run_id: str | None = None) -> None:
+    def stop_current(self, reason: str, run_id: str | None = None, *, held: bool = False) -> None:
         """End the runs in flight (only `run_id`, when given); a run started for us but not
-        begun yet - in hand, or not even that: handed to our inbox, or started by a step
-        whose reply comes after the stop's - is finished unrun when its turn comes."""
+        begun yet (in hand) is finished unrun when its turn comes. `held`: Redis says now
+        that `run_id` is started for us (a stop operation read it: stop_held) - not in hand
+        either, it is on its way (handed to our inbox, or started by a step whose reply
+        comes after the stop's), and the stop is kept for it. Without `held` (RQ's stop-job,
+        a deadline) a run not here has ended, or is not ours: a stop kept for it would
+        cancel a later run of the same id (a restart, a retry)."""
         with self.take_lock:
             if run_id is None:
                 runs = list(self.inflight.values())
             elif run_id in self.inflight:
                 runs = [self.inflight[run_id]]
             else:
-                if len(self.cancel_ids) >= CANCEL_IDS_MAX:  # (ids of runs that never came)
-                    del self.cancel_ids[next(iter(self.cancel_ids))]
-                self.cancel_ids[run_id] = reason
+                if held or any(r[0] == run_id for r in tuple(self.ready)):
+                    if len(self.cancel_ids) >= CANCEL_IDS_MAX:  # (ids of runs that never came)
+                        del self.cancel_ids[next(iter(self.cancel_ids))]
+                    self.cancel_ids[run_id] = reason
                 return
             # (under take_lock: the main thread's interrupter serves no other run meanwhile)
             for run in runs:
                 run.request_stop(reason)
+
+    def stop_held(self, reason: str, run_id: str) -> None:
+        """Stop `run_id`, which Redis says is started for this worker (a stop or destroy
+        operation carried out here: worker.ops), wherever it is on its way to us."""
+        self.stop_current(reason, run_id, held=True)
 
     def in_flight(self) -> list[CurrentRun]:
         """The runs in flight now (for the watcher)."""
@@ -424,7 +434,7 @@ class SessionWorker:
                     from sessionq.worker.ops import destroy_session
 
                     destroy_session(self.scripts, session_of(run_id), worker_name=self.name,
-                                    stop_local=self.stop_current)  # fmt: skip
+                                    stop_local=self.stop_held)  # fmt: skip
             self._take(reply.started)
             self._claim_refused = reply.suspended
 

@@ -12,7 +12,7 @@ from sessionq.common import codec
 from sessionq.common.connection import sync_reply
 from sessionq.common.errors import CodecError
 from sessionq.common.jobhash import parse_job_data
-from sessionq.common.keys import CONTROL_QUEUE, run_number
+from sessionq.common.keys import CONTROL_QUEUE, DEFAULT_QUEUE, run_number
 from sessionq.common.records import parse_record
 from sessionq.common.scripts import OP_PREFIX, Scripts
 from sessionq.common.timing import next_fire_ms
@@ -40,7 +40,7 @@ class Verdict(StrEnum):
 class OpsWorker(WorkerHost, Protocol):
     """What a control operation needs of the worker carrying it out (SessionWorker is one)."""
 
-    def stop_current(self, reason: str, run_id: str | None = None) -> None: ...
+    def stop_held(self, reason: str, run_id: str) -> None: ...
 
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def run_op(worker: OpsWorker, op_id: str) -> None:
         arity = OP_ARGS.get(name)
         if handler is None or arity is None or not _args_fit(args, arity):
             raise CodecError(f"unknown operation {name!r} or bad arguments {args!r}")
-        handler(worker.scripts, *args, worker_name=worker.name, stop_local=worker.stop_current)
+        handler(worker.scripts, *args, worker_name=worker.name, stop_local=worker.stop_held)
     except CodecError as exc:
         log.error("control operation %s dropped: %s", op_id, exc)
     except Exception:  # noqa: BLE001 - the per-job boundary for operations
@@ -152,9 +152,20 @@ def recover_worker(scripts: Scripts, name: str, reason: str, *, stale_ms: int = 
 
 
 def _rq_queues(scripts: Scripts, name: str) -> list[str]:
-    """The queues RQ's worker hash of `name` says it serves (RQ's `queues` field)."""
+    """The queues RQ's worker hash of `name` says it serves (RQ's `queues` field); once that
+    hash has expired (a worker lost for longer than its TTL), every queue RQ knows of in the
+    namespace (each partition's set of queues, and the two every worker serves by default)."""
     raw = sync_reply(scripts.redis.hget(scripts.grq.worker(name), "queues"))
-    return [q for q in codec.text(raw).split(",") if q] if raw else []
+    if raw:
+        return [q for q in codec.text(raw).split(",") if q]
+    known = {CONTROL_QUEUE, DEFAULT_QUEUE}
+    for part in scripts.parts:
+        head = part.rq.queue("")
+        known.update(
+            codec.text(k)[len(head) :]
+            for k in sync_reply(scripts.redis.smembers(part.rq.queues_set))
+        )
+    return sorted(known)
 
 
 def _leave_queue_sets(scripts: Scripts, name: str, queues: list[str]) -> None:

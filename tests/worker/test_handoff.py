@@ -124,13 +124,37 @@ def test_a_handed_run_stopped_before_its_worker_took_it_from_the_inbox_never_run
     [sid] = client.create("handed", task="tests.worker.test_handoff:count_me", args=["late"])
     run_id = f"{sid}-1"
     assert redis.llen(Keys(settings.prefix).worker_inbox(w.name)) == 1
-    w.stop_current("session stopped", run_id)  # as the stop operation's ops.stop_session
+    w.stop_held("session stopped", run_id)  # as the stop operation's ops.stop_session
     while w._turn(burst=True):  # takes the handed run from the inbox
         pass
     assert "late" not in RAN
     [record] = client.info(sid)
     assert record["tasks"]["canceled"] == 1 and record["tasks"]["succeeded"] == 0
     assert not w.cancel_ids, "nothing kept once the run ended"
+
+
+@task
+def fail_me(tag: str) -> str:
+    RAN.append(tag)
+    raise RuntimeError(tag)
+
+
+def test_a_late_stop_of_a_run_that_ended_here_does_not_cancel_its_restart(
+    client: Client, settings: Settings, waiting: list[SessionWorker]
+) -> None:
+    """RQ's stop-job (a producer's stop sends one too) that comes after the run ended here
+    names no run of ours: it is not kept, or it would cancel the same id's next attempt."""
+    w = make_waiting(waiting, settings)
+    [sid] = client.create("late", task="tests.worker.test_handoff:fail_me", args=["again"])
+    while w._turn(burst=True):
+        pass
+    assert RAN.count("again") == 1
+    w.stop_current("stopped", f"{sid}-1")  # as the watcher does for RQ's stop-job
+    assert client.restart(sid)[sid]
+    while w._turn(burst=True):
+        pass
+    assert RAN.count("again") == 2, "the restarted run ran"
+    assert client.info(sid)[0]["tasks"]["failed"] == 1
 
 
 def test_a_lost_workers_handed_run_it_never_took_goes_back_uncharged(
@@ -182,6 +206,22 @@ def test_a_lost_worker_s_handed_run_is_recovered_by_the_reaper_too(
     assert not in_rq_queue_sets(redis, settings, w.name), "unregistered from RQ's as RQ does"
     SessionWorker(settings).work(burst=True)
     assert client.info(sid)[0]["status"] == "Completed"
+
+
+def test_a_worker_recovered_after_its_rq_hash_expired_leaves_rq_s_queue_sets_too(
+    settings: Settings, redis: Redis, waiting: list[SessionWorker]
+) -> None:
+    """Lost for longer than its RQ worker hash lives (heartbeat TTL + 60 s): the reaper no
+    longer reads its queues there, and takes it out of every queue's set RQ knows of."""
+    w = make_waiting(waiting, settings)
+    w._watcher.stop()
+    waiting.clear()
+    assert in_rq_queue_sets(redis, settings, w.name) == ["control", "default"]
+    redis.delete(rq_keys(settings.prefix).worker(w.name))  # (expired)
+    assert recover_worker(w.scripts, w.name, "lost")
+    w.scripts.close()
+    w.redis.close()
+    assert not in_rq_queue_sets(redis, settings, w.name)
 
 
 def test_a_worker_handed_a_run_is_handed_no_other_until_it_waits_again(
