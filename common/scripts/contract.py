@@ -216,42 +216,43 @@ class Contract:
 
     def bound(self, number: str = "tonumber({0})") -> tuple[str, str]:
         """The named keys, arguments and blocks (K, A, KB, AB) as a function library's call
-        binds them: Lua made once (`local k, a, kb, ab, base`: the tables, and the block
-        functions reading their offsets from `base`), and Lua run per call (each named key
+        binds them: Lua made once (`local K_, A_, KB_, AB_, O_`: the tables, and the block
+        functions reading their offsets from `O_`; names no body would assign by mistake, as a
+        bare `a = ...` would have reached a shared upvalue), and Lua run per call (each named key
         and argument written into the same tables - every one of them, so that nothing of
         the last call is left - and the blocks' offsets into `base`). A table and a
         closure made per call cost Redis more than the writes do. `number`: the Lua
         expression that makes a NUMBER argument ({0}) a number."""
-        once = ["local k, a, kb, ab, base = {}, {}, {}, {}, {}"]
-        per = [f"k.{name} = KEYS[{i}]" for i, name in enumerate(self.keys, start=1)]
-        per += [f"a.{name} = {_lua_arg(f'ARGV[{i}]', kind, number)}"
+        once = ["local K_, A_, KB_, AB_, O_ = {}, {}, {}, {}, {}"]
+        per = [f"K_.{name} = KEYS[{i}]" for i, name in enumerate(self.keys, start=1)]
+        per += [f"A_.{name} = {_lua_arg(f'ARGV[{i}]', kind, number)}"
                 for i, (name, kind) in enumerate(self.args, start=1)]  # fmt: skip
         if self.tail:
-            offset = _offset_expr(len(self.args), self.arg_blocks).replace("A.", "a.")
-            per += [f"a.{name} = {_lua_arg(f'ARGV[{offset} + {i}]', kind, number)}"
+            offset = _offset_expr(len(self.args), self.arg_blocks).replace("A.", "A_.")
+            per += [f"A_.{name} = {_lua_arg(f'ARGV[{offset} + {i}]', kind, number)}"
                     for i, (name, kind) in enumerate(self.tail, start=1)]  # fmt: skip
         slot = 0
         for table, array, blocks, fixed in (
-            ("kb", "KEYS", self.key_blocks, len(self.keys)),
-            ("ab", "ARGV", self.arg_blocks, len(self.args)),
+            ("KB_", "KEYS", self.key_blocks, len(self.keys)),
+            ("AB_", "ARGV", self.arg_blocks, len(self.args)),
         ):
             done: list[Block] = []
             for block in blocks:
                 slot += 1
-                per.append(f"base[{slot}] = {_offset_expr(fixed, done).replace('A.', 'a.')}")
+                per.append(f"O_[{slot}] = {_offset_expr(fixed, done).replace('A.', 'A_.')}")
                 fields = ", ".join(f"{name} = {array}[o + {j}]"
                                    for j, name in enumerate(block.fields, 1))  # fmt: skip
-                once.append(f"{table}.{block.name} = function(i) local o = base[{slot}] + "
+                once.append(f"{table}.{block.name} = function(i) local o = O_[{slot}] + "
                             f"(i - 1) * {block.size} return {{{fields}}} end")  # fmt: skip
                 if block.size == 1:
                     once.append(f"{table}.{block.name}_{block.fields[0]} = function(i) "
-                                f"return {array}[base[{slot}] + i] end")  # fmt: skip
+                                f"return {array}[O_[{slot}] + i] end")  # fmt: skip
                 done.append(block)
-        per.append("K, A = k, a")
+        per.append("K, A = K_, A_")
         if self.key_blocks:
-            per.append("KB = kb")
+            per.append("KB = KB_")
         if self.arg_blocks:
-            per.append("AB = ab")
+            per.append("AB = AB_")
         return "\n".join(once) + "\n", "\n".join(per) + "\n"
 
 

@@ -232,7 +232,7 @@ def test_every_prelude_table_is_made_anew_for_each_call_but_the_constants(
     for contract in CONTRACTS.values():
         per_call = contract.bound()[1]
         for name in (*contract.keys, *(a for a, _ in (*contract.args, *contract.tail))):
-            assert re.search(rf"^[ka]\.{name} = ", per_call, re.M), (contract.name, name)
+            assert re.search(rf"^[KA]_\.{name} = ", per_call, re.M), (contract.name, name)
 
 
 def test_key_builders_and_run_ids_are_keys_py_s(redis: Redis, settings: Settings) -> None:
