@@ -2,12 +2,13 @@
 worker.loop, its steps sent per partition (scripts.partitioned.PartitionedScripts: the runs
 it finishes and starts go to their own partition's step, its claim to one partition at a
 time, in turn). When the partition of its turn has nothing, it asks the next ones, in turn,
-before it waits idle; it waits on every partition's wake lists (on a Redis Cluster on one
-partition's at a time, PartitionedScripts.wait), and its next claim goes to the partition
-that woke it. It never lists itself as waiting idle in a partition (an enqueue hands no run
-to it): enqueues wake it instead. `rq suspend` sets RQ's key outside the partitions, which a
-partition's step cannot read: the worker reads it itself before it claims, at most once a
-second while it is not set (SUSPEND_CHECK_S), and claims nothing while it is.
+before it waits idle; it waits on every partition's wake lists (on one Redis, one BLPOP; on a
+Redis Cluster, where a BLPOP takes one slot's keys, on their shard channels: worker.shardwake),
+and its next claim goes to the partition that woke it. It never lists itself as waiting idle
+in a partition (an enqueue hands no run to it): enqueues wake it instead. `rq suspend` sets
+RQ's key outside the partitions, which a partition's step cannot read: the worker reads it
+itself before it claims, at most once a second while it is not set (SUSPEND_CHECK_S), and
+claims nothing while it is.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from sessionq.common.scripts import Finish, StartResult, handed_run
 from sessionq.common.scripts.transport import server_of
 from sessionq.common.settings import Settings
 from sessionq.worker.loop import IDLE_WAIT_S, SessionWorker
+from sessionq.worker.shardwake import ALL, Waker
 
+STAY_TURNS = 8  # claims in a row that a partition whose claims come back full keeps the turn
 SUSPEND_CHECK_S = 1.0  # how long a claim may go on after `rq suspend` (RQ's own key, read here)
 
 
@@ -46,6 +49,9 @@ class PartitionedWorker(SessionWorker):
         waits = []
         for p in parts:
             waits += [p.keys.worker_inbox(self.name), *(p.keys.wake(q) for q in self.queues)]
+        # on a cluster: the wake lists' shard channels (no run is handed to its inboxes)
+        self.waker = Waker(self.redis, self.woken_by) if self.settings.clustered else None
+        self.only_woken = False  # the next claim asks the partition that woke it, no other
         return "", waits
 
     def register(self) -> bool:
@@ -79,10 +85,28 @@ class PartitionedWorker(SessionWorker):
                 meanwhile()
             self._claim_refused = True  # (as a suspended step's reply says: see _suspended)
             return False
-        if super()._claim(finishes, claim, False, meanwhile):
-            return True
-        return any(super(PartitionedWorker, self)._claim([], claim, False)
-                   for _ in range(len(self.scripts.parts) - 1))  # fmt: skip
+        only_woken, self.only_woken = self.only_woken, False
+        asked = claim or self.batch
+        for _ in range(1 if only_woken else len(self.scripts.parts)):
+            at, before = self.spread.claim_at, self.runs_claimed
+            if super()._claim(finishes, claim, False, meanwhile):
+                # a partition that filled the claim likely has more: its turn goes on, up to
+                # STAY_TURNS claims (the others' runs wait their turn no longer than that)
+                if self.runs_claimed - before >= asked and self._stayed < STAY_TURNS:
+                    self.spread.claim_at, self._stayed = at, self._stayed + 1
+                else:
+                    self._stayed = 0
+                return self._busy()
+            finishes, meanwhile, self._stayed = [], None, 0
+        return False
+
+    _stayed = 0  # claims in a row the partition of the turn kept it
+
+    def _busy(self) -> bool:
+        """The worker took work: wakes are for idle workers."""
+        if self.waker is not None and self.waker.armed:
+            self.waker.disarm()
+        return True
 
     def _rq_suspended(self) -> bool:
         """Is RQ's `rq suspend` key set? Read when the last read said so (a suspended worker
@@ -97,6 +121,11 @@ class PartitionedWorker(SessionWorker):
     _suspend_set = False
 
     def wait_idle(self) -> None:
+        if self.waker is not None:
+            woke = self.waker.wait(IDLE_WAIT_S)
+            if woke is not None and woke != ALL:
+                self.spread.claim_at, self.only_woken = woke, True
+            return
         popped = self.scripts.wait(self.wait_keys, IDLE_WAIT_S)
         if not popped:
             return
@@ -108,6 +137,13 @@ class PartitionedWorker(SessionWorker):
             self._take([handed])
         elif key in self.woken_by:
             self.spread.claim_at = self.woken_by[key]
+
+    def _leave(self) -> None:
+        try:
+            super()._leave()
+        finally:
+            if self.waker is not None:
+                self.waker.close()
 
     def _take_inbox(self, unlist: bool = False, *, leaving: bool = False) -> None:
         """SessionWorker's, in every partition (one transaction each)."""

@@ -475,8 +475,7 @@ for q, ids in ipairs(pushes) do
     if fresh > 0 then redis.call('HINCRBY', G.depths, Q[q].list, int(fresh)) end
     if #line > 0 then
       chunked('RPUSH', Q[q].list, line)
-      redis.call('LPUSH', Q[q].wake, '1')
-      redis.call('LTRIM', Q[q].wake, 0, 0)
+      wake_list(Q[q].wake)
     end
   end
 end

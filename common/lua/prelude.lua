@@ -463,10 +463,17 @@ local function hold(B, id)
   redis.call('ZADD', B.held, run_number(id), id)
 end
 
-local function wake(B)
-  redis.call('LPUSH', B.wake, '1')
-  redis.call('LTRIM', B.wake, 0, 0)
+-- Wake the workers waiting idle for `list` (a queue's wake list, keys.wake): a token in the
+-- list, at most one, for a BLPOP. On a Redis Cluster also a message on the shard channel of
+-- the same name, for the workers waiting there (worker.shardwake: a BLPOP takes the keys of one
+-- slot, and such a worker waits on every partition).
+local function wake_list(list)
+  redis.call('LPUSH', list, '1')
+  redis.call('LTRIM', list, 0, 0)
+  if PUBLISH == 'SPUBLISH' then redis.call(PUBLISH, list, '1') end
 end
+
+local function wake(B) wake_list(B.wake) end
 
 -- -- fair share (SPEC §9) --------------------------------------------------------------------
 -- A queue's line (RQ's queue list, B.queue) holds the next run of each session with runs
@@ -529,8 +536,7 @@ local function unthrottle(B)
   if nxt then
     redis.call('RPUSH', line[1], nxt)
     redis.call('HINCRBY', S.session, 'line:' .. line[1], '1')
-    redis.call('LPUSH', line[2], '1')
-    redis.call('LTRIM', line[2], 0, 0)
+    wake_list(line[2])
   end
 end
 

@@ -27,6 +27,5 @@ end
 redis.call('HSET', K.op_job, unpack(fields))
 redis.call('RPUSH', K.control_queue, A.op_id)
 redis.call('SADD', K.rq_queues, K.control_queue)
-redis.call('LPUSH', K.control_wake, '1')
-redis.call('LTRIM', K.control_wake, 0, 0)
+wake_list(K.control_wake)
 return 1

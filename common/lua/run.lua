@@ -305,8 +305,7 @@ if want > 0 or #handed > 0 then
     end
     if (inline or redis.call('LLEN', q.list)) > 0 then
       -- more is waiting: wake the next idle worker too
-      redis.call('LPUSH', q.wake, '1')
-      redis.call('LTRIM', q.wake, 0, 0)
+      wake_list(q.wake)
     end
   end
 end

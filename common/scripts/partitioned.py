@@ -19,8 +19,6 @@ from sessionq.common.scripts.enqueue import RunColumns
 from sessionq.common.scripts.step import Finish, StepReply, WorkerHead
 from sessionq.common.settings import Settings
 
-CLUSTER_WAIT_MIN_S = 0.1  # (a BLPOP's timeout in seconds: see wait)
-
 
 class PartitionedHead(NamedTuple):
     """A worker's heads, one per partition (WorkerHead each), and its queues."""
@@ -171,16 +169,12 @@ class PartitionedMixin:
 
     def wait(self, keys: Sequence[str], timeout: float) -> list[bytes] | None:
         """BLPOP on the step connection of a partition (every one has stepped: a worker
-        waits after a claim in every partition found nothing). On a Redis Cluster a BLPOP
-        takes the keys of one slot: those of the partition of the next claim's turn, for a
-        fraction of `timeout` (the claims that follow ask the others in turn)."""
-        if not self.settings.clustered:
-            lane = next(p for p in self.parts if p._lane is not None)
-            popped: list[bytes] | None = lane.wait(keys, timeout)
-            return popped
-        part = self.parts[self.claim_at]
-        mine = [key for key in keys if key.startswith(part.keys.prefix)]
-        popped = part.wait(mine, max(CLUSTER_WAIT_MIN_S, timeout / len(self.parts)))
+        waits after a claim in every partition found nothing), on the keys of every
+        partition: one Redis. (On a Redis Cluster, where a BLPOP takes the keys of one slot,
+        the worker waits on shard channels instead: worker.shardwake.)"""
+        assert not self.settings.clustered, "a cluster's worker waits on shard channels"
+        lane = next(p for p in self.parts if p._lane is not None)
+        popped: list[bytes] | None = lane.wait(keys, timeout)
         return popped
 
     def close(self) -> None:

@@ -9,4 +9,4 @@ from tests.conftest import ON_CLUSTER
 
 collect_ignore = (["test_layout_cluster.py"] if ON_CLUSTER
                   else ["test_cluster_failover.py", "test_cluster_spread.py",
-                        "test_sharded_events.py"])  # fmt: skip
+                        "test_cluster_wake.py", "test_sharded_events.py"])  # fmt: skip

@@ -80,7 +80,8 @@ def test_worker_killed_mid_command_takes_its_process_group_along(
 
 def test_a_lost_host_is_noticed_by_another_worker(client: Client, workers: WorkerProcs) -> None:
     first = workers.start(1)
-    [sid] = client.create("victim", task="tests.tasks:sleeper", args=[1], retries=1)
+    # (long enough to outlast the second worker's start, ~1 s on a loaded machine)
+    [sid] = client.create("victim", task="tests.tasks:sleeper", args=[5], retries=1)
     wait_for(lambda: client.info(sid)[0]["status"] == "Running", what="the run to start")
     workers.start(1)
     os.killpg(first.pid, signal.SIGKILL)  # supervisor and child: nobody left to tell
