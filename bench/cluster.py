@@ -2,7 +2,9 @@
 loopback beside one Redis on the same machine, both started here.
 
 - drain: `--n` one-run sessions (`create(replicas=...)`: they land in random partitions, so
-  on the cluster on every master) drained by one burst worker process, runs/s;
+  on the cluster on every master) drained by one burst worker process, runs/s; and one
+  session of `--n` runs (`--one-session`: all in one partition, on one master), runs/s and
+  script calls per run (a claim in a partition with nothing is one more);
 - the spread: each master's share of those sessions and of the keys (DBSIZE after queuing),
   and whether each share is within +-15% of an even one;
 - Redis CPU per run per shard: INFO cpu (used_cpu_sys + used_cpu_user) of each master before
@@ -88,7 +90,11 @@ def cl_drain(args: argparse.Namespace) -> dict[str, Any]:
         r.config_resetstat()
     cpu0 = {m: redis_cpu_s(r) for m, r in masters.items()}
     ids: list[str] = []
-    for start in range(0, args.n, REPLICAS_PER_CALL):
+    if args.one_session:
+        session = c.session("cl")
+        session.starmap("bench.tasks:noop", [()] * args.n)
+        ids.append(session.id)
+    for start in range(0, 0 if args.one_session else args.n, REPLICAS_PER_CALL):
         ids += c.create("cl", task="bench.tasks:noop",
                         replicas=min(REPLICAS_PER_CALL, args.n - start))  # fmt: skip
     keys = {m: int(r.dbsize()) for m, r in masters.items()}
@@ -177,7 +183,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.cluster", description=__doc__)
     parser.add_argument("name", choices=sorted(MEASUREMENTS))
     parser.add_argument("--url", required=True, help="Redis URL (redis+cluster://...)")
-    parser.add_argument("--n", type=int, default=1000, help="one-run sessions")
+    parser.add_argument("--n", type=int, default=1000, help="one-run sessions (runs)")
+    parser.add_argument("--one-session", action="store_true",
+                        help="cl_drain: one session of --n runs")  # fmt: skip
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
     return parser.parse_args(argv)
 
@@ -191,6 +199,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 def variants(sizes: dict[str, int]) -> dict[str, Variant]:
     return {
         "drain": Variant(SQ, "cl_drain", ("--n", str(sizes["drain"])), "bench.cluster"),
+        "drain_one": Variant(
+            SQ, "cl_drain", ("--n", str(sizes["drain"]), "--one-session"), "bench.cluster"
+        ),
         "round_trip": Variant(SQ, "sq_round_trip", ("--n", str(sizes["round_trips"]))),
         "publish": Variant(SQ, "cl_publish", ("--n", str(sizes["publishes"])), "bench.cluster"),
     }
@@ -250,6 +261,8 @@ def _per_master(raw: Raw, field: str, target: str = "cluster") -> dict[str, floa
 
 SUMMARY = (  # name, measurement, figure
     ("drain_runs_per_s", "drain", "runs_per_s"),
+    ("drain_one_runs_per_s", "drain_one", "runs_per_s"),
+    ("drain_one_evalsha_per_run", "drain_one", "evalsha_per_run"),
     ("round_trip_p50_ms", "round_trip", "p50_ms"),
     ("round_trip_p99_ms", "round_trip", "p99_ms"),
     ("redis_cpu_us_per_run", "drain", "redis_cpu_us_per_run"),
@@ -305,6 +318,9 @@ def table(section: dict[str, Any], sizes: dict[str, int]) -> str:
     rows = [
         (f"drain {sizes['drain']:,} one-run sessions, 1 worker [runs/s]",
          *each("drain_runs_per_s", "runs/s")),
+        (f"drain one session of {sizes['drain']:,} runs, 1 worker [runs/s]",
+         *each("drain_one_runs_per_s", "runs/s")),
+        ("  script calls (FCALL, EVALSHA) per run", *each("drain_one_evalsha_per_run")),
         ("round trip create -> result, p50 / p99 [ms]", *rt),
         ("sessions per master (each within +-15% of a third?)", "100%", "100%", pct("sessions")),
         ("keys per master (each within +-15% of a third?)", "100%", "100%", pct("keys")),
@@ -339,7 +355,8 @@ def table(section: dict[str, Any], sizes: dict[str, int]) -> str:
         "default there), and on the one Redis with 1 (its default) and with "
         f"{CLUSTER_PARTITIONS}. Drain: one-run sessions made by create(replicas=...) (with "
         "partitions they land in random ones, so on the cluster on every master), then one "
-        "burst worker process, timed from its start to its exit. Round trip: bench.measure "
+        "burst worker process, timed from its start to its exit; one session: its runs added by "
+        "Session.starmap, all in one partition. Round trip: bench.measure "
         "sq_round_trip (one worker running, a kept listener).",
         "Redis CPU per run per shard: INFO cpu (used_cpu_sys + used_cpu_user) of each master "
         "before queuing and after the drain, divided by the runs of the sessions that master "
