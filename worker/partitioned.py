@@ -23,9 +23,9 @@ from sessionq.common.scripts import Finish, StartResult, handed_run
 from sessionq.common.scripts.transport import server_of
 from sessionq.common.settings import Settings
 from sessionq.worker.loop import IDLE_WAIT_S, SessionWorker
-from sessionq.worker.shardwake import ALL, Waker
+from sessionq.worker.shardwake import Waker
 
-STAY_TURNS = 8  # claims in a row that a partition whose claims come back full keeps the turn
+STAY_S = 0.05  # how long a partition whose claims come back full keeps the claims' turn
 SUSPEND_CHECK_S = 1.0  # how long a claim may go on after `rq suspend` (RQ's own key, read here)
 
 
@@ -51,7 +51,7 @@ class PartitionedWorker(SessionWorker):
             waits += [p.keys.worker_inbox(self.name), *(p.keys.wake(q) for q in self.queues)]
         # on a cluster: the wake lists' shard channels (no run is handed to its inboxes)
         self.waker = Waker(self.redis, self.woken_by) if self.settings.clustered else None
-        self.only_woken = False  # the next claim asks the partition that woke it, no other
+        self.woken: list[int] = []  # the next claim asks these partitions (woken), no other
         return "", waits
 
     def register(self) -> bool:
@@ -84,23 +84,42 @@ class PartitionedWorker(SessionWorker):
             if meanwhile is not None:
                 meanwhile()
             self._claim_refused = True  # (as a suspended step's reply says: see _suspended)
+            if self.waker is not None and self.waker.armed:
+                self.waker.disarm()  # (no wakes buffered for a worker that reads none)
             return False
-        only_woken, self.only_woken = self.only_woken, False
+        woken, self.woken = self.woken, []
         asked = claim or self.batch
-        for _ in range(1 if only_woken else len(self.scripts.parts)):
+        # a worker about to wait idle on a cluster subscribes to the wakes once the claim of
+        # the turn's partition finds nothing, then asks the others - and that one again
+        waker = self.waker if (self.waits if waits is None else waits) else None
+        tries, n = len(woken) or len(self.scripts.parts), 0
+        while n < tries:
+            if woken:
+                self.spread.claim_at = woken[n]
             at, before = self.spread.claim_at, self.runs_claimed
             if super()._claim(finishes, claim, False, meanwhile):
-                # a partition that filled the claim likely has more: its turn goes on, up to
-                # STAY_TURNS claims (the others' runs wait their turn no longer than that)
-                if self.runs_claimed - before >= asked and self._stayed < STAY_TURNS:
-                    self.spread.claim_at, self._stayed = at, self._stayed + 1
-                else:
-                    self._stayed = 0
+                self._stay(at, self.runs_claimed - before >= asked)
                 return self._busy()
-            finishes, meanwhile, self._stayed = [], None, 0
+            finishes, meanwhile, self._stay_since = [], None, None
+            if n == 0 and waker is not None and not woken and not waker.armed:
+                waker.arm()
+                tries += 1
+            n += 1
         return False
 
-    _stayed = 0  # claims in a row the partition of the turn kept it
+    def _stay(self, at: int, full: bool) -> None:
+        """After a claim in partition `at` that took runs: a partition that filled the claim
+        likely has more, and keeps the turn for STAY_S (the other partitions' runs wait
+        their turn no longer than that); else the turn passes on."""
+        now = time.monotonic()
+        if full and (self._stay_since is None or now < self._stay_since + STAY_S):
+            if self._stay_since is None:
+                self._stay_since = now
+            self.spread.claim_at = at
+        else:
+            self._stay_since = None
+
+    _stay_since: float | None = None  # since when the partition of the turn has kept it
 
     def _busy(self) -> bool:
         """The worker took work: wakes are for idle workers."""
@@ -122,9 +141,7 @@ class PartitionedWorker(SessionWorker):
 
     def wait_idle(self) -> None:
         if self.waker is not None:
-            woke = self.waker.wait(IDLE_WAIT_S)
-            if woke is not None and woke != ALL:
-                self.spread.claim_at, self.only_woken = woke, True
+            self.woken = self.waker.wait(IDLE_WAIT_S) or []  # (none: every partition)
             return
         popped = self.scripts.wait(self.wait_keys, IDLE_WAIT_S)
         if not popped:

@@ -12,6 +12,7 @@ from sessionq.common.keys import Layout
 from sessionq.common.scripts.transport import server_of
 from sessionq.common.settings import Settings
 from sessionq.producer import Client
+from sessionq.worker.shardwake import Waker
 from tests.conftest import WorkerProcs, subscribers, wait_for
 
 QUEUE = "default"
@@ -82,3 +83,28 @@ def test_an_idle_worker_listens_on_every_partition_and_not_while_it_works(
     ids = client.create("after", task="tests.tasks:noop", replicas=40)
     wait_for(lambda: all(r["status"] == "Completed" for r in client.info(ids)),
              what="every session to complete")  # fmt: skip
+
+
+def test_wakes_heard_together_name_every_partition_woken(settings: Settings, redis: Redis) -> None:
+    """Two partitions woken at once (two enqueues while a worker waits): the wait names both,
+    so its claims ask both (not the first only, the second left to the fallback)."""
+    channels = {channel: n for n, channel in enumerate(wake_channels(settings))}
+    waker = Waker(redis, channels)
+    try:
+        waker.arm()
+        assert waker.armed and not waker.partial
+        first, second = wake_channels(settings)[3], wake_channels(settings)[7]
+        for channel in (first, second):
+            server_of(redis, channel).execute_command("SPUBLISH", channel, "1")
+        heard: list[int] = []
+
+        def both() -> bool:
+            heard.extend(waker.wait(0.5) or [])
+            return set(heard) == {3, 7}
+
+        wait_for(both, what="both wakes")
+        assert heard == [3, 7]
+        waker.disarm()
+        wait_for(lambda: listened(redis, settings) == [0] * len(channels), what="unsubscribed")
+    finally:
+        waker.close()
