@@ -49,6 +49,7 @@ from sessionq.producer.routing import (
     again,
     by_server,
     identity,
+    is_master,
 )
 
 log = logging.getLogger(__name__)
@@ -288,10 +289,25 @@ class _Hub:
             self._routes.cannot_connect(exc)
             await self._relocate()
             return False
+        if self._locate is not None and not await self._on_master(conn):
+            return False
         self._conn = conn
         self._heartbeat.heard()
         self._routes.connect()
         return True
+
+    async def _on_master(self, conn: Any) -> bool:
+        """As hub._Hub._on_master."""
+        try:
+            await conn.send_command("ROLE", check_health=False)
+            if is_master(await conn.read_response()):
+                return True
+            log.info("the pub/sub hub reached a replica; looking for the master again")
+        except (*LOST, ResponseError) as exc:
+            log.info("the pub/sub hub could not ask its node's role (%s)", exc)
+        await _close(conn)
+        await self._relocate()
+        return False
 
     async def _relocate(self) -> None:
         """On a cluster, after a failed connect: the next one goes to the node now serving

@@ -58,6 +58,7 @@ from sessionq.producer.routing import (
     again,
     by_server,
     identity,
+    is_master,
 )
 
 log = logging.getLogger(__name__)
@@ -331,6 +332,8 @@ class _Hub:
             self._routes.cannot_connect(exc)
             self._relocate()
             return False
+        if self._locate is not None and not self._on_master(conn):
+            return False
         self._conn = conn
         # Replies are read here, not by redis-py's read_response: one recv takes whatever
         # Redis sent (often several messages) and hiredis splits it, where can_read and
@@ -345,6 +348,22 @@ class _Hub:
         self._heartbeat.heard()
         self._routes.connect()
         return True
+
+    def _on_master(self, conn: Any) -> bool:
+        """On a cluster: is `conn` to a master? A replica takes sharded subscriptions for its
+        master's slots too, so a hub sent back to a master just demoted (the cluster
+        client's layout not yet told of a failover) would stay there, heard by none of the
+        master's counts: it looks again (after its backoff)."""
+        try:
+            conn.send_command("ROLE", check_health=False)
+            if is_master(conn.read_response()):
+                return True
+            log.info("the pub/sub hub reached a replica; looking for the master again")
+        except (*LOST, ResponseError) as exc:
+            log.info("the pub/sub hub could not ask its node's role (%s)", exc)
+        conn.disconnect()
+        self._relocate()
+        return False
 
     def _relocate(self) -> None:
         """On a cluster, after a failed connect: the next one goes to the master now serving

@@ -75,6 +75,11 @@ class SlotMoved(RedisConnectionError):
     migrated): the hub connects again, to the master that serves it now."""
 
 
+def is_master(role: Any) -> bool:
+    """Does a ROLE reply say master?"""
+    return isinstance(role, list) and bool(role) and role[0] in (b"master", "master")
+
+
 def identity(pool: Any) -> tuple[Any, ...]:
     """Which hub serves a connection pool: the same server, database, user and TLS
     settings share one; an option that is an object (a credential provider) shares by
