@@ -180,7 +180,9 @@ class Keys:
         return f"{self.prefix}idle:{queue}"
 
     def wake(self, queue: str) -> str:
-        """LIST of at most one token: "queue may have work"; enqueuers push, workers BLPOP."""
+        """LIST of at most one token: "queue may have work"; enqueuers push, workers BLPOP.
+        On a Redis Cluster also the shard channel of the same name, where scripts SPUBLISH
+        each wake for the idle workers subscribed there (worker.shardwake)."""
         return f"{self.prefix}wake:{queue}"
 
     def schedule(self) -> str:
