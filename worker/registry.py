@@ -6,6 +6,7 @@ import importlib
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
@@ -65,12 +66,19 @@ def extend_import_path(dirs: list[str]) -> None:
 
 def import_modules(modules: list[str]) -> None:
     """Import the --import modules so their @task functions register; ConfigError if one
-    does not import."""
+    does not import (not found, a syntax error, or an exception raised as it runs: named
+    with where it was raised)."""
     for module in modules:
         try:
             importlib.import_module(module)
         except ImportError as exc:
             raise ConfigError(f"--import {module}: {exc}") from exc
+        except SyntaxError as exc:  # (its message names the file and line)
+            raise ConfigError(f"--import {module}: {type(exc).__name__}: {exc}") from exc
+        except Exception as exc:
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            raise ConfigError(f"--import {module}: {type(exc).__name__}: {exc} "
+                              f"({frame.filename}, line {frame.lineno})") from exc  # fmt: skip
 
 
 def registered() -> list[str]:

@@ -304,3 +304,22 @@ def test_worker_imports_from_the_current_directory_and_path(
         assert proc.returncode == 0, proc.stderr
     wait_for(lambda: [r["result"] for r in client.info(ids)] == ["herepkg", "therepkg"],
              what="both runs")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("source", "said"),
+    [("def broken(:\n    pass\n", "SyntaxError: invalid syntax (broken.py, line 1)"),
+     ("import os\nraise RuntimeError('no config here')\n",
+      "RuntimeError: no config here (" )],
+)  # fmt: skip
+def test_a_worker_import_that_fails_is_a_clear_error_not_a_traceback(
+    settings: Settings, tmp_path: Path, source: str, said: str
+) -> None:
+    (tmp_path / "broken.py").write_text(source)
+    env = {**os.environ, **ENV_KNOBS, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"}
+    proc = subprocess.run([sys.executable, "-m", "sessionq", "--url", settings.url, "worker",
+                           "--burst", "--import", "broken"], env=env, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr  # (as for a module not found)
+    assert "--import broken: " + said in proc.stderr
+    assert "Traceback" not in proc.stderr
