@@ -148,3 +148,14 @@ def ids_here_and_in_a_child() -> dict[str, Any]:
         "getenv": [os.getenv(k) for k in keys],
         "child": json.loads(child.stdout),
     }
+
+
+@task
+def ledgered(path: str, die: bool = False) -> None:
+    """Append this run's id to the ledger at `path` as it begins; with `die`, the first time
+    only (a file beside the ledger says it happened), SIGKILL the worker process."""
+    with open(path, "a") as ledger:
+        ledger.write(current_task().task_id + "\n")
+    if die and not os.path.exists(path + ".died"):
+        open(path + ".died", "w").close()  # noqa: SIM115 - an empty mark
+        os.kill(os.getpid(), signal.SIGKILL)

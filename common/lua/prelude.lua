@@ -14,7 +14,7 @@ local EMPTY_MAP = '\128'
 local G = {touched = {}, stats = {}, ending = {}, deferred = {}, reindexed = {}, live = nil,
   sessions = nil, now_ms = nil, ts = nil, ts_packed = nil, now_iso = nil, cap = nil,
   worker = nil, worker_packed = nil, chan_all = nil, stats_key = nil, depths = nil,
-  retention = nil, defer = nil, patterns = nil}
+  retention = nil, defer = nil, patterns = nil, gather = nil}
 -- the packed keys of an event map (fixmap of 8, in SPEC §5's order)
 local EV_HEAD = '\136\161v\1\163seq'
 local EV_TS, EV_TYPE, EV_SESSION = '\162ts', '\164type', '\167session'
@@ -99,6 +99,39 @@ local function data_gen(check)
   local gen = t[1] .. string.format('%06d', tonumber(t[2]))
   redis.call('HSET', K.epoch, 'server', server, 'gen', gen)
   return gen
+end
+
+-- A write of one member to a set or registry (`cmd key a [b]`): at once, or - while a step
+-- gathers them (G.gather, run.lua) - queued, to be sent by `write_gathered` as one command per
+-- command and key for all the runs of the step (in the order first used).
+local function gathered(cmd, key, a, b)
+  local gather = G.gather
+  if not gather then
+    if b then redis.call(cmd, key, a, b) else redis.call(cmd, key, a) end
+    return
+  end
+  local lk = cmd .. ' ' .. key
+  local args = gather[lk]
+  if not args then
+    args = {}
+    gather[lk] = args
+    gather[#gather + 1] = {cmd, key, args}
+  end
+  args[#args + 1] = a
+  if b then args[#args + 1] = b end
+end
+
+-- Send the writes gathered so far (see `gathered`); gathering goes on.
+local function write_gathered()
+  local gather = G.gather
+  if not gather then return end
+  for _, w in ipairs(gather) do
+    local args = w[3]
+    for c = 1, #args, 1000 do
+      redis.call(w[1], w[2], unpack(args, c, math.min(c + 999, #args)))
+    end
+  end
+  G.gather = {}
 end
 
 -- The session table behind a run block (see run_block), or the session table itself.
@@ -646,8 +679,8 @@ local function start(B, id, W)
   local attempts = num(j[5]) + 1
   redis.call('HSET', B.job, 'state', 'started', 'status', 'started', 'started_at', G.now_iso,
     'worker_name', W.name, 'attempts', int(attempts))
-  redis.call('ZADD', B.wip, '+inf', id .. ':' .. NUMSTR[attempts])
-  redis.call('SADD', B.running, id)
+  gathered('ZADD', B.wip, '+inf', id .. ':' .. NUMSTR[attempts])
+  gathered('SADD', B.running, id)
   move(B, 'queued', 'started')
   -- a run handed to an idle worker (enqueue.lua `hand`) shows its start when the worker
   -- takes it (`took`): were the worker lost before, the run goes back unbegun, unseen

@@ -32,13 +32,23 @@ for _, entry in ipairs(redis.call('LRANGE', K.inbox, 0, -1)) do
 end
 -- A worker with N runs in flight (`--max-jobs N`, its RQ worker hash says) began them in list
 -- order too: its first N started runs are charged, less those charged before (`charged`).
+-- A worker of one run at a time that holds back the finishes of very short runs (worker.loop
+-- FINISHES_HELD_MAX) says which run it begins (RQ's `current_job`): every started run of its
+-- list up to that one began (those before it ended, their finishes not sent yet).
 local blocks, charged = {}, {}
-local inflight = (tonumber(redis.call('HGET', K.rq_worker, 'max_jobs')) or 1) - A.charged
+local w = redis.call('HMGET', K.rq_worker, 'max_jobs', 'current_job')
+local inflight = (tonumber(w[1]) or 1) - A.charged
+local through = 0
+if not w[1] and A.charged == 0 and w[2] then
+  for r = 1, n do
+    if AB.run(r).id == w[2] then through = r end
+  end
+end
 local ncharged = 0
 for r = 1, n do
   local id, sid = AB.run(r).id, AB.run(r).sid
   blocks[r] = run_block(KB.run(r), sid)
-  if inflight > 0 and not unbegun[id] then
+  if (inflight > 0 or r <= through) and not unbegun[id] then
     local j = redis.call('HMGET', blocks[r].job, 'state', 'worker_name')
     if j[1] == 'started' and j[2] == G.worker then
       charged[id] = true

@@ -28,32 +28,29 @@ local nq, control = A.nqueues, A.control
 local nfin, nstart, nclaim = A.nfinish, A.nstart, A.nclaim
 local waits = A.waits == 1
 local reply = {}
--- A step that finishes many runs takes them off RQ's started registries and their sessions'
--- running sets, and adds the succeeded to RQ's finished registries, in one command per key
--- after them all (`later`, in the order first used; before any start: a run given back may
--- start again in this very step). One finish writes at once.
-local later, later_keys = nil, nil
-if nfin > 1 then later, later_keys = {}, {} end
-local function after_finishes(cmd, key, a, b)
-  if not later then
-    if b then redis.call(cmd, key, a, b) else redis.call(cmd, key, a) end
-    return
+-- A step that finishes or starts many runs takes them off (puts them on) RQ's started
+-- registries and their sessions' running sets, and adds the succeeded to RQ's finished
+-- registries, in one command per key after them all (prelude `gathered`; the finishes'
+-- before any start: a run given back may start again in this very step). One run writes at
+-- once. The finished runs, first on the runs list in the order finished (the worker runs
+-- them in list order), leave it by one LTRIM.
+if nfin > 1 then G.gather = {} end
+local trimmed = false
+if nfin > 1 then
+  local head = redis.call('LRANGE', runs, 0, nfin - 1)
+  trimmed = #head == nfin
+  for i = 1, nfin do
+    if not trimmed then break end
+    trimmed = head[i] == AB.finish(i).id
   end
-  local lk = cmd .. ' ' .. key
-  local args = later[lk]
-  if not args then
-    args = {}
-    later[lk] = args
-    later_keys[#later_keys + 1] = {cmd, key, lk}
-  end
-  args[#args + 1] = a
-  if b then args[#args + 1] = b end
+  if trimmed then redis.call('LTRIM', runs, nfin, -1) end
 end
+local after_finishes = gathered
 
 local function finish(B, id, outcome, payload, duration_ms)
   local j = redis.call('HMGET', B.job, 'state', 'worker_name', 'retries_left', 'attempts',
     'children', 'status')
-  redis.call('LREM', runs, 1, id)
+  if not trimmed then redis.call('LREM', runs, 1, id) end
   if not j[1] and redis.call('SREM', B.running, id) == 1 then
     -- its RQ job was deleted while it ran (Job.delete): it ends canceled, out of RQ's
     -- started registry (whatever attempt it was)
@@ -126,12 +123,8 @@ for i = 1, nfin do
   reply[#reply + 1] = terminating
   reply[#reply + 1] = waited_on
 end
-for _, ck in ipairs(later_keys or {}) do
-  local args = later[ck[3]]
-  for c = 1, #args, 1000 do
-    redis.call(ck[1], ck[2], unpack(args, c, math.min(c + 999, #args)))
-  end
-end
+write_gathered()
+G.gather = G.gather or {}  -- (the starts' writes: sent before flush)
 local first = nil  -- the first run this call starts
 for i = 1, nstart do
   local st = AB.start(i)
@@ -335,5 +328,6 @@ else
   redis.call('HSET', rqworker, 'state', RQ_WORKER.idle)
 end
 if suspended then reply[#reply + 1] = -1 end
+write_gathered()
 flush()
 return reply

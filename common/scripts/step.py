@@ -215,6 +215,15 @@ class StepCalls(ScriptsBase):
                                "id": run_id, "attempt": attempt})  # fmt: skip
         self._lane.note_script(self.script("took"), keys, args)
 
+    def began(self, worker: str, run_id: str) -> None:
+        """Say, without waiting, that `worker` begins `run_id` while it holds back the
+        finishes of runs it ran before (worker.loop): RQ's view of it shows the run, and were
+        the worker lost from here on, every started run of its runs list up to this one used
+        up an attempt (recover.lua). One plain HSET on the step connection, before the run
+        begins."""
+        assert self._lane is not None, "a worker steps before it begins a run"
+        self._lane.note("HSET", self.rq.worker(worker), "current_job", run_id)
+
     def wait(self, keys: Sequence[str], timeout: float) -> list[bytes] | None:
         """A worker's idle wait: BLPOP on its step connection (see FastLane.blpop)."""
         assert self._lane is not None, "a worker steps before it waits"

@@ -6,6 +6,7 @@ import functools
 import os
 import signal
 import sys
+from collections import Counter
 from pathlib import Path
 
 from sessionq.producer import Client
@@ -49,6 +50,31 @@ def test_a_run_out_of_retries_fails_with_the_reason(client: Client, workers: Wor
     wait_for(lambda: ended(client, sid), timeout=30, what="the run to be failed")
     [record] = client.info(sid)
     assert record["status"] == "Failed" and "died" in record["error"]
+
+
+def test_a_worker_killed_while_holding_finishes_charges_every_run_that_began(
+    client: Client, workers: WorkerProcs, tmp_path: Path
+) -> None:
+    """A worker holds back the finishes of very short runs (worker.loop FINISHES_HELD_MAX):
+    killed meanwhile, every run it began - ended, its finish not sent, or running - used up
+    an attempt (task.retrying), and only those run again."""
+    from sessionq.common.jobhash import build_run
+
+    ledger = tmp_path / "ledger"
+    sid = client.open_session("held")
+    runs = [build_run(name=f"r{i}", task="tests.tasks:ledgered", args=[str(ledger), i == 60],
+                      retries=1, retry_delay=0.01) for i in range(80)]  # fmt: skip
+    client.add_runs(sid, runs)
+    workers.start(1)
+    wait_for(lambda: ended(client, sid), timeout=60, what="the runs, one killed, to end")
+    [record] = client.info(sid)
+    assert record["status"] == "Completed"
+    began = Counter(ledger.read_text().split())
+    assert len(began) == 80
+    twice = {run_id for run_id, n in began.items() if n > 1}
+    assert all(n <= 2 for n in began.values())
+    retried = {e["task"] for e in client.events(sid) or [] if e["type"] == "task.retrying"}
+    assert twice and twice <= retried, "a run began again without a recorded retry"
 
 
 def test_worker_killed_mid_command_takes_its_process_group_along(
