@@ -33,22 +33,24 @@ end
 -- A worker with N runs in flight (`--max-jobs N`, its RQ worker hash says) began them in list
 -- order too: its first N started runs are charged, less those charged before (`charged`).
 -- A worker of one run at a time that holds back the finishes of very short runs (worker.loop
--- FINISHES_HELD_MAX) says which run it begins (RQ's `current_job`): every started run of its
--- list up to that one began (those before it ended, their finishes not sent yet).
+-- FINISHES_HELD_MAX) says which run it begins (RQ's `current_job`): that one is charged; the
+-- started runs before it on its list ended, their finishes not sent yet - they did not fail
+-- (a failure is sent at once), so they go back uncharged, to run again, saying so.
 local blocks, charged = {}, {}
 local w = redis.call('HMGET', K.rq_worker, 'max_jobs', 'current_job')
 local inflight = (tonumber(w[1]) or 1) - A.charged
-local through = 0
+local through, ended_unsent = 0, {}
 if not w[1] and A.charged == 0 and w[2] then
   for r = 1, n do
     if AB.run(r).id == w[2] then through = r end
   end
+  for r = 1, through - 1 do ended_unsent[AB.run(r).id] = true end
 end
 local ncharged = 0
 for r = 1, n do
   local id, sid = AB.run(r).id, AB.run(r).sid
   blocks[r] = run_block(KB.run(r), sid)
-  if (inflight > 0 or r <= through) and not unbegun[id] then
+  if (through > 0 and r == through or through == 0 and inflight > 0) and not unbegun[id] then
     local j = redis.call('HMGET', blocks[r].job, 'state', 'worker_name')
     if j[1] == 'started' and j[2] == G.worker then
       charged[id] = true
@@ -78,7 +80,9 @@ for r = n, 1, -1 do
         redis.call('HSET', B.job, 'state', 'queued', 'status', 'queued', 'attempts', attempts - 1)
         push_run(B, id, true)
         move(B, 'started', 'queued')
-        emit(B, 'task.queued', id, map({'reason', P('given back unrun by a lost worker')}))
+        local why = ended_unsent[id] and 'given back by a lost worker: it ended, its end unsent'
+          or 'given back unrun by a lost worker'
+        emit(B, 'task.queued', id, map({'reason', P(why)}))
       end
       unthrottle(B)  -- a slot of its session is free
     elseif j[1] == 'queued' then
