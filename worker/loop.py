@@ -70,8 +70,11 @@ MAX_UNANSWERED = 64
 # counts, history) are shared by them all. While it holds finishes, the worker says which run
 # it begins (a plain HSET before the run, see recover.lua), so that a lost worker's runs are
 # charged exactly as if each finish had been sent.
+# A run of a function not known to be as short (its own average) sends them before it begins:
+# finishes are never held behind a long run.
 FINISHES_HELD_MAX = 32
 FINISHES_HELD_S = 0.002
+FUNCTIONS_TIMED_MAX = 1000  # functions whose average run time a worker keeps
 CANCEL_IDS_MAX = 10_000  # stops kept for runs not begun (stop_current), oldest dropped past it
 RQ_IDLE, RQ_SUSPENDED = "idle", "suspended"  # RQ's worker states (rq info), not a run's
 Ready = tuple[str, str, Any, Any, Any, int]  # run id, queue, data, sq, timeout, attempt
@@ -139,6 +142,8 @@ class SessionWorker:
         self.unacked: deque[Finish] = deque()  # finishes sent, reply not read yet
         self.held: list[Finish] = []  # finishes not sent yet (FINISHES_HELD_MAX)
         self.held_since = 0.0  # when the oldest of them was held (time.monotonic)
+        self.run_s: dict[str, float] = {}  # a function's average run time (s), by name
+        self._func = ""  # the function of the run being run
         # (a partitioned worker steps in every partition: it holds none)
         self.may_hold = not self.partitioned and max_jobs == 1
         # runs stopped before they began: id -> reason; each ends unrun when its turn comes
@@ -385,6 +390,13 @@ class SessionWorker:
             self.held_since = now
         return now - self.held_since < FINISHES_HELD_S
 
+    def _send_held(self, current: str) -> None:
+        """Send the finishes held back now, `current` beginning, emptying the list they are
+        held in (which the step of that run's end adds its own finish to)."""
+        sent = list(self.held)
+        self.held.clear()
+        self._finish(sent, current)
+
     def _unheld(self) -> list[Finish]:
         """The finishes held back, taken (to be sent now)."""
         held, self.held = self.held, []
@@ -579,6 +591,11 @@ class SessionWorker:
         elapsed = time.perf_counter() - started
         self.ended(run_id, outcome, sq)
         self.avg_run_s = 0.8 * self.avg_run_s + 0.2 * elapsed
+        if self.may_hold:
+            if len(self.run_s) >= FUNCTIONS_TIMED_MAX and self._func not in self.run_s:
+                self.run_s.clear()
+            last = self.run_s.get(self._func, elapsed)
+            self.run_s[self._func] = 0.8 * last + 0.2 * elapsed
         fits = int(BATCH_WINDOW_S / max(self.avg_run_s, 1e-6))
         self.batch = max(1, min(self.settings.claim_batch_max, fits))
         return (run_id, queue, outcome, payload, int(elapsed * 1000))
@@ -608,6 +625,9 @@ class SessionWorker:
             if self.hard_stop:  # SIGINT came as the run was taken up: it does not begin
                 return encoded(interrupted(StopReason.SHUTDOWN, timeout))
             p = prepare(self, run, data, sq, timeout, attempt)
+            self._func = p.func
+            if self.held and self.run_s.get(p.func, 1.0) >= FINISHES_HELD_S / 2:
+                self._send_held(run.run_id)  # (not behind a run that may be long)
             if p.fn is None:
                 return run_command(self, p, self._note_pgid)
             fn = p.fn

@@ -80,6 +80,30 @@ def test_a_worker_killed_while_holding_finishes_charges_only_the_run_it_was_runn
     assert again == queued, "a run ran again without saying why"
 
 
+def test_finishes_held_back_are_not_kept_behind_a_long_run(
+    client: Client, workers: WorkerProcs
+) -> None:
+    """Very short runs' finishes are held back to go together (worker.loop
+    FINISHES_HELD_MAX), but sent before a run of a function not known to be as short begins:
+    their results are out while it runs."""
+    from sessionq.common.jobhash import build_run
+
+    sid = client.open_session("short-then-long")
+    runs = [build_run(name=f"r{i}", task="tests.tasks:add", args=[i, 1]) for i in range(60)]
+    runs.append(build_run(name="long", task="tests.tasks:until_stopped", args=[60]))
+    ids = client.add_runs(sid, runs)
+    workers.start(1)
+
+    def short_ones_out_while_long_runs() -> bool:
+        states = {t["id"]: t["state"] for t in client.tasks(sid)}
+        return states[ids[-1]] == "started" and all(
+            states[i] == "succeeded" for i in ids[:-1])  # fmt: skip
+
+    wait_for(short_ones_out_while_long_runs, timeout=30,
+             what="every short run's result while the long one runs")  # fmt: skip
+    client.stop(sid)
+
+
 def test_worker_killed_mid_command_takes_its_process_group_along(
     client: Client, workers: WorkerProcs, tmp_path: Path
 ) -> None:
