@@ -37,6 +37,8 @@ local R_SESSION, R_ID, R_NAME, R_STATE, R_QUEUE, R_OPTS, R_SHARED, R_DATA, R_SQ,
 local OPTIONS = plan[7]
 -- run r's options, nil for none
 local function opts(r) return OPTIONS[R_OPTS[r]] end
+-- the runs the checks of options go over: none when no run has options (a create's, a map's)
+local NO = OPTIONS[1] and NR or 0
 local CHUNK = 1000
 local SCHEDULE, WAITING, NAMES, IDLE, WORKERS = K.schedule, K.waiting, K.names, K.idle_workers,
   K.workers
@@ -101,7 +103,7 @@ end
 -- A parent must name a task: one written before, or a run of this call added before it.
 -- (the runs of this call are listed once one has parents: most calls have none)
 local this_call = nil
-for r = 1, NR do
+for r = 1, NO do
   local o = opts(r)
   if o and o.deps then
     if not this_call then
@@ -140,7 +142,7 @@ local job_key = KB.job_job
 local again = {}
 do
   local wanted, nwanted = {}, {}
-  for r = 1, NR do
+  for r = 1, NO do
     local o = opts(r)
     if o and o.policy then
       local si, name = R_SESSION[r], R_NAME[r]
@@ -184,7 +186,7 @@ local function named(B, name)
 end
 
 -- Before anything is written: names that must not exist yet, replaced names still in place.
-for r = 1, NR do
+for r = 1, NO do
   local o = opts(r)
   if o and o.policy then
     local B = S[R_SESSION[r]]
@@ -389,27 +391,29 @@ for r = 1, NR do
 end
 local gen  -- the data's generation, which a session's id counter starts in (reserve.lua)
 local retention = plan[6] and tostring(plan[6])  -- (formatted once, not once a session)
+local fields = {}  -- a new session's fields, `nf` long (one table for all of them)
 for _, B in ipairs(S) do
   chunked('HSET', B.tasks, B.task_names)
   if B.given then chunked('HSET', B.names, B.given) end
-  local fields = {}
+  local nf = 0
   if B.fresh then
     B.seq_preset = queued_events(B)
     gen = gen or data_gen(false)
     -- (small numbers as strings: int; a number given to redis.call is formatted by sprintf)
-    fields = {'status', 'Pending', 'seq', int(B.seq_preset), 'next', int(B.top or 0),
-      'gen', gen}
+    fields[1], fields[2], fields[3], fields[4] = 'status', 'Pending', 'seq', int(B.seq_preset)
+    fields[5], fields[6], fields[7], fields[8] = 'next', int(B.top or 0), 'gen', gen
+    nf = 8
     if retention then
-      fields[#fields + 1] = 'retention_ms'
-      fields[#fields + 1] = retention
+      fields[9], fields[10] = 'retention_ms', retention
+      nf = 10
     end
     if B.line_q then
-      fields[#fields + 1] = Q[B.line_q].line
-      fields[#fields + 1] = int(B.line_n)
+      fields[nf + 1], fields[nf + 2] = Q[B.line_q].line, int(B.line_n)
+      nf = nf + 2
       if B.lines then
         for qi, n in pairs(B.lines) do
-          fields[#fields + 1] = Q[qi].line
-          fields[#fields + 1] = int(n)
+          fields[nf + 1], fields[nf + 2] = Q[qi].line, int(n)
+          nf = nf + 2
         end
       end
     end
@@ -422,14 +426,14 @@ for _, B in ipairs(S) do
   for state, n in pairs(B.counts) do
     stat(state, n)
     if B.fresh then
-      fields[#fields + 1] = state
-      fields[#fields + 1] = int(n)
+      fields[nf + 1], fields[nf + 2] = state, int(n)
+      nf = nf + 2
     else
       redis.call('HINCRBY', B.session, state, int(n))
     end
   end
-  if #fields > 0 then
-    redis.call('HSET', B.session, unpack(fields))
+  if nf > 0 then
+    redis.call('HSET', B.session, unpack(fields, 1, nf))
     forget_counts(B)
   end
 end
