@@ -129,9 +129,12 @@ if claim and claim ~= '' then
   redis.call('HSET', NAMES, claim, sessions[1][1])
 end
 local Q = {}
-for q = 1, nq do
-  Q[q] = KB.queue(q)
-  Q[q].line = line_field({queue = Q[q].list})  -- (the session field counting its entries)
+for q = 1, nq do Q[q] = KB.queue(q) end
+-- the session field counting a session's entries in queue qi's line (made on first use)
+local function line_of(qi)
+  local q = Q[qi]
+  if not q.line then q.line = line_field({queue = q.list}) end
+  return q.line
 end
 local job_key = KB.job_job
 
@@ -408,11 +411,11 @@ for _, B in ipairs(S) do
       nf = 10
     end
     if B.line_q then
-      fields[nf + 1], fields[nf + 2] = Q[B.line_q].line, int(B.line_n)
+      fields[nf + 1], fields[nf + 2] = line_of(B.line_q), int(B.line_n)
       nf = nf + 2
       if B.lines then
         for qi, n in pairs(B.lines) do
-          fields[nf + 1], fields[nf + 2] = Q[qi].line, int(n)
+          fields[nf + 1], fields[nf + 2] = line_of(qi), int(n)
           nf = nf + 2
         end
       end
@@ -494,7 +497,7 @@ for q, ids in ipairs(pushes) do
     for k = 1, handed do
       local s_index = R_SESSION[ids.r[k]]
       if S[s_index].fresh and (k == nids or R_SESSION[ids.r[k + 1]] ~= s_index) then
-        redis.call('HINCRBY', S[s_index].session, Q[q].line, '-1')
+        redis.call('HINCRBY', S[s_index].session, line_of(q), '-1')
       end
     end
     local i = handed + 1
