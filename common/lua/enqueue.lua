@@ -236,7 +236,7 @@ for i, s in ipairs(sessions) do
     add_to(sets, idx('Pending'), B.sid)
     add_to(sets, B.kind, B.sid)
     add_to(sets, B.owner, B.sid)
-    emit(B, 'session.created', nil, '\129' .. PK.name .. P(s[4]))  -- map({'name', P(s[4])})
+    emit(B, 'session.created', nil, '\129' .. PK.name .. pstr(s[4]))  -- map({'name', P(s[4])})
   else
     local status = redis.call('HGET', B.session, 'status')
     B.status = status
@@ -358,7 +358,7 @@ for r = 1, NR do
           queued_data[state] = qd
         end
         if qd.name ~= name then  -- (runs alike, a map's, come together: made once for them)
-          qd.name, qd.data = name, qd.head .. P(name) .. qd.tail
+          qd.name, qd.data = name, qd.head .. pstr(name) .. qd.tail
         end
         local data = qd.data
         emit(B, 'task.queued', id, data)

@@ -23,6 +23,19 @@ local TRIM_EVERY = 64
 -- Events a channel gets from one call before asking whether anyone listens (see `heard`)
 local ASK_FROM = 8
 
+-- A string packed as P packs it; one under 32 bytes (a session or task id, a name: one in
+-- every event) made here, its length in its first byte (msgpack's fixstr), not in cmsgpack's
+-- own buffer
+local FIXSTR = {[0] = '\160', '\161', '\162', '\163', '\164', '\165', '\166', '\167',
+  '\168', '\169', '\170', '\171', '\172', '\173', '\174', '\175',
+  '\176', '\177', '\178', '\179', '\180', '\181', '\182', '\183',
+  '\184', '\185', '\186', '\187', '\188', '\189', '\190', '\191'}
+local function pstr(s)
+  local head = FIXSTR[#s]
+  if head then return head .. s end
+  return P(s)
+end
+
 local function enc(v)
   if v == nil or v == false then return NIL end
   return P(v)
@@ -200,7 +213,7 @@ local function flush()
       local first = last - n + 1
       local keep_from = math.max(first, last - G.cap + 1)
       local nz = 0
-      local sid = P(S.sid)
+      local sid = pstr(S.sid)
       -- nobody can be subscribed to the channel of a session this script creates (its
       -- random id is not known outside yet); its listeners replay the history
       local chan = not S.seq_preset and (n < ASK_FROM or heard(S.chan)) and S.chan
@@ -217,7 +230,7 @@ local function flush()
         end
         -- (a new session's first seqs, packed once a call; as strings to Redis: int)
         local packed = EV_HEAD .. (seq <= 8 and PK[seq] or P(seq)) .. head .. sid .. EV_TASK
-          .. (task and P(task) or NIL) .. after .. (data or EMPTY_MAP)
+          .. (task and pstr(task) or NIL) .. after .. (data or EMPTY_MAP)
         if seq >= keep_from then
           zargs[nz + 1] = int(seq)
           zargs[nz + 2] = packed
