@@ -396,15 +396,21 @@ local gen  -- the data's generation, which a session's id counter starts in (res
 local retention = plan[6] and tostring(plan[6])  -- (formatted once, not once a session)
 local fields = {}  -- a new session's fields, `nf` long (one table for all of them)
 for _, B in ipairs(S) do
-  chunked('HSET', B.tasks, B.task_names)
+  if B.ntask_names == 2 then  -- (a session of one run: most of a create's)
+    redis.call('HSET', B.tasks, B.task_names[1], B.task_names[2])
+  else
+    chunked('HSET', B.tasks, B.task_names)
+  end
   if B.given then chunked('HSET', B.names, B.given) end
   local nf = 0
   if B.fresh then
     B.seq_preset = queued_events(B)
     gen = gen or data_gen(false)
-    -- (small numbers as strings: int; a number given to redis.call is formatted by sprintf)
-    fields[1], fields[2], fields[3], fields[4] = 'status', 'Pending', 'seq', int(B.seq_preset)
-    fields[5], fields[6], fields[7], fields[8] = 'next', int(B.top or 0), 'gen', gen
+    -- (small numbers as strings, int(n) without the call: a number given to redis.call is
+    -- formatted by sprintf)
+    local seq, top = B.seq_preset, B.top or 0
+    fields[1], fields[2], fields[3], fields[4] = 'status', 'Pending', 'seq', INTSTR[seq] or seq
+    fields[5], fields[6], fields[7], fields[8] = 'next', INTSTR[top] or top, 'gen', gen
     nf = 8
     if retention then
       fields[9], fields[10] = 'retention_ms', retention

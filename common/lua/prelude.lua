@@ -159,8 +159,8 @@ local function idx(status) return K['idx_' .. status] end
 -- each: a batch of 10,000 runs queues 10,000 events. An event of another worker than the
 -- call's (a run an enqueue starts for an idle worker) gives its type as {type, worker packed}.
 local function emit(S, etype, task, data)
-  S = sess(S)
-  local ev = own(S, 'events', 'touched')
+  S = S.S or S  -- sess(S)
+  local ev = S.events or own(S, 'events', 'touched')
   local n = #ev
   ev[n + 1] = etype
   ev[n + 2] = task or false
@@ -221,18 +221,21 @@ local function flush()
       for i = (chan or to_all) and 1 or keep_from - first + 1, n do
         local seq = first + i - 1
         local etype, task, data = ev[3 * i - 2], ev[3 * i - 1], ev[3 * i]
-        local after = tail
-        if type(etype) == 'table' then etype, after = etype[1], EV_WORKER .. etype[2] .. EV_DATA end
-        local head = heads[etype]
+        local after, head = tail, heads[etype]
         if not head then
-          head = EV_TS .. G.ts_packed .. EV_TYPE .. PK[etype] .. EV_SESSION
-          heads[etype] = head
+          -- (not met yet, or an event of another worker's: a table, see emit)
+          if type(etype) == 'table' then etype, after = etype[1], EV_WORKER .. etype[2] .. EV_DATA end
+          head = heads[etype]
+          if not head then
+            head = EV_TS .. G.ts_packed .. EV_TYPE .. PK[etype] .. EV_SESSION
+            heads[etype] = head
+          end
         end
         -- (a new session's first seqs, packed once a call; as strings to Redis: int)
         local packed = EV_HEAD .. (seq <= 8 and PK[seq] or P(seq)) .. head .. sid .. EV_TASK
           .. (task and pstr(task) or NIL) .. after .. (data or EMPTY_MAP)
         if seq >= keep_from then
-          zargs[nz + 1] = int(seq)
+          zargs[nz + 1] = INTSTR[seq] or seq  -- (int(seq), without the call)
           zargs[nz + 2] = packed
           nz = nz + 2
           if nz >= 1000 then
