@@ -280,18 +280,28 @@ def create(
     ).to_wire()  # fmt: skip
     template = base.job_fields(queue, now)
     meta = codec.decode_map(template.sq, "job meta")
-    sessions, metas = [], []
     if len(scripts.parts) == 1:
         ids = new_session_ids(replicas)
     else:
         ids = [scripts.layout.new_session_id() for _ in range(replicas)]
-    for i, (sid, replica_name) in enumerate(zip(ids, names, strict=True)):
-        record.update(id=sid, name=replica_name, replica_id=i + 1)
-        meta["name"] = replica_name
-        if "replica_count" in meta:
-            meta["replica_id"] = i + 1
-        metas.append(codec.encode(meta))
-        sessions.append((sid, True, codec.encode(record), replica_name, kind, user))
+
+    def each_record() -> Iterator[dict[str, Any]]:
+        for i, (sid, replica_name) in enumerate(zip(ids, names, strict=True)):
+            record.update(id=sid, name=replica_name, replica_id=i + 1)
+            yield record
+
+    def each_meta() -> Iterator[dict[str, Any]]:
+        numbered = "replica_count" in meta
+        for i, replica_name in enumerate(names):
+            meta["name"] = replica_name
+            if numbered:
+                meta["replica_id"] = i + 1
+            yield meta
+
+    # (the template changed and packed in turn, by one packer: encode_each)
+    records, metas = codec.encode_each(each_record()), codec.encode_each(each_meta())
+    sessions = [(sid, True, rec, replica_name, kind, user)
+                for sid, rec, replica_name in zip(ids, records, names, strict=True)]  # fmt: skip
     # the runs as columns (enqueue_call): what the replicas' runs share, one object for all
     n = replicas
     runs = RunColumns(range(n), [f"{sid}-1" for sid in ids], names, [_QUEUED] * n, [queue] * n,
