@@ -4,8 +4,9 @@ Redis's CPU time per run (bench.measure sq_redis_cpu) moves by ±20% on a machin
 other work; the number of instructions the server executes does not. This starts a
 redis-server under valgrind's callgrind (apt: valgrind; ~50x slower, so a few hundred runs),
 warms a client up (its scripts or function library loaded), then counts, with the counters
-zeroed before each phase: queuing N no-op runs (one session by add_runs, or --mode single: N
-create() calls of one run each) and draining them with one burst worker process. It prints
+zeroed before each phase: queuing N no-op runs (one session by add_runs, --mode single: N
+create() calls of one run each, or --mode replicas: one create() of N replicas) and draining
+them with one burst worker process. It prints
 thousands of instructions per run for each phase; compare two checkouts with the same N.
 """
 
@@ -30,7 +31,7 @@ START_TIMEOUT_S = 60
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
     parser.add_argument("--n", type=int, default=300, help="runs")
-    parser.add_argument("--mode", choices=("batch", "single"), default="batch")
+    parser.add_argument("--mode", choices=("batch", "single", "replicas"), default="batch")
     parser.add_argument("--port", type=int, default=6499)
     args = parser.parse_args(argv)
     out = f"/tmp/sessionq-callgrind.{args.port}.out"
@@ -63,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.mode == "single":
                 for _ in range(args.n):
                     client.create("one", task=measure.SQ_TASK)
+            elif args.mode == "replicas":
+                client.create("rep", task=measure.SQ_TASK, replicas=args.n)
             else:
                 client.add_runs(client.open_session("batch"), measure.sq_specs(args.n))
 

@@ -36,7 +36,7 @@ from sessionq.common.records import (
     parse_record,
     session_dict,
 )
-from sessionq.common.scripts import Scripts, reserved
+from sessionq.common.scripts import RunColumns, Scripts, reserved
 from sessionq.common.validation import MAX_REPLICAS, check_int_range, check_kind, check_name
 from sessionq.common.vocabulary import ENDED_STATUSES, Status, TaskState
 
@@ -130,6 +130,12 @@ Plan = Generator[Step, Any, T]
 
 def new_session_id() -> str:
     return secrets.token_hex(6)
+
+
+def new_session_ids(n: int) -> list[str]:
+    """n session ids as new_session_id makes them, from one draw of random bytes."""
+    hexes = secrets.token_hex(6 * n)
+    return [hexes[i : i + 12] for i in range(0, 12 * n, 12)]
 
 
 def run_queue(spec: RunSpec) -> str:
@@ -274,25 +280,42 @@ def create(
     ).to_wire()  # fmt: skip
     template = base.job_fields(queue, now)
     meta = codec.decode_map(template.sq, "job meta")
-    sessions, runs, ids = [], [], []
-    new_id = new_session_id if len(scripts.parts) == 1 else scripts.layout.new_session_id
-    for i, replica_name in enumerate(names):
-        sid = new_id()
-        record.update(id=sid, name=replica_name, replica_id=i + 1)
-        meta["name"] = replica_name
-        if "replica_count" in meta:
-            meta["replica_id"] = i + 1
-        fields = JobFields(template.data, codec.encode(meta), template.shared)
-        sessions.append((sid, True, codec.encode(record), replica_name, kind, user))
-        runs.append((i, f"{sid}-1", replica_name, TaskState.QUEUED.value, queue, fields,
-                     None))  # fmt: skip
-        ids.append(sid)
+    if len(scripts.parts) == 1:
+        ids = new_session_ids(replicas)
+    else:
+        ids = [scripts.layout.new_session_id() for _ in range(replicas)]
+
+    def each_record() -> Iterator[dict[str, Any]]:
+        for i, (sid, replica_name) in enumerate(zip(ids, names, strict=True)):
+            record.update(id=sid, name=replica_name, replica_id=i + 1)
+            yield record
+
+    def each_meta() -> Iterator[dict[str, Any]]:
+        numbered = "replica_count" in meta
+        for i, replica_name in enumerate(names):
+            meta["name"] = replica_name
+            if numbered:
+                meta["replica_id"] = i + 1
+            yield meta
+
+    # (the template changed and packed in turn, by one packer: encode_each)
+    records, metas = codec.encode_each(each_record()), codec.encode_each(each_meta())
+    sessions = [(sid, True, rec, replica_name, kind, user)
+                for sid, rec, replica_name in zip(ids, records, names, strict=True)]  # fmt: skip
+    # the runs as columns (enqueue_call): what the replicas' runs share, one object for all
+    n = replicas
+    runs = RunColumns(range(n), [f"{sid}-1" for sid in ids], names, [_QUEUED] * n, [queue] * n,
+                      [template.data] * n, metas, [template.shared] * n, [None] * n,
+                      [None] * n)  # fmt: skip
     retention_ms = max(1, int(scripts.settings.retention_s * 1000))
     if len(scripts.parts) == 1:
         yield ScriptCall("enqueue", *scripts.enqueue_call(sessions, runs, now=now,
                                                           retention_ms=retention_ms))  # fmt: skip
     else:
-        yield from _create_by_partition(scripts, sessions, runs, now, retention_ms,
+        run_tuples = [(i, rid, rname, state, q, JobFields(data, sq, shared, extra), options)
+                      for i, rid, rname, state, q, data, sq, shared, extra, options
+                      in zip(*runs, strict=True)]  # fmt: skip
+        yield from _create_by_partition(scripts, sessions, run_tuples, now, retention_ms,
                                         [] if written is None else written)  # fmt: skip
     log.debug("created %d %s session(s) %s", replicas, kind, ids[:3])
     return ids

@@ -37,6 +37,8 @@ local R_SESSION, R_ID, R_NAME, R_STATE, R_QUEUE, R_OPTS, R_SHARED, R_DATA, R_SQ,
 local OPTIONS = plan[7]
 -- run r's options, nil for none
 local function opts(r) return OPTIONS[R_OPTS[r]] end
+-- the runs the checks of options go over: none when no run has options (a create's, a map's)
+local NO = OPTIONS[1] and NR or 0
 local CHUNK = 1000
 local SCHEDULE, WAITING, NAMES, IDLE, WORKERS = K.schedule, K.waiting, K.names, K.idle_workers,
   K.workers
@@ -66,14 +68,26 @@ local function add_to(groups, key, v)
   g[#g + 1] = v
 end
 
+-- A new session's runs queued on queue qi from here up to another session's run take one
+-- entry of its in the queue's line (the pushes at the end): counted as they come, written with
+-- its record (line_q, line_n: its first queue, most sessions' only one; lines: any other).
+local function count_line(B, qi)
+  if not B.line_q or B.line_q == qi then
+    B.line_q, B.line_n = qi, (B.line_n or 0) + 1
+  else
+    local more = B.lines or {}
+    B.lines = more
+    more[qi] = (more[qi] or 0) + 1
+  end
+end
+
 local S = {}
 local any_new = false
 for i, s in ipairs(sessions) do
-  local k = KB.session(i)
-  S[i] = {sid = s[1], session = k.session, history = k.history, chan = k.chan,
-    tasks = k.tasks, held = k.held, kind = k.kind, owner = k.owner,
-    names = k.names, keys = k.task_keys, running = k.running, counts = {},
-    task_names = {}, ntask_names = 0}
+  -- (the block's own table, its keys by name: one table a session, not two)
+  local B = KB.session(i)
+  B.sid, B.counts, B.task_names, B.ntask_names = s[1], {}, {}, 0
+  S[i] = B
   if not s[2] then
     -- a session being destroyed takes no more work (its destroy would miss it)
     local status = redis.call('HGET', S[i].session, 'status')
@@ -89,7 +103,7 @@ end
 -- A parent must name a task: one written before, or a run of this call added before it.
 -- (the runs of this call are listed once one has parents: most calls have none)
 local this_call = nil
-for r = 1, NR do
+for r = 1, NO do
   local o = opts(r)
   if o and o.deps then
     if not this_call then
@@ -116,22 +130,31 @@ if claim and claim ~= '' then
 end
 local Q = {}
 for q = 1, nq do Q[q] = KB.queue(q) end
+-- the session field counting a session's entries in queue qi's line (made on first use)
+local function line_of(qi)
+  local q = Q[qi]
+  if not q.line then q.line = line_field({queue = q.list}) end
+  return q.line
+end
 local job_key = KB.job_job
 
 -- The names of each session: read in bulk before the checks (HMGET), looked up in `name_of`
 -- then, and those this call gives written in bulk at the end (`given`, one HSET a session,
--- `ngiven` long). `again`: the runs (by index) named as a run of theirs before them.
-for _, B in ipairs(S) do
-  B.name_of, B.given, B.ngiven = {}, {}, 0
-end
+-- `ngiven` long); made for a session with a run under a name policy (most runs have none).
+-- `again`: the runs (by index) named as a run of theirs before them.
 local again = {}
 do
   local wanted, nwanted = {}, {}
-  for r = 1, NR do
+  for r = 1, NO do
     local o = opts(r)
     if o and o.policy then
       local si, name = R_SESSION[r], R_NAME[r]
-      local name_of = S[si].name_of
+      local B = S[si]
+      local name_of = B.name_of
+      if not name_of then
+        name_of = {}
+        B.name_of, B.given, B.ngiven = name_of, {}, 0
+      end
       if name_of[name] == nil then
         name_of[name] = false
         local w, n = wanted[si], (nwanted[si] or 0) + 1
@@ -166,7 +189,7 @@ local function named(B, name)
 end
 
 -- Before anything is written: names that must not exist yet, replaced names still in place.
-for r = 1, NR do
+for r = 1, NO do
   local o = opts(r)
   if o and o.policy then
     local B = S[R_SESSION[r]]
@@ -174,7 +197,7 @@ for r = 1, NR do
     if existing == R_ID[r] then
       -- the name is this very run's: the call was carried out before, its reply lost
     elseif o.policy == 'raise' and (existing or again[r]) then
-      if not (o.key and redis.call('HEXISTS', B.keys, o.key) == 1) then
+      if not (o.key and redis.call('HEXISTS', B.task_keys, o.key) == 1) then
         return {'exists', R_NAME[r]}
       end
     elseif o.policy == 'replace' and existing ~= (o.old_id or false) then
@@ -213,7 +236,7 @@ for i, s in ipairs(sessions) do
     add_to(sets, idx('Pending'), B.sid)
     add_to(sets, B.kind, B.sid)
     add_to(sets, B.owner, B.sid)
-    emit(B, 'session.created', nil, map({'name', P(s[4])}))
+    emit(B, 'session.created', nil, '\129' .. PK.name .. pstr(s[4]))  -- map({'name', P(s[4])})
   else
     local status = redis.call('HGET', B.session, 'status')
     B.status = status
@@ -279,7 +302,7 @@ for r = 1, NR do
   local B, id, name, state = S[R_SESSION[r]], R_ID[r], R_NAME[r], R_STATE[r]
   local o = OPTIONS[R_OPTS[r]]  -- (opts(r), without the call: once per run)
   local job = job_key(r)
-  local existing_key = o and o.key and redis.call('HGET', B.keys, o.key)
+  local existing_key = o and o.key and redis.call('HGET', B.task_keys, o.key)
   if resent ~= false and not B.fresh and redis.call('EXISTS', job) == 1 then
     -- this run was added already: the call is a resend after a lost reply
   elseif existing_key then
@@ -302,9 +325,9 @@ for r = 1, NR do
       tn[ntn + 1] = id
       tn[ntn + 2] = name
       B.ntask_names = ntn + 2
-      local number = run_number(id)
+      local number = run_number(id, B.sid)
       if number > (B.top or 0) then B.top = number end
-      if o and o.key then redis.call('HSET', B.keys, o.key, id) end
+      if o and o.key then redis.call('HSET', B.task_keys, o.key, id) end
       if state == 'queued' and B.status == 'Paused' then state = 'held' end
       local verdict, reason = 'ready', nil
       if o and o.deps and #o.deps > 0 then
@@ -316,11 +339,15 @@ for r = 1, NR do
       if verdict == 'ready' and not (o and o.due) then
         if state == 'held' then hold(B, id)
         elseif state == 'queued' then
-          local p = pushes[R_QUEUE[r]]
+          local qi = R_QUEUE[r]
+          local p = pushes[qi]
           local n = p.n + 1
           p[n] = id
           p.r[n] = r
           p.n = n
+          if B.fresh and (n == 1 or R_SESSION[p.r[n - 1]] ~= R_SESSION[r]) then
+            count_line(B, qi)
+          end
         end
         if state ~= 'queued' then redis.call('HSET', job, 'state', state, 'status', RQ_STATUS[state]) end
         B.counts[state] = (B.counts[state] or 0) + 1  -- counted in the totals after the loop
@@ -331,7 +358,7 @@ for r = 1, NR do
           queued_data[state] = qd
         end
         if qd.name ~= name then  -- (runs alike, a map's, come together: made once for them)
-          qd.name, qd.data = name, qd.head .. P(name) .. qd.tail
+          qd.name, qd.data = name, qd.head .. pstr(name) .. qd.tail
         end
         local data = qd.data
         emit(B, 'task.queued', id, data)
@@ -366,17 +393,38 @@ for r = 1, NR do
   end
 end
 local gen  -- the data's generation, which a session's id counter starts in (reserve.lua)
+local retention = plan[6] and tostring(plan[6])  -- (formatted once, not once a session)
+local fields = {}  -- a new session's fields, `nf` long (one table for all of them)
 for _, B in ipairs(S) do
-  chunked('HSET', B.tasks, B.task_names)
-  chunked('HSET', B.names, B.given)
-  local fields = {}
+  if B.ntask_names == 2 then  -- (a session of one run: most of a create's)
+    redis.call('HSET', B.tasks, B.task_names[1], B.task_names[2])
+  else
+    chunked('HSET', B.tasks, B.task_names)
+  end
+  if B.given then chunked('HSET', B.names, B.given) end
+  local nf = 0
   if B.fresh then
     B.seq_preset = queued_events(B)
     gen = gen or data_gen(false)
-    fields = {'status', 'Pending', 'seq', B.seq_preset, 'next', B.top or 0, 'gen', gen}
-    if plan[6] then
-      fields[#fields + 1] = 'retention_ms'
-      fields[#fields + 1] = plan[6]
+    -- (small numbers as strings, int(n) without the call: a number given to redis.call is
+    -- formatted by sprintf)
+    local seq, top = B.seq_preset, B.top or 0
+    fields[1], fields[2], fields[3], fields[4] = 'status', 'Pending', 'seq', INTSTR[seq] or seq
+    fields[5], fields[6], fields[7], fields[8] = 'next', INTSTR[top] or top, 'gen', gen
+    nf = 8
+    if retention then
+      fields[9], fields[10] = 'retention_ms', retention
+      nf = 10
+    end
+    if B.line_q then
+      fields[nf + 1], fields[nf + 2] = line_of(B.line_q), int(B.line_n)
+      nf = nf + 2
+      if B.lines then
+        for qi, n in pairs(B.lines) do
+          fields[nf + 1], fields[nf + 2] = line_of(qi), int(n)
+          nf = nf + 2
+        end
+      end
     end
   elseif B.top and B.top > num(redis.call('HGET', B.session, 'next')) then
     -- ids are reserved ahead (reserve.lua); a run written with a number past the counter
@@ -387,14 +435,14 @@ for _, B in ipairs(S) do
   for state, n in pairs(B.counts) do
     stat(state, n)
     if B.fresh then
-      fields[#fields + 1] = state
-      fields[#fields + 1] = n
+      fields[nf + 1], fields[nf + 2] = state, int(n)
+      nf = nf + 2
     else
       redis.call('HINCRBY', B.session, state, int(n))
     end
   end
-  if #fields > 0 then
-    redis.call('HSET', B.session, unpack(fields))
+  if nf > 0 then
+    redis.call('HSET', B.session, unpack(fields, 1, nf))
     forget_counts(B)
   end
 end
@@ -450,7 +498,15 @@ end
 for q, ids in ipairs(pushes) do
   local nids = ids.n
   if nids > 0 then
-    local i = hand(q, ids) + 1
+    local handed = hand(q, ids)
+    -- a new session's runs handed whole take no entry in the line (counted in its record)
+    for k = 1, handed do
+      local s_index = R_SESSION[ids.r[k]]
+      if S[s_index].fresh and (k == nids or R_SESSION[ids.r[k + 1]] ~= s_index) then
+        redis.call('HINCRBY', S[s_index].session, line_of(q), '-1')
+      end
+    end
+    local i = handed + 1
     local line = {}
     local fresh = 0  -- runs of new sessions queued here (counted in the queue's depth at once)
     while i <= nids do
@@ -458,16 +514,19 @@ for q, ids in ipairs(pushes) do
       local B = S[s_index]
       local j = i
       while j < nids and R_SESSION[ids.r[j + 1]] == s_index do j = j + 1 end
-      local RB = {S = B, session = B.session, queue = Q[q].list, wake = Q[q].wake,
-        squeue = key_session_queue(B.sid, queue_names[q]), throttled = key_session_throttled(B.sid)}
       if B.fresh then
+        -- (its entry in the line counted in its record, above)
         fresh = fresh + j - i + 1
         line[#line + 1] = ids[i]
-        redis.call('HINCRBY', B.session, line_field(RB), '1')
-        for c = i + 1, j, 1000 do
-          redis.call('RPUSH', RB.squeue, unpack(ids, c, math.min(c + 999, j)))
+        if j > i then
+          local squeue = key_session_queue(B.sid, queue_names[q])
+          for c = i + 1, j, 1000 do
+            redis.call('RPUSH', squeue, unpack(ids, c, math.min(c + 999, j)))
+          end
         end
       else
+        local RB = {S = B, session = B.session, queue = Q[q].list, wake = Q[q].wake,
+          squeue = key_session_queue(B.sid, queue_names[q]), throttled = key_session_throttled(B.sid)}
         push_runs(RB, ids, i, j)
       end
       i = j + 1

@@ -23,6 +23,19 @@ local TRIM_EVERY = 64
 -- Events a channel gets from one call before asking whether anyone listens (see `heard`)
 local ASK_FROM = 8
 
+-- A string packed as P packs it; one under 32 bytes (a session or task id, a name: one in
+-- every event) made here, its length in its first byte (msgpack's fixstr), not in cmsgpack's
+-- own buffer
+local FIXSTR = {[0] = '\160', '\161', '\162', '\163', '\164', '\165', '\166', '\167',
+  '\168', '\169', '\170', '\171', '\172', '\173', '\174', '\175',
+  '\176', '\177', '\178', '\179', '\180', '\181', '\182', '\183',
+  '\184', '\185', '\186', '\187', '\188', '\189', '\190', '\191'}
+local function pstr(s)
+  local head = FIXSTR[#s]
+  if head then return head .. s end
+  return P(s)
+end
+
 local function enc(v)
   if v == nil or v == false then return NIL end
   return P(v)
@@ -179,8 +192,8 @@ local function idx(status) return K['idx_' .. status] end
 -- each: a batch of 10,000 runs queues 10,000 events. An event of another worker than the
 -- call's (a run an enqueue starts for an idle worker) gives its type as {type, worker packed}.
 local function emit(S, etype, task, data)
-  S = sess(S)
-  local ev = own(S, 'events', 'touched')
+  S = S.S or S  -- sess(S)
+  local ev = S.events or own(S, 'events', 'touched')
   local n = #ev
   ev[n + 1] = etype
   ev[n + 2] = task or false
@@ -220,6 +233,10 @@ local function flush()
   local total = 0
   for _, S in ipairs(G.touched) do total = total + #S.events / 3 end
   local to_all = total < ASK_FROM or heard(G.chan_all)
+  -- what events of one type share, made once a call: from ts to the session, and from the
+  -- worker to the data (the call's worker's; another's, an enqueue's handed run, made each
+  -- time); the ZADD arguments of a session's events, in one table for all (nz long)
+  local heads, tail, zargs = {}, EV_WORKER .. G.worker_packed .. EV_DATA, {}
   for _, S in ipairs(G.touched) do
     local ev = S.events
     local n = #ev / 3
@@ -228,39 +245,41 @@ local function flush()
       local last = S.seq_preset or redis.call('HINCRBY', S.session, 'seq', int(n))
       local first = last - n + 1
       local keep_from = math.max(first, last - G.cap + 1)
-      local zargs = {}
-      local sid = P(S.sid)
+      local nz = 0
+      local sid = pstr(S.sid)
       -- nobody can be subscribed to the channel of a session this script creates (its
       -- random id is not known outside yet); its listeners replay the history
       local chan = not S.seq_preset and (n < ASK_FROM or heard(S.chan)) and S.chan
-      -- what events of one type share, made once: from ts to the task, and from the worker
-      -- to the data (the call's worker's; another's, an enqueue's handed run, made each time)
-      local heads, tail = {}, EV_WORKER .. G.worker_packed .. EV_DATA
       -- an event neither kept (past the history cap) nor published is not made at all
       for i = (chan or to_all) and 1 or keep_from - first + 1, n do
         local seq = first + i - 1
         local etype, task, data = ev[3 * i - 2], ev[3 * i - 1], ev[3 * i]
-        local after = tail
-        if type(etype) == 'table' then etype, after = etype[1], EV_WORKER .. etype[2] .. EV_DATA end
-        local head = heads[etype]
+        local after, head = tail, heads[etype]
         if not head then
-          head = EV_TS .. G.ts_packed .. EV_TYPE .. PK[etype] .. EV_SESSION .. sid .. EV_TASK
-          heads[etype] = head
+          -- (not met yet, or an event of another worker's: a table, see emit)
+          if type(etype) == 'table' then etype, after = etype[1], EV_WORKER .. etype[2] .. EV_DATA end
+          head = heads[etype]
+          if not head then
+            head = EV_TS .. G.ts_packed .. EV_TYPE .. PK[etype] .. EV_SESSION
+            heads[etype] = head
+          end
         end
-        local packed = EV_HEAD .. P(seq) .. head .. (task and P(task) or NIL) .. after
-          .. (data or EMPTY_MAP)
+        -- (a new session's first seqs, packed once a call; as strings to Redis: int)
+        local packed = EV_HEAD .. (seq <= 8 and PK[seq] or P(seq)) .. head .. sid .. EV_TASK
+          .. (task and pstr(task) or NIL) .. after .. (data or EMPTY_MAP)
         if seq >= keep_from then
-          zargs[#zargs + 1] = seq
-          zargs[#zargs + 1] = packed
-          if #zargs >= 1000 then
-            redis.call('ZADD', S.history, unpack(zargs))
-            zargs = {}
+          zargs[nz + 1] = INTSTR[seq] or seq  -- (int(seq), without the call)
+          zargs[nz + 2] = packed
+          nz = nz + 2
+          if nz >= 1000 then
+            redis.call('ZADD', S.history, unpack(zargs, 1, nz))
+            nz = 0
           end
         end
         if chan then redis.call(PUBLISH, chan, packed) end
         if to_all then redis.call(PUBLISH, G.chan_all, packed) end
       end
-      if #zargs > 0 then redis.call('ZADD', S.history, unpack(zargs)) end
+      if nz > 0 then redis.call('ZADD', S.history, unpack(zargs, 1, nz)) end
       -- trimmed every TRIM_EVERY events, and always when this call kept only its last ones:
       -- older events left before them would hide the hole from a late listener (listen.fill)
       if last > G.cap and (keep_from > first or n >= TRIM_EVERY

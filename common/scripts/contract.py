@@ -207,8 +207,15 @@ class Contract:
             f"-- a run id is <session id>{RUN_ID_SEPARATOR}<n> (keys.run_id)\n"
             f"local function session_of(id) return string.match(id, '^(.*){sep}"
             f"[^{sep}]*$') or '' end\n")))  # fmt: skip
-        out.append(lean.piece(["run_number"], f"local function run_number(id) return "
-                              f"tonumber(string.match(id, '{sep}(%d+)$')) or 0 end\n"))  # fmt: skip
+        # a session's first runs (`sid`: the id's session, known) by a lookup of the id's end,
+        # not string.match and tonumber's strtod (a create's replicas each have run 1)
+        firsts = ", ".join(f"['{RUN_ID_SEPARATOR}{i}'] = {i}" for i in range(1, 9))
+        out.append(lean.piece(["run_number"], (
+            f"local RUN_FIRSTS = {{{firsts}}}\n"
+            f"local function run_number(id, sid)\n"
+            f"  local n = sid and RUN_FIRSTS[string.sub(id, #sid + 1)]\n"
+            f"  return n or tonumber(string.match(id, '{sep}(%d+)$')) or 0\n"
+            f"end\n")))  # fmt: skip
         for lua_name, enum in VOCABULARY.items():
             out.append(lean.piece([lua_name], f"local {lua_name} = {{" + ", ".join(
                 _lua_str(member.value) for member in enum) + "}\n"))  # fmt: skip

@@ -115,16 +115,17 @@ class EnqueueCalls(ScriptsBase):
         claim: str, retention_ms: int | None, remote: Mapping[str, str] | None,
     ) -> tuple[list[str], list[Any]]:  # fmt: skip
         """enqueue_call of any sessions and runs."""
-        k, rq = self.keys, self.rq
+        rq = self.rq
         session_blocks, plan_sessions = [], []
+        # a session's key block from the block of a session of its kind and owner whose id is
+        # _SID, split where the id goes (a create's replicas share their kind and owner)
+        splits: dict[tuple[str, str], list[list[str]]] = {}
         for sid, is_new, record, name, kind, owner in sessions:
-            session_blocks.append(ENQUEUE.block("session", {
-                "session": k.session(sid), "history": k.history(sid),
-                "chan": k.events_channel(sid), "tasks": k.session_tasks(sid),
-                "held": k.session_held(sid), "kind": k.idx_kind(kind),
-                "owner": k.idx_owner(owner), "names": k.session_names(sid),
-                "task_keys": k.session_task_keys(sid), "running": k.session_running(sid),
-            }))  # fmt: skip
+            split = splits.get((kind, owner))
+            if split is None:
+                block = self._enqueue_session_block(_SID, kind, owner)
+                split = splits[(kind, owner)] = [key.split(_SID) for key in block]
+            session_blocks.append([sid.join(parts) for parts in split])
             plan_sessions.append([sid, is_new, record, name])
         queues = {q: i for i, q in enumerate(dict.fromkeys(cols.queue), start=1)}
         queue_blocks = list(map(self._enqueue_queue_block, queues))
@@ -230,6 +231,17 @@ class EnqueueCalls(ScriptsBase):
                 "schedule": k.schedule(), "waiting": k.waiting(), "names": k.names(),
                 "idle_workers": k.idle_workers(), "workers": k.workers(),
                 "epoch": k.data_epoch()}  # fmt: skip
+
+    def _enqueue_session_block(self, sid: str, kind: str, owner: str) -> list[str]:
+        """enqueue.lua's key block of one session."""
+        k = self.keys
+        return ENQUEUE.block("session", {
+            "session": k.session(sid), "history": k.history(sid),
+            "chan": k.events_channel(sid), "tasks": k.session_tasks(sid),
+            "held": k.session_held(sid), "kind": k.idx_kind(kind),
+            "owner": k.idx_owner(owner), "names": k.session_names(sid),
+            "task_keys": k.session_task_keys(sid), "running": k.session_running(sid),
+        })  # fmt: skip
 
     def _enqueue_queue_block(self, queue: str) -> list[str]:
         """enqueue.lua's key block of one queue (made once per queue name)."""

@@ -207,7 +207,16 @@ def test_the_library_of_a_clustered_namespace_loads(redis: Redis, settings: Sett
 
 
 # the prelude's tables made once, for every call: constants no code writes to
-PRELUDE_CONSTANTS = {"ENDED", "LIVE", "TERMINAL", "RQ_STATUS", "INTSTR", "PK_MT", "NUMSTR_MT"}
+PRELUDE_CONSTANTS = {
+    "ENDED",
+    "LIVE",
+    "TERMINAL",
+    "RQ_STATUS",
+    "INTSTR",
+    "PK_MT",
+    "NUMSTR_MT",
+    "FIXSTR",
+}
 
 
 def test_every_prelude_table_is_made_anew_for_each_call_but_the_constants(

@@ -41,3 +41,23 @@ def test_lua_packed_events_are_the_event_dataclass_wire_form(client: Client, red
                              data={"fraction": 0.5, "note": "half"})  # fmt: skip
     log = events[-1]
     assert (log.type, log.task, log.worker, log.data) == ("task.log", None, None, {})
+
+
+def test_names_and_ids_of_any_length_are_packed_as_the_codec_packs_them(
+    client: Client, redis: Redis
+) -> None:
+    """The scripts pack a string under 32 bytes themselves (prelude `pstr`), a longer one
+    by cmsgpack: either way the bytes are the codec's."""
+    s = client.session("s" * 31)
+    s.pause()
+    for n in (1, 30, 31, 32, 33, 40):
+        s.add(Task("tests.tasks:add", args=[1, 2], name="x" * n))
+    client.create("c" * 32, task="tests.tasks:add", args=[1, 2], replicas=2)
+    keys = Keys(client.settings.prefix)
+    raws = [raw for key in redis.scan_iter(keys.history("*")) for raw in redis.zrange(key, 0, -1)]
+    names = set()
+    for raw in raws:
+        event = Event.from_bytes(raw)
+        assert codec.encode(event.to_wire()) == raw
+        names.add(event.data.get("name"))
+    assert {"s" * 31, "c" * 32 + "-1", *("x" * n for n in (1, 30, 31, 32, 33, 40))} <= names

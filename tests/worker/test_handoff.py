@@ -14,6 +14,7 @@ import pytest
 from redis import Redis
 
 import tests.tasks  # noqa: F401 - registers the @task functions
+from sessionq.common.jobhash import build_run
 from sessionq.common.keys import Keys
 from sessionq.common.rqcompat import rq_keys
 from sessionq.common.settings import Settings
@@ -361,6 +362,25 @@ def test_a_new_sessions_events_are_numbered_without_a_gap_after_a_handoff(
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     assert [e["type"] for e in events][:4] == [
         "session.created", "task.queued", "session.started", "task.started"]  # fmt: skip
+
+
+def test_a_new_session_whose_runs_were_all_handed_has_no_place_in_the_line(
+    client: Client, settings: Settings, redis: Redis, waiting: list[SessionWorker]
+) -> None:
+    """enqueue.lua counts a new session's entries in a queue's line with its record, before
+    handing runs out: a session whose runs were all handed takes none, so that a run added
+    to it later joins the line (it would wait behind an entry that is not there, for ever)."""
+    a = make_waiting(waiting, settings)
+    b = make_waiting(waiting, settings)
+    one, two = client.create("h", task=ADD, args=[1, 2], replicas=2)
+    queue = rq_keys(settings.prefix).queue("default")
+    assert redis.llen(queue) == 0, "both handed"
+    client.add_runs(one, [build_run(name="more", task=ADD, args=[3, 4])])
+    assert redis.lrange(queue, 0, -1) == [f"{one}-2".encode()], "in the line"
+    for w in (a, b):
+        while w._turn(burst=True):
+            pass
+    assert [r["tasks"]["succeeded"] for r in client.info([one, two])] == [2, 1]
 
 
 def test_a_run_handed_to_a_lost_worker_while_it_is_recovered_is_recovered_too(
