@@ -25,7 +25,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
@@ -76,7 +76,15 @@ FINISHES_HELD_MAX = 32
 FINISHES_HELD_S = 0.002
 FUNCTIONS_TIMED_MAX = 1000  # functions whose average run time a worker keeps
 CANCEL_IDS_MAX = 10_000  # stops kept for runs not begun (stop_current), oldest dropped past it
-RQ_IDLE, RQ_SUSPENDED = "idle", "suspended"  # RQ's worker states (rq info), not a run's
+RQ_IDLE, RQ_SUSPENDED = "idle", "suspended"
+
+
+class _HeldNotSent(BaseException):
+    """(inside a run's boundary) Redis failed as the finishes held were sent before the run's
+    body: not the run's failure - _execute raises the cause to the loop."""
+
+
+# RQ's worker states (rq info), not a run's
 Ready = tuple[str, str, Any, Any, Any, int]  # run id, queue, data, sq, timeout, attempt
 
 
@@ -445,7 +453,9 @@ class SessionWorker:
 
     def _start(self, runs: list[tuple[str, str]]) -> None:
         """Start runs already on our list (after a lost reply), in one round trip."""
-        self.scripts.step_send(self.head, self.name, [], runs, runs[0][0])
+        # (RQ's current_job: the run it runs first - recovery charges that one, see recover.lua)
+        current = self.ready[0][0] if self.ready else runs[0][0]
+        self.scripts.step_send(self.head, self.name, [], runs, current)
         self._collect(0)
 
     def _finish(self, finishes: list[Finish], current: str | None = None) -> None:
@@ -583,6 +593,8 @@ class SessionWorker:
         started = time.perf_counter()
         try:
             outcome, payload = self._outcome(run, data, sq, run.timeout, attempt)
+        except _HeldNotSent as lost:  # to the loop's backoff: _lost, then _resend
+            raise cast("BaseException", lost.__cause__) from None
         finally:
             with self.take_lock:  # a stop meant for this run does not reach the next one
                 if self.shared is not None:
@@ -591,11 +603,12 @@ class SessionWorker:
         elapsed = time.perf_counter() - started
         self.ended(run_id, outcome, sq)
         self.avg_run_s = 0.8 * self.avg_run_s + 0.2 * elapsed
-        if self.may_hold:
+        if self.may_hold and self._func:
             if len(self.run_s) >= FUNCTIONS_TIMED_MAX and self._func not in self.run_s:
                 self.run_s.clear()
+            # (a long run counts at once: the finishes held wait for no run like it)
             last = self.run_s.get(self._func, elapsed)
-            self.run_s[self._func] = 0.8 * last + 0.2 * elapsed
+            self.run_s[self._func] = max(elapsed, 0.8 * last + 0.2 * elapsed)
         fits = int(BATCH_WINDOW_S / max(self.avg_run_s, 1e-6))
         self.batch = max(1, min(self.settings.claim_batch_max, fits))
         return (run_id, queue, outcome, payload, int(elapsed * 1000))
@@ -624,10 +637,14 @@ class SessionWorker:
         try:
             if self.hard_stop:  # SIGINT came as the run was taken up: it does not begin
                 return encoded(interrupted(StopReason.SHUTDOWN, timeout))
+            self._func = ""
             p = prepare(self, run, data, sq, timeout, attempt)
             self._func = p.func
             if self.held and self.run_s.get(p.func, 1.0) >= FINISHES_HELD_S / 2:
-                self._send_held(run.run_id)  # (not behind a run that may be long)
+                try:
+                    self._send_held(run.run_id)  # (not behind a run that may be long)
+                except (RedisError, OSError) as exc:  # not the run's failure: the loop's
+                    raise _HeldNotSent from exc
             if p.fn is None:
                 return run_command(self, p, self._note_pgid)
             fn = p.fn

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 POLL_S = 0.2
 RESTART_BACKOFF_MAX_S = 10.0
 GIVE_UP_TRIES = 10  # a stopping supervisor's tries at giving back the runs of dead children
+OVERRAN = "timeout: the run ignored its deadline (killed by its supervisor)"
 RUN_ID_MAX_BYTES = 256  # a longer run id is not shared: its child alone enforces its deadline
 
 
@@ -162,7 +163,7 @@ class Supervisor:
         origin = scripts.redis.hget(scripts.rq.job(run_id), "origin")
         queue = codec.text(origin) if origin else next(
             (q for q in self.opts.queues if q != CONTROL_QUEUE), DEFAULT_QUEUE)  # fmt: skip
-        reason = codec.encode("timeout: the run ignored its deadline (killed by its supervisor)")
+        reason = codec.encode(OVERRAN)
         scripts.step_now(scripts.worker_head(name, [queue]), name,
                          [(run_id, queue, Outcome.FAILED, reason, 0)])  # fmt: skip
 
@@ -259,12 +260,16 @@ class Supervisor:
                 if code != 0:
                     log.error("worker process %s exited with %s", proc.pid, code)
                     name = child_name(self.base, proc.pid or 0)
-                    if overran is not None:
+                    self._lost[name] = f"worker {name} died (exit code {code})"
+                    if overran is not None and self.opts.max_jobs == 1:
+                        # recovery charges the run it was running - the one that overran,
+                        # named by RQ's current_job where runs before it ended unsent
+                        self._lost[name] = OVERRAN
+                    elif overran is not None:
                         try:
                             self._record_overrun(name, overran)
                         except Exception:  # noqa: BLE001 - recovered as lost instead
                             log.exception("could not record run %s as timed out", overran)
-                    self._lost[name] = f"worker {name} died (exit code {code})"
                     self._recover()
                 if self.signals:
                     status = status or (code if code and code > 0 else 0)

@@ -30,6 +30,7 @@ class WatchedWorker(WorkerHost, Protocol):
     flight (each a CurrentRun, asked whether it is overdue), and how to stop them or it."""
 
     counts: dict[str, int]
+    held: list[Finish]  # finishes of runs that ended, held back (worker.loop FINISHES_HELD_MAX)
 
     @property
     def head(self) -> WorkerHead: ...
@@ -222,5 +223,6 @@ class Watcher(threading.Thread):
             finishes.append(ended or (run.run_id, run.queue, Outcome.REQUEUE,
                                       codec.encode("worker restarted"), 0))  # fmt: skip
         finishes.extend(held)
-        w.scripts.step_now(w.head, w.name, finishes)
+        # the finishes of runs that ended, held back (worker.loop FINISHES_HELD_MAX): first
+        w.scripts.step_now(w.head, w.name, [*w.held, *finishes])
         os._exit(EXIT_HARD_KILLED)

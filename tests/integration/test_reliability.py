@@ -104,6 +104,27 @@ def test_finishes_held_back_are_not_kept_behind_a_long_run(
     client.stop(sid)
 
 
+def test_a_run_its_supervisor_kills_is_charged_not_the_finishes_held_before_it(
+    client: Client, workers: WorkerProcs
+) -> None:
+    """A run that overran, in a process its supervisor kills (it keeps the GIL: its own watcher
+    cannot act), with the finishes of short runs of the same function held back before it
+    (worker.loop FINISHES_HELD_MAX): it ends failed by its deadline; they did not fail, and
+    end succeeded (run again, uncharged)."""
+    from sessionq.common.jobhash import build_run
+
+    sid = client.open_session("overrun")
+    runs = [build_run(name=f"r{i}", task="tests.tasks:gil_holder", args=[0]) for i in range(60)]
+    runs.append(build_run(name="stuck", task="tests.tasks:gil_holder", args=[30], timeout=1))
+    ids = client.add_runs(sid, runs)
+    workers.start(1)
+    wait_for(lambda: ended(client, sid), timeout=60, what="the runs, one killed, to end")
+    states = {t["id"]: (t["state"], str(t["error"])) for t in client.tasks(sid)}
+    state, error = states.pop(ids[-1])
+    assert state == "failed" and "ignored its deadline" in error
+    assert {state for state, _ in states.values()} == {"succeeded"}
+
+
 def test_worker_killed_mid_command_takes_its_process_group_along(
     client: Client, workers: WorkerProcs, tmp_path: Path
 ) -> None:
