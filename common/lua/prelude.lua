@@ -552,6 +552,28 @@ local function push_run(B, id, front)
   wake(B)
 end
 
+-- Put run `id`, taken from B's line when its session had no room (max_running), back in the
+-- session's own list for the queue, in add order: ahead of the runs there, as it was the
+-- session's next - unless the session had several runs in the line (put at its front:
+-- released by play, given back), taken in turn: each then goes after those taken before it.
+local PARK_SCAN = 64  -- (further than this, after the 64th: the line holds few of a session)
+local function park(B, id)
+  local n = run_number(id)
+  local first = redis.call('LINDEX', B.squeue, 0)
+  if not first or run_number(first) > n then
+    redis.call('LPUSH', B.squeue, id)
+    return
+  end
+  local head = redis.call('LRANGE', B.squeue, 1, PARK_SCAN - 1)
+  for _, other in ipairs(head) do
+    if run_number(other) > n then
+      redis.call('LINSERT', B.squeue, 'BEFORE', other, id)
+      return
+    end
+  end
+  redis.call('LINSERT', B.squeue, 'AFTER', head[#head] or first, id)
+end
+
 -- Queue ids[from..to] (runs of B's session, in order) at the back of B's queue.
 local function push_runs(B, ids, from, to)
   if from > to then return end

@@ -246,7 +246,7 @@ if want > 0 or #handed > 0 then
             mine = 0
           end
           if left ~= nil and left <= 0 then
-            redis.call('LPUSH', B.squeue, id)
+            park(B, id)
             if mine <= 0 then
               redis.call('SADD', B.throttled, throttle_entry(B))
               S.unthrottled = nil  -- (see prelude unthrottle)

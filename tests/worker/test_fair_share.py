@@ -64,6 +64,20 @@ def test_one_session_alone_drains_in_batches(client: Client, settings: Settings)
     assert w.runs_claimed == len(ids)
 
 
+def test_runs_released_by_play_keep_their_add_order_under_max_running(
+    client: Client, settings: Settings
+) -> None:
+    """play() puts a paused session's held runs at the front of the line, all of them; a
+    worker that takes them while the session is at its max_running puts each back in the
+    session's own list in add order (they came out reversed)."""
+    RAN.clear()
+    s = client.session("held", config={"max_running": 1, "autoplay": False})
+    ids = s.map(RECORD, [str(i) for i in range(8)])
+    s.play()
+    SessionWorker(settings).work(burst=True)
+    assert RAN == ids
+
+
 def test_max_running_caps_a_session_across_workers(client: Client, workers: WorkerProcs) -> None:
     s = client.session("capped", config={"max_running": 2})
     for i in range(6):
