@@ -30,8 +30,11 @@ from redis.connection import URL_QUERY_ARGUMENT_PARSERS, parse_url
 from redis.exceptions import (
     AuthenticationError,
     BusyLoadingError,
+    ClusterCrossSlotError,
+    MovedError,
     NoPermissionError,
     ReadOnlyError,
+    RedisClusterException,
     RedisError,
     ResponseError,
 )
@@ -478,8 +481,14 @@ def client_from_url(url: str, options: dict[str, Any]) -> Redis:
     cluster = parse_cluster_url(url)
     if cluster is not None:
         nodes = [ClusterNode(host, port) for host, port in cluster.nodes]  # type: ignore[no-untyped-call]  # redis-py's ClusterNode is unannotated
-        return cast("Redis", RedisCluster(
-            startup_nodes=nodes, **_cluster_options(options), **cluster.options))  # fmt: skip
+        try:  # (it connects at once, to learn the slots)
+            return cast("Redis", RedisCluster(
+                startup_nodes=nodes, **_cluster_options(options), **cluster.options))  # fmt: skip
+        except RedisClusterException as exc:  # no node answers, or not a cluster's
+            if "not enabled" in str(exc):
+                raise ValidationError("url", f"{redact_url(url)!r} names a Redis not in "
+                                      "cluster mode: use redis://host:port") from exc  # fmt: skip
+            raise ConnectionFailed(url, str(exc)) from exc
     target = parse_sentinel_url(url)
     if target is None:
         _check_database(url)
@@ -555,6 +564,8 @@ def connect(settings: Settings, *, check: bool = True, **kwargs: object) -> Redi
     Redis cannot be reached, AccessDenied when its ACL user may not touch the prefix's keys."""
     try:
         client = client_from_url(settings.url, _options(_Retry, settings, kwargs))
+    except ValidationError:  # (already naming url)
+        raise
     except ValueError as exc:
         raise _bad_url(settings.url, exc) from exc
     if check:
@@ -563,6 +574,8 @@ def connect(settings: Settings, *, check: bool = True, **kwargs: object) -> Redi
             client.exists(Keys(settings.prefix).workers())
         except NoPermissionError as exc:
             raise AccessDenied(settings.url, str(exc)) from exc
+        except (MovedError, ClusterCrossSlotError) as exc:
+            raise cluster_node_error(settings.url, exc) or exc from exc
     return client
 
 
@@ -592,6 +605,21 @@ def ping(client: Redis, url: str) -> None:
         raise ConnectionFailed(url, str(exc) or type(exc).__name__) from exc
     except ResponseError as exc:
         raise bad_database(url, exc) or exc from exc
+
+
+CLUSTER_NODE = (
+    "names a node of a Redis Cluster (it answered MOVED or CROSSSLOT): use "
+    "redis+cluster://host:port"
+)
+
+
+def cluster_node_error(url: str, exc: BaseException) -> ValidationError | None:
+    """A MOVED or CROSSSLOT from the Redis of a plain URL: it is a node of a Redis Cluster,
+    which takes a redis+cluster:// URL - bad input naming url. None for any other error."""
+    plain = not url.startswith(("redis+cluster", "rediss+cluster"))
+    if not (plain and isinstance(exc, (MovedError, ClusterCrossSlotError))):
+        return None
+    return ValidationError("url", f"{redact_url(url)!r} {CLUSTER_NODE}")
 
 
 def bad_database(url: str, exc: RedisError) -> ValidationError | None:

@@ -10,7 +10,9 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 import click
+from redis.exceptions import ClusterCrossSlotError, MovedError
 
+from sessionq.common.connection import CLUSTER_NODE
 from sessionq.common.errors import ConfigError, SessionqError, ValidationError
 from sessionq.common.events import EventType
 from sessionq.common.settings import Settings
@@ -83,6 +85,8 @@ class SessionqGroup(click.Group):
             _fail(f"--{exc}" if exc.field == "url" else str(exc), 2)
         except SessionqError as exc:
             _fail(str(exc), 1)
+        except (MovedError, ClusterCrossSlotError):  # (a plain URL's: a cluster's follows)
+            _fail(f"--url {CLUSTER_NODE}", 2)
         except (KeyboardInterrupt, click.Abort):
             click.echo("interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)

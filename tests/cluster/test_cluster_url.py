@@ -4,6 +4,9 @@ script path, a worker's FastLane and the pub/sub hubs reach the master of a key'
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 
 import pytest
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
@@ -11,11 +14,12 @@ from redis.cluster import RedisCluster
 
 from sessionq.common.clusterserver import RedisClusterServer
 from sessionq.common.connection import connect, connect_async, parse_cluster_url
-from sessionq.common.errors import ValidationError
+from sessionq.common.errors import ConnectionFailed, ValidationError
+from sessionq.common.redisserver import RedisServer, free_port
 from sessionq.common.scripts import transport
 from sessionq.common.settings import Settings
 from sessionq.producer import aiohub, hub
-from tests.conftest import subscribers
+from tests.conftest import ROOT, subscribers
 
 ECHO = "redis.call('SET', KEYS[1], ARGV[1]) return redis.call('GET', KEYS[1])"
 
@@ -113,3 +117,50 @@ def test_the_hubs_subscribe_on_the_master_of_the_channels_slot(
             await client.aclose()
 
     assert asyncio.run(listen()) == 1
+
+
+def cli(url: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "sessionq", "--url", url, *argv], env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
+def test_a_cluster_url_no_node_answers_is_connection_failed_in_one_line() -> None:
+    url = f"redis+cluster://127.0.0.1:{free_port()}"
+    with pytest.raises(ConnectionFailed, match="Redis Cluster cannot be connected"):
+        connect(Settings.from_env(url, environ={}))
+    proc = cli(url, "stats")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("sessionq: error: cannot reach Redis at redis+cluster://")
+
+
+def test_a_cluster_url_to_a_plain_redis_says_to_use_redis_url() -> None:
+    plain = RedisServer().start()
+    try:
+        url = f"redis+cluster://127.0.0.1:{plain.port}"
+        with pytest.raises(ValidationError, match="not in cluster mode: use redis://"):
+            connect(Settings.from_env(url, environ={}))
+        proc = cli(url, "stats")
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert "--url: " in proc.stderr and "not in cluster mode" in proc.stderr
+    finally:
+        plain.stop()
+
+
+def test_a_plain_url_to_a_cluster_node_says_to_use_a_cluster_url(
+    redis_cluster: RedisClusterServer,
+) -> None:
+    """Every command through a plain URL to a node of a cluster that touches another node's
+    slot (or several slots) is refused naming --url (a command that happens to touch this
+    node's slots only works: a read of an index, a session of this node's)."""
+    said = 0
+    for node in redis_cluster.nodes:
+        url = f"redis://127.0.0.1:{node.port}/0"
+        for argv in (["stats"], ["create", "x", "--cmd", "true"]):
+            proc = cli(url, *argv)
+            assert "Traceback" not in proc.stderr, proc.stderr
+            if proc.returncode != 0:
+                assert proc.returncode == 2, proc.stderr
+                assert "--url names a node of a Redis Cluster" in proc.stderr
+                said += 1
+    assert said >= len(redis_cluster.nodes)
