@@ -442,7 +442,10 @@ class SessionWorker:
         called once every step sent before this one is answered, before this one's reply is
         read."""
         self.unacked.extend(finishes)
-        self.scripts.step_send(self.head, self.name, finishes, [], "", claim=claim or self.batch,
+        # ('': the first run the claim starts - with runs in flight, one of them, so that RQ's
+        # view and stats() show the worker busy)
+        shown = next(iter(list(self.inflight)), "")
+        self.scripts.step_send(self.head, self.name, finishes, [], shown, claim=claim or self.batch,
                                waits=self.waits if waits is None else waits)  # fmt: skip
         before = (self.runs_claimed, self.parents_ended)
         if meanwhile is not None:
@@ -458,11 +461,17 @@ class SessionWorker:
         self.scripts.step_send(self.head, self.name, [], runs, current)
         self._collect(0)
 
+    def _shown(self) -> str:
+        """The run RQ's view shows this worker on: the next ready one, else one in flight (a
+        worker of --max-jobs runs), else none."""
+        return self.ready[0][0] if self.ready else next(iter(list(self.inflight)), "")
+
     def _finish(self, finishes: list[Finish], current: str | None = None) -> None:
         """Send finishes without waiting; their replies are read before the next claim.
-        `current`: the run RQ's view shows this worker on (default: the next ready one)."""
+        `current`: the run RQ's view shows this worker on (default: the next ready one, else
+        one in flight)."""
         if current is None:
-            current = self.ready[0][0] if self.ready else ""
+            current = self._shown()
         self.unacked.extend(finishes)
         self.scripts.step_send(self.head, self.name, finishes, [], current)
         if self.scripts.steps_unanswered > MAX_UNANSWERED:

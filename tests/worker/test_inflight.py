@@ -150,3 +150,15 @@ def test_an_async_run_stopped_before_the_loop_took_it_up_ends_stopped(
     assert not worker.is_alive(), "the stopped runs never ended"
     for record in client.info(ids):
         assert record["tasks"]["queued"] == 1 and record["tasks"]["succeeded"] == 0
+
+
+def test_a_worker_with_runs_in_flight_counts_as_busy(client: Client, workers: WorkerProcs) -> None:
+    """stats() counts a worker busy while it has runs in flight (RQ's current_job names one),
+    also between its steps that claim nothing - a tester saw busy=0 with 5 runs started."""
+    workers.start(1, extra=["--max-jobs", "4"])
+    ids = client.create("busy", task="tests.tasks:sleeper", args=[30], replicas=3)
+    wait_for(lambda: all(r["status"] == "Running" for r in client.info(ids)),
+             what="three runs in flight")  # fmt: skip
+    seen = [client.stats()["workers"]["busy"] for _ in range(20)]  # (steps come every 50 ms)
+    assert seen == [1] * 20
+    client.stop(ids)
