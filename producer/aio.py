@@ -155,6 +155,8 @@ class AsyncClient:
         queue: str | None = None,
         timeout: float | None = None,
         retries: int = 0,
+        retry_delay: float | None = None,
+        backoff: str = "exponential",
     ) -> list[str]:
         """As Client.create (CANFAR's positional order); one script call writes it all (one
         per partition: see Client.create)."""
@@ -164,6 +166,7 @@ class AsyncClient:
                 plans.create(
                     self.scripts, name, image, cores, ram, kind, gpu, cmd, args, env, replicas,
                     task=task, kwargs=kwargs, queue=queue, timeout=timeout, retries=retries,
+                    retry_delay=retry_delay, backoff=backoff,
                     written=written,
                 )
             )  # fmt: skip

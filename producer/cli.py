@@ -27,6 +27,7 @@ from sessionq.producer.cli_base import (
     parse_args,
     parse_env,
     parse_kwargs,
+    retry_options,
     sessions_of,
     warn_unserved,
 )
@@ -203,13 +204,15 @@ def main() -> None:
 @click.option("--queue", default=None, help="Queue (default: default).")
 @click.option("--timeout", type=float, default=None, help="Seconds before the run is killed.")
 @click.option("--retries", type=int, default=0, show_default=True, help="Retries after a failure.")
+@retry_options
 @click.option("--json", "as_json", is_flag=True, help="Print the ids as JSON.")
 @click.pass_context
 def create(
     ctx: click.Context, name: str, image: str | None, cores: float | None, ram: float | None,
     kind: str, gpu: float | None, cmd: str | None, args_: str | None, env: tuple[str, ...],
     replicas: int, task: str | None, kwargs_json: str | None, queue: str | None,
-    timeout: float | None, retries: int, as_json: bool,
+    timeout: float | None, retries: int, retry_delay: float | None, backoff: str,
+    as_json: bool,
 ) -> None:  # fmt: skip
     """Create session(s) running a command or a registered function."""
     kwargs = parse_kwargs(kwargs_json)
@@ -218,6 +221,7 @@ def create(
         name, image, cores, ram, kind, gpu, cmd, parse_args(args_, typed=task is not None),
         parse_env(env), replicas,
         task=task, kwargs=kwargs, queue=queue, timeout=timeout, retries=retries,
+        retry_delay=retry_delay, backoff=backoff,
     )  # fmt: skip
     if as_json:
         echo_json(ids)

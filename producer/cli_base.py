@@ -10,7 +10,7 @@ import math
 import re
 import shlex
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -20,6 +20,8 @@ from sessionq.common.vocabulary import ENDED_STATUSES, Status
 from sessionq.producer import plans
 from sessionq.producer.client import Client
 from sessionq.producer.plans import SessionRef
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def client_of(ctx: click.Context) -> Client:
@@ -174,3 +176,14 @@ def warn_unserved(client: Client, queue: str | None, *, command: bool) -> None:
     start += " --allow-commands" if command else " --import MODULE"
     click.echo(f"warning: no live worker serves queue {waits_in!r}: the run waits until one "
                f"does ({start})", err=True)  # fmt: skip
+
+
+def retry_options(command: F) -> F:
+    """--retry-delay and --backoff (SPEC §9's Task(retry_delay=, backoff=)), after --retries."""
+    command = click.option(
+        "--backoff", type=click.Choice(["exponential", "fixed"]), default="exponential",
+        show_default=True, help="How the delay grows from retry to retry (with jitter).",
+    )(command)  # fmt: skip
+    delay = click.option("--retry-delay", type=float, default=None,
+                         help="Seconds before the first retry (default: at once).")  # fmt: skip
+    return delay(command)

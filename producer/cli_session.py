@@ -18,6 +18,7 @@ from sessionq.producer.cli_base import (
     parse_args,
     parse_env,
     parse_kwargs,
+    retry_options,
     warn_unserved,
 )
 from sessionq.producer.client import Client
@@ -75,6 +76,7 @@ def restart(ctx: click.Context, ids: tuple[str, ...], failed_only: bool, as_json
 @click.option("--at", default=None, help="Run at this ISO 8601 time (UTC unless it says).")
 @click.option("--cron", default=None, help="Run on this cron schedule, e.g. '*/5 * * * *'.")
 @click.option("--retries", type=int, default=0, show_default=True, help="Retries after failure.")
+@retry_options
 @click.option("--timeout", type=float, default=None, help="Seconds before the run is killed.")
 @click.option("--queue", default=None, help="Queue (default: default).")
 @click.option("--json", "as_json", is_flag=True, help="Print the task id as JSON.")
@@ -83,7 +85,8 @@ def add(
     ctx: click.Context, session: str, task: str | None, cmd: str | None, args_: str | None,
     kwargs_json: str | None, env: tuple[str, ...], name: str | None, key: str | None,
     depends_on: tuple[str, ...], run_if: str, in_: float | None, at: str | None,
-    cron: str | None, retries: int, timeout: float | None, queue: str | None, as_json: bool,
+    cron: str | None, retries: int, retry_delay: float | None, backoff: str,
+    timeout: float | None, queue: str | None, as_json: bool,
 ) -> int:  # fmt: skip
     """Add a task to your persistent session SESSION: its id or name; a name that names no
     session creates one (and says so on stderr)."""
@@ -92,7 +95,7 @@ def add(
         task, cmd=cmd, args=parse_args(args_, typed=task is not None), kwargs=kwargs,
         env=parse_env(env), name=name, key=key,
         depends_on=list(depends_on) or None, run_if=run_if, in_=in_, at=at, cron=cron,
-        retries=retries, timeout=timeout, queue=queue,
+        retries=retries, retry_delay=retry_delay, backoff=backoff, timeout=timeout, queue=queue,
     )  # fmt: skip
     client = client_of(ctx)
     found = client.resolve([session]).found.get(session)

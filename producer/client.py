@@ -166,6 +166,8 @@ class Client:
         queue: str | None = None,
         timeout: float | None = None,
         retries: int = 0,
+        retry_delay: float | None = None,
+        backoff: str = "exponential",
     ) -> list[str]:
         """Launch `replicas` sessions of one run each; returns their ids (SPEC §2). With
         several partitions, a failure after some were written raises PartlyWritten."""
@@ -175,6 +177,7 @@ class Client:
                 plans.create(
                     self.scripts, name, image, cores, ram, kind, gpu, cmd, args, env, replicas,
                     task=task, kwargs=kwargs, queue=queue, timeout=timeout, retries=retries,
+                    retry_delay=retry_delay, backoff=backoff,
                     written=written,
                 )
             )  # fmt: skip

@@ -251,6 +251,8 @@ def create(
     queue: str | None = None,
     timeout: float | None = None,
     retries: int = 0,
+    retry_delay: float | None = None,
+    backoff: str = "exponential",
     written: list[str] | None = None,
 ) -> Plan[list[str]]:
     """`replicas` sessions of one run each, written by one enqueue script call; their ids.
@@ -264,12 +266,13 @@ def create(
         raise ValidationError("image", f"expected a string, got {type(image).__name__}")
     if replicas == 1 and len(scripts.parts) == 1:
         return (yield from _create_one(scripts, name, image, cores, ram, kind, gpu, cmd, args,
-                                       env, task, kwargs, queue, timeout, retries))  # fmt: skip
+                                       env, task, kwargs, queue, timeout, retries,
+                                       retry_delay, backoff))  # fmt: skip
     names = [check_name(n) for n in names_for_replicas(name, replicas)]
     base = build_run(
         name=name, cmd=cmd, task=task, args=args, kwargs=kwargs, env=env, queue=queue,
-        timeout=timeout, retries=retries, cores=cores, ram=ram, gpu=gpu,
-        replica_count=replicas,
+        timeout=timeout, retries=retries, retry_delay=retry_delay, backoff=backoff, cores=cores,
+        ram=ram, gpu=gpu, replica_count=replicas,
     )  # fmt: skip
     queue = run_queue(base)
     now = time.time()
@@ -324,19 +327,20 @@ def create(
 def _create_one(
     scripts: Scripts, name: str, image: str | None, cores: Any, ram: Any, kind: str, gpu: Any,
     cmd: Any, args: Any, env: Any, task: Any, kwargs: Any, queue: Any, timeout: Any,
-    retries: Any,
+    retries: Any, retry_delay: Any, backoff: Any,
 ) -> Plan[list[str]]:  # fmt: skip
     """create() of one session of one run on one partition (its arguments but these checked):
     the commonest call, one at a time, with what is the same from call to call made once - a
     function run without arguments validated once (plain_spec), the script call laid out from
     pieces (scripts.enqueue: one session of one run)."""
-    scalars = (queue, timeout, retries, None, "exponential", cores, ram, gpu)
+    scalars = (queue, timeout, retries, retry_delay, backoff, cores, ram, gpu)
     if (type(task) is str and cmd is None and args is None and kwargs is None and env is None
             and SCALAR_TYPES.issuperset(map(type, scalars))):  # fmt: skip
         spec = plain_spec(task, *scalars)
     else:
         spec = build_run(name=name, cmd=cmd, task=task, args=args, kwargs=kwargs, env=env,
-                         queue=queue, timeout=timeout, retries=retries, cores=cores, ram=ram,
+                         queue=queue, timeout=timeout, retries=retries,
+                         retry_delay=retry_delay, backoff=backoff, cores=cores, ram=ram,
                          gpu=gpu)  # fmt: skip
     meta = spec.meta(name)
     spec.check_size(meta)

@@ -4,6 +4,11 @@ with `retry_delay` waits in the schedule, its delay doubling with backoff="expon
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import time
 from typing import Any
 
 from redis import Redis
@@ -16,7 +21,7 @@ from sessionq.common.settings import Settings
 from sessionq.producer import Client, Task
 from sessionq.worker import task
 from sessionq.worker.loop import SessionWorker
-from tests.conftest import WorkerProcs, ended, wait_for
+from tests.conftest import ROOT, WorkerProcs, ended, wait_for
 
 RAN: list[str] = []
 
@@ -122,3 +127,33 @@ def test_a_retry_waits_in_the_schedule_with_backoff(
     waits = [e["data"]["due"] - e["ts"] for e in retries]
     assert 0.4 * 0.9 - 0.01 <= waits[0] <= 0.4 * 1.1 + 0.01, waits
     assert 0.8 * 0.9 - 0.01 <= waits[1] <= 0.8 * 1.1 + 0.01, "doubled (exponential)"
+
+
+def test_create_and_the_cli_take_a_retry_delay(
+    client: Client, settings: Settings, redis: Redis
+) -> None:
+    """create() and `sessionq create`/`add` take retry_delay and backoff as Task does (a
+    tester found them only on Task): the failed first attempt's retry waits in the schedule,
+    `retry_delay` later (with backoff="fixed", the same each time)."""
+    [sid] = client.create("api", task="tests.tasks:fails_before", args=[3], retries=2,
+                          retry_delay=60, backoff="fixed")  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "sessionq", "--url", settings.url, "--prefix", settings.prefix,
+           "--user", settings.user]  # fmt: skip
+    made = subprocess.run([*cmd, "create", "cli", "--task", "tests.tasks:fails_before",
+                           "--args", "[3]", "--retries", "2", "--retry-delay", "60",
+                           "--backoff", "fixed", "--json"], env=env, capture_output=True,
+                          text=True, timeout=60, check=True)  # fmt: skip
+    [cli_sid] = json.loads(made.stdout)
+    add = [*cmd, "add", "kept", "--task", "tests.tasks:fails_before", "--args", "[3]",
+           "--retries", "2", "--retry-delay", "60", "--json"]  # fmt: skip
+    added = subprocess.run(add, env=env, capture_output=True, text=True, timeout=60, check=True)
+    tid = json.loads(added.stdout)["task"]
+    SessionWorker(settings).work(burst=True)  # each first attempt fails; its retry waits
+    keys = Keys(settings.prefix)
+    created = [client.tasks(s)[0]["id"] for s in (sid, cli_sid)]
+    for run_id in (*created, tid):
+        job: dict[Any, Any] = sync_reply(redis.hgetall(rq_keys(settings.prefix).job(run_id)))
+        assert job.get(b"state") == b"deferred", (run_id, job)
+        due = redis.zscore(keys.schedule(), run_id)
+        assert due is not None and due / 1000 > time.time() + 30, "about a minute away"
