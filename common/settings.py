@@ -123,15 +123,18 @@ class Settings:
         if not 0 <= self.wait_replicas <= MAX_WAIT_REPLICAS:
             raise ConfigError(f"wait_replicas must be 0-{MAX_WAIT_REPLICAS}, "
                               f"got {self.wait_replicas!r}")  # fmt: skip
+        knobs = {**_INT_KNOBS, **_FLOAT_KNOBS, **_ZERO_KNOBS}  # (each with its variable)
         for name in (*_INT_KNOBS, *_FLOAT_KNOBS):
             if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} ({knobs[name]}) must be positive, "
+                                  f"got {getattr(self, name)!r}")  # fmt: skip
         if self.heartbeat_ttl_s <= 2 * self.heartbeat_interval_s:
             raise ConfigError("heartbeat_ttl_s must exceed twice heartbeat_interval_s")
         count = self.partitions
         if not 0 <= count <= MAX_PARTITIONS or count & (count - 1):
-            raise ConfigError(f"partitions must be a power of two up to {MAX_PARTITIONS} "
-                              f"(or 0: the default), got {count!r}")  # fmt: skip
+            var = knobs["partitions"]
+            raise ConfigError(f"partitions ({var}) must be a power of two up to "
+                              f"{MAX_PARTITIONS} (or 0: the default), got {count!r}")  # fmt: skip
         if self.partition_count > 1 and ("{" in self.prefix or "}" in self.prefix):
             raise ConfigError(f"prefix {self.prefix!r}: no {{ }} with partitions: each "
                               "partition is a hash tag of its own")  # fmt: skip

@@ -102,7 +102,7 @@ def test_the_partition_count_is_a_setting_and_one_slot_on_a_cluster_has_a_tagged
     assert Settings.from_env(cluster, environ=env).prefix == "sq:"
     assert Settings.from_env("redis://h:1/0", environ=env).partition_count == 8
     assert Settings.from_env("redis://h:1/0", environ={}).prefix == "sq:"
-    with pytest.raises(ConfigError, match="partitions must be a power of two"):
+    with pytest.raises(ConfigError, match=r"\(SESSIONQ_PARTITIONS\) must be a power of two"):
         Settings.from_env(cluster, environ={"SESSIONQ_PARTITIONS": "12"})
     with pytest.raises(ConfigError, match="prefix '{sq}:': no { } with partitions"):
         Settings.from_env(cluster, prefix="{sq}:", environ=env)
