@@ -228,6 +228,8 @@ class SessionWorker:
 
         def on_term(signum: int, frame: object) -> None:
             if self.shutting_down or signum == signal.SIGINT:
+                log.info("worker %s: stopping now: the runs in flight go back to their queues, "
+                         "uncharged", self.name)  # fmt: skip
                 self.stop_now(StopReason.SHUTDOWN)
             else:
                 log.info("worker %s: finishing the runs in flight, then stopping", self.name)
