@@ -20,6 +20,10 @@ STATUS_CHECK_INTERVAL_S = 0.1
 HALTED_STATUSES = frozenset(
     {None, Status.PAUSED, Status.STOPPED, Status.TERMINATING, Status.FAILED}
 )
+# a run that returns once should_stop said its session is stopped or gone ends as that stop
+# would have ended it (the stop operation may come after it returned): canceled, saying so
+STOPPED_BY = {Status.STOPPED: "session stopped", Status.TERMINATING: "session destroyed",
+              None: "session destroyed"}  # fmt: skip
 
 
 class StopFlag(Protocol):
@@ -62,6 +66,7 @@ class TaskContext:
         self._session_status = session_status
         self._status_checked = 0.0
         self._session_halted = False
+        self.stopped_by: str | None = None  # (STOPPED_BY) what should_stop last read
 
     @property
     def state(self) -> MutableMapping[str, Any]:
@@ -85,6 +90,7 @@ class TaskContext:
             if isinstance(status, bytes):
                 status = status.decode()
             self._session_halted = status in HALTED_STATUSES
+            self.stopped_by = STOPPED_BY.get(status)
         return self._session_halted
 
     def progress(self, fraction: float, message: str | None = None) -> None:

@@ -47,7 +47,6 @@ from sessionq.worker.execute import (
     Interrupter,
     RunInterrupted,
     call_function,
-    stored_result,
 )
 from sessionq.worker.inflight import BATCH_WINDOW_S, InFlight
 from sessionq.worker.ops import Op
@@ -56,6 +55,7 @@ from sessionq.worker.prepare import (
     encoded,
     judge,
     prepare,
+    returned,
     run_command,
     stopped_unrun,
 )
@@ -666,7 +666,7 @@ class SessionWorker:
                 result = call_function(fn, p.args, p.kwargs, p.env, timeout, self.interrupter)
             finally:
                 set_current(None)
-            return stored_result(run.run_id, p.func, result, self.settings.result_max_bytes)
+            return returned(p, result, self.settings.result_max_bytes)
         except (RunInterrupted, Exception) as exc:  # the per-run boundary: the worker lives on
             return judge(run.run_id, exc, None, timeout)
 

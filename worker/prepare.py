@@ -135,6 +135,8 @@ def returned(p: Prepared, result: Any, max_bytes: int) -> Ended:
     run = p.run
     if run.reason is not None:
         return encoded(interrupted(run.reason, run.timeout))
+    if p.ctx is not None and p.ctx.stopped_by is not None:  # (told by its session's status)
+        return encoded(interrupted(p.ctx.stopped_by, run.timeout))
     return stored_result(run.run_id, p.func, result, max_bytes)
 
 

@@ -162,3 +162,29 @@ def test_a_worker_with_runs_in_flight_counts_as_busy(client: Client, workers: Wo
     seen = [client.stats()["workers"]["busy"] for _ in range(20)]  # (steps come every 50 ms)
     assert seen == [1] * 20
     client.stop(ids)
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [("Stopped", "canceled"), (None, "canceled"), ("Paused", "succeeded"),
+     ("Running", "succeeded")],
+)  # fmt: skip
+def test_a_run_that_returns_once_its_session_is_stopped_ends_canceled(
+    status: str | None, outcome: str
+) -> None:
+    """A function told by should_stop, from its session's status, that the session is
+    stopped (or gone) and returning ends canceled as the stop would have ended it - the stop
+    operation can reach the worker after it returned (a stop-thread_sleep test saw it end
+    succeeded). Paused: it returned by its own choice, and what it returned is kept."""
+    from sessionq.worker.context import TaskContext
+    from sessionq.worker.current import CurrentRun
+    from sessionq.worker.prepare import Prepared, returned
+
+    run = CurrentRun("s-1", "default", None)
+    ctx = TaskContext(session_id="s", task_id="s-1", name="t", attempt=1,
+                      emit=lambda *_: None, log_line=lambda *_: None, stop_flag=run,
+                      session_status=lambda: status)  # fmt: skip
+    p = Prepared(run=run, func="f", args=[], kwargs={}, env={}, meta={}, timeout=None, ctx=ctx)
+    told = ctx.should_stop
+    assert told == (status != "Running")
+    assert returned(p, -1.0, 1 << 20)[0] == outcome
