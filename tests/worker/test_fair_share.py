@@ -155,5 +155,5 @@ def test_create_and_the_cli_take_a_retry_delay(
     for run_id in (*created, tid):
         job: dict[Any, Any] = sync_reply(redis.hgetall(rq_keys(settings.prefix).job(run_id)))
         assert job.get(b"state") == b"deferred", (run_id, job)
-        due = redis.zscore(keys.schedule(), run_id)
+        due = sync_reply(redis.zscore(keys.schedule(), run_id))
         assert due is not None and due / 1000 > time.time() + 30, "about a minute away"
