@@ -574,7 +574,7 @@ def connect(settings: Settings, *, check: bool = True, **kwargs: object) -> Redi
             client.exists(Keys(settings.prefix).workers())
         except NoPermissionError as exc:
             raise AccessDenied(settings.url, str(exc)) from exc
-        except (MovedError, ClusterCrossSlotError) as exc:
+        except ResponseError as exc:
             raise cluster_node_error(settings.url, exc) or exc from exc
     return client
 
@@ -613,11 +613,20 @@ CLUSTER_NODE = (
 )
 
 
+def is_cluster_refusal(exc: BaseException) -> bool:
+    """A MOVED or CROSSSLOT reply (redis-py before 6 raises a pipeline's as a plain
+    ResponseError naming it)."""
+    if isinstance(exc, (MovedError, ClusterCrossSlotError)):
+        return True
+    return isinstance(exc, ResponseError) and any(
+        word in str(exc) for word in ("MOVED ", "CROSSSLOT "))  # fmt: skip
+
+
 def cluster_node_error(url: str, exc: BaseException) -> ValidationError | None:
     """A MOVED or CROSSSLOT from the Redis of a plain URL: it is a node of a Redis Cluster,
     which takes a redis+cluster:// URL - bad input naming url. None for any other error."""
     plain = not url.startswith(("redis+cluster", "rediss+cluster"))
-    if not (plain and isinstance(exc, (MovedError, ClusterCrossSlotError))):
+    if not (plain and is_cluster_refusal(exc)):
         return None
     return ValidationError("url", f"{redact_url(url)!r} {CLUSTER_NODE}")
 

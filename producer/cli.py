@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 import click
-from redis.exceptions import ClusterCrossSlotError, MovedError
+from redis.exceptions import ResponseError
 
-from sessionq.common.connection import CLUSTER_NODE
+from sessionq.common.connection import CLUSTER_NODE, is_cluster_refusal
 from sessionq.common.errors import ConfigError, SessionqError, ValidationError
 from sessionq.common.events import EventType
 from sessionq.common.settings import Settings
@@ -86,7 +86,9 @@ class SessionqGroup(click.Group):
             _fail(f"--{exc}" if exc.field == "url" else str(exc), 2)
         except SessionqError as exc:
             _fail(str(exc), 1)
-        except (MovedError, ClusterCrossSlotError):  # (a plain URL's: a cluster's follows)
+        except ResponseError as exc:  # MOVED, CROSSSLOT: a plain URL's (a cluster's follows)
+            if not is_cluster_refusal(exc):
+                raise
             _fail(f"--url {CLUSTER_NODE}", 2)
         except (KeyboardInterrupt, click.Abort):
             click.echo("interrupted", err=True)
