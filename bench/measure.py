@@ -173,14 +173,16 @@ def sq_fill(client: Any, mode: str, n: int) -> str:
 
 
 def sq_worker(args: argparse.Namespace) -> None:
-    """A sessionq worker process (no supervisor), like RQ's SimpleWorker below."""
+    """A sessionq worker as `sessionq worker` runs it: one worker process under its
+    supervisor (which lets it hold back the finishes of very short runs, worker.loop
+    FINISHES_HELD_MAX); RQ's below is a SimpleWorker."""
     import bench.tasks  # noqa: F401 - registers bench.tasks:noop
-    from sessionq.worker.partitioned import worker_class
+    from sessionq.worker.supervisor import Supervisor, WorkerOptions
 
     settings = sq_settings(args.url)  # (a cluster's URL: its partitions, bench.cluster)
-    w = worker_class(settings)(settings)
-    w.install_signals()
-    raise SystemExit(w.work(burst=args.burst))
+    opts = WorkerOptions(queues=[], allow_commands=False, burst=args.burst, name=None,
+                         cores=None, ram=None, imports=[])  # fmt: skip
+    raise SystemExit(Supervisor(settings, opts, 1).run())
 
 
 def sq_enqueue_single(args: argparse.Namespace) -> Figures:

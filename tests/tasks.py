@@ -151,11 +151,14 @@ def ids_here_and_in_a_child() -> dict[str, Any]:
 
 
 @task
-def ledgered(path: str, die: bool = False) -> None:
+def ledgered(path: str, die: bool = False, host: bool = False) -> None:
     """Append this run's id to the ledger at `path` as it begins; with `die`, the first time
-    only (a file beside the ledger says it happened), SIGKILL the worker process."""
+    only (a file beside the ledger says it happened), SIGKILL the worker process - with
+    `host`, its whole process group (its supervisor too: a host lost)."""
     with open(path, "a") as ledger:
         ledger.write(current_task().task_id + "\n")
     if die and not os.path.exists(path + ".died"):
         open(path + ".died", "w").close()  # noqa: SIM115 - an empty mark
+        if host:
+            os.killpg(os.getpgrp(), signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)

@@ -67,9 +67,11 @@ MAX_UNANSWERED = 64
 # Finishes of very short runs (on average under half FINISHES_HELD_S) are held back and sent
 # together, one step for up to FINISHES_HELD_MAX of them, or once the oldest has waited
 # FINISHES_HELD_S: a step's fixed cost and its one write per key and session (registries,
-# counts, history) are shared by them all. While it holds finishes, the worker says which run
-# it begins (a plain HSET before the run, see recover.lua), so that a lost worker's runs are
-# charged exactly as if each finish had been sent.
+# counts, history) are shared by them all. Only a worker under a supervisor holds any: it
+# shares the run it runs with its supervisor (supervisor.Shared), which says which one that was
+# should the process die, so that its runs are charged exactly as if each finish had been sent
+# (recover.lua); each step tells Redis whether the worker may go on past the run it names
+# without a word (`holds`).
 # A run of a function not known to be as short (its own average) sends them before it begins:
 # finishes are never held behind a long run.
 FINISHES_HELD_MAX = 32
@@ -154,6 +156,7 @@ class SessionWorker:
         self._func = ""  # the function of the run being run
         # (a partitioned worker steps in every partition: it holds none)
         self.may_hold = not self.partitioned and max_jobs == 1
+        self.holds = False  # what the last step said: finishes may be held back (_holds)
         # runs stopped before they began: id -> reason; each ends unrun when its turn comes
         # (in `ready`, or still on its way: handed to our inbox, in a step reply not read)
         self.cancel_ids: dict[str, str] = {}
@@ -389,7 +392,7 @@ class SessionWorker:
         those of very short runs, at most FINISHES_HELD_MAX, none older than
         FINISHES_HELD_S, and only while they succeed (a failure, whose session may stop, is
         sent at once with those before it)."""
-        if not self.may_hold or len(finishes) >= FINISHES_HELD_MAX:
+        if not self.holds or len(finishes) >= FINISHES_HELD_MAX:
             return False
         if finishes[-1][2] != Outcome.SUCCEEDED:
             return False
@@ -399,6 +402,14 @@ class SessionWorker:
         if len(finishes) == 1:
             self.held_since = now
         return now - self.held_since < FINISHES_HELD_S
+
+    def _holds(self) -> bool:
+        """Whether the step sent now says that finishes may be held back after it: a worker
+        of one run at a time under a supervisor (which can tell which run it was running,
+        were it lost: recover.lua) whose runs are very short."""
+        self.holds = (self.may_hold and self.shared is not None
+                      and self.avg_run_s < FINISHES_HELD_S / 2)  # fmt: skip
+        return self.holds
 
     def _send_held(self, current: str) -> None:
         """Send the finishes held back now, `current` beginning, emptying the list they are
@@ -419,6 +430,7 @@ class SessionWorker:
             handed = handed_run(popped[1])
             if handed[2] == StartResult.RUN:
                 self.scripts.took_handed(self.name, handed[0], handed[6])
+                self.holds = False  # (RQ's view names the run handed: see enqueue.lua)
             self._take([handed])
 
     def _suspended(self) -> bool:
@@ -448,7 +460,8 @@ class SessionWorker:
         # view and stats() show the worker busy)
         shown = next(iter(list(self.inflight)), "")
         self.scripts.step_send(self.head, self.name, finishes, [], shown, claim=claim or self.batch,
-                               waits=self.waits if waits is None else waits)  # fmt: skip
+                               waits=self.waits if waits is None else waits,
+                               holds=self._holds())  # fmt: skip
         before = (self.runs_claimed, self.parents_ended)
         if meanwhile is not None:
             self._collect(1)
@@ -460,7 +473,7 @@ class SessionWorker:
         """Start runs already on our list (after a lost reply), in one round trip."""
         # (RQ's current_job: the run it runs first - recovery charges that one, see recover.lua)
         current = self.ready[0][0] if self.ready else runs[0][0]
-        self.scripts.step_send(self.head, self.name, [], runs, current)
+        self.scripts.step_send(self.head, self.name, [], runs, current, holds=self._holds())
         self._collect(0)
 
     def _shown(self) -> str:
@@ -470,12 +483,14 @@ class SessionWorker:
 
     def _finish(self, finishes: list[Finish], current: str | None = None) -> None:
         """Send finishes without waiting; their replies are read before the next claim.
-        `current`: the run RQ's view shows this worker on (default: the next ready one, else
-        one in flight)."""
+        `current`: the run the worker begins now (none held back past it), else the next
+        ready one or one in flight, for RQ's view of it."""
+        holds = False
         if current is None:
-            current = self._shown()
+            current, holds = self._shown(), self._holds()
+        self.holds = holds
         self.unacked.extend(finishes)
-        self.scripts.step_send(self.head, self.name, finishes, [], current)
+        self.scripts.step_send(self.head, self.name, finishes, [], current, holds=holds)
         if self.scripts.steps_unanswered > MAX_UNANSWERED:
             self._collect(MAX_UNANSWERED // 2)
 
@@ -593,8 +608,6 @@ class SessionWorker:
             run_id, queue, data, sq, timeout, attempt = self.ready.popleft()
             reason = self.cancel_ids.pop(run_id, None)
             if reason is None:
-                if self.held:  # Redis knows this run began: see FINISHES_HELD_MAX
-                    self.scripts.began(self.name, run_id)
                 self.interrupter.reset()
                 run = self._begin(run_id, queue, timeout, self.interrupter.request)
                 if self.shared is not None:  # its supervisor enforces the deadline if we cannot

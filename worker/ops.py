@@ -123,14 +123,18 @@ def reap(scripts: Scripts, me: str, *, steady_s: float, lock_s: float) -> int:
     return len(lost)
 
 
-def recover_worker(scripts: Scripts, name: str, reason: str, *, stale_ms: int = 0) -> bool:
+def recover_worker(
+    scripts: Scripts, name: str, reason: str, *, stale_ms: int = 0, current: str | None = None
+) -> bool:
     """Give back everything worker `name` held; finish destroys it was the last run of.
     With `stale_ms` (the reaper), only if its heartbeat is that old by Redis's clock: False
-    when it was not (it is alive). With several partitions, partition by partition: it
-    leaves the registries with the last."""
+    when it was not (it is alive); `current`: the run its supervisor saw it run as it died
+    ('': none; None: nobody saw - the reaper's call). With several partitions, partition by
+    partition: it leaves the registries with the last."""
     queues = _rq_queues(scripts, name)
     if len(scripts.parts) == 1:
-        done = _recover_in(scripts, name, reason, stale_ms=stale_ms, unregister=True)[0]
+        done = _recover_in(scripts, name, reason, stale_ms=stale_ms, unregister=True,
+                           current=current)[0]  # fmt: skip
         if done:
             _leave_queue_sets(scripts, name, queues)
         return done
@@ -143,7 +147,7 @@ def recover_worker(scripts: Scripts, name: str, reason: str, *, stale_ms: int = 
             log.info("worker %s beat again before its recovery: left alone", name)
             return False
         done, charged = _recover_in(part, name, reason, stale_ms=0, unregister=True,
-                                    charged=charged)  # fmt: skip
+                                    charged=charged, current=current)  # fmt: skip
         if not done:
             return False
     _unregister(scripts, name)
@@ -199,7 +203,7 @@ def _unregister(scripts: Scripts, name: str) -> None:
 
 def _recover_in(
     scripts: Scripts, name: str, reason: str, *, stale_ms: int, unregister: bool,
-    charged: int = 0,
+    charged: int = 0, current: str | None = None,
 ) -> tuple[bool, int]:  # fmt: skip
     """recover_worker in one partition, `charged` of the worker's started runs charged
     before: whether it was done (not: the worker is alive), and the runs charged by then."""
@@ -208,7 +212,7 @@ def _recover_in(
         run_ids = [codec.text(i) for i in sync_reply(r.lrange(k.worker_runs(name), 0, -1))]
         runs = scripts.with_queues(run_ids)
         reply = scripts.recover(name, runs, reason, unregister=unregister, stale_ms=stale_ms,
-                                charged=charged)  # fmt: skip
+                                charged=charged, current=current)  # fmt: skip
         if not reply.done:
             log.info("worker %s beat again before its recovery: left alone", name)
             return False, charged

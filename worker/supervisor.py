@@ -7,6 +7,7 @@ runs of a dead child go back at once, or as soon as Redis takes them."""
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import os
 import signal
@@ -55,7 +56,7 @@ class WorkerOptions:
 class Shared:
     """What one slot's child shares with its supervisor, in shared memory: the process group
     of the command it runs (0: none), and its current run with that run's deadline
-    (time.monotonic(), the same clock in every process of the host; 0: none)."""
+    (time.monotonic(), the same clock in every process of the host; inf: none; 0: no run)."""
 
     def __init__(self, ctx: Any) -> None:
         self.pgid = ctx.Value("i", 0, lock=False)
@@ -65,12 +66,16 @@ class Shared:
     def share(self, run_id: str, deadline: float | None) -> None:
         """In the child: the run it begins (deadline last), or none ("", deadline first)."""
         raw = run_id.encode()
-        if not raw or len(raw) >= RUN_ID_MAX_BYTES or deadline is None:
+        if not raw or len(raw) >= RUN_ID_MAX_BYTES:
             self.deadline.value = 0.0
             self.run.value = b""
             return
         self.run.value = raw
-        self.deadline.value = deadline
+        self.deadline.value = math.inf if deadline is None else deadline
+
+    def current(self) -> str:
+        """In the supervisor, once the child is gone: the run it was running ("": none)."""
+        return bytes(self.run.value).decode() if self.deadline.value else ""
 
     def overdue(self, now: float, grace: float) -> str | None:
         """In the supervisor: the run past its deadline by `grace`, if any. The deadline is
@@ -120,9 +125,10 @@ class Supervisor:
         self.signals = 0
         self._scripts: Scripts | None = None
         self._voucher = Voucher(settings, self)
-        # the runs of dead children still to give back (worker name -> reason), tried again
-        # after a backoff while Redis is away or says "try later"
-        self._lost: dict[str, str] = {}
+        # the runs of dead children still to give back (worker name -> reason, and the run it
+        # was running: "" none, None not known - a child of several runs in flight), tried
+        # again after a backoff while Redis is away or says "try later"
+        self._lost: dict[str, tuple[str, str | None]] = {}
         self._backoff = Backoff(log, f"supervisor {self.base}", first_s=POLL_S)
         self._next_recover = 0.0
 
@@ -187,8 +193,8 @@ class Supervisor:
         if not self._lost or time.monotonic() < self._next_recover:
             return
         try:
-            for name, reason in list(self._lost.items()):
-                recover_worker(self._connected(), name, reason)
+            for name, (reason, current) in list(self._lost.items()):
+                recover_worker(self._connected(), name, reason, current=current)
                 del self._lost[name]
             self._backoff.succeeded()
         except Exception as exc:  # noqa: BLE001 - the reaper will recover them later
@@ -260,11 +266,13 @@ class Supervisor:
                 if code != 0:
                     log.error("worker process %s exited with %s", proc.pid, code)
                     name = child_name(self.base, proc.pid or 0)
-                    self._lost[name] = f"worker {name} died (exit code {code})"
+                    # the run it was running, which used up an attempt (the runs before it
+                    # on its list ended, their finishes held back: recover.lua)
+                    current = self.shared[slot].current() if self.opts.max_jobs == 1 else None
+                    self._lost[name] = (f"worker {name} died (exit code {code})", current)
                     if overran is not None and self.opts.max_jobs == 1:
-                        # recovery charges the run it was running - the one that overran,
-                        # named by RQ's current_job where runs before it ended unsent
-                        self._lost[name] = OVERRAN
+                        # recovery charges it: the one that overran
+                        self._lost[name] = (OVERRAN, overran)
                     elif overran is not None:
                         try:
                             self._record_overrun(name, overran)

@@ -479,7 +479,7 @@ local function hand(qi, ids)
       if st[1] == 'run' then
         redis.call('RPUSH', key_worker_inbox(name),
           cmsgpack.pack({id, queue_names[qi], st[2], st[3], st[4], st[5]}))
-        redis.call('HSET', key_rq_worker(name), 'current_job', id)
+        redis.call('HSET', key_rq_worker(name), 'current_job', id, 'holds', 0)  -- (recover.lua)
         -- until the worker says it took it: a frozen worker's BLPOP may take it from the
         -- inbox, yet it never began
         redis.call('SET', key_worker_handed(name), id)

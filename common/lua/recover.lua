@@ -8,7 +8,8 @@
 -- call - only if the worker's last heartbeat landed that long ago by Redis's clock: it may
 -- have beaten since the reaper judged it), `charged` (started runs of this worker already
 -- charged by the calls before this one: a namespace of several partitions is recovered one
--- partition at a time). Returns {recovered (0: it is alive, nothing done), the ids of
+-- partition at a time), `seen` (1: its supervisor saw it run `current`, '' for none: see
+-- below). Returns {recovered (0: it is alive, nothing done), the ids of
 -- sessions being destroyed whose last running run this canceled, the runs this call charged}.
 if A.stale_ms > 0 then
   local beat = tonumber(redis.call('ZSCORE', K.workers, A.worker))
@@ -20,9 +21,10 @@ local n = A.nruns
 local out = {}
 redis.call('SREM', K.idle_workers, G.worker)  -- no more runs are handed to it
 -- The worker ran its runs in list order: the first started one is the one it was running
--- (it used up an attempt; see below for a worker with more in flight); started ones behind it never began and go back uncharged, as do
--- one handed to it while it waited that it did not say it took (still in its inbox, or
--- taken by the BLPOP of a frozen process).
+-- (it used up an attempt; see below for a worker with more in flight, or one that holds
+-- finishes back); started ones behind it never began and go back uncharged, as do one
+-- handed to it while it waited that it did not say it took (still in its inbox, or taken by
+-- the BLPOP of a frozen process).
 local unbegun = {}
 local handed = redis.call('GET', K.handed)
 if handed then unbegun[handed] = true end
@@ -32,25 +34,38 @@ for _, entry in ipairs(redis.call('LRANGE', K.inbox, 0, -1)) do
 end
 -- A worker with N runs in flight (`--max-jobs N`, its RQ worker hash says) began them in list
 -- order too: its first N started runs are charged, less those charged before (`charged`).
--- A worker of one run at a time that holds back the finishes of very short runs (worker.loop
--- FINISHES_HELD_MAX) says which run it begins (RQ's `current_job`): that one is charged; the
--- started runs before it on its list ended, their finishes not sent yet - they did not fail
--- (a failure is sent at once), so they go back uncharged, to run again, saying so.
+-- A worker of one run at a time says which run it goes on to with each step (RQ's
+-- `current_job`, run.lua): that one is charged. One that holds back the finishes of very short
+-- runs (worker.loop FINISHES_HELD_MAX) goes on past it without a word (`holds`): its
+-- supervisor, which shares the run it runs, says which one it was (`seen`: `current`, '' for
+-- none); where nobody can (the reaper's call), none is charged. The started runs before the
+-- one it was running ended, their finishes not sent yet - they did not fail (a failure is sent
+-- at once), so they go back uncharged, to run again, saying so.
 local blocks, charged = {}, {}
-local w = redis.call('HMGET', K.rq_worker, 'max_jobs', 'current_job')
+local w = redis.call('HMGET', K.rq_worker, 'max_jobs', 'current_job', 'holds')
 local inflight = (tonumber(w[1]) or 1) - A.charged
+local current, guess = w[2], true
+if w[1] then
+  current = nil
+elseif A.seen == 1 then
+  current, guess = A.current, false
+elseif w[3] == '1' then
+  current, guess = nil, false
+end
 local through, ended_unsent = 0, {}
-if not w[1] and A.charged == 0 and w[2] then
+if current and A.charged == 0 then
   for r = 1, n do
-    if AB.run(r).id == w[2] then through = r end
+    if AB.run(r).id == current then through = r end
   end
   for r = 1, through - 1 do ended_unsent[AB.run(r).id] = true end
 end
+local unsure = through == 0 and w[3] == '1'  -- each may have ended, or never begun
 local ncharged = 0
 for r = 1, n do
   local id, sid = AB.run(r).id, AB.run(r).sid
   blocks[r] = run_block(KB.run(r), sid)
-  if (through > 0 and r == through or through == 0 and inflight > 0) and not unbegun[id] then
+  if (through > 0 and r == through or through == 0 and guess and inflight > 0)
+    and not unbegun[id] then
     local j = redis.call('HMGET', blocks[r].job, 'state', 'worker_name')
     if j[1] == 'started' and j[2] == G.worker then
       charged[id] = true
@@ -81,6 +96,7 @@ for r = n, 1, -1 do
         push_run(B, id, true)
         move(B, 'started', 'queued')
         local why = ended_unsent[id] and 'given back by a lost worker: it ended, its end unsent'
+          or unsure and 'given back by a lost worker: unrun, or it ended, its end unsent'
           or 'given back unrun by a lost worker'
         emit(B, 'task.queued', id, map({'reason', P(why)}))
       end

@@ -321,11 +321,12 @@ local current = A.current
 if current == '' then current = first end
 -- (RQ's worker states, not a run's: `rq info` shows busy/idle)
 local RQ_WORKER = {busy = 'busy', idle = 'idle'}
+-- (`holds`: whether the worker may go on past `current` without a word - recover.lua)
 if current then
-  redis.call('HSET', rqworker, 'current_job', current, 'state', RQ_WORKER.busy)
+  redis.call('HSET', rqworker, 'current_job', current, 'state', RQ_WORKER.busy, 'holds', A.holds)
 else
   redis.call('HDEL', rqworker, 'current_job')
-  redis.call('HSET', rqworker, 'state', RQ_WORKER.idle)
+  redis.call('HSET', rqworker, 'state', RQ_WORKER.idle, 'holds', A.holds)
 end
 if suspended then reply[#reply + 1] = -1 end
 write_gathered()

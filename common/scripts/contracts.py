@@ -60,7 +60,10 @@ STEP = Contract(
         Block("finish", ("id", "sid", "outcome", "payload", "duration_ms"), ("nfinish",)),
         Block("start", ("id", "sid"), ("nstart",)),
     ),
-    tail=(("current", TEXT),),
+    # `current`: the run the worker goes on to run; `holds` (1): it may hold back the finishes
+    # of the runs after this step (worker.loop FINISHES_HELD_MAX), so recovery cannot take
+    # `current` for the run it was running (recover.lua)
+    tail=(("current", TEXT), ("holds", NUMBER)),
     builders=(
         "job",
         "session",
@@ -202,6 +205,8 @@ RECOVER = Contract(
         ("unregister", NUMBER),
         ("stale_ms", NUMBER),
         ("charged", NUMBER),
+        ("seen", NUMBER),
+        ("current", TEXT),
         ("nruns", NUMBER),
     ),  # fmt: skip
     arg_blocks=(Block("run", ("id", "sid"), ("nruns",)),),

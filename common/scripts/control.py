@@ -224,11 +224,12 @@ class ControlCalls(ScriptsBase):
 
     def recover(
         self, worker: str, runs: Sequence[tuple[str, str]], reason: str, *, unregister: bool,
-        stale_ms: int = 0, charged: int = 0,
+        stale_ms: int = 0, charged: int = 0, current: str | None = None,
     ) -> Recovered:  # fmt: skip
         """Give back a worker's runs [(run id, queue)] - with `stale_ms`, only if its last
         heartbeat is that old by Redis's clock; `charged` of its started runs were charged by
-        calls before (recover.lua)."""
+        calls before; `current`: the run its supervisor saw it run ('': none; None: nobody
+        saw - recover.lua)."""
         k, rq = self.keys, self.rq
         fixed = {**self.globals, "workers": k.workers(), "rq_workers": rq.workers_set,
                  "runs": k.worker_runs(worker), "rq_worker": rq.worker(worker),
@@ -238,7 +239,7 @@ class ControlCalls(ScriptsBase):
         args = RECOVER.pack_args(
             {**self.clock(time.time()), "worker": worker, "reason": codec.encode(reason),
              "unregister": int(unregister), "stale_ms": stale_ms, "charged": charged,
-             "nruns": len(runs)},
+             "seen": int(current is not None), "current": current or "", "nruns": len(runs)},
             {"run": [(run_id, session_of(run_id)) for run_id, _ in runs]},
         )  # fmt: skip
         done, destroying, ncharged = self.call("recover", keys, args)

@@ -135,10 +135,12 @@ class PartitionedMixin:
     def step_send(
         self, head: Any, worker: str, finishes: Sequence[Finish],
         starts: Sequence[tuple[str, str]], current: str, claim: int = 0, waits: bool = False,
+        holds: bool = False,
     ) -> None:  # fmt: skip
         """One step per partition of the runs finished and started, the claim last, to one
         partition (they take turns). Partitioned workers do not wait idle in a partition
-        (`waits`): enqueues wake them (the wake lists)."""
+        (`waits`): enqueues wake them (the wake lists); nor do they hold finishes back."""
+        assert not holds, "a partitioned worker holds no finishes back (worker.loop)"
         groups = self._split(finishes, starts)
         claimed = self.claim_at if claim else -1
         if claim:

@@ -123,12 +123,14 @@ class StepCalls(ScriptsBase):
         current: str,
         claim: int = 0,
         waits: bool = False,
+        holds: bool = False,
     ) -> None:
         """Send run.lua: finish runs (run id, queue, outcome, payload, duration ms), start
         runs (run id, queue), take the runs in the worker's inbox and claim and start up to
         `claim` more from the head's queues - or, if `waits` and there are none, list the
         worker as waiting idle - and say which run the worker goes on to ('': the first
-        this step starts). Read the reply with step_receive, now or after more sends."""
+        this step starts), and whether it `holds` back the finishes of the runs after it
+        (recover.lua). Read the reply with step_receive, now or after more sends."""
         lane = self._lane_for(head)
         now = time.time()
         # STEP's args in order; nqueues and control are the lane's fixed ones
@@ -143,7 +145,7 @@ class StepCalls(ScriptsBase):
         for run_id, queue in starts:
             blocks.append(self.packed_block(run_id, queue))
             args += [run_id.encode(), session_of(run_id).encode()]
-        args.append(current.encode())
+        args += [current.encode(), b"1" if holds else b"0"]
         context = (finishes, starts, head.queues)
         short = claim == 0 and not waits
         lane.send(len(blocks) * _RUN_BLOCK_KEYS, b"".join(blocks), args, context, short)
@@ -192,7 +194,7 @@ class StepCalls(ScriptsBase):
             {"queue": [(name,) for name in names],
              "finish": [(run_id, session_of(run_id), outcome, payload, duration_ms)
                         for run_id, _queue, outcome, payload, duration_ms in finishes]},
-            {"current": current},
+            {"current": current, "holds": 0},
         )  # fmt: skip
         self.call("run", keys, args)
 
@@ -214,15 +216,6 @@ class StepCalls(ScriptsBase):
         args = TOOK.pack_args({**self.clock(time.time()), "worker": worker, "sid": sid,
                                "id": run_id, "attempt": attempt})  # fmt: skip
         self._lane.note_script(self.script("took"), keys, args)
-
-    def began(self, worker: str, run_id: str) -> None:
-        """Say, without waiting, that `worker` begins `run_id` while it holds back the
-        finishes of runs it ran before (worker.loop): RQ's view of it shows the run, and were
-        the worker lost from here on, every started run of its runs list up to this one used
-        up an attempt (recover.lua). One plain HSET on the step connection, before the run
-        begins."""
-        assert self._lane is not None, "a worker steps before it begins a run"
-        self._lane.note("HSET", self.rq.worker(worker), "current_job", run_id)
 
     def wait(self, keys: Sequence[str], timeout: float) -> list[bytes] | None:
         """A worker's idle wait: BLPOP on its step connection (see FastLane.blpop)."""

@@ -526,10 +526,10 @@ async def call_async(
 
 
 class _Note:
-    """The context of a command sent by FastLane.note: its reply is read and dropped. A
-    script note that meets NOSCRIPT is sent again after its script is loaded (SCRIPT or
-    FUNCTION LOAD), packed only then (a source is kilobytes: packing it for every note cost
-    more than the call)."""
+    """The context of a command sent as a note (FastLane.note_script, or a script's load):
+    its reply is read and dropped. A script note that meets NOSCRIPT is sent again after its
+    script is loaded (SCRIPT or FUNCTION LOAD), packed only then (a source is kilobytes:
+    packing it for every note cost more than the call)."""
 
     __slots__ = ("script", "call")
 
@@ -595,7 +595,7 @@ class FastLane:
         self.short = (short_head, nshort, packed, len(short_fixed))
         self.fixed_after = fixed_after
         self.sent: deque[tuple[bytes, Any]] = deque()  # commands awaiting a reply, with context
-        self.notes = 0  # of them, plain commands whose reply is read and dropped (see note)
+        self.notes = 0  # of them, commands whose reply is read and dropped (see _Note)
         self.noscript = 0  # NOSCRIPT replies since the last good one
 
     def send(
@@ -624,10 +624,6 @@ class FastLane:
         )
         self._write(command)
         self.sent.append((command, context))
-
-    def note(self, *command: str) -> None:
-        """Send a plain command whose reply nobody waits for: receive drops it on the way."""
-        self._note(hiredis.pack_command(command), _NOTE)  # type: ignore[arg-type]  # hiredis stub: a 1-tuple
 
     def note_script(self, script: AnyScript, keys: Sequence[str], args: Sequence[Any]) -> None:
         """Send a script call whose reply nobody waits for (loaded and sent again if the

@@ -115,7 +115,8 @@ def _layout(contract: Contract) -> tuple[list[str], list[str], list[str], list[s
             args[count] = str(2 // len(block.count))
     arg_blocks = {b.name: [[f"AB:{b.name}{i}:{f}" for f in b.fields] for i in (1, 2)]
                   for b in contract.arg_blocks}  # fmt: skip
-    tail = {n: f"T:{n}" for n, _ in contract.tail}
+    tail = {n: (f"{90 + i}" if kind == NUMBER else f"T:{n}")
+            for i, (n, kind) in enumerate(contract.tail)}  # fmt: skip
     keys = contract.pack_keys(fixed_keys, key_blocks)
     argv = [str(a) for a in contract.pack_args(args, arg_blocks, tail)]
     exprs = [f"K.{n}" for n in contract.keys] + [f"A.{n}" for n, _ in contract.args]
