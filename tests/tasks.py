@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -148,6 +149,16 @@ def ids_here_and_in_a_child() -> dict[str, Any]:
         "getenv": [os.getenv(k) for k in keys],
         "child": json.loads(child.stdout),
     }
+
+
+@task
+def ledgered_exit(path: str, leave: bool = False) -> None:
+    """As ledgered; with `leave`, the first time only, end the worker process with
+    sys.exit(0) (a SystemExit: no exception a run's boundary catches)."""
+    ledgered(path)
+    if leave and not os.path.exists(path + ".left"):
+        open(path + ".left", "w").close()  # noqa: SIM115 - an empty mark
+        sys.exit(0)
 
 
 @task

@@ -326,8 +326,10 @@ class SessionWorker:
             self._take_inbox(unlist=True, leaving=True)
             self._collect(0)  # (a claim still unanswered adds its runs to those in hand)
             giveback = self._unheld() + self.give_back("worker shut down")
-            if giveback or self.unacked:
-                self._finish(giveback)
+            if giveback or self.unacked or self.holds:
+                # (holding nothing back past it: a run whose body ended the process - sys.exit
+                # - is the started one left, and recovery charges it)
+                self._finish(giveback, "")
             self._collect(0)
             from sessionq.worker.ops import recover_worker
 

@@ -263,22 +263,23 @@ class Supervisor:
                         pass
                     pgid.value = 0
                 overran = self.overran.pop(slot, None)
-                if code != 0:
-                    log.error("worker process %s exited with %s", proc.pid, code)
-                    name = child_name(self.base, proc.pid or 0)
-                    # the run it was running, which used up an attempt (the runs before it
-                    # on its list ended, their finishes held back: recover.lua)
-                    current = self.shared[slot].current() if self.opts.max_jobs == 1 else None
-                    self._lost[name] = (f"worker {name} died (exit code {code})", current)
-                    if overran is not None and self.opts.max_jobs == 1:
-                        # recovery charges it: the one that overran
-                        self._lost[name] = (OVERRAN, overran)
-                    elif overran is not None:
-                        try:
-                            self._record_overrun(name, overran)
-                        except Exception:  # noqa: BLE001 - recovered as lost instead
-                            log.exception("could not record run %s as timed out", overran)
-                    self._recover()
+                # it died, or it exited unasked (os._exit in a task): its runs go back
+                log.error("worker process %s exited with %s%s", proc.pid, code,
+                          " unasked" if code == 0 else "")  # fmt: skip
+                name = child_name(self.base, proc.pid or 0)
+                # the run it was running, which used up an attempt (the runs before it
+                # on its list ended, their finishes held back: recover.lua)
+                current = self.shared[slot].current() if self.opts.max_jobs == 1 else None
+                self._lost[name] = (f"worker {name} died (exit code {code})", current)
+                if overran is not None and self.opts.max_jobs == 1:
+                    # recovery charges it: the one that overran
+                    self._lost[name] = (OVERRAN, overran)
+                elif overran is not None:
+                    try:
+                        self._record_overrun(name, overran)
+                    except Exception:  # noqa: BLE001 - recovered as lost instead
+                        log.exception("could not record run %s as timed out", overran)
+                self._recover()
                 if self.signals:
                     status = status or (code if code and code > 0 else 0)
                     continue

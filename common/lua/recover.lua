@@ -38,18 +38,22 @@ end
 -- `current_job`, run.lua): that one is charged. One that holds back the finishes of very short
 -- runs (worker.loop FINISHES_HELD_MAX) goes on past it without a word (`holds`): its
 -- supervisor, which shares the run it runs, says which one it was (`seen`: `current`, '' for
--- none); where nobody can (the reaper's call), none is charged. The started runs before the
+-- none); where nobody can (the reaper's call), none is charged - nor where its RQ worker hash
+-- expired. The started runs before the
 -- one it was running ended, their finishes not sent yet - they did not fail (a failure is sent
 -- at once), so they go back uncharged, to run again, saying so.
 local blocks, charged = {}, {}
 local w = redis.call('HMGET', K.rq_worker, 'max_jobs', 'current_job', 'holds')
 local inflight = (tonumber(w[1]) or 1) - A.charged
+-- (every step writes `holds`: without it, the hash expired - a worker lost for longer than
+-- its TTL - and nothing tells which run it was running either)
+local known = w[3] or redis.call('EXISTS', K.rq_worker) == 1
 local current, guess = w[2], true
 if w[1] then
   current = nil
 elseif A.seen == 1 then
   current, guess = A.current, false
-elseif w[3] == '1' then
+elseif w[3] == '1' or not known then
   current, guess = nil, false
 end
 local through, ended_unsent = 0, {}
@@ -59,7 +63,7 @@ if current and A.charged == 0 then
   end
   for r = 1, through - 1 do ended_unsent[AB.run(r).id] = true end
 end
-local unsure = through == 0 and w[3] == '1'  -- each may have ended, or never begun
+local unsure = through == 0 and not guess  -- each may have ended, or never begun
 local ncharged = 0
 for r = 1, n do
   local id, sid = AB.run(r).id, AB.run(r).sid
@@ -96,7 +100,8 @@ for r = n, 1, -1 do
         push_run(B, id, true)
         move(B, 'started', 'queued')
         local why = ended_unsent[id] and 'given back by a lost worker: it ended, its end unsent'
-          or unsure and 'given back by a lost worker: unrun, or it ended, its end unsent'
+          or unsure and not unbegun[id]
+          and 'given back by a lost worker: unrun, or it ended, its end unsent'
           or 'given back unrun by a lost worker'
         emit(B, 'task.queued', id, map({'reason', P(why)}))
       end

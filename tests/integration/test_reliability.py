@@ -118,6 +118,28 @@ def test_a_lost_host_holding_finishes_charges_none_of_its_runs(
     assert (ids[60] in unsure) == (holds == b"1")
 
 
+def test_a_run_that_ends_its_worker_process_is_charged_while_finishes_are_held(
+    client: Client, workers: WorkerProcs, tmp_path: Path
+) -> None:
+    """A very short run whose body ends the process (sys.exit: no exception its run's
+    boundary catches) while finishes are held back (worker.loop FINISHES_HELD_MAX): the
+    worker leaves, and that run used up its attempt (no retries: failed) - it does not come
+    back to end the next process too; the others succeed."""
+    from sessionq.common.jobhash import build_run
+
+    ledger = tmp_path / "ledger"
+    sid = client.open_session("exits")
+    runs = [build_run(name=f"r{i}", task="tests.tasks:ledgered_exit", args=[str(ledger), i == 60])
+            for i in range(80)]  # fmt: skip
+    ids = client.add_runs(sid, runs)
+    workers.start(1)
+    wait_for(lambda: ended(client, sid), timeout=60, what="the runs, one leaving, to end")
+    status = {t["id"]: t["state"] for t in client.tasks(sid)}
+    assert status.pop(ids[60]) == "failed"
+    assert set(status.values()) == {"succeeded"}
+    assert Counter(ledger.read_text().split())[ids[60]] == 1
+
+
 def test_finishes_held_back_are_not_kept_behind_a_long_run(
     client: Client, workers: WorkerProcs
 ) -> None:

@@ -423,3 +423,52 @@ def test_a_wake_is_passed_on_when_the_inbox_fills_the_claim(
     redis.delete(keys.wake("a"))  # ... and the wake taken by w's BLPOP
     assert w._claim([]), "takes the handed run"
     assert redis.llen(keys.wake("a")) == 1, "the wake is back"
+
+
+@pytest.mark.parametrize(
+    ("holds", "seen", "expected"),
+    [
+        # its supervisor saw it run the second: the first ended (its end unsent), the third
+        # never began
+        ("1", 1, ["ended", "charged", "unrun"]),
+        # a host lost while it held finishes back: nobody can tell - none is charged
+        ("1", None, ["unsure", "unsure", "unsure"]),
+        # holding none back, a step names the run it goes on to (RQ's current_job): the first
+        ("0", None, ["charged", "unrun", "unrun"]),
+        # its RQ worker hash expired (lost longer than its TTL): nothing tells - none charged
+        (None, None, ["unsure", "unsure", "unsure"]),
+    ],
+)
+def test_recovery_charges_the_run_a_lost_worker_was_running_and_only_when_it_is_known(
+    client: Client, settings: Settings, redis: Redis, holds: str | None, seen: int | None,
+    expected: list[str],
+) -> None:  # fmt: skip
+    """recover.lua's charge of a worker of one run at a time that may hold back the finishes
+    of very short runs (worker.loop FINISHES_HELD_MAX): three runs started for it, in list
+    order; what its step said (`holds`), and what its supervisor saw, decide which is charged
+    (retries=0: charged is failed) and why each other one goes back."""
+    sid = client.open_session("recovered")
+    ids = client.add_runs(sid, [build_run(name=f"r{i}", task=ADD, args=[i, 1]) for i in range(12)])
+    w = SessionWorker(settings)
+    w.register()
+    w._claim([], claim=3)
+    assert [r[0] for r in w.ready] == ids[:3]
+    rq_worker = rq_keys(settings.prefix).worker(w.name)
+    if holds is None:
+        redis.delete(rq_worker)
+    else:
+        redis.hset(rq_worker, "holds", holds)
+    recover_worker(w.scripts, w.name, "lost", current=ids[1] if seen else None)
+    w.scripts.close()
+    w.redis.close()
+    reasons = {e["task"]: e["data"]["reason"] for e in client.events(sid) or []
+               if e["type"] == "task.queued" and e["data"].get("reason")}  # fmt: skip
+    words = {"ended": "it ended, its end unsent", "unrun": "given back unrun",
+             "unsure": "unrun, or it ended"}  # fmt: skip
+    for run_id, what in zip(ids[:3], expected, strict=True):
+        record = job(redis, settings, run_id)
+        if what == "charged":
+            assert record["state"] == "failed" and run_id not in reasons
+        else:
+            assert record["state"] == "queued" and record["attempts"] == "0", run_id
+            assert words[what] in reasons[run_id], (run_id, reasons[run_id])
