@@ -28,6 +28,18 @@ def attempts_of(client: Client, sid: str) -> list[int]:
     return [e["data"]["attempt"] for e in client.events(sid) or [] if e["type"] == "task.started"]
 
 
+def ledgered_runs(client: Client, ledger: Path, task: str, *extra: Any) -> tuple[str, list[str]]:
+    """A session of 80 very short runs of `task` (a ledgered one: tests.tasks), whose
+    finishes a worker holds back (worker.loop FINISHES_HELD_MAX); each is given the ledger,
+    whether it is the 61st (the one that ends its process), then `extra`."""
+    from sessionq.common.jobhash import build_run
+
+    sid = client.open_session(task.rsplit(":", 1)[1])
+    runs = [build_run(name=f"r{i}", task=task, args=[str(ledger), i == 60, *extra])
+            for i in range(80)]  # fmt: skip
+    return sid, client.add_runs(sid, runs)
+
+
 def test_worker_killed_mid_function_run_is_rerun(client: Client, workers: WorkerProcs) -> None:
     workers.start(1)
     [sid] = client.create("victim", task="tests.tasks:sleeper", args=[1.5], retries=1)
@@ -61,13 +73,9 @@ def test_a_worker_killed_while_holding_finishes_charges_only_the_run_it_was_runn
     Killed meanwhile: the run it was running used up its attempt (no retries: failed); the
     runs that had ended, their finishes not sent, did not fail - they go back uncharged and
     run again (saying so), and succeed."""
-    from sessionq.common.jobhash import build_run
 
     ledger = tmp_path / "ledger"
-    sid = client.open_session("held")
-    runs = [build_run(name=f"r{i}", task="tests.tasks:ledgered", args=[str(ledger), i == 60])
-            for i in range(80)]  # fmt: skip
-    ids = client.add_runs(sid, runs)
+    sid, ids = ledgered_runs(client, ledger, "tests.tasks:ledgered")
     workers.start(1)
     wait_for(lambda: ended(client, sid), timeout=60, what="the runs, one killed, to end")
     began = Counter(ledger.read_text().split())
@@ -91,14 +99,10 @@ def test_a_lost_host_holding_finishes_charges_none_of_its_runs(
     run it was running, so none is charged (no retries: none fails) - each goes back and runs
     again, saying why. A worker that held none (runs too slow, or partitions) had named the
     run it began: that one is charged, as for any lost worker."""
-    from sessionq.common.jobhash import build_run
     from sessionq.common.rqcompat import rq_keys
 
     ledger = tmp_path / "ledger"
-    sid = client.open_session("held-host")
-    runs = [build_run(name=f"r{i}", task="tests.tasks:ledgered",
-                      args=[str(ledger), i == 60, True]) for i in range(80)]  # fmt: skip
-    ids = client.add_runs(sid, runs)
+    sid, ids = ledgered_runs(client, ledger, "tests.tasks:ledgered", True)
     workers.start(1).wait()  # until run 60 kills its process group
     lost = running_worker(client, sid)
     holds: Any = b"0"
@@ -125,13 +129,9 @@ def test_a_run_that_ends_its_worker_process_is_charged_while_finishes_are_held(
     boundary catches) while finishes are held back (worker.loop FINISHES_HELD_MAX): the
     worker leaves, and that run used up its attempt (no retries: failed) - it does not come
     back to end the next process too; the others succeed."""
-    from sessionq.common.jobhash import build_run
 
     ledger = tmp_path / "ledger"
-    sid = client.open_session("exits")
-    runs = [build_run(name=f"r{i}", task="tests.tasks:ledgered_exit", args=[str(ledger), i == 60])
-            for i in range(80)]  # fmt: skip
-    ids = client.add_runs(sid, runs)
+    sid, ids = ledgered_runs(client, ledger, "tests.tasks:ledgered_exit")
     workers.start(1)
     wait_for(lambda: ended(client, sid), timeout=60, what="the runs, one leaving, to end")
     status = {t["id"]: t["state"] for t in client.tasks(sid)}
