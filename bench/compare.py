@@ -366,7 +366,9 @@ def table(
         "written batch; RQ: enqueue_many of prepared jobs.",
         "Drain: from starting the worker process(es) until they exit in burst mode; process "
         "start-up (interpreter, imports, registration) is included for both systems, nothing "
-        "is subtracted. One process per worker, no supervisor: sessionq SessionWorker, RQ "
+        "is subtracted. sessionq: per worker, `sessionq worker`'s supervisor and its one "
+        "worker process (as users run it: a supervised worker may hold back the finishes of "
+        "very short runs); RQ: per worker, one "
         f"SimpleWorker (no fork). {sizes['drain']:,} no-op runs queued beforehand (sessionq: one "
         "session via add_runs, or one-run sessions via create replicas; RQ: enqueue_many).",
         "Round trip: one worker process already running; sessionq create() then the "
