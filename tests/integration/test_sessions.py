@@ -211,7 +211,10 @@ def test_two_workers_finishing_runs_of_one_session_keep_counts_right(
 
     sid = client.open_session("many")
     workers.start(2)  # both serving before the runs arrive: a busy machine may start one late
-    client.add_runs(sid, [build_run(name=f"r{i}", task="tests.tasks:noop") for i in range(400)])
+    # (5 ms each: 2 s of work for one worker, so that the other, however late it wakes - an
+    # idle partitioned worker asks every partition once a second - takes some of them)
+    runs = [build_run(name=f"r{i}", task="tests.tasks:sleeper", args=[0.005]) for i in range(400)]
+    client.add_runs(sid, runs)
     wait_for(lambda: ended(client, sid), what="400 runs to finish")
     [record] = client.info(sid)
     assert record["status"] == "Completed"
