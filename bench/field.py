@@ -74,6 +74,8 @@ def extend(plan: list[Step], sizes: dict[str, int], systems: tuple[str, ...],
     more = [
         Step("add_single", (Variant(SQ, "sq_add_single", ("--n", n["single"]), sq),)
              if runnable("add_single", SQ) else ()),
+        Step("create_floor", (Variant(SQ, "sq_create_floor", ("--n", n["single"]), sq),)
+             if runnable("create_floor", SQ) else (), cpu_runs=sizes["single"]),
         Step("io_async",
              ((Variant(SQ, "sq_io_drain", (*io, "--kind", "async", "--sleep", NAP,
                                            "--max-jobs", str(ASYNC_JOBS))),)
@@ -99,6 +101,8 @@ ROWS = [  # name, label, unit, better, (step, figure); RQ's figure is a ratio's 
      ("enqueue_single", "runs_per_s")),
     ("add_single", "  sessionq: Session.add of one run, one at a time", "runs/s", "higher",
      ("add_single", "runs_per_s")),
+    ("create_floor", "  floor: a create's writes alone, one FCALL each (sq_create_floor)",
+     "runs/s", "higher", ("create_floor", "runs_per_s")),
     ("drain_1", "no-op drain, {drain:,} runs, 1 worker process", "runs/s", "higher",
      ("drain_1", "runs_per_s")),
     ("round_trip_p50", "round trip enqueue -> result, p50", "ms", "lower",
@@ -107,6 +111,8 @@ ROWS = [  # name, label, unit, better, (step, figure); RQ's figure is a ratio's 
      ("round_trip", "p99_ms")),
     ("redis_cpu_enqueue", "Redis CPU per run: enqueue one at a time", "us", "lower",
      ("enqueue_single", "redis_cpu_us_per_run")),
+    ("redis_cpu_floor", "  floor: a create's writes alone, one FCALL each", "us", "lower",
+     ("create_floor", "redis_cpu_us_per_run")),
     ("redis_cpu_drain", "Redis CPU per run: queue {drain:,} + drain them", "us", "lower",
      ("drain_1", "redis_cpu_us_per_run")),
     ("io_async", "I/O drain: {io_runs:,} x async sleep 0.1 s, 500 in flight", "runs/s",

@@ -332,7 +332,8 @@ def _create_one(
     """create() of one session of one run on one partition (its arguments but these checked):
     the commonest call, one at a time, with what is the same from call to call made once - a
     function run without arguments validated once (plain_spec), the script call laid out from
-    pieces (scripts.enqueue: one session of one run)."""
+    pieces, to create.lua: enqueue.lua's writes for one session of one run, without its
+    general path."""
     scalars = (queue, timeout, retries, retry_delay, backoff, cores, ram, gpu)
     if (type(task) is str and cmd is None and args is None and kwargs is None and env is None
             and SCALAR_TYPES.issuperset(map(type, scalars))):  # fmt: skip
@@ -353,9 +354,8 @@ def _create_one(
     fields = JobFields(spec.data, meta, spec.shared_fields(run_queue_name, now))
     run = (0, f"{sid}-1", name, _QUEUED, run_queue_name, fields, None)
     retention_ms = max(1, int(scripts.settings.retention_s * 1000))
-    call = scripts.enqueue_call([(sid, True, codec.encode(record), name, kind, user)], [run],
-                                now=now, retention_ms=retention_ms)  # fmt: skip
-    yield ScriptCall("enqueue", *call)
+    session = (sid, True, codec.encode(record), name, kind, user)
+    yield ScriptCall("create", *scripts.create_call(session, run, now, retention_ms))
     log.debug("created 1 %s session %s", kind, sid)
     return [sid]
 

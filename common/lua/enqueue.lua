@@ -40,8 +40,7 @@ local function opts(r) return OPTIONS[R_OPTS[r]] end
 -- the runs the checks of options go over: none when no run has options (a create's, a map's)
 local NO = OPTIONS[1] and NR or 0
 local CHUNK = 1000
-local SCHEDULE, WAITING, NAMES, IDLE, WORKERS = K.schedule, K.waiting, K.names, K.idle_workers,
-  K.workers
+local SCHEDULE, WAITING, NAMES = K.schedule, K.waiting, K.names
 
 -- the HSET arguments of a job hash, per set of shared fields, with the slots of the run's own
 -- fields in front: filled for each run in turn, made once
@@ -447,58 +446,15 @@ for _, B in ipairs(S) do
   end
 end
 
--- Hand the first runs queued on queue q to workers waiting idle on it (run.lua lists them):
--- each run is started for its worker here, as that worker's claim would, and the worker's
--- BLPOP takes it from its inbox - a round trip less for a run that finds a worker waiting.
--- Only on an empty queue (runs queued before go first) and to a worker whose heartbeat is
--- fresh by Redis's clock, as heartbeats are stamped (a lost one's runs wait for the
--- reaper). Returns how many of `ids` it dealt with.
-local FRESH_MS = A.fresh_ms
-local function hand(qi, ids)
-  local q = Q[qi]
-  if redis.call('LLEN', q.list) > 0 then return 0 end
-  local done, fresh_since = 0, nil
-  while done < #ids do
-    local name = redis.call('LPOP', q.idle_line)
-    if name and not fresh_since then fresh_since = redis_now_ms() - FRESH_MS end
-    if not name then break end
-    -- an entry of a worker no longer waiting (it claimed, was handed a run, left or was
-    -- lost), or one that does not serve the queue (a lost worker's name back), is dropped
-    local serves = ',' .. (redis.call('HGET', key_rq_worker(name), 'queues') or '') .. ','
-    if string.find(serves, ',' .. queue_names[qi] .. ',', 1, true)
-        and redis.call('SREM', IDLE, name) == 1
-        and num(redis.call('ZSCORE', WORKERS, name)) >= fresh_since then
-      done = done + 1
-      local id = ids[done]
-      local B = S[R_SESSION[ids.r[done]]]
-      local W = {name = name, packed = P(name), runs = key_worker_runs(name), defer = true}
-      redis.call('RPUSH', W.runs, id)
-      local st = start({job = job_key(ids.r[done]), S = B, session = B.session, sid = B.sid,
-        running = B.running, held = B.held, queue = q.list, wake = q.wake,
-        failed = q.failed, wip = q.started}, id, W)
-      if st[1] == 'run' then
-        redis.call('RPUSH', key_worker_inbox(name),
-          cmsgpack.pack({id, queue_names[qi], st[2], st[3], st[4], st[5]}))
-        redis.call('HSET', key_rq_worker(name), 'current_job', id, 'holds', 0)  -- (recover.lua)
-        -- until the worker says it took it: a frozen worker's BLPOP may take it from the
-        -- inbox, yet it never began
-        redis.call('SET', key_worker_handed(name), id)
-      else
-        -- not to run after all: the worker goes on waiting, at the front of the line
-        redis.call('SADD', IDLE, name)
-        redis.call('LPUSH', q.idle_line, name)
-      end
-    end
-  end
-  return done
-end
-
 -- The runs not handed join queue q's line (fair share, prelude `push_run`): a new session's
 -- first run goes straight to the back of the line, the rest of a session's runs behind it.
 for q, ids in ipairs(pushes) do
   local nids = ids.n
   if nids > 0 then
-    local handed = hand(q, ids)
+    local handed = hand(Q[q], queue_names[q], ids, function(k)
+      local r = ids.r[k]
+      return S[R_SESSION[r]], job_key(r)
+    end)
     -- a new session's runs handed whole take no entry in the line (counted in its record)
     for k = 1, handed do
       local s_index = R_SESSION[ids.r[k]]

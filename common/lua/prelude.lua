@@ -723,7 +723,7 @@ local function start(B, id, W)
   gathered('ZADD', B.wip, '+inf', id .. ':' .. NUMSTR[attempts])
   gathered('SADD', B.running, id)
   move(B, 'queued', 'started')
-  -- a run handed to an idle worker (enqueue.lua `hand`) shows its start when the worker
+  -- a run handed to an idle worker (prelude `hand`) shows its start when the worker
   -- takes it (`took`): were the worker lost before, the run goes back unbegun, unseen
   if not W.defer then show_start(B, id, W, attempts, status) end
   return {'run', j[2], j[3] or false, j[4] or false, attempts}
@@ -734,6 +734,52 @@ end
 local function took(S, id, attempts)
   S.status = S.status or redis.call('HGET', S.session, 'status')
   show_start(S, id, {packed = G.worker_packed}, attempts, S.status)
+end
+
+-- Hand the first runs queued on queue block q (named `qname`) to workers waiting idle on it
+-- (run.lua lists them): each run is started for its worker here, as that worker's claim
+-- would, and the worker's BLPOP takes it from its inbox - a round trip less for a run that
+-- finds a worker waiting. Only on an empty queue (runs queued before go first) and to a
+-- worker whose heartbeat is fresh by Redis's clock, as heartbeats are stamped (a lost one's
+-- runs wait for the reaper). `ids`: the runs' ids; `run_of(k)`: the k-th one's session table
+-- and job key. Returns how many of `ids` it dealt with. (An enqueue's: K.idle_workers,
+-- K.workers, A.fresh_ms - enqueue.lua, create.lua.)
+local function hand(q, qname, ids, run_of)
+  if redis.call('LLEN', q.list) > 0 then return 0 end
+  local done, fresh_since = 0, nil
+  while done < #ids do
+    local name = redis.call('LPOP', q.idle_line)
+    if name and not fresh_since then fresh_since = redis_now_ms() - A.fresh_ms end
+    if not name then break end
+    -- an entry of a worker no longer waiting (it claimed, was handed a run, left or was
+    -- lost), or one that does not serve the queue (a lost worker's name back), is dropped
+    local serves = ',' .. (redis.call('HGET', key_rq_worker(name), 'queues') or '') .. ','
+    if string.find(serves, ',' .. qname .. ',', 1, true)
+        and redis.call('SREM', K.idle_workers, name) == 1
+        and num(redis.call('ZSCORE', K.workers, name)) >= fresh_since then
+      done = done + 1
+      local id = ids[done]
+      local B, job = run_of(done)
+      local W = {name = name, packed = P(name), runs = key_worker_runs(name), defer = true}
+      redis.call('RPUSH', W.runs, id)
+      local st = start({job = job, S = B, session = B.session, sid = B.sid,
+        running = B.running, held = B.held, queue = q.list, wake = q.wake,
+        failed = q.failed, wip = q.started}, id, W)
+      if st[1] == 'run' then
+        redis.call('RPUSH', key_worker_inbox(name),
+          cmsgpack.pack({id, qname, st[2], st[3], st[4], st[5]}))
+        redis.call('HSET', key_rq_worker(name), 'current_job', id, 'holds', 0)  -- (recover.lua)
+        -- until the worker says it took it: a frozen worker's BLPOP may take it from the
+        -- inbox, yet it never began
+        redis.call('SET', key_worker_handed(name), id)
+      else
+        -- not to run after all: the worker goes on waiting, at the front of the line
+        redis.call('SADD', K.idle_workers, name)
+        redis.call('LPUSH', q.idle_line, name)
+      end
+    end
+  end
+  return done
 end
 
 -- The run failed or was lost: retry it while retries are left, else record the failure.

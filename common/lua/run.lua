@@ -2,7 +2,7 @@
 -- and start more from its queues - so that an idle worker's wake is followed by one call,
 -- and a busy one finishes its last run and takes the next batch in the same call.
 -- Its contract (common/scripts/step.py STEP): the worker's runs list, RQ worker hash, inbox,
--- the idle workers set and the run last handed to it (see enqueue.lua `hand`); a `queue`
+-- the idle workers set and the run last handed to it (see prelude `hand`); a `queue`
 -- key block per queue it serves, in priority order (list, wake, RQ's started, finished and
 -- failed registries, its line of idle workers); a `run` key block per finish, then per
 -- start; a `finish` argument block (id, sid, outcome, payload, duration_ms) per finish and a

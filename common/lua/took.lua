@@ -1,4 +1,4 @@
--- A worker says it took the run an enqueue handed it while it waited (enqueue.lua `hand`):
+-- A worker says it took the run an enqueue handed it while it waited (prelude `hand`):
 -- the run's start shows now (prelude `took`), and it is no longer the worker's handed run, so
 -- that were the worker lost from here on, the run used up an attempt (recover.lua). Sent
 -- without waiting for the reply, ahead of the run's finish on the same connection. Does

@@ -37,7 +37,8 @@ _S = TypeVar("_S", bound="ScriptsBase")
 # change of state): with SESSIONQ_WAIT_REPLICAS they return once the replicas have them.
 # Heartbeats, reaping and events are bookkeeping that a failover may lose and redo. (A
 # worker's steps wait on its FastLane.)
-DURABLE = frozenset({"enqueue", "control", "request", "destroy", "state", "reserve", "link"})
+DURABLE = frozenset({"enqueue", "create", "control", "request", "destroy", "state", "reserve",
+                     "link"})  # fmt: skip
 
 
 def now_ms() -> int:
@@ -105,6 +106,7 @@ class ScriptsBase:
         self._blocks: dict[tuple[str, str], list[str]] = {}  # run blocks (run_block)
         self._queue_blocks: dict[str, list[str]] = {}  # enqueue.lua's, by queue name
         self._one_calls: dict[tuple[str, str, str], Any] = {}  # (enqueue_one_call)
+        self._create_calls: dict[tuple[str, str, str], Any] = {}  # (create_call)
         # Redis 7 reads each script's flags from its shebang, Redis 6 refuses the line: which
         # one this is, is asked before the first script is sent (transport.refuses_shebang)
         self.legacy: bool | None = None

@@ -83,6 +83,12 @@ TOOK = Contract(
     flags=RUNS_WHEN_FULL,
 )
 
+# enqueue.lua's keys of a session, and of a queue (a block each)
+ENQUEUE_SESSION = ("session", "history", "chan", "tasks", "held", "kind", "owner", "names",
+                   "task_keys", "running")  # fmt: skip
+ENQUEUE_QUEUE = ("list", "wake", "failed", "started", "idle_line")
+# create.lua's of its session: enqueue.lua's but those of run names and keys (none given)
+CREATE_SESSION = tuple(key for key in ENQUEUE_SESSION if key not in ("names", "task_keys"))
 ENQUEUE = Contract(
     "enqueue",
     keys=(
@@ -97,23 +103,8 @@ ENQUEUE = Contract(
         "epoch",
     ),  # fmt: skip
     key_blocks=(
-        Block(
-            "session",
-            (
-                "session",
-                "history",
-                "chan",
-                "tasks",
-                "held",
-                "kind",
-                "owner",
-                "names",
-                "task_keys",
-                "running",
-            ),
-            ("nsessions",),
-        ),
-        Block("queue", ("list", "wake", "failed", "started", "idle_line"), ("nqueues",)),
+        Block("session", ENQUEUE_SESSION, ("nsessions",)),
+        Block("queue", ENQUEUE_QUEUE, ("nqueues",)),
         Block("job", ("job",), ("nruns",)),
     ),  # fmt: skip
     args=(
@@ -126,6 +117,35 @@ ENQUEUE = Contract(
     ),  # fmt: skip
     extra_keys=True,
     builders=("worker_runs", "worker_inbox", "rq_worker", "worker_handed", *QUEUEING),
+)
+
+# enqueue.lua's commonest call on its own: one new session of one queued run (create.lua)
+CREATE = Contract(
+    "create",
+    # enqueue.lua's, but for one session, one queue and one run
+    keys=(
+        *GLOBAL_KEYS,
+        "sessions",
+        "rq_queues",
+        "idle_workers",
+        "workers",
+        "epoch",
+        *CREATE_SESSION,
+        *ENQUEUE_QUEUE,
+        "job",
+    ),  # fmt: skip
+    args=(
+        *CLOCK_ARGS,
+        ("fresh_ms", NUMBER),
+        ("sid", TEXT),
+        ("id", TEXT),
+        ("name", TEXT),
+        ("queue", TEXT),
+        ("record", TEXT),
+        ("job", TEXT),
+        ("retention", TEXT),
+    ),  # fmt: skip
+    builders=("worker_runs", "worker_inbox", "rq_worker", "worker_handed"),
 )
 
 CONTROL = Contract(
@@ -306,5 +326,6 @@ REQUEST = Contract(
     arg_blocks=(Block("field", ("name", "value"), ("nfields",)),),
 )
 
-CONTRACTS = {c.name: c for c in (STEP, TOOK, ENQUEUE, CONTROL, DESTROY, RECOVER, EMIT, LOG, STATE,
-                                 REQUEST, RECOUNT, HEARTBEAT, REAP, RESERVE, LINK)}  # fmt: skip
+CONTRACTS = {c.name: c for c in (STEP, TOOK, ENQUEUE, CREATE, CONTROL, DESTROY, RECOVER, EMIT,
+                                 LOG, STATE, REQUEST, RECOUNT, HEARTBEAT, REAP, RESERVE,
+                                 LINK)}  # fmt: skip

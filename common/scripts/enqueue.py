@@ -10,7 +10,14 @@ from typing import Any, NamedTuple, TypeVar
 from sessionq.common import codec
 from sessionq.common.jobhash import JobFields
 from sessionq.common.scripts.base import BLOCK_CACHE_MAX, ScriptsBase, texts
-from sessionq.common.scripts.contracts import ENQUEUE, LINK
+from sessionq.common.scripts.contracts import (
+    CREATE,
+    CREATE_SESSION,
+    ENQUEUE,
+    ENQUEUE_QUEUE,
+    ENQUEUE_SESSION,
+    LINK,
+)
 from sessionq.common.times import rq_time
 from sessionq.common.vocabulary import TaskState
 
@@ -34,6 +41,25 @@ class _OneCall(NamedTuple):
     split: list[list[str]]
     tail: list[str]
     args: list[Any]
+
+
+class _CreateCall(NamedTuple):
+    """create_call's pieces for a session of one kind and owner and a run on one queue: the
+    keys before the session's and after them as they are, the session's split where its id
+    goes, the job key split where the run id goes; the args of a call at time 0 (what
+    varies set per call)."""
+
+    head: list[str]
+    split: list[list[str]]
+    tail: list[str]
+    job: list[str]
+    args: list[Any]
+
+
+_C_FIXED = len(CREATE.keys) - len(CREATE_SESSION) - len(ENQUEUE_QUEUE) - 1
+_C_NOW_MS, _C_NOW_ISO, _C_SID, _C_ID, _C_NAME, _C_RECORD, _C_JOB, _C_RETENTION = map(
+    CREATE.arg_position, ("now_ms", "now_iso", "sid", "id", "name", "record", "job", "retention")
+)
 
 
 class RunColumns(NamedTuple):
@@ -204,6 +230,46 @@ class EnqueueCalls(ScriptsBase):
         if len(self._one_calls) > BLOCK_CACHE_MAX:
             self._one_calls.clear()
         self._one_calls[(kind, owner, queue)] = one
+        return one
+
+    def create_call(
+        self, session: NewSession, run: Run, now: float, retention_ms: int | None
+    ) -> tuple[list[str], list[Any]]:
+        """create.lua's keys and args: one new session of one queued run with no options, no
+        claimed name and no fields of its own (create() of one replica on one partition; the
+        same writes as `enqueue` of them, tests/common/test_create_one.py)."""
+        sid, is_new, record, name, kind, owner = session
+        _, rid, _, state, queue, (data, sq, shared, extra), options = run
+        if not is_new or state != QUEUED or extra or options:
+            raise ValueError("create.lua makes a new session of one queued run, plainly")
+        one = self._create_calls.get((kind, owner, queue))
+        if one is None:
+            one = self._create_pieces(kind, owner, queue)
+        keys = [*one.head, *[sid.join(parts) for parts in one.split], *one.tail,
+                rid.join(one.job)]  # fmt: skip
+        args = one.args.copy()
+        args[_C_NOW_MS], args[_C_NOW_ISO] = int(now * 1000), rq_time(now)
+        args[_C_SID], args[_C_ID], args[_C_NAME], args[_C_RECORD] = sid, rid, name, record
+        args[_C_JOB] = codec.encode_for_lua(["data", data, "sq", sq, *_flat(shared)])
+        args[_C_RETENTION] = "" if retention_ms is None else str(retention_ms)
+        return keys, args
+
+    def _create_pieces(self, kind: str, owner: str, queue: str) -> _CreateCall:
+        """create_call's pieces for a session of `kind` and `owner` with its run on `queue`."""
+        head = [self._enqueue_fixed[name] for name in CREATE.keys[:_C_FIXED]]
+        session = dict(zip(ENQUEUE_SESSION, self._enqueue_session_block(_SID, kind, owner),
+                           strict=True))  # fmt: skip
+        split = [session[name].split(_SID) for name in CREATE_SESSION]
+        tail = self._enqueue_queue_block(queue)
+        args = CREATE.pack_args({
+            **self.clock(0.0), "worker": "", "queue": queue,
+            "fresh_ms": int(self.settings.heartbeat_late_s * 1000), "sid": "", "id": "",
+            "name": "", "record": b"", "job": b"", "retention": "",
+        })  # fmt: skip
+        one = _CreateCall(head, split, tail, self.rq.job(_SID).split(_SID), args)
+        if len(self._create_calls) > BLOCK_CACHE_MAX:
+            self._create_calls.clear()
+        self._create_calls[(kind, owner, queue)] = one
         return one
 
     def link_calls(

@@ -68,7 +68,7 @@ def _started(run_id: str, queue: str, r: Sequence[Any]) -> Started:
 
 
 def handed_run(entry: bytes) -> Started:
-    """A run an enqueue started for this worker (an inbox entry, see enqueue.lua `hand`), as a
+    """A run an enqueue started for this worker (an inbox entry, see prelude.lua `hand`), as a
     started entry of run.lua's reply; result 'bad' (and the error as data) for an entry that
     is not one - its run stays on the worker's runs list, to be started again from there."""
     try:
