@@ -47,7 +47,7 @@ def prepare(systems: tuple[str, ...], log: Any) -> tuple[dict[str, Path], dict[s
 def extend(plan: list[Step], sizes: dict[str, int], systems: tuple[str, ...],
            missing: dict[str, str]) -> list[Step]:  # fmt: skip
     """The steps of bench.compare with the selected systems' variants and the rows of this
-    module; Redis's CPU is measured around enqueue_single and drain_1."""
+    module; Redis's CPU is measured around enqueue_single, drain_1 and create_floor."""
 
     def runnable(step: str, system: str) -> bool:
         return system in systems and system not in missing and f"{step}/{system}" not in missing

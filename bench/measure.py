@@ -100,6 +100,18 @@ def timed_samples(n: int, once: Callable[[], None]) -> list[float]:
     return samples
 
 
+def calls_per_s(n: int, once: Callable[[], Any], warm: int = 10) -> Figures:
+    """n calls of `once`, one after another, after `warm` that are not timed (they connect
+    and load what the first call loads): runs/s and seconds."""
+    for _ in range(warm):
+        once()
+    started = time.perf_counter()
+    for _ in range(n):
+        once()
+    elapsed = time.perf_counter() - started
+    return {"runs_per_s": n / elapsed, "seconds": elapsed}
+
+
 def latency_figures(samples_s: Sequence[float]) -> Figures:
     return {
         "p50_ms": percentile(samples_s, 50) * 1000,
@@ -187,14 +199,9 @@ def sq_worker(args: argparse.Namespace) -> None:
 
 def sq_enqueue_single(args: argparse.Namespace) -> Figures:
     c = sq_client(args.url)
-    for _ in range(10):  # connect and load the script first
-        c.create("warm", task=SQ_TASK)
-    started = time.perf_counter()
-    for _ in range(args.n):
-        c.create("one", task=SQ_TASK)
-    elapsed = time.perf_counter() - started
+    figures = calls_per_s(args.n, lambda: c.create("one", task=SQ_TASK))
     c.close()
-    return {"runs_per_s": args.n / elapsed, "seconds": elapsed}
+    return figures
 
 
 def sq_enqueue_batch(args: argparse.Namespace) -> Figures:
@@ -630,14 +637,9 @@ def rq_enqueue_single(args: argparse.Namespace) -> Figures:
     from bench.tasks import rq_noop
 
     r, q = rq_setup(args.url)
-    for _ in range(10):
-        q.enqueue(rq_noop)
-    started = time.perf_counter()
-    for _ in range(args.n):
-        q.enqueue(rq_noop)
-    elapsed = time.perf_counter() - started
+    figures = calls_per_s(args.n, lambda: q.enqueue(rq_noop))
     r.close()
-    return {"runs_per_s": args.n / elapsed, "seconds": elapsed}
+    return figures
 
 
 def rq_enqueue_batch(args: argparse.Namespace) -> Figures:

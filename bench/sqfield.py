@@ -5,15 +5,16 @@ process as bench.measure: `python -m bench.sqfield NAME --url URL [options]`.
 - `sq_fairness`: a 10-run session added just after a 20,000-run one, one worker: how much of
   the big session had completed when the small one had.
 - `sq_create_floor`: the least a create's writes cost, one at a time: one FCALL per create of
-  a function that makes the Redis calls create.lua makes for a session of one queued run (the
-  same commands, keys and values, the events packed by the caller) and nothing else - no
-  checks, no contract, no prelude. What sessionq's create costs beyond it is its logic; what
-  it costs beyond Huey's enqueue (one LPUSH) is these writes.
+  a function that makes the Redis calls create.lua makes for a session of one run queued
+  behind others (the same commands and values, its keys in KEYS, the events packed by the
+  caller) and nothing else - no checks, no contract, no prelude. What sessionq's create costs
+  beyond it is its logic; what it costs beyond Huey's enqueue (one LPUSH) is these writes.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from bench.measure import (
     SQ_TASK,
     WORKER_START_TIMEOUT_S,
     Figures,
+    calls_per_s,
     spawn,
     sq_client,
     sq_specs,
@@ -38,14 +40,10 @@ def sq_add_single(args: argparse.Namespace) -> Figures:
 
     c = sq_client(args.url)
     session = c.session("one-by-one")
-    for i in range(10):  # connect and load the scripts first
-        session.add(Task(SQ_TASK, name=f"warm{i}"))
-    started = time.perf_counter()
-    for i in range(args.n):
-        session.add(Task(SQ_TASK, name=f"r{i}"))
-    elapsed = time.perf_counter() - started
+    names = (f"r{i}" for i in itertools.count())
+    figures = calls_per_s(args.n, lambda: session.add(Task(SQ_TASK, name=next(names))))
     c.close()
-    return {"runs_per_s": args.n / elapsed, "seconds": elapsed}
+    return figures
 
 
 def sq_fairness(args: argparse.Namespace) -> Figures:
@@ -77,33 +75,35 @@ def sq_fairness(args: argparse.Namespace) -> Figures:
             "small_done_s": took}  # fmt: skip
 
 
-# create.lua's Redis calls for one new session of one run on an empty queue, nobody idle
-# (see a MONITOR of `sessionq.Client.create`): KEYS session, sessions, job; ARGV sid, record,
-# job data, job meta, now (RQ's ISO time), name, two packed events
+# create.lua's Redis calls for one new session of one run queued behind others, nobody idle
+# (see a MONITOR of `sessionq.Client.create`), each key sent in KEYS: the session, its
+# history, tasks and job hash; the index hash and sets, the epoch, RQ's queue and set of
+# queues, the depths, the wake list, the all-sessions channel, the run counters. ARGV: sid,
+# run id, record, job data, job meta, RQ's ISO time, name, two packed events.
 FLOOR_LIBRARY = """#!lua name=sqbenchfloor
-redis.register_function('sqbench_create_floor', function(keys, a)
-  local sid = a[1]
-  if redis.call('EXISTS', keys[1]) == 1 then return {'ok'} end
-  redis.call('HSET', 'floor:sessions', sid, a[2])
-  redis.call('SADD', 'floor:idx:status:Pending', sid)
-  redis.call('SADD', 'floor:idx:kind:headless', sid)
-  redis.call('SADD', 'floor:idx:owner:bench', sid)
-  redis.call('HSET', keys[3], 'data', a[3], 'sq', a[4], 'origin', 'default', 'status',
-    'queued', 'state', 'queued', 'enqueued_at', a[5])
-  redis.call('HSET', 'floor:session:' .. sid .. ':tasks', sid .. '-1', a[6])
-  local gen = redis.call('HMGET', 'floor:epoch', 'server', 'gen')
-  redis.call('HSET', keys[1], 'status', 'Pending', 'seq', '2', 'next', '1', 'gen',
-    gen[2] or '1', 'retention_ms', '604800000', 'line:floor:rq:queue:default', '1', 'queued', '1')
-  redis.call('LLEN', 'floor:rq:queue:default')
-  redis.call('HINCRBY', 'floor:queues:depths', 'floor:rq:queue:default', '1')
-  redis.call('RPUSH', 'floor:rq:queue:default', sid .. '-1')
-  redis.call('LPUSH', 'floor:wake:default', '1')
-  redis.call('LTRIM', 'floor:wake:default', 0, 0)
-  redis.call('SADD', 'floor:rq:queues', 'floor:rq:queue:default')
-  redis.call('PUBLISH', 'floor:events', a[7])
-  redis.call('PUBLISH', 'floor:events', a[8])
-  redis.call('ZADD', keys[2], '1', a[7], '2', a[8])
-  redis.call('HINCRBY', 'floor:runs:counts', 'queued', '1')
+redis.register_function('sqbench_create_floor', function(k, a)
+  local sid, id = a[1], a[2]
+  if redis.call('EXISTS', k[1]) == 1 then return {'ok'} end
+  redis.call('HSET', k[5], sid, a[3])
+  redis.call('SADD', k[6], sid)
+  redis.call('SADD', k[7], sid)
+  redis.call('SADD', k[8], sid)
+  redis.call('HSET', k[4], 'data', a[4], 'sq', a[5], 'origin', 'default', 'status',
+    'queued', 'state', 'queued', 'enqueued_at', a[6])
+  redis.call('HSET', k[3], id, a[7])
+  local gen = redis.call('HMGET', k[9], 'server', 'gen')
+  redis.call('HSET', k[1], 'status', 'Pending', 'seq', '2', 'next', '1', 'gen',
+    gen[2] or '1', 'retention_ms', '604800000', 'line:' .. k[10], '1', 'queued', '1')
+  redis.call('LLEN', k[10])
+  redis.call('HINCRBY', k[12], k[10], '1')
+  redis.call('RPUSH', k[10], id)
+  redis.call('LPUSH', k[13], '1')
+  redis.call('LTRIM', k[13], 0, 0)
+  redis.call('SADD', k[11], k[10])
+  redis.call('PUBLISH', k[14], a[8])
+  redis.call('PUBLISH', k[14], a[9])
+  redis.call('ZADD', k[2], '1', a[8], '2', a[9])
+  redis.call('HINCRBY', k[15], 'queued', '1')
   return {'ok'}
 end)
 """
@@ -112,38 +112,40 @@ end)
 def sq_create_floor(args: argparse.Namespace) -> Figures:
     import os
 
-    import msgpack
     from redis import Redis
 
+    from sessionq.common import codec
+    from sessionq.common.keys import Keys, run_id
+    from sessionq.common.rqcompat import RQKeys
     from sessionq.common.times import rq_time
 
-    r = Redis.from_url(args.url)
+    r, k, rq = Redis.from_url(args.url), Keys("floor:"), RQKeys("floor:")
     r.function_load(FLOOR_LIBRARY, replace=True)
-    pack = msgpack.packb
-    data, meta = pack([SQ_TASK, None, [], {}]), pack({"v": 1, "name": "one"})
+    fixed = [k.sessions(), k.idx_status("Pending"), k.idx_kind("headless"),
+             k.idx_owner("bench"), k.data_epoch(), rq.queue("default"), rq.queues_set,
+             k.queue_depths(), k.wake("default"), k.events_all_channel(),
+             k.run_counts()]  # fmt: skip
+    data, meta = codec.encode([SQ_TASK, None, [], {}]), codec.encode({"v": 1, "name": "one"})
 
     def create() -> None:
         sid, now = os.urandom(6).hex(), time.time()
-        record = pack({"v": 1, "id": sid, "name": "one", "kind": "headless",
-                       "owner": "bench", "created_at": int(now * 1000), "replica_id": 1,
-                       "replica_count": 1})  # fmt: skip
+        rid = run_id(sid, 1)
+        record = codec.encode({"v": 1, "id": sid, "name": "one", "kind": "headless",
+                               "owner": "bench", "created_at": int(now * 1000),
+                               "replica_id": 1, "replica_count": 1})  # fmt: skip
         head = {"v": 1, "ts": now, "session": sid, "worker": None}
-        created = pack({**head, "seq": 1, "type": "session.created", "task": None,
-                        "data": {"name": "one"}})  # fmt: skip
-        queued = pack({**head, "seq": 2, "type": "task.queued", "task": f"{sid}-1",
-                       "data": {"name": "one", "state": "queued"}})  # fmt: skip
-        r.fcall("sqbench_create_floor", 3, f"floor:session:{sid}", f"floor:history:{sid}",
-                f"floor:rq:job:{sid}-1", sid, record, data, meta, rq_time(now), "one",
-                created, queued)  # fmt: skip
+        created = codec.encode({**head, "seq": 1, "type": "session.created", "task": None,
+                                "data": {"name": "one"}})  # fmt: skip
+        queued = codec.encode({**head, "seq": 2, "type": "task.queued", "task": rid,
+                               "data": {"name": "one", "state": "queued"}})  # fmt: skip
+        keys = [k.session(sid), k.history(sid), k.session_tasks(sid), rq.job(rid), *fixed]
+        r.fcall("sqbench_create_floor", len(keys), *keys, sid, rid, record, data, meta,
+                rq_time(now), "one", created, queued)  # fmt: skip
 
-    for _ in range(10):
-        create()
-    started = time.perf_counter()
-    for _ in range(args.n):
-        create()
-    elapsed = time.perf_counter() - started
+    figures = calls_per_s(args.n, create)
+    r.function_delete("sqbenchfloor")
     r.close()
-    return {"runs_per_s": args.n / elapsed, "seconds": elapsed}
+    return figures
 
 
 MEASUREMENTS = {"sq_add_single": sq_add_single, "sq_fairness": sq_fairness,

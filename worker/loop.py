@@ -432,7 +432,7 @@ class SessionWorker:
             handed = handed_run(popped[1])
             if handed[2] == StartResult.RUN:
                 self.scripts.took_handed(self.name, handed[0], handed[6])
-                self.holds = False  # (RQ's view names the run handed: see enqueue.lua)
+                self.holds = False  # (RQ's view names the run handed: prelude.lua `hand`)
             self._take([handed])
 
     def _suspended(self) -> bool:

@@ -16,7 +16,7 @@ import time
 from huey import RedisHuey, signals
 
 from bench.foreign.common import URL_ENV, Countdown, Figures, measure, timed_drain
-from bench.measure import latency_figures, stop, timed_samples, wait_until
+from bench.measure import calls_per_s, latency_figures, stop, timed_samples, wait_until
 
 huey = RedisHuey("bench", url=os.environ.get(URL_ENV, "redis://127.0.0.1:1"),
                  notify_result=True)  # fmt: skip
@@ -50,13 +50,7 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def enqueue_single(args: argparse.Namespace) -> Figures:
-    for _ in range(10):
-        noop()
-    started = time.perf_counter()
-    for _ in range(args.n):
-        noop()
-    elapsed = time.perf_counter() - started
-    return {"runs_per_s": args.n / elapsed, "seconds": elapsed}
+    return calls_per_s(args.n, noop)
 
 
 def drain(args: argparse.Namespace) -> Figures:

@@ -3,11 +3,12 @@
 -- path (plans, options, names, claims, dependencies, many sessions and queues), so that
 -- Redis spends on it little more than the writes themselves. tests/common/test_create_one.py
 -- holds the two to the same writes, an idle worker's hand-off included.
--- Its contract (common/scripts/enqueue.py CREATE): the session index hash, RQ's set of
+-- Its contract (common/scripts/contracts.py CREATE): the session index hash, RQ's set of
 -- queues, the idle workers set, the live workers zset, the data epoch; the session's keys;
--- its queue's; the run's job hash. `record`: the session's record (msgpack); `job`: the job
--- hash's fields (msgpack: field, value, ...); `retention`: ms the session is kept after it
--- ends ('' : until destroyed). Returns {'ok'} (a resend after a lost reply included: the
+-- its queue's; the run's job hash. `name`: the session's, and its run's; `queue`: the run's
+-- queue name; `record`: the session's record (msgpack); `job`: the job hash's fields
+-- (msgpack: field, value, ...); `retention`: ms the session is kept after it ends ('': until
+-- destroyed). Returns {'ok'} (a resend after a lost reply included: the
 -- session exists already, and nothing is written again).
 load_globals()
 local sid, id, name = A.sid, A.id, A.name
@@ -28,8 +29,9 @@ local q = {list = K.list, wake = K.wake, failed = K.failed, started = K.started,
 local line = line_field({queue = q.list})
 -- the record's counts, as if the run waits in the line: a hand-off below moves them
 B.seq_preset = 2
-local fields = {'status', 'Pending', 'seq', '2', 'next', INTSTR[run_number(id, sid)]
-  or run_number(id, sid), 'gen', data_gen(false)}
+local top = run_number(id, sid)
+local fields = {'status', 'Pending', 'seq', '2', 'next', INTSTR[top] or top, 'gen',
+  data_gen(false)}
 if A.retention ~= '' then
   fields[#fields + 1] = 'retention_ms'
   fields[#fields + 1] = A.retention
@@ -43,12 +45,9 @@ redis.call('HSET', B.session, unpack(fields))
 forget_counts(B)
 
 local ids = {id}
+-- (a run handed shows its start when its worker takes it: no event here, `start`)
 if hand(q, A.queue, ids, function() return B, K.job end) == 1 then
   redis.call('HINCRBY', B.session, line, '-1')
-  if queued_events(B) ~= B.seq_preset then
-    B.seq_preset = queued_events(B)
-    redis.call('HSET', B.session, 'seq', B.seq_preset)
-  end
 else
   redis.call('HINCRBY', G.depths, q.list, '1')
   redis.call('RPUSH', q.list, id)

@@ -392,7 +392,8 @@ for r = 1, NR do
   end
 end
 local gen  -- the data's generation, which a session's id counter starts in (reserve.lua)
-local retention = plan[6] and tostring(plan[6])  -- (formatted once, not once a session)
+-- (formatted once, not once a session; as an integer: tostring makes 1e15 '1e+15')
+local retention = plan[6] and string.format('%d', plan[6])
 local fields = {}  -- a new session's fields, `nf` long (one table for all of them)
 for _, B in ipairs(S) do
   if B.ntask_names == 2 then  -- (a session of one run: most of a create's)

@@ -6,7 +6,7 @@ that writes RQ's structures.
 - contract.py / contracts.py: each script's declared keys, arguments and blocks, from which
   both the Python packers and the Lua prologues are made;
 - transport.py: how a call reaches Redis (any thread, or a worker's pipelined FastLane);
-- step.py (run.lua), enqueue.py (enqueue.lua), control.py (control, request, destroy,
+- step.py (run.lua), enqueue.py (enqueue.lua, create.lua), control.py (control, request, destroy,
   recover), events.py (emit, log, state): the packers and reply readers, one per purpose.
 """
 

@@ -1,4 +1,5 @@
-"""Creating sessions and adding runs (enqueue.lua, contract ENQUEUE), in one atomic call."""
+"""Creating sessions and adding runs (enqueue.lua, contract ENQUEUE), in one atomic call; a
+create of one session of one run by create.lua (CREATE), enqueue.lua's writes for it alone."""
 
 from __future__ import annotations
 
@@ -235,13 +236,16 @@ class EnqueueCalls(ScriptsBase):
     def create_call(
         self, session: NewSession, run: Run, now: float, retention_ms: int | None
     ) -> tuple[list[str], list[Any]]:
-        """create.lua's keys and args: one new session of one queued run with no options, no
-        claimed name and no fields of its own (create() of one replica on one partition; the
-        same writes as `enqueue` of them, tests/common/test_create_one.py)."""
+        """create.lua's keys and args: one new session of one queued run named as the session,
+        with no options, no claimed name and no fields of its own (create() of one replica
+        on one partition; the same writes as `enqueue` of them,
+        tests/common/test_create_one.py); ValueError for any other."""
         sid, is_new, record, name, kind, owner = session
-        _, rid, _, state, queue, (data, sq, shared, extra), options = run
-        if not is_new or state != QUEUED or extra or options:
-            raise ValueError("create.lua makes a new session of one queued run, plainly")
+        index, rid, run_name, state, queue, (data, sq, shared, extra), options = run
+        if (not is_new or index != 0 or run_name != name or state != QUEUED or extra
+                or options or self.layout.partitioned):  # fmt: skip
+            raise ValueError("create.lua makes a new session of one queued run named as "
+                             "the session, with no options, on one partition")  # fmt: skip
         one = self._create_calls.get((kind, owner, queue))
         if one is None:
             one = self._create_pieces(kind, owner, queue)

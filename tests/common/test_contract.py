@@ -65,10 +65,11 @@ def code(text: str) -> str:
 def test_the_body_reads_only_declared_names(name: str) -> None:
     contract, text = CONTRACTS[name], code(body(name))
     assert "KEYS[" not in text and "ARGV[" not in text, "read by name, not position"
-    # the keys its body reads, itself or through the prelude's functions it reaches
+    # the keys, arguments and key builders its body reads, itself or through the prelude's
+    # functions it reaches
     reached = code("".join(p.text for p in lean.needed(lean.split(PRELUDE), text)))
     used_keys = set(re.findall(r"\bK\.(\w+)", text + reached))
-    used_args = set(re.findall(r"\bA\.(\w+)", text))
+    used_args = set(re.findall(r"\bA\.(\w+)", text + reached))
     assert used_keys <= set(contract.keys), used_keys - set(contract.keys)
     declared_args = {n for n, _ in contract.args} | {n for n, _ in contract.tail}
     assert used_args <= declared_args, used_args - declared_args
@@ -77,7 +78,7 @@ def test_the_body_reads_only_declared_names(name: str) -> None:
         set(re.findall(r"\bKB\.(\w+)", text)) <= {b.name for b in contract.key_blocks} | one_field
     )
     assert set(re.findall(r"\bAB\.(\w+)", text)) <= {b.name for b in contract.arg_blocks}
-    assert set(re.findall(r"\bkey_(\w+)\(", text)) <= set(contract.builders)
+    assert set(re.findall(r"\bkey_(\w+)\(", text + reached)) <= set(contract.builders)
     # and nothing declared goes unused (the global keys are read by prelude's load_globals)
     globals_read = "load_globals()" in text
     unused = set(contract.keys) - used_keys - (set(GLOBAL_KEYS) if globals_read else set())

@@ -1,7 +1,9 @@
 """create.lua (create() of one session of one run) writes and publishes what enqueue.lua
 writes and publishes for the same call: every key, every value, every event - with nobody
-waiting for work, with a worker waiting idle (the run is handed to it), behind runs queued
-before, and for a call sent again after its reply was lost."""
+waiting for work, with a worker waiting idle (the run is handed to it) or one not to be handed
+it (stale, of another queue, runs queued before it), behind runs queued before, and for a
+call sent again after its reply was lost; by FCALL, and by EVALSHA (Redis 6, or a server that
+refuses the function library)."""
 
 from __future__ import annotations
 
@@ -44,25 +46,32 @@ def snapshot(redis: Redis) -> dict[bytes, Any]:
     return out
 
 
-def idle_worker(redis: Redis, scripts: Scripts, queue: str, beat_ms: int) -> None:
-    """A worker waiting idle on `queue` with a heartbeat at `beat_ms`, as run.lua lists one."""
+def idle_worker(redis: Redis, scripts: Scripts, serves: str, beat_ms: int, line: str) -> None:
+    """A worker serving queue `serves`, waiting idle in `line`'s line with a heartbeat at
+    `beat_ms`, as run.lua lists one (in another queue's line: a lost worker's name back)."""
     k = scripts.keys
     redis.sadd(k.idle_workers(), WORKER)
-    redis.rpush(k.idle(queue), WORKER)
-    redis.hset(scripts.rq.worker(WORKER), "queues", queue)
+    redis.rpush(k.idle(line), WORKER)
+    redis.hset(scripts.rq.worker(WORKER), "queues", serves)
     redis.zadd(k.workers(), {WORKER: beat_ms})
 
 
-@pytest.mark.parametrize("before", ["nothing", "idle worker", "queued runs", "sent before"])
-@pytest.mark.parametrize(
-    ("queue", "run_options", "retention_ms"),
-    [("default", {}, 5000), ("gpu", {"timeout": 30, "retries": 2, "retry_delay": 1.5}, None)],
-)
+SITUATIONS = ["nothing", "idle worker", "queued runs", "sent before", "idle worker, queued runs",
+              "stale idle worker", "idle worker of another queue"]  # fmt: skip
+SHAPES = [("default", {}, 5000), ("gpu", {"timeout": 30, "retries": 2, "retry_delay": 1.5}, None)]
+CASES = [
+    *[("FCALL", before, *shape) for before in SITUATIONS for shape in SHAPES],
+    *[("EVALSHA", before, *SHAPES[0]) for before in SITUATIONS],  # (Redis 6, or refused)
+]
+
+
+@pytest.mark.parametrize(("by", "before", "queue", "run_options", "retention_ms"), CASES)
 def test_create_writes_and_publishes_what_enqueue_does(
-    redis: Redis, settings: Settings, before: str, queue: str, run_options: dict[str, Any],
-    retention_ms: int | None,
+    redis: Redis, settings: Settings, by: str, before: str, queue: str,
+    run_options: dict[str, Any], retention_ms: int | None,
 ) -> None:  # fmt: skip
     scripts = Scripts(redis, settings)
+    scripts.use_functions = by == "FCALL"
     spec = build_run(name="n", task="tests.tasks:noop", **run_options)
     fields = JobFields(spec.data, spec.meta("n"), spec.shared_fields(queue, NOW))
     session = (SID, True, codec.encode({"id": SID, "name": "n"}), "n", "headless", "tester")
@@ -76,9 +85,12 @@ def test_create_writes_and_publishes_what_enqueue_does(
         redis.flushdb()
         redis.set(count, "1")
         redis.hset(scripts.keys.data_epoch(), mapping={"server": "s", "gen": "1700000000000001"})
-        if before == "idle worker":
-            idle_worker(redis, scripts, queue, beat_ms)
-        elif before == "queued runs":
+        if before.startswith("idle worker"):
+            served = "other" if before.endswith("another queue") else queue
+            idle_worker(redis, scripts, served, beat_ms, queue)
+        elif before == "stale idle worker":
+            idle_worker(redis, scripts, queue, (seconds - 3600) * 1000, queue)
+        if before.endswith("queued runs"):
             redis.rpush(scripts.rq.queue(queue), "other-1")
         elif before == "sent before":
             redis.hset(scripts.keys.session(SID), "status", "Pending")
@@ -116,3 +128,5 @@ def test_create_writes_and_publishes_what_enqueue_does(
         assert len(general[2]) == 2  # session.created, task.queued
         assert job is not None
         assert job[1][b"state"] == (b"started" if before == "idle worker" else b"queued")
+        inbox = scripts.keys.worker_inbox(WORKER).encode()
+        assert (inbox in general[1]) == (before == "idle worker")
