@@ -193,6 +193,11 @@ def table(
         "the measuring process, divided by its runs. The drain row queues the runs first the "
         "way that system's drain does: sessionq one add_runs call, RQ enqueue_many, Huey, SAQ "
         "and arq one enqueue per run (they have no batch enqueue).",
+        "Floor (bench.sqfield sq_create_floor): one FCALL per create of a tiny function that "
+        "makes the Redis calls of a sessionq create of one run (its session's record, "
+        "indexes, hash, task name, job hash, events kept and published, the queue, depth, "
+        "wake list and counters) and nothing else: what a create that writes what SPEC asks "
+        "of it cannot go below; Huey's enqueue is one LPUSH.",
         "I/O drains: sessionq `bench.measure sq_io_drain` (one burst worker process, "
         "--max-jobs N). Fair share: one "
         "sessionq worker running; a session of {fair_big:,} no-op runs added, then one of "
