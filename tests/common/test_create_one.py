@@ -15,6 +15,7 @@ import pytest
 from redis import Redis
 
 from sessionq.common import codec
+from sessionq.common.connection import sync_reply
 from sessionq.common.jobhash import JobFields, build_run
 from sessionq.common.keys import Layout, run_id
 from sessionq.common.scripts import Scripts
@@ -77,7 +78,7 @@ def test_create_writes_and_publishes_what_enqueue_does(
     session = (SID, True, codec.encode({"id": SID, "name": "n"}), "n", "headless", "tester")
     run = (0, run_id(SID, 1), "n", TaskState.QUEUED.value, queue, fields, None)
 
-    seconds, _ = redis.time()
+    seconds, _ = sync_reply(redis.time())
     beat_ms = (seconds + 60) * 1000  # (fresh through both calls, the same in both)
     count = Layout.of(settings).partitions_key()  # (set once per process, by its first call)
 
